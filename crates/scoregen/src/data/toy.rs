@@ -1,0 +1,106 @@
+//! Named toy 2-D data sets. The mixtures (`gmm8`, `gmm25`, `unbalanced`) come
+//! with their exact density (the oracle); the others are samplers only.
+
+use super::Points;
+use crate::oracle::GaussianMixture;
+use crate::rng::Rng;
+use std::f64::consts::PI;
+
+/// The names accepted on the command line and in configs.
+pub const NAMES: [&str; 6] = ["gmm8", "gmm25", "unbalanced", "moons", "swiss-roll", "checkerboard"];
+
+/// One-line descriptions, in the order of [`NAMES`].
+pub const DESCRIPTIONS: [&str; 6] = [
+    "8 equal Gaussians (std 0.3) on a circle of radius 4",
+    "25 equal Gaussians (std 0.2) on a 5×5 grid with spacing 2",
+    "two Gaussians (std 1) at (−5,−5) and (5,5) with weights 0.8 / 0.2: the low-density pitfall",
+    "two interleaved half-circles with Gaussian noise 0.1, scaled ×2",
+    "a 2-D Swiss roll with noise 0.25, scaled to about ±3",
+    "uniform on the black squares of a 4×4 checkerboard over [−4, 4]²",
+];
+
+/// A named toy distribution.
+#[derive(Debug, Clone)]
+pub enum Toy {
+    Mixture(GaussianMixture),
+    Moons,
+    SwissRoll,
+    Checkerboard,
+}
+
+/// The exact mixture behind a named set, if it is one.
+pub fn named_mixture(name: &str) -> Option<GaussianMixture> {
+    let mix = match name {
+        "gmm8" => {
+            let means = (0..8)
+                .map(|k| {
+                    let a = 2.0 * PI * k as f64 / 8.0;
+                    vec![4.0 * a.cos(), 4.0 * a.sin()]
+                })
+                .collect();
+            GaussianMixture::isotropic(vec![1.0; 8], means, &[0.3; 8])
+        }
+        "gmm25" => {
+            let means = (0..25)
+                .map(|k| vec![-4.0 + 2.0 * (k / 5) as f64, -4.0 + 2.0 * (k % 5) as f64])
+                .collect();
+            GaussianMixture::isotropic(vec![1.0; 25], means, &[0.2; 25])
+        }
+        "unbalanced" => GaussianMixture::isotropic(vec![0.8, 0.2], vec![vec![-5.0, -5.0], vec![5.0, 5.0]], &[1.0, 1.0]),
+        _ => return None,
+    };
+    Some(mix.expect("the named mixtures are valid"))
+}
+
+impl Toy {
+    pub fn by_name(name: &str) -> Option<Self> {
+        match name {
+            "moons" => Some(Toy::Moons),
+            "swiss-roll" => Some(Toy::SwissRoll),
+            "checkerboard" => Some(Toy::Checkerboard),
+            _ => named_mixture(name).map(Toy::Mixture),
+        }
+    }
+
+    /// The exact density, when the set is a Gaussian mixture.
+    pub fn mixture(&self) -> Option<GaussianMixture> {
+        match self {
+            Toy::Mixture(m) => Some(m.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn sample(&self, n: usize, rng: &mut Rng) -> Points {
+        let mut data = Vec::with_capacity(2 * n);
+        match self {
+            Toy::Mixture(m) => return m.sample(n, rng),
+            Toy::Moons => {
+                for i in 0..n {
+                    let a = PI * rng.uniform();
+                    let (x, y) = if i % 2 == 0 { (a.cos(), a.sin()) } else { (1.0 - a.cos(), 0.5 - a.sin()) };
+                    data.push(2.0 * (x - 0.5 + 0.1 * rng.normal()));
+                    data.push(2.0 * (y - 0.25 + 0.1 * rng.normal()));
+                }
+            }
+            Toy::SwissRoll => {
+                for _ in 0..n {
+                    let r = 1.5 * PI * (1.0 + 2.0 * rng.uniform());
+                    data.push((r * r.cos() + 0.25 * rng.normal() * 4.0) / 5.0);
+                    data.push((r * r.sin() + 0.25 * rng.normal() * 4.0) / 5.0);
+                }
+            }
+            Toy::Checkerboard => {
+                // Rejection-free: pick a black square, then a uniform point in it.
+                for _ in 0..n {
+                    let (mut i, j) = (rng.below(4), rng.below(4));
+                    if (i + j) % 2 == 1 {
+                        i ^= 1;
+                    }
+                    data.push(-4.0 + 2.0 * (i as f64 + rng.uniform()));
+                    data.push(-4.0 + 2.0 * (j as f64 + rng.uniform()));
+                }
+            }
+        }
+        Points::new(n, 2, data)
+    }
+}

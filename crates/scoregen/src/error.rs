@@ -1,0 +1,61 @@
+//! The library's error type. Every message names what went wrong and where
+//! (file, field, expected, found), so the CLI can print it as one line.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration value is missing, unknown or out of range.
+    #[error("{file}: field `{field}`: {message}")]
+    Config {
+        file: String,
+        field: String,
+        message: String,
+    },
+    /// A data or checkpoint file could not be understood.
+    #[error("{}: {message}", path.display())]
+    Data { path: PathBuf, message: String },
+    /// Reading or writing a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A user-facing argument is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// Training produced a non-finite loss or gradient.
+    #[error("non-finite {what} at step {step}; last good checkpoint: {checkpoint}")]
+    NonFinite {
+        what: String,
+        step: usize,
+        checkpoint: String,
+    },
+    #[error("tensor error: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+    pub fn data(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::Data {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+    pub fn config(file: impl Into<String>, field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Config {
+            file: file.into(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
