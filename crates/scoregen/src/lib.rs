@@ -17,10 +17,13 @@ pub mod metrics;
 pub mod nets;
 pub mod objectives;
 pub mod oracle;
+pub mod progress;
 pub mod rng;
+pub mod run;
 pub mod samplers;
 pub mod score;
 pub mod sde;
+pub mod train;
 pub mod viz;
 
 pub use error::{Error, Result};

@@ -16,3 +16,19 @@ use candle_core::{Result, Tensor};
 pub trait Network: Send + Sync {
     fn forward(&self, x: &Tensor, t: &Tensor) -> Result<Tensor>;
 }
+
+use crate::config::ModelConfig;
+use candle_nn::VarMap;
+
+/// Builds the network a config describes, with parameters in `vm` (new ones
+/// drawn from `seed`, existing ones reused).
+pub fn build(cfg: &ModelConfig, dim: usize, seed: u64, vm: &VarMap) -> Result<Box<dyn Network>> {
+    Ok(Box::new(TimeMlp::build(vm, dim, &cfg.mlp(), seed)?))
+}
+
+/// The variables of a map, sorted by name (a stable order for optimizers and checkpoints).
+pub fn named_vars(vm: &VarMap) -> Vec<(String, candle_core::Var)> {
+    let mut v: Vec<_> = vm.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}

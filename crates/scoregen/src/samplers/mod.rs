@@ -74,7 +74,9 @@ pub fn sample_reverse(
     progress.set_length(n as u64);
     for i in 0..n {
         let t = sde.t_max() + i as f64 * dt;
-        x = predictor.step(&reverse, &x, t, dt, rng)?.0;
+        // detached: a network's parameters are variables, and without this the
+        // graph of every past step would stay alive
+        x = predictor.step(&reverse, &x, t, dt, rng)?.0.detach();
         if record(i + 1) {
             trajectory.push((t + dt, x.clone()));
         }

@@ -1,0 +1,329 @@
+//! Training: Adam on a score-matching objective, EMA of the weights,
+//! `metrics.jsonl` logging and crash-safe checkpoints with exact resume.
+
+pub mod adam;
+pub mod checkpoint;
+pub mod ema;
+
+pub use adam::Adam;
+pub use checkpoint::{Checkpoint, TrainState};
+pub use ema::Ema;
+
+use crate::config::RunConfig;
+use crate::data::{self, Dataset, Points};
+use crate::error::{Error, Result};
+use crate::nets::{self, Network};
+use crate::rng::Rng;
+use crate::score::NetScore;
+use crate::{autodiff, fsutil, progress};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// RNG streams derived from the master seed.
+pub mod streams {
+    pub const DATA: u64 = 1;
+    pub const BATCH: u64 = 2;
+    pub const NOISE: u64 = 3;
+    pub const SAMPLING: u64 = 4;
+    pub const EVAL: u64 = 5;
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Continue from the newest checkpoint in the run directory.
+    pub resume: bool,
+    pub quiet: bool,
+    /// Stop (with a checkpoint) after this global step, as if interrupted.
+    pub stop_after: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    pub step: usize,
+    pub final_loss: f64,
+    pub seconds: f64,
+    pub steps_per_sec: f64,
+    pub checkpoint: PathBuf,
+}
+
+/// One logged line of `metrics.jsonl`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LogLine {
+    pub step: usize,
+    /// Mean loss over the steps since the previous line.
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub steps_per_sec: f64,
+}
+
+/// SHA-256 of the resolved config, with `training.steps` blanked so a run can be extended.
+pub fn config_hash(cfg: &RunConfig) -> String {
+    let mut c = cfg.clone();
+    c.training.steps = 0;
+    Sha256::digest(c.to_toml().as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Learning rate at `step` (0-based): linear warm-up to `lr` over `warmup` steps.
+pub fn learning_rate(cfg: &RunConfig, step: usize) -> f64 {
+    let w = cfg.training.warmup;
+    if w == 0 {
+        cfg.training.lr
+    } else {
+        cfg.training.lr * ((step + 1) as f64 / w as f64).min(1.0)
+    }
+}
+
+/// A model in training: its parameters, optimizer, EMA and RNG streams.
+pub struct Trainer {
+    pub cfg: RunConfig,
+    pub dataset: Dataset,
+    pub net: Box<dyn Network>,
+    pub varmap: VarMap,
+    pub params: Vec<(String, Var)>,
+    pub adam: Adam,
+    pub ema: Ema,
+    pub step: usize,
+    pub batch_rng: Rng,
+    pub noise_rng: Rng,
+    pub last_loss: f64,
+}
+
+impl Trainer {
+    /// A fresh model for `cfg` (data drawn, parameters initialized from the seed).
+    pub fn new(cfg: &RunConfig) -> Result<Self> {
+        autodiff::enable_second_order();
+        let dataset = data::load(&cfg.data.source, cfg.data.n_train, &mut Rng::new(cfg.seed, streams::DATA))?;
+        let varmap = VarMap::new();
+        let net = nets::build(&cfg.model, dataset.points.d, cfg.seed, &varmap)?;
+        let params = nets::named_vars(&varmap);
+        Ok(Self {
+            cfg: cfg.clone(),
+            adam: Adam::new(&params)?,
+            ema: Ema::new(cfg.training.ema, &params)?,
+            dataset,
+            net,
+            varmap,
+            params,
+            step: 0,
+            batch_rng: Rng::new(cfg.seed, streams::BATCH),
+            noise_rng: Rng::new(cfg.seed, streams::NOISE),
+            last_loss: f64::NAN,
+        })
+    }
+
+    /// A random minibatch (indices with replacement) as an f32 tensor.
+    fn batch(&mut self) -> Result<Tensor> {
+        let pts = &self.dataset.points;
+        let bs = self.cfg.training.batch_size;
+        let mut v = Vec::with_capacity(bs * pts.d);
+        for _ in 0..bs {
+            v.extend(pts.row(self.batch_rng.below(pts.n)).iter().map(|&x| x as f32));
+        }
+        Ok(Tensor::from_vec(v, (bs, pts.d), &Device::Cpu)?)
+    }
+
+    /// One optimizer step. Returns the loss and the gradient norm; a non-finite
+    /// loss or gradient leaves the parameters untouched and is an error.
+    pub fn train_step(&mut self, last_checkpoint: &str) -> Result<(f64, f64)> {
+        let sde = self.cfg.sde.build();
+        let x0 = self.batch()?;
+        let score = NetScore { net: self.net.as_ref(), sde: sde.clone(), output: self.cfg.model.output };
+        let loss = self.cfg.objective.dsm().loss(&score, sde.as_ref(), &x0, &mut self.noise_rng)?;
+        let l = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let non_finite = |what: &str| Error::NonFinite { what: what.into(), step: self.step + 1, checkpoint: last_checkpoint.into() };
+        if !l.is_finite() {
+            return Err(non_finite("loss"));
+        }
+        let grads = Adam::gradients(&self.params, &autodiff::backward(&loss)?)?;
+        let lr = learning_rate(&self.cfg, self.step);
+        let info = self.adam.step(&self.params, grads, lr, self.cfg.training.grad_clip)?;
+        if !info.grad_norm.is_finite() {
+            return Err(non_finite("gradient"));
+        }
+        self.ema.update(&self.params)?;
+        self.step += 1;
+        self.last_loss = l;
+        Ok((l, info.grad_norm))
+    }
+
+    /// The current state as a checkpoint.
+    pub fn checkpoint(&self) -> Result<Checkpoint> {
+        let named = |ts: &[Tensor], prefix: &str| -> HashMap<String, Tensor> {
+            self.params.iter().zip(ts).map(|((n, _), t)| (format!("{prefix}{n}"), t.clone())).collect()
+        };
+        let model: Vec<Tensor> = self.params.iter().map(|(_, v)| v.as_tensor().clone()).collect();
+        let mut optimizer = named(&self.adam.m, "m.");
+        optimizer.extend(named(&self.adam.v, "v."));
+        Ok(Checkpoint {
+            state: TrainState {
+                step: self.step,
+                dim: self.dataset.points.d,
+                adam_t: self.adam.t,
+                ema_updates: self.ema.updates,
+                batch_rng: self.batch_rng.state(),
+                noise_rng: self.noise_rng.state(),
+                config_hash: config_hash(&self.cfg),
+                last_loss: self.last_loss,
+            },
+            model: named(&model, ""),
+            ema: named(&self.ema.shadow, ""),
+            optimizer,
+        })
+    }
+
+    /// Restores parameters, optimizer, EMA, RNG streams and step from a checkpoint.
+    pub fn restore(&mut self, ck: &Checkpoint, source: &Path) -> Result<()> {
+        if ck.state.config_hash != config_hash(&self.cfg) {
+            return Err(Error::data(
+                source,
+                "the checkpoint was written with a different config (only training.steps may change on resume)",
+            ));
+        }
+        checkpoint::assign(&self.params, &ck.model, source)?;
+        let pick = |map: &HashMap<String, Tensor>, prefix: &str| -> Result<Vec<Tensor>> {
+            self.params
+                .iter()
+                .map(|(n, _)| {
+                    map.get(&format!("{prefix}{n}"))
+                        .cloned()
+                        .ok_or_else(|| Error::data(source, format!("tensor `{prefix}{n}` is missing")))
+                })
+                .collect()
+        };
+        self.adam.m = pick(&ck.optimizer, "m.")?;
+        self.adam.v = pick(&ck.optimizer, "v.")?;
+        self.adam.t = ck.state.adam_t;
+        self.ema.shadow = pick(&ck.ema, "")?;
+        self.ema.updates = ck.state.ema_updates;
+        let bad_rng = || Error::data(source, "state.json: malformed RNG state");
+        self.batch_rng = Rng::restore(&ck.state.batch_rng).ok_or_else(bad_rng)?;
+        self.noise_rng = Rng::restore(&ck.state.noise_rng).ok_or_else(bad_rng)?;
+        self.step = ck.state.step;
+        self.last_loss = ck.state.last_loss;
+        Ok(())
+    }
+}
+
+/// Trains the run in `run_dir` (writing `config.toml`, `metrics.jsonl`, `checkpoints/`).
+pub fn train(cfg: &RunConfig, run_dir: &Path, opts: &TrainOptions) -> Result<TrainOutcome> {
+    // Data and model first: bad input fails before anything is written.
+    let mut trainer = Trainer::new(cfg)?;
+    fsutil::create_dir(run_dir)?;
+    let ck_dir = run_dir.join("checkpoints");
+    let log_path = run_dir.join("metrics.jsonl");
+    let mut last_ck = String::from("none");
+    if opts.resume {
+        let ck = checkpoint::load_latest(&ck_dir)?;
+        trainer.restore(&ck, &ck_dir)?;
+        last_ck = ck_dir.join(format!("step-{:09}", ck.state.step)).display().to_string();
+        truncate_log(&log_path, trainer.step)?;
+        tracing::info!("resuming from step {}", trainer.step);
+    } else {
+        if ck_dir.exists() {
+            std::fs::remove_dir_all(&ck_dir).map_err(|e| Error::io(&ck_dir, e))?;
+        }
+        fsutil::write_atomic(&log_path, b"")?;
+    }
+    fsutil::write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+    let mut log = std::fs::OpenOptions::new().append(true).create(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
+
+    let t = &cfg.training;
+    let end = opts.stop_after.map_or(t.steps, |s| s.min(t.steps));
+    let pb = progress::bar(t.steps, "train", opts.quiet);
+    pb.set_position(trainer.step as u64);
+    let start = Instant::now();
+    let first_step = trainer.step;
+    let (mut acc, mut count, mut window) = (0.0, 0usize, Instant::now());
+    let mut final_dir = PathBuf::from(&last_ck);
+    while trainer.step < end {
+        let (loss, grad_norm) = trainer.train_step(&last_ck)?;
+        acc += loss;
+        count += 1;
+        pb.inc(1);
+        if trainer.step % t.log_every == 0 || trainer.step == end {
+            let line = LogLine {
+                step: trainer.step,
+                loss: acc / count as f64,
+                lr: learning_rate(cfg, trainer.step - 1),
+                grad_norm,
+                steps_per_sec: count as f64 / window.elapsed().as_secs_f64().max(1e-9),
+            };
+            pb.set_message(format!("loss {:.4}", line.loss));
+            writeln!(log, "{}", serde_json::to_string(&line).expect("log line serializes")).map_err(|e| Error::io(&log_path, e))?;
+            (acc, count, window) = (0.0, 0, Instant::now());
+        }
+        if trainer.step % t.checkpoint_every == 0 || trainer.step == end {
+            final_dir = checkpoint::save(&ck_dir, &trainer.checkpoint()?, t.keep_checkpoints)?;
+            last_ck = final_dir.display().to_string();
+        }
+    }
+    pb.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(TrainOutcome {
+        step: trainer.step,
+        final_loss: trainer.last_loss,
+        seconds,
+        steps_per_sec: (trainer.step - first_step) as f64 / seconds.max(1e-9),
+        checkpoint: final_dir,
+    })
+}
+
+/// Drops log lines past `step` (they belong to work the resume will redo).
+fn truncate_log(path: &Path, step: usize) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(_) => return Ok(()),
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| serde_json::from_str::<LogLine>(l).is_ok_and(|x| x.step <= step))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fsutil::write_atomic(path, kept.as_bytes())
+}
+
+/// Reads `metrics.jsonl`.
+pub fn read_log(path: &Path) -> Result<Vec<LogLine>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::data(path, format!("line {}: {e}", i + 1))))
+        .collect()
+}
+
+/// A trained model loaded from a run directory, ready to be a score.
+pub struct LoadedModel {
+    pub cfg: RunConfig,
+    pub state: TrainState,
+    pub net: Box<dyn Network>,
+    pub varmap: VarMap,
+}
+
+impl LoadedModel {
+    /// Loads `config.toml` and the newest checkpoint (EMA weights when `use_ema`).
+    pub fn from_run(run_dir: &Path, use_ema: bool) -> Result<Self> {
+        let cfg = RunConfig::load(&run_dir.join("config.toml"), &[])?;
+        let ck_dir = run_dir.join("checkpoints");
+        let ck = checkpoint::load_latest(&ck_dir)?;
+        let varmap = VarMap::new();
+        let net = nets::build(&cfg.model, ck.state.dim, cfg.seed, &varmap)?;
+        checkpoint::assign(&nets::named_vars(&varmap), if use_ema { &ck.ema } else { &ck.model }, &ck_dir)?;
+        Ok(Self { cfg, state: ck.state, net, varmap })
+    }
+
+    pub fn score(&self) -> NetScore<'_> {
+        NetScore { net: self.net.as_ref(), sde: self.cfg.sde.build(), output: self.cfg.model.output }
+    }
+}
+
+/// The training points as used by a run (regenerated from its seed).
+pub fn training_points(cfg: &RunConfig) -> Result<Points> {
+    Ok(data::load(&cfg.data.source, cfg.data.n_train, &mut Rng::new(cfg.seed, streams::DATA))?.points)
+}
