@@ -27,8 +27,14 @@ fn keep_freed_memory() {
 }
 
 #[derive(Parser)]
-#[command(name = "scoregen", version, about = "Score-based generative modeling: train score models, sample the reverse SDE, check against exact answers")]
-#[command(after_help = "Exit codes: 0 success, 1 error (the message names the file and field), 2 bad command-line usage.")]
+#[command(
+    name = "scoregen",
+    version,
+    about = "Score-based generative modeling: train score models, sample the reverse SDE, check against exact answers"
+)]
+#[command(
+    after_help = "Exit codes: 0 success, 1 error (the message names the file and field), 2 bad command-line usage."
+)]
 struct Cli {
     /// Hide progress bars.
     #[arg(long, short, global = true)]
@@ -46,7 +52,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a score model from a TOML config.
-    #[command(after_help = "Examples:\n  scoregen train --config configs/gmm8-vp.toml\n  scoregen train --config configs/gmm8-ve.toml --set training.steps=8000 --out runs/long\n  scoregen train --config configs/gmm8-ve.toml --out runs/long --resume")]
+    #[command(
+        after_help = "Examples:\n  scoregen train --config configs/gmm8-vp.toml\n  scoregen train --config configs/gmm8-ve.toml --set training.steps=8000 --out runs/long\n  scoregen train --config configs/gmm8-ve.toml --out runs/long --resume"
+    )]
     Train {
         #[arg(long)]
         config: PathBuf,
@@ -61,7 +69,9 @@ enum Command {
         resume: bool,
     },
     /// Sample a trained run with the reverse SDE (Euler–Maruyama).
-    #[command(after_help = "Example:\n  scoregen sample --run runs/gmm8-ve --n 5000 --steps 500 --out samples.npy")]
+    #[command(
+        after_help = "Example:\n  scoregen sample --run runs/gmm8-ve --n 5000 --steps 500 --out samples.npy"
+    )]
     Sample {
         #[arg(long)]
         run: PathBuf,
@@ -81,7 +91,9 @@ enum Command {
         no_ema: bool,
     },
     /// Compare a sample file with a target: a mixture (gmm8, gmm25, unbalanced, SPEC.toml) or a reference .npy.
-    #[command(after_help = "Example:\n  scoregen eval --samples runs/quickstart/samples.npy --target gmm8")]
+    #[command(
+        after_help = "Example:\n  scoregen eval --samples runs/quickstart/samples.npy --target gmm8"
+    )]
     Eval {
         #[arg(long)]
         samples: PathBuf,
@@ -109,7 +121,9 @@ fn main() -> ExitCode {
         _ => "debug",
     };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match run_command(&cli) {
@@ -122,16 +136,34 @@ fn main() -> ExitCode {
 }
 
 fn print_json(v: &impl serde::Serialize) {
-    println!("{}", serde_json::to_string_pretty(v).expect("results serialize"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("results serialize")
+    );
 }
 
 fn run_command(cli: &Cli) -> Result<()> {
     match &cli.command {
-        Command::Train { config, out, set, resume } => {
+        Command::Train {
+            config,
+            out,
+            set,
+            resume,
+        } => {
             let cfg = RunConfig::load(config, set)?;
-            let dir = out.clone().unwrap_or_else(|| Path::new("runs").join(&cfg.name));
-            let outcome = train::train(&cfg, &dir, &TrainOptions { resume: *resume, quiet: cli.quiet, stop_after: None })
-                .with_context(|| format!("training {}", dir.display()))?;
+            let dir = out
+                .clone()
+                .unwrap_or_else(|| Path::new("runs").join(&cfg.name));
+            let outcome = train::train(
+                &cfg,
+                &dir,
+                &TrainOptions {
+                    resume: *resume,
+                    quiet: cli.quiet,
+                    stop_after: None,
+                },
+            )
+            .with_context(|| format!("training {}", dir.display()))?;
             if cli.json {
                 print_json(&serde_json::json!({
                     "run": dir, "step": outcome.step, "final_loss": outcome.final_loss,
@@ -144,13 +176,23 @@ fn run_command(cli: &Cli) -> Result<()> {
                 );
             }
         }
-        Command::Sample { run, n, steps, seed, out, no_ema } => {
-            let cfg = RunConfig::load(&run.join("config.toml"), &[]).with_context(|| format!("reading run {}", run.display()))?;
+        Command::Sample {
+            run,
+            n,
+            steps,
+            seed,
+            out,
+            no_ema,
+        } => {
+            let cfg = RunConfig::load(&run.join("config.toml"), &[])
+                .with_context(|| format!("reading run {}", run.display()))?;
             let req = SampleRequest {
                 n: n.unwrap_or(cfg.sampling.n),
                 steps: steps.unwrap_or(cfg.sampling.steps),
                 seed: *seed,
-                out: out.clone().unwrap_or_else(|| run.join("samples").join("samples.npy")),
+                out: out
+                    .clone()
+                    .unwrap_or_else(|| run.join("samples").join("samples.npy")),
                 use_ema: !no_ema && cfg.sampling.use_ema,
                 quiet: cli.quiet,
             };
@@ -161,13 +203,23 @@ fn run_command(cli: &Cli) -> Result<()> {
             if cli.json {
                 print_json(&o);
             } else {
-                println!("{} samples ({} score evaluations) in {:.2} s → {}", o.n, o.nfe, o.seconds, o.npy.display());
+                println!(
+                    "{} samples ({} score evaluations) in {:.2} s → {}",
+                    o.n,
+                    o.nfe,
+                    o.seconds,
+                    o.npy.display()
+                );
                 if let Some(p) = &o.png {
                     println!("scatter plot → {}", p.display());
                 }
             }
         }
-        Command::Eval { samples, target, seed } => {
+        Command::Eval {
+            samples,
+            target,
+            seed,
+        } => {
             let pts = npy::read_points(samples)?;
             let t = Target::parse(target)?;
             let ev = run::evaluate(&pts, &t, *seed)?;
@@ -186,9 +238,15 @@ fn run_command(cli: &Cli) -> Result<()> {
                     "scoregen quickstart: gmm8, VE SDE, {} training steps in {:.1} s ({:.0} steps/s), final loss {:.4}",
                     s.steps, s.train_seconds, s.steps_per_sec, s.final_loss
                 );
-                println!("sampled {} points, {} score evaluations, {:.2} s\n", s.sample.n, s.sample.nfe, s.sample.seconds);
+                println!(
+                    "sampled {} points, {} score evaluations, {:.2} s\n",
+                    s.sample.n, s.sample.nfe, s.sample.seconds
+                );
                 print!("{}", s.evaluation.table());
-                println!("\nwrote {}: samples.npy, samples.png, loss.png, metrics.json, checkpoints/", s.out_dir.display());
+                println!(
+                    "\nwrote {}: samples.npy, samples.png, loss.png, metrics.json, checkpoints/",
+                    s.out_dir.display()
+                );
             }
         }
     }

@@ -72,7 +72,12 @@ mod tests {
         let v = Tensor::new(&[[0.8f64], [-1.2], [0.6]], &dev).unwrap();
         let x = Var::new(&[[0.5f64, -1.0], [1.5, 0.25]], &dev).unwrap();
         let l = loss(w.as_tensor(), &b, &v, &x).unwrap();
-        let gw = backward(&l).unwrap().get(w.as_tensor()).unwrap().to_vec2::<f64>().unwrap();
+        let gw = backward(&l)
+            .unwrap()
+            .get(w.as_tensor())
+            .unwrap()
+            .to_vec2::<f64>()
+            .unwrap();
         assert!(second_order_enabled());
         let w0 = w.as_tensor().to_vec2::<f64>().unwrap();
         let h = 1e-6;
@@ -85,7 +90,11 @@ mod tests {
                     loss(&wt, &b, &v, &x).unwrap().to_scalar::<f64>().unwrap()
                 };
                 let fd = (at(h) - at(-h)) / (2.0 * h);
-                assert!((fd - gw[i][j]).abs() < 1e-6 * fd.abs().max(1.0), "W[{i}][{j}]: fd {fd} vs autodiff {}", gw[i][j]);
+                assert!(
+                    (fd - gw[i][j]).abs() < 1e-6 * fd.abs().max(1.0),
+                    "W[{i}][{j}]: fd {fd} vs autodiff {}",
+                    gw[i][j]
+                );
             }
         }
     }

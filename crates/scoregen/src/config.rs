@@ -133,12 +133,21 @@ impl Default for RunConfig {
 }
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { source: "gmm8".into(), n_train: 10_000 }
+        Self {
+            source: "gmm8".into(),
+            n_train: 10_000,
+        }
     }
 }
 impl Default for SdeConfig {
     fn default() -> Self {
-        Self { kind: SdeKind::Ve, sigma_min: 0.01, sigma_max: 50.0, beta_min: 0.1, beta_max: 20.0 }
+        Self {
+            kind: SdeKind::Ve,
+            sigma_min: 0.01,
+            sigma_max: 50.0,
+            beta_min: 0.1,
+            beta_max: 20.0,
+        }
     }
 }
 impl Default for ModelConfig {
@@ -157,7 +166,12 @@ impl Default for ModelConfig {
 impl Default for ObjectiveConfig {
     fn default() -> Self {
         let d = Dsm::default();
-        Self { kind: "dsm".into(), weighting: d.weighting, reduction: d.reduction, t_eps: d.t_eps }
+        Self {
+            kind: "dsm".into(),
+            weighting: d.weighting,
+            reduction: d.reduction,
+            t_eps: d.t_eps,
+        }
     }
 }
 impl Default for TrainingConfig {
@@ -177,7 +191,14 @@ impl Default for TrainingConfig {
 }
 impl Default for SamplingConfig {
     fn default() -> Self {
-        Self { sampler: "em".into(), steps: 1000, n: 2000, eps: None, denoise: true, use_ema: true }
+        Self {
+            sampler: "em".into(),
+            steps: 1000,
+            n: 2000,
+            eps: None,
+            denoise: true,
+            use_ema: true,
+        }
     }
 }
 
@@ -194,13 +215,22 @@ impl SdeConfig {
 
 impl ModelConfig {
     pub fn mlp(&self) -> MlpConfig {
-        MlpConfig { width: self.width, depth: self.depth, embed_dim: self.embed_dim, embed_scale: self.embed_scale }
+        MlpConfig {
+            width: self.width,
+            depth: self.depth,
+            embed_dim: self.embed_dim,
+            embed_scale: self.embed_scale,
+        }
     }
 }
 
 impl ObjectiveConfig {
     pub fn dsm(&self) -> Dsm {
-        Dsm { weighting: self.weighting, reduction: self.reduction, t_eps: self.t_eps }
+        Dsm {
+            weighting: self.weighting,
+            reduction: self.reduction,
+            t_eps: self.t_eps,
+        }
     }
 }
 
@@ -213,14 +243,20 @@ impl RunConfig {
 
     /// Parses TOML text; `file` names the source in error messages.
     pub fn parse(text: &str, file: &str, overrides: &[String]) -> Result<Self> {
-        let mut value: toml::Value =
-            toml::from_str(text).map_err(|e| Error::config(file, "(syntax)", e.message().trim().to_string()))?;
+        let mut value: toml::Value = toml::from_str(text)
+            .map_err(|e| Error::config(file, "(syntax)", e.message().trim().to_string()))?;
         for o in overrides {
             apply_override(&mut value, o).map_err(|m| Error::config(file, o.clone(), m))?;
         }
         let cfg: RunConfig = serde_path_to_error::deserialize(value).map_err(|e| {
             let field = e.path().to_string();
-            Error::config(file, field, e.into_inner().to_string())
+            // toml appends "\nin `table`"; the field path already says where.
+            let msg = e.into_inner().to_string();
+            Error::config(
+                file,
+                field,
+                msg.lines().next().unwrap_or_default().to_string(),
+            )
         })?;
         cfg.validate(file)?;
         Ok(cfg)
@@ -247,56 +283,96 @@ impl RunConfig {
                 positive("sde.sigma_min", s.sigma_min)?;
                 positive("sde.sigma_max", s.sigma_max)?;
                 if s.sigma_max <= s.sigma_min {
-                    return err("sde.sigma_max", format!("must be > sigma_min = {} (got {})", s.sigma_min, s.sigma_max));
+                    return err(
+                        "sde.sigma_max",
+                        format!(
+                            "must be > sigma_min = {} (got {})",
+                            s.sigma_min, s.sigma_max
+                        ),
+                    );
                 }
             }
             SdeKind::Vp | SdeKind::Subvp => {
                 positive("sde.beta_min", s.beta_min)?;
                 positive("sde.beta_max", s.beta_max)?;
                 if s.beta_max <= s.beta_min {
-                    return err("sde.beta_max", format!("must be > beta_min = {} (got {})", s.beta_min, s.beta_max));
+                    return err(
+                        "sde.beta_max",
+                        format!("must be > beta_min = {} (got {})", s.beta_min, s.beta_max),
+                    );
                 }
             }
         }
         if self.model.kind != "time-mlp" {
-            return err("model.kind", format!("expected `time-mlp`, found `{}`", self.model.kind));
+            return err(
+                "model.kind",
+                format!("expected `time-mlp`, found `{}`", self.model.kind),
+            );
         }
-        for (f, v) in [("model.width", self.model.width), ("model.depth", self.model.depth)] {
+        for (f, v) in [
+            ("model.width", self.model.width),
+            ("model.depth", self.model.depth),
+        ] {
             if v == 0 {
                 return err(f, "must be ≥ 1 (got 0)".into());
             }
         }
         if self.model.embed_dim == 0 || self.model.embed_dim % 2 == 1 {
-            return err("model.embed_dim", format!("must be even and ≥ 2 (got {})", self.model.embed_dim));
+            return err(
+                "model.embed_dim",
+                format!("must be even and ≥ 2 (got {})", self.model.embed_dim),
+            );
         }
         positive("model.embed_scale", self.model.embed_scale)?;
         if self.objective.kind != "dsm" {
-            return err("objective.kind", format!("expected `dsm`, found `{}`", self.objective.kind));
+            return err(
+                "objective.kind",
+                format!("expected `dsm`, found `{}`", self.objective.kind),
+            );
         }
         if !(self.objective.t_eps > 0.0 && self.objective.t_eps < 1.0) {
-            return err("objective.t_eps", format!("must be in (0, 1) (got {})", self.objective.t_eps));
+            return err(
+                "objective.t_eps",
+                format!("must be in (0, 1) (got {})", self.objective.t_eps),
+            );
         }
         let t = &self.training;
-        for (f, v) in [("training.steps", t.steps), ("training.batch_size", t.batch_size), ("training.log_every", t.log_every)] {
+        for (f, v) in [
+            ("training.steps", t.steps),
+            ("training.batch_size", t.batch_size),
+            ("training.log_every", t.log_every),
+        ] {
             if v == 0 {
                 return err(f, "must be ≥ 1 (got 0)".into());
             }
         }
         if t.checkpoint_every == 0 || t.keep_checkpoints == 0 {
-            return err("training.checkpoint_every", "checkpoint_every and keep_checkpoints must be ≥ 1".into());
+            return err(
+                "training.checkpoint_every",
+                "checkpoint_every and keep_checkpoints must be ≥ 1".into(),
+            );
         }
         positive("training.lr", t.lr)?;
         if !(t.grad_clip >= 0.0 && t.grad_clip.is_finite()) {
-            return err("training.grad_clip", format!("must be ≥ 0 (got {})", t.grad_clip));
+            return err(
+                "training.grad_clip",
+                format!("must be ≥ 0 (got {})", t.grad_clip),
+            );
         }
         if !(0.0..1.0).contains(&t.ema) {
             return err("training.ema", format!("must be in [0, 1) (got {})", t.ema));
         }
         if self.sampling.sampler != "em" {
-            return err("sampling.sampler", format!("expected `em`, found `{}`", self.sampling.sampler));
+            return err(
+                "sampling.sampler",
+                format!("expected `em`, found `{}`", self.sampling.sampler),
+            );
         }
         if self.sampling.steps == 0 || self.sampling.n == 0 {
-            return err("sampling.steps", "sampling.steps and sampling.n must be ≥ 1".into());
+            return err(
+                "sampling.steps",
+                "sampling.steps and sampling.n must be ≥ 1".into(),
+            );
         }
         if let Some(eps) = self.sampling.eps {
             if !(eps > 0.0 && eps < 1.0) {
@@ -325,10 +401,16 @@ fn apply_override(root: &mut toml::Value, spec: &str) -> std::result::Result<(),
     }
     let mut node = root;
     for p in &parts[..parts.len() - 1] {
-        let table = node.as_table_mut().ok_or_else(|| format!("`{p}` is not a table"))?;
-        node = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+        let table = node
+            .as_table_mut()
+            .ok_or_else(|| format!("`{p}` is not a table"))?;
+        node = table
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
     }
-    let table = node.as_table_mut().ok_or_else(|| format!("parent of `{key}` is not a table"))?;
+    let table = node
+        .as_table_mut()
+        .ok_or_else(|| format!("parent of `{key}` is not a table"))?;
     table.insert(parts[parts.len() - 1].to_string(), parsed);
     Ok(())
 }
@@ -345,20 +427,29 @@ mod tests {
 
     #[test]
     fn unknown_key_names_field_and_lists_valid_ones() {
-        let e = RunConfig::parse("[sde]\nsigma_maxx = 3\n", "c.toml", &[]).unwrap_err().to_string();
+        let e = RunConfig::parse("[sde]\nsigma_maxx = 3\n", "c.toml", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("c.toml: field `sde"), "{e}");
         assert!(e.contains("sigma_maxx") && e.contains("sigma_max"), "{e}");
     }
 
     #[test]
     fn negative_sigma_is_rejected_by_name() {
-        let e = RunConfig::parse("[sde]\nkind = \"ve\"\nsigma_min = -0.1\n", "c.toml", &[]).unwrap_err().to_string();
-        assert_eq!(e, "c.toml: field `sde.sigma_min`: must be a finite number > 0 (got -0.1)");
+        let e = RunConfig::parse("[sde]\nkind = \"ve\"\nsigma_min = -0.1\n", "c.toml", &[])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "c.toml: field `sde.sigma_min`: must be a finite number > 0 (got -0.1)"
+        );
     }
 
     #[test]
     fn wrong_type_names_the_field() {
-        let e = RunConfig::parse("[training]\nsteps = \"many\"\n", "c.toml", &[]).unwrap_err().to_string();
+        let e = RunConfig::parse("[training]\nsteps = \"many\"\n", "c.toml", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("field `training.steps`"), "{e}");
     }
 
@@ -367,12 +458,36 @@ mod tests {
         let c = RunConfig::parse(
             "[sde]\nkind = \"vp\"\n",
             "c.toml",
-            &["training.steps=7".into(), "sde.beta_max=10".into(), "data.source=moons".into()],
+            &[
+                "training.steps=7".into(),
+                "sde.beta_max=10".into(),
+                "data.source=moons".into(),
+            ],
         )
         .unwrap();
         assert_eq!(c.training.steps, 7);
         assert_eq!(c.sde.beta_max, 10.0);
         assert_eq!(c.data.source, "moons");
         assert!(RunConfig::parse("", "c.toml", &["training.nope=1".into()]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod preset_tests {
+    use super::*;
+
+    /// Every preset in `configs/` parses and validates.
+    #[test]
+    fn every_preset_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "toml") {
+                RunConfig::load(&p, &[]).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 3);
     }
 }

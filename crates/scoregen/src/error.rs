@@ -51,7 +51,11 @@ impl Error {
             message: message.into(),
         }
     }
-    pub fn config(file: impl Into<String>, field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn config(
+        file: impl Into<String>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Error::Config {
             file: file.into(),
             field: field.into(),

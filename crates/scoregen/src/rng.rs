@@ -46,7 +46,12 @@ impl Rng {
 
     /// The exact position of this stream (key, stream, word position).
     pub fn state(&self) -> RngState {
-        let key: String = self.inner.get_seed().iter().map(|b| format!("{b:02x}")).collect();
+        let key: String = self
+            .inner
+            .get_seed()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         RngState {
             key,
             stream: self.inner.get_stream(),
@@ -87,7 +92,12 @@ impl Rng {
     }
 
     /// A tensor of i.i.d. N(0, 1) draws.
-    pub fn randn(&mut self, shape: impl Into<Shape>, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+    pub fn randn(
+        &mut self,
+        shape: impl Into<Shape>,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
         let shape = shape.into();
         let v: Vec<f32> = (0..shape.elem_count())
             .map(|_| StandardNormal.sample(&mut self.inner))
@@ -96,7 +106,14 @@ impl Rng {
     }
 
     /// A tensor of i.i.d. U(lo, hi) draws.
-    pub fn rand_uniform(&mut self, shape: impl Into<Shape>, lo: f64, hi: f64, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+    pub fn rand_uniform(
+        &mut self,
+        shape: impl Into<Shape>,
+        lo: f64,
+        hi: f64,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
         let shape = shape.into();
         let v: Vec<f64> = (0..shape.elem_count())
             .map(|_| lo + (hi - lo) * self.inner.random::<f64>())
@@ -106,7 +123,9 @@ impl Rng {
 
     /// A vector of i.i.d. U(lo, hi) draws.
     pub fn uniform_vec(&mut self, n: usize, lo: f64, hi: f64) -> Vec<f64> {
-        (0..n).map(|_| lo + (hi - lo) * self.inner.random::<f64>()).collect()
+        (0..n)
+            .map(|_| lo + (hi - lo) * self.inner.random::<f64>())
+            .collect()
     }
 }
 

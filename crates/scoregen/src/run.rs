@@ -53,11 +53,25 @@ pub fn oracle_of(cfg: &RunConfig) -> Result<Option<GaussianMixture>> {
 pub fn sample_run(run_dir: &Path, req: &SampleRequest) -> Result<SampleOutcome> {
     let model = LoadedModel::from_run(run_dir, req.use_ema)?;
     let sde = model.cfg.sde.build();
-    let opts = ReverseOptions { steps: req.steps, eps: model.cfg.sampling.eps, denoise: model.cfg.sampling.denoise, record_every: None };
+    let opts = ReverseOptions {
+        steps: req.steps,
+        eps: model.cfg.sampling.eps,
+        denoise: model.cfg.sampling.denoise,
+        record_every: None,
+    };
     let start = Instant::now();
     let pb = progress::bar(req.steps, "sample", req.quiet);
     let mut rng = Rng::new(req.seed, streams::SAMPLING);
-    let out = samplers::sample_reverse(&model.score(), sde.as_ref(), &EulerMaruyama, (req.n, model.state.dim), &opts, &mut rng, DType::F32, &pb)?;
+    let out = samplers::sample_reverse(
+        &model.score(),
+        sde.as_ref(),
+        &EulerMaruyama,
+        (req.n, model.state.dim),
+        &opts,
+        &mut rng,
+        DType::F32,
+        &pb,
+    )?;
     let seconds = start.elapsed().as_secs_f64();
     let pts = Points::from_tensor(&out.x)?;
     if let Some(dir) = req.out.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -67,33 +81,66 @@ pub fn sample_run(run_dir: &Path, req: &SampleRequest) -> Result<SampleOutcome> 
     let png = if pts.d == 2 {
         let png = req.out.with_extension("png");
         let oracle = oracle_of(&model.cfg)?;
-        scatter(&png, &pts, oracle.as_ref(), &format!("{} samples, {} ({} steps)", pts.n, model.cfg.name, req.steps))?;
+        scatter(
+            &png,
+            &pts,
+            oracle.as_ref(),
+            &format!(
+                "{} samples, {} ({} steps)",
+                pts.n, model.cfg.name, req.steps
+            ),
+        )?;
         Some(png)
     } else {
         None
     };
-    Ok(SampleOutcome { npy: req.out.clone(), png, n: pts.n, nfe: out.nfe, seconds })
+    Ok(SampleOutcome {
+        npy: req.out.clone(),
+        png,
+        n: pts.n,
+        nfe: out.nfe,
+        seconds,
+    })
 }
 
 /// Scatter of 2-D points over the mixture's density when known.
-pub fn scatter(path: &Path, pts: &Points, mix: Option<&GaussianMixture>, title: &str) -> Result<()> {
+pub fn scatter(
+    path: &Path,
+    pts: &Points,
+    mix: Option<&GaussianMixture>,
+    title: &str,
+) -> Result<()> {
     let bounds = match mix {
         Some(m) => Bounds::around(&m.sample(4000, &mut Rng::new(0, 0)), 0.15),
         None => Bounds::around(pts, 0.1),
     };
     let logp = mix.map(|m| move |x: f64, y: f64| m.log_prob(&Points::new(1, 2, vec![x, y]))[0]);
     let f: Option<&dyn Fn(f64, f64) -> f64> = logp.as_ref().map(|f| f as &dyn Fn(f64, f64) -> f64);
-    viz::scatter_over_density(path, pts, f, &bounds, title).map_err(|e| Error::Invalid(e.to_string()))
+    viz::scatter_over_density(path, pts, f, &bounds, title)
+        .map_err(|e| Error::Invalid(e.to_string()))
 }
 
 /// Loss curve of a run (raw and EMA-smoothed, log scale).
 pub fn loss_plot(run_dir: &Path, path: &Path) -> Result<()> {
     let log = train::read_log(&run_dir.join("metrics.jsonl"))?;
     let raw: Vec<(f64, f64)> = log.iter().map(|l| (l.step as f64, l.loss)).collect();
-    let smooth: Vec<(f64, f64)> =
-        raw.iter().zip(viz::ema_smooth(&raw.iter().map(|p| p.1).collect::<Vec<_>>(), 0.9)).map(|(p, s)| (p.0, s)).collect();
-    viz::line_plot(path, &[("loss", &raw), ("EMA-smoothed", &smooth)], "training loss", "step", "loss", true)
-        .map_err(|e| Error::Invalid(e.to_string()))
+    let smooth: Vec<(f64, f64)> = raw
+        .iter()
+        .zip(viz::ema_smooth(
+            &raw.iter().map(|p| p.1).collect::<Vec<_>>(),
+            0.9,
+        ))
+        .map(|(p, s)| (p.0, s))
+        .collect();
+    viz::line_plot(
+        path,
+        &[("loss", &raw), ("EMA-smoothed", &smooth)],
+        "training loss",
+        "step",
+        "loss",
+        true,
+    )
+    .map_err(|e| Error::Invalid(e.to_string()))
 }
 
 /// What `scoregen eval` compares samples with.
@@ -120,7 +167,11 @@ impl Target {
 #[serde(untagged)]
 pub enum Evaluation {
     Mixture(MixtureReport),
-    Reference { n: usize, distances: Distances, floor: Distances },
+    Reference {
+        n: usize,
+        distances: Distances,
+        floor: Distances,
+    },
 }
 
 pub fn evaluate(samples: &Points, target: &Target, seed: u64) -> Result<Evaluation> {
@@ -128,16 +179,29 @@ pub fn evaluate(samples: &Points, target: &Target, seed: u64) -> Result<Evaluati
     match target {
         Target::Mixture(m) => {
             if m.dim() != samples.d {
-                return Err(Error::Invalid(format!("samples have dimension {}, the target has {}", samples.d, m.dim())));
+                return Err(Error::Invalid(format!(
+                    "samples have dimension {}, the target has {}",
+                    samples.d,
+                    m.dim()
+                )));
             }
-            Ok(Evaluation::Mixture(metrics::against_mixture(samples, m, &mut rng)))
+            Ok(Evaluation::Mixture(metrics::against_mixture(
+                samples, m, &mut rng,
+            )))
         }
         Target::Reference(r) => {
             if r.d != samples.d {
-                return Err(Error::Invalid(format!("samples have dimension {}, the reference has {}", samples.d, r.d)));
+                return Err(Error::Invalid(format!(
+                    "samples have dimension {}, the reference has {}",
+                    samples.d, r.d
+                )));
             }
             let (distances, floor) = metrics::against_reference(samples, r, &mut rng);
-            Ok(Evaluation::Reference { n: samples.n.min(r.n / 2), distances, floor })
+            Ok(Evaluation::Reference {
+                n: samples.n.min(r.n / 2),
+                distances,
+                floor,
+            })
         }
     }
 }
@@ -148,26 +212,81 @@ impl Evaluation {
         let mut rows: Vec<(String, String, String)> = Vec::new();
         let (d, f) = match self {
             Evaluation::Mixture(r) => (&r.distances, &r.floor),
-            Evaluation::Reference { distances, floor, .. } => (distances, floor),
+            Evaluation::Reference {
+                distances, floor, ..
+            } => (distances, floor),
         };
-        rows.push(("MMD² (RBF, median heuristic)".into(), format!("{:.5}", d.mmd2), format!("{:.5}", f.mmd2)));
-        rows.push(("energy distance".into(), format!("{:.5}", d.energy), format!("{:.5}", f.energy)));
-        rows.push(("sliced Wasserstein-2".into(), format!("{:.4}", d.sliced_w2), format!("{:.4}", f.sliced_w2)));
+        rows.push((
+            "MMD² (RBF, median heuristic)".into(),
+            format!("{:.5}", d.mmd2),
+            format!("{:.5}", f.mmd2),
+        ));
+        rows.push((
+            "energy distance".into(),
+            format!("{:.5}", d.energy),
+            format!("{:.5}", f.energy),
+        ));
+        rows.push((
+            "sliced Wasserstein-2".into(),
+            format!("{:.4}", d.sliced_w2),
+            format!("{:.4}", f.sliced_w2),
+        ));
         if let Evaluation::Mixture(r) = self {
-            let w = |v: &[f64]| v.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(" ");
-            rows.push(("modes covered".into(), format!("{}/{}", r.modes.covered, r.modes.n_modes), format!("{}/{}", r.modes_floor.covered, r.modes_floor.n_modes)));
-            let range = |v: &[f64]| {
-                let (lo, hi) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
-                if v.len() <= 2 { w(v) } else { format!("{lo:.3}–{hi:.3}") }
+            let w = |v: &[f64]| {
+                v.iter()
+                    .map(|x| format!("{x:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
             };
-            rows.push(("mode weights".into(), range(&r.modes.weights), range(&r.modes_floor.weights)));
-            rows.push(("weight L1 error".into(), format!("{:.3}", r.modes.weight_l1), format!("{:.3}", r.modes_floor.weight_l1)));
-            rows.push(("off-manifold fraction".into(), format!("{:.4}", r.modes.off_manifold), format!("{:.4}", r.modes_floor.off_manifold)));
-            rows.push(("mean log p(x) (nats)".into(), format!("{:.3}", r.modes.mean_log_density), format!("{:.3}", r.modes_floor.mean_log_density)));
+            rows.push((
+                "modes covered".into(),
+                format!("{}/{}", r.modes.covered, r.modes.n_modes),
+                format!("{}/{}", r.modes_floor.covered, r.modes_floor.n_modes),
+            ));
+            let range = |v: &[f64]| {
+                let (lo, hi) = v
+                    .iter()
+                    .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+                        (a.min(x), b.max(x))
+                    });
+                if v.len() <= 2 {
+                    w(v)
+                } else {
+                    format!("{lo:.3}–{hi:.3}")
+                }
+            };
+            rows.push((
+                "mode weights".into(),
+                range(&r.modes.weights),
+                range(&r.modes_floor.weights),
+            ));
+            rows.push((
+                "weight L1 error".into(),
+                format!("{:.3}", r.modes.weight_l1),
+                format!("{:.3}", r.modes_floor.weight_l1),
+            ));
+            rows.push((
+                "off-manifold fraction".into(),
+                format!("{:.4}", r.modes.off_manifold),
+                format!("{:.4}", r.modes_floor.off_manifold),
+            ));
+            rows.push((
+                "mean log p(x) (nats)".into(),
+                format!("{:.3}", r.modes.mean_log_density),
+                format!("{:.3}", r.modes_floor.mean_log_density),
+            ));
         }
-        let w0 = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0).max(6);
+        let w0 = rows
+            .iter()
+            .map(|r| r.0.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(6);
         let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(7);
-        let mut s = format!("{:<w0$}  {:>w1$}  {}\n", "metric", "samples", "floor (exact vs exact)");
+        let mut s = format!(
+            "{:<w0$}  {:>w1$}  {}\n",
+            "metric", "samples", "floor (exact vs exact)"
+        );
         for (a, b, c) in rows {
             s += &format!("{a:<w0$}  {b:>w1$}  {c}\n");
         }
@@ -190,8 +309,19 @@ pub struct QuickstartSummary {
 /// Trains the quickstart config, samples 2,000 points, evaluates them against
 /// the exact mixture and writes `samples.npy`, `samples.png`, `loss.png`, `metrics.json`.
 pub fn quickstart(out_dir: &Path, overrides: &[String], quiet: bool) -> Result<QuickstartSummary> {
-    let cfg = RunConfig::parse(QUICKSTART_CONFIG, "configs/gmm8-ve.toml (built in)", overrides)?;
-    let trained: TrainOutcome = train::train(&cfg, out_dir, &TrainOptions { quiet, ..Default::default() })?;
+    let cfg = RunConfig::parse(
+        QUICKSTART_CONFIG,
+        "configs/gmm8-ve.toml (built in)",
+        overrides,
+    )?;
+    let trained: TrainOutcome = train::train(
+        &cfg,
+        out_dir,
+        &TrainOptions {
+            quiet,
+            ..Default::default()
+        },
+    )?;
     let req = SampleRequest {
         n: cfg.sampling.n,
         steps: cfg.sampling.steps,
@@ -214,6 +344,11 @@ pub fn quickstart(out_dir: &Path, overrides: &[String], quiet: bool) -> Result<Q
         sample,
         evaluation,
     };
-    fsutil::write_atomic(&out_dir.join("metrics.json"), serde_json::to_string_pretty(&summary).expect("serializes").as_bytes())?;
+    fsutil::write_atomic(
+        &out_dir.join("metrics.json"),
+        serde_json::to_string_pretty(&summary)
+            .expect("serializes")
+            .as_bytes(),
+    )?;
     Ok(summary)
 }

@@ -43,7 +43,10 @@ impl ScoreFn for NetScore<'_> {
         match self.output {
             Output::Score => Ok(out),
             Output::ScoreOverStd => {
-                let inv_std: Vec<f64> = sde::times(t)?.iter().map(|&t| 1.0 / self.sde.marginal(t).1).collect();
+                let inv_std: Vec<f64> = sde::times(t)?
+                    .iter()
+                    .map(|&t| 1.0 / self.sde.marginal(t).1)
+                    .collect();
                 out.broadcast_mul(&sde::per_example(&inv_std, &out)?)
             }
         }

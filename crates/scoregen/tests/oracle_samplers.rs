@@ -15,16 +15,32 @@ fn sample_with_oracle(name: &str, sde: Arc<dyn Sde>, n: usize, steps: usize, see
     scoregen::init();
     let mix = toy::named_mixture(name).unwrap();
     let oracle = OracleScore::new(mix, sde.clone());
-    let opts = ReverseOptions { steps, ..Default::default() };
-    let out = sample_reverse(&oracle, sde.as_ref(), &EulerMaruyama, (n, 2), &opts, &mut Rng::new(seed, 0), DType::F64, &ProgressBar::hidden())
-        .unwrap();
+    let opts = ReverseOptions {
+        steps,
+        ..Default::default()
+    };
+    let out = sample_reverse(
+        &oracle,
+        sde.as_ref(),
+        &EulerMaruyama,
+        (n, 2),
+        &opts,
+        &mut Rng::new(seed, 0),
+        DType::F64,
+        &ProgressBar::hidden(),
+    )
+    .unwrap();
     assert_eq!(out.nfe, steps + 1);
     Points::from_tensor(&out.x).unwrap()
 }
 
 /// σ_max per data set: about the largest pairwise distance (NCSNv2 technique 1).
 fn sdes(sigma_max: f64) -> Vec<Arc<dyn Sde>> {
-    vec![Arc::new(VeSde::new(0.01, sigma_max)), Arc::new(VpSde::default()), Arc::new(SubVpSde::default())]
+    vec![
+        Arc::new(VeSde::new(0.01, sigma_max)),
+        Arc::new(VpSde::default()),
+        Arc::new(SubVpSde::default()),
+    ]
 }
 
 /// gmm8: all 8 modes, weights within the floor's spread, and the distances to
@@ -42,9 +58,18 @@ fn euler_maruyama_with_oracle_reaches_floor_on_gmm8() {
         assert_eq!(r.modes.covered, 8, "{name}: {r:?}");
         assert!(r.modes.weight_l1 < 0.1, "{name}: {r:?}");
         assert!(r.modes.off_manifold < 0.01, "{name}: {r:?}");
-        assert!(r.distances.energy < r.floor.energy.abs() + 0.015, "{name}: {r:?}");
-        assert!(r.distances.mmd2 < r.floor.mmd2.abs() + 2e-3, "{name}: {r:?}");
-        assert!((r.modes.mean_log_density - r.modes_floor.mean_log_density).abs() < 0.15, "{name}: {r:?}");
+        assert!(
+            r.distances.energy < r.floor.energy.abs() + 0.015,
+            "{name}: {r:?}"
+        );
+        assert!(
+            r.distances.mmd2 < r.floor.mmd2.abs() + 2e-3,
+            "{name}: {r:?}"
+        );
+        assert!(
+            (r.modes.mean_log_density - r.modes_floor.mean_log_density).abs() < 0.15,
+            "{name}: {r:?}"
+        );
     }
 }
 
@@ -59,7 +84,10 @@ fn euler_maruyama_with_oracle_recovers_unbalanced_weights() {
         let r = metrics::against_mixture(&x, &mix, &mut Rng::new(200 + i as u64, 0));
         assert!((r.modes.weights[0] - 0.8).abs() < 0.03, "{name}: {r:?}");
         assert!(r.modes.off_manifold < 0.01, "{name}: {r:?}");
-        assert!(r.distances.energy < r.floor.energy.abs() + 0.02, "{name}: {r:?}");
+        assert!(
+            r.distances.energy < r.floor.energy.abs() + 0.02,
+            "{name}: {r:?}"
+        );
     }
 }
 
@@ -79,8 +107,21 @@ fn a_wrong_score_sign_fails_the_same_checks() {
     let mix = toy::named_mixture("gmm8").unwrap();
     let sde: Arc<dyn Sde> = Arc::new(VpSde::default());
     let bad = Negated(OracleScore::new(mix.clone(), sde.clone()));
-    let opts = ReverseOptions { steps: 200, ..Default::default() };
-    let out = sample_reverse(&bad, sde.as_ref(), &EulerMaruyama, (500, 2), &opts, &mut Rng::new(1, 0), DType::F64, &ProgressBar::hidden()).unwrap();
+    let opts = ReverseOptions {
+        steps: 200,
+        ..Default::default()
+    };
+    let out = sample_reverse(
+        &bad,
+        sde.as_ref(),
+        &EulerMaruyama,
+        (500, 2),
+        &opts,
+        &mut Rng::new(1, 0),
+        DType::F64,
+        &ProgressBar::hidden(),
+    )
+    .unwrap();
     let x = Points::from_tensor(&out.x).unwrap();
     let stats = metrics::mode_stats(&x, &mix);
     assert!(!x.all_finite() || stats.off_manifold > 0.5, "{stats:?}");

@@ -7,7 +7,14 @@ use crate::rng::Rng;
 use std::f64::consts::PI;
 
 /// The names accepted on the command line and in configs.
-pub const NAMES: [&str; 6] = ["gmm8", "gmm25", "unbalanced", "moons", "swiss-roll", "checkerboard"];
+pub const NAMES: [&str; 6] = [
+    "gmm8",
+    "gmm25",
+    "unbalanced",
+    "moons",
+    "swiss-roll",
+    "checkerboard",
+];
 
 /// One-line descriptions, in the order of [`NAMES`].
 pub const DESCRIPTIONS: [&str; 6] = [
@@ -46,7 +53,11 @@ pub fn named_mixture(name: &str) -> Option<GaussianMixture> {
                 .collect();
             GaussianMixture::isotropic(vec![1.0; 25], means, &[0.2; 25])
         }
-        "unbalanced" => GaussianMixture::isotropic(vec![0.8, 0.2], vec![vec![-5.0, -5.0], vec![5.0, 5.0]], &[1.0, 1.0]),
+        "unbalanced" => GaussianMixture::isotropic(
+            vec![0.8, 0.2],
+            vec![vec![-5.0, -5.0], vec![5.0, 5.0]],
+            &[1.0, 1.0],
+        ),
         _ => return None,
     };
     Some(mix.expect("the named mixtures are valid"))
@@ -77,7 +88,11 @@ impl Toy {
             Toy::Moons => {
                 for i in 0..n {
                     let a = PI * rng.uniform();
-                    let (x, y) = if i % 2 == 0 { (a.cos(), a.sin()) } else { (1.0 - a.cos(), 0.5 - a.sin()) };
+                    let (x, y) = if i % 2 == 0 {
+                        (a.cos(), a.sin())
+                    } else {
+                        (1.0 - a.cos(), 0.5 - a.sin())
+                    };
                     data.push(2.0 * (x - 0.5 + 0.1 * rng.normal()));
                     data.push(2.0 * (y - 0.25 + 0.1 * rng.normal()));
                 }

@@ -8,15 +8,28 @@ use crate::score::ScoreFn;
 use candle_core::{DType, Device, Result};
 
 /// F(t) on each time of `times`, estimated with `n` exact samples of p_t per time.
-pub fn fisher_divergence(score: &dyn ScoreFn, oracle: &OracleScore, times: &[f64], n: usize, rng: &mut Rng) -> Result<Vec<(f64, f64)>> {
+pub fn fisher_divergence(
+    score: &dyn ScoreFn,
+    oracle: &OracleScore,
+    times: &[f64],
+    n: usize,
+    rng: &mut Rng,
+) -> Result<Vec<(f64, f64)>> {
     times
         .iter()
         .map(|&t| {
             let pt = oracle.at(t);
             let x = pt.sample(n, rng);
-            let s = Points::from_tensor(&score.score_at(&x.to_tensor(DType::F32, &Device::Cpu)?, t)?)?;
+            let s =
+                Points::from_tensor(&score.score_at(&x.to_tensor(DType::F32, &Device::Cpu)?, t)?)?;
             let exact = pt.score(&x);
-            let f = s.data.iter().zip(&exact.data).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / n as f64;
+            let f = s
+                .data
+                .iter()
+                .zip(&exact.data)
+                .map(|(a, b)| (a - b).powi(2))
+                .sum::<f64>()
+                / n as f64;
             Ok((t, f))
         })
         .collect()

@@ -21,7 +21,12 @@ pub struct MlpConfig {
 
 impl Default for MlpConfig {
     fn default() -> Self {
-        Self { width: 128, depth: 3, embed_dim: 32, embed_scale: 4.0 }
+        Self {
+            width: 128,
+            depth: 3,
+            embed_dim: 32,
+            embed_scale: 4.0,
+        }
     }
 }
 
@@ -40,7 +45,13 @@ impl TimeMlp {
     /// Parameters are created (or loaded) through `vb` under the names
     /// `input`, `time.{l}`, `hidden.{l}`, `output`.
     pub fn new(vb: VarBuilder, dim: usize, cfg: &MlpConfig, seed: u64) -> Result<Self> {
-        let embed = GaussianFourier::new(cfg.embed_dim, cfg.embed_scale, seed, vb.dtype(), vb.device())?;
+        let embed = GaussianFourier::new(
+            cfg.embed_dim,
+            cfg.embed_scale,
+            seed,
+            vb.dtype(),
+            vb.device(),
+        )?;
         let input = linear(dim + cfg.embed_dim, cfg.width, vb.pp("input"))?;
         let time = (0..cfg.depth.saturating_sub(1))
             .map(|l| linear(cfg.embed_dim, cfg.width, vb.pp(format!("time.{l}"))))
@@ -49,7 +60,13 @@ impl TimeMlp {
             .map(|l| linear(cfg.width, cfg.width, vb.pp(format!("hidden.{l}"))))
             .collect::<Result<_>>()?;
         let output = linear(cfg.width, dim, vb.pp("output"))?;
-        Ok(Self { embed, input, time, hidden, output })
+        Ok(Self {
+            embed,
+            input,
+            time,
+            hidden,
+            output,
+        })
     }
 
     /// A network on the CPU in f32 whose parameters live in `vm`: new ones are

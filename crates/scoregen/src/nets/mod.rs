@@ -28,7 +28,13 @@ pub fn build(cfg: &ModelConfig, dim: usize, seed: u64, vm: &VarMap) -> Result<Bo
 
 /// The variables of a map, sorted by name (a stable order for optimizers and checkpoints).
 pub fn named_vars(vm: &VarMap) -> Vec<(String, candle_core::Var)> {
-    let mut v: Vec<_> = vm.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut v: Vec<_> = vm
+        .data()
+        .lock()
+        .expect("varmap lock")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }

@@ -46,7 +46,11 @@ impl ScoreFn for OracleScore {
                 end += 1;
             }
             let mix = self.at(ts[start]);
-            let block = Points::new(end - start, pts.d, pts.data[start * pts.d..end * pts.d].to_vec());
+            let block = Points::new(
+                end - start,
+                pts.d,
+                pts.data[start * pts.d..end * pts.d].to_vec(),
+            );
             out.extend(mix.score(&block).data);
             start = end;
         }

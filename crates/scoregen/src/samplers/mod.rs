@@ -28,7 +28,12 @@ pub struct ReverseOptions {
 
 impl Default for ReverseOptions {
     fn default() -> Self {
-        Self { steps: 1000, eps: None, denoise: true, record_every: None }
+        Self {
+            steps: 1000,
+            eps: None,
+            denoise: true,
+            record_every: None,
+        }
     }
 }
 
@@ -67,7 +72,10 @@ pub fn sample_reverse(
     let reverse = ReverseSde::new(sde, score, false);
     let mut x = sde.prior_sample(shape.into(), rng, dtype, &Device::Cpu)?;
     let mut trajectory = Vec::new();
-    let record = |i: usize| opts.record_every.is_some_and(|k| i % k.max(1) == 0 || i == n);
+    let record = |i: usize| {
+        opts.record_every
+            .is_some_and(|k| i.is_multiple_of(k.max(1)) || i == n)
+    };
     if record(0) {
         trajectory.push((sde.t_max(), x.clone()));
     }

@@ -52,8 +52,15 @@ pub trait Sde: Send + Sync {
     }
 
     /// Draws from the prior N(0, s_T²·I).
-    fn prior_sample(&self, shape: Shape, rng: &mut Rng, dtype: DType, device: &Device) -> Result<Tensor> {
-        rng.randn(shape, dtype, device)?.affine(self.prior_std(), 0.0)
+    fn prior_sample(
+        &self,
+        shape: Shape,
+        rng: &mut Rng,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        rng.randn(shape, dtype, device)?
+            .affine(self.prior_std(), 0.0)
     }
 
     /// log N(x; 0, s_T²·I) for each example (all dimensions but the first are summed):
@@ -62,14 +69,19 @@ pub trait Sde: Send + Sync {
         let x = x.flatten_from(1)?;
         let d = x.dim(1)? as f64;
         let s2 = self.prior_std().powi(2);
-        x.sqr()?.sum(1)?.affine(-0.5 / s2, -0.5 * d * (2.0 * PI * s2).ln())
+        x.sqr()?
+            .sum(1)?
+            .affine(-0.5 / s2, -0.5 * d * (2.0 * PI * s2).ln())
     }
 
     /// One forward step of the discretized SDE ending at t with step dt > 0:
     /// x_t = x_{t−dt} + f + G·z. Returns (f, G). Default: Euler–Maruyama,
     /// f = f(x,t)·dt, G = g(t)·√dt; VE and VP override with their DDPM/SMLD forms.
     fn discretize(&self, x: &Tensor, t: f64, dt: f64) -> Result<(Tensor, f64)> {
-        Ok((self.drift(x, t)?.affine(dt, 0.0)?, self.diffusion(t) * dt.sqrt()))
+        Ok((
+            self.drift(x, t)?.affine(dt, 0.0)?,
+            self.diffusion(t) * dt.sqrt(),
+        ))
     }
 }
 
@@ -177,7 +189,11 @@ mod tests {
                 let dm = (m(t + h) - m(t - h)) / (2.0 * h);
                 let a = sde.drift_coef(t);
                 let g2 = sde.diffusion(t).powi(2);
-                assert!((dv - (2.0 * a * v(t) + g2)).abs() < 1e-4 * (1.0 + g2), "{} t={t}", sde.name());
+                assert!(
+                    (dv - (2.0 * a * v(t) + g2)).abs() < 1e-4 * (1.0 + g2),
+                    "{} t={t}",
+                    sde.name()
+                );
                 assert!((dm - a * m(t)).abs() < 1e-6, "{} t={t}", sde.name());
             }
         }

@@ -1,0 +1,163 @@
+//! The binary as a user meets it: bad input gives one clear line naming the
+//! file and field, a non-zero exit code and no half-written run; a tiny run
+//! goes through train → sample → eval.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn scoregen(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_scoregen"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run scoregen")
+}
+
+/// Asserts failure with exactly one stderr line containing every `needle`.
+fn fails_with(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, stderr: {err}");
+    assert_eq!(
+        err.trim().lines().count(),
+        1,
+        "one error line expected, got: {err}"
+    );
+    for n in needles {
+        assert!(err.contains(n), "`{n}` missing from: {err}");
+    }
+}
+
+#[test]
+fn missing_config_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = scoregen(
+        &["train", "--config", "nope.toml", "--out", "run"],
+        dir.path(),
+    );
+    fails_with(&out, &["nope.toml", "No such file"]);
+    assert!(!dir.path().join("run").exists());
+}
+
+#[test]
+fn unknown_key_names_file_field_and_valid_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "[sde]\nkind = \"ve\"\nsigma_maxx = 3.0\n",
+    )
+    .unwrap();
+    let out = scoregen(&["train", "--config", "c.toml", "--out", "run"], dir.path());
+    fails_with(&out, &["c.toml", "field `sde", "sigma_maxx", "sigma_max"]);
+    assert!(!dir.path().join("run").exists());
+}
+
+#[test]
+fn negative_sigma_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "[sde]\nkind = \"ve\"\nsigma_min = -1.0\n",
+    )
+    .unwrap();
+    let out = scoregen(&["train", "--config", "c.toml", "--out", "run"], dir.path());
+    fails_with(&out, &["c.toml", "field `sde.sigma_min`", "> 0", "-1"]);
+    assert!(!dir.path().join("run").exists());
+}
+
+#[test]
+fn wrong_shaped_npy_is_named_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    // a valid float32 .npy of shape [2, 2, 2]
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    let mut header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2, 2), }".to_string();
+    while !(10 + header.len() + 1).is_multiple_of(64) {
+        header.push(' ');
+    }
+    header.push('\n');
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    bytes.extend([0u8; 32]);
+    std::fs::write(dir.path().join("bad.npy"), &bytes).unwrap();
+    std::fs::write(dir.path().join("c.toml"), "[data]\nsource = \"bad.npy\"\n").unwrap();
+    let out = scoregen(&["train", "--config", "c.toml", "--out", "run"], dir.path());
+    fails_with(&out, &["bad.npy", "[2, 2, 2]"]);
+    assert!(!dir.path().join("run").exists());
+    let out = scoregen(
+        &["eval", "--samples", "bad.npy", "--target", "gmm8"],
+        dir.path(),
+    );
+    fails_with(&out, &["bad.npy", "shape"]);
+}
+
+#[test]
+fn unknown_data_set_lists_the_valid_names() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.toml"), "[data]\nsource = \"gmm9\"\n").unwrap();
+    let out = scoregen(&["train", "--config", "c.toml"], dir.path());
+    fails_with(&out, &["gmm9", "gmm8", "checkerboard"]);
+}
+
+#[test]
+fn tiny_run_trains_samples_and_evaluates() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "name = \"tiny\"\n[sde]\nkind = \"vp\"\n[model]\nwidth = 32\n[training]\nsteps = 40\nbatch_size = 64\nlog_every = 10\ncheckpoint_every = 20\n",
+    )
+    .unwrap();
+    let out = scoregen(
+        &[
+            "--json",
+            "train",
+            "--config",
+            "c.toml",
+            "--set",
+            "training.steps=30",
+        ],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["step"], 30);
+    let run = dir.path().join("runs/tiny");
+    for f in ["config.toml", "metrics.jsonl", "checkpoints/latest"] {
+        assert!(run.join(f).exists(), "{f}");
+    }
+    let out = scoregen(
+        &[
+            "sample",
+            "--run",
+            "runs/tiny",
+            "--n",
+            "200",
+            "--steps",
+            "50",
+            "--out",
+            "s.npy",
+            "-q",
+        ],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("s.npy").exists() && dir.path().join("s.png").exists());
+    let out = scoregen(
+        &["--json", "eval", "--samples", "s.npy", "--target", "gmm8"],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["modes"]["n_modes"], 8);
+    assert!(v["floor"]["mmd2"].is_number());
+}
