@@ -6,22 +6,14 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn scoregen(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_scoregen"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run scoregen")
+    Command::new(env!("CARGO_BIN_EXE_scoregen")).args(args).current_dir(cwd).output().expect("run scoregen")
 }
 
 /// Asserts failure with exactly one stderr line containing every `needle`.
 fn fails_with(out: &Output, needles: &[&str]) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "expected failure, stderr: {err}");
-    assert_eq!(
-        err.trim().lines().count(),
-        1,
-        "one error line expected, got: {err}"
-    );
+    assert_eq!(err.trim().lines().count(), 1, "one error line expected, got: {err}");
     for n in needles {
         assert!(err.contains(n), "`{n}` missing from: {err}");
     }
@@ -30,10 +22,7 @@ fn fails_with(out: &Output, needles: &[&str]) {
 #[test]
 fn missing_config_file_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    let out = scoregen(
-        &["train", "--config", "nope.toml", "--out", "run"],
-        dir.path(),
-    );
+    let out = scoregen(&["train", "--config", "nope.toml", "--out", "run"], dir.path());
     fails_with(&out, &["nope.toml", "No such file"]);
     assert!(!dir.path().join("run").exists());
 }
@@ -41,11 +30,7 @@ fn missing_config_file_is_named() {
 #[test]
 fn unknown_key_names_file_field_and_valid_keys() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("c.toml"),
-        "[sde]\nkind = \"ve\"\nsigma_maxx = 3.0\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("c.toml"), "[sde]\nkind = \"ve\"\nsigma_maxx = 3.0\n").unwrap();
     let out = scoregen(&["train", "--config", "c.toml", "--out", "run"], dir.path());
     fails_with(&out, &["c.toml", "field `sde", "sigma_maxx", "sigma_max"]);
     assert!(!dir.path().join("run").exists());
@@ -54,11 +39,7 @@ fn unknown_key_names_file_field_and_valid_keys() {
 #[test]
 fn negative_sigma_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("c.toml"),
-        "[sde]\nkind = \"ve\"\nsigma_min = -1.0\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("c.toml"), "[sde]\nkind = \"ve\"\nsigma_min = -1.0\n").unwrap();
     let out = scoregen(&["train", "--config", "c.toml", "--out", "run"], dir.path());
     fails_with(&out, &["c.toml", "field `sde.sigma_min`", "> 0", "-1"]);
     assert!(!dir.path().join("run").exists());
@@ -82,10 +63,7 @@ fn wrong_shaped_npy_is_named_and_nothing_is_written() {
     let out = scoregen(&["train", "--config", "c.toml", "--out", "run"], dir.path());
     fails_with(&out, &["bad.npy", "[2, 2, 2]"]);
     assert!(!dir.path().join("run").exists());
-    let out = scoregen(
-        &["eval", "--samples", "bad.npy", "--target", "gmm8"],
-        dir.path(),
-    );
+    let out = scoregen(&["eval", "--samples", "bad.npy", "--target", "gmm8"], dir.path());
     fails_with(&out, &["bad.npy", "shape"]);
 }
 
@@ -105,58 +83,20 @@ fn tiny_run_trains_samples_and_evaluates() {
         "name = \"tiny\"\n[sde]\nkind = \"vp\"\n[model]\nwidth = 32\n[training]\nsteps = 40\nbatch_size = 64\nlog_every = 10\ncheckpoint_every = 20\n",
     )
     .unwrap();
-    let out = scoregen(
-        &[
-            "--json",
-            "train",
-            "--config",
-            "c.toml",
-            "--set",
-            "training.steps=30",
-        ],
-        dir.path(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = scoregen(&["--json", "train", "--config", "c.toml", "--set", "training.steps=30"], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["step"], 30);
     let run = dir.path().join("runs/tiny");
     for f in ["config.toml", "metrics.jsonl", "checkpoints/latest"] {
         assert!(run.join(f).exists(), "{f}");
     }
-    let out = scoregen(
-        &[
-            "sample",
-            "--run",
-            "runs/tiny",
-            "--n",
-            "200",
-            "--steps",
-            "50",
-            "--out",
-            "s.npy",
-            "-q",
-        ],
-        dir.path(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        scoregen(&["sample", "--run", "runs/tiny", "--n", "200", "--steps", "50", "--out", "s.npy", "-q"], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(dir.path().join("s.npy").exists() && dir.path().join("s.png").exists());
-    let out = scoregen(
-        &["--json", "eval", "--samples", "s.npy", "--target", "gmm8"],
-        dir.path(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = scoregen(&["--json", "eval", "--samples", "s.npy", "--target", "gmm8"], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["modes"]["n_modes"], 8);
     assert!(v["floor"]["mmd2"].is_number());

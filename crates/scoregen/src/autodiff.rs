@@ -41,10 +41,16 @@ pub fn backward(loss: &Tensor) -> candle_core::Result<GradStore> {
 /// ∂(Σ y)/∂x for a tracked input `x`; the result stays differentiable
 /// (with respect to the parameters that produced `y`).
 pub fn grad(y: &Tensor, x: &Var) -> candle_core::Result<Tensor> {
+    grad_wrt(y, x.as_tensor())
+}
+
+/// ∂(Σ y)/∂x where `x` is the tensor of a variable (`x.is_variable()`);
+/// zero when y does not depend on x.
+pub fn grad_wrt(y: &Tensor, x: &Tensor) -> candle_core::Result<Tensor> {
     let grads = backward(&y.sum_all()?)?;
-    match grads.get(x.as_tensor()) {
+    match grads.get(x) {
         Some(g) => Ok(g.clone()),
-        None => x.as_tensor().zeros_like(),
+        None => x.zeros_like(),
     }
 }
 
@@ -72,12 +78,7 @@ mod tests {
         let v = Tensor::new(&[[0.8f64], [-1.2], [0.6]], &dev).unwrap();
         let x = Var::new(&[[0.5f64, -1.0], [1.5, 0.25]], &dev).unwrap();
         let l = loss(w.as_tensor(), &b, &v, &x).unwrap();
-        let gw = backward(&l)
-            .unwrap()
-            .get(w.as_tensor())
-            .unwrap()
-            .to_vec2::<f64>()
-            .unwrap();
+        let gw = backward(&l).unwrap().get(w.as_tensor()).unwrap().to_vec2::<f64>().unwrap();
         assert!(second_order_enabled());
         let w0 = w.as_tensor().to_vec2::<f64>().unwrap();
         let h = 1e-6;

@@ -4,9 +4,12 @@
 
 use crate::error::{Error, Result};
 use crate::nets::MlpConfig;
-use crate::objectives::{Dsm, Reduction, Weighting};
+use crate::objectives::{
+    ContinuousDsm, DenoisingAtSigma, Dsm, Implicit, Ncsn, Objective, Projection, Reduction, Sliced, Weighting,
+};
+use crate::samplers::Start;
 use crate::score::Output;
-use crate::sde::{Sde, SubVpSde, VeSde, VpSde};
+use crate::sde::{NoiseLadder, Sde, SubVpSde, VeSde, VpSde};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
@@ -23,6 +26,7 @@ pub struct RunConfig {
     pub sde: SdeConfig,
     pub model: ModelConfig,
     pub objective: ObjectiveConfig,
+    pub noise: NoiseConfig,
     pub training: TrainingConfig,
     pub sampling: SamplingConfig,
 }
@@ -57,11 +61,76 @@ pub struct SdeConfig {
     pub beta_max: f64,
 }
 
+/// Which network models the score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelKind {
+    /// MLP with Gaussian Fourier time features: s_θ(x, t).
+    TimeMlp,
+    /// Unconditional MLP s_θ(x) (noise-free objectives; with `score-over-std`, NCSNv2's s_θ(x)/σ).
+    #[serde(alias = "score-mlp")]
+    Mlp,
+    /// MLP with a learned embedding of the noise level (NCSN).
+    NcsnMlp,
+    /// Energy f_θ(x); the score is −∇ₓ f_θ.
+    EnergyMlp,
+}
+
+/// Which loss trains the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ObjectiveKind {
+    /// Denoising score matching: continuous-time over the SDE, or at one σ when `objective.sigma` is set.
+    Dsm,
+    /// NCSN: DSM summed over the `[noise]` ladder with λ(σ) = σ^power.
+    Ncsn,
+    /// Implicit score matching (exact Jacobian trace).
+    Implicit,
+    /// Sliced score matching.
+    Sliced,
+    /// Sliced score matching, variance-reduced.
+    SlicedVr,
+}
+
+/// Which sampler `scoregen sample` uses by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SamplerKind {
+    /// Euler–Maruyama on the reverse SDE.
+    Em,
+    /// Langevin dynamics with the model's score.
+    Langevin,
+    /// Metropolis-adjusted Langevin (energy models).
+    Mala,
+    /// Annealed Langevin dynamics over the noise ladder.
+    AnnealedLangevin,
+}
+
+impl std::str::FromStr for SamplerKind {
+    type Err = String;
+    /// The config spelling: `em`, `langevin`, `mala`, `annealed-langevin`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        SamplerKind::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(s))
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl ObjectiveKind {
+    /// True for objectives that learn one score, not a family over noise levels.
+    pub fn is_noise_free(self, sigma: Option<f64>) -> bool {
+        match self {
+            ObjectiveKind::Dsm => sigma.is_some(),
+            ObjectiveKind::Ncsn => false,
+            _ => true,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// Network: `time-mlp`.
-    pub kind: String,
+    /// `time-mlp`, `mlp` (alias `score-mlp`), `ncsn-mlp` or `energy-mlp`.
+    pub kind: ModelKind,
     /// `score-over-std` (net predicts −z; score = net / s(t)) or `score`.
     pub output: Output,
     pub width: usize,
@@ -73,14 +142,39 @@ pub struct ModelConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ObjectiveConfig {
-    /// `dsm`: continuous denoising score matching.
-    pub kind: String,
+    /// `dsm`, `ncsn`, `implicit`, `sliced` or `sliced-vr`.
+    pub kind: ObjectiveKind,
     /// λ(t): `sigma2` or `likelihood`.
     pub weighting: Weighting,
     /// `mean` or `sum` over data dimensions.
     pub reduction: Reduction,
     /// t ~ U(t_eps, 1).
     pub t_eps: f64,
+    /// `dsm` only: train at this single noise level instead of over the SDE.
+    pub sigma: Option<f64>,
+    /// `sliced`: projections per example.
+    pub projections: usize,
+    /// `sliced`: `gaussian` or `rademacher`.
+    pub projection: Projection,
+    /// `implicit`: the largest data dimension accepted (D backward passes per step).
+    pub max_dim: usize,
+}
+
+/// The NCSN noise ladder σ_1 < … < σ_L (`objective.kind = "ncsn"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NoiseConfig {
+    pub sigma_min: f64,
+    pub sigma_max: f64,
+    pub levels: usize,
+    /// p in λ(σ) = σ^p.
+    pub power: f64,
+}
+
+impl Default for NoiseConfig {
+    fn default() -> Self {
+        Self { sigma_min: 0.01, sigma_max: 10.0, levels: 10, power: 2.0 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,8 +199,8 @@ pub struct TrainingConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SamplingConfig {
-    /// `em`: Euler–Maruyama on the reverse SDE.
-    pub sampler: String,
+    /// `em`, `langevin`, `mala` or `annealed-langevin`.
+    pub sampler: SamplerKind,
     pub steps: usize,
     pub n: usize,
     /// Final time ε; default: the SDE's (1e-5 VE, 1e-3 VP/sub-VP).
@@ -115,6 +209,12 @@ pub struct SamplingConfig {
     pub denoise: bool,
     /// Sample with the EMA weights.
     pub use_ema: bool,
+    /// Langevin step size ε (annealed: the step at the smallest level).
+    pub step_size: f64,
+    /// Annealed Langevin: steps per noise level T.
+    pub steps_per_level: usize,
+    /// Where Langevin chains start.
+    pub start: Start,
 }
 
 impl Default for RunConfig {
@@ -126,6 +226,7 @@ impl Default for RunConfig {
             sde: SdeConfig::default(),
             model: ModelConfig::default(),
             objective: ObjectiveConfig::default(),
+            noise: NoiseConfig::default(),
             training: TrainingConfig::default(),
             sampling: SamplingConfig::default(),
         }
@@ -133,28 +234,19 @@ impl Default for RunConfig {
 }
 impl Default for DataConfig {
     fn default() -> Self {
-        Self {
-            source: "gmm8".into(),
-            n_train: 10_000,
-        }
+        Self { source: "gmm8".into(), n_train: 10_000 }
     }
 }
 impl Default for SdeConfig {
     fn default() -> Self {
-        Self {
-            kind: SdeKind::Ve,
-            sigma_min: 0.01,
-            sigma_max: 50.0,
-            beta_min: 0.1,
-            beta_max: 20.0,
-        }
+        Self { kind: SdeKind::Ve, sigma_min: 0.01, sigma_max: 50.0, beta_min: 0.1, beta_max: 20.0 }
     }
 }
 impl Default for ModelConfig {
     fn default() -> Self {
         let m = MlpConfig::default();
         Self {
-            kind: "time-mlp".into(),
+            kind: ModelKind::TimeMlp,
             output: Output::ScoreOverStd,
             width: m.width,
             depth: m.depth,
@@ -167,10 +259,14 @@ impl Default for ObjectiveConfig {
     fn default() -> Self {
         let d = Dsm::default();
         Self {
-            kind: "dsm".into(),
+            kind: ObjectiveKind::Dsm,
             weighting: d.weighting,
             reduction: d.reduction,
             t_eps: d.t_eps,
+            sigma: None,
+            projections: 1,
+            projection: Projection::Rademacher,
+            max_dim: 16,
         }
     }
 }
@@ -192,12 +288,15 @@ impl Default for TrainingConfig {
 impl Default for SamplingConfig {
     fn default() -> Self {
         Self {
-            sampler: "em".into(),
+            sampler: SamplerKind::Em,
             steps: 1000,
             n: 2000,
             eps: None,
             denoise: true,
             use_ema: true,
+            step_size: 0.01,
+            steps_per_level: 100,
+            start: Start::Uniform { lo: -8.0, hi: 8.0 },
         }
     }
 }
@@ -215,26 +314,56 @@ impl SdeConfig {
 
 impl ModelConfig {
     pub fn mlp(&self) -> MlpConfig {
-        MlpConfig {
-            width: self.width,
-            depth: self.depth,
-            embed_dim: self.embed_dim,
-            embed_scale: self.embed_scale,
-        }
+        MlpConfig { width: self.width, depth: self.depth, embed_dim: self.embed_dim, embed_scale: self.embed_scale }
     }
 }
 
 impl ObjectiveConfig {
     pub fn dsm(&self) -> Dsm {
-        Dsm {
-            weighting: self.weighting,
-            reduction: self.reduction,
-            t_eps: self.t_eps,
-        }
+        Dsm { weighting: self.weighting, reduction: self.reduction, t_eps: self.t_eps }
     }
 }
 
 impl RunConfig {
+    /// The noise ladder of `[noise]`.
+    pub fn ladder(&self) -> NoiseLadder {
+        NoiseLadder::geometric(self.noise.sigma_min, self.noise.sigma_max, self.noise.levels)
+    }
+
+    /// The SDE the model's time input refers to: the ladder's VE SDE for NCSN, else `[sde]`.
+    pub fn sde(&self) -> Arc<dyn Sde> {
+        match self.objective.kind {
+            ObjectiveKind::Ncsn => Arc::new(self.ladder().sde()),
+            _ => self.sde.build(),
+        }
+    }
+
+    /// The training objective.
+    pub fn objective(&self) -> Box<dyn Objective> {
+        let o = &self.objective;
+        match o.kind {
+            ObjectiveKind::Dsm => match o.sigma {
+                Some(sigma) => Box::new(DenoisingAtSigma { sigma }),
+                None => Box::new(ContinuousDsm { dsm: o.dsm(), sde: self.sde.build() }),
+            },
+            ObjectiveKind::Ncsn => {
+                Box::new(Ncsn { ladder: self.ladder(), power: self.noise.power, reduction: o.reduction })
+            }
+            ObjectiveKind::Implicit => Box::new(Implicit { max_dim: o.max_dim }),
+            ObjectiveKind::Sliced | ObjectiveKind::SlicedVr => Box::new(Sliced {
+                projections: o.projections,
+                projection: o.projection,
+                variance_reduced: o.kind == ObjectiveKind::SlicedVr,
+            }),
+        }
+    }
+
+    /// The time at which a noise-free sampler (Langevin, MALA) evaluates the score:
+    /// 0 (the smallest level for NCSN; unconditional models ignore it).
+    pub fn langevin_time(&self) -> f64 {
+        0.0
+    }
+
     /// Reads, overrides (`key.path=value`) and validates a config file.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
@@ -243,8 +372,8 @@ impl RunConfig {
 
     /// Parses TOML text; `file` names the source in error messages.
     pub fn parse(text: &str, file: &str, overrides: &[String]) -> Result<Self> {
-        let mut value: toml::Value = toml::from_str(text)
-            .map_err(|e| Error::config(file, "(syntax)", e.message().trim().to_string()))?;
+        let mut value: toml::Value =
+            toml::from_str(text).map_err(|e| Error::config(file, "(syntax)", e.message().trim().to_string()))?;
         for o in overrides {
             apply_override(&mut value, o).map_err(|m| Error::config(file, o.clone(), m))?;
         }
@@ -252,11 +381,7 @@ impl RunConfig {
             let field = e.path().to_string();
             // toml appends "\nin `table`"; the field path already says where.
             let msg = e.into_inner().to_string();
-            Error::config(
-                file,
-                field,
-                msg.lines().next().unwrap_or_default().to_string(),
-            )
+            Error::config(file, field, msg.lines().next().unwrap_or_default().to_string())
         })?;
         cfg.validate(file)?;
         Ok(cfg)
@@ -285,10 +410,7 @@ impl RunConfig {
                 if s.sigma_max <= s.sigma_min {
                     return err(
                         "sde.sigma_max",
-                        format!(
-                            "must be > sigma_min = {} (got {})",
-                            s.sigma_min, s.sigma_max
-                        ),
+                        format!("must be > sigma_min = {} (got {})", s.sigma_min, s.sigma_max),
                     );
                 }
             }
@@ -296,83 +418,109 @@ impl RunConfig {
                 positive("sde.beta_min", s.beta_min)?;
                 positive("sde.beta_max", s.beta_max)?;
                 if s.beta_max <= s.beta_min {
-                    return err(
-                        "sde.beta_max",
-                        format!("must be > beta_min = {} (got {})", s.beta_min, s.beta_max),
-                    );
+                    return err("sde.beta_max", format!("must be > beta_min = {} (got {})", s.beta_min, s.beta_max));
                 }
             }
         }
-        if self.model.kind != "time-mlp" {
+        let noise_free = self.objective.kind.is_noise_free(self.objective.sigma);
+        if noise_free && self.model.output == Output::ScoreOverStd {
             return err(
-                "model.kind",
-                format!("expected `time-mlp`, found `{}`", self.model.kind),
+                "model.output",
+                format!("`score-over-std` needs a noise-conditional objective (dsm over an SDE, or ncsn); with objective.kind = {:?} use output = \"score\"", self.objective.kind),
             );
         }
-        for (f, v) in [
-            ("model.width", self.model.width),
-            ("model.depth", self.model.depth),
-        ] {
+        if self.model.kind == ModelKind::EnergyMlp && self.model.output != Output::Score {
+            return err("model.output", "an energy model's score is −∇f; use output = \"score\"".into());
+        }
+        if self.model.kind == ModelKind::NcsnMlp && self.objective.kind != ObjectiveKind::Ncsn {
+            return err(
+                "model.kind",
+                "`ncsn-mlp` is conditioned on the [noise] ladder; use it with objective.kind = \"ncsn\"".into(),
+            );
+        }
+        if self.model.kind == ModelKind::Mlp && !noise_free && self.model.output != Output::ScoreOverStd {
+            return err("model.kind", "an unconditional `mlp` cannot tell noise levels apart; use output = \"score-over-std\" (NCSNv2) or a conditioned model".into());
+        }
+        for (f, v) in [("model.width", self.model.width), ("model.depth", self.model.depth)] {
             if v == 0 {
                 return err(f, "must be ≥ 1 (got 0)".into());
             }
         }
         if self.model.embed_dim == 0 || self.model.embed_dim % 2 == 1 {
-            return err(
-                "model.embed_dim",
-                format!("must be even and ≥ 2 (got {})", self.model.embed_dim),
-            );
+            return err("model.embed_dim", format!("must be even and ≥ 2 (got {})", self.model.embed_dim));
         }
         positive("model.embed_scale", self.model.embed_scale)?;
-        if self.objective.kind != "dsm" {
-            return err(
-                "objective.kind",
-                format!("expected `dsm`, found `{}`", self.objective.kind),
-            );
+        if let Some(sigma) = self.objective.sigma {
+            positive("objective.sigma", sigma)?;
+        }
+        if self.objective.projections == 0 {
+            return err("objective.projections", "must be ≥ 1 (got 0)".into());
+        }
+        let nz = &self.noise;
+        if self.objective.kind == ObjectiveKind::Ncsn || self.sampling.sampler == SamplerKind::AnnealedLangevin {
+            positive("noise.sigma_min", nz.sigma_min)?;
+            if !(nz.sigma_max > nz.sigma_min && nz.sigma_max.is_finite()) {
+                return err(
+                    "noise.sigma_max",
+                    format!("must be > sigma_min = {} (got {})", nz.sigma_min, nz.sigma_max),
+                );
+            }
+            if nz.levels < 2 {
+                return err("noise.levels", format!("must be ≥ 2 (got {})", nz.levels));
+            }
+            if !nz.power.is_finite() {
+                return err("noise.power", format!("must be finite (got {})", nz.power));
+            }
         }
         if !(self.objective.t_eps > 0.0 && self.objective.t_eps < 1.0) {
-            return err(
-                "objective.t_eps",
-                format!("must be in (0, 1) (got {})", self.objective.t_eps),
-            );
+            return err("objective.t_eps", format!("must be in (0, 1) (got {})", self.objective.t_eps));
         }
         let t = &self.training;
-        for (f, v) in [
-            ("training.steps", t.steps),
-            ("training.batch_size", t.batch_size),
-            ("training.log_every", t.log_every),
-        ] {
+        for (f, v) in
+            [("training.steps", t.steps), ("training.batch_size", t.batch_size), ("training.log_every", t.log_every)]
+        {
             if v == 0 {
                 return err(f, "must be ≥ 1 (got 0)".into());
             }
         }
         if t.checkpoint_every == 0 || t.keep_checkpoints == 0 {
-            return err(
-                "training.checkpoint_every",
-                "checkpoint_every and keep_checkpoints must be ≥ 1".into(),
-            );
+            return err("training.checkpoint_every", "checkpoint_every and keep_checkpoints must be ≥ 1".into());
         }
         positive("training.lr", t.lr)?;
         if !(t.grad_clip >= 0.0 && t.grad_clip.is_finite()) {
-            return err(
-                "training.grad_clip",
-                format!("must be ≥ 0 (got {})", t.grad_clip),
-            );
+            return err("training.grad_clip", format!("must be ≥ 0 (got {})", t.grad_clip));
         }
         if !(0.0..1.0).contains(&t.ema) {
             return err("training.ema", format!("must be in [0, 1) (got {})", t.ema));
         }
-        if self.sampling.sampler != "em" {
-            return err(
-                "sampling.sampler",
-                format!("expected `em`, found `{}`", self.sampling.sampler),
-            );
+        let sp = &self.sampling;
+        match sp.sampler {
+            SamplerKind::Em if noise_free => {
+                return err("sampling.sampler", "`em` needs a model of every noise level; a noise-free objective samples with `langevin` (or `mala` for energies)".into())
+            }
+            SamplerKind::Mala if self.model.kind != ModelKind::EnergyMlp => {
+                return err("sampling.sampler", "`mala` needs an unnormalized density: use model.kind = \"energy-mlp\"".into())
+            }
+            SamplerKind::AnnealedLangevin if self.objective.kind != ObjectiveKind::Ncsn => {
+                return err("sampling.sampler", "`annealed-langevin` needs a model of the [noise] ladder: use objective.kind = \"ncsn\"".into())
+            }
+            _ => {}
+        }
+        positive("sampling.step_size", sp.step_size)?;
+        if sp.steps_per_level == 0 {
+            return err("sampling.steps_per_level", "must be ≥ 1 (got 0)".into());
+        }
+        match sp.start {
+            Start::Uniform { lo, hi } if !(lo < hi && lo.is_finite() && hi.is_finite()) => {
+                return err("sampling.start", format!("uniform start needs finite lo < hi (got {lo}, {hi})"))
+            }
+            Start::Gaussian { std } if !(std > 0.0 && std.is_finite()) => {
+                return err("sampling.start", format!("gaussian start needs std > 0 (got {std})"))
+            }
+            _ => {}
         }
         if self.sampling.steps == 0 || self.sampling.n == 0 {
-            return err(
-                "sampling.steps",
-                "sampling.steps and sampling.n must be ≥ 1".into(),
-            );
+            return err("sampling.steps", "sampling.steps and sampling.n must be ≥ 1".into());
         }
         if let Some(eps) = self.sampling.eps {
             if !(eps > 0.0 && eps < 1.0) {
@@ -401,16 +549,10 @@ fn apply_override(root: &mut toml::Value, spec: &str) -> std::result::Result<(),
     }
     let mut node = root;
     for p in &parts[..parts.len() - 1] {
-        let table = node
-            .as_table_mut()
-            .ok_or_else(|| format!("`{p}` is not a table"))?;
-        node = table
-            .entry(p.to_string())
-            .or_insert_with(|| toml::Value::Table(Default::default()));
+        let table = node.as_table_mut().ok_or_else(|| format!("`{p}` is not a table"))?;
+        node = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
     }
-    let table = node
-        .as_table_mut()
-        .ok_or_else(|| format!("parent of `{key}` is not a table"))?;
+    let table = node.as_table_mut().ok_or_else(|| format!("parent of `{key}` is not a table"))?;
     table.insert(parts[parts.len() - 1].to_string(), parsed);
     Ok(())
 }
@@ -427,29 +569,20 @@ mod tests {
 
     #[test]
     fn unknown_key_names_field_and_lists_valid_ones() {
-        let e = RunConfig::parse("[sde]\nsigma_maxx = 3\n", "c.toml", &[])
-            .unwrap_err()
-            .to_string();
+        let e = RunConfig::parse("[sde]\nsigma_maxx = 3\n", "c.toml", &[]).unwrap_err().to_string();
         assert!(e.starts_with("c.toml: field `sde"), "{e}");
         assert!(e.contains("sigma_maxx") && e.contains("sigma_max"), "{e}");
     }
 
     #[test]
     fn negative_sigma_is_rejected_by_name() {
-        let e = RunConfig::parse("[sde]\nkind = \"ve\"\nsigma_min = -0.1\n", "c.toml", &[])
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            e,
-            "c.toml: field `sde.sigma_min`: must be a finite number > 0 (got -0.1)"
-        );
+        let e = RunConfig::parse("[sde]\nkind = \"ve\"\nsigma_min = -0.1\n", "c.toml", &[]).unwrap_err().to_string();
+        assert_eq!(e, "c.toml: field `sde.sigma_min`: must be a finite number > 0 (got -0.1)");
     }
 
     #[test]
     fn wrong_type_names_the_field() {
-        let e = RunConfig::parse("[training]\nsteps = \"many\"\n", "c.toml", &[])
-            .unwrap_err()
-            .to_string();
+        let e = RunConfig::parse("[training]\nsteps = \"many\"\n", "c.toml", &[]).unwrap_err().to_string();
         assert!(e.contains("field `training.steps`"), "{e}");
     }
 
@@ -458,11 +591,7 @@ mod tests {
         let c = RunConfig::parse(
             "[sde]\nkind = \"vp\"\n",
             "c.toml",
-            &[
-                "training.steps=7".into(),
-                "sde.beta_max=10".into(),
-                "data.source=moons".into(),
-            ],
+            &["training.steps=7".into(), "sde.beta_max=10".into(), "data.source=moons".into()],
         )
         .unwrap();
         assert_eq!(c.training.steps, 7);

@@ -7,11 +7,7 @@ use std::path::PathBuf;
 pub enum Error {
     /// A configuration value is missing, unknown or out of range.
     #[error("{file}: field `{field}`: {message}")]
-    Config {
-        file: String,
-        field: String,
-        message: String,
-    },
+    Config { file: String, field: String, message: String },
     /// A data or checkpoint file could not be understood.
     #[error("{}: {message}", path.display())]
     Data { path: PathBuf, message: String },
@@ -27,11 +23,7 @@ pub enum Error {
     Invalid(String),
     /// Training produced a non-finite loss or gradient.
     #[error("non-finite {what} at step {step}; last good checkpoint: {checkpoint}")]
-    NonFinite {
-        what: String,
-        step: usize,
-        checkpoint: String,
-    },
+    NonFinite { what: String, step: usize, checkpoint: String },
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),
 }
@@ -40,26 +32,12 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
     pub fn data(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        Error::Data {
-            path: path.into(),
-            message: message.into(),
-        }
+        Error::Data { path: path.into(), message: message.into() }
     }
-    pub fn config(
-        file: impl Into<String>,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
-        Error::Config {
-            file: file.into(),
-            field: field.into(),
-            message: message.into(),
-        }
+    pub fn config(file: impl Into<String>, field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Config { file: file.into(), field: field.into(), message: message.into() }
     }
 }

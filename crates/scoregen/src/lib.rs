@@ -11,6 +11,7 @@
 pub mod autodiff;
 pub mod config;
 pub mod data;
+pub mod demo;
 pub mod error;
 pub mod fsutil;
 pub mod metrics;

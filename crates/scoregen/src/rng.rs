@@ -46,17 +46,8 @@ impl Rng {
 
     /// The exact position of this stream (key, stream, word position).
     pub fn state(&self) -> RngState {
-        let key: String = self
-            .inner
-            .get_seed()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        RngState {
-            key,
-            stream: self.inner.get_stream(),
-            word_pos: self.inner.get_word_pos(),
-        }
+        let key: String = self.inner.get_seed().iter().map(|b| format!("{b:02x}")).collect();
+        RngState { key, stream: self.inner.get_stream(), word_pos: self.inner.get_word_pos() }
     }
 
     /// Restores a stream saved with [`Rng::state`]; `None` if the key is malformed.
@@ -92,16 +83,9 @@ impl Rng {
     }
 
     /// A tensor of i.i.d. N(0, 1) draws.
-    pub fn randn(
-        &mut self,
-        shape: impl Into<Shape>,
-        dtype: DType,
-        device: &Device,
-    ) -> candle_core::Result<Tensor> {
+    pub fn randn(&mut self, shape: impl Into<Shape>, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
         let shape = shape.into();
-        let v: Vec<f32> = (0..shape.elem_count())
-            .map(|_| StandardNormal.sample(&mut self.inner))
-            .collect();
+        let v: Vec<f32> = (0..shape.elem_count()).map(|_| StandardNormal.sample(&mut self.inner)).collect();
         Tensor::from_vec(v, shape, device)?.to_dtype(dtype)
     }
 
@@ -115,17 +99,13 @@ impl Rng {
         device: &Device,
     ) -> candle_core::Result<Tensor> {
         let shape = shape.into();
-        let v: Vec<f64> = (0..shape.elem_count())
-            .map(|_| lo + (hi - lo) * self.inner.random::<f64>())
-            .collect();
+        let v: Vec<f64> = (0..shape.elem_count()).map(|_| lo + (hi - lo) * self.inner.random::<f64>()).collect();
         Tensor::from_vec(v, shape, device)?.to_dtype(dtype)
     }
 
     /// A vector of i.i.d. U(lo, hi) draws.
     pub fn uniform_vec(&mut self, n: usize, lo: f64, hi: f64) -> Vec<f64> {
-        (0..n)
-            .map(|_| lo + (hi - lo) * self.inner.random::<f64>())
-            .collect()
+        (0..n).map(|_| lo + (hi - lo) * self.inner.random::<f64>()).collect()
     }
 }
 

@@ -1,13 +1,13 @@
 //! Whole commands over a run directory: sample a trained run, evaluate a
 //! sample file, and the quickstart (train → sample → evaluate → pictures).
 
-use crate::config::RunConfig;
+use crate::config::{ObjectiveKind, RunConfig, SamplerKind};
 use crate::data::{self, npy, Points};
 use crate::error::{Error, Result};
 use crate::metrics::{self, Distances, MixtureReport};
 use crate::oracle::GaussianMixture;
 use crate::rng::Rng;
-use crate::samplers::{self, EulerMaruyama, ReverseOptions};
+use crate::samplers::{self, AnnealedOptions, EulerMaruyama, LangevinOptions, ReverseOptions};
 use crate::train::{self, streams, LoadedModel, TrainOptions, TrainOutcome};
 use crate::viz::{self, Bounds};
 use crate::{fsutil, progress};
@@ -23,11 +23,38 @@ pub const QUICKSTART_CONFIG: &str = include_str!("../../../configs/gmm8-ve.toml"
 #[derive(Debug, Clone)]
 pub struct SampleRequest {
     pub n: usize,
+    /// Reverse-SDE steps, or Langevin steps K.
     pub steps: usize,
+    /// Override the config's sampler.
+    pub sampler: Option<SamplerKind>,
+    /// Override the Langevin step size ε.
+    pub step_size: Option<f64>,
+    /// Override annealed Langevin's steps per level T.
+    pub steps_per_level: Option<usize>,
+    /// Keep every k-th state (for GIFs).
+    pub record_every: Option<usize>,
     pub seed: u64,
     pub out: PathBuf,
     pub use_ema: bool,
     pub quiet: bool,
+}
+
+impl SampleRequest {
+    /// n samples with `steps` steps, the run's sampler and EMA weights, no progress bar.
+    pub fn new(n: usize, steps: usize, seed: u64, out: PathBuf) -> Self {
+        Self {
+            n,
+            steps,
+            seed,
+            out,
+            use_ema: true,
+            quiet: true,
+            sampler: None,
+            step_size: None,
+            steps_per_level: None,
+            record_every: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -48,30 +75,13 @@ pub fn oracle_of(cfg: &RunConfig) -> Result<Option<GaussianMixture>> {
     Ok(data::load(src, 1, &mut Rng::new(0, 0))?.oracle)
 }
 
-/// Draws samples from a trained run with the reverse-SDE Euler–Maruyama sampler,
+/// Draws samples from a trained run with its sampler (or the request's),
 /// writes them as float32 `.npy` and, for 2-D data, a PNG scatter beside it.
 pub fn sample_run(run_dir: &Path, req: &SampleRequest) -> Result<SampleOutcome> {
     let model = LoadedModel::from_run(run_dir, req.use_ema)?;
-    let sde = model.cfg.sde.build();
-    let opts = ReverseOptions {
-        steps: req.steps,
-        eps: model.cfg.sampling.eps,
-        denoise: model.cfg.sampling.denoise,
-        record_every: None,
-    };
     let start = Instant::now();
-    let pb = progress::bar(req.steps, "sample", req.quiet);
     let mut rng = Rng::new(req.seed, streams::SAMPLING);
-    let out = samplers::sample_reverse(
-        &model.score(),
-        sde.as_ref(),
-        &EulerMaruyama,
-        (req.n, model.state.dim),
-        &opts,
-        &mut rng,
-        DType::F32,
-        &pb,
-    )?;
+    let out = draw(&model, req, &mut rng)?;
     let seconds = start.elapsed().as_secs_f64();
     let pts = Points::from_tensor(&out.x)?;
     if let Some(dir) = req.out.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -81,43 +91,94 @@ pub fn sample_run(run_dir: &Path, req: &SampleRequest) -> Result<SampleOutcome> 
     let png = if pts.d == 2 {
         let png = req.out.with_extension("png");
         let oracle = oracle_of(&model.cfg)?;
-        scatter(
-            &png,
-            &pts,
-            oracle.as_ref(),
-            &format!(
-                "{} samples, {} ({} steps)",
-                pts.n, model.cfg.name, req.steps
-            ),
-        )?;
+        scatter(&png, &pts, oracle.as_ref(), &format!("{} samples, {} ({} steps)", pts.n, model.cfg.name, req.steps))?;
         Some(png)
     } else {
         None
     };
-    Ok(SampleOutcome {
-        npy: req.out.clone(),
-        png,
-        n: pts.n,
-        nfe: out.nfe,
-        seconds,
-    })
+    Ok(SampleOutcome { npy: req.out.clone(), png, n: pts.n, nfe: out.nfe, seconds })
+}
+
+/// Runs the sampler the request (or the run's config) names.
+pub fn draw(model: &LoadedModel, req: &SampleRequest, rng: &mut Rng) -> Result<samplers::Sampled> {
+    let cfg = &model.cfg;
+    let sp = &cfg.sampling;
+    let shape = (req.n, model.state.dim);
+    let score = model.score();
+    let sampler = req.sampler.unwrap_or(sp.sampler);
+    let step_size = req.step_size.unwrap_or(sp.step_size);
+    let check =
+        |ok: bool, why: &str| if ok { Ok(()) } else { Err(Error::Invalid(format!("sampler {sampler:?}: {why}"))) };
+    let out = match sampler {
+        SamplerKind::Em => {
+            check(
+                !cfg.objective.kind.is_noise_free(cfg.objective.sigma),
+                "this run learned a single noise level; use --sampler langevin",
+            )?;
+            let opts =
+                ReverseOptions { steps: req.steps, eps: sp.eps, denoise: sp.denoise, record_every: req.record_every };
+            let pb = progress::bar(req.steps, "sample", req.quiet);
+            samplers::sample_reverse(
+                score.as_ref(),
+                cfg.sde().as_ref(),
+                &EulerMaruyama,
+                shape,
+                &opts,
+                rng,
+                DType::F32,
+                &pb,
+            )?
+        }
+        SamplerKind::Langevin => {
+            let x0 = sp.start.sample(shape, rng, DType::F32)?;
+            let opts = LangevinOptions {
+                steps: req.steps,
+                eps: step_size,
+                t: cfg.langevin_time(),
+                record_every: req.record_every,
+            };
+            samplers::langevin(score.as_ref(), x0, &opts, rng, &progress::bar(req.steps, "langevin", req.quiet))?
+        }
+        SamplerKind::Mala => {
+            let energy = model.model.energy().ok_or_else(|| {
+                Error::Invalid("sampler mala needs an energy model (model.kind = \"energy-mlp\")".into())
+            })?;
+            let x0 = sp.start.sample(shape, rng, DType::F32)?;
+            let opts = LangevinOptions {
+                steps: req.steps,
+                eps: step_size,
+                t: cfg.langevin_time(),
+                record_every: req.record_every,
+            };
+            samplers::mala(score.as_ref(), energy, x0, &opts, rng, &progress::bar(req.steps, "mala", req.quiet))?.0
+        }
+        SamplerKind::AnnealedLangevin => {
+            check(cfg.objective.kind == ObjectiveKind::Ncsn, "needs a run trained with objective.kind = \"ncsn\"")?;
+            let ladder = cfg.ladder();
+            let per_level = req.steps_per_level.unwrap_or(sp.steps_per_level);
+            let opts = AnnealedOptions {
+                steps_per_level: per_level,
+                eps: step_size,
+                denoise: sp.denoise,
+                record_every: req.record_every,
+            };
+            let x0 = sp.start.sample(shape, rng, DType::F32)?;
+            let pb = progress::bar(per_level * ladder.levels(), "annealed", req.quiet);
+            samplers::annealed_langevin(score.as_ref(), &ladder, x0, &opts, rng, &pb)?
+        }
+    };
+    Ok(out)
 }
 
 /// Scatter of 2-D points over the mixture's density when known.
-pub fn scatter(
-    path: &Path,
-    pts: &Points,
-    mix: Option<&GaussianMixture>,
-    title: &str,
-) -> Result<()> {
+pub fn scatter(path: &Path, pts: &Points, mix: Option<&GaussianMixture>, title: &str) -> Result<()> {
     let bounds = match mix {
         Some(m) => Bounds::around(&m.sample(4000, &mut Rng::new(0, 0)), 0.15),
         None => Bounds::around(pts, 0.1),
     };
     let logp = mix.map(|m| move |x: f64, y: f64| m.log_prob(&Points::new(1, 2, vec![x, y]))[0]);
     let f: Option<&dyn Fn(f64, f64) -> f64> = logp.as_ref().map(|f| f as &dyn Fn(f64, f64) -> f64);
-    viz::scatter_over_density(path, pts, f, &bounds, title)
-        .map_err(|e| Error::Invalid(e.to_string()))
+    viz::scatter_over_density(path, pts, f, &bounds, title).map_err(|e| Error::Invalid(e.to_string()))
 }
 
 /// Loss curve of a run (raw and EMA-smoothed, log scale).
@@ -126,21 +187,11 @@ pub fn loss_plot(run_dir: &Path, path: &Path) -> Result<()> {
     let raw: Vec<(f64, f64)> = log.iter().map(|l| (l.step as f64, l.loss)).collect();
     let smooth: Vec<(f64, f64)> = raw
         .iter()
-        .zip(viz::ema_smooth(
-            &raw.iter().map(|p| p.1).collect::<Vec<_>>(),
-            0.9,
-        ))
+        .zip(viz::ema_smooth(&raw.iter().map(|p| p.1).collect::<Vec<_>>(), 0.9))
         .map(|(p, s)| (p.0, s))
         .collect();
-    viz::line_plot(
-        path,
-        &[("loss", &raw), ("EMA-smoothed", &smooth)],
-        "training loss",
-        "step",
-        "loss",
-        true,
-    )
-    .map_err(|e| Error::Invalid(e.to_string()))
+    viz::line_plot(path, &[("loss", &raw), ("EMA-smoothed", &smooth)], "training loss", "step", "loss", true)
+        .map_err(|e| Error::Invalid(e.to_string()))
 }
 
 /// What `scoregen eval` compares samples with.
@@ -167,11 +218,7 @@ impl Target {
 #[serde(untagged)]
 pub enum Evaluation {
     Mixture(MixtureReport),
-    Reference {
-        n: usize,
-        distances: Distances,
-        floor: Distances,
-    },
+    Reference { n: usize, distances: Distances, floor: Distances },
 }
 
 pub fn evaluate(samples: &Points, target: &Target, seed: u64) -> Result<Evaluation> {
@@ -185,23 +232,14 @@ pub fn evaluate(samples: &Points, target: &Target, seed: u64) -> Result<Evaluati
                     m.dim()
                 )));
             }
-            Ok(Evaluation::Mixture(metrics::against_mixture(
-                samples, m, &mut rng,
-            )))
+            Ok(Evaluation::Mixture(metrics::against_mixture(samples, m, &mut rng)))
         }
         Target::Reference(r) => {
             if r.d != samples.d {
-                return Err(Error::Invalid(format!(
-                    "samples have dimension {}, the reference has {}",
-                    samples.d, r.d
-                )));
+                return Err(Error::Invalid(format!("samples have dimension {}, the reference has {}", samples.d, r.d)));
             }
             let (distances, floor) = metrics::against_reference(samples, r, &mut rng);
-            Ok(Evaluation::Reference {
-                n: samples.n.min(r.n / 2),
-                distances,
-                floor,
-            })
+            Ok(Evaluation::Reference { n: samples.n.min(r.n / 2), distances, floor })
         }
     }
 }
@@ -212,54 +250,27 @@ impl Evaluation {
         let mut rows: Vec<(String, String, String)> = Vec::new();
         let (d, f) = match self {
             Evaluation::Mixture(r) => (&r.distances, &r.floor),
-            Evaluation::Reference {
-                distances, floor, ..
-            } => (distances, floor),
+            Evaluation::Reference { distances, floor, .. } => (distances, floor),
         };
-        rows.push((
-            "MMD² (RBF, median heuristic)".into(),
-            format!("{:.5}", d.mmd2),
-            format!("{:.5}", f.mmd2),
-        ));
-        rows.push((
-            "energy distance".into(),
-            format!("{:.5}", d.energy),
-            format!("{:.5}", f.energy),
-        ));
-        rows.push((
-            "sliced Wasserstein-2".into(),
-            format!("{:.4}", d.sliced_w2),
-            format!("{:.4}", f.sliced_w2),
-        ));
+        rows.push(("MMD² (RBF, median heuristic)".into(), format!("{:.5}", d.mmd2), format!("{:.5}", f.mmd2)));
+        rows.push(("energy distance".into(), format!("{:.5}", d.energy), format!("{:.5}", f.energy)));
+        rows.push(("sliced Wasserstein-2".into(), format!("{:.4}", d.sliced_w2), format!("{:.4}", f.sliced_w2)));
         if let Evaluation::Mixture(r) = self {
-            let w = |v: &[f64]| {
-                v.iter()
-                    .map(|x| format!("{x:.3}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            };
+            let w = |v: &[f64]| v.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(" ");
             rows.push((
                 "modes covered".into(),
                 format!("{}/{}", r.modes.covered, r.modes.n_modes),
                 format!("{}/{}", r.modes_floor.covered, r.modes_floor.n_modes),
             ));
             let range = |v: &[f64]| {
-                let (lo, hi) = v
-                    .iter()
-                    .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
-                        (a.min(x), b.max(x))
-                    });
+                let (lo, hi) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
                 if v.len() <= 2 {
                     w(v)
                 } else {
                     format!("{lo:.3}–{hi:.3}")
                 }
             };
-            rows.push((
-                "mode weights".into(),
-                range(&r.modes.weights),
-                range(&r.modes_floor.weights),
-            ));
+            rows.push(("mode weights".into(), range(&r.modes.weights), range(&r.modes_floor.weights)));
             rows.push((
                 "weight L1 error".into(),
                 format!("{:.3}", r.modes.weight_l1),
@@ -276,17 +287,9 @@ impl Evaluation {
                 format!("{:.3}", r.modes_floor.mean_log_density),
             ));
         }
-        let w0 = rows
-            .iter()
-            .map(|r| r.0.chars().count())
-            .max()
-            .unwrap_or(0)
-            .max(6);
+        let w0 = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0).max(6);
         let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(7);
-        let mut s = format!(
-            "{:<w0$}  {:>w1$}  {}\n",
-            "metric", "samples", "floor (exact vs exact)"
-        );
+        let mut s = format!("{:<w0$}  {:>w1$}  {}\n", "metric", "samples", "floor (exact vs exact)");
         for (a, b, c) in rows {
             s += &format!("{a:<w0$}  {b:>w1$}  {c}\n");
         }
@@ -309,22 +312,15 @@ pub struct QuickstartSummary {
 /// Trains the quickstart config, samples 2,000 points, evaluates them against
 /// the exact mixture and writes `samples.npy`, `samples.png`, `loss.png`, `metrics.json`.
 pub fn quickstart(out_dir: &Path, overrides: &[String], quiet: bool) -> Result<QuickstartSummary> {
-    let cfg = RunConfig::parse(
-        QUICKSTART_CONFIG,
-        "configs/gmm8-ve.toml (built in)",
-        overrides,
-    )?;
-    let trained: TrainOutcome = train::train(
-        &cfg,
-        out_dir,
-        &TrainOptions {
-            quiet,
-            ..Default::default()
-        },
-    )?;
+    let cfg = RunConfig::parse(QUICKSTART_CONFIG, "configs/gmm8-ve.toml (built in)", overrides)?;
+    let trained: TrainOutcome = train::train(&cfg, out_dir, &TrainOptions { quiet, ..Default::default() })?;
     let req = SampleRequest {
         n: cfg.sampling.n,
         steps: cfg.sampling.steps,
+        sampler: None,
+        step_size: None,
+        steps_per_level: None,
+        record_every: None,
         seed: cfg.seed,
         out: out_dir.join("samples.npy"),
         use_ema: cfg.sampling.use_ema,
@@ -346,9 +342,7 @@ pub fn quickstart(out_dir: &Path, overrides: &[String], quiet: bool) -> Result<Q
     };
     fsutil::write_atomic(
         &out_dir.join("metrics.json"),
-        serde_json::to_string_pretty(&summary)
-            .expect("serializes")
-            .as_bytes(),
+        serde_json::to_string_pretty(&summary).expect("serializes").as_bytes(),
     )?;
     Ok(summary)
 }

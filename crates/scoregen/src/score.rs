@@ -43,12 +43,21 @@ impl ScoreFn for NetScore<'_> {
         match self.output {
             Output::Score => Ok(out),
             Output::ScoreOverStd => {
-                let inv_std: Vec<f64> = sde::times(t)?
-                    .iter()
-                    .map(|&t| 1.0 / self.sde.marginal(t).1)
-                    .collect();
+                let inv_std: Vec<f64> = sde::times(t)?.iter().map(|&t| 1.0 / self.sde.marginal(t).1).collect();
                 out.broadcast_mul(&sde::per_example(&inv_std, &out)?)
             }
         }
+    }
+}
+
+/// An unnormalized log-density log p̃(x, t) = log p(x, t) + const, per example [N]
+/// (energies and the oracle have one; MALA needs it for its accept step).
+pub trait LogDensity {
+    fn log_density(&self, x: &Tensor, t: &Tensor) -> Result<Tensor>;
+}
+
+impl LogDensity for crate::nets::EnergyMlp {
+    fn log_density(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        crate::nets::EnergyMlp::log_density(self, x, t)
     }
 }

@@ -15,10 +15,7 @@ fn sample_with_oracle(name: &str, sde: Arc<dyn Sde>, n: usize, steps: usize, see
     scoregen::init();
     let mix = toy::named_mixture(name).unwrap();
     let oracle = OracleScore::new(mix, sde.clone());
-    let opts = ReverseOptions {
-        steps,
-        ..Default::default()
-    };
+    let opts = ReverseOptions { steps, ..Default::default() };
     let out = sample_reverse(
         &oracle,
         sde.as_ref(),
@@ -36,11 +33,7 @@ fn sample_with_oracle(name: &str, sde: Arc<dyn Sde>, n: usize, steps: usize, see
 
 /// σ_max per data set: about the largest pairwise distance (NCSNv2 technique 1).
 fn sdes(sigma_max: f64) -> Vec<Arc<dyn Sde>> {
-    vec![
-        Arc::new(VeSde::new(0.01, sigma_max)),
-        Arc::new(VpSde::default()),
-        Arc::new(SubVpSde::default()),
-    ]
+    vec![Arc::new(VeSde::new(0.01, sigma_max)), Arc::new(VpSde::default()), Arc::new(SubVpSde::default())]
 }
 
 /// gmm8: all 8 modes, weights within the floor's spread, and the distances to
@@ -58,18 +51,9 @@ fn euler_maruyama_with_oracle_reaches_floor_on_gmm8() {
         assert_eq!(r.modes.covered, 8, "{name}: {r:?}");
         assert!(r.modes.weight_l1 < 0.1, "{name}: {r:?}");
         assert!(r.modes.off_manifold < 0.01, "{name}: {r:?}");
-        assert!(
-            r.distances.energy < r.floor.energy.abs() + 0.015,
-            "{name}: {r:?}"
-        );
-        assert!(
-            r.distances.mmd2 < r.floor.mmd2.abs() + 2e-3,
-            "{name}: {r:?}"
-        );
-        assert!(
-            (r.modes.mean_log_density - r.modes_floor.mean_log_density).abs() < 0.15,
-            "{name}: {r:?}"
-        );
+        assert!(r.distances.energy < r.floor.energy.abs() + 0.015, "{name}: {r:?}");
+        assert!(r.distances.mmd2 < r.floor.mmd2.abs() + 2e-3, "{name}: {r:?}");
+        assert!((r.modes.mean_log_density - r.modes_floor.mean_log_density).abs() < 0.15, "{name}: {r:?}");
     }
 }
 
@@ -84,10 +68,7 @@ fn euler_maruyama_with_oracle_recovers_unbalanced_weights() {
         let r = metrics::against_mixture(&x, &mix, &mut Rng::new(200 + i as u64, 0));
         assert!((r.modes.weights[0] - 0.8).abs() < 0.03, "{name}: {r:?}");
         assert!(r.modes.off_manifold < 0.01, "{name}: {r:?}");
-        assert!(
-            r.distances.energy < r.floor.energy.abs() + 0.02,
-            "{name}: {r:?}"
-        );
+        assert!(r.distances.energy < r.floor.energy.abs() + 0.02, "{name}: {r:?}");
     }
 }
 
@@ -107,10 +88,7 @@ fn a_wrong_score_sign_fails_the_same_checks() {
     let mix = toy::named_mixture("gmm8").unwrap();
     let sde: Arc<dyn Sde> = Arc::new(VpSde::default());
     let bad = Negated(OracleScore::new(mix.clone(), sde.clone()));
-    let opts = ReverseOptions {
-        steps: 200,
-        ..Default::default()
-    };
+    let opts = ReverseOptions { steps: 200, ..Default::default() };
     let out = sample_reverse(
         &bad,
         sde.as_ref(),

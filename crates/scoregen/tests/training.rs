@@ -25,39 +25,17 @@ fn training_each_sde_lowers_the_loss_and_covers_all_modes() {
     for kind in ["ve", "vp", "subvp"] {
         let dir = tempfile::tempdir().unwrap();
         let cfg = small(kind, 1500);
-        train::train(
-            &cfg,
-            dir.path(),
-            &TrainOptions {
-                quiet: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        train::train(&cfg, dir.path(), &TrainOptions { quiet: true, ..Default::default() }).unwrap();
         let log = train::read_log(&dir.path().join("metrics.jsonl")).unwrap();
         let first = log.first().unwrap().loss;
         let last = log.iter().rev().take(4).map(|l| l.loss).sum::<f64>() / 4.0;
         assert!(last < 0.8 * first, "{kind}: loss {first} → {last}");
-        let req = SampleRequest {
-            n: 1000,
-            steps: 300,
-            seed: 1,
-            out: dir.path().join("s.npy"),
-            use_ema: true,
-            quiet: true,
-        };
+        let req = SampleRequest::new(1000, 300, 1, dir.path().join("s.npy"));
         run::sample_run(dir.path(), &req).unwrap();
         let x = npy::read_points(&dir.path().join("s.npy")).unwrap();
         let stats = metrics::mode_stats(&x, &scoregen::data::toy::named_mixture("gmm8").unwrap());
-        let counts: Vec<usize> = stats
-            .weights
-            .iter()
-            .map(|w| (w * 1000.0).round() as usize)
-            .collect();
-        assert!(
-            counts.iter().all(|&c| (60..=190).contains(&c)),
-            "{kind}: per-mode counts {counts:?}"
-        );
+        let counts: Vec<usize> = stats.weights.iter().map(|w| (w * 1000.0).round() as usize).collect();
+        assert!(counts.iter().all(|&c| (60..=190).contains(&c)), "{kind}: per-mode counts {counts:?}");
         // a small model trained briefly leaves a few stragglers between modes
         assert!(stats.off_manifold < 0.15, "{kind}: {stats:?}");
         assert!(dir.path().join("s.png").exists());
@@ -78,19 +56,12 @@ fn checkpoint_round_trip_is_exact() {
     let path = checkpoint::save(dir.path(), &ck, 2).unwrap();
     let back = checkpoint::load(&path).unwrap();
     assert_eq!(back.state, ck.state);
-    for (map_a, map_b) in [
-        (&ck.model, &back.model),
-        (&ck.ema, &back.ema),
-        (&ck.optimizer, &back.optimizer),
-    ] {
+    for (map_a, map_b) in [(&ck.model, &back.model), (&ck.ema, &back.ema), (&ck.optimizer, &back.optimizer)] {
         assert_eq!(map_a.len(), map_b.len());
         for (k, a) in map_a {
             let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let b = map_b[k].flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            assert!(
-                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
-                "{k}"
-            );
+            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{k}");
         }
     }
 }
@@ -103,78 +74,39 @@ fn resume_continues_exactly() {
     scoregen::init();
     let cfg = small("ve", 120);
     let straight = tempfile::tempdir().unwrap();
-    let o = train::train(
-        &cfg,
-        straight.path(),
-        &TrainOptions {
-            quiet: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let o = train::train(&cfg, straight.path(), &TrainOptions { quiet: true, ..Default::default() }).unwrap();
     assert_eq!(o.step, 120);
     let split = tempfile::tempdir().unwrap();
-    let o1 = train::train(
-        &cfg,
-        split.path(),
-        &TrainOptions {
-            quiet: true,
-            stop_after: Some(60),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let o1 =
+        train::train(&cfg, split.path(), &TrainOptions { quiet: true, stop_after: Some(60), ..Default::default() })
+            .unwrap();
     assert_eq!(o1.step, 60);
-    let o2 = train::train(
-        &cfg,
-        split.path(),
-        &TrainOptions {
-            quiet: true,
-            resume: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let o2 =
+        train::train(&cfg, split.path(), &TrainOptions { quiet: true, resume: true, ..Default::default() }).unwrap();
     assert_eq!(o2.step, 120);
     let a = checkpoint::load_latest(&straight.path().join("checkpoints")).unwrap();
     let b = checkpoint::load_latest(&split.path().join("checkpoints")).unwrap();
     assert_eq!(a.state, b.state);
-    for (what, ma, mb) in [
-        ("model", &a.model, &b.model),
-        ("ema", &a.ema, &b.ema),
-        ("optimizer", &a.optimizer, &b.optimizer),
-    ] {
+    for (what, ma, mb) in
+        [("model", &a.model, &b.model), ("ema", &a.ema, &b.ema), ("optimizer", &a.optimizer, &b.optimizer)]
+    {
         for (k, ta) in ma {
             let (va, vb) = (
                 ta.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
                 mb[k].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             );
-            assert!(
-                va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits()),
-                "{what} {k}"
-            );
+            assert!(va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits()), "{what} {k}");
         }
     }
     // the log has every logged step once (plus the line flushed at the stop), none duplicated by the resume
-    let steps: Vec<usize> = train::read_log(&split.path().join("metrics.jsonl"))
-        .unwrap()
-        .iter()
-        .map(|l| l.step)
-        .collect();
+    let steps: Vec<usize> =
+        train::read_log(&split.path().join("metrics.jsonl")).unwrap().iter().map(|l| l.step).collect();
     assert_eq!(steps, vec![25, 50, 60, 75, 100, 120]);
     // a different config refuses to resume, naming the mismatch
     let mut other = cfg.clone();
     other.training.lr = 1e-4;
-    let err = train::train(
-        &other,
-        split.path(),
-        &TrainOptions {
-            quiet: true,
-            resume: true,
-            ..Default::default()
-        },
-    )
-    .unwrap_err();
+    let err = train::train(&other, split.path(), &TrainOptions { quiet: true, resume: true, ..Default::default() })
+        .unwrap_err();
     assert!(err.to_string().contains("different config"), "{err}");
 }
 
@@ -184,21 +116,9 @@ fn damaged_latest_checkpoint_falls_back() {
     scoregen::init();
     let cfg = small("vp", 200);
     let dir = tempfile::tempdir().unwrap();
-    train::train(
-        &cfg,
-        dir.path(),
-        &TrainOptions {
-            quiet: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    train::train(&cfg, dir.path(), &TrainOptions { quiet: true, ..Default::default() }).unwrap();
     let ck_dir = dir.path().join("checkpoints");
-    std::fs::write(
-        ck_dir.join("step-000000200").join("model.safetensors"),
-        b"torn",
-    )
-    .unwrap();
+    std::fs::write(ck_dir.join("step-000000200").join("model.safetensors"), b"torn").unwrap();
     let ck = checkpoint::load_latest(&ck_dir).unwrap();
     assert_eq!(ck.state.step, 100);
 }

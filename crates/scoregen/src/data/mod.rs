@@ -44,9 +44,5 @@ pub fn load(source: &str, n: usize, rng: &mut Rng) -> Result<Dataset> {
     if points.n == 0 {
         return Err(Error::data(source, "the data set is empty"));
     }
-    Ok(Dataset {
-        name: source.to_string(),
-        points,
-        oracle,
-    })
+    Ok(Dataset { name: source.to_string(), points, oracle })
 }

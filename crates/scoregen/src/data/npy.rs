@@ -13,73 +13,41 @@ use std::path::Path;
 pub fn read_points(path: &Path) -> Result<Points> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let bad = |m: String| Error::data(path, m);
-    let npy =
-        npyz::NpyFile::new(&bytes[..]).map_err(|e| bad(format!("not a valid .npy file ({e})")))?;
+    let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| bad(format!("not a valid .npy file ({e})")))?;
     let shape: Vec<u64> = npy.shape().to_vec();
     let (n, d) = match shape.as_slice() {
         [n] => (*n, 1),
         [n, d] => (*n, *d),
-        s => {
-            return Err(bad(format!(
-                "expected an array of shape [N, D], found shape {s:?}"
-            )))
-        }
+        s => return Err(bad(format!("expected an array of shape [N, D], found shape {s:?}"))),
     };
     if npy.order() != npyz::Order::C {
-        return Err(bad(
-            "Fortran-ordered arrays are not supported; save with np.ascontiguousarray".into(),
-        ));
+        return Err(bad("Fortran-ordered arrays are not supported; save with np.ascontiguousarray".into()));
     }
     let type_str = match npy.dtype() {
         npyz::DType::Plain(t) => t.to_string(),
-        other => {
-            return Err(bad(format!(
-                "expected dtype float32 or float64, found {}",
-                other.descr()
-            )))
-        }
+        other => return Err(bad(format!("expected dtype float32 or float64, found {}", other.descr()))),
     };
     let item = match type_str.as_str() {
         "<f4" | ">f4" => 4u64,
         "<f8" | ">f8" => 8u64,
-        other => {
-            return Err(bad(format!(
-                "expected dtype float32 or float64, found `{other}`"
-            )))
-        }
+        other => return Err(bad(format!("expected dtype float32 or float64, found `{other}`"))),
     };
     let need = n.checked_mul(d).and_then(|c| c.checked_mul(item));
     let have = bytes.len().saturating_sub(data_offset(&bytes)) as u64;
     if need.is_none_or(|need| need > have) {
-        return Err(bad(format!(
-            "header promises shape [{n}, {d}] but the file holds only {have} bytes of data"
-        )));
+        return Err(bad(format!("header promises shape [{n}, {d}] but the file holds only {have} bytes of data")));
     }
     let data: Vec<f64> = if item == 4 {
-        npy.into_vec::<f32>()
-            .map_err(|e| bad(format!("truncated data ({e})")))?
-            .into_iter()
-            .map(f64::from)
-            .collect()
+        npy.into_vec::<f32>().map_err(|e| bad(format!("truncated data ({e})")))?.into_iter().map(f64::from).collect()
     } else {
-        npy.into_vec::<f64>()
-            .map_err(|e| bad(format!("truncated data ({e})")))?
+        npy.into_vec::<f64>().map_err(|e| bad(format!("truncated data ({e})")))?
     };
     let (n, d) = (n as usize, d as usize);
     if data.len() != n * d {
-        return Err(bad(format!(
-            "expected {} values, found {}",
-            n * d,
-            data.len()
-        )));
+        return Err(bad(format!("expected {} values, found {}", n * d, data.len())));
     }
     if let Some(i) = data.iter().position(|v| !v.is_finite()) {
-        return Err(bad(format!(
-            "value at row {}, column {} is not finite ({})",
-            i / d.max(1),
-            i % d.max(1),
-            data[i]
-        )));
+        return Err(bad(format!("value at row {}, column {} is not finite ({})", i / d.max(1), i % d.max(1), data[i])));
     }
     Ok(Points::new(n, d, data))
 }
@@ -88,9 +56,7 @@ pub fn read_points(path: &Path) -> Result<Points> {
 /// (2 bytes in format 1.0, 4 in 2.0/3.0) + the header itself.
 fn data_offset(bytes: &[u8]) -> usize {
     let le = |r: std::ops::Range<usize>| {
-        bytes.get(r).map_or(usize::MAX, |b| {
-            b.iter().rev().fold(0usize, |a, &v| (a << 8) | v as usize)
-        })
+        bytes.get(r).map_or(usize::MAX, |b| b.iter().rev().fold(0usize, |a, &v| (a << 8) | v as usize))
     };
     match bytes.get(6) {
         Some(1) => 10usize.saturating_add(le(8..10)),
@@ -103,11 +69,7 @@ pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
     let mut cur = Cursor::new(Vec::new());
     let shape: Vec<u64> = shape.iter().map(|&s| s as u64).collect();
     let write = (|| {
-        let mut w = npyz::WriteOptions::new()
-            .default_dtype()
-            .shape(&shape)
-            .writer(&mut cur)
-            .begin_nd()?;
+        let mut w = npyz::WriteOptions::new().default_dtype().shape(&shape).writer(&mut cur).begin_nd()?;
         w.extend(data.iter().copied())?;
         w.finish()
     })();
@@ -155,15 +117,9 @@ mod tests {
         write_f32(&p, &[100, 2], &[0.5; 200]).unwrap();
         let bytes = std::fs::read(&p).unwrap();
         std::fs::write(&p, &bytes[..bytes.len() - 40]).unwrap();
-        assert!(read_points(&p)
-            .unwrap_err()
-            .to_string()
-            .contains("holds only"));
+        assert!(read_points(&p).unwrap_err().to_string().contains("holds only"));
         std::fs::write(&p, b"not an npy file at all").unwrap();
-        assert!(read_points(&p)
-            .unwrap_err()
-            .to_string()
-            .contains("not a valid .npy"));
+        assert!(read_points(&p).unwrap_err().to_string().contains("not a valid .npy"));
     }
 
     #[test]

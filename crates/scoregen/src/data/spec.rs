@@ -30,21 +30,16 @@ struct Component {
 
 /// Parses a mixture spec; errors name the file and the component field.
 pub fn parse_mixture(text: &str, file: &str) -> Result<GaussianMixture> {
-    let spec: Spec = toml::from_str(text)
-        .map_err(|e| Error::config(file, "component", e.message().to_string()))?;
+    let spec: Spec = toml::from_str(text).map_err(|e| Error::config(file, "component", e.message().to_string()))?;
     let mut covs = Vec::with_capacity(spec.component.len());
     for (k, c) in spec.component.iter().enumerate() {
         let d = c.mean.len();
         let cov = match (&c.std, &c.cov) {
-            (Some(s), None) if s.is_finite() && *s > 0.0 => (0..d)
-                .map(|i| (0..d).map(|j| if i == j { s * s } else { 0.0 }).collect())
-                .collect(),
+            (Some(s), None) if s.is_finite() && *s > 0.0 => {
+                (0..d).map(|i| (0..d).map(|j| if i == j { s * s } else { 0.0 }).collect()).collect()
+            }
             (Some(s), None) => {
-                return Err(Error::config(
-                    file,
-                    format!("component[{k}].std"),
-                    format!("must be > 0 (got {s})"),
-                ))
+                return Err(Error::config(file, format!("component[{k}].std"), format!("must be > 0 (got {s})")))
             }
             (None, Some(cov)) => cov.clone(),
             _ => {
@@ -59,8 +54,7 @@ pub fn parse_mixture(text: &str, file: &str) -> Result<GaussianMixture> {
     }
     let weights = spec.component.iter().map(|c| c.weight).collect();
     let means = spec.component.iter().map(|c| c.mean.clone()).collect();
-    GaussianMixture::new(weights, means, covs)
-        .map_err(|e| Error::config(file, "component", e.to_string()))
+    GaussianMixture::new(weights, means, covs).map_err(|e| Error::config(file, "component", e.to_string()))
 }
 
 /// Reads a mixture spec from a `.toml` file.
@@ -87,29 +81,17 @@ mod tests {
 
     #[test]
     fn errors_name_file_and_component() {
-        let e = parse_mixture(
-            "[[component]]\nweight = 1\nmean = [0.0]\nstd = -1.0\n",
-            "m.toml",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("m.toml") && e.contains("component[0].std"),
-            "{e}"
-        );
-        let e = parse_mixture(
-            "[[component]]\nweight = 1\nmean = [0.0]\nstd = 1.0\ncolour = 3\n",
-            "m.toml",
-        )
-        .unwrap_err()
-        .to_string();
+        let e =
+            parse_mixture("[[component]]\nweight = 1\nmean = [0.0]\nstd = -1.0\n", "m.toml").unwrap_err().to_string();
+        assert!(e.contains("m.toml") && e.contains("component[0].std"), "{e}");
+        let e = parse_mixture("[[component]]\nweight = 1\nmean = [0.0]\nstd = 1.0\ncolour = 3\n", "m.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("colour"), "{e}");
-        let e = parse_mixture(
-            "[[component]]\nweight = 1\nmean = [0.0, 0.0]\ncov = [[1.0, 2.0], [2.0, 1.0]]\n",
-            "m.toml",
-        )
-        .unwrap_err()
-        .to_string();
+        let e =
+            parse_mixture("[[component]]\nweight = 1\nmean = [0.0, 0.0]\ncov = [[1.0, 2.0], [2.0, 1.0]]\n", "m.toml")
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("positive definite"), "{e}");
     }
 }

@@ -7,14 +7,7 @@ use crate::rng::Rng;
 use std::f64::consts::PI;
 
 /// The names accepted on the command line and in configs.
-pub const NAMES: [&str; 6] = [
-    "gmm8",
-    "gmm25",
-    "unbalanced",
-    "moons",
-    "swiss-roll",
-    "checkerboard",
-];
+pub const NAMES: [&str; 6] = ["gmm8", "gmm25", "unbalanced", "moons", "swiss-roll", "checkerboard"];
 
 /// One-line descriptions, in the order of [`NAMES`].
 pub const DESCRIPTIONS: [&str; 6] = [
@@ -48,16 +41,10 @@ pub fn named_mixture(name: &str) -> Option<GaussianMixture> {
             GaussianMixture::isotropic(vec![1.0; 8], means, &[0.3; 8])
         }
         "gmm25" => {
-            let means = (0..25)
-                .map(|k| vec![-4.0 + 2.0 * (k / 5) as f64, -4.0 + 2.0 * (k % 5) as f64])
-                .collect();
+            let means = (0..25).map(|k| vec![-4.0 + 2.0 * (k / 5) as f64, -4.0 + 2.0 * (k % 5) as f64]).collect();
             GaussianMixture::isotropic(vec![1.0; 25], means, &[0.2; 25])
         }
-        "unbalanced" => GaussianMixture::isotropic(
-            vec![0.8, 0.2],
-            vec![vec![-5.0, -5.0], vec![5.0, 5.0]],
-            &[1.0, 1.0],
-        ),
+        "unbalanced" => GaussianMixture::isotropic(vec![0.8, 0.2], vec![vec![-5.0, -5.0], vec![5.0, 5.0]], &[1.0, 1.0]),
         _ => return None,
     };
     Some(mix.expect("the named mixtures are valid"))
@@ -88,11 +75,7 @@ impl Toy {
             Toy::Moons => {
                 for i in 0..n {
                     let a = PI * rng.uniform();
-                    let (x, y) = if i % 2 == 0 {
-                        (a.cos(), a.sin())
-                    } else {
-                        (1.0 - a.cos(), 0.5 - a.sin())
-                    };
+                    let (x, y) = if i % 2 == 0 { (a.cos(), a.sin()) } else { (1.0 - a.cos(), 0.5 - a.sin()) };
                     data.push(2.0 * (x - 0.5 + 0.1 * rng.normal()));
                     data.push(2.0 * (y - 0.25 + 0.1 * rng.normal()));
                 }

@@ -29,10 +29,7 @@ const MEDIAN_MAX_POINTS: usize = 1000;
 pub fn median_bandwidth(x: &Points, y: &Points) -> f64 {
     check_same_dim(x, y);
     let total = x.n + y.n;
-    assert!(
-        total >= 2,
-        "median_bandwidth: need at least 2 pooled points"
-    );
+    assert!(total >= 2, "median_bandwidth: need at least 2 pooled points");
     if !(x.all_finite() && y.all_finite()) {
         return f64::NAN;
     }
@@ -40,11 +37,7 @@ pub fn median_bandwidth(x: &Points, y: &Points) -> f64 {
     let d = x.d;
     let mut pooled = Vec::with_capacity(k * d);
     for idx in (0..k).map(|t| t * total / k) {
-        let row = if idx < x.n {
-            x.row(idx)
-        } else {
-            y.row(idx - x.n)
-        };
+        let row = if idx < x.n { x.row(idx) } else { y.row(idx - x.n) };
         pooled.extend_from_slice(row);
     }
     let z = Points::new(k, d, pooled);
@@ -103,8 +96,7 @@ pub fn mmd2_rbf(x: &Points, y: &Points, bandwidths: &[f64]) -> f64 {
         sum
     };
     let (n, m) = (x.n as f64, y.n as f64);
-    pairwise_sum(x, x, true, kernel) / (n * (n - 1.0))
-        + pairwise_sum(y, y, true, kernel) / (m * (m - 1.0))
+    pairwise_sum(x, x, true, kernel) / (n * (n - 1.0)) + pairwise_sum(y, y, true, kernel) / (m * (m - 1.0))
         - 2.0 * pairwise_sum(x, y, false, kernel) / (n * m)
 }
 
@@ -120,10 +112,7 @@ fn kernel_plan(bandwidths: &[f64]) -> Vec<(f64, Vec<u32>)> {
     let mut plan: Vec<(f64, Vec<u32>)> = Vec::new();
     for c in coeffs {
         let power = |base: f64| (0..=16u32).find(|&p| base * f64::from(1u32 << p) == c);
-        match plan
-            .iter_mut()
-            .find_map(|(base, ps)| power(*base).map(|p| (ps, p)))
-        {
+        match plan.iter_mut().find_map(|(base, ps)| power(*base).map(|p| (ps, p))) {
             Some((ps, p)) => ps.push(p),
             None => plan.push((c, vec![0])),
         }
@@ -181,10 +170,7 @@ pub fn energy_distance(x: &Points, y: &Points) -> f64 {
 pub fn sliced_wasserstein2(x: &Points, y: &Points, projections: usize, rng: &mut impl Rng) -> f64 {
     check_same_dim(x, y);
     assert!(x.n > 0 && y.n > 0, "sliced_wasserstein2: empty point set");
-    assert!(
-        projections > 0,
-        "sliced_wasserstein2: projections must be > 0"
-    );
+    assert!(projections > 0, "sliced_wasserstein2: projections must be > 0");
     let d = x.d;
     let k = x.n.max(y.n);
     let mut theta = vec![0.0; d];
@@ -227,12 +213,7 @@ const PARALLEL_MIN_PAIRS: usize = 4_000_000;
 /// `std::thread::available_parallelism()` scoped threads by chunks of
 /// [`ROW_CHUNK`] rows; chunk sums are combined in chunk order, so the result
 /// is bitwise the same for any thread count.
-fn pairwise_sum(
-    a: &Points,
-    b: &Points,
-    within: bool,
-    block_sum: impl Fn(&mut [f64]) -> f64 + Sync,
-) -> f64 {
+fn pairwise_sum(a: &Points, b: &Points, within: bool, block_sum: impl Fn(&mut [f64]) -> f64 + Sync) -> f64 {
     let (d, m) = (b.d, b.n);
     let mut cols = vec![0.0; d * m];
     for (j, row) in b.rows().enumerate() {
@@ -267,15 +248,11 @@ fn pairwise_sum(
     let workers = if pairs < PARALLEL_MIN_PAIRS {
         1
     } else {
-        std::thread::available_parallelism()
-            .map_or(1, |w| w.get())
-            .min(chunks)
+        std::thread::available_parallelism().map_or(1, |w| w.get()).min(chunks)
     };
     let mut sums = vec![0.0; chunks];
     if workers <= 1 {
-        sums.iter_mut()
-            .enumerate()
-            .for_each(|(c, s)| *s = chunk_sum(c));
+        sums.iter_mut().enumerate().for_each(|(c, s)| *s = chunk_sum(c));
     } else {
         let next = AtomicUsize::new(0);
         let work = || {
@@ -413,9 +390,7 @@ mod tests {
 
     fn gaussian(n: usize, mean: &[f64], rng: &mut ChaCha8Rng) -> Points {
         let d = mean.len();
-        let data = (0..n * d)
-            .map(|k| mean[k % d] + rng.sample::<f64, _>(StandardNormal))
-            .collect();
+        let data = (0..n * d).map(|k| mean[k % d] + rng.sample::<f64, _>(StandardNormal)).collect();
         Points::new(n, d, data)
     }
 
@@ -430,8 +405,7 @@ mod tests {
                         + t * (-0.186_288_06
                             + t * (0.278_868_07
                                 + t * (-1.135_203_98
-                                    + t * (1.488_515_87
-                                        + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+                                    + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
         let erfc = t * poly.exp();
         if x >= 0.0 {
             1.0 - 0.5 * erfc
@@ -442,8 +416,7 @@ mod tests {
 
     /// E|N(mu, s²)| = s √(2/π) exp(−μ²/(2s²)) + μ (1 − 2Φ(−μ/s)).
     fn mean_abs_normal(mu: f64, s: f64) -> f64 {
-        s * (2.0 / std::f64::consts::PI).sqrt() * (-mu * mu / (2.0 * s * s)).exp()
-            + mu * (1.0 - 2.0 * phi(-mu / s))
+        s * (2.0 / std::f64::consts::PI).sqrt() * (-mu * mu / (2.0 * s * s)).exp() + mu * (1.0 - 2.0 * phi(-mu / s))
     }
 
     #[test]
@@ -458,13 +431,7 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(11);
         let x = gaussian(7, &[0.0, 0.0, 0.0], &mut rng);
         let y = gaussian(5, &[0.5, 0.0, -0.5], &mut rng);
-        let dist = |a: &[f64], b: &[f64]| -> f64 {
-            a.iter()
-                .zip(b)
-                .map(|(p, q)| (p - q).powi(2))
-                .sum::<f64>()
-                .sqrt()
-        };
+        let dist = |a: &[f64], b: &[f64]| -> f64 { a.iter().zip(b).map(|(p, q)| (p - q).powi(2)).sum::<f64>().sqrt() };
         // Mean of g over pairs, excluding i == j when `within`.
         let mean = |a: &Points, b: &Points, within: bool, g: &dyn Fn(f64) -> f64| {
             let (mut s, mut c) = (0.0, 0.0);
@@ -480,16 +447,10 @@ mod tests {
         };
         // Scales 0.35, 0.7, 1.4 share one exponential; 1.0 gets its own.
         let bw = [0.7, 1.0, 0.35, 1.4];
-        let k = |r: f64| {
-            bw.iter()
-                .map(|s| (-r * r / (2.0 * s * s)).exp())
-                .sum::<f64>()
-        };
-        let mmd_naive =
-            mean(&x, &x, true, &k) + mean(&y, &y, true, &k) - 2.0 * mean(&x, &y, false, &k);
+        let k = |r: f64| bw.iter().map(|s| (-r * r / (2.0 * s * s)).exp()).sum::<f64>();
+        let mmd_naive = mean(&x, &x, true, &k) + mean(&y, &y, true, &k) - 2.0 * mean(&x, &y, false, &k);
         let id = |r: f64| r;
-        let energy_naive =
-            2.0 * mean(&x, &y, false, &id) - mean(&x, &x, true, &id) - mean(&y, &y, true, &id);
+        let energy_naive = 2.0 * mean(&x, &y, false, &id) - mean(&x, &x, true, &id) - mean(&y, &y, true, &id);
         assert!((mmd2_rbf(&x, &y, &bw) - mmd_naive).abs() < 1e-12);
         assert!((energy_distance(&x, &y) - energy_naive).abs() < 1e-12);
         assert!(mmd_naive.abs() > 1e-3 && energy_naive.abs() > 1e-3);
@@ -534,14 +495,8 @@ mod tests {
 
         assert!(mmd_shift > 0.05, "mmd2 shifted = {mmd_shift}");
         assert!(e_shift > 0.1, "energy shifted = {e_shift}");
-        assert!(
-            mmd_same.abs() < 0.05 * mmd_shift,
-            "mmd2 same = {mmd_same} vs {mmd_shift}"
-        );
-        assert!(
-            e_same.abs() < 0.05 * e_shift,
-            "energy same = {e_same} vs {e_shift}"
-        );
+        assert!(mmd_same.abs() < 0.05 * mmd_shift, "mmd2 same = {mmd_same} vs {mmd_shift}");
+        assert!(e_same.abs() < 0.05 * e_shift, "energy same = {e_same} vs {e_shift}");
     }
 
     #[test]
@@ -567,19 +522,13 @@ mod tests {
             })
             .sum::<f64>()
             / reps as f64;
-        assert!(
-            (est - exact).abs() < 0.05,
-            "estimate {est} vs closed form {exact}"
-        );
+        assert!((est - exact).abs() < 0.05, "estimate {est} vs closed form {exact}");
     }
 
     #[test]
     fn sliced_w2_of_translated_copy_is_shift_over_sqrt_dim() {
         let mut rng = ChaCha8Rng::seed_from_u64(3);
-        for (d, delta) in [
-            (2usize, vec![0.6, -0.8]),
-            (5, vec![1.0, 2.0, 0.0, -2.0, 0.5]),
-        ] {
+        for (d, delta) in [(2usize, vec![0.6, -0.8]), (5, vec![1.0, 2.0, 0.0, -2.0, 0.5])] {
             let x = gaussian(500, &vec![0.0; d], &mut rng);
             let mut y = x.clone();
             for row in y.data.chunks_exact_mut(d) {
@@ -591,10 +540,7 @@ mod tests {
             // them has relative sd ≈ 1.1/√2000 = 2.4% in D = 5 (0.7/√2000 in
             // D = 2), halved by the square root: 4% is > 3 sd.
             let sw = sliced_wasserstein2(&x, &y, 2000, &mut rng);
-            assert!(
-                (sw / expected - 1.0).abs() < 0.04,
-                "D = {d}: SW2 = {sw}, expected ≈ {expected}"
-            );
+            assert!((sw / expected - 1.0).abs() < 0.04, "D = {d}: SW2 = {sw}, expected ≈ {expected}");
         }
     }
 
@@ -634,10 +580,7 @@ mod tests {
         assert_eq!(median_bandwidth(&x, &y), 3.5);
         // Odd count: {0, 1, 3} → distances 1,2,3 → 2.
         let y = Points::new(1, 1, vec![3.0]);
-        assert_eq!(
-            median_bandwidth(&Points::new(2, 1, vec![0.0, 1.0]), &y),
-            2.0
-        );
+        assert_eq!(median_bandwidth(&Points::new(2, 1, vec![0.0, 1.0]), &y), 2.0);
     }
 
     #[test]
@@ -665,9 +608,7 @@ mod tests {
 
     /// Median of |a_i − a_j| over i < j, by full sort.
     fn naive_median_distance(a: &[f64]) -> f64 {
-        let mut v: Vec<f64> = (0..a.len())
-            .flat_map(|i| (0..i).map(move |j| (a[i] - a[j]).abs()))
-            .collect();
+        let mut v: Vec<f64> = (0..a.len()).flat_map(|i| (0..i).map(move |j| (a[i] - a[j]).abs())).collect();
         v.sort_by(f64::total_cmp);
         let l = v.len();
         if l % 2 == 1 {

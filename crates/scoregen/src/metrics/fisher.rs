@@ -20,16 +20,9 @@ pub fn fisher_divergence(
         .map(|&t| {
             let pt = oracle.at(t);
             let x = pt.sample(n, rng);
-            let s =
-                Points::from_tensor(&score.score_at(&x.to_tensor(DType::F32, &Device::Cpu)?, t)?)?;
+            let s = Points::from_tensor(&score.score_at(&x.to_tensor(DType::F32, &Device::Cpu)?, t)?)?;
             let exact = pt.score(&x);
-            let f = s
-                .data
-                .iter()
-                .zip(&exact.data)
-                .map(|(a, b)| (a - b).powi(2))
-                .sum::<f64>()
-                / n as f64;
+            let f = s.data.iter().zip(&exact.data).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / n as f64;
             Ok((t, f))
         })
         .collect()

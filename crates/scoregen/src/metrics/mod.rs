@@ -7,9 +7,7 @@ pub mod distances;
 pub mod fisher;
 pub mod modes;
 
-pub use distances::{
-    energy_distance, median_bandwidth, mmd2_median, mmd2_rbf, sliced_wasserstein2,
-};
+pub use distances::{energy_distance, median_bandwidth, mmd2_median, mmd2_rbf, sliced_wasserstein2};
 pub use fisher::fisher_divergence;
 pub use modes::{mode_stats, ModeStats};
 
@@ -68,23 +66,12 @@ pub fn against_mixture(samples: &Points, mix: &GaussianMixture, rng: &mut Rng) -
 }
 
 /// Compares `samples` with a reference set; the floor splits the reference in two halves.
-pub fn against_reference(
-    samples: &Points,
-    reference: &Points,
-    rng: &mut Rng,
-) -> (Distances, Distances) {
+pub fn against_reference(samples: &Points, reference: &Points, rng: &mut Rng) -> (Distances, Distances) {
     let half = reference.n / 2;
     let a = reference.head(half);
-    let b = Points::new(
-        reference.n - half,
-        reference.d,
-        reference.data[half * reference.d..].to_vec(),
-    );
+    let b = Points::new(reference.n - half, reference.d, reference.data[half * reference.d..].to_vec());
     let n = samples.n.min(half);
-    (
-        Distances::between(&samples.head(n), &a.head(n), rng),
-        Distances::between(&b.head(n), &a.head(n), rng),
-    )
+    (Distances::between(&samples.head(n), &a.head(n), rng), Distances::between(&b.head(n), &a.head(n), rng))
 }
 
 #[cfg(test)]
@@ -95,10 +82,7 @@ mod tests {
     fn collapse(x: &Points, keep: usize, mix: &GaussianMixture) -> Points {
         // keep only points whose nearest mode is < keep, resampled to size n by repetition
         let stats_modes = modes::assign(x, mix);
-        let rows: Vec<Vec<f64>> = (0..x.n)
-            .filter(|&i| stats_modes[i] < keep)
-            .map(|i| x.row(i).to_vec())
-            .collect();
+        let rows: Vec<Vec<f64>> = (0..x.n).filter(|&i| stats_modes[i] < keep).map(|i| x.row(i).to_vec()).collect();
         let rep: Vec<Vec<f64>> = (0..x.n).map(|i| rows[i % rows.len()].clone()).collect();
         Points::from_rows(&rep)
     }
@@ -118,31 +102,19 @@ mod tests {
 
         let collapsed = collapse(&good, 4, &gmm8);
         let rc = against_mixture(&collapsed, &gmm8, &mut rng);
-        assert!(
-            rc.distances.mmd2 > 10.0 * rc.floor.mmd2.abs().max(1e-3),
-            "{rc:?}"
-        );
+        assert!(rc.distances.mmd2 > 10.0 * rc.floor.mmd2.abs().max(1e-3), "{rc:?}");
         assert!(rc.distances.energy > 10.0 * rc.floor.energy.abs().max(1e-3));
         assert_eq!(rc.modes.covered, 4);
         assert!(rc.modes.weight_l1 > 0.9);
 
         // wrong weights: 0.5/0.5 instead of 0.8/0.2
         let unb = toy::named_mixture("unbalanced").unwrap();
-        let even = GaussianMixture::isotropic(
-            vec![0.5, 0.5],
-            vec![unb.mean(0).to_vec(), unb.mean(1).to_vec()],
-            &[1.0, 1.0],
-        )
-        .unwrap();
+        let even =
+            GaussianMixture::isotropic(vec![0.5, 0.5], vec![unb.mean(0).to_vec(), unb.mean(1).to_vec()], &[1.0, 1.0])
+                .unwrap();
         let rw = against_mixture(&even.sample(n, &mut rng), &unb, &mut rng);
-        assert!(
-            (rw.modes.weights[0] - 0.5).abs() < 0.05 && rw.modes.weight_l1 > 0.5,
-            "{rw:?}"
-        );
-        assert!(
-            rw.distances.mmd2 > 10.0 * rw.floor.mmd2.abs().max(1e-4),
-            "{rw:?}"
-        );
+        assert!((rw.modes.weights[0] - 0.5).abs() < 0.05 && rw.modes.weight_l1 > 0.5, "{rw:?}");
+        assert!(rw.distances.mmd2 > 10.0 * rw.floor.mmd2.abs().max(1e-4), "{rw:?}");
 
         // blurred: every point jittered by N(0, 0.5²)
         let mut blurred = gmm8.sample(n, &mut rng);
@@ -151,14 +123,8 @@ mod tests {
         }
         let rb = against_mixture(&blurred, &gmm8, &mut rng);
         // sliced W2 barely sees a blur that is small next to the ring's spread; energy and MMD do
-        assert!(
-            rb.distances.energy > 10.0 * rb.floor.energy.abs().max(1e-4),
-            "{rb:?}"
-        );
-        assert!(
-            rb.modes.off_manifold > 10.0 * rb.modes_floor.off_manifold.max(1e-3),
-            "{rb:?}"
-        );
+        assert!(rb.distances.energy > 10.0 * rb.floor.energy.abs().max(1e-4), "{rb:?}");
+        assert!(rb.modes.off_manifold > 10.0 * rb.modes_floor.off_manifold.max(1e-3), "{rb:?}");
         assert!(rb.modes.mean_log_density < rb.modes_floor.mean_log_density - 0.5);
     }
 }

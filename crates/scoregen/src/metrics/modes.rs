@@ -68,16 +68,9 @@ pub fn mode_stats(x: &Points, mix: &GaussianMixture) -> ModeStats {
         }
     }
     let weights: Vec<f64> = counts.iter().map(|&c| c as f64 / n).collect();
-    let weight_l1 = weights
-        .iter()
-        .zip(mix.weights())
-        .map(|(a, b)| (a - b).abs())
-        .sum();
-    let covered = counts
-        .iter()
-        .zip(mix.weights())
-        .filter(|(&c, &w)| c as f64 >= (COVERED_FRACTION * w * n).max(1.0))
-        .count();
+    let weight_l1 = weights.iter().zip(mix.weights()).map(|(a, b)| (a - b).abs()).sum();
+    let covered =
+        counts.iter().zip(mix.weights()).filter(|(&c, &w)| c as f64 >= (COVERED_FRACTION * w * n).max(1.0)).count();
     let lp = mix.log_prob(x);
     ModeStats {
         weights,

@@ -19,20 +19,13 @@ impl GaussianFourier {
     /// `dim` must be even: half sines, half cosines.
     pub fn new(dim: usize, scale: f64, seed: u64, dtype: DType, device: &Device) -> Result<Self> {
         let mut rng = Rng::new(seed, 0xF0F0);
-        let w: Vec<f64> = (0..dim / 2)
-            .map(|_| 2.0 * PI * scale * rng.normal())
-            .collect();
-        Ok(Self {
-            freqs: Tensor::from_vec(w, (1, dim / 2), device)?.to_dtype(dtype)?,
-        })
+        let w: Vec<f64> = (0..dim / 2).map(|_| 2.0 * PI * scale * rng.normal()).collect();
+        Ok(Self { freqs: Tensor::from_vec(w, (1, dim / 2), device)?.to_dtype(dtype)? })
     }
 
     /// t [N] → features [N, dim].
     pub fn forward(&self, t: &Tensor) -> Result<Tensor> {
-        let arg = t
-            .unsqueeze(1)?
-            .to_dtype(self.freqs.dtype())?
-            .broadcast_mul(&self.freqs)?;
+        let arg = t.unsqueeze(1)?.to_dtype(self.freqs.dtype())?.broadcast_mul(&self.freqs)?;
         Tensor::cat(&[arg.sin()?, arg.cos()?], 1)
     }
 }

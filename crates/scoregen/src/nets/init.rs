@@ -25,16 +25,10 @@ fn draw(init: &Init, shape: &Shape, rng: &mut Rng, dtype: DType, dev: &Device) -
         Init::Const(c) => vec![c; n],
         Init::Uniform { lo, up } => rng.uniform_vec(n, lo, up),
         Init::Randn { mean, stdev } => (0..n).map(|_| mean + stdev * rng.normal()).collect(),
-        Init::Kaiming {
-            dist,
-            fan,
-            non_linearity,
-        } => {
+        Init::Kaiming { dist, fan, non_linearity } => {
             let std = non_linearity.gain() / (fan.for_shape(shape) as f64).sqrt();
             match dist {
-                NormalOrUniform::Uniform => {
-                    rng.uniform_vec(n, -(3f64.sqrt()) * std, 3f64.sqrt() * std)
-                }
+                NormalOrUniform::Uniform => rng.uniform_vec(n, -(3f64.sqrt()) * std, 3f64.sqrt() * std),
                 NormalOrUniform::Normal => (0..n).map(|_| std * rng.normal()).collect(),
             }
         }
@@ -47,10 +41,7 @@ impl SimpleBackend for SeededBackend {
         let mut vars = self.varmap.data().lock().expect("varmap lock");
         if let Some(v) = vars.get(name) {
             if v.shape() != &s {
-                candle_core::bail!(
-                    "variable `{name}` has shape {:?}, expected {s:?}",
-                    v.shape()
-                );
+                candle_core::bail!("variable `{name}` has shape {:?}, expected {s:?}", v.shape());
             }
             return Ok(v.as_tensor().clone());
         }
@@ -65,25 +56,13 @@ impl SimpleBackend for SeededBackend {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.varmap
-            .data()
-            .lock()
-            .expect("varmap lock")
-            .contains_key(name)
+        self.varmap.data().lock().expect("varmap lock").contains_key(name)
     }
 }
 
 /// A `VarBuilder` whose new variables are drawn from `Rng::new(seed, 0x1A17)`
 /// and stored in `varmap`. Variables already in `varmap` are reused.
-pub fn seeded_var_builder(
-    varmap: &VarMap,
-    seed: u64,
-    dtype: DType,
-    device: &Device,
-) -> VarBuilder<'static> {
-    let backend = SeededBackend {
-        varmap: varmap.clone(),
-        rng: Mutex::new(Rng::new(seed, 0x1A17)),
-    };
+pub fn seeded_var_builder(varmap: &VarMap, seed: u64, dtype: DType, device: &Device) -> VarBuilder<'static> {
+    let backend = SeededBackend { varmap: varmap.clone(), rng: Mutex::new(Rng::new(seed, 0x1A17)) };
     VarBuilder::from_backend(Box::new(backend), dtype, device.clone())
 }

@@ -1,19 +1,17 @@
-//! Time-conditioned MLP for points in R^D.
+//! MLPs for points in R^D, with a choice of conditioning on time / noise level.
 
 use super::{GaussianFourier, Network};
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
-use serde::{Deserialize, Serialize};
+use candle_nn::{embedding, linear, Embedding, Linear, VarBuilder};
 
-/// Width, depth and time embedding of a [`TimeMlp`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// Width, depth and embedding size of an [`Mlp`].
+#[derive(Debug, Clone, PartialEq)]
 pub struct MlpConfig {
     /// Hidden units per layer.
     pub width: usize,
     /// Number of hidden layers.
     pub depth: usize,
-    /// Size of the Fourier time embedding (even).
+    /// Size of the time / level embedding (even for Fourier features).
     pub embed_dim: usize,
     /// Standard deviation of the Fourier frequencies.
     pub embed_scale: f64,
@@ -21,68 +19,117 @@ pub struct MlpConfig {
 
 impl Default for MlpConfig {
     fn default() -> Self {
-        Self {
-            width: 128,
-            depth: 3,
-            embed_dim: 32,
-            embed_scale: 4.0,
-        }
+        Self { width: 128, depth: 3, embed_dim: 32, embed_scale: 4.0 }
     }
 }
 
-/// h₀ = [x, γ(t)], h_{l+1} = SiLU(W_l h_l + b_l) for `depth` layers, out = W h + b ∈ R^D.
-/// The time embedding also enters every hidden layer additively, so deep
-/// layers still see t.
-pub struct TimeMlp {
-    embed: GaussianFourier,
+/// What the network is told about t.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Conditioning {
+    /// Nothing: s_θ(x) (noise-free score matching, energies, NCSNv2's s_θ(x)/σ).
+    None,
+    /// Gaussian Fourier features of continuous t (score_sde).
+    Fourier,
+    /// A learned embedding of the noise level i ∈ {0, …, L−1}, recovered from
+    /// t on the ladder as i = round(t·(L−1)) (NCSN's conditional network).
+    Levels(usize),
+}
+
+enum Embed {
+    None,
+    Fourier(GaussianFourier),
+    Levels(Embedding, usize),
+}
+
+/// h₀ = [x, e(t)], h_{l+1} = SiLU(W_l h_l + U_l e(t) + b_l), out = W h + b, with
+/// e(t) the conditioning embedding (absent for unconditional nets). The
+/// embedding enters every hidden layer so deep layers still see t.
+pub struct Mlp {
+    embed: Embed,
     input: Linear,
     time: Vec<Linear>,
     hidden: Vec<Linear>,
     output: Linear,
 }
 
-impl TimeMlp {
+impl Mlp {
     /// Parameters are created (or loaded) through `vb` under the names
-    /// `input`, `time.{l}`, `hidden.{l}`, `output`.
-    pub fn new(vb: VarBuilder, dim: usize, cfg: &MlpConfig, seed: u64) -> Result<Self> {
-        let embed = GaussianFourier::new(
-            cfg.embed_dim,
-            cfg.embed_scale,
-            seed,
-            vb.dtype(),
-            vb.device(),
-        )?;
-        let input = linear(dim + cfg.embed_dim, cfg.width, vb.pp("input"))?;
-        let time = (0..cfg.depth.saturating_sub(1))
-            .map(|l| linear(cfg.embed_dim, cfg.width, vb.pp(format!("time.{l}"))))
-            .collect::<Result<_>>()?;
+    /// `input`, `time.{l}`, `hidden.{l}`, `output` (and `levels` for a level embedding).
+    pub fn new(
+        vb: VarBuilder,
+        in_dim: usize,
+        out_dim: usize,
+        cfg: &MlpConfig,
+        cond: Conditioning,
+        seed: u64,
+    ) -> Result<Self> {
+        let embed = match cond {
+            Conditioning::None => Embed::None,
+            Conditioning::Fourier => {
+                Embed::Fourier(GaussianFourier::new(cfg.embed_dim, cfg.embed_scale, seed, vb.dtype(), vb.device())?)
+            }
+            Conditioning::Levels(l) => Embed::Levels(embedding(l, cfg.embed_dim, vb.pp("levels"))?, l),
+        };
+        let e = if matches!(embed, Embed::None) { 0 } else { cfg.embed_dim };
+        let input = linear(in_dim + e, cfg.width, vb.pp("input"))?;
+        let time = if e == 0 {
+            Vec::new()
+        } else {
+            (0..cfg.depth.saturating_sub(1))
+                .map(|l| linear(e, cfg.width, vb.pp(format!("time.{l}"))))
+                .collect::<Result<_>>()?
+        };
         let hidden = (0..cfg.depth.saturating_sub(1))
             .map(|l| linear(cfg.width, cfg.width, vb.pp(format!("hidden.{l}"))))
             .collect::<Result<_>>()?;
-        let output = linear(cfg.width, dim, vb.pp("output"))?;
-        Ok(Self {
-            embed,
-            input,
-            time,
-            hidden,
-            output,
-        })
+        let output = linear(cfg.width, out_dim, vb.pp("output"))?;
+        Ok(Self { embed, input, time, hidden, output })
     }
 
     /// A network on the CPU in f32 whose parameters live in `vm`: new ones are
     /// drawn from `seed`, ones already in `vm` (a loaded checkpoint) are reused.
-    pub fn build(vm: &candle_nn::VarMap, dim: usize, cfg: &MlpConfig, seed: u64) -> Result<Self> {
+    pub fn build(
+        vm: &candle_nn::VarMap,
+        in_dim: usize,
+        out_dim: usize,
+        cfg: &MlpConfig,
+        cond: Conditioning,
+        seed: u64,
+    ) -> Result<Self> {
         let vb = super::seeded_var_builder(vm, seed, DType::F32, &Device::Cpu);
-        Self::new(vb, dim, cfg, seed)
+        Self::new(vb, in_dim, out_dim, cfg, cond, seed)
+    }
+
+    fn embedding(&self, t: &Tensor, dtype: DType) -> Result<Option<Tensor>> {
+        Ok(match &self.embed {
+            Embed::None => None,
+            Embed::Fourier(f) => Some(f.forward(t)?.to_dtype(dtype)?),
+            Embed::Levels(table, l) => {
+                let ids: Vec<u32> = crate::sde::times(t)?
+                    .iter()
+                    .map(|&t| (t * (*l - 1) as f64).round().clamp(0.0, (*l - 1) as f64) as u32)
+                    .collect();
+                let ids = Tensor::from_vec(ids, t.dim(0)?, t.device())?;
+                Some(table.forward(&ids)?.to_dtype(dtype)?)
+            }
+        })
     }
 }
 
-impl Network for TimeMlp {
+impl Network for Mlp {
     fn forward(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
-        let emb = self.embed.forward(t)?.to_dtype(x.dtype())?;
-        let mut h = self.input.forward(&Tensor::cat(&[x, &emb], 1)?)?.silu()?;
-        for (layer, time) in self.hidden.iter().zip(&self.time) {
-            h = (layer.forward(&h)? + time.forward(&emb)?)?.silu()?;
+        let emb = self.embedding(t, x.dtype())?;
+        let first = match &emb {
+            Some(e) => Tensor::cat(&[x, e], 1)?,
+            None => x.clone(),
+        };
+        let mut h = self.input.forward(&first)?.silu()?;
+        for (l, layer) in self.hidden.iter().enumerate() {
+            let mut pre = layer.forward(&h)?;
+            if let (Some(e), Some(time)) = (&emb, self.time.get(l)) {
+                pre = (pre + time.forward(e)?)?;
+            }
+            h = pre.silu()?;
         }
         self.output.forward(&h)
     }

@@ -3,12 +3,14 @@
 //! decided in [`crate::score::NetScore`].
 
 pub mod embedding;
+pub mod energy;
 pub mod init;
 pub mod mlp;
 
 pub use embedding::GaussianFourier;
+pub use energy::{EnergyMlp, EnergyScore};
 pub use init::seeded_var_builder;
-pub use mlp::{MlpConfig, TimeMlp};
+pub use mlp::{Conditioning, Mlp, MlpConfig};
 
 use candle_core::{Result, Tensor};
 
@@ -17,24 +19,58 @@ pub trait Network: Send + Sync {
     fn forward(&self, x: &Tensor, t: &Tensor) -> Result<Tensor>;
 }
 
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, ModelKind};
+use crate::score::{NetScore, Output, ScoreFn};
+use crate::sde::Sde;
 use candle_nn::VarMap;
+use std::sync::Arc;
 
-/// Builds the network a config describes, with parameters in `vm` (new ones
-/// drawn from `seed`, existing ones reused).
-pub fn build(cfg: &ModelConfig, dim: usize, seed: u64, vm: &VarMap) -> Result<Box<dyn Network>> {
-    Ok(Box::new(TimeMlp::build(vm, dim, &cfg.mlp(), seed)?))
+/// A trained or training model: a direct score network or an energy.
+pub enum Model {
+    /// s_θ(x, t) = net(x, t) (possibly divided by the marginal std).
+    Score(Box<dyn Network>, Output),
+    /// s_θ(x, t) = −∇ₓ f_θ(x, t).
+    Energy(EnergyMlp),
+}
+
+impl Model {
+    /// The score this model defines under `sde` (used for output scaling only).
+    pub fn score<'a>(&'a self, sde: Arc<dyn Sde>) -> Box<dyn ScoreFn + 'a> {
+        match self {
+            Model::Score(net, output) => Box::new(NetScore { net: net.as_ref(), sde, output: *output }),
+            Model::Energy(e) => Box::new(EnergyScore(e)),
+        }
+    }
+
+    /// The unnormalized log-density, when the model is an energy.
+    pub fn energy(&self) -> Option<&EnergyMlp> {
+        match self {
+            Model::Energy(e) => Some(e),
+            Model::Score(..) => None,
+        }
+    }
+}
+
+/// Builds the model a config describes, with parameters in `vm` (new ones
+/// drawn from `seed`, existing ones reused). `levels` is the number of noise
+/// levels (for level-conditioned networks).
+pub fn build(cfg: &ModelConfig, dim: usize, levels: usize, seed: u64, vm: &VarMap) -> Result<Model> {
+    let mlp = cfg.mlp();
+    Ok(match cfg.kind {
+        ModelKind::TimeMlp => {
+            Model::Score(Box::new(Mlp::build(vm, dim, dim, &mlp, Conditioning::Fourier, seed)?), cfg.output)
+        }
+        ModelKind::Mlp => Model::Score(Box::new(Mlp::build(vm, dim, dim, &mlp, Conditioning::None, seed)?), cfg.output),
+        ModelKind::NcsnMlp => {
+            Model::Score(Box::new(Mlp::build(vm, dim, dim, &mlp, Conditioning::Levels(levels), seed)?), cfg.output)
+        }
+        ModelKind::EnergyMlp => Model::Energy(EnergyMlp::build(vm, dim, &mlp, Conditioning::None, seed)?),
+    })
 }
 
 /// The variables of a map, sorted by name (a stable order for optimizers and checkpoints).
 pub fn named_vars(vm: &VarMap) -> Vec<(String, candle_core::Var)> {
-    let mut v: Vec<_> = vm
-        .data()
-        .lock()
-        .expect("varmap lock")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut v: Vec<_> = vm.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }

@@ -43,23 +43,13 @@ pub struct Dsm {
 
 impl Default for Dsm {
     fn default() -> Self {
-        Self {
-            weighting: Weighting::Sigma2,
-            reduction: Reduction::Mean,
-            t_eps: 1e-5,
-        }
+        Self { weighting: Weighting::Sigma2, reduction: Reduction::Mean, t_eps: 1e-5 }
     }
 }
 
 impl Dsm {
     /// The loss on a batch, with t ~ U(ε, T) and z ~ N(0, I) drawn from `rng`.
-    pub fn loss(
-        &self,
-        score: &dyn ScoreFn,
-        sde: &dyn Sde,
-        x0: &Tensor,
-        rng: &mut Rng,
-    ) -> Result<Tensor> {
+    pub fn loss(&self, score: &dyn ScoreFn, sde: &dyn Sde, x0: &Tensor, rng: &mut Rng) -> Result<Tensor> {
         let t = rng.uniform_vec(x0.dim(0)?, self.t_eps, sde.t_max());
         let z = rng.randn(x0.shape(), x0.dtype(), x0.device())?;
         self.loss_at(score, sde, x0, &t, &z)
@@ -76,8 +66,7 @@ impl Dsm {
         z: &Tensor,
     ) -> Result<Tensor> {
         let (mean, std): (Vec<f64>, Vec<f64>) = t.iter().map(|&t| sde.marginal(t)).unzip();
-        let xt = (x0.broadcast_mul(&per_example(&mean, x0)?)?
-            + z.broadcast_mul(&per_example(&std, z)?)?)?;
+        let xt = (x0.broadcast_mul(&per_example(&mean, x0)?)? + z.broadcast_mul(&per_example(&std, z)?)?)?;
         let t_tensor = Tensor::from_slice(t, t.len(), x0.device())?.to_dtype(x0.dtype())?;
         let s = score.score(&xt, &t_tensor)?;
         // λ‖s_θ + z/s‖² = (λ/s²)‖s·s_θ + z‖², which avoids dividing z by tiny s.
@@ -99,14 +88,7 @@ impl Dsm {
     }
 
     /// The batch mean of [`Dsm::per_example`].
-    pub fn loss_at(
-        &self,
-        score: &dyn ScoreFn,
-        sde: &dyn Sde,
-        x0: &Tensor,
-        t: &[f64],
-        z: &Tensor,
-    ) -> Result<Tensor> {
+    pub fn loss_at(&self, score: &dyn ScoreFn, sde: &dyn Sde, x0: &Tensor, t: &[f64], z: &Tensor) -> Result<Tensor> {
         self.per_example(score, sde, x0, t, z)?.mean_all()
     }
 }
@@ -129,32 +111,19 @@ mod tests {
     fn loss_of_exact_score_equals_analytic_minimum() {
         let (d, n, s0) = (2usize, 20_000usize, 0.7);
         let mu = vec![1.0, -2.0];
-        let sdes: Vec<Arc<dyn Sde>> = vec![
-            Arc::new(VeSde::new(0.01, 10.0)),
-            Arc::new(VpSde::default()),
-            Arc::new(SubVpSde::default()),
-        ];
+        let sdes: Vec<Arc<dyn Sde>> =
+            vec![Arc::new(VeSde::new(0.01, 10.0)), Arc::new(VpSde::default()), Arc::new(SubVpSde::default())];
         let mix = GaussianMixture::isotropic(vec![1.0], vec![mu], &[s0]).unwrap();
         let mut rng = Rng::new(1, 0);
         for sde in sdes {
             let oracle = OracleScore::new(mix.clone(), sde.clone());
             for &t in &[0.05, 0.5, 0.95] {
                 for weighting in [Weighting::Sigma2, Weighting::Likelihood] {
-                    let x0 = mix
-                        .sample(n, &mut rng)
-                        .to_tensor(DType::F64, &Device::Cpu)
-                        .unwrap();
+                    let x0 = mix.sample(n, &mut rng).to_tensor(DType::F64, &Device::Cpu).unwrap();
                     let z = rng.randn((n, d), DType::F64, &Device::Cpu).unwrap();
-                    let dsm = Dsm {
-                        weighting,
-                        reduction: Reduction::Sum,
-                        t_eps: 1e-5,
-                    };
-                    let got = dsm
-                        .loss_at(&oracle, sde.as_ref(), &x0, &vec![t; n], &z)
-                        .unwrap()
-                        .to_scalar::<f64>()
-                        .unwrap();
+                    let dsm = Dsm { weighting, reduction: Reduction::Sum, t_eps: 1e-5 };
+                    let got =
+                        dsm.loss_at(&oracle, sde.as_ref(), &x0, &vec![t; n], &z).unwrap().to_scalar::<f64>().unwrap();
                     let (m, s) = sde.marginal(t);
                     let q = m * m * s0 * s0 / (m * m * s0 * s0 + s * s);
                     let lambda_over_s2 = match weighting {
@@ -163,11 +132,7 @@ mod tests {
                     };
                     let want = 0.5 * lambda_over_s2 * d as f64 * q;
                     let tol = 5.0 * want * (2.0 / (d * n) as f64).sqrt();
-                    assert!(
-                        (got - want).abs() < tol,
-                        "{} t={t} {weighting:?}: {got} vs {want}",
-                        sde.name()
-                    );
+                    assert!((got - want).abs() < tol, "{} t={t} {weighting:?}: {got} vs {want}", sde.name());
                 }
             }
         }
@@ -188,24 +153,14 @@ mod tests {
         let oracle = OracleScore::new(mix.clone(), sde.clone());
         let mut rng = Rng::new(2, 0);
         let n = 4000;
-        let x0 = mix
-            .sample(n, &mut rng)
-            .to_tensor(DType::F64, &Device::Cpu)
-            .unwrap();
+        let x0 = mix.sample(n, &mut rng).to_tensor(DType::F64, &Device::Cpu).unwrap();
         let z = rng.randn((n, 2), DType::F64, &Device::Cpu).unwrap();
         let dsm = Dsm::default();
         let t = vec![0.3; n];
-        let exact = dsm
-            .loss_at(&oracle, sde.as_ref(), &x0, &t, &z)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
+        let exact = dsm.loss_at(&oracle, sde.as_ref(), &x0, &t, &z).unwrap().to_scalar::<f64>().unwrap();
         for k in [0.5, 0.9, 1.1, 1.5] {
-            let wrong = dsm
-                .loss_at(&Scaled(&oracle, k), sde.as_ref(), &x0, &t, &z)
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap();
+            let wrong =
+                dsm.loss_at(&Scaled(&oracle, k), sde.as_ref(), &x0, &t, &z).unwrap().to_scalar::<f64>().unwrap();
             assert!(wrong > exact, "scale {k}: {wrong} <= {exact}");
         }
     }

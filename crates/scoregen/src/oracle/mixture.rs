@@ -39,11 +39,7 @@ pub struct GaussianMixture {
 
 impl GaussianMixture {
     /// Builds a mixture; weights are normalized to sum to 1.
-    pub fn new(
-        weights: Vec<f64>,
-        means: Vec<Vec<f64>>,
-        covs: Vec<Vec<Vec<f64>>>,
-    ) -> Result<Self, MixtureError> {
+    pub fn new(weights: Vec<f64>, means: Vec<Vec<f64>>, covs: Vec<Vec<Vec<f64>>>) -> Result<Self, MixtureError> {
         if weights.is_empty() || means.len() != weights.len() || covs.len() != weights.len() {
             return Err(MixtureError::Empty);
         }
@@ -58,20 +54,14 @@ impl GaussianMixture {
             if covs[k].len() != d || covs[k].iter().any(|r| r.len() != d) {
                 return Err(MixtureError::CovShape(k, d));
             }
-            if means[k]
-                .iter()
-                .chain(covs[k].iter().flatten())
-                .any(|v| !v.is_finite())
-            {
+            if means[k].iter().chain(covs[k].iter().flatten()).any(|v| !v.is_finite()) {
                 return Err(MixtureError::NotFinite(k));
             }
         }
         let total: f64 = weights.iter().sum();
         let means: Vec<DVector<f64>> = means.into_iter().map(DVector::from_vec).collect();
-        let covs: Vec<DMatrix<f64>> = covs
-            .into_iter()
-            .map(|c| DMatrix::from_row_iterator(d, d, c.into_iter().flatten()))
-            .collect();
+        let covs: Vec<DMatrix<f64>> =
+            covs.into_iter().map(|c| DMatrix::from_row_iterator(d, d, c.into_iter().flatten())).collect();
         for (k, c) in covs.iter().enumerate() {
             if (c - c.transpose()).abs().max() > 1e-9 * (1.0 + c.abs().max()) {
                 return Err(MixtureError::NotSpd(k));
@@ -81,29 +71,19 @@ impl GaussianMixture {
     }
 
     /// Isotropic components N(μ_k, std_k² I).
-    pub fn isotropic(
-        weights: Vec<f64>,
-        means: Vec<Vec<f64>>,
-        stds: &[f64],
-    ) -> Result<Self, MixtureError> {
+    pub fn isotropic(weights: Vec<f64>, means: Vec<Vec<f64>>, stds: &[f64]) -> Result<Self, MixtureError> {
         let covs = means
             .iter()
             .zip(stds)
             .map(|(m, &s)| {
                 let d = m.len();
-                (0..d)
-                    .map(|i| (0..d).map(|j| if i == j { s * s } else { 0.0 }).collect())
-                    .collect()
+                (0..d).map(|i| (0..d).map(|j| if i == j { s * s } else { 0.0 }).collect()).collect()
             })
             .collect();
         Self::new(weights, means, covs)
     }
 
-    fn from_parts(
-        weights: Vec<f64>,
-        means: Vec<DVector<f64>>,
-        covs: Vec<DMatrix<f64>>,
-    ) -> Result<Self, MixtureError> {
+    fn from_parts(weights: Vec<f64>, means: Vec<DVector<f64>>, covs: Vec<DMatrix<f64>>) -> Result<Self, MixtureError> {
         let d = means[0].len();
         let mut chol = Vec::with_capacity(covs.len());
         let mut precisions = Vec::with_capacity(covs.len());
@@ -116,14 +96,7 @@ impl GaussianMixture {
             precisions.push(ch.inverse());
             chol.push(l);
         }
-        Ok(Self {
-            weights,
-            means,
-            covs,
-            chol,
-            precisions,
-            log_norm,
-        })
+        Ok(Self { weights, means, covs, chol, precisions, log_norm })
     }
 
     pub fn dim(&self) -> usize {
@@ -149,13 +122,8 @@ impl GaussianMixture {
     pub fn perturbed_kernel(&self, m: f64, s: f64) -> Self {
         let d = self.dim();
         let means = self.means.iter().map(|mu| mu * m).collect();
-        let covs = self
-            .covs
-            .iter()
-            .map(|c| c * (m * m) + DMatrix::identity(d, d) * (s * s))
-            .collect();
-        Self::from_parts(self.weights.clone(), means, covs)
-            .expect("a perturbed SPD covariance stays SPD")
+        let covs = self.covs.iter().map(|c| c * (m * m) + DMatrix::identity(d, d) * (s * s)).collect();
+        Self::from_parts(self.weights.clone(), means, covs).expect("a perturbed SPD covariance stays SPD")
     }
 
     /// The exact p_t of the mixture under a forward SDE.
@@ -215,11 +183,7 @@ impl GaussianMixture {
             self.components(row, &mut logits, Some(&mut grads));
             let lse = log_sum_exp(&logits);
             for i in 0..d {
-                out.push(
-                    (0..kk)
-                        .map(|k| (logits[k] - lse).exp() * grads[k * d + i])
-                        .sum(),
-                );
+                out.push((0..kk).map(|k| (logits[k] - lse).exp() * grads[k * d + i]).sum());
             }
         }
         Points::new(x.n, d, out)
@@ -293,10 +257,7 @@ mod tests {
                 GaussianMixture::new(
                     vec![0.3, 0.7],
                     vec![vec![1.0, -1.0], vec![-2.0, 0.5]],
-                    vec![
-                        vec![vec![1.0, 0.6], vec![0.6, 0.8]],
-                        vec![vec![0.3, -0.1], vec![-0.1, 0.2]],
-                    ],
+                    vec![vec![vec![1.0, 0.6], vec![0.6, 0.8]], vec![vec![0.3, -0.1], vec![-0.1, 0.2]]],
                 )
                 .unwrap(),
             )))
@@ -307,20 +268,14 @@ mod tests {
     /// differences with h = 1e-5 have error O(h²)·|∂³ log p| ≪ 1e-6 relative.
     #[test]
     fn score_matches_finite_difference_of_log_prob() {
-        let sdes: Vec<Box<dyn Sde>> = vec![
-            Box::new(VeSde::new(0.01, 10.0)),
-            Box::new(VpSde::default()),
-            Box::new(SubVpSde::default()),
-        ];
+        let sdes: Vec<Box<dyn Sde>> =
+            vec![Box::new(VeSde::new(0.01, 10.0)), Box::new(VpSde::default()), Box::new(SubVpSde::default())];
         let mut rng = Rng::new(3, 0);
         for (name, mix) in named() {
             let mut variants = vec![(format!("{name} clean"), mix.clone())];
             for sde in &sdes {
                 for &t in &[0.01, 0.3, 0.9] {
-                    variants.push((
-                        format!("{name} {} t={t}", sde.name()),
-                        mix.perturbed(sde.as_ref(), t),
-                    ));
+                    variants.push((format!("{name} {} t={t}", sde.name()), mix.perturbed(sde.as_ref(), t)));
                 }
             }
             for (label, m) in variants {
@@ -338,10 +293,7 @@ mod tests {
                         let fd = (lp[0] - lp[1]) / (2.0 * h);
                         let exact = s.row(i)[j];
                         let scale = exact.abs().max(1.0);
-                        assert!(
-                            (fd - exact).abs() <= 1e-6 * scale,
-                            "{label}: fd {fd} vs score {exact}"
-                        );
+                        assert!((fd - exact).abs() <= 1e-6 * scale, "{label}: fd {fd} vs score {exact}");
                     }
                 }
             }
@@ -378,10 +330,7 @@ mod tests {
         let r = mix.responsibilities(&x);
         let frac0 = (0..n).filter(|&i| r[i * 2] > 0.5).count() as f64 / n as f64;
         let w = mix.weights()[0];
-        assert!(
-            (frac0 - w).abs() < 5.0 * (w * (1.0 - w) / n as f64).sqrt(),
-            "{frac0}"
-        );
+        assert!((frac0 - w).abs() < 5.0 * (w * (1.0 - w) / n as f64).sqrt(), "{frac0}");
     }
 
     #[test]
@@ -390,11 +339,7 @@ mod tests {
             GaussianMixture::isotropic(vec![-1.0], vec![vec![0.0]], &[1.0]).unwrap_err(),
             MixtureError::Weight(0, -1.0)
         );
-        let not_spd = GaussianMixture::new(
-            vec![1.0],
-            vec![vec![0.0, 0.0]],
-            vec![vec![vec![1.0, 2.0], vec![2.0, 1.0]]],
-        );
+        let not_spd = GaussianMixture::new(vec![1.0], vec![vec![0.0, 0.0]], vec![vec![vec![1.0, 2.0], vec![2.0, 1.0]]]);
         assert_eq!(not_spd.unwrap_err(), MixtureError::NotSpd(0));
     }
 }

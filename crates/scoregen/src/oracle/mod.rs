@@ -46,14 +46,29 @@ impl ScoreFn for OracleScore {
                 end += 1;
             }
             let mix = self.at(ts[start]);
-            let block = Points::new(
-                end - start,
-                pts.d,
-                pts.data[start * pts.d..end * pts.d].to_vec(),
-            );
+            let block = Points::new(end - start, pts.d, pts.data[start * pts.d..end * pts.d].to_vec());
             out.extend(mix.score(&block).data);
             start = end;
         }
         Tensor::from_vec(out, (pts.n, pts.d), x.device())?.to_dtype(x.dtype())
+    }
+}
+
+/// The exact clean score ∇ log p and log-density of a mixture, ignoring t
+/// (for plain Langevin dynamics and MALA on the data density itself).
+#[derive(Debug, Clone)]
+pub struct MixtureScore(pub GaussianMixture);
+
+impl ScoreFn for MixtureScore {
+    fn score(&self, x: &Tensor, _t: &Tensor) -> Result<Tensor> {
+        let pts = Points::from_tensor(x)?;
+        Tensor::from_vec(self.0.score(&pts).data, (pts.n, pts.d), x.device())?.to_dtype(x.dtype())
+    }
+}
+
+impl crate::score::LogDensity for MixtureScore {
+    fn log_density(&self, x: &Tensor, _t: &Tensor) -> Result<Tensor> {
+        let pts = Points::from_tensor(x)?;
+        Tensor::from_vec(self.0.log_prob(&pts), pts.n, x.device())?.to_dtype(x.dtype())
     }
 }

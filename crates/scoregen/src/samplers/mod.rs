@@ -1,9 +1,13 @@
 //! Samplers: the reverse SDE derived from any forward SDE and any score,
 //! and the predictors that step it.
 
+pub mod annealed_langevin;
+pub mod langevin;
 pub mod predictors;
 pub mod reverse;
 
+pub use annealed_langevin::{annealed_langevin, AnnealedOptions};
+pub use langevin::{langevin, mala, LangevinOptions, Start};
 pub use predictors::{EulerMaruyama, Predictor};
 pub use reverse::ReverseSde;
 
@@ -28,12 +32,7 @@ pub struct ReverseOptions {
 
 impl Default for ReverseOptions {
     fn default() -> Self {
-        Self {
-            steps: 1000,
-            eps: None,
-            denoise: true,
-            record_every: None,
-        }
+        Self { steps: 1000, eps: None, denoise: true, record_every: None }
     }
 }
 
@@ -72,10 +71,7 @@ pub fn sample_reverse(
     let reverse = ReverseSde::new(sde, score, false);
     let mut x = sde.prior_sample(shape.into(), rng, dtype, &Device::Cpu)?;
     let mut trajectory = Vec::new();
-    let record = |i: usize| {
-        opts.record_every
-            .is_some_and(|k| i.is_multiple_of(k.max(1)) || i == n)
-    };
+    let record = |i: usize| opts.record_every.is_some_and(|k| i.is_multiple_of(k.max(1)) || i == n);
     if record(0) {
         trajectory.push((sde.t_max(), x.clone()));
     }

@@ -7,14 +7,7 @@ use candle_core::{Result, Tensor};
 /// One numerical step of the reverse process from t to t + dt (dt < 0).
 pub trait Predictor {
     /// Returns (x_{t+dt}, its noise-free mean).
-    fn step(
-        &self,
-        rev: &ReverseSde,
-        x: &Tensor,
-        t: f64,
-        dt: f64,
-        rng: &mut Rng,
-    ) -> Result<(Tensor, Tensor)>;
+    fn step(&self, rev: &ReverseSde, x: &Tensor, t: f64, dt: f64, rng: &mut Rng) -> Result<(Tensor, Tensor)>;
 
     /// Score evaluations per step.
     fn nfe_per_step(&self) -> usize {
@@ -27,14 +20,7 @@ pub trait Predictor {
 pub struct EulerMaruyama;
 
 impl Predictor for EulerMaruyama {
-    fn step(
-        &self,
-        rev: &ReverseSde,
-        x: &Tensor,
-        t: f64,
-        dt: f64,
-        rng: &mut Rng,
-    ) -> Result<(Tensor, Tensor)> {
+    fn step(&self, rev: &ReverseSde, x: &Tensor, t: f64, dt: f64, rng: &mut Rng) -> Result<(Tensor, Tensor)> {
         let mean = (x + rev.drift(x, t)?.affine(dt, 0.0)?)?;
         let g = rev.diffusion(t);
         if g == 0.0 {

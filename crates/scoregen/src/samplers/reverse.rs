@@ -19,11 +19,7 @@ pub struct ReverseSde<'a> {
 
 impl<'a> ReverseSde<'a> {
     pub fn new(sde: &'a dyn Sde, score: &'a dyn ScoreFn, probability_flow: bool) -> Self {
-        Self {
-            sde,
-            score,
-            probability_flow,
-        }
+        Self { sde, score, probability_flow }
     }
 
     /// f(x,t) − c·g(t)² s(x,t), with c = 1 (SDE) or ½ (probability flow).

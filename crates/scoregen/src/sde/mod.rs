@@ -7,10 +7,12 @@
 //! this trait; the reverse SDE and the probability-flow ODE are derived from
 //! it (see `samplers`).
 
+pub mod ladder;
 mod subvp;
 mod ve;
 mod vp;
 
+pub use ladder::NoiseLadder;
 pub use subvp::SubVpSde;
 pub use ve::VeSde;
 pub use vp::VpSde;
@@ -52,15 +54,8 @@ pub trait Sde: Send + Sync {
     }
 
     /// Draws from the prior N(0, s_T²·I).
-    fn prior_sample(
-        &self,
-        shape: Shape,
-        rng: &mut Rng,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Tensor> {
-        rng.randn(shape, dtype, device)?
-            .affine(self.prior_std(), 0.0)
+    fn prior_sample(&self, shape: Shape, rng: &mut Rng, dtype: DType, device: &Device) -> Result<Tensor> {
+        rng.randn(shape, dtype, device)?.affine(self.prior_std(), 0.0)
     }
 
     /// log N(x; 0, s_T²·I) for each example (all dimensions but the first are summed):
@@ -69,19 +64,14 @@ pub trait Sde: Send + Sync {
         let x = x.flatten_from(1)?;
         let d = x.dim(1)? as f64;
         let s2 = self.prior_std().powi(2);
-        x.sqr()?
-            .sum(1)?
-            .affine(-0.5 / s2, -0.5 * d * (2.0 * PI * s2).ln())
+        x.sqr()?.sum(1)?.affine(-0.5 / s2, -0.5 * d * (2.0 * PI * s2).ln())
     }
 
     /// One forward step of the discretized SDE ending at t with step dt > 0:
     /// x_t = x_{t−dt} + f + G·z. Returns (f, G). Default: Euler–Maruyama,
     /// f = f(x,t)·dt, G = g(t)·√dt; VE and VP override with their DDPM/SMLD forms.
     fn discretize(&self, x: &Tensor, t: f64, dt: f64) -> Result<(Tensor, f64)> {
-        Ok((
-            self.drift(x, t)?.affine(dt, 0.0)?,
-            self.diffusion(t) * dt.sqrt(),
-        ))
+        Ok((self.drift(x, t)?.affine(dt, 0.0)?, self.diffusion(t) * dt.sqrt()))
     }
 }
 
@@ -89,9 +79,7 @@ pub trait Sde: Send + Sync {
 pub fn per_example(values: &[f64], like: &Tensor) -> Result<Tensor> {
     let mut dims = vec![1usize; like.rank()];
     dims[0] = values.len();
-    Tensor::from_slice(values, values.len(), like.device())?
-        .to_dtype(like.dtype())?
-        .reshape(dims)
+    Tensor::from_slice(values, values.len(), like.device())?.to_dtype(like.dtype())?.reshape(dims)
 }
 
 /// Times of a batch as a Vec (the time tensor is [N]).
@@ -109,11 +97,7 @@ mod tests {
     use super::*;
 
     fn all() -> Vec<Box<dyn Sde>> {
-        vec![
-            Box::new(VeSde::new(0.01, 10.0)),
-            Box::new(VpSde::new(0.1, 20.0)),
-            Box::new(SubVpSde::new(0.1, 20.0)),
-        ]
+        vec![Box::new(VeSde::new(0.01, 10.0)), Box::new(VpSde::new(0.1, 20.0)), Box::new(SubVpSde::new(0.1, 20.0))]
     }
 
     /// Simulates the forward SDE from x(0) ~ N(mu0, s0²) with fine Euler–Maruyama
@@ -189,11 +173,7 @@ mod tests {
                 let dm = (m(t + h) - m(t - h)) / (2.0 * h);
                 let a = sde.drift_coef(t);
                 let g2 = sde.diffusion(t).powi(2);
-                assert!(
-                    (dv - (2.0 * a * v(t) + g2)).abs() < 1e-4 * (1.0 + g2),
-                    "{} t={t}",
-                    sde.name()
-                );
+                assert!((dv - (2.0 * a * v(t) + g2)).abs() < 1e-4 * (1.0 + g2), "{} t={t}", sde.name());
                 assert!((dm - a * m(t)).abs() < 1e-6, "{} t={t}", sde.name());
             }
         }

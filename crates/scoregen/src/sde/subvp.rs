@@ -11,9 +11,7 @@ pub struct SubVpSde {
 
 impl SubVpSde {
     pub fn new(beta_min: f64, beta_max: f64) -> Self {
-        Self {
-            vp: VpSde::new(beta_min, beta_max),
-        }
+        Self { vp: VpSde::new(beta_min, beta_max) }
     }
     pub fn beta_min(&self) -> f64 {
         self.vp.beta_min

@@ -13,10 +13,7 @@ pub struct VeSde {
 
 impl VeSde {
     pub fn new(sigma_min: f64, sigma_max: f64) -> Self {
-        Self {
-            sigma_min,
-            sigma_max,
-        }
+        Self { sigma_min, sigma_max }
     }
 
     /// σ(t) = σ_min (σ_max/σ_min)^t.
@@ -52,14 +49,7 @@ impl Sde for VeSde {
     }
     /// SMLD step: f = 0, G = √(σ(t)² − σ(t−dt)²).
     fn discretize(&self, x: &Tensor, t: f64, dt: f64) -> Result<(Tensor, f64)> {
-        let prev = if t - dt > 0.0 {
-            self.sigma(t - dt)
-        } else {
-            0.0
-        };
-        Ok((
-            x.zeros_like()?,
-            (self.sigma(t).powi(2) - prev * prev).max(0.0).sqrt(),
-        ))
+        let prev = if t - dt > 0.0 { self.sigma(t - dt) } else { 0.0 };
+        Ok((x.zeros_like()?, (self.sigma(t).powi(2) - prev * prev).max(0.0).sqrt()))
     }
 }

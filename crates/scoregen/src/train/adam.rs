@@ -29,18 +29,8 @@ pub struct StepInfo {
 
 impl Adam {
     pub fn new(params: &[(String, Var)]) -> Result<Self> {
-        let zeros = params
-            .iter()
-            .map(|(_, p)| p.as_tensor().zeros_like())
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            m: zeros.clone(),
-            v: zeros,
-            t: 0,
-        })
+        let zeros = params.iter().map(|(_, p)| p.as_tensor().zeros_like()).collect::<Result<Vec<_>>>()?;
+        Ok(Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, m: zeros.clone(), v: zeros, t: 0 })
     }
 
     /// The gradients of `params` (zero where a parameter got none), detached.
@@ -58,46 +48,24 @@ impl Adam {
     pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
         let mut total = 0.0;
         for g in grads {
-            total += g
-                .sqr()?
-                .sum_all()?
-                .to_dtype(candle_core::DType::F64)?
-                .to_scalar::<f64>()?;
+            total += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         }
         Ok(total.sqrt())
     }
 
     /// One update with learning rate `lr`; gradients are first scaled so their
     /// global norm is at most `clip` (0 disables clipping).
-    pub fn step(
-        &mut self,
-        params: &[(String, Var)],
-        grads: Vec<Tensor>,
-        lr: f64,
-        clip: f64,
-    ) -> Result<StepInfo> {
+    pub fn step(&mut self, params: &[(String, Var)], grads: Vec<Tensor>, lr: f64, clip: f64) -> Result<StepInfo> {
         let grad_norm = Self::global_norm(&grads)?;
-        let scale = if clip > 0.0 && grad_norm > clip {
-            clip / (grad_norm + 1e-6)
-        } else {
-            1.0
-        };
+        let scale = if clip > 0.0 && grad_norm > clip { clip / (grad_norm + 1e-6) } else { 1.0 };
         self.t += 1;
         let bc1 = 1.0 - self.beta1.powi(self.t as i32);
         let bc2 = 1.0 - self.beta2.powi(self.t as i32);
         for (i, ((_, p), g)) in params.iter().zip(grads).enumerate() {
-            let g = if scale != 1.0 {
-                g.affine(scale, 0.0)?
-            } else {
-                g
-            };
+            let g = if scale != 1.0 { g.affine(scale, 0.0)? } else { g };
             self.m[i] = (self.m[i].affine(self.beta1, 0.0)? + g.affine(1.0 - self.beta1, 0.0)?)?;
-            self.v[i] =
-                (self.v[i].affine(self.beta2, 0.0)? + g.sqr()?.affine(1.0 - self.beta2, 0.0)?)?;
-            let denom = self.v[i]
-                .affine(1.0 / bc2, 0.0)?
-                .sqrt()?
-                .affine(1.0, self.eps)?;
+            self.v[i] = (self.v[i].affine(self.beta2, 0.0)? + g.sqr()?.affine(1.0 - self.beta2, 0.0)?)?;
+            let denom = self.v[i].affine(1.0 / bc2, 0.0)?.sqrt()?.affine(1.0, self.eps)?;
             let update = (self.m[i].affine(lr / bc1, 0.0)? / denom)?;
             p.set(&(p.as_tensor() - update)?)?;
         }
@@ -119,29 +87,16 @@ mod tests {
         let c = Tensor::new(&[1.0f64, 1.0], &Device::Cpu).unwrap();
         let mut adam = Adam::new(&params).unwrap();
         for i in 0..2000 {
-            let loss = (p.as_tensor() - &c)
-                .unwrap()
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .affine(0.5, 0.0)
-                .unwrap();
+            let loss = (p.as_tensor() - &c).unwrap().sqr().unwrap().sum_all().unwrap().affine(0.5, 0.0).unwrap();
             let g = Adam::gradients(&params, &crate::autodiff::backward(&loss).unwrap()).unwrap();
             adam.step(&params, g, 0.01, 0.0).unwrap();
             if i == 0 {
                 let v = p.as_tensor().to_vec1::<f64>().unwrap();
-                assert!(
-                    (v[0] - 2.99).abs() < 1e-9 && (v[1] + 1.99).abs() < 1e-9,
-                    "{v:?}"
-                );
+                assert!((v[0] - 2.99).abs() < 1e-9 && (v[1] + 1.99).abs() < 1e-9, "{v:?}");
             }
         }
         let v = p.as_tensor().to_vec1::<f64>().unwrap();
-        assert!(
-            (v[0] - 1.0).abs() < 1e-3 && (v[1] - 1.0).abs() < 1e-3,
-            "{v:?}"
-        );
+        assert!((v[0] - 1.0).abs() < 1e-3 && (v[1] - 1.0).abs() < 1e-3, "{v:?}");
     }
 
     #[test]

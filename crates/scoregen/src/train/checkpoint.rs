@@ -40,21 +40,14 @@ pub struct Checkpoint {
     pub optimizer: HashMap<String, Tensor>,
 }
 
-const FILES: [&str; 3] = [
-    "model.safetensors",
-    "ema.safetensors",
-    "optimizer.safetensors",
-];
+const FILES: [&str; 3] = ["model.safetensors", "ema.safetensors", "optimizer.safetensors"];
 
 fn sync_file(path: &Path) -> Result<()> {
-    std::fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io(path, e))
+    std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(|e| Error::io(path, e))
 }
 
 fn save_tensors(map: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    candle_core::safetensors::save(map, path)
-        .map_err(|e| Error::data(path, format!("writing safetensors: {e}")))?;
+    candle_core::safetensors::save(map, path).map_err(|e| Error::data(path, format!("writing safetensors: {e}")))?;
     sync_file(path)
 }
 
@@ -86,11 +79,7 @@ pub fn list(dir: &Path) -> Vec<PathBuf> {
         .map(|rd| {
             rd.filter_map(|e| e.ok())
                 .map(|e| e.path())
-                .filter(|p| {
-                    p.is_dir()
-                        && p.file_name()
-                            .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
-                })
+                .filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step-")))
                 .collect()
         })
         .unwrap_or_default();
@@ -115,12 +104,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     let optimizer = maps.pop().expect("3 maps");
     let ema = maps.pop().expect("2 maps");
     let model = maps.pop().expect("1 map");
-    Ok(Checkpoint {
-        state,
-        model,
-        ema,
-        optimizer,
-    })
+    Ok(Checkpoint { state, model, ema, optimizer })
 }
 
 /// Loads the newest checkpoint, falling back (with a warning) to older ones
@@ -137,10 +121,7 @@ pub fn load_latest(dir: &Path) -> Result<Checkpoint> {
         match load(p) {
             Ok(ck) => return Ok(ck),
             Err(e) => {
-                tracing::warn!(
-                    "checkpoint {} is unusable ({e}); trying an older one",
-                    p.display()
-                );
+                tracing::warn!("checkpoint {} is unusable ({e}); trying an older one", p.display());
                 last_err = Some(e);
             }
         }
@@ -149,28 +130,18 @@ pub fn load_latest(dir: &Path) -> Result<Checkpoint> {
 }
 
 /// Copies tensors into variables, checking names and shapes; a mismatch is named.
-pub fn assign(
-    vars: &[(String, Var)],
-    tensors: &HashMap<String, Tensor>,
-    source: &Path,
-) -> Result<()> {
+pub fn assign(vars: &[(String, Var)], tensors: &HashMap<String, Tensor>, source: &Path) -> Result<()> {
     for (name, var) in vars {
         let t = tensors.get(name).ok_or_else(|| {
             Error::data(
                 source,
-                format!(
-                    "tensor `{name}` is missing (the config's model differs from the checkpoint's)"
-                ),
+                format!("tensor `{name}` is missing (the config's model differs from the checkpoint's)"),
             )
         })?;
         if t.shape() != var.shape() {
             return Err(Error::data(
                 source,
-                format!(
-                    "tensor `{name}` has shape {:?}, the config's model expects {:?}",
-                    t.dims(),
-                    var.dims()
-                ),
+                format!("tensor `{name}` has shape {:?}, the config's model expects {:?}", t.dims(), var.dims()),
             ));
         }
         var.set(&t.to_dtype(var.dtype())?)?;

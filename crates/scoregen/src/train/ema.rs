@@ -14,15 +14,8 @@ pub struct Ema {
 
 impl Ema {
     pub fn new(rate: f64, params: &[(String, Var)]) -> Result<Self> {
-        let shadow = params
-            .iter()
-            .map(|(_, p)| p.as_tensor().copy())
-            .collect::<Result<_>>()?;
-        Ok(Self {
-            rate,
-            shadow,
-            updates: 0,
-        })
+        let shadow = params.iter().map(|(_, p)| p.as_tensor().copy()).collect::<Result<_>>()?;
+        Ok(Self { rate, shadow, updates: 0 })
     }
 
     /// The decay used at the next update.
@@ -52,8 +45,7 @@ mod tests {
         let p = Var::new(&[0.0f64], &Device::Cpu).unwrap();
         let params = vec![("p".to_string(), p.clone())];
         let mut ema = Ema::new(0.5, &params).unwrap();
-        p.set(&Tensor::new(&[1.0f64], &Device::Cpu).unwrap())
-            .unwrap();
+        p.set(&Tensor::new(&[1.0f64], &Device::Cpu).unwrap()).unwrap();
         // first decay: min(0.5, 1/10) = 0.1 → 0.1·0 + 0.9·1
         ema.update(&params).unwrap();
         assert!((ema.shadow[0].to_vec1::<f64>().unwrap()[0] - 0.9).abs() < 1e-12);

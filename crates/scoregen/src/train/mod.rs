@@ -12,9 +12,9 @@ pub use ema::Ema;
 use crate::config::RunConfig;
 use crate::data::{self, Dataset, Points};
 use crate::error::{Error, Result};
-use crate::nets::{self, Network};
+use crate::nets::{self, Model};
 use crate::rng::Rng;
-use crate::score::NetScore;
+use crate::score::ScoreFn;
 use crate::{autodiff, fsutil, progress};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
@@ -66,10 +66,7 @@ pub struct LogLine {
 pub fn config_hash(cfg: &RunConfig) -> String {
     let mut c = cfg.clone();
     c.training.steps = 0;
-    Sha256::digest(c.to_toml().as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(c.to_toml().as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Learning rate at `step` (0-based): linear warm-up to `lr` over `warmup` steps.
@@ -86,7 +83,7 @@ pub fn learning_rate(cfg: &RunConfig, step: usize) -> f64 {
 pub struct Trainer {
     pub cfg: RunConfig,
     pub dataset: Dataset,
-    pub net: Box<dyn Network>,
+    pub model: Model,
     pub varmap: VarMap,
     pub params: Vec<(String, Var)>,
     pub adam: Adam,
@@ -101,20 +98,16 @@ impl Trainer {
     /// A fresh model for `cfg` (data drawn, parameters initialized from the seed).
     pub fn new(cfg: &RunConfig) -> Result<Self> {
         autodiff::enable_second_order();
-        let dataset = data::load(
-            &cfg.data.source,
-            cfg.data.n_train,
-            &mut Rng::new(cfg.seed, streams::DATA),
-        )?;
+        let dataset = data::load(&cfg.data.source, cfg.data.n_train, &mut Rng::new(cfg.seed, streams::DATA))?;
         let varmap = VarMap::new();
-        let net = nets::build(&cfg.model, dataset.points.d, cfg.seed, &varmap)?;
+        let model = nets::build(&cfg.model, dataset.points.d, cfg.noise.levels, cfg.seed, &varmap)?;
         let params = nets::named_vars(&varmap);
         Ok(Self {
             cfg: cfg.clone(),
             adam: Adam::new(&params)?,
             ema: Ema::new(cfg.training.ema, &params)?,
             dataset,
-            net,
+            model,
             varmap,
             params,
             step: 0,
@@ -130,11 +123,7 @@ impl Trainer {
         let bs = self.cfg.training.batch_size;
         let mut v = Vec::with_capacity(bs * pts.d);
         for _ in 0..bs {
-            v.extend(
-                pts.row(self.batch_rng.below(pts.n))
-                    .iter()
-                    .map(|&x| x as f32),
-            );
+            v.extend(pts.row(self.batch_rng.below(pts.n)).iter().map(|&x| x as f32));
         }
         Ok(Tensor::from_vec(v, (bs, pts.d), &Device::Cpu)?)
     }
@@ -142,18 +131,9 @@ impl Trainer {
     /// One optimizer step. Returns the loss and the gradient norm; a non-finite
     /// loss or gradient leaves the parameters untouched and is an error.
     pub fn train_step(&mut self, last_checkpoint: &str) -> Result<(f64, f64)> {
-        let sde = self.cfg.sde.build();
         let x0 = self.batch()?;
-        let score = NetScore {
-            net: self.net.as_ref(),
-            sde: sde.clone(),
-            output: self.cfg.model.output,
-        };
-        let loss = self
-            .cfg
-            .objective
-            .dsm()
-            .loss(&score, sde.as_ref(), &x0, &mut self.noise_rng)?;
+        let score = self.model.score(self.cfg.sde());
+        let loss = self.cfg.objective().loss(score.as_ref(), &x0, &mut self.noise_rng)?;
         let l = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let non_finite = |what: &str| Error::NonFinite {
             what: what.into(),
@@ -165,9 +145,7 @@ impl Trainer {
         }
         let grads = Adam::gradients(&self.params, &autodiff::backward(&loss)?)?;
         let lr = learning_rate(&self.cfg, self.step);
-        let info = self
-            .adam
-            .step(&self.params, grads, lr, self.cfg.training.grad_clip)?;
+        let info = self.adam.step(&self.params, grads, lr, self.cfg.training.grad_clip)?;
         if !info.grad_norm.is_finite() {
             return Err(non_finite("gradient"));
         }
@@ -180,17 +158,9 @@ impl Trainer {
     /// The current state as a checkpoint.
     pub fn checkpoint(&self) -> Result<Checkpoint> {
         let named = |ts: &[Tensor], prefix: &str| -> HashMap<String, Tensor> {
-            self.params
-                .iter()
-                .zip(ts)
-                .map(|((n, _), t)| (format!("{prefix}{n}"), t.clone()))
-                .collect()
+            self.params.iter().zip(ts).map(|((n, _), t)| (format!("{prefix}{n}"), t.clone())).collect()
         };
-        let model: Vec<Tensor> = self
-            .params
-            .iter()
-            .map(|(_, v)| v.as_tensor().clone())
-            .collect();
+        let model: Vec<Tensor> = self.params.iter().map(|(_, v)| v.as_tensor().clone()).collect();
         let mut optimizer = named(&self.adam.m, "m.");
         optimizer.extend(named(&self.adam.v, "v."));
         Ok(Checkpoint {
@@ -223,9 +193,9 @@ impl Trainer {
             self.params
                 .iter()
                 .map(|(n, _)| {
-                    map.get(&format!("{prefix}{n}")).cloned().ok_or_else(|| {
-                        Error::data(source, format!("tensor `{prefix}{n}` is missing"))
-                    })
+                    map.get(&format!("{prefix}{n}"))
+                        .cloned()
+                        .ok_or_else(|| Error::data(source, format!("tensor `{prefix}{n}` is missing")))
                 })
                 .collect()
         };
@@ -254,10 +224,7 @@ pub fn train(cfg: &RunConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tra
     if opts.resume {
         let ck = checkpoint::load_latest(&ck_dir)?;
         trainer.restore(&ck, &ck_dir)?;
-        last_ck = ck_dir
-            .join(format!("step-{:09}", ck.state.step))
-            .display()
-            .to_string();
+        last_ck = ck_dir.join(format!("step-{:09}", ck.state.step)).display().to_string();
         truncate_log(&log_path, trainer.step)?;
         tracing::info!("resuming from step {}", trainer.step);
     } else {
@@ -267,11 +234,8 @@ pub fn train(cfg: &RunConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tra
         fsutil::write_atomic(&log_path, b"")?;
     }
     fsutil::write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
-    let mut log = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&log_path)
-        .map_err(|e| Error::io(&log_path, e))?;
+    let mut log =
+        std::fs::OpenOptions::new().append(true).create(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
 
     let t = &cfg.training;
     let end = opts.stop_after.map_or(t.steps, |s| s.min(t.steps));
@@ -295,12 +259,8 @@ pub fn train(cfg: &RunConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tra
                 steps_per_sec: count as f64 / window.elapsed().as_secs_f64().max(1e-9),
             };
             pb.set_message(format!("loss {:.4}", line.loss));
-            writeln!(
-                log,
-                "{}",
-                serde_json::to_string(&line).expect("log line serializes")
-            )
-            .map_err(|e| Error::io(&log_path, e))?;
+            writeln!(log, "{}", serde_json::to_string(&line).expect("log line serializes"))
+                .map_err(|e| Error::io(&log_path, e))?;
             (acc, count, window) = (0.0, 0, Instant::now());
         }
         if trainer.step.is_multiple_of(t.checkpoint_every) || trainer.step == end {
@@ -339,9 +299,7 @@ pub fn read_log(path: &Path) -> Result<Vec<LogLine>> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| Error::data(path, format!("line {}: {e}", i + 1)))
-        })
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::data(path, format!("line {}: {e}", i + 1))))
         .collect()
 }
 
@@ -349,7 +307,7 @@ pub fn read_log(path: &Path) -> Result<Vec<LogLine>> {
 pub struct LoadedModel {
     pub cfg: RunConfig,
     pub state: TrainState,
-    pub net: Box<dyn Network>,
+    pub model: Model,
     pub varmap: VarMap,
 }
 
@@ -360,35 +318,18 @@ impl LoadedModel {
         let ck_dir = run_dir.join("checkpoints");
         let ck = checkpoint::load_latest(&ck_dir)?;
         let varmap = VarMap::new();
-        let net = nets::build(&cfg.model, ck.state.dim, cfg.seed, &varmap)?;
-        checkpoint::assign(
-            &nets::named_vars(&varmap),
-            if use_ema { &ck.ema } else { &ck.model },
-            &ck_dir,
-        )?;
-        Ok(Self {
-            cfg,
-            state: ck.state,
-            net,
-            varmap,
-        })
+        let model = nets::build(&cfg.model, ck.state.dim, cfg.noise.levels, cfg.seed, &varmap)?;
+        checkpoint::assign(&nets::named_vars(&varmap), if use_ema { &ck.ema } else { &ck.model }, &ck_dir)?;
+        Ok(Self { cfg, state: ck.state, model, varmap })
     }
 
-    pub fn score(&self) -> NetScore<'_> {
-        NetScore {
-            net: self.net.as_ref(),
-            sde: self.cfg.sde.build(),
-            output: self.cfg.model.output,
-        }
+    /// The model's score (its time input refers to `cfg.sde()`).
+    pub fn score(&self) -> Box<dyn ScoreFn + '_> {
+        self.model.score(self.cfg.sde())
     }
 }
 
 /// The training points as used by a run (regenerated from its seed).
 pub fn training_points(cfg: &RunConfig) -> Result<Points> {
-    Ok(data::load(
-        &cfg.data.source,
-        cfg.data.n_train,
-        &mut Rng::new(cfg.seed, streams::DATA),
-    )?
-    .points)
+    Ok(data::load(&cfg.data.source, cfg.data.n_train, &mut Rng::new(cfg.seed, streams::DATA))?.points)
 }

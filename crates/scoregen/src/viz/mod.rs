@@ -2,4 +2,4 @@
 
 pub mod plots;
 
-pub use plots::{ema_smooth, line_plot, scatter_over_density, Bounds, PlotError};
+pub use plots::{ema_smooth, line_plot, scatter_gif, scatter_over_density, scatter_panels, Bounds, PlotError};

@@ -16,10 +16,7 @@ use plotters::style::{register_font, FontStyle, RGBColor};
 use crate::data::points::Points;
 
 /// The embedded font, registered with plotters as `"sans-serif"`.
-static DEJAVU_SANS: &[u8] = include_bytes!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/assets/DejaVuSans.ttf"
-));
+static DEJAVU_SANS: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/DejaVuSans.ttf"));
 
 /// Size of the scatter / density image in pixels.
 pub const SCATTER_SIZE: (u32, u32) = (640, 640);
@@ -79,15 +76,8 @@ impl Bounds {
     /// `[-1, 1] × [-1, 1]` padded likewise. A negative or non-finite margin is
     /// treated as 0. The result always has finite, strictly increasing ranges.
     pub fn around(points: &Points, margin: f64) -> Bounds {
-        let margin = if margin.is_finite() {
-            margin.max(0.0)
-        } else {
-            0.0
-        };
-        let (mut x, mut y) = (
-            (f64::INFINITY, f64::NEG_INFINITY),
-            (f64::INFINITY, f64::NEG_INFINITY),
-        );
+        let margin = if margin.is_finite() { margin.max(0.0) } else { 0.0 };
+        let (mut x, mut y) = ((f64::INFINITY, f64::NEG_INFINITY), (f64::INFINITY, f64::NEG_INFINITY));
         for (px, py) in xy(points) {
             if px.is_finite() {
                 x = (x.0.min(px), x.1.max(px));
@@ -96,10 +86,7 @@ impl Bounds {
                 y = (y.0.min(py), y.1.max(py));
             }
         }
-        Bounds {
-            x: pad(x, margin),
-            y: pad(y, margin),
-        }
+        Bounds { x: pad(x, margin), y: pad(y, margin) }
     }
 
     fn is_valid(&self) -> bool {
@@ -198,9 +185,22 @@ fn scatter_impl(
         return Err(PlotError::at(path, format!("invalid bounds {bounds:?}")));
     }
     ensure_font(path)?;
-    let err = |e: &dyn fmt::Display| PlotError::at(path, e);
-
     let root = BitMapBackend::new(path, SCATTER_SIZE).into_drawing_area();
+    let ranges = draw_scatter(&root, path, points, log_density, bounds, title)?;
+    root.present().map_err(|e| PlotError::at(path, e))?;
+    Ok(ranges)
+}
+
+/// Draws the scatter (and heat map) on any plotters drawing area; `path` only names errors.
+fn draw_scatter<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    path: &Path,
+    points: &Points,
+    log_density: Option<&dyn Fn(f64, f64) -> f64>,
+    bounds: &Bounds,
+    title: &str,
+) -> Result<(Range<i32>, Range<i32>), PlotError> {
+    let err = |e: &dyn fmt::Display| PlotError::at(path, e);
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let (x0, x1) = bounds.x;
     let (y0, y1) = bounds.y;
@@ -224,8 +224,7 @@ fn scatter_impl(
     if log_density.is_some() {
         mesh.disable_mesh();
     } else {
-        mesh.light_line_style(RGBColor(235, 235, 235))
-            .bold_line_style(RGBColor(215, 215, 215));
+        mesh.light_line_style(RGBColor(235, 235, 235)).bold_line_style(RGBColor(215, 215, 215));
     }
     mesh.draw().map_err(|e| err(&e))?;
 
@@ -238,11 +237,7 @@ fn scatter_impl(
                 vals.push(logp(x0 + (i as f64 + 0.5) * dx, y0 + (j as f64 + 0.5) * dy));
             }
         }
-        let top = vals
-            .iter()
-            .copied()
-            .filter(|v| v.is_finite())
-            .fold(f64::NEG_INFINITY, f64::max);
+        let top = vals.iter().copied().filter(|v| v.is_finite()).fold(f64::NEG_INFINITY, f64::max);
         let cells = vals.iter().enumerate().map(|(k, &v)| {
             let (i, j) = ((k % n) as f64, (k / n) as f64);
             let t = if v == f64::INFINITY {
@@ -253,30 +248,71 @@ fn scatter_impl(
                 0.0
             };
             Rectangle::new(
-                [
-                    (x0 + i * dx, y0 + j * dy),
-                    (x0 + (i + 1.0) * dx, y0 + (j + 1.0) * dy),
-                ],
+                [(x0 + i * dx, y0 + j * dy), (x0 + (i + 1.0) * dx, y0 + (j + 1.0) * dy)],
                 viridis(t).filled(),
             )
         });
         chart.draw_series(cells).map_err(|e| err(&e))?;
     }
 
-    let dot = if log_density.is_some() {
-        DOT_ON_HEAT
-    } else {
-        DOT_PLAIN
-    };
+    let dot = if log_density.is_some() { DOT_ON_HEAT } else { DOT_PLAIN };
     let style = dot.mix(0.6).filled();
     let inside = |&(x, y): &(f64, f64)| x >= x0 && x <= x1 && y >= y0 && y <= y1;
-    chart
-        .draw_series(xy(points).filter(inside).map(|p| Circle::new(p, 2, style)))
-        .map_err(|e| err(&e))?;
+    chart.draw_series(xy(points).filter(inside).map(|p| Circle::new(p, 2, style))).map_err(|e| err(&e))?;
 
-    let ranges = chart.plotting_area().get_pixel_range();
-    root.present().map_err(|e| err(&e))?;
-    Ok(ranges)
+    Ok(chart.plotting_area().get_pixel_range())
+}
+
+/// Several scatters over the same density side by side in one PNG
+/// (each panel the size of a single scatter).
+pub fn scatter_panels(
+    path: &Path,
+    panels: &[(&str, &Points)],
+    log_density: Option<&dyn Fn(f64, f64) -> f64>,
+    bounds: &Bounds,
+) -> Result<(), PlotError> {
+    if !bounds.is_valid() {
+        return Err(PlotError::at(path, format!("invalid bounds {bounds:?}")));
+    }
+    ensure_font(path)?;
+    let (w, h) = SCATTER_SIZE;
+    let root = BitMapBackend::new(path, (w * panels.len().max(1) as u32, h)).into_drawing_area();
+    for (area, (title, pts)) in root.split_evenly((1, panels.len().max(1))).iter().zip(panels) {
+        draw_scatter(area, path, pts, log_density, bounds, title)?;
+    }
+    root.present().map_err(|e| PlotError::at(path, e))?;
+    Ok(())
+}
+
+/// An animated GIF of point sets over the same density: one frame per
+/// (title, points), `delay_cs` hundredths of a second per frame.
+pub fn scatter_gif(
+    path: &Path,
+    frames: &[(String, Points)],
+    log_density: Option<&dyn Fn(f64, f64) -> f64>,
+    bounds: &Bounds,
+    delay_cs: u16,
+) -> Result<(), PlotError> {
+    if !bounds.is_valid() {
+        return Err(PlotError::at(path, format!("invalid bounds {bounds:?}")));
+    }
+    ensure_font(path)?;
+    let (w, h) = SCATTER_SIZE;
+    let file = std::fs::File::create(path).map_err(|e| PlotError::at(path, e))?;
+    let mut encoder = gif::Encoder::new(file, w as u16, h as u16, &[]).map_err(|e| PlotError::at(path, e))?;
+    encoder.set_repeat(gif::Repeat::Infinite).map_err(|e| PlotError::at(path, e))?;
+    let mut buf = vec![0u8; (w * h * 3) as usize];
+    for (title, pts) in frames {
+        {
+            let root = BitMapBackend::with_buffer(&mut buf, SCATTER_SIZE).into_drawing_area();
+            draw_scatter(&root, path, pts, log_density, bounds, title)?;
+            root.present().map_err(|e| PlotError::at(path, e))?;
+        }
+        let mut frame = gif::Frame::from_rgb_speed(w as u16, h as u16, &buf, 10);
+        frame.delay = delay_cs;
+        encoder.write_frame(&frame).map_err(|e| PlotError::at(path, e))?;
+    }
+    Ok(())
 }
 
 /// Line colours (Tableau 10).
@@ -374,10 +410,7 @@ pub fn line_plot(
         .collect();
 
     let all = runs.iter().flatten().flatten();
-    let (mut xr, mut yr) = (
-        (f64::INFINITY, f64::NEG_INFINITY),
-        (f64::INFINITY, f64::NEG_INFINITY),
-    );
+    let (mut xr, mut yr) = ((f64::INFINITY, f64::NEG_INFINITY), (f64::INFINITY, f64::NEG_INFINITY));
     for &(x, y) in all {
         xr = (xr.0.min(x), xr.1.max(x));
         yr = (yr.0.min(y), yr.1.max(y));
@@ -393,11 +426,7 @@ pub fn line_plot(
     let root = BitMapBackend::new(path, LINE_PLOT_SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut builder = ChartBuilder::on(&root);
-    builder
-        .caption(title, ("sans-serif", 22))
-        .margin(14)
-        .x_label_area_size(46)
-        .y_label_area_size(72);
+    builder.caption(title, ("sans-serif", 22)).margin(14).x_label_area_size(46).y_label_area_size(72);
 
     // The two axis types differ, so the drawing code is shared via a macro.
     macro_rules! draw_lines {
@@ -427,13 +456,9 @@ pub fn line_plot(
                     .draw_series(LineSeries::new(first, style))
                     .map_err(|e| err(&e))?
                     .label(*name)
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                    });
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
                 for run in runs.iter().skip(1) {
-                    chart
-                        .draw_series(LineSeries::new(run.iter().copied(), style))
-                        .map_err(|e| err(&e))?;
+                    chart.draw_series(LineSeries::new(run.iter().copied(), style)).map_err(|e| err(&e))?;
                 }
             }
             if !series.is_empty() {
@@ -462,10 +487,7 @@ pub fn line_plot(
         let (ya, yb) = if yr.0 > yr.1 {
             (0.0, 1.0)
         } else if yr.0 == yr.1 {
-            (
-                yr.0 - 0.5 * yr.0.abs().max(1.0),
-                yr.1 + 0.5 * yr.1.abs().max(1.0),
-            )
+            (yr.0 - 0.5 * yr.0.abs().max(1.0), yr.1 + 0.5 * yr.1.abs().max(1.0))
         } else {
             let m = 0.03 * (yr.1 - yr.0);
             (yr.0 - m, yr.1 + m)
@@ -494,11 +516,7 @@ pub fn line_plot(
 /// output there repeats the current average, or is NaN if no finite value
 /// has been seen yet. The output has the same length as the input.
 pub fn ema_smooth(values: &[f64], alpha: f64) -> Vec<f64> {
-    let a = if alpha.is_nan() {
-        0.0
-    } else {
-        alpha.clamp(0.0, 1.0 - 1e-9)
-    };
+    let a = if alpha.is_nan() { 0.0 } else { alpha.clamp(0.0, 1.0 - 1e-9) };
     let mut m = 0.0;
     let mut decay = 1.0; // alpha^t
     let mut out = Vec::with_capacity(values.len());
@@ -507,11 +525,7 @@ pub fn ema_smooth(values: &[f64], alpha: f64) -> Vec<f64> {
             m = a * m + (1.0 - a) * v;
             decay *= a;
         }
-        out.push(if decay < 1.0 {
-            m / (1.0 - decay)
-        } else {
-            f64::NAN
-        });
+        out.push(if decay < 1.0 { m / (1.0 - decay) } else { f64::NAN });
     }
     out
 }
@@ -529,15 +543,8 @@ mod tests {
 
     fn read_png(path: &Path) -> image::RgbaImage {
         let bytes = std::fs::read(path).expect("plot file exists");
-        assert_eq!(
-            &bytes[..8],
-            b"\x89PNG\r\n\x1a\n",
-            "not a PNG: {}",
-            path.display()
-        );
-        image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)
-            .expect("decodable PNG")
-            .to_rgba8()
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "not a PNG: {}", path.display());
+        image::load_from_memory_with_format(&bytes, image::ImageFormat::Png).expect("decodable PNG").to_rgba8()
     }
 
     fn px(img: &image::RgbaImage, x: i32, y: i32) -> [u8; 3] {
@@ -552,20 +559,10 @@ mod tests {
 
     #[test]
     fn bounds_cover_points_with_margin() {
-        let p = Points::from_rows(&[
-            vec![0.0, -1.0, 7.0],
-            vec![2.0, 3.0, -9.0],
-            vec![1.0, f64::NAN, 0.0],
-        ]);
+        let p = Points::from_rows(&[vec![0.0, -1.0, 7.0], vec![2.0, 3.0, -9.0], vec![1.0, f64::NAN, 0.0]]);
         let b = Bounds::around(&p, 0.1);
-        assert!(
-            (b.x.0 + 0.2).abs() < 1e-12 && (b.x.1 - 2.2).abs() < 1e-12,
-            "{b:?}"
-        );
-        assert!(
-            (b.y.0 + 1.4).abs() < 1e-12 && (b.y.1 - 3.4).abs() < 1e-12,
-            "{b:?}"
-        );
+        assert!((b.x.0 + 0.2).abs() < 1e-12 && (b.x.1 - 2.2).abs() < 1e-12, "{b:?}");
+        assert!((b.y.0 + 1.4).abs() < 1e-12 && (b.y.1 - 3.4).abs() < 1e-12, "{b:?}");
     }
 
     #[test]
@@ -581,10 +578,7 @@ mod tests {
             assert!(b.is_valid(), "{p:?} -> {b:?}");
         }
         let b = Bounds::around(&Points::new(1, 2, vec![5.0, -2.0]), 0.0);
-        assert!(
-            b.x.0 < 5.0 && b.x.1 > 5.0 && b.y.0 < -2.0 && b.y.1 > -2.0,
-            "{b:?}"
-        );
+        assert!(b.x.0 < 5.0 && b.x.1 > 5.0 && b.y.0 < -2.0 && b.y.1 > -2.0, "{b:?}");
     }
 
     #[test]
@@ -596,23 +590,14 @@ mod tests {
         rows.push(vec![100.0, 0.0]);
         rows.push(vec![f64::NAN, 0.0]);
         let pts = Points::from_rows(&rows);
-        let b = Bounds {
-            x: (-1.0, 1.0),
-            y: (-1.0, 1.0),
-        };
+        let b = Bounds { x: (-1.0, 1.0), y: (-1.0, 1.0) };
         let (xr, yr) = scatter_impl(&path, &pts, None, &b, "plain").unwrap();
         let img = read_png(&path);
         assert_eq!(img.dimensions(), SCATTER_SIZE);
         let c = px(&img, (xr.start + xr.end) / 2, (yr.start + yr.end) / 2);
-        assert!(
-            close(c, DOT_PLAIN, 60),
-            "centre pixel {c:?} is not a dark-blue dot"
-        );
+        assert!(close(c, DOT_PLAIN, 60), "centre pixel {c:?} is not a dark-blue dot");
         let corner = px(&img, xr.start + 5, yr.start + 5);
-        assert!(
-            corner.iter().all(|&v| v > 200),
-            "empty corner {corner:?} not light"
-        );
+        assert!(corner.iter().all(|&v| v > 200), "empty corner {corner:?} not light");
     }
 
     #[test]
@@ -621,23 +606,14 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let logp = |x: f64, y: f64| -0.5 * (x * x + y * y) - (2.0 * std::f64::consts::PI).ln();
         let pts = Points::new(1, 2, vec![3.0, -3.0]); // away from the sampled pixels
-        let b = Bounds {
-            x: (-4.0, 4.0),
-            y: (-4.0, 4.0),
-        };
+        let b = Bounds { x: (-4.0, 4.0), y: (-4.0, 4.0) };
         let (xr, yr) = scatter_impl(&path, &pts, Some(&logp), &b, "N(0, I)").unwrap();
         let img = read_png(&path);
         assert_eq!(img.dimensions(), SCATTER_SIZE);
         let centre = px(&img, (xr.start + xr.end) / 2, (yr.start + yr.end) / 2);
         let corner = px(&img, xr.start + 3, yr.start + 3);
-        assert!(
-            close(centre, viridis(1.0), 12),
-            "mode pixel {centre:?} is not the top colour"
-        );
-        assert!(
-            close(corner, viridis(0.0), 12),
-            "far pixel {corner:?} is not the bottom colour"
-        );
+        assert!(close(centre, viridis(1.0), 12), "mode pixel {centre:?} is not the top colour");
+        assert!(close(corner, viridis(0.0), 12), "far pixel {corner:?} is not the bottom colour");
         assert_ne!(centre, corner);
         // Outside the plotting area the background stays white.
         assert_eq!(px(&img, 2, 2), [255, 255, 255]);
@@ -646,10 +622,7 @@ mod tests {
     #[test]
     fn scatter_with_degenerate_density_does_not_panic() {
         let path = tmp("scatter_degenerate.png");
-        let b = Bounds {
-            x: (-1.0, 1.0),
-            y: (-1.0, 1.0),
-        };
+        let b = Bounds { x: (-1.0, 1.0), y: (-1.0, 1.0) };
         let pts = Points::new(0, 2, vec![]);
         let f = |_: f64, _: f64| f64::NEG_INFINITY;
         scatter_over_density(&path, &pts, Some(&f), &b, "").unwrap();
@@ -662,16 +635,7 @@ mod tests {
     fn scatter_with_invalid_bounds_is_err() {
         let path = tmp("bad_bounds.png");
         let pts = Points::new(0, 2, vec![]);
-        for b in [
-            Bounds {
-                x: (1.0, 1.0),
-                y: (0.0, 1.0),
-            },
-            Bounds {
-                x: (0.0, 1.0),
-                y: (f64::NAN, 1.0),
-            },
-        ] {
+        for b in [Bounds { x: (1.0, 1.0), y: (0.0, 1.0) }, Bounds { x: (0.0, 1.0), y: (f64::NAN, 1.0) }] {
             let e = scatter_over_density(&path, &pts, None, &b, "t").unwrap_err();
             assert!(e.to_string().contains(&path.display().to_string()), "{e}");
         }
@@ -684,10 +648,7 @@ mod tests {
         let b = Bounds::around(&pts, 0.1);
         let e = scatter_over_density(&path, &pts, None, &b, "t").unwrap_err();
         let msg = e.to_string();
-        assert!(
-            msg.starts_with("writing plot ") && msg.contains(&path.display().to_string()),
-            "{msg}"
-        );
+        assert!(msg.starts_with("writing plot ") && msg.contains(&path.display().to_string()), "{msg}");
 
         let s: &[(f64, f64)] = &[(0.0, 1.0), (1.0, 2.0)];
         let e = line_plot(&path, &[("a", s)], "t", "x", "y", false).unwrap_err();
@@ -698,39 +659,19 @@ mod tests {
     #[test]
     fn line_plot_linear_and_log_are_pngs_of_right_size() {
         let raw: Vec<(f64, f64)> = (0..500)
-            .map(|i| {
-                (
-                    i as f64,
-                    10.0 * (-(i as f64) / 100.0).exp() * (1.0 + 0.3 * (i as f64 * 1.7).sin()),
-                )
-            })
+            .map(|i| (i as f64, 10.0 * (-(i as f64) / 100.0).exp() * (1.0 + 0.3 * (i as f64 * 1.7).sin())))
             .collect();
         let ys: Vec<f64> = raw.iter().map(|p| p.1).collect();
-        let ema: Vec<(f64, f64)> = raw
-            .iter()
-            .zip(ema_smooth(&ys, 0.95))
-            .map(|(p, s)| (p.0, s))
-            .collect();
+        let ema: Vec<(f64, f64)> = raw.iter().zip(ema_smooth(&ys, 0.95)).map(|(p, s)| (p.0, s)).collect();
         // Non-positive and non-finite values must be skipped in log mode.
-        let bad: Vec<(f64, f64)> = vec![
-            (0.0, 1.0),
-            (1.0, 0.0),
-            (2.0, -3.0),
-            (3.0, f64::NAN),
-            (4.0, 2.0),
-            (f64::INFINITY, 1.0),
-        ];
+        let bad: Vec<(f64, f64)> =
+            vec![(0.0, 1.0), (1.0, 0.0), (2.0, -3.0), (3.0, f64::NAN), (4.0, 2.0), (f64::INFINITY, 1.0)];
         for log_y in [false, true] {
             let path = tmp(&format!("lines_{log_y}.png"));
             let _ = std::fs::remove_file(&path);
             line_plot(
                 &path,
-                &[
-                    ("loss", &raw),
-                    ("loss (EMA 0.95)", &ema),
-                    ("bad", &bad),
-                    ("empty", &[]),
-                ],
+                &[("loss", &raw), ("loss (EMA 0.95)", &ema), ("bad", &bad), ("empty", &[])],
                 "training loss",
                 "step",
                 "loss",
@@ -741,10 +682,7 @@ mod tests {
             assert_eq!(img.dimensions(), LINE_PLOT_SIZE);
             // Some pixels carry the first series' colour.
             let c = LINE_COLORS[0];
-            assert!(
-                img.pixels().any(|p| close([p[0], p[1], p[2]], c, 10)),
-                "no line drawn (log_y={log_y})"
-            );
+            assert!(img.pixels().any(|p| close([p[0], p[1], p[2]], c, 10)), "no line drawn (log_y={log_y})");
         }
         // Empty input still renders axes.
         let path = tmp("lines_empty.png");
@@ -754,12 +692,8 @@ mod tests {
 
     #[test]
     fn noisy_series_are_detected() {
-        let smooth: Vec<(f64, f64)> = (0..1000)
-            .map(|i| (i as f64, (-(i as f64) / 300.0).exp()))
-            .collect();
-        let noisy: Vec<(f64, f64)> = (0..1000)
-            .map(|i| (i as f64, 1.0 + 0.5 * (i % 2) as f64))
-            .collect();
+        let smooth: Vec<(f64, f64)> = (0..1000).map(|i| (i as f64, (-(i as f64) / 300.0).exp())).collect();
+        let noisy: Vec<(f64, f64)> = (0..1000).map(|i| (i as f64, 1.0 + 0.5 * (i % 2) as f64)).collect();
         for log_y in [false, true] {
             assert!(!is_noisy(std::slice::from_ref(&smooth), log_y));
             assert!(is_noisy(std::slice::from_ref(&noisy), log_y));
@@ -782,10 +716,7 @@ mod tests {
         for alpha in [0.0, 0.5, 0.9, 0.999] {
             let s = ema_smooth(&[3.25; 100], alpha);
             assert_eq!(s.len(), 100);
-            assert!(
-                s.iter().all(|v| (v - 3.25).abs() < 1e-9),
-                "alpha {alpha}: {s:?}"
-            );
+            assert!(s.iter().all(|v| (v - 3.25).abs() < 1e-9), "alpha {alpha}: {s:?}");
         }
     }
 
