@@ -228,8 +228,9 @@ mod tests {
         let s = suggest(m, 64, 0.01, 100);
         assert_eq!(s.sigma_max, m);
         assert_eq!(s.levels, ((m / 0.01).ln() / s.gamma.ln()).ceil() as usize + 1);
-        // technique 4: ε makes eq. 4 close to 1, and is the best on a fine grid
-        assert!((s.eq4 - 1.0).abs() < 1e-3, "{s:?}");
+        // technique 4: eq. 4 is ≥ 1 for every ε (it falls from γ² at ε → 0 towards
+        // 1/(1 − ε/2σ_1²)); the chosen ε comes close and beats its neighbours
+        assert!(s.eq4 >= 1.0 && s.eq4 < 1.05, "{s:?}");
         for k in [0.5, 0.9, 1.1, 2.0] {
             let other = (ncsnv2_eq4(s.eps * k, 0.01, s.gamma, 100) - 1.0).abs();
             assert!(other >= (s.eq4 - 1.0).abs(), "ε×{k} is better");
