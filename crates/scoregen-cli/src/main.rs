@@ -239,7 +239,7 @@ fn run_command(cli: &Cli) -> Result<()> {
             }
         }
         Command::SuggestSigmas { data, sigma_min, steps_per_level, n } => {
-            if !(*sigma_min > 0.0) || *steps_per_level == 0 || *n < 2 {
+            if !(sigma_min.is_finite() && *sigma_min > 0.0) || *steps_per_level == 0 || *n < 2 {
                 anyhow::bail!("--sigma-min must be > 0, --steps-per-level ≥ 1 and --n ≥ 2");
             }
             let ds = scoregen::data::load(data, *n, &mut scoregen::rng::Rng::new(0, 1))?;

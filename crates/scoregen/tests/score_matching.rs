@@ -205,3 +205,61 @@ fn implicit_refuses_high_dimension_and_points_to_sliced() {
     let err = Implicit { max_dim: 16 }.per_example(&Direct(&net), &x).unwrap_err().to_string();
     assert!(err.contains("D = 20") && err.contains("sliced"), "{err}");
 }
+
+/// Fisher divergence E_p‖s_θ(x) − ∇log p(x)‖² of a model's score at t = 0 on exact samples.
+fn fisher(score: &dyn ScoreFn, mix: &GaussianMixture, n: usize) -> f64 {
+    let x = mix.sample(n, &mut Rng::new(77, 0));
+    let s =
+        Points::from_tensor(&score.score_at(&x.to_tensor(DType::F32, &Device::Cpu).unwrap(), 0.0).unwrap()).unwrap();
+    let exact = mix.score(&x);
+    s.data.iter().zip(&exact.data).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / n as f64
+}
+
+/// Every noise-free objective trains both a score network and an energy model
+/// on a two-mode mixture (means (±1.5, 0), std 0.7): the Fisher divergence
+/// against the exact score falls below 0.8, under a quarter of a zero score's
+/// E‖∇log p‖² ≈ 3.7 for this mixture, and at most a third of the initial
+/// model's; Langevin from the trained model then puts 30–70 % of the samples
+/// in each mode (true: 50 %).
+#[test]
+fn every_objective_trains_score_nets_and_energies() {
+    use scoregen::config::RunConfig;
+    use scoregen::samplers::{langevin, LangevinOptions, Start};
+    use scoregen::train::Trainer;
+    scoregen::init();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("two.toml");
+    std::fs::write(&spec, "[[component]]\nweight = 1\nmean = [-1.5, 0.0]\nstd = 0.7\n[[component]]\nweight = 1\nmean = [1.5, 0.0]\nstd = 0.7\n").unwrap();
+    let mix = scoregen::data::spec::read_mixture(&spec).unwrap();
+    let zero = mix.score(&mix.sample(4000, &mut Rng::new(77, 0))).data.iter().map(|v| v * v).sum::<f64>() / 4000.0;
+    assert!((zero - 3.7).abs() < 0.2, "E‖∇log p‖² = {zero}");
+    for model in ["mlp", "energy-mlp"] {
+        for (objective, extra) in
+            [("implicit", ""), ("sliced", "projections = 2\n"), ("sliced-vr", ""), ("dsm", "sigma = 0.1\n")]
+        {
+            let text = format!(
+                "[data]\nsource = \"{}\"\nn_train = 4000\n[model]\nkind = \"{model}\"\noutput = \"score\"\nwidth = 32\ndepth = 2\n\
+                 [objective]\nkind = \"{objective}\"\n{extra}[training]\nsteps = 500\nbatch_size = 128\nlr = 5e-3\nwarmup = 20\n\
+                 [sampling]\nsampler = \"langevin\"\n",
+                spec.display()
+            );
+            let cfg = RunConfig::parse(&text, "test", &[]).unwrap();
+            let mut t = Trainer::new(&cfg).unwrap();
+            let before = fisher(t.model.score(cfg.sde()).as_ref(), &mix, 2000);
+            for _ in 0..500 {
+                t.train_step("none").unwrap();
+            }
+            let score = t.model.score(cfg.sde());
+            let after = fisher(score.as_ref(), &mix, 2000);
+            let label = format!("{model} + {objective}");
+            assert!(after < 0.8 && after < before / 3.0, "{label}: Fisher {before:.3} → {after:.3}");
+            let mut rng = Rng::new(9, 0);
+            let x0 = Start::Uniform { lo: -4.0, hi: 4.0 }.sample((1000, 2), &mut rng, DType::F32).unwrap();
+            let opts = LangevinOptions { steps: 400, eps: 0.01, t: 0.0, record_every: None };
+            let x = langevin(score.as_ref(), x0, &opts, &mut rng, &indicatif::ProgressBar::hidden()).unwrap().x;
+            let w = scoregen::metrics::mode_stats(&Points::from_tensor(&x).unwrap(), &mix).weights;
+            assert!(w.iter().all(|&w| (0.3..=0.7).contains(&w)), "{label}: Langevin weights {w:?}");
+            eprintln!("{label}: Fisher {before:.3} → {after:.3}, Langevin weights {w:?}");
+        }
+    }
+}

@@ -44,6 +44,6 @@ impl ScoreFn for EnergyScore<'_> {
             leaf.as_tensor().clone()
         };
         let f = self.0.energy(&xv, t)?;
-        Ok(autodiff::grad_wrt(&f, &xv)?.neg()?)
+        autodiff::grad_wrt(&f, &xv)?.neg()
     }
 }

@@ -155,6 +155,16 @@ impl Trainer {
         Ok((l, info.grad_norm))
     }
 
+    /// A copy of the model carrying the EMA weights (what sampling uses by default).
+    pub fn ema_model(&self) -> Result<(Model, VarMap)> {
+        let varmap = VarMap::new();
+        let model = nets::build(&self.cfg.model, self.dataset.points.d, self.cfg.noise.levels, self.cfg.seed, &varmap)?;
+        for ((_, var), avg) in nets::named_vars(&varmap).iter().zip(&self.ema.shadow) {
+            var.set(avg)?;
+        }
+        Ok((model, varmap))
+    }
+
     /// The current state as a checkpoint.
     pub fn checkpoint(&self) -> Result<Checkpoint> {
         let named = |ts: &[Tensor], prefix: &str| -> HashMap<String, Tensor> {

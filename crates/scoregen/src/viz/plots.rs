@@ -204,7 +204,7 @@ fn draw_scatter<DB: DrawingBackend>(
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let (x0, x1) = bounds.x;
     let (y0, y1) = bounds.y;
-    let mut chart = ChartBuilder::on(&root)
+    let mut chart = ChartBuilder::on(root)
         .caption(title, ("sans-serif", 22))
         .margin(14)
         .x_label_area_size(46)
