@@ -1,7 +1,7 @@
 //! Score matching without noise: energy models, implicit and sliced score
 //! matching, their gradients, their identities, and training them.
 
-use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarMap;
 use scoregen::data::Points;
 use scoregen::nets::{seeded_var_builder, Conditioning, EnergyMlp, EnergyScore, Mlp, MlpConfig, Network};
