@@ -269,7 +269,7 @@ fn run_command(cli: &Cli) -> Result<()> {
                 }
             }
             "pitfall" => {
-                let d = scoregen::demo::pitfall(out)?;
+                let d = scoregen::demo::pitfall(out, cli.quiet)?;
                 if cli.json {
                     print_json(&d);
                 } else {

@@ -115,17 +115,57 @@ pub fn pitfall_with(
     Ok((plain, annealed, demo))
 }
 
-/// `pitfall.png`: plain and annealed Langevin samples side by side over the density.
-pub fn pitfall(out: &Path) -> Result<PitfallDemo> {
+/// Trains an unconditional score network on `unbalanced` without noise
+/// (sliced score matching, 1500 steps) and returns ‖s_θ(x) − ∇log p(x)‖ on the
+/// heat-map grid of `bounds`, with the training points.
+pub fn noise_free_score_error(bounds: &Bounds, quiet: bool) -> Result<(Vec<f64>, Points)> {
+    let text = "name = \"pitfall\"\n[data]\nsource = \"unbalanced\"\nn_train = 4000\n\
+                [model]\nkind = \"mlp\"\noutput = \"score\"\nwidth = 64\ndepth = 3\n\
+                [objective]\nkind = \"sliced-vr\"\n[training]\nsteps = 1500\nbatch_size = 256\nlr = 1e-3\n\
+                [sampling]\nsampler = \"langevin\"\n";
+    let cfg = crate::config::RunConfig::parse(text, "pitfall demo (built in)", &[])?;
+    let mut trainer = crate::train::Trainer::new(&cfg)?;
+    let pb = progress::bar(cfg.training.steps, "train", quiet);
+    for _ in 0..cfg.training.steps {
+        trainer.train_step("none")?;
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let (model, _vars) = trainer.ema_model()?;
+    let centres = viz::grid_centres(bounds);
+    let grid = Points::new(centres.len(), 2, centres.iter().flat_map(|&(x, y)| [x, y]).collect());
+    let s = Points::from_tensor(
+        &model.score(cfg.sde()).score_at(&grid.to_tensor(DType::F32, &candle_core::Device::Cpu)?, 0.0)?,
+    )?;
+    let exact = trainer.dataset.oracle.as_ref().expect("unbalanced is a mixture").score(&grid);
+    let err = (0..grid.n)
+        .map(|i| s.row(i).iter().zip(exact.row(i)).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt())
+        .collect();
+    Ok((err, trainer.dataset.points.head(1000)))
+}
+
+/// `pitfall.png`: (a) the data density and the score error of a model trained
+/// without noise, which is large exactly where the data are rare; (b) plain and
+/// annealed Langevin samples with exact scores.
+pub fn pitfall(out: &Path, quiet: bool) -> Result<PitfallDemo> {
     fsutil::create_dir(out)?;
     let (plain, annealed, mut demo) = pitfall_numbers(2000, 0)?;
     let mix = toy::named_mixture("unbalanced").expect("unbalanced is a mixture");
     let density = log_density(&mix);
     let bounds = Bounds { x: (-10.0, 10.0), y: (-10.0, 10.0) };
-    let png = out.join("pitfall.png");
+    let (err, data) = noise_free_score_error(&bounds, quiet)?;
+    let log_err = |x: f64, y: f64| viz::grid_lookup(&err, &bounds, x, y).max(1e-12).ln();
+    let empty = Points::new(0, 2, Vec::new());
     let ta = format!("Langevin, exact score: weight {:.2} (true 0.80)", demo.langevin_weight);
     let tb = format!("annealed Langevin: weight {:.2}", demo.annealed_weight);
-    viz::scatter_panels(&png, &[(&ta, &plain), (&tb, &annealed)], Some(&density), &bounds).map_err(plot_err)?;
+    let panels: [viz::Panel; 4] = [
+        ("data density p(x) and training points", &data, Some(&density)),
+        ("score error |s(x) - grad log p(x)|, no noise (log)", &empty, Some(&log_err)),
+        (&ta, &plain, Some(&density)),
+        (&tb, &annealed, Some(&density)),
+    ];
+    let png = out.join("pitfall.png");
+    viz::scatter_grid(&png, 2, &panels, &bounds).map_err(plot_err)?;
     demo.png = png;
     Ok(demo)
 }

@@ -2,4 +2,7 @@
 
 pub mod plots;
 
-pub use plots::{ema_smooth, line_plot, scatter_gif, scatter_over_density, scatter_panels, Bounds, PlotError};
+pub use plots::{
+    ema_smooth, grid_centres, grid_lookup, line_plot, scatter_gif, scatter_grid, scatter_over_density, Bounds, Panel,
+    PlotError,
+};

@@ -263,25 +263,43 @@ fn draw_scatter<DB: DrawingBackend>(
     Ok(chart.plotting_area().get_pixel_range())
 }
 
-/// Several scatters over the same density side by side in one PNG
-/// (each panel the size of a single scatter).
-pub fn scatter_panels(
-    path: &Path,
-    panels: &[(&str, &Points)],
-    log_density: Option<&dyn Fn(f64, f64) -> f64>,
-    bounds: &Bounds,
-) -> Result<(), PlotError> {
+/// One panel of [`scatter_grid`]: a title, points, and the field drawn under them
+/// (a log-density, or any log-scale field).
+pub type Panel<'a> = (&'a str, &'a Points, Option<&'a dyn Fn(f64, f64) -> f64>);
+
+/// Scatter panels on a grid of `cols` columns in one PNG (each panel the size
+/// of a single scatter), all over the same bounds.
+pub fn scatter_grid(path: &Path, cols: usize, panels: &[Panel], bounds: &Bounds) -> Result<(), PlotError> {
     if !bounds.is_valid() {
         return Err(PlotError::at(path, format!("invalid bounds {bounds:?}")));
     }
     ensure_font(path)?;
+    let cols = cols.clamp(1, panels.len().max(1));
+    let rows = panels.len().div_ceil(cols).max(1);
     let (w, h) = SCATTER_SIZE;
-    let root = BitMapBackend::new(path, (w * panels.len().max(1) as u32, h)).into_drawing_area();
-    for (area, (title, pts)) in root.split_evenly((1, panels.len().max(1))).iter().zip(panels) {
-        draw_scatter(area, path, pts, log_density, bounds, title)?;
+    let root = BitMapBackend::new(path, (w * cols as u32, h * rows as u32)).into_drawing_area();
+    for (area, (title, pts, field)) in root.split_evenly((rows, cols)).iter().zip(panels) {
+        draw_scatter(area, path, pts, *field, bounds, title)?;
     }
     root.present().map_err(|e| PlotError::at(path, e))?;
     Ok(())
+}
+
+/// The centres of the heat-map cells of a scatter over `bounds`, row by row
+/// (y outer, x inner), so a field can be computed in one batch and looked up
+/// with [`grid_lookup`].
+pub fn grid_centres(bounds: &Bounds) -> Vec<(f64, f64)> {
+    let n = HEATMAP_CELLS;
+    let (dx, dy) = ((bounds.x.1 - bounds.x.0) / n as f64, (bounds.y.1 - bounds.y.0) / n as f64);
+    (0..n * n).map(|k| (bounds.x.0 + ((k % n) as f64 + 0.5) * dx, bounds.y.0 + ((k / n) as f64 + 0.5) * dy)).collect()
+}
+
+/// The value of a field computed on [`grid_centres`] at the cell containing (x, y).
+pub fn grid_lookup(values: &[f64], bounds: &Bounds, x: f64, y: f64) -> f64 {
+    let n = HEATMAP_CELLS;
+    let i = (((x - bounds.x.0) / (bounds.x.1 - bounds.x.0)) * n as f64).floor().clamp(0.0, (n - 1) as f64) as usize;
+    let j = (((y - bounds.y.0) / (bounds.y.1 - bounds.y.0)) * n as f64).floor().clamp(0.0, (n - 1) as f64) as usize;
+    values[j * n + i]
 }
 
 /// An animated GIF of point sets over the same density: one frame per
