@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use scoregen::config::RunConfig;
 use scoregen::data::npy;
+use scoregen::likelihood::{self, Dequantization, LikelihoodRequest, ProbeNoise, TraceEstimator};
 use scoregen::run::{self, SampleRequest, Target};
 use scoregen::train::{self, TrainOptions};
 use std::path::{Path, PathBuf};
@@ -68,9 +69,9 @@ enum Command {
         #[arg(long)]
         resume: bool,
     },
-    /// Sample a trained run with the reverse SDE (Euler–Maruyama).
+    /// Sample a trained run: reverse-SDE predictors, predictor–corrector, or the probability-flow ODE.
     #[command(
-        after_help = "Example:\n  scoregen sample --run runs/gmm8-ve --n 5000 --steps 500 --out samples.npy"
+        after_help = "Examples:\n  scoregen sample --run runs/gmm8-ve --n 5000 --steps 500 --out samples.npy\n  scoregen sample --run runs/gmm8-ve --sampler pc --corrector langevin --snr 0.16\n  scoregen sample --run runs/gmm8-ve --sampler ode --rtol 1e-5 --atol 1e-5"
     )]
     Sample {
         #[arg(long)]
@@ -89,6 +90,60 @@ enum Command {
         /// Sample with the raw weights instead of the EMA weights.
         #[arg(long)]
         no_ema: bool,
+        /// Sampler: em, reverse-diffusion, ancestral, pc, ode (default: the config's sampling.sampler).
+        #[arg(long)]
+        sampler: Option<String>,
+        /// Corrector before each predictor step: langevin, ald, none (default: langevin for pc, none otherwise).
+        #[arg(long)]
+        corrector: Option<String>,
+        /// Signal-to-noise ratio of the Langevin correctors.
+        #[arg(long)]
+        snr: Option<f64>,
+        /// Relative tolerance of the ODE sampler (RK45).
+        #[arg(long)]
+        rtol: Option<f64>,
+        /// Absolute tolerance of the ODE sampler (RK45).
+        #[arg(long)]
+        atol: Option<f64>,
+    },
+    /// Exact log-likelihood (nats and bits/dim) of data under a trained run, via the probability-flow ODE.
+    #[command(
+        after_help = "Examples:\n  scoregen likelihood --run runs/gmm8-ve --data gmm8 --n 500\n  scoregen likelihood --run runs/img --data test.npy --trace hutchinson --probes 4 --dequantize\n\nbits/dim = −log p(x)/(D ln 2); with --dequantize the offset log₂(levels) − log₂(hi − lo) is added (8 for [0,1], 7 for [−1,1] at 256 levels): see docs/guide.md."
+    )]
+    Likelihood {
+        #[arg(long)]
+        run: PathBuf,
+        /// A .npy file [N, D] or a data-set name (fresh held-out points are drawn).
+        #[arg(long)]
+        data: String,
+        /// Points to draw from a named data set.
+        #[arg(long, default_value_t = 500)]
+        n: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Divergence: exact (default for D ≤ 16) or hutchinson.
+        #[arg(long)]
+        trace: Option<String>,
+        /// Hutchinson probes per evaluation.
+        #[arg(long, default_value_t = 1)]
+        probes: usize,
+        /// Hutchinson probe distribution: rademacher or gaussian.
+        #[arg(long, default_value = "rademacher")]
+        noise: String,
+        #[arg(long, default_value_t = 1e-5)]
+        rtol: f64,
+        #[arg(long, default_value_t = 1e-5)]
+        atol: f64,
+        /// Uniformly dequantize data on a grid lo + (hi − lo)·k/(levels − 1) and report discrete bits/dim.
+        #[arg(long)]
+        dequantize: bool,
+        #[arg(long, default_value_t = 256)]
+        levels: u32,
+        /// The data range lo,hi of the quantized grid.
+        #[arg(long, default_value = "0,1", value_name = "LO,HI")]
+        data_range: String,
+        #[arg(long)]
+        no_ema: bool,
     },
     /// Compare a sample file with a target: a mixture (gmm8, gmm25, unbalanced, SPEC.toml) or a reference .npy.
     #[command(
@@ -102,12 +157,28 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Demonstration figures from the exact oracle.
+    Demo {
+        #[command(subcommand)]
+        which: Demo,
+    },
     /// Train on gmm8 with the VE SDE, sample 2,000 points, evaluate and draw them (about a minute).
     Quickstart {
         #[arg(long, default_value = "runs/quickstart")]
         out: PathBuf,
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum Demo {
+    /// forward_reverse.png: forward-SDE paths data → noise and reverse-SDE paths noise → data over p_t, for a 1-D mixture.
+    ForwardReverse {
+        #[arg(long, default_value = "runs/demo")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
 }
 
@@ -183,6 +254,11 @@ fn run_command(cli: &Cli) -> Result<()> {
             seed,
             out,
             no_ema,
+            sampler,
+            corrector,
+            snr,
+            rtol,
+            atol,
         } => {
             let cfg = RunConfig::load(&run.join("config.toml"), &[])
                 .with_context(|| format!("reading run {}", run.display()))?;
@@ -199,7 +275,18 @@ fn run_command(cli: &Cli) -> Result<()> {
             if req.n == 0 || req.steps == 0 {
                 anyhow::bail!("--n and --steps must be ≥ 1");
             }
-            let o = run::sample_run(run, &req)?;
+            let mut sc = cfg.sampling.clone();
+            if let Some(v) = sampler {
+                sc.sampler = v.clone();
+            }
+            if let Some(v) = corrector {
+                sc.corrector = Some(v.clone());
+            }
+            sc.snr = snr.unwrap_or(sc.snr);
+            sc.rtol = rtol.unwrap_or(sc.rtol);
+            sc.atol = atol.unwrap_or(sc.atol);
+            sc.validate("command line")?;
+            let o = run::sample_run_with(run, &req, Some(sc.spec()))?;
             if cli.json {
                 print_json(&o);
             } else {
@@ -215,6 +302,74 @@ fn run_command(cli: &Cli) -> Result<()> {
                 }
             }
         }
+        Command::Likelihood {
+            run,
+            data,
+            n,
+            seed,
+            trace,
+            probes,
+            noise,
+            rtol,
+            atol,
+            dequantize,
+            levels,
+            data_range,
+            no_ema,
+        } => {
+            let trace = match trace.as_deref() {
+                None => None,
+                Some("exact") => Some(TraceEstimator::Exact),
+                Some("hutchinson") => Some(TraceEstimator::Hutchinson {
+                    probes: (*probes).max(1),
+                    noise: match noise.as_str() {
+                        "rademacher" => ProbeNoise::Rademacher,
+                        "gaussian" => ProbeNoise::Gaussian,
+                        other => anyhow::bail!("--noise: expected rademacher or gaussian, found `{other}`"),
+                    },
+                }),
+                Some(other) => anyhow::bail!("--trace: expected exact or hutchinson, found `{other}`"),
+            };
+            let dequantize = if *dequantize {
+                let (lo, hi) = data_range
+                    .split_once(',')
+                    .and_then(|(a, b)| Some((a.trim().parse::<f64>().ok()?, b.trim().parse::<f64>().ok()?)))
+                    .filter(|(a, b)| a.is_finite() && b.is_finite() && b > a)
+                    .with_context(|| format!("--data-range: expected LO,HI with LO < HI, found `{data_range}`"))?;
+                if *levels < 2 {
+                    anyhow::bail!("--levels must be ≥ 2 (got {levels})");
+                }
+                Some(Dequantization { levels: *levels, lo, hi })
+            } else {
+                None
+            };
+            if !(*rtol > 0.0 && *atol > 0.0) {
+                anyhow::bail!("--rtol and --atol must be > 0");
+            }
+            let req = LikelihoodRequest {
+                data: data.clone(),
+                n: *n,
+                seed: *seed,
+                trace,
+                rtol: *rtol,
+                atol: *atol,
+                dequantize,
+                use_ema: !no_ema,
+            };
+            let r = likelihood::likelihood_of_run(run, &req)
+                .with_context(|| format!("likelihood of `{data}` under run {}", run.display()))?;
+            if cli.json {
+                print_json(&r);
+            } else {
+                println!(
+                    "{} points, D = {}: log p = {:.4} ± {:.4} nats, {:.4} bits/dim (offset {}), {} score evaluations ({:?}), {:.2} s",
+                    r.n, r.dim, r.mean_nats, r.stderr_nats, r.mean_bits_per_dim, r.bpd_offset, r.nfe, r.trace, r.seconds
+                );
+                if let (Some(o), Some(g), Some(a)) = (r.oracle_mean_nats, r.gap_nats, r.mean_abs_gap_nats) {
+                    println!("exact log p₀ = {o:.4} nats: gap (model − exact) {g:+.4} nats, mean |gap| {a:.4} nats");
+                }
+            }
+        }
         Command::Eval {
             samples,
             target,
@@ -227,6 +382,16 @@ fn run_command(cli: &Cli) -> Result<()> {
                 print_json(&ev);
             } else {
                 print!("{}", ev.table());
+            }
+        }
+        Command::Demo {
+            which: Demo::ForwardReverse { out, seed },
+        } => {
+            let p = scoregen::demo::forward_reverse(out, *seed)?;
+            if cli.json {
+                print_json(&serde_json::json!({ "figure": p }));
+            } else {
+                println!("wrote {}", p.display());
             }
         }
         Command::Quickstart { out, set } => {

@@ -5,6 +5,7 @@
 use crate::error::{Error, Result};
 use crate::nets::MlpConfig;
 use crate::objectives::{Dsm, Reduction, Weighting};
+use crate::samplers::{CorrectorKind, SamplerKind, SamplerSpec};
 use crate::score::Output;
 use crate::sde::{Sde, SubVpSde, VeSde, VpSde};
 use serde::{Deserialize, Serialize};
@@ -105,8 +106,19 @@ pub struct TrainingConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SamplingConfig {
-    /// `em`: Euler–Maruyama on the reverse SDE.
+    /// `em` (Euler–Maruyama on the reverse SDE), `reverse-diffusion`,
+    /// `ancestral`, `pc` (reverse diffusion + corrector) or `ode` (probability flow, RK45).
     pub sampler: String,
+    /// Corrector before each predictor step: `langevin`, `ald` or `none`
+    /// (default: `langevin` for `pc`, `none` otherwise).
+    pub corrector: Option<String>,
+    /// Signal-to-noise ratio r of the Langevin correctors, ε = 2α(r‖z‖/‖s‖)².
+    pub snr: f64,
+    /// Corrector steps per time step.
+    pub corrector_steps: usize,
+    /// Relative and absolute tolerances of the adaptive ODE solver.
+    pub rtol: f64,
+    pub atol: f64,
     pub steps: usize,
     pub n: usize,
     /// Final time ε; default: the SDE's (1e-5 VE, 1e-3 VP/sub-VP).
@@ -193,6 +205,11 @@ impl Default for SamplingConfig {
     fn default() -> Self {
         Self {
             sampler: "em".into(),
+            corrector: None,
+            snr: 0.16,
+            corrector_steps: 1,
+            rtol: 1e-5,
+            atol: 1e-5,
             steps: 1000,
             n: 2000,
             eps: None,
@@ -231,6 +248,58 @@ impl ObjectiveConfig {
             reduction: self.reduction,
             t_eps: self.t_eps,
         }
+    }
+}
+
+impl SamplingConfig {
+    /// The sampler, corrector, snr and tolerances (call after validation).
+    pub fn spec(&self) -> SamplerSpec {
+        let d = SamplerSpec::default();
+        SamplerSpec {
+            kind: SamplerKind::parse(&self.sampler).unwrap_or(d.kind),
+            corrector: self.corrector.as_deref().and_then(CorrectorKind::parse),
+            snr: self.snr,
+            corrector_steps: self.corrector_steps,
+            steps: self.steps,
+            rtol: self.rtol,
+            atol: self.atol,
+        }
+    }
+
+    /// Checks the sampler choice fields; messages name the field.
+    pub fn validate(&self, file: &str) -> Result<()> {
+        let err = |field: &str, msg: String| Err(Error::config(file, field, msg));
+        if SamplerKind::parse(&self.sampler).is_none() {
+            return err(
+                "sampling.sampler",
+                format!(
+                    "expected one of {}, found `{}`",
+                    SamplerKind::NAMES,
+                    self.sampler
+                ),
+            );
+        }
+        if let Some(c) = &self.corrector {
+            if CorrectorKind::parse(c).is_none() {
+                return err(
+                    "sampling.corrector",
+                    format!("expected one of {}, found `{c}`", CorrectorKind::NAMES),
+                );
+            }
+        }
+        for (field, v) in [
+            ("sampling.snr", self.snr),
+            ("sampling.rtol", self.rtol),
+            ("sampling.atol", self.atol),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return err(field, format!("must be a finite number > 0 (got {v})"));
+            }
+        }
+        if self.corrector_steps == 0 {
+            return err("sampling.corrector_steps", "must be ≥ 1 (got 0)".into());
+        }
+        Ok(())
     }
 }
 
@@ -362,12 +431,7 @@ impl RunConfig {
         if !(0.0..1.0).contains(&t.ema) {
             return err("training.ema", format!("must be in [0, 1) (got {})", t.ema));
         }
-        if self.sampling.sampler != "em" {
-            return err(
-                "sampling.sampler",
-                format!("expected `em`, found `{}`", self.sampling.sampler),
-            );
-        }
+        self.sampling.validate(file)?;
         if self.sampling.steps == 0 || self.sampling.n == 0 {
             return err(
                 "sampling.steps",
@@ -451,6 +515,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("field `training.steps`"), "{e}");
+    }
+
+    #[test]
+    fn sampler_fields_are_validated_by_name() {
+        let e = RunConfig::parse("[sampling]\nsampler = \"rk4\"\n", "c.toml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("c.toml: field `sampling.sampler`: expected one of em,"), "{e}");
+        let e = RunConfig::parse("[sampling]\ncorrector = \"mala\"\n", "c.toml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`sampling.corrector`") && e.contains("langevin"), "{e}");
+        let e = RunConfig::parse("[sampling]\nrtol = 0\n", "c.toml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`sampling.rtol`"), "{e}");
+        let c = RunConfig::parse(
+            "[sampling]\nsampler = \"pc\"\ncorrector = \"ald\"\nsnr = 0.1\n",
+            "c.toml",
+            &[],
+        )
+        .unwrap();
+        let spec = c.sampling.spec();
+        assert_eq!(spec.kind, SamplerKind::Pc);
+        assert_eq!(spec.corrector, Some(CorrectorKind::Ald));
+        assert_eq!(spec.snr, 0.1);
     }
 
     #[test]

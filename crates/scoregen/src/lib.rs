@@ -11,8 +11,10 @@
 pub mod autodiff;
 pub mod config;
 pub mod data;
+pub mod demo;
 pub mod error;
 pub mod fsutil;
+pub mod likelihood;
 pub mod metrics;
 pub mod nets;
 pub mod objectives;

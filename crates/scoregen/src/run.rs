@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::metrics::{self, Distances, MixtureReport};
 use crate::oracle::GaussianMixture;
 use crate::rng::Rng;
-use crate::samplers::{self, EulerMaruyama, ReverseOptions};
+use crate::samplers::SamplerSpec;
 use crate::train::{self, streams, LoadedModel, TrainOptions, TrainOutcome};
 use crate::viz::{self, Bounds};
 use crate::{fsutil, progress};
@@ -48,26 +48,34 @@ pub fn oracle_of(cfg: &RunConfig) -> Result<Option<GaussianMixture>> {
     Ok(data::load(src, 1, &mut Rng::new(0, 0))?.oracle)
 }
 
-/// Draws samples from a trained run with the reverse-SDE Euler–Maruyama sampler,
+/// Draws samples from a trained run with the sampler of its config,
 /// writes them as float32 `.npy` and, for 2-D data, a PNG scatter beside it.
 pub fn sample_run(run_dir: &Path, req: &SampleRequest) -> Result<SampleOutcome> {
+    sample_run_with(run_dir, req, None)
+}
+
+/// [`sample_run`] with a sampler chosen by the caller (`None`: the config's);
+/// `req.steps` sets the number of steps of the SDE samplers.
+pub fn sample_run_with(
+    run_dir: &Path,
+    req: &SampleRequest,
+    spec: Option<SamplerSpec>,
+) -> Result<SampleOutcome> {
     let model = LoadedModel::from_run(run_dir, req.use_ema)?;
     let sde = model.cfg.sde.build();
-    let opts = ReverseOptions {
+    let spec = SamplerSpec {
         steps: req.steps,
-        eps: model.cfg.sampling.eps,
-        denoise: model.cfg.sampling.denoise,
-        record_every: None,
+        ..spec.unwrap_or_else(|| model.cfg.sampling.spec())
     };
     let start = Instant::now();
     let pb = progress::bar(req.steps, "sample", req.quiet);
     let mut rng = Rng::new(req.seed, streams::SAMPLING);
-    let out = samplers::sample_reverse(
+    let out = spec.sample(
         &model.score(),
         sde.as_ref(),
-        &EulerMaruyama,
         (req.n, model.state.dim),
-        &opts,
+        model.cfg.sampling.eps,
+        model.cfg.sampling.denoise,
         &mut rng,
         DType::F32,
         &pb,
