@@ -30,10 +30,29 @@ fn rk45(tol: f64) -> OdeMethod {
     }
 }
 
-/// Mean |log p_ODE(x) − log p₀(x)| over 40 points of gmm8 and of unbalanced,
-/// rtol = atol = 1e-5, exact trace, f64: below 0.01 nats for VE, VP and sub-VP.
-/// (The ODE starts at ε, so it computes log p_ε; p_ε differs from p₀ by a
-/// convolution with N(0, s(ε)²) — 1e-4 — and p_T from the prior by < 1e-2.)
+/// log p_ε(x) with the prior π replaced by the exact p_T at the latent:
+/// log p_ODE − log π(x_T) + log p_T(x_T). This removes the prior-mismatch term
+/// and leaves only the ODE and divergence errors.
+fn with_exact_end(ll: &likelihood::LogLikelihood, mix: &GaussianMixture, sde: &dyn Sde) -> Vec<f64> {
+    let pt = mix.perturbed(sde, sde.t_max());
+    let z = Points::from_tensor(&ll.latent).unwrap();
+    let lpt = pt.log_prob(&z);
+    (0..ll.nats.len())
+        .map(|i| ll.nats[i] - ll.prior_logp[i] + lpt[i])
+        .collect()
+}
+
+fn mean_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f64>() / a.len() as f64
+}
+
+/// Mean |log p_ODE(x) − log p₀(x)| over 40 points, rtol = atol = 1e-5, exact
+/// trace, f64: below 0.01 nats for VE, VP and sub-VP on gmm8. The ODE starts
+/// at ε, so it computes log p_ε (p_ε is p₀ convolved with N(0, s(ε)²) — ≈ 1e-3
+/// nats here), and it ends at the prior π ≠ p_T. For gmm8 the mismatch
+/// log p_T − log π cancels over the symmetric means; for `unbalanced` it is
+/// ≈ 0.6·|x_T|·|m(T)μ|/s_T² (≈ 0.07 nats for VE with σ_max = 50), so there the
+/// check is on the ODE with the exact p_T at the end, again within 0.01 nats.
 #[test]
 fn ode_log_likelihood_matches_oracle_log_density() {
     scoregen::init();
@@ -52,19 +71,17 @@ fn ode_log_likelihood_matches_oracle_log_density() {
             let ll =
                 likelihood::log_likelihood(&oracle, sde.as_ref(), &x, &opts, &mut Rng::new(0, 0))
                     .unwrap();
-            let err = ll
-                .nats
-                .iter()
-                .zip(&exact)
-                .map(|(a, b)| (a - b).abs())
-                .sum::<f64>()
-                / exact.len() as f64;
+            let err = mean_abs_diff(&ll.nats, &exact);
+            let err_end = mean_abs_diff(&with_exact_end(&ll, &mix, sde.as_ref()), &exact);
             println!(
-                "{name} {}: mean |Δ log p| = {err:.5} nats, NFE = {}",
+                "{name} {}: mean |Δ log p| = {err:.5} nats (with exact p_T: {err_end:.5}), NFE = {}",
                 sde.name(),
                 ll.nfe
             );
-            assert!(err < 0.01, "{name} {}: mean error {err} nats", sde.name());
+            assert!(err_end < 0.01, "{name} {}: mean error {err_end} nats", sde.name());
+            if name == "gmm8" {
+                assert!(err < 0.01, "{name} {}: mean error {err} nats", sde.name());
+            }
             for (b, l) in ll.bits_per_dim.iter().zip(&ll.nats) {
                 assert!((b + l / (2.0 * std::f64::consts::LN_2)).abs() < 1e-12);
             }
@@ -188,7 +205,8 @@ fn autodiff_divergence_gives_the_gaussian_log_density() {
             ..Default::default()
         };
         let ll = likelihood::log_likelihood(&g, sde.as_ref(), &x, &opts, &mut Rng::new(3, 0)).unwrap();
-        let err = ll.nats.iter().zip(&exact).map(|(a, b)| (a - b).abs()).sum::<f64>() / 16.0;
+        // the mean m(T)μ ≠ 0 of p_T makes the prior mismatch ≈ 0.015 nats: end at p_T
+        let err = mean_abs_diff(&with_exact_end(&ll, &mix, sde.as_ref()), &exact);
         // The Jacobian is −I/var: the Rademacher estimate vᵀJv is exact for any v.
         assert!(err < 0.01, "{trace:?}: {err}");
     }
