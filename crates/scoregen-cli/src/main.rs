@@ -325,21 +325,33 @@ fn run_command(cli: &Cli) -> Result<()> {
                     noise: match noise.as_str() {
                         "rademacher" => ProbeNoise::Rademacher,
                         "gaussian" => ProbeNoise::Gaussian,
-                        other => anyhow::bail!("--noise: expected rademacher or gaussian, found `{other}`"),
+                        other => anyhow::bail!(
+                            "--noise: expected rademacher or gaussian, found `{other}`"
+                        ),
                     },
                 }),
-                Some(other) => anyhow::bail!("--trace: expected exact or hutchinson, found `{other}`"),
+                Some(other) => {
+                    anyhow::bail!("--trace: expected exact or hutchinson, found `{other}`")
+                }
             };
             let dequantize = if *dequantize {
                 let (lo, hi) = data_range
                     .split_once(',')
-                    .and_then(|(a, b)| Some((a.trim().parse::<f64>().ok()?, b.trim().parse::<f64>().ok()?)))
+                    .and_then(|(a, b)| {
+                        Some((a.trim().parse::<f64>().ok()?, b.trim().parse::<f64>().ok()?))
+                    })
                     .filter(|(a, b)| a.is_finite() && b.is_finite() && b > a)
-                    .with_context(|| format!("--data-range: expected LO,HI with LO < HI, found `{data_range}`"))?;
+                    .with_context(|| {
+                        format!("--data-range: expected LO,HI with LO < HI, found `{data_range}`")
+                    })?;
                 if *levels < 2 {
                     anyhow::bail!("--levels must be ≥ 2 (got {levels})");
                 }
-                Some(Dequantization { levels: *levels, lo, hi })
+                Some(Dequantization {
+                    levels: *levels,
+                    lo,
+                    hi,
+                })
             } else {
                 None
             };
@@ -365,7 +377,9 @@ fn run_command(cli: &Cli) -> Result<()> {
                     "{} points, D = {}: log p = {:.4} ± {:.4} nats, {:.4} bits/dim (offset {}), {} score evaluations ({:?}), {:.2} s",
                     r.n, r.dim, r.mean_nats, r.stderr_nats, r.mean_bits_per_dim, r.bpd_offset, r.nfe, r.trace, r.seconds
                 );
-                if let (Some(o), Some(g), Some(a)) = (r.oracle_mean_nats, r.gap_nats, r.mean_abs_gap_nats) {
+                if let (Some(o), Some(g), Some(a)) =
+                    (r.oracle_mean_nats, r.gap_nats, r.mean_abs_gap_nats)
+                {
                     println!("exact log p₀ = {o:.4} nats: gap (model − exact) {g:+.4} nats, mean |gap| {a:.4} nats");
                 }
             }

@@ -522,11 +522,17 @@ mod tests {
         let e = RunConfig::parse("[sampling]\nsampler = \"rk4\"\n", "c.toml", &[])
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("c.toml: field `sampling.sampler`: expected one of em,"), "{e}");
+        assert!(
+            e.starts_with("c.toml: field `sampling.sampler`: expected one of em,"),
+            "{e}"
+        );
         let e = RunConfig::parse("[sampling]\ncorrector = \"mala\"\n", "c.toml", &[])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("`sampling.corrector`") && e.contains("langevin"), "{e}");
+        assert!(
+            e.contains("`sampling.corrector`") && e.contains("langevin"),
+            "{e}"
+        );
         let e = RunConfig::parse("[sampling]\nrtol = 0\n", "c.toml", &[])
             .unwrap_err()
             .to_string();

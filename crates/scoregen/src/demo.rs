@@ -66,7 +66,10 @@ pub fn forward_reverse(out_dir: &Path, seed: u64) -> Result<PathBuf> {
             p.push((*t, xi));
         }
     }
-    let logp = |t: f64, x: f64| mix.perturbed(sde.as_ref(), t).log_prob(&Points::new(1, 1, vec![x]))[0];
+    let logp = |t: f64, x: f64| {
+        mix.perturbed(sde.as_ref(), t)
+            .log_prob(&Points::new(1, 1, vec![x]))[0]
+    };
     let path = out_dir.join("forward_reverse.png");
     trajectories_over_density(
         &path,

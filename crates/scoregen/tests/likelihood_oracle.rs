@@ -33,7 +33,11 @@ fn rk45(tol: f64) -> OdeMethod {
 /// log p_ε(x) with the prior π replaced by the exact p_T at the latent:
 /// log p_ODE − log π(x_T) + log p_T(x_T). This removes the prior-mismatch term
 /// and leaves only the ODE and divergence errors.
-fn with_exact_end(ll: &likelihood::LogLikelihood, mix: &GaussianMixture, sde: &dyn Sde) -> Vec<f64> {
+fn with_exact_end(
+    ll: &likelihood::LogLikelihood,
+    mix: &GaussianMixture,
+    sde: &dyn Sde,
+) -> Vec<f64> {
     let pt = mix.perturbed(sde, sde.t_max());
     let z = Points::from_tensor(&ll.latent).unwrap();
     let lpt = pt.log_prob(&z);
@@ -78,7 +82,11 @@ fn ode_log_likelihood_matches_oracle_log_density() {
                 sde.name(),
                 ll.nfe
             );
-            assert!(err_end < 0.01, "{name} {}: mean error {err_end} nats", sde.name());
+            assert!(
+                err_end < 0.01,
+                "{name} {}: mean error {err_end} nats",
+                sde.name()
+            );
             if name == "gmm8" {
                 assert!(err < 0.01, "{name} {}: mean error {err} nats", sde.name());
             }
@@ -115,7 +123,13 @@ fn a_wrong_divergence_sign_is_caught() {
         &mut Rng::new(0, 0),
     )
     .unwrap();
-    let err = ll.nats.iter().zip(&exact).map(|(a, b)| (a - b).abs()).sum::<f64>() / 20.0;
+    let err = ll
+        .nats
+        .iter()
+        .zip(&exact)
+        .map(|(a, b)| (a - b).abs())
+        .sum::<f64>()
+        / 20.0;
     assert!(err > 1.0, "{err}");
 }
 
@@ -138,8 +152,9 @@ fn hutchinson_mean_is_within_three_standard_errors_of_exact_trace() {
             method: rk45(1e-5),
             ..Default::default()
         };
-        let ll = likelihood::log_likelihood(&oracle, sde.as_ref(), &x, &opts, &mut Rng::new(seed, 7))
-            .unwrap();
+        let ll =
+            likelihood::log_likelihood(&oracle, sde.as_ref(), &x, &opts, &mut Rng::new(seed, 7))
+                .unwrap();
         ll.nats.iter().sum::<f64>() / ll.nats.len() as f64
     };
     let exact = mean_of(TraceEstimator::Exact, 0);
@@ -153,7 +168,10 @@ fn hutchinson_mean_is_within_three_standard_errors_of_exact_trace() {
         let se = sd / (m as f64).sqrt();
         println!("{noise:?}: exact {exact:.4}, Hutchinson mean {mean:.4} ± {se:.4} (sd {sd:.4})");
         assert!(sd > 1e-6, "{noise:?}: the estimates do not vary");
-        assert!((mean - exact).abs() < 3.0 * se, "{noise:?}: {mean} vs {exact} (se {se})");
+        assert!(
+            (mean - exact).abs() < 3.0 * se,
+            "{noise:?}: {mean} vs {exact} (se {se})"
+        );
     }
 }
 
@@ -204,7 +222,8 @@ fn autodiff_divergence_gives_the_gaussian_log_density() {
             trace: Some(trace),
             ..Default::default()
         };
-        let ll = likelihood::log_likelihood(&g, sde.as_ref(), &x, &opts, &mut Rng::new(3, 0)).unwrap();
+        let ll =
+            likelihood::log_likelihood(&g, sde.as_ref(), &x, &opts, &mut Rng::new(3, 0)).unwrap();
         // the mean m(T)μ ≠ 0 of p_T makes the prior mismatch ≈ 0.015 nats: end at p_T
         let err = mean_abs_diff(&with_exact_end(&ll, &mix, sde.as_ref()), &exact);
         // The Jacobian is −I/var: the Rademacher estimate vᵀJv is exact for any v.
@@ -218,9 +237,15 @@ fn autodiff_divergence_gives_the_gaussian_log_density() {
         }
     }
     let opaque = Opaque(OracleScore::new(mix, sde.clone()));
-    let e = likelihood::log_likelihood(&opaque, sde.as_ref(), &x, &LikelihoodOptions::default(), &mut Rng::new(0, 0))
-        .unwrap_err()
-        .to_string();
+    let e = likelihood::log_likelihood(
+        &opaque,
+        sde.as_ref(),
+        &x,
+        &LikelihoodOptions::default(),
+        &mut Rng::new(0, 0),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("not differentiable"), "{e}");
 }
 
@@ -234,11 +259,18 @@ fn dequantized_bits_per_dim_matches_the_discrete_probability() {
         let w = hi - lo;
         let mix = GaussianMixture::isotropic(
             vec![0.6, 0.4],
-            vec![vec![lo + 0.3 * w, lo + 0.4 * w], vec![lo + 0.7 * w, lo + 0.6 * w]],
+            vec![
+                vec![lo + 0.3 * w, lo + 0.4 * w],
+                vec![lo + 0.7 * w, lo + 0.6 * w],
+            ],
             &[0.1 * w, 0.08 * w],
         )
         .unwrap();
-        let dq = Dequantization { levels: 256, lo, hi };
+        let dq = Dequantization {
+            levels: 256,
+            lo,
+            hi,
+        };
         assert_eq!(dq.bpd_offset(), offset);
         // quantize exact samples onto the grid lo + w·k/255
         let raw = mix.sample(60, &mut Rng::new(2, 0));
@@ -255,7 +287,8 @@ fn dequantized_bits_per_dim_matches_the_discrete_probability() {
             ..Default::default()
         };
         let x = xq.to_tensor(DType::F64, &Device::Cpu).unwrap();
-        let ll = likelihood::log_likelihood(&oracle, sde.as_ref(), &x, &opts, &mut Rng::new(5, 0)).unwrap();
+        let ll = likelihood::log_likelihood(&oracle, sde.as_ref(), &x, &opts, &mut Rng::new(5, 0))
+            .unwrap();
         for (b, l) in ll.bits_per_dim.iter().zip(&ll.nats) {
             assert!((b - bits_per_dim(*l, 2, offset)).abs() < 1e-12);
             assert!((b - (-l / (2.0 * std::f64::consts::LN_2) + offset)).abs() < 1e-12);
@@ -285,8 +318,13 @@ fn dequantized_bits_per_dim_matches_the_discrete_probability() {
         }
         discrete /= 60.0;
         let mean_bpd = ll.bits_per_dim.iter().sum::<f64>() / 60.0;
-        println!("[{lo},{hi}]: dequantized ODE {mean_bpd:.4} bpd, exact discrete {discrete:.4} bpd");
-        assert!((mean_bpd - discrete).abs() < 0.02, "{mean_bpd} vs {discrete}");
+        println!(
+            "[{lo},{hi}]: dequantized ODE {mean_bpd:.4} bpd, exact discrete {discrete:.4} bpd"
+        );
+        assert!(
+            (mean_bpd - discrete).abs() < 0.02,
+            "{mean_bpd} vs {discrete}"
+        );
     }
     // off-grid data are rejected with a message naming the value
     let dq = Dequantization::default();
@@ -314,7 +352,14 @@ fn encode_then_decode_returns_the_input() {
             .unwrap()
             .to_scalar::<f64>()
             .unwrap();
-        let zstd = z.y.sqr().unwrap().mean_all().unwrap().to_scalar::<f64>().unwrap().sqrt();
+        let zstd =
+            z.y.sqr()
+                .unwrap()
+                .mean_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+                .sqrt();
         println!(
             "{}: round-trip max error {err:.2e}, NFE {} + {}, latent rms {zstd:.3} (prior std {})",
             sde.name(),
@@ -323,6 +368,10 @@ fn encode_then_decode_returns_the_input() {
             sde.prior_std()
         );
         assert!(err < 1e-3, "{}: {err}", sde.name());
-        assert!((zstd / sde.prior_std() - 1.0).abs() < 0.15, "{}: {zstd}", sde.name());
+        assert!(
+            (zstd / sde.prior_std() - 1.0).abs() < 0.15,
+            "{}: {zstd}",
+            sde.name()
+        );
     }
 }

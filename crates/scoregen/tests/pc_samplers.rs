@@ -64,7 +64,11 @@ fn pc(
 }
 
 fn report(x: &Points, name: &str, seed: u64) -> MixtureReport {
-    metrics::against_mixture(x, &toy::named_mixture(name).unwrap(), &mut Rng::new(seed, 5))
+    metrics::against_mixture(
+        x,
+        &toy::named_mixture(name).unwrap(),
+        &mut Rng::new(seed, 5),
+    )
 }
 
 /// The floor checks of `oracle_samplers.rs` (same tolerances and reasons):
@@ -81,11 +85,17 @@ fn assert_at_floor(x: &Points, name: &str, label: &str, seed: u64) {
         "gmm8" => {
             assert_eq!(r.modes.covered, 8, "{label}: {r:?}");
             assert!(r.modes.weight_l1 < 0.1, "{label}: {r:?}");
-            assert!(r.distances.energy < r.floor.energy.abs() + 0.015, "{label}: {r:?}");
+            assert!(
+                r.distances.energy < r.floor.energy.abs() + 0.015,
+                "{label}: {r:?}"
+            );
         }
         _ => {
             assert!((r.modes.weights[0] - 0.8).abs() < 0.03, "{label}: {r:?}");
-            assert!(r.distances.energy < r.floor.energy.abs() + 0.02, "{label}: {r:?}");
+            assert!(
+                r.distances.energy < r.floor.energy.abs() + 0.02,
+                "{label}: {r:?}"
+            );
         }
     }
 }
@@ -184,12 +194,28 @@ fn fewer_steps_degrade_gracefully() {
             // allow the noise of the mean log-density at the floor (sd ≈ 0.02)
             assert!(w[1] > w[0] - 0.05, "{label}: not monotone: {lp:?}");
         }
-        assert!(lp[0] < lp[3] - 0.1, "{label}: no degradation at 5 steps: {lp:?}");
-        assert!((lp[3] - floor).abs() < 0.1, "{label}: {lp:?} vs floor {floor}");
+        assert!(
+            lp[0] < lp[3] - 0.1,
+            "{label}: no degradation at 5 steps: {lp:?}"
+        );
+        assert!(
+            (lp[3] - floor).abs() < 0.1,
+            "{label}: {lp:?} vs floor {floor}"
+        );
     };
-    check("em", &|s| pc(name, sde.clone(), &EulerMaruyama, &NoneCorrector, s, 7).0);
+    check("em", &|s| {
+        pc(name, sde.clone(), &EulerMaruyama, &NoneCorrector, s, 7).0
+    });
     check("rd+langevin", &|s| {
-        pc(name, sde.clone(), &ReverseDiffusion, &LangevinCorrector::default(), s, 7).0
+        pc(
+            name,
+            sde.clone(),
+            &ReverseDiffusion,
+            &LangevinCorrector::default(),
+            s,
+            7,
+        )
+        .0
     });
     let oracle = OracleScore::new(mix.clone(), sde.clone());
     for heun in [false, true] {

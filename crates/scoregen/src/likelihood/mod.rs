@@ -172,7 +172,9 @@ pub fn log_likelihood(
         let a = sde.drift_coef(t);
         // f̃ = a·x − ½g²·s and ∇·f̃ = a·D − ½g²·Tr ∇ₓs
         let drift = (y.narrow(1, 0, dim)?.affine(a, 0.0)?
-            - s.to_dtype(DType::F64)?.flatten_from(1)?.affine(0.5 * g2, 0.0)?)?;
+            - s.to_dtype(DType::F64)?
+                .flatten_from(1)?
+                .affine(0.5 * g2, 0.0)?)?;
         let div = div_s
             .to_dtype(DType::F64)?
             .affine(-0.5 * g2, a * dim as f64)?

@@ -92,7 +92,12 @@ pub fn likelihood_of_run(run_dir: &Path, req: &LikelihoodRequest) -> Result<Like
     let (oracle_mean, gap, abs_gap) = match &exact {
         Some(e) => {
             let om = e.iter().sum::<f64>() / n as f64;
-            let abs = e.iter().zip(&ll.nats).map(|(a, b)| (a - b).abs()).sum::<f64>() / n as f64;
+            let abs = e
+                .iter()
+                .zip(&ll.nats)
+                .map(|(a, b)| (a - b).abs())
+                .sum::<f64>()
+                / n as f64;
             (Some(om), Some(mean - om), Some(abs))
         }
         None => (None, None, None),

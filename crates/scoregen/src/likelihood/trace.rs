@@ -48,12 +48,7 @@ impl TraceEstimator {
 
 /// K probes of the shape of x, drawn once per likelihood evaluation (they
 /// must stay fixed along the ODE so the integrand is a smooth function of t).
-pub fn draw_probes(
-    x: &Tensor,
-    k: usize,
-    noise: ProbeNoise,
-    rng: &mut Rng,
-) -> Result<Vec<Tensor>> {
+pub fn draw_probes(x: &Tensor, k: usize, noise: ProbeNoise, rng: &mut Rng) -> Result<Vec<Tensor>> {
     (0..k.max(1))
         .map(|_| match noise {
             ProbeNoise::Gaussian => rng.randn(x.shape(), x.dtype(), x.device()),
@@ -213,7 +208,10 @@ mod tests {
                     let mut r = row.clone();
                     r[i] += d;
                     let xt = Tensor::from_vec(r, (1, 3), &Device::Cpu).unwrap();
-                    s.score(&xt, &t.narrow(0, 0, 1).unwrap()).unwrap().to_vec2::<f64>().unwrap()[0][i]
+                    s.score(&xt, &t.narrow(0, 0, 1).unwrap())
+                        .unwrap()
+                        .to_vec2::<f64>()
+                        .unwrap()[0][i]
                 };
                 tr += (at(h) - at(-h)) / (2.0 * h);
             }

@@ -118,6 +118,7 @@ mod tests {
     /// The closed-form Laplacian and Hessian-vector product match central
     /// differences of the exact score (h = 1e-5: error O(h²)·|∂³s| ≪ 1e-5).
     #[test]
+    #[allow(clippy::needless_range_loop)]
     fn laplacian_and_hvp_match_finite_differences_of_score() {
         let mut rng = Rng::new(9, 0);
         for name in ["gmm8", "unbalanced"] {
@@ -130,8 +131,12 @@ mod tests {
                 let h = 1e-5;
                 for i in 0..x.n {
                     let shifted = |dir: &[f64], sign: f64| {
-                        let p: Vec<f64> =
-                            x.row(i).iter().zip(dir).map(|(a, b)| a + sign * h * b).collect();
+                        let p: Vec<f64> = x
+                            .row(i)
+                            .iter()
+                            .zip(dir)
+                            .map(|(a, b)| a + sign * h * b)
+                            .collect();
                         mix.score(&Points::new(1, 2, p)).data
                     };
                     let mut fd_lap = 0.0;
@@ -140,12 +145,19 @@ mod tests {
                         fd_lap += (shifted(&e, 1.0)[j] - shifted(&e, -1.0)[j]) / (2.0 * h);
                     }
                     let scale = lap[i].abs().max(1.0);
-                    assert!((fd_lap - lap[i]).abs() < 1e-5 * scale, "{name}: {fd_lap} vs {}", lap[i]);
+                    assert!(
+                        (fd_lap - lap[i]).abs() < 1e-5 * scale,
+                        "{name}: {fd_lap} vs {}",
+                        lap[i]
+                    );
                     let (sp, sm) = (shifted(v.row(i), 1.0), shifted(v.row(i), -1.0));
                     for a in 0..2 {
                         let fd = (sp[a] - sm[a]) / (2.0 * h);
                         let exact = hv.row(i)[a];
-                        assert!((fd - exact).abs() < 1e-5 * exact.abs().max(1.0), "{name}: {fd} vs {exact}");
+                        assert!(
+                            (fd - exact).abs() < 1e-5 * exact.abs().max(1.0),
+                            "{name}: {fd} vs {exact}"
+                        );
                     }
                 }
             }

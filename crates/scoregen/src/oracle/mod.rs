@@ -39,7 +39,9 @@ impl ScoreFn for OracleScore {
     fn divergence(&self, x: &Tensor, t: &Tensor) -> Result<Option<Tensor>> {
         let per_block = |mix: &GaussianMixture, block: &Points| mix.score_divergence(block);
         let (n, out) = self.by_time(x, t, per_block)?;
-        Ok(Some(Tensor::from_vec(out, n, x.device())?.to_dtype(x.dtype())?))
+        Ok(Some(
+            Tensor::from_vec(out, n, x.device())?.to_dtype(x.dtype())?,
+        ))
     }
 
     /// ∇ₓ² log p_t · v in closed form ([`GaussianMixture::hessian_vector`]).
@@ -48,11 +50,17 @@ impl ScoreFn for OracleScore {
         let (n, d) = (vp.n, vp.d);
         let mut offset = 0;
         let (_, out) = self.by_time(x, t, |mix, block| {
-            let vb = Points::new(block.n, d, vp.data[offset * d..(offset + block.n) * d].to_vec());
+            let vb = Points::new(
+                block.n,
+                d,
+                vp.data[offset * d..(offset + block.n) * d].to_vec(),
+            );
             offset += block.n;
             mix.hessian_vector(block, &vb).data
         })?;
-        Ok(Some(Tensor::from_vec(out, (n, d), x.device())?.to_dtype(x.dtype())?))
+        Ok(Some(
+            Tensor::from_vec(out, (n, d), x.device())?.to_dtype(x.dtype())?,
+        ))
     }
 
     fn score(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {

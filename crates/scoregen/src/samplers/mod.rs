@@ -2,20 +2,20 @@
 //! the predictors and correctors that step it (one PC loop), and the
 //! probability-flow ODE with its solvers.
 
-pub mod predictors;
-pub mod reverse;
 pub mod correctors;
 pub mod flow;
 pub mod ode;
 pub mod pc;
+pub mod predictors;
+pub mod reverse;
 
-pub use predictors::{EulerMaruyama, Predictor};
-pub use reverse::ReverseSde;
 pub use correctors::{AnnealedLangevin, Corrector, LangevinCorrector, NoneCorrector};
 pub use flow::{decode, encode, interpolate, sample_ode};
 pub use ode::{OdeMethod, OdeSolution};
 pub use pc::{sample_pc, CorrectorKind, SamplerKind, SamplerSpec};
 pub use predictors::{Ancestral, NonePredictor, ReverseDiffusion};
+pub use predictors::{EulerMaruyama, Predictor};
+pub use reverse::ReverseSde;
 
 use crate::rng::Rng;
 use crate::score::ScoreFn;

@@ -165,9 +165,7 @@ pub fn solve(
             sol.y = y;
             Ok(sol)
         }
-        OdeMethod::Rk45 { rtol, atol } => {
-            dormand_prince(f, y0, t0, t1, rtol, atol, record, sol)
-        }
+        OdeMethod::Rk45 { rtol, atol } => dormand_prince(f, y0, t0, t1, rtol, atol, record, sol),
     }
 }
 
@@ -298,7 +296,9 @@ mod tests {
         let lam = |t: f64| -1.0 + 2.0 * t;
         let mut f = |t: f64, y: &Tensor| y.affine(lam(t), 0.0);
         let (t0, t1) = (0.0f64, 1.5f64);
-        let exact = y0().affine((-t1 + t1 * t1 - (-t0 + t0 * t0)).exp(), 0.0).unwrap();
+        let exact = y0()
+            .affine((-t1 + t1 * t1 - (-t0 + t0 * t0)).exp(), 0.0)
+            .unwrap();
         let err = |m: OdeMethod, f: &mut dyn FnMut(f64, &Tensor) -> Result<Tensor>| {
             let s = solve(f, &y0(), t0, t1, m, false).unwrap();
             rms(&(s.y - &exact).unwrap()).unwrap()

@@ -28,7 +28,8 @@ pub fn trajectories_over_density(
     t_max: f64,
     x_range: (f64, f64),
 ) -> Result<(), PlotError> {
-    let err = |e: &dyn std::fmt::Display| PlotError(format!("writing plot {}: {e}", path.display()));
+    let err =
+        |e: &dyn std::fmt::Display| PlotError(format!("writing plot {}: {e}", path.display()));
     ensure_font(path)?;
     let width = 560 * panels.len().max(1) as u32;
     let root = BitMapBackend::new(path, (width, 480)).into_drawing_area();
@@ -44,7 +45,11 @@ pub fn trajectories_over_density(
         let col: Vec<f64> = (0..n)
             .map(|j| log_density(t, x0 + (j as f64 + 0.5) * dx))
             .collect();
-        let top = col.iter().copied().filter(|v| v.is_finite()).fold(f64::NEG_INFINITY, f64::max);
+        let top = col
+            .iter()
+            .copied()
+            .filter(|v| v.is_finite())
+            .fold(f64::NEG_INFINITY, f64::max);
         for j in 0..n {
             cells[i * n + j] = if col[j].is_finite() && top.is_finite() {
                 1.0 + (col[j] - top) / LOG_DENSITY_RANGE
@@ -94,7 +99,10 @@ pub fn trajectories_over_density(
                 .map(|(t, x)| (t, x.clamp(x0, x1)))
                 .collect();
             chart
-                .draw_series(LineSeries::new(pts, RGBColor(255, 255, 255).mix(0.8).stroke_width(1)))
+                .draw_series(LineSeries::new(
+                    pts,
+                    RGBColor(255, 255, 255).mix(0.8).stroke_width(1),
+                ))
                 .map_err(|e| err(&e))?;
         }
     }
