@@ -3,9 +3,11 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use scoregen::config::{RunConfig, SamplerKind};
+use scoregen::config::RunConfig;
 use scoregen::data::npy;
+use scoregen::likelihood::{self, Dequantization, LikelihoodRequest, ProbeNoise, TraceEstimator};
 use scoregen::run::{self, SampleRequest, Target};
+use scoregen::samplers::{CorrectorKind, SamplerKind};
 use scoregen::train::{self, TrainOptions};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -68,8 +70,10 @@ enum Command {
         #[arg(long)]
         resume: bool,
     },
-    /// Sample a trained run with the reverse SDE (Euler–Maruyama).
-    #[command(after_help = "Example:\n  scoregen sample --run runs/gmm8-ve --n 5000 --steps 500 --out samples.npy")]
+    /// Sample a trained run: reverse-SDE predictors, predictor–corrector, the probability-flow ODE, or the Langevin family.
+    #[command(
+        after_help = "Examples:\n  scoregen sample --run runs/gmm8-ve --n 5000 --steps 500 --out samples.npy\n  scoregen sample --run runs/gmm8-ve --sampler pc --corrector langevin --snr 0.16\n  scoregen sample --run runs/gmm8-ve --sampler ode --rtol 1e-5 --atol 1e-5\n  scoregen sample --run runs/ncsn-gmm8 --sampler annealed-langevin --eps 2.5e-4 --steps-per-level 100\n  scoregen sample --run runs/sliced-energy-gmm8 --sampler langevin --eps 0.005 --steps 1000"
+    )]
     Sample {
         #[arg(long)]
         run: PathBuf,
@@ -87,9 +91,22 @@ enum Command {
         /// Sample with the raw weights instead of the EMA weights.
         #[arg(long)]
         no_ema: bool,
-        /// Sampler: em, langevin, mala, annealed-langevin (default: the config's sampling.sampler).
+        /// Sampler: em, reverse-diffusion, ancestral, pc, ode, langevin, mala, annealed-langevin
+        /// (default: the config's sampling.sampler).
         #[arg(long)]
         sampler: Option<SamplerKind>,
+        /// Corrector before each predictor step: langevin, ald, none (default: langevin for pc, none otherwise).
+        #[arg(long)]
+        corrector: Option<CorrectorKind>,
+        /// Signal-to-noise ratio of the Langevin correctors.
+        #[arg(long)]
+        snr: Option<f64>,
+        /// Relative tolerance of the ODE sampler (RK45).
+        #[arg(long)]
+        rtol: Option<f64>,
+        /// Absolute tolerance of the ODE sampler (RK45).
+        #[arg(long)]
+        atol: Option<f64>,
         /// Langevin step size ε (annealed: the step at the smallest noise level).
         #[arg(long)]
         eps: Option<f64>,
@@ -113,15 +130,44 @@ enum Command {
         #[arg(long, default_value_t = 5000)]
         n: usize,
     },
-    /// The seed's figures on exact scores: `langevin` (langevin.gif) or `pitfall` (pitfall.png).
+    /// Exact log-likelihood (nats and bits/dim) of data under a trained run, via the probability-flow ODE.
     #[command(
-        after_help = "Examples:\n  scoregen demo langevin --out runs/demo\n  scoregen demo pitfall --out runs/demo"
+        after_help = "Examples:\n  scoregen likelihood --run runs/gmm8-ve --data gmm8 --n 500\n  scoregen likelihood --run runs/img --data test.npy --trace hutchinson --probes 4 --dequantize\n\nbits/dim = −log p(x)/(D ln 2); with --dequantize the offset log₂(levels) − log₂(hi − lo) is added (8 for [0,1], 7 for [−1,1] at 256 levels): see docs/guide.md."
     )]
-    Demo {
-        /// langevin | pitfall
-        which: String,
-        #[arg(long, default_value = "runs/demo")]
-        out: PathBuf,
+    Likelihood {
+        #[arg(long)]
+        run: PathBuf,
+        /// A .npy file [N, D] or a data-set name (fresh held-out points are drawn).
+        #[arg(long)]
+        data: String,
+        /// Points to draw from a named data set.
+        #[arg(long, default_value_t = 500)]
+        n: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Divergence: exact (default for D ≤ 16) or hutchinson.
+        #[arg(long)]
+        trace: Option<String>,
+        /// Hutchinson probes per evaluation.
+        #[arg(long, default_value_t = 1)]
+        probes: usize,
+        /// Hutchinson probe distribution: rademacher or gaussian.
+        #[arg(long, default_value = "rademacher")]
+        noise: String,
+        #[arg(long, default_value_t = 1e-5)]
+        rtol: f64,
+        #[arg(long, default_value_t = 1e-5)]
+        atol: f64,
+        /// Uniformly dequantize data on a grid lo + (hi − lo)·k/(levels − 1) and report discrete bits/dim.
+        #[arg(long)]
+        dequantize: bool,
+        #[arg(long, default_value_t = 256)]
+        levels: u32,
+        /// The data range lo,hi of the quantized grid.
+        #[arg(long, default_value = "0,1", value_name = "LO,HI")]
+        data_range: String,
+        #[arg(long)]
+        no_ema: bool,
     },
     /// Compare a sample file with a target: a mixture (gmm8, gmm25, unbalanced, SPEC.toml) or a reference .npy.
     #[command(after_help = "Example:\n  scoregen eval --samples runs/quickstart/samples.npy --target gmm8")]
@@ -133,12 +179,41 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// The seed's figures on exact scores: langevin, pitfall, forward-reverse.
+    #[command(
+        after_help = "Examples:\n  scoregen demo langevin --out runs/demo\n  scoregen demo pitfall --out runs/demo\n  scoregen demo forward-reverse --out runs/demo"
+    )]
+    Demo {
+        #[command(subcommand)]
+        which: Demo,
+    },
     /// Train on gmm8 with the VE SDE, sample 2,000 points, evaluate and draw them (about a minute).
     Quickstart {
         #[arg(long, default_value = "runs/quickstart")]
         out: PathBuf,
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum Demo {
+    /// langevin.gif: particles under Langevin dynamics with the exact score of gmm8.
+    Langevin {
+        #[arg(long, default_value = "runs/demo")]
+        out: PathBuf,
+    },
+    /// pitfall.png: the score error of a noise-free model, and plain vs annealed Langevin on `unbalanced`.
+    Pitfall {
+        #[arg(long, default_value = "runs/demo")]
+        out: PathBuf,
+    },
+    /// forward_reverse.png: forward-SDE paths data → noise and reverse-SDE paths noise → data over p_t, for a 1-D mixture.
+    ForwardReverse {
+        #[arg(long, default_value = "runs/demo")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
 }
 
@@ -197,7 +272,21 @@ fn run_command(cli: &Cli) -> Result<()> {
                 );
             }
         }
-        Command::Sample { run, n, steps, seed, out, no_ema, sampler, eps, steps_per_level } => {
+        Command::Sample {
+            run,
+            n,
+            steps,
+            seed,
+            out,
+            no_ema,
+            sampler,
+            corrector,
+            snr,
+            rtol,
+            atol,
+            eps,
+            steps_per_level,
+        } => {
             let cfg = RunConfig::load(&run.join("config.toml"), &[])
                 .with_context(|| format!("reading run {}", run.display()))?;
             let req = SampleRequest {
@@ -207,7 +296,6 @@ fn run_command(cli: &Cli) -> Result<()> {
                 out: out.clone().unwrap_or_else(|| run.join("samples").join("samples.npy")),
                 use_ema: !no_ema && cfg.sampling.use_ema,
                 quiet: cli.quiet,
-                sampler: *sampler,
                 step_size: *eps,
                 steps_per_level: *steps_per_level,
                 record_every: None,
@@ -218,13 +306,94 @@ fn run_command(cli: &Cli) -> Result<()> {
             if req.n == 0 || req.steps == 0 {
                 anyhow::bail!("--n and --steps must be ≥ 1");
             }
-            let o = run::sample_run(run, &req)?;
+            let mut sc = cfg.sampling.clone();
+            if let Some(v) = sampler {
+                sc.sampler = *v;
+            }
+            if let Some(v) = corrector {
+                sc.corrector = Some(*v);
+            }
+            sc.snr = snr.unwrap_or(sc.snr);
+            sc.rtol = rtol.unwrap_or(sc.rtol);
+            sc.atol = atol.unwrap_or(sc.atol);
+            sc.validate("command line")?;
+            let o = run::sample_run_with(run, &req, Some(sc.spec()))?;
             if cli.json {
                 print_json(&o);
             } else {
                 println!("{} samples ({} score evaluations) in {:.2} s → {}", o.n, o.nfe, o.seconds, o.npy.display());
                 if let Some(p) = &o.png {
                     println!("scatter plot → {}", p.display());
+                }
+            }
+        }
+        Command::Likelihood {
+            run,
+            data,
+            n,
+            seed,
+            trace,
+            probes,
+            noise,
+            rtol,
+            atol,
+            dequantize,
+            levels,
+            data_range,
+            no_ema,
+        } => {
+            let trace = match trace.as_deref() {
+                None => None,
+                Some("exact") => Some(TraceEstimator::Exact),
+                Some("hutchinson") => Some(TraceEstimator::Hutchinson {
+                    probes: (*probes).max(1),
+                    noise: match noise.as_str() {
+                        "rademacher" => ProbeNoise::Rademacher,
+                        "gaussian" => ProbeNoise::Gaussian,
+                        other => anyhow::bail!("--noise: expected rademacher or gaussian, found `{other}`"),
+                    },
+                }),
+                Some(other) => {
+                    anyhow::bail!("--trace: expected exact or hutchinson, found `{other}`")
+                }
+            };
+            let dequantize = if *dequantize {
+                let (lo, hi) = data_range
+                    .split_once(',')
+                    .and_then(|(a, b)| Some((a.trim().parse::<f64>().ok()?, b.trim().parse::<f64>().ok()?)))
+                    .filter(|(a, b)| a.is_finite() && b.is_finite() && b > a)
+                    .with_context(|| format!("--data-range: expected LO,HI with LO < HI, found `{data_range}`"))?;
+                if *levels < 2 {
+                    anyhow::bail!("--levels must be ≥ 2 (got {levels})");
+                }
+                Some(Dequantization { levels: *levels, lo, hi })
+            } else {
+                None
+            };
+            if !(*rtol > 0.0 && *atol > 0.0) {
+                anyhow::bail!("--rtol and --atol must be > 0");
+            }
+            let req = LikelihoodRequest {
+                data: data.clone(),
+                n: *n,
+                seed: *seed,
+                trace,
+                rtol: *rtol,
+                atol: *atol,
+                dequantize,
+                use_ema: !no_ema,
+            };
+            let r = likelihood::likelihood_of_run(run, &req)
+                .with_context(|| format!("likelihood of `{data}` under run {}", run.display()))?;
+            if cli.json {
+                print_json(&r);
+            } else {
+                println!(
+                    "{} points, D = {}: log p = {:.4} ± {:.4} nats, {:.4} bits/dim (offset {}), {} score evaluations ({:?}), {:.2} s",
+                    r.n, r.dim, r.mean_nats, r.stderr_nats, r.mean_bits_per_dim, r.bpd_offset, r.nfe, r.trace, r.seconds
+                );
+                if let (Some(o), Some(g), Some(a)) = (r.oracle_mean_nats, r.gap_nats, r.mean_abs_gap_nats) {
+                    println!("exact log p₀ = {o:.4} nats: gap (model − exact) {g:+.4} nats, mean |gap| {a:.4} nats");
                 }
             }
         }
@@ -251,8 +420,8 @@ fn run_command(cli: &Cli) -> Result<()> {
                 println!("{}", s.explain());
             }
         }
-        Command::Demo { which, out } => match which.as_str() {
-            "langevin" => {
+        Command::Demo { which } => match which {
+            Demo::Langevin { out } => {
                 let d = scoregen::demo::langevin(out, cli.quiet)?;
                 if cli.json {
                     print_json(&d);
@@ -268,7 +437,7 @@ fn run_command(cli: &Cli) -> Result<()> {
                     );
                 }
             }
-            "pitfall" => {
+            Demo::Pitfall { out } => {
                 let d = scoregen::demo::pitfall(out, cli.quiet)?;
                 if cli.json {
                     print_json(&d);
@@ -283,7 +452,14 @@ fn run_command(cli: &Cli) -> Result<()> {
                     println!("wrote {}", d.png.display());
                 }
             }
-            other => anyhow::bail!("unknown demo `{other}`: expected langevin or pitfall"),
+            Demo::ForwardReverse { out, seed } => {
+                let p = scoregen::demo::forward_reverse(out, *seed)?;
+                if cli.json {
+                    print_json(&serde_json::json!({ "figure": p }));
+                } else {
+                    println!("wrote {}", p.display());
+                }
+            }
         },
         Command::Quickstart { out, set } => {
             let s = run::quickstart(out, set, cli.quiet)?;

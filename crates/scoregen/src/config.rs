@@ -7,7 +7,7 @@ use crate::nets::MlpConfig;
 use crate::objectives::{
     ContinuousDsm, DenoisingAtSigma, Dsm, Implicit, Ncsn, Objective, Projection, Reduction, Sliced, Weighting,
 };
-use crate::samplers::Start;
+use crate::samplers::{CorrectorKind, SamplerKind, SamplerSpec, Start};
 use crate::score::Output;
 use crate::sde::{NoiseLadder, Sde, SubVpSde, VeSde, VpSde};
 use serde::{Deserialize, Serialize};
@@ -90,29 +90,6 @@ pub enum ObjectiveKind {
     Sliced,
     /// Sliced score matching, variance-reduced.
     SlicedVr,
-}
-
-/// Which sampler `scoregen sample` uses by default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SamplerKind {
-    /// Euler–Maruyama on the reverse SDE.
-    Em,
-    /// Langevin dynamics with the model's score.
-    Langevin,
-    /// Metropolis-adjusted Langevin (energy models).
-    Mala,
-    /// Annealed Langevin dynamics over the noise ladder.
-    AnnealedLangevin,
-}
-
-impl std::str::FromStr for SamplerKind {
-    type Err = String;
-    /// The config spelling: `em`, `langevin`, `mala`, `annealed-langevin`.
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        SamplerKind::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(s))
-            .map_err(|e| e.to_string())
-    }
 }
 
 impl ObjectiveKind {
@@ -199,8 +176,19 @@ pub struct TrainingConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SamplingConfig {
-    /// `em`, `langevin`, `mala` or `annealed-langevin`.
+    /// `em` (Euler–Maruyama), `reverse-diffusion`, `ancestral`, `pc` (reverse diffusion +
+    /// corrector), `ode` (probability flow, RK45), `langevin`, `mala` or `annealed-langevin`.
     pub sampler: SamplerKind,
+    /// Corrector before each predictor step: `langevin`, `ald` or `none`
+    /// (default: `langevin` for `pc`, `none` otherwise).
+    pub corrector: Option<CorrectorKind>,
+    /// Signal-to-noise ratio r of the Langevin correctors, ε = 2α(r‖z‖/‖s‖)².
+    pub snr: f64,
+    /// Corrector steps per time step.
+    pub corrector_steps: usize,
+    /// Relative and absolute tolerances of the adaptive ODE solver.
+    pub rtol: f64,
+    pub atol: f64,
     pub steps: usize,
     pub n: usize,
     /// Final time ε; default: the SDE's (1e-5 VE, 1e-3 VP/sub-VP).
@@ -289,6 +277,11 @@ impl Default for SamplingConfig {
     fn default() -> Self {
         Self {
             sampler: SamplerKind::Em,
+            corrector: None,
+            snr: 0.16,
+            corrector_steps: 1,
+            rtol: 1e-5,
+            atol: 1e-5,
             steps: 1000,
             n: 2000,
             eps: None,
@@ -321,6 +314,35 @@ impl ModelConfig {
 impl ObjectiveConfig {
     pub fn dsm(&self) -> Dsm {
         Dsm { weighting: self.weighting, reduction: self.reduction, t_eps: self.t_eps }
+    }
+}
+
+impl SamplingConfig {
+    /// The sampler, corrector, snr and tolerances.
+    pub fn spec(&self) -> SamplerSpec {
+        SamplerSpec {
+            kind: self.sampler,
+            corrector: self.corrector,
+            snr: self.snr,
+            corrector_steps: self.corrector_steps,
+            steps: self.steps,
+            rtol: self.rtol,
+            atol: self.atol,
+        }
+    }
+
+    /// Checks the sampler settings that types alone cannot; messages name the field.
+    pub fn validate(&self, file: &str) -> Result<()> {
+        let err = |field: &str, msg: String| Err(Error::config(file, field, msg));
+        for (field, v) in [("sampling.snr", self.snr), ("sampling.rtol", self.rtol), ("sampling.atol", self.atol)] {
+            if !(v.is_finite() && v > 0.0) {
+                return err(field, format!("must be a finite number > 0 (got {v})"));
+            }
+        }
+        if self.corrector_steps == 0 {
+            return err("sampling.corrector_steps", "must be ≥ 1 (got 0)".into());
+        }
+        Ok(())
     }
 }
 
@@ -495,8 +517,8 @@ impl RunConfig {
         }
         let sp = &self.sampling;
         match sp.sampler {
-            SamplerKind::Em if noise_free => {
-                return err("sampling.sampler", "`em` needs a model of every noise level; a noise-free objective samples with `langevin` (or `mala` for energies)".into())
+            k if k.is_reverse_time() && noise_free => {
+                return err("sampling.sampler", format!("`{k}` needs a model of every noise level; a noise-free objective samples with `langevin` (or `mala` for energies)"))
             }
             SamplerKind::Mala if self.model.kind != ModelKind::EnergyMlp => {
                 return err("sampling.sampler", "`mala` needs an unnormalized density: use model.kind = \"energy-mlp\"".into())
@@ -519,6 +541,7 @@ impl RunConfig {
             }
             _ => {}
         }
+        self.sampling.validate(file)?;
         if self.sampling.steps == 0 || self.sampling.n == 0 {
             return err("sampling.steps", "sampling.steps and sampling.n must be ≥ 1".into());
         }
@@ -584,6 +607,22 @@ mod tests {
     fn wrong_type_names_the_field() {
         let e = RunConfig::parse("[training]\nsteps = \"many\"\n", "c.toml", &[]).unwrap_err().to_string();
         assert!(e.contains("field `training.steps`"), "{e}");
+    }
+
+    #[test]
+    fn sampler_fields_are_validated_by_name() {
+        let e = RunConfig::parse("[sampling]\nsampler = \"rk4\"\n", "c.toml", &[]).unwrap_err().to_string();
+        assert!(e.starts_with("c.toml: field `sampling.sampler`: unknown variant `rk4`, expected one of `em`"), "{e}");
+        let e = RunConfig::parse("[sampling]\ncorrector = \"mala\"\n", "c.toml", &[]).unwrap_err().to_string();
+        assert!(e.contains("`sampling.corrector`") && e.contains("langevin"), "{e}");
+        let e = RunConfig::parse("[sampling]\nrtol = 0\n", "c.toml", &[]).unwrap_err().to_string();
+        assert!(e.contains("`sampling.rtol`"), "{e}");
+        let c =
+            RunConfig::parse("[sampling]\nsampler = \"pc\"\ncorrector = \"ald\"\nsnr = 0.1\n", "c.toml", &[]).unwrap();
+        let spec = c.sampling.spec();
+        assert_eq!(spec.kind, SamplerKind::Pc);
+        assert_eq!(spec.corrector, Some(CorrectorKind::Ald));
+        assert_eq!(spec.snr, 0.1);
     }
 
     #[test]

@@ -1,13 +1,13 @@
 //! Whole commands over a run directory: sample a trained run, evaluate a
 //! sample file, and the quickstart (train → sample → evaluate → pictures).
 
-use crate::config::{ObjectiveKind, RunConfig, SamplerKind};
+use crate::config::{ObjectiveKind, RunConfig};
 use crate::data::{self, npy, Points};
 use crate::error::{Error, Result};
 use crate::metrics::{self, Distances, MixtureReport};
 use crate::oracle::GaussianMixture;
 use crate::rng::Rng;
-use crate::samplers::{self, AnnealedOptions, EulerMaruyama, LangevinOptions, ReverseOptions};
+use crate::samplers::{self, AnnealedOptions, LangevinOptions, SamplerKind, SamplerSpec};
 use crate::train::{self, streams, LoadedModel, TrainOptions, TrainOutcome};
 use crate::viz::{self, Bounds};
 use crate::{fsutil, progress};
@@ -25,8 +25,6 @@ pub struct SampleRequest {
     pub n: usize,
     /// Reverse-SDE steps, or Langevin steps K.
     pub steps: usize,
-    /// Override the config's sampler.
-    pub sampler: Option<SamplerKind>,
     /// Override the Langevin step size ε.
     pub step_size: Option<f64>,
     /// Override annealed Langevin's steps per level T.
@@ -49,7 +47,6 @@ impl SampleRequest {
             out,
             use_ema: true,
             quiet: true,
-            sampler: None,
             step_size: None,
             steps_per_level: None,
             record_every: None,
@@ -78,10 +75,17 @@ pub fn oracle_of(cfg: &RunConfig) -> Result<Option<GaussianMixture>> {
 /// Draws samples from a trained run with its sampler (or the request's),
 /// writes them as float32 `.npy` and, for 2-D data, a PNG scatter beside it.
 pub fn sample_run(run_dir: &Path, req: &SampleRequest) -> Result<SampleOutcome> {
+    sample_run_with(run_dir, req, None)
+}
+
+/// [`sample_run`] with a sampler chosen by the caller (`None`: the config's);
+/// `req.steps` sets the number of steps of the SDE samplers.
+pub fn sample_run_with(run_dir: &Path, req: &SampleRequest, spec: Option<SamplerSpec>) -> Result<SampleOutcome> {
     let model = LoadedModel::from_run(run_dir, req.use_ema)?;
+    let spec = SamplerSpec { steps: req.steps, ..spec.unwrap_or_else(|| model.cfg.sampling.spec()) };
     let start = Instant::now();
     let mut rng = Rng::new(req.seed, streams::SAMPLING);
-    let out = draw(&model, req, &mut rng)?;
+    let out = draw(&model, req, &spec, &mut rng)?;
     let seconds = start.elapsed().as_secs_f64();
     let pts = Points::from_tensor(&out.x)?;
     if let Some(dir) = req.out.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -99,35 +103,25 @@ pub fn sample_run(run_dir: &Path, req: &SampleRequest) -> Result<SampleOutcome> 
     Ok(SampleOutcome { npy: req.out.clone(), png, n: pts.n, nfe: out.nfe, seconds })
 }
 
-/// Runs the sampler the request (or the run's config) names.
-pub fn draw(model: &LoadedModel, req: &SampleRequest, rng: &mut Rng) -> Result<samplers::Sampled> {
+/// Runs the sampler `spec` names: the reverse-time samplers (PC, ODE) through
+/// [`SamplerSpec::sample`], the Langevin family here.
+pub fn draw(model: &LoadedModel, req: &SampleRequest, spec: &SamplerSpec, rng: &mut Rng) -> Result<samplers::Sampled> {
     let cfg = &model.cfg;
     let sp = &cfg.sampling;
     let shape = (req.n, model.state.dim);
     let score = model.score();
-    let sampler = req.sampler.unwrap_or(sp.sampler);
+    let sampler = spec.kind;
     let step_size = req.step_size.unwrap_or(sp.step_size);
     let check =
-        |ok: bool, why: &str| if ok { Ok(()) } else { Err(Error::Invalid(format!("sampler {sampler:?}: {why}"))) };
+        |ok: bool, why: &str| if ok { Ok(()) } else { Err(Error::Invalid(format!("sampler `{sampler}`: {why}"))) };
     let out = match sampler {
-        SamplerKind::Em => {
+        SamplerKind::Em | SamplerKind::ReverseDiffusion | SamplerKind::Ancestral | SamplerKind::Pc | SamplerKind::Ode => {
             check(
                 !cfg.objective.kind.is_noise_free(cfg.objective.sigma),
                 "this run learned a single noise level; use --sampler langevin",
             )?;
-            let opts =
-                ReverseOptions { steps: req.steps, eps: sp.eps, denoise: sp.denoise, record_every: req.record_every };
             let pb = progress::bar(req.steps, "sample", req.quiet);
-            samplers::sample_reverse(
-                score.as_ref(),
-                cfg.sde().as_ref(),
-                &EulerMaruyama,
-                shape,
-                &opts,
-                rng,
-                DType::F32,
-                &pb,
-            )?
+            spec.sample(score.as_ref(), cfg.sde().as_ref(), shape, sp.eps, sp.denoise, rng, DType::F32, &pb)?
         }
         SamplerKind::Langevin => {
             let x0 = sp.start.sample(shape, rng, DType::F32)?;
@@ -317,7 +311,6 @@ pub fn quickstart(out_dir: &Path, overrides: &[String], quiet: bool) -> Result<Q
     let req = SampleRequest {
         n: cfg.sampling.n,
         steps: cfg.sampling.steps,
-        sampler: None,
         step_size: None,
         steps_per_level: None,
         record_every: None,

@@ -17,6 +17,20 @@ pub trait ScoreFn {
     fn score_at(&self, x: &Tensor, t: f64) -> Result<Tensor> {
         self.score(x, &sde::time_batch(t, x)?)
     }
+
+    /// Tr ∇ₓ s(x, t) per example, shape [N], when the score knows it in closed
+    /// form (the oracle: the Laplacian of log p_t). `None` (the default) means
+    /// "differentiate me": the likelihood then uses autodiff through `score`.
+    fn divergence(&self, _x: &Tensor, _t: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
+    /// The Jacobian-vector product (∇ₓ s(x, t))·v per example, shape of x, when
+    /// known in closed form (the oracle: the Hessian of log p_t times v).
+    /// `None` (the default): autodiff through `score` (a vector-Jacobian product).
+    fn jacobian_vector(&self, _x: &Tensor, _t: &Tensor, _v: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
 }
 
 /// How a network's output becomes a score.

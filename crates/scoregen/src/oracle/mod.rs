@@ -5,6 +5,7 @@
 //! so log p_t and ∇ log p_t are known in closed form at every t and every σ.
 //! Every sampler and likelihood in scoregen is tested against it.
 
+mod hessian;
 mod mixture;
 
 pub use mixture::{GaussianMixture, MixtureError};
@@ -34,6 +35,26 @@ impl OracleScore {
 }
 
 impl ScoreFn for OracleScore {
+    /// Δₓ log p_t in closed form ([`GaussianMixture::score_divergence`]).
+    fn divergence(&self, x: &Tensor, t: &Tensor) -> Result<Option<Tensor>> {
+        let per_block = |mix: &GaussianMixture, block: &Points| mix.score_divergence(block);
+        let (n, out) = self.by_time(x, t, per_block)?;
+        Ok(Some(Tensor::from_vec(out, n, x.device())?.to_dtype(x.dtype())?))
+    }
+
+    /// ∇ₓ² log p_t · v in closed form ([`GaussianMixture::hessian_vector`]).
+    fn jacobian_vector(&self, x: &Tensor, t: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
+        let vp = Points::from_tensor(v)?;
+        let (n, d) = (vp.n, vp.d);
+        let mut offset = 0;
+        let (_, out) = self.by_time(x, t, |mix, block| {
+            let vb = Points::new(block.n, d, vp.data[offset * d..(offset + block.n) * d].to_vec());
+            offset += block.n;
+            mix.hessian_vector(block, &vb).data
+        })?;
+        Ok(Some(Tensor::from_vec(out, (n, d), x.device())?.to_dtype(x.dtype())?))
+    }
+
     fn score(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
         let pts = Points::from_tensor(x)?;
         let ts = sde::times(t)?;

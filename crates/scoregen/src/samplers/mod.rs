@@ -1,20 +1,30 @@
 //! Samplers: the reverse SDE derived from any forward SDE and any score,
-//! and the predictors that step it.
+//! the predictors and correctors that step it (one PC loop), and the
+//! probability-flow ODE with its solvers.
 
 pub mod annealed_langevin;
+pub mod correctors;
+pub mod flow;
 pub mod langevin;
+pub mod ode;
+pub mod pc;
 pub mod predictors;
 pub mod reverse;
 
 pub use annealed_langevin::{annealed_langevin, AnnealedOptions};
+pub use correctors::{AnnealedLangevin, Corrector, LangevinCorrector, NoneCorrector};
+pub use flow::{decode, encode, interpolate, sample_ode};
 pub use langevin::{langevin, mala, LangevinOptions, Start};
+pub use ode::{OdeMethod, OdeSolution};
+pub use pc::{sample_pc, CorrectorKind, SamplerKind, SamplerSpec};
+pub use predictors::{Ancestral, NonePredictor, ReverseDiffusion};
 pub use predictors::{EulerMaruyama, Predictor};
 pub use reverse::ReverseSde;
 
 use crate::rng::Rng;
 use crate::score::ScoreFn;
 use crate::sde::Sde;
-use candle_core::{DType, Device, Result, Shape, Tensor};
+use candle_core::{DType, Result, Shape, Tensor};
 use indicatif::ProgressBar;
 
 /// Settings shared by the reverse-time samplers.
@@ -53,7 +63,8 @@ pub fn tweedie_denoise(x: &Tensor, t: f64, score: &dyn ScoreFn, sde: &dyn Sde) -
 }
 
 /// Draws `shape` samples by integrating the reverse SDE from the prior at T to ε
-/// on a uniform grid with `predictor`, for any SDE and any score.
+/// on a uniform grid with `predictor`, for any SDE and any score: the PC
+/// sampler ([`sample_pc`]) with no corrector.
 #[allow(clippy::too_many_arguments)]
 pub fn sample_reverse(
     score: &dyn ScoreFn,
@@ -65,32 +76,5 @@ pub fn sample_reverse(
     dtype: DType,
     progress: &ProgressBar,
 ) -> Result<Sampled> {
-    let eps = opts.eps.unwrap_or_else(|| sde.sampling_eps());
-    let n = opts.steps.max(1);
-    let dt = -(sde.t_max() - eps) / n as f64;
-    let reverse = ReverseSde::new(sde, score, false);
-    let mut x = sde.prior_sample(shape.into(), rng, dtype, &Device::Cpu)?;
-    let mut trajectory = Vec::new();
-    let record = |i: usize| opts.record_every.is_some_and(|k| i.is_multiple_of(k.max(1)) || i == n);
-    if record(0) {
-        trajectory.push((sde.t_max(), x.clone()));
-    }
-    progress.set_length(n as u64);
-    for i in 0..n {
-        let t = sde.t_max() + i as f64 * dt;
-        // detached: a network's parameters are variables, and without this the
-        // graph of every past step would stay alive
-        x = predictor.step(&reverse, &x, t, dt, rng)?.0.detach();
-        if record(i + 1) {
-            trajectory.push((t + dt, x.clone()));
-        }
-        progress.inc(1);
-    }
-    let mut nfe = n * predictor.nfe_per_step();
-    if opts.denoise {
-        x = tweedie_denoise(&x, eps, score, sde)?;
-        nfe += 1;
-    }
-    progress.finish_and_clear();
-    Ok(Sampled { x, trajectory, nfe })
+    sample_pc(score, sde, predictor, &NoneCorrector, shape, opts, rng, dtype, progress)
 }

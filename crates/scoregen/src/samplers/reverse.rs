@@ -29,6 +29,16 @@ impl<'a> ReverseSde<'a> {
         self.sde.drift(x, t)? - self.score.score_at(x, t)?.affine(c * g2, 0.0)?
     }
 
+    /// The reverse of the forward discretization ending at t (score_sde's
+    /// `RSDE.discretize`): with (f, G) = `sde.discretize(x, t, dt)`,
+    /// rev_f = f − c·G²·s(x,t) and rev_G = G (0 for the probability flow).
+    pub fn discretize(&self, x: &Tensor, t: f64, dt: f64) -> Result<(Tensor, f64)> {
+        let (f, g) = self.sde.discretize(x, t, dt)?;
+        let c = if self.probability_flow { 0.5 } else { 1.0 };
+        let rev_f = (f - self.score.score_at(x, t)?.affine(c * g * g, 0.0)?)?;
+        Ok((rev_f, if self.probability_flow { 0.0 } else { g }))
+    }
+
     /// g(t) for the SDE, 0 for the probability-flow ODE.
     pub fn diffusion(&self, t: f64) -> f64 {
         if self.probability_flow {

@@ -67,6 +67,27 @@ pub trait Sde: Send + Sync {
         x.sqr()?.sum(1)?.affine(-0.5 / s2, -0.5 * d * (2.0 * PI * s2).ln())
     }
 
+    /// The exact Gaussian transition of the forward process from t − dt to t
+    /// (dt > 0), derived from the marginals: x_t = a·x_{t−dt} + b·z with
+    /// a = m(t)/m(t−dt), b² = s(t)² − a²·s(t−dt)². Returns (a, b²).
+    /// VE: a = 1, b² = σ(t)² − σ(t−dt)² (SMLD); VP: a ≈ √(1 − β(t)dt), b² ≈ 1 − a² (DDPM).
+    fn transition(&self, t: f64, dt: f64) -> (f64, f64) {
+        let (m1, s1) = self.marginal(t);
+        let (m0, s0) = self.marginal((t - dt).max(0.0));
+        let a = m1 / m0;
+        (a, (s1 * s1 - a * a * s0 * s0).max(0.0))
+    }
+
+    /// Noise std of the ancestral step from t to t − dt (score_sde's
+    /// `AncestralSamplingPredictor`). Default: the posterior std of
+    /// q(x_{t−dt} | x_t, x_0), b·s(t−dt)/s(t) (the VE/SMLD form); VP overrides
+    /// it with the DDPM choice b.
+    fn ancestral_std(&self, t: f64, dt: f64) -> f64 {
+        let (_, b2) = self.transition(t, dt);
+        let (s1, s0) = (self.marginal(t).1, self.marginal((t - dt).max(0.0)).1);
+        (b2.sqrt() * s0 / s1).max(0.0)
+    }
+
     /// One forward step of the discretized SDE ending at t with step dt > 0:
     /// x_t = x_{t−dt} + f + G·z. Returns (f, G). Default: Euler–Maruyama,
     /// f = f(x,t)·dt, G = g(t)·√dt; VE and VP override with their DDPM/SMLD forms.

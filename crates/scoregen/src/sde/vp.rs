@@ -50,6 +50,10 @@ impl Sde for VpSde {
     fn prior_std(&self) -> f64 {
         1.0
     }
+    /// DDPM ancestral step (Ho et al. 2020, σ_i² = β_i): the noise std is b = √(1 − a²).
+    fn ancestral_std(&self, t: f64, dt: f64) -> f64 {
+        self.transition(t, dt).1.sqrt()
+    }
     /// DDPM step: β_i = β(t)·dt, f = (√(1−β_i) − 1)·x, G = √β_i.
     fn discretize(&self, x: &Tensor, t: f64, dt: f64) -> Result<(Tensor, f64)> {
         let beta_i = (self.beta(t) * dt).min(1.0);

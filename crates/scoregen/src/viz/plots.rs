@@ -48,7 +48,7 @@ impl PlotError {
 
 /// Registers the embedded font exactly once (the outcome is remembered, so a
 /// failure is reported on every call rather than only the first).
-fn ensure_font(path: &Path) -> Result<(), PlotError> {
+pub(crate) fn ensure_font(path: &Path) -> Result<(), PlotError> {
     static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
     REGISTERED
         .get_or_init(|| {
@@ -134,7 +134,7 @@ const VIRIDIS: [(u8, u8, u8); 11] = [
 
 /// Viridis colour for `t` in [0, 1] (clamped; NaN maps to 0), linearly
 /// interpolated between the stops.
-fn viridis(t: f64) -> RGBColor {
+pub(crate) fn viridis(t: f64) -> RGBColor {
     let t = if t.is_nan() { 0.0 } else { t.clamp(0.0, 1.0) };
     let s = t * (VIRIDIS.len() - 1) as f64;
     let i = (s.floor() as usize).min(VIRIDIS.len() - 2);
@@ -265,11 +265,11 @@ fn draw_scatter<DB: DrawingBackend>(
 
 /// One panel of [`scatter_grid`]: a title, points, and the field drawn under them
 /// (a log-density, or any log-scale field).
-pub type Panel<'a> = (&'a str, &'a Points, Option<&'a dyn Fn(f64, f64) -> f64>);
+pub type ScatterPanel<'a> = (&'a str, &'a Points, Option<&'a dyn Fn(f64, f64) -> f64>);
 
 /// Scatter panels on a grid of `cols` columns in one PNG (each panel the size
 /// of a single scatter), all over the same bounds.
-pub fn scatter_grid(path: &Path, cols: usize, panels: &[Panel], bounds: &Bounds) -> Result<(), PlotError> {
+pub fn scatter_grid(path: &Path, cols: usize, panels: &[ScatterPanel], bounds: &Bounds) -> Result<(), PlotError> {
     if !bounds.is_valid() {
         return Err(PlotError::at(path, format!("invalid bounds {bounds:?}")));
     }
@@ -371,7 +371,7 @@ fn is_noisy(runs: &[Vec<(f64, f64)>], log_y: bool) -> bool {
 
 /// Compact tick label: plain decimals for moderate magnitudes, scientific
 /// notation otherwise.
-fn tick(v: f64) -> String {
+pub(crate) fn tick(v: f64) -> String {
     let a = v.abs();
     if v == 0.0 {
         "0".into()
