@@ -122,3 +122,32 @@ fn damaged_latest_checkpoint_falls_back() {
     let ck = checkpoint::load_latest(&ck_dir).unwrap();
     assert_eq!(ck.state.step, 100);
 }
+
+/// An absurd learning rate drives the loss to a non-finite value: training
+/// stops with a message naming the step and the last good checkpoint, and
+/// that checkpoint still loads.
+#[test]
+fn non_finite_loss_stops_training_and_keeps_the_last_checkpoint() {
+    scoregen::init();
+    let mut cfg = small("vp", 200);
+    cfg.training.lr = 1e12;
+    cfg.training.grad_clip = 0.0;
+    cfg.training.warmup = 0;
+    cfg.training.checkpoint_every = 1;
+    let dir = tempfile::tempdir().unwrap();
+    let err = train::train(&cfg, dir.path(), &TrainOptions { quiet: true, ..Default::default() }).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.starts_with("non-finite"), "{msg}");
+    let scoregen::Error::NonFinite { step, checkpoint, .. } = err else { panic!("{msg}") };
+    assert!(step < 200, "{msg}");
+    let ck = checkpoint::load_latest(&dir.path().join("checkpoints")).unwrap();
+    assert_eq!(ck.state.step, step - 1, "the last checkpoint is the last good step");
+    assert!(checkpoint.ends_with(&format!("step-{:09}", step - 1)), "{msg}");
+    assert!(ck.model.values().all(|t| t
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .all(|v| v.is_finite())));
+}
