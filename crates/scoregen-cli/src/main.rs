@@ -187,6 +187,8 @@ enum Command {
         #[command(subcommand)]
         which: Demo,
     },
+    /// What scoregen knows: data sets, SDEs, models, objectives, samplers, with one line each.
+    List,
     /// Train on gmm8 with the VE SDE, sample 2,000 points, evaluate and draw them (about a minute).
     Quickstart {
         #[arg(long, default_value = "runs/quickstart")]
@@ -461,6 +463,20 @@ fn run_command(cli: &Cli) -> Result<()> {
                 }
             }
         },
+        Command::List => {
+            let catalogue = scoregen::catalogue();
+            if cli.json {
+                print_json(&catalogue);
+            } else {
+                for (section, entries) in &catalogue {
+                    println!("{section}:");
+                    let w = entries.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+                    for (name, what) in entries {
+                        println!("  {name:<w$}  {what}");
+                    }
+                }
+            }
+        }
         Command::Quickstart { out, set } => {
             let s = run::quickstart(out, set, cli.quiet)?;
             if cli.json {
