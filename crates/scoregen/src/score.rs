@@ -191,7 +191,10 @@ mod tests {
             let col = |f: &dyn Fn(f64, f64) -> f64| {
                 sde::per_example(&ms.iter().map(|&(m, s)| f(m, s)).collect::<Vec<_>>(), &x).unwrap()
             };
-            let x0 = (&x - eps.broadcast_mul(&col(&|_, s| s)).unwrap()).unwrap().broadcast_mul(&col(&|m, _| 1.0 / m)).unwrap();
+            let x0 = (&x - eps.broadcast_mul(&col(&|_, s| s)).unwrap())
+                .unwrap()
+                .broadcast_mul(&col(&|m, _| 1.0 / m))
+                .unwrap();
             let v = (eps.broadcast_mul(&col(&|m, _| m)).unwrap() - x0.broadcast_mul(&col(&|_, s| s)).unwrap()).unwrap();
             for (kind, out) in [(Output::Epsilon, &eps), (Output::V, &v), (Output::X0, &x0)] {
                 let e = eps_from_output(kind, out, &x, &t, sde.as_ref()).unwrap();

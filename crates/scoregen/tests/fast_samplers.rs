@@ -8,7 +8,7 @@ use indicatif::ProgressBar;
 use scoregen::data::toy;
 use scoregen::oracle::OracleScore;
 use scoregen::rng::Rng;
-use scoregen::samplers::leaderboard::{evaluate_sampler, leaderboard, Entry};
+use scoregen::samplers::leaderboard::{evaluate_sampler, leaderboard, BenchSettings, Entry};
 use scoregen::samplers::{
     karras_sigmas, sample_ddim, sample_dpmpp_2m, sample_heun, Churn, Denoiser, SamplerKind, SamplerSpec, ScoreDenoiser,
 };
@@ -23,7 +23,9 @@ fn vp_oracle() -> (Arc<dyn Sde>, OracleScore) {
 
 fn run(o: &OracleScore, sde: &dyn Sde, kind: SamplerKind, budget: usize, seed: u64) -> Entry {
     let spec = SamplerSpec { kind, ..Default::default() };
-    evaluate_sampler(o, sde, &o.mixture, &spec, budget, 2000, None, seed).unwrap().0
+    evaluate_sampler(o, sde, &o.mixture, &spec, budget, &BenchSettings { n: 2000, seed, ..Default::default() })
+        .unwrap()
+        .0
 }
 
 /// EM with 1000 steps (999 + the final denoising step) is the baseline; DDIM
@@ -41,9 +43,8 @@ fn fast_samplers_reach_em_1000_quality_within_50_nfe() {
     assert_eq!(base.nfe, 1000);
     println!("baseline {base:?}");
     assert!(base.weight_l1 < 0.1, "{base:?}");
-    let good = |e: &Entry| {
-        e.energy < base.energy + 0.01 && e.weight_l1 < 0.1 && e.off_manifold < base.off_manifold + 0.01
-    };
+    let good =
+        |e: &Entry| e.energy < base.energy + 0.01 && e.weight_l1 < 0.1 && e.off_manifold < base.off_manifold + 0.01;
     for kind in [SamplerKind::Ddim, SamplerKind::Dpmpp2m, SamplerKind::Heun, SamplerKind::Ddpm] {
         let e = run(&o, sde.as_ref(), kind, 50, 2);
         println!("{e:?}");
@@ -109,8 +110,17 @@ fn leaderboard_lists_every_sampler_at_every_budget() {
     let (sde, o) = vp_oracle();
     let kinds = [SamplerKind::Ddim, SamplerKind::Dpmpp2m, SamplerKind::Heun];
     let spec = SamplerSpec::default();
-    let lb = leaderboard(&o, sde.as_ref(), &o.mixture, &spec, &kinds, &[10, 20], 300, None, 1, &ProgressBar::hidden())
-        .unwrap();
+    let lb = leaderboard(
+        &o,
+        sde.as_ref(),
+        &o.mixture,
+        &spec,
+        &kinds,
+        &[10, 20],
+        &BenchSettings { n: 300, seed: 1, ..Default::default() },
+        &ProgressBar::hidden(),
+    )
+    .unwrap();
     assert_eq!(lb.entries.len(), 6);
     assert!(lb.entries.iter().all(|e| e.nfe <= e.budget && e.nfe + 1 >= e.budget));
     let table = lb.table();

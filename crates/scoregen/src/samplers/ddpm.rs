@@ -52,7 +52,10 @@ mod tests {
             let xt = Rng::new(i as u64, 0).randn((64, 2), DType::F64, &Device::Cpu).unwrap().affine(3.0, 0.0).unwrap();
             let z = Rng::new(99, 0).randn((64, 2), DType::F64, &Device::Cpu).unwrap();
             let eps = oracle.score_at(&xt, sde.time_of(i)).unwrap().affine(-(1.0 - ab).sqrt(), 0.0).unwrap();
-            let mean = (&xt - eps.affine(beta / (1.0 - ab).sqrt(), 0.0).unwrap()).unwrap().affine(1.0 / (1.0 - beta).sqrt(), 0.0).unwrap();
+            let mean = (&xt - eps.affine(beta / (1.0 - ab).sqrt(), 0.0).unwrap())
+                .unwrap()
+                .affine(1.0 / (1.0 - beta).sqrt(), 0.0)
+                .unwrap();
             let var = (1.0 - ab_prev) / (1.0 - ab) * beta;
             let ho = Points::from_tensor(&(mean + z.affine(var.sqrt(), 0.0).unwrap()).unwrap()).unwrap();
             let xs = xt.affine(1.0 / ab.sqrt(), 0.0).unwrap();

@@ -20,8 +20,7 @@ use indicatif::ProgressBar;
 
 /// DPM-Solver++(2M) over `sigmas` (largest to smallest, ending at 0, or at σ_min > 0).
 /// Deterministic; one denoiser call per step, NFE = len(sigmas) − 1.
-pub fn sample_dpmpp_2m(den: &dyn Denoiser, mut x: Tensor, sigmas: &[f64], progress: &ProgressBar,
-) -> Result<Sampled> {
+pub fn sample_dpmpp_2m(den: &dyn Denoiser, mut x: Tensor, sigmas: &[f64], progress: &ProgressBar) -> Result<Sampled> {
     let n = sigmas.len().saturating_sub(1);
     let lambda = |s: f64| -s.ln();
     let mut old: Option<Tensor> = None;

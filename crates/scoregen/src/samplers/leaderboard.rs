@@ -47,23 +47,39 @@ pub struct Leaderboard {
     pub entries: Vec<Entry>,
 }
 
-/// Samples `n` points with `spec` at about `budget` NFE and scores them against `mix`.
-#[allow(clippy::too_many_arguments)]
+/// What every entry of a leaderboard shares.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchSettings {
+    /// Samples per entry.
+    pub n: usize,
+    /// Final time ε of the samplers (`None`: the SDE's).
+    pub eps: Option<f64>,
+    pub seed: u64,
+    /// F64 for the oracle, F32 for trained networks.
+    pub dtype: DType,
+}
+
+impl Default for BenchSettings {
+    fn default() -> Self {
+        Self { n: 2000, eps: None, seed: 0, dtype: DType::F64 }
+    }
+}
+
+/// Samples `set.n` points with `spec` at about `budget` NFE and scores them against `mix`.
 pub fn evaluate_sampler(
     score: &dyn ScoreFn,
     sde: &dyn Sde,
     mix: &GaussianMixture,
     spec: &SamplerSpec,
     budget: usize,
-    n: usize,
-    eps: Option<f64>,
-    seed: u64,
+    set: &BenchSettings,
 ) -> Result<(Entry, Points)> {
+    let (n, eps, seed) = (set.n, set.eps, set.seed);
     let steps = spec.kind.steps_for_nfe(budget);
     let spec = SamplerSpec { steps, ..*spec };
     let start = Instant::now();
     let mut rng = Rng::new(seed, 0);
-    let out = spec.sample(score, sde, (n, mix.dim()), eps, true, &mut rng, DType::F64, &ProgressBar::hidden())?;
+    let out = spec.sample(score, sde, (n, mix.dim()), eps, true, &mut rng, set.dtype, &ProgressBar::hidden())?;
     let seconds = start.elapsed().as_secs_f64();
     let pts = Points::from_tensor(&out.x)?;
     let r = metrics::against_mixture(&pts, mix, &mut Rng::new(seed, 1));
@@ -81,7 +97,6 @@ pub fn evaluate_sampler(
 }
 
 /// Runs every sampler of `kinds` (settings from `base`) at every budget.
-#[allow(clippy::too_many_arguments)]
 pub fn leaderboard(
     score: &dyn ScoreFn,
     sde: &dyn Sde,
@@ -89,20 +104,19 @@ pub fn leaderboard(
     base: &SamplerSpec,
     kinds: &[SamplerKind],
     budgets: &[usize],
-    n: usize,
-    eps: Option<f64>,
-    seed: u64,
+    set: &BenchSettings,
     progress: &ProgressBar,
 ) -> Result<Leaderboard> {
+    let (n, seed) = (set.n, set.seed);
     progress.set_length((kinds.len() * budgets.len() + 1) as u64);
     let em = SamplerSpec { kind: SamplerKind::Em, ..*base };
-    let (baseline, _) = evaluate_sampler(score, sde, mix, &em, 1000, n, eps, seed)?;
+    let (baseline, _) = evaluate_sampler(score, sde, mix, &em, 1000, set)?;
     progress.inc(1);
     let mut entries = Vec::new();
     for &kind in kinds {
         for &budget in budgets {
             let spec = SamplerSpec { kind, ..*base };
-            entries.push(evaluate_sampler(score, sde, mix, &spec, budget, n, eps, seed)?.0);
+            entries.push(evaluate_sampler(score, sde, mix, &spec, budget, set)?.0);
             progress.inc(1);
         }
     }
@@ -142,7 +156,8 @@ impl Leaderboard {
     /// column per NFE budget, then the EM-1000 baseline and the floors.
     pub fn table(&self) -> String {
         let budgets = self.budgets();
-        let mut s = format!("sampler leaderboard: {} samples, {} SDE (NFE actually spent in brackets)\n", self.n, self.sde);
+        let mut s =
+            format!("sampler leaderboard: {} samples, {} SDE (NFE actually spent in brackets)\n", self.n, self.sde);
         for (title, get) in [
             ("energy distance", (|e: &Entry| e.energy) as fn(&Entry) -> f64),
             ("mode-weight L1 error", |e: &Entry| e.weight_l1),
@@ -168,27 +183,34 @@ impl Leaderboard {
         s
     }
 
-    /// Energy distance against NFE, one line per sampler (log y), with the
-    /// baseline and the floor as flat lines.
+    /// Energy distance against log₁₀ NFE, one line per sampler, with the
+    /// baseline and the floor as flat lines. The y axis is linear: the energy
+    /// distance estimate is unbiased, so near the floor it can be negative.
+    /// Values are clipped at 0.1 so that a sampler far off at the smallest
+    /// budget does not flatten the others (the table has the exact numbers).
     pub fn plot(&self, path: &std::path::Path) -> std::result::Result<(), crate::viz::PlotError> {
         let budgets = self.budgets();
-        let (lo, hi) = (*budgets.first().unwrap_or(&1) as f64, *budgets.last().unwrap_or(&1000) as f64);
+        let lg = |n: usize| (n.max(1) as f64).log10();
+        let (lo, hi) = (lg(*budgets.first().unwrap_or(&1)), lg(*budgets.last().unwrap_or(&1000)));
         let mut owned: Vec<(String, Vec<(f64, f64)>)> = self
             .samplers()
             .into_iter()
             .map(|name| {
-                let pts = self
-                    .entries
-                    .iter()
-                    .filter(|e| e.sampler == name)
-                    .map(|e| (e.nfe as f64, e.energy.max(1e-6)))
-                    .collect();
+                let pts =
+                    self.entries.iter().filter(|e| e.sampler == name).map(|e| (lg(e.nfe), e.energy.min(0.1))).collect();
                 (name.to_string(), pts)
             })
             .collect();
         owned.push(("em-1000 baseline".into(), vec![(lo, self.baseline.energy), (hi, self.baseline.energy)]));
-        owned.push(("floor".into(), vec![(lo, self.floor_energy.max(1e-6)), (hi, self.floor_energy.max(1e-6))]));
+        owned.push(("floor".into(), vec![(lo, self.floor_energy), (hi, self.floor_energy)]));
         let series: Vec<(&str, &[(f64, f64)])> = owned.iter().map(|(n, p)| (n.as_str(), p.as_slice())).collect();
-        crate::viz::line_plot(path, &series, "sampler leaderboard", "NFE", "energy distance to the data", true)
+        crate::viz::line_plot(
+            path,
+            &series,
+            "sampler leaderboard (clipped at 0.1)",
+            "log10 NFE",
+            "energy distance to the data",
+            false,
+        )
     }
 }

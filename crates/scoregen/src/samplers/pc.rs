@@ -112,7 +112,8 @@ fn parse_kebab<T: for<'de> Deserialize<'de>>(s: &str) -> Option<T> {
 }
 
 impl SamplerKind {
-    pub const NAMES: &'static str = "em, reverse-diffusion, ancestral, pc, ode, langevin, mala, annealed-langevin, ddpm, ddim, dpmpp-2m, heun";
+    pub const NAMES: &'static str =
+        "em, reverse-diffusion, ancestral, pc, ode, langevin, mala, annealed-langevin, ddpm, ddim, dpmpp-2m, heun";
     pub fn parse(s: &str) -> Option<Self> {
         parse_kebab(s)
     }

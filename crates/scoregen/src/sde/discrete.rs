@@ -46,9 +46,7 @@ impl DiscreteVp {
             }
             BetaSchedule::Cosine => {
                 let f = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2);
-                (0..n)
-                    .map(|i| (1.0 - f((i + 1) as f64 / n as f64) / f(i as f64 / n as f64)).min(0.999))
-                    .collect()
+                (0..n).map(|i| (1.0 - f((i + 1) as f64 / n as f64) / f(i as f64 / n as f64)).min(0.999)).collect()
             }
         };
         let mut log_alphas_cumprod = Vec::with_capacity(n);
