@@ -108,7 +108,8 @@ impl ObjectiveKind {
 pub struct ModelConfig {
     /// `time-mlp`, `mlp` (alias `score-mlp`), `ncsn-mlp` or `energy-mlp`.
     pub kind: ModelKind,
-    /// `score-over-std` (net predicts −z; score = net / s(t)) or `score`.
+    /// `score-over-std` (net predicts −z; score = net / s(t)), `score`, or the DDPM
+    /// parameterizations `epsilon` (score = −net/s(t)), `v` and `x0` (see `score::Output`).
     pub output: Output,
     pub width: usize,
     pub depth: usize,

@@ -15,6 +15,9 @@ use scoregen::samplers::{
 use scoregen::sde::{Sde, VpSde};
 use std::sync::Arc;
 
+/// A sampler run from a fixed start, given an RNG.
+type Run<'a> = Box<dyn Fn(&mut Rng) -> Tensor + 'a>;
+
 fn vp_oracle() -> (Arc<dyn Sde>, OracleScore) {
     scoregen::init();
     let sde: Arc<dyn Sde> = Arc::new(VpSde::default());
@@ -69,7 +72,7 @@ fn deterministic_samplers_are_deterministic_bit_for_bit() {
     let x = Rng::new(7, 0).randn((300, 2), DType::F64, &Device::Cpu).unwrap().affine(hi, 0.0).unwrap();
     let bits = |t: &Tensor| t.to_vec2::<f64>().unwrap().concat().iter().map(|v| v.to_bits()).collect::<Vec<u64>>();
     let hidden = ProgressBar::hidden();
-    let runs: Vec<(&str, Box<dyn Fn(&mut Rng) -> Tensor>)> = vec![
+    let runs: Vec<(&str, Run)> = vec![
         ("ddim", Box::new(|r: &mut Rng| sample_ddim(&den, x.clone(), &sigmas, 0.0, r, &hidden).unwrap().x)),
         ("dpmpp-2m", Box::new(|_: &mut Rng| sample_dpmpp_2m(&den, x.clone(), &sigmas, &hidden).unwrap().x)),
         (
@@ -83,7 +86,7 @@ fn deterministic_samplers_are_deterministic_bit_for_bit() {
         assert!(a.to_vec2::<f64>().unwrap().concat().iter().all(|v| v.is_finite()), "{name}");
     }
     let churn = Churn { s_churn: 40.0, s_tmin: 0.05, s_tmax: 50.0, s_noise: 1.003 };
-    let stoch: Vec<(&str, Box<dyn Fn(&mut Rng) -> Tensor>)> = vec![
+    let stoch: Vec<(&str, Run)> = vec![
         ("ddpm", Box::new(|r: &mut Rng| sample_ddim(&den, x.clone(), &sigmas, 1.0, r, &hidden).unwrap().x)),
         ("heun+churn", Box::new(|r: &mut Rng| sample_heun(&den, x.clone(), &sigmas, &churn, r, &hidden).unwrap().x)),
     ];

@@ -97,6 +97,7 @@ pub fn evaluate_sampler(
 }
 
 /// Runs every sampler of `kinds` (settings from `base`) at every budget.
+#[allow(clippy::too_many_arguments)]
 pub fn leaderboard(
     score: &dyn ScoreFn,
     sde: &dyn Sde,
