@@ -659,6 +659,31 @@ mod tests {
     }
 
     #[test]
+    fn diffusion_sampler_fields_are_validated_by_name() {
+        let e = RunConfig::parse("[sampling]\nsampler = \"ddim\"\neta = 1.5\n", "c.toml", &[]).unwrap_err().to_string();
+        assert_eq!(e, "c.toml: field `sampling.eta`: must be in [0, 1] (got 1.5)");
+        let e = RunConfig::parse("[sampling]\nrho = 0\n", "c.toml", &[]).unwrap_err().to_string();
+        assert!(e.contains("`sampling.rho`"), "{e}");
+        let e = RunConfig::parse("[sampling]\ns_tmin = 2\ns_tmax = 1\n", "c.toml", &[]).unwrap_err().to_string();
+        assert!(e.contains("`sampling.s_tmax`"), "{e}");
+        let text =
+            "[model]\noutput = \"epsilon\"\n[sampling]\nsampler = \"heun\"\ns_churn = 40\ns_tmin = 0.05\ns_tmax = 50\n";
+        let c = RunConfig::parse(text, "c.toml", &[]).unwrap();
+        let spec = c.sampling.spec();
+        assert_eq!(spec.kind, SamplerKind::Heun);
+        assert_eq!(
+            (spec.churn.s_churn, spec.churn.s_tmin, spec.churn.s_tmax, spec.churn.s_noise),
+            (40.0, 0.05, 50.0, 1.0)
+        );
+        assert_eq!(spec.rho, 7.0);
+        // an ε-model needs a noise-conditional objective, like score-over-std
+        let e = RunConfig::parse("[model]\noutput = \"epsilon\"\n[objective]\nkind = \"sliced\"\n", "c.toml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`model.output`") && e.contains("`epsilon`"), "{e}");
+    }
+
+    #[test]
     fn overrides_set_nested_values() {
         let c = RunConfig::parse(
             "[sde]\nkind = \"vp\"\n",
