@@ -12,7 +12,7 @@ use scoregen::samplers::leaderboard::{evaluate_sampler, leaderboard, BenchSettin
 use scoregen::samplers::{
     karras_sigmas, sample_ddim, sample_dpmpp_2m, sample_heun, Churn, Denoiser, SamplerKind, SamplerSpec, ScoreDenoiser,
 };
-use scoregen::sde::{Sde, VpSde};
+use scoregen::sde::{DiscreteVp, Sde, VpSde};
 use std::sync::Arc;
 
 /// A sampler run from a fixed start, given an RNG.
@@ -138,4 +138,27 @@ fn leaderboard_lists_every_sampler_at_every_budget() {
     let dir = tempfile::tempdir().unwrap();
     lb.plot(&dir.path().join("lb.png")).unwrap();
     assert!(dir.path().join("lb.png").metadata().unwrap().len() > 1000);
+}
+
+/// DDIM on its own grid of the discrete DDPM chain (indices 0, 20, …, 980 of
+/// N = 1000, then ᾱ = 1), with the oracle score of that chain: 50 NFE reach
+/// the exact-sample floor on gmm8 (energy within 0.01 of the floor, the same
+/// 2.2-sd margin as above; all 8 modes; weight L1 < 0.1).
+#[test]
+fn ddim_on_the_discrete_chain_grid_reaches_the_floor() {
+    scoregen::init();
+    let chain = Arc::new(DiscreteVp::ddpm());
+    let o = OracleScore::new(toy::named_mixture("gmm8").unwrap(), chain.clone());
+    let den = ScoreDenoiser::new(&o, chain.as_ref(), None);
+    let sigmas = chain.ddim_sigmas(50);
+    let mut rng = Rng::new(4, 0);
+    let x = rng.randn((2000, 2), DType::F64, &Device::Cpu).unwrap().affine(sigmas[0], 0.0).unwrap();
+    let out = sample_ddim(&den, x, &sigmas, 0.0, &mut rng, &ProgressBar::hidden()).unwrap();
+    assert_eq!(out.nfe, 50);
+    let pts = scoregen::data::Points::from_tensor(&out.x).unwrap();
+    let r = scoregen::metrics::against_mixture(&pts, &o.mixture, &mut Rng::new(5, 0));
+    println!("ddim-50 on the DDPM grid: {r:?}");
+    assert_eq!(r.modes.covered, 8, "{r:?}");
+    assert!(r.modes.weight_l1 < 0.1, "{r:?}");
+    assert!(r.distances.energy < r.floor.energy.abs() + 0.01, "{r:?}");
 }
