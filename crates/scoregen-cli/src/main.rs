@@ -91,7 +91,8 @@ enum Command {
         /// Sample with the raw weights instead of the EMA weights.
         #[arg(long)]
         no_ema: bool,
-        /// Sampler: em, reverse-diffusion, ancestral, pc, ode, langevin, mala, annealed-langevin
+        /// Sampler: em, reverse-diffusion, ancestral, pc, ode, langevin, mala, annealed-langevin,
+        /// ddpm, ddim, dpmpp-2m, heun
         /// (default: the config's sampling.sampler).
         #[arg(long)]
         sampler: Option<SamplerKind>,
@@ -113,6 +114,12 @@ enum Command {
         /// Annealed Langevin: steps per noise level T.
         #[arg(long)]
         steps_per_level: Option<usize>,
+        /// DDIM: stochasticity η ∈ [0, 1].
+        #[arg(long)]
+        eta: Option<f64>,
+        /// Heun: EDM's S_churn (0: deterministic).
+        #[arg(long)]
+        churn: Option<f64>,
     },
     /// Suggest a noise ladder and Langevin step size by the NCSNv2 rules.
     #[command(
@@ -189,12 +196,45 @@ enum Command {
     },
     /// What scoregen knows: data sets, SDEs, models, objectives, samplers, with one line each.
     List,
+    /// Benchmarks: `samplers` (quality against NFE for every sampler).
+    #[command(
+        after_help = "Examples:\n  scoregen bench samplers\n  scoregen bench samplers --target gmm25 --budgets 10,20,50\n  scoregen bench samplers --run runs/gmm8-vp --json"
+    )]
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
     /// Train on gmm8 with the VE SDE, sample 2,000 points, evaluate and draw them (about a minute).
     Quickstart {
         #[arg(long, default_value = "runs/quickstart")]
         out: PathBuf,
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// The sampler leaderboard: EM, DDPM, DDIM, DPM-Solver++(2M) and EDM Heun at several NFE budgets,
+    /// judged against the exact mixture (oracle score by default, or a trained run's model).
+    Samplers {
+        /// Mixture to judge against (gmm8, gmm25, unbalanced, SPEC.toml); default: the run's data, else gmm8.
+        #[arg(long)]
+        target: Option<String>,
+        /// A trained run to benchmark instead of the exact oracle score.
+        #[arg(long)]
+        run: Option<PathBuf>,
+        /// NFE budgets, comma-separated.
+        #[arg(long, default_value = "10,20,50,100,1000", value_name = "N,N,…")]
+        budgets: String,
+        /// Samples per sampler and budget.
+        #[arg(long, default_value_t = 2000)]
+        n: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Where the plot (energy distance against NFE) goes.
+        #[arg(long, default_value = "runs/bench/samplers.png")]
+        plot: PathBuf,
     },
 }
 
@@ -288,6 +328,8 @@ fn run_command(cli: &Cli) -> Result<()> {
             atol,
             eps,
             steps_per_level,
+            eta,
+            churn,
         } => {
             let cfg = RunConfig::load(&run.join("config.toml"), &[])
                 .with_context(|| format!("reading run {}", run.display()))?;
@@ -318,6 +360,8 @@ fn run_command(cli: &Cli) -> Result<()> {
             sc.snr = snr.unwrap_or(sc.snr);
             sc.rtol = rtol.unwrap_or(sc.rtol);
             sc.atol = atol.unwrap_or(sc.atol);
+            sc.eta = eta.unwrap_or(sc.eta);
+            sc.s_churn = churn.unwrap_or(sc.s_churn);
             sc.validate("command line")?;
             let o = run::sample_run_with(run, &req, Some(sc.spec()))?;
             if cli.json {
@@ -475,6 +519,32 @@ fn run_command(cli: &Cli) -> Result<()> {
                         println!("  {name:<w$}  {what}");
                     }
                 }
+            }
+        }
+        Command::Bench { which: Bench::Samplers { target, run: run_dir, budgets, n, seed, plot } } => {
+            let budgets = budgets
+                .split(',')
+                .map(|b| b.trim().parse::<usize>())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .with_context(|| format!("--budgets: expected comma-separated integers, found `{budgets}`"))?;
+            let req = run::BenchRequest {
+                target: target.clone(),
+                run: run_dir.clone(),
+                budgets,
+                n: *n,
+                seed: *seed,
+                quiet: cli.quiet,
+            };
+            let lb = run::bench_samplers(&req)?;
+            if let Some(dir) = plot.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            lb.plot(plot).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if cli.json {
+                print_json(&serde_json::json!({ "leaderboard": lb, "plot": plot }));
+            } else {
+                print!("{}", lb.table());
+                println!("\nplot → {}", plot.display());
             }
         }
         Command::Quickstart { out, set } => {

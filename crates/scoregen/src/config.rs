@@ -7,7 +7,7 @@ use crate::nets::MlpConfig;
 use crate::objectives::{
     ContinuousDsm, DenoisingAtSigma, Dsm, Implicit, Ncsn, Objective, Projection, Reduction, Sliced, Weighting,
 };
-use crate::samplers::{CorrectorKind, SamplerKind, SamplerSpec, Start};
+use crate::samplers::{Churn, CorrectorKind, SamplerKind, SamplerSpec, Start};
 use crate::score::Output;
 use crate::sde::{NoiseLadder, Sde, SubVpSde, VeSde, VpSde};
 use serde::{Deserialize, Serialize};
@@ -108,7 +108,8 @@ impl ObjectiveKind {
 pub struct ModelConfig {
     /// `time-mlp`, `mlp` (alias `score-mlp`), `ncsn-mlp` or `energy-mlp`.
     pub kind: ModelKind,
-    /// `score-over-std` (net predicts −z; score = net / s(t)) or `score`.
+    /// `score-over-std` (net predicts −z; score = net / s(t)), `score`, or the DDPM
+    /// parameterizations `epsilon` (score = −net/s(t)), `v` and `x0` (see `score::Output`).
     pub output: Output,
     pub width: usize,
     pub depth: usize,
@@ -203,6 +204,15 @@ pub struct SamplingConfig {
     pub steps_per_level: usize,
     /// Where Langevin chains start.
     pub start: Start,
+    /// `ddim`: stochasticity η ∈ [0, 1] (0 deterministic, 1 = DDPM).
+    pub eta: f64,
+    /// `heun`: EDM churn S_churn (0: deterministic), applied for S_min ≤ σ ≤ S_max, noise scale S_noise.
+    pub s_churn: f64,
+    pub s_tmin: f64,
+    pub s_tmax: f64,
+    pub s_noise: f64,
+    /// `dpmpp-2m`, `heun`: ρ of the Karras σ schedule.
+    pub rho: f64,
 }
 
 impl Default for RunConfig {
@@ -290,6 +300,12 @@ impl Default for SamplingConfig {
             step_size: 0.01,
             steps_per_level: 100,
             start: Start::Uniform { lo: -8.0, hi: 8.0 },
+            eta: 0.0,
+            s_churn: 0.0,
+            s_tmin: 0.0,
+            s_tmax: f64::INFINITY,
+            s_noise: 1.0,
+            rho: 7.0,
         }
     }
 }
@@ -328,6 +344,9 @@ impl SamplingConfig {
             steps: self.steps,
             rtol: self.rtol,
             atol: self.atol,
+            eta: self.eta,
+            churn: Churn { s_churn: self.s_churn, s_tmin: self.s_tmin, s_tmax: self.s_tmax, s_noise: self.s_noise },
+            rho: self.rho,
         }
     }
 
@@ -341,6 +360,20 @@ impl SamplingConfig {
         }
         if self.corrector_steps == 0 {
             return err("sampling.corrector_steps", "must be ≥ 1 (got 0)".into());
+        }
+        if !(0.0..=1.0).contains(&self.eta) {
+            return err("sampling.eta", format!("must be in [0, 1] (got {})", self.eta));
+        }
+        for (field, v) in [("sampling.rho", self.rho), ("sampling.s_noise", self.s_noise)] {
+            if !(v.is_finite() && v > 0.0) {
+                return err(field, format!("must be a finite number > 0 (got {v})"));
+            }
+        }
+        if !(self.s_churn.is_finite() && self.s_churn >= 0.0) {
+            return err("sampling.s_churn", format!("must be a finite number ≥ 0 (got {})", self.s_churn));
+        }
+        if self.s_tmin.is_nan() || self.s_tmax.is_nan() || self.s_tmax < self.s_tmin {
+            return err("sampling.s_tmax", format!("must be ≥ s_tmin = {} (got {})", self.s_tmin, self.s_tmax));
         }
         Ok(())
     }
@@ -445,10 +478,10 @@ impl RunConfig {
             }
         }
         let noise_free = self.objective.kind.is_noise_free(self.objective.sigma);
-        if noise_free && self.model.output == Output::ScoreOverStd {
+        if noise_free && self.model.output != Output::Score {
             return err(
                 "model.output",
-                format!("`score-over-std` needs a noise-conditional objective (dsm over an SDE, or ncsn); with objective.kind = {:?} use output = \"score\"", self.objective.kind),
+                format!("`{}` needs a noise-conditional objective (dsm over an SDE, or ncsn); with objective.kind = {:?} use output = \"score\"", serde_json::to_value(self.model.output).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(), self.objective.kind),
             );
         }
         if self.model.kind == ModelKind::EnergyMlp && self.model.output != Output::Score {
@@ -623,6 +656,31 @@ mod tests {
         assert_eq!(spec.kind, SamplerKind::Pc);
         assert_eq!(spec.corrector, Some(CorrectorKind::Ald));
         assert_eq!(spec.snr, 0.1);
+    }
+
+    #[test]
+    fn diffusion_sampler_fields_are_validated_by_name() {
+        let e = RunConfig::parse("[sampling]\nsampler = \"ddim\"\neta = 1.5\n", "c.toml", &[]).unwrap_err().to_string();
+        assert_eq!(e, "c.toml: field `sampling.eta`: must be in [0, 1] (got 1.5)");
+        let e = RunConfig::parse("[sampling]\nrho = 0\n", "c.toml", &[]).unwrap_err().to_string();
+        assert!(e.contains("`sampling.rho`"), "{e}");
+        let e = RunConfig::parse("[sampling]\ns_tmin = 2\ns_tmax = 1\n", "c.toml", &[]).unwrap_err().to_string();
+        assert!(e.contains("`sampling.s_tmax`"), "{e}");
+        let text =
+            "[model]\noutput = \"epsilon\"\n[sampling]\nsampler = \"heun\"\ns_churn = 40\ns_tmin = 0.05\ns_tmax = 50\n";
+        let c = RunConfig::parse(text, "c.toml", &[]).unwrap();
+        let spec = c.sampling.spec();
+        assert_eq!(spec.kind, SamplerKind::Heun);
+        assert_eq!(
+            (spec.churn.s_churn, spec.churn.s_tmin, spec.churn.s_tmax, spec.churn.s_noise),
+            (40.0, 0.05, 50.0, 1.0)
+        );
+        assert_eq!(spec.rho, 7.0);
+        // an ε-model needs a noise-conditional objective, like score-over-std
+        let e = RunConfig::parse("[model]\noutput = \"epsilon\"\n[objective]\nkind = \"sliced\"\n", "c.toml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`model.output`") && e.contains("`epsilon`"), "{e}");
     }
 
     #[test]

@@ -89,6 +89,10 @@ pub fn catalogue() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
                 ("langevin", "Langevin dynamics x ← x + ε s(x) + √(2ε) z"),
                 ("mala", "Metropolis-adjusted Langevin (energy models)"),
                 ("annealed-langevin", "annealed Langevin over the NCSN noise ladder"),
+                ("ddpm", "DDPM ancestral sampling (DDIM with η = 1)"),
+                ("ddim", "DDIM with stochasticity η (sampling.eta)"),
+                ("dpmpp-2m", "DPM-Solver++(2M) on the Karras σ schedule"),
+                ("heun", "EDM's Heun sampler on the Karras σ schedule, optional churn"),
             ],
         ),
     ]

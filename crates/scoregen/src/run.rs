@@ -119,7 +119,11 @@ pub fn draw(model: &LoadedModel, req: &SampleRequest, spec: &SamplerSpec, rng: &
         | SamplerKind::ReverseDiffusion
         | SamplerKind::Ancestral
         | SamplerKind::Pc
-        | SamplerKind::Ode => {
+        | SamplerKind::Ode
+        | SamplerKind::Ddpm
+        | SamplerKind::Ddim
+        | SamplerKind::Dpmpp2m
+        | SamplerKind::Heun => {
             check(
                 !cfg.objective.kind.is_noise_free(cfg.objective.sigma),
                 "this run learned a single noise level; use --sampler langevin",
@@ -342,4 +346,69 @@ pub fn quickstart(out_dir: &Path, overrides: &[String], quiet: bool) -> Result<Q
         serde_json::to_string_pretty(&summary).expect("serializes").as_bytes(),
     )?;
     Ok(summary)
+}
+
+/// What `scoregen bench samplers` was asked for.
+#[derive(Debug, Clone)]
+pub struct BenchRequest {
+    /// A mixture to judge against (gmm8, gmm25, unbalanced, SPEC.toml); default:
+    /// the run's data, or gmm8 without a run.
+    pub target: Option<String>,
+    /// A trained run whose model is benchmarked; `None`: the exact oracle
+    /// score of the target under the VP SDE.
+    pub run: Option<PathBuf>,
+    pub budgets: Vec<usize>,
+    pub n: usize,
+    pub seed: u64,
+    pub quiet: bool,
+}
+
+/// The sampler leaderboard ([`samplers::leaderboard`]): EM, DDPM, DDIM,
+/// DPM-Solver++(2M) and Heun at each NFE budget, against the exact mixture.
+pub fn bench_samplers(req: &BenchRequest) -> Result<samplers::leaderboard::Leaderboard> {
+    use samplers::leaderboard::{leaderboard, BenchSettings, LEADERBOARD_SAMPLERS};
+    if req.budgets.is_empty() || req.budgets.contains(&0) || req.n < 2 {
+        return Err(Error::Invalid("bench samplers: budgets must be ≥ 1 and --n ≥ 2".into()));
+    }
+    let mixture_of = |spec: &str| match Target::parse(spec)? {
+        Target::Mixture(m) => Ok(m),
+        Target::Reference(_) => {
+            Err(Error::Invalid(format!("bench samplers: target `{spec}` must be a mixture with an exact density")))
+        }
+    };
+    let pb = progress::bar(LEADERBOARD_SAMPLERS.len() * req.budgets.len() + 1, "bench", req.quiet);
+    match &req.run {
+        Some(dir) => {
+            let model = LoadedModel::from_run(dir, true)?;
+            let cfg = &model.cfg;
+            let mix = match &req.target {
+                Some(t) => mixture_of(t)?,
+                None => oracle_of(cfg)?.ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "bench samplers: run {} has no exact mixture (data `{}`); image metrics are not wired into the leaderboard yet",
+                        dir.display(),
+                        cfg.data.source
+                    ))
+                })?,
+            };
+            if cfg.objective.kind.is_noise_free(cfg.objective.sigma) {
+                return Err(Error::Invalid(
+                    "bench samplers: this run learned a single noise level; reverse-time samplers need a model of every level".into(),
+                ));
+            }
+            let score = model.score();
+            let set = BenchSettings { n: req.n, eps: cfg.sampling.eps, seed: req.seed, dtype: DType::F32 };
+            let sde = cfg.sde();
+            let base = cfg.sampling.spec();
+            Ok(leaderboard(score.as_ref(), sde.as_ref(), &mix, &base, &LEADERBOARD_SAMPLERS, &req.budgets, &set, &pb)?)
+        }
+        None => {
+            let mix = mixture_of(req.target.as_deref().unwrap_or("gmm8"))?;
+            let sde: std::sync::Arc<dyn crate::sde::Sde> = std::sync::Arc::new(crate::sde::VpSde::default());
+            let oracle = crate::oracle::OracleScore::new(mix.clone(), sde.clone());
+            let set = BenchSettings { n: req.n, eps: None, seed: req.seed, dtype: DType::F64 };
+            let base = SamplerSpec::default();
+            Ok(leaderboard(&oracle, sde.as_ref(), &mix, &base, &LEADERBOARD_SAMPLERS, &req.budgets, &set, &pb)?)
+        }
+    }
 }

@@ -58,7 +58,7 @@ fn trained_model_likelihood_is_close_to_the_oracle() {
     println!("hutchinson − exact: {m:+.4} ± {se:.4}");
     assert!(m.abs() < 4.0 * se + 1e-3, "{m} ± {se}");
 
-    for kind in [SamplerKind::Ancestral, SamplerKind::Pc, SamplerKind::Ode] {
+    for kind in [SamplerKind::Ancestral, SamplerKind::Pc, SamplerKind::Ode, SamplerKind::Ddpm, SamplerKind::Dpmpp2m] {
         let out = dir.path().join(format!("{kind:?}.npy"));
         let o = run::sample_run_with(
             dir.path(),

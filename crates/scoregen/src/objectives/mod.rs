@@ -3,12 +3,14 @@
 //! trains a direct score network and an energy model.
 
 pub mod continuous;
+pub mod ddpm;
 pub mod denoising;
 pub mod implicit;
 pub mod ncsn;
 pub mod sliced;
 
 pub use continuous::{Dsm, Reduction, Weighting};
+pub use ddpm::{elbo_terms, elbo_weights, ElboTerms};
 pub use denoising::DenoisingAtSigma;
 pub use implicit::Implicit;
 pub use ncsn::Ncsn;

@@ -4,8 +4,14 @@
 
 pub mod annealed_langevin;
 pub mod correctors;
+pub mod ddim;
+pub mod ddpm;
+pub mod denoiser;
+pub mod dpm_solver;
 pub mod flow;
+pub mod heun;
 pub mod langevin;
+pub mod leaderboard;
 pub mod ode;
 pub mod pc;
 pub mod predictors;
@@ -13,7 +19,12 @@ pub mod reverse;
 
 pub use annealed_langevin::{annealed_langevin, AnnealedOptions};
 pub use correctors::{AnnealedLangevin, Corrector, LangevinCorrector, NoneCorrector};
+pub use ddim::sample_ddim;
+pub use ddpm::sample_ddpm;
+pub use denoiser::{karras_sigmas, time_uniform_sigmas, Denoiser, ScoreDenoiser};
+pub use dpm_solver::sample_dpmpp_2m;
 pub use flow::{decode, encode, interpolate, sample_ode};
+pub use heun::{sample_heun, Churn};
 pub use langevin::{langevin, mala, LangevinOptions, Start};
 pub use ode::{OdeMethod, OdeSolution};
 pub use pc::{sample_pc, CorrectorKind, SamplerKind, SamplerSpec};

@@ -6,6 +6,10 @@ use super::{
     flow, tweedie_denoise, Ancestral, AnnealedLangevin, Corrector, EulerMaruyama, LangevinCorrector, NoneCorrector,
     OdeMethod, Predictor, ReverseDiffusion, ReverseOptions, ReverseSde, Sampled,
 };
+use super::{
+    karras_sigmas, sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_heun, time_uniform_sigmas, Churn, Denoiser,
+    ScoreDenoiser,
+};
 use crate::rng::Rng;
 use crate::score::ScoreFn;
 use crate::sde::Sde;
@@ -80,6 +84,15 @@ pub enum SamplerKind {
     Mala,
     /// Annealed Langevin dynamics over the NCSN noise ladder.
     AnnealedLangevin,
+    /// DDPM ancestral sampling (DDIM with η = 1) on a uniform time grid.
+    Ddpm,
+    /// DDIM with stochasticity `eta` on a uniform time grid.
+    Ddim,
+    /// DPM-Solver++(2M) on the Karras σ schedule.
+    #[serde(rename = "dpmpp-2m")]
+    Dpmpp2m,
+    /// EDM's Heun sampler on the Karras σ schedule, with optional churn.
+    Heun,
 }
 
 /// Which corrector runs before each predictor step.
@@ -99,13 +112,27 @@ fn parse_kebab<T: for<'de> Deserialize<'de>>(s: &str) -> Option<T> {
 }
 
 impl SamplerKind {
-    pub const NAMES: &'static str = "em, reverse-diffusion, ancestral, pc, ode, langevin, mala, annealed-langevin";
+    pub const NAMES: &'static str =
+        "em, reverse-diffusion, ancestral, pc, ode, langevin, mala, annealed-langevin, ddpm, ddim, dpmpp-2m, heun";
     pub fn parse(s: &str) -> Option<Self> {
         parse_kebab(s)
     }
     /// True for the samplers that integrate the reverse SDE / ODE from T to ε.
     pub fn is_reverse_time(self) -> bool {
         !matches!(self, Self::Langevin | Self::Mala | Self::AnnealedLangevin)
+    }
+    /// True for the σ-space samplers behind the [`Denoiser`](super::Denoiser) interface.
+    pub fn is_denoiser(self) -> bool {
+        matches!(self, Self::Ddpm | Self::Ddim | Self::Dpmpp2m | Self::Heun)
+    }
+    /// Steps that cost about `nfe` score evaluations (Heun: 2N − 1 for N steps).
+    pub fn steps_for_nfe(self, nfe: usize) -> usize {
+        match self {
+            Self::Heun => nfe.div_ceil(2).max(1),
+            // the SDE samplers add one evaluation for the final denoising step
+            Self::Em | Self::ReverseDiffusion | Self::Ancestral => nfe.saturating_sub(1).max(1),
+            _ => nfe.max(1),
+        }
     }
 }
 
@@ -152,6 +179,12 @@ pub struct SamplerSpec {
     /// Tolerances of the adaptive ODE solver.
     pub rtol: f64,
     pub atol: f64,
+    /// DDIM's η ∈ [0, 1] (0: deterministic, 1: DDPM).
+    pub eta: f64,
+    /// EDM Heun's churn (S_churn, S_min, S_max, S_noise).
+    pub churn: Churn,
+    /// ρ of the Karras σ schedule (DPM-Solver++ and Heun).
+    pub rho: f64,
 }
 
 impl Default for SamplerSpec {
@@ -164,6 +197,9 @@ impl Default for SamplerSpec {
             steps: 1000,
             rtol: 1e-5,
             atol: 1e-5,
+            eta: 0.0,
+            churn: Churn::default(),
+            rho: 7.0,
         }
     }
 }
@@ -184,11 +220,20 @@ impl SamplerSpec {
         progress: &ProgressBar,
     ) -> Result<Sampled> {
         let opts = ReverseOptions { steps: self.steps, eps, denoise, record_every: None };
+        if self.kind.is_denoiser() {
+            return self.sample_sigma_space(score, sde, shape, eps, rng, dtype, progress);
+        }
         let predictor: &dyn Predictor = match self.kind {
             SamplerKind::Em => &EulerMaruyama,
             SamplerKind::ReverseDiffusion | SamplerKind::Pc => &ReverseDiffusion,
             SamplerKind::Ancestral => &Ancestral,
-            SamplerKind::Langevin | SamplerKind::Mala | SamplerKind::AnnealedLangevin => {
+            SamplerKind::Langevin
+            | SamplerKind::Mala
+            | SamplerKind::AnnealedLangevin
+            | SamplerKind::Ddpm
+            | SamplerKind::Ddim
+            | SamplerKind::Dpmpp2m
+            | SamplerKind::Heun => {
                 candle_core::bail!("`{}` is not a reverse-time sampler (see run::draw)", self.kind)
             }
             SamplerKind::Ode => {
@@ -206,5 +251,36 @@ impl SamplerSpec {
             CorrectorKind::None => &NoneCorrector,
         };
         sample_pc(score, sde, predictor, corrector, shape, &opts, rng, dtype, progress)
+    }
+
+    /// The σ-space samplers: x_{σ_0} = σ_0·z (k-diffusion's start; for VP this
+    /// is x_T/m(T) up to the data's own spread), then the sampler down to σ = 0.
+    /// DDPM and DDIM step on `steps` times uniform in t from T to ε; DPM-Solver++
+    /// and Heun on the Karras schedule over [σ(ε), σ(T)] with ρ = `rho`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample_sigma_space(
+        &self,
+        score: &dyn ScoreFn,
+        sde: &dyn Sde,
+        shape: impl Into<Shape>,
+        eps: Option<f64>,
+        rng: &mut Rng,
+        dtype: DType,
+        progress: &ProgressBar,
+    ) -> Result<Sampled> {
+        let den = ScoreDenoiser::new(score, sde, eps);
+        let (sigma_min, sigma_max) = den.sigma_range();
+        let sigmas = match self.kind {
+            SamplerKind::Ddpm | SamplerKind::Ddim => time_uniform_sigmas(&den, self.steps.max(1)),
+            _ => karras_sigmas(self.steps.max(1), sigma_min, sigma_max, self.rho),
+        };
+        let x = rng.randn(shape.into(), dtype, &Device::Cpu)?.affine(sigmas[0], 0.0)?;
+        match self.kind {
+            SamplerKind::Ddpm => sample_ddpm(&den, x, &sigmas, rng, progress),
+            SamplerKind::Ddim => sample_ddim(&den, x, &sigmas, self.eta, rng, progress),
+            SamplerKind::Dpmpp2m => sample_dpmpp_2m(&den, x, &sigmas, progress),
+            SamplerKind::Heun => sample_heun(&den, x, &sigmas, &self.churn, rng, progress),
+            k => candle_core::bail!("`{k}` is not a σ-space sampler"),
+        }
     }
 }

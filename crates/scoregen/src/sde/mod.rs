@@ -7,11 +7,13 @@
 //! this trait; the reverse SDE and the probability-flow ODE are derived from
 //! it (see `samplers`).
 
+pub mod discrete;
 pub mod ladder;
 mod subvp;
 mod ve;
 mod vp;
 
+pub use discrete::{BetaSchedule, DiscreteVp};
 pub use ladder::NoiseLadder;
 pub use subvp::SubVpSde;
 pub use ve::VeSde;

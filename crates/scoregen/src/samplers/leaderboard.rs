@@ -1,0 +1,217 @@
+//! The sampler leaderboard (`scoregen bench samplers`): sample quality against
+//! the number of score evaluations (NFE) for every sampler, judged by the
+//! exact mixture (energy distance and mode-weight L1 error beside their
+//! exact-vs-exact floors), with Euler–Maruyama at 1000 NFE as the baseline.
+
+use super::{SamplerKind, SamplerSpec};
+use crate::data::Points;
+use crate::metrics;
+use crate::oracle::GaussianMixture;
+use crate::rng::Rng;
+use crate::score::ScoreFn;
+use crate::sde::Sde;
+use candle_core::{DType, Result};
+use indicatif::ProgressBar;
+use serde::Serialize;
+use std::time::Instant;
+
+/// The samplers of the leaderboard, in the table's order.
+pub const LEADERBOARD_SAMPLERS: [SamplerKind; 5] =
+    [SamplerKind::Em, SamplerKind::Ddpm, SamplerKind::Ddim, SamplerKind::Dpmpp2m, SamplerKind::Heun];
+
+/// The NFE budgets of the leaderboard.
+pub const LEADERBOARD_BUDGETS: [usize; 5] = [10, 20, 50, 100, 1000];
+
+/// One sampler at one budget.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    pub sampler: String,
+    pub budget: usize,
+    pub steps: usize,
+    /// Score evaluations actually spent (≤ budget, Heun: 2N − 1).
+    pub nfe: usize,
+    pub energy: f64,
+    pub weight_l1: f64,
+    pub off_manifold: f64,
+    pub seconds: f64,
+}
+
+/// Every sampler at every budget, with the floors and the EM-1000 baseline.
+#[derive(Debug, Clone, Serialize)]
+pub struct Leaderboard {
+    pub n: usize,
+    pub sde: String,
+    pub floor_energy: f64,
+    pub floor_weight_l1: f64,
+    pub baseline: Entry,
+    pub entries: Vec<Entry>,
+}
+
+/// What every entry of a leaderboard shares.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchSettings {
+    /// Samples per entry.
+    pub n: usize,
+    /// Final time ε of the samplers (`None`: the SDE's).
+    pub eps: Option<f64>,
+    pub seed: u64,
+    /// F64 for the oracle, F32 for trained networks.
+    pub dtype: DType,
+}
+
+impl Default for BenchSettings {
+    fn default() -> Self {
+        Self { n: 2000, eps: None, seed: 0, dtype: DType::F64 }
+    }
+}
+
+/// Samples `set.n` points with `spec` at about `budget` NFE and scores them against `mix`.
+pub fn evaluate_sampler(
+    score: &dyn ScoreFn,
+    sde: &dyn Sde,
+    mix: &GaussianMixture,
+    spec: &SamplerSpec,
+    budget: usize,
+    set: &BenchSettings,
+) -> Result<(Entry, Points)> {
+    let (n, eps, seed) = (set.n, set.eps, set.seed);
+    let steps = spec.kind.steps_for_nfe(budget);
+    let spec = SamplerSpec { steps, ..*spec };
+    let start = Instant::now();
+    let mut rng = Rng::new(seed, 0);
+    let out = spec.sample(score, sde, (n, mix.dim()), eps, true, &mut rng, set.dtype, &ProgressBar::hidden())?;
+    let seconds = start.elapsed().as_secs_f64();
+    let pts = Points::from_tensor(&out.x)?;
+    let r = metrics::against_mixture(&pts, mix, &mut Rng::new(seed, 1));
+    let entry = Entry {
+        sampler: spec.kind.to_string(),
+        budget,
+        steps,
+        nfe: out.nfe,
+        energy: r.distances.energy,
+        weight_l1: r.modes.weight_l1,
+        off_manifold: r.modes.off_manifold,
+        seconds,
+    };
+    Ok((entry, pts))
+}
+
+/// Runs every sampler of `kinds` (settings from `base`) at every budget.
+#[allow(clippy::too_many_arguments)]
+pub fn leaderboard(
+    score: &dyn ScoreFn,
+    sde: &dyn Sde,
+    mix: &GaussianMixture,
+    base: &SamplerSpec,
+    kinds: &[SamplerKind],
+    budgets: &[usize],
+    set: &BenchSettings,
+    progress: &ProgressBar,
+) -> Result<Leaderboard> {
+    let (n, seed) = (set.n, set.seed);
+    progress.set_length((kinds.len() * budgets.len() + 1) as u64);
+    let em = SamplerSpec { kind: SamplerKind::Em, ..*base };
+    let (baseline, _) = evaluate_sampler(score, sde, mix, &em, 1000, set)?;
+    progress.inc(1);
+    let mut entries = Vec::new();
+    for &kind in kinds {
+        for &budget in budgets {
+            let spec = SamplerSpec { kind, ..*base };
+            entries.push(evaluate_sampler(score, sde, mix, &spec, budget, set)?.0);
+            progress.inc(1);
+        }
+    }
+    progress.finish_and_clear();
+    let mut rng = Rng::new(seed, 2);
+    let (a, b) = (mix.sample(n, &mut rng), mix.sample(n, &mut rng));
+    Ok(Leaderboard {
+        n,
+        sde: sde.name().into(),
+        floor_energy: metrics::energy_distance(&a, &b),
+        floor_weight_l1: metrics::mode_stats(&a, mix).weight_l1,
+        baseline,
+        entries,
+    })
+}
+
+impl Leaderboard {
+    /// The samplers in table order.
+    fn samplers(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for e in &self.entries {
+            if !names.contains(&e.sampler.as_str()) {
+                names.push(&e.sampler);
+            }
+        }
+        names
+    }
+
+    fn budgets(&self) -> Vec<usize> {
+        let mut b: Vec<usize> = self.entries.iter().map(|e| e.budget).collect();
+        b.sort_unstable();
+        b.dedup();
+        b
+    }
+
+    /// Two blocks (energy distance, weight L1 error): one row per sampler, one
+    /// column per NFE budget, then the EM-1000 baseline and the floors.
+    pub fn table(&self) -> String {
+        let budgets = self.budgets();
+        let mut s =
+            format!("sampler leaderboard: {} samples, {} SDE (NFE actually spent in brackets)\n", self.n, self.sde);
+        for (title, get) in [
+            ("energy distance", (|e: &Entry| e.energy) as fn(&Entry) -> f64),
+            ("mode-weight L1 error", |e: &Entry| e.weight_l1),
+        ] {
+            s += &format!("\n{title}\n{:<10}", "NFE");
+            for b in &budgets {
+                s += &format!("{b:>16}");
+            }
+            s += "\n";
+            for name in self.samplers() {
+                s += &format!("{name:<10}");
+                for b in &budgets {
+                    match self.entries.iter().find(|e| e.sampler == name && e.budget == *b) {
+                        Some(e) => s += &format!("{:>16}", format!("{:.4} [{}]", get(e), e.nfe)),
+                        None => s += &format!("{:>16}", "—"),
+                    }
+                }
+                s += "\n";
+            }
+            let floor = if title.starts_with("energy") { self.floor_energy } else { self.floor_weight_l1 };
+            s += &format!("baseline em-1000: {:.4}   floor (exact vs exact): {floor:.4}\n", get(&self.baseline));
+        }
+        s
+    }
+
+    /// Energy distance against log₁₀ NFE, one line per sampler, with the
+    /// baseline and the floor as flat lines. The y axis is linear: the energy
+    /// distance estimate is unbiased, so near the floor it can be negative.
+    /// Values are clipped at 0.1 so that a sampler far off at the smallest
+    /// budget does not flatten the others (the table has the exact numbers).
+    pub fn plot(&self, path: &std::path::Path) -> std::result::Result<(), crate::viz::PlotError> {
+        let budgets = self.budgets();
+        let lg = |n: usize| (n.max(1) as f64).log10();
+        let (lo, hi) = (lg(*budgets.first().unwrap_or(&1)), lg(*budgets.last().unwrap_or(&1000)));
+        let mut owned: Vec<(String, Vec<(f64, f64)>)> = self
+            .samplers()
+            .into_iter()
+            .map(|name| {
+                let pts =
+                    self.entries.iter().filter(|e| e.sampler == name).map(|e| (lg(e.nfe), e.energy.min(0.1))).collect();
+                (name.to_string(), pts)
+            })
+            .collect();
+        owned.push(("em-1000 baseline".into(), vec![(lo, self.baseline.energy), (hi, self.baseline.energy)]));
+        owned.push(("floor".into(), vec![(lo, self.floor_energy), (hi, self.floor_energy)]));
+        let series: Vec<(&str, &[(f64, f64)])> = owned.iter().map(|(n, p)| (n.as_str(), p.as_slice())).collect();
+        crate::viz::line_plot(
+            path,
+            &series,
+            "sampler leaderboard (clipped at 0.1)",
+            "log10 NFE",
+            "energy distance to the data",
+            false,
+        )
+    }
+}
