@@ -18,7 +18,11 @@ pub fn read_points(path: &Path) -> Result<Points> {
     let (n, d) = match shape.as_slice() {
         [n] => (*n, 1),
         [n, d] => (*n, *d),
-        s => return Err(bad(format!("expected an array of shape [N, D], found shape {s:?}"))),
+        // Images [N, C, H, W] (or any rank): each example flattened.
+        [n, rest @ ..] if rest.len() >= 2 && rest.iter().try_fold(1u64, |a, &b| a.checked_mul(b)).is_some() => {
+            (*n, rest.iter().product())
+        }
+        s => return Err(bad(format!("expected an array of shape [N, D] or [N, C, H, W], found shape {s:?}"))),
     };
     if npy.order() != npyz::Order::C {
         return Err(bad("Fortran-ordered arrays are not supported; save with np.ascontiguousarray".into()));
