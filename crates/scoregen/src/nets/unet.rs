@@ -7,7 +7,7 @@
 use super::{GaussianFourier, Network};
 use crate::error::{Error, Result as CrateResult};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{conv2d, group_norm, linear, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{group_norm, linear, GroupNorm, Linear, VarBuilder};
 
 /// Channels, depth and embedding of a [`UNet`].
 #[derive(Debug, Clone, PartialEq)]
@@ -68,8 +68,58 @@ impl UNetConfig {
     }
 }
 
-fn conv3(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
-    conv2d(cin, cout, 3, Conv2dConfig { padding: 1, stride, ..Default::default() }, vb)
+/// A k×k convolution (k = 1 or 3, "same" zero padding, stride 1 or 2) computed
+/// as patches × weights: y = W·im2col(x) + b.
+///
+/// Same parameters and names as `candle_nn::Conv` (`weight` [C_out, C_in, k, k],
+/// `bias` [C_out]), but its backward pass is a matmul instead of candle's CPU
+/// transposed convolution, which is an order of magnitude slower on small images.
+/// Stride 2 keeps every other output of the stride-1 convolution (H, W even).
+struct Conv {
+    weight: Tensor,
+    bias: Tensor,
+    k: usize,
+    stride: usize,
+}
+
+impl Conv {
+    fn new(cin: usize, cout: usize, k: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints((cout, cin, k, k), "weight", candle_nn::init::DEFAULT_KAIMING_NORMAL)?;
+        let bound = 1.0 / ((cin * k * k) as f64).sqrt();
+        let bias = vb.get_with_hints(cout, "bias", candle_nn::Init::Uniform { lo: -bound, up: bound })?;
+        Ok(Self { weight, bias, k, stride })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let cout = self.weight.dim(0)?;
+        let patches = if self.k == 1 {
+            x.reshape((n, c, h * w))?
+        } else {
+            let p = self.k / 2;
+            let xp = x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
+            let mut cols = Vec::with_capacity(self.k * self.k);
+            for dy in 0..self.k {
+                for dx in 0..self.k {
+                    cols.push(xp.narrow(2, dy, h)?.narrow(3, dx, w)?);
+                }
+            }
+            // [N, C, k², H, W] → [N, C·k², H·W], matching weight's [C_out, C_in·k·k] layout.
+            Tensor::stack(&cols, 2)?.reshape((n, c * self.k * self.k, h * w))?
+        };
+        let wmat = self.weight.reshape((cout, c * self.k * self.k))?;
+        let y = wmat.broadcast_matmul(&patches)?.broadcast_add(&self.bias.reshape((1, cout, 1))?)?;
+        let y = y.reshape((n, cout, h, w))?;
+        if self.stride == 2 {
+            y.reshape((n, cout, h / 2, 2, w / 2, 2))?.narrow(3, 0, 1)?.narrow(5, 0, 1)?.reshape((n, cout, h / 2, w / 2))
+        } else {
+            Ok(y)
+        }
+    }
+}
+
+fn conv3(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Conv> {
+    Conv::new(cin, cout, 3, stride, vb)
 }
 
 /// h = x̂ + W₂ SiLU(GN(W₁ SiLU(GN(x)) + P e)), out = h / √2 (score_sde's
@@ -77,11 +127,11 @@ fn conv3(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Conv2
 /// e the time embedding projected by P to the block's channels.
 struct ResBlock {
     norm1: GroupNorm,
-    conv1: Conv2d,
+    conv1: Conv,
     time: Linear,
     norm2: GroupNorm,
-    conv2: Conv2d,
-    skip: Option<Conv2d>,
+    conv2: Conv,
+    skip: Option<Conv>,
 }
 
 impl ResBlock {
@@ -89,7 +139,7 @@ impl ResBlock {
         let skip = if cin == cout {
             None
         } else {
-            Some(conv2d(cin, cout, 1, Default::default(), vb.pp("skip"))?)
+            Some(Conv::new(cin, cout, 1, 1, vb.pp("skip"))?)
         };
         Ok(Self {
             norm1: group_norm(groups, cin, 1e-6, vb.pp("norm1"))?,
@@ -155,16 +205,16 @@ pub struct UNet {
     fourier: GaussianFourier,
     temb1: Linear,
     temb2: Linear,
-    conv_in: Conv2d,
+    conv_in: Conv,
     down: Vec<ResBlock>,
-    downsample: Vec<Conv2d>,
+    downsample: Vec<Conv>,
     mid1: ResBlock,
     attention: Option<Attention>,
     mid2: ResBlock,
-    upsample: Vec<Conv2d>,
+    upsample: Vec<Conv>,
     up: Vec<ResBlock>,
     norm_out: GroupNorm,
-    conv_out: Conv2d,
+    conv_out: Conv,
 }
 
 impl UNet {
@@ -337,6 +387,26 @@ mod tests {
             let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
             let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(norm > 0.0 && norm.is_finite(), "{name}: ‖g‖² = {norm}");
+        }
+    }
+
+    #[test]
+    fn im2col_conv_matches_candle_conv2d() {
+        let vm = VarMap::new();
+        let vb = crate::nets::seeded_var_builder(&vm, 1, candle_core::DType::F32, &Device::Cpu);
+        let (x, _) = batch(2, 3 * 8 * 8);
+        let x = x.reshape((2, 3, 8, 8)).unwrap();
+        for (k, stride) in [(3, 1), (3, 2), (1, 1)] {
+            let conv = Conv::new(3, 5, k, stride, vb.pp(format!("c{k}{stride}"))).unwrap();
+            let ours = conv.forward(&x).unwrap();
+            let theirs = x
+                .conv2d(&conv.weight, k / 2, stride, 1, 1)
+                .unwrap()
+                .broadcast_add(&conv.bias.reshape((1, 5, 1, 1)).unwrap())
+                .unwrap();
+            assert_eq!(ours.dims(), theirs.dims());
+            let err = (ours - theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(err < 1e-5, "k={k} stride={stride}: max error {err}");
         }
     }
 
