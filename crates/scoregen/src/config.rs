@@ -2,8 +2,8 @@
 //! validated on load. Unknown keys are errors that list the valid ones;
 //! every error names the file and the field.
 
-use crate::error::{Error, Result};
 use crate::data::{self, ImageOptions, PixelScale};
+use crate::error::{Error, Result};
 use crate::nets::{MlpConfig, UNetConfig};
 use crate::objectives::{
     ContinuousDsm, DenoisingAtSigma, Dsm, Implicit, Ncsn, Objective, Projection, Reduction, Sliced, Weighting,
@@ -612,7 +612,10 @@ impl RunConfig {
                 return err("model.image_channels", "must be ≥ 1 (got 0)".into());
             }
             if let Some((c, h, w)) = data::image_shape_of(&self.data.source) {
-                let u = self.model.unet(c * h * w).map_err(|e| Error::config(file, "model.image_channels", e.to_string()))?;
+                let u = self
+                    .model
+                    .unet(c * h * w)
+                    .map_err(|e| Error::config(file, "model.image_channels", e.to_string()))?;
                 u.validate().map_err(|e| {
                     let field = if e.to_string().contains("groups") { "model.groups" } else { "model.channel_mult" };
                     Error::config(file, field, e.to_string())

@@ -126,7 +126,11 @@ pub fn draw(model: &LoadedModel, req: &SampleRequest, spec: &SamplerSpec, rng: &
     let check =
         |ok: bool, why: &str| if ok { Ok(()) } else { Err(Error::Invalid(format!("sampler `{sampler}`: {why}"))) };
     let out = match sampler {
-        SamplerKind::Em | SamplerKind::ReverseDiffusion | SamplerKind::Ancestral | SamplerKind::Pc | SamplerKind::Ode => {
+        SamplerKind::Em
+        | SamplerKind::ReverseDiffusion
+        | SamplerKind::Ancestral
+        | SamplerKind::Pc
+        | SamplerKind::Ode => {
             check(
                 !cfg.objective.kind.is_noise_free(cfg.objective.sigma),
                 "this run learned a single noise level; use --sampler langevin",

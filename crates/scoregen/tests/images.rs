@@ -48,7 +48,9 @@ fn adam_steps_on_a_fixed_batch_lower_the_unet_loss() {
 #[test]
 fn unet_runs_train_and_sample_image_arrays_with_a_grid() {
     scoregen::init();
-    for extra in ["", "[sde]\nkind = \"ve\"\nsigma_max = 5.0\n", "[objective]\nkind = \"ncsn\"\n[noise]\nsigma_max = 5.0\n"] {
+    for extra in
+        ["", "[sde]\nkind = \"ve\"\nsigma_max = 5.0\n", "[objective]\nkind = \"ncsn\"\n[noise]\nsigma_max = 5.0\n"]
+    {
         let cfg = RunConfig::parse(&tiny("", 10).to_toml(), "x.toml", &overrides(extra)).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let out = train::train(&cfg, dir.path(), &TrainOptions { quiet: true, ..Default::default() }).unwrap();

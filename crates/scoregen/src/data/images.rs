@@ -311,9 +311,7 @@ pub fn read_png_dir(dir: &Path) -> Result<ImageSet> {
     }
     let decoded: Vec<(image::DynamicImage, u8)> = files
         .iter()
-        .map(|(f, l)| {
-            image::open(f).map(|im| (im, *l)).map_err(|e| Error::data(f, format!("cannot decode PNG: {e}")))
-        })
+        .map(|(f, l)| image::open(f).map(|im| (im, *l)).map_err(|e| Error::data(f, format!("cannot decode PNG: {e}"))))
         .collect::<Result<_>>()?;
     let colour = decoded.iter().any(|(im, _)| im.color().has_color());
     let (w, h) = (decoded[0].0.width() as usize, decoded[0].0.height() as usize);

@@ -45,7 +45,9 @@ impl Default for ImageOptions {
 
 /// True when `source` names image data (a named set, an IDX file or a folder).
 pub fn is_image_source(source: &str) -> bool {
-    images::NAMES.contains(&source) || images::idx_labels_path(Path::new(source)).is_some() || Path::new(source).is_dir()
+    images::NAMES.contains(&source)
+        || images::idx_labels_path(Path::new(source)).is_some()
+        || Path::new(source).is_dir()
 }
 
 /// The (C, H, W) of a named image set, without reading it.
@@ -67,7 +69,8 @@ pub fn load_images(source: &str, train: bool, opts: &ImageOptions) -> Result<Ima
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         let pre = name.starts_with("train-") || name.starts_with("t10k-");
         let (ip, lp) = if pre && !train {
-            let swap = |p: &Path| p.with_file_name(p.file_name().unwrap().to_str().unwrap().replacen("train-", "t10k-", 1));
+            let swap =
+                |p: &Path| p.with_file_name(p.file_name().unwrap().to_str().unwrap().replacen("train-", "t10k-", 1));
             (swap(path), swap(&labels))
         } else {
             (path.to_path_buf(), labels)

@@ -45,7 +45,9 @@ impl UNetConfig {
         let (_, h, w) = self.image;
         let levels = self.channel_mult.len();
         if levels == 0 || self.channels == 0 || self.channel_mult.contains(&0) {
-            return Err(Error::Invalid("the U-Net needs model.channels ≥ 1 and a non-empty model.channel_mult of values ≥ 1".into()));
+            return Err(Error::Invalid(
+                "the U-Net needs model.channels ≥ 1 and a non-empty model.channel_mult of values ≥ 1".into(),
+            ));
         }
         let f = 1usize << (levels - 1);
         if h % f != 0 || w % f != 0 {
@@ -136,11 +138,7 @@ struct ResBlock {
 
 impl ResBlock {
     fn new(cin: usize, cout: usize, temb: usize, groups: usize, vb: VarBuilder) -> Result<Self> {
-        let skip = if cin == cout {
-            None
-        } else {
-            Some(Conv::new(cin, cout, 1, 1, vb.pp("skip"))?)
-        };
+        let skip = if cin == cout { None } else { Some(Conv::new(cin, cout, 1, 1, vb.pp("skip"))?) };
         Ok(Self {
             norm1: group_norm(groups, cin, 1e-6, vb.pp("norm1"))?,
             conv1: conv3(cin, cout, 1, vb.pp("conv1"))?,
@@ -350,7 +348,8 @@ mod tests {
 
     #[test]
     fn output_has_the_input_shape_flat_and_as_images() {
-        for cfg in [small(false), small(true), UNetConfig { image: (1, 28, 28), channel_mult: vec![1, 2, 2], ..small(true) }]
+        for cfg in
+            [small(false), small(true), UNetConfig { image: (1, 28, 28), channel_mult: vec![1, 2, 2], ..small(true) }]
         {
             let net = UNet::build(&VarMap::new(), &cfg, 0).unwrap();
             let (c, h, w) = cfg.image;

@@ -7,12 +7,21 @@ use std::path::Path;
 /// values outside are clamped) as a grid of `cols` columns, each pixel drawn
 /// as a `zoom`×`zoom` block, tiles separated by a 1-block grey border.
 /// C = 1 gives a grayscale PNG, C = 3 an RGB one.
-pub fn image_grid(path: &Path, pixels: &[f32], (c, h, w): (usize, usize, usize), cols: usize, zoom: usize) -> Result<()> {
+pub fn image_grid(
+    path: &Path,
+    pixels: &[f32],
+    (c, h, w): (usize, usize, usize),
+    cols: usize,
+    zoom: usize,
+) -> Result<()> {
     let d = c * h * w;
     if d == 0 || pixels.is_empty() || pixels.len() % d != 0 || !(c == 1 || c == 3) {
         return Err(Error::data(
             path,
-            format!("image grid: {} values are not a whole number of {c}×{h}×{w} images with 1 or 3 channels", pixels.len()),
+            format!(
+                "image grid: {} values are not a whole number of {c}×{h}×{w} images with 1 or 3 channels",
+                pixels.len()
+            ),
         ));
     }
     let n = pixels.len() / d;
