@@ -323,7 +323,7 @@ fn run_command(cli: &Cli) -> Result<()> {
             } else {
                 println!("{} samples ({} score evaluations) in {:.2} s → {}", o.n, o.nfe, o.seconds, o.npy.display());
                 if let Some(p) = &o.png {
-                    println!("scatter plot → {}", p.display());
+                    println!("picture (scatter or image grid) → {}", p.display());
                 }
             }
         }

@@ -195,7 +195,7 @@ pub fn read_csv(gz: &[u8], path: &Path, h: usize, w: usize, max_value: f32) -> R
             images.push(v / max_value);
         }
         let label: f64 = fields[d].parse().map_err(|_| at(format!("label `{}` is not a number", fields[d])))?;
-        if !(label >= 0.0 && label <= 255.0 && label.fract() == 0.0) {
+        if !((0.0..=255.0).contains(&label) && label.fract() == 0.0) {
             return Err(at(format!("label {label} is not an integer in 0..=255")));
         }
         labels.push(label as u8);

@@ -57,7 +57,7 @@ impl UNetConfig {
             )));
         }
         for &m in &self.channel_mult {
-            if self.groups == 0 || (self.channels * m) % self.groups != 0 {
+            if self.groups == 0 || !(self.channels * m).is_multiple_of(self.groups) {
                 return Err(Error::Invalid(format!(
                     "model.groups = {} must divide every level's channels ({} = {}·{m})",
                     self.groups,
@@ -233,9 +233,9 @@ impl UNet {
         let mut down = Vec::new();
         let mut downsample = Vec::new();
         let mut prev = ch;
-        for l in 0..levels {
-            down.push(ResBlock::new(prev, chs[l], temb, g, vb.pp(format!("down.{l}")))?);
-            prev = chs[l];
+        for (l, &c) in chs.iter().enumerate() {
+            down.push(ResBlock::new(prev, c, temb, g, vb.pp(format!("down.{l}")))?);
+            prev = c;
             if l + 1 < levels {
                 downsample.push(conv3(prev, prev, 2, vb.pp(format!("downsample.{l}")))?);
             }

@@ -15,7 +15,7 @@ pub fn image_grid(
     zoom: usize,
 ) -> Result<()> {
     let d = c * h * w;
-    if d == 0 || pixels.is_empty() || pixels.len() % d != 0 || !(c == 1 || c == 3) {
+    if d == 0 || pixels.is_empty() || !pixels.len().is_multiple_of(d) || !(c == 1 || c == 3) {
         return Err(Error::data(
             path,
             format!(
