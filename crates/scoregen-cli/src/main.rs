@@ -85,7 +85,7 @@ enum Command {
         steps: Option<usize>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Output .npy (default: RUN/samples/samples.npy); a PNG is written beside it for 2-D data.
+        /// Output .npy (default: RUN/samples/samples.npy); a PNG is written beside it for 2-D data (a scatter) and images (a grid; the .npy is then [N, C, H, W]).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Sample with the raw weights instead of the EMA weights.
@@ -369,7 +369,7 @@ fn run_command(cli: &Cli) -> Result<()> {
             } else {
                 println!("{} samples ({} score evaluations) in {:.2} s → {}", o.n, o.nfe, o.seconds, o.npy.display());
                 if let Some(p) = &o.png {
-                    println!("scatter plot → {}", p.display());
+                    println!("picture (scatter or image grid) → {}", p.display());
                 }
             }
         }

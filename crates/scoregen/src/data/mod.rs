@@ -1,10 +1,12 @@
-//! Data: toy 2-D sets, Gaussian-mixture specs, `.npy` io.
+//! Data: toy 2-D sets, Gaussian-mixture specs, image sets, `.npy` io.
 
+pub mod images;
 pub mod npy;
 pub mod points;
 pub mod spec;
 pub mod toy;
 
+pub use images::{ImageSet, PixelScale};
 pub use points::Points;
 
 use crate::error::{Error, Result};
@@ -19,10 +21,101 @@ pub struct Dataset {
     pub name: String,
     pub points: Points,
     pub oracle: Option<GaussianMixture>,
+    /// (C, H, W) when the points are flattened images.
+    pub image_shape: Option<(usize, usize, usize)>,
+    /// Class labels, one per point, when the source has them (images).
+    pub labels: Option<Vec<u8>>,
 }
 
-/// Where training data comes from: a toy set by name, a mixture spec (`.toml`) or a `.npy` file.
+/// How image sources are read: pixel scaling and the held-out fraction.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ImageOptions {
+    pub scale: PixelScale,
+    /// Fraction of a set without its own test split (`digits`, `mnist5k`, PNG
+    /// folders) held out, by a permutation seeded with `split_seed`.
+    pub test_fraction: f64,
+    pub split_seed: u64,
+}
+
+impl Default for ImageOptions {
+    fn default() -> Self {
+        Self { scale: PixelScale::Symmetric, test_fraction: 0.1, split_seed: 0 }
+    }
+}
+
+/// True when `source` names image data (a named set, an IDX file or a folder).
+pub fn is_image_source(source: &str) -> bool {
+    images::NAMES.contains(&source)
+        || images::idx_labels_path(Path::new(source)).is_some()
+        || Path::new(source).is_dir()
+}
+
+/// The (C, H, W) of a named image set, without reading it.
+pub fn image_shape_of(source: &str) -> Option<(usize, usize, usize)> {
+    images::shape_of(source)
+}
+
+/// The training or test part of an image source. `fashion-mnist` and IDX
+/// files use their own files (`train-…` / `t10k-…`); the others are split.
+pub fn load_images(source: &str, train: bool, opts: &ImageOptions) -> Result<ImageSet> {
+    let path = Path::new(source);
+    let (set, pre_split) = if let Some(named) = images::by_name(source) {
+        if source == "fashion-mnist" {
+            (images::fashion_mnist(train)?, true)
+        } else {
+            (named?, false)
+        }
+    } else if let Some(labels) = images::idx_labels_path(path) {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let pre = name.starts_with("train-") || name.starts_with("t10k-");
+        let (ip, lp) = if pre && !train {
+            let swap =
+                |p: &Path| p.with_file_name(p.file_name().unwrap().to_str().unwrap().replacen("train-", "t10k-", 1));
+            (swap(path), swap(&labels))
+        } else {
+            (path.to_path_buf(), labels)
+        };
+        (images::read_idx(&ip, &lp)?, pre)
+    } else if path.is_dir() {
+        (images::read_png_dir(path)?, false)
+    } else {
+        return Err(Error::Invalid(format!(
+            "unknown image source `{source}`: expected one of {}, an IDX `*-images-idx3-ubyte[.gz]` file or a folder of PNGs",
+            images::NAMES.join(", ")
+        )));
+    };
+    if pre_split {
+        return Ok(set);
+    }
+    let (tr, te) = set.split(opts.test_fraction, opts.split_seed);
+    Ok(if train { tr } else { te })
+}
+
+/// Where training data comes from: a toy set by name, a mixture spec (`.toml`),
+/// a `.npy` file, or images (read with default [`ImageOptions`]).
 pub fn load(source: &str, n: usize, rng: &mut Rng) -> Result<Dataset> {
+    load_with(source, n, rng, &ImageOptions::default())
+}
+
+/// [`load`] with explicit image options. Images: the training part, at most
+/// `n` of them, flattened to points in R^{C·H·W}.
+pub fn load_with(source: &str, n: usize, rng: &mut Rng, opts: &ImageOptions) -> Result<Dataset> {
+    if is_image_source(source) {
+        let mut set = load_images(source, true, opts)?;
+        if set.len() > n {
+            set = set.select(&(0..n).collect::<Vec<_>>());
+        }
+        if set.is_empty() {
+            return Err(Error::data(source, "the data set is empty"));
+        }
+        return Ok(Dataset {
+            name: source.to_string(),
+            points: set.to_points(opts.scale),
+            oracle: None,
+            image_shape: Some(set.shape()),
+            labels: Some(set.labels),
+        });
+    }
     let path = Path::new(source);
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     let (points, oracle) = match ext {
@@ -34,8 +127,9 @@ pub fn load(source: &str, n: usize, rng: &mut Rng) -> Result<Dataset> {
         _ => {
             let toy = toy::Toy::by_name(source).ok_or_else(|| {
                 Error::Invalid(format!(
-                    "unknown data set `{source}`: expected one of {} or a path ending in .npy or .toml",
-                    toy::NAMES.join(", ")
+                    "unknown data set `{source}`: expected one of {}, {}, a path ending in .npy or .toml, an IDX file or a folder of PNGs",
+                    toy::NAMES.join(", "),
+                    images::NAMES.join(", ")
                 ))
             })?;
             (toy.sample(n, rng), toy.mixture())
@@ -44,5 +138,5 @@ pub fn load(source: &str, n: usize, rng: &mut Rng) -> Result<Dataset> {
     if points.n == 0 {
         return Err(Error::data(source, "the data set is empty"));
     }
-    Ok(Dataset { name: source.to_string(), points, oracle })
+    Ok(Dataset { name: source.to_string(), points, oracle, image_shape: None, labels: None })
 }

@@ -18,7 +18,9 @@ pub fn read_points(path: &Path) -> Result<Points> {
     let (n, d) = match shape.as_slice() {
         [n] => (*n, 1),
         [n, d] => (*n, *d),
-        s => return Err(bad(format!("expected an array of shape [N, D], found shape {s:?}"))),
+        // Images [N, C, H, W]: each image flattened.
+        [n, c, h, w] if c.checked_mul(*h).and_then(|x| x.checked_mul(*w)).is_some() => (*n, c * h * w),
+        s => return Err(bad(format!("expected an array of shape [N, D] or [N, C, H, W], found shape {s:?}"))),
     };
     if npy.order() != npyz::Order::C {
         return Err(bad("Fortran-ordered arrays are not supported; save with np.ascontiguousarray".into()));
@@ -99,6 +101,17 @@ mod tests {
         for (a, b) in pts.data.iter().zip(&back.data) {
             assert_eq!(*a as f32, *b as f32);
         }
+    }
+
+    #[test]
+    fn reads_images_as_flattened_points() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.npy");
+        let v: Vec<f32> = (0..24).map(|k| k as f32).collect();
+        write_f32(&p, &[2, 3, 2, 2], &v).unwrap();
+        let pts = read_points(&p).unwrap();
+        assert_eq!((pts.n, pts.d), (2, 12));
+        assert_eq!(pts.row(1)[0], 12.0);
     }
 
     #[test]

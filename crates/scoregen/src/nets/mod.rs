@@ -6,11 +6,13 @@ pub mod embedding;
 pub mod energy;
 pub mod init;
 pub mod mlp;
+pub mod unet;
 
 pub use embedding::GaussianFourier;
 pub use energy::{EnergyMlp, EnergyScore};
 pub use init::seeded_var_builder;
 pub use mlp::{Conditioning, Mlp, MlpConfig};
+pub use unet::{UNet, UNetConfig};
 
 use candle_core::{Result, Tensor};
 
@@ -65,6 +67,13 @@ pub fn build(cfg: &ModelConfig, dim: usize, levels: usize, seed: u64, vm: &VarMa
             Model::Score(Box::new(Mlp::build(vm, dim, dim, &mlp, Conditioning::Levels(levels), seed)?), cfg.output)
         }
         ModelKind::EnergyMlp => Model::Energy(EnergyMlp::build(vm, dim, &mlp, Conditioning::None, seed)?),
+        ModelKind::Unet => {
+            let unet = cfg.unet(dim).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            Model::Score(
+                Box::new(UNet::build(vm, &unet, seed).map_err(|e| candle_core::Error::Msg(e.to_string()))?),
+                cfg.output,
+            )
+        }
     })
 }
 

@@ -98,7 +98,12 @@ impl Trainer {
     /// A fresh model for `cfg` (data drawn, parameters initialized from the seed).
     pub fn new(cfg: &RunConfig) -> Result<Self> {
         autodiff::enable_second_order();
-        let dataset = data::load(&cfg.data.source, cfg.data.n_train, &mut Rng::new(cfg.seed, streams::DATA))?;
+        let dataset = data::load_with(
+            &cfg.data.source,
+            cfg.data.n_train,
+            &mut Rng::new(cfg.seed, streams::DATA),
+            &cfg.data.image_options(),
+        )?;
         let varmap = VarMap::new();
         let model = nets::build(&cfg.model, dataset.points.d, cfg.noise.levels, cfg.seed, &varmap)?;
         let params = nets::named_vars(&varmap);
@@ -341,5 +346,6 @@ impl LoadedModel {
 
 /// The training points as used by a run (regenerated from its seed).
 pub fn training_points(cfg: &RunConfig) -> Result<Points> {
-    Ok(data::load(&cfg.data.source, cfg.data.n_train, &mut Rng::new(cfg.seed, streams::DATA))?.points)
+    let opts = cfg.data.image_options();
+    Ok(data::load_with(&cfg.data.source, cfg.data.n_train, &mut Rng::new(cfg.seed, streams::DATA), &opts)?.points)
 }

@@ -1,8 +1,10 @@
-//! Pictures: sample scatters over densities, loss curves.
+//! Pictures: sample scatters over densities, image grids, loss curves.
 
+pub mod images;
 pub mod plots;
 pub mod trajectories;
 
+pub use images::image_grid;
 pub use plots::{
     ema_smooth, grid_centres, grid_lookup, line_plot, scatter_gif, scatter_grid, scatter_over_density, Bounds,
     PlotError, ScatterPanel,

@@ -1,0 +1,421 @@
+//! A small U-Net score network in the spirit of DDPM++ / NCSN++ (Ho et al.
+//! 2020; Song et al. 2021, score_sde's `ddpm.py`), sized for a CPU.
+//!
+//! Input and output are flattened images [N, C·H·W], so every objective and
+//! sampler works on them unchanged; the net reshapes to [N, C, H, W] inside.
+
+use super::{GaussianFourier, Network};
+use crate::error::{Error, Result as CrateResult};
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{group_norm, linear, GroupNorm, Linear, VarBuilder};
+
+/// Channels, depth and embedding of a [`UNet`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct UNetConfig {
+    /// (C, H, W) of one image.
+    pub image: (usize, usize, usize),
+    /// Base channel count; level l has `channels · channel_mult[l]` channels.
+    pub channels: usize,
+    /// One entry per resolution; each level after the first halves H and W.
+    pub channel_mult: Vec<usize>,
+    /// Groups of every GroupNorm (must divide every level's channel count).
+    pub groups: usize,
+    /// Self-attention at the lowest resolution.
+    pub attention: bool,
+    /// Size of the Fourier time features (even).
+    pub embed_dim: usize,
+    /// Standard deviation of the Fourier frequencies.
+    pub embed_scale: f64,
+}
+
+impl UNetConfig {
+    /// The (C, H, W) of a flattened square image of dimension `dim` with `c` channels.
+    pub fn square_image(dim: usize, c: usize) -> CrateResult<(usize, usize, usize)> {
+        let side = ((dim / c.max(1)) as f64).sqrt().round() as usize;
+        if c == 0 || c * side * side != dim {
+            return Err(Error::Invalid(format!(
+                "the U-Net needs square images: data dimension {dim} is not {c}·H·H for model.image_channels = {c}"
+            )));
+        }
+        Ok((c, side, side))
+    }
+
+    /// Checks that the resolutions halve evenly and the groups divide the channels.
+    pub fn validate(&self) -> CrateResult<()> {
+        let (_, h, w) = self.image;
+        let levels = self.channel_mult.len();
+        if levels == 0 || self.channels == 0 || self.channel_mult.contains(&0) {
+            return Err(Error::Invalid(
+                "the U-Net needs model.channels ≥ 1 and a non-empty model.channel_mult of values ≥ 1".into(),
+            ));
+        }
+        let f = 1usize << (levels - 1);
+        if h % f != 0 || w % f != 0 {
+            return Err(Error::Invalid(format!(
+                "a U-Net with {levels} levels halves the image {} times: {h}×{w} is not divisible by {f} (shorten model.channel_mult)",
+                levels - 1
+            )));
+        }
+        for &m in &self.channel_mult {
+            if self.groups == 0 || !(self.channels * m).is_multiple_of(self.groups) {
+                return Err(Error::Invalid(format!(
+                    "model.groups = {} must divide every level's channels ({} = {}·{m})",
+                    self.groups,
+                    self.channels * m,
+                    self.channels
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A k×k convolution (k = 1 or 3, "same" zero padding, stride 1 or 2) computed
+/// as patches × weights: y = W·im2col(x) + b.
+///
+/// Same parameters and names as `candle_nn::Conv` (`weight` [C_out, C_in, k, k],
+/// `bias` [C_out]), but its backward pass is a matmul instead of candle's CPU
+/// transposed convolution, which is an order of magnitude slower on small images.
+/// Stride 2 keeps every other output of the stride-1 convolution (H, W even).
+struct Conv {
+    weight: Tensor,
+    bias: Tensor,
+    k: usize,
+    stride: usize,
+}
+
+impl Conv {
+    fn new(cin: usize, cout: usize, k: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints((cout, cin, k, k), "weight", candle_nn::init::DEFAULT_KAIMING_NORMAL)?;
+        let bound = 1.0 / ((cin * k * k) as f64).sqrt();
+        let bias = vb.get_with_hints(cout, "bias", candle_nn::Init::Uniform { lo: -bound, up: bound })?;
+        Ok(Self { weight, bias, k, stride })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let cout = self.weight.dim(0)?;
+        let patches = if self.k == 1 {
+            x.reshape((n, c, h * w))?
+        } else {
+            let p = self.k / 2;
+            let xp = x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
+            let mut cols = Vec::with_capacity(self.k * self.k);
+            for dy in 0..self.k {
+                for dx in 0..self.k {
+                    cols.push(xp.narrow(2, dy, h)?.narrow(3, dx, w)?);
+                }
+            }
+            // [N, C, k², H, W] → [N, C·k², H·W], matching weight's [C_out, C_in·k·k] layout.
+            Tensor::stack(&cols, 2)?.reshape((n, c * self.k * self.k, h * w))?
+        };
+        let wmat = self.weight.reshape((cout, c * self.k * self.k))?;
+        let y = wmat.broadcast_matmul(&patches)?.broadcast_add(&self.bias.reshape((1, cout, 1))?)?;
+        let y = y.reshape((n, cout, h, w))?;
+        if self.stride == 2 {
+            y.reshape((n, cout, h / 2, 2, w / 2, 2))?.narrow(3, 0, 1)?.narrow(5, 0, 1)?.reshape((n, cout, h / 2, w / 2))
+        } else {
+            Ok(y)
+        }
+    }
+}
+
+fn conv3(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Conv> {
+    Conv::new(cin, cout, 3, stride, vb)
+}
+
+/// h = x̂ + W₂ SiLU(GN(W₁ SiLU(GN(x)) + P e)), out = h / √2 (score_sde's
+/// `skip_rescale`), with x̂ = x or a 1×1 conv of x when the channels change and
+/// e the time embedding projected by P to the block's channels.
+struct ResBlock {
+    norm1: GroupNorm,
+    conv1: Conv,
+    time: Linear,
+    norm2: GroupNorm,
+    conv2: Conv,
+    skip: Option<Conv>,
+}
+
+impl ResBlock {
+    fn new(cin: usize, cout: usize, temb: usize, groups: usize, vb: VarBuilder) -> Result<Self> {
+        let skip = if cin == cout { None } else { Some(Conv::new(cin, cout, 1, 1, vb.pp("skip"))?) };
+        Ok(Self {
+            norm1: group_norm(groups, cin, 1e-6, vb.pp("norm1"))?,
+            conv1: conv3(cin, cout, 1, vb.pp("conv1"))?,
+            time: linear(temb, cout, vb.pp("time"))?,
+            norm2: group_norm(groups, cout, 1e-6, vb.pp("norm2"))?,
+            conv2: conv3(cout, cout, 1, vb.pp("conv2"))?,
+            skip,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, emb: &Tensor) -> Result<Tensor> {
+        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let h = h.broadcast_add(&self.time.forward(emb)?.unsqueeze(2)?.unsqueeze(3)?)?;
+        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let x = match &self.skip {
+            Some(s) => s.forward(x)?,
+            None => x.clone(),
+        };
+        (x + h)? / std::f64::consts::SQRT_2
+    }
+}
+
+/// Single-head self-attention over the H·W positions:
+/// out = (x + W_o V softmax(QᵀK/√C)) / √2, with Q, K, V 1×1 projections of GN(x).
+struct Attention {
+    norm: GroupNorm,
+    qkv: Linear,
+    out: Linear,
+}
+
+impl Attention {
+    fn new(ch: usize, groups: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            norm: group_norm(groups, ch, 1e-6, vb.pp("norm"))?,
+            qkv: linear(ch, 3 * ch, vb.pp("qkv"))?,
+            out: linear(ch, ch, vb.pp("out"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        // [N, C, H, W] → [N, HW, C]
+        let seq = self.norm.forward(x)?.reshape((n, c, h * w))?.transpose(1, 2)?.contiguous()?;
+        let qkv = self.qkv.forward(&seq)?;
+        let (q, k, v) = (qkv.narrow(2, 0, c)?, qkv.narrow(2, c, c)?, qkv.narrow(2, 2 * c, c)?);
+        let att = (q.contiguous()?.matmul(&k.contiguous()?.transpose(1, 2)?)? / (c as f64).sqrt())?;
+        let att = candle_nn::ops::softmax(&att, D::Minus1)?;
+        let y = self.out.forward(&att.matmul(&v.contiguous()?)?)?;
+        let y = y.transpose(1, 2)?.reshape((n, c, h, w))?;
+        (x + y)? / std::f64::consts::SQRT_2
+    }
+}
+
+/// The U-Net: conv_in → [ResBlock, ↓]ₗ → ResBlock, (attention), ResBlock →
+/// [↑, ResBlock(concat skip)]ₗ → GN, SiLU, conv_out.
+///
+/// The time embedding e(t) = W₂ SiLU(W₁ γ(t)), with γ Gaussian Fourier
+/// features of t, enters every residual block. Downsampling is a stride-2 3×3
+/// conv, upsampling is nearest-neighbour ×2 followed by a 3×3 conv.
+pub struct UNet {
+    cfg: UNetConfig,
+    fourier: GaussianFourier,
+    temb1: Linear,
+    temb2: Linear,
+    conv_in: Conv,
+    down: Vec<ResBlock>,
+    downsample: Vec<Conv>,
+    mid1: ResBlock,
+    attention: Option<Attention>,
+    mid2: ResBlock,
+    upsample: Vec<Conv>,
+    up: Vec<ResBlock>,
+    norm_out: GroupNorm,
+    conv_out: Conv,
+}
+
+impl UNet {
+    /// Parameters are created (or loaded) through `vb` under readable names
+    /// (`down.{l}.conv1`, `mid1`, `up.{l}`, `attention.qkv`, …).
+    pub fn new(vb: VarBuilder, cfg: &UNetConfig, seed: u64) -> CrateResult<Self> {
+        cfg.validate()?;
+        let (c_img, ..) = cfg.image;
+        let ch = cfg.channels;
+        let g = cfg.groups;
+        let levels = cfg.channel_mult.len();
+        let chs: Vec<usize> = cfg.channel_mult.iter().map(|m| ch * m).collect();
+        let temb = 4 * ch;
+        let fourier = GaussianFourier::new(cfg.embed_dim, cfg.embed_scale, seed, vb.dtype(), vb.device())?;
+        let temb1 = linear(cfg.embed_dim, temb, vb.pp("temb1"))?;
+        let temb2 = linear(temb, temb, vb.pp("temb2"))?;
+        let conv_in = conv3(c_img, ch, 1, vb.pp("conv_in"))?;
+        let mut down = Vec::new();
+        let mut downsample = Vec::new();
+        let mut prev = ch;
+        for (l, &c) in chs.iter().enumerate() {
+            down.push(ResBlock::new(prev, c, temb, g, vb.pp(format!("down.{l}")))?);
+            prev = c;
+            if l + 1 < levels {
+                downsample.push(conv3(prev, prev, 2, vb.pp(format!("downsample.{l}")))?);
+            }
+        }
+        let mid1 = ResBlock::new(prev, prev, temb, g, vb.pp("mid1"))?;
+        let attention = if cfg.attention { Some(Attention::new(prev, g, vb.pp("attention"))?) } else { None };
+        let mid2 = ResBlock::new(prev, prev, temb, g, vb.pp("mid2"))?;
+        let mut up = Vec::new();
+        let mut upsample = Vec::new();
+        for l in 0..levels {
+            // Level l of the up path sees the output of level l + 1 (or the middle) plus the skip at level l.
+            let from = if l + 1 < levels { chs[l + 1] } else { prev };
+            up.push(ResBlock::new(from + chs[l], chs[l], temb, g, vb.pp(format!("up.{l}")))?);
+            if l + 1 < levels {
+                upsample.push(conv3(chs[l + 1], chs[l + 1], 1, vb.pp(format!("upsample.{l}")))?);
+            }
+        }
+        let norm_out = group_norm(g, ch, 1e-6, vb.pp("norm_out"))?;
+        let conv_out = conv3(ch, c_img, 1, vb.pp("conv_out"))?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            fourier,
+            temb1,
+            temb2,
+            conv_in,
+            down,
+            downsample,
+            mid1,
+            attention,
+            mid2,
+            upsample,
+            up,
+            norm_out,
+            conv_out,
+        })
+    }
+
+    /// A U-Net on the CPU in f32 whose parameters live in `vm` (new ones drawn from `seed`).
+    pub fn build(vm: &candle_nn::VarMap, cfg: &UNetConfig, seed: u64) -> CrateResult<Self> {
+        let vb = super::seeded_var_builder(vm, seed, DType::F32, &Device::Cpu);
+        Self::new(vb, cfg, seed)
+    }
+
+    /// The network on images [N, C, H, W] → [N, C, H, W].
+    pub fn forward_images(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let emb = self.fourier.forward(t)?.to_dtype(x.dtype())?;
+        let emb = self.temb2.forward(&self.temb1.forward(&emb)?.silu()?)?.silu()?;
+        let levels = self.down.len();
+        let mut h = self.conv_in.forward(x)?;
+        let mut skips = Vec::with_capacity(levels);
+        for l in 0..levels {
+            h = self.down[l].forward(&h, &emb)?;
+            skips.push(h.clone());
+            if let Some(ds) = self.downsample.get(l) {
+                h = ds.forward(&h)?;
+            }
+        }
+        h = self.mid1.forward(&h, &emb)?;
+        if let Some(a) = &self.attention {
+            h = a.forward(&h)?;
+        }
+        h = self.mid2.forward(&h, &emb)?;
+        for l in (0..levels).rev() {
+            if l + 1 < levels {
+                let (_, _, hh, ww) = h.dims4()?;
+                h = self.upsample[l].forward(&h.upsample_nearest2d(2 * hh, 2 * ww)?)?;
+            }
+            h = self.up[l].forward(&Tensor::cat(&[&h, &skips[l]], 1)?, &emb)?;
+        }
+        self.conv_out.forward(&self.norm_out.forward(&h)?.silu()?)
+    }
+}
+
+impl Network for UNet {
+    /// x [N, C·H·W] (or already [N, C, H, W]) → the same shape.
+    fn forward(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let (c, h, w) = self.cfg.image;
+        if x.rank() == 4 {
+            return self.forward_images(x, t);
+        }
+        let n = x.dim(0)?;
+        self.forward_images(&x.reshape((n, c, h, w))?, t)?.reshape(x.shape())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autodiff;
+    use candle_nn::VarMap;
+
+    fn small(attention: bool) -> UNetConfig {
+        UNetConfig {
+            image: (1, 8, 8),
+            channels: 8,
+            channel_mult: vec![1, 2],
+            groups: 4,
+            attention,
+            embed_dim: 16,
+            embed_scale: 4.0,
+        }
+    }
+
+    fn batch(n: usize, d: usize) -> (Tensor, Tensor) {
+        let mut rng = crate::rng::Rng::new(3, 0);
+        let x: Vec<f32> = (0..n * d).map(|_| rng.normal() as f32).collect();
+        let t: Vec<f32> = (0..n).map(|i| (i as f32 + 0.5) / n as f32).collect();
+        (Tensor::from_vec(x, (n, d), &Device::Cpu).unwrap(), Tensor::from_vec(t, n, &Device::Cpu).unwrap())
+    }
+
+    #[test]
+    fn output_has_the_input_shape_flat_and_as_images() {
+        for cfg in
+            [small(false), small(true), UNetConfig { image: (1, 28, 28), channel_mult: vec![1, 2, 2], ..small(true) }]
+        {
+            let net = UNet::build(&VarMap::new(), &cfg, 0).unwrap();
+            let (c, h, w) = cfg.image;
+            let (x, t) = batch(3, c * h * w);
+            let y = net.forward(&x, &t).unwrap();
+            assert_eq!(y.dims(), &[3, c * h * w]);
+            let y4 = net.forward(&x.reshape((3, c, h, w)).unwrap(), &t).unwrap();
+            assert_eq!(y4.dims(), &[3, c, h, w]);
+            let diff = (y4.flatten_from(1).unwrap() - &y).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+        }
+    }
+
+    #[test]
+    fn output_depends_on_time() {
+        let net = UNet::build(&VarMap::new(), &small(false), 0).unwrap();
+        let (x, _) = batch(2, 64);
+        let a = net.forward(&x, &Tensor::new(&[0.1f32, 0.1], &Device::Cpu).unwrap()).unwrap();
+        let b = net.forward(&x, &Tensor::new(&[0.9f32, 0.9], &Device::Cpu).unwrap()).unwrap();
+        let d = (a - b).unwrap().abs().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d > 1e-4, "mean |Δ| = {d}");
+    }
+
+    #[test]
+    fn gradient_reaches_every_parameter() {
+        let vm = VarMap::new();
+        let net = UNet::build(&vm, &small(true), 0).unwrap();
+        let (x, t) = batch(4, 64);
+        let loss = net.forward(&x, &t).unwrap().sqr().unwrap().mean_all().unwrap();
+        let grads = autodiff::backward(&loss).unwrap();
+        let vars = super::super::named_vars(&vm);
+        assert!(vars.len() > 40, "{} parameters", vars.len());
+        for (name, v) in vars {
+            let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
+            let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(norm > 0.0 && norm.is_finite(), "{name}: ‖g‖² = {norm}");
+        }
+    }
+
+    #[test]
+    fn im2col_conv_matches_candle_conv2d() {
+        let vm = VarMap::new();
+        let vb = crate::nets::seeded_var_builder(&vm, 1, candle_core::DType::F32, &Device::Cpu);
+        let (x, _) = batch(2, 3 * 8 * 8);
+        let x = x.reshape((2, 3, 8, 8)).unwrap();
+        for (k, stride) in [(3, 1), (3, 2), (1, 1)] {
+            let conv = Conv::new(3, 5, k, stride, vb.pp(format!("c{k}{stride}"))).unwrap();
+            let ours = conv.forward(&x).unwrap();
+            let theirs = x
+                .conv2d(&conv.weight, k / 2, stride, 1, 1)
+                .unwrap()
+                .broadcast_add(&conv.bias.reshape((1, 5, 1, 1)).unwrap())
+                .unwrap();
+            assert_eq!(ours.dims(), theirs.dims());
+            let err = (ours - theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(err < 1e-5, "k={k} stride={stride}: max error {err}");
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_rejected_with_the_field() {
+        let e = UNetConfig { image: (1, 6, 6), channel_mult: vec![1, 2, 2], ..small(false) }.validate().unwrap_err();
+        assert!(e.to_string().contains("not divisible by 4"), "{e}");
+        let e = UNetConfig { groups: 3, ..small(false) }.validate().unwrap_err();
+        assert!(e.to_string().contains("model.groups = 3"), "{e}");
+        assert_eq!(UNetConfig::square_image(784, 1).unwrap(), (1, 28, 28));
+        assert!(UNetConfig::square_image(63, 1).is_err());
+    }
+}
