@@ -12,7 +12,7 @@ pub use mixture::{GaussianMixture, MixtureError};
 
 use crate::data::Points;
 use crate::score::ScoreFn;
-use crate::sde::{self, Sde};
+use crate::sde::Sde;
 use candle_core::{Result, Tensor};
 use std::sync::Arc;
 
@@ -56,22 +56,8 @@ impl ScoreFn for OracleScore {
     }
 
     fn score(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
-        let pts = Points::from_tensor(x)?;
-        let ts = sde::times(t)?;
-        let mut out = Vec::with_capacity(pts.data.len());
-        // Batches almost always share one t; perturb the mixture once per run of equal times.
-        let mut start = 0;
-        while start < pts.n {
-            let mut end = start + 1;
-            while end < pts.n && ts[end] == ts[start] {
-                end += 1;
-            }
-            let mix = self.at(ts[start]);
-            let block = Points::new(end - start, pts.d, pts.data[start * pts.d..end * pts.d].to_vec());
-            out.extend(mix.score(&block).data);
-            start = end;
-        }
-        Tensor::from_vec(out, (pts.n, pts.d), x.device())?.to_dtype(x.dtype())
+        let (n, out) = self.by_time(x, t, |mix, block| mix.score(block).data)?;
+        Tensor::from_vec(out, (n, x.dim(1)?), x.device())?.to_dtype(x.dtype())
     }
 }
 
