@@ -142,7 +142,13 @@ pub fn draw(model: &LoadedModel, req: &SampleRequest, spec: &SamplerSpec, rng: &
             let pb = progress::bar(req.steps, "sample", req.quiet);
             spec.sample(score.as_ref(), cfg.sde().as_ref(), shape, sp.eps, sp.denoise, rng, DType::F32, &pb)?
         }
-        SamplerKind::Langevin => {
+        SamplerKind::Langevin | SamplerKind::Mala => {
+            let energy = match sampler {
+                SamplerKind::Mala => Some(model.model.energy().ok_or_else(|| {
+                    Error::Invalid("sampler mala needs an energy model (model.kind = \"energy-mlp\")".into())
+                })?),
+                _ => None,
+            };
             let x0 = sp.start.sample(shape, rng, DType::F32)?;
             let opts = LangevinOptions {
                 steps: req.steps,
@@ -150,20 +156,11 @@ pub fn draw(model: &LoadedModel, req: &SampleRequest, spec: &SamplerSpec, rng: &
                 t: cfg.langevin_time(),
                 record_every: req.record_every,
             };
-            samplers::langevin(score.as_ref(), x0, &opts, rng, &progress::bar(req.steps, "langevin", req.quiet))?
-        }
-        SamplerKind::Mala => {
-            let energy = model.model.energy().ok_or_else(|| {
-                Error::Invalid("sampler mala needs an energy model (model.kind = \"energy-mlp\")".into())
-            })?;
-            let x0 = sp.start.sample(shape, rng, DType::F32)?;
-            let opts = LangevinOptions {
-                steps: req.steps,
-                eps: step_size,
-                t: cfg.langevin_time(),
-                record_every: req.record_every,
-            };
-            samplers::mala(score.as_ref(), energy, x0, &opts, rng, &progress::bar(req.steps, "mala", req.quiet))?.0
+            let pb = progress::bar(req.steps, &sampler.to_string(), req.quiet);
+            match energy {
+                Some(e) => samplers::mala(score.as_ref(), e, x0, &opts, rng, &pb)?.0,
+                None => samplers::langevin(score.as_ref(), x0, &opts, rng, &pb)?,
+            }
         }
         SamplerKind::AnnealedLangevin => {
             check(cfg.objective.kind == ObjectiveKind::Ncsn, "needs a run trained with objective.kind = \"ncsn\"")?;
