@@ -177,12 +177,49 @@ enum Command {
         no_ema: bool,
     },
     /// Compare a sample file with a target: a mixture (gmm8, gmm25, unbalanced, SPEC.toml) or a reference .npy.
-    #[command(after_help = "Example:\n  scoregen eval --samples runs/quickstart/samples.npy --target gmm8")]
+    #[command(
+        after_help = "Examples:\n  scoregen eval --samples runs/quickstart/samples.npy --target gmm8\n  scoregen eval --samples runs/digits-vp/samples/samples.npy --target digits --classifier classifiers/digits"
+    )]
     Eval {
         #[arg(long)]
         samples: PathBuf,
+        /// A mixture (gmm8, gmm25, unbalanced, SPEC.toml), a reference .npy, or an image source
+        /// (digits, mnist5k, fashion-mnist, IDX, PNG folder: judged by a classifier).
         #[arg(long)]
         target: String,
+        /// Classifier for image targets (default: classifiers/TARGET), made by `scoregen train-classifier`.
+        #[arg(long)]
+        classifier: Option<PathBuf>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Train the classifier behind the image metrics (Fréchet distance, class histogram) or,
+    /// with --noisy, a noise-aware classifier p_t(y | x) for classifier guidance.
+    #[command(
+        after_help = "Examples:\n  scoregen train-classifier --data digits --out classifiers/digits\n  scoregen train-classifier --data mnist5k --steps 3000 --out classifiers/mnist5k\n  scoregen train-classifier --run runs/digits-vp --noisy --out runs/digits-vp/classifier"
+    )]
+    TrainClassifier {
+        /// Image source: digits, mnist5k, fashion-mnist, an IDX file or a folder of PNGs.
+        #[arg(long)]
+        data: Option<String>,
+        /// Take data, pixel scale, split and (with --noisy) the SDE from this run's config.toml.
+        #[arg(long)]
+        run: Option<PathBuf>,
+        /// Train on images perturbed by the run's forward SDE, with t as an input.
+        #[arg(long)]
+        noisy: bool,
+        /// Output directory (default: classifiers/DATA, or RUN/classifier-noisy with --noisy).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Base channels of the CNN.
+        #[arg(long, default_value_t = 32)]
+        width: usize,
+        #[arg(long, default_value_t = 1500)]
+        steps: usize,
+        #[arg(long, default_value_t = 64)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 2e-3)]
+        lr: f64,
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
@@ -443,14 +480,68 @@ fn run_command(cli: &Cli) -> Result<()> {
                 }
             }
         }
-        Command::Eval { samples, target, seed } => {
+        Command::Eval { samples, target, classifier, seed } => {
             let pts = npy::read_points(samples)?;
+            if scoregen::data::is_image_source(target) {
+                let dir = classifier.clone().unwrap_or_else(|| Path::new("classifiers").join(target));
+                let report = run::images::evaluate_images(&pts, &dir)
+                    .with_context(|| format!("image metrics of {} against `{target}`", samples.display()))?;
+                if cli.json {
+                    print_json(&report);
+                } else {
+                    print!("{}", report.table());
+                }
+                return Ok(());
+            }
             let t = Target::parse(target)?;
             let ev = run::evaluate(&pts, &t, *seed)?;
             if cli.json {
                 print_json(&ev);
             } else {
                 print!("{}", ev.table());
+            }
+        }
+        Command::TrainClassifier { data, run: run_dir, noisy, out, width, steps, batch_size, lr, seed } => {
+            let config = match run_dir {
+                Some(dir) => Some(RunConfig::load(&dir.join("config.toml"), &[])?),
+                None => None,
+            };
+            let out = match (out, run_dir, data) {
+                (Some(o), _, _) => o.clone(),
+                (None, Some(r), _) if *noisy => r.join("classifier-noisy"),
+                (None, _, Some(d)) => Path::new("classifiers").join(d),
+                (None, Some(_), None) => {
+                    Path::new("classifiers").join(config.as_ref().map_or("run", |c| c.data.source.as_str()))
+                }
+                (None, None, None) => anyhow::bail!("give --data NAME or --run DIR"),
+            };
+            let req = run::images::ClassifierRequest {
+                data: data.clone(),
+                config,
+                noisy: *noisy,
+                out,
+                width: *width,
+                steps: *steps,
+                batch_size: *batch_size,
+                lr: *lr,
+                seed: *seed,
+                quiet: cli.quiet,
+            };
+            let o = run::images::train_classifier(&req).context("training the classifier")?;
+            if cli.json {
+                print_json(&o);
+            } else {
+                println!(
+                    "classifier for `{}` ({} training, {} held-out images): held-out accuracy {:.4}{}, {} steps in {:.1} s → {}",
+                    o.meta.data,
+                    o.train_images,
+                    o.test_images,
+                    o.meta.test_accuracy,
+                    if *noisy { " at t = t_eps" } else { "" },
+                    o.meta.steps,
+                    o.seconds,
+                    o.dir.display()
+                );
             }
         }
         Command::SuggestSigmas { data, sigma_min, steps_per_level, n } => {

@@ -1,6 +1,8 @@
 //! Whole commands over a run directory: sample a trained run, evaluate a
 //! sample file, and the quickstart (train → sample → evaluate → pictures).
 
+pub mod images;
+
 use crate::config::{ObjectiveKind, RunConfig};
 use crate::data::{self, npy, Points};
 use crate::error::{Error, Result};

@@ -177,6 +177,8 @@ pub struct ClassifierMeta {
     /// The data source it was trained on and its pixel scale (`symmetric` or `unit`).
     pub data: String,
     pub scale: crate::data::PixelScale,
+    /// The held-out fraction of sources without their own test split.
+    pub test_fraction: f64,
     pub steps: usize,
     /// Accuracy on the held-out split (at t = t_eps for a noise-aware one).
     pub test_accuracy: f64,
@@ -268,6 +270,7 @@ mod tests {
             spec: s.clone(),
             data: "digits".into(),
             scale: crate::data::PixelScale::Symmetric,
+            test_fraction: 0.1,
             steps: 0,
             test_accuracy: 0.0,
             sde: None,
