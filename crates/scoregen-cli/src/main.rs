@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use scoregen::config::RunConfig;
 use scoregen::data::npy;
-use scoregen::likelihood::{self, Dequantization, LikelihoodRequest, ProbeNoise, TraceEstimator};
+use scoregen::likelihood::{self, LikelihoodRequest, ProbeNoise, TraceEstimator};
 use scoregen::run::{self, SampleRequest, Target};
 use scoregen::samplers::{CorrectorKind, SamplerKind};
 use scoregen::train::{self, TrainOptions};
@@ -117,6 +117,9 @@ enum Command {
         /// DDIM: stochasticity η ∈ [0, 1].
         #[arg(long)]
         eta: Option<f64>,
+        /// Also write OUT.gif: about 40 frames of the reverse process (image grids, or points for 2-D data).
+        #[arg(long)]
+        gif: bool,
         /// Heun: EDM's S_churn (0: deterministic).
         #[arg(long)]
         churn: Option<f64>,
@@ -139,7 +142,7 @@ enum Command {
     },
     /// Exact log-likelihood (nats and bits/dim) of data under a trained run, via the probability-flow ODE.
     #[command(
-        after_help = "Examples:\n  scoregen likelihood --run runs/gmm8-ve --data gmm8 --n 500\n  scoregen likelihood --run runs/img --data test.npy --trace hutchinson --probes 4 --dequantize\n\nbits/dim = −log p(x)/(D ln 2); with --dequantize the offset log₂(levels) − log₂(hi − lo) is added (8 for [0,1], 7 for [−1,1] at 256 levels): see docs/guide.md."
+        after_help = "Examples:\n  scoregen likelihood --run runs/gmm8-ve --data gmm8 --n 500\n  scoregen likelihood --run runs/digits-vp --data digits --n 100 --dequantize   (held-out digits, 17 levels over [−1, 1])\n  scoregen likelihood --run runs/img --data test.npy --trace hutchinson --probes 4 --dequantize --levels 256 --data-range -1,1\n\nbits/dim = −log p(x)/(D ln 2); with --dequantize the offset log₂(levels) − log₂(hi − lo) is added (8 for [0,1], 7 for [−1,1] at 256 levels): see docs/guide.md."
     )]
     Likelihood {
         #[arg(long)]
@@ -168,11 +171,12 @@ enum Command {
         /// Uniformly dequantize data on a grid lo + (hi − lo)·k/(levels − 1) and report discrete bits/dim.
         #[arg(long)]
         dequantize: bool,
-        #[arg(long, default_value_t = 256)]
-        levels: u32,
-        /// The data range lo,hi of the quantized grid.
-        #[arg(long, default_value = "0,1", value_name = "LO,HI")]
-        data_range: String,
+        /// Levels L of the grid (default: the run's image data, 17 for digits and 256 for 8-bit images; else 256).
+        #[arg(long)]
+        levels: Option<u32>,
+        /// The data range lo,hi of the quantized grid (default: the run's pixel scale, [−1, 1] or [0, 1]; else 0,1).
+        #[arg(long, value_name = "LO,HI")]
+        data_range: Option<String>,
         #[arg(long)]
         no_ema: bool,
     },
@@ -367,6 +371,7 @@ fn run_command(cli: &Cli) -> Result<()> {
             steps_per_level,
             eta,
             churn,
+            gif,
         } => {
             let cfg = RunConfig::load(&run.join("config.toml"), &[])
                 .with_context(|| format!("reading run {}", run.display()))?;
@@ -381,6 +386,8 @@ fn run_command(cli: &Cli) -> Result<()> {
                 steps_per_level: *steps_per_level,
                 record_every: None,
             };
+            let record_every = gif.then(|| (req.steps / 40).max(1));
+            let req = SampleRequest { record_every, ..req };
             if eps.is_some_and(|e| !(e > 0.0 && e.is_finite())) || *steps_per_level == Some(0) {
                 anyhow::bail!("--eps must be > 0 and --steps-per-level ≥ 1");
             }
@@ -407,6 +414,9 @@ fn run_command(cli: &Cli) -> Result<()> {
                 println!("{} samples ({} score evaluations) in {:.2} s → {}", o.n, o.nfe, o.seconds, o.npy.display());
                 if let Some(p) = &o.png {
                     println!("picture (scatter or image grid) → {}", p.display());
+                }
+                if let Some(g) = &o.gif {
+                    println!("reverse process (animation) → {}", g.display());
                 }
             }
         }
@@ -441,15 +451,15 @@ fn run_command(cli: &Cli) -> Result<()> {
                 }
             };
             let dequantize = if *dequantize {
-                let (lo, hi) = data_range
-                    .split_once(',')
-                    .and_then(|(a, b)| Some((a.trim().parse::<f64>().ok()?, b.trim().parse::<f64>().ok()?)))
-                    .filter(|(a, b)| a.is_finite() && b.is_finite() && b > a)
-                    .with_context(|| format!("--data-range: expected LO,HI with LO < HI, found `{data_range}`"))?;
-                if *levels < 2 {
-                    anyhow::bail!("--levels must be ≥ 2 (got {levels})");
-                }
-                Some(Dequantization { levels: *levels, lo, hi })
+                let range = match data_range {
+                    Some(r) => Some(
+                        r.split_once(',')
+                            .and_then(|(a, b)| Some((a.trim().parse::<f64>().ok()?, b.trim().parse::<f64>().ok()?)))
+                            .with_context(|| format!("--data-range: expected LO,HI, found `{r}`"))?,
+                    ),
+                    None => None,
+                };
+                Some(likelihood::report::dequantization_for(run, *levels, range)?)
             } else {
                 None
             };
