@@ -144,7 +144,8 @@ pub fn predict(classifier: &Classifier, x: &Points, t: Option<f64>) -> Result<(V
         Ok(candle_nn::ops::softmax(&classifier.logits(xb, t.as_ref())?, 1)?)
     })? {
         for row in probs {
-            let (k, p) = row.iter().enumerate().fold((0, f32::NEG_INFINITY), |a, (k, &p)| if p > a.1 { (k, p) } else { a });
+            let (k, p) =
+                row.iter().enumerate().fold((0, f32::NEG_INFINITY), |a, (k, &p)| if p > a.1 { (k, p) } else { a });
             classes.push(k);
             confidence.push(p as f64);
         }
@@ -184,11 +185,7 @@ fn time_column(classifier: &Classifier, xb: &Tensor, t: Option<f64>) -> Result<O
 }
 
 /// Applies `f` to f32 batches of at most `size` rows and returns its [B, K] outputs as rows.
-fn map_batches(
-    x: &Points,
-    size: usize,
-    f: impl Fn(&Tensor) -> Result<Tensor>,
-) -> Result<Vec<Vec<Vec<f32>>>> {
+fn map_batches(x: &Points, size: usize, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Vec<Vec<Vec<f32>>>> {
     let mut out = Vec::new();
     for lo in (0..x.n).step_by(size) {
         let hi = (lo + size).min(x.n);
@@ -223,7 +220,16 @@ mod tests {
     }
 
     fn spec(noise_aware: bool) -> ClassifierSpec {
-        ClassifierSpec { classes: 2, dim: 2, image_shape: None, width: 32, noise_aware, embed_dim: 16, embed_scale: 4.0, seed: 3 }
+        ClassifierSpec {
+            classes: 2,
+            dim: 2,
+            image_shape: None,
+            width: 32,
+            noise_aware,
+            embed_dim: 16,
+            embed_scale: 4.0,
+            seed: 3,
+        }
     }
 
     #[test]
@@ -240,7 +246,14 @@ mod tests {
     fn noise_aware_classifier_matches_the_exact_posterior() {
         let sde: Arc<dyn Sde> = Arc::new(VpSde::default());
         let noise = NoiseAware { sde: sde.clone(), t_eps: 1e-3 };
-        let opts = ClassifierTraining { steps: 1500, batch_size: 128, lr: 3e-3, seed: 0, noise: Some(noise.clone()), quiet: true };
+        let opts = ClassifierTraining {
+            steps: 1500,
+            batch_size: 128,
+            lr: 3e-3,
+            seed: 0,
+            noise: Some(noise.clone()),
+            quiet: true,
+        };
         let tr = train_classifier(&blobs(2000, 1), &blobs(1000, 2), &spec(true), &opts).unwrap();
         assert!(tr.test_accuracy > 0.97, "accuracy at t_eps {}", tr.test_accuracy);
         let mut rng = Rng::new(9, 0);

@@ -8,13 +8,7 @@ use std::path::Path;
 /// values outside are clamped) as a grid of `cols` columns, each pixel drawn
 /// as a `zoom`×`zoom` block, tiles separated by a 1-block grey border.
 /// C = 1 gives a grayscale PNG, C = 3 an RGB one.
-pub fn image_grid(
-    path: &Path,
-    pixels: &[f32],
-    shape: (usize, usize, usize),
-    cols: usize,
-    zoom: usize,
-) -> Result<()> {
+pub fn image_grid(path: &Path, pixels: &[f32], shape: (usize, usize, usize), cols: usize, zoom: usize) -> Result<()> {
     let (width, height, buf) = render_grid(path, pixels, shape, cols, zoom)?;
     let png = image::RgbImage::from_raw(width as u32, height as u32, buf).expect("buffer sized to the image");
     png.save(path).map_err(|e| Error::data(path, format!("cannot write PNG: {e}")))
