@@ -34,6 +34,9 @@ pub fn read_points(path: &Path) -> Result<Points> {
         "<f8" | ">f8" => 8u64,
         other => return Err(bad(format!("expected dtype float32 or float64, found `{other}`"))),
     };
+    if n == 0 || d == 0 {
+        return Err(bad(format!("the array is empty (shape {shape:?})")));
+    }
     let need = n.checked_mul(d).and_then(|c| c.checked_mul(item));
     let have = bytes.len().saturating_sub(data_offset(&bytes)) as u64;
     if need.is_none_or(|need| need > have) {

@@ -192,18 +192,27 @@ impl Trainer {
             model: named(&model, ""),
             ema: named(&self.ema.shadow, ""),
             optimizer,
+            dir: PathBuf::new(),
         })
     }
 
-    /// Restores parameters, optimizer, EMA, RNG streams and step from a checkpoint.
-    pub fn restore(&mut self, ck: &Checkpoint, source: &Path) -> Result<()> {
+    /// Restores parameters, optimizer, EMA, RNG streams and step from a
+    /// checkpoint, after checking it against the model built from the config.
+    pub fn restore(&mut self, ck: &Checkpoint) -> Result<()> {
+        let source = &ck.dir;
         if ck.state.config_hash != config_hash(&self.cfg) {
             return Err(Error::data(
-                source,
+                source.join("state.json"),
                 "the checkpoint was written with a different config (only training.steps may change on resume)",
             ));
         }
-        checkpoint::assign(&self.params, &ck.model, source)?;
+        if ck.state.dim != self.dataset.points.d {
+            return Err(Error::data(
+                source.join("state.json"),
+                format!("the checkpoint is for data of dimension {}, the config's data has {}", ck.state.dim, self.dataset.points.d),
+            ));
+        }
+        checkpoint::assign(&self.params, ck, false)?;
         let pick = |map: &HashMap<String, Tensor>, prefix: &str| -> Result<Vec<Tensor>> {
             self.params
                 .iter()
@@ -219,7 +228,7 @@ impl Trainer {
         self.adam.t = ck.state.adam_t;
         self.ema.shadow = pick(&ck.ema, "")?;
         self.ema.updates = ck.state.ema_updates;
-        let bad_rng = || Error::data(source, "state.json: malformed RNG state");
+        let bad_rng = || Error::data(source.join("state.json"), "malformed RNG state");
         self.batch_rng = Rng::restore(&ck.state.batch_rng).ok_or_else(bad_rng)?;
         self.noise_rng = Rng::restore(&ck.state.noise_rng).ok_or_else(bad_rng)?;
         self.step = ck.state.step;
@@ -238,8 +247,8 @@ pub fn train(cfg: &RunConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tra
     let mut last_ck = String::from("none");
     if opts.resume {
         let ck = checkpoint::load_latest(&ck_dir)?;
-        trainer.restore(&ck, &ck_dir)?;
-        last_ck = ck_dir.join(format!("step-{:09}", ck.state.step)).display().to_string();
+        trainer.restore(&ck)?;
+        last_ck = ck.dir.display().to_string();
         truncate_log(&log_path, trainer.step)?;
         tracing::info!("resuming from step {}", trainer.step);
     } else {
@@ -334,7 +343,7 @@ impl LoadedModel {
         let ck = checkpoint::load_latest(&ck_dir)?;
         let varmap = VarMap::new();
         let model = nets::build(&cfg.model, ck.state.dim, cfg.noise.levels, cfg.seed, &varmap)?;
-        checkpoint::assign(&nets::named_vars(&varmap), if use_ema { &ck.ema } else { &ck.model }, &ck_dir)?;
+        checkpoint::assign(&nets::named_vars(&varmap), &ck, use_ema)?;
         Ok(Self { cfg, state: ck.state, model, varmap })
     }
 
