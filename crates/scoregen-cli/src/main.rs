@@ -298,14 +298,9 @@ fn run_command(cli: &Cli) -> Result<()> {
         Command::Train { config, out, set, resume, detect_anomaly } => {
             let cfg = RunConfig::load(config, set)?;
             let dir = out.clone().unwrap_or_else(|| Path::new("runs").join(&cfg.name));
-            let opts = TrainOptions {
-                resume: *resume,
-                quiet: cli.quiet,
-                stop_after: None,
-                detect_anomaly: *detect_anomaly,
-            };
-            let outcome =
-                train::train(&cfg, &dir, &opts).with_context(|| format!("training {}", dir.display()))?;
+            let opts =
+                TrainOptions { resume: *resume, quiet: cli.quiet, stop_after: None, detect_anomaly: *detect_anomaly };
+            let outcome = train::train(&cfg, &dir, &opts).with_context(|| format!("training {}", dir.display()))?;
             if cli.json {
                 print_json(&serde_json::json!({
                     "run": dir, "step": outcome.step, "final_loss": outcome.final_loss,

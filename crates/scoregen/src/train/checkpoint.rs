@@ -178,34 +178,33 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     let optimizer = maps.pop().expect("3 maps");
     let ema = maps.pop().expect("2 maps");
     let model = maps.pop().expect("1 map");
-    let shape_of = |m: &HashMap<String, Tensor>| -> Vec<(String, Vec<usize>, DType)> {
-        let mut v: Vec<_> = m.iter().map(|(k, t)| (k.clone(), t.dims().to_vec(), t.dtype())).collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    };
-    let want = shape_of(&model);
-    for (file, got) in [(FILES[1], shape_of(&ema)), (FILES[2], shape_of(&optimizer))] {
-        let expect: Vec<_> = if file == FILES[1] {
-            want.clone()
-        } else {
-            let mut v: Vec<_> = ["m.", "v."]
-                .iter()
-                .flat_map(|p| want.iter().map(move |(k, s, d)| (format!("{p}{k}"), s.clone(), *d)))
-                .collect();
-            v.sort_by(|a, b| a.0.cmp(&b.0));
-            v
-        };
-        if let Some(((name, s, d), _)) = got.iter().zip(&expect).find(|(a, b)| a != b) {
-            return Err(Error::data(
-                path.join(file),
-                format!("tensor `{name}` ({s:?}, {d:?}) does not match model.safetensors"),
-            ));
+    // The EMA holds a copy of every parameter, the optimizer two moments (`m.`, `v.`).
+    for (file, map, prefixes) in [(FILES[1], &ema, &[""][..]), (FILES[2], &optimizer, &["m.", "v."][..])] {
+        let file = path.join(file);
+        let mut expected = Vec::new();
+        for (name, t) in &model {
+            for p in prefixes {
+                expected.push((format!("{p}{name}"), t));
+            }
         }
-        if got.len() != expect.len() {
-            return Err(Error::data(
-                path.join(file),
-                format!("{} tensors, model.safetensors implies {}", got.len(), expect.len()),
-            ));
+        expected.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, t) in &expected {
+            let got = map.get(name).ok_or_else(|| Error::data(&file, format!("tensor `{name}` is missing")))?;
+            if got.dims() != t.dims() || got.dtype() != t.dtype() {
+                return Err(Error::data(
+                    &file,
+                    format!(
+                        "tensor `{name}` is {:?} {:?}, its parameter in model.safetensors is {:?} {:?}",
+                        got.dtype(),
+                        got.dims(),
+                        t.dtype(),
+                        t.dims()
+                    ),
+                ));
+            }
+        }
+        if let Some(extra) = map.keys().filter(|k| !expected.iter().any(|(n, _)| n == *k)).min() {
+            return Err(Error::data(&file, format!("tensor `{extra}` has no parameter in model.safetensors")));
         }
     }
     let n_params: usize = model.values().map(|t| t.elem_count()).sum();

@@ -146,7 +146,8 @@ impl Trainer {
     /// non-finite (with `detect_anomaly`, the earlier boundaries of [`anomaly`]).
     pub fn train_step(&mut self, last_checkpoint: &str) -> Result<(f64, f64)> {
         let x0 = self.batch()?;
-        let non_finite = |what: String| Error::NonFinite { what, step: self.step + 1, checkpoint: last_checkpoint.into() };
+        let non_finite =
+            |what: String| Error::NonFinite { what, step: self.step + 1, checkpoint: last_checkpoint.into() };
         let score = self.model.score(self.cfg.sde());
         let watched = anomaly::Watched::new(score.as_ref());
         let score: &dyn ScoreFn = if self.detect_anomaly { &watched } else { score.as_ref() };
@@ -224,7 +225,10 @@ impl Trainer {
         if ck.state.dim != self.dataset.points.d {
             return Err(Error::data(
                 source.join("state.json"),
-                format!("the checkpoint is for data of dimension {}, the config's data has {}", ck.state.dim, self.dataset.points.d),
+                format!(
+                    "the checkpoint is for data of dimension {}, the config's data has {}",
+                    ck.state.dim, self.dataset.points.d
+                ),
             ));
         }
         checkpoint::assign(&self.params, ck, false)?;
