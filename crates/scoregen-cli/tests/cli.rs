@@ -184,6 +184,9 @@ fn forced_nan_stops_with_the_step_and_keeps_the_last_checkpoint() {
     fails_with(&out, &["non-finite score network output (score call 1 of this step) at step 2", "step-000000001"]);
     let out = scoregen(&["-q", "sample", "--run", "run", "--n", "50", "--steps", "10", "--out", "s.npy"], dir.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Sampling into a path under a plain file fails up front, naming the folder.
+    let out = scoregen(&["-q", "sample", "--run", "run", "--n", "50", "--out", "s.npy/x.npy"], dir.path());
+    fails_with(&out, &["s.npy: File exists"]);
 }
 
 /// An output location that cannot be written is reported before training

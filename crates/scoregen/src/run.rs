@@ -82,15 +82,14 @@ pub fn sample_run(run_dir: &Path, req: &SampleRequest) -> Result<SampleOutcome> 
 /// `req.steps` sets the number of steps of the SDE samplers.
 pub fn sample_run_with(run_dir: &Path, req: &SampleRequest, spec: Option<SamplerSpec>) -> Result<SampleOutcome> {
     let model = LoadedModel::from_run(run_dir, req.use_ema)?;
+    // An unwritable output folder fails now, not after the sampling it would lose.
+    fsutil::ensure_writable_dir(req.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
     let spec = SamplerSpec { steps: req.steps, ..spec.unwrap_or_else(|| model.cfg.sampling.spec()) };
     let start = Instant::now();
     let mut rng = Rng::new(req.seed, streams::SAMPLING);
     let out = draw(&model, req, &spec, &mut rng)?;
     let seconds = start.elapsed().as_secs_f64();
     let pts = Points::from_tensor(&out.x)?;
-    if let Some(dir) = req.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fsutil::create_dir(dir)?;
-    }
     let png = if let Some((c, h, w)) = model.cfg.image_shape(pts.d) {
         // Flattened images: save as [N, C, H, W] and a grid of them in pixel space.
         let scale = model.cfg.data.scale;
