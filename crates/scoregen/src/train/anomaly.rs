@@ -15,7 +15,7 @@ use std::cell::{Cell, RefCell};
 /// for ±∞ or NaN, and a sum of zeros cannot overflow (a plain sum of large
 /// finite values could).
 pub fn is_finite(t: &Tensor) -> Result<bool> {
-    let s = (t - t)?.abs()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    let s = t.sub(t)?.abs()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     Ok(s == 0.0)
 }
 
