@@ -94,6 +94,11 @@ fn bad_npy_files_give_exact_errors() {
             read(npy_file("<f8", false, "(3,)", &[1f64, 2.0, f64::NEG_INFINITY].map(f64::to_le_bytes).concat())),
             at("value at row 2, column 0 is not finite (-inf)"),
         ),
+        (
+            "header length of 4 GiB",
+            read([&b"\x93NUMPY\x02\x00\xff\xff\xff\xff"[..], b"{'descr': '<f4'"].concat()),
+            at("truncated .npy header: it claims to end at byte 4294967307, the file has 27 bytes"),
+        ),
         ("not npy at all", read(b"name,x,y\n".to_vec()), at("not a valid .npy file (magic not found for NPY file)")),
     ]);
 }

@@ -87,7 +87,7 @@ fn check_npy(path: &Path, file_len: usize) {
 }
 
 proptest! {
-    #![proptest_config(config(1500))]
+    #![proptest_config(config(1000))]
 
     #[test]
     fn npy_mutations_never_panic(e in edits()) {
@@ -134,7 +134,7 @@ fn check_idx(ip: &Path, lp: &Path, bytes: usize) {
 }
 
 proptest! {
-    #![proptest_config(config(1500))]
+    #![proptest_config(config(1000))]
 
     #[test]
     fn idx_mutations_never_panic(e in edits(), which in any::<bool>(), zipped in any::<bool>()) {
@@ -189,7 +189,7 @@ fn png_bytes(w: u32, h: u32, colour: bool) -> Vec<u8> {
 }
 
 proptest! {
-    #![proptest_config(config(400))]
+    #![proptest_config(config(300))]
 
     /// A folder with one good PNG and one mutated PNG (or one of another size or colour).
     #[test]
@@ -223,7 +223,7 @@ fn saved_checkpoint() -> &'static (tempfile::TempDir, std::path::PathBuf) {
 }
 
 proptest! {
-    #![proptest_config(config(600))]
+    #![proptest_config(config(400))]
 
     /// Each file of a checkpoint mutated in turn: loading never panics, and a
     /// damaged tensor or state file is caught (by its checksum) rather than loaded.
@@ -280,7 +280,7 @@ fn number() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(config(1500))]
+    #![proptest_config(config(1000))]
 
     #[test]
     fn mixture_spec_mutations_never_panic(e in edits()) {
