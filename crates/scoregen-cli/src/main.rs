@@ -70,7 +70,7 @@ enum Command {
         #[arg(long)]
         resume: bool,
         /// On a non-finite loss or gradient, name the first non-finite tensor among the batch, the score
-        /// network's inputs and outputs, the gradients and the updated parameters (checked every step; slower).
+        /// network's inputs and outputs, the gradients and the updated parameters (checked every step).
         #[arg(long)]
         detect_anomaly: bool,
     },
