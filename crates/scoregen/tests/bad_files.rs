@@ -463,7 +463,7 @@ fn bad_checkpoints_give_exact_errors_and_fall_back() {
     ck.model = m64.clone();
     ck.ema = m64;
     let vars = scoregen::nets::named_vars(&LoadedModel::from_run(run.path(), true).unwrap().varmap);
-    let e = err(checkpoint::assign(&vars, &ck, true));
+    let e = err(checkpoint::check_model(&ck, &vars));
     assert_eq!(
         e,
         format!(

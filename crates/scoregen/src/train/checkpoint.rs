@@ -239,39 +239,42 @@ pub fn load_latest(dir: &Path) -> Result<Checkpoint> {
     Err(last_err.unwrap_or_else(|| Error::data(dir, "no checkpoint found")))
 }
 
-/// Checks that a checkpoint holds exactly the parameters of the model built
-/// from the config (`vars`): every name, shape and dtype; a mismatch is named.
-pub fn check_model(ck: &Checkpoint, vars: &[(String, Var)]) -> Result<()> {
-    let file = ck.dir.join(FILES[0]);
+/// Checks that `tensors` (read from `file`) hold exactly the variables `vars`:
+/// every name, shape and dtype; a mismatch is named.
+pub fn check_tensors(vars: &[(String, Var)], tensors: &HashMap<String, Tensor>, file: &Path) -> Result<()> {
     for (name, var) in vars {
-        let t = ck.model.get(name).ok_or_else(|| {
-            Error::data(&file, format!("tensor `{name}` is missing (the config's model differs from the checkpoint's)"))
+        let t = tensors.get(name).ok_or_else(|| {
+            Error::data(file, format!("tensor `{name}` is missing (the config's model differs from the checkpoint's)"))
         })?;
         if t.shape() != var.shape() {
             return Err(Error::data(
-                &file,
+                file,
                 format!("tensor `{name}` has shape {:?}, the config's model expects {:?}", t.dims(), var.dims()),
             ));
         }
         if t.dtype() != var.dtype() {
             return Err(Error::data(
-                &file,
+                file,
                 format!("tensor `{name}` has dtype {:?}, the config's model expects {:?}", t.dtype(), var.dtype()),
             ));
         }
     }
-    let mut extra: Vec<&String> = ck.model.keys().filter(|k| !vars.iter().any(|(n, _)| n == *k)).collect();
-    extra.sort();
-    if let Some(name) = extra.first() {
-        return Err(Error::data(&file, format!("tensor `{name}` is not a parameter of the config's model")));
+    if let Some(name) = tensors.keys().filter(|k| !vars.iter().any(|(n, _)| n == *k)).min() {
+        return Err(Error::data(file, format!("tensor `{name}` is not a parameter of the config's model")));
     }
     Ok(())
 }
 
-/// Copies tensors (`ck.model` or `ck.ema`) into variables, after [`check_model`].
-pub fn assign(vars: &[(String, Var)], ck: &Checkpoint, use_ema: bool) -> Result<()> {
-    check_model(ck, vars)?;
-    let tensors = if use_ema { &ck.ema } else { &ck.model };
+/// Checks a checkpoint against the model built from the config (`vars`); see
+/// [`check_tensors`]. Its EMA and optimizer tensors were checked against its
+/// model tensors on [`load`].
+pub fn check_model(ck: &Checkpoint, vars: &[(String, Var)]) -> Result<()> {
+    check_tensors(vars, &ck.model, &ck.dir.join(FILES[0]))
+}
+
+/// Copies tensors into variables after [`check_tensors`]; `source` names them in errors.
+pub fn assign(vars: &[(String, Var)], tensors: &HashMap<String, Tensor>, source: &Path) -> Result<()> {
+    check_tensors(vars, tensors, source)?;
     for (name, var) in vars {
         var.set(&tensors[name])?;
     }

@@ -231,7 +231,8 @@ impl Trainer {
                 ),
             ));
         }
-        checkpoint::assign(&self.params, ck, false)?;
+        checkpoint::check_model(ck, &self.params)?;
+        checkpoint::assign(&self.params, &ck.model, &ck.dir.join("model.safetensors"))?;
         let pick = |map: &HashMap<String, Tensor>, prefix: &str| -> Result<Vec<Tensor>> {
             self.params
                 .iter()
@@ -365,7 +366,10 @@ impl LoadedModel {
         let ck = checkpoint::load_latest(&ck_dir)?;
         let varmap = VarMap::new();
         let model = nets::build(&cfg.model, ck.state.dim, cfg.noise.levels, cfg.seed, &varmap)?;
-        checkpoint::assign(&nets::named_vars(&varmap), &ck, use_ema)?;
+        let vars = nets::named_vars(&varmap);
+        checkpoint::check_model(&ck, &vars)?;
+        let (tensors, file) = if use_ema { (&ck.ema, "ema.safetensors") } else { (&ck.model, "model.safetensors") };
+        checkpoint::assign(&vars, tensors, &ck.dir.join(file))?;
         Ok(Self { cfg, state: ck.state, model, varmap })
     }
 
