@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use scoregen::config::RunConfig;
 use scoregen::data::npy;
-use scoregen::likelihood::{self, Dequantization, LikelihoodRequest, ProbeNoise, TraceEstimator};
+use scoregen::likelihood::{self, LikelihoodRequest, ProbeNoise, TraceEstimator};
 use scoregen::run::{self, SampleRequest, Target};
 use scoregen::samplers::{CorrectorKind, SamplerKind};
 use scoregen::train::{self, TrainOptions};
@@ -121,6 +121,9 @@ enum Command {
         /// DDIM: stochasticity η ∈ [0, 1].
         #[arg(long)]
         eta: Option<f64>,
+        /// Also write OUT.gif: about 40 frames of the reverse process (image grids, or points for 2-D data).
+        #[arg(long)]
+        gif: bool,
         /// Heun: EDM's S_churn (0: deterministic).
         #[arg(long)]
         churn: Option<f64>,
@@ -143,7 +146,7 @@ enum Command {
     },
     /// Exact log-likelihood (nats and bits/dim) of data under a trained run, via the probability-flow ODE.
     #[command(
-        after_help = "Examples:\n  scoregen likelihood --run runs/gmm8-ve --data gmm8 --n 500\n  scoregen likelihood --run runs/img --data test.npy --trace hutchinson --probes 4 --dequantize\n\nbits/dim = −log p(x)/(D ln 2); with --dequantize the offset log₂(levels) − log₂(hi − lo) is added (8 for [0,1], 7 for [−1,1] at 256 levels): see docs/guide.md."
+        after_help = "Examples:\n  scoregen likelihood --run runs/gmm8-ve --data gmm8 --n 500\n  scoregen likelihood --run runs/digits-vp --data digits --n 100 --dequantize   (held-out digits, 17 levels over [−1, 1])\n  scoregen likelihood --run runs/img --data test.npy --trace hutchinson --probes 4 --dequantize --levels 256 --data-range -1,1\n\nbits/dim = −log p(x)/(D ln 2); with --dequantize the offset log₂(levels) − log₂(hi − lo) is added (8 for [0,1], 7 for [−1,1] at 256 levels): see docs/guide.md."
     )]
     Likelihood {
         #[arg(long)]
@@ -172,21 +175,59 @@ enum Command {
         /// Uniformly dequantize data on a grid lo + (hi − lo)·k/(levels − 1) and report discrete bits/dim.
         #[arg(long)]
         dequantize: bool,
-        #[arg(long, default_value_t = 256)]
-        levels: u32,
-        /// The data range lo,hi of the quantized grid.
-        #[arg(long, default_value = "0,1", value_name = "LO,HI")]
-        data_range: String,
+        /// Levels L of the grid (default: the run's image data, 17 for digits and 256 for 8-bit images; else 256).
+        #[arg(long)]
+        levels: Option<u32>,
+        /// The data range lo,hi of the quantized grid (default: the run's pixel scale, [−1, 1] or [0, 1]; else 0,1).
+        #[arg(long, value_name = "LO,HI")]
+        data_range: Option<String>,
         #[arg(long)]
         no_ema: bool,
     },
     /// Compare a sample file with a target: a mixture (gmm8, gmm25, unbalanced, SPEC.toml) or a reference .npy.
-    #[command(after_help = "Example:\n  scoregen eval --samples runs/quickstart/samples.npy --target gmm8")]
+    #[command(
+        after_help = "Examples:\n  scoregen eval --samples runs/quickstart/samples.npy --target gmm8\n  scoregen eval --samples runs/digits-vp/samples/samples.npy --target digits --classifier classifiers/digits"
+    )]
     Eval {
         #[arg(long)]
         samples: PathBuf,
+        /// A mixture (gmm8, gmm25, unbalanced, SPEC.toml), a reference .npy, or an image source
+        /// (digits, mnist5k, fashion-mnist, IDX, PNG folder: judged by a classifier).
         #[arg(long)]
         target: String,
+        /// Classifier for image targets (default: classifiers/TARGET), made by `scoregen train-classifier`.
+        #[arg(long)]
+        classifier: Option<PathBuf>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Train the classifier behind the image metrics (Fréchet distance, class histogram) or,
+    /// with --noisy, a noise-aware classifier p_t(y | x) for classifier guidance.
+    #[command(
+        after_help = "Examples:\n  scoregen train-classifier --data digits --out classifiers/digits\n  scoregen train-classifier --data mnist5k --steps 3000 --out classifiers/mnist5k\n  scoregen train-classifier --run runs/digits-vp --noisy --out runs/digits-vp/classifier"
+    )]
+    TrainClassifier {
+        /// Image source: digits, mnist5k, fashion-mnist, an IDX file or a folder of PNGs.
+        #[arg(long)]
+        data: Option<String>,
+        /// Take data, pixel scale, split and (with --noisy) the SDE from this run's config.toml.
+        #[arg(long)]
+        run: Option<PathBuf>,
+        /// Train on images perturbed by the run's forward SDE, with t as an input.
+        #[arg(long)]
+        noisy: bool,
+        /// Output directory (default: classifiers/DATA, or RUN/classifier-noisy with --noisy).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Base channels of the CNN.
+        #[arg(long, default_value_t = 32)]
+        width: usize,
+        #[arg(long, default_value_t = 1500)]
+        steps: usize,
+        #[arg(long, default_value_t = 64)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 2e-3)]
+        lr: f64,
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
@@ -334,6 +375,7 @@ fn run_command(cli: &Cli) -> Result<()> {
             steps_per_level,
             eta,
             churn,
+            gif,
         } => {
             let cfg = RunConfig::load(&run.join("config.toml"), &[])
                 .with_context(|| format!("reading run {}", run.display()))?;
@@ -348,6 +390,8 @@ fn run_command(cli: &Cli) -> Result<()> {
                 steps_per_level: *steps_per_level,
                 record_every: None,
             };
+            let record_every = gif.then(|| (req.steps / 40).max(1));
+            let req = SampleRequest { record_every, ..req };
             if eps.is_some_and(|e| !(e > 0.0 && e.is_finite())) || *steps_per_level == Some(0) {
                 anyhow::bail!("--eps must be > 0 and --steps-per-level ≥ 1");
             }
@@ -374,6 +418,9 @@ fn run_command(cli: &Cli) -> Result<()> {
                 println!("{} samples ({} score evaluations) in {:.2} s → {}", o.n, o.nfe, o.seconds, o.npy.display());
                 if let Some(p) = &o.png {
                     println!("picture (scatter or image grid) → {}", p.display());
+                }
+                if let Some(g) = &o.gif {
+                    println!("reverse process (animation) → {}", g.display());
                 }
             }
         }
@@ -408,15 +455,15 @@ fn run_command(cli: &Cli) -> Result<()> {
                 }
             };
             let dequantize = if *dequantize {
-                let (lo, hi) = data_range
-                    .split_once(',')
-                    .and_then(|(a, b)| Some((a.trim().parse::<f64>().ok()?, b.trim().parse::<f64>().ok()?)))
-                    .filter(|(a, b)| a.is_finite() && b.is_finite() && b > a)
-                    .with_context(|| format!("--data-range: expected LO,HI with LO < HI, found `{data_range}`"))?;
-                if *levels < 2 {
-                    anyhow::bail!("--levels must be ≥ 2 (got {levels})");
-                }
-                Some(Dequantization { levels: *levels, lo, hi })
+                let range = match data_range {
+                    Some(r) => Some(
+                        r.split_once(',')
+                            .and_then(|(a, b)| Some((a.trim().parse::<f64>().ok()?, b.trim().parse::<f64>().ok()?)))
+                            .with_context(|| format!("--data-range: expected LO,HI, found `{r}`"))?,
+                    ),
+                    None => None,
+                };
+                Some(likelihood::report::dequantization_for(run, *levels, range)?)
             } else {
                 None
             };
@@ -447,14 +494,68 @@ fn run_command(cli: &Cli) -> Result<()> {
                 }
             }
         }
-        Command::Eval { samples, target, seed } => {
+        Command::Eval { samples, target, classifier, seed } => {
             let pts = npy::read_points(samples)?;
+            if scoregen::data::is_image_source(target) {
+                let dir = classifier.clone().unwrap_or_else(|| Path::new("classifiers").join(target));
+                let report = run::images::evaluate_images(&pts, &dir)
+                    .with_context(|| format!("image metrics of {} against `{target}`", samples.display()))?;
+                if cli.json {
+                    print_json(&report);
+                } else {
+                    print!("{}", report.table());
+                }
+                return Ok(());
+            }
             let t = Target::parse(target)?;
             let ev = run::evaluate(&pts, &t, *seed)?;
             if cli.json {
                 print_json(&ev);
             } else {
                 print!("{}", ev.table());
+            }
+        }
+        Command::TrainClassifier { data, run: run_dir, noisy, out, width, steps, batch_size, lr, seed } => {
+            let config = match run_dir {
+                Some(dir) => Some(RunConfig::load(&dir.join("config.toml"), &[])?),
+                None => None,
+            };
+            let out = match (out, run_dir, data) {
+                (Some(o), _, _) => o.clone(),
+                (None, Some(r), _) if *noisy => r.join("classifier-noisy"),
+                (None, _, Some(d)) => Path::new("classifiers").join(d),
+                (None, Some(_), None) => {
+                    Path::new("classifiers").join(config.as_ref().map_or("run", |c| c.data.source.as_str()))
+                }
+                (None, None, None) => anyhow::bail!("give --data NAME or --run DIR"),
+            };
+            let req = run::images::ClassifierRequest {
+                data: data.clone(),
+                config,
+                noisy: *noisy,
+                out,
+                width: *width,
+                steps: *steps,
+                batch_size: *batch_size,
+                lr: *lr,
+                seed: *seed,
+                quiet: cli.quiet,
+            };
+            let o = run::images::train_classifier(&req).context("training the classifier")?;
+            if cli.json {
+                print_json(&o);
+            } else {
+                println!(
+                    "classifier for `{}` ({} training, {} held-out images): held-out accuracy {:.4}{}, {} steps in {:.1} s → {}",
+                    o.meta.data,
+                    o.train_images,
+                    o.test_images,
+                    o.meta.test_accuracy,
+                    if *noisy { " at t = t_eps" } else { "" },
+                    o.meta.steps,
+                    o.seconds,
+                    o.dir.display()
+                );
             }
         }
         Command::SuggestSigmas { data, sigma_min, steps_per_level, n } => {

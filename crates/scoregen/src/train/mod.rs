@@ -4,6 +4,7 @@
 pub mod adam;
 pub mod anomaly;
 pub mod checkpoint;
+pub mod classifier;
 pub mod ema;
 
 pub use adam::Adam;
