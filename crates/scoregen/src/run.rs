@@ -87,6 +87,8 @@ pub fn sample_run(run_dir: &Path, req: &SampleRequest) -> Result<SampleOutcome> 
 /// `req.steps` sets the number of steps of the SDE samplers.
 pub fn sample_run_with(run_dir: &Path, req: &SampleRequest, spec: Option<SamplerSpec>) -> Result<SampleOutcome> {
     let model = LoadedModel::from_run(run_dir, req.use_ema)?;
+    // An unwritable output folder fails now, not after the sampling it would lose.
+    fsutil::ensure_writable_dir(req.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
     let base = spec.unwrap_or_else(|| model.cfg.sampling.spec());
     let spec = SamplerSpec { steps: req.steps, record_every: req.record_every, ..base };
     let start = Instant::now();

@@ -216,8 +216,8 @@ impl SavedClassifier {
         let varmap = VarMap::new();
         let classifier = Classifier::build(&varmap, &meta.spec)?;
         let path = dir.join(WEIGHTS);
-        let tensors = candle_core::safetensors::load(&path, &Device::Cpu)
-            .map_err(|e| Error::data(&path, format!("reading safetensors: {e}")))?;
+        // Parsed, float-only and finite-checked like a checkpoint's tensors.
+        let tensors = crate::train::checkpoint::read_tensors(&path)?;
         crate::train::checkpoint::assign(&super::named_vars(&varmap), &tensors, &path)?;
         Ok(Self { classifier, varmap, meta })
     }
