@@ -69,6 +69,9 @@ enum Command {
         /// Continue from the newest checkpoint in the run directory.
         #[arg(long)]
         resume: bool,
+        /// Skip the run report (RUN/report.html) written after training.
+        #[arg(long)]
+        no_report: bool,
     },
     /// Sample a trained run: reverse-SDE predictors, predictor–corrector, the probability-flow ODE, or the Langevin family.
     #[command(
@@ -204,7 +207,18 @@ enum Command {
         #[command(subcommand)]
         which: Bench,
     },
-    /// Train on gmm8 with the VE SDE, sample 2,000 points, evaluate and draw them (about a minute).
+    /// Write RUN/report.html: config, loss curve, metrics, samples, score field, density, reverse process.
+    #[command(
+        after_help = "Examples:\n  scoregen report --run runs/quickstart\n  scoregen report --run runs/gmm8-vp --json\n\nThe figures go to RUN/report/; the page links them by relative paths, so the folder can be moved or served as is."
+    )]
+    Report {
+        #[arg(long)]
+        run: PathBuf,
+    },
+    /// Train on gmm8 with the VE SDE, sample 2,000 points, evaluate, draw them and write the report (about a minute).
+    #[command(
+        after_help = "Examples:\n  scoregen quickstart\n  scoregen quickstart --out runs/qs --set training.steps=1000\n  scoregen --json quickstart"
+    )]
     Quickstart {
         #[arg(long, default_value = "runs/quickstart")]
         out: PathBuf,
@@ -291,16 +305,25 @@ fn print_json(v: &impl serde::Serialize) {
 
 fn run_command(cli: &Cli) -> Result<()> {
     match &cli.command {
-        Command::Train { config, out, set, resume } => {
+        Command::Train { config, out, set, resume, no_report } => {
             let cfg = RunConfig::load(config, set)?;
             let dir = out.clone().unwrap_or_else(|| Path::new("runs").join(&cfg.name));
             let outcome =
                 train::train(&cfg, &dir, &TrainOptions { resume: *resume, quiet: cli.quiet, stop_after: None })
                     .with_context(|| format!("training {}", dir.display()))?;
+            let report = if *no_report {
+                None
+            } else {
+                Some(
+                    scoregen::viz::write_report(&dir, cli.quiet)
+                        .with_context(|| format!("report of {}", dir.display()))?,
+                )
+            };
             if cli.json {
                 print_json(&serde_json::json!({
                     "run": dir, "step": outcome.step, "final_loss": outcome.final_loss,
                     "seconds": outcome.seconds, "steps_per_sec": outcome.steps_per_sec, "checkpoint": outcome.checkpoint,
+                    "report": report.map(|r| r.html),
                 }));
             } else {
                 println!(
@@ -312,6 +335,21 @@ fn run_command(cli: &Cli) -> Result<()> {
                     outcome.final_loss,
                     outcome.checkpoint.display()
                 );
+                if let Some(r) = report {
+                    println!("report: {}", r.html.display());
+                }
+            }
+        }
+        Command::Report { run } => {
+            let r = scoregen::viz::write_report(run, cli.quiet)
+                .with_context(|| format!("report of run {}", run.display()))?;
+            if cli.json {
+                print_json(&r);
+            } else {
+                println!("wrote {} ({} figures in {:.1} s)", r.html.display(), r.figures.len(), r.seconds);
+                for s in &r.skipped {
+                    println!("  not shown: {s}");
+                }
             }
         }
         Command::Sample {
@@ -562,8 +600,9 @@ fn run_command(cli: &Cli) -> Result<()> {
                 );
                 print!("{}", s.evaluation.table());
                 println!(
-                    "\nwrote {}: samples.npy, samples.png, loss.png, metrics.json, checkpoints/",
-                    s.out_dir.display()
+                    "\nwrote {}: samples.npy, samples.png, loss.png, metrics.json, checkpoints/\nreport: {}",
+                    s.out_dir.display(),
+                    s.report.display()
                 );
             }
         }
