@@ -198,6 +198,7 @@ enum Command {
         which: Demo,
     },
     /// What scoregen knows: data sets, SDEs, models, objectives, samplers, with one line each.
+    #[command(after_help = "Examples:\n  scoregen list\n  scoregen --json list")]
     List,
     /// Benchmarks: `samplers` (quality against NFE for every sampler).
     #[command(
@@ -466,6 +467,7 @@ fn run_command(cli: &Cli) -> Result<()> {
                 atol: *atol,
                 dequantize,
                 use_ema: !no_ema,
+                quiet: cli.quiet,
             };
             let r = likelihood::likelihood_of_run(run, &req)
                 .with_context(|| format!("likelihood of `{data}` under run {}", run.display()))?;

@@ -311,7 +311,7 @@ impl Builder<'_> {
         // The model's density beside the exact one.
         let mut density_blocks = Vec::new();
         tracing::info!("report: model density");
-        match self.model_density(model, &bounds)? {
+        match self.model_density(model, &bounds, quiet)? {
             Some((values, how, nfe)) => {
                 let lookup = |x: f64, y: f64| coarse_lookup(&values, &bounds, x, y);
                 let (path, src) = self.fig("density.png");
@@ -438,7 +438,12 @@ impl Builder<'_> {
 
     /// The model's log-density on a coarse grid: −f_θ for energies, else the
     /// probability-flow ODE. `None` for noise-free score models.
-    fn model_density(&mut self, model: &LoadedModel, bounds: &Bounds) -> Result<Option<(Vec<f64>, String, usize)>> {
+    fn model_density(
+        &mut self,
+        model: &LoadedModel,
+        bounds: &Bounds,
+        quiet: bool,
+    ) -> Result<Option<(Vec<f64>, String, usize)>> {
         let grid = coarse_grid(bounds);
         let x = grid.to_tensor(DType::F32, &Device::Cpu)?;
         if let Some(e) = model.model.energy() {
@@ -457,7 +462,15 @@ impl Builder<'_> {
             dequantize: None,
         };
         let score = model.score();
-        let ll = likelihood::log_likelihood(score.as_ref(), model.cfg.sde().as_ref(), &x, &opts, &mut Rng::new(0, 0))?;
+        let pb = progress::bar(likelihood::PROGRESS_TICKS, "log p", quiet);
+        let ll = likelihood::log_likelihood_with_progress(
+            score.as_ref(),
+            model.cfg.sde().as_ref(),
+            &x,
+            &opts,
+            &mut Rng::new(0, 0),
+            &pb,
+        )?;
         Ok(Some((ll.nats, "log p₀(x), probability-flow ODE".into(), ll.nfe)))
     }
 }
