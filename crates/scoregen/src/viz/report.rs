@@ -9,7 +9,7 @@
 //! the reverse process as a GIF and its paths against t; for images the sample
 //! grid. Plain HTML and CSS, every text escaped.
 
-use crate::config::RunConfig;
+use crate::config::{ObjectiveKind, RunConfig};
 use crate::data::{npy, Points};
 use crate::error::{Error, Result};
 use crate::likelihood::{self, LikelihoodOptions, TraceEstimator};
@@ -122,7 +122,16 @@ fn overview(cfg: &RunConfig, model: &LoadedModel, run_dir: &Path) -> Result<Sect
     let model_kind = serde_json::to_value(cfg.model.kind).ok().and_then(|v| v.as_str().map(String::from));
     let rows = vec![
         vec!["data".into(), format!("{} (D = {})", cfg.data.source, model.state.dim)],
-        vec!["SDE".into(), cfg.sde().name().to_string()],
+        vec![
+            "SDE".into(),
+            if cfg.objective.kind.is_noise_free(cfg.objective.sigma) {
+                "none (a noise-free objective)".into()
+            } else if cfg.objective.kind == ObjectiveKind::Ncsn {
+                format!("{} form of the [noise] ladder, L = {}", cfg.sde().name(), cfg.noise.levels)
+            } else {
+                cfg.sde().name().to_string()
+            },
+        ],
         vec!["model".into(), model_kind.unwrap_or_default()],
         vec!["objective".into(), objective.unwrap_or_default()],
         vec!["sampler".into(), cfg.sampling.sampler.to_string()],
@@ -334,7 +343,7 @@ impl Builder<'_> {
                     (
                         "log p₀(x) = log π(x(T)) + ∫_ε^T ∇·f̃(x(t), t) dt,  f̃ = f − ½g²s_θ".to_string(),
                         format!(
-                            "log p₀ of the model by the probability-flow ODE (RK45, rtol = atol = 10⁻³, exact trace) on a \
+                            "log p₀ of the model by the probability-flow ODE (RK45, rtol = atol = 10⁻², exact trace) on a \
                              {DENSITY_CELLS}×{DENSITY_CELLS} grid, {nfe} score evaluations."
                         ),
                     )
