@@ -136,6 +136,35 @@ fn report_of_an_sde_run_links_every_figure() {
     }
     // the resolved config is on the page
     assert!(html.contains("[training]") && html.contains("steps = 40"));
+    renders_in_chromium(&report.html);
+}
+
+/// Renders the page with headless Chromium when it is installed (CI's
+/// `.ci/run` and `scripts/screenshot-report.sh` install it) and checks that the
+/// figures were drawn: the viridis purple of the heat maps only appears if the
+/// browser loaded the PNGs.
+fn renders_in_chromium(page: &Path) {
+    let Some(browser) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| std::process::Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()))
+    else {
+        println!("skipping the render check: chromium is not installed (scripts/screenshot-report.sh installs it)");
+        return;
+    };
+    let shot = page.with_file_name("screenshot.png");
+    let status = std::process::Command::new(browser)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1200,2400"])
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("file://{}", page.canonicalize().unwrap().display()))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success() && shot.is_file(), "{browser} did not render {}", page.display());
+    let img = image::open(&shot).unwrap().to_rgb8();
+    assert_eq!(img.width(), 1200);
+    // viridis' bottom colour (68, 1, 84), the background of every heat map, within rounding
+    let purple = img.pixels().filter(|p| p[0].abs_diff(68) < 8 && p[1] < 12 && p[2].abs_diff(84) < 8).count();
+    assert!(purple > 10_000, "only {purple} heat-map pixels: the figures did not load");
 }
 
 /// A noise-free energy run: density from the energy, Langevin GIF, and no
