@@ -167,12 +167,13 @@ fn renders_in_chromium(page: &Path) {
     assert!(purple > 10_000, "only {purple} heat-map pixels: the figures did not load");
 }
 
-/// A noise-free energy run: density from the energy, Langevin GIF, and no
+/// A noise-free energy run on data without an exact density: density from
+/// the energy, metrics against the training points, Langevin GIF, and no
 /// forward–reverse figure (there is no SDE), with nothing left unexplained.
 #[test]
 fn report_of_an_energy_run_draws_its_energy() {
     let dir = tempfile::tempdir().unwrap();
-    let text = "name = \"energy\"\n[model]\nkind = \"energy-mlp\"\noutput = \"score\"\nwidth = 32\n[objective]\nkind = \"sliced-vr\"\n\
+    let text = "name = \"energy\"\n[data]\nsource = \"moons\"\nn_train = 2000\n[model]\nkind = \"energy-mlp\"\noutput = \"score\"\nwidth = 32\n[objective]\nkind = \"sliced-vr\"\n\
                 [training]\nsteps = 20\nbatch_size = 64\nlog_every = 10\ncheckpoint_every = 20\n\
                 [sampling]\nsampler = \"langevin\"\nsteps = 40\nstep_size = 0.01\n";
     let (report, html, links) = tiny_report(dir.path(), text);
@@ -180,5 +181,6 @@ fn report_of_an_energy_run_draws_its_energy() {
     assert!(links.contains(&"report/reverse_process.gif".to_string()));
     assert!(!links.contains(&"report/forward_reverse.png".to_string()));
     assert!(html.contains("−f_θ"), "the density should come from the energy");
+    assert!(html.contains("floor (data vs data)") && html.contains("energy distance"));
     assert!(report.skipped.is_empty(), "{:?}", report.skipped);
 }

@@ -235,14 +235,20 @@ impl Builder<'_> {
             Some(p) => npy::read_points(p)?,
             None => process.last().map(|(_, x)| x.clone()).unwrap_or_else(|| Points::new(0, 2, vec![])),
         };
+        // The model's own density: the background of the samples when no exact one exists.
+        tracing::info!("report: model density");
+        let density = self.model_density(model, &bounds, quiet)?;
+        let model_logp = density.as_ref().map(|(v, _, _)| move |x: f64, y: f64| coarse_lookup(v, &bounds, x, y));
+        let model_logp: Option<&dyn Fn(f64, f64) -> f64> = model_logp.as_ref().map(|f| f as &dyn Fn(f64, f64) -> f64);
+
         let mut sample_blocks = Vec::new();
         let (path, src) = self.fig("samples.png");
-        let title = format!("{} samples over {}", pts.n, if exact.is_some() { "the exact p(x)" } else { "the data" });
+        let title = format!("{} samples", pts.n);
         if exact.is_some() {
-            run::scatter(&path, &pts, oracle, &title)?;
+            run::scatter(&path, &pts, oracle, &format!("{title} over the exact p(x)"))?;
         } else {
-            viz::scatter_grid(&path, 2, &[("training data", &data.head(2000), None), (&title, &pts, None)], &bounds)
-                .map_err(plot_err)?;
+            let panels = [("training data", &data.head(2000), model_logp), (title.as_str(), &pts, model_logp)];
+            viz::scatter_grid(&path, 2, &panels, &bounds).map_err(plot_err)?;
         }
         let from = match samples {
             Some(p) => format!("{} (written by the run)", p.strip_prefix(self.run_dir).unwrap_or(p).display()),
@@ -251,22 +257,32 @@ impl Builder<'_> {
         sample_blocks.push(Block::Figure {
             src,
             caption: format!(
-                "Samples from the trained model ({from}), red, over the {}: viridis on log p, the mode yellow, 8 nats below it dark.",
-                if exact.is_some() { "exact data density" } else { "training data (left)" }
+                "Samples from the trained model ({from}), {}: viridis on log p, the mode yellow, 8 nats below it dark.",
+                match (exact.is_some(), model_logp.is_some()) {
+                    (true, _) => "red, over the exact data density",
+                    (false, true) => "right, beside the training data, left, both over the model's estimated density",
+                    (false, false) => "right, beside the training data, left",
+                }
             ),
             formula: None,
         });
-        if let Some(m) = oracle {
-            tracing::info!("report: metrics");
-            let ev = run::evaluate(&pts, &Target::Mixture(m.clone()), cfg.seed)?;
-            let rows = ev.rows().into_iter().map(|(a, b, c)| vec![a, b, c]).collect();
-            sample_blocks
-                .push(Block::Table(vec!["metric".into(), "samples".into(), "floor (exact vs exact)".into()], rows));
-            sample_blocks.push(Block::Para(
-                "The floor compares two independent exact sample sets of the same size: a perfect sampler scores it, up to noise."
-                    .into(),
-            ));
-        }
+        tracing::info!("report: metrics");
+        let (target, floor, why) = match oracle {
+            Some(m) => (
+                Target::Mixture(m.clone()),
+                "floor (exact vs exact)",
+                "The floor compares two independent exact sample sets of the same size: a perfect sampler scores it, up to noise.",
+            ),
+            None => (
+                Target::Reference(data.clone()),
+                "floor (data vs data)",
+                "Against the training points (no exact density is known); the floor compares two disjoint halves of them.",
+            ),
+        };
+        let ev = run::evaluate(&pts, &target, cfg.seed)?;
+        let rows = ev.rows().into_iter().map(|(a, b, c)| vec![a, b, c]).collect();
+        sample_blocks.push(Block::Table(vec!["metric".into(), "samples".into(), floor.into()], rows));
+        sample_blocks.push(Block::Para(why.into()));
         if self.run_dir.join("metrics.json").is_file() {
             sample_blocks.push(Block::Link { text: "Raw numbers of the run:".into(), href: "metrics.json".into() });
         }
@@ -319,10 +335,9 @@ impl Builder<'_> {
 
         // The model's density beside the exact one.
         let mut density_blocks = Vec::new();
-        tracing::info!("report: model density");
-        match self.model_density(model, &bounds, quiet)? {
+        match &density {
             Some((values, how, nfe)) => {
-                let lookup = |x: f64, y: f64| coarse_lookup(&values, &bounds, x, y);
+                let lookup = |x: f64, y: f64| coarse_lookup(values, &bounds, x, y);
                 let (path, src) = self.fig("density.png");
                 let empty = Points::new(0, 2, vec![]);
                 let mut panels: Vec<viz::ScatterPanel> = Vec::new();
@@ -332,7 +347,7 @@ impl Builder<'_> {
                 let title = format!("model {how}");
                 panels.push((&title, &empty, Some(&lookup)));
                 viz::scatter_grid(&path, 2, &panels, &bounds).map_err(plot_err)?;
-                let gap = oracle.map(|m| density_gap(&values, &bounds, m));
+                let gap = oracle.map(|m| density_gap(values, &bounds, m));
                 let (formula, text) = if how.starts_with("−f") {
                     (
                         "p_θ(x) = e^{−f_θ(x)}/Z".to_string(),
