@@ -53,7 +53,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a score model from a TOML config.
+    /// Train a score model from a TOML config; ends by writing the run report RUN/report.html.
     #[command(
         after_help = "Examples:\n  scoregen train --config configs/gmm8-vp.toml\n  scoregen train --config configs/gmm8-ve.toml --set training.steps=8000 --out runs/long\n  scoregen train --config configs/gmm8-ve.toml --out runs/long --resume"
     )]
