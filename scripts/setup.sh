@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the tests and presets need beyond the Rust toolchain: Debian's
-# Fashion-MNIST (IDX files under /usr/share/datasets/fashion-mnist). Safe to
+# Fashion-MNIST (IDX files under /usr/share/datasets/fashion-mnist) and chromium
+# (the run report's render check and scripts/screenshot-report.sh). Safe to
 # run again; without root or apt it says what is missing and carries on (the
 # tests that need the data then skip with a message).
 set -uo pipefail
 need=()
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need+=(dataset-fashion-mnist)
+command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -eq 0 ]; then
   echo "setup: nothing to install"
   exit 0

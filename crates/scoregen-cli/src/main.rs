@@ -53,7 +53,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a score model from a TOML config.
+    /// Train a score model from a TOML config; ends by writing the run report RUN/report.html.
     #[command(
         after_help = "Examples:\n  scoregen train --config configs/gmm8-vp.toml\n  scoregen train --config configs/gmm8-ve.toml --set training.steps=8000 --out runs/long\n  scoregen train --config configs/gmm8-ve.toml --out runs/long --resume"
     )]
@@ -73,6 +73,9 @@ enum Command {
         /// network's inputs and outputs, the gradients and the updated parameters (checked every step).
         #[arg(long)]
         detect_anomaly: bool,
+        /// Skip the run report (RUN/report.html) written after training.
+        #[arg(long)]
+        no_report: bool,
     },
     /// Sample a trained run: reverse-SDE predictors, predictor–corrector, the probability-flow ODE, or the Langevin family.
     #[command(
@@ -240,6 +243,7 @@ enum Command {
         which: Demo,
     },
     /// What scoregen knows: data sets, SDEs, models, objectives, samplers, with one line each.
+    #[command(after_help = "Examples:\n  scoregen list\n  scoregen --json list")]
     List,
     /// Benchmarks: `samplers` (quality against NFE for every sampler).
     #[command(
@@ -249,7 +253,18 @@ enum Command {
         #[command(subcommand)]
         which: Bench,
     },
-    /// Train on gmm8 with the VE SDE, sample 2,000 points, evaluate and draw them (about a minute).
+    /// Write RUN/report.html: config, loss curve, metrics, samples, score field, density, reverse process.
+    #[command(
+        after_help = "Examples:\n  scoregen report --run runs/quickstart\n  scoregen report --run runs/gmm8-vp --json\n\nThe figures go to RUN/report/; the page links them by relative paths, so the folder can be moved or served as is."
+    )]
+    Report {
+        #[arg(long)]
+        run: PathBuf,
+    },
+    /// Train on gmm8 with the VE SDE, sample 2,000 points, evaluate, draw them and write the report (about a minute).
+    #[command(
+        after_help = "Examples:\n  scoregen quickstart\n  scoregen quickstart --out runs/qs --set training.steps=1000\n  scoregen --json quickstart"
+    )]
     Quickstart {
         #[arg(long, default_value = "runs/quickstart")]
         out: PathBuf,
@@ -336,16 +351,25 @@ fn print_json(v: &impl serde::Serialize) {
 
 fn run_command(cli: &Cli) -> Result<()> {
     match &cli.command {
-        Command::Train { config, out, set, resume, detect_anomaly } => {
+        Command::Train { config, out, set, resume, detect_anomaly, no_report } => {
             let cfg = RunConfig::load(config, set)?;
             let dir = out.clone().unwrap_or_else(|| Path::new("runs").join(&cfg.name));
             let opts =
                 TrainOptions { resume: *resume, quiet: cli.quiet, stop_after: None, detect_anomaly: *detect_anomaly };
             let outcome = train::train(&cfg, &dir, &opts).with_context(|| format!("training {}", dir.display()))?;
+            let report = if *no_report {
+                None
+            } else {
+                Some(
+                    scoregen::viz::write_report(&dir, cli.quiet)
+                        .with_context(|| format!("report of {}", dir.display()))?,
+                )
+            };
             if cli.json {
                 print_json(&serde_json::json!({
                     "run": dir, "step": outcome.step, "final_loss": outcome.final_loss,
                     "seconds": outcome.seconds, "steps_per_sec": outcome.steps_per_sec, "checkpoint": outcome.checkpoint,
+                    "report": report.map(|r| r.html),
                 }));
             } else {
                 println!(
@@ -357,6 +381,21 @@ fn run_command(cli: &Cli) -> Result<()> {
                     outcome.final_loss,
                     outcome.checkpoint.display()
                 );
+                if let Some(r) = report {
+                    println!("report: {}", r.html.display());
+                }
+            }
+        }
+        Command::Report { run } => {
+            let r = scoregen::viz::write_report(run, cli.quiet)
+                .with_context(|| format!("report of run {}", run.display()))?;
+            if cli.json {
+                print_json(&r);
+            } else {
+                println!("wrote {} ({} figures in {:.1} s)", r.html.display(), r.figures.len(), r.seconds);
+                for s in &r.skipped {
+                    println!("  not shown: {s}");
+                }
             }
         }
         Command::Sample {
@@ -479,6 +518,7 @@ fn run_command(cli: &Cli) -> Result<()> {
                 atol: *atol,
                 dequantize,
                 use_ema: !no_ema,
+                quiet: cli.quiet,
             };
             let r = likelihood::likelihood_of_run(run, &req)
                 .with_context(|| format!("likelihood of `{data}` under run {}", run.display()))?;
@@ -667,8 +707,9 @@ fn run_command(cli: &Cli) -> Result<()> {
                 );
                 print!("{}", s.evaluation.table());
                 println!(
-                    "\nwrote {}: samples.npy, samples.png, loss.png, metrics.json, checkpoints/",
-                    s.out_dir.display()
+                    "\nwrote {}: samples.npy, samples.png, loss.png, metrics.json, checkpoints/\nreport: {}",
+                    s.out_dir.display(),
+                    s.report.display()
                 );
             }
         }

@@ -115,7 +115,7 @@ fn killed_training_resumes_to_identical_weights() {
         "name = \"k\"\n[sde]\nkind = \"vp\"\n[model]\nwidth = 32\n[training]\nsteps = 400\nbatch_size = 64\nlog_every = 10\ncheckpoint_every = 7\n",
     )
     .unwrap();
-    let out = scoregen(&["-q", "train", "--config", "c.toml", "--out", "straight"], dir.path());
+    let out = scoregen(&["-q", "train", "--config", "c.toml", "--out", "straight", "--no-report"], dir.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let latest = |run: &str| -> usize {
         std::fs::read_to_string(dir.path().join(run).join("checkpoints/latest"))
@@ -129,7 +129,7 @@ fn killed_training_resumes_to_identical_weights() {
     let mut kills = 0;
     let mut resume = false;
     for kill_after in points {
-        let mut args = vec!["-q", "train", "--config", "c.toml", "--out", "killed"];
+        let mut args = vec!["-q", "train", "--config", "c.toml", "--out", "killed", "--no-report"];
         if resume {
             args.push("--resume");
         }
@@ -151,7 +151,8 @@ fn killed_training_resumes_to_identical_weights() {
         resume = true;
     }
     assert!(kills >= 2, "the run finished before it could be killed");
-    let out = scoregen(&["-q", "train", "--config", "c.toml", "--out", "killed", "--resume"], dir.path());
+    let out =
+        scoregen(&["-q", "train", "--config", "c.toml", "--out", "killed", "--resume", "--no-report"], dir.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let a = scoregen::train::checkpoint::load_latest(&dir.path().join("straight/checkpoints")).unwrap();
     let b = scoregen::train::checkpoint::load_latest(&dir.path().join("killed/checkpoints")).unwrap();
@@ -210,4 +211,114 @@ fn unwritable_output_is_reported_before_training() {
     }
     let out = scoregen(&["-q", "train", "--config", "c.toml", "--out", "ro/run"], dir.path());
     fails_with(&out, &["ro/run", "Permission denied"]);
+}
+
+/// A tiny config: 2-D VP run of `steps` steps (plus any extra TOML lines).
+fn tiny_config(dir: &Path, extra: &str) {
+    std::fs::write(
+        dir.join("c.toml"),
+        format!("name = \"tiny\"\n[sde]\nkind = \"vp\"\n[model]\nwidth = 16\n[training]\nsteps = 5\nbatch_size = 32\nlog_every = 5\ncheckpoint_every = 5\n{extra}"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn set_overrides_reach_the_saved_config() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_config(dir.path(), "");
+    let args = [
+        "-q",
+        "train",
+        "--config",
+        "c.toml",
+        "--no-report",
+        "--set",
+        "training.steps=3",
+        "--set",
+        "model.width=8",
+        "--set",
+        "name=over",
+        "--set",
+        "sde.beta_max=15.5",
+        "--set",
+        "sampling.sampler=ddim",
+    ];
+    let out = scoregen(&args, dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // `name` decides the run directory; the resolved config holds every override
+    let saved = scoregen::config::RunConfig::load(&dir.path().join("runs/over/config.toml"), &[]).unwrap();
+    assert_eq!((saved.training.steps, saved.model.width, saved.sde.beta_max), (3, 8, 15.5));
+    assert_eq!(saved.sampling.sampler.to_string(), "ddim");
+    // values the overrides did not touch keep the file's
+    assert_eq!((saved.training.batch_size, saved.training.log_every), (32, 5));
+    assert!(!dir.path().join("runs/tiny").exists());
+}
+
+#[test]
+fn set_errors_name_the_override_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_config(dir.path(), "");
+    let train = |set: &str| scoregen(&["train", "--config", "c.toml", "--set", set, "--out", "run"], dir.path());
+    // an unknown key lists the valid ones
+    fails_with(&train("sde.sigma_maxx=3"), &["c.toml", "field `sde", "sigma_maxx", "sigma_max", "beta_min"]);
+    // a value of the wrong type names the field
+    fails_with(&train("training.steps=many"), &["c.toml", "field `training.steps`", "many"]);
+    // an override without `=`
+    fails_with(&train("training.steps"), &["c.toml", "training.steps", "expected key=value"]);
+    // an empty path segment
+    fails_with(&train("training..steps=3"), &["c.toml", "not a dotted key path"]);
+    // overriding inside a value that is not a table
+    fails_with(&train("seed.x=1"), &["c.toml", "seed"]);
+    // an override that fails validation names the validated field
+    fails_with(&train("sde.beta_max=0.01"), &["c.toml", "field `sde.beta_max`", "beta_min"]);
+    assert!(!dir.path().join("run").exists());
+}
+
+#[test]
+fn config_parse_errors_name_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &[&str]); 5] = [
+        ("name = \"x\"\n[sde\n", &["c.toml", "(syntax, line 2)"]),
+        ("[training]\nsteps = -5\n", &["c.toml", "field `training.steps`"]),
+        ("[sde]\nkind = \"ve2\"\n", &["c.toml", "field `sde.kind`", "ve2", "vp", "subvp"]),
+        ("[modle]\nwidth = 3\n", &["c.toml", "modle", "model", "sampling"]),
+        ("[sampling]\nsampler = \"rk4\"\n", &["c.toml", "field `sampling.sampler`", "rk4", "heun"]),
+    ];
+    for (text, needles) in cases {
+        std::fs::write(dir.path().join("c.toml"), text).unwrap();
+        fails_with(&scoregen(&["train", "--config", "c.toml", "--out", "run"], dir.path()), needles);
+        assert!(!dir.path().join("run").exists());
+    }
+}
+
+#[test]
+fn report_of_a_missing_run_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    fails_with(&scoregen(&["report", "--run", "nope"], dir.path()), &["nope", "config.toml"]);
+}
+
+/// Every command's `--help` shows examples, and the top-level help documents the exit codes.
+#[test]
+fn every_command_has_examples_in_its_help() {
+    let dir = tempfile::tempdir().unwrap();
+    let top = scoregen(&["--help"], dir.path());
+    let top = String::from_utf8_lossy(&top.stdout).to_string();
+    assert!(top.contains("Exit codes"), "{top}");
+    let commands: Vec<String> = top
+        .split("Commands:")
+        .nth(1)
+        .unwrap()
+        .split("Options:")
+        .next()
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .filter(|c| c != "help")
+        .collect();
+    assert!(commands.len() >= 10, "{commands:?}");
+    for c in &commands {
+        let out = scoregen(&[c, "--help"], dir.path());
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && help.contains("Example"), "`scoregen {c} --help` has no examples:\n{help}");
+    }
 }

@@ -482,8 +482,8 @@ impl RunConfig {
 
     /// Parses TOML text; `file` names the source in error messages.
     pub fn parse(text: &str, file: &str, overrides: &[String]) -> Result<Self> {
-        let mut value: toml::Value =
-            toml::from_str(text).map_err(|e| Error::config(file, "(syntax)", e.message().trim().to_string()))?;
+        let mut value: toml::Value = toml::from_str(text)
+            .map_err(|e| Error::config(file, syntax_at(text, e.span()), e.message().trim().replace('\n', "; ")))?;
         for o in overrides {
             apply_override(&mut value, o).map_err(|m| Error::config(file, o.clone(), m))?;
         }
@@ -680,6 +680,14 @@ impl RunConfig {
     }
 }
 
+/// "(syntax, line L)": where a TOML syntax error starts, 1-based.
+fn syntax_at(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(r) => format!("(syntax, line {})", text[..r.start.min(text.len())].matches('\n').count() + 1),
+        None => "(syntax)".into(),
+    }
+}
+
 /// Applies `a.b.c=value`; the value is parsed as TOML (number, bool, array…)
 /// and taken as a plain string when it is not valid TOML.
 fn apply_override(root: &mut toml::Value, spec: &str) -> std::result::Result<(), String> {
@@ -718,6 +726,12 @@ mod tests {
         let e = RunConfig::parse("[sde]\nsigma_maxx = 3\n", "c.toml", &[]).unwrap_err().to_string();
         assert!(e.starts_with("c.toml: field `sde"), "{e}");
         assert!(e.contains("sigma_maxx") && e.contains("sigma_max"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_names_the_line() {
+        let e = RunConfig::parse("name = \"x\"\n\n[sde\nkind = \"ve\"\n", "c.toml", &[]).unwrap_err().to_string();
+        assert!(e.starts_with("c.toml: field `(syntax, line 3)`: "), "{e}");
     }
 
     #[test]

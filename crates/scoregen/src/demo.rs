@@ -121,11 +121,8 @@ pub fn pitfall_with(
 /// (sliced score matching, 1500 steps) and returns ‖s_θ(x) − ∇log p(x)‖ on the
 /// heat-map grid of `bounds`, with the training points.
 pub fn noise_free_score_error(bounds: &Bounds, quiet: bool) -> Result<(Vec<f64>, Points)> {
-    let text = "name = \"pitfall\"\n[data]\nsource = \"unbalanced\"\nn_train = 4000\n\
-                [model]\nkind = \"mlp\"\noutput = \"score\"\nwidth = 64\ndepth = 3\n\
-                [objective]\nkind = \"sliced-vr\"\n[training]\nsteps = 1500\nbatch_size = 256\nlr = 1e-3\n\
-                [sampling]\nsampler = \"langevin\"\n";
-    let cfg = crate::config::RunConfig::parse(text, "pitfall demo (built in)", &[])?;
+    let text = include_str!("../../../configs/sliced-unbalanced.toml");
+    let cfg = crate::config::RunConfig::parse(text, "configs/sliced-unbalanced.toml (built in)", &[])?;
     let mut trainer = crate::train::Trainer::new(&cfg)?;
     let pb = progress::bar(cfg.training.steps, "train", quiet);
     for _ in 0..cfg.training.steps {

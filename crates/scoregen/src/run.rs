@@ -282,6 +282,18 @@ pub fn evaluate(samples: &Points, target: &Target, seed: u64) -> Result<Evaluati
 impl Evaluation {
     /// A plain-text table: metric, value, floor.
     pub fn table(&self) -> String {
+        let rows = self.rows();
+        let w0 = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0).max(6);
+        let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(7);
+        let mut s = format!("{:<w0$}  {:>w1$}  {}\n", "metric", "samples", "floor (exact vs exact)");
+        for (a, b, c) in rows {
+            s += &format!("{a:<w0$}  {b:>w1$}  {c}\n");
+        }
+        s
+    }
+
+    /// The rows of [`Evaluation::table`]: (metric, samples, floor), formatted.
+    pub fn rows(&self) -> Vec<(String, String, String)> {
         let mut rows: Vec<(String, String, String)> = Vec::new();
         let (d, f) = match self {
             Evaluation::Mixture(r) => (&r.distances, &r.floor),
@@ -322,13 +334,7 @@ impl Evaluation {
                 format!("{:.3}", r.modes_floor.mean_log_density),
             ));
         }
-        let w0 = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0).max(6);
-        let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(7);
-        let mut s = format!("{:<w0$}  {:>w1$}  {}\n", "metric", "samples", "floor (exact vs exact)");
-        for (a, b, c) in rows {
-            s += &format!("{a:<w0$}  {b:>w1$}  {c}\n");
-        }
-        s
+        rows
     }
 }
 
@@ -342,10 +348,13 @@ pub struct QuickstartSummary {
     pub final_loss: f64,
     pub sample: SampleOutcome,
     pub evaluation: Evaluation,
+    /// The run report, `report.html`.
+    pub report: PathBuf,
 }
 
 /// Trains the quickstart config, samples 2,000 points, evaluates them against
-/// the exact mixture and writes `samples.npy`, `samples.png`, `loss.png`, `metrics.json`.
+/// the exact mixture and writes `samples.npy`, `samples.png`, `loss.png`, `metrics.json`
+/// and the run report `report.html` (figures in `report/`).
 pub fn quickstart(out_dir: &Path, overrides: &[String], quiet: bool) -> Result<QuickstartSummary> {
     let cfg = RunConfig::parse(QUICKSTART_CONFIG, "configs/gmm8-ve.toml (built in)", overrides)?;
     let trained: TrainOutcome = train::train(&cfg, out_dir, &TrainOptions { quiet, ..Default::default() })?;
@@ -365,7 +374,7 @@ pub fn quickstart(out_dir: &Path, overrides: &[String], quiet: bool) -> Result<Q
     let pts = npy::read_points(&sample.npy)?;
     let target = Target::Mixture(oracle_of(&cfg)?.expect("gmm8 is a mixture"));
     let evaluation = evaluate(&pts, &target, cfg.seed)?;
-    let summary = QuickstartSummary {
+    let mut summary = QuickstartSummary {
         out_dir: out_dir.to_path_buf(),
         train_seconds: trained.seconds,
         steps: trained.step,
@@ -373,11 +382,13 @@ pub fn quickstart(out_dir: &Path, overrides: &[String], quiet: bool) -> Result<Q
         final_loss: trained.final_loss,
         sample,
         evaluation,
+        report: out_dir.join("report.html"),
     };
     fsutil::write_atomic(
         &out_dir.join("metrics.json"),
         serde_json::to_string_pretty(&summary).expect("serializes").as_bytes(),
     )?;
+    summary.report = viz::write_report(out_dir, quiet)?.html;
     Ok(summary)
 }
 

@@ -36,6 +36,7 @@ fn trained_model_likelihood_is_close_to_the_oracle() {
         atol: 1e-5,
         dequantize: None,
         use_ema: true,
+        quiet: true,
     };
     let exact = likelihood_of_run(dir.path(), &req).unwrap();
     let gap = exact.gap_nats.unwrap();

@@ -22,8 +22,12 @@ use crate::samplers::ode::{self, OdeMethod};
 use crate::score::ScoreFn;
 use crate::sde::{self, Sde};
 use candle_core::{DType, Result, Tensor};
+use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 use std::f64::consts::LN_2;
+
+/// Length of the likelihood's progress bar: thousandths of the time interval.
+pub const PROGRESS_TICKS: usize = 1000;
 
 /// How to compute a likelihood.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -133,6 +137,20 @@ pub fn log_likelihood(
     opts: &LikelihoodOptions,
     rng: &mut Rng,
 ) -> crate::Result<LogLikelihood> {
+    log_likelihood_with_progress(score, sde, x, opts, rng, &ProgressBar::hidden())
+}
+
+/// [`log_likelihood`] showing how far the ODE has got on a bar of
+/// [`PROGRESS_TICKS`]: the fraction of [ε, T] integrated (the solver is
+/// adaptive, so time, not steps, is what it can promise).
+pub fn log_likelihood_with_progress(
+    score: &dyn ScoreFn,
+    sde: &dyn Sde,
+    x: &Tensor,
+    opts: &LikelihoodOptions,
+    rng: &mut Rng,
+    progress: &ProgressBar,
+) -> crate::Result<LogLikelihood> {
     let x = match &opts.dequantize {
         Some(dq) => dq.apply(x, rng)?,
         None => x.clone(),
@@ -152,6 +170,9 @@ pub fn log_likelihood(
     let eps = opts.eps.unwrap_or_else(|| sde.sampling_eps());
     let y0 = Tensor::cat(&[&flat, &Tensor::zeros((n, 1), DType::F64, x.device())?], 1)?;
     let mut rhs = |t: f64, y: &Tensor| -> Result<Tensor> {
+        progress.set_position(
+            (PROGRESS_TICKS as f64 * (t - eps) / (sde.t_max() - eps)).clamp(0.0, PROGRESS_TICKS as f64) as u64,
+        );
         let xs = y.narrow(1, 0, dim)?.reshape(&shape)?.to_dtype(opts.score_dtype)?;
         let tb = sde::time_batch(t, &xs)?;
         let (s, div_s) = trace::score_and_divergence(score, &xs, &tb, estimator, &probes)?;
@@ -164,6 +185,7 @@ pub fn log_likelihood(
         Tensor::cat(&[&drift, &div], 1)
     };
     let sol = ode::solve(&mut rhs, &y0, eps, sde.t_max(), opts.method, false)?;
+    progress.finish_and_clear();
     let latent = sol.y.narrow(1, 0, dim)?.reshape(&shape)?;
     let delta_logp = sol.y.narrow(1, dim, 1)?.flatten_all()?.to_vec1::<f64>()?;
     let prior_logp = sde.prior_logp(&latent)?.to_vec1::<f64>()?;

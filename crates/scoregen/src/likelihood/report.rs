@@ -1,7 +1,7 @@
 //! `scoregen likelihood`: log-likelihoods of a data set under a trained run,
 //! beside the exact log-density when the data come from a known mixture.
 
-use super::{log_likelihood, Dequantization, LikelihoodOptions, TraceEstimator};
+use super::{log_likelihood_with_progress, Dequantization, LikelihoodOptions, TraceEstimator};
 use crate::data::{self, npy, Points};
 use crate::error::Result;
 use crate::rng::Rng;
@@ -26,6 +26,8 @@ pub struct LikelihoodRequest {
     pub atol: f64,
     pub dequantize: Option<Dequantization>,
     pub use_ema: bool,
+    /// Hide the progress bar.
+    pub quiet: bool,
 }
 
 /// Mean log-likelihood and its comparison with the exact density.
@@ -84,7 +86,8 @@ pub fn likelihood_of_run(run_dir: &Path, req: &LikelihoodRequest) -> Result<Like
     };
     let start = Instant::now();
     let score = model.score();
-    let ll = log_likelihood(score.as_ref(), sde.as_ref(), &x, &opts, &mut rng)?;
+    let pb = crate::progress::bar(super::PROGRESS_TICKS, "log p", req.quiet);
+    let ll = log_likelihood_with_progress(score.as_ref(), sde.as_ref(), &x, &opts, &mut rng, &pb)?;
     let seconds = start.elapsed().as_secs_f64();
     let n = ll.nats.len();
     let mean = ll.nats.iter().sum::<f64>() / n as f64;

@@ -200,6 +200,22 @@ fn draw_scatter<DB: DrawingBackend>(
     bounds: &Bounds,
     title: &str,
 ) -> Result<(Range<i32>, Range<i32>), PlotError> {
+    draw_panel(root, path, points, log_density, bounds, title, &[])
+}
+
+/// An arrow from `from` to `to`, in data coordinates.
+pub type Arrow = ((f64, f64), (f64, f64));
+
+/// [`draw_scatter`] with arrows drawn over the heat map (white, with heads).
+fn draw_panel<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    path: &Path,
+    points: &Points,
+    log_density: Option<&dyn Fn(f64, f64) -> f64>,
+    bounds: &Bounds,
+    title: &str,
+    arrows: &[Arrow],
+) -> Result<(Range<i32>, Range<i32>), PlotError> {
     let err = |e: &dyn fmt::Display| PlotError::at(path, e);
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let (x0, x1) = bounds.x;
@@ -260,6 +276,17 @@ fn draw_scatter<DB: DrawingBackend>(
     let inside = |&(x, y): &(f64, f64)| x >= x0 && x <= x1 && y >= y0 && y <= y1;
     chart.draw_series(xy(points).filter(inside).map(|p| Circle::new(p, 2, style))).map_err(|e| err(&e))?;
 
+    let pen = if log_density.is_some() { WHITE.mix(0.9) } else { DOT_PLAIN.mix(0.9) }.stroke_width(1);
+    let finite = |a: &&Arrow| [a.0 .0, a.0 .1, a.1 .0, a.1 .1].iter().all(|v| v.is_finite());
+    for &(from, to) in arrows.iter().filter(finite) {
+        let (dx, dy) = (to.0 - from.0, to.1 - from.1);
+        // head: two strokes of 30% of the shaft, ±25° off the reversed direction
+        let (c, s) = (25f64.to_radians().cos(), 25f64.to_radians().sin());
+        let barb = |sign: f64| (to.0 - 0.3 * (c * dx - sign * s * dy), to.1 - 0.3 * (sign * s * dx + c * dy));
+        let lines = [vec![from, to], vec![barb(1.0), to, barb(-1.0)]];
+        chart.draw_series(lines.into_iter().map(|l| PathElement::new(l, pen))).map_err(|e| err(&e))?;
+    }
+
     Ok(chart.plotting_area().get_pixel_range())
 }
 
@@ -280,6 +307,28 @@ pub fn scatter_grid(path: &Path, cols: usize, panels: &[ScatterPanel], bounds: &
     let root = BitMapBackend::new(path, (w * cols as u32, h * rows as u32)).into_drawing_area();
     for (area, (title, pts, field)) in root.split_evenly((rows, cols)).iter().zip(panels) {
         draw_scatter(area, path, pts, *field, bounds, title)?;
+    }
+    root.present().map_err(|e| PlotError::at(path, e))?;
+    Ok(())
+}
+
+/// One panel of [`vector_field`]: a title, arrows and the field drawn under them.
+pub type FieldPanel<'a> = (&'a str, &'a [Arrow], Option<&'a dyn Fn(f64, f64) -> f64>);
+
+/// Vector fields as arrows over heat maps, panels side by side on a grid of
+/// `cols` columns in one PNG, all over the same bounds.
+pub fn vector_field(path: &Path, cols: usize, panels: &[FieldPanel], bounds: &Bounds) -> Result<(), PlotError> {
+    if !bounds.is_valid() {
+        return Err(PlotError::at(path, format!("invalid bounds {bounds:?}")));
+    }
+    ensure_font(path)?;
+    let cols = cols.clamp(1, panels.len().max(1));
+    let rows = panels.len().div_ceil(cols).max(1);
+    let (w, h) = SCATTER_SIZE;
+    let root = BitMapBackend::new(path, (w * cols as u32, h * rows as u32)).into_drawing_area();
+    let empty = Points::new(0, 2, Vec::new());
+    for (area, (title, arrows, field)) in root.split_evenly((rows, cols)).iter().zip(panels) {
+        draw_panel(area, path, &empty, *field, bounds, title, arrows)?;
     }
     root.present().map_err(|e| PlotError::at(path, e))?;
     Ok(())
@@ -500,7 +549,8 @@ pub fn line_plot(
         } else {
             (yr.0, yr.1)
         };
-        draw_lines!(builder.build_cartesian_2d(xa..xb, (ya..yb).log_scale()));
+        // plotters' log axis labels only powers of ten, none when the range spans less than a decade
+        draw_lines!(builder.build_cartesian_2d(xa..xb, (ya..yb).log_scale().with_key_points(log_ticks(ya, yb))));
     } else {
         let (ya, yb) = if yr.0 > yr.1 {
             (0.0, 1.0)
@@ -515,6 +565,31 @@ pub fn line_plot(
 
     root.present().map_err(|e| err(&e))?;
     Ok(())
+}
+
+/// Tick values for a log axis over [lo, hi] (0 < lo < hi): the numbers
+/// 1, 2, 5 × 10^k inside, or 1…9 × 10^k when those are fewer than three, or
+/// only the powers of ten when there are more than twelve.
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let within = |mantissas: &[f64]| -> Vec<f64> {
+        let (k0, k1) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
+        (k0..=k1)
+            // m / 10^|k| rather than m · 10^k: the division is correctly rounded (0.3, not 0.30000000000000004)
+            .flat_map(|k| mantissas.iter().map(move |m| if k < 0 { m / 10f64.powi(-k) } else { m * 10f64.powi(k) }))
+            .filter(|v| *v >= lo * (1.0 - 1e-12) && *v <= hi * (1.0 + 1e-12))
+            .collect()
+    };
+    if !(lo > 0.0 && hi > lo && lo.is_finite() && hi.is_finite()) {
+        return Vec::new();
+    }
+    let t = within(&[1.0, 2.0, 5.0]);
+    if t.len() > 12 {
+        within(&[1.0])
+    } else if t.len() < 3 {
+        within(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0])
+    } else {
+        t
+    }
 }
 
 /// Bias-corrected exponential moving average (as in Adam / TensorBoard).
@@ -551,6 +626,20 @@ pub fn ema_smooth(values: &[f64], alpha: f64) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A log axis gets labels whatever its span: 1-2-5 steps over a few
+    /// decades, every integer mantissa inside one decade, powers of ten over many.
+    #[test]
+    fn log_ticks_label_every_span() {
+        assert_eq!(log_ticks(0.3, 0.87), vec![0.3, 0.4, 0.5, 0.6, 0.7, 0.8]);
+        assert_eq!(log_ticks(0.05, 3.0), vec![0.05, 0.1, 0.2, 0.5, 1.0, 2.0]);
+        assert_eq!(log_ticks(1e-6, 1e3).len(), 10);
+        assert!(log_ticks(0.0, 1.0).is_empty() && log_ticks(2.0, 1.0).is_empty());
+        for (lo, hi) in [(0.3, 0.87), (0.05, 3.0), (1e-6, 1e3), (0.999, 1.001)] {
+            let t = log_ticks(lo, hi);
+            assert!(t.iter().all(|v| *v >= lo * (1.0 - 1e-12) && *v <= hi * (1.0 + 1e-12)), "{t:?}");
+        }
+    }
     use std::path::PathBuf;
 
     fn tmp(name: &str) -> PathBuf {
