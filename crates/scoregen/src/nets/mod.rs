@@ -4,6 +4,7 @@
 
 pub mod embedding;
 pub mod energy;
+pub mod fused;
 pub mod init;
 pub mod mlp;
 pub mod unet;
