@@ -73,16 +73,18 @@ def main():
           f"peak = {peak:.1f} GFLOP/s")
     print()
     print("| case | scoregen ms | PyTorch ms | scoregen items/s | PyTorch items/s | speed-up vs PyTorch | "
-          "scoregen % peak | PyTorch % peak | peak RSS MiB scoregen / PyTorch |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "CPU ms scoregen / PyTorch | CPU speed-up | scoregen % peak | PyTorch % peak | peak RSS MiB scoregen / PyTorch |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for group, s, t in rows:
         if group == "gemm":
             continue
         pct = lambda r: f"{100 * rate(r) / peak:.0f}%" if rate(r) else "–"
         print(f"| {s['case']} | {s['median_ms']:.2f} | {t['median_ms']:.2f} | {s['items_per_s']:.0f} | "
-              f"{t['items_per_s']:.0f} | {t['median_ms'] / s['median_ms']:.2f}× | {pct(s)} | {pct(t)} | "
+              f"{t['items_per_s']:.0f} | {t['median_ms'] / s['median_ms']:.2f}× | {s['cpu_ms']:.2f} / {t['cpu_ms']:.2f} | "
+              f"{t['cpu_ms'] / s['cpu_ms']:.2f}× | {pct(s)} | {pct(t)} | "
               f"{s['peak_rss_mib']:.0f} / {t['peak_rss_mib']:.0f} |")
-    print("\nspeed-up = PyTorch ms / scoregen ms (above 1: scoregen is faster); medians of repeated runs.")
+    print("\nspeed-up = PyTorch ms / scoregen ms (above 1: scoregen is faster), wall time; CPU speed-up: the same with "
+          "process CPU time (all threads), robust when other processes share the cores; medians of repeated runs.")
     if a.json:
         with open(a.json, "w") as f:
             json.dump([{"group": g, "scoregen": s, "pytorch": t} for g, s, t in rows], f, indent=1)

@@ -155,16 +155,18 @@ def score(net, x, t):
 def timed(case, items, warmup, reps, f):
     for _ in range(warmup):
         f()
-    ms = []
+    ms, cpu = [], []
     for _ in range(max(reps, 1)):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         f()
         ms.append((time.perf_counter() - start) * 1e3)
+        cpu.append((time.process_time() - cpu_start) * 1e3)
     med = sorted(ms)[len(ms) // 2]
     return {
         "case": case,
         "median_ms": med,
         "reps_ms": ms,
+        "cpu_ms": sorted(cpu)[len(cpu) // 2],
         "items_per_s": items / (med / 1e3),
         "gflop": None,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,

@@ -30,6 +30,9 @@ pub struct Timing {
     pub median_ms: f64,
     /// All repetitions, milliseconds.
     pub reps_ms: Vec<f64>,
+    /// Median CPU time of the process (all threads) per repetition, milliseconds:
+    /// robust to other processes sharing the cores, unlike wall time.
+    pub cpu_ms: f64,
     /// Items (training examples or samples) per second at the median.
     pub items_per_s: f64,
     /// Floating-point operations of one repetition (matmuls only), when known.
@@ -49,23 +52,39 @@ fn time_it(
     for _ in 0..warmup {
         f()?;
     }
-    let mut ms = Vec::with_capacity(reps);
+    let (mut ms, mut cpu) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
     for _ in 0..reps.max(1) {
-        let start = Instant::now();
+        let (start, cpu_start) = (Instant::now(), process_cpu_ms());
         f()?;
         ms.push(start.elapsed().as_secs_f64() * 1e3);
+        cpu.push(process_cpu_ms() - cpu_start);
     }
-    let mut sorted = ms.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median_ms = sorted[sorted.len() / 2];
+    let median = |v: &[f64]| {
+        let mut sorted = v.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        sorted[sorted.len() / 2]
+    };
+    let median_ms = median(&ms);
     Ok(Timing {
         case,
         median_ms,
+        cpu_ms: median(&cpu),
         reps_ms: ms,
         items_per_s: items as f64 / (median_ms / 1e3),
         gflop: None,
         peak_rss_mib: peak_rss_mib(),
     })
+}
+
+/// CPU time used so far by every thread of this process, milliseconds.
+pub fn process_cpu_ms() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec that we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0.0;
+    }
+    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
 }
 
 /// VmHWM from /proc/self/status, in MiB (0 when unavailable).
