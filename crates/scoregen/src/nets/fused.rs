@@ -175,6 +175,163 @@ impl CustomOp2 for AddBias {
     }
 }
 
+/// The geometry of a k×k "same" convolution with stride 1 or 2 on a batch of
+/// N images C×H×W: padding p = k/2, outputs H/s × W/s, output (oy, ox)
+/// centred on input (s·oy, s·ox).
+#[derive(Debug, Clone, Copy)]
+struct Patches {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+}
+
+impl Patches {
+    fn out_hw(&self) -> (usize, usize) {
+        (self.h / self.stride, self.w / self.stride)
+    }
+
+    /// Rows of the patch matrix (C·k² plus the bias row) and its columns (N·Ho·Wo).
+    fn cols_shape(&self) -> (usize, usize) {
+        let (ho, wo) = self.out_hw();
+        (self.c * self.k * self.k + 1, self.n * ho * wo)
+    }
+
+    /// Calls `f(col, img, len)` for every run of patch entries inside the
+    /// image: patch-matrix entries col..col+len (row c·k² + dy·k + dx, column
+    /// b·Ho·Wo + oy·Wo + ox) come from image entries img, img + s, …, img + s·(len−1)
+    /// (index ((b·C + c)·H + iy)·W + ix with iy = s·oy + dy − p, ix = s·ox + dx − p).
+    #[inline(always)]
+    fn for_each_run(&self, mut f: impl FnMut(usize, usize, usize)) {
+        let (ho, wo) = self.out_hw();
+        let (p, s) = (self.k / 2, self.stride);
+        let cols = self.n * ho * wo;
+        for c in 0..self.c {
+            for dy in 0..self.k {
+                for dx in 0..self.k {
+                    let row = ((c * self.k + dy) * self.k + dx) * cols;
+                    // ox with 0 ≤ s·ox + dx − p < W
+                    let lo = p.saturating_sub(dx).div_ceil(s);
+                    let hi = ((self.w + p).saturating_sub(dx)).div_ceil(s).min(wo);
+                    if lo >= hi {
+                        continue;
+                    }
+                    for b in 0..self.n {
+                        for oy in 0..ho {
+                            let iy = (s * oy + dy) as isize - p as isize;
+                            if iy < 0 || iy >= self.h as isize {
+                                continue;
+                            }
+                            let img = ((b * self.c + c) * self.h + iy as usize) * self.w + s * lo + dx - p;
+                            f(row + b * ho * wo + oy * wo + lo, img, hi - lo);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// im2col: x [N, C, H, W] → patches [C·k² + 1, N·Ho·Wo] (zeros outside the
+/// image), the last row all ones (so the bias joins the GEMM) or all zeros.
+struct Im2col {
+    g: Patches,
+    ones: bool,
+}
+
+/// col2im, the adjoint of im2col: patches [C·k² + 1, N·Ho·Wo] → x [N, C, H, W],
+/// summing every patch entry back onto the pixel it came from (the last row
+/// is constant in im2col, so it is dropped).
+struct Col2im(Patches);
+
+fn im2col_values<T: candle_core::WithDType>(x: &[T], g: &Patches, ones: bool) -> Vec<T> {
+    let (rows, cols) = g.cols_shape();
+    let mut out = vec![T::zero(); rows * cols];
+    let s = g.stride;
+    g.for_each_run(|col, img, len| {
+        let dst = &mut out[col..col + len];
+        if s == 1 {
+            dst.copy_from_slice(&x[img..img + len]);
+        } else {
+            for (j, d) in dst.iter_mut().enumerate() {
+                *d = x[img + s * j];
+            }
+        }
+    });
+    if ones {
+        out[(rows - 1) * cols..].fill(T::one());
+    }
+    out
+}
+
+fn col2im_values<T: candle_core::WithDType>(p: &[T], g: &Patches) -> Vec<T> {
+    let mut x = vec![T::zero(); g.n * g.c * g.h * g.w];
+    let s = g.stride;
+    g.for_each_run(|col, img, len| {
+        for (j, &v) in p[col..col + len].iter().enumerate() {
+            x[img + s * j] += v;
+        }
+    });
+    x
+}
+
+impl CustomOp1 for Im2col {
+    fn name(&self) -> &'static str {
+        "fused-im2col"
+    }
+
+    fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let storage = match st.dtype() {
+            DType::F32 => CpuStorage::F32(im2col_values(slice::<f32>(st, l)?, &self.g, self.ones)),
+            DType::F64 => CpuStorage::F64(im2col_values(slice::<f64>(st, l)?, &self.g, self.ones)),
+            dt => candle_core::bail!("im2col: unsupported dtype {dt:?}"),
+        };
+        Ok((storage, self.g.cols_shape().into()))
+    }
+
+    /// The linear part of im2col has col2im as its transpose.
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(g.contiguous()?.apply_op1(Col2im(self.g))?))
+    }
+}
+
+impl CustomOp1 for Col2im {
+    fn name(&self) -> &'static str {
+        "fused-col2im"
+    }
+
+    fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = &self.0;
+        let storage = match st.dtype() {
+            DType::F32 => CpuStorage::F32(col2im_values(slice::<f32>(st, l)?, g)),
+            DType::F64 => CpuStorage::F64(col2im_values(slice::<f64>(st, l)?, g)),
+            dt => candle_core::bail!("col2im: unsupported dtype {dt:?}"),
+        };
+        Ok((storage, (g.n, g.c, g.h, g.w).into()))
+    }
+
+    /// The transpose of col2im is im2col with a zero last row.
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(g.contiguous()?.apply_op1(Im2col { g: self.0, ones: false })?))
+    }
+}
+
+/// The patch matrix of a k×k "same" convolution with stride 1 or 2 (H, W
+/// divisible by the stride): x [N, C, H, W] → [C·k² + 1, N·(H/s)·(W/s)], row
+/// c·k² + dy·k + dx, column b·(H/s)·(W/s) + oy·(W/s) + ox holding
+/// x[b, c, s·oy + dy − k/2, s·ox + dx − k/2] (0 outside the image), and a last
+/// row of ones, so that [W | bias] · patches is the whole convolution in one
+/// GEMM. One pass forward and backward (col2im), exact to every order.
+pub fn im2col(x: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    if k % 2 == 0 || !(stride == 1 || stride == 2) || h % stride != 0 || w % stride != 0 {
+        candle_core::bail!("im2col: needs odd k, stride 1 or 2 dividing H×W, got k={k} stride={stride} on {h}×{w}");
+    }
+    x.contiguous()?.apply_op1(Im2col { g: Patches { n, c, h, w, k, stride }, ones: true })
+}
+
 /// silu(x) = x·σ(x), fused (see the module docs).
 pub fn silu(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(Silu)
@@ -278,6 +435,51 @@ mod tests {
         let (a, b) = (silu(&x).unwrap(), x.silu().unwrap());
         let rel = ((&a - &b).unwrap().abs().unwrap() / (b.abs().unwrap() + 1e-30).unwrap()).unwrap();
         assert!(rel.max_all().unwrap().to_scalar::<f32>().unwrap() < 1e-6);
+    }
+
+    /// im2col equals the patches built from zero padding and narrow/stack plus
+    /// a row of ones (pure data movement: exactly equal), and col2im is its adjoint:
+    /// ⟨im2col(x), G⟩ = ⟨x, col2im(G)⟩, so the gradient through it is exact;
+    /// checked with the gradient of ⟨im2col(x), G⟩ (f64, 1e-12).
+    #[test]
+    fn im2col_matches_narrow_and_stack_and_col2im_is_its_adjoint() {
+        let (n, c, h, w) = (2, 3, 6, 4);
+        let v: Vec<f64> = (0..n * c * h * w).map(|i| ((i * 37 % 101) as f64 - 50.0) / 7.0).collect();
+        let x = Var::from_tensor(&Tensor::from_vec(v, (n, c, h, w), &Device::Cpu).unwrap()).unwrap();
+        for (k, stride) in [(3, 1), (3, 2), (1, 1), (5, 1)] {
+            let p = k / 2;
+            let xp = x.as_tensor().pad_with_zeros(2, p, p).unwrap().pad_with_zeros(3, p, p).unwrap();
+            let mut cols = Vec::new();
+            for dy in 0..k {
+                for dx in 0..k {
+                    let win = xp.narrow(2, dy, h).unwrap().narrow(3, dx, w).unwrap();
+                    // stride 2 keeps every other row and column of the stride-1 patches
+                    let win = if stride == 2 {
+                        win.reshape((n, c, h / 2, 2, w / 2, 2))
+                            .unwrap()
+                            .narrow(3, 0, 1)
+                            .unwrap()
+                            .narrow(5, 0, 1)
+                            .unwrap()
+                    } else {
+                        win
+                    };
+                    cols.push(win.reshape((n, c, h * w / (stride * stride))).unwrap());
+                }
+            }
+            let hw = h * w / (stride * stride);
+            // [N, C·k², HW] → [C·k², N·HW], then the row of ones
+            let want = Tensor::stack(&cols, 2).unwrap().reshape((n, c * k * k, hw)).unwrap();
+            let want = want.transpose(0, 1).unwrap().reshape((c * k * k, n * hw)).unwrap();
+            let want = Tensor::cat(&[want, Tensor::ones((1, n * hw), DType::F64, &Device::Cpu).unwrap()], 0).unwrap();
+            let got = im2col(x.as_tensor(), k, stride).unwrap();
+            close(&got, &want, 1e-300);
+            let g_vals: Vec<f64> = (0..got.elem_count()).map(|i| ((i * 13 % 29) as f64 - 14.0) / 3.0).collect();
+            let g = Tensor::from_vec(g_vals, got.shape(), &Device::Cpu).unwrap();
+            let ours = autodiff::grad(&(got * &g).unwrap(), &x).unwrap();
+            let theirs = autodiff::grad(&(want * &g).unwrap(), &x).unwrap();
+            close(&ours, &theirs, 1e-12);
+        }
     }
 
     /// add_bias equals candle's broadcast_add, and its gradients (y: G; b: the
