@@ -22,7 +22,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape
 /// sigmoid built on it is already 0 or 1 to f32 precision.
 #[inline(always)]
 fn exp_f32(x: f32) -> f32 {
-    let x = x.max(-87.0).min(88.0);
+    let x = x.clamp(-87.0, 88.0);
     // k = round(x/ln 2) by the 1.5·2²³ trick: the sum's low mantissa bits hold
     // k, read as an integer (no float→int conversion, so the loop vectorizes)
     const SHIFT: f32 = 12_582_912.0;
@@ -32,7 +32,7 @@ fn exp_f32(x: f32) -> f32 {
     let r = x - k * 0.693_359_4 + k * 2.121_944_4e-4;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1;
+        + 0.5;
     let er = p * r * r + r + 1.0;
     er * f32::from_bits(((ki + 127) as u32) << 23)
 }
@@ -356,7 +356,7 @@ impl CustomOp1 for Col2im {
 /// GEMM. One pass forward and backward (col2im), exact to every order.
 pub fn im2col(x: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
-    if k % 2 == 0 || !(stride == 1 || stride == 2) || h % stride != 0 || w % stride != 0 {
+    if k.is_multiple_of(2) || !(stride == 1 || stride == 2) || !h.is_multiple_of(stride) || !w.is_multiple_of(stride) {
         candle_core::bail!("im2col: needs odd k, stride 1 or 2 dividing H×W, got k={k} stride={stride} on {h}×{w}");
     }
     x.contiguous()?.apply_op1(Im2col { g: Patches { n, c, h, w, k, stride }, ones: true })
