@@ -8,6 +8,7 @@ use scoregen::data::npy;
 use scoregen::likelihood::{self, LikelihoodRequest, ProbeNoise, TraceEstimator};
 use scoregen::run::{self, SampleRequest, Target};
 use scoregen::samplers::{CorrectorKind, SamplerKind};
+use scoregen::speed;
 use scoregen::train::{self, TrainOptions};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -245,7 +246,7 @@ enum Command {
     /// What scoregen knows: data sets, SDEs, models, objectives, samplers, with one line each.
     #[command(after_help = "Examples:\n  scoregen list\n  scoregen --json list")]
     List,
-    /// Benchmarks: `samplers` (quality against NFE for every sampler).
+    /// Benchmarks: `samplers` (quality against NFE for every sampler); `train`, `sample`, `likelihood`, `gemm` (speed; bench/run sets them beside PyTorch).
     #[command(
         after_help = "Examples:\n  scoregen bench samplers\n  scoregen bench samplers --target gmm25 --budgets 10,20,50\n  scoregen bench samplers --run runs/gmm8-vp --json"
     )]
@@ -295,6 +296,52 @@ enum Bench {
         /// Where the plot (energy distance against NFE) goes.
         #[arg(long, default_value = "runs/bench/samplers.png")]
         plot: PathBuf,
+    },
+    /// Speed: median ms of one training step (forward, backward, clip, Adam, EMA), as bench/run compares with PyTorch.
+    Train {
+        /// mlp (configs/gmm8-vp.toml) or unet (configs/digits-vp.toml on random SIDE×SIDE images).
+        #[arg(long, default_value = "mlp")]
+        model: String,
+        /// Hidden width of the MLP.
+        #[arg(long, default_value_t = 128)]
+        width: usize,
+        /// Image side of the U-Net case.
+        #[arg(long, default_value_t = 28)]
+        side: usize,
+        #[arg(long, default_value_t = 512)]
+        batch: usize,
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        #[arg(long, default_value_t = 30)]
+        reps: usize,
+    },
+    /// Speed: sampling the gmm8-vp MLP (untrained) with Euler–Maruyama or the probability-flow ODE (Heun).
+    Sample {
+        /// em or ode.
+        #[arg(long, default_value = "em")]
+        sampler: String,
+        #[arg(long, default_value_t = 10_000)]
+        n: usize,
+        #[arg(long, default_value_t = 1000)]
+        steps: usize,
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
+    /// Speed: exact ODE log-likelihood (Heun steps, exact divergence) of N points under the gmm8-vp MLP.
+    Likelihood {
+        #[arg(long, default_value_t = 1000)]
+        n: usize,
+        #[arg(long, default_value_t = 100)]
+        steps: usize,
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
+    /// Speed: this machine's f32 GEMM rate through candle (N×N by N×N).
+    Gemm {
+        #[arg(long, default_value_t = 1024)]
+        n: usize,
+        #[arg(long, default_value_t = 10)]
+        reps: usize,
     },
 }
 
@@ -690,6 +737,45 @@ fn run_command(cli: &Cli) -> Result<()> {
             } else {
                 print!("{}", lb.table());
                 println!("\nplot → {}", plot.display());
+            }
+        }
+        Command::Bench { which } => {
+            let timing = match which {
+                Bench::Samplers { .. } => unreachable!("handled above"),
+                Bench::Train { model, width, side, batch, warmup, reps } => {
+                    let (cfg, case) = match model.as_str() {
+                        "mlp" => (speed::mlp_config(*width, *batch)?, format!("train mlp W={width} B={batch}")),
+                        "unet" => (speed::unet_config(*side, *batch)?, format!("train unet {side}x{side} B={batch}")),
+                        other => anyhow::bail!("--model: expected mlp or unet, found `{other}`"),
+                    };
+                    speed::train_step(&cfg, &case, *warmup, *reps)?
+                }
+                Bench::Sample { sampler, n, steps, reps } => {
+                    let which = match sampler.as_str() {
+                        "em" => speed::SampleCase::EulerMaruyama,
+                        "ode" => speed::SampleCase::FlowHeun,
+                        other => anyhow::bail!("--sampler: expected em or ode, found `{other}`"),
+                    };
+                    speed::sample(&speed::mlp_config(128, 512)?, which, *n, *steps, *reps)?
+                }
+                Bench::Likelihood { n, steps, reps } => {
+                    speed::likelihood(&speed::mlp_config(128, 512)?, *n, *steps, *reps)?
+                }
+                Bench::Gemm { n, reps } => speed::gemm_peak(*n, *reps)?,
+            };
+            if cli.json {
+                print_json(&timing);
+            } else {
+                let gflops =
+                    timing.gflop.map(|g| format!(", {:.1} GFLOP/s", g / (timing.median_ms / 1e3))).unwrap_or_default();
+                println!(
+                    "{}: {:.3} ms median of {}, {:.0} items/s{gflops}, peak RSS {:.0} MiB",
+                    timing.case,
+                    timing.median_ms,
+                    timing.reps_ms.len(),
+                    timing.items_per_s,
+                    timing.peak_rss_mib
+                );
             }
         }
         Command::Quickstart { out, set } => {

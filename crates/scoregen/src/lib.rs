@@ -25,6 +25,7 @@ pub mod run;
 pub mod samplers;
 pub mod score;
 pub mod sde;
+pub mod speed;
 pub mod train;
 pub mod viz;
 

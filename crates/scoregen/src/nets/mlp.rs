@@ -1,6 +1,6 @@
 //! MLPs for points in R^D, with a choice of conditioning on time / noise level.
 
-use super::{GaussianFourier, Network};
+use super::{fused, GaussianFourier, Network};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{embedding, linear, Embedding, Linear, VarBuilder};
 
@@ -123,14 +123,22 @@ impl Network for Mlp {
             Some(e) => Tensor::cat(&[x, e], 1)?,
             None => x.clone(),
         };
-        let mut h = self.input.forward(&first)?.silu()?;
+        // fused SiLU and bias (nets::fused): one pass each, exact gradients of every order
+        let mut h = fused::silu(&fused::linear(&first, &self.input)?)?;
         for (l, layer) in self.hidden.iter().enumerate() {
-            let mut pre = layer.forward(&h)?;
-            if let (Some(e), Some(time)) = (&emb, self.time.get(l)) {
-                pre = (pre + time.forward(e)?)?;
-            }
-            h = pre.silu()?;
+            let pre = match (&emb, self.time.get(l)) {
+                // W h + U e + (b + c): one bias pass for both layers
+                (Some(e), Some(time)) => {
+                    let y = (h.matmul(&layer.weight().t()?)? + e.matmul(&time.weight().t()?)?)?;
+                    match (layer.bias(), time.bias()) {
+                        (Some(b), Some(c)) => fused::add_bias(&y, &(b + c)?)?,
+                        _ => y,
+                    }
+                }
+                _ => fused::linear(&h, layer)?,
+            };
+            h = fused::silu(&pre)?;
         }
-        self.output.forward(&h)
+        fused::linear(&h, &self.output)
     }
 }

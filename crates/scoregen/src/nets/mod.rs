@@ -5,6 +5,7 @@
 pub mod classifier;
 pub mod embedding;
 pub mod energy;
+pub mod fused;
 pub mod init;
 pub mod mlp;
 pub mod unet;

@@ -71,12 +71,12 @@ impl UNetConfig {
 }
 
 /// A k×k convolution (k = 1 or 3, "same" zero padding, stride 1 or 2) computed
-/// as patches × weights: y = W·im2col(x) + b.
+/// as weights × patches: y = [W | b]·[im2col(x); 1].
 ///
 /// Same parameters and names as `candle_nn::Conv` (`weight` [C_out, C_in, k, k],
 /// `bias` [C_out]), but its backward pass is a matmul instead of candle's CPU
 /// transposed convolution, which is an order of magnitude slower on small images.
-/// Stride 2 keeps every other output of the stride-1 convolution (H, W even).
+/// Stride 2 computes only every other output of the stride-1 convolution (H, W even).
 pub(crate) struct Conv {
     weight: Tensor,
     bias: Tensor,
@@ -95,28 +95,13 @@ impl Conv {
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
         let cout = self.weight.dim(0)?;
-        let patches = if self.k == 1 {
-            x.reshape((n, c, h * w))?
-        } else {
-            let p = self.k / 2;
-            let xp = x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
-            let mut cols = Vec::with_capacity(self.k * self.k);
-            for dy in 0..self.k {
-                for dx in 0..self.k {
-                    cols.push(xp.narrow(2, dy, h)?.narrow(3, dx, w)?);
-                }
-            }
-            // [N, C, k², H, W] → [N, C·k², H·W], matching weight's [C_out, C_in·k·k] layout.
-            Tensor::stack(&cols, 2)?.reshape((n, c * self.k * self.k, h * w))?
-        };
-        let wmat = self.weight.reshape((cout, c * self.k * self.k))?;
-        let y = wmat.broadcast_matmul(&patches)?.broadcast_add(&self.bias.reshape((1, cout, 1))?)?;
-        let y = y.reshape((n, cout, h, w))?;
-        if self.stride == 2 {
-            y.reshape((n, cout, h / 2, 2, w / 2, 2))?.narrow(3, 0, 1)?.narrow(5, 0, 1)?.reshape((n, cout, h / 2, w / 2))
-        } else {
-            Ok(y)
-        }
+        let (ho, wo) = (h / self.stride, w / self.stride);
+        // [C·k² + 1, N·Ho·Wo] with a row of ones, so [W | b] · patches is the
+        // convolution with its bias in one GEMM (nets::fused::im2col)
+        let patches = super::fused::im2col(x, self.k, self.stride)?;
+        let wb = Tensor::cat(&[&self.weight.reshape((cout, c * self.k * self.k))?, &self.bias.reshape((cout, 1))?], 1)?;
+        let y = wb.matmul(&patches)?; // [C_out, N·Ho·Wo]
+        y.reshape((cout, n, ho * wo))?.transpose(0, 1)?.contiguous()?.reshape((n, cout, ho, wo))
     }
 }
 

@@ -2,7 +2,8 @@
 //! θ̄ ← d·θ̄ + (1−d)·θ with d = min(rate, (1+n)/(10+n)) after n updates, so
 //! early averages are not dominated by the initialization.
 
-use candle_core::{Result, Tensor, Var};
+use super::adam::with_slices;
+use candle_core::{DType, Result, Tensor, Var, WithDType};
 
 #[derive(Debug, Clone)]
 pub struct Ema {
@@ -27,12 +28,25 @@ impl Ema {
     pub fn update(&mut self, params: &[(String, Var)]) -> Result<()> {
         let d = self.decay();
         for (s, (_, p)) in self.shadow.iter_mut().zip(params) {
-            // detached: the average must not keep a graph back to every past step
-            *s = (s.affine(d, 0.0)? + p.as_tensor().detach().affine(1.0 - d, 0.0)?)?.detach();
+            // one pass over the values (f64 arithmetic); the result is a fresh,
+            // untracked tensor, so no graph reaches back to past steps
+            *s = match p.dtype() {
+                DType::F32 => average::<f32>(s, p.as_tensor(), d)?,
+                DType::F64 => average::<f64>(s, p.as_tensor(), d)?,
+                dt => candle_core::bail!("EMA: unsupported dtype {dt:?}"),
+            };
         }
         self.updates += 1;
         Ok(())
     }
+}
+
+/// d·s + (1−d)·θ elementwise.
+fn average<T: WithDType>(s: &Tensor, theta: &Tensor, d: f64) -> Result<Tensor> {
+    let values = with_slices::<T, _>(&[s, theta], |x| {
+        x[0].iter().zip(x[1]).map(|(&s, &p)| T::from_f64(d * s.to_f64() + (1.0 - d) * p.to_f64())).collect::<Vec<_>>()
+    })?;
+    Tensor::from_vec(values, theta.shape(), theta.device())
 }
 
 #[cfg(test)]

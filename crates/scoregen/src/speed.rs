@@ -1,0 +1,234 @@
+//! Speed benchmarks (`scoregen bench train|sample|likelihood|gemm`, driven by
+//! `bench/run` beside the PyTorch reference `bench/torch_ref.py`).
+//!
+//! Every case builds the model of a preset config (the MLP of
+//! `configs/gmm8-vp.toml`, the U-Net of `configs/digits-vp.toml`) with the
+//! width, batch and image size asked for, runs a few warm-up repetitions,
+//! then times `reps` repetitions and reports the median. Benchmarks, not
+//! tests: nothing here is asserted.
+
+use crate::config::RunConfig;
+use crate::error::Result;
+use crate::likelihood::{self, LikelihoodOptions, TraceEstimator};
+use crate::rng::Rng;
+use crate::samplers::{self, EulerMaruyama, OdeMethod, ReverseOptions};
+use crate::train::Trainer;
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+use std::time::Instant;
+
+/// The MLP preset every MLP case starts from.
+pub const MLP_PRESET: &str = include_str!("../../../configs/gmm8-vp.toml");
+/// The U-Net preset every image case starts from.
+pub const UNET_PRESET: &str = include_str!("../../../configs/digits-vp.toml");
+
+/// One timed case.
+#[derive(Debug, Clone, Serialize)]
+pub struct Timing {
+    pub case: String,
+    /// Median wall time of one repetition, milliseconds.
+    pub median_ms: f64,
+    /// All repetitions, milliseconds.
+    pub reps_ms: Vec<f64>,
+    /// Median CPU time of the process (all threads) per repetition, milliseconds:
+    /// robust to other processes sharing the cores, unlike wall time.
+    pub cpu_ms: f64,
+    /// Items (training examples or samples) per second at the median.
+    pub items_per_s: f64,
+    /// Floating-point operations of one repetition (matmuls only), when known.
+    pub gflop: Option<f64>,
+    /// Peak resident set size of the process so far, MiB (Linux; 0 elsewhere).
+    pub peak_rss_mib: f64,
+}
+
+/// The median of `f`'s wall time over `reps` runs after `warmup` untimed ones.
+fn time_it(
+    case: String,
+    items: usize,
+    warmup: usize,
+    reps: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<Timing> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let (mut ms, mut cpu) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
+    for _ in 0..reps.max(1) {
+        let (start, cpu_start) = (Instant::now(), process_cpu_ms());
+        f()?;
+        ms.push(start.elapsed().as_secs_f64() * 1e3);
+        cpu.push(process_cpu_ms() - cpu_start);
+    }
+    let median = |v: &[f64]| {
+        let mut sorted = v.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        sorted[sorted.len() / 2]
+    };
+    let median_ms = median(&ms);
+    Ok(Timing {
+        case,
+        median_ms,
+        cpu_ms: median(&cpu),
+        reps_ms: ms,
+        items_per_s: items as f64 / (median_ms / 1e3),
+        gflop: None,
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
+
+/// CPU time used so far by every thread of this process, milliseconds.
+pub fn process_cpu_ms() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec that we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0.0;
+    }
+    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
+}
+
+/// VmHWM from /proc/self/status, in MiB (0 when unavailable).
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// The MLP preset with hidden width `width` and batch `batch`.
+pub fn mlp_config(width: usize, batch: usize) -> Result<RunConfig> {
+    RunConfig::parse(
+        MLP_PRESET,
+        "configs/gmm8-vp.toml",
+        &[format!("model.width={width}"), format!("training.batch_size={batch}")],
+    )
+}
+
+/// The U-Net preset on `side`×`side` single-channel images (random pixels in
+/// [0, 1] written to a .npy in the system's temporary folder, so no data set
+/// is needed) with batch `batch`.
+pub fn unet_config(side: usize, batch: usize) -> Result<RunConfig> {
+    let scratch = std::env::temp_dir().join("scoregen-bench");
+    crate::fsutil::create_dir(&scratch)?;
+    let n = 256;
+    let mut rng = Rng::new(0, 0);
+    let pixels: Vec<f32> = (0..n * side * side).map(|_| rng.uniform() as f32).collect();
+    let path = scratch.join(format!("bench-images-{side}.npy"));
+    crate::data::npy::write_f32(&path, &[n, 1, side, side], &pixels)?;
+    RunConfig::parse(
+        UNET_PRESET,
+        "configs/digits-vp.toml",
+        &[
+            format!("data.source={}", path.display()),
+            format!("data.n_train={n}"),
+            format!("training.batch_size={batch}"),
+        ],
+    )
+}
+
+/// FLOPs of one MLP training step: forward 2·B·Σ(in·out) per layer, backward twice that.
+fn mlp_step_gflop(cfg: &RunConfig, dim: usize) -> f64 {
+    let m = cfg.model.mlp();
+    let (w, e, b) = (m.width as f64, m.embed_dim as f64, cfg.training.batch_size as f64);
+    let hidden = m.depth.saturating_sub(1) as f64;
+    let macs = (dim as f64 + e) * w + hidden * (w * w + e * w) + w * dim as f64;
+    3.0 * 2.0 * b * macs / 1e9
+}
+
+/// One training step (forward, backward, clipping, Adam, EMA) of the config's model.
+pub fn train_step(cfg: &RunConfig, case: &str, warmup: usize, reps: usize) -> Result<Timing> {
+    let mut trainer = Trainer::new(cfg)?;
+    let dim = trainer.dataset.points.d;
+    let mut timing =
+        time_it(case.into(), cfg.training.batch_size, warmup, reps, || trainer.train_step("none").map(|_| ()))?;
+    if matches!(cfg.model.kind, crate::config::ModelKind::TimeMlp) {
+        timing.gflop = Some(mlp_step_gflop(cfg, dim));
+    }
+    Ok(timing)
+}
+
+/// Which sampler a sampling case runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SampleCase {
+    /// Euler–Maruyama on the reverse SDE, `steps` steps.
+    EulerMaruyama,
+    /// The probability-flow ODE with Heun's method, `steps` steps (2 NFE each).
+    FlowHeun,
+}
+
+/// Draws `n` samples of the config's (untrained) model in `steps` steps.
+pub fn sample(cfg: &RunConfig, which: SampleCase, n: usize, steps: usize, reps: usize) -> Result<Timing> {
+    let trainer = Trainer::new(cfg)?;
+    let sde = cfg.sde();
+    let score = trainer.model.score(sde.clone());
+    let dim = trainer.dataset.points.d;
+    let opts = ReverseOptions { steps, eps: None, denoise: false, record_every: None };
+    let mut rng = Rng::new(cfg.seed, crate::train::streams::SAMPLING);
+    let name = match which {
+        SampleCase::EulerMaruyama => "em",
+        SampleCase::FlowHeun => "ode-heun",
+    };
+    let pb = indicatif::ProgressBar::hidden();
+    time_it(format!("sample {name} n={n} steps={steps}"), n, 0, reps, || {
+        match which {
+            SampleCase::EulerMaruyama => samplers::sample_reverse(
+                score.as_ref(),
+                sde.as_ref(),
+                &EulerMaruyama,
+                (n, dim),
+                &opts,
+                &mut rng,
+                DType::F32,
+                &pb,
+            )?,
+            SampleCase::FlowHeun => samplers::sample_ode(
+                score.as_ref(),
+                sde.as_ref(),
+                (n, dim),
+                OdeMethod::Heun { steps },
+                &opts,
+                &mut rng,
+                DType::F32,
+            )?,
+        };
+        Ok(())
+    })
+}
+
+/// Exact log-likelihood of `n` data points by the probability-flow ODE with
+/// Heun's method in `steps` steps (exact divergence by autodiff, score in f32).
+pub fn likelihood(cfg: &RunConfig, n: usize, steps: usize, reps: usize) -> Result<Timing> {
+    let trainer = Trainer::new(cfg)?;
+    let sde = cfg.sde();
+    let score = trainer.model.score(sde.clone());
+    let pts = &trainer.dataset.points;
+    let n = n.min(pts.n);
+    let rows: Vec<f32> = (0..n).flat_map(|i| pts.row(i).iter().map(|&v| v as f32)).collect();
+    let x = Tensor::from_vec(rows, (n, pts.d), &Device::Cpu)?;
+    let opts = LikelihoodOptions {
+        trace: Some(TraceEstimator::Exact),
+        method: OdeMethod::Heun { steps },
+        score_dtype: DType::F32,
+        ..LikelihoodOptions::default()
+    };
+    let mut rng = Rng::new(cfg.seed, crate::train::streams::EVAL);
+    time_it(format!("likelihood n={n} steps={steps}"), n, 0, reps, || {
+        likelihood::log_likelihood(score.as_ref(), sde.as_ref(), &x, &opts, &mut rng).map(|_| ())
+    })
+}
+
+/// This machine's f32 GEMM rate through candle's matmul: an n×n by n×n
+/// product (2n³ FLOPs), median of `reps`.
+pub fn gemm_peak(n: usize, reps: usize) -> Result<Timing> {
+    let mut rng = Rng::new(0, 0);
+    let a = rng.randn((n, n), DType::F32, &Device::Cpu)?;
+    let b = rng.randn((n, n), DType::F32, &Device::Cpu)?;
+    let mut t = time_it(format!("gemm {n}x{n}"), 1, 2, reps, || {
+        a.matmul(&b)?;
+        Ok(())
+    })?;
+    t.gflop = Some(2.0 * (n as f64).powi(3) / 1e9);
+    Ok(t)
+}
