@@ -319,7 +319,7 @@ fn bad_run_configs_give_exact_errors() {
         (
             "truncated",
             parse("[training\nlr = 1"),
-            "c.toml: field `(syntax)`: invalid table header\nexpected `.`, `]`".into(),
+            "c.toml: field `(syntax, line 1)`: invalid table header; expected `.`, `]`".into(),
         ),
     ]);
 }
