@@ -5,6 +5,7 @@
 //! so log p_t and ∇ log p_t are known in closed form at every t and every σ.
 //! Every sampler and likelihood in scoregen is tested against it.
 
+mod conditional;
 mod hessian;
 mod mixture;
 
