@@ -133,6 +133,26 @@ pub struct ModelConfig {
     pub attention: bool,
     /// `unet`: image channels C (H = W = √(D/C)).
     pub image_channels: usize,
+    /// K > 0: a class-conditional score s_θ(x, t, y) (`time-mlp` or `unet`), trained
+    /// on the data's labels for classifier-free guidance. 0: unconditional.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub classes: usize,
+    /// Probability that a training label is replaced by "no label" (the
+    /// classifier-free guidance dropout), so the same net learns s_θ(x, t, ∅).
+    #[serde(skip_serializing_if = "is_default_dropout")]
+    pub label_dropout: f64,
+}
+
+/// The default of `model.label_dropout` (Ho & Salimans 2022 use 0.1–0.2).
+pub const LABEL_DROPOUT: f64 = 0.2;
+
+// Defaults are left out of the written config.toml, so runs without classes
+// keep the config hash (and resume) they had before the fields existed.
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+fn is_default_dropout(v: &f64) -> bool {
+    *v == LABEL_DROPOUT
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -273,6 +293,8 @@ impl Default for ModelConfig {
             groups: 8,
             attention: false,
             image_channels: 1,
+            classes: 0,
+            label_dropout: LABEL_DROPOUT,
         }
     }
 }
@@ -546,6 +568,12 @@ impl RunConfig {
                 "model.kind",
                 "`ncsn-mlp` is conditioned on the [noise] ladder; use it with objective.kind = \"ncsn\"".into(),
             );
+        }
+        if self.model.classes > 0 && !matches!(self.model.kind, ModelKind::TimeMlp | ModelKind::Unet) {
+            return err("model.classes", "class-conditional models are `time-mlp` or `unet`".into());
+        }
+        if !(0.0..1.0).contains(&self.model.label_dropout) {
+            return err("model.label_dropout", format!("must be in [0, 1) (got {})", self.model.label_dropout));
         }
         if self.model.kind == ModelKind::Mlp && !noise_free && self.model.output != Output::ScoreOverStd {
             return err("model.kind", "an unconditional `mlp` cannot tell noise levels apart; use output = \"score-over-std\" (NCSNv2) or a conditioned model".into());

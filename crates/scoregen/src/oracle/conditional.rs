@@ -55,7 +55,8 @@ impl GaussianMixture {
         {
             return Err(MixtureError::Condition(observed.to_vec(), d));
         }
-        let sub = |m: &DMatrix<f64>, r: &[usize], c: &[usize]| DMatrix::from_fn(r.len(), c.len(), |i, j| m[(r[i], c[j])]);
+        let sub =
+            |m: &DMatrix<f64>, r: &[usize], c: &[usize]| DMatrix::from_fn(r.len(), c.len(), |i, j| m[(r[i], c[j])]);
         let y = DVector::from_column_slice(values);
         let (mut logw, mut means, mut covs) = (Vec::new(), Vec::new(), Vec::new());
         for k in 0..self.n_components() {

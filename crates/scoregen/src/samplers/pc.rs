@@ -3,8 +3,8 @@
 //! predictor (one step of the reverse SDE). Any predictor with any corrector.
 
 use super::{
-    flow, tweedie_denoise, Ancestral, AnnealedLangevin, Corrector, EulerMaruyama, LangevinCorrector, NoneCorrector,
-    OdeMethod, Predictor, ReverseDiffusion, ReverseOptions, ReverseSde, Sampled,
+    flow, tweedie_denoise, Ancestral, AnnealedLangevin, Constraint, Corrector, EulerMaruyama, LangevinCorrector,
+    NoneCorrector, OdeMethod, Predictor, ReverseDiffusion, ReverseOptions, ReverseSde, Sampled, Unconstrained,
 };
 use super::{
     karras_sigmas, sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_heun, time_uniform_sigmas, Churn, Denoiser,
@@ -13,7 +13,7 @@ use super::{
 use crate::rng::Rng;
 use crate::score::ScoreFn;
 use crate::sde::Sde;
-use candle_core::{DType, Device, Result, Shape};
+use candle_core::{DType, Device, Result, Shape, Tensor};
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
@@ -33,11 +33,36 @@ pub fn sample_pc(
     dtype: DType,
     progress: &ProgressBar,
 ) -> Result<Sampled> {
+    sample_pc_constrained(score, sde, predictor, corrector, &Unconstrained, shape, opts, rng, dtype, progress)
+}
+
+/// [`sample_pc`] with a [`Constraint`] applied to the prior draw and after every
+/// corrector and predictor step, at the marginal kernel of the time x has
+/// reached, and to the final sample with (m, s) = (1, 0) (score_sde's
+/// `get_pc_inpainter` with the known part re-noised to the right time).
+#[allow(clippy::too_many_arguments)]
+pub fn sample_pc_constrained(
+    score: &dyn ScoreFn,
+    sde: &dyn Sde,
+    predictor: &dyn Predictor,
+    corrector: &dyn Corrector,
+    constraint: &dyn Constraint,
+    shape: impl Into<Shape>,
+    opts: &ReverseOptions,
+    rng: &mut Rng,
+    dtype: DType,
+    progress: &ProgressBar,
+) -> Result<Sampled> {
     let eps = opts.eps.unwrap_or_else(|| sde.sampling_eps());
     let n = opts.steps.max(1);
     let dt = -(sde.t_max() - eps) / n as f64;
     let reverse = ReverseSde::new(sde, score, false);
+    let hold = |x: Tensor, t: f64, rng: &mut Rng| {
+        let (m, s) = sde.marginal(t);
+        constraint.apply(x, m, s, rng)
+    };
     let mut x = sde.prior_sample(shape.into(), rng, dtype, &Device::Cpu)?;
+    x = hold(x, sde.t_max(), rng)?;
     let mut trajectory = Vec::new();
     let record = |i: usize| opts.record_every.is_some_and(|k| i.is_multiple_of(k.max(1)) || i == n);
     if record(0) {
@@ -49,7 +74,9 @@ pub fn sample_pc(
         // detached: a network's parameters are variables, and without this the
         // graph of every past step would stay alive
         x = corrector.step(&reverse, &x, t, dt, rng)?.0.detach();
+        x = hold(x, t, rng)?;
         x = predictor.step(&reverse, &x, t, dt, rng)?.0.detach();
+        x = hold(x, t + dt, rng)?;
         if record(i + 1) {
             trajectory.push((t + dt, x.clone()));
         }
@@ -60,6 +87,7 @@ pub fn sample_pc(
         x = tweedie_denoise(&x, eps, score, sde)?;
         nfe += 1;
     }
+    x = constraint.apply(x, 1.0, 0.0, rng)?;
     progress.finish_and_clear();
     Ok(Sampled { x, trajectory, nfe })
 }
