@@ -4,7 +4,9 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use scoregen::config::RunConfig;
+use scoregen::config::{SdeConfig, SdeKind};
 use scoregen::data::npy;
+use scoregen::guidance::{ClassGuidance, ClassifierRequest, ClassifierTraining, InpaintRequest, MaskSpec};
 use scoregen::likelihood::{self, Dequantization, LikelihoodRequest, ProbeNoise, TraceEstimator};
 use scoregen::run::{self, SampleRequest, Target};
 use scoregen::samplers::{CorrectorKind, SamplerKind};
@@ -120,6 +122,85 @@ enum Command {
         /// Heun: EDM's S_churn (0: deterministic).
         #[arg(long)]
         churn: Option<f64>,
+        /// Generate class K: classifier-free guidance of a class-conditional run (model.classes),
+        /// or classifier guidance with --classifier.
+        #[arg(long, value_name = "K")]
+        class: Option<usize>,
+        /// Guidance strength w: (1 + w)·s(x,t,y) − w·s(x,t) without a classifier,
+        /// s(x,t) + w·∇ₓ log p_t(y|x) with one.
+        #[arg(long, value_name = "W", default_value_t = 1.0, requires = "class")]
+        guidance: f64,
+        /// A noise-aware classifier (from `train-classifier --noisy --run RUN`) for classifier guidance.
+        #[arg(long, value_name = "DIR", requires = "class")]
+        classifier: Option<PathBuf>,
+    },
+    /// Fill in the unknown part of observations (inpainting, imputation): the known coordinates are held
+    /// to the observation perturbed to each step's noise level while the rest follows the reverse SDE.
+    #[command(
+        after_help = "Masks: half (images: top half known; points: first half of the coordinates known), box (a centred box\nmissing), random:P (a fraction P missing), or FILE (.npy of 0/1 or a PNG, 1/white = known).\n\nExamples:\n  scoregen inpaint --run runs/digits-vp --input digits.npy --mask half --per-input 4\n  scoregen inpaint --run runs/digits-vp --input seven.png --mask box\n  scoregen inpaint --run runs/gmm8-vp --input points.npy --mask half --out imputed.npy"
+    )]
+    Inpaint {
+        #[arg(long)]
+        run: PathBuf,
+        /// Observations: .npy [N, D] or [N, C, H, W] in data space, or a PNG image (pixels).
+        #[arg(long)]
+        input: PathBuf,
+        /// Which coordinates are known: half, box, random:P, or a FILE (.npy/.png).
+        #[arg(long)]
+        mask: String,
+        /// Completions per observation.
+        #[arg(long, default_value_t = 1)]
+        per_input: usize,
+        /// Sampler: em, reverse-diffusion, ancestral, pc, annealed-langevin (default: the run's if one of these, else pc).
+        #[arg(long)]
+        sampler: Option<SamplerKind>,
+        /// Reverse-SDE steps (default: the config's sampling.steps).
+        #[arg(long)]
+        steps: Option<usize>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output .npy (default: RUN/samples/inpainted.npy); a PNG beside it (images: rows of masked input and completions).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Use the raw weights instead of the EMA weights.
+        #[arg(long)]
+        no_ema: bool,
+    },
+    /// Train a classifier of a labeled data set (images, or a mixture's components); with --noisy, a
+    /// time-conditioned classifier of data perturbed by the SDE, for `sample --class K --classifier DIR`.
+    #[command(
+        after_help = "Examples:\n  scoregen train-classifier --data digits --out runs/digits-classifier\n  scoregen train-classifier --run runs/digits-vp --noisy --out runs/digits-vp/classifier\n  scoregen train-classifier --data gmm8 --noisy --sde vp --out runs/gmm8-classifier"
+    )]
+    TrainClassifier {
+        /// Labeled data (default with --run: the run's data).
+        #[arg(long)]
+        data: Option<String>,
+        /// Take data, pixel scale and SDE from this run.
+        #[arg(long)]
+        run: Option<PathBuf>,
+        /// Train on x(t) = m(t)·x + s(t)·z with t ~ U(ε, 1), conditioned on t (noise-aware).
+        #[arg(long)]
+        noisy: bool,
+        /// The SDE of a noisy classifier without --run: ve, vp or subvp (default parameters).
+        #[arg(long)]
+        sde: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 2000)]
+        steps: usize,
+        #[arg(long, default_value_t = 128)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 2e-3)]
+        lr: f64,
+        #[arg(long, default_value_t = 256)]
+        width: usize,
+        #[arg(long, default_value_t = 3)]
+        depth: usize,
+        /// Training examples at most.
+        #[arg(long, default_value_t = 60000)]
+        n_train: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// Suggest a noise ladder and Langevin step size by the NCSNv2 rules.
     #[command(
@@ -330,6 +411,9 @@ fn run_command(cli: &Cli) -> Result<()> {
             steps_per_level,
             eta,
             churn,
+            class,
+            guidance,
+            classifier,
         } => {
             let cfg = RunConfig::load(&run.join("config.toml"), &[])
                 .with_context(|| format!("reading run {}", run.display()))?;
@@ -363,7 +447,8 @@ fn run_command(cli: &Cli) -> Result<()> {
             sc.eta = eta.unwrap_or(sc.eta);
             sc.s_churn = churn.unwrap_or(sc.s_churn);
             sc.validate("command line")?;
-            let o = run::sample_run_with(run, &req, Some(sc.spec()))?;
+            let steer = class.map(|class| ClassGuidance { class, scale: *guidance, classifier: classifier.clone() });
+            let o = run::sample_run_guided(run, &req, Some(sc.spec()), steer.as_ref())?;
             if cli.json {
                 print_json(&o);
             } else {
@@ -441,6 +526,86 @@ fn run_command(cli: &Cli) -> Result<()> {
                 if let (Some(o), Some(g), Some(a)) = (r.oracle_mean_nats, r.gap_nats, r.mean_abs_gap_nats) {
                     println!("exact log p₀ = {o:.4} nats: gap (model − exact) {g:+.4} nats, mean |gap| {a:.4} nats");
                 }
+            }
+        }
+        Command::Inpaint { run, input, mask, per_input, sampler, steps, seed, out, no_ema } => {
+            if *per_input == 0 || *steps == Some(0) {
+                anyhow::bail!("--per-input and --steps must be ≥ 1");
+            }
+            let req = InpaintRequest {
+                input: input.clone(),
+                mask: MaskSpec::parse(mask)?,
+                per_input: *per_input,
+                sampler: *sampler,
+                steps: *steps,
+                seed: *seed,
+                out: out.clone().unwrap_or_else(|| run.join("samples").join("inpainted.npy")),
+                use_ema: !no_ema,
+                quiet: cli.quiet,
+            };
+            let o = scoregen::guidance::commands::inpaint_run(run, &req)
+                .with_context(|| format!("inpainting {} with run {}", input.display(), run.display()))?;
+            if cli.json {
+                print_json(&o);
+            } else {
+                println!(
+                    "{} completions ({:.0} % of each known, {} score evaluations) in {:.2} s → {}",
+                    o.n,
+                    100.0 * o.known_fraction,
+                    o.nfe,
+                    o.seconds,
+                    o.npy.display()
+                );
+                if let Some(p) = &o.png {
+                    println!("picture → {}", p.display());
+                }
+            }
+        }
+        Command::TrainClassifier { data, run, noisy, sde, out, steps, batch_size, lr, width, depth, n_train, seed } => {
+            if *steps == 0 || *batch_size == 0 || *width == 0 || *depth == 0 || !(*lr > 0.0 && lr.is_finite()) {
+                anyhow::bail!("--steps, --batch-size, --width, --depth must be ≥ 1 and --lr > 0");
+            }
+            let sde = match sde.as_deref() {
+                None => None,
+                Some(k) => Some(SdeConfig {
+                    kind: match k {
+                        "ve" => SdeKind::Ve,
+                        "vp" => SdeKind::Vp,
+                        "subvp" => SdeKind::Subvp,
+                        _ => anyhow::bail!("--sde: expected ve, vp or subvp, found `{k}`"),
+                    },
+                    ..Default::default()
+                }),
+            };
+            let req = ClassifierRequest {
+                data: data.clone(),
+                run: run.clone(),
+                noisy: *noisy,
+                sde,
+                n_train: *n_train,
+                width: *width,
+                depth: *depth,
+                training: ClassifierTraining { steps: *steps, batch_size: *batch_size, lr: *lr, ..Default::default() },
+                seed: *seed,
+                out: out.clone(),
+                quiet: cli.quiet,
+            };
+            let o = scoregen::guidance::commands::train_classifier(&req)?;
+            if cli.json {
+                print_json(&o);
+            } else {
+                println!(
+                    "{} classifier, {} classes, {} training examples, final loss {:.4}, {:.1} s\ntest accuracy {:.3} on {} held-out examples{}\nwrote {}",
+                    if *noisy { "noise-aware" } else { "clean-data" },
+                    o.classes,
+                    o.n_train,
+                    o.final_loss,
+                    o.seconds,
+                    o.test_accuracy,
+                    o.n_test,
+                    if *noisy { " (at t = ε)" } else { "" },
+                    o.out.display()
+                );
             }
         }
         Command::Eval { samples, target, seed } => {

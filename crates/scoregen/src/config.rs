@@ -717,6 +717,22 @@ fn apply_override(root: &mut toml::Value, spec: &str) -> std::result::Result<(),
 mod tests {
     use super::*;
 
+    /// Class conditioning is validated by name, and a config without classes
+    /// writes no new keys (its hash, and so resume, are unchanged).
+    #[test]
+    fn class_fields_are_validated_by_name_and_hidden_when_unused() {
+        let parse = |set: &[&str]| {
+            let sets: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+            RunConfig::parse("name = \"c\"", "c.toml", &sets)
+        };
+        let e = parse(&["model.kind=\"energy-mlp\"", "model.output=\"score\"", "model.classes=3"]).unwrap_err();
+        assert!(e.to_string().starts_with("c.toml: field `model.classes`"), "{e}");
+        let e = parse(&["model.classes=3", "model.label_dropout=1.0"]).unwrap_err();
+        assert!(e.to_string().starts_with("c.toml: field `model.label_dropout`"), "{e}");
+        assert!(!parse(&[]).unwrap().to_toml().contains("classes"));
+        assert!(parse(&["model.classes=3"]).unwrap().to_toml().contains("classes = 3"));
+    }
+
     #[test]
     fn defaults_round_trip_through_toml() {
         let c = RunConfig::default();

@@ -88,8 +88,8 @@ fn noise_aware_classifier_matches_the_exact_posterior_and_guides() {
     let (x0, y0) = mix.sample_labeled(2000, &mut Rng::new(3, 0));
     let (m, s) = sde.marginal(0.3);
     let z = Rng::new(4, 0).randn((2000, 2), DType::F64, &Device::Cpu).unwrap();
-    let xt = (x0.to_tensor(DType::F64, &Device::Cpu).unwrap().affine(m, 0.0).unwrap() + z.affine(s, 0.0).unwrap())
-        .unwrap();
+    let xt =
+        (x0.to_tensor(DType::F64, &Device::Cpu).unwrap().affine(m, 0.0).unwrap() + z.affine(s, 0.0).unwrap()).unwrap();
     let t = Tensor::full(0.3f64, 2000, &Device::Cpu).unwrap();
     let nll = |p: &dyn ClassPosterior| -> f64 {
         let lp = p.log_posteriors(&xt, &t).unwrap().to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap();
@@ -105,4 +105,19 @@ fn noise_aware_classifier_matches_the_exact_posterior_and_guides() {
     let f = fraction_in(&sample_with(&guided, sde.as_ref(), 500, 7, DType::F64), &mix, 6);
     println!("classifier guidance with the trained classifier, class 6: {f:.3} in the class");
     assert!(f >= 0.95, "{f}");
+}
+
+/// A class-conditional model needs labeled data: `moons` has none, and labels
+/// beyond model.classes are caught, both before anything is written.
+#[test]
+fn class_conditional_training_rejects_unlabeled_data_by_field() {
+    scoregen::init();
+    let cfg = |source: &str, k: usize| {
+        let text = format!("name = \"c\"\n[data]\nsource = \"{source}\"\nn_train = 100\n[model]\nclasses = {k}\n");
+        RunConfig::parse(&text, "c.toml", &[]).unwrap()
+    };
+    let e = train::Trainer::new(&cfg("moons", 2)).err().unwrap().to_string();
+    assert!(e.contains("model.classes") && e.contains("no class labels"), "{e}");
+    let e = train::Trainer::new(&cfg("gmm8", 4)).err().unwrap().to_string();
+    assert!(e.contains("model.classes") && e.contains("label"), "{e}");
 }

@@ -18,8 +18,10 @@
 
 pub mod class;
 pub mod classifier;
+pub mod commands;
 pub mod inpaint;
 
 pub use class::{ClassPosterior, ClassifierFree, ClassifierGuided, ConditionalScore, ModelConditional};
 pub use classifier::{Classifier, ClassifierConfig, ClassifierTraining};
+pub use commands::{ClassGuidance, ClassifierRequest, InpaintRequest};
 pub use inpaint::{Inpaint, MaskSpec};

@@ -251,34 +251,52 @@ impl SamplerSpec {
         if self.kind.is_denoiser() {
             return self.sample_sigma_space(score, sde, shape, eps, rng, dtype, progress);
         }
-        let predictor: &dyn Predictor = match self.kind {
-            SamplerKind::Em => &EulerMaruyama,
-            SamplerKind::ReverseDiffusion | SamplerKind::Pc => &ReverseDiffusion,
-            SamplerKind::Ancestral => &Ancestral,
-            SamplerKind::Langevin
-            | SamplerKind::Mala
-            | SamplerKind::AnnealedLangevin
-            | SamplerKind::Ddpm
-            | SamplerKind::Ddim
-            | SamplerKind::Dpmpp2m
-            | SamplerKind::Heun => {
-                candle_core::bail!("`{}` is not a reverse-time sampler (see run::draw)", self.kind)
-            }
-            SamplerKind::Ode => {
-                let method = OdeMethod::Rk45 { rtol: self.rtol, atol: self.atol };
-                return flow::sample_ode(score, sde, shape, method, &opts, rng, dtype);
+        if self.kind == SamplerKind::Ode {
+            let method = OdeMethod::Rk45 { rtol: self.rtol, atol: self.atol };
+            return flow::sample_ode(score, sde, shape, method, &opts, rng, dtype);
+        }
+        let (predictor, corrector) = self.pc_parts()?;
+        sample_pc(score, sde, predictor.as_ref(), corrector.as_ref(), shape, &opts, rng, dtype, progress)
+    }
+
+    /// The predictor and corrector of a PC-family sampler (em, reverse-diffusion,
+    /// ancestral, pc); an error for the others.
+    pub fn pc_parts(&self) -> Result<(Box<dyn Predictor>, Box<dyn Corrector>)> {
+        let predictor: Box<dyn Predictor> = match self.kind {
+            SamplerKind::Em => Box::new(EulerMaruyama),
+            SamplerKind::ReverseDiffusion | SamplerKind::Pc => Box::new(ReverseDiffusion),
+            SamplerKind::Ancestral => Box::new(Ancestral),
+            k => {
+                candle_core::bail!("`{k}` is not a predictor–corrector sampler (em, reverse-diffusion, ancestral, pc)")
             }
         };
         let default = if self.kind == SamplerKind::Pc { CorrectorKind::Langevin } else { CorrectorKind::None };
         let (snr, n_steps) = (self.snr, self.corrector_steps);
-        let langevin = LangevinCorrector { snr, n_steps };
-        let ald = AnnealedLangevin { snr, n_steps };
-        let corrector: &dyn Corrector = match self.corrector.unwrap_or(default) {
-            CorrectorKind::Langevin => &langevin,
-            CorrectorKind::Ald => &ald,
-            CorrectorKind::None => &NoneCorrector,
+        let corrector: Box<dyn Corrector> = match self.corrector.unwrap_or(default) {
+            CorrectorKind::Langevin => Box::new(LangevinCorrector { snr, n_steps }),
+            CorrectorKind::Ald => Box::new(AnnealedLangevin { snr, n_steps }),
+            CorrectorKind::None => Box::new(NoneCorrector),
         };
-        sample_pc(score, sde, predictor, corrector, shape, &opts, rng, dtype, progress)
+        Ok((predictor, corrector))
+    }
+
+    /// A PC-family sampler with a [`Constraint`] (inpainting), see [`sample_pc_constrained`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample_constrained(
+        &self,
+        score: &dyn ScoreFn,
+        sde: &dyn Sde,
+        constraint: &dyn Constraint,
+        shape: impl Into<Shape>,
+        eps: Option<f64>,
+        denoise: bool,
+        rng: &mut Rng,
+        dtype: DType,
+        progress: &ProgressBar,
+    ) -> Result<Sampled> {
+        let opts = ReverseOptions { steps: self.steps, eps, denoise, record_every: None };
+        let (p, c) = self.pc_parts()?;
+        sample_pc_constrained(score, sde, p.as_ref(), c.as_ref(), constraint, shape, &opts, rng, dtype, progress)
     }
 
     /// The σ-space samplers: x_{σ_0} = σ_0·z (k-diffusion's start; for VP this

@@ -1,0 +1,344 @@
+//! The guidance commands over a run directory: class-guided sampling
+//! (`scoregen sample --class`), inpainting (`scoregen inpaint`) and training a
+//! (noise-aware) classifier (`scoregen train-classifier`).
+
+use super::ModelConditional;
+use super::{Classifier, ClassifierConfig, ClassifierFree, ClassifierGuided, ClassifierTraining, Inpaint, MaskSpec};
+use crate::config::{RunConfig, SdeConfig};
+use crate::data::{self, npy, ImageOptions, PixelScale, Points};
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+use crate::run::scatter;
+use crate::samplers::{AnnealedOptions, SamplerKind, SamplerSpec};
+use crate::score::ScoreFn;
+use crate::train::{streams, LoadedModel};
+use crate::{fsutil, progress, viz};
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Steering `scoregen sample` to class y: classifier guidance with a trained
+/// noise-aware classifier, s + w·∇ₓ log p_t(y | x), or (no classifier) classifier-free
+/// guidance of a class-conditional run, (1 + w)·s(x, t, y) − w·s(x, t).
+#[derive(Debug, Clone)]
+pub struct ClassGuidance {
+    pub class: usize,
+    pub scale: f64,
+    /// A directory written by `scoregen train-classifier --noisy`.
+    pub classifier: Option<PathBuf>,
+}
+
+impl ClassGuidance {
+    /// Calls `f` with the guided score of `model`.
+    pub fn with_score<R>(&self, model: &LoadedModel, f: impl FnOnce(&dyn ScoreFn) -> Result<R>) -> Result<R> {
+        if !self.scale.is_finite() || self.scale < 0.0 {
+            return Err(Error::Invalid(format!("--guidance must be a finite number ≥ 0 (got {})", self.scale)));
+        }
+        match &self.classifier {
+            Some(dir) => {
+                let clf = Classifier::load(dir)?;
+                let c = &clf.cfg;
+                let bad = |why: String| Err(Error::data(dir.join("classifier.json"), why));
+                if c.dim != model.state.dim {
+                    return bad(format!(
+                        "the classifier takes dimension {}, the run's data has {}",
+                        c.dim, model.state.dim
+                    ));
+                }
+                if c.noise.as_ref() != Some(&model.cfg.sde) {
+                    return bad("classifier guidance needs a classifier trained on data perturbed by the run's SDE (train-classifier --noisy --run RUN)".into());
+                }
+                self.check_class(clf.cfg.classes)?;
+                let base = model.score();
+                f(&ClassifierGuided { score: base.as_ref(), classifier: &clf, class: self.class, scale: self.scale })
+            }
+            None => {
+                let k = model.model.classes();
+                if k == 0 {
+                    return Err(Error::Invalid(
+                        "--class needs a class-conditional run (trained with model.classes = K) or --classifier DIR"
+                            .into(),
+                    ));
+                }
+                self.check_class(k)?;
+                let cond = ModelConditional { model: &model.model, sde: model.cfg.sde() };
+                f(&ClassifierFree { model: &cond, class: self.class, w: self.scale })
+            }
+        }
+    }
+
+    fn check_class(&self, k: usize) -> Result<()> {
+        if self.class >= k {
+            return Err(Error::Invalid(format!("--class {} is out of range: classes are 0..{}", self.class, k - 1)));
+        }
+        Ok(())
+    }
+}
+
+/// What `scoregen inpaint` was asked for.
+#[derive(Debug, Clone)]
+pub struct InpaintRequest {
+    /// Observations: `.npy` [N, D] (or [N, C, H, W]) in data space, or a PNG image.
+    pub input: PathBuf,
+    pub mask: MaskSpec,
+    /// Completions drawn per observation.
+    pub per_input: usize,
+    /// The sampler (PC family or annealed Langevin); `None`: the run's, or `pc`.
+    pub sampler: Option<SamplerKind>,
+    pub steps: Option<usize>,
+    pub seed: u64,
+    pub out: PathBuf,
+    pub use_ema: bool,
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InpaintOutcome {
+    pub npy: PathBuf,
+    pub png: Option<PathBuf>,
+    pub n: usize,
+    pub known_fraction: f64,
+    pub nfe: usize,
+    pub seconds: f64,
+}
+
+/// Reads observations: a `.npy` in data space, or a PNG in pixels (single-channel
+/// images of the run's size, mapped by its pixel scale).
+fn read_input(path: &Path, d: usize, shape: Option<(usize, usize, usize)>, scale: PixelScale) -> Result<Points> {
+    let pts = if path.extension().is_some_and(|e| e == "png") {
+        let Some((1, h, w)) = shape else {
+            return Err(Error::data(path, "a PNG input needs a run trained on single-channel images"));
+        };
+        let img = image::open(path).map_err(|e| Error::data(path, e.to_string()))?.to_luma8();
+        if img.dimensions() != (w as u32, h as u32) {
+            let (iw, ih) = img.dimensions();
+            return Err(Error::data(path, format!("the image is {iw}×{ih}, the run's images are {w}×{h}")));
+        }
+        Points::new(1, d, img.pixels().map(|p| scale.to_data(p.0[0] as f32 / 255.0)).collect())
+    } else {
+        npy::read_points(path)?
+    };
+    if pts.d != d {
+        return Err(Error::data(path, format!("observations have {} coordinates, the run's data {d}", pts.d)));
+    }
+    if pts.n == 0 || !pts.all_finite() {
+        return Err(Error::data(path, "observations must be a non-empty set of finite numbers"));
+    }
+    Ok(pts)
+}
+
+/// Fills in the unknown coordinates of each observation (`per_input` times),
+/// holding the known ones to the observation perturbed to each step's noise
+/// level. Writes the completions as `.npy` and a picture: for images a grid
+/// whose rows are [masked input, completions…], for 2-D points a scatter.
+pub fn inpaint_run(run_dir: &Path, req: &InpaintRequest) -> Result<InpaintOutcome> {
+    let model = LoadedModel::from_run(run_dir, req.use_ema)?;
+    let cfg = &model.cfg;
+    let d = model.state.dim;
+    let shape = cfg.image_shape(d);
+    let obs = read_input(&req.input, d, shape, cfg.data.scale)?;
+    let mut rng = Rng::new(req.seed, streams::SAMPLING);
+    let mask = req.mask.build(d, shape, &mut rng)?;
+    let k = req.per_input.max(1);
+    let n = obs.n * k;
+    let repeated: Vec<f64> = obs.rows().flat_map(|r| std::iter::repeat_n(r, k).flatten().copied()).collect();
+    let constraint = Inpaint::new(
+        Tensor::from_vec(repeated, (n, d), &Device::Cpu)?.to_dtype(DType::F32)?,
+        Tensor::from_slice(&mask, (1, d), &Device::Cpu)?.to_dtype(DType::F32)?,
+    )?;
+    let kind = req.sampler.unwrap_or(match cfg.sampling.sampler {
+        k @ (SamplerKind::Em | SamplerKind::ReverseDiffusion | SamplerKind::Ancestral | SamplerKind::Pc) => k,
+        SamplerKind::AnnealedLangevin => SamplerKind::AnnealedLangevin,
+        _ => SamplerKind::Pc,
+    });
+    if !matches!(
+        kind,
+        SamplerKind::Em
+            | SamplerKind::ReverseDiffusion
+            | SamplerKind::Ancestral
+            | SamplerKind::Pc
+            | SamplerKind::AnnealedLangevin
+    ) {
+        return Err(Error::Invalid(format!(
+            "inpainting runs em, reverse-diffusion, ancestral, pc or annealed-langevin, not `{kind}`"
+        )));
+    }
+    let steps = req.steps.unwrap_or(cfg.sampling.steps);
+    let spec = SamplerSpec { kind, steps, ..cfg.sampling.spec() };
+    let score = model.score();
+    let start = Instant::now();
+    let out = match kind {
+        SamplerKind::AnnealedLangevin => {
+            let ladder = cfg.ladder();
+            let per_level = cfg.sampling.steps_per_level;
+            let opts = AnnealedOptions {
+                steps_per_level: per_level,
+                eps: cfg.sampling.step_size,
+                denoise: cfg.sampling.denoise,
+                record_every: None,
+            };
+            let x0 = cfg.sampling.start.sample((n, d), &mut rng, DType::F32)?;
+            let pb = progress::bar(per_level * ladder.levels(), "inpaint", req.quiet);
+            crate::samplers::annealed_langevin_constrained(
+                score.as_ref(),
+                &ladder,
+                x0,
+                &constraint,
+                &opts,
+                &mut rng,
+                &pb,
+            )?
+        }
+        _ => {
+            if cfg.objective.kind.is_noise_free(cfg.objective.sigma) {
+                return Err(Error::Invalid(
+                    "this run learned a single noise level; inpainting needs a model of every level".into(),
+                ));
+            }
+            let pb = progress::bar(steps, "inpaint", req.quiet);
+            let (sde, sp) = (cfg.sde(), &cfg.sampling);
+            spec.sample_constrained(
+                score.as_ref(),
+                sde.as_ref(),
+                &constraint,
+                (n, d),
+                sp.eps,
+                sp.denoise,
+                &mut rng,
+                DType::F32,
+                &pb,
+            )
+            .map_err(|e| Error::Invalid(format!("inpaint: {e}")))?
+        }
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    let pts = Points::from_tensor(&out.x)?;
+    if let Some(dir) = req.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fsutil::create_dir(dir)?;
+    }
+    let png = req.out.with_extension("png");
+    let png = if let Some((c, h, w)) = shape {
+        let raw: Vec<f32> = pts.data.iter().map(|&x| x as f32).collect();
+        npy::write_f32(&req.out, &[pts.n, c, h, w], &raw)?;
+        let scale = cfg.data.scale;
+        let mut tiles = Vec::with_capacity((n + obs.n) * d);
+        for (i, row) in obs.rows().enumerate() {
+            // the masked input, missing pixels shown mid-grey
+            tiles.extend(row.iter().zip(&mask).map(|(&x, &m)| if m == 1.0 { scale.to_pixel(x) as f32 } else { 0.5 }));
+            tiles.extend(pts.data[i * k * d..(i + 1) * k * d].iter().map(|&x| scale.to_pixel(x) as f32));
+        }
+        viz::image_grid(&png, &tiles, (c, h, w), k + 1, (64 / h).max(1))?;
+        Some(png)
+    } else {
+        npy::write_points(&req.out, &pts)?;
+        if d == 2 {
+            let oracle = crate::run::oracle_of(cfg)?;
+            scatter(&png, &pts, oracle.as_ref(), &format!("{n} inpainted points, {}", cfg.name))?;
+            Some(png)
+        } else {
+            None
+        }
+    };
+    let known_fraction = mask.iter().sum::<f64>() / d as f64;
+    Ok(InpaintOutcome { npy: req.out.clone(), png, n, known_fraction, nfe: out.nfe, seconds })
+}
+
+/// What `scoregen train-classifier` was asked for.
+#[derive(Debug, Clone)]
+pub struct ClassifierRequest {
+    /// Data (a labeled source: images, or a mixture whose components are the
+    /// classes); with `run`, the run's data, pixel scale and SDE.
+    pub data: Option<String>,
+    pub run: Option<PathBuf>,
+    /// Train on perturbed data x(t), time-conditioned (for classifier guidance).
+    pub noisy: bool,
+    /// The SDE of a noisy classifier without a run (default: VP).
+    pub sde: Option<SdeConfig>,
+    pub n_train: usize,
+    pub width: usize,
+    pub depth: usize,
+    pub training: ClassifierTraining,
+    pub seed: u64,
+    pub out: PathBuf,
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassifierOutcome {
+    pub out: PathBuf,
+    pub classes: usize,
+    pub n_train: usize,
+    pub final_loss: f64,
+    /// Accuracy on held-out data: clean data, or (noisy) at t = ε.
+    pub test_accuracy: f64,
+    pub n_test: usize,
+    pub seconds: f64,
+}
+
+/// Trains a classifier on a labeled data set and writes it to `req.out`.
+pub fn train_classifier(req: &ClassifierRequest) -> Result<ClassifierOutcome> {
+    let run_cfg = match &req.run {
+        Some(dir) => Some(RunConfig::load(&dir.join("config.toml"), &[])?),
+        None => None,
+    };
+    let source = match (&req.data, &run_cfg) {
+        (Some(s), _) => s.clone(),
+        (None, Some(c)) => c.data.source.clone(),
+        (None, None) => return Err(Error::Invalid("train-classifier: give --data SOURCE or --run DIR".into())),
+    };
+    let image_opts = run_cfg.as_ref().map(|c| c.data.image_options()).unwrap_or_default();
+    let sde = match (&run_cfg, &req.sde) {
+        (_, Some(s)) => s.clone(),
+        (Some(c), None) => c.sde.clone(),
+        (None, None) => SdeConfig { kind: crate::config::SdeKind::Vp, ..Default::default() },
+    };
+    let (train, test) = labeled_split(&source, req.n_train, &image_opts, req.seed)?;
+    let classes = train.1.iter().chain(&test.1).map(|&y| y as usize + 1).max().unwrap_or(0);
+    let cfg = ClassifierConfig {
+        dim: train.0.d,
+        classes,
+        width: req.width,
+        depth: req.depth,
+        embed_dim: 32,
+        embed_scale: 4.0,
+        noise: req.noisy.then_some(sde),
+        seed: req.seed,
+    };
+    let start = Instant::now();
+    let mut clf = Classifier::new(cfg)?;
+    let pb = progress::bar(req.training.steps, "classifier", req.quiet);
+    let final_loss = clf.train(&train.0, &train.1, &req.training, &mut Rng::new(req.seed, streams::BATCH), &pb)?;
+    let t_eval = if req.noisy { req.training.t_eps } else { 0.0 };
+    let test_accuracy = clf.accuracy(&test.0, &test.1, t_eval)?;
+    clf.save(&req.out)?;
+    Ok(ClassifierOutcome {
+        out: req.out.clone(),
+        classes,
+        n_train: train.0.n,
+        final_loss,
+        test_accuracy,
+        n_test: test.0.n,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+type Labeled = (Points, Vec<u8>);
+
+/// (train, test) points with labels: an image source's own split, or fresh
+/// draws of a mixture (components as labels).
+fn labeled_split(source: &str, n: usize, opts: &ImageOptions, seed: u64) -> Result<(Labeled, Labeled)> {
+    if data::is_image_source(source) {
+        let take = |set: data::ImageSet| {
+            let set = if set.len() > n { set.select(&(0..n).collect::<Vec<_>>()) } else { set };
+            (set.to_points(opts.scale), set.labels.clone())
+        };
+        return Ok((take(data::load_images(source, true, opts)?), take(data::load_images(source, false, opts)?)));
+    }
+    let ds = data::load(source, n, &mut Rng::new(seed, streams::DATA))?;
+    let (Some(mix), Some(labels)) = (ds.oracle, ds.labels) else {
+        return Err(Error::Invalid(format!("data `{source}` has no class labels (images or a Gaussian mixture)")));
+    };
+    let test = mix.sample_labeled(n.min(2000), &mut Rng::new(seed, streams::EVAL));
+    Ok(((ds.points, labels), test))
+}
