@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use scoregen::config::RunConfig;
 use scoregen::config::{SdeConfig, SdeKind};
 use scoregen::data::npy;
+use scoregen::guidance::commands::Expected;
 use scoregen::guidance::{ClassGuidance, ClassifierRequest, ClassifierTraining, InpaintRequest, MaskSpec};
 use scoregen::likelihood::{self, Dequantization, LikelihoodRequest, ProbeNoise, TraceEstimator};
 use scoregen::run::{self, SampleRequest, Target};
@@ -142,7 +143,8 @@ enum Command {
     Inpaint {
         #[arg(long)]
         run: PathBuf,
-        /// Observations: .npy [N, D] or [N, C, H, W] in data space, or a PNG image (pixels).
+        /// Observations: held-out[:N] (the run's held-out images; their labels are written beside the output),
+        /// .npy [N, D] or [N, C, H, W] in data space, or a PNG image (pixels).
         #[arg(long)]
         input: PathBuf,
         /// Which coordinates are known: half, box, random:P, or a FILE (.npy/.png).
@@ -165,6 +167,24 @@ enum Command {
         /// Use the raw weights instead of the EMA weights.
         #[arg(long)]
         no_ema: bool,
+    },
+    /// Classify samples with a classifier from `train-classifier`: the class histogram and the fraction
+    /// that is the expected class.
+    #[command(
+        after_help = "Examples:\n  scoregen classify --classifier runs/digits-classifier --samples s.npy --class 3\n  scoregen inpaint --run runs/digits-vp --input held-out:100 --mask half --out in.npy\n  scoregen classify --classifier runs/digits-classifier --samples in.npy --labels in.labels.npy"
+    )]
+    Classify {
+        #[arg(long)]
+        classifier: PathBuf,
+        /// Samples in data space (.npy).
+        #[arg(long)]
+        samples: PathBuf,
+        /// The class every sample should be.
+        #[arg(long, conflicts_with = "labels")]
+        class: Option<usize>,
+        /// One expected label per sample (.npy), e.g. the `.labels.npy` written by `inpaint --input held-out`.
+        #[arg(long)]
+        labels: Option<PathBuf>,
     },
     /// Train a classifier of a labeled data set (images, or a mixture's components); with --noisy, a
     /// time-conditioned classifier of data perturbed by the SDE, for `sample --class K --classifier DIR`.
@@ -559,6 +579,9 @@ fn run_command(cli: &Cli) -> Result<()> {
                 if let Some(p) = &o.png {
                     println!("picture → {}", p.display());
                 }
+                if let Some(p) = &o.labels {
+                    println!("labels of the observations → {}", p.display());
+                }
             }
         }
         Command::TrainClassifier { data, run, noisy, sde, out, steps, batch_size, lr, width, depth, n_train, seed } => {
@@ -606,6 +629,23 @@ fn run_command(cli: &Cli) -> Result<()> {
                     if *noisy { " (at t = ε)" } else { "" },
                     o.out.display()
                 );
+            }
+        }
+        Command::Classify { classifier, samples, class, labels } => {
+            let expected = match (class, labels) {
+                (Some(k), _) => Some(Expected::Class(*k)),
+                (None, Some(p)) => Some(Expected::Labels(p.clone())),
+                (None, None) => None,
+            };
+            let c = scoregen::guidance::commands::classify(classifier, samples, expected)?;
+            if cli.json {
+                print_json(&c);
+            } else {
+                let h: Vec<String> = c.histogram.iter().enumerate().map(|(k, f)| format!("{k}: {f:.3}")).collect();
+                println!("{} samples, predicted classes {}", c.n, h.join("  "));
+                if let Some(a) = c.accuracy {
+                    println!("fraction classified as expected: {a:.3}");
+                }
             }
         }
         Command::Eval { samples, target, seed } => {

@@ -5,7 +5,7 @@
 use super::ModelConditional;
 use super::{Classifier, ClassifierConfig, ClassifierFree, ClassifierGuided, ClassifierTraining, Inpaint, MaskSpec};
 use crate::config::{RunConfig, SdeConfig};
-use crate::data::{self, npy, ImageOptions, PixelScale, Points};
+use crate::data::{self, npy, ImageOptions, Points};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use crate::run::scatter;
@@ -79,7 +79,8 @@ impl ClassGuidance {
 /// What `scoregen inpaint` was asked for.
 #[derive(Debug, Clone)]
 pub struct InpaintRequest {
-    /// Observations: `.npy` [N, D] (or [N, C, H, W]) in data space, or a PNG image.
+    /// Observations: `held-out[:N]` (the run's held-out images), `.npy` [N, D]
+    /// (or [N, C, H, W]) in data space, or a PNG image.
     pub input: PathBuf,
     pub mask: MaskSpec,
     /// Completions drawn per observation.
@@ -97,15 +98,39 @@ pub struct InpaintRequest {
 pub struct InpaintOutcome {
     pub npy: PathBuf,
     pub png: Option<PathBuf>,
+    /// The observations' classes (one per completion), for held-out images.
+    pub labels: Option<PathBuf>,
     pub n: usize,
     pub known_fraction: f64,
     pub nfe: usize,
     pub seconds: f64,
 }
 
-/// Reads observations: a `.npy` in data space, or a PNG in pixels (single-channel
-/// images of the run's size, mapped by its pixel scale).
-fn read_input(path: &Path, d: usize, shape: Option<(usize, usize, usize)>, scale: PixelScale) -> Result<Points> {
+/// Reads observations: `held-out[:N]` (the first N held-out images of the run's
+/// image data, with their labels), a `.npy` in data space, or a PNG in pixels
+/// (single-channel images of the run's size, mapped by its pixel scale).
+fn read_input(path: &Path, cfg: &RunConfig, d: usize) -> Result<(Points, Option<Vec<u8>>)> {
+    let (shape, scale) = (cfg.image_shape(d), cfg.data.scale);
+    if let Some(rest) = path.to_str().and_then(|s| s.strip_prefix("held-out")) {
+        let limit = match rest.strip_prefix(':') {
+            Some(n) => n
+                .parse::<usize>()
+                .map_err(|_| Error::Invalid(format!("--input held-out:N needs a count, found `{n}`")))?,
+            None if rest.is_empty() => usize::MAX,
+            None => {
+                return Err(Error::Invalid(format!(
+                    "--input: expected held-out[:N], a .npy or a PNG, found `{}`",
+                    path.display()
+                )))
+            }
+        };
+        if !data::is_image_source(&cfg.data.source) {
+            return Err(Error::Invalid("--input held-out needs a run trained on images".into()));
+        }
+        let set = data::load_images(&cfg.data.source, false, &cfg.data.image_options())?;
+        let set = set.select(&(0..set.len().min(limit)).collect::<Vec<_>>());
+        return Ok((set.to_points(scale), Some(set.labels.clone())));
+    }
     let pts = if path.extension().is_some_and(|e| e == "png") {
         let Some((1, h, w)) = shape else {
             return Err(Error::data(path, "a PNG input needs a run trained on single-channel images"));
@@ -125,7 +150,7 @@ fn read_input(path: &Path, d: usize, shape: Option<(usize, usize, usize)>, scale
     if pts.n == 0 || !pts.all_finite() {
         return Err(Error::data(path, "observations must be a non-empty set of finite numbers"));
     }
-    Ok(pts)
+    Ok((pts, None))
 }
 
 /// Fills in the unknown coordinates of each observation (`per_input` times),
@@ -137,7 +162,7 @@ pub fn inpaint_run(run_dir: &Path, req: &InpaintRequest) -> Result<InpaintOutcom
     let cfg = &model.cfg;
     let d = model.state.dim;
     let shape = cfg.image_shape(d);
-    let obs = read_input(&req.input, d, shape, cfg.data.scale)?;
+    let (obs, labels) = read_input(&req.input, cfg, d)?;
     let mut rng = Rng::new(req.seed, streams::SAMPLING);
     let mask = req.mask.build(d, shape, &mut rng)?;
     let k = req.per_input.max(1);
@@ -241,7 +266,17 @@ pub fn inpaint_run(run_dir: &Path, req: &InpaintRequest) -> Result<InpaintOutcom
         }
     };
     let known_fraction = mask.iter().sum::<f64>() / d as f64;
-    Ok(InpaintOutcome { npy: req.out.clone(), png, n, known_fraction, nfe: out.nfe, seconds })
+    // the classes of held-out observations, one per completion, for `scoregen classify --labels`
+    let labels = match labels {
+        Some(l) => {
+            let path = req.out.with_extension("labels.npy");
+            let per: Vec<f32> = l.iter().flat_map(|&y| std::iter::repeat_n(y as f32, k)).collect();
+            npy::write_f32(&path, &[n, 1], &per)?;
+            Some(path)
+        }
+        None => None,
+    };
+    Ok(InpaintOutcome { npy: req.out.clone(), png, labels, n, known_fraction, nfe: out.nfe, seconds })
 }
 
 /// What `scoregen train-classifier` was asked for.
@@ -341,4 +376,52 @@ fn labeled_split(source: &str, n: usize, opts: &ImageOptions, seed: u64) -> Resu
     };
     let test = mix.sample_labeled(n.min(2000), &mut Rng::new(seed, streams::EVAL));
     Ok(((ds.points, labels), test))
+}
+
+/// How a classifier labels a set of samples (`scoregen classify`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Classification {
+    pub n: usize,
+    /// Fraction of the samples predicted as each class.
+    pub histogram: Vec<f64>,
+    /// Fraction predicted as the expected class (`--class` or `--labels`), if one was given.
+    pub accuracy: Option<f64>,
+}
+
+/// Classifies `samples` (data space, t = 0) and compares with `expected`: one
+/// class for all, or one label per sample.
+pub fn classify(classifier: &Path, samples: &Path, expected: Option<Expected>) -> Result<Classification> {
+    let clf = Classifier::load(classifier)?;
+    let x = npy::read_points(samples)?;
+    if x.d != clf.cfg.dim {
+        return Err(Error::data(
+            samples,
+            format!("samples have dimension {}, the classifier takes {}", x.d, clf.cfg.dim),
+        ));
+    }
+    let pred = clf.predict(&x, 0.0)?;
+    let mut histogram = vec![0.0; clf.cfg.classes];
+    for &p in &pred {
+        histogram[p] += 1.0 / x.n as f64;
+    }
+    let want: Option<Vec<usize>> = match expected {
+        None => None,
+        Some(Expected::Class(k)) => Some(vec![k; x.n]),
+        Some(Expected::Labels(path)) => {
+            let l = npy::read_points(&path)?;
+            if l.n * l.d != x.n || l.data.iter().any(|v| *v < 0.0 || v.fract() != 0.0) {
+                return Err(Error::data(&path, format!("expected {} integer labels ≥ 0, one per sample", x.n)));
+            }
+            Some(l.data.iter().map(|&v| v as usize).collect())
+        }
+    };
+    let accuracy = want.map(|w| pred.iter().zip(&w).filter(|(p, w)| p == w).count() as f64 / x.n.max(1) as f64);
+    Ok(Classification { n: x.n, histogram, accuracy })
+}
+
+/// What the samples of `classify` should be.
+#[derive(Debug, Clone)]
+pub enum Expected {
+    Class(usize),
+    Labels(PathBuf),
 }
