@@ -4,11 +4,10 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use scoregen::config::RunConfig;
-use scoregen::config::{SdeConfig, SdeKind};
 use scoregen::data::npy;
 use scoregen::guidance::commands::Expected;
-use scoregen::guidance::{ClassGuidance, ClassifierRequest, ClassifierTraining, InpaintRequest, MaskSpec};
-use scoregen::likelihood::{self, Dequantization, LikelihoodRequest, ProbeNoise, TraceEstimator};
+use scoregen::guidance::{ClassGuidance, InpaintRequest, MaskSpec};
+use scoregen::likelihood::{self, LikelihoodRequest, ProbeNoise, TraceEstimator};
 use scoregen::run::{self, SampleRequest, Target};
 use scoregen::samplers::{CorrectorKind, SamplerKind};
 use scoregen::train::{self, TrainOptions};
@@ -120,6 +119,9 @@ enum Command {
         /// DDIM: stochasticity η ∈ [0, 1].
         #[arg(long)]
         eta: Option<f64>,
+        /// Also write OUT.gif: about 40 frames of the reverse process (image grids, or points for 2-D data).
+        #[arg(long)]
+        gif: bool,
         /// Heun: EDM's S_churn (0: deterministic).
         #[arg(long)]
         churn: Option<f64>,
@@ -186,42 +188,6 @@ enum Command {
         #[arg(long)]
         labels: Option<PathBuf>,
     },
-    /// Train a classifier of a labeled data set (images, or a mixture's components); with --noisy, a
-    /// time-conditioned classifier of data perturbed by the SDE, for `sample --class K --classifier DIR`.
-    #[command(
-        after_help = "Examples:\n  scoregen train-classifier --data digits --out runs/digits-classifier\n  scoregen train-classifier --run runs/digits-vp --noisy --out runs/digits-vp/classifier\n  scoregen train-classifier --data gmm8 --noisy --sde vp --out runs/gmm8-classifier"
-    )]
-    TrainClassifier {
-        /// Labeled data (default with --run: the run's data).
-        #[arg(long)]
-        data: Option<String>,
-        /// Take data, pixel scale and SDE from this run.
-        #[arg(long)]
-        run: Option<PathBuf>,
-        /// Train on x(t) = m(t)·x + s(t)·z with t ~ U(ε, 1), conditioned on t (noise-aware).
-        #[arg(long)]
-        noisy: bool,
-        /// The SDE of a noisy classifier without --run: ve, vp or subvp (default parameters).
-        #[arg(long)]
-        sde: Option<String>,
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long, default_value_t = 2000)]
-        steps: usize,
-        #[arg(long, default_value_t = 128)]
-        batch_size: usize,
-        #[arg(long, default_value_t = 2e-3)]
-        lr: f64,
-        #[arg(long, default_value_t = 256)]
-        width: usize,
-        #[arg(long, default_value_t = 3)]
-        depth: usize,
-        /// Training examples at most.
-        #[arg(long, default_value_t = 60000)]
-        n_train: usize,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-    },
     /// Suggest a noise ladder and Langevin step size by the NCSNv2 rules.
     #[command(
         after_help = "Examples:\n  scoregen suggest-sigmas --data gmm8\n  scoregen suggest-sigmas --data x.npy --sigma-min 0.01 --steps-per-level 5"
@@ -240,7 +206,7 @@ enum Command {
     },
     /// Exact log-likelihood (nats and bits/dim) of data under a trained run, via the probability-flow ODE.
     #[command(
-        after_help = "Examples:\n  scoregen likelihood --run runs/gmm8-ve --data gmm8 --n 500\n  scoregen likelihood --run runs/img --data test.npy --trace hutchinson --probes 4 --dequantize\n\nbits/dim = −log p(x)/(D ln 2); with --dequantize the offset log₂(levels) − log₂(hi − lo) is added (8 for [0,1], 7 for [−1,1] at 256 levels): see docs/guide.md."
+        after_help = "Examples:\n  scoregen likelihood --run runs/gmm8-ve --data gmm8 --n 500\n  scoregen likelihood --run runs/digits-vp --data digits --n 100 --dequantize   (held-out digits, 17 levels over [−1, 1])\n  scoregen likelihood --run runs/img --data test.npy --trace hutchinson --probes 4 --dequantize --levels 256 --data-range -1,1\n\nbits/dim = −log p(x)/(D ln 2); with --dequantize the offset log₂(levels) − log₂(hi − lo) is added (8 for [0,1], 7 for [−1,1] at 256 levels): see docs/guide.md."
     )]
     Likelihood {
         #[arg(long)]
@@ -269,21 +235,60 @@ enum Command {
         /// Uniformly dequantize data on a grid lo + (hi − lo)·k/(levels − 1) and report discrete bits/dim.
         #[arg(long)]
         dequantize: bool,
-        #[arg(long, default_value_t = 256)]
-        levels: u32,
-        /// The data range lo,hi of the quantized grid.
-        #[arg(long, default_value = "0,1", value_name = "LO,HI")]
-        data_range: String,
+        /// Levels L of the grid (default: the run's image data, 17 for digits and 256 for 8-bit images; else 256).
+        #[arg(long)]
+        levels: Option<u32>,
+        /// The data range lo,hi of the quantized grid (default: the run's pixel scale, [−1, 1] or [0, 1]; else 0,1).
+        #[arg(long, value_name = "LO,HI")]
+        data_range: Option<String>,
         #[arg(long)]
         no_ema: bool,
     },
     /// Compare a sample file with a target: a mixture (gmm8, gmm25, unbalanced, SPEC.toml) or a reference .npy.
-    #[command(after_help = "Example:\n  scoregen eval --samples runs/quickstart/samples.npy --target gmm8")]
+    #[command(
+        after_help = "Examples:\n  scoregen eval --samples runs/quickstart/samples.npy --target gmm8\n  scoregen eval --samples runs/digits-vp/samples/samples.npy --target digits --classifier classifiers/digits"
+    )]
     Eval {
         #[arg(long)]
         samples: PathBuf,
+        /// A mixture (gmm8, gmm25, unbalanced, SPEC.toml), a reference .npy, or an image source
+        /// (digits, mnist5k, fashion-mnist, IDX, PNG folder: judged by a classifier).
         #[arg(long)]
         target: String,
+        /// Classifier for image targets (default: classifiers/TARGET), made by `scoregen train-classifier`.
+        #[arg(long)]
+        classifier: Option<PathBuf>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Train the classifier behind the image metrics (Fréchet distance, class histogram) or,
+    /// with --noisy, a noise-aware classifier p_t(y | x) for classifier guidance.
+    #[command(
+        after_help = "Examples:\n  scoregen train-classifier --data digits --out classifiers/digits\n  scoregen train-classifier --data mnist5k --steps 3000 --out classifiers/mnist5k\n  scoregen train-classifier --run runs/digits-vp --noisy --out runs/digits-vp/classifier"
+    )]
+    TrainClassifier {
+        /// Labelled data: digits, mnist5k, fashion-mnist, an IDX file, a folder of PNGs, or a Gaussian
+        /// mixture (gmm8, gmm25, unbalanced, SPEC.toml; components are the classes).
+        #[arg(long)]
+        data: Option<String>,
+        /// Take data, pixel scale, split and (with --noisy) the SDE from this run's config.toml.
+        #[arg(long)]
+        run: Option<PathBuf>,
+        /// Train on images perturbed by the run's forward SDE, with t as an input.
+        #[arg(long)]
+        noisy: bool,
+        /// Output directory (default: classifiers/DATA, or RUN/classifier-noisy with --noisy).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Base channels of the CNN (hidden width of the MLP for points).
+        #[arg(long, default_value_t = 32)]
+        width: usize,
+        #[arg(long, default_value_t = 1500)]
+        steps: usize,
+        #[arg(long, default_value_t = 64)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 2e-3)]
+        lr: f64,
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
@@ -434,6 +439,7 @@ fn run_command(cli: &Cli) -> Result<()> {
             class,
             guidance,
             classifier,
+            gif,
         } => {
             let cfg = RunConfig::load(&run.join("config.toml"), &[])
                 .with_context(|| format!("reading run {}", run.display()))?;
@@ -448,6 +454,8 @@ fn run_command(cli: &Cli) -> Result<()> {
                 steps_per_level: *steps_per_level,
                 record_every: None,
             };
+            let record_every = gif.then(|| (req.steps / 40).max(1));
+            let req = SampleRequest { record_every, ..req };
             if eps.is_some_and(|e| !(e > 0.0 && e.is_finite())) || *steps_per_level == Some(0) {
                 anyhow::bail!("--eps must be > 0 and --steps-per-level ≥ 1");
             }
@@ -475,6 +483,9 @@ fn run_command(cli: &Cli) -> Result<()> {
                 println!("{} samples ({} score evaluations) in {:.2} s → {}", o.n, o.nfe, o.seconds, o.npy.display());
                 if let Some(p) = &o.png {
                     println!("picture (scatter or image grid) → {}", p.display());
+                }
+                if let Some(g) = &o.gif {
+                    println!("reverse process (animation) → {}", g.display());
                 }
             }
         }
@@ -509,15 +520,15 @@ fn run_command(cli: &Cli) -> Result<()> {
                 }
             };
             let dequantize = if *dequantize {
-                let (lo, hi) = data_range
-                    .split_once(',')
-                    .and_then(|(a, b)| Some((a.trim().parse::<f64>().ok()?, b.trim().parse::<f64>().ok()?)))
-                    .filter(|(a, b)| a.is_finite() && b.is_finite() && b > a)
-                    .with_context(|| format!("--data-range: expected LO,HI with LO < HI, found `{data_range}`"))?;
-                if *levels < 2 {
-                    anyhow::bail!("--levels must be ≥ 2 (got {levels})");
-                }
-                Some(Dequantization { levels: *levels, lo, hi })
+                let range = match data_range {
+                    Some(r) => Some(
+                        r.split_once(',')
+                            .and_then(|(a, b)| Some((a.trim().parse::<f64>().ok()?, b.trim().parse::<f64>().ok()?)))
+                            .with_context(|| format!("--data-range: expected LO,HI, found `{r}`"))?,
+                    ),
+                    None => None,
+                };
+                Some(likelihood::report::dequantization_for(run, *levels, range)?)
             } else {
                 None
             };
@@ -584,53 +595,6 @@ fn run_command(cli: &Cli) -> Result<()> {
                 }
             }
         }
-        Command::TrainClassifier { data, run, noisy, sde, out, steps, batch_size, lr, width, depth, n_train, seed } => {
-            if *steps == 0 || *batch_size == 0 || *width == 0 || *depth == 0 || !(*lr > 0.0 && lr.is_finite()) {
-                anyhow::bail!("--steps, --batch-size, --width, --depth must be ≥ 1 and --lr > 0");
-            }
-            let sde = match sde.as_deref() {
-                None => None,
-                Some(k) => Some(SdeConfig {
-                    kind: match k {
-                        "ve" => SdeKind::Ve,
-                        "vp" => SdeKind::Vp,
-                        "subvp" => SdeKind::Subvp,
-                        _ => anyhow::bail!("--sde: expected ve, vp or subvp, found `{k}`"),
-                    },
-                    ..Default::default()
-                }),
-            };
-            let req = ClassifierRequest {
-                data: data.clone(),
-                run: run.clone(),
-                noisy: *noisy,
-                sde,
-                n_train: *n_train,
-                width: *width,
-                depth: *depth,
-                training: ClassifierTraining { steps: *steps, batch_size: *batch_size, lr: *lr, ..Default::default() },
-                seed: *seed,
-                out: out.clone(),
-                quiet: cli.quiet,
-            };
-            let o = scoregen::guidance::commands::train_classifier(&req)?;
-            if cli.json {
-                print_json(&o);
-            } else {
-                println!(
-                    "{} classifier, {} classes, {} training examples, final loss {:.4}, {:.1} s\ntest accuracy {:.3} on {} held-out examples{}\nwrote {}",
-                    if *noisy { "noise-aware" } else { "clean-data" },
-                    o.classes,
-                    o.n_train,
-                    o.final_loss,
-                    o.seconds,
-                    o.test_accuracy,
-                    o.n_test,
-                    if *noisy { " (at t = ε)" } else { "" },
-                    o.out.display()
-                );
-            }
-        }
         Command::Classify { classifier, samples, class, labels } => {
             let expected = match (class, labels) {
                 (Some(k), _) => Some(Expected::Class(*k)),
@@ -648,14 +612,68 @@ fn run_command(cli: &Cli) -> Result<()> {
                 }
             }
         }
-        Command::Eval { samples, target, seed } => {
+        Command::Eval { samples, target, classifier, seed } => {
             let pts = npy::read_points(samples)?;
+            if scoregen::data::is_image_source(target) {
+                let dir = classifier.clone().unwrap_or_else(|| Path::new("classifiers").join(target));
+                let report = run::images::evaluate_images(&pts, &dir)
+                    .with_context(|| format!("image metrics of {} against `{target}`", samples.display()))?;
+                if cli.json {
+                    print_json(&report);
+                } else {
+                    print!("{}", report.table());
+                }
+                return Ok(());
+            }
             let t = Target::parse(target)?;
             let ev = run::evaluate(&pts, &t, *seed)?;
             if cli.json {
                 print_json(&ev);
             } else {
                 print!("{}", ev.table());
+            }
+        }
+        Command::TrainClassifier { data, run: run_dir, noisy, out, width, steps, batch_size, lr, seed } => {
+            let config = match run_dir {
+                Some(dir) => Some(RunConfig::load(&dir.join("config.toml"), &[])?),
+                None => None,
+            };
+            let out = match (out, run_dir, data) {
+                (Some(o), _, _) => o.clone(),
+                (None, Some(r), _) if *noisy => r.join("classifier-noisy"),
+                (None, _, Some(d)) => Path::new("classifiers").join(d),
+                (None, Some(_), None) => {
+                    Path::new("classifiers").join(config.as_ref().map_or("run", |c| c.data.source.as_str()))
+                }
+                (None, None, None) => anyhow::bail!("give --data NAME or --run DIR"),
+            };
+            let req = run::images::ClassifierRequest {
+                data: data.clone(),
+                config,
+                noisy: *noisy,
+                out,
+                width: *width,
+                steps: *steps,
+                batch_size: *batch_size,
+                lr: *lr,
+                seed: *seed,
+                quiet: cli.quiet,
+            };
+            let o = run::images::train_classifier(&req).context("training the classifier")?;
+            if cli.json {
+                print_json(&o);
+            } else {
+                println!(
+                    "classifier for `{}` ({} training, {} held-out images): held-out accuracy {:.4}{}, {} steps in {:.1} s → {}",
+                    o.meta.data,
+                    o.train_images,
+                    o.test_images,
+                    o.meta.test_accuracy,
+                    if *noisy { " at t = t_eps" } else { "" },
+                    o.meta.steps,
+                    o.seconds,
+                    o.dir.display()
+                );
             }
         }
         Command::SuggestSigmas { data, sigma_min, steps_per_level, n } => {

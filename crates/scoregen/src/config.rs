@@ -413,6 +413,7 @@ impl SamplingConfig {
             eta: self.eta,
             churn: Churn { s_churn: self.s_churn, s_tmin: self.s_tmin, s_tmax: self.s_tmax, s_noise: self.s_noise },
             rho: self.rho,
+            record_every: None,
         }
     }
 

@@ -1,6 +1,8 @@
 //! Whole commands over a run directory: sample a trained run, evaluate a
 //! sample file, and the quickstart (train → sample → evaluate → pictures).
 
+pub mod images;
+
 use crate::config::{ObjectiveKind, RunConfig};
 use crate::data::{self, npy, Points};
 use crate::error::{Error, Result};
@@ -31,7 +33,8 @@ pub struct SampleRequest {
     pub step_size: Option<f64>,
     /// Override annealed Langevin's steps per level T.
     pub steps_per_level: Option<usize>,
-    /// Keep every k-th state (for GIFs).
+    /// Keep every k-th state and write a GIF of them beside the samples
+    /// (reverse-time PC/ODE samplers and the Langevin family).
     pub record_every: Option<usize>,
     pub seed: u64,
     pub out: PathBuf,
@@ -60,6 +63,8 @@ impl SampleRequest {
 pub struct SampleOutcome {
     pub npy: PathBuf,
     pub png: Option<PathBuf>,
+    /// The reverse process as an animation, when frames were recorded.
+    pub gif: Option<PathBuf>,
     pub n: usize,
     pub nfe: usize,
     pub seconds: f64,
@@ -94,7 +99,8 @@ pub fn sample_run_guided(
     class: Option<&guidance::ClassGuidance>,
 ) -> Result<SampleOutcome> {
     let model = LoadedModel::from_run(run_dir, req.use_ema)?;
-    let spec = SamplerSpec { steps: req.steps, ..spec.unwrap_or_else(|| model.cfg.sampling.spec()) };
+    let base = spec.unwrap_or_else(|| model.cfg.sampling.spec());
+    let spec = SamplerSpec { steps: req.steps, record_every: req.record_every, ..base };
     let start = Instant::now();
     let mut rng = Rng::new(req.seed, streams::SAMPLING);
     let out = match class {
@@ -106,27 +112,44 @@ pub fn sample_run_guided(
     if let Some(dir) = req.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         fsutil::create_dir(dir)?;
     }
+    // Frames of the reverse process, from noise to the final samples.
+    let mut frames: Vec<(f64, Points)> =
+        out.trajectory.iter().map(|(t, x)| Ok((*t, Points::from_tensor(x)?))).collect::<Result<_>>()?;
+    if !frames.is_empty() {
+        frames.push((0.0, pts.clone()));
+    }
+    let gif = (!frames.is_empty()).then(|| req.out.with_extension("gif"));
     let png = if let Some((c, h, w)) = model.cfg.image_shape(pts.d) {
         // Flattened images: save as [N, C, H, W] and a grid of them in pixel space.
         let scale = model.cfg.data.scale;
-        let pixels: Vec<f32> = pts.data.iter().map(|&x| scale.to_pixel(x) as f32).collect();
+        let to_pixels = |p: &Points| p.data.iter().map(|&x| scale.to_pixel(x) as f32).collect::<Vec<f32>>();
         let raw: Vec<f32> = pts.data.iter().map(|&x| x as f32).collect();
         npy::write_f32(&req.out, &[pts.n, c, h, w], &raw)?;
         let png = req.out.with_extension("png");
         let cols = (pts.n as f64).sqrt().ceil() as usize;
-        viz::image_grid(&png, &pixels, (c, h, w), cols, (64 / h).max(1))?;
+        let zoom = (64 / h).max(1);
+        viz::image_grid(&png, &to_pixels(&pts), (c, h, w), cols, zoom)?;
+        if let Some(gif) = &gif {
+            let pixels: Vec<Vec<f32>> = frames.iter().map(|(_, p)| to_pixels(p)).collect();
+            viz::image_grid_gif(gif, &pixels, (c, h, w), cols, zoom, 8)?;
+        }
         Some(png)
     } else if pts.d == 2 {
         npy::write_points(&req.out, &pts)?;
         let png = req.out.with_extension("png");
         let oracle = oracle_of(&model.cfg)?;
         scatter(&png, &pts, oracle.as_ref(), &format!("{} samples, {} ({} steps)", pts.n, model.cfg.name, req.steps))?;
+        if let Some(gif) = &gif {
+            let bounds = Bounds::around(&frames.last().expect("final frame").1, 0.15);
+            let titled: Vec<(String, Points)> = frames.into_iter().map(|(t, p)| (format!("t = {t:.3}"), p)).collect();
+            viz::scatter_gif(gif, &titled, None, &bounds, 8).map_err(|e| Error::Invalid(e.to_string()))?;
+        }
         Some(png)
     } else {
         npy::write_points(&req.out, &pts)?;
         None
     };
-    Ok(SampleOutcome { npy: req.out.clone(), png, n: pts.n, nfe: out.nfe, seconds })
+    Ok(SampleOutcome { npy: req.out.clone(), png, gif, n: pts.n, nfe: out.nfe, seconds })
 }
 
 /// Runs the sampler `spec` names with `score` (the model's own, or a guided

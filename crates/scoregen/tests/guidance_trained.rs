@@ -1,22 +1,22 @@
 //! Guidance with trained parts on gmm8 (components = classes), judged by the
 //! exact class of each sample: a class-conditional MLP trained with label
-//! dropout (classifier-free guidance) and a noise-aware classifier trained on
-//! VP-perturbed data (classifier guidance), each trained for a few seconds.
+//! dropout (classifier-free guidance) and the project's classifier, noise-aware,
+//! trained on VP-perturbed data (classifier guidance), each trained for a few seconds.
 
 use candle_core::{DType, Device, Tensor};
 use indicatif::ProgressBar;
-use scoregen::config::{RunConfig, SdeConfig, SdeKind};
+use scoregen::config::RunConfig;
 use scoregen::data::{toy, Points};
-use scoregen::guidance::{
-    ClassPosterior, Classifier, ClassifierConfig, ClassifierFree, ClassifierGuided, ClassifierTraining,
-    ModelConditional,
-};
+use scoregen::guidance::{ClassPosterior, ClassifierFree, ClassifierGuided, ModelConditional};
+use scoregen::nets::ClassifierSpec;
 use scoregen::oracle::{GaussianMixture, OracleScore};
 use scoregen::rng::Rng;
 use scoregen::samplers::{sample_pc, LangevinCorrector, ReverseDiffusion, ReverseOptions};
 use scoregen::score::ScoreFn;
-use scoregen::sde::Sde;
+use scoregen::sde::{Sde, VpSde};
+use scoregen::train::classifier::{self, ClassifierTraining, Labelled, NoiseAware};
 use scoregen::train::{self, LoadedModel, TrainOptions};
+use std::sync::Arc;
 
 /// Fraction of `x` whose most probable component of `mix` is `y`.
 fn fraction_in(x: &Tensor, mix: &GaussianMixture, y: usize) -> f64 {
@@ -67,22 +67,30 @@ fn classifier_free_guidance_of_a_trained_conditional_mlp_hits_the_class() {
 fn noise_aware_classifier_matches_the_exact_posterior_and_guides() {
     scoregen::init();
     let mix = toy::named_mixture("gmm8").unwrap();
-    let sde_cfg = SdeConfig { kind: SdeKind::Vp, ..Default::default() };
-    let sde = sde_cfg.build();
+    let sde: Arc<dyn Sde> = Arc::new(VpSde::default());
     let (x, labels) = mix.sample_labeled(4000, &mut Rng::new(1, 0));
-    let cfg = ClassifierConfig {
-        dim: 2,
+    let (xt, yt) = mix.sample_labeled(500, &mut Rng::new(6, 0));
+    let spec = ClassifierSpec {
         classes: 8,
+        dim: 2,
+        image_shape: None,
         width: 64,
-        depth: 3,
+        noise_aware: true,
         embed_dim: 16,
         embed_scale: 4.0,
-        noise: Some(sde_cfg),
         seed: 0,
     };
-    let mut clf = Classifier::new(cfg).unwrap();
-    let opts = ClassifierTraining { steps: 600, batch_size: 256, lr: 3e-3, t_eps: 1e-3 };
-    clf.train(&x, &labels, &opts, &mut Rng::new(2, 0), &ProgressBar::hidden()).unwrap();
+    let opts = ClassifierTraining {
+        steps: 600,
+        batch_size: 256,
+        lr: 3e-3,
+        seed: 2,
+        noise: Some(NoiseAware { sde: sde.clone(), t_eps: 1e-3 }),
+        quiet: true,
+    };
+    let train = Labelled::new(x, labels).unwrap();
+    let trained = classifier::train_classifier(&train, &Labelled::new(xt, yt).unwrap(), &spec, &opts).unwrap();
+    let clf = trained.classifier;
     // excess cross-entropy against the exact posterior on fresh perturbed points
     let oracle = OracleScore::new(mix.clone(), sde.clone());
     let (x0, y0) = mix.sample_labeled(2000, &mut Rng::new(3, 0));
@@ -99,7 +107,7 @@ fn noise_aware_classifier_matches_the_exact_posterior_and_guides() {
     println!("cross-entropy at t = 0.3: trained {trained:.4}, exact {exact:.4} nats");
     assert!(trained - exact < 0.1, "trained {trained} vs exact {exact}");
     let noise = Points::from_tensor(&Rng::new(5, 0).randn((2000, 2), DType::F64, &Device::Cpu).unwrap()).unwrap();
-    let at_t = clf.accuracy(&noise, &y0, 1.0).unwrap();
+    let at_t = classifier::accuracy(&clf, &Labelled::new(noise, y0).unwrap(), Some(1.0)).unwrap();
     assert!(at_t < 0.25, "accuracy on pure noise at t = 1: {at_t}");
     let guided = ClassifierGuided { score: &oracle, classifier: &clf, class: 6, scale: 2.0 };
     let f = fraction_in(&sample_with(&guided, sde.as_ref(), 500, 7, DType::F64), &mix, 6);

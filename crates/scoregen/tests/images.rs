@@ -55,8 +55,17 @@ fn unet_runs_train_and_sample_image_arrays_with_a_grid() {
         let dir = tempfile::tempdir().unwrap();
         let out = train::train(&cfg, dir.path(), &TrainOptions { quiet: true, ..Default::default() }).unwrap();
         assert!(out.final_loss.is_finite());
-        let req = SampleRequest::new(9, 20, 1, dir.path().join("s.npy"));
+        // Record every 5th of 20 steps: frames at t = T, 4 more, and the final samples.
+        let req = SampleRequest { record_every: Some(5), ..SampleRequest::new(9, 20, 1, dir.path().join("s.npy")) };
         let s = run::sample_run(dir.path(), &req).unwrap();
+        let gif = s.gif.clone().expect("a GIF of the reverse process");
+        let mut dec = gif::DecodeOptions::new().read_info(std::fs::File::open(&gif).unwrap()).unwrap();
+        assert_eq!((dec.width(), dec.height()), (3 * 72 + 8, 3 * 72 + 8));
+        let mut frames = 0;
+        while dec.read_next_frame().unwrap().is_some() {
+            frames += 1;
+        }
+        assert!(frames >= 5, "{extra}: {frames} frames");
         let bytes = std::fs::read(&s.npy).unwrap();
         let arr = npyz::NpyFile::new(&bytes[..]).unwrap();
         assert_eq!(arr.shape(), &[9, 1, 8, 8], "{extra}");
@@ -80,4 +89,23 @@ fn overrides(toml_text: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// Debian's Fashion-MNIST (installed by scripts/setup.sh): its own 60k/10k
+/// split, 28×28, ten balanced classes. Skips with a message when absent.
+#[test]
+fn fashion_mnist_loads_its_own_split_when_installed() {
+    if !std::path::Path::new(scoregen::data::images::FASHION_MNIST_DIR).join("t10k-images-idx3-ubyte.gz").exists() {
+        eprintln!("skipped: Fashion-MNIST is not installed (scripts/setup.sh installs dataset-fashion-mnist)");
+        return;
+    }
+    let opts = scoregen::data::ImageOptions::default();
+    let test = scoregen::data::load_images("fashion-mnist", false, &opts).unwrap();
+    assert_eq!((test.len(), test.shape()), (10_000, (1, 28, 28)));
+    let mut counts = [0usize; 10];
+    for &y in &test.labels {
+        counts[y as usize] += 1;
+    }
+    assert_eq!(counts, [1000; 10], "the test split has 1,000 images of each class");
+    assert!(test.images.iter().all(|p| (0.0..=1.0).contains(p)));
 }

@@ -123,6 +123,16 @@ impl ImageSet {
     }
 }
 
+/// The number of intensity levels L of a source's pixels: 17 for `digits`
+/// (0..16), 256 for 8-bit images (MNIST, Fashion-MNIST, IDX, PNG).
+pub fn levels_of(source: &str) -> u32 {
+    if source == "digits" {
+        17
+    } else {
+        256
+    }
+}
+
 /// A named set (`digits`, `mnist5k`, `fashion-mnist`), or `None` for another name.
 pub fn by_name(name: &str) -> Option<Result<ImageSet>> {
     match name {

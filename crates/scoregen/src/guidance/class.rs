@@ -1,11 +1,12 @@
 //! Class-conditional sampling as a score: classifier guidance (Song et al. 2021,
 //! App. I.1; Dhariwal & Nichol 2021) and classifier-free guidance (Ho & Salimans 2022).
 
-use crate::nets::Model;
+use crate::autodiff;
+use crate::nets::{Classifier, Model};
 use crate::oracle::OracleScore;
 use crate::score::ScoreFn;
 use crate::sde::Sde;
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor, Var};
 use std::sync::Arc;
 
 /// A (noise-aware) class posterior p_t(y | x): the exact one of a mixture whose
@@ -28,6 +29,26 @@ impl ClassPosterior for OracleScore {
     }
     fn grad_log_posterior(&self, x: &Tensor, t: &Tensor, y: usize) -> Result<Tensor> {
         self.class_posterior_grad(x, t, y)
+    }
+}
+
+/// The project's classifier, noise-aware (trained on x(t) with its time input):
+/// p_φ(y | x(t), t), its gradient by autodiff through the network.
+impl ClassPosterior for Classifier {
+    fn classes(&self) -> usize {
+        self.spec.classes
+    }
+    fn log_posteriors(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let t = self.spec.noise_aware.then(|| t.to_dtype(DType::F32)).transpose()?;
+        self.log_probs(&x.to_dtype(DType::F32)?, t.as_ref())?.to_dtype(x.dtype())
+    }
+    fn grad_log_posterior(&self, x: &Tensor, t: &Tensor, y: usize) -> Result<Tensor> {
+        if y >= self.spec.classes {
+            candle_core::bail!("class {y} is out of range: the classifier knows classes 0..{}", self.spec.classes - 1);
+        }
+        let leaf = Var::from_tensor(&x.detach())?;
+        let logp = self.log_posteriors(leaf.as_tensor(), t)?.narrow(1, y, 1)?;
+        Ok(autodiff::grad_wrt(&logp, leaf.as_tensor())?.detach())
     }
 }
 

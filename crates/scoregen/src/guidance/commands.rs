@@ -1,12 +1,12 @@
 //! The guidance commands over a run directory: class-guided sampling
-//! (`scoregen sample --class`), inpainting (`scoregen inpaint`) and training a
-//! (noise-aware) classifier (`scoregen train-classifier`).
+//! (`scoregen sample --class`), inpainting (`scoregen inpaint`) and judging
+//! samples by a classifier (`scoregen classify`).
 
-use super::ModelConditional;
-use super::{Classifier, ClassifierConfig, ClassifierFree, ClassifierGuided, ClassifierTraining, Inpaint, MaskSpec};
-use crate::config::{RunConfig, SdeConfig};
-use crate::data::{self, npy, ImageOptions, Points};
+use super::{ClassifierFree, ClassifierGuided, Inpaint, MaskSpec, ModelConditional};
+use crate::config::RunConfig;
+use crate::data::{self, npy, Points};
 use crate::error::{Error, Result};
+use crate::nets::SavedClassifier;
 use crate::rng::Rng;
 use crate::run::scatter;
 use crate::samplers::{AnnealedOptions, SamplerKind, SamplerSpec};
@@ -37,21 +37,25 @@ impl ClassGuidance {
         }
         match &self.classifier {
             Some(dir) => {
-                let clf = Classifier::load(dir)?;
-                let c = &clf.cfg;
+                let saved = SavedClassifier::load(dir)?;
+                let spec = &saved.meta.spec;
                 let bad = |why: String| Err(Error::data(dir.join("classifier.json"), why));
-                if c.dim != model.state.dim {
+                if spec.dim != model.state.dim {
                     return bad(format!(
                         "the classifier takes dimension {}, the run's data has {}",
-                        c.dim, model.state.dim
+                        spec.dim, model.state.dim
                     ));
                 }
-                if c.noise.as_ref() != Some(&model.cfg.sde) {
-                    return bad("classifier guidance needs a classifier trained on data perturbed by the run's SDE (train-classifier --noisy --run RUN)".into());
+                let sde = model.cfg.sde();
+                if !spec.noise_aware || saved.meta.sde.as_deref() != Some(sde.name()) {
+                    return bad(format!(
+                        "classifier guidance needs a noise-aware classifier trained under the run's SDE `{}` (train-classifier --noisy --run RUN)",
+                        sde.name()
+                    ));
                 }
-                self.check_class(clf.cfg.classes)?;
-                let base = model.score();
-                f(&ClassifierGuided { score: base.as_ref(), classifier: &clf, class: self.class, scale: self.scale })
+                self.check_class(spec.classes)?;
+                let (base, clf) = (model.score(), &saved.classifier);
+                f(&ClassifierGuided { score: base.as_ref(), classifier: clf, class: self.class, scale: self.scale })
             }
             None => {
                 let k = model.model.classes();
@@ -279,105 +283,6 @@ pub fn inpaint_run(run_dir: &Path, req: &InpaintRequest) -> Result<InpaintOutcom
     Ok(InpaintOutcome { npy: req.out.clone(), png, labels, n, known_fraction, nfe: out.nfe, seconds })
 }
 
-/// What `scoregen train-classifier` was asked for.
-#[derive(Debug, Clone)]
-pub struct ClassifierRequest {
-    /// Data (a labeled source: images, or a mixture whose components are the
-    /// classes); with `run`, the run's data, pixel scale and SDE.
-    pub data: Option<String>,
-    pub run: Option<PathBuf>,
-    /// Train on perturbed data x(t), time-conditioned (for classifier guidance).
-    pub noisy: bool,
-    /// The SDE of a noisy classifier without a run (default: VP).
-    pub sde: Option<SdeConfig>,
-    pub n_train: usize,
-    pub width: usize,
-    pub depth: usize,
-    pub training: ClassifierTraining,
-    pub seed: u64,
-    pub out: PathBuf,
-    pub quiet: bool,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ClassifierOutcome {
-    pub out: PathBuf,
-    pub classes: usize,
-    pub n_train: usize,
-    pub final_loss: f64,
-    /// Accuracy on held-out data: clean data, or (noisy) at t = ε.
-    pub test_accuracy: f64,
-    pub n_test: usize,
-    pub seconds: f64,
-}
-
-/// Trains a classifier on a labeled data set and writes it to `req.out`.
-pub fn train_classifier(req: &ClassifierRequest) -> Result<ClassifierOutcome> {
-    let run_cfg = match &req.run {
-        Some(dir) => Some(RunConfig::load(&dir.join("config.toml"), &[])?),
-        None => None,
-    };
-    let source = match (&req.data, &run_cfg) {
-        (Some(s), _) => s.clone(),
-        (None, Some(c)) => c.data.source.clone(),
-        (None, None) => return Err(Error::Invalid("train-classifier: give --data SOURCE or --run DIR".into())),
-    };
-    let image_opts = run_cfg.as_ref().map(|c| c.data.image_options()).unwrap_or_default();
-    let sde = match (&run_cfg, &req.sde) {
-        (_, Some(s)) => s.clone(),
-        (Some(c), None) => c.sde.clone(),
-        (None, None) => SdeConfig { kind: crate::config::SdeKind::Vp, ..Default::default() },
-    };
-    let (train, test) = labeled_split(&source, req.n_train, &image_opts, req.seed)?;
-    let classes = train.1.iter().chain(&test.1).map(|&y| y as usize + 1).max().unwrap_or(0);
-    let cfg = ClassifierConfig {
-        dim: train.0.d,
-        classes,
-        width: req.width,
-        depth: req.depth,
-        embed_dim: 32,
-        embed_scale: 4.0,
-        noise: req.noisy.then_some(sde),
-        seed: req.seed,
-    };
-    let start = Instant::now();
-    let mut clf = Classifier::new(cfg)?;
-    let pb = progress::bar(req.training.steps, "classifier", req.quiet);
-    let final_loss = clf.train(&train.0, &train.1, &req.training, &mut Rng::new(req.seed, streams::BATCH), &pb)?;
-    let t_eval = if req.noisy { req.training.t_eps } else { 0.0 };
-    let test_accuracy = clf.accuracy(&test.0, &test.1, t_eval)?;
-    clf.save(&req.out)?;
-    Ok(ClassifierOutcome {
-        out: req.out.clone(),
-        classes,
-        n_train: train.0.n,
-        final_loss,
-        test_accuracy,
-        n_test: test.0.n,
-        seconds: start.elapsed().as_secs_f64(),
-    })
-}
-
-type Labeled = (Points, Vec<u8>);
-
-/// (train, test) points with labels: an image source's own split, or fresh
-/// draws of a mixture (components as labels).
-fn labeled_split(source: &str, n: usize, opts: &ImageOptions, seed: u64) -> Result<(Labeled, Labeled)> {
-    if data::is_image_source(source) {
-        let take = |set: data::ImageSet| {
-            let set = if set.len() > n { set.select(&(0..n).collect::<Vec<_>>()) } else { set };
-            (set.to_points(opts.scale), set.labels.clone())
-        };
-        return Ok((take(data::load_images(source, true, opts)?), take(data::load_images(source, false, opts)?)));
-    }
-    let ds = data::load(source, n, &mut Rng::new(seed, streams::DATA))?;
-    let (Some(mix), Some(labels)) = (ds.oracle, ds.labels) else {
-        return Err(Error::Invalid(format!("data `{source}` has no class labels (images or a Gaussian mixture)")));
-    };
-    let test = mix.sample_labeled(n.min(2000), &mut Rng::new(seed, streams::EVAL));
-    Ok(((ds.points, labels), test))
-}
-
 /// How a classifier labels a set of samples (`scoregen classify`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Classification {
@@ -391,16 +296,16 @@ pub struct Classification {
 /// Classifies `samples` (data space, t = 0) and compares with `expected`: one
 /// class for all, or one label per sample.
 pub fn classify(classifier: &Path, samples: &Path, expected: Option<Expected>) -> Result<Classification> {
-    let clf = Classifier::load(classifier)?;
+    let saved = SavedClassifier::load(classifier)?;
+    let spec = &saved.meta.spec;
     let x = npy::read_points(samples)?;
-    if x.d != clf.cfg.dim {
-        return Err(Error::data(
-            samples,
-            format!("samples have dimension {}, the classifier takes {}", x.d, clf.cfg.dim),
-        ));
+    if x.d != spec.dim {
+        return Err(Error::data(samples, format!("samples have dimension {}, the classifier takes {}", x.d, spec.dim)));
     }
-    let pred = clf.predict(&x, 0.0)?;
-    let mut histogram = vec![0.0; clf.cfg.classes];
+    // a noise-aware classifier judges clean samples at its smallest training time
+    let t = spec.noise_aware.then_some(1e-3);
+    let (pred, _) = crate::train::classifier::predict(&saved.classifier, &x, t)?;
+    let mut histogram = vec![0.0; spec.classes];
     for &p in &pred {
         histogram[p] += 1.0 / x.n as f64;
     }

@@ -11,17 +11,15 @@
 //!   noise-aware classifier to the score, classifier-free guidance mixes the
 //!   conditional and unconditional scores of one network. Both are [`ScoreFn`]
 //!   wrappers, so every sampler runs them unchanged.
-//! - [`classifier`]: the time-conditioned classifier p_t(y | x(t)), trained on
-//!   data perturbed by the same SDE (or on clean data, for image metrics).
+//!   The noise-aware classifier is [`crate::nets::Classifier`] with its time
+//!   input, trained by [`crate::train::classifier`] on data perturbed by the SDE.
 //!
 //! [`ScoreFn`]: crate::score::ScoreFn
 
 pub mod class;
-pub mod classifier;
 pub mod commands;
 pub mod inpaint;
 
 pub use class::{ClassPosterior, ClassifierFree, ClassifierGuided, ConditionalScore, ModelConditional};
-pub use classifier::{Classifier, ClassifierConfig, ClassifierTraining};
-pub use commands::{ClassGuidance, ClassifierRequest, InpaintRequest};
+pub use commands::{ClassGuidance, InpaintRequest};
 pub use inpaint::{Inpaint, MaskSpec};

@@ -15,7 +15,8 @@ use std::time::Instant;
 /// What `scoregen likelihood` was asked for.
 #[derive(Debug, Clone)]
 pub struct LikelihoodRequest {
-    /// A `.npy` file of shape [N, D], or a data-set name (held-out points are drawn).
+    /// A `.npy` file of shape [N, D], a mixture name (fresh points are drawn) or an
+    /// image source (the first n images of its held-out split).
     pub data: String,
     /// Points drawn from a named set (a `.npy` file is used whole).
     pub n: usize,
@@ -58,6 +59,11 @@ pub fn likelihood_of_run(run_dir: &Path, req: &LikelihoodRequest) -> Result<Like
     let mut rng = Rng::new(req.seed, streams::EVAL);
     let (points, oracle) = if req.data.ends_with(".npy") {
         (npy::read_points(Path::new(&req.data))?, None)
+    } else if data::is_image_source(&req.data) {
+        // Images: the held-out split, scaled and split as the run's training data were.
+        let set = data::load_images(&req.data, false, &model.cfg.data.image_options())?;
+        let set = set.select(&(0..set.len().min(req.n)).collect::<Vec<_>>());
+        (set.to_points(model.cfg.data.scale), None)
     } else {
         let ds = data::load(&req.data, req.n, &mut rng)?;
         (ds.points, ds.oracle)
@@ -109,4 +115,31 @@ pub fn likelihood_of_run(run_dir: &Path, req: &LikelihoodRequest) -> Result<Like
         mean_abs_gap_nats: abs_gap,
         nats: ll.nats,
     })
+}
+
+/// The dequantization grid for `scoregen likelihood --dequantize`: the given
+/// levels and range, else those of the run's image data (its pixel levels and
+/// pixel scale, e.g. 17 levels over [−1, 1] for symmetric `digits`), else 256
+/// levels over [0, 1].
+pub fn dequantization_for(run_dir: &Path, levels: Option<u32>, range: Option<(f64, f64)>) -> Result<Dequantization> {
+    let cfg = crate::config::RunConfig::load(&run_dir.join("config.toml"), &[])?;
+    let image = data::is_image_source(&cfg.data.source);
+    let default = if image {
+        let (lo, hi) = match cfg.data.scale {
+            data::PixelScale::Symmetric => (-1.0, 1.0),
+            data::PixelScale::Unit => (0.0, 1.0),
+        };
+        Dequantization { levels: data::images::levels_of(&cfg.data.source), lo, hi }
+    } else {
+        Dequantization::default()
+    };
+    let (lo, hi) = range.unwrap_or((default.lo, default.hi));
+    let dq = Dequantization { levels: levels.unwrap_or(default.levels), lo, hi };
+    if dq.levels < 2 || !(dq.lo.is_finite() && dq.hi.is_finite() && dq.hi > dq.lo) {
+        return Err(crate::Error::Invalid(format!(
+            "dequantization needs ≥ 2 levels and LO < HI (got {} levels over [{}, {}])",
+            dq.levels, dq.lo, dq.hi
+        )));
+    }
+    Ok(dq)
 }

@@ -1,10 +1,12 @@
 //! Sample-quality metrics: distances between sample sets, mode statistics
 //! against a known mixture, and the Fisher divergence of a score against the
 //! oracle. Every metric comes with its noise floor: the same metric between
-//! two independent exact sample sets of the same size.
+//! two independent exact sample sets of the same size. Image metrics use the
+//! project's classifier and compare with held-out real images.
 
 pub mod distances;
 pub mod fisher;
+pub mod images;
 pub mod modes;
 
 pub use distances::{energy_distance, median_bandwidth, mmd2_median, mmd2_rbf, sliced_wasserstein2};

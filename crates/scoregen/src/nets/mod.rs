@@ -2,12 +2,14 @@
 //! that output becomes a score (directly, or divided by the marginal std) is
 //! decided in [`crate::score::NetScore`].
 
+pub mod classifier;
 pub mod embedding;
 pub mod energy;
 pub mod init;
 pub mod mlp;
 pub mod unet;
 
+pub use classifier::{Classifier, ClassifierSpec, SavedClassifier};
 pub use embedding::{ClassEmbedding, GaussianFourier};
 pub use energy::{EnergyMlp, EnergyScore};
 pub use init::seeded_var_builder;

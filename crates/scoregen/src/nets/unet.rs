@@ -77,7 +77,7 @@ impl UNetConfig {
 /// `bias` [C_out]), but its backward pass is a matmul instead of candle's CPU
 /// transposed convolution, which is an order of magnitude slower on small images.
 /// Stride 2 keeps every other output of the stride-1 convolution (H, W even).
-struct Conv {
+pub(crate) struct Conv {
     weight: Tensor,
     bias: Tensor,
     k: usize,
@@ -85,14 +85,14 @@ struct Conv {
 }
 
 impl Conv {
-    fn new(cin: usize, cout: usize, k: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
+    pub(crate) fn new(cin: usize, cout: usize, k: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get_with_hints((cout, cin, k, k), "weight", candle_nn::init::DEFAULT_KAIMING_NORMAL)?;
         let bound = 1.0 / ((cin * k * k) as f64).sqrt();
         let bias = vb.get_with_hints(cout, "bias", candle_nn::Init::Uniform { lo: -bound, up: bound })?;
         Ok(Self { weight, bias, k, stride })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
         let cout = self.weight.dim(0)?;
         let patches = if self.k == 1 {

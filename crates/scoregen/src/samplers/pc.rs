@@ -213,6 +213,8 @@ pub struct SamplerSpec {
     pub churn: Churn,
     /// ρ of the Karras σ schedule (DPM-Solver++ and Heun).
     pub rho: f64,
+    /// Keep every k-th state of the PC and ODE samplers (for GIFs of the reverse process).
+    pub record_every: Option<usize>,
 }
 
 impl Default for SamplerSpec {
@@ -228,6 +230,7 @@ impl Default for SamplerSpec {
             eta: 0.0,
             churn: Churn::default(),
             rho: 7.0,
+            record_every: None,
         }
     }
 }
@@ -247,7 +250,7 @@ impl SamplerSpec {
         dtype: DType,
         progress: &ProgressBar,
     ) -> Result<Sampled> {
-        let opts = ReverseOptions { steps: self.steps, eps, denoise, record_every: None };
+        let opts = ReverseOptions { steps: self.steps, eps, denoise, record_every: self.record_every };
         if self.kind.is_denoiser() {
             return self.sample_sigma_space(score, sde, shape, eps, rng, dtype, progress);
         }

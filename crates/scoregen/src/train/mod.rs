@@ -3,6 +3,7 @@
 
 pub mod adam;
 pub mod checkpoint;
+pub mod classifier;
 pub mod ema;
 
 pub use adam::Adam;

@@ -1,0 +1,148 @@
+//! `scoregen train-classifier` and the image branch of `scoregen eval`: the
+//! classifier behind the image metrics (and, noise-aware, behind classifier
+//! guidance), trained on an image source's training split.
+
+use crate::config::RunConfig;
+use crate::data::{self, ImageOptions, Points};
+use crate::error::{Error, Result};
+use crate::metrics::images::{image_report, ImageReport};
+use crate::nets::classifier::{ClassifierMeta, ClassifierSpec, SavedClassifier};
+use crate::train::classifier::{train_classifier as fit, ClassifierTraining, Labelled, NoiseAware};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// What `scoregen train-classifier` was asked for.
+#[derive(Debug, Clone)]
+pub struct ClassifierRequest {
+    /// An image source (`digits`, `mnist5k`, `fashion-mnist`, an IDX file, a PNG folder).
+    pub data: Option<String>,
+    /// A run config whose data (source, scale, split) and, with `noisy`, SDE are used.
+    pub config: Option<RunConfig>,
+    /// Train on x(t) ~ p_{0t}(· | x) under the config's SDE, with t as an input.
+    pub noisy: bool,
+    pub out: PathBuf,
+    pub width: usize,
+    pub steps: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub seed: u64,
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassifierOutcome {
+    pub dir: PathBuf,
+    pub meta: ClassifierMeta,
+    pub train_images: usize,
+    pub test_images: usize,
+    pub final_loss: f64,
+    pub seconds: f64,
+}
+
+/// (C, H, W) of an image.
+pub type ImageShape = (usize, usize, usize);
+
+/// Labelled training and held-out splits of an image source, in `opts.scale`,
+/// with the image shape; or of a Gaussian mixture (components as labels:
+/// 10,000 training and 2,000 held-out fresh draws), with no shape.
+pub fn labelled_splits(source: &str, opts: &ImageOptions) -> Result<(Labelled, Labelled, Option<ImageShape>)> {
+    if let Ok(data::Dataset { oracle: Some(mix), .. }) = data::load(source, 1, &mut crate::rng::Rng::new(0, 0)) {
+        let (x, y) = mix.sample_labeled(10_000, &mut crate::rng::Rng::new(0, 1));
+        let (xt, yt) = mix.sample_labeled(2_000, &mut crate::rng::Rng::new(0, 2));
+        return Ok((Labelled::new(x, y)?, Labelled::new(xt, yt)?, None));
+    }
+    if !data::is_image_source(source) {
+        return Err(Error::Invalid(format!(
+            "`{source}` has no labels (expected images: digits, mnist5k, fashion-mnist, an IDX file or a folder of PNGs; or a Gaussian mixture, whose components are the classes)"
+        )));
+    }
+    let split = |train: bool| -> Result<Labelled> {
+        let set = data::load_images(source, train, opts)?;
+        Labelled::new(set.to_points(opts.scale), set.labels)
+    };
+    let (train, test) = (split(true)?, split(false)?);
+    if train.points.n == 0 || test.points.n == 0 {
+        return Err(Error::data(source, "the training or the held-out split is empty"));
+    }
+    let shape = data::load_images(source, false, opts)?.shape();
+    Ok((train, test, Some(shape)))
+}
+
+/// Trains, evaluates on the held-out split and saves the classifier to `req.out`.
+pub fn train_classifier(req: &ClassifierRequest) -> Result<ClassifierOutcome> {
+    let source = match (&req.data, &req.config) {
+        (Some(d), _) => d.clone(),
+        (None, Some(cfg)) => cfg.data.source.clone(),
+        (None, None) => return Err(Error::Invalid("train-classifier needs --data NAME or --run DIR".into())),
+    };
+    let opts = req.config.as_ref().map(|c| c.data.image_options()).unwrap_or_default();
+    let noise = if req.noisy {
+        let cfg = req.config.as_ref().ok_or_else(|| {
+            Error::Invalid("--noisy needs --run DIR (or --config): the SDE to perturb the images with".into())
+        })?;
+        Some(NoiseAware { sde: cfg.sde(), t_eps: cfg.objective.t_eps })
+    } else {
+        None
+    };
+    let (train, test, shape) = labelled_splits(&source, &opts)?;
+    let spec = ClassifierSpec {
+        classes: train.classes().max(test.classes()),
+        dim: train.points.d,
+        image_shape: shape,
+        width: req.width,
+        noise_aware: req.noisy,
+        embed_dim: 32,
+        embed_scale: 16.0,
+        seed: req.seed,
+    };
+    let training = ClassifierTraining {
+        steps: req.steps,
+        batch_size: req.batch_size,
+        lr: req.lr,
+        seed: req.seed,
+        noise: noise.clone(),
+        quiet: req.quiet,
+    };
+    let trained = fit(&train, &test, &spec, &training)?;
+    let meta = ClassifierMeta {
+        spec,
+        data: source,
+        scale: opts.scale,
+        test_fraction: opts.test_fraction,
+        steps: req.steps,
+        test_accuracy: trained.test_accuracy,
+        sde: noise.map(|n| n.sde.name().to_string()),
+    };
+    let saved = SavedClassifier { classifier: trained.classifier, varmap: trained.varmap, meta: meta.clone() };
+    saved.save(&req.out)?;
+    Ok(ClassifierOutcome {
+        dir: req.out.clone(),
+        meta,
+        train_images: train.points.n,
+        test_images: test.points.n,
+        final_loss: trained.final_loss,
+        seconds: trained.seconds,
+    })
+}
+
+/// Image metrics of `samples` against the real images the classifier was trained on.
+pub fn evaluate_images(samples: &Points, classifier_dir: &Path) -> Result<ImageReport> {
+    let saved = SavedClassifier::load(classifier_dir)?;
+    if saved.meta.spec.noise_aware {
+        return Err(Error::data(
+            classifier_dir,
+            "this classifier is noise-aware (for guidance); image metrics need a clean one (train-classifier without --noisy)",
+        ));
+    }
+    if samples.d != saved.meta.spec.dim {
+        return Err(Error::Invalid(format!(
+            "samples have dimension {}, the classifier in {} expects {}",
+            samples.d,
+            classifier_dir.display(),
+            saved.meta.spec.dim
+        )));
+    }
+    let opts = ImageOptions { scale: saved.meta.scale, test_fraction: saved.meta.test_fraction, split_seed: 0 };
+    let (train, test, _) = labelled_splits(&saved.meta.data, &opts)?;
+    image_report(samples, &train, &test, &saved.classifier)
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what the tests and presets need beyond the Rust toolchain: Debian's
+# Fashion-MNIST (IDX files under /usr/share/datasets/fashion-mnist). Safe to
+# run again; without root or apt it says what is missing and carries on (the
+# tests that need the data then skip with a message).
+set -uo pipefail
+need=()
+[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need+=(dataset-fashion-mnist)
+if [ ${#need[@]} -eq 0 ]; then
+  echo "setup: nothing to install"
+  exit 0
+fi
+if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "setup: installing ${need[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}" >/dev/null \
+    || { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}" >/dev/null; } \
+    || echo "setup: could not install ${need[*]}; the tests that need them will skip"
+else
+  echo "setup: missing ${need[*]} (run as root with apt-get, or: sudo apt-get install ${need[*]}); the tests that need them will skip"
+fi
