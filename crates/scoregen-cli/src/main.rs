@@ -71,6 +71,10 @@ enum Command {
         /// Continue from the newest checkpoint in the run directory.
         #[arg(long)]
         resume: bool,
+        /// On a non-finite loss or gradient, name the first non-finite tensor among the batch, the score
+        /// network's inputs and outputs, the gradients and the updated parameters (checked every step).
+        #[arg(long)]
+        detect_anomaly: bool,
     },
     /// Sample a trained run: reverse-SDE predictors, predictor–corrector, the probability-flow ODE, or the Langevin family.
     #[command(
@@ -397,12 +401,12 @@ fn print_json(v: &impl serde::Serialize) {
 
 fn run_command(cli: &Cli) -> Result<()> {
     match &cli.command {
-        Command::Train { config, out, set, resume } => {
+        Command::Train { config, out, set, resume, detect_anomaly } => {
             let cfg = RunConfig::load(config, set)?;
             let dir = out.clone().unwrap_or_else(|| Path::new("runs").join(&cfg.name));
-            let outcome =
-                train::train(&cfg, &dir, &TrainOptions { resume: *resume, quiet: cli.quiet, stop_after: None })
-                    .with_context(|| format!("training {}", dir.display()))?;
+            let opts =
+                TrainOptions { resume: *resume, quiet: cli.quiet, stop_after: None, detect_anomaly: *detect_anomaly };
+            let outcome = train::train(&cfg, &dir, &opts).with_context(|| format!("training {}", dir.display()))?;
             if cli.json {
                 print_json(&serde_json::json!({
                     "run": dir, "step": outcome.step, "final_loss": outcome.final_loss,

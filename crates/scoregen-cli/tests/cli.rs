@@ -102,14 +102,17 @@ fn tiny_run_trains_samples_and_evaluates() {
     assert!(v["floor"]["mmd2"].is_number());
 }
 
-/// SIGKILL a training process at several points and resume each time: the
-/// final weights, EMA and optimizer state equal an uninterrupted run's, bit for bit.
+/// SIGKILL a training process at several random (seeded) points and resume
+/// each time: the final weights, EMA and optimizer state equal an
+/// uninterrupted run's, bit for bit. Each kill lands a random 0–40 ms after
+/// the run passes a random step, so it falls between checkpoints or in the
+/// middle of writing one.
 #[test]
 fn killed_training_resumes_to_identical_weights() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("c.toml"),
-        "name = \"k\"\n[sde]\nkind = \"vp\"\n[model]\nwidth = 32\n[training]\nsteps = 400\nbatch_size = 64\nlog_every = 10\ncheckpoint_every = 20\n",
+        "name = \"k\"\n[sde]\nkind = \"vp\"\n[model]\nwidth = 32\n[training]\nsteps = 400\nbatch_size = 64\nlog_every = 10\ncheckpoint_every = 7\n",
     )
     .unwrap();
     let out = scoregen(&["-q", "train", "--config", "c.toml", "--out", "straight"], dir.path());
@@ -120,9 +123,12 @@ fn killed_training_resumes_to_identical_weights() {
             .and_then(|s| s.trim().trim_start_matches("step-").parse().ok())
             .unwrap_or(0)
     };
+    let mut rng = scoregen::rng::Rng::new(11, 0);
+    let mut points: Vec<usize> = (0..4).map(|_| 10 + rng.below(330)).collect();
+    points.sort();
     let mut kills = 0;
     let mut resume = false;
-    for kill_after in [40usize, 150, 290] {
+    for kill_after in points {
         let mut args = vec!["-q", "train", "--config", "c.toml", "--out", "killed"];
         if resume {
             args.push("--resume");
@@ -134,8 +140,9 @@ fn killed_training_resumes_to_identical_weights() {
             if child.try_wait().unwrap().is_some() {
                 break;
             }
-            std::thread::sleep(std::time::Duration::from_millis(2));
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
+        std::thread::sleep(std::time::Duration::from_millis(rng.below(40) as u64));
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap(); // SIGKILL
             kills += 1;
@@ -200,4 +207,51 @@ fn guidance_commands_run_on_points_and_reject_bad_requests() {
     ok(&scoregen(&["-q", "train", "--config", "c.toml", "--set", "model.classes=0", "--out", "plain"], dir.path()));
     let plain = ["sample", "--run", "plain", "--n", "5", "--steps", "5", "--class", "1"];
     fails_with(&scoregen(&plain, dir.path()), &["model.classes", "--classifier"]);
+}
+
+/// An absurd learning rate: training stops at the first non-finite loss with
+/// one line naming the step, the tensor and the last good checkpoint, which
+/// still loads and samples. `--detect-anomaly` names the score network's output.
+#[test]
+fn forced_nan_stops_with_the_step_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "name = \"n\"\n[sde]\nkind = \"vp\"\n[model]\nwidth = 32\n[training]\nsteps = 100\nbatch_size = 64\nlr = 1e12\ngrad_clip = 0.0\nwarmup = 0\ncheckpoint_every = 1\n",
+    )
+    .unwrap();
+    // Step 1 moves every weight by ≈ lr = 1e12 (Adam's first step has size lr); the
+    // step-2 loss then overflows f32, so step 1's checkpoint is the last good one.
+    let out = scoregen(&["-q", "train", "--config", "c.toml", "--out", "run"], dir.path());
+    fails_with(&out, &["non-finite loss at step 2; last good checkpoint: run/checkpoints/step-000000001"]);
+    let out = scoregen(&["-q", "train", "--config", "c.toml", "--out", "run2", "--detect-anomaly"], dir.path());
+    fails_with(&out, &["non-finite score network output (score call 1 of this step) at step 2", "step-000000001"]);
+    let out = scoregen(&["-q", "sample", "--run", "run", "--n", "50", "--steps", "10", "--out", "s.npy"], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Sampling into a path under a plain file fails up front, naming the folder.
+    let out = scoregen(&["-q", "sample", "--run", "run", "--n", "50", "--out", "s.npy/x.npy"], dir.path());
+    fails_with(&out, &["s.npy: File exists"]);
+}
+
+/// An output location that cannot be written is reported before training
+/// starts, naming the path; nothing is trained for nothing.
+#[test]
+fn unwritable_output_is_reported_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.toml"), "[training]\nsteps = 100000000\n").unwrap();
+    std::fs::write(dir.path().join("file"), "").unwrap();
+    // 10^8 steps would take hours: failing fast proves the check comes first.
+    let out = scoregen(&["-q", "train", "--config", "c.toml", "--out", "file/run"], dir.path());
+    fails_with(&out, &["file/run: Not a directory"]);
+    // A read-only directory (not enforced for root, so checked only when it holds).
+    let ro = dir.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+    if std::fs::write(ro.join("probe"), "").is_ok() {
+        println!("skipping the read-only case: permissions are not enforced for this user (root)");
+        return;
+    }
+    let out = scoregen(&["-q", "train", "--config", "c.toml", "--out", "ro/run"], dir.path());
+    fails_with(&out, &["ro/run", "Permission denied"]);
 }

@@ -687,6 +687,23 @@ impl RunConfig {
         if self.data.n_train == 0 {
             return err("data.n_train", "must be ≥ 1 (got 0)".into());
         }
+        // Upper bounds: a mistyped size fails here, by name, instead of as an
+        // allocation failure (an abort, not an error) deep inside training.
+        for (f, v, max) in [
+            ("data.n_train", self.data.n_train, 100_000_000),
+            ("training.batch_size", t.batch_size, 1_000_000),
+            ("model.width", self.model.width, 16_384),
+            ("model.depth", self.model.depth, 1_024),
+            ("model.embed_dim", self.model.embed_dim, 16_384),
+            ("model.channels", self.model.channels, 16_384),
+            ("objective.projections", self.objective.projections, 4_096),
+            ("noise.levels", self.noise.levels, 100_000),
+            ("sampling.n", self.sampling.n, 100_000_000),
+        ] {
+            if v > max {
+                return err(f, format!("must be ≤ {max} (got {v})"));
+            }
+        }
         Ok(())
     }
 }

@@ -11,13 +11,10 @@ pub enum Error {
     /// A data or checkpoint file could not be understood.
     #[error("{}: {message}", path.display())]
     Data { path: PathBuf, message: String },
-    /// Reading or writing a file failed.
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// Reading or writing a file failed. (The io error is part of the message,
+    /// not a `source`, so a printed error chain does not say it twice.)
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
     /// A user-facing argument is invalid.
     #[error("{0}")]
     Invalid(String),
@@ -32,7 +29,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io { path: path.into(), error: source }
     }
     pub fn data(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         Error::Data { path: path.into(), message: message.into() }

@@ -26,3 +26,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn create_dir(path: &Path) -> Result<()> {
     std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))
 }
+
+/// Creates `dir` and proves it writable by writing and removing a probe file,
+/// so a read-only or full output location is reported before any work is done.
+pub fn ensure_writable_dir(dir: &Path) -> Result<()> {
+    create_dir(dir)?;
+    let probe = dir.join(format!(".write-probe{}", std::process::id()));
+    write_atomic(&probe, b"probe").map_err(|e| match e {
+        Error::Io { error, .. } => Error::io(dir, error),
+        e => e,
+    })?;
+    std::fs::remove_file(&probe).map_err(|e| Error::io(&probe, e))
+}

@@ -99,6 +99,8 @@ pub fn sample_run_guided(
     class: Option<&guidance::ClassGuidance>,
 ) -> Result<SampleOutcome> {
     let model = LoadedModel::from_run(run_dir, req.use_ema)?;
+    // An unwritable output folder fails now, not after the sampling it would lose.
+    fsutil::ensure_writable_dir(req.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
     let base = spec.unwrap_or_else(|| model.cfg.sampling.spec());
     let spec = SamplerSpec { steps: req.steps, record_every: req.record_every, ..base };
     let start = Instant::now();

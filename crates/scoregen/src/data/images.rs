@@ -179,9 +179,20 @@ fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     }
 }
 
+/// The most bytes a gzipped input may inflate to (Fashion-MNIST's largest file is 47 MB).
+pub const MAX_GUNZIPPED: u64 = 1 << 30;
+
+/// Inflates gzip data, refusing more than [`MAX_GUNZIPPED`] bytes (a small
+/// hostile file can otherwise inflate to any size).
 fn gunzip(raw: &[u8], path: &Path) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    GzDecoder::new(raw).read_to_end(&mut out).map_err(|e| Error::data(path, format!("not valid gzip: {e}")))?;
+    GzDecoder::new(raw)
+        .take(MAX_GUNZIPPED + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| Error::data(path, format!("not valid gzip: {e}")))?;
+    if out.len() as u64 > MAX_GUNZIPPED {
+        return Err(Error::data(path, format!("inflates to more than {MAX_GUNZIPPED} bytes")));
+    }
     Ok(out)
 }
 
@@ -200,13 +211,13 @@ pub fn read_csv(gz: &[u8], path: &Path, h: usize, w: usize, max_value: f32) -> R
         for f in &fields[..d] {
             let v: f32 = f.parse().map_err(|_| at(format!("pixel `{f}` is not a number")))?;
             if !(0.0..=max_value).contains(&v) {
-                return Err(at(format!("pixel {v} is outside [0, {max_value}]")));
+                return Err(at(format!("pixel `{f}` is outside [0, {max_value}]")));
             }
             images.push(v / max_value);
         }
         let label: f64 = fields[d].parse().map_err(|_| at(format!("label `{}` is not a number", fields[d])))?;
         if !((0.0..=255.0).contains(&label) && label.fract() == 0.0) {
-            return Err(at(format!("label {label} is not an integer in 0..=255")));
+            return Err(at(format!("label `{}` is not an integer in 0..=255", fields[d])));
         }
         labels.push(label as u8);
     }

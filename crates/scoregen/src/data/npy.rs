@@ -13,6 +13,16 @@ use std::path::Path;
 pub fn read_points(path: &Path) -> Result<Points> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let bad = |m: String| Error::data(path, m);
+    // npyz allocates the header length it reads (up to 4 GiB) before reading it.
+    let end = data_offset(&bytes);
+    if bytes.starts_with(b"\x93NUMPY") && end > bytes.len() {
+        let claim = if end == usize::MAX {
+            "the file ends inside it".into()
+        } else {
+            format!("it claims to end at byte {end}")
+        };
+        return Err(bad(format!("truncated .npy header: {claim}, the file has {} bytes", bytes.len())));
+    }
     let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| bad(format!("not a valid .npy file ({e})")))?;
     let shape: Vec<u64> = npy.shape().to_vec();
     let (n, d) = match shape.as_slice() {
@@ -34,6 +44,9 @@ pub fn read_points(path: &Path) -> Result<Points> {
         "<f8" | ">f8" => 8u64,
         other => return Err(bad(format!("expected dtype float32 or float64, found `{other}`"))),
     };
+    if n == 0 || d == 0 {
+        return Err(bad(format!("the array is empty (shape {shape:?})")));
+    }
     let need = n.checked_mul(d).and_then(|c| c.checked_mul(item));
     let have = bytes.len().saturating_sub(data_offset(&bytes)) as u64;
     if need.is_none_or(|need| need > have) {

@@ -28,9 +28,23 @@ struct Component {
     cov: Option<Vec<Vec<f64>>>,
 }
 
+/// The most covariance entries (Σ_k D²) a spec may ask for: 2^26 f64s, 512 MiB.
+pub const MAX_COV_ENTRIES: usize = 1 << 26;
+
 /// Parses a mixture spec; errors name the file and the component field.
 pub fn parse_mixture(text: &str, file: &str) -> Result<GaussianMixture> {
     let spec: Spec = toml::from_str(text).map_err(|e| Error::config(file, "component", e.message().to_string()))?;
+    // Each component holds a dense D×D covariance: bound K·D² before building
+    // them, so a long `mean` cannot make us allocate gigabytes.
+    let entries =
+        spec.component.iter().map(|c| c.mean.len().saturating_mul(c.mean.len())).fold(0usize, usize::saturating_add);
+    if entries > MAX_COV_ENTRIES {
+        return Err(Error::config(
+            file,
+            "component",
+            format!("the covariances would hold {entries} numbers (K·D²); at most {MAX_COV_ENTRIES} are allowed"),
+        ));
+    }
     let mut covs = Vec::with_capacity(spec.component.len());
     for (k, c) in spec.component.iter().enumerate() {
         let d = c.mean.len();

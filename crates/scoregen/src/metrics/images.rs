@@ -184,8 +184,16 @@ mod tests {
         let exact = (&mu1 - &mu2).norm_squared() + sd1.iter().zip(&sd2).map(|(a, b)| (a - b) * (a - b)).sum::<f64>();
         assert!((frechet_from_moments(&mu1, &s1, &mu2, &s2) - exact).abs() < 1e-10);
         let q = nalgebra::Rotation3::from_euler_angles(0.3, -1.1, 0.7).into_inner();
-        let rot = |s: &DMatrix<f64>| DMatrix::from_iterator(3, 3, (q * nalgebra::Matrix3::from_iterator(s.iter().copied()) * q.transpose()).iter().copied());
-        let mv = |m: &DVector<f64>| DVector::from_iterator(3, (q * nalgebra::Vector3::from_iterator(m.iter().copied())).iter().copied());
+        let rot = |s: &DMatrix<f64>| {
+            DMatrix::from_iterator(
+                3,
+                3,
+                (q * nalgebra::Matrix3::from_iterator(s.iter().copied()) * q.transpose()).iter().copied(),
+            )
+        };
+        let mv = |m: &DVector<f64>| {
+            DVector::from_iterator(3, (q * nalgebra::Vector3::from_iterator(m.iter().copied())).iter().copied())
+        };
         let rotated = frechet_from_moments(&mv(&mu1), &rot(&s1), &mv(&mu2), &rot(&s2));
         assert!((rotated - exact).abs() < 1e-9, "{rotated} vs {exact}");
         assert!(frechet_from_moments(&mu1, &s1, &mu1, &s1) < 1e-10);
@@ -197,7 +205,11 @@ mod tests {
     fn sample_frechet_distance_converges() {
         let mut rng = Rng::new(0, 0);
         let draw = |rng: &mut Rng, shift: f64| {
-            Points::new(20_000, 2, (0..40_000).map(|i| rng.normal() * if i % 2 == 0 { 1.0 } else { 2.0 } + shift).collect())
+            Points::new(
+                20_000,
+                2,
+                (0..40_000).map(|i| rng.normal() * if i % 2 == 0 { 1.0 } else { 2.0 } + shift).collect(),
+            )
         };
         let (a, b, c) = (draw(&mut rng, 0.0), draw(&mut rng, 0.0), draw(&mut rng, 1.0));
         assert!(frechet_distance(&a, &b) < 0.01, "{}", frechet_distance(&a, &b));

@@ -211,13 +211,13 @@ impl SavedClassifier {
         let text = std::fs::read_to_string(&meta_path).map_err(|e| {
             Error::data(&meta_path, format!("{e} (train one with `scoregen train-classifier --data NAME --out DIR`)"))
         })?;
-        let meta: ClassifierMeta =
-            serde_json::from_str(&text).map_err(|e| Error::data(&meta_path, format!("not a classifier record: {e}")))?;
+        let meta: ClassifierMeta = serde_json::from_str(&text)
+            .map_err(|e| Error::data(&meta_path, format!("not a classifier record: {e}")))?;
         let varmap = VarMap::new();
         let classifier = Classifier::build(&varmap, &meta.spec)?;
         let path = dir.join(WEIGHTS);
-        let tensors = candle_core::safetensors::load(&path, &Device::Cpu)
-            .map_err(|e| Error::data(&path, format!("reading safetensors: {e}")))?;
+        // Parsed, float-only and finite-checked like a checkpoint's tensors.
+        let tensors = crate::train::checkpoint::read_tensors(&path)?;
         crate::train::checkpoint::assign(&super::named_vars(&varmap), &tensors, &path)?;
         Ok(Self { classifier, varmap, meta })
     }
@@ -229,7 +229,16 @@ mod tests {
 
     fn spec(image: Option<(usize, usize, usize)>, noise_aware: bool) -> ClassifierSpec {
         let dim = image.map(|(c, h, w)| c * h * w).unwrap_or(2);
-        ClassifierSpec { classes: 3, dim, image_shape: image, width: 8, noise_aware, embed_dim: 8, embed_scale: 4.0, seed: 1 }
+        ClassifierSpec {
+            classes: 3,
+            dim,
+            image_shape: image,
+            width: 8,
+            noise_aware,
+            embed_dim: 8,
+            embed_scale: 4.0,
+            seed: 1,
+        }
     }
 
     #[test]

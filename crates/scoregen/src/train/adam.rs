@@ -57,6 +57,19 @@ impl Adam {
     /// global norm is at most `clip` (0 disables clipping).
     pub fn step(&mut self, params: &[(String, Var)], grads: Vec<Tensor>, lr: f64, clip: f64) -> Result<StepInfo> {
         let grad_norm = Self::global_norm(&grads)?;
+        self.step_with_norm(params, grads, grad_norm, lr, clip)
+    }
+
+    /// [`Adam::step`] with the global norm of `grads` already computed (the
+    /// trainer checks it for non-finite values before touching the parameters).
+    pub fn step_with_norm(
+        &mut self,
+        params: &[(String, Var)],
+        grads: Vec<Tensor>,
+        grad_norm: f64,
+        lr: f64,
+        clip: f64,
+    ) -> Result<StepInfo> {
         let scale = if clip > 0.0 && grad_norm > clip { clip / (grad_norm + 1e-6) } else { 1.0 };
         self.t += 1;
         let bc1 = 1.0 - self.beta1.powi(self.t as i32);

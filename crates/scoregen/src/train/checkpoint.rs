@@ -6,12 +6,17 @@
 //! checkpoint is written into a temporary directory, fsynced and renamed, so a
 //! crash leaves either the complete new checkpoint or none; loading falls back
 //! to an older complete checkpoint when the newest is damaged.
+//!
+//! `SHA256SUMS` (the format of `sha256sum -c`) holds the digest of every other
+//! file, so a checkpoint damaged after it was written (a bad disk, a stray
+//! edit) is detected on load instead of resuming from wrong numbers.
 
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::rng::RngState;
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -38,17 +43,60 @@ pub struct Checkpoint {
     pub ema: HashMap<String, Tensor>,
     /// Adam moments under `m.NAME` and `v.NAME`.
     pub optimizer: HashMap<String, Tensor>,
+    /// The directory it was loaded from (empty for a checkpoint not yet saved).
+    pub dir: PathBuf,
 }
 
 const FILES: [&str; 3] = ["model.safetensors", "ema.safetensors", "optimizer.safetensors"];
+const STATE: &str = "state.json";
+const SUMS: &str = "SHA256SUMS";
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+/// Checks every file named in `dir/SHA256SUMS` against its digest. Every
+/// checkpoint file must be listed; a checkpoint without the file (written
+/// before checksums existed) is accepted as it is.
+fn verify_sums(dir: &Path) -> Result<()> {
+    let path = dir.join(SUMS);
+    let text = match std::fs::read(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        other => other.map_err(|e| Error::io(&path, e))?,
+    };
+    let text = String::from_utf8(text).map_err(|_| Error::data(&path, "not UTF-8 text"))?;
+    let mut listed = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let bad = |m: String| Error::data(&path, format!("line {}: {m}", i + 1));
+        let (digest, name) = line.split_once("  ").ok_or_else(|| bad("expected `DIGEST  NAME`".into()))?;
+        if !FILES.contains(&name) && name != STATE {
+            return Err(bad(format!("`{name}` is not a checkpoint file")));
+        }
+        let file = dir.join(name);
+        if sha256_hex(&read(&file)?) != digest {
+            return Err(Error::data(&file, "checksum mismatch: the file changed after it was written"));
+        }
+        listed.push(name);
+    }
+    if let Some(missing) = FILES.iter().chain([&STATE]).find(|f| !listed.contains(f)) {
+        return Err(Error::data(&path, format!("`{missing}` is not listed")));
+    }
+    Ok(())
+}
 
 fn sync_file(path: &Path) -> Result<()> {
     std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(|e| Error::io(path, e))
 }
 
-fn save_tensors(map: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+/// Writes tensors, fsyncs them and returns the digest of what is on disk.
+fn save_tensors(map: &HashMap<String, Tensor>, path: &Path) -> Result<String> {
     candle_core::safetensors::save(map, path).map_err(|e| Error::data(path, format!("writing safetensors: {e}")))?;
-    sync_file(path)
+    sync_file(path)?;
+    Ok(sha256_hex(&read(path)?))
 }
 
 /// Writes `ck` under `dir` and keeps the newest `keep` checkpoints. Returns its directory.
@@ -57,15 +105,26 @@ pub fn save(dir: &Path, ck: &Checkpoint, keep: usize) -> Result<PathBuf> {
     let name = format!("step-{:09}", ck.state.step);
     let tmp = dir.join(format!(".{name}.tmp"));
     let _ = std::fs::remove_dir_all(&tmp);
-    fsutil::create_dir(&tmp)?;
-    for (file, map) in FILES.iter().zip([&ck.model, &ck.ema, &ck.optimizer]) {
-        save_tensors(map, &tmp.join(file))?;
+    let write = || -> Result<()> {
+        fsutil::create_dir(&tmp)?;
+        let mut sums = String::new();
+        for (file, map) in FILES.iter().zip([&ck.model, &ck.ema, &ck.optimizer]) {
+            sums += &format!("{}  {file}\n", save_tensors(map, &tmp.join(file))?);
+        }
+        let state = serde_json::to_vec_pretty(&ck.state).expect("state serializes");
+        fsutil::write_atomic(&tmp.join(STATE), &state)?;
+        sums += &format!("{}  {STATE}\n", sha256_hex(&state));
+        fsutil::write_atomic(&tmp.join(SUMS), sums.as_bytes())
+    };
+    // A failed write (disk full, read-only) leaves the older checkpoints as they were.
+    if let Err(e) = write() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
     }
-    let state = serde_json::to_vec_pretty(&ck.state).expect("state serializes");
-    fsutil::write_atomic(&tmp.join("state.json"), &state)?;
     let final_dir = dir.join(&name);
     let _ = std::fs::remove_dir_all(&final_dir);
     std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
+    sync_file(dir)?;
     fsutil::write_atomic(&dir.join("latest"), name.as_bytes())?;
     for old in list(dir).into_iter().rev().skip(keep.max(1)) {
         let _ = std::fs::remove_dir_all(old);
@@ -87,24 +146,75 @@ pub fn list(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// Loads one checkpoint directory.
+/// Reads a safetensors file; every value must be finite.
+pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let map = candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| Error::data(path, format!("unreadable tensors: {e}")))?;
+    let mut names: Vec<&String> = map.keys().collect();
+    names.sort();
+    for name in names {
+        let t = &map[name];
+        if !t.dtype().is_float() {
+            return Err(Error::data(path, format!("tensor `{name}` has dtype {:?}, expected a float", t.dtype())));
+        }
+        if !t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?.iter().all(|v| v.is_finite()) {
+            return Err(Error::data(path, format!("tensor `{name}` holds a non-finite value")));
+        }
+    }
+    Ok(map)
+}
+
+/// Loads one checkpoint directory, checking its checksums and that the model,
+/// EMA and optimizer tensors agree with each other (names, shapes, dtypes).
 pub fn load(path: &Path) -> Result<Checkpoint> {
-    let state_path = path.join("state.json");
-    let text = std::fs::read(&state_path).map_err(|e| Error::io(&state_path, e))?;
-    let state: TrainState = serde_json::from_slice(&text)
+    verify_sums(path)?;
+    let state_path = path.join(STATE);
+    let state: TrainState = serde_json::from_slice(&read(&state_path)?)
         .map_err(|e| Error::data(&state_path, format!("invalid checkpoint state: {e}")))?;
     let mut maps = Vec::with_capacity(3);
     for file in FILES {
-        let p = path.join(file);
-        maps.push(
-            candle_core::safetensors::load(&p, &Device::Cpu)
-                .map_err(|e| Error::data(&p, format!("unreadable tensors: {e}")))?,
-        );
+        maps.push(read_tensors(&path.join(file))?);
     }
     let optimizer = maps.pop().expect("3 maps");
     let ema = maps.pop().expect("2 maps");
     let model = maps.pop().expect("1 map");
-    Ok(Checkpoint { state, model, ema, optimizer })
+    // The EMA holds a copy of every parameter, the optimizer two moments (`m.`, `v.`).
+    for (file, map, prefixes) in [(FILES[1], &ema, &[""][..]), (FILES[2], &optimizer, &["m.", "v."][..])] {
+        let file = path.join(file);
+        let mut expected = Vec::new();
+        for (name, t) in &model {
+            for p in prefixes {
+                expected.push((format!("{p}{name}"), t));
+            }
+        }
+        expected.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, t) in &expected {
+            let got = map.get(name).ok_or_else(|| Error::data(&file, format!("tensor `{name}` is missing")))?;
+            if got.dims() != t.dims() || got.dtype() != t.dtype() {
+                return Err(Error::data(
+                    &file,
+                    format!(
+                        "tensor `{name}` is {:?} {:?}, its parameter in model.safetensors is {:?} {:?}",
+                        got.dtype(),
+                        got.dims(),
+                        t.dtype(),
+                        t.dims()
+                    ),
+                ));
+            }
+        }
+        if let Some(extra) = map.keys().filter(|k| !expected.iter().any(|(n, _)| n == *k)).min() {
+            return Err(Error::data(&file, format!("tensor `{extra}` has no parameter in model.safetensors")));
+        }
+    }
+    let n_params: usize = model.values().map(|t| t.elem_count()).sum();
+    if state.dim == 0 || state.dim > n_params {
+        return Err(Error::data(
+            &state_path,
+            format!("dim {} is impossible for a model of {n_params} parameters", state.dim),
+        ));
+    }
+    Ok(Checkpoint { state, model, ema, optimizer, dir: path.to_path_buf() })
 }
 
 /// Loads the newest checkpoint, falling back (with a warning) to older ones
@@ -129,22 +239,44 @@ pub fn load_latest(dir: &Path) -> Result<Checkpoint> {
     Err(last_err.unwrap_or_else(|| Error::data(dir, "no checkpoint found")))
 }
 
-/// Copies tensors into variables, checking names and shapes; a mismatch is named.
-pub fn assign(vars: &[(String, Var)], tensors: &HashMap<String, Tensor>, source: &Path) -> Result<()> {
+/// Checks that `tensors` (read from `file`) hold exactly the variables `vars`:
+/// every name, shape and dtype; a mismatch is named.
+pub fn check_tensors(vars: &[(String, Var)], tensors: &HashMap<String, Tensor>, file: &Path) -> Result<()> {
     for (name, var) in vars {
         let t = tensors.get(name).ok_or_else(|| {
-            Error::data(
-                source,
-                format!("tensor `{name}` is missing (the config's model differs from the checkpoint's)"),
-            )
+            Error::data(file, format!("tensor `{name}` is missing (the config's model differs from the checkpoint's)"))
         })?;
         if t.shape() != var.shape() {
             return Err(Error::data(
-                source,
+                file,
                 format!("tensor `{name}` has shape {:?}, the config's model expects {:?}", t.dims(), var.dims()),
             ));
         }
-        var.set(&t.to_dtype(var.dtype())?)?;
+        if t.dtype() != var.dtype() {
+            return Err(Error::data(
+                file,
+                format!("tensor `{name}` has dtype {:?}, the config's model expects {:?}", t.dtype(), var.dtype()),
+            ));
+        }
+    }
+    if let Some(name) = tensors.keys().filter(|k| !vars.iter().any(|(n, _)| n == *k)).min() {
+        return Err(Error::data(file, format!("tensor `{name}` is not a parameter of the config's model")));
+    }
+    Ok(())
+}
+
+/// Checks a checkpoint against the model built from the config (`vars`); see
+/// [`check_tensors`]. Its EMA and optimizer tensors were checked against its
+/// model tensors on [`load`].
+pub fn check_model(ck: &Checkpoint, vars: &[(String, Var)]) -> Result<()> {
+    check_tensors(vars, &ck.model, &ck.dir.join(FILES[0]))
+}
+
+/// Copies tensors into variables after [`check_tensors`]; `source` names them in errors.
+pub fn assign(vars: &[(String, Var)], tensors: &HashMap<String, Tensor>, source: &Path) -> Result<()> {
+    check_tensors(vars, tensors, source)?;
+    for (name, var) in vars {
+        var.set(&tensors[name])?;
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! `metrics.jsonl` logging and crash-safe checkpoints with exact resume.
 
 pub mod adam;
+pub mod anomaly;
 pub mod checkpoint;
 pub mod classifier;
 pub mod ema;
@@ -41,6 +42,9 @@ pub struct TrainOptions {
     pub quiet: bool,
     /// Stop (with a checkpoint) after this global step, as if interrupted.
     pub stop_after: Option<usize>,
+    /// Check every step's batch, score calls, gradients and updated parameters
+    /// for non-finite values and name the first (see [`anomaly`]); slower.
+    pub detect_anomaly: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -93,6 +97,8 @@ pub struct Trainer {
     pub batch_rng: Rng,
     pub noise_rng: Rng,
     pub last_loss: f64,
+    /// See [`TrainOptions::detect_anomaly`].
+    pub detect_anomaly: bool,
 }
 
 impl Trainer {
@@ -129,6 +135,7 @@ impl Trainer {
             batch_rng: Rng::new(cfg.seed, streams::BATCH),
             noise_rng: Rng::new(cfg.seed, streams::NOISE),
             last_loss: f64::NAN,
+            detect_anomaly: false,
         })
     }
 
@@ -152,30 +159,39 @@ impl Trainer {
         Ok((Tensor::from_vec(v, (bs, pts.d), &Device::Cpu)?, labels))
     }
 
-    /// One optimizer step. Returns the loss and the gradient norm; a non-finite
-    /// loss or gradient leaves the parameters untouched and is an error.
+    /// One optimizer step. Returns the loss and the gradient norm. A non-finite
+    /// loss or gradient leaves the parameters untouched and is an error naming
+    /// the tensor: the loss, or the first parameter whose gradient is
+    /// non-finite (with `detect_anomaly`, the earlier boundaries of [`anomaly`]).
     pub fn train_step(&mut self, last_checkpoint: &str) -> Result<(f64, f64)> {
         let (x0, labels) = self.batch()?;
+        let non_finite =
+            |what: String| Error::NonFinite { what, step: self.step + 1, checkpoint: last_checkpoint.into() };
         let labeled = labels.and_then(|l| self.model.score_labeled(self.cfg.sde(), l));
         let score: Box<dyn ScoreFn + '_> = match labeled {
             Some(s) => Box::new(s),
             None => self.model.score(self.cfg.sde()),
         };
-        let loss = self.cfg.objective().loss(score.as_ref(), &x0, &mut self.noise_rng)?;
+        let watched = anomaly::Watched::new(score.as_ref());
+        let score: &dyn ScoreFn = if self.detect_anomaly { &watched } else { score.as_ref() };
+        let loss = self.cfg.objective().loss(score, &x0, &mut self.noise_rng)?;
         let l = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        let non_finite = |what: &str| Error::NonFinite {
-            what: what.into(),
-            step: self.step + 1,
-            checkpoint: last_checkpoint.into(),
-        };
         if !l.is_finite() {
-            return Err(non_finite("loss"));
+            return Err(non_finite(watched.first().unwrap_or_else(|| "loss".into())));
         }
         let grads = Adam::gradients(&self.params, &autodiff::backward(&loss)?)?;
+        let grad_norm = Adam::global_norm(&grads)?;
+        if !grad_norm.is_finite() {
+            let name = anomaly::first_bad_param(&self.params, &grads)?;
+            return Err(non_finite(name.map_or("gradient".into(), |n| format!("gradient of `{n}`"))));
+        }
         let lr = learning_rate(&self.cfg, self.step);
-        let info = self.adam.step(&self.params, grads, lr, self.cfg.training.grad_clip)?;
-        if !info.grad_norm.is_finite() {
-            return Err(non_finite("gradient"));
+        let info = self.adam.step_with_norm(&self.params, grads, grad_norm, lr, self.cfg.training.grad_clip)?;
+        if self.detect_anomaly {
+            let now: Vec<Tensor> = self.params.iter().map(|(_, v)| v.as_tensor().clone()).collect();
+            if let Some(n) = anomaly::first_bad_param(&self.params, &now)? {
+                return Err(non_finite(format!("parameter `{n}` after the update")));
+            }
         }
         self.ema.update(&self.params)?;
         self.step += 1;
@@ -215,18 +231,31 @@ impl Trainer {
             model: named(&model, ""),
             ema: named(&self.ema.shadow, ""),
             optimizer,
+            dir: PathBuf::new(),
         })
     }
 
-    /// Restores parameters, optimizer, EMA, RNG streams and step from a checkpoint.
-    pub fn restore(&mut self, ck: &Checkpoint, source: &Path) -> Result<()> {
+    /// Restores parameters, optimizer, EMA, RNG streams and step from a
+    /// checkpoint, after checking it against the model built from the config.
+    pub fn restore(&mut self, ck: &Checkpoint) -> Result<()> {
+        let source = &ck.dir;
         if ck.state.config_hash != config_hash(&self.cfg) {
             return Err(Error::data(
-                source,
+                source.join("state.json"),
                 "the checkpoint was written with a different config (only training.steps may change on resume)",
             ));
         }
-        checkpoint::assign(&self.params, &ck.model, source)?;
+        if ck.state.dim != self.dataset.points.d {
+            return Err(Error::data(
+                source.join("state.json"),
+                format!(
+                    "the checkpoint is for data of dimension {}, the config's data has {}",
+                    ck.state.dim, self.dataset.points.d
+                ),
+            ));
+        }
+        checkpoint::check_model(ck, &self.params)?;
+        checkpoint::assign(&self.params, &ck.model, &ck.dir.join("model.safetensors"))?;
         let pick = |map: &HashMap<String, Tensor>, prefix: &str| -> Result<Vec<Tensor>> {
             self.params
                 .iter()
@@ -242,7 +271,7 @@ impl Trainer {
         self.adam.t = ck.state.adam_t;
         self.ema.shadow = pick(&ck.ema, "")?;
         self.ema.updates = ck.state.ema_updates;
-        let bad_rng = || Error::data(source, "state.json: malformed RNG state");
+        let bad_rng = || Error::data(source.join("state.json"), "malformed RNG state");
         self.batch_rng = Rng::restore(&ck.state.batch_rng).ok_or_else(bad_rng)?;
         self.noise_rng = Rng::restore(&ck.state.noise_rng).ok_or_else(bad_rng)?;
         self.step = ck.state.step;
@@ -255,14 +284,16 @@ impl Trainer {
 pub fn train(cfg: &RunConfig, run_dir: &Path, opts: &TrainOptions) -> Result<TrainOutcome> {
     // Data and model first: bad input fails before anything is written.
     let mut trainer = Trainer::new(cfg)?;
-    fsutil::create_dir(run_dir)?;
+    trainer.detect_anomaly = opts.detect_anomaly;
+    // A read-only or missing output location fails now, naming the path, not at the first checkpoint.
+    fsutil::ensure_writable_dir(run_dir)?;
     let ck_dir = run_dir.join("checkpoints");
     let log_path = run_dir.join("metrics.jsonl");
     let mut last_ck = String::from("none");
     if opts.resume {
         let ck = checkpoint::load_latest(&ck_dir)?;
-        trainer.restore(&ck, &ck_dir)?;
-        last_ck = ck_dir.join(format!("step-{:09}", ck.state.step)).display().to_string();
+        trainer.restore(&ck)?;
+        last_ck = ck.dir.display().to_string();
         truncate_log(&log_path, trainer.step)?;
         tracing::info!("resuming from step {}", trainer.step);
     } else {
@@ -271,6 +302,7 @@ pub fn train(cfg: &RunConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tra
         }
         fsutil::write_atomic(&log_path, b"")?;
     }
+    fsutil::ensure_writable_dir(&ck_dir)?;
     fsutil::write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
     let mut log =
         std::fs::OpenOptions::new().append(true).create(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
@@ -357,7 +389,10 @@ impl LoadedModel {
         let ck = checkpoint::load_latest(&ck_dir)?;
         let varmap = VarMap::new();
         let model = nets::build(&cfg.model, ck.state.dim, cfg.noise.levels, cfg.seed, &varmap)?;
-        checkpoint::assign(&nets::named_vars(&varmap), if use_ema { &ck.ema } else { &ck.model }, &ck_dir)?;
+        let vars = nets::named_vars(&varmap);
+        checkpoint::check_model(&ck, &vars)?;
+        let (tensors, file) = if use_ema { (&ck.ema, "ema.safetensors") } else { (&ck.model, "model.safetensors") };
+        checkpoint::assign(&vars, tensors, &ck.dir.join(file))?;
         Ok(Self { cfg, state: ck.state, model, varmap })
     }
 
