@@ -5,6 +5,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use scoregen::config::RunConfig;
 use scoregen::data::npy;
+use scoregen::guidance::commands::Expected;
+use scoregen::guidance::{ClassGuidance, InpaintRequest, MaskSpec};
 use scoregen::likelihood::{self, LikelihoodRequest, ProbeNoise, TraceEstimator};
 use scoregen::run::{self, SampleRequest, Target};
 use scoregen::samplers::{CorrectorKind, SamplerKind};
@@ -131,6 +133,68 @@ enum Command {
         /// Heun: EDM's S_churn (0: deterministic).
         #[arg(long)]
         churn: Option<f64>,
+        /// Generate class K: classifier-free guidance of a class-conditional run (model.classes),
+        /// or classifier guidance with --classifier.
+        #[arg(long, value_name = "K")]
+        class: Option<usize>,
+        /// Guidance strength w: (1 + w)·s(x,t,y) − w·s(x,t) without a classifier,
+        /// s(x,t) + w·∇ₓ log p_t(y|x) with one.
+        #[arg(long, value_name = "W", default_value_t = 1.0, requires = "class")]
+        guidance: f64,
+        /// A noise-aware classifier (from `train-classifier --noisy --run RUN`) for classifier guidance.
+        #[arg(long, value_name = "DIR", requires = "class")]
+        classifier: Option<PathBuf>,
+    },
+    /// Fill in the unknown part of observations (inpainting, imputation): the known coordinates are held
+    /// to the observation perturbed to each step's noise level while the rest follows the reverse SDE.
+    #[command(
+        after_help = "Masks: half (images: top half known; points: first half of the coordinates known), box (a centred box\nmissing), random:P (a fraction P missing), or FILE (.npy of 0/1 or a PNG, 1/white = known).\n\nExamples:\n  scoregen inpaint --run runs/digits-vp --input digits.npy --mask half --per-input 4\n  scoregen inpaint --run runs/digits-vp --input seven.png --mask box\n  scoregen inpaint --run runs/gmm8-vp --input points.npy --mask half --out imputed.npy"
+    )]
+    Inpaint {
+        #[arg(long)]
+        run: PathBuf,
+        /// Observations: held-out[:N] (the run's held-out images; their labels are written beside the output),
+        /// .npy [N, D] or [N, C, H, W] in data space, or a PNG image (pixels).
+        #[arg(long)]
+        input: PathBuf,
+        /// Which coordinates are known: half, box, random:P, or a FILE (.npy/.png).
+        #[arg(long)]
+        mask: String,
+        /// Completions per observation.
+        #[arg(long, default_value_t = 1)]
+        per_input: usize,
+        /// Sampler: em, reverse-diffusion, ancestral, pc, annealed-langevin (default: the run's if one of these, else pc).
+        #[arg(long)]
+        sampler: Option<SamplerKind>,
+        /// Reverse-SDE steps (default: the config's sampling.steps).
+        #[arg(long)]
+        steps: Option<usize>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output .npy (default: RUN/samples/inpainted.npy); a PNG beside it (images: rows of masked input and completions).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Use the raw weights instead of the EMA weights.
+        #[arg(long)]
+        no_ema: bool,
+    },
+    /// Classify samples with a classifier from `train-classifier`: the class histogram and the fraction
+    /// that is the expected class.
+    #[command(
+        after_help = "Examples:\n  scoregen classify --classifier runs/digits-classifier --samples s.npy --class 3\n  scoregen inpaint --run runs/digits-vp --input held-out:100 --mask half --out in.npy\n  scoregen classify --classifier runs/digits-classifier --samples in.npy --labels in.labels.npy"
+    )]
+    Classify {
+        #[arg(long)]
+        classifier: PathBuf,
+        /// Samples in data space (.npy).
+        #[arg(long)]
+        samples: PathBuf,
+        /// The class every sample should be.
+        #[arg(long, conflicts_with = "labels")]
+        class: Option<usize>,
+        /// One expected label per sample (.npy), e.g. the `.labels.npy` written by `inpaint --input held-out`.
+        #[arg(long)]
+        labels: Option<PathBuf>,
     },
     /// Suggest a noise ladder and Langevin step size by the NCSNv2 rules.
     #[command(
@@ -211,7 +275,8 @@ enum Command {
         after_help = "Examples:\n  scoregen train-classifier --data digits --out classifiers/digits\n  scoregen train-classifier --data mnist5k --steps 3000 --out classifiers/mnist5k\n  scoregen train-classifier --run runs/digits-vp --noisy --out runs/digits-vp/classifier"
     )]
     TrainClassifier {
-        /// Image source: digits, mnist5k, fashion-mnist, an IDX file or a folder of PNGs.
+        /// Labelled data: digits, mnist5k, fashion-mnist, an IDX file, a folder of PNGs, or a Gaussian
+        /// mixture (gmm8, gmm25, unbalanced, SPEC.toml; components are the classes).
         #[arg(long)]
         data: Option<String>,
         /// Take data, pixel scale, split and (with --noisy) the SDE from this run's config.toml.
@@ -223,7 +288,7 @@ enum Command {
         /// Output directory (default: classifiers/DATA, or RUN/classifier-noisy with --noisy).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Base channels of the CNN.
+        /// Base channels of the CNN (hidden width of the MLP for points).
         #[arg(long, default_value_t = 32)]
         width: usize,
         #[arg(long, default_value_t = 1500)]
@@ -461,6 +526,9 @@ fn run_command(cli: &Cli) -> Result<()> {
             steps_per_level,
             eta,
             churn,
+            class,
+            guidance,
+            classifier,
             gif,
         } => {
             let cfg = RunConfig::load(&run.join("config.toml"), &[])
@@ -497,7 +565,8 @@ fn run_command(cli: &Cli) -> Result<()> {
             sc.eta = eta.unwrap_or(sc.eta);
             sc.s_churn = churn.unwrap_or(sc.s_churn);
             sc.validate("command line")?;
-            let o = run::sample_run_with(run, &req, Some(sc.spec()))?;
+            let steer = class.map(|class| ClassGuidance { class, scale: *guidance, classifier: classifier.clone() });
+            let o = run::sample_run_guided(run, &req, Some(sc.spec()), steer.as_ref())?;
             if cli.json {
                 print_json(&o);
             } else {
@@ -578,6 +647,59 @@ fn run_command(cli: &Cli) -> Result<()> {
                 );
                 if let (Some(o), Some(g), Some(a)) = (r.oracle_mean_nats, r.gap_nats, r.mean_abs_gap_nats) {
                     println!("exact log p₀ = {o:.4} nats: gap (model − exact) {g:+.4} nats, mean |gap| {a:.4} nats");
+                }
+            }
+        }
+        Command::Inpaint { run, input, mask, per_input, sampler, steps, seed, out, no_ema } => {
+            if *per_input == 0 || *steps == Some(0) {
+                anyhow::bail!("--per-input and --steps must be ≥ 1");
+            }
+            let req = InpaintRequest {
+                input: input.clone(),
+                mask: MaskSpec::parse(mask)?,
+                per_input: *per_input,
+                sampler: *sampler,
+                steps: *steps,
+                seed: *seed,
+                out: out.clone().unwrap_or_else(|| run.join("samples").join("inpainted.npy")),
+                use_ema: !no_ema,
+                quiet: cli.quiet,
+            };
+            let o = scoregen::guidance::commands::inpaint_run(run, &req)
+                .with_context(|| format!("inpainting {} with run {}", input.display(), run.display()))?;
+            if cli.json {
+                print_json(&o);
+            } else {
+                println!(
+                    "{} completions ({:.0} % of each known, {} score evaluations) in {:.2} s → {}",
+                    o.n,
+                    100.0 * o.known_fraction,
+                    o.nfe,
+                    o.seconds,
+                    o.npy.display()
+                );
+                if let Some(p) = &o.png {
+                    println!("picture → {}", p.display());
+                }
+                if let Some(p) = &o.labels {
+                    println!("labels of the observations → {}", p.display());
+                }
+            }
+        }
+        Command::Classify { classifier, samples, class, labels } => {
+            let expected = match (class, labels) {
+                (Some(k), _) => Some(Expected::Class(*k)),
+                (None, Some(p)) => Some(Expected::Labels(p.clone())),
+                (None, None) => None,
+            };
+            let c = scoregen::guidance::commands::classify(classifier, samples, expected)?;
+            if cli.json {
+                print_json(&c);
+            } else {
+                let h: Vec<String> = c.histogram.iter().enumerate().map(|(k, f)| format!("{k}: {f:.3}")).collect();
+                println!("{} samples, predicted classes {}", c.n, h.join("  "));
+                if let Some(a) = c.accuracy {
+                    println!("fraction classified as expected: {a:.3}");
                 }
             }
         }

@@ -166,6 +166,50 @@ fn killed_training_resumes_to_identical_weights() {
     }
 }
 
+/// Guidance through the binary on a tiny class-conditional run: classifier-free
+/// sampling of a class, a noise-aware classifier and classifier guidance,
+/// imputation that keeps the observed coordinate, and bad requests that fail
+/// with one line naming the problem.
+#[test]
+fn guidance_commands_run_on_points_and_reject_bad_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "name = \"cond\"\n[sde]\nkind = \"vp\"\n[model]\nwidth = 32\nclasses = 8\n[training]\nsteps = 30\nbatch_size = 64\nlog_every = 10\ncheckpoint_every = 30\n",
+    )
+    .unwrap();
+    let ok = |out: &Output| assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ok(&scoregen(&["-q", "train", "--config", "c.toml"], dir.path()));
+    let sample = ["-q", "sample", "--run", "runs/cond", "--n", "20", "--steps", "10"];
+    ok(&scoregen(&[&sample[..], &["--class", "3", "--guidance", "2", "--out", "c.npy"]].concat(), dir.path()));
+    assert!(dir.path().join("c.npy").exists());
+    let clf = ["-q", "train-classifier", "--run", "runs/cond", "--noisy", "--steps", "20", "--out", "clf"];
+    ok(&scoregen(&clf, dir.path()));
+    ok(&scoregen(&[&sample[..], &["--class", "3", "--classifier", "clf", "--out", "g.npy"]].concat(), dir.path()));
+    // observations: x₁ = 1.5 for two points (x₂ is ignored); the npy header pads to 64 bytes
+    let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2), }";
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    let padded = format!("{header:<117}\n");
+    bytes.extend((padded.len() as u16).to_le_bytes());
+    bytes.extend(padded.as_bytes());
+    for v in [1.5f32, 9.0, 1.5, -9.0] {
+        bytes.extend(v.to_le_bytes());
+    }
+    std::fs::write(dir.path().join("obs.npy"), bytes).unwrap();
+    let inpaint = ["inpaint", "--run", "runs/cond", "--input", "obs.npy", "--steps", "10", "--out", "i.npy"];
+    ok(&scoregen(&[&inpaint[..], &["--mask", "half", "--per-input", "3"]].concat(), dir.path()));
+    let out = scoregen(&["--json", "classify", "--classifier", "clf", "--samples", "i.npy"], dir.path());
+    ok(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["n"], 6, "two observations, three completions each");
+    fails_with(&scoregen(&[&inpaint[..], &["--mask", "stripes"]].concat(), dir.path()), &["--mask", "stripes"]);
+    fails_with(&scoregen(&[&inpaint[..], &["--mask", "box"]].concat(), dir.path()), &["box needs images"]);
+    fails_with(&scoregen(&[&sample[..], &["--class", "8"]].concat(), dir.path()), &["--class 8", "0..7"]);
+    ok(&scoregen(&["-q", "train", "--config", "c.toml", "--set", "model.classes=0", "--out", "plain"], dir.path()));
+    let plain = ["sample", "--run", "plain", "--n", "5", "--steps", "5", "--class", "1"];
+    fails_with(&scoregen(&plain, dir.path()), &["model.classes", "--classifier"]);
+}
+
 /// An absurd learning rate: training stops at the first non-finite loss with
 /// one line naming the step, the tensor and the last good checkpoint, which
 /// still loads and samples. `--detect-anomaly` names the score network's output.

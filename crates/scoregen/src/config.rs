@@ -133,6 +133,26 @@ pub struct ModelConfig {
     pub attention: bool,
     /// `unet`: image channels C (H = W = √(D/C)).
     pub image_channels: usize,
+    /// K > 0: a class-conditional score s_θ(x, t, y) (`time-mlp` or `unet`), trained
+    /// on the data's labels for classifier-free guidance. 0: unconditional.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub classes: usize,
+    /// Probability that a training label is replaced by "no label" (the
+    /// classifier-free guidance dropout), so the same net learns s_θ(x, t, ∅).
+    #[serde(skip_serializing_if = "is_default_dropout")]
+    pub label_dropout: f64,
+}
+
+/// The default of `model.label_dropout` (Ho & Salimans 2022 use 0.1–0.2).
+pub const LABEL_DROPOUT: f64 = 0.2;
+
+// Defaults are left out of the written config.toml, so runs without classes
+// keep the config hash (and resume) they had before the fields existed.
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+fn is_default_dropout(v: &f64) -> bool {
+    *v == LABEL_DROPOUT
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -273,6 +293,8 @@ impl Default for ModelConfig {
             groups: 8,
             attention: false,
             image_channels: 1,
+            classes: 0,
+            label_dropout: LABEL_DROPOUT,
         }
     }
 }
@@ -548,6 +570,12 @@ impl RunConfig {
                 "`ncsn-mlp` is conditioned on the [noise] ladder; use it with objective.kind = \"ncsn\"".into(),
             );
         }
+        if self.model.classes > 0 && !matches!(self.model.kind, ModelKind::TimeMlp | ModelKind::Unet) {
+            return err("model.classes", "class-conditional models are `time-mlp` or `unet`".into());
+        }
+        if !(0.0..1.0).contains(&self.model.label_dropout) {
+            return err("model.label_dropout", format!("must be in [0, 1) (got {})", self.model.label_dropout));
+        }
         if self.model.kind == ModelKind::Mlp && !noise_free && self.model.output != Output::ScoreOverStd {
             return err("model.kind", "an unconditional `mlp` cannot tell noise levels apart; use output = \"score-over-std\" (NCSNv2) or a conditioned model".into());
         }
@@ -714,6 +742,22 @@ fn apply_override(root: &mut toml::Value, spec: &str) -> std::result::Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Class conditioning is validated by name, and a config without classes
+    /// writes no new keys (its hash, and so resume, are unchanged).
+    #[test]
+    fn class_fields_are_validated_by_name_and_hidden_when_unused() {
+        let parse = |set: &[&str]| {
+            let sets: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+            RunConfig::parse("name = \"c\"", "c.toml", &sets)
+        };
+        let e = parse(&["model.kind=\"energy-mlp\"", "model.output=\"score\"", "model.classes=3"]).unwrap_err();
+        assert!(e.to_string().starts_with("c.toml: field `model.classes`"), "{e}");
+        let e = parse(&["model.classes=3", "model.label_dropout=1.0"]).unwrap_err();
+        assert!(e.to_string().starts_with("c.toml: field `model.label_dropout`"), "{e}");
+        assert!(!parse(&[]).unwrap().to_toml().contains("classes"));
+        assert!(parse(&["model.classes=3"]).unwrap().to_toml().contains("classes = 3"));
+    }
 
     #[test]
     fn defaults_round_trip_through_toml() {

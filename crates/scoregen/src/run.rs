@@ -6,10 +6,12 @@ pub mod images;
 use crate::config::{ObjectiveKind, RunConfig};
 use crate::data::{self, npy, Points};
 use crate::error::{Error, Result};
+use crate::guidance;
 use crate::metrics::{self, Distances, MixtureReport};
 use crate::oracle::GaussianMixture;
 use crate::rng::Rng;
 use crate::samplers::{self, AnnealedOptions, LangevinOptions, SamplerKind, SamplerSpec};
+use crate::score::ScoreFn;
 use crate::train::{self, streams, LoadedModel, TrainOptions, TrainOutcome};
 use crate::viz::{self, Bounds};
 use crate::{fsutil, progress};
@@ -86,6 +88,16 @@ pub fn sample_run(run_dir: &Path, req: &SampleRequest) -> Result<SampleOutcome> 
 /// [`sample_run`] with a sampler chosen by the caller (`None`: the config's);
 /// `req.steps` sets the number of steps of the SDE samplers.
 pub fn sample_run_with(run_dir: &Path, req: &SampleRequest, spec: Option<SamplerSpec>) -> Result<SampleOutcome> {
+    sample_run_guided(run_dir, req, spec, None)
+}
+
+/// [`sample_run_with`], optionally steered to a class ([`guidance::ClassGuidance`]).
+pub fn sample_run_guided(
+    run_dir: &Path,
+    req: &SampleRequest,
+    spec: Option<SamplerSpec>,
+    class: Option<&guidance::ClassGuidance>,
+) -> Result<SampleOutcome> {
     let model = LoadedModel::from_run(run_dir, req.use_ema)?;
     // An unwritable output folder fails now, not after the sampling it would lose.
     fsutil::ensure_writable_dir(req.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
@@ -93,7 +105,10 @@ pub fn sample_run_with(run_dir: &Path, req: &SampleRequest, spec: Option<Sampler
     let spec = SamplerSpec { steps: req.steps, record_every: req.record_every, ..base };
     let start = Instant::now();
     let mut rng = Rng::new(req.seed, streams::SAMPLING);
-    let out = draw(&model, req, &spec, &mut rng)?;
+    let out = match class {
+        None => draw(&model, model.score().as_ref(), req, &spec, &mut rng)?,
+        Some(g) => g.with_score(&model, |score| draw(&model, score, req, &spec, &mut rng))?,
+    };
     let seconds = start.elapsed().as_secs_f64();
     let pts = Points::from_tensor(&out.x)?;
     if let Some(dir) = req.out.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -139,13 +154,19 @@ pub fn sample_run_with(run_dir: &Path, req: &SampleRequest, spec: Option<Sampler
     Ok(SampleOutcome { npy: req.out.clone(), png, gif, n: pts.n, nfe: out.nfe, seconds })
 }
 
-/// Runs the sampler `spec` names: the reverse-time samplers (PC, ODE) through
-/// [`SamplerSpec::sample`], the Langevin family here.
-pub fn draw(model: &LoadedModel, req: &SampleRequest, spec: &SamplerSpec, rng: &mut Rng) -> Result<samplers::Sampled> {
+/// Runs the sampler `spec` names with `score` (the model's own, or a guided
+/// one): the reverse-time samplers (PC, ODE) through [`SamplerSpec::sample`],
+/// the Langevin family here.
+pub fn draw(
+    model: &LoadedModel,
+    score: &dyn ScoreFn,
+    req: &SampleRequest,
+    spec: &SamplerSpec,
+    rng: &mut Rng,
+) -> Result<samplers::Sampled> {
     let cfg = &model.cfg;
     let sp = &cfg.sampling;
     let shape = (req.n, model.state.dim);
-    let score = model.score();
     let sampler = spec.kind;
     let step_size = req.step_size.unwrap_or(sp.step_size);
     let check =
@@ -165,7 +186,7 @@ pub fn draw(model: &LoadedModel, req: &SampleRequest, spec: &SamplerSpec, rng: &
                 "this run learned a single noise level; use --sampler langevin",
             )?;
             let pb = progress::bar(req.steps, "sample", req.quiet);
-            spec.sample(score.as_ref(), cfg.sde().as_ref(), shape, sp.eps, sp.denoise, rng, DType::F32, &pb)?
+            spec.sample(score, cfg.sde().as_ref(), shape, sp.eps, sp.denoise, rng, DType::F32, &pb)?
         }
         SamplerKind::Langevin | SamplerKind::Mala => {
             let energy = match sampler {
@@ -183,8 +204,8 @@ pub fn draw(model: &LoadedModel, req: &SampleRequest, spec: &SamplerSpec, rng: &
             };
             let pb = progress::bar(req.steps, &sampler.to_string(), req.quiet);
             match energy {
-                Some(e) => samplers::mala(score.as_ref(), e, x0, &opts, rng, &pb)?.0,
-                None => samplers::langevin(score.as_ref(), x0, &opts, rng, &pb)?,
+                Some(e) => samplers::mala(score, e, x0, &opts, rng, &pb)?.0,
+                None => samplers::langevin(score, x0, &opts, rng, &pb)?,
             }
         }
         SamplerKind::AnnealedLangevin => {
@@ -199,7 +220,7 @@ pub fn draw(model: &LoadedModel, req: &SampleRequest, spec: &SamplerSpec, rng: &
             };
             let x0 = sp.start.sample(shape, rng, DType::F32)?;
             let pb = progress::bar(per_level * ladder.levels(), "annealed", req.quiet);
-            samplers::annealed_langevin(score.as_ref(), &ladder, x0, &opts, rng, &pb)?
+            samplers::annealed_langevin(score, &ladder, x0, &opts, rng, &pb)?
         }
     };
     Ok(out)

@@ -16,7 +16,7 @@ fn digit_classifier() -> (Labelled, Labelled, TrainedClassifier) {
     let spec = ClassifierSpec {
         classes: 10,
         dim: 64,
-        image_shape: Some(shape),
+        image_shape: shape,
         width: 16,
         noise_aware: false,
         embed_dim: 0,

@@ -23,7 +23,8 @@ pub struct Dataset {
     pub oracle: Option<GaussianMixture>,
     /// (C, H, W) when the points are flattened images.
     pub image_shape: Option<(usize, usize, usize)>,
-    /// Class labels, one per point, when the source has them (images).
+    /// Class labels, one per point, when the source has them (images; the
+    /// component of each point of a Gaussian mixture).
     pub labels: Option<Vec<u8>>,
 }
 
@@ -118,11 +119,13 @@ pub fn load_with(source: &str, n: usize, rng: &mut Rng, opts: &ImageOptions) -> 
     }
     let path = Path::new(source);
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    let (points, oracle) = match ext {
-        "npy" => (npy::read_points(path)?, None),
+    // a mixture's points are labeled by their component (the classes of guidance)
+    let (points, oracle, labels) = match ext {
+        "npy" => (npy::read_points(path)?, None, None),
         "toml" => {
             let mix = spec::read_mixture(path)?;
-            (mix.sample(n, rng), Some(mix))
+            let (pts, labels) = mix.sample_labeled(n, rng);
+            (pts, Some(mix), Some(labels))
         }
         _ => {
             let toy = toy::Toy::by_name(source).ok_or_else(|| {
@@ -132,11 +135,17 @@ pub fn load_with(source: &str, n: usize, rng: &mut Rng, opts: &ImageOptions) -> 
                     images::NAMES.join(", ")
                 ))
             })?;
-            (toy.sample(n, rng), toy.mixture())
+            match toy.mixture() {
+                Some(mix) => {
+                    let (pts, labels) = mix.sample_labeled(n, rng);
+                    (pts, Some(mix), Some(labels))
+                }
+                None => (toy.sample(n, rng), None, None),
+            }
         }
     };
     if points.n == 0 {
         return Err(Error::data(source, "the data set is empty"));
     }
-    Ok(Dataset { name: source.to_string(), points, oracle, image_shape: None, labels: None })
+    Ok(Dataset { name: source.to_string(), points, oracle, image_shape: None, labels })
 }

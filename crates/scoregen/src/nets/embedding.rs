@@ -2,7 +2,8 @@
 //! `GaussianFourierProjection`).
 
 use crate::rng::Rng;
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{embedding, Embedding, VarBuilder};
 use std::f64::consts::PI;
 
 /// γ(t) = [sin(2π W t), cos(2π W t)] with fixed W_j ~ N(0, scale²).
@@ -27,5 +28,34 @@ impl GaussianFourier {
     pub fn forward(&self, t: &Tensor) -> Result<Tensor> {
         let arg = t.unsqueeze(1)?.to_dtype(self.freqs.dtype())?.broadcast_mul(&self.freqs)?;
         Tensor::cat(&[arg.sin()?, arg.cos()?], 1)
+    }
+}
+
+/// A learned embedding c(y) of a class label y ∈ {0, …, K−1}, plus one more row
+/// for y = K, "no label": the null token of classifier-free guidance (Ho &
+/// Salimans 2022). Added to the time embedding, as in ADM (Dhariwal & Nichol 2021).
+pub struct ClassEmbedding {
+    table: Embedding,
+    classes: usize,
+}
+
+impl ClassEmbedding {
+    /// K + 1 rows of size `dim`, named `classes.weight`.
+    pub fn new(classes: usize, dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { table: embedding(classes + 1, dim, vb.pp("classes"))?, classes })
+    }
+
+    /// K, the number of real classes (the null token is label K).
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// labels [N] (u32, K = no label) → c(y) [N, dim]; a label above K is an error.
+    pub fn forward(&self, labels: &Tensor) -> Result<Tensor> {
+        let max = labels.max(0)?.to_scalar::<u32>()? as usize;
+        if max > self.classes {
+            candle_core::bail!("class label {max} is out of range: the model knows classes 0..{}", self.classes - 1);
+        }
+        self.table.forward(labels)
     }
 }

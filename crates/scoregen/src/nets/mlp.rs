@@ -1,6 +1,6 @@
 //! MLPs for points in R^D, with a choice of conditioning on time / noise level.
 
-use super::{fused, GaussianFourier, Network};
+use super::{fused, ClassEmbedding, GaussianFourier, Network};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{embedding, linear, Embedding, Linear, VarBuilder};
 
@@ -50,6 +50,10 @@ pub struct Mlp {
     time: Vec<Linear>,
     hidden: Vec<Linear>,
     output: Linear,
+    /// Size of e(t) (0 without one).
+    embed_dim: usize,
+    /// c(y), added to e(t), for a class-conditional network.
+    classes: Option<ClassEmbedding>,
 }
 
 impl Mlp {
@@ -83,7 +87,7 @@ impl Mlp {
             .map(|l| linear(cfg.width, cfg.width, vb.pp(format!("hidden.{l}"))))
             .collect::<Result<_>>()?;
         let output = linear(cfg.width, out_dim, vb.pp("output"))?;
-        Ok(Self { embed, input, time, hidden, output })
+        Ok(Self { embed, input, time, hidden, output, embed_dim: e, classes: None })
     }
 
     /// A network on the CPU in f32 whose parameters live in `vm`: new ones are
@@ -98,6 +102,17 @@ impl Mlp {
     ) -> Result<Self> {
         let vb = super::seeded_var_builder(vm, seed, DType::F32, &Device::Cpu);
         Self::new(vb, in_dim, out_dim, cfg, cond, seed)
+    }
+
+    /// Makes the network class-conditional: e(t) becomes e(t) + c(y), with c a
+    /// [`ClassEmbedding`] of K classes (parameters `classes.weight` under `vb`).
+    /// Needs a time embedding to add to (Fourier or level conditioning).
+    pub fn with_classes(mut self, vb: VarBuilder, classes: usize) -> Result<Self> {
+        if self.embed_dim == 0 {
+            candle_core::bail!("a class-conditional MLP needs a time embedding (model.kind = time-mlp)");
+        }
+        self.classes = Some(ClassEmbedding::new(classes, self.embed_dim, vb)?);
+        Ok(self)
     }
 
     fn embedding(&self, t: &Tensor, dtype: DType) -> Result<Option<Tensor>> {
@@ -118,7 +133,32 @@ impl Mlp {
 
 impl Network for Mlp {
     fn forward(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
-        let emb = self.embedding(t, x.dtype())?;
+        match &self.classes {
+            // the unconditional score of a conditional net is its null label
+            Some(c) => self.forward_labeled(x, t, &Tensor::full(c.classes() as u32, x.dim(0)?, x.device())?),
+            None => self.forward_with(x, t, None),
+        }
+    }
+
+    fn forward_labeled(&self, x: &Tensor, t: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        match &self.classes {
+            Some(c) => self.forward_with(x, t, Some(c.forward(labels)?.to_dtype(x.dtype())?)),
+            None => candle_core::bail!("this network is not class-conditional (train it with model.classes = K)"),
+        }
+    }
+
+    fn classes(&self) -> usize {
+        self.classes.as_ref().map_or(0, |c| c.classes())
+    }
+}
+
+impl Mlp {
+    /// The layers, with the class embedding (when given) added to e(t).
+    fn forward_with(&self, x: &Tensor, t: &Tensor, class: Option<Tensor>) -> Result<Tensor> {
+        let mut emb = self.embedding(t, x.dtype())?;
+        if let (Some(e), Some(c)) = (&emb, class) {
+            emb = Some((e + c)?);
+        }
         let first = match &emb {
             Some(e) => Tensor::cat(&[x, e], 1)?,
             None => x.clone(),

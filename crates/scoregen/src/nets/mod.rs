@@ -11,7 +11,7 @@ pub mod mlp;
 pub mod unet;
 
 pub use classifier::{Classifier, ClassifierSpec, SavedClassifier};
-pub use embedding::GaussianFourier;
+pub use embedding::{ClassEmbedding, GaussianFourier};
 pub use energy::{EnergyMlp, EnergyScore};
 pub use init::seeded_var_builder;
 pub use mlp::{Conditioning, Mlp, MlpConfig};
@@ -22,6 +22,35 @@ use candle_core::{Result, Tensor};
 /// A time-conditioned network: x of shape [N, …], t of shape [N].
 pub trait Network: Send + Sync {
     fn forward(&self, x: &Tensor, t: &Tensor) -> Result<Tensor>;
+
+    /// net(x, t, y) for class labels y [N] (u32; y = K means "no label"), for
+    /// class-conditional networks; `forward` is then net(x, t, ∅). Default: an
+    /// error, the network is unconditional.
+    fn forward_labeled(&self, _x: &Tensor, _t: &Tensor, _labels: &Tensor) -> Result<Tensor> {
+        candle_core::bail!("this network is not class-conditional (train it with model.classes = K)")
+    }
+
+    /// K for a class-conditional network, 0 otherwise.
+    fn classes(&self) -> usize {
+        0
+    }
+}
+
+/// A class-conditional network with its labels fixed: net(x, t, y) as a plain
+/// [`Network`] (so every objective and sampler runs unchanged). One label is
+/// broadcast to the whole batch.
+pub struct Labeled<'a> {
+    pub net: &'a dyn Network,
+    /// u32 labels [N] or [1]; K is the null label.
+    pub labels: Tensor,
+}
+
+impl Network for Labeled<'_> {
+    fn forward(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        let labels = if self.labels.dim(0)? == 1 && n != 1 { self.labels.repeat(n)? } else { self.labels.clone() };
+        self.net.forward_labeled(x, t, &labels)
+    }
 }
 
 use crate::config::{ModelConfig, ModelKind};
@@ -47,12 +76,45 @@ impl Model {
         }
     }
 
+    /// The score of a class-conditional model with its labels fixed,
+    /// s_θ(x, t, y) (y = K: the unconditional s_θ(x, t, ∅)); `None` when the model
+    /// is not class-conditional.
+    pub fn score_labeled<'a>(&'a self, sde: Arc<dyn Sde>, labels: Tensor) -> Option<LabeledScore<'a>> {
+        match self {
+            Model::Score(net, output) if net.classes() > 0 => {
+                Some(LabeledScore { net: Labeled { net: net.as_ref(), labels }, sde, output: *output })
+            }
+            _ => None,
+        }
+    }
+
+    /// K when the model is class-conditional, 0 otherwise.
+    pub fn classes(&self) -> usize {
+        match self {
+            Model::Score(net, _) => net.classes(),
+            Model::Energy(_) => 0,
+        }
+    }
+
     /// The unnormalized log-density, when the model is an energy.
     pub fn energy(&self) -> Option<&EnergyMlp> {
         match self {
             Model::Energy(e) => Some(e),
             Model::Score(..) => None,
         }
+    }
+}
+
+/// A class-conditional network's score with its labels fixed.
+pub struct LabeledScore<'a> {
+    pub net: Labeled<'a>,
+    pub sde: Arc<dyn Sde>,
+    pub output: Output,
+}
+
+impl ScoreFn for LabeledScore<'_> {
+    fn score(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        NetScore { net: &self.net, sde: self.sde.clone(), output: self.output }.score(x, t)
     }
 }
 
@@ -63,7 +125,12 @@ pub fn build(cfg: &ModelConfig, dim: usize, levels: usize, seed: u64, vm: &VarMa
     let mlp = cfg.mlp();
     Ok(match cfg.kind {
         ModelKind::TimeMlp => {
-            Model::Score(Box::new(Mlp::build(vm, dim, dim, &mlp, Conditioning::Fourier, seed)?), cfg.output)
+            let mut net = Mlp::build(vm, dim, dim, &mlp, Conditioning::Fourier, seed)?;
+            if cfg.classes > 0 {
+                let vb = seeded_var_builder(vm, seed ^ 0xC1A55, candle_core::DType::F32, &candle_core::Device::Cpu);
+                net = net.with_classes(vb, cfg.classes)?;
+            }
+            Model::Score(Box::new(net), cfg.output)
         }
         ModelKind::Mlp => Model::Score(Box::new(Mlp::build(vm, dim, dim, &mlp, Conditioning::None, seed)?), cfg.output),
         ModelKind::NcsnMlp => {
@@ -72,10 +139,12 @@ pub fn build(cfg: &ModelConfig, dim: usize, levels: usize, seed: u64, vm: &VarMa
         ModelKind::EnergyMlp => Model::Energy(EnergyMlp::build(vm, dim, &mlp, Conditioning::None, seed)?),
         ModelKind::Unet => {
             let unet = cfg.unet(dim).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-            Model::Score(
-                Box::new(UNet::build(vm, &unet, seed).map_err(|e| candle_core::Error::Msg(e.to_string()))?),
-                cfg.output,
-            )
+            let mut net = UNet::build(vm, &unet, seed).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            if cfg.classes > 0 {
+                let vb = seeded_var_builder(vm, seed ^ 0xC1A55, candle_core::DType::F32, &candle_core::Device::Cpu);
+                net = net.with_classes(vb, cfg.classes)?;
+            }
+            Model::Score(Box::new(net), cfg.output)
         }
     })
 }

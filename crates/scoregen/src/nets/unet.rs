@@ -4,7 +4,7 @@
 //! Input and output are flattened images [N, C·H·W], so every objective and
 //! sampler works on them unchanged; the net reshapes to [N, C, H, W] inside.
 
-use super::{GaussianFourier, Network};
+use super::{ClassEmbedding, GaussianFourier, Network};
 use crate::error::{Error, Result as CrateResult};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{group_norm, linear, GroupNorm, Linear, VarBuilder};
@@ -198,6 +198,8 @@ pub struct UNet {
     up: Vec<ResBlock>,
     norm_out: GroupNorm,
     conv_out: Conv,
+    /// c(y), added to the time embedding, for a class-conditional network.
+    classes: Option<ClassEmbedding>,
 }
 
 impl UNet {
@@ -255,7 +257,15 @@ impl UNet {
             up,
             norm_out,
             conv_out,
+            classes: None,
         })
+    }
+
+    /// Makes the network class-conditional: the embedding of every block becomes
+    /// e(t) + c(y), with c a [`ClassEmbedding`] of K classes (`classes.weight` under `vb`).
+    pub fn with_classes(mut self, vb: VarBuilder, classes: usize) -> Result<Self> {
+        self.classes = Some(ClassEmbedding::new(classes, 4 * self.cfg.channels, vb)?);
+        Ok(self)
     }
 
     /// A U-Net on the CPU in f32 whose parameters live in `vm` (new ones drawn from `seed`).
@@ -266,8 +276,24 @@ impl UNet {
 
     /// The network on images [N, C, H, W] → [N, C, H, W].
     pub fn forward_images(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let null = match &self.classes {
+            Some(c) => Some(Tensor::full(c.classes() as u32, x.dim(0)?, x.device())?),
+            None => None,
+        };
+        self.forward_images_labeled(x, t, null.as_ref())
+    }
+
+    /// [`UNet::forward_images`] with class labels (K = no label) for a class-conditional net.
+    pub fn forward_images_labeled(&self, x: &Tensor, t: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
         let emb = self.fourier.forward(t)?.to_dtype(x.dtype())?;
-        let emb = self.temb2.forward(&self.temb1.forward(&emb)?.silu()?)?.silu()?;
+        let mut emb = self.temb2.forward(&self.temb1.forward(&emb)?.silu()?)?.silu()?;
+        match (&self.classes, labels) {
+            (Some(c), Some(y)) => emb = (emb + c.forward(y)?.to_dtype(x.dtype())?)?,
+            (None, Some(_)) => {
+                candle_core::bail!("this network is not class-conditional (train it with model.classes = K)")
+            }
+            _ => {}
+        }
         let levels = self.down.len();
         let mut h = self.conv_in.forward(x)?;
         let mut skips = Vec::with_capacity(levels);
@@ -303,6 +329,17 @@ impl Network for UNet {
         }
         let n = x.dim(0)?;
         self.forward_images(&x.reshape((n, c, h, w))?, t)?.reshape(x.shape())
+    }
+
+    fn forward_labeled(&self, x: &Tensor, t: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        let (c, h, w) = self.cfg.image;
+        let n = x.dim(0)?;
+        let img = if x.rank() == 4 { x.clone() } else { x.reshape((n, c, h, w))? };
+        self.forward_images_labeled(&img, t, Some(labels))?.reshape(x.shape())
+    }
+
+    fn classes(&self) -> usize {
+        self.classes.as_ref().map_or(0, |c| c.classes())
     }
 }
 

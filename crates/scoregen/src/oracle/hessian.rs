@@ -14,7 +14,7 @@ use candle_core::{Result, Tensor};
 
 impl GaussianMixture {
     /// Per-point g_k = −Σ_k⁻¹(x − μ_k) for every component, responsibilities and score.
-    fn parts(&self, row: &[f64], r: &[f64]) -> (Vec<Vec<f64>>, Vec<f64>) {
+    pub(super) fn parts(&self, row: &[f64], r: &[f64]) -> (Vec<Vec<f64>>, Vec<f64>) {
         let d = self.dim();
         let mut s = vec![0.0; d];
         let g: Vec<Vec<f64>> = (0..self.n_components())

@@ -21,6 +21,8 @@ pub enum MixtureError {
     NotSpd(usize),
     #[error("component {0}: mean or covariance is not finite")]
     NotFinite(usize),
+    #[error("cannot condition on coordinates {0:?} of a {1}-dimensional mixture: they must be distinct, in range, one value each, and leave at least one coordinate free")]
+    Condition(Vec<usize>, usize),
 }
 
 /// p(x) = Σ_k w_k N(x; μ_k, Σ_k).
@@ -203,11 +205,18 @@ impl GaussianMixture {
 
     /// Draws n points: k ~ Categorical(w), x = μ_k + L_k z.
     pub fn sample(&self, n: usize, rng: &mut Rng) -> Points {
+        self.sample_labeled(n, rng).0
+    }
+
+    /// [`GaussianMixture::sample`] with each point's component k (its class label).
+    pub fn sample_labeled(&self, n: usize, rng: &mut Rng) -> (Points, Vec<u8>) {
         let d = self.dim();
         let mut data = Vec::with_capacity(n * d);
+        let mut labels = Vec::with_capacity(n);
         let mut z = vec![0.0; d];
         for _ in 0..n {
             let k = self.draw_component(rng);
+            labels.push(k.min(u8::MAX as usize) as u8);
             for zi in z.iter_mut() {
                 *zi = rng.normal();
             }
@@ -217,7 +226,7 @@ impl GaussianMixture {
                 data.push(self.means[k][i] + lz);
             }
         }
-        Points::new(n, d, data)
+        (Points::new(n, d, data), labels)
     }
 
     fn draw_component(&self, rng: &mut Rng) -> usize {

@@ -5,6 +5,7 @@
 //! so log p_t and ∇ log p_t are known in closed form at every t and every σ.
 //! Every sampler and likelihood in scoregen is tested against it.
 
+mod conditional;
 mod hessian;
 mod mixture;
 
@@ -31,6 +32,34 @@ impl OracleScore {
     /// The exact perturbed mixture p_t.
     pub fn at(&self, t: f64) -> GaussianMixture {
         self.mixture.perturbed(self.sde.as_ref(), t)
+    }
+
+    /// ∇ₓ log p_t(y | x), the exact gradient of the class posterior of component y.
+    pub fn class_posterior_grad(&self, x: &Tensor, t: &Tensor, y: usize) -> Result<Tensor> {
+        self.check_class(y)?;
+        let (n, out) = self.by_time(x, t, |mix, block| mix.class_posterior_grad(block, y).data)?;
+        Tensor::from_vec(out, (n, x.dim(1)?), x.device())?.to_dtype(x.dtype())
+    }
+
+    /// log p_t(y | x) for every class, [N, K].
+    pub fn class_log_posteriors(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let (n, out) = self.by_time(x, t, |mix, block| mix.responsibilities(block).iter().map(|r| r.ln()).collect())?;
+        Tensor::from_vec(out, (n, self.mixture.n_components()), x.device())?.to_dtype(x.dtype())
+    }
+
+    /// ∇ₓ log p_t(x | y): the exact score of component y alone.
+    pub fn class_score(&self, x: &Tensor, t: &Tensor, y: usize) -> Result<Tensor> {
+        self.check_class(y)?;
+        let (n, out) = self.by_time(x, t, |mix, block| mix.component(y).score(block).data)?;
+        Tensor::from_vec(out, (n, x.dim(1)?), x.device())?.to_dtype(x.dtype())
+    }
+
+    fn check_class(&self, y: usize) -> Result<()> {
+        let k = self.mixture.n_components();
+        if y >= k {
+            candle_core::bail!("class {y} is out of range: the mixture has {k} components (classes 0..{})", k - 1);
+        }
+        Ok(())
     }
 }
 

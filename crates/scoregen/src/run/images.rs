@@ -39,11 +39,21 @@ pub struct ClassifierOutcome {
     pub seconds: f64,
 }
 
-/// Labelled training and held-out splits of an image source, in `opts.scale`.
-pub fn labelled_splits(source: &str, opts: &ImageOptions) -> Result<(Labelled, Labelled, (usize, usize, usize))> {
+/// (C, H, W) of an image.
+pub type ImageShape = (usize, usize, usize);
+
+/// Labelled training and held-out splits of an image source, in `opts.scale`,
+/// with the image shape; or of a Gaussian mixture (components as labels:
+/// 10,000 training and 2,000 held-out fresh draws), with no shape.
+pub fn labelled_splits(source: &str, opts: &ImageOptions) -> Result<(Labelled, Labelled, Option<ImageShape>)> {
+    if let Ok(data::Dataset { oracle: Some(mix), .. }) = data::load(source, 1, &mut crate::rng::Rng::new(0, 0)) {
+        let (x, y) = mix.sample_labeled(10_000, &mut crate::rng::Rng::new(0, 1));
+        let (xt, yt) = mix.sample_labeled(2_000, &mut crate::rng::Rng::new(0, 2));
+        return Ok((Labelled::new(x, y)?, Labelled::new(xt, yt)?, None));
+    }
     if !data::is_image_source(source) {
         return Err(Error::Invalid(format!(
-            "`{source}` is not an image source with labels (expected digits, mnist5k, fashion-mnist, an IDX file or a folder of PNGs)"
+            "`{source}` has no labels (expected images: digits, mnist5k, fashion-mnist, an IDX file or a folder of PNGs; or a Gaussian mixture, whose components are the classes)"
         )));
     }
     let split = |train: bool| -> Result<Labelled> {
@@ -55,7 +65,7 @@ pub fn labelled_splits(source: &str, opts: &ImageOptions) -> Result<(Labelled, L
         return Err(Error::data(source, "the training or the held-out split is empty"));
     }
     let shape = data::load_images(source, false, opts)?.shape();
-    Ok((train, test, shape))
+    Ok((train, test, Some(shape)))
 }
 
 /// Trains, evaluates on the held-out split and saves the classifier to `req.out`.
@@ -78,7 +88,7 @@ pub fn train_classifier(req: &ClassifierRequest) -> Result<ClassifierOutcome> {
     let spec = ClassifierSpec {
         classes: train.classes().max(test.classes()),
         dim: train.points.d,
-        image_shape: Some(shape),
+        image_shape: shape,
         width: req.width,
         noise_aware: req.noisy,
         embed_dim: 32,

@@ -3,7 +3,7 @@
 //! starting where the previous one ended.
 
 use super::langevin::langevin_step;
-use super::Sampled;
+use super::{Constraint, Sampled, Unconstrained};
 use crate::rng::Rng;
 use crate::score::ScoreFn;
 use crate::sde::NoiseLadder;
@@ -33,7 +33,22 @@ pub fn annealed_langevin(
     rng: &mut Rng,
     progress: &ProgressBar,
 ) -> Result<Sampled> {
-    let mut x = x;
+    annealed_langevin_constrained(score, ladder, x, &Unconstrained, opts, rng, progress)
+}
+
+/// [`annealed_langevin`] with a [`Constraint`] applied after every step at the
+/// level's kernel N(x₀, σ_i² I), and at (1, 0) to the final sample (inpainting
+/// with annealed Langevin, score_sde's `get_pc_inpainter` with the ALD corrector).
+pub fn annealed_langevin_constrained(
+    score: &dyn ScoreFn,
+    ladder: &NoiseLadder,
+    x: Tensor,
+    constraint: &dyn Constraint,
+    opts: &AnnealedOptions,
+    rng: &mut Rng,
+    progress: &ProgressBar,
+) -> Result<Sampled> {
+    let mut x = constraint.apply(x, 1.0, ladder.sigma(ladder.levels() - 1), rng)?;
     let total = ladder.levels() * opts.steps_per_level;
     let record = |k: usize| opts.record_every.is_some_and(|e| k.is_multiple_of(e.max(1)) || k == total);
     let mut trajectory = Vec::new();
@@ -47,6 +62,7 @@ pub fn annealed_langevin(
         let eps_i = opts.eps * (ladder.sigma(i) / sigma_1).powi(2);
         for _ in 0..opts.steps_per_level {
             x = langevin_step(score, &x, ladder.time(i), eps_i, rng)?;
+            x = constraint.apply(x, 1.0, ladder.sigma(i), rng)?;
             k += 1;
             if record(k) {
                 trajectory.push((ladder.time(i), x.clone()));
@@ -59,6 +75,7 @@ pub fn annealed_langevin(
         x = (&x + score.score_at(&x, ladder.time(0))?.affine(sigma_1 * sigma_1, 0.0)?)?.detach();
         nfe += 1;
     }
+    x = constraint.apply(x, 1.0, 0.0, rng)?;
     progress.finish_and_clear();
     Ok(Sampled { x, trajectory, nfe })
 }

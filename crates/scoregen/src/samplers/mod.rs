@@ -17,7 +17,7 @@ pub mod pc;
 pub mod predictors;
 pub mod reverse;
 
-pub use annealed_langevin::{annealed_langevin, AnnealedOptions};
+pub use annealed_langevin::{annealed_langevin, annealed_langevin_constrained, AnnealedOptions};
 pub use correctors::{AnnealedLangevin, Corrector, LangevinCorrector, NoneCorrector};
 pub use ddim::sample_ddim;
 pub use ddpm::sample_ddpm;
@@ -27,7 +27,7 @@ pub use flow::{decode, encode, interpolate, sample_ode};
 pub use heun::{sample_heun, Churn};
 pub use langevin::{langevin, mala, LangevinOptions, Start};
 pub use ode::{OdeMethod, OdeSolution};
-pub use pc::{sample_pc, CorrectorKind, SamplerKind, SamplerSpec};
+pub use pc::{sample_pc, sample_pc_constrained, CorrectorKind, SamplerKind, SamplerSpec};
 pub use predictors::{Ancestral, NonePredictor, ReverseDiffusion};
 pub use predictors::{EulerMaruyama, Predictor};
 pub use reverse::ReverseSde;
@@ -65,6 +65,25 @@ pub struct Sampled {
     pub trajectory: Vec<(f64, Tensor)>,
     /// Number of score evaluations.
     pub nfe: usize,
+}
+
+/// What a sampler does to its state after every step. Unconstrained sampling
+/// leaves it alone; inpainting ([`crate::guidance::Inpaint`]) holds the known
+/// coordinates to the observation perturbed to the current noise level.
+pub trait Constraint {
+    /// x, whose perturbation kernel at this step is N(m·x₀, s²·I), constrained.
+    /// (m, s) = (1, 0) after the final step: the clean observation.
+    fn apply(&self, x: Tensor, m: f64, s: f64, rng: &mut Rng) -> Result<Tensor>;
+}
+
+/// No constraint (draws nothing from the stream).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unconstrained;
+
+impl Constraint for Unconstrained {
+    fn apply(&self, x: Tensor, _m: f64, _s: f64, _rng: &mut Rng) -> Result<Tensor> {
+        Ok(x)
+    }
 }
 
 /// Tweedie's formula E[x(0) | x(t)] = (x + s(t)² ∇ log p_t(x)) / m(t).

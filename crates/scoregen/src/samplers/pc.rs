@@ -3,8 +3,8 @@
 //! predictor (one step of the reverse SDE). Any predictor with any corrector.
 
 use super::{
-    flow, tweedie_denoise, Ancestral, AnnealedLangevin, Corrector, EulerMaruyama, LangevinCorrector, NoneCorrector,
-    OdeMethod, Predictor, ReverseDiffusion, ReverseOptions, ReverseSde, Sampled,
+    flow, tweedie_denoise, Ancestral, AnnealedLangevin, Constraint, Corrector, EulerMaruyama, LangevinCorrector,
+    NoneCorrector, OdeMethod, Predictor, ReverseDiffusion, ReverseOptions, ReverseSde, Sampled, Unconstrained,
 };
 use super::{
     karras_sigmas, sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_heun, time_uniform_sigmas, Churn, Denoiser,
@@ -13,7 +13,7 @@ use super::{
 use crate::rng::Rng;
 use crate::score::ScoreFn;
 use crate::sde::Sde;
-use candle_core::{DType, Device, Result, Shape};
+use candle_core::{DType, Device, Result, Shape, Tensor};
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
@@ -33,11 +33,36 @@ pub fn sample_pc(
     dtype: DType,
     progress: &ProgressBar,
 ) -> Result<Sampled> {
+    sample_pc_constrained(score, sde, predictor, corrector, &Unconstrained, shape, opts, rng, dtype, progress)
+}
+
+/// [`sample_pc`] with a [`Constraint`] applied to the prior draw and after every
+/// corrector and predictor step, at the marginal kernel of the time x has
+/// reached, and to the final sample with (m, s) = (1, 0) (score_sde's
+/// `get_pc_inpainter` with the known part re-noised to the right time).
+#[allow(clippy::too_many_arguments)]
+pub fn sample_pc_constrained(
+    score: &dyn ScoreFn,
+    sde: &dyn Sde,
+    predictor: &dyn Predictor,
+    corrector: &dyn Corrector,
+    constraint: &dyn Constraint,
+    shape: impl Into<Shape>,
+    opts: &ReverseOptions,
+    rng: &mut Rng,
+    dtype: DType,
+    progress: &ProgressBar,
+) -> Result<Sampled> {
     let eps = opts.eps.unwrap_or_else(|| sde.sampling_eps());
     let n = opts.steps.max(1);
     let dt = -(sde.t_max() - eps) / n as f64;
     let reverse = ReverseSde::new(sde, score, false);
+    let hold = |x: Tensor, t: f64, rng: &mut Rng| {
+        let (m, s) = sde.marginal(t);
+        constraint.apply(x, m, s, rng)
+    };
     let mut x = sde.prior_sample(shape.into(), rng, dtype, &Device::Cpu)?;
+    x = hold(x, sde.t_max(), rng)?;
     let mut trajectory = Vec::new();
     let record = |i: usize| opts.record_every.is_some_and(|k| i.is_multiple_of(k.max(1)) || i == n);
     if record(0) {
@@ -49,7 +74,9 @@ pub fn sample_pc(
         // detached: a network's parameters are variables, and without this the
         // graph of every past step would stay alive
         x = corrector.step(&reverse, &x, t, dt, rng)?.0.detach();
+        x = hold(x, t, rng)?;
         x = predictor.step(&reverse, &x, t, dt, rng)?.0.detach();
+        x = hold(x, t + dt, rng)?;
         if record(i + 1) {
             trajectory.push((t + dt, x.clone()));
         }
@@ -60,6 +87,7 @@ pub fn sample_pc(
         x = tweedie_denoise(&x, eps, score, sde)?;
         nfe += 1;
     }
+    x = constraint.apply(x, 1.0, 0.0, rng)?;
     progress.finish_and_clear();
     Ok(Sampled { x, trajectory, nfe })
 }
@@ -226,34 +254,52 @@ impl SamplerSpec {
         if self.kind.is_denoiser() {
             return self.sample_sigma_space(score, sde, shape, eps, rng, dtype, progress);
         }
-        let predictor: &dyn Predictor = match self.kind {
-            SamplerKind::Em => &EulerMaruyama,
-            SamplerKind::ReverseDiffusion | SamplerKind::Pc => &ReverseDiffusion,
-            SamplerKind::Ancestral => &Ancestral,
-            SamplerKind::Langevin
-            | SamplerKind::Mala
-            | SamplerKind::AnnealedLangevin
-            | SamplerKind::Ddpm
-            | SamplerKind::Ddim
-            | SamplerKind::Dpmpp2m
-            | SamplerKind::Heun => {
-                candle_core::bail!("`{}` is not a reverse-time sampler (see run::draw)", self.kind)
-            }
-            SamplerKind::Ode => {
-                let method = OdeMethod::Rk45 { rtol: self.rtol, atol: self.atol };
-                return flow::sample_ode(score, sde, shape, method, &opts, rng, dtype);
+        if self.kind == SamplerKind::Ode {
+            let method = OdeMethod::Rk45 { rtol: self.rtol, atol: self.atol };
+            return flow::sample_ode(score, sde, shape, method, &opts, rng, dtype);
+        }
+        let (predictor, corrector) = self.pc_parts()?;
+        sample_pc(score, sde, predictor.as_ref(), corrector.as_ref(), shape, &opts, rng, dtype, progress)
+    }
+
+    /// The predictor and corrector of a PC-family sampler (em, reverse-diffusion,
+    /// ancestral, pc); an error for the others.
+    pub fn pc_parts(&self) -> Result<(Box<dyn Predictor>, Box<dyn Corrector>)> {
+        let predictor: Box<dyn Predictor> = match self.kind {
+            SamplerKind::Em => Box::new(EulerMaruyama),
+            SamplerKind::ReverseDiffusion | SamplerKind::Pc => Box::new(ReverseDiffusion),
+            SamplerKind::Ancestral => Box::new(Ancestral),
+            k => {
+                candle_core::bail!("`{k}` is not a predictor–corrector sampler (em, reverse-diffusion, ancestral, pc)")
             }
         };
         let default = if self.kind == SamplerKind::Pc { CorrectorKind::Langevin } else { CorrectorKind::None };
         let (snr, n_steps) = (self.snr, self.corrector_steps);
-        let langevin = LangevinCorrector { snr, n_steps };
-        let ald = AnnealedLangevin { snr, n_steps };
-        let corrector: &dyn Corrector = match self.corrector.unwrap_or(default) {
-            CorrectorKind::Langevin => &langevin,
-            CorrectorKind::Ald => &ald,
-            CorrectorKind::None => &NoneCorrector,
+        let corrector: Box<dyn Corrector> = match self.corrector.unwrap_or(default) {
+            CorrectorKind::Langevin => Box::new(LangevinCorrector { snr, n_steps }),
+            CorrectorKind::Ald => Box::new(AnnealedLangevin { snr, n_steps }),
+            CorrectorKind::None => Box::new(NoneCorrector),
         };
-        sample_pc(score, sde, predictor, corrector, shape, &opts, rng, dtype, progress)
+        Ok((predictor, corrector))
+    }
+
+    /// A PC-family sampler with a [`Constraint`] (inpainting), see [`sample_pc_constrained`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample_constrained(
+        &self,
+        score: &dyn ScoreFn,
+        sde: &dyn Sde,
+        constraint: &dyn Constraint,
+        shape: impl Into<Shape>,
+        eps: Option<f64>,
+        denoise: bool,
+        rng: &mut Rng,
+        dtype: DType,
+        progress: &ProgressBar,
+    ) -> Result<Sampled> {
+        let opts = ReverseOptions { steps: self.steps, eps, denoise, record_every: None };
+        let (p, c) = self.pc_parts()?;
+        sample_pc_constrained(score, sde, p.as_ref(), c.as_ref(), constraint, shape, &opts, rng, dtype, progress)
     }
 
     /// The σ-space samplers: x_{σ_0} = σ_0·z (k-diffusion's start; for VP this

@@ -111,6 +111,15 @@ impl Trainer {
             &mut Rng::new(cfg.seed, streams::DATA),
             &cfg.data.image_options(),
         )?;
+        if cfg.model.classes > 0 {
+            let k = cfg.model.classes;
+            let labels = dataset.labels.as_ref().ok_or_else(|| {
+                Error::config("config", "model.classes", format!("data `{}` has no class labels", cfg.data.source))
+            })?;
+            if let Some(&bad) = labels.iter().find(|&&y| y as usize >= k) {
+                return Err(Error::config("config", "model.classes", format!("is {k}, but the data has label {bad}")));
+            }
+        }
         let varmap = VarMap::new();
         let model = nets::build(&cfg.model, dataset.points.d, cfg.noise.levels, cfg.seed, &varmap)?;
         let params = nets::named_vars(&varmap);
@@ -130,15 +139,24 @@ impl Trainer {
         })
     }
 
-    /// A random minibatch (indices with replacement) as an f32 tensor.
-    fn batch(&mut self) -> Result<Tensor> {
+    /// A random minibatch (indices with replacement) as an f32 tensor, with its
+    /// labels for a class-conditional model (each replaced by the null label K
+    /// with probability `model.label_dropout`).
+    fn batch(&mut self) -> Result<(Tensor, Option<Tensor>)> {
         let pts = &self.dataset.points;
         let bs = self.cfg.training.batch_size;
+        let (k, dropout) = (self.cfg.model.classes, self.cfg.model.label_dropout);
         let mut v = Vec::with_capacity(bs * pts.d);
+        let mut labels = Vec::with_capacity(if k > 0 { bs } else { 0 });
         for _ in 0..bs {
-            v.extend(pts.row(self.batch_rng.below(pts.n)).iter().map(|&x| x as f32));
+            let i = self.batch_rng.below(pts.n);
+            v.extend(pts.row(i).iter().map(|&x| x as f32));
+            if let (true, Some(l)) = (k > 0, &self.dataset.labels) {
+                labels.push(if self.batch_rng.uniform() < dropout { k as u32 } else { l[i] as u32 });
+            }
         }
-        Ok(Tensor::from_vec(v, (bs, pts.d), &Device::Cpu)?)
+        let labels = if k > 0 { Some(Tensor::from_vec(labels, bs, &Device::Cpu)?) } else { None };
+        Ok((Tensor::from_vec(v, (bs, pts.d), &Device::Cpu)?, labels))
     }
 
     /// One optimizer step. Returns the loss and the gradient norm. A non-finite
@@ -146,10 +164,14 @@ impl Trainer {
     /// the tensor: the loss, or the first parameter whose gradient is
     /// non-finite (with `detect_anomaly`, the earlier boundaries of [`anomaly`]).
     pub fn train_step(&mut self, last_checkpoint: &str) -> Result<(f64, f64)> {
-        let x0 = self.batch()?;
+        let (x0, labels) = self.batch()?;
         let non_finite =
             |what: String| Error::NonFinite { what, step: self.step + 1, checkpoint: last_checkpoint.into() };
-        let score = self.model.score(self.cfg.sde());
+        let labeled = labels.and_then(|l| self.model.score_labeled(self.cfg.sde(), l));
+        let score: Box<dyn ScoreFn + '_> = match labeled {
+            Some(s) => Box::new(s),
+            None => self.model.score(self.cfg.sde()),
+        };
         let watched = anomaly::Watched::new(score.as_ref());
         let score: &dyn ScoreFn = if self.detect_anomaly { &watched } else { score.as_ref() };
         let loss = self.cfg.objective().loss(score, &x0, &mut self.noise_rng)?;

@@ -454,7 +454,7 @@ impl Builder<'_> {
             let mut req = SampleRequest::new(PROCESS_N, steps, cfg.seed, PathBuf::new());
             req.record_every = Some(1);
             let spec = SamplerSpec { steps, ..cfg.sampling.spec() };
-            run::draw(model, &req, &spec, &mut rng)?
+            run::draw(model, model.score().as_ref(), &req, &spec, &mut rng)?
         };
         pb.finish_and_clear();
         out.trajectory.iter().map(|(t, x)| Ok((*t, Points::from_tensor(x)?))).collect()

@@ -1,0 +1,136 @@
+//! Class-conditional sampling as a score: classifier guidance (Song et al. 2021,
+//! App. I.1; Dhariwal & Nichol 2021) and classifier-free guidance (Ho & Salimans 2022).
+
+use crate::autodiff;
+use crate::nets::{Classifier, Model};
+use crate::oracle::OracleScore;
+use crate::score::ScoreFn;
+use crate::sde::Sde;
+use candle_core::{DType, Result, Tensor, Var};
+use std::sync::Arc;
+
+/// A (noise-aware) class posterior p_t(y | x): the exact one of a mixture whose
+/// components are the classes, or a trained time-conditioned classifier.
+pub trait ClassPosterior {
+    /// K, the number of classes.
+    fn classes(&self) -> usize;
+    /// log p_t(y | x) for every class, [N, K], at times t [N].
+    fn log_posteriors(&self, x: &Tensor, t: &Tensor) -> Result<Tensor>;
+    /// ∇ₓ log p_t(y | x), shaped like x.
+    fn grad_log_posterior(&self, x: &Tensor, t: &Tensor, y: usize) -> Result<Tensor>;
+}
+
+impl ClassPosterior for OracleScore {
+    fn classes(&self) -> usize {
+        self.mixture.n_components()
+    }
+    fn log_posteriors(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        self.class_log_posteriors(x, t)
+    }
+    fn grad_log_posterior(&self, x: &Tensor, t: &Tensor, y: usize) -> Result<Tensor> {
+        self.class_posterior_grad(x, t, y)
+    }
+}
+
+/// The project's classifier, noise-aware (trained on x(t) with its time input):
+/// p_φ(y | x(t), t), its gradient by autodiff through the network.
+impl ClassPosterior for Classifier {
+    fn classes(&self) -> usize {
+        self.spec.classes
+    }
+    fn log_posteriors(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let t = self.spec.noise_aware.then(|| t.to_dtype(DType::F32)).transpose()?;
+        self.log_probs(&x.to_dtype(DType::F32)?, t.as_ref())?.to_dtype(x.dtype())
+    }
+    fn grad_log_posterior(&self, x: &Tensor, t: &Tensor, y: usize) -> Result<Tensor> {
+        if y >= self.spec.classes {
+            candle_core::bail!("class {y} is out of range: the classifier knows classes 0..{}", self.spec.classes - 1);
+        }
+        let leaf = Var::from_tensor(&x.detach())?;
+        let logp = self.log_posteriors(leaf.as_tensor(), t)?.narrow(1, y, 1)?;
+        Ok(autodiff::grad_wrt(&logp, leaf.as_tensor())?.detach())
+    }
+}
+
+/// Classifier guidance: s(x, t) + w·∇ₓ log p_t(y | x). With w = 1 and exact
+/// parts this is the score of p_t(x | y); w > 1 sharpens towards p_t(y | x)^w.
+pub struct ClassifierGuided<'a> {
+    pub score: &'a dyn ScoreFn,
+    pub classifier: &'a dyn ClassPosterior,
+    pub class: usize,
+    pub scale: f64,
+}
+
+impl ScoreFn for ClassifierGuided<'_> {
+    fn score(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let s = self.score.score(x, t)?;
+        if self.scale == 0.0 {
+            return Ok(s);
+        }
+        s + self.classifier.grad_log_posterior(x, t, self.class)?.affine(self.scale, 0.0)?
+    }
+}
+
+/// A score that can be asked with or without a class: s(x, t, y) and s(x, t).
+pub trait ConditionalScore {
+    /// K, the number of classes.
+    fn classes(&self) -> usize;
+    /// s(x, t, y) for `Some(y)`, the unconditional s(x, t) for `None`.
+    fn score_given(&self, x: &Tensor, t: &Tensor, class: Option<usize>) -> Result<Tensor>;
+}
+
+impl ConditionalScore for OracleScore {
+    fn classes(&self) -> usize {
+        self.mixture.n_components()
+    }
+    fn score_given(&self, x: &Tensor, t: &Tensor, class: Option<usize>) -> Result<Tensor> {
+        match class {
+            Some(y) => self.class_score(x, t, y),
+            None => self.score(x, t),
+        }
+    }
+}
+
+/// A class-conditional network (trained with label dropout) as a [`ConditionalScore`]:
+/// `None` asks it with the null label.
+pub struct ModelConditional<'a> {
+    pub model: &'a Model,
+    pub sde: Arc<dyn Sde>,
+}
+
+impl ConditionalScore for ModelConditional<'_> {
+    fn classes(&self) -> usize {
+        self.model.classes()
+    }
+    fn score_given(&self, x: &Tensor, t: &Tensor, class: Option<usize>) -> Result<Tensor> {
+        let k = self.classes();
+        let y = class.unwrap_or(k);
+        if y > k || (class.is_some() && y == k) {
+            candle_core::bail!("class {y} is out of range: the model knows classes 0..{}", k.max(1) - 1);
+        }
+        let labels = Tensor::new(&[y as u32], x.device())?;
+        match self.model.score_labeled(self.sde.clone(), labels) {
+            Some(s) => s.score(x, t),
+            None => candle_core::bail!("the model is not class-conditional (train it with model.classes = K)"),
+        }
+    }
+}
+
+/// Classifier-free guidance: (1 + w)·s(x, t, y) − w·s(x, t). w = 0 is the plain
+/// conditional score; w > 0 follows s(x, t, y) + w·∇ₓ log p_t(y | x), the implicit
+/// classifier being the difference of the two scores.
+pub struct ClassifierFree<'a> {
+    pub model: &'a dyn ConditionalScore,
+    pub class: usize,
+    pub w: f64,
+}
+
+impl ScoreFn for ClassifierFree<'_> {
+    fn score(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let cond = self.model.score_given(x, t, Some(self.class))?;
+        if self.w == 0.0 {
+            return Ok(cond);
+        }
+        cond.affine(1.0 + self.w, 0.0)? - self.model.score_given(x, t, None)?.affine(self.w, 0.0)?
+    }
+}
