@@ -297,16 +297,31 @@ pub type ScatterPanel<'a> = (&'a str, &'a Points, Option<&'a dyn Fn(f64, f64) ->
 /// Scatter panels on a grid of `cols` columns in one PNG (each panel the size
 /// of a single scatter), all over the same bounds.
 pub fn scatter_grid(path: &Path, cols: usize, panels: &[ScatterPanel], bounds: &Bounds) -> Result<(), PlotError> {
+    panel_grid(path, cols, panels.len(), bounds, |area, i| {
+        let (title, pts, field) = panels[i];
+        draw_scatter(area, path, pts, field, bounds, title).map(|_| ())
+    })
+}
+
+/// `n` panels, each the size of a single scatter, on a grid of `cols` columns
+/// in one PNG; `draw(area, i)` draws panel i.
+fn panel_grid(
+    path: &Path,
+    cols: usize,
+    n: usize,
+    bounds: &Bounds,
+    mut draw: impl FnMut(&DrawingArea<BitMapBackend, plotters::coord::Shift>, usize) -> Result<(), PlotError>,
+) -> Result<(), PlotError> {
     if !bounds.is_valid() {
         return Err(PlotError::at(path, format!("invalid bounds {bounds:?}")));
     }
     ensure_font(path)?;
-    let cols = cols.clamp(1, panels.len().max(1));
-    let rows = panels.len().div_ceil(cols).max(1);
+    let cols = cols.clamp(1, n.max(1));
+    let rows = n.div_ceil(cols).max(1);
     let (w, h) = SCATTER_SIZE;
     let root = BitMapBackend::new(path, (w * cols as u32, h * rows as u32)).into_drawing_area();
-    for (area, (title, pts, field)) in root.split_evenly((rows, cols)).iter().zip(panels) {
-        draw_scatter(area, path, pts, *field, bounds, title)?;
+    for (i, area) in root.split_evenly((rows, cols)).iter().enumerate().take(n) {
+        draw(area, i)?;
     }
     root.present().map_err(|e| PlotError::at(path, e))?;
     Ok(())
@@ -318,20 +333,11 @@ pub type FieldPanel<'a> = (&'a str, &'a [Arrow], Option<&'a dyn Fn(f64, f64) -> 
 /// Vector fields as arrows over heat maps, panels side by side on a grid of
 /// `cols` columns in one PNG, all over the same bounds.
 pub fn vector_field(path: &Path, cols: usize, panels: &[FieldPanel], bounds: &Bounds) -> Result<(), PlotError> {
-    if !bounds.is_valid() {
-        return Err(PlotError::at(path, format!("invalid bounds {bounds:?}")));
-    }
-    ensure_font(path)?;
-    let cols = cols.clamp(1, panels.len().max(1));
-    let rows = panels.len().div_ceil(cols).max(1);
-    let (w, h) = SCATTER_SIZE;
-    let root = BitMapBackend::new(path, (w * cols as u32, h * rows as u32)).into_drawing_area();
     let empty = Points::new(0, 2, Vec::new());
-    for (area, (title, arrows, field)) in root.split_evenly((rows, cols)).iter().zip(panels) {
-        draw_panel(area, path, &empty, *field, bounds, title, arrows)?;
-    }
-    root.present().map_err(|e| PlotError::at(path, e))?;
-    Ok(())
+    panel_grid(path, cols, panels.len(), bounds, |area, i| {
+        let (title, arrows, field) = panels[i];
+        draw_panel(area, path, &empty, field, bounds, title, arrows).map(|_| ())
+    })
 }
 
 /// The centres of the heat-map cells of a scatter over `bounds`, row by row

@@ -610,16 +610,8 @@ fn forward_reverse(
 ) -> Result<()> {
     let mut rng = Rng::new(seed, streams::EVAL);
     let steps = process.len().saturating_sub(1).max(1);
-    let dt = sde.t_max() / steps as f64;
-    let mut forward: Vec<Vec<(f64, f64)>> = (0..PATHS.min(data.n)).map(|i| vec![(0.0, data.row(i)[0])]).collect();
-    for k in 0..steps {
-        let t = k as f64 * dt;
-        let (a, g) = (sde.drift_coef(t), sde.diffusion(t));
-        for p in forward.iter_mut() {
-            let x = p.last().expect("non-empty").1;
-            p.push((t + dt, x + a * x * dt + g * dt.sqrt() * rng.normal()));
-        }
-    }
+    let starts: Vec<f64> = (0..PATHS.min(data.n)).map(|i| data.row(i)[0]).collect();
+    let forward = crate::demo::forward_paths_1d(sde, &starts, steps, &mut rng);
     let reverse: Vec<Vec<(f64, f64)>> =
         (0..PATHS.min(process[0].1.n)).map(|i| process.iter().map(|(t, x)| (*t, x.row(i)[0])).collect()).collect();
     // the marginal of x₁ under the mixture: component means and variances of the first coordinate
