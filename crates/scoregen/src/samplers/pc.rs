@@ -258,8 +258,7 @@ impl SamplerSpec {
             let method = OdeMethod::Rk45 { rtol: self.rtol, atol: self.atol };
             return flow::sample_ode(score, sde, shape, method, &opts, rng, dtype);
         }
-        let (predictor, corrector) = self.pc_parts()?;
-        sample_pc(score, sde, predictor.as_ref(), corrector.as_ref(), shape, &opts, rng, dtype, progress)
+        self.sample_constrained(score, sde, &Unconstrained, shape, eps, denoise, rng, dtype, progress)
     }
 
     /// The predictor and corrector of a PC-family sampler (em, reverse-diffusion,
@@ -297,7 +296,7 @@ impl SamplerSpec {
         dtype: DType,
         progress: &ProgressBar,
     ) -> Result<Sampled> {
-        let opts = ReverseOptions { steps: self.steps, eps, denoise, record_every: None };
+        let opts = ReverseOptions { steps: self.steps, eps, denoise, record_every: self.record_every };
         let (p, c) = self.pc_parts()?;
         sample_pc_constrained(score, sde, p.as_ref(), c.as_ref(), constraint, shape, &opts, rng, dtype, progress)
     }
