@@ -2,6 +2,8 @@
 //! (truncated, oversized header, wrong dtype, wrong shape, non-finite values,
 //! hostile names), each with the exact error a user sees.
 
+mod common;
+use common::npy_file;
 use scoregen::config::RunConfig;
 use scoregen::data::{images, npy, spec, ImageSet};
 use scoregen::train::{self, checkpoint, LoadedModel, TrainOptions};
@@ -25,19 +27,6 @@ fn err<T>(r: scoregen::Result<T>) -> String {
     }
 }
 
-fn npy_file(descr: &str, fortran: bool, shape: &str, payload: &[u8]) -> Vec<u8> {
-    let fortran = if fortran { "True" } else { "False" };
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': {fortran}, 'shape': {shape}, }}");
-    while !(10 + header.len() + 1).is_multiple_of(64) {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend((header.len() as u16).to_le_bytes());
-    bytes.extend(header.as_bytes());
-    bytes.extend(payload);
-    bytes
-}
 
 fn f32s(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()

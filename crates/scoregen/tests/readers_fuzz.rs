@@ -7,6 +7,7 @@
 //! deep into the parser instead of dying at the magic number. Seeds are fixed
 //! and case counts bounded: the whole file runs in a few seconds in release.
 
+mod common;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
 use scoregen::config::RunConfig;
@@ -58,17 +59,7 @@ fn gz(bytes: &[u8]) -> Vec<u8> {
 fn npy_bytes(descr: &str, fortran: bool, shape: &[u64], payload: &[u8]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|s| s.to_string()).collect();
     let tuple = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
-    let fortran = if fortran { "True" } else { "False" };
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': {fortran}, 'shape': {tuple}, }}");
-    while !(10 + header.len() + 1).is_multiple_of(64) {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend((header.len() as u16).to_le_bytes());
-    bytes.extend(header.as_bytes());
-    bytes.extend(payload);
-    bytes
+    common::npy_file(descr, fortran, &tuple, payload)
 }
 
 fn valid_npy() -> Vec<u8> {
