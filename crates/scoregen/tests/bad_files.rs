@@ -27,7 +27,6 @@ fn err<T>(r: scoregen::Result<T>) -> String {
     }
 }
 
-
 fn f32s(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
