@@ -10,6 +10,7 @@
 
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
+use std::cell::Cell;
 use std::sync::Once;
 
 static INIT: Once = Once::new();
@@ -30,6 +31,55 @@ pub fn enable_second_order() {
 /// True when candle, on this thread, keeps the gradient graph.
 pub fn second_order_enabled() -> bool {
     std::env::var(DO_NOT_DETACH_VAR).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+thread_local! {
+    /// Depth of nested [`exact_higher_order`] scopes on this thread.
+    static HIGHER_ORDER: Cell<usize> = const { Cell::new(0) };
+    /// Depth of nested [`input_gradients_only`] scopes on this thread.
+    static INPUT_ONLY: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Runs `f` with the scope counter `depth` raised by one (lowered again on
+/// exit, also on a panic).
+fn scoped<R>(depth: &'static std::thread::LocalKey<Cell<usize>>, f: impl FnOnce() -> R) -> R {
+    struct Exit(&'static std::thread::LocalKey<Cell<usize>>);
+    impl Drop for Exit {
+        fn drop(&mut self) {
+            self.0.with(|d| d.set(d.get() - 1));
+        }
+    }
+    depth.with(|d| d.set(d.get() + 1));
+    let _exit = Exit(depth);
+    f()
+}
+
+/// Runs `f` with every network on candle's own ops, so whatever `f` builds
+/// can be differentiated any number of times. Outside such a scope networks
+/// may use fused first-order kernels ([`crate::nets::dense`]), whose
+/// gradients refuse a second differentiation. Objectives that differentiate
+/// ∇ₓ s_θ with respect to θ (implicit and sliced score matching) and energy
+/// models (s_θ = −∇ₓ f_θ) run their forward passes in here.
+pub fn exact_higher_order<R>(f: impl FnOnce() -> R) -> R {
+    scoped(&HIGHER_ORDER, f)
+}
+
+/// Runs `f` where only gradients with respect to inputs are wanted (the
+/// vector-Jacobian products of a likelihood's divergence): networks may then
+/// treat their parameters as constants and skip computing ∂/∂θ. Nothing built
+/// in here may be used to train.
+pub fn input_gradients_only<R>(f: impl FnOnce() -> R) -> R {
+    scoped(&INPUT_ONLY, f)
+}
+
+/// True inside [`input_gradients_only`].
+pub fn parameters_constant() -> bool {
+    INPUT_ONLY.with(|d| d.get() > 0)
+}
+
+/// False inside [`exact_higher_order`]: fused first-order kernels are allowed.
+pub fn fused_kernels_allowed() -> bool {
+    HIGHER_ORDER.with(|d| d.get() == 0)
 }
 
 /// Runs `loss.backward()` with second-order gradients enabled.

@@ -99,12 +99,15 @@ pub fn score_and_divergence(
     if let Some(div) = closed {
         return Ok((score.score(x, t)?, div));
     }
-    let ev = evaluate_tracked(score, x, t)?;
-    let div = match estimator {
-        TraceEstimator::Exact => exact_trace_autodiff(&ev)?,
-        TraceEstimator::Hutchinson { .. } => hutchinson_autodiff(&ev, probes)?,
-    };
-    Ok((ev.s.detach(), div))
+    // only ∇ₓ is needed: the network may skip its parameter gradients
+    autodiff::input_gradients_only(|| {
+        let ev = evaluate_tracked(score, x, t)?;
+        let div = match estimator {
+            TraceEstimator::Exact => exact_trace_autodiff(&ev)?,
+            TraceEstimator::Hutchinson { .. } => hutchinson_autodiff(&ev, probes)?,
+        };
+        Ok((ev.s.detach(), div))
+    })
 }
 
 /// s(x, t) with x as a tracked variable.

@@ -24,8 +24,22 @@ impl GaussianFourier {
         Ok(Self { freqs: Tensor::from_vec(w, (1, dim / 2), device)?.to_dtype(dtype)? })
     }
 
-    /// t [N] → features [N, dim].
+    /// t [N] → features [N, dim]. When every t is the same (a sampler's
+    /// step), one row is computed and repeated.
     pub fn forward(&self, t: &Tensor) -> Result<Tensor> {
+        let n = t.dim(0)?;
+        if n > 1 && !t.track_op() {
+            let ts = t.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
+            if ts.iter().all(|&v| v == ts[0]) {
+                let row = self.features(&t.narrow(0, 0, 1)?)?;
+                return row.broadcast_as((n, row.dim(1)?))?.contiguous();
+            }
+        }
+        self.features(t)
+    }
+
+    /// [sin(2π W t), cos(2π W t)] row by row.
+    fn features(&self, t: &Tensor) -> Result<Tensor> {
         let arg = t.unsqueeze(1)?.to_dtype(self.freqs.dtype())?.broadcast_mul(&self.freqs)?;
         Tensor::cat(&[arg.sin()?, arg.cos()?], 1)
     }

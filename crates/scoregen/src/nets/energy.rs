@@ -43,7 +43,7 @@ impl ScoreFn for EnergyScore<'_> {
             leaf = Var::from_tensor(&x.detach())?;
             leaf.as_tensor().clone()
         };
-        let f = self.0.energy(&xv, t)?;
-        autodiff::grad_wrt(&f, &xv)?.neg()
+        // −∇ₓ f_θ is differentiated again in θ when training: exact second order
+        autodiff::exact_higher_order(|| autodiff::grad_wrt(&self.0.energy(&xv, t)?, &xv)?.neg())
     }
 }

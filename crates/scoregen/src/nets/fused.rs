@@ -21,7 +21,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape
 /// bits. x is clamped to [−87, 88], where e^x is a normal f32; beyond, the
 /// sigmoid built on it is already 0 or 1 to f32 precision.
 #[inline(always)]
-fn exp_f32(x: f32) -> f32 {
+pub(crate) fn exp_f32(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     // k = round(x/ln 2) by the 1.5·2²³ trick: the sum's low mantissa bits hold
     // k, read as an integer (no float→int conversion, so the loop vectorizes)
@@ -119,14 +119,24 @@ unsafe fn go_avx2(
     s2: Option<(&CpuStorage, &Layout)>,
     f: impl Fn(f32, f32) -> f32,
 ) -> Result<Vec<f32>> {
+    // plain loops, not `map(..).collect()`: collect's loop is generic code
+    // compiled without AVX2, and the closure it calls stays scalar
     let a = slice::<f32>(s1, l1)?;
-    Ok(match s2 {
-        None => a.iter().map(|&x| f(x, x)).collect(),
+    let mut out = vec![0f32; a.len()];
+    match s2 {
+        None => {
+            for (o, &x) in out.iter_mut().zip(a) {
+                *o = f(x, x);
+            }
+        }
         Some((s2, l2)) => {
             let b = slice::<f32>(s2, l2)?;
-            a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
+            for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+                *o = f(x, y);
+            }
         }
-    })
+    }
+    Ok(out)
 }
 
 /// silu(x) = x·σ(x), forward in one pass.

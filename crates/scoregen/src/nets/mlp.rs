@@ -1,6 +1,6 @@
 //! MLPs for points in R^D, with a choice of conditioning on time / noise level.
 
-use super::{fused, ClassEmbedding, GaussianFourier, Network};
+use super::{dense, fused, ClassEmbedding, GaussianFourier, Network};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{embedding, linear, Embedding, Linear, VarBuilder};
 
@@ -153,6 +153,49 @@ impl Network for Mlp {
 }
 
 impl Mlp {
+    /// The whole network as one fused op ([`dense`]) on a = [x, e]: f32 on
+    /// the CPU, outside [`crate::autodiff::exact_higher_order`]; `None` when
+    /// those do not hold (candle's ops then run the same network). θ is the
+    /// parameters concatenated in [`dense::Dims`]'s order; the hidden and time
+    /// biases enter as their sum.
+    fn fused(&self, a: &Tensor, d: usize) -> Result<Option<Tensor>> {
+        if !crate::autodiff::fused_kernels_allowed() || a.dtype() != DType::F32 || !a.device().is_cpu() {
+            return Ok(None);
+        }
+        let bias = |layer: &Linear| layer.bias().cloned();
+        let Some(mut parts) = bias(&self.input).map(|b| vec![self.input.weight().flatten_all(), Ok(b)]) else {
+            return Ok(None);
+        };
+        for (l, layer) in self.hidden.iter().enumerate() {
+            let Some(b) = bias(layer) else { return Ok(None) };
+            parts.push(layer.weight().flatten_all());
+            match self.time.get(l) {
+                Some(time) => {
+                    let Some(c) = bias(time) else { return Ok(None) };
+                    parts.push(time.weight().flatten_all());
+                    parts.push(b + c);
+                }
+                None => parts.push(Ok(b)),
+            }
+        }
+        let Some(bo) = bias(&self.output) else { return Ok(None) };
+        parts.push(self.output.weight().flatten_all());
+        parts.push(Ok(bo));
+        let mut theta = Tensor::cat(&parts.into_iter().collect::<Result<Vec<_>>>()?, 0)?;
+        if crate::autodiff::parameters_constant() {
+            // a likelihood's ∇ₓ: the backward then skips every ∂/∂θ GEMM
+            theta = theta.detach();
+        }
+        let dims = dense::Dims {
+            d,
+            e: self.embed_dim,
+            width: self.input.weight().dim(0)?,
+            hidden: self.hidden.len(),
+            out: self.output.weight().dim(0)?,
+        };
+        dense::mlp(a, &theta, dims).map(Some)
+    }
+
     /// The layers, with the class embedding (when given) added to e(t).
     fn forward_with(&self, x: &Tensor, t: &Tensor, class: Option<Tensor>) -> Result<Tensor> {
         let mut emb = self.embedding(t, x.dtype())?;
@@ -163,6 +206,9 @@ impl Mlp {
             Some(e) => Tensor::cat(&[x, e], 1)?,
             None => x.clone(),
         };
+        if let Some(fused) = self.fused(&first, x.dim(1)?)? {
+            return Ok(fused);
+        }
         // fused SiLU and bias (nets::fused): one pass each, exact gradients of every order
         let mut h = fused::silu(&fused::linear(&first, &self.input)?)?;
         for (l, layer) in self.hidden.iter().enumerate() {

@@ -3,6 +3,7 @@
 //! decided in [`crate::score::NetScore`].
 
 pub mod classifier;
+pub mod dense;
 pub mod embedding;
 pub mod energy;
 pub mod fused;

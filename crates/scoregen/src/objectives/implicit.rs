@@ -19,6 +19,11 @@ pub struct Implicit {
 impl Implicit {
     /// Per-example Tr(∇ₓ s(x)) + ½‖s(x)‖², differentiable in θ. Evaluated at t = 0.
     pub fn per_example(&self, score: &dyn ScoreFn, x0: &Tensor) -> Result<Tensor> {
+        // the loss contains ∇ₓ s_θ and is differentiated in θ: exact second order
+        autodiff::exact_higher_order(|| self.per_example_exact(score, x0))
+    }
+
+    fn per_example_exact(&self, score: &dyn ScoreFn, x0: &Tensor) -> Result<Tensor> {
         let d = x0.flatten_from(1)?.dim(1)?;
         if d > self.max_dim {
             candle_core::bail!(

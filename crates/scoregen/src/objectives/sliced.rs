@@ -41,6 +41,11 @@ impl Sliced {
 
     /// Per-example loss averaged over the given projections `vs`, evaluated at t = 0.
     pub fn per_example(&self, score: &dyn ScoreFn, x0: &Tensor, vs: &[Tensor]) -> Result<Tensor> {
+        // the loss contains ∇ₓ s_θ and is differentiated in θ: exact second order
+        autodiff::exact_higher_order(|| self.per_example_exact(score, x0, vs))
+    }
+
+    fn per_example_exact(&self, score: &dyn ScoreFn, x0: &Tensor, vs: &[Tensor]) -> Result<Tensor> {
         let x = Var::from_tensor(&x0.detach())?;
         let s = score.score_at(x.as_tensor(), 0.0)?;
         let mut total = Tensor::zeros(x0.dim(0)?, x0.dtype(), x0.device())?;

@@ -6,6 +6,7 @@
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Storage, Tensor, Var, WithDType};
+use rayon::prelude::*;
 
 /// m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g², θ ← θ − lr/(1−β₁ᵗ) · m / (√(v/(1−β₂ᵗ)) + ε).
 #[derive(Debug, Clone)]
@@ -49,10 +50,8 @@ impl Adam {
         let mut total = 0.0f64;
         for g in grads {
             total += match g.dtype() {
-                DType::F32 => {
-                    with_slices::<f32, _>(&[g], |s| s[0].iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())?
-                }
-                _ => with_slices::<f64, _>(&[&g.to_dtype(DType::F64)?], |s| s[0].iter().map(|&x| x * x).sum::<f64>())?,
+                DType::F32 => with_slices::<f32, _>(&[g], |s| sum_squares(s[0]))?,
+                _ => with_slices::<f64, _>(&[&g.to_dtype(DType::F64)?], |s| sum_squares(s[0]))?,
             };
         }
         Ok(total.sqrt())
@@ -129,7 +128,7 @@ pub(crate) fn with_slices<T: WithDType, R>(ts: &[&Tensor], f: impl FnOnce(&[&[T]
 
 /// m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g², θ ← θ − lr/(1−β₁ᵗ) · m / (√(v/(1−β₂ᵗ)) + ε)
 /// with g scaled by the clipping factor: one pass, returns (m, v, θ).
-fn adam_update<T: WithDType + num_traits::Float>(
+fn adam_update<T: WithDType + num_traits::Float + Send + Sync>(
     theta: &Tensor,
     g: &Tensor,
     m: &Tensor,
@@ -137,19 +136,45 @@ fn adam_update<T: WithDType + num_traits::Float>(
     k: &AdamCoefs,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let n = theta.elem_count();
-    let (mut m2, mut v2, mut th2) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut m2, mut v2, mut th2) = (vec![T::zero(); n], vec![T::zero(); n], vec![T::zero(); n]);
     with_slices::<T, _>(&[theta, g, m, v], |s| {
-        for (((&th, &g), &m), &v) in s[0].iter().zip(s[1]).zip(s[2]).zip(s[3]) {
-            let g = g.to_f64() * k.scale;
-            let m = k.beta1 * m.to_f64() + (1.0 - k.beta1) * g;
-            let v = k.beta2 * v.to_f64() + (1.0 - k.beta2) * g * g;
-            m2.push(T::from_f64(m));
-            v2.push(T::from_f64(v));
-            th2.push(T::from_f64(th.to_f64() - k.step * m / ((v / k.bc2).sqrt() + k.eps)));
-        }
+        let chunks = m2.par_chunks_mut(CHUNK).zip(v2.par_chunks_mut(CHUNK)).zip(th2.par_chunks_mut(CHUNK));
+        chunks.enumerate().for_each(|(c, ((m2, v2), th2))| {
+            let r = c * CHUNK..c * CHUNK + m2.len();
+            let old = s[0][r.clone()].iter().zip(&s[1][r.clone()]).zip(&s[2][r.clone()]).zip(&s[3][r]);
+            for ((((&th, &g), &m), &v), ((m2, v2), th2)) in old.zip(m2.iter_mut().zip(v2.iter_mut()).zip(th2)) {
+                let g = g.to_f64() * k.scale;
+                let m = k.beta1 * m.to_f64() + (1.0 - k.beta1) * g;
+                let v = k.beta2 * v.to_f64() + (1.0 - k.beta2) * g * g;
+                *m2 = T::from_f64(m);
+                *v2 = T::from_f64(v);
+                *th2 = T::from_f64(th.to_f64() - k.step * m / ((v / k.bc2).sqrt() + k.eps));
+            }
+        });
     })?;
     let (shape, dev) = (theta.shape(), theta.device());
     Ok((Tensor::from_vec(m2, shape, dev)?, Tensor::from_vec(v2, shape, dev)?, Tensor::from_vec(th2, shape, dev)?))
+}
+
+/// Values per thread in the optimizer's passes (Adam, the EMA, the norm).
+pub(crate) const CHUNK: usize = 1 << 14;
+
+/// Σ x² in f64, over chunks on all threads, eight partial sums per chunk
+/// (a single running sum is one dependent add per value).
+fn sum_squares<T: WithDType>(x: &[T]) -> f64 {
+    x.par_chunks(CHUNK)
+        .map(|c| {
+            let mut acc = [0f64; 8];
+            let lanes = c.chunks_exact(8);
+            let rest: f64 = lanes.remainder().iter().map(|v| v.to_f64() * v.to_f64()).sum();
+            for lane in lanes {
+                for (a, v) in acc.iter_mut().zip(lane) {
+                    *a += v.to_f64() * v.to_f64();
+                }
+            }
+            acc.iter().sum::<f64>() + rest
+        })
+        .sum()
 }
 
 #[cfg(test)]

@@ -2,8 +2,9 @@
 //! θ̄ ← d·θ̄ + (1−d)·θ with d = min(rate, (1+n)/(10+n)) after n updates, so
 //! early averages are not dominated by the initialization.
 
-use super::adam::with_slices;
+use super::adam::{with_slices, CHUNK};
 use candle_core::{DType, Result, Tensor, Var, WithDType};
+use rayon::prelude::*;
 
 #[derive(Debug, Clone)]
 pub struct Ema {
@@ -42,9 +43,15 @@ impl Ema {
 }
 
 /// d·s + (1−d)·θ elementwise.
-fn average<T: WithDType>(s: &Tensor, theta: &Tensor, d: f64) -> Result<Tensor> {
-    let values = with_slices::<T, _>(&[s, theta], |x| {
-        x[0].iter().zip(x[1]).map(|(&s, &p)| T::from_f64(d * s.to_f64() + (1.0 - d) * p.to_f64())).collect::<Vec<_>>()
+fn average<T: WithDType + num_traits::Zero>(s: &Tensor, theta: &Tensor, d: f64) -> Result<Tensor> {
+    let mut values = vec![T::zero(); theta.elem_count()];
+    with_slices::<T, _>(&[s, theta], |x| {
+        values.par_chunks_mut(CHUNK).enumerate().for_each(|(c, out)| {
+            let r = c * CHUNK..c * CHUNK + out.len();
+            for ((o, &s), &p) in out.iter_mut().zip(&x[0][r.clone()]).zip(&x[1][r]) {
+                *o = T::from_f64(d * s.to_f64() + (1.0 - d) * p.to_f64());
+            }
+        })
     })?;
     Tensor::from_vec(values, theta.shape(), theta.device())
 }

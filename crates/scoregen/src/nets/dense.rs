@@ -1,0 +1,601 @@
+//! The [`super::Mlp`] forward and backward as one fused CPU op.
+//!
+//! Through candle's graph a hidden layer is about eight nodes, each a pass
+//! over memory and an allocation, and candle's backward zero-fills an
+//! accumulator for every edge. Here the whole network is one op. A layer is
+//!
+//!   Z_l = H_{l−1} W_lᵀ + E U_lᵀ + b_l,   H_l = silu(Z_l)
+//!
+//! (H₋₁ = A = [x, e], no U on the input layer; out = H W_oᵀ + b_o), computed
+//! as GEMMs (the `gemm` crate candle itself uses, on all of candle's threads)
+//! accumulating into Z initialised with the bias row, then one SiLU pass. The
+//! backward is the textbook chain, again GEMMs plus one fused pass per layer:
+//!
+//!   dZ_l = dH_l ⊙ silu′(Z_l),  db_l = 1ᵀ dZ_l,  dW_l = dZ_lᵀ H_{l−1},
+//!   dU_l = dZ_lᵀ E,  dH_{l−1} = dZ_l W_l,  dE += dZ_l U_l.
+//!
+//! When every row of E is the same (a sampler evaluates one t for the whole
+//! batch), E U_lᵀ is a single row, folded into the bias: the same numbers,
+//! about a quarter fewer FLOPs.
+//!
+//! **First order only.** The gradients come from an op that refuses to be
+//! differentiated again: a clear error, never a silently missing term. Code
+//! that differentiates a score with respect to x and then the result with
+//! respect to θ (implicit and sliced score matching, energy models) runs inside
+//! [`crate::autodiff::exact_higher_order`], where `Mlp` takes candle's path,
+//! exact to every order.
+//!
+//! Written by hand because no crate fuses an MLP's backward for candle; the
+//! GEMM kernel is the `gemm` crate's.
+
+use super::fused::exp_f32;
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+/// The sizes of a fused MLP: input a = [x, e] with x ∈ R^d and e ∈ R^E (E = 0:
+/// no conditioning), `hidden` hidden-to-hidden layers of width W after the
+/// input layer, and `out` outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dims {
+    pub d: usize,
+    pub e: usize,
+    pub width: usize,
+    pub hidden: usize,
+    pub out: usize,
+}
+
+/// Where a layer's parameters sit in the flat parameter vector θ.
+#[derive(Debug, Clone, Copy)]
+struct Offsets {
+    /// W [rows, cols], row-major.
+    w: usize,
+    /// U [W, E] (hidden layers of a conditioned net only).
+    u: Option<usize>,
+    /// b [rows].
+    b: usize,
+}
+
+impl Dims {
+    /// Columns of the input a = [x, e].
+    pub fn input(&self) -> usize {
+        self.d + self.e
+    }
+
+    /// θ, in order: W₀ [W, d+E], b₀; then per hidden layer W_l [W, W], U_l
+    /// [W, E] (when E > 0), b_l; then W_o [out, W], b_o. The order
+    /// [`super::Mlp`] concatenates its parameters in.
+    fn offsets(&self) -> (Vec<Offsets>, Offsets) {
+        let (w, mut at) = (self.width, 0);
+        let mut layers = Vec::with_capacity(self.hidden + 1);
+        for l in 0..=self.hidden {
+            let (cols, u) = if l == 0 { (self.input(), false) } else { (w, self.e > 0) };
+            let wo = at;
+            at += w * cols;
+            let uo = u.then(|| {
+                at += w * self.e;
+                at - w * self.e
+            });
+            layers.push(Offsets { w: wo, u: uo, b: at });
+            at += w;
+        }
+        (layers, Offsets { w: at, u: None, b: at + self.out * w })
+    }
+
+    /// The number of parameters.
+    pub fn params(&self) -> usize {
+        let (_, o) = self.offsets();
+        o.b + self.out
+    }
+}
+
+/// A row-major matrix operand: pointer, row stride, column stride.
+#[derive(Clone, Copy)]
+struct Mat(*const f32, isize, isize);
+// SAFETY: only read, by the threads of one GEMM, while the caller's borrow lives.
+unsafe impl Send for Mat {}
+unsafe impl Sync for Mat {}
+
+impl Mat {
+    /// A row-major [rows, ld] block.
+    fn rows(p: &[f32], ld: usize) -> Self {
+        Mat(p.as_ptr(), ld as isize, 1)
+    }
+
+    /// The transpose of a row-major [rows, ld] block.
+    fn t(p: &[f32], ld: usize) -> Self {
+        Mat(p.as_ptr(), 1, ld as isize)
+    }
+}
+
+/// C [m, n] (row stride `ldc`) := (C if `acc`, else 0) + A [m, k] · B [k, n].
+///
+/// On several threads the larger of C's two sides is split in one block per
+/// thread, each a single-threaded GEMM: the `gemm` crate's own threading does
+/// not split these skinny shapes (W ≤ 512 columns), and leaves the second core idle.
+///
+/// # Safety
+/// `c` must hold m rows of stride `ldc` with n columns; A and B must be valid
+/// for their strides and shapes.
+#[allow(clippy::too_many_arguments)] // BLAS's own argument list, less the scalars
+unsafe fn gemm_into(m: usize, n: usize, k: usize, c: *mut f32, ldc: usize, acc: bool, a: Mat, b: Mat) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: forwarded from the caller; blocks of C are disjoint.
+    let one = |m: usize, n: usize, c: *mut f32, a: Mat, b: Mat| unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c,
+            1,
+            ldc as isize,
+            acc,
+            a.0,
+            a.2,
+            a.1,
+            b.0,
+            b.2,
+            b.1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    };
+    let threads = candle_core::utils::get_num_threads();
+    if threads <= 1 || m * n * k < 1 << 16 {
+        return one(m, n, c, a, b);
+    }
+    let split = if m >= n { m } else { n };
+    let per = split.div_ceil(threads);
+    let c = Shared(c);
+    (0..threads).into_par_iter().for_each(|i| {
+        let (from, to) = (i * per, ((i + 1) * per).min(split));
+        if from >= to {
+            return;
+        }
+        let c = c.get();
+        // SAFETY: row (or column) block [from, to) of C, A's matching rows (or B's columns).
+        unsafe {
+            if m >= n {
+                one(to - from, n, c.add(from * ldc), Mat(a.0.offset(from as isize * a.1), a.1, a.2), b)
+            } else {
+                one(m, to - from, c.add(from), a, Mat(b.0.offset(from as isize * b.2), b.1, b.2))
+            }
+        }
+    });
+}
+
+/// A pointer handed to the threads of [`gemm_into`], each writing its own block.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+impl Shared {
+    /// The pointer (a method, so closures capture the whole `Shared`).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+// SAFETY: the threads write disjoint blocks and finish before the caller returns.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+/// Row chunks for an elementwise pass: one per thread when the work is large.
+fn chunk_rows(rows: usize, width: usize) -> usize {
+    let threads = candle_core::utils::get_num_threads().max(1);
+    if rows * width < 1 << 15 || threads == 1 {
+        rows.max(1)
+    } else {
+        rows.div_ceil(threads).max(1)
+    }
+}
+
+/// The kernels of the two elementwise passes, compiled twice: for AVX2 + FMA
+/// (chosen at run time; the build targets plain x86-64) and for the baseline.
+mod elementwise {
+    use super::exp_f32;
+
+    /// h = silu(z) = z·σ(z).
+    #[inline(always)]
+    fn silu_body(z: &[f32], h: &mut [f32]) {
+        for (h, &z) in h.iter_mut().zip(z) {
+            *h = z / (1.0 + exp_f32(-z));
+        }
+    }
+
+    /// dz = dh·silu′(z) in place, silu′(z) = σ(z)(1 + z(1 − σ(z))), and
+    /// db += the column sums of dz (rows of `width`).
+    #[inline(always)]
+    fn silu_grad_body(z: &[f32], dh: &mut [f32], db: &mut [f32]) {
+        for (zr, gr) in z.chunks_exact(db.len()).zip(dh.chunks_exact_mut(db.len())) {
+            for ((g, &z), b) in gr.iter_mut().zip(zr).zip(db.iter_mut()) {
+                let s = 1.0 / (1.0 + exp_f32(-z));
+                *g *= s * (1.0 + z * (1.0 - s));
+                *b += *g;
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn silu_avx2(z: &[f32], h: &mut [f32]) {
+        silu_body(z, h)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn silu_grad_avx2(z: &[f32], dh: &mut [f32], db: &mut [f32]) {
+        silu_grad_body(z, dh, db)
+    }
+
+    fn avx2() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    pub fn silu(z: &[f32], h: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if avx2() {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            return unsafe { silu_avx2(z, h) };
+        }
+        silu_body(z, h)
+    }
+
+    pub fn silu_grad(z: &[f32], dh: &mut [f32], db: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if avx2() {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            return unsafe { silu_grad_avx2(z, dh, db) };
+        }
+        silu_grad_body(z, dh, db)
+    }
+}
+
+/// What the forward keeps for the backward: Z_l and H_l = silu(Z_l) for
+/// every hidden layer, each [N, W].
+struct Saved {
+    z: Vec<Vec<f32>>,
+    h: Vec<Vec<f32>>,
+}
+
+/// True when all N rows of E (columns d.. of a [N, ld] block) are equal.
+fn same_rows(a: &[f32], n: usize, ld: usize, d: usize) -> bool {
+    let first = &a[d..ld];
+    (1..n).all(|i| &a[i * ld + d..(i + 1) * ld] == first)
+}
+
+/// The forward pass on a [N, d+E] and θ: out [N, out] and the activations.
+fn forward(dims: &Dims, a: &[f32], theta: &[f32], n: usize) -> (Vec<f32>, Saved) {
+    let (w, ld, e) = (dims.width, dims.input(), dims.e);
+    let (layers, output) = dims.offsets();
+    // one t for the whole batch: E U_lᵀ (and E's part of W₀) become bias rows
+    let shared_e = e > 0 && n > 1 && same_rows(a, n, ld, dims.d);
+    let mut saved = Saved { z: Vec::with_capacity(layers.len()), h: Vec::with_capacity(layers.len()) };
+    for (l, off) in layers.iter().enumerate() {
+        let mut bias = theta[off.b..off.b + w].to_vec();
+        // the U term (hidden layers) or E's columns of W₀ (input layer), with
+        // E's row stride and W's
+        let (u_ptr, u_ld) = match (l, off.u) {
+            (0, _) => (Some(&theta[off.w + dims.d..]), ld),
+            (_, Some(u)) => (Some(&theta[u..]), e),
+            _ => (None, 0),
+        };
+        if shared_e {
+            let e_row = &a[dims.d..ld];
+            if let Some(u) = u_ptr {
+                for (j, b) in bias.iter_mut().enumerate() {
+                    *b += e_row.iter().zip(&u[j * u_ld..j * u_ld + e]).map(|(x, y)| x * y).sum::<f32>();
+                }
+            }
+        }
+        let mut z = Vec::with_capacity(n * w);
+        for _ in 0..n {
+            z.extend_from_slice(&bias);
+        }
+        let (prev, k) = if l == 0 { (a, if shared_e { dims.d } else { ld }) } else { (&saved.h[l - 1][..], w) };
+        let w_ld = if l == 0 { ld } else { w };
+        // SAFETY: z is [n, w]; prev is [n, ·] with stride (ld or w) of which k
+        // columns are read; W is [w, w_ld] of which the first k columns are read.
+        unsafe {
+            let prev_mat = if l == 0 { Mat::rows(prev, ld) } else { Mat::rows(prev, w) };
+            gemm_into(n, w, k, z.as_mut_ptr(), w, true, prev_mat, Mat::t(&theta[off.w..], w_ld));
+            if let (Some(u), false, true) = (u_ptr, shared_e, l > 0) {
+                gemm_into(n, w, e, z.as_mut_ptr(), w, true, Mat::rows(&a[dims.d..], ld), Mat::t(u, u_ld));
+            }
+        }
+        let mut h = vec![0f32; n * w];
+        let rows = chunk_rows(n, w);
+        h.par_chunks_mut(rows * w).zip(z.par_chunks(rows * w)).for_each(|(h, z)| elementwise::silu(z, h));
+        saved.z.push(z);
+        saved.h.push(h);
+    }
+    let mut out = Vec::with_capacity(n * dims.out);
+    for _ in 0..n {
+        out.extend_from_slice(&theta[output.b..output.b + dims.out]);
+    }
+    let last = saved.h.last().expect("at least the input layer");
+    // SAFETY: out is [n, out]; H is [n, w]; W_o is [out, w].
+    unsafe {
+        gemm_into(n, dims.out, w, out.as_mut_ptr(), dims.out, true, Mat::rows(last, w), Mat::t(&theta[output.w..], w))
+    };
+    (out, saved)
+}
+
+/// The backward pass from dOut [N, out]: [dA (N·(d+E)), dθ (P)] in one
+/// vector, or dA alone when `want_theta` is false (θ a constant).
+fn backward(dims: &Dims, a: &[f32], theta: &[f32], saved: &Saved, g: &[f32], n: usize, want_theta: bool) -> Vec<f32> {
+    let (w, ld, e) = (dims.width, dims.input(), dims.e);
+    let (layers, output) = dims.offsets();
+    let mut grads = vec![0f32; n * ld + if want_theta { dims.params() } else { 0 }];
+    let (da, dtheta) = grads.split_at_mut(n * ld);
+    let last = saved.h.last().expect("at least the input layer");
+    if want_theta {
+        // dW_o = dOutᵀ H, db_o = 1ᵀ dOut
+        // SAFETY (all GEMMs below): every block has the shape and strides given.
+        unsafe {
+            let dwo = dtheta[output.w..].as_mut_ptr();
+            gemm_into(dims.out, w, n, dwo, w, false, Mat::t(g, dims.out), Mat::rows(last, w));
+        }
+        for row in g.chunks_exact(dims.out) {
+            for (b, &x) in dtheta[output.b..output.b + dims.out].iter_mut().zip(row) {
+                *b += x;
+            }
+        }
+    }
+    let mut dh = vec![0f32; n * w];
+    unsafe {
+        gemm_into(n, w, dims.out, dh.as_mut_ptr(), w, false, Mat::rows(g, dims.out), Mat::rows(&theta[output.w..], w))
+    };
+    for (l, off) in layers.iter().enumerate().rev() {
+        // dZ = dH ⊙ silu′(Z) in place, with the bias gradient summed per chunk
+        let rows = chunk_rows(n, w);
+        let db = dh
+            .par_chunks_mut(rows * w)
+            .zip(saved.z[l].par_chunks(rows * w))
+            .map(|(dz, z)| {
+                let mut db = vec![0f32; w];
+                elementwise::silu_grad(z, dz, &mut db);
+                db
+            })
+            .reduce(|| vec![0f32; w], |a, b| a.iter().zip(&b).map(|(x, y)| x + y).collect());
+        let dz = &dh;
+        if want_theta {
+            dtheta[off.b..off.b + w].copy_from_slice(&db);
+            let (prev, prev_ld) = if l == 0 { (a, ld) } else { (&saved.h[l - 1][..], w) };
+            let cols = if l == 0 { ld } else { w };
+            unsafe {
+                let dw = dtheta[off.w..].as_mut_ptr();
+                gemm_into(w, cols, n, dw, cols, false, Mat::t(dz, w), Mat::rows(prev, prev_ld));
+                if let Some(u) = off.u {
+                    // dU = dZᵀ E (E is columns d.. of A)
+                    let du = dtheta[u..].as_mut_ptr();
+                    gemm_into(w, e, n, du, e, false, Mat::t(dz, w), Mat::rows(&a[dims.d..], ld));
+                }
+            }
+        }
+        if let Some(u) = off.u {
+            // dE += dZ U
+            unsafe {
+                gemm_into(n, e, w, da[dims.d..].as_mut_ptr(), ld, true, Mat::rows(dz, w), Mat::rows(&theta[u..], e))
+            };
+        }
+        if l == 0 {
+            unsafe { gemm_into(n, ld, w, da.as_mut_ptr(), ld, true, Mat::rows(dz, w), Mat::rows(&theta[off.w..], ld)) };
+        } else {
+            let mut next = vec![0f32; n * w];
+            unsafe { gemm_into(n, w, w, next.as_mut_ptr(), w, false, Mat::rows(dz, w), Mat::rows(&theta[off.w..], w)) };
+            dh = next;
+        }
+    }
+    grads
+}
+
+/// The contiguous f32 slice of an input.
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((from, to)) => Ok(&s.as_slice::<f32>()?[from..to]),
+        None => candle_core::bail!("fused MLP: input is not contiguous"),
+    }
+}
+
+/// out = MLP_θ(a), a [N, d+E], θ [P] (see [`Dims`] for its order).
+struct Forward {
+    dims: Dims,
+    saved: Mutex<Option<Arc<Saved>>>,
+}
+
+impl CustomOp2 for Forward {
+    fn name(&self) -> &'static str {
+        "fused-mlp"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let n = l1.dims()[0];
+        let (out, saved) = forward(&self.dims, f32_slice(s1, l1)?, f32_slice(s2, l2)?, n);
+        *self.saved.lock().expect("fused MLP lock") = Some(Arc::new(saved));
+        Ok((CpuStorage::F32(out), Shape::from((n, self.dims.out))))
+    }
+
+    fn bwd(&self, a: &Tensor, theta: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let saved = self.saved.lock().expect("fused MLP lock").clone();
+        let Some(saved) = saved else { candle_core::bail!("fused MLP: backward before forward") };
+        let (n, want_theta) = (a.dim(0)?, theta.track_op());
+        let both = a.apply_op3(theta, &g.contiguous()?, Backward { dims: self.dims, saved, want_theta })?;
+        let da = both.narrow(0, 0, n * self.dims.input())?.reshape(a.shape())?;
+        let dtheta = want_theta.then(|| both.narrow(0, n * self.dims.input(), self.dims.params())).transpose()?;
+        Ok((Some(da), dtheta))
+    }
+}
+
+/// [dA, dθ] from (a, θ, dOut): the backward of [`Forward`] (dA alone when
+/// θ is a constant).
+struct Backward {
+    dims: Dims,
+    saved: Arc<Saved>,
+    want_theta: bool,
+}
+
+impl CustomOp3 for Backward {
+    fn name(&self) -> &'static str {
+        "fused-mlp-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let n = l1.dims()[0];
+        let (a, theta, g) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let grads = backward(&self.dims, a, theta, &self.saved, g, n, self.want_theta);
+        let len = grads.len();
+        Ok((CpuStorage::F32(grads), Shape::from(len)))
+    }
+
+    fn bwd(
+        &self,
+        _a: &Tensor,
+        _theta: &Tensor,
+        _g: &Tensor,
+        _res: &Tensor,
+        _grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        candle_core::bail!(
+            "second derivatives through the fused MLP kernel: run the code that differentiates the score twice \
+             inside autodiff::exact_higher_order (implicit and sliced score matching and energy models do)"
+        )
+    }
+}
+
+/// MLP_θ(a) for a [N, d+E] (f32, CPU) and the flat parameters θ (see [`Dims`]).
+pub fn mlp(a: &Tensor, theta: &Tensor, dims: Dims) -> Result<Tensor> {
+    if a.dtype() != DType::F32 || theta.dtype() != DType::F32 || !a.device().is_cpu() {
+        candle_core::bail!("fused MLP: f32 on the CPU only, got {:?} on {:?}", a.dtype(), a.device());
+    }
+    if a.dims() != [a.dim(0)?, dims.input()] || theta.dims() != [dims.params()] {
+        candle_core::bail!(
+            "fused MLP: expected a [N, {}] and θ [{}], got {:?} and {:?}",
+            dims.input(),
+            dims.params(),
+            a.shape(),
+            theta.shape()
+        );
+    }
+    a.contiguous()?.apply_op2(&theta.contiguous()?, Forward { dims, saved: Mutex::new(None) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn parameter_count_matches_the_layout() {
+        let dims = Dims { d: 2, e: 4, width: 8, hidden: 2, out: 2 };
+        // W₀ 8×6 + 8; 2 × (8×8 + 8×4 + 8); W_o 2×8 + 2
+        assert_eq!(dims.params(), 56 + 2 * 104 + 18);
+        let plain = Dims { e: 0, ..dims };
+        assert_eq!(plain.params(), (16 + 8) + 2 * 72 + 18);
+    }
+
+    /// The fused forward and both gradients match the same network written
+    /// in candle ops (f32 rounding only), with and without a shared e.
+    #[test]
+    fn matches_candle_ops() {
+        let dev = Device::Cpu;
+        let dims = Dims { d: 3, e: 4, width: 16, hidden: 2, out: 3 };
+        let n = 37;
+        let mut rng = crate::rng::Rng::new(5, 0);
+        let theta =
+            Var::from_tensor(&rng.randn(dims.params(), DType::F32, &dev).unwrap().affine(0.4, 0.0).unwrap()).unwrap();
+        for shared in [false, true] {
+            let x = rng.randn((n, dims.d), DType::F32, &dev).unwrap();
+            let e = if shared {
+                rng.randn((1, dims.e), DType::F32, &dev).unwrap().repeat((n, 1)).unwrap()
+            } else {
+                rng.randn((n, dims.e), DType::F32, &dev).unwrap()
+            };
+            let a = Var::from_tensor(&Tensor::cat(&[&x, &e], 1).unwrap()).unwrap();
+            let reference = |a: &Tensor, theta: &Tensor| -> Tensor {
+                let (layers, output) = dims.offsets();
+                let e = a.narrow(1, dims.d, dims.e).unwrap();
+                let mut h = a.clone();
+                for (l, off) in layers.iter().enumerate() {
+                    let cols = if l == 0 { dims.input() } else { dims.width };
+                    let wl = theta.narrow(0, off.w, dims.width * cols).unwrap().reshape((dims.width, cols)).unwrap();
+                    let b = theta.narrow(0, off.b, dims.width).unwrap();
+                    let mut z = h.matmul(&wl.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
+                    if let Some(u) = off.u {
+                        let ul =
+                            theta.narrow(0, u, dims.width * dims.e).unwrap().reshape((dims.width, dims.e)).unwrap();
+                        z = (z + e.matmul(&ul.t().unwrap()).unwrap()).unwrap();
+                    }
+                    h = z.silu().unwrap();
+                }
+                let wo = theta.narrow(0, output.w, dims.out * dims.width).unwrap().reshape((dims.out, dims.width));
+                let bo = theta.narrow(0, output.b, dims.out).unwrap();
+                h.matmul(&wo.unwrap().t().unwrap()).unwrap().broadcast_add(&bo).unwrap()
+            };
+            let weights = rng.randn((n, dims.out), DType::F32, &dev).unwrap();
+            let ours = mlp(a.as_tensor(), theta.as_tensor(), dims).unwrap();
+            let theirs = reference(a.as_tensor(), theta.as_tensor());
+            let max_diff =
+                |x: &Tensor, y: &Tensor| (x - y).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(max_diff(&ours, &theirs) < 1e-4, "forward differs by {}", max_diff(&ours, &theirs));
+            let g1 = crate::autodiff::backward(&(ours * &weights).unwrap().sum_all().unwrap()).unwrap();
+            let g2 = crate::autodiff::backward(&(theirs * &weights).unwrap().sum_all().unwrap()).unwrap();
+            for v in [a.as_tensor(), theta.as_tensor()] {
+                let (x, y) = (g1.get(v).unwrap(), g2.get(v).unwrap());
+                let scale = y.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(
+                    max_diff(x, y) < 1e-4 * scale.max(1.0),
+                    "gradient differs by {} (shared e: {shared})",
+                    max_diff(x, y)
+                );
+            }
+        }
+    }
+
+    /// With θ a constant (a likelihood's ∇ₓ) the backward skips ∂/∂θ and
+    /// gives the same ∂/∂a as with θ tracked.
+    #[test]
+    fn constant_parameters_give_the_same_input_gradient() {
+        let dev = Device::Cpu;
+        let dims = Dims { d: 2, e: 6, width: 12, hidden: 2, out: 2 };
+        let mut rng = crate::rng::Rng::new(9, 0);
+        let theta = Var::from_tensor(&rng.randn(dims.params(), DType::F32, &dev).unwrap()).unwrap();
+        let a = Var::from_tensor(&rng.randn((20, dims.input()), DType::F32, &dev).unwrap()).unwrap();
+        let tracked = crate::autodiff::grad(&mlp(a.as_tensor(), theta.as_tensor(), dims).unwrap(), &a).unwrap();
+        let constant = crate::autodiff::grad(&mlp(a.as_tensor(), &theta.as_tensor().detach(), dims).unwrap(), &a);
+        let diff = (tracked - constant.unwrap()).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    /// Differentiating the fused gradient again is refused, naming the way out.
+    #[test]
+    fn second_derivative_is_an_error() {
+        let dev = Device::Cpu;
+        let dims = Dims { d: 2, e: 0, width: 4, hidden: 1, out: 2 };
+        let theta = Var::from_tensor(&Tensor::ones(dims.params(), DType::F32, &dev).unwrap()).unwrap();
+        let x = Var::from_tensor(&Tensor::ones((3, 2), DType::F32, &dev).unwrap()).unwrap();
+        let s = mlp(x.as_tensor(), theta.as_tensor(), dims).unwrap();
+        let gx = crate::autodiff::grad(&s, &x).unwrap();
+        let err = crate::autodiff::backward(&gx.sqr().unwrap().sum_all().unwrap()).unwrap_err().to_string();
+        assert!(err.contains("exact_higher_order"), "{err}");
+    }
+}
