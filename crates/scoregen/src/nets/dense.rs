@@ -32,6 +32,7 @@ use super::fused::exp_f32;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
 /// The sizes of a fused MLP: input a = [x, e] with x ∈ R^d and e ∈ R^E (E = 0:
@@ -198,12 +199,17 @@ fn chunk_rows(rows: usize, width: usize) -> usize {
 /// (chosen at run time; the build targets plain x86-64) and for the baseline.
 mod elementwise {
     use super::exp_f32;
+    use std::mem::MaybeUninit;
 
-    /// h = silu(z) = z·σ(z).
+    /// z ← z + b row by row (rows of b's length), then h = silu(z) = z·σ(z),
+    /// written once into uninitialised memory.
     #[inline(always)]
-    fn silu_body(z: &[f32], h: &mut [f32]) {
-        for (h, &z) in h.iter_mut().zip(z) {
-            *h = z / (1.0 + exp_f32(-z));
+    fn bias_silu_body(z: &mut [f32], b: &[f32], h: &mut [MaybeUninit<f32>]) {
+        for (zr, hr) in z.chunks_exact_mut(b.len()).zip(h.chunks_exact_mut(b.len())) {
+            for ((z, h), &b) in zr.iter_mut().zip(hr).zip(b) {
+                *z += b;
+                h.write(*z / (1.0 + exp_f32(-*z)));
+            }
         }
     }
 
@@ -222,8 +228,8 @@ mod elementwise {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn silu_avx2(z: &[f32], h: &mut [f32]) {
-        silu_body(z, h)
+    unsafe fn bias_silu_avx2(z: &mut [f32], b: &[f32], h: &mut [MaybeUninit<f32>]) {
+        bias_silu_body(z, b, h)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -243,13 +249,13 @@ mod elementwise {
         }
     }
 
-    pub fn silu(z: &[f32], h: &mut [f32]) {
+    pub fn bias_silu(z: &mut [f32], b: &[f32], h: &mut [MaybeUninit<f32>]) {
         #[cfg(target_arch = "x86_64")]
         if avx2() {
             // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            return unsafe { silu_avx2(z, h) };
+            return unsafe { bias_silu_avx2(z, b, h) };
         }
-        silu_body(z, h)
+        bias_silu_body(z, b, h)
     }
 
     pub fn silu_grad(z: &[f32], dh: &mut [f32], db: &mut [f32]) {
@@ -299,37 +305,61 @@ fn forward(dims: &Dims, a: &[f32], theta: &[f32], n: usize) -> (Vec<f32>, Saved)
                 }
             }
         }
-        let mut z = Vec::with_capacity(n * w);
-        for _ in 0..n {
-            z.extend_from_slice(&bias);
-        }
         let (prev, k) = if l == 0 { (a, if shared_e { dims.d } else { ld }) } else { (&saved.h[l - 1][..], w) };
         let w_ld = if l == 0 { ld } else { w };
-        // SAFETY: z is [n, w]; prev is [n, ·] with stride (ld or w) of which k
-        // columns are read; W is [w, w_ld] of which the first k columns are read.
-        unsafe {
+        // SAFETY: z is [n, w], written whole by the first GEMM (acc = false);
+        // prev is [n, ·] with stride (ld or w) of which k columns are read; W
+        // is [w, w_ld] of which the first k columns are read.
+        let mut z = unsafe {
             let prev_mat = if l == 0 { Mat::rows(prev, ld) } else { Mat::rows(prev, w) };
-            gemm_into(n, w, k, z.as_mut_ptr(), w, true, prev_mat, Mat::t(&theta[off.w..], w_ld));
+            let mut z = written_by(n * w, |z| {
+                gemm_into(n, w, k, z.as_mut_ptr().cast(), w, false, prev_mat, Mat::t(&theta[off.w..], w_ld))
+            });
             if let (Some(u), false, true) = (u_ptr, shared_e, l > 0) {
                 gemm_into(n, w, e, z.as_mut_ptr(), w, true, Mat::rows(&a[dims.d..], ld), Mat::t(u, u_ld));
             }
-        }
-        let mut h = vec![0f32; n * w];
+            z
+        };
+        // Z += b and H = silu(Z) in one pass
         let rows = chunk_rows(n, w);
-        h.par_chunks_mut(rows * w).zip(z.par_chunks(rows * w)).for_each(|(h, z)| elementwise::silu(z, h));
+        // SAFETY: the chunks of h cover it, and bias_silu writes every value.
+        let h = unsafe {
+            written_by(n * w, |h| {
+                h.par_chunks_mut(rows * w)
+                    .zip(z.par_chunks_mut(rows * w))
+                    .for_each(|(h, z)| elementwise::bias_silu(z, &bias, h))
+            })
+        };
         saved.z.push(z);
         saved.h.push(h);
     }
-    let mut out = Vec::with_capacity(n * dims.out);
-    for _ in 0..n {
-        out.extend_from_slice(&theta[output.b..output.b + dims.out]);
-    }
     let last = saved.h.last().expect("at least the input layer");
-    // SAFETY: out is [n, out]; H is [n, w]; W_o is [out, w].
-    unsafe {
-        gemm_into(n, dims.out, w, out.as_mut_ptr(), dims.out, true, Mat::rows(last, w), Mat::t(&theta[output.w..], w))
+    // SAFETY: out is [n, out], written whole by the GEMM; H is [n, w]; W_o is [out, w].
+    let mut out = unsafe {
+        written_by(n * dims.out, |o| {
+            let wo = Mat::t(&theta[output.w..], w);
+            gemm_into(n, dims.out, w, o.as_mut_ptr().cast(), dims.out, false, Mat::rows(last, w), wo)
+        })
     };
+    for row in out.chunks_exact_mut(dims.out) {
+        for (o, &b) in row.iter_mut().zip(&theta[output.b..output.b + dims.out]) {
+            *o += b;
+        }
+    }
     (out, saved)
+}
+
+/// A vector of `len` values, every one written by `fill` before anything
+/// reads it: no zeroing pass over memory the next GEMM or pass overwrites.
+///
+/// # Safety
+/// `fill` must write all `len` values.
+unsafe fn written_by(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    fill(&mut v.spare_capacity_mut()[..len]);
+    // SAFETY: the caller's promise: all len values are written.
+    unsafe { v.set_len(len) };
+    v
 }
 
 /// The backward pass from dOut [N, out]: [dA (N·(d+E)), dθ (P)] in one
@@ -353,10 +383,9 @@ fn backward(dims: &Dims, a: &[f32], theta: &[f32], saved: &Saved, g: &[f32], n: 
             }
         }
     }
-    let mut dh = vec![0f32; n * w];
-    unsafe {
-        gemm_into(n, w, dims.out, dh.as_mut_ptr(), w, false, Mat::rows(g, dims.out), Mat::rows(&theta[output.w..], w))
-    };
+    // dH = dOut W_o (written whole: acc = false)
+    let (go, wo) = (Mat::rows(g, dims.out), Mat::rows(&theta[output.w..], w));
+    let mut dh = unsafe { written_by(n * w, |p| gemm_into(n, w, dims.out, p.as_mut_ptr().cast(), w, false, go, wo)) };
     for (l, off) in layers.iter().enumerate().rev() {
         // dZ = dH ⊙ silu′(Z) in place, with the bias gradient summed per chunk
         let rows = chunk_rows(n, w);
@@ -393,9 +422,9 @@ fn backward(dims: &Dims, a: &[f32], theta: &[f32], saved: &Saved, g: &[f32], n: 
         if l == 0 {
             unsafe { gemm_into(n, ld, w, da.as_mut_ptr(), ld, true, Mat::rows(dz, w), Mat::rows(&theta[off.w..], ld)) };
         } else {
-            let mut next = vec![0f32; n * w];
-            unsafe { gemm_into(n, w, w, next.as_mut_ptr(), w, false, Mat::rows(dz, w), Mat::rows(&theta[off.w..], w)) };
-            dh = next;
+            // dH_{l−1} = dZ W_l (written whole: acc = false)
+            let (dzm, wl) = (Mat::rows(dz, w), Mat::rows(&theta[off.w..], w));
+            dh = unsafe { written_by(n * w, |p| gemm_into(n, w, w, p.as_mut_ptr().cast(), w, false, dzm, wl)) };
         }
     }
     grads
