@@ -33,10 +33,26 @@ pub mod viz;
 pub use error::{Error, Result};
 
 /// The library entry point: makes candle keep gradient graphs so that
-/// second-order autodiff is exact. Idempotent and cheap.
+/// second-order autodiff is exact, and stops candle's thread pool from
+/// spinning between its tasks. Idempotent and cheap; call it before any work.
 pub fn init() {
     autodiff::enable_second_order();
+    static POOL: std::sync::Once = std::sync::Once::new();
+    POOL.call_once(|| {
+        // candle's elementwise pool spins 25,000 times after every task before
+        // it parks, taking a core from the fused kernels' threads (nets::dense)
+        // between the few candle ops left in a step; unless the user chose a
+        // limit, spin briefly (read once, when candle's pool starts).
+        if std::env::var_os(CANDLE_SPIN_LIMIT_VAR).is_none() {
+            // Safe in practice: runs once at start-up, before candle's pool
+            // exists, and nothing else in the process writes this variable.
+            std::env::set_var(CANDLE_SPIN_LIMIT_VAR, "1000");
+        }
+    });
 }
+
+/// The environment variable candle reads for its pool's spin limit.
+pub const CANDLE_SPIN_LIMIT_VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
 
 /// Everything a user can name, by section, with one line each (`scoregen list`).
 pub fn catalogue() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {

@@ -104,7 +104,7 @@ pub struct Trainer {
 impl Trainer {
     /// A fresh model for `cfg` (data drawn, parameters initialized from the seed).
     pub fn new(cfg: &RunConfig) -> Result<Self> {
-        autodiff::enable_second_order();
+        crate::init();
         let dataset = data::load_with(
             &cfg.data.source,
             cfg.data.n_train,
