@@ -94,7 +94,7 @@ impl Dims {
 /// A row-major matrix operand: pointer, row stride, column stride.
 #[derive(Clone, Copy)]
 struct Mat(*const f32, isize, isize);
-// SAFETY: only read, by the threads of one GEMM, while the caller's borrow lives.
+// SAFETY: only read, by the threads of one GEMM or forward, while the caller's borrow lives.
 unsafe impl Send for Mat {}
 unsafe impl Sync for Mat {}
 
@@ -125,29 +125,7 @@ unsafe fn gemm_into(m: usize, n: usize, k: usize, c: *mut f32, ldc: usize, acc: 
         return;
     }
     // SAFETY: forwarded from the caller; blocks of C are disjoint.
-    let one = |m: usize, n: usize, c: *mut f32, a: Mat, b: Mat| unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c,
-            1,
-            ldc as isize,
-            acc,
-            a.0,
-            a.2,
-            a.1,
-            b.0,
-            b.2,
-            b.1,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        )
-    };
+    let one = |m: usize, n: usize, c: *mut f32, a: Mat, b: Mat| unsafe { gemm_serial(m, n, k, c, ldc, acc, a, b) };
     let threads = candle_core::utils::get_num_threads();
     if threads <= 1 || m * n * k < 1 << 16 {
         return one(m, n, c, a, b);
@@ -170,6 +148,19 @@ unsafe fn gemm_into(m: usize, n: usize, k: usize, c: *mut f32, ldc: usize, acc: 
             }
         }
     });
+}
+
+/// [`gemm_into`] on the calling thread only.
+///
+/// # Safety
+/// As for [`gemm_into`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_serial(m: usize, n: usize, k: usize, c: *mut f32, ldc: usize, acc: bool, a: Mat, b: Mat) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        let (one, par) = (1.0f32, Parallelism::None);
+        gemm::gemm(m, n, k, c, 1, ldc as isize, acc, a.0, a.2, a.1, b.0, b.2, b.1, one, one, false, false, false, par)
+    }
 }
 
 /// A pointer handed to the threads of [`gemm_into`], each writing its own block.
@@ -282,71 +273,89 @@ fn same_rows(a: &[f32], n: usize, ld: usize, d: usize) -> bool {
 }
 
 /// The forward pass on a [N, d+E] and θ: out [N, out] and the activations.
+///
+/// Row blocks run through every layer before the next block starts, one
+/// block per task on candle's threads: a block's Z and H stay in cache
+/// between a layer's GEMM, its SiLU pass and the next layer's GEMM, and the
+/// threads meet once per forward, not once per layer.
 fn forward(dims: &Dims, a: &[f32], theta: &[f32], n: usize) -> (Vec<f32>, Saved) {
-    let (w, ld, e) = (dims.width, dims.input(), dims.e);
+    let (w, ld, e, d) = (dims.width, dims.input(), dims.e, dims.d);
     let (layers, output) = dims.offsets();
     // one t for the whole batch: E U_lᵀ (and E's part of W₀) become bias rows
-    let shared_e = e > 0 && n > 1 && same_rows(a, n, ld, dims.d);
-    let mut saved = Saved { z: Vec::with_capacity(layers.len()), h: Vec::with_capacity(layers.len()) };
-    for (l, off) in layers.iter().enumerate() {
-        let mut bias = theta[off.b..off.b + w].to_vec();
-        // the U term (hidden layers) or E's columns of W₀ (input layer), with
-        // E's row stride and W's
-        let (u_ptr, u_ld) = match (l, off.u) {
-            (0, _) => (Some(&theta[off.w + dims.d..]), ld),
-            (_, Some(u)) => (Some(&theta[u..]), e),
-            _ => (None, 0),
-        };
-        if shared_e {
-            let e_row = &a[dims.d..ld];
-            if let Some(u) = u_ptr {
+    let shared_e = e > 0 && n > 1 && same_rows(a, n, ld, d);
+    let biases: Vec<Vec<f32>> = layers
+        .iter()
+        .enumerate()
+        .map(|(l, off)| {
+            let mut bias = theta[off.b..off.b + w].to_vec();
+            // E's term: E's columns of W₀ (input layer) or U_l, as [w, u_ld]
+            let u = match (l, off.u) {
+                (0, _) => Some((&theta[off.w + d..], ld)),
+                (_, Some(u)) => Some((&theta[u..], e)),
+                _ => None,
+            };
+            if let (true, Some((u, u_ld))) = (shared_e, u) {
+                let e_row = &a[d..ld];
                 for (j, b) in bias.iter_mut().enumerate() {
                     *b += e_row.iter().zip(&u[j * u_ld..j * u_ld + e]).map(|(x, y)| x * y).sum::<f32>();
                 }
             }
-        }
-        let (prev, k) = if l == 0 { (a, if shared_e { dims.d } else { ld }) } else { (&saved.h[l - 1][..], w) };
-        let w_ld = if l == 0 { ld } else { w };
-        // SAFETY: z is [n, w], written whole by the first GEMM (acc = false);
-        // prev is [n, ·] with stride (ld or w) of which k columns are read; W
-        // is [w, w_ld] of which the first k columns are read.
-        let mut z = unsafe {
-            let prev_mat = if l == 0 { Mat::rows(prev, ld) } else { Mat::rows(prev, w) };
-            let mut z = written_by(n * w, |z| {
-                gemm_into(n, w, k, z.as_mut_ptr().cast(), w, false, prev_mat, Mat::t(&theta[off.w..], w_ld))
-            });
-            if let (Some(u), false, true) = (u_ptr, shared_e, l > 0) {
-                gemm_into(n, w, e, z.as_mut_ptr(), w, true, Mat::rows(&a[dims.d..], ld), Mat::t(u, u_ld));
-            }
-            z
-        };
-        // Z += b and H = silu(Z) in one pass
-        let rows = chunk_rows(n, w);
-        // SAFETY: the chunks of h cover it, and bias_silu writes every value.
-        let h = unsafe {
-            written_by(n * w, |h| {
-                h.par_chunks_mut(rows * w)
-                    .zip(z.par_chunks_mut(rows * w))
-                    .for_each(|(h, z)| elementwise::bias_silu(z, &bias, h))
-            })
-        };
-        saved.z.push(z);
-        saved.h.push(h);
-    }
-    let last = saved.h.last().expect("at least the input layer");
-    // SAFETY: out is [n, out], written whole by the GEMM; H is [n, w]; W_o is [out, w].
-    let mut out = unsafe {
-        written_by(n * dims.out, |o| {
-            let wo = Mat::t(&theta[output.w..], w);
-            gemm_into(n, dims.out, w, o.as_mut_ptr().cast(), dims.out, false, Mat::rows(last, w), wo)
+            bias
         })
-    };
-    for row in out.chunks_exact_mut(dims.out) {
-        for (o, &b) in row.iter_mut().zip(&theta[output.b..output.b + dims.out]) {
-            *o += b;
+        .collect();
+    let mut z: Vec<Vec<f32>> = layers.iter().map(|_| Vec::with_capacity(n * w)).collect();
+    let mut h: Vec<Vec<f32>> = layers.iter().map(|_| Vec::with_capacity(n * w)).collect();
+    let mut out: Vec<f32> = Vec::with_capacity(n * dims.out);
+    let (zp, hp): (Vec<_>, Vec<_>) =
+        z.iter_mut().zip(h.iter_mut()).map(|(z, h)| (Shared(z.as_mut_ptr()), Shared(h.as_mut_ptr()))).unzip();
+    let outp = Shared(out.as_mut_ptr());
+    let rows = forward_block_rows(n, w);
+    (0..n.div_ceil(rows)).into_par_iter().for_each(|block| {
+        let (r0, m) = (block * rows, rows.min(n - block * rows));
+        // SAFETY: this task alone writes rows r0..r0+m of every buffer (each
+        // allocated for n rows); it reads only what it wrote and a, θ.
+        unsafe {
+            let a_rows = a.as_ptr().add(r0 * ld);
+            for (l, off) in layers.iter().enumerate() {
+                let zb = zp[l].get().add(r0 * w);
+                let (prev, k) = if l == 0 {
+                    (Mat(a_rows, ld as isize, 1), if shared_e { d } else { ld })
+                } else {
+                    (Mat(hp[l - 1].get().add(r0 * w), w as isize, 1), w)
+                };
+                gemm_serial(m, w, k, zb, w, false, prev, Mat::t(&theta[off.w..], if l == 0 { ld } else { w }));
+                if let (Some(u), false) = (off.u, shared_e) {
+                    gemm_serial(m, w, e, zb, w, true, Mat(a_rows.add(d), ld as isize, 1), Mat::t(&theta[u..], e));
+                }
+                let zs = std::slice::from_raw_parts_mut(zb, m * w);
+                let hs = std::slice::from_raw_parts_mut(hp[l].get().add(r0 * w).cast::<MaybeUninit<f32>>(), m * w);
+                elementwise::bias_silu(zs, &biases[l], hs);
+            }
+            let ob = outp.get().add(r0 * dims.out);
+            let last = Mat(hp[layers.len() - 1].get().add(r0 * w), w as isize, 1);
+            gemm_serial(m, dims.out, w, ob, dims.out, false, last, Mat::t(&theta[output.w..], w));
+            for row in std::slice::from_raw_parts_mut(ob, m * dims.out).chunks_exact_mut(dims.out) {
+                for (o, &b) in row.iter_mut().zip(&theta[output.b..output.b + dims.out]) {
+                    *o += b;
+                }
+            }
         }
+    });
+    // SAFETY: the blocks cover all n rows, and each wrote every value of its rows.
+    unsafe {
+        for v in z.iter_mut().chain(h.iter_mut()) {
+            v.set_len(n * w);
+        }
+        out.set_len(n * dims.out);
     }
-    (out, saved)
+    (out, Saved { z, h })
+}
+
+/// Rows per block of [`forward`]: a block's [rows, W] activations about
+/// 256 KiB (several fit in a core's L2), and at least one block per thread.
+fn forward_block_rows(n: usize, width: usize) -> usize {
+    let threads = candle_core::utils::get_num_threads().max(1);
+    (65_536 / width.max(1)).clamp(16, 1024).min(n.div_ceil(threads)).max(1)
 }
 
 /// A vector of `len` values, every one written by `fill` before anything
