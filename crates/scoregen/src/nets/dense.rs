@@ -176,16 +176,6 @@ impl Shared {
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
-/// Row chunks for an elementwise pass: one per thread when the work is large.
-fn chunk_rows(rows: usize, width: usize) -> usize {
-    let threads = candle_core::utils::get_num_threads().max(1);
-    if rows * width < 1 << 15 || threads == 1 {
-        rows.max(1)
-    } else {
-        rows.div_ceil(threads).max(1)
-    }
-}
-
 /// The kernels of the two elementwise passes, compiled twice: for AVX2 + FMA
 /// (chosen at run time; the build targets plain x86-64) and for the baseline.
 mod elementwise {
@@ -358,82 +348,97 @@ fn forward_block_rows(n: usize, width: usize) -> usize {
     (65_536 / width.max(1)).clamp(16, 1024).min(n.div_ceil(threads)).max(1)
 }
 
-/// A vector of `len` values, every one written by `fill` before anything
-/// reads it: no zeroing pass over memory the next GEMM or pass overwrites.
-///
-/// # Safety
-/// `fill` must write all `len` values.
-unsafe fn written_by(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
-    let mut v = Vec::with_capacity(len);
-    fill(&mut v.spare_capacity_mut()[..len]);
-    // SAFETY: the caller's promise: all len values are written.
-    unsafe { v.set_len(len) };
-    v
-}
-
 /// The backward pass from dOut [N, out]: [dA (N·(d+E)), dθ (P)] in one
 /// vector, or dA alone when `want_theta` is false (θ a constant).
+///
+/// The chain dH → dZ → dH₋₁ → … → dA is row-local, so it runs by row blocks
+/// through every layer, like [`forward`], keeping dZ_l for the parameter
+/// gradients, which then sum over all rows: dW_l = dZ_lᵀ H_{l−1} as one GEMM per
+/// layer split across the threads.
 fn backward(dims: &Dims, a: &[f32], theta: &[f32], saved: &Saved, g: &[f32], n: usize, want_theta: bool) -> Vec<f32> {
-    let (w, ld, e) = (dims.width, dims.input(), dims.e);
+    let (w, ld, e, d, out) = (dims.width, dims.input(), dims.e, dims.d, dims.out);
     let (layers, output) = dims.offsets();
     let mut grads = vec![0f32; n * ld + if want_theta { dims.params() } else { 0 }];
-    let (da, dtheta) = grads.split_at_mut(n * ld);
-    let last = saved.h.last().expect("at least the input layer");
-    if want_theta {
-        // dW_o = dOutᵀ H, db_o = 1ᵀ dOut
-        // SAFETY (all GEMMs below): every block has the shape and strides given.
-        unsafe {
-            let dwo = dtheta[output.w..].as_mut_ptr();
-            gemm_into(dims.out, w, n, dwo, w, false, Mat::t(g, dims.out), Mat::rows(last, w));
+    let mut dz: Vec<Vec<f32>> = layers.iter().map(|_| Vec::with_capacity(n * w)).collect();
+    let dzp: Vec<Shared> = dz.iter_mut().map(|v| Shared(v.as_mut_ptr())).collect();
+    let dap = Shared(grads.as_mut_ptr());
+    let rows = forward_block_rows(n, w);
+    // per block: the column sums of its dZ_l, every layer's after another
+    let db_blocks: Vec<Vec<f32>> = (0..n.div_ceil(rows))
+        .into_par_iter()
+        .map(|block| {
+            let (r0, m) = (block * rows, rows.min(n - block * rows));
+            let mut db = vec![0f32; layers.len() * w];
+            // SAFETY: this task alone writes rows r0..r0+m of dA and of every
+            // dZ_l (allocated for n rows), and reads only those and a, θ, Z.
+            unsafe {
+                let (da_rows, last) = (dap.get().add(r0 * ld), layers.len() - 1);
+                // dH_last = dOut W_o, written where dZ_last will be
+                let g_rows = Mat(g.as_ptr().add(r0 * out), out as isize, 1);
+                gemm_serial(m, w, out, dzp[last].get().add(r0 * w), w, false, g_rows, Mat::rows(&theta[output.w..], w));
+                for (l, off) in layers.iter().enumerate().rev() {
+                    // dZ = dH ⊙ silu′(Z) in place, with its column sums
+                    let dzb = dzp[l].get().add(r0 * w);
+                    let z_rows = &saved.z[l][r0 * w..(r0 + m) * w];
+                    elementwise::silu_grad(
+                        z_rows,
+                        std::slice::from_raw_parts_mut(dzb, m * w),
+                        &mut db[l * w..(l + 1) * w],
+                    );
+                    let dz_rows = Mat(dzb, w as isize, 1);
+                    if let Some(u) = off.u {
+                        // dE += dZ U
+                        gemm_serial(m, e, w, da_rows.add(d), ld, true, dz_rows, Mat::rows(&theta[u..], e));
+                    }
+                    if l == 0 {
+                        // dA += dZ W₀
+                        gemm_serial(m, ld, w, da_rows, ld, true, dz_rows, Mat::rows(&theta[off.w..], ld));
+                    } else {
+                        // dH_{l−1} = dZ W_l, written where dZ_{l−1} will be
+                        let next = dzp[l - 1].get().add(r0 * w);
+                        gemm_serial(m, w, w, next, w, false, dz_rows, Mat::rows(&theta[off.w..], w));
+                    }
+                }
+            }
+            db
+        })
+        .collect();
+    // SAFETY: the blocks cover all n rows and each wrote every value of its rows.
+    unsafe {
+        for v in &mut dz {
+            v.set_len(n * w);
         }
-        for row in g.chunks_exact(dims.out) {
-            for (b, &x) in dtheta[output.b..output.b + dims.out].iter_mut().zip(row) {
+    }
+    if !want_theta {
+        return grads;
+    }
+    let dtheta = &mut grads[n * ld..];
+    let last = saved.h.last().expect("at least the input layer");
+    // SAFETY (all GEMMs below): every block has the shape and strides given.
+    unsafe {
+        // dW_o = dOutᵀ H, db_o = 1ᵀ dOut
+        gemm_into(out, w, n, dtheta[output.w..].as_mut_ptr(), w, false, Mat::t(g, out), Mat::rows(last, w));
+    }
+    for row in g.chunks_exact(out) {
+        for (b, &x) in dtheta[output.b..output.b + out].iter_mut().zip(row) {
+            *b += x;
+        }
+    }
+    for (l, off) in layers.iter().enumerate() {
+        for db in &db_blocks {
+            for (b, &x) in dtheta[off.b..off.b + w].iter_mut().zip(&db[l * w..(l + 1) * w]) {
                 *b += x;
             }
         }
-    }
-    // dH = dOut W_o (written whole: acc = false)
-    let (go, wo) = (Mat::rows(g, dims.out), Mat::rows(&theta[output.w..], w));
-    let mut dh = unsafe { written_by(n * w, |p| gemm_into(n, w, dims.out, p.as_mut_ptr().cast(), w, false, go, wo)) };
-    for (l, off) in layers.iter().enumerate().rev() {
-        // dZ = dH ⊙ silu′(Z) in place, with the bias gradient summed per chunk
-        let rows = chunk_rows(n, w);
-        let db = dh
-            .par_chunks_mut(rows * w)
-            .zip(saved.z[l].par_chunks(rows * w))
-            .map(|(dz, z)| {
-                let mut db = vec![0f32; w];
-                elementwise::silu_grad(z, dz, &mut db);
-                db
-            })
-            .reduce(|| vec![0f32; w], |a, b| a.iter().zip(&b).map(|(x, y)| x + y).collect());
-        let dz = &dh;
-        if want_theta {
-            dtheta[off.b..off.b + w].copy_from_slice(&db);
-            let (prev, prev_ld) = if l == 0 { (a, ld) } else { (&saved.h[l - 1][..], w) };
-            let cols = if l == 0 { ld } else { w };
-            unsafe {
-                let dw = dtheta[off.w..].as_mut_ptr();
-                gemm_into(w, cols, n, dw, cols, false, Mat::t(dz, w), Mat::rows(prev, prev_ld));
-                if let Some(u) = off.u {
-                    // dU = dZᵀ E (E is columns d.. of A)
-                    let du = dtheta[u..].as_mut_ptr();
-                    gemm_into(w, e, n, du, e, false, Mat::t(dz, w), Mat::rows(&a[dims.d..], ld));
-                }
+        let (prev, cols) = if l == 0 { (a, ld) } else { (&saved.h[l - 1][..], w) };
+        unsafe {
+            // dW_l = dZ_lᵀ H_{l−1} (A for the input layer), dU_l = dZ_lᵀ E
+            let dw = dtheta[off.w..].as_mut_ptr();
+            gemm_into(w, cols, n, dw, cols, false, Mat::t(&dz[l], w), Mat::rows(prev, cols));
+            if let Some(u) = off.u {
+                let du = dtheta[u..].as_mut_ptr();
+                gemm_into(w, e, n, du, e, false, Mat::t(&dz[l], w), Mat::rows(&a[d..], ld));
             }
-        }
-        if let Some(u) = off.u {
-            // dE += dZ U
-            unsafe {
-                gemm_into(n, e, w, da[dims.d..].as_mut_ptr(), ld, true, Mat::rows(dz, w), Mat::rows(&theta[u..], e))
-            };
-        }
-        if l == 0 {
-            unsafe { gemm_into(n, ld, w, da.as_mut_ptr(), ld, true, Mat::rows(dz, w), Mat::rows(&theta[off.w..], ld)) };
-        } else {
-            // dH_{l−1} = dZ W_l (written whole: acc = false)
-            let (dzm, wl) = (Mat::rows(dz, w), Mat::rows(&theta[off.w..], w));
-            dh = unsafe { written_by(n * w, |p| gemm_into(n, w, w, p.as_mut_ptr().cast(), w, false, dzm, wl)) };
         }
     }
     grads
