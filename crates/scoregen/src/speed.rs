@@ -162,7 +162,9 @@ pub enum SampleCase {
 pub fn sample(cfg: &RunConfig, which: SampleCase, n: usize, steps: usize, reps: usize) -> Result<Timing> {
     let trainer = Trainer::new(cfg)?;
     let sde = cfg.sde();
-    let score = trainer.model.score(sde.clone());
+    // the model sampling and likelihoods use: the EMA copy, frozen
+    let (model, _vars) = trainer.ema_model()?;
+    let score = model.score(sde.clone());
     let dim = trainer.dataset.points.d;
     let opts = ReverseOptions { steps, eps: None, denoise: false, record_every: None };
     let mut rng = Rng::new(cfg.seed, crate::train::streams::SAMPLING);
@@ -202,7 +204,9 @@ pub fn sample(cfg: &RunConfig, which: SampleCase, n: usize, steps: usize, reps: 
 pub fn likelihood(cfg: &RunConfig, n: usize, steps: usize, reps: usize) -> Result<Timing> {
     let trainer = Trainer::new(cfg)?;
     let sde = cfg.sde();
-    let score = trainer.model.score(sde.clone());
+    // the model sampling and likelihoods use: the EMA copy, frozen
+    let (model, _vars) = trainer.ema_model()?;
+    let score = model.score(sde.clone());
     let pts = &trainer.dataset.points;
     let n = n.min(pts.n);
     let rows: Vec<f32> = (0..n).flat_map(|i| pts.row(i).iter().map(|&v| v as f32)).collect();

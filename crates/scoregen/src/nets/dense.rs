@@ -268,7 +268,10 @@ fn same_rows(a: &[f32], n: usize, ld: usize, d: usize) -> bool {
 /// block per task on candle's threads: a block's Z and H stay in cache
 /// between a layer's GEMM, its SiLU pass and the next layer's GEMM, and the
 /// threads meet once per forward, not once per layer.
-fn forward(dims: &Dims, a: &[f32], theta: &[f32], n: usize) -> (Vec<f32>, Saved) {
+///
+/// Without `keep` (nothing will be differentiated: sampling) a block's Z and
+/// H live in a scratch of three [rows, W] slots and are never written out.
+fn forward(dims: &Dims, a: &[f32], theta: &[f32], n: usize, keep: bool) -> (Vec<f32>, Option<Saved>) {
     let (w, ld, e, d) = (dims.width, dims.input(), dims.e, dims.d);
     let (layers, output) = dims.offsets();
     // one t for the whole batch: E U_lᵀ (and E's part of W₀) become bias rows
@@ -293,8 +296,9 @@ fn forward(dims: &Dims, a: &[f32], theta: &[f32], n: usize) -> (Vec<f32>, Saved)
             bias
         })
         .collect();
-    let mut z: Vec<Vec<f32>> = layers.iter().map(|_| Vec::with_capacity(n * w)).collect();
-    let mut h: Vec<Vec<f32>> = layers.iter().map(|_| Vec::with_capacity(n * w)).collect();
+    let kept = if keep { n * w } else { 0 };
+    let mut z: Vec<Vec<f32>> = layers.iter().map(|_| Vec::with_capacity(kept)).collect();
+    let mut h: Vec<Vec<f32>> = layers.iter().map(|_| Vec::with_capacity(kept)).collect();
     let mut out: Vec<f32> = Vec::with_capacity(n * dims.out);
     let (zp, hp): (Vec<_>, Vec<_>) =
         z.iter_mut().zip(h.iter_mut()).map(|(z, h)| (Shared(z.as_mut_ptr()), Shared(h.as_mut_ptr()))).unzip();
@@ -302,27 +306,32 @@ fn forward(dims: &Dims, a: &[f32], theta: &[f32], n: usize) -> (Vec<f32>, Saved)
     let rows = forward_block_rows(n, w);
     (0..n.div_ceil(rows)).into_par_iter().for_each(|block| {
         let (r0, m) = (block * rows, rows.min(n - block * rows));
+        let mut scratch: Vec<f32> = Vec::with_capacity(if keep { 0 } else { 3 * m * w });
+        let sp = scratch.as_mut_ptr();
         // SAFETY: this task alone writes rows r0..r0+m of every buffer (each
-        // allocated for n rows); it reads only what it wrote and a, θ.
+        // allocated for n rows) or its own scratch (slot 0: Z, slots 1 and 2:
+        // H of even and odd layers); it reads only what it wrote and a, θ.
         unsafe {
+            let z_at = |l: usize| if keep { zp[l].get().add(r0 * w) } else { sp };
+            let h_at = |l: usize| if keep { hp[l].get().add(r0 * w) } else { sp.add((1 + l % 2) * m * w) };
             let a_rows = a.as_ptr().add(r0 * ld);
             for (l, off) in layers.iter().enumerate() {
-                let zb = zp[l].get().add(r0 * w);
+                let zb = z_at(l);
                 let (prev, k) = if l == 0 {
                     (Mat(a_rows, ld as isize, 1), if shared_e { d } else { ld })
                 } else {
-                    (Mat(hp[l - 1].get().add(r0 * w), w as isize, 1), w)
+                    (Mat(h_at(l - 1), w as isize, 1), w)
                 };
                 gemm_serial(m, w, k, zb, w, false, prev, Mat::t(&theta[off.w..], if l == 0 { ld } else { w }));
                 if let (Some(u), false) = (off.u, shared_e) {
                     gemm_serial(m, w, e, zb, w, true, Mat(a_rows.add(d), ld as isize, 1), Mat::t(&theta[u..], e));
                 }
                 let zs = std::slice::from_raw_parts_mut(zb, m * w);
-                let hs = std::slice::from_raw_parts_mut(hp[l].get().add(r0 * w).cast::<MaybeUninit<f32>>(), m * w);
+                let hs = std::slice::from_raw_parts_mut(h_at(l).cast::<MaybeUninit<f32>>(), m * w);
                 elementwise::bias_silu(zs, &biases[l], hs);
             }
             let ob = outp.get().add(r0 * dims.out);
-            let last = Mat(hp[layers.len() - 1].get().add(r0 * w), w as isize, 1);
+            let last = Mat(h_at(layers.len() - 1), w as isize, 1);
             gemm_serial(m, dims.out, w, ob, dims.out, false, last, Mat::t(&theta[output.w..], w));
             for row in std::slice::from_raw_parts_mut(ob, m * dims.out).chunks_exact_mut(dims.out) {
                 for (o, &b) in row.iter_mut().zip(&theta[output.b..output.b + dims.out]) {
@@ -331,14 +340,15 @@ fn forward(dims: &Dims, a: &[f32], theta: &[f32], n: usize) -> (Vec<f32>, Saved)
             }
         }
     });
-    // SAFETY: the blocks cover all n rows, and each wrote every value of its rows.
+    // SAFETY: the blocks cover all n rows, and each wrote every value of its
+    // rows (of the activations too when kept).
     unsafe {
         for v in z.iter_mut().chain(h.iter_mut()) {
-            v.set_len(n * w);
+            v.set_len(kept);
         }
         out.set_len(n * dims.out);
     }
-    (out, Saved { z, h })
+    (out, keep.then_some(Saved { z, h }))
 }
 
 /// Rows per block of [`forward`]: a block's [rows, W] activations about
@@ -455,6 +465,8 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
 /// out = MLP_θ(a), a [N, d+E], θ [P] (see [`Dims`] for its order).
 struct Forward {
     dims: Dims,
+    /// Keep the activations for a backward (false when no input is tracked).
+    keep: bool,
     saved: Mutex<Option<Arc<Saved>>>,
 }
 
@@ -465,8 +477,8 @@ impl CustomOp2 for Forward {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let n = l1.dims()[0];
-        let (out, saved) = forward(&self.dims, f32_slice(s1, l1)?, f32_slice(s2, l2)?, n);
-        *self.saved.lock().expect("fused MLP lock") = Some(Arc::new(saved));
+        let (out, saved) = forward(&self.dims, f32_slice(s1, l1)?, f32_slice(s2, l2)?, n, self.keep);
+        *self.saved.lock().expect("fused MLP lock") = saved.map(Arc::new);
         Ok((CpuStorage::F32(out), Shape::from((n, self.dims.out))))
     }
 
@@ -539,7 +551,8 @@ pub fn mlp(a: &Tensor, theta: &Tensor, dims: Dims) -> Result<Tensor> {
             theta.shape()
         );
     }
-    a.contiguous()?.apply_op2(&theta.contiguous()?, Forward { dims, saved: Mutex::new(None) })
+    let keep = a.track_op() || theta.track_op();
+    a.contiguous()?.apply_op2(&theta.contiguous()?, Forward { dims, keep, saved: Mutex::new(None) })
 }
 
 #[cfg(test)]
@@ -615,7 +628,8 @@ mod tests {
     }
 
     /// With θ a constant (a likelihood's ∇ₓ) the backward skips ∂/∂θ and
-    /// gives the same ∂/∂a as with θ tracked.
+    /// gives the same ∂/∂a as with θ tracked; with nothing tracked the forward
+    /// keeps no activations and gives the same output.
     #[test]
     fn constant_parameters_give_the_same_input_gradient() {
         let dev = Device::Cpu;
@@ -626,6 +640,11 @@ mod tests {
         let tracked = crate::autodiff::grad(&mlp(a.as_tensor(), theta.as_tensor(), dims).unwrap(), &a).unwrap();
         let constant = crate::autodiff::grad(&mlp(a.as_tensor(), &theta.as_tensor().detach(), dims).unwrap(), &a);
         let diff = (tracked - constant.unwrap()).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+        // nothing tracked (sampling): the activations stay in scratch, same outputs
+        let kept = mlp(a.as_tensor(), theta.as_tensor(), dims).unwrap();
+        let scratch = mlp(&a.as_tensor().detach(), &theta.as_tensor().detach(), dims).unwrap();
+        let diff = (kept - scratch).unwrap().abs().unwrap().max_all().unwrap();
         assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
     }
 

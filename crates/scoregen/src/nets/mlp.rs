@@ -54,6 +54,8 @@ pub struct Mlp {
     embed_dim: usize,
     /// c(y), added to e(t), for a class-conditional network.
     classes: Option<ClassEmbedding>,
+    /// Parameters are constants ([`Network::freeze`]).
+    frozen: bool,
 }
 
 impl Mlp {
@@ -87,7 +89,7 @@ impl Mlp {
             .map(|l| linear(cfg.width, cfg.width, vb.pp(format!("hidden.{l}"))))
             .collect::<Result<_>>()?;
         let output = linear(cfg.width, out_dim, vb.pp("output"))?;
-        Ok(Self { embed, input, time, hidden, output, embed_dim: e, classes: None })
+        Ok(Self { embed, input, time, hidden, output, embed_dim: e, classes: None, frozen: false })
     }
 
     /// A network on the CPU in f32 whose parameters live in `vm`: new ones are
@@ -150,6 +152,10 @@ impl Network for Mlp {
     fn classes(&self) -> usize {
         self.classes.as_ref().map_or(0, |c| c.classes())
     }
+
+    fn freeze(&mut self) {
+        self.frozen = true;
+    }
 }
 
 impl Mlp {
@@ -182,8 +188,9 @@ impl Mlp {
         parts.push(self.output.weight().flatten_all());
         parts.push(Ok(bo));
         let mut theta = Tensor::cat(&parts.into_iter().collect::<Result<Vec<_>>>()?, 0)?;
-        if crate::autodiff::parameters_constant() {
-            // a likelihood's ∇ₓ: the backward then skips every ∂/∂θ GEMM
+        if self.frozen || crate::autodiff::parameters_constant() {
+            // only evaluated: no activations kept unless x is tracked, and a
+            // likelihood's ∇ₓ skips every ∂/∂θ GEMM
             theta = theta.detach();
         }
         let dims = dense::Dims {

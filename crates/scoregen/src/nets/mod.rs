@@ -35,6 +35,11 @@ pub trait Network: Send + Sync {
     fn classes(&self) -> usize {
         0
     }
+
+    /// Marks the parameters as constants: from now on the network is only
+    /// evaluated (sampling, likelihoods, metrics), never trained through, so
+    /// it may skip keeping activations and computing ∂/∂θ. Default: nothing.
+    fn freeze(&mut self) {}
 }
 
 /// A class-conditional network with its labels fixed: net(x, t, y) as a plain
@@ -86,6 +91,14 @@ impl Model {
                 Some(LabeledScore { net: Labeled { net: net.as_ref(), labels }, sde, output: *output })
             }
             _ => None,
+        }
+    }
+
+    /// Marks the parameters as constants ([`Network::freeze`]): for models
+    /// that are only evaluated (a loaded run, the EMA copy).
+    pub fn freeze(&mut self) {
+        if let Model::Score(net, _) = self {
+            net.freeze();
         }
     }
 

@@ -199,10 +199,13 @@ impl Trainer {
         Ok((l, info.grad_norm))
     }
 
-    /// A copy of the model carrying the EMA weights (what sampling uses by default).
+    /// A frozen copy of the model carrying the EMA weights (what sampling
+    /// uses by default), for evaluation only ([`Model::freeze`]).
     pub fn ema_model(&self) -> Result<(Model, VarMap)> {
         let varmap = VarMap::new();
-        let model = nets::build(&self.cfg.model, self.dataset.points.d, self.cfg.noise.levels, self.cfg.seed, &varmap)?;
+        let mut model =
+            nets::build(&self.cfg.model, self.dataset.points.d, self.cfg.noise.levels, self.cfg.seed, &varmap)?;
+        model.freeze();
         for ((_, var), avg) in nets::named_vars(&varmap).iter().zip(&self.ema.shadow) {
             var.set(avg)?;
         }
@@ -388,7 +391,8 @@ impl LoadedModel {
         let ck_dir = run_dir.join("checkpoints");
         let ck = checkpoint::load_latest(&ck_dir)?;
         let varmap = VarMap::new();
-        let model = nets::build(&cfg.model, ck.state.dim, cfg.noise.levels, cfg.seed, &varmap)?;
+        let mut model = nets::build(&cfg.model, ck.state.dim, cfg.noise.levels, cfg.seed, &varmap)?;
+        model.freeze();
         let vars = nets::named_vars(&varmap);
         checkpoint::check_model(&ck, &vars)?;
         let (tensors, file) = if use_ema { (&ck.ema, "ema.safetensors") } else { (&ck.model, "model.safetensors") };
