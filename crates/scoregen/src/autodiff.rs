@@ -77,9 +77,16 @@ pub fn parameters_constant() -> bool {
     INPUT_ONLY.with(|d| d.get() > 0)
 }
 
-/// False inside [`exact_higher_order`]: fused first-order kernels are allowed.
+/// The environment variable that, set to `0`, keeps every network on
+/// candle's ops (to compare the fused kernels with them, or to rule them out).
+pub const FUSED_VAR: &str = "SCOREGEN_FUSED";
+
+/// False inside [`exact_higher_order`] and when `SCOREGEN_FUSED=0`: fused
+/// first-order kernels are allowed.
 pub fn fused_kernels_allowed() -> bool {
-    HIGHER_ORDER.with(|d| d.get() == 0)
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var(FUSED_VAR).map_or(true, |v| v != "0"))
+        && HIGHER_ORDER.with(|d| d.get() == 0)
 }
 
 /// Runs `loss.backward()` with second-order gradients enabled.
