@@ -85,8 +85,7 @@ pub const FUSED_VAR: &str = "SCOREGEN_FUSED";
 /// first-order kernels are allowed.
 pub fn fused_kernels_allowed() -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var(FUSED_VAR).map_or(true, |v| v != "0"))
-        && HIGHER_ORDER.with(|d| d.get() == 0)
+    *ENABLED.get_or_init(|| std::env::var(FUSED_VAR).map_or(true, |v| v != "0")) && HIGHER_ORDER.with(|d| d.get() == 0)
 }
 
 /// Runs `loss.backward()` with second-order gradients enabled.

@@ -182,26 +182,30 @@ mod elementwise {
     use super::exp_f32;
     use std::mem::MaybeUninit;
 
-    /// z ← z + b row by row (rows of b's length), then h = silu(z) = z·σ(z),
-    /// written once into uninitialised memory.
+    /// With z = z + b row by row (rows of b's length): h = silu(z) = z·σ(z),
+    /// written once into uninitialised memory, and σ(z) in place of z (all
+    /// the backward needs besides h).
     #[inline(always)]
     fn bias_silu_body(z: &mut [f32], b: &[f32], h: &mut [MaybeUninit<f32>]) {
         for (zr, hr) in z.chunks_exact_mut(b.len()).zip(h.chunks_exact_mut(b.len())) {
             for ((z, h), &b) in zr.iter_mut().zip(hr).zip(b) {
-                *z += b;
-                h.write(*z / (1.0 + exp_f32(-*z)));
+                let x = *z + b;
+                let s = 1.0 / (1.0 + exp_f32(-x));
+                h.write(x * s);
+                *z = s;
             }
         }
     }
 
-    /// dz = dh·silu′(z) in place, silu′(z) = σ(z)(1 + z(1 − σ(z))), and
-    /// db += the column sums of dz (rows of `width`).
+    /// dz = dh·silu′(z) in place with silu′(z) = σ(1 + z(1 − σ)) = σ + h(1 − σ)
+    /// (no exponential: σ and h were kept), and db += the column sums of dz
+    /// (rows of `width`).
     #[inline(always)]
-    fn silu_grad_body(z: &[f32], dh: &mut [f32], db: &mut [f32]) {
-        for (zr, gr) in z.chunks_exact(db.len()).zip(dh.chunks_exact_mut(db.len())) {
-            for ((g, &z), b) in gr.iter_mut().zip(zr).zip(db.iter_mut()) {
-                let s = 1.0 / (1.0 + exp_f32(-z));
-                *g *= s * (1.0 + z * (1.0 - s));
+    fn silu_grad_body(sigma: &[f32], h: &[f32], dh: &mut [f32], db: &mut [f32]) {
+        let w = db.len();
+        for ((sr, hr), gr) in sigma.chunks_exact(w).zip(h.chunks_exact(w)).zip(dh.chunks_exact_mut(w)) {
+            for (((g, &s), &h), b) in gr.iter_mut().zip(sr).zip(hr).zip(db.iter_mut()) {
+                *g *= s + h * (1.0 - s);
                 *b += *g;
             }
         }
@@ -215,8 +219,8 @@ mod elementwise {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn silu_grad_avx2(z: &[f32], dh: &mut [f32], db: &mut [f32]) {
-        silu_grad_body(z, dh, db)
+    unsafe fn silu_grad_avx2(sigma: &[f32], h: &[f32], dh: &mut [f32], db: &mut [f32]) {
+        silu_grad_body(sigma, h, dh, db)
     }
 
     fn avx2() -> bool {
@@ -239,20 +243,20 @@ mod elementwise {
         bias_silu_body(z, b, h)
     }
 
-    pub fn silu_grad(z: &[f32], dh: &mut [f32], db: &mut [f32]) {
+    pub fn silu_grad(sigma: &[f32], h: &[f32], dh: &mut [f32], db: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if avx2() {
             // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            return unsafe { silu_grad_avx2(z, dh, db) };
+            return unsafe { silu_grad_avx2(sigma, h, dh, db) };
         }
-        silu_grad_body(z, dh, db)
+        silu_grad_body(sigma, h, dh, db)
     }
 }
 
-/// What the forward keeps for the backward: Z_l and H_l = silu(Z_l) for
+/// What the forward keeps for the backward: σ(Z_l) and H_l = silu(Z_l) for
 /// every hidden layer, each [N, W].
 struct Saved {
-    z: Vec<Vec<f32>>,
+    sigma: Vec<Vec<f32>>,
     h: Vec<Vec<f32>>,
 }
 
@@ -269,8 +273,8 @@ fn same_rows(a: &[f32], n: usize, ld: usize, d: usize) -> bool {
 /// between a layer's GEMM, its SiLU pass and the next layer's GEMM, and the
 /// threads meet once per forward, not once per layer.
 ///
-/// Without `keep` (nothing will be differentiated: sampling) a block's Z and
-/// H live in a scratch of three [rows, W] slots and are never written out.
+/// Without `keep` (nothing will be differentiated: sampling) a block's σ(Z)
+/// and H live in a scratch of three [rows, W] slots and are never written out.
 fn forward(dims: &Dims, a: &[f32], theta: &[f32], n: usize, keep: bool) -> (Vec<f32>, Option<Saved>) {
     let (w, ld, e, d) = (dims.width, dims.input(), dims.e, dims.d);
     let (layers, output) = dims.offsets();
@@ -348,7 +352,7 @@ fn forward(dims: &Dims, a: &[f32], theta: &[f32], n: usize, keep: bool) -> (Vec<
         }
         out.set_len(n * dims.out);
     }
-    (out, keep.then_some(Saved { z, h }))
+    (out, keep.then_some(Saved { sigma: z, h }))
 }
 
 /// Rows per block of [`forward`]: a block's [rows, W] activations about
@@ -389,9 +393,10 @@ fn backward(dims: &Dims, a: &[f32], theta: &[f32], saved: &Saved, g: &[f32], n: 
                 for (l, off) in layers.iter().enumerate().rev() {
                     // dZ = dH ⊙ silu′(Z) in place, with its column sums
                     let dzb = dzp[l].get().add(r0 * w);
-                    let z_rows = &saved.z[l][r0 * w..(r0 + m) * w];
+                    let rows = r0 * w..(r0 + m) * w;
                     elementwise::silu_grad(
-                        z_rows,
+                        &saved.sigma[l][rows.clone()],
+                        &saved.h[l][rows],
                         std::slice::from_raw_parts_mut(dzb, m * w),
                         &mut db[l * w..(l + 1) * w],
                     );
