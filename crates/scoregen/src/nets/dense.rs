@@ -92,39 +92,35 @@ impl Dims {
 
 /// A row-major matrix operand: pointer, row stride, column stride.
 #[derive(Clone, Copy)]
-struct Mat(*const f32, isize, isize);
+pub(crate) struct Mat(*const f32, isize, isize);
 // SAFETY: only read, by the threads of one GEMM, while the caller's borrow lives.
 unsafe impl Send for Mat {}
 unsafe impl Sync for Mat {}
 
 impl Mat {
     /// A row-major [rows, ld] block.
-    fn rows(p: &[f32], ld: usize) -> Self {
+    pub(crate) fn rows(p: &[f32], ld: usize) -> Self {
         Mat(p.as_ptr(), ld as isize, 1)
     }
 
     /// The transpose of a row-major [rows, ld] block.
-    fn t(p: &[f32], ld: usize) -> Self {
+    pub(crate) fn t(p: &[f32], ld: usize) -> Self {
         Mat(p.as_ptr(), 1, ld as isize)
     }
 }
 
-/// C [m, n] (row stride `ldc`) := (C if `acc`, else 0) + A [m, k] · B [k, n].
-///
-/// On several threads the larger of C's two sides is split in one block per
-/// thread, each a single-threaded GEMM: the `gemm` crate's own threading does
-/// not split these skinny shapes (W ≤ 512 columns), and leaves the second core idle.
+/// C [m, n] (row stride `ldc`) := (C if `acc`, else 0) + A [m, k] · B [k, n],
+/// on the calling thread (for callers that already split their work across threads).
 ///
 /// # Safety
-/// `c` must hold m rows of stride `ldc` with n columns; A and B must be valid
-/// for their strides and shapes.
+/// As [`gemm_into`].
 #[allow(clippy::too_many_arguments)] // BLAS's own argument list, less the scalars
-unsafe fn gemm_into(m: usize, n: usize, k: usize, c: *mut f32, ldc: usize, acc: bool, a: Mat, b: Mat) {
+pub(crate) unsafe fn gemm_serial(m: usize, n: usize, k: usize, c: *mut f32, ldc: usize, acc: bool, a: Mat, b: Mat) {
     if m == 0 || n == 0 {
         return;
     }
-    // SAFETY: forwarded from the caller; blocks of C are disjoint.
-    let one = |m: usize, n: usize, c: *mut f32, a: Mat, b: Mat| unsafe {
+    // SAFETY: forwarded from the caller.
+    unsafe {
         gemm::gemm(
             m,
             n,
@@ -146,7 +142,25 @@ unsafe fn gemm_into(m: usize, n: usize, k: usize, c: *mut f32, ldc: usize, acc: 
             false,
             Parallelism::None,
         )
-    };
+    }
+}
+
+/// C [m, n] (row stride `ldc`) := (C if `acc`, else 0) + A [m, k] · B [k, n].
+///
+/// On several threads the larger of C's two sides is split in one block per
+/// thread, each a single-threaded GEMM: the `gemm` crate's own threading does
+/// not split these skinny shapes (W ≤ 512 columns), and leaves the second core idle.
+///
+/// # Safety
+/// `c` must hold m rows of stride `ldc` with n columns; A and B must be valid
+/// for their strides and shapes.
+#[allow(clippy::too_many_arguments)] // BLAS's own argument list, less the scalars
+pub(crate) unsafe fn gemm_into(m: usize, n: usize, k: usize, c: *mut f32, ldc: usize, acc: bool, a: Mat, b: Mat) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: forwarded from the caller; blocks of C are disjoint.
+    let one = |m: usize, n: usize, c: *mut f32, a: Mat, b: Mat| unsafe { gemm_serial(m, n, k, c, ldc, acc, a, b) };
     let threads = candle_core::utils::get_num_threads();
     if threads <= 1 || m * n * k < 1 << 16 {
         return one(m, n, c, a, b);

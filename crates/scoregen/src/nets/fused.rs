@@ -219,7 +219,7 @@ impl CustomOp2 for AddBias {
 /// N images C×H×W: padding p = k/2, outputs H/s × W/s, output (oy, ox)
 /// centred on input (s·oy, s·ox).
 #[derive(Debug, Clone, Copy)]
-struct Patches {
+pub(crate) struct Patches {
     n: usize,
     c: usize,
     h: usize,
@@ -229,7 +229,12 @@ struct Patches {
 }
 
 impl Patches {
-    fn out_hw(&self) -> (usize, usize) {
+    /// The geometry of a k×k, stride-s convolution on N images C×H×W.
+    pub(crate) fn new(n: usize, (c, h, w): (usize, usize, usize), k: usize, stride: usize) -> Self {
+        Self { n, c, h, w, k, stride }
+    }
+
+    pub(crate) fn out_hw(&self) -> (usize, usize) {
         (self.h / self.stride, self.w / self.stride)
     }
 
@@ -286,9 +291,10 @@ struct Im2col {
 /// is constant in im2col, so it is dropped).
 struct Col2im(Patches);
 
-fn im2col_values<T: candle_core::WithDType>(x: &[T], g: &Patches, ones: bool) -> Vec<T> {
-    let (rows, cols) = g.cols_shape();
-    let mut out = vec![T::zero(); rows * cols];
+/// Writes the in-image entries of the patch matrix of x into `out` (rows
+/// 0..C·k²); entries that fall in the zero padding are left untouched, so a
+/// buffer zeroed once serves every image of the same geometry.
+pub(crate) fn im2col_into<T: candle_core::WithDType>(x: &[T], g: &Patches, out: &mut [T]) {
     let s = g.stride;
     g.for_each_run(|col, img, len| {
         let dst = &mut out[col..col + len];
@@ -300,6 +306,29 @@ fn im2col_values<T: candle_core::WithDType>(x: &[T], g: &Patches, ones: bool) ->
             }
         }
     });
+}
+
+/// x += col2im(p): every patch entry (rows 0..C·k²) added back onto its pixel.
+pub(crate) fn col2im_add<T: candle_core::WithDType>(p: &[T], g: &Patches, x: &mut [T]) {
+    let s = g.stride;
+    g.for_each_run(|col, img, len| {
+        let src = &p[col..col + len];
+        if s == 1 {
+            for (d, &v) in x[img..img + len].iter_mut().zip(src) {
+                *d += v;
+            }
+        } else {
+            for (j, &v) in src.iter().enumerate() {
+                x[img + s * j] += v;
+            }
+        }
+    });
+}
+
+fn im2col_values<T: candle_core::WithDType>(x: &[T], g: &Patches, ones: bool) -> Vec<T> {
+    let (rows, cols) = g.cols_shape();
+    let mut out = vec![T::zero(); rows * cols];
+    im2col_into(x, g, &mut out);
     if ones {
         out[(rows - 1) * cols..].fill(T::one());
     }
@@ -308,12 +337,7 @@ fn im2col_values<T: candle_core::WithDType>(x: &[T], g: &Patches, ones: bool) ->
 
 fn col2im_values<T: candle_core::WithDType>(p: &[T], g: &Patches) -> Vec<T> {
     let mut x = vec![T::zero(); g.n * g.c * g.h * g.w];
-    let s = g.stride;
-    g.for_each_run(|col, img, len| {
-        for (j, &v) in p[col..col + len].iter().enumerate() {
-            x[img + s * j] += v;
-        }
-    });
+    col2im_add(p, g, &mut x);
     x
 }
 
@@ -370,6 +394,89 @@ pub fn im2col(x: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
         candle_core::bail!("im2col: needs odd k, stride 1 or 2 dividing H×W, got k={k} stride={stride} on {h}×{w}");
     }
     x.contiguous()?.apply_op1(Im2col { g: Patches { n, c, h, w, k, stride }, ones: true })
+}
+
+/// Nearest-neighbour ×2 upsampling of [N, C, H, W] → [N, C, 2H, 2W]: every
+/// pixel repeated on a 2×2 block.
+struct Upsample2;
+
+/// The adjoint of [`Upsample2`]: [N, C, 2H, 2W] → [N, C, H, W], each output
+/// the sum of its 2×2 block.
+struct SumPool2;
+
+fn upsample2_values<T: candle_core::WithDType>(x: &[T], w: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(4 * x.len());
+    for row in x.chunks_exact(w) {
+        let start = out.len();
+        for &v in row {
+            out.push(v);
+            out.push(v);
+        }
+        out.extend_from_within(start..start + 2 * w);
+    }
+    out
+}
+
+fn sum_pool2_values<T: candle_core::WithDType>(g: &[T], w: usize) -> Vec<T> {
+    // w is the output width: input rows have 2w entries, taken two rows at a time
+    let mut out = Vec::with_capacity(g.len() / 4);
+    for rows in g.chunks_exact(4 * w) {
+        let (a, b) = rows.split_at(2 * w);
+        for j in 0..w {
+            out.push(a[2 * j] + a[2 * j + 1] + b[2 * j] + b[2 * j + 1]);
+        }
+    }
+    out
+}
+
+impl CustomOp1 for Upsample2 {
+    fn name(&self) -> &'static str {
+        "fused-upsample2"
+    }
+
+    fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        let storage = match st.dtype() {
+            DType::F32 => CpuStorage::F32(upsample2_values(slice::<f32>(st, l)?, w)),
+            DType::F64 => CpuStorage::F64(upsample2_values(slice::<f64>(st, l)?, w)),
+            dt => candle_core::bail!("upsample2: unsupported dtype {dt:?}"),
+        };
+        Ok((storage, (n, c, 2 * h, 2 * w).into()))
+    }
+
+    /// The transpose of upsampling is the 2×2 block sum.
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(g.contiguous()?.apply_op1(SumPool2)?))
+    }
+}
+
+impl CustomOp1 for SumPool2 {
+    fn name(&self) -> &'static str {
+        "fused-sum-pool2"
+    }
+
+    fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        let storage = match st.dtype() {
+            DType::F32 => CpuStorage::F32(sum_pool2_values(slice::<f32>(st, l)?, w / 2)),
+            DType::F64 => CpuStorage::F64(sum_pool2_values(slice::<f64>(st, l)?, w / 2)),
+            dt => candle_core::bail!("sum_pool2: unsupported dtype {dt:?}"),
+        };
+        Ok((storage, (n, c, h / 2, w / 2).into()))
+    }
+
+    /// The transpose of the block sum is upsampling.
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(g.contiguous()?.apply_op1(Upsample2)?))
+    }
+}
+
+/// Nearest-neighbour ×2 upsampling of images [N, C, H, W], one pass each way
+/// (candle differentiates `upsample_nearest2d` with a grouped convolution,
+/// one small convolution per channel); linear, so exact to every order.
+pub fn upsample2(x: &Tensor) -> Result<Tensor> {
+    x.dims4()?;
+    x.contiguous()?.apply_op1(Upsample2)
 }
 
 /// silu(x) = x·σ(x), fused (see the module docs).
