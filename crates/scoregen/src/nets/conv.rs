@@ -1,20 +1,28 @@
-//! A k×k "same" convolution (stride 1 or 2) with a per-image bias, as one
-//! fused CPU op with a hand-written first-order backward.
+//! A k×k "same" convolution (stride 1 or 2) with a per-image bias and an
+//! optional scaled residual, as one fused CPU op with a hand-written
+//! first-order backward.
 //!
 //! For image b, with P_b = im2col(x_b) [C_in·k², Ho·Wo] (see [`super::fused::im2col`]),
 //!
-//!   y_b = W P_b + c_b 1ᵀ,
+//!   y_b = s·(W P_b + c_b 1ᵀ + r_b),
 //!
-//! W [C_out, C_in·k²] and c [N, C_out] (the layer's bias plus, in a residual
-//! block, the projected time embedding). y_b [C_out, Ho·Wo] is image b of the
-//! output in [N, C, H, W] order already, so nothing is transposed. The backward,
-//! again per image:
+//! W [C_out, C_in·k²], c [N, C_out] (the layer's bias plus, in a residual
+//! block, the projected time embedding), r an optional residual of y's shape
+//! and s its scale (a residual block's (x + h)/√2; s = 1 without r).
+//! y_b [C_out, Ho·Wo] is image b of the output in [N, C, H, W] order already,
+//! so nothing is transposed. The backward, again per image, with g = s·dy:
 //!
-//!   dc_b = dy_b 1,   dW = Σ_b dy_b P_bᵀ,   dx_b = col2im(Wᵀ dy_b).
+//!   dc_b = g_b 1,   dW = Σ_b g_b P_bᵀ,   dr = g,
+//!   dx_b = col2im(Wᵀ g_b) = W̃ im2col(g_b)   (stride 1),
 //!
-//! The images are split across threads; each thread builds one image's P_b
-//! at a time in a small buffer (rebuilt in the backward rather than kept), so
-//! the patch matrices of the whole batch never exist at once.
+//! W̃ [C_in, C_out·k²] the weights with input and output channels swapped and
+//! the kernel flipped: the adjoint of a stride-1 "same" convolution is one,
+//! so dx needs no scatter and its GEMM has the long inner dimension C_out·k².
+//! Stride 2 (a downsampling layer) goes through col2im.
+//!
+//! The images are split across threads; each thread builds one image's
+//! patches at a time in a small buffer (rebuilt in the backward rather than
+//! kept), so the patch matrices of the whole batch never exist at once.
 //!
 //! **First order only**, like [`super::dense`]: the gradients come from an op
 //! that refuses to be differentiated again. Inside
@@ -26,17 +34,21 @@
 //! the `gemm` crate's.
 
 use super::dense::{gemm_serial, Mat};
-use super::fused::{col2im_add, im2col_into, Patches};
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
+use super::fused::{col2im_add, im2col_into, par_ranges, Patches, SharedMut};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use std::sync::Mutex;
 
 /// The geometry of one call: N images C_in×H×W, C_out filters k×k, stride s.
 #[derive(Debug, Clone, Copy)]
 struct Geometry {
+    /// im2col of one input image.
     patches: Patches,
+    /// im2col of one output-gradient image (stride 1: the adjoint convolution).
+    adjoint: Patches,
     cin: usize,
     cout: usize,
     k: usize,
+    stride: usize,
     /// Input pixels per image (C_in·H·W) and output positions per channel (Ho·Wo).
     x_len: usize,
     hw_out: usize,
@@ -47,7 +59,8 @@ impl Geometry {
         let (cin, h, w) = (x[1], x[2], x[3]);
         let patches = Patches::new(1, (cin, h, w), k, stride);
         let (ho, wo) = patches.out_hw();
-        Self { patches, cin, cout, k, x_len: cin * h * w, hw_out: ho * wo }
+        let adjoint = Patches::new(1, (cout, ho, wo), k, 1);
+        Self { patches, adjoint, cin, cout, k, stride, x_len: cin * h * w, hw_out: ho * wo }
     }
 
     /// Rows of P_b (C_in·k²).
@@ -55,15 +68,24 @@ impl Geometry {
         self.cin * self.k * self.k
     }
 
-    /// Images per parallel task: a few tasks per thread, so uneven images balance.
-    fn images_per_task(&self, n: usize) -> usize {
-        let threads = candle_core::utils::get_num_threads().max(1);
-        if threads == 1 {
-            n.max(1)
-        } else {
-            n.div_ceil(4 * threads).max(1)
-        }
+    /// A 1×1 stride-1 convolution: P_b is x_b itself.
+    fn pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1
     }
+}
+
+/// P_b: x_b itself for a pointwise convolution, else im2col into `buf`.
+fn patches<'a>(x: &'a [f32], g: &Patches, pointwise: bool, buf: &'a mut Vec<f32>) -> &'a [f32] {
+    if pointwise {
+        return x;
+    }
+    let (rows, cols) = g.cols_shape();
+    if buf.is_empty() {
+        // zeroed once: im2col leaves the padding entries alone
+        buf.resize((rows - 1) * cols, 0.0);
+    }
+    im2col_into(x, g, buf);
+    buf
 }
 
 /// The contiguous f32 slice of an input.
@@ -74,68 +96,112 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     }
 }
 
-/// y [N, C_out, Ho, Wo] from x, W and c.
-fn forward(g: &Geometry, x: &[f32], w: &[f32], c: &[f32], n: usize) -> Vec<f32> {
-    let (rows, hw) = (g.rows(), g.hw_out);
-    let mut y = vec![0f32; n * g.cout * hw];
-    let per = g.images_per_task(n);
-    y.par_chunks_mut(per * g.cout * hw).zip(x.par_chunks(per * g.x_len)).zip(c.par_chunks(per * g.cout)).for_each(
-        |((y, x), c)| {
-            let mut p = vec![0f32; rows * hw];
-            for ((y, x), c) in y.chunks_exact_mut(g.cout * hw).zip(x.chunks_exact(g.x_len)).zip(c.chunks_exact(g.cout)) {
-                im2col_into(x, &g.patches, &mut p);
-                for (row, &b) in y.chunks_exact_mut(hw).zip(c) {
-                    row.fill(b);
+/// y [N, C_out, Ho, Wo] from x, θ = [W, c] and r.
+fn forward(g: &Geometry, x: &[f32], theta: &[f32], r: Option<&[f32]>, scale: f32, n: usize) -> Vec<f32> {
+    let (rows, hw, cout) = (g.rows(), g.hw_out, g.cout);
+    let (w, c) = theta.split_at(cout * rows);
+    let w_scaled: Vec<f32> = w.iter().map(|v| v * scale).collect();
+    let mut y = vec![0f32; n * cout * hw];
+    let (out, len) = (SharedMut::new(&mut y), cout * hw);
+    par_ranges(n, |images| {
+        let mut buf = Vec::new();
+        for b in images {
+            // SAFETY: image b's block of y, written by this task only.
+            let y = unsafe { out.slice(b * len, len) };
+            let (x, c) = (&x[b * g.x_len..][..g.x_len], &c[b * cout..][..cout]);
+            let p = patches(x, &g.patches, g.pointwise(), &mut buf);
+            match r {
+                Some(r) => {
+                    for ((y, r), &b) in y.chunks_exact_mut(hw).zip(r[b * len..][..len].chunks_exact(hw)).zip(c) {
+                        for (y, &r) in y.iter_mut().zip(r) {
+                            *y = scale * (r + b);
+                        }
+                    }
                 }
-                // SAFETY: y is [C_out, hw], W is [C_out, rows], P is [rows, hw].
-                unsafe { gemm_serial(g.cout, hw, rows, y.as_mut_ptr(), hw, true, Mat::rows(w, rows), Mat::rows(&p, hw)) };
+                None => {
+                    for (row, &b) in y.chunks_exact_mut(hw).zip(c) {
+                        row.fill(scale * b);
+                    }
+                }
             }
-        },
-    );
+            // SAFETY: y is [C_out, hw], W is [C_out, rows], P is [rows, hw].
+            unsafe {
+                gemm_serial(cout, hw, rows, y.as_mut_ptr(), hw, true, Mat::rows(&w_scaled, rows), Mat::rows(p, hw))
+            };
+        }
+    });
     y
 }
 
+/// W̃ [C_in, C_out·k²], W̃[i, (o·k + a)·k + b] = s·W[o, i, k−1−a, k−1−b]: the
+/// weights of the adjoint of a stride-1 convolution (see the module docs).
+fn adjoint_weights(g: &Geometry, w: &[f32], scale: f32) -> Vec<f32> {
+    let (k, kk) = (g.k, g.k * g.k);
+    let mut out = vec![0f32; g.cin * g.cout * kk];
+    for o in 0..g.cout {
+        for i in 0..g.cin {
+            for a in 0..kk {
+                out[(i * g.cout + o) * kk + a] =
+                    scale * w[(o * g.cin + i) * kk + (k - 1 - a / k) * k + (k - 1 - a % k)];
+            }
+        }
+    }
+    out
+}
+
 /// [dx (N·C_in·H·W, zeros unless `want_x`), dW (C_out·C_in·k²), dc (N·C_out)]
-/// from x, W and dy.
-fn backward(g: &Geometry, x: &[f32], w: &[f32], dy: &[f32], n: usize, want_x: bool) -> Vec<f32> {
+/// from x, W and dy, for y = s·(…).
+fn backward(g: &Geometry, x: &[f32], w: &[f32], dy: &[f32], scale: f32, n: usize, want_x: bool) -> Vec<f32> {
     let (rows, hw, cout) = (g.rows(), g.hw_out, g.cout);
     let mut out = vec![0f32; n * g.x_len + cout * rows + n * cout];
     let (dx, rest) = out.split_at_mut(n * g.x_len);
     let (dw, dc) = rest.split_at_mut(cout * rows);
-    let per = g.images_per_task(n);
-    let dw_parts = dx
-        .par_chunks_mut(per * g.x_len)
-        .zip(dc.par_chunks_mut(per * cout))
-        .zip(x.par_chunks(per * g.x_len))
-        .zip(dy.par_chunks(per * cout * hw))
-        .map(|(((dx, dc), x), dy)| {
-            let mut p = vec![0f32; rows * hw];
-            let mut dp = vec![0f32; if want_x { rows * hw } else { 0 }];
-            let mut dw = vec![0f32; cout * rows];
-            let images = dx.chunks_exact_mut(g.x_len).zip(dc.chunks_exact_mut(cout));
-            for ((dx, dc), (x, dy)) in images.zip(x.chunks_exact(g.x_len).zip(dy.chunks_exact(cout * hw))) {
-                for (d, row) in dc.iter_mut().zip(dy.chunks_exact(hw)) {
-                    *d = sum(row);
-                }
-                im2col_into(x, &g.patches, &mut p);
-                // SAFETY (both GEMMs): dW is [C_out, rows], dy_b [C_out, hw], P [rows, hw], W [C_out, rows].
-                unsafe {
-                    gemm_serial(cout, rows, hw, dw.as_mut_ptr(), rows, true, Mat::rows(dy, hw), Mat::t(&p, hw));
-                    if want_x {
-                        gemm_serial(rows, hw, cout, dp.as_mut_ptr(), hw, false, Mat::t(w, rows), Mat::rows(dy, hw));
-                    }
-                }
-                if want_x {
-                    col2im_add(&dp, &g.patches, dx);
-                }
+    // dx = W̃ im2col(s·dy) for stride 1, col2im((s·W)ᵀ dy) for stride 2
+    let w_adj = if g.stride == 1 { adjoint_weights(g, w, scale) } else { w.iter().map(|v| v * scale).collect() };
+    let dw_total = Mutex::new(vec![0f32; cout * rows]);
+    let (dx_out, dc_out) = (SharedMut::new(dx), SharedMut::new(dc));
+    par_ranges(n, |images| {
+        let (mut buf, mut dy_buf) = (Vec::new(), Vec::new());
+        let mut dp = if want_x && g.stride != 1 { vec![0f32; rows * hw] } else { Vec::new() };
+        let mut dw = vec![0f32; cout * rows];
+        for b in images {
+            // SAFETY: image b's blocks of dx and dc, written by this task only.
+            let (dx, dc) = unsafe { (dx_out.slice(b * g.x_len, g.x_len), dc_out.slice(b * cout, cout)) };
+            let (x, dy) = (&x[b * g.x_len..][..g.x_len], &dy[b * cout * hw..][..cout * hw]);
+            for (d, row) in dc.iter_mut().zip(dy.chunks_exact(hw)) {
+                *d = scale * sum(row);
             }
-            dw
-        })
-        .collect::<Vec<_>>();
-    for part in dw_parts {
-        for (d, v) in dw.iter_mut().zip(part) {
-            *d += v;
+            let p = patches(x, &g.patches, g.pointwise(), &mut buf);
+            // SAFETY (all GEMMs): dW is [C_out, rows], dy_b [C_out, hw], P [rows, hw],
+            // W̃ [C_in, C_out·k²] and im2col(dy_b) [C_out·k², hw] (stride 1),
+            // W [C_out, rows] and dp [rows, hw] (stride 2).
+            unsafe {
+                gemm_serial(cout, rows, hw, dw.as_mut_ptr(), rows, true, Mat::rows(dy, hw), Mat::t(p, hw));
+            }
+            if !want_x {
+                continue;
+            }
+            if g.stride == 1 {
+                let q = patches(dy, &g.adjoint, g.k == 1, &mut dy_buf);
+                let kk = cout * g.k * g.k;
+                unsafe {
+                    gemm_serial(g.cin, hw, kk, dx.as_mut_ptr(), hw, false, Mat::rows(&w_adj, kk), Mat::rows(q, hw))
+                };
+            } else {
+                unsafe {
+                    gemm_serial(rows, hw, cout, dp.as_mut_ptr(), hw, false, Mat::t(&w_adj, rows), Mat::rows(dy, hw))
+                };
+                col2im_add(&dp, &g.patches, dx);
+            }
         }
+        let mut total = dw_total.lock().expect("fused conv: dW lock");
+        for (t, v) in total.iter_mut().zip(&dw) {
+            *t += v;
+        }
+    });
+    let total = dw_total.into_inner().expect("fused conv: dW lock");
+    for (d, v) in dw.iter_mut().zip(total) {
+        *d = scale * v;
     }
     out
 }
@@ -153,12 +219,60 @@ fn sum(v: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-/// y = conv(x; W) + c, see the module docs.
-struct Forward(usize, usize);
+/// y = s·(conv(x; W) + c (+ r)), see the module docs: a [`CustomOp2`] on
+/// (x, θ = [W, c]) without the residual, a [`CustomOp3`] on (x, θ, r) with it.
+struct Forward {
+    k: usize,
+    stride: usize,
+    cout: usize,
+    scale: f64,
+}
+
+impl Forward {
+    fn run(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        r: Option<&[f32]>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geometry::new(l1.dims(), self.cout, self.k, self.stride);
+        let n = l1.dims()[0];
+        let y = forward(&g, f32_slice(s1, l1)?, f32_slice(s2, l2)?, r, self.scale as f32, n);
+        let (ho, wo) = g.patches.out_hw();
+        Ok((CpuStorage::F32(y), Shape::from((n, g.cout, ho, wo))))
+    }
+
+    /// (dx, dθ) through [`Backward`].
+    fn grads(&self, x: &Tensor, theta: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Tensor)> {
+        let want_x = x.track_op();
+        let op = Backward { k: self.k, stride: self.stride, cout: self.cout, scale: self.scale, want_x };
+        let all = x.apply_op3(theta, &dy.contiguous()?, op)?;
+        let xn = x.elem_count();
+        let dx = want_x.then(|| all.narrow(0, 0, xn)?.reshape(x.shape())).transpose()?;
+        Ok((dx, all.narrow(0, xn, theta.elem_count())?))
+    }
+}
+
+impl CustomOp2 for Forward {
+    fn name(&self) -> &'static str {
+        "fused-conv"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.run(s1, l1, s2, l2, None)
+    }
+
+    fn bwd(&self, x: &Tensor, theta: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dtheta) = self.grads(x, theta, dy)?;
+        Ok((dx, Some(dtheta)))
+    }
+}
 
 impl CustomOp3 for Forward {
     fn name(&self) -> &'static str {
-        "fused-conv"
+        "fused-conv-residual"
     }
 
     fn cpu_fwd(
@@ -170,36 +284,28 @@ impl CustomOp3 for Forward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (k, stride) = (self.0, self.1);
-        let g = Geometry::new(l1.dims(), l2.dims()[0], k, stride);
-        let n = l1.dims()[0];
-        let y = forward(&g, f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?, n);
-        let (ho, wo) = g.patches.out_hw();
-        Ok((CpuStorage::F32(y), Shape::from((n, g.cout, ho, wo))))
+        self.run(s1, l1, s2, l2, Some(f32_slice(s3, l3)?))
     }
 
     fn bwd(
         &self,
         x: &Tensor,
-        w: &Tensor,
-        c: &Tensor,
+        theta: &Tensor,
+        _r: &Tensor,
         _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let want_x = x.track_op();
-        let all = x.apply_op3(w, &dy.contiguous()?, Backward { k: self.0, stride: self.1, want_x })?;
-        let (xn, wn) = (x.elem_count(), w.elem_count());
-        let dx = want_x.then(|| all.narrow(0, 0, xn)?.reshape(x.shape())).transpose()?;
-        let dw = all.narrow(0, xn, wn)?.reshape(w.shape())?;
-        let dc = all.narrow(0, xn + wn, c.elem_count())?.reshape(c.shape())?;
-        Ok((dx, Some(dw), Some(dc)))
+        let (dx, dtheta) = self.grads(x, theta, dy)?;
+        Ok((dx, Some(dtheta), Some(dy.affine(self.scale, 0.0)?)))
     }
 }
 
-/// [dx, dW, dc] from (x, W, dy): the backward of [`Forward`].
+/// [dx, dθ = [dW, dc]] from (x, θ, dy): the backward of [`Forward`].
 struct Backward {
     k: usize,
     stride: usize,
+    cout: usize,
+    scale: f64,
     want_x: bool,
 }
 
@@ -217,9 +323,10 @@ impl CustomOp3 for Backward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = Geometry::new(l1.dims(), l2.dims()[0], self.k, self.stride);
+        let g = Geometry::new(l1.dims(), self.cout, self.k, self.stride);
         let n = l1.dims()[0];
-        let all = backward(&g, f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?, n, self.want_x);
+        let w = &f32_slice(s2, l2)?[..g.cout * g.rows()];
+        let all = backward(&g, f32_slice(s1, l1)?, w, f32_slice(s3, l3)?, self.scale as f32, n, self.want_x);
         let len = all.len();
         Ok((CpuStorage::F32(all), Shape::from(len)))
     }
@@ -227,7 +334,7 @@ impl CustomOp3 for Backward {
     fn bwd(
         &self,
         _x: &Tensor,
-        _w: &Tensor,
+        _theta: &Tensor,
         _dy: &Tensor,
         _res: &Tensor,
         _grad_res: &Tensor,
@@ -239,17 +346,27 @@ impl CustomOp3 for Backward {
     }
 }
 
-/// conv(x; W) + c for x [N, C_in, H, W], W [C_out, C_in·k²] (a conv weight
-/// [C_out, C_in, k, k] flattened) and c [N, C_out]: f32 on the CPU, k odd,
-/// stride 1 or 2 dividing H and W.
-pub fn conv2d(x: &Tensor, w: &Tensor, c: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
+/// s·(conv(x; W) + c + r) for x [N, C_in, H, W], W [C_out, C_in·k²] (a conv
+/// weight [C_out, C_in, k, k] flattened), c [N, C_out] and `residual` (r, s)
+/// with r [N, C_out, H/stride, W/stride] (none: r = 0, s = 1): f32 on the CPU,
+/// k odd, stride 1 or 2 dividing H and W.
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    c: &Tensor,
+    k: usize,
+    stride: usize,
+    residual: Option<(&Tensor, f64)>,
+) -> Result<Tensor> {
     let (n, cin, h, wd) = x.dims4()?;
     let cout = w.dim(0)?;
     if x.dtype() != DType::F32 || w.dtype() != DType::F32 || c.dtype() != DType::F32 || !x.device().is_cpu() {
         candle_core::bail!("fused conv: f32 on the CPU only, got {:?} on {:?}", x.dtype(), x.device());
     }
     if k.is_multiple_of(2) || !(stride == 1 || stride == 2) || !h.is_multiple_of(stride) || !wd.is_multiple_of(stride) {
-        candle_core::bail!("fused conv: needs odd k, stride 1 or 2 dividing H×W, got k={k} stride={stride} on {h}×{wd}");
+        candle_core::bail!(
+            "fused conv: needs odd k, stride 1 or 2 dividing H×W, got k={k} stride={stride} on {h}×{wd}"
+        );
     }
     if w.dims() != [cout, cin * k * k] || c.dims() != [n, cout] {
         candle_core::bail!(
@@ -259,7 +376,17 @@ pub fn conv2d(x: &Tensor, w: &Tensor, c: &Tensor, k: usize, stride: usize) -> Re
             c.shape()
         );
     }
-    x.contiguous()?.apply_op3(&w.contiguous()?, &c.contiguous()?, Forward(k, stride))
+    let theta = Tensor::cat(&[w.flatten_all()?, c.flatten_all()?], 0)?;
+    let x = x.contiguous()?;
+    match residual {
+        None => x.apply_op2(&theta, Forward { k, stride, cout, scale: 1.0 }),
+        Some((r, scale)) => {
+            if r.dims() != [n, cout, h / stride, wd / stride] || r.dtype() != DType::F32 {
+                candle_core::bail!("fused conv: the residual must be f32 of the output's shape, got {:?}", r.shape());
+            }
+            x.apply_op3(&theta, &r.contiguous()?, Forward { k, stride, cout, scale })
+        }
+    }
 }
 
 #[cfg(test)]
@@ -271,38 +398,50 @@ mod tests {
         (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
     }
 
-    /// The fused op equals candle's conv2d plus the per-image bias, and its
-    /// three gradients equal candle's (through conv2d's own backward), for a
-    /// random weighting of the output as the loss; stride 1 and 2, k = 1 and 3,
-    /// and a batch that does not split evenly across tasks. f32 sums of up to
-    /// C_in·k² = 27 (forward) and N·H·W = 320 (dW) terms of size ~1: 1e-4
-    /// relative to the largest entry is many times their rounding.
+    /// The fused op equals candle's conv2d plus the per-image bias (and the
+    /// scaled residual), and its gradients equal candle's (through conv2d's own
+    /// backward), for a random weighting of the output as the loss; stride 1
+    /// and 2, k = 1 and 3, with and without the residual, and a batch that does
+    /// not split evenly across tasks. f32 sums of up to C_in·k² = 27 (forward)
+    /// and N·H·W = 320 (dW) terms of size ~1: 1e-4 relative to the largest
+    /// entry is many times their rounding.
     #[test]
     fn matches_candle_conv2d_and_its_gradients() {
         let dev = Device::Cpu;
         let mut rng = crate::rng::Rng::new(11, 0);
         let (n, cin, cout, h, w) = (5, 3, 4, 8, 8);
         let x = Var::from_tensor(&rng.randn((n, cin, h, w), DType::F32, &dev).unwrap()).unwrap();
-        for (k, stride) in [(3, 1), (3, 2), (1, 1)] {
+        for (k, stride, residual) in [(3, 1, false), (3, 2, false), (1, 1, false), (3, 1, true), (1, 1, true)] {
             let wt = Var::from_tensor(&rng.randn((cout, cin, k, k), DType::F32, &dev).unwrap()).unwrap();
             let c = Var::from_tensor(&rng.randn((n, cout), DType::F32, &dev).unwrap()).unwrap();
+            let r = Var::from_tensor(&rng.randn((n, cout, h / stride, w / stride), DType::F32, &dev).unwrap()).unwrap();
             let flat = wt.as_tensor().reshape((cout, cin * k * k)).unwrap();
-            let ours = conv2d(x.as_tensor(), &flat, c.as_tensor(), k, stride).unwrap();
-            let theirs = x
+            let s = 0.7;
+            let ours =
+                conv2d(x.as_tensor(), &flat, c.as_tensor(), k, stride, residual.then_some((r.as_tensor(), s))).unwrap();
+            let mut theirs = x
                 .as_tensor()
                 .conv2d(wt.as_tensor(), k / 2, stride, 1, 1)
                 .unwrap()
                 .broadcast_add(&c.as_tensor().unsqueeze(2).unwrap().unsqueeze(3).unwrap())
                 .unwrap();
+            if residual {
+                theirs = ((theirs + r.as_tensor()).unwrap() * s).unwrap();
+            }
+            let case = format!("k={k} stride={stride} residual={residual}");
             assert_eq!(ours.dims(), theirs.dims());
-            assert!(max_diff(&ours, &theirs) < 1e-4, "k={k} s={stride}: forward {}", max_diff(&ours, &theirs));
+            assert!(max_diff(&ours, &theirs) < 1e-4, "{case}: forward {}", max_diff(&ours, &theirs));
             let weights = rng.randn(ours.shape(), DType::F32, &dev).unwrap();
             let g1 = crate::autodiff::backward(&(ours * &weights).unwrap().sum_all().unwrap()).unwrap();
             let g2 = crate::autodiff::backward(&(theirs * &weights).unwrap().sum_all().unwrap()).unwrap();
-            for (name, v) in [("x", x.as_tensor()), ("W", wt.as_tensor()), ("c", c.as_tensor())] {
+            let mut vars = vec![("x", x.as_tensor()), ("W", wt.as_tensor()), ("c", c.as_tensor())];
+            if residual {
+                vars.push(("r", r.as_tensor()));
+            }
+            for (name, v) in vars {
                 let (a, b) = (g1.get(v).unwrap(), g2.get(v).unwrap());
                 let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-                assert!(max_diff(a, b) < 1e-4 * scale, "k={k} s={stride}: d{name} differs by {}", max_diff(a, b));
+                assert!(max_diff(a, b) < 1e-4 * scale, "{case}: d{name} differs by {}", max_diff(a, b));
             }
         }
     }
@@ -314,7 +453,7 @@ mod tests {
         let x = Var::from_tensor(&Tensor::ones((2, 1, 4, 4), DType::F32, &dev).unwrap()).unwrap();
         let w = Var::from_tensor(&Tensor::ones((2, 9), DType::F32, &dev).unwrap()).unwrap();
         let c = Tensor::zeros((2, 2), DType::F32, &dev).unwrap();
-        let y = conv2d(x.as_tensor(), w.as_tensor(), &c, 3, 1).unwrap();
+        let y = conv2d(x.as_tensor(), w.as_tensor(), &c, 3, 1, None).unwrap();
         let gx = crate::autodiff::grad(&y.sqr().unwrap(), &x).unwrap();
         let err = crate::autodiff::backward(&gx.sqr().unwrap().sum_all().unwrap()).unwrap_err().to_string();
         assert!(err.contains("exact_higher_order"), "{err}");

@@ -239,7 +239,7 @@ impl Patches {
     }
 
     /// Rows of the patch matrix (C·k² plus the bias row) and its columns (N·Ho·Wo).
-    fn cols_shape(&self) -> (usize, usize) {
+    pub(crate) fn cols_shape(&self) -> (usize, usize) {
         let (ho, wo) = self.out_hw();
         (self.c * self.k * self.k + 1, self.n * ho * wo)
     }
@@ -295,6 +295,9 @@ struct Col2im(Patches);
 /// 0..C·k²); entries that fall in the zero padding are left untouched, so a
 /// buffer zeroed once serves every image of the same geometry.
 pub(crate) fn im2col_into<T: candle_core::WithDType>(x: &[T], g: &Patches, out: &mut [T]) {
+    if g.stride == 1 {
+        return im2col_stride1(x, g, out);
+    }
     let s = g.stride;
     g.for_each_run(|col, img, len| {
         let dst = &mut out[col..col + len];
@@ -306,6 +309,47 @@ pub(crate) fn im2col_into<T: candle_core::WithDType>(x: &[T], g: &Patches, out: 
             }
         }
     });
+}
+
+/// [`im2col_into`] for stride 1: patch row (c, dy, dx) of an image is its
+/// channel c shifted by (dy − p, dx − p), so the in-image part is one block
+/// copy (rows of the image and of the patch row have the same stride W);
+/// the entries the copy wraps around into, left and right of the image, are
+/// padding and set back to zero. One copy per row instead of one per image row.
+fn im2col_stride1<T: candle_core::WithDType>(x: &[T], g: &Patches, out: &mut [T]) {
+    let (h, w, k, p) = (g.h, g.w, g.k, g.k / 2);
+    let (hw, cols) = (h * w, g.n * h * w);
+    for b in 0..g.n {
+        for c in 0..g.c {
+            let src = &x[(b * g.c + c) * hw..][..hw];
+            for dy in 0..k {
+                // output rows oy with 0 ≤ oy + dy − p < H, columns ox with 0 ≤ ox + dx − p < W
+                let (oy0, oy1) = (p.saturating_sub(dy), (h + p).saturating_sub(dy).min(h));
+                for dx in 0..k {
+                    let (lo, hi) = (p.saturating_sub(dx), (w + p).saturating_sub(dx).min(w));
+                    if oy0 >= oy1 || lo >= hi {
+                        continue;
+                    }
+                    let row = ((c * k + dy) * k + dx) * cols + b * hw;
+                    let dst = &mut out[row..row + hw];
+                    let (start, end) = (oy0 * w + lo, (oy1 - 1) * w + hi);
+                    // image index of patch index i: i + (dy − p)·W + dx − p
+                    let from = start + dy * w + dx - p * w - p;
+                    dst[start..end].copy_from_slice(&src[from..from + end - start]);
+                    if lo > 0 || hi < w {
+                        for oy in oy0..oy1 {
+                            let line = oy * w;
+                            for i in (line..line + lo).chain(line + hi..line + w) {
+                                if i >= start && i < end {
+                                    dst[i] = T::zero();
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// x += col2im(p): every patch entry (rows 0..C·k²) added back onto its pixel.
@@ -477,6 +521,40 @@ impl CustomOp1 for SumPool2 {
 pub fn upsample2(x: &Tensor) -> Result<Tensor> {
     x.dims4()?;
     x.contiguous()?.apply_op1(Upsample2)
+}
+
+/// Runs `f` on chunks of the range 0..n (a few per thread) on candle's own
+/// CPU thread pool, the one its tensor ops use: a second pool (rayon's)
+/// would spin against it for the same cores between ops.
+pub(crate) fn par_ranges(n: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
+    if candle_core::utils::get_num_threads() <= 1 || n <= 1 {
+        return f(0..n);
+    }
+    candle_core::utils::barrier_pool().execute_chunked(n, f)
+}
+
+/// A pointer to an output buffer shared by the threads of [`par_ranges`],
+/// each writing its own disjoint part.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut(*mut f32);
+// SAFETY: the threads write disjoint parts and finish before the buffer is read or freed.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    pub(crate) fn new(v: &mut [f32]) -> Self {
+        Self(v.as_mut_ptr())
+    }
+
+    /// Entries from..from + len.
+    ///
+    /// # Safety
+    /// The range lies inside the buffer, no other thread touches it meanwhile,
+    /// and the buffer outlives the slice.
+    #[allow(clippy::mut_from_ref)] // disjoint parts of one buffer, one per thread
+    pub(crate) unsafe fn slice(&self, from: usize, len: usize) -> &mut [f32] {
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(from), len) }
+    }
 }
 
 /// silu(x) = x·σ(x), fused (see the module docs).

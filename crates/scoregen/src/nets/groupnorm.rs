@@ -19,10 +19,10 @@
 //! [`crate::autodiff::exact_higher_order`], and for f64, [`GroupNorm`] is
 //! candle-nn's, exact to every order.
 
-use super::fused::exp_f32;
+use super::fused::{exp_f32, par_ranges, SharedMut};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
-use rayon::prelude::*;
+use std::sync::Mutex;
 
 /// GroupNorm with learned γ (`weight`) and β (`bias`), the names and
 /// initialisation (1 and 0) of candle-nn's, so checkpoints are unchanged.
@@ -91,16 +91,6 @@ impl Dims {
 
     fn image(&self) -> usize {
         self.c * self.hw
-    }
-
-    /// Images per parallel task: a few tasks per thread.
-    fn images_per_task(&self, n: usize) -> usize {
-        let threads = candle_core::utils::get_num_threads().max(1);
-        if threads == 1 {
-            n.max(1)
-        } else {
-            n.div_ceil(4 * threads).max(1)
-        }
     }
 }
 
@@ -306,10 +296,11 @@ impl CustomOp3 for Forward {
         let d = Dims::of(l1.dims(), self.groups, self.eps, self.silu);
         let (x, gamma, beta) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         let mut y = vec![0f32; x.len()];
-        let per = d.images_per_task(l1.dims()[0]) * d.image();
-        y.par_chunks_mut(per).zip(x.par_chunks(per)).for_each(|(y, x)| {
-            for (y, x) in y.chunks_exact_mut(d.image()).zip(x.chunks_exact(d.image())) {
-                kernels::forward(&d, x, gamma, beta, y);
+        let (out, len) = (SharedMut::new(&mut y), d.image());
+        par_ranges(l1.dims()[0], |images| {
+            for b in images {
+                // SAFETY: image b's block of y, written by this task only.
+                kernels::forward(&d, &x[b * len..][..len], gamma, beta, unsafe { out.slice(b * len, len) });
             }
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -358,26 +349,21 @@ impl CustomOp3 for Backward {
         let (gamma, beta) = params.split_at(d.c);
         let mut all = vec![0f32; x.len() + 2 * d.c];
         let (dx, dparams) = all.split_at_mut(x.len());
-        let per = d.images_per_task(l1.dims()[0]) * d.image();
-        let parts = dx
-            .par_chunks_mut(per)
-            .zip(x.par_chunks(per))
-            .zip(dy.par_chunks(per))
-            .map(|((dx, x), dy)| {
-                let mut p = vec![0f32; 2 * d.c];
-                let (dgamma, dbeta) = p.split_at_mut(d.c);
-                let images = dx.chunks_exact_mut(d.image()).zip(x.chunks_exact(d.image()));
-                for ((dx, x), dy) in images.zip(dy.chunks_exact(d.image())) {
-                    kernels::backward(&d, x, gamma, beta, dy, dx, dgamma, dbeta);
-                }
-                p
-            })
-            .collect::<Vec<_>>();
-        for p in parts {
-            for (a, b) in dparams.iter_mut().zip(p) {
-                *a += b;
+        let (out, len) = (SharedMut::new(dx), d.image());
+        let total = Mutex::new(vec![0f32; 2 * d.c]);
+        par_ranges(l1.dims()[0], |images| {
+            let mut p = vec![0f32; 2 * d.c];
+            let (dgamma, dbeta) = p.split_at_mut(d.c);
+            for b in images {
+                let (x, dy) = (&x[b * len..][..len], &dy[b * len..][..len]);
+                // SAFETY: image b's block of dx, written by this task only.
+                kernels::backward(&d, x, gamma, beta, dy, unsafe { out.slice(b * len, len) }, dgamma, dbeta);
             }
-        }
+            for (t, v) in total.lock().expect("fused GroupNorm: lock").iter_mut().zip(&p) {
+                *t += v;
+            }
+        });
+        dparams.copy_from_slice(&total.into_inner().expect("fused GroupNorm: lock"));
         let len = all.len();
         Ok((CpuStorage::F32(all), Shape::from(len)))
     }
@@ -398,9 +384,19 @@ impl CustomOp3 for Backward {
 }
 
 /// GN(x) (or silu(GN(x))) for x [N, C, …] f32 on the CPU, γ and β [C], G groups dividing C.
-pub fn group_norm_fused(x: &Tensor, gamma: &Tensor, beta: &Tensor, groups: usize, eps: f64, silu: bool) -> Result<Tensor> {
+pub fn group_norm_fused(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> Result<Tensor> {
     if x.rank() < 3 || groups == 0 || !x.dim(1)?.is_multiple_of(groups) {
-        candle_core::bail!("fused GroupNorm: expected x [N, C, …] with {groups} groups dividing C, got {:?}", x.shape());
+        candle_core::bail!(
+            "fused GroupNorm: expected x [N, C, …] with {groups} groups dividing C, got {:?}",
+            x.shape()
+        );
     }
     let c = x.dim(1)?;
     if gamma.dims() != [c] || beta.dims() != [c] {
@@ -432,13 +428,15 @@ mod tests {
         let dev = Device::Cpu;
         let mut rng = crate::rng::Rng::new(7, 0);
         let (n, c, h, w, groups) = (5, 4, 6, 6, 2);
-        let x = Var::from_tensor(&rng.randn((n, c, h, w), DType::F32, &dev).unwrap().affine(2.0, 3.0).unwrap()).unwrap();
+        let x =
+            Var::from_tensor(&rng.randn((n, c, h, w), DType::F32, &dev).unwrap().affine(2.0, 3.0).unwrap()).unwrap();
         let gamma = Var::from_tensor(&rng.randn(c, DType::F32, &dev).unwrap()).unwrap();
         let beta = Var::from_tensor(&rng.randn(c, DType::F32, &dev).unwrap()).unwrap();
-        let reference = candle_nn::GroupNorm::new(gamma.as_tensor().clone(), beta.as_tensor().clone(), c, groups, 1e-6)
-            .unwrap();
+        let reference =
+            candle_nn::GroupNorm::new(gamma.as_tensor().clone(), beta.as_tensor().clone(), c, groups, 1e-6).unwrap();
         for silu in [false, true] {
-            let ours = group_norm_fused(x.as_tensor(), gamma.as_tensor(), beta.as_tensor(), groups, 1e-6, silu).unwrap();
+            let ours =
+                group_norm_fused(x.as_tensor(), gamma.as_tensor(), beta.as_tensor(), groups, 1e-6, silu).unwrap();
             let mut theirs = reference.forward(x.as_tensor()).unwrap();
             if silu {
                 theirs = theirs.silu().unwrap();

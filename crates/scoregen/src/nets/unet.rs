@@ -4,10 +4,10 @@
 //! Input and output are flattened images [N, C·H·W], so every objective and
 //! sampler works on them unchanged; the net reshapes to [N, C, H, W] inside.
 
+use super::groupnorm::{group_norm, GroupNorm};
 use super::{ClassEmbedding, GaussianFourier, Network};
 use crate::error::{Error, Result as CrateResult};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use super::groupnorm::{group_norm, GroupNorm};
 use candle_nn::{linear, Linear, VarBuilder};
 
 /// Channels, depth and embedding of a [`UNet`].
@@ -94,15 +94,21 @@ impl Conv {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_shifted(x, None)
+        self.forward_with(x, None, None)
     }
 
-    /// conv(x) + e_n: the convolution with a per-image bias e [N, C_out] (a
-    /// residual block's time embedding) added to the layer's own.
+    /// s·(conv(x) + e_n + r): the convolution with a per-image bias e [N, C_out]
+    /// (a residual block's time embedding) added to the layer's own, and a
+    /// residual r of the output's shape with its scale s (none: r = 0, s = 1).
     ///
     /// f32 on the CPU outside [`crate::autodiff::exact_higher_order`], one fused
     /// op ([`super::conv`]); otherwise im2col and a matmul in candle ops, exact to every order.
-    pub(crate) fn forward_shifted(&self, x: &Tensor, shift: Option<&Tensor>) -> Result<Tensor> {
+    pub(crate) fn forward_with(
+        &self,
+        x: &Tensor,
+        shift: Option<&Tensor>,
+        residual: Option<(&Tensor, f64)>,
+    ) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
         let cout = self.weight.dim(0)?;
         if crate::autodiff::fused_kernels_allowed() && x.dtype() == DType::F32 && x.device().is_cpu() {
@@ -114,7 +120,7 @@ impl Conv {
                 Some(e) => e.broadcast_add(&bias)?,
                 None => bias.unsqueeze(0)?.broadcast_as((n, cout))?,
             };
-            return super::conv::conv2d(x, &weight, &bias, self.k, self.stride);
+            return super::conv::conv2d(x, &weight, &bias, self.k, self.stride, residual);
         }
         let (ho, wo) = (h / self.stride, w / self.stride);
         // [C·k² + 1, N·Ho·Wo] with a row of ones, so [W | b] · patches is the
@@ -123,8 +129,12 @@ impl Conv {
         let wb = Tensor::cat(&[&self.weight.reshape((cout, c * self.k * self.k))?, &self.bias.reshape((cout, 1))?], 1)?;
         let y = wb.matmul(&patches)?; // [C_out, N·Ho·Wo]
         let y = y.reshape((cout, n, ho * wo))?.transpose(0, 1)?.contiguous()?.reshape((n, cout, ho, wo))?;
-        match shift {
-            Some(e) => y.broadcast_add(&e.unsqueeze(2)?.unsqueeze(3)?),
+        let y = match shift {
+            Some(e) => y.broadcast_add(&e.unsqueeze(2)?.unsqueeze(3)?)?,
+            None => y,
+        };
+        match residual {
+            Some((r, s)) => (y + r)? * s,
             None => Ok(y),
         }
     }
@@ -160,13 +170,13 @@ impl ResBlock {
     }
 
     fn forward(&self, x: &Tensor, emb: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward_shifted(&self.norm1.forward_silu(x)?, Some(&self.time.forward(emb)?))?;
-        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
+        let h = self.conv1.forward_with(&self.norm1.forward_silu(x)?, Some(&self.time.forward(emb)?), None)?;
         let x = match &self.skip {
             Some(s) => s.forward(x)?,
             None => x.clone(),
         };
-        (x + h)? / std::f64::consts::SQRT_2
+        // (x̂ + h)/√2 inside conv2's op
+        self.conv2.forward_with(&self.norm2.forward_silu(&h)?, None, Some((&x, std::f64::consts::FRAC_1_SQRT_2)))
     }
 }
 
