@@ -124,9 +124,12 @@ fn forward(g: &Geometry, x: &[f32], theta: &[f32], r: Option<&[f32]>, scale: f32
                     }
                 }
             }
+            // y_bᵀ = P_bᵀ Wᵀ: the GEMM's m is the long side hw, along which y_b,
+            // P_b and the microkernel's tiles are all contiguous (no packing of P_b).
             // SAFETY: y is [C_out, hw], W is [C_out, rows], P is [rows, hw].
             unsafe {
-                gemm_serial(cout, hw, rows, y.as_mut_ptr(), hw, true, Mat::rows(&w_scaled, rows), Mat::rows(p, hw))
+                let yt = (1, hw as isize);
+                gemm_serial(hw, cout, rows, y.as_mut_ptr(), yt, true, Mat::t(p, hw), Mat::t(&w_scaled, rows))
             };
         }
     });
@@ -176,7 +179,16 @@ fn backward(g: &Geometry, x: &[f32], w: &[f32], dy: &[f32], scale: f32, n: usize
             // W̃ [C_in, C_out·k²] and im2col(dy_b) [C_out·k², hw] (stride 1),
             // W [C_out, rows] and dp [rows, hw] (stride 2).
             unsafe {
-                gemm_serial(cout, rows, hw, dw.as_mut_ptr(), rows, true, Mat::rows(dy, hw), Mat::t(p, hw));
+                gemm_serial(
+                    cout,
+                    rows,
+                    hw,
+                    dw.as_mut_ptr(),
+                    (rows as isize, 1),
+                    true,
+                    Mat::rows(dy, hw),
+                    Mat::t(p, hw),
+                );
             }
             if !want_x {
                 continue;
@@ -184,12 +196,23 @@ fn backward(g: &Geometry, x: &[f32], w: &[f32], dy: &[f32], scale: f32, n: usize
             if g.stride == 1 {
                 let q = patches(dy, &g.adjoint, g.k == 1, &mut dy_buf);
                 let kk = cout * g.k * g.k;
+                // dx_bᵀ = Qᵀ W̃ᵀ, hw-contiguous like the forward
                 unsafe {
-                    gemm_serial(g.cin, hw, kk, dx.as_mut_ptr(), hw, false, Mat::rows(&w_adj, kk), Mat::rows(q, hw))
+                    let dxt = (1, hw as isize);
+                    gemm_serial(hw, g.cin, kk, dx.as_mut_ptr(), dxt, false, Mat::t(q, hw), Mat::t(&w_adj, kk))
                 };
             } else {
                 unsafe {
-                    gemm_serial(rows, hw, cout, dp.as_mut_ptr(), hw, false, Mat::t(&w_adj, rows), Mat::rows(dy, hw))
+                    gemm_serial(
+                        rows,
+                        hw,
+                        cout,
+                        dp.as_mut_ptr(),
+                        (hw as isize, 1),
+                        false,
+                        Mat::t(&w_adj, rows),
+                        Mat::rows(dy, hw),
+                    )
                 };
                 col2im_add(&dp, &g.patches, dx);
             }

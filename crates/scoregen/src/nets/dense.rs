@@ -109,13 +109,23 @@ impl Mat {
     }
 }
 
-/// C [m, n] (row stride `ldc`) := (C if `acc`, else 0) + A [m, k] · B [k, n],
-/// on the calling thread (for callers that already split their work across threads).
+/// C [m, n] (row stride `c_rs`, column stride `c_cs`) := (C if `acc`, else 0)
+/// + A [m, k] · B [k, n], on the calling thread (for callers that already
+/// split their work across threads).
 ///
 /// # Safety
-/// As [`gemm_into`].
+/// As [`gemm_into`], with C's strides.
 #[allow(clippy::too_many_arguments)] // BLAS's own argument list, less the scalars
-pub(crate) unsafe fn gemm_serial(m: usize, n: usize, k: usize, c: *mut f32, ldc: usize, acc: bool, a: Mat, b: Mat) {
+pub(crate) unsafe fn gemm_serial(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    (c_rs, c_cs): (isize, isize),
+    acc: bool,
+    a: Mat,
+    b: Mat,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -126,8 +136,8 @@ pub(crate) unsafe fn gemm_serial(m: usize, n: usize, k: usize, c: *mut f32, ldc:
             n,
             k,
             c,
-            1,
-            ldc as isize,
+            c_cs,
+            c_rs,
             acc,
             a.0,
             a.2,
@@ -160,7 +170,9 @@ pub(crate) unsafe fn gemm_into(m: usize, n: usize, k: usize, c: *mut f32, ldc: u
         return;
     }
     // SAFETY: forwarded from the caller; blocks of C are disjoint.
-    let one = |m: usize, n: usize, c: *mut f32, a: Mat, b: Mat| unsafe { gemm_serial(m, n, k, c, ldc, acc, a, b) };
+    let one = |m: usize, n: usize, c: *mut f32, a: Mat, b: Mat| unsafe {
+        gemm_serial(m, n, k, c, (ldc as isize, 1), acc, a, b)
+    };
     let threads = candle_core::utils::get_num_threads();
     if threads <= 1 || m * n * k < 1 << 16 {
         return one(m, n, c, a, b);

@@ -99,26 +99,62 @@ impl Dims {
 mod kernels {
     use super::{exp_f32, Dims};
 
-    /// Σ f(i) over a slice's indices in eight lanes, so the loop vectorizes.
+    /// Σ f(v) over x in eight lanes, so the loop vectorizes.
     #[inline(always)]
-    fn sum8(len: usize, f: impl Fn(usize) -> f32) -> f32 {
-        let mut lanes = [0f32; 8];
-        let full = len / 8 * 8;
-        for i in (0..full).step_by(8) {
-            for (j, l) in lanes.iter_mut().enumerate() {
-                *l += f(i + j);
+    fn lanes(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+        let mut l = [0f32; 8];
+        let chunks = x.chunks_exact(8);
+        let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+        for c in chunks {
+            for (l, &v) in l.iter_mut().zip(c) {
+                *l += f(v);
             }
         }
-        lanes.iter().sum::<f32>() + (full..len).map(f).sum::<f32>()
+        l.iter().sum::<f32>() + tail
     }
 
-    /// (μ, r) of one group's entries.
+    /// (μ, r) of one group's entries, the variance in a second pass (no
+    /// cancellation when the mean is far from zero).
     #[inline(always)]
     fn moments(x: &[f32], eps: f32) -> (f32, f32) {
         let d = x.len() as f32;
-        let mean = sum8(x.len(), |i| x[i]) / d;
-        let var = sum8(x.len(), |i| (x[i] - mean) * (x[i] - mean)) / d;
+        let mean = lanes(x, |v| v) / d;
+        let var = lanes(x, |v| (v - mean) * (v - mean)) / d;
         (mean, 1.0 / (var + eps).sqrt())
+    }
+
+    /// dz = dy·silu′(a x + b) (SILU) or dy into `dz`, returning (Σ dz, Σ dz·x),
+    /// in one pass with eight-lane sums.
+    #[inline(always)]
+    #[allow(clippy::needless_range_loop)] // four arrays in step, eight lanes
+    fn dz_and_sums<const SILU: bool>(x: &[f32], dy: &[f32], dz: &mut [f32], a: f32, b: f32) -> (f32, f32) {
+        let grad = |x: f32, dy: f32| {
+            if SILU {
+                let z = a * x + b;
+                let s = 1.0 / (1.0 + exp_f32(-z));
+                dy * s * (1.0 + z * (1.0 - s))
+            } else {
+                dy
+            }
+        };
+        let (mut l1, mut l2) = ([0f32; 8], [0f32; 8]);
+        let (mut xs, mut ds, mut zs) = (x.chunks_exact(8), dy.chunks_exact(8), dz.chunks_exact_mut(8));
+        for ((xc, dc), zc) in (&mut xs).zip(&mut ds).zip(&mut zs) {
+            for j in 0..8 {
+                let v = grad(xc[j], dc[j]);
+                zc[j] = v;
+                l1[j] += v;
+                l2[j] += v * xc[j];
+            }
+        }
+        let (mut t1, mut t2) = (0f32, 0f32);
+        for ((&x, &dy), z) in xs.remainder().iter().zip(ds.remainder()).zip(zs.into_remainder()) {
+            let v = grad(x, dy);
+            *z = v;
+            t1 += v;
+            t2 += v * x;
+        }
+        (l1.iter().sum::<f32>() + t1, l2.iter().sum::<f32>() + t2)
     }
 
     #[inline(always)]
@@ -168,18 +204,8 @@ mod kernels {
                 let c = g * per + j;
                 let a = gamma[c] * r;
                 let b = beta[c] - mean * a;
-                if d.silu {
-                    for ((dz, &x), &dy) in dz.iter_mut().zip(x).zip(dy) {
-                        let z = a * x + b;
-                        let s = 1.0 / (1.0 + exp_f32(-z));
-                        *dz = dy * s * (1.0 + z * (1.0 - s));
-                    }
-                } else {
-                    dz.copy_from_slice(dy);
-                }
-                let dz = &*dz;
-                let s_dz = sum8(dz.len(), |i| dz[i]);
-                let s_dzx = sum8(dz.len(), |i| dz[i] * x[i]);
+                let (s_dz, s_dzx) =
+                    if d.silu { dz_and_sums::<true>(x, dy, dz, a, b) } else { dz_and_sums::<false>(x, dy, dz, a, b) };
                 // Σ dz·x̂ = r (Σ dz·x − μ Σ dz)
                 let s_dzxhat = r * (s_dzx - mean * s_dz);
                 dbeta[c] += s_dz;
