@@ -109,9 +109,8 @@ impl Mat {
     }
 }
 
-/// C [m, n] (row stride `c_rs`, column stride `c_cs`) := (C if `acc`, else 0)
-/// + A [m, k] · B [k, n], on the calling thread (for callers that already
-/// split their work across threads).
+/// C [m, n] (row stride `c_rs`, column stride `c_cs`) := (C if `acc`, else 0) + A [m, k] · B [k, n],
+/// on the calling thread (for callers that already split their work across threads).
 ///
 /// # Safety
 /// As [`gemm_into`], with C's strides.

@@ -181,6 +181,7 @@ mod kernels {
 
     /// dx of one image into `dx`; dγ, dβ added into `dgamma`, `dbeta`.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)] // inputs, the gradient, three outputs
     fn backward_body(
         d: &Dims,
         x: &[f32],
