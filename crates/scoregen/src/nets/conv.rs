@@ -152,9 +152,10 @@ fn adjoint_weights(g: &Geometry, w: &[f32], scale: f32) -> Vec<f32> {
     out
 }
 
-/// [dx (N·C_in·H·W, zeros unless `want_x`), dW (C_out·C_in·k²), dc (N·C_out)]
-/// from x, W and dy, for y = s·(…).
-fn backward(g: &Geometry, x: &[f32], w: &[f32], dy: &[f32], scale: f32, n: usize, want_x: bool) -> Vec<f32> {
+/// [dx (N·C_in·H·W), dW (C_out·C_in·k²), dc (N·C_out)] from x, W and dy,
+/// for y = s·(…); dx and dW stay zero unless `(want_x, want_w)` ask for them.
+fn backward(g: &Geometry, x: &[f32], w: &[f32], dy: &[f32], scale: f32, n: usize, want: (bool, bool)) -> Vec<f32> {
+    let (want_x, want_w) = want;
     let (rows, hw, cout) = (g.rows(), g.hw_out, g.cout);
     let mut out = vec![0f32; n * g.x_len + cout * rows + n * cout];
     let (dx, rest) = out.split_at_mut(n * g.x_len);
@@ -174,21 +175,15 @@ fn backward(g: &Geometry, x: &[f32], w: &[f32], dy: &[f32], scale: f32, n: usize
             for (d, row) in dc.iter_mut().zip(dy.chunks_exact(hw)) {
                 *d = scale * sum(row);
             }
-            let p = patches(x, &g.patches, g.pointwise(), &mut buf);
             // SAFETY (all GEMMs): dW is [C_out, rows], dy_b [C_out, hw], P [rows, hw],
             // W̃ [C_in, C_out·k²] and im2col(dy_b) [C_out·k², hw] (stride 1),
             // W [C_out, rows] and dp [rows, hw] (stride 2).
-            unsafe {
-                gemm_serial(
-                    cout,
-                    rows,
-                    hw,
-                    dw.as_mut_ptr(),
-                    (rows as isize, 1),
-                    true,
-                    Mat::rows(dy, hw),
-                    Mat::t(p, hw),
-                );
+            if want_w {
+                let p = patches(x, &g.patches, g.pointwise(), &mut buf);
+                unsafe {
+                    let dwp = dw.as_mut_ptr();
+                    gemm_serial(cout, rows, hw, dwp, (rows as isize, 1), true, Mat::rows(dy, hw), Mat::t(p, hw));
+                }
             }
             if !want_x {
                 continue;
@@ -267,14 +262,15 @@ impl Forward {
         Ok((CpuStorage::F32(y), Shape::from((n, g.cout, ho, wo))))
     }
 
-    /// (dx, dθ) through [`Backward`].
-    fn grads(&self, x: &Tensor, theta: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Tensor)> {
-        let want_x = x.track_op();
-        let op = Backward { k: self.k, stride: self.stride, cout: self.cout, scale: self.scale, want_x };
+    /// (dx, dθ) through [`Backward`], each only when its input is tracked
+    /// (θ is constant for a likelihood's ∇ₓ, x for the network's input).
+    fn grads(&self, x: &Tensor, theta: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let want = (x.track_op(), theta.track_op());
+        let op = Backward { k: self.k, stride: self.stride, cout: self.cout, scale: self.scale, want };
         let all = x.apply_op3(theta, &dy.contiguous()?, op)?;
         let xn = x.elem_count();
-        let dx = want_x.then(|| all.narrow(0, 0, xn)?.reshape(x.shape())).transpose()?;
-        Ok((dx, all.narrow(0, xn, theta.elem_count())?))
+        let dx = want.0.then(|| all.narrow(0, 0, xn)?.reshape(x.shape())).transpose()?;
+        Ok((dx, want.1.then(|| all.narrow(0, xn, theta.elem_count())).transpose()?))
     }
 }
 
@@ -288,8 +284,7 @@ impl CustomOp2 for Forward {
     }
 
     fn bwd(&self, x: &Tensor, theta: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dtheta) = self.grads(x, theta, dy)?;
-        Ok((dx, Some(dtheta)))
+        self.grads(x, theta, dy)
     }
 }
 
@@ -319,7 +314,7 @@ impl CustomOp3 for Forward {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dtheta) = self.grads(x, theta, dy)?;
-        Ok((dx, Some(dtheta), Some(dy.affine(self.scale, 0.0)?)))
+        Ok((dx, dtheta, Some(dy.affine(self.scale, 0.0)?)))
     }
 }
 
@@ -329,7 +324,8 @@ struct Backward {
     stride: usize,
     cout: usize,
     scale: f64,
-    want_x: bool,
+    /// (dx, dθ) wanted.
+    want: (bool, bool),
 }
 
 impl CustomOp3 for Backward {
@@ -349,7 +345,7 @@ impl CustomOp3 for Backward {
         let g = Geometry::new(l1.dims(), self.cout, self.k, self.stride);
         let n = l1.dims()[0];
         let w = &f32_slice(s2, l2)?[..g.cout * g.rows()];
-        let all = backward(&g, f32_slice(s1, l1)?, w, f32_slice(s3, l3)?, self.scale as f32, n, self.want_x);
+        let all = backward(&g, f32_slice(s1, l1)?, w, f32_slice(s3, l3)?, self.scale as f32, n, self.want);
         let len = all.len();
         Ok((CpuStorage::F32(all), Shape::from(len)))
     }
@@ -467,6 +463,23 @@ mod tests {
                 assert!(max_diff(a, b) < 1e-4 * scale, "{case}: d{name} differs by {}", max_diff(a, b));
             }
         }
+    }
+
+    /// With W and c constant (a likelihood's ∇ₓ) the backward skips dW and
+    /// gives exactly the dx it gives with them tracked (the same arithmetic).
+    #[test]
+    fn constant_weights_give_the_same_input_gradient() {
+        let dev = Device::Cpu;
+        let mut rng = crate::rng::Rng::new(12, 0);
+        let x = Var::from_tensor(&rng.randn((3, 2, 6, 6), DType::F32, &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&rng.randn((4, 18), DType::F32, &dev).unwrap()).unwrap();
+        let c = rng.randn((3, 4), DType::F32, &dev).unwrap();
+        let weights = rng.randn((3, 4, 6, 6), DType::F32, &dev).unwrap();
+        let dx = |w: &Tensor| {
+            let y = conv2d(x.as_tensor(), w, &c, 3, 1, None).unwrap();
+            crate::autodiff::grad(&(y * &weights).unwrap(), &x).unwrap()
+        };
+        assert_eq!(max_diff(&dx(w.as_tensor()), &dx(&w.as_tensor().detach())), 0.0);
     }
 
     /// Differentiating the fused gradient again is refused, naming the way out.
