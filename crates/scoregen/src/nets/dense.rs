@@ -93,19 +93,19 @@ impl Dims {
 
 /// A row-major matrix operand: pointer, row stride, column stride.
 #[derive(Clone, Copy)]
-struct Mat(*const f32, isize, isize);
-// SAFETY: only read, by the threads of one GEMM or forward, while the caller's borrow lives.
+pub(crate) struct Mat(*const f32, isize, isize);
+// SAFETY: only read, by the threads of one GEMM or pass, while the caller's borrow lives.
 unsafe impl Send for Mat {}
 unsafe impl Sync for Mat {}
 
 impl Mat {
     /// A row-major [rows, ld] block.
-    fn rows(p: &[f32], ld: usize) -> Self {
+    pub(crate) fn rows(p: &[f32], ld: usize) -> Self {
         Mat(p.as_ptr(), ld as isize, 1)
     }
 
     /// The transpose of a row-major [rows, ld] block.
-    fn t(p: &[f32], ld: usize) -> Self {
+    pub(crate) fn t(p: &[f32], ld: usize) -> Self {
         Mat(p.as_ptr(), 1, ld as isize)
     }
 }
@@ -125,7 +125,9 @@ unsafe fn gemm_into(m: usize, n: usize, k: usize, c: *mut f32, ldc: usize, acc: 
         return;
     }
     // SAFETY: forwarded from the caller; blocks of C are disjoint.
-    let one = |m: usize, n: usize, c: *mut f32, a: Mat, b: Mat| unsafe { gemm_serial(m, n, k, c, ldc, acc, a, b) };
+    let one = |m: usize, n: usize, c: *mut f32, a: Mat, b: Mat| unsafe {
+        gemm_serial(m, n, k, c, (ldc as isize, 1), acc, a, b)
+    };
     let threads = candle_core::utils::get_num_threads();
     if threads <= 1 || m * n * k < 1 << 16 {
         return one(m, n, c, a, b);
@@ -150,16 +152,30 @@ unsafe fn gemm_into(m: usize, n: usize, k: usize, c: *mut f32, ldc: usize, acc: 
     });
 }
 
-/// [`gemm_into`] on the calling thread only.
+/// C [m, n] (row stride `c_rs`, column stride `c_cs`) := (C if `acc`, else
+/// 0) + A [m, k] · B [k, n], on the calling thread only (for callers that
+/// already split their work across threads).
 ///
 /// # Safety
-/// As for [`gemm_into`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_serial(m: usize, n: usize, k: usize, c: *mut f32, ldc: usize, acc: bool, a: Mat, b: Mat) {
+/// As for [`gemm_into`], with C's strides.
+#[allow(clippy::too_many_arguments)] // BLAS's own argument list, less the scalars
+pub(crate) unsafe fn gemm_serial(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    (c_rs, c_cs): (isize, isize),
+    acc: bool,
+    a: Mat,
+    b: Mat,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
     // SAFETY: forwarded from the caller.
     unsafe {
         let (one, par) = (1.0f32, Parallelism::None);
-        gemm::gemm(m, n, k, c, 1, ldc as isize, acc, a.0, a.2, a.1, b.0, b.2, b.1, one, one, false, false, false, par)
+        gemm::gemm(m, n, k, c, c_cs, c_rs, acc, a.0, a.2, a.1, b.0, b.2, b.1, one, one, false, false, false, par)
     }
 }
 
@@ -326,9 +342,27 @@ fn forward(dims: &Dims, a: &[f32], theta: &[f32], n: usize, keep: bool) -> (Vec<
                 } else {
                     (Mat(h_at(l - 1), w as isize, 1), w)
                 };
-                gemm_serial(m, w, k, zb, w, false, prev, Mat::t(&theta[off.w..], if l == 0 { ld } else { w }));
+                gemm_serial(
+                    m,
+                    w,
+                    k,
+                    zb,
+                    (w as isize, 1),
+                    false,
+                    prev,
+                    Mat::t(&theta[off.w..], if l == 0 { ld } else { w }),
+                );
                 if let (Some(u), false) = (off.u, shared_e) {
-                    gemm_serial(m, w, e, zb, w, true, Mat(a_rows.add(d), ld as isize, 1), Mat::t(&theta[u..], e));
+                    gemm_serial(
+                        m,
+                        w,
+                        e,
+                        zb,
+                        (w as isize, 1),
+                        true,
+                        Mat(a_rows.add(d), ld as isize, 1),
+                        Mat::t(&theta[u..], e),
+                    );
                 }
                 let zs = std::slice::from_raw_parts_mut(zb, m * w);
                 let hs = std::slice::from_raw_parts_mut(h_at(l).cast::<MaybeUninit<f32>>(), m * w);
@@ -336,7 +370,7 @@ fn forward(dims: &Dims, a: &[f32], theta: &[f32], n: usize, keep: bool) -> (Vec<
             }
             let ob = outp.get().add(r0 * dims.out);
             let last = Mat(h_at(layers.len() - 1), w as isize, 1);
-            gemm_serial(m, dims.out, w, ob, dims.out, false, last, Mat::t(&theta[output.w..], w));
+            gemm_serial(m, dims.out, w, ob, (dims.out as isize, 1), false, last, Mat::t(&theta[output.w..], w));
             for row in std::slice::from_raw_parts_mut(ob, m * dims.out).chunks_exact_mut(dims.out) {
                 for (o, &b) in row.iter_mut().zip(&theta[output.b..output.b + dims.out]) {
                     *o += b;
@@ -389,7 +423,16 @@ fn backward(dims: &Dims, a: &[f32], theta: &[f32], saved: &Saved, g: &[f32], n: 
                 let (da_rows, last) = (dap.get().add(r0 * ld), layers.len() - 1);
                 // dH_last = dOut W_o, written where dZ_last will be
                 let g_rows = Mat(g.as_ptr().add(r0 * out), out as isize, 1);
-                gemm_serial(m, w, out, dzp[last].get().add(r0 * w), w, false, g_rows, Mat::rows(&theta[output.w..], w));
+                gemm_serial(
+                    m,
+                    w,
+                    out,
+                    dzp[last].get().add(r0 * w),
+                    (w as isize, 1),
+                    false,
+                    g_rows,
+                    Mat::rows(&theta[output.w..], w),
+                );
                 for (l, off) in layers.iter().enumerate().rev() {
                     // dZ = dH ⊙ silu′(Z) in place, with its column sums
                     let dzb = dzp[l].get().add(r0 * w);
@@ -403,15 +446,24 @@ fn backward(dims: &Dims, a: &[f32], theta: &[f32], saved: &Saved, g: &[f32], n: 
                     let dz_rows = Mat(dzb, w as isize, 1);
                     if let Some(u) = off.u {
                         // dE += dZ U
-                        gemm_serial(m, e, w, da_rows.add(d), ld, true, dz_rows, Mat::rows(&theta[u..], e));
+                        gemm_serial(
+                            m,
+                            e,
+                            w,
+                            da_rows.add(d),
+                            (ld as isize, 1),
+                            true,
+                            dz_rows,
+                            Mat::rows(&theta[u..], e),
+                        );
                     }
                     if l == 0 {
                         // dA += dZ W₀
-                        gemm_serial(m, ld, w, da_rows, ld, true, dz_rows, Mat::rows(&theta[off.w..], ld));
+                        gemm_serial(m, ld, w, da_rows, (ld as isize, 1), true, dz_rows, Mat::rows(&theta[off.w..], ld));
                     } else {
                         // dH_{l−1} = dZ W_l, written where dZ_{l−1} will be
                         let next = dzp[l - 1].get().add(r0 * w);
-                        gemm_serial(m, w, w, next, w, false, dz_rows, Mat::rows(&theta[off.w..], w));
+                        gemm_serial(m, w, w, next, (w as isize, 1), false, dz_rows, Mat::rows(&theta[off.w..], w));
                     }
                 }
             }

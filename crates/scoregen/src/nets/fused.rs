@@ -219,7 +219,7 @@ impl CustomOp2 for AddBias {
 /// N images C×H×W: padding p = k/2, outputs H/s × W/s, output (oy, ox)
 /// centred on input (s·oy, s·ox).
 #[derive(Debug, Clone, Copy)]
-struct Patches {
+pub(crate) struct Patches {
     n: usize,
     c: usize,
     h: usize,
@@ -229,12 +229,17 @@ struct Patches {
 }
 
 impl Patches {
-    fn out_hw(&self) -> (usize, usize) {
+    /// The geometry of a k×k, stride-s convolution on N images C×H×W.
+    pub(crate) fn new(n: usize, (c, h, w): (usize, usize, usize), k: usize, stride: usize) -> Self {
+        Self { n, c, h, w, k, stride }
+    }
+
+    pub(crate) fn out_hw(&self) -> (usize, usize) {
         (self.h / self.stride, self.w / self.stride)
     }
 
     /// Rows of the patch matrix (C·k² plus the bias row) and its columns (N·Ho·Wo).
-    fn cols_shape(&self) -> (usize, usize) {
+    pub(crate) fn cols_shape(&self) -> (usize, usize) {
         let (ho, wo) = self.out_hw();
         (self.c * self.k * self.k + 1, self.n * ho * wo)
     }
@@ -286,9 +291,13 @@ struct Im2col {
 /// is constant in im2col, so it is dropped).
 struct Col2im(Patches);
 
-fn im2col_values<T: candle_core::WithDType>(x: &[T], g: &Patches, ones: bool) -> Vec<T> {
-    let (rows, cols) = g.cols_shape();
-    let mut out = vec![T::zero(); rows * cols];
+/// Writes the in-image entries of the patch matrix of x into `out` (rows
+/// 0..C·k²); entries that fall in the zero padding are left untouched, so a
+/// buffer zeroed once serves every image of the same geometry.
+pub(crate) fn im2col_into<T: candle_core::WithDType>(x: &[T], g: &Patches, out: &mut [T]) {
+    if g.stride == 1 {
+        return im2col_stride1(x, g, out);
+    }
     let s = g.stride;
     g.for_each_run(|col, img, len| {
         let dst = &mut out[col..col + len];
@@ -300,6 +309,78 @@ fn im2col_values<T: candle_core::WithDType>(x: &[T], g: &Patches, ones: bool) ->
             }
         }
     });
+}
+
+/// [`im2col_into`] for stride 1: patch row (c, dy, dx) of an image is its
+/// channel c shifted by (dy − p, dx − p), so the in-image part is one block
+/// copy (rows of the image and of the patch row have the same stride W);
+/// the entries the copy wraps around into, left and right of the image, are
+/// padding and set back to zero. One copy per row instead of one per image row.
+fn im2col_stride1<T: candle_core::WithDType>(x: &[T], g: &Patches, out: &mut [T]) {
+    let (h, w, k, p) = (g.h, g.w, g.k, g.k / 2);
+    let (hw, cols) = (h * w, g.n * h * w);
+    for b in 0..g.n {
+        for c in 0..g.c {
+            let src = &x[(b * g.c + c) * hw..][..hw];
+            for dy in 0..k {
+                // output rows oy with 0 ≤ oy + dy − p < H, columns ox with 0 ≤ ox + dx − p < W
+                let (oy0, oy1) = (p.saturating_sub(dy), (h + p).saturating_sub(dy).min(h));
+                for dx in 0..k {
+                    let (lo, hi) = (p.saturating_sub(dx), (w + p).saturating_sub(dx).min(w));
+                    if oy0 >= oy1 || lo >= hi {
+                        continue;
+                    }
+                    let row = ((c * k + dy) * k + dx) * cols + b * hw;
+                    let dst = &mut out[row..row + hw];
+                    let (start, end) = (oy0 * w + lo, (oy1 - 1) * w + hi);
+                    // image index of patch index i: i + (dy − p)·W + dx − p
+                    let from = start + dy * w + dx - p * w - p;
+                    dst[start..end].copy_from_slice(&src[from..from + end - start]);
+                    // the copy wraps from the end of one image row into the next:
+                    // columns 0..lo of rows after the first, hi..W of rows before the last
+                    for oy in oy0 + 1..oy1 {
+                        zero(&mut dst[oy * w..oy * w + lo]);
+                    }
+                    for oy in oy0..oy1 - 1 {
+                        zero(&mut dst[oy * w + hi..(oy + 1) * w]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Zeroes a short run inline (a `fill` is a memset call, too dear for one entry).
+#[inline(always)]
+fn zero<T: candle_core::WithDType>(run: &mut [T]) {
+    match run {
+        [] => {}
+        [a] => *a = T::zero(),
+        _ => run.fill(T::zero()),
+    }
+}
+
+/// x += col2im(p): every patch entry (rows 0..C·k²) added back onto its pixel.
+pub(crate) fn col2im_add<T: candle_core::WithDType>(p: &[T], g: &Patches, x: &mut [T]) {
+    let s = g.stride;
+    g.for_each_run(|col, img, len| {
+        let src = &p[col..col + len];
+        if s == 1 {
+            for (d, &v) in x[img..img + len].iter_mut().zip(src) {
+                *d += v;
+            }
+        } else {
+            for (j, &v) in src.iter().enumerate() {
+                x[img + s * j] += v;
+            }
+        }
+    });
+}
+
+fn im2col_values<T: candle_core::WithDType>(x: &[T], g: &Patches, ones: bool) -> Vec<T> {
+    let (rows, cols) = g.cols_shape();
+    let mut out = vec![T::zero(); rows * cols];
+    im2col_into(x, g, &mut out);
     if ones {
         out[(rows - 1) * cols..].fill(T::one());
     }
@@ -308,12 +389,7 @@ fn im2col_values<T: candle_core::WithDType>(x: &[T], g: &Patches, ones: bool) ->
 
 fn col2im_values<T: candle_core::WithDType>(p: &[T], g: &Patches) -> Vec<T> {
     let mut x = vec![T::zero(); g.n * g.c * g.h * g.w];
-    let s = g.stride;
-    g.for_each_run(|col, img, len| {
-        for (j, &v) in p[col..col + len].iter().enumerate() {
-            x[img + s * j] += v;
-        }
-    });
+    col2im_add(p, g, &mut x);
     x
 }
 
@@ -370,6 +446,123 @@ pub fn im2col(x: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
         candle_core::bail!("im2col: needs odd k, stride 1 or 2 dividing H×W, got k={k} stride={stride} on {h}×{w}");
     }
     x.contiguous()?.apply_op1(Im2col { g: Patches { n, c, h, w, k, stride }, ones: true })
+}
+
+/// Nearest-neighbour ×2 upsampling of [N, C, H, W] → [N, C, 2H, 2W]: every
+/// pixel repeated on a 2×2 block.
+struct Upsample2;
+
+/// The adjoint of [`Upsample2`]: [N, C, 2H, 2W] → [N, C, H, W], each output
+/// the sum of its 2×2 block.
+struct SumPool2;
+
+fn upsample2_values<T: candle_core::WithDType>(x: &[T], w: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(4 * x.len());
+    for row in x.chunks_exact(w) {
+        let start = out.len();
+        for &v in row {
+            out.push(v);
+            out.push(v);
+        }
+        out.extend_from_within(start..start + 2 * w);
+    }
+    out
+}
+
+fn sum_pool2_values<T: candle_core::WithDType>(g: &[T], w: usize) -> Vec<T> {
+    // w is the output width: input rows have 2w entries, taken two rows at a time
+    let mut out = Vec::with_capacity(g.len() / 4);
+    for rows in g.chunks_exact(4 * w) {
+        let (a, b) = rows.split_at(2 * w);
+        for j in 0..w {
+            out.push(a[2 * j] + a[2 * j + 1] + b[2 * j] + b[2 * j + 1]);
+        }
+    }
+    out
+}
+
+impl CustomOp1 for Upsample2 {
+    fn name(&self) -> &'static str {
+        "fused-upsample2"
+    }
+
+    fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        let storage = match st.dtype() {
+            DType::F32 => CpuStorage::F32(upsample2_values(slice::<f32>(st, l)?, w)),
+            DType::F64 => CpuStorage::F64(upsample2_values(slice::<f64>(st, l)?, w)),
+            dt => candle_core::bail!("upsample2: unsupported dtype {dt:?}"),
+        };
+        Ok((storage, (n, c, 2 * h, 2 * w).into()))
+    }
+
+    /// The transpose of upsampling is the 2×2 block sum.
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(g.contiguous()?.apply_op1(SumPool2)?))
+    }
+}
+
+impl CustomOp1 for SumPool2 {
+    fn name(&self) -> &'static str {
+        "fused-sum-pool2"
+    }
+
+    fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        let storage = match st.dtype() {
+            DType::F32 => CpuStorage::F32(sum_pool2_values(slice::<f32>(st, l)?, w / 2)),
+            DType::F64 => CpuStorage::F64(sum_pool2_values(slice::<f64>(st, l)?, w / 2)),
+            dt => candle_core::bail!("sum_pool2: unsupported dtype {dt:?}"),
+        };
+        Ok((storage, (n, c, h / 2, w / 2).into()))
+    }
+
+    /// The transpose of the block sum is upsampling.
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(g.contiguous()?.apply_op1(Upsample2)?))
+    }
+}
+
+/// Nearest-neighbour ×2 upsampling of images [N, C, H, W], one pass each way
+/// (candle differentiates `upsample_nearest2d` with a grouped convolution,
+/// one small convolution per channel); linear, so exact to every order.
+pub fn upsample2(x: &Tensor) -> Result<Tensor> {
+    x.dims4()?;
+    x.contiguous()?.apply_op1(Upsample2)
+}
+
+/// Runs `f` on chunks of the range 0..n (a few per thread) on candle's own
+/// CPU thread pool, the one its tensor ops use: a second pool (rayon's)
+/// would spin against it for the same cores between ops.
+pub(crate) fn par_ranges(n: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
+    if candle_core::utils::get_num_threads() <= 1 || n <= 1 {
+        return f(0..n);
+    }
+    candle_core::utils::barrier_pool().execute_chunked(n, f)
+}
+
+/// A pointer to an output buffer shared by the threads of [`par_ranges`],
+/// each writing its own disjoint part.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut(*mut f32);
+// SAFETY: the threads write disjoint parts and finish before the buffer is read or freed.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    pub(crate) fn new(v: &mut [f32]) -> Self {
+        Self(v.as_mut_ptr())
+    }
+
+    /// Entries from..from + len.
+    ///
+    /// # Safety
+    /// The range lies inside the buffer, no other thread touches it meanwhile,
+    /// and the buffer outlives the slice.
+    #[allow(clippy::mut_from_ref)] // disjoint parts of one buffer, one per thread
+    pub(crate) unsafe fn slice(&self, from: usize, len: usize) -> &mut [f32] {
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(from), len) }
+    }
 }
 
 /// silu(x) = x·σ(x), fused (see the module docs).
@@ -520,6 +713,29 @@ mod tests {
             let theirs = autodiff::grad(&(want * &g).unwrap(), &x).unwrap();
             close(&ours, &theirs, 1e-12);
         }
+    }
+
+    /// upsample2 equals candle's upsample_nearest2d (data movement: exactly),
+    /// its gradient equals candle's (the 2×2 block sums, f64 sums of four
+    /// terms: 1e-12), and the gradient of that gradient with respect to the
+    /// incoming gradient G is upsampling again: the two ops are linear and
+    /// each other's adjoint, so exact to every order.
+    #[test]
+    fn upsample2_matches_candle_and_is_adjoint_to_the_block_sum() {
+        let (n, c, h, w) = (2, 3, 3, 4);
+        let v: Vec<f64> = (0..n * c * h * w).map(|i| ((i * 37 % 101) as f64 - 50.0) / 7.0).collect();
+        let x = Var::from_tensor(&Tensor::from_vec(v, (n, c, h, w), &Device::Cpu).unwrap()).unwrap();
+        let ours = upsample2(x.as_tensor()).unwrap();
+        let theirs = x.as_tensor().upsample_nearest2d(2 * h, 2 * w).unwrap();
+        close(&ours, &theirs, 1e-300);
+        let g_vals: Vec<f64> = (0..ours.elem_count()).map(|i| ((i * 13 % 29) as f64 - 14.0) / 3.0).collect();
+        let g = Var::from_tensor(&Tensor::from_vec(g_vals, ours.shape(), &Device::Cpu).unwrap()).unwrap();
+        let pooled = autodiff::grad(&(ours * g.as_tensor()).unwrap(), &x).unwrap();
+        close(&pooled, &autodiff::grad(&(theirs * g.as_tensor()).unwrap(), &x).unwrap(), 1e-12);
+        // Σ sum_pool2(G)·u differentiated in G is upsample2(u)
+        let u = x.as_tensor().detach().affine(0.5, 1.0).unwrap();
+        let second = autodiff::grad(&(pooled * &u).unwrap(), &g).unwrap();
+        close(&second, &upsample2(&u).unwrap(), 1e-12);
     }
 
     /// add_bias equals candle's broadcast_add, and its gradients (y: G; b: the

@@ -3,10 +3,12 @@
 //! decided in [`crate::score::NetScore`].
 
 pub mod classifier;
+pub mod conv;
 pub mod dense;
 pub mod embedding;
 pub mod energy;
 pub mod fused;
+pub mod groupnorm;
 pub mod init;
 pub mod mlp;
 pub mod unet;

@@ -4,10 +4,11 @@
 //! Input and output are flattened images [N, C·H·W], so every objective and
 //! sampler works on them unchanged; the net reshapes to [N, C, H, W] inside.
 
+use super::groupnorm::{group_norm, GroupNorm};
 use super::{ClassEmbedding, GaussianFourier, Network};
 use crate::error::{Error, Result as CrateResult};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{group_norm, linear, GroupNorm, Linear, VarBuilder};
+use candle_nn::{linear, Linear, VarBuilder};
 
 /// Channels, depth and embedding of a [`UNet`].
 #[derive(Debug, Clone, PartialEq)]
@@ -93,15 +94,49 @@ impl Conv {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, None, None)
+    }
+
+    /// s·(conv(x) + e_n + r): the convolution with a per-image bias e [N, C_out]
+    /// (a residual block's time embedding) added to the layer's own, and a
+    /// residual r of the output's shape with its scale s (none: r = 0, s = 1).
+    ///
+    /// f32 on the CPU outside [`crate::autodiff::exact_higher_order`], one fused
+    /// op ([`super::conv`]); otherwise im2col and a matmul in candle ops, exact to every order.
+    pub(crate) fn forward_with(
+        &self,
+        x: &Tensor,
+        shift: Option<&Tensor>,
+        residual: Option<(&Tensor, f64)>,
+    ) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
         let cout = self.weight.dim(0)?;
+        if crate::autodiff::fused_kernels_allowed() && x.dtype() == DType::F32 && x.device().is_cpu() {
+            let (mut weight, mut bias) = (self.weight.reshape((cout, c * self.k * self.k))?, self.bias.clone());
+            if crate::autodiff::parameters_constant() {
+                (weight, bias) = (weight.detach(), bias.detach());
+            }
+            let bias = match shift {
+                Some(e) => e.broadcast_add(&bias)?,
+                None => bias.unsqueeze(0)?.broadcast_as((n, cout))?,
+            };
+            return super::conv::conv2d(x, &weight, &bias, self.k, self.stride, residual);
+        }
         let (ho, wo) = (h / self.stride, w / self.stride);
         // [C·k² + 1, N·Ho·Wo] with a row of ones, so [W | b] · patches is the
         // convolution with its bias in one GEMM (nets::fused::im2col)
         let patches = super::fused::im2col(x, self.k, self.stride)?;
         let wb = Tensor::cat(&[&self.weight.reshape((cout, c * self.k * self.k))?, &self.bias.reshape((cout, 1))?], 1)?;
         let y = wb.matmul(&patches)?; // [C_out, N·Ho·Wo]
-        y.reshape((cout, n, ho * wo))?.transpose(0, 1)?.contiguous()?.reshape((n, cout, ho, wo))
+        let y = y.reshape((cout, n, ho * wo))?.transpose(0, 1)?.contiguous()?.reshape((n, cout, ho, wo))?;
+        let y = match shift {
+            Some(e) => y.broadcast_add(&e.unsqueeze(2)?.unsqueeze(3)?)?,
+            None => y,
+        };
+        match residual {
+            Some((r, s)) => (y + r)? * s,
+            None => Ok(y),
+        }
     }
 }
 
@@ -135,14 +170,13 @@ impl ResBlock {
     }
 
     fn forward(&self, x: &Tensor, emb: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
-        let h = h.broadcast_add(&self.time.forward(emb)?.unsqueeze(2)?.unsqueeze(3)?)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let h = self.conv1.forward_with(&self.norm1.forward_silu(x)?, Some(&self.time.forward(emb)?), None)?;
         let x = match &self.skip {
             Some(s) => s.forward(x)?,
             None => x.clone(),
         };
-        (x + h)? / std::f64::consts::SQRT_2
+        // (x̂ + h)/√2 inside conv2's op
+        self.conv2.forward_with(&self.norm2.forward_silu(&h)?, None, Some((&x, std::f64::consts::FRAC_1_SQRT_2)))
     }
 }
 
@@ -311,12 +345,11 @@ impl UNet {
         h = self.mid2.forward(&h, &emb)?;
         for l in (0..levels).rev() {
             if l + 1 < levels {
-                let (_, _, hh, ww) = h.dims4()?;
-                h = self.upsample[l].forward(&h.upsample_nearest2d(2 * hh, 2 * ww)?)?;
+                h = self.upsample[l].forward(&super::fused::upsample2(&h)?)?;
             }
             h = self.up[l].forward(&Tensor::cat(&[&h, &skips[l]], 1)?, &emb)?;
         }
-        self.conv_out.forward(&self.norm_out.forward(&h)?.silu()?)
+        self.conv_out.forward(&self.norm_out.forward_silu(&h)?)
     }
 }
 

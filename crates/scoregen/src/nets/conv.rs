@@ -1,0 +1,497 @@
+//! A k×k "same" convolution (stride 1 or 2) with a per-image bias and an
+//! optional scaled residual, as one fused CPU op with a hand-written
+//! first-order backward.
+//!
+//! For image b, with P_b = im2col(x_b) [C_in·k², Ho·Wo] (see [`super::fused::im2col`]),
+//!
+//!   y_b = s·(W P_b + c_b 1ᵀ + r_b),
+//!
+//! W [C_out, C_in·k²], c [N, C_out] (the layer's bias plus, in a residual
+//! block, the projected time embedding), r an optional residual of y's shape
+//! and s its scale (a residual block's (x + h)/√2; s = 1 without r).
+//! y_b [C_out, Ho·Wo] is image b of the output in [N, C, H, W] order already,
+//! so nothing is transposed. The backward, again per image, with g = s·dy:
+//!
+//!   dc_b = g_b 1,   dW = Σ_b g_b P_bᵀ,   dr = g,
+//!   dx_b = col2im(Wᵀ g_b) = W̃ im2col(g_b)   (stride 1),
+//!
+//! W̃ [C_in, C_out·k²] the weights with input and output channels swapped and
+//! the kernel flipped: the adjoint of a stride-1 "same" convolution is one,
+//! so dx needs no scatter and its GEMM has the long inner dimension C_out·k².
+//! Stride 2 (a downsampling layer) goes through col2im.
+//!
+//! The images are split across threads; each thread builds one image's
+//! patches at a time in a small buffer (rebuilt in the backward rather than
+//! kept), so the patch matrices of the whole batch never exist at once.
+//!
+//! **First order only**, like [`super::dense`]: the gradients come from an op
+//! that refuses to be differentiated again. Inside
+//! [`crate::autodiff::exact_higher_order`], and for f64, the U-Net takes the
+//! im2col + matmul path in candle ops instead.
+//!
+//! Written by hand because candle's CPU convolution backward is a transposed
+//! convolution an order of magnitude slower on small images; the GEMMs are
+//! the `gemm` crate's.
+
+use super::dense::{gemm_serial, Mat};
+use super::fused::{col2im_add, im2col_into, par_ranges, Patches, SharedMut};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use std::sync::Mutex;
+
+/// The geometry of one call: N images C_in×H×W, C_out filters k×k, stride s.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    /// im2col of one input image.
+    patches: Patches,
+    /// im2col of one output-gradient image (stride 1: the adjoint convolution).
+    adjoint: Patches,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    /// Input pixels per image (C_in·H·W) and output positions per channel (Ho·Wo).
+    x_len: usize,
+    hw_out: usize,
+}
+
+impl Geometry {
+    fn new(x: &[usize], cout: usize, k: usize, stride: usize) -> Self {
+        let (cin, h, w) = (x[1], x[2], x[3]);
+        let patches = Patches::new(1, (cin, h, w), k, stride);
+        let (ho, wo) = patches.out_hw();
+        let adjoint = Patches::new(1, (cout, ho, wo), k, 1);
+        Self { patches, adjoint, cin, cout, k, stride, x_len: cin * h * w, hw_out: ho * wo }
+    }
+
+    /// Rows of P_b (C_in·k²).
+    fn rows(&self) -> usize {
+        self.cin * self.k * self.k
+    }
+
+    /// A 1×1 stride-1 convolution: P_b is x_b itself.
+    fn pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1
+    }
+}
+
+/// P_b: x_b itself for a pointwise convolution, else im2col into `buf`.
+fn patches<'a>(x: &'a [f32], g: &Patches, pointwise: bool, buf: &'a mut Vec<f32>) -> &'a [f32] {
+    if pointwise {
+        return x;
+    }
+    let (rows, cols) = g.cols_shape();
+    if buf.is_empty() {
+        // zeroed once: im2col leaves the padding entries alone
+        buf.resize((rows - 1) * cols, 0.0);
+    }
+    im2col_into(x, g, buf);
+    buf
+}
+
+/// The contiguous f32 slice of an input.
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((from, to)) => Ok(&s.as_slice::<f32>()?[from..to]),
+        None => candle_core::bail!("fused conv: input is not contiguous"),
+    }
+}
+
+/// y [N, C_out, Ho, Wo] from x, θ = [W, c] and r.
+fn forward(g: &Geometry, x: &[f32], theta: &[f32], r: Option<&[f32]>, scale: f32, n: usize) -> Vec<f32> {
+    let (rows, hw, cout) = (g.rows(), g.hw_out, g.cout);
+    let (w, c) = theta.split_at(cout * rows);
+    let w_scaled: Vec<f32> = w.iter().map(|v| v * scale).collect();
+    let mut y = vec![0f32; n * cout * hw];
+    let (out, len) = (SharedMut::new(&mut y), cout * hw);
+    par_ranges(n, |images| {
+        let mut buf = Vec::new();
+        for b in images {
+            // SAFETY: image b's block of y, written by this task only.
+            let y = unsafe { out.slice(b * len, len) };
+            let (x, c) = (&x[b * g.x_len..][..g.x_len], &c[b * cout..][..cout]);
+            let p = patches(x, &g.patches, g.pointwise(), &mut buf);
+            match r {
+                Some(r) => {
+                    for ((y, r), &b) in y.chunks_exact_mut(hw).zip(r[b * len..][..len].chunks_exact(hw)).zip(c) {
+                        for (y, &r) in y.iter_mut().zip(r) {
+                            *y = scale * (r + b);
+                        }
+                    }
+                }
+                None => {
+                    for (row, &b) in y.chunks_exact_mut(hw).zip(c) {
+                        row.fill(scale * b);
+                    }
+                }
+            }
+            // y_bᵀ = P_bᵀ Wᵀ: the GEMM's m is the long side hw, along which y_b,
+            // P_b and the microkernel's tiles are all contiguous (no packing of P_b).
+            // SAFETY: y is [C_out, hw], W is [C_out, rows], P is [rows, hw].
+            unsafe {
+                let yt = (1, hw as isize);
+                gemm_serial(hw, cout, rows, y.as_mut_ptr(), yt, true, Mat::t(p, hw), Mat::t(&w_scaled, rows))
+            };
+        }
+    });
+    y
+}
+
+/// W̃ [C_in, C_out·k²], W̃[i, (o·k + a)·k + b] = s·W[o, i, k−1−a, k−1−b]: the
+/// weights of the adjoint of a stride-1 convolution (see the module docs).
+fn adjoint_weights(g: &Geometry, w: &[f32], scale: f32) -> Vec<f32> {
+    let (k, kk) = (g.k, g.k * g.k);
+    let mut out = vec![0f32; g.cin * g.cout * kk];
+    for o in 0..g.cout {
+        for i in 0..g.cin {
+            for a in 0..kk {
+                out[(i * g.cout + o) * kk + a] =
+                    scale * w[(o * g.cin + i) * kk + (k - 1 - a / k) * k + (k - 1 - a % k)];
+            }
+        }
+    }
+    out
+}
+
+/// [dx (N·C_in·H·W), dW (C_out·C_in·k²), dc (N·C_out)] from x, W and dy,
+/// for y = s·(…); dx and dW stay zero unless `(want_x, want_w)` ask for them.
+fn backward(g: &Geometry, x: &[f32], w: &[f32], dy: &[f32], scale: f32, n: usize, want: (bool, bool)) -> Vec<f32> {
+    let (want_x, want_w) = want;
+    let (rows, hw, cout) = (g.rows(), g.hw_out, g.cout);
+    let mut out = vec![0f32; n * g.x_len + cout * rows + n * cout];
+    let (dx, rest) = out.split_at_mut(n * g.x_len);
+    let (dw, dc) = rest.split_at_mut(cout * rows);
+    // dx = W̃ im2col(s·dy) for stride 1, col2im((s·W)ᵀ dy) for stride 2
+    let w_adj = if g.stride == 1 { adjoint_weights(g, w, scale) } else { w.iter().map(|v| v * scale).collect() };
+    let dw_total = Mutex::new(vec![0f32; cout * rows]);
+    let (dx_out, dc_out) = (SharedMut::new(dx), SharedMut::new(dc));
+    par_ranges(n, |images| {
+        let (mut buf, mut dy_buf) = (Vec::new(), Vec::new());
+        let mut dp = if want_x && g.stride != 1 { vec![0f32; rows * hw] } else { Vec::new() };
+        let mut dw = vec![0f32; cout * rows];
+        for b in images {
+            // SAFETY: image b's blocks of dx and dc, written by this task only.
+            let (dx, dc) = unsafe { (dx_out.slice(b * g.x_len, g.x_len), dc_out.slice(b * cout, cout)) };
+            let (x, dy) = (&x[b * g.x_len..][..g.x_len], &dy[b * cout * hw..][..cout * hw]);
+            for (d, row) in dc.iter_mut().zip(dy.chunks_exact(hw)) {
+                *d = scale * sum(row);
+            }
+            // SAFETY (all GEMMs): dW is [C_out, rows], dy_b [C_out, hw], P [rows, hw],
+            // W̃ [C_in, C_out·k²] and im2col(dy_b) [C_out·k², hw] (stride 1),
+            // W [C_out, rows] and dp [rows, hw] (stride 2).
+            if want_w {
+                let p = patches(x, &g.patches, g.pointwise(), &mut buf);
+                unsafe {
+                    let dwp = dw.as_mut_ptr();
+                    gemm_serial(cout, rows, hw, dwp, (rows as isize, 1), true, Mat::rows(dy, hw), Mat::t(p, hw));
+                }
+            }
+            if !want_x {
+                continue;
+            }
+            if g.stride == 1 {
+                let q = patches(dy, &g.adjoint, g.k == 1, &mut dy_buf);
+                let kk = cout * g.k * g.k;
+                // dx_bᵀ = Qᵀ W̃ᵀ, hw-contiguous like the forward
+                unsafe {
+                    let dxt = (1, hw as isize);
+                    gemm_serial(hw, g.cin, kk, dx.as_mut_ptr(), dxt, false, Mat::t(q, hw), Mat::t(&w_adj, kk))
+                };
+            } else {
+                unsafe {
+                    gemm_serial(
+                        rows,
+                        hw,
+                        cout,
+                        dp.as_mut_ptr(),
+                        (hw as isize, 1),
+                        false,
+                        Mat::t(&w_adj, rows),
+                        Mat::rows(dy, hw),
+                    )
+                };
+                col2im_add(&dp, &g.patches, dx);
+            }
+        }
+        let mut total = dw_total.lock().expect("fused conv: dW lock");
+        for (t, v) in total.iter_mut().zip(&dw) {
+            *t += v;
+        }
+    });
+    let total = dw_total.into_inner().expect("fused conv: dW lock");
+    for (d, v) in dw.iter_mut().zip(total) {
+        *d = scale * v;
+    }
+    out
+}
+
+/// Σ v in eight lanes, so the loop vectorizes (a plain sum is one serial chain).
+fn sum(v: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let chunks = v.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            *l += x;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// y = s·(conv(x; W) + c (+ r)), see the module docs: a [`CustomOp2`] on
+/// (x, θ = [W, c]) without the residual, a [`CustomOp3`] on (x, θ, r) with it.
+struct Forward {
+    k: usize,
+    stride: usize,
+    cout: usize,
+    scale: f64,
+}
+
+impl Forward {
+    fn run(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        r: Option<&[f32]>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geometry::new(l1.dims(), self.cout, self.k, self.stride);
+        let n = l1.dims()[0];
+        let y = forward(&g, f32_slice(s1, l1)?, f32_slice(s2, l2)?, r, self.scale as f32, n);
+        let (ho, wo) = g.patches.out_hw();
+        Ok((CpuStorage::F32(y), Shape::from((n, g.cout, ho, wo))))
+    }
+
+    /// (dx, dθ) through [`Backward`], each only when its input is tracked
+    /// (θ is constant for a likelihood's ∇ₓ, x for the network's input).
+    fn grads(&self, x: &Tensor, theta: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let want = (x.track_op(), theta.track_op());
+        let op = Backward { k: self.k, stride: self.stride, cout: self.cout, scale: self.scale, want };
+        let all = x.apply_op3(theta, &dy.contiguous()?, op)?;
+        let xn = x.elem_count();
+        let dx = want.0.then(|| all.narrow(0, 0, xn)?.reshape(x.shape())).transpose()?;
+        Ok((dx, want.1.then(|| all.narrow(0, xn, theta.elem_count())).transpose()?))
+    }
+}
+
+impl CustomOp2 for Forward {
+    fn name(&self) -> &'static str {
+        "fused-conv"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.run(s1, l1, s2, l2, None)
+    }
+
+    fn bwd(&self, x: &Tensor, theta: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        self.grads(x, theta, dy)
+    }
+}
+
+impl CustomOp3 for Forward {
+    fn name(&self) -> &'static str {
+        "fused-conv-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run(s1, l1, s2, l2, Some(f32_slice(s3, l3)?))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        theta: &Tensor,
+        _r: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dtheta) = self.grads(x, theta, dy)?;
+        Ok((dx, dtheta, Some(dy.affine(self.scale, 0.0)?)))
+    }
+}
+
+/// [dx, dθ = [dW, dc]] from (x, θ, dy): the backward of [`Forward`].
+struct Backward {
+    k: usize,
+    stride: usize,
+    cout: usize,
+    scale: f64,
+    /// (dx, dθ) wanted.
+    want: (bool, bool),
+}
+
+impl CustomOp3 for Backward {
+    fn name(&self) -> &'static str {
+        "fused-conv-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geometry::new(l1.dims(), self.cout, self.k, self.stride);
+        let n = l1.dims()[0];
+        let w = &f32_slice(s2, l2)?[..g.cout * g.rows()];
+        let all = backward(&g, f32_slice(s1, l1)?, w, f32_slice(s3, l3)?, self.scale as f32, n, self.want);
+        let len = all.len();
+        Ok((CpuStorage::F32(all), Shape::from(len)))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _theta: &Tensor,
+        _dy: &Tensor,
+        _res: &Tensor,
+        _grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        candle_core::bail!(
+            "second derivatives through the fused convolution: run the code that differentiates the score twice \
+             inside autodiff::exact_higher_order (implicit and sliced score matching and energy models do)"
+        )
+    }
+}
+
+/// s·(conv(x; W) + c + r) for x [N, C_in, H, W], W [C_out, C_in·k²] (a conv
+/// weight [C_out, C_in, k, k] flattened), c [N, C_out] and `residual` (r, s)
+/// with r [N, C_out, H/stride, W/stride] (none: r = 0, s = 1): f32 on the CPU,
+/// k odd, stride 1 or 2 dividing H and W.
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    c: &Tensor,
+    k: usize,
+    stride: usize,
+    residual: Option<(&Tensor, f64)>,
+) -> Result<Tensor> {
+    let (n, cin, h, wd) = x.dims4()?;
+    let cout = w.dim(0)?;
+    if x.dtype() != DType::F32 || w.dtype() != DType::F32 || c.dtype() != DType::F32 || !x.device().is_cpu() {
+        candle_core::bail!("fused conv: f32 on the CPU only, got {:?} on {:?}", x.dtype(), x.device());
+    }
+    if k.is_multiple_of(2) || !(stride == 1 || stride == 2) || !h.is_multiple_of(stride) || !wd.is_multiple_of(stride) {
+        candle_core::bail!(
+            "fused conv: needs odd k, stride 1 or 2 dividing H×W, got k={k} stride={stride} on {h}×{wd}"
+        );
+    }
+    if w.dims() != [cout, cin * k * k] || c.dims() != [n, cout] {
+        candle_core::bail!(
+            "fused conv: expected W [C_out, {}] and c [{n}, C_out], got {:?} and {:?}",
+            cin * k * k,
+            w.shape(),
+            c.shape()
+        );
+    }
+    let theta = Tensor::cat(&[w.flatten_all()?, c.flatten_all()?], 0)?;
+    let x = x.contiguous()?;
+    match residual {
+        None => x.apply_op2(&theta, Forward { k, stride, cout, scale: 1.0 }),
+        Some((r, scale)) => {
+            if r.dims() != [n, cout, h / stride, wd / stride] || r.dtype() != DType::F32 {
+                candle_core::bail!("fused conv: the residual must be f32 of the output's shape, got {:?}", r.shape());
+            }
+            x.apply_op3(&theta, &r.contiguous()?, Forward { k, stride, cout, scale })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// The fused op equals candle's conv2d plus the per-image bias (and the
+    /// scaled residual), and its gradients equal candle's (through conv2d's own
+    /// backward), for a random weighting of the output as the loss; stride 1
+    /// and 2, k = 1 and 3, with and without the residual, and a batch that does
+    /// not split evenly across tasks. f32 sums of up to C_in·k² = 27 (forward)
+    /// and N·H·W = 320 (dW) terms of size ~1: 1e-4 relative to the largest
+    /// entry is many times their rounding.
+    #[test]
+    fn matches_candle_conv2d_and_its_gradients() {
+        let dev = Device::Cpu;
+        let mut rng = crate::rng::Rng::new(11, 0);
+        let (n, cin, cout, h, w) = (5, 3, 4, 8, 8);
+        let x = Var::from_tensor(&rng.randn((n, cin, h, w), DType::F32, &dev).unwrap()).unwrap();
+        for (k, stride, residual) in [(3, 1, false), (3, 2, false), (1, 1, false), (3, 1, true), (1, 1, true)] {
+            let wt = Var::from_tensor(&rng.randn((cout, cin, k, k), DType::F32, &dev).unwrap()).unwrap();
+            let c = Var::from_tensor(&rng.randn((n, cout), DType::F32, &dev).unwrap()).unwrap();
+            let r = Var::from_tensor(&rng.randn((n, cout, h / stride, w / stride), DType::F32, &dev).unwrap()).unwrap();
+            let flat = wt.as_tensor().reshape((cout, cin * k * k)).unwrap();
+            let s = 0.7;
+            let ours =
+                conv2d(x.as_tensor(), &flat, c.as_tensor(), k, stride, residual.then_some((r.as_tensor(), s))).unwrap();
+            let mut theirs = x
+                .as_tensor()
+                .conv2d(wt.as_tensor(), k / 2, stride, 1, 1)
+                .unwrap()
+                .broadcast_add(&c.as_tensor().unsqueeze(2).unwrap().unsqueeze(3).unwrap())
+                .unwrap();
+            if residual {
+                theirs = ((theirs + r.as_tensor()).unwrap() * s).unwrap();
+            }
+            let case = format!("k={k} stride={stride} residual={residual}");
+            assert_eq!(ours.dims(), theirs.dims());
+            assert!(max_diff(&ours, &theirs) < 1e-4, "{case}: forward {}", max_diff(&ours, &theirs));
+            let weights = rng.randn(ours.shape(), DType::F32, &dev).unwrap();
+            let g1 = crate::autodiff::backward(&(ours * &weights).unwrap().sum_all().unwrap()).unwrap();
+            let g2 = crate::autodiff::backward(&(theirs * &weights).unwrap().sum_all().unwrap()).unwrap();
+            let mut vars = vec![("x", x.as_tensor()), ("W", wt.as_tensor()), ("c", c.as_tensor())];
+            if residual {
+                vars.push(("r", r.as_tensor()));
+            }
+            for (name, v) in vars {
+                let (a, b) = (g1.get(v).unwrap(), g2.get(v).unwrap());
+                let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(max_diff(a, b) < 1e-4 * scale, "{case}: d{name} differs by {}", max_diff(a, b));
+            }
+        }
+    }
+
+    /// With W and c constant (a likelihood's ∇ₓ) the backward skips dW and
+    /// gives exactly the dx it gives with them tracked (the same arithmetic).
+    #[test]
+    fn constant_weights_give_the_same_input_gradient() {
+        let dev = Device::Cpu;
+        let mut rng = crate::rng::Rng::new(12, 0);
+        let x = Var::from_tensor(&rng.randn((3, 2, 6, 6), DType::F32, &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&rng.randn((4, 18), DType::F32, &dev).unwrap()).unwrap();
+        let c = rng.randn((3, 4), DType::F32, &dev).unwrap();
+        let weights = rng.randn((3, 4, 6, 6), DType::F32, &dev).unwrap();
+        let dx = |w: &Tensor| {
+            let y = conv2d(x.as_tensor(), w, &c, 3, 1, None).unwrap();
+            crate::autodiff::grad(&(y * &weights).unwrap(), &x).unwrap()
+        };
+        assert_eq!(max_diff(&dx(w.as_tensor()), &dx(&w.as_tensor().detach())), 0.0);
+    }
+
+    /// Differentiating the fused gradient again is refused, naming the way out.
+    #[test]
+    fn second_derivative_is_an_error() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::ones((2, 1, 4, 4), DType::F32, &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::ones((2, 9), DType::F32, &dev).unwrap()).unwrap();
+        let c = Tensor::zeros((2, 2), DType::F32, &dev).unwrap();
+        let y = conv2d(x.as_tensor(), w.as_tensor(), &c, 3, 1, None).unwrap();
+        let gx = crate::autodiff::grad(&y.sqr().unwrap(), &x).unwrap();
+        let err = crate::autodiff::backward(&gx.sqr().unwrap().sum_all().unwrap()).unwrap_err().to_string();
+        assert!(err.contains("exact_higher_order"), "{err}");
+    }
+}
