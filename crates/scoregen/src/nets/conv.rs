@@ -34,7 +34,7 @@
 //! the `gemm` crate's.
 
 use super::dense::{gemm_serial, Mat};
-use super::fused::{col2im_add, im2col_into, par_ranges, Patches, SharedMut};
+use super::fused::{col2im_add, im2col_into, par_ranges, refuse_second_order, slice, Patches, SharedMut};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use std::sync::Mutex;
 
@@ -86,14 +86,6 @@ fn patches<'a>(x: &'a [f32], g: &Patches, pointwise: bool, buf: &'a mut Vec<f32>
     }
     im2col_into(x, g, buf);
     buf
-}
-
-/// The contiguous f32 slice of an input.
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((from, to)) => Ok(&s.as_slice::<f32>()?[from..to]),
-        None => candle_core::bail!("fused conv: input is not contiguous"),
-    }
 }
 
 /// y [N, C_out, Ho, Wo] from x, θ = [W, c] and r.
@@ -257,7 +249,7 @@ impl Forward {
     ) -> Result<(CpuStorage, Shape)> {
         let g = Geometry::new(l1.dims(), self.cout, self.k, self.stride);
         let n = l1.dims()[0];
-        let y = forward(&g, f32_slice(s1, l1)?, f32_slice(s2, l2)?, r, self.scale as f32, n);
+        let y = forward(&g, slice::<f32>(s1, l1)?, slice::<f32>(s2, l2)?, r, self.scale as f32, n);
         let (ho, wo) = g.patches.out_hw();
         Ok((CpuStorage::F32(y), Shape::from((n, g.cout, ho, wo))))
     }
@@ -302,7 +294,7 @@ impl CustomOp3 for Forward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        self.run(s1, l1, s2, l2, Some(f32_slice(s3, l3)?))
+        self.run(s1, l1, s2, l2, Some(slice::<f32>(s3, l3)?))
     }
 
     fn bwd(
@@ -344,8 +336,8 @@ impl CustomOp3 for Backward {
     ) -> Result<(CpuStorage, Shape)> {
         let g = Geometry::new(l1.dims(), self.cout, self.k, self.stride);
         let n = l1.dims()[0];
-        let w = &f32_slice(s2, l2)?[..g.cout * g.rows()];
-        let all = backward(&g, f32_slice(s1, l1)?, w, f32_slice(s3, l3)?, self.scale as f32, n, self.want);
+        let w = &slice::<f32>(s2, l2)?[..g.cout * g.rows()];
+        let all = backward(&g, slice::<f32>(s1, l1)?, w, slice::<f32>(s3, l3)?, self.scale as f32, n, self.want);
         let len = all.len();
         Ok((CpuStorage::F32(all), Shape::from(len)))
     }
@@ -358,10 +350,7 @@ impl CustomOp3 for Backward {
         _res: &Tensor,
         _grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        candle_core::bail!(
-            "second derivatives through the fused convolution: run the code that differentiates the score twice \
-             inside autodiff::exact_higher_order (implicit and sliced score matching and energy models do)"
-        )
+        refuse_second_order("convolution")
     }
 }
 
@@ -411,11 +400,8 @@ pub fn conv2d(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nets::max_diff;
     use candle_core::{Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
-    }
 
     /// The fused op equals candle's conv2d plus the per-image bias (and the
     /// scaled residual), and its gradients equal candle's (through conv2d's own

@@ -28,7 +28,7 @@
 //! Written by hand because no crate fuses an MLP's backward for candle; the
 //! GEMM kernel is the `gemm` crate's.
 
-use super::fused::exp_f32;
+use super::fused::{exp_f32, refuse_second_order, slice, SharedMut};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -134,13 +134,13 @@ unsafe fn gemm_into(m: usize, n: usize, k: usize, c: *mut f32, ldc: usize, acc: 
     }
     let split = if m >= n { m } else { n };
     let per = split.div_ceil(threads);
-    let c = Shared(c);
+    let c = SharedMut::from_ptr(c);
     (0..threads).into_par_iter().for_each(|i| {
         let (from, to) = (i * per, ((i + 1) * per).min(split));
         if from >= to {
             return;
         }
-        let c = c.get();
+        let c = c.ptr();
         // SAFETY: row (or column) block [from, to) of C, A's matching rows (or B's columns).
         unsafe {
             if m >= n {
@@ -178,19 +178,6 @@ pub(crate) unsafe fn gemm_serial(
         gemm::gemm(m, n, k, c, c_cs, c_rs, acc, a.0, a.2, a.1, b.0, b.2, b.1, one, one, false, false, false, par)
     }
 }
-
-/// A pointer handed to the threads of [`gemm_into`], each writing its own block.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-impl Shared {
-    /// The pointer (a method, so closures capture the whole `Shared`).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-// SAFETY: the threads write disjoint blocks and finish before the caller returns.
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
 
 /// The kernels of the two elementwise passes, compiled twice: for AVX2 + FMA
 /// (chosen at run time; the build targets plain x86-64) and for the baseline.
@@ -320,9 +307,12 @@ fn forward(dims: &Dims, a: &[f32], theta: &[f32], n: usize, keep: bool) -> (Vec<
     let mut z: Vec<Vec<f32>> = layers.iter().map(|_| Vec::with_capacity(kept)).collect();
     let mut h: Vec<Vec<f32>> = layers.iter().map(|_| Vec::with_capacity(kept)).collect();
     let mut out: Vec<f32> = Vec::with_capacity(n * dims.out);
-    let (zp, hp): (Vec<_>, Vec<_>) =
-        z.iter_mut().zip(h.iter_mut()).map(|(z, h)| (Shared(z.as_mut_ptr()), Shared(h.as_mut_ptr()))).unzip();
-    let outp = Shared(out.as_mut_ptr());
+    let (zp, hp): (Vec<_>, Vec<_>) = z
+        .iter_mut()
+        .zip(h.iter_mut())
+        .map(|(z, h)| (SharedMut::from_ptr(z.as_mut_ptr()), SharedMut::from_ptr(h.as_mut_ptr())))
+        .unzip();
+    let outp = SharedMut::from_ptr(out.as_mut_ptr());
     let rows = forward_block_rows(n, w);
     (0..n.div_ceil(rows)).into_par_iter().for_each(|block| {
         let (r0, m) = (block * rows, rows.min(n - block * rows));
@@ -332,8 +322,8 @@ fn forward(dims: &Dims, a: &[f32], theta: &[f32], n: usize, keep: bool) -> (Vec<
         // allocated for n rows) or its own scratch (slot 0: Z, slots 1 and 2:
         // H of even and odd layers); it reads only what it wrote and a, θ.
         unsafe {
-            let z_at = |l: usize| if keep { zp[l].get().add(r0 * w) } else { sp };
-            let h_at = |l: usize| if keep { hp[l].get().add(r0 * w) } else { sp.add((1 + l % 2) * m * w) };
+            let z_at = |l: usize| if keep { zp[l].ptr().add(r0 * w) } else { sp };
+            let h_at = |l: usize| if keep { hp[l].ptr().add(r0 * w) } else { sp.add((1 + l % 2) * m * w) };
             let a_rows = a.as_ptr().add(r0 * ld);
             for (l, off) in layers.iter().enumerate() {
                 let zb = z_at(l);
@@ -368,7 +358,7 @@ fn forward(dims: &Dims, a: &[f32], theta: &[f32], n: usize, keep: bool) -> (Vec<
                 let hs = std::slice::from_raw_parts_mut(h_at(l).cast::<MaybeUninit<f32>>(), m * w);
                 elementwise::bias_silu(zs, &biases[l], hs);
             }
-            let ob = outp.get().add(r0 * dims.out);
+            let ob = outp.ptr().add(r0 * dims.out);
             let last = Mat(h_at(layers.len() - 1), w as isize, 1);
             gemm_serial(m, dims.out, w, ob, (dims.out as isize, 1), false, last, Mat::t(&theta[output.w..], w));
             for row in std::slice::from_raw_parts_mut(ob, m * dims.out).chunks_exact_mut(dims.out) {
@@ -408,8 +398,8 @@ fn backward(dims: &Dims, a: &[f32], theta: &[f32], saved: &Saved, g: &[f32], n: 
     let (layers, output) = dims.offsets();
     let mut grads = vec![0f32; n * ld + if want_theta { dims.params() } else { 0 }];
     let mut dz: Vec<Vec<f32>> = layers.iter().map(|_| Vec::with_capacity(n * w)).collect();
-    let dzp: Vec<Shared> = dz.iter_mut().map(|v| Shared(v.as_mut_ptr())).collect();
-    let dap = Shared(grads.as_mut_ptr());
+    let dzp: Vec<SharedMut> = dz.iter_mut().map(|v| SharedMut::from_ptr(v.as_mut_ptr())).collect();
+    let dap = SharedMut::from_ptr(grads.as_mut_ptr());
     let rows = forward_block_rows(n, w);
     // per block: the column sums of its dZ_l, every layer's after another
     let db_blocks: Vec<Vec<f32>> = (0..n.div_ceil(rows))
@@ -420,14 +410,14 @@ fn backward(dims: &Dims, a: &[f32], theta: &[f32], saved: &Saved, g: &[f32], n: 
             // SAFETY: this task alone writes rows r0..r0+m of dA and of every
             // dZ_l (allocated for n rows), and reads only those and a, θ, Z.
             unsafe {
-                let (da_rows, last) = (dap.get().add(r0 * ld), layers.len() - 1);
+                let (da_rows, last) = (dap.ptr().add(r0 * ld), layers.len() - 1);
                 // dH_last = dOut W_o, written where dZ_last will be
                 let g_rows = Mat(g.as_ptr().add(r0 * out), out as isize, 1);
                 gemm_serial(
                     m,
                     w,
                     out,
-                    dzp[last].get().add(r0 * w),
+                    dzp[last].ptr().add(r0 * w),
                     (w as isize, 1),
                     false,
                     g_rows,
@@ -435,7 +425,7 @@ fn backward(dims: &Dims, a: &[f32], theta: &[f32], saved: &Saved, g: &[f32], n: 
                 );
                 for (l, off) in layers.iter().enumerate().rev() {
                     // dZ = dH ⊙ silu′(Z) in place, with its column sums
-                    let dzb = dzp[l].get().add(r0 * w);
+                    let dzb = dzp[l].ptr().add(r0 * w);
                     let rows = r0 * w..(r0 + m) * w;
                     elementwise::silu_grad(
                         &saved.sigma[l][rows.clone()],
@@ -462,7 +452,7 @@ fn backward(dims: &Dims, a: &[f32], theta: &[f32], saved: &Saved, g: &[f32], n: 
                         gemm_serial(m, ld, w, da_rows, (ld as isize, 1), true, dz_rows, Mat::rows(&theta[off.w..], ld));
                     } else {
                         // dH_{l−1} = dZ W_l, written where dZ_{l−1} will be
-                        let next = dzp[l - 1].get().add(r0 * w);
+                        let next = dzp[l - 1].ptr().add(r0 * w);
                         gemm_serial(m, w, w, next, (w as isize, 1), false, dz_rows, Mat::rows(&theta[off.w..], w));
                     }
                 }
@@ -511,14 +501,6 @@ fn backward(dims: &Dims, a: &[f32], theta: &[f32], saved: &Saved, g: &[f32], n: 
     grads
 }
 
-/// The contiguous f32 slice of an input.
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((from, to)) => Ok(&s.as_slice::<f32>()?[from..to]),
-        None => candle_core::bail!("fused MLP: input is not contiguous"),
-    }
-}
-
 /// out = MLP_θ(a), a [N, d+E], θ [P] (see [`Dims`] for its order).
 struct Forward {
     dims: Dims,
@@ -534,7 +516,7 @@ impl CustomOp2 for Forward {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let n = l1.dims()[0];
-        let (out, saved) = forward(&self.dims, f32_slice(s1, l1)?, f32_slice(s2, l2)?, n, self.keep);
+        let (out, saved) = forward(&self.dims, slice::<f32>(s1, l1)?, slice::<f32>(s2, l2)?, n, self.keep);
         *self.saved.lock().expect("fused MLP lock") = saved.map(Arc::new);
         Ok((CpuStorage::F32(out), Shape::from((n, self.dims.out))))
     }
@@ -573,7 +555,7 @@ impl CustomOp3 for Backward {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let n = l1.dims()[0];
-        let (a, theta, g) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let (a, theta, g) = (slice::<f32>(s1, l1)?, slice::<f32>(s2, l2)?, slice::<f32>(s3, l3)?);
         let grads = backward(&self.dims, a, theta, &self.saved, g, n, self.want_theta);
         let len = grads.len();
         Ok((CpuStorage::F32(grads), Shape::from(len)))
@@ -587,10 +569,7 @@ impl CustomOp3 for Backward {
         _res: &Tensor,
         _grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        candle_core::bail!(
-            "second derivatives through the fused MLP kernel: run the code that differentiates the score twice \
-             inside autodiff::exact_higher_order (implicit and sliced score matching and energy models do)"
-        )
+        refuse_second_order("MLP kernel")
     }
 }
 
@@ -615,6 +594,7 @@ pub fn mlp(a: &Tensor, theta: &Tensor, dims: Dims) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nets::max_diff;
     use candle_core::{Device, Var};
 
     #[test]
@@ -667,8 +647,6 @@ mod tests {
             let weights = rng.randn((n, dims.out), DType::F32, &dev).unwrap();
             let ours = mlp(a.as_tensor(), theta.as_tensor(), dims).unwrap();
             let theirs = reference(a.as_tensor(), theta.as_tensor());
-            let max_diff =
-                |x: &Tensor, y: &Tensor| (x - y).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(max_diff(&ours, &theirs) < 1e-4, "forward differs by {}", max_diff(&ours, &theirs));
             let g1 = crate::autodiff::backward(&(ours * &weights).unwrap().sum_all().unwrap()).unwrap();
             let g2 = crate::autodiff::backward(&(theirs * &weights).unwrap().sum_all().unwrap()).unwrap();

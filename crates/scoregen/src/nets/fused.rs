@@ -15,6 +15,15 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
+/// The error of a first-order fused op's backward when it is differentiated
+/// again: never a silently missing term. `op` names the layer.
+pub(crate) fn refuse_second_order<T>(op: &str) -> Result<T> {
+    candle_core::bail!(
+        "second derivatives through the fused {op}: run the code that differentiates the score twice \
+         inside autodiff::exact_higher_order (implicit and sliced score matching and energy models do)"
+    )
+}
+
 /// e^x for f32 without a libm call, so loops over slices vectorize:
 /// x = k ln 2 + r with |r| ≤ ½ ln 2 (ln 2 split in two for an exact r),
 /// e^r by Cephes' `expf` polynomial (error about 1 ulp), 2^k from the exponent
@@ -60,8 +69,9 @@ fn sigmoid<T: FastExp>(x: T) -> T {
     T::one() / (T::one() + (-x).fast_exp())
 }
 
-/// The contiguous slice of a storage (the wrappers below make inputs contiguous).
-fn slice<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+/// The contiguous slice of a storage (every fused op's wrapper makes its
+/// inputs contiguous).
+pub(crate) fn slice<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
         None => candle_core::bail!("fused op: input is not contiguous"),
@@ -552,6 +562,17 @@ unsafe impl Sync for SharedMut {}
 impl SharedMut {
     pub(crate) fn new(v: &mut [f32]) -> Self {
         Self(v.as_mut_ptr())
+    }
+
+    /// A buffer given by its start, possibly not yet initialised (a `Vec`'s
+    /// spare capacity, written whole before it is read).
+    pub(crate) fn from_ptr(p: *mut f32) -> Self {
+        Self(p)
+    }
+
+    /// The start (a method, so closures capture the whole `SharedMut`).
+    pub(crate) fn ptr(self) -> *mut f32 {
+        self.0
     }
 
     /// Entries from..from + len.

@@ -19,7 +19,7 @@
 //! [`crate::autodiff::exact_higher_order`], and for f64, [`GroupNorm`] is
 //! candle-nn's, exact to every order.
 
-use super::fused::{exp_f32, par_ranges, SharedMut};
+use super::fused::{exp_f32, par_ranges, refuse_second_order, slice, SharedMut};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 use std::sync::Mutex;
@@ -291,14 +291,6 @@ mod kernels {
     }
 }
 
-/// The contiguous f32 slice of an input.
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((from, to)) => Ok(&s.as_slice::<f32>()?[from..to]),
-        None => candle_core::bail!("fused GroupNorm: input is not contiguous"),
-    }
-}
-
 /// y = GN(x) or silu(GN(x)) from (x, γ, β).
 struct Forward {
     groups: usize,
@@ -321,7 +313,7 @@ impl CustomOp3 for Forward {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let d = Dims::of(l1.dims(), self.groups, self.eps, self.silu);
-        let (x, gamma, beta) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let (x, gamma, beta) = (slice::<f32>(s1, l1)?, slice::<f32>(s2, l2)?, slice::<f32>(s3, l3)?);
         let mut y = vec![0f32; x.len()];
         let (out, len) = (SharedMut::new(&mut y), d.image());
         par_ranges(l1.dims()[0], |images| {
@@ -372,7 +364,7 @@ impl CustomOp3 for Backward {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let d = Dims::of(l1.dims(), self.groups, self.eps, self.silu);
-        let (x, params, dy) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let (x, params, dy) = (slice::<f32>(s1, l1)?, slice::<f32>(s2, l2)?, slice::<f32>(s3, l3)?);
         let (gamma, beta) = params.split_at(d.c);
         let mut all = vec![0f32; x.len() + 2 * d.c];
         let (dx, dparams) = all.split_at_mut(x.len());
@@ -403,10 +395,7 @@ impl CustomOp3 for Backward {
         _res: &Tensor,
         _grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        candle_core::bail!(
-            "second derivatives through the fused GroupNorm: run the code that differentiates the score twice \
-             inside autodiff::exact_higher_order (implicit and sliced score matching and energy models do)"
-        )
+        refuse_second_order("GroupNorm")
     }
 }
 
@@ -438,11 +427,8 @@ pub fn group_norm_fused(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nets::max_diff;
     use candle_core::{Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
-    }
 
     /// The fused op equals candle-nn's GroupNorm (then candle's SiLU), and its
     /// gradients for x, γ and β equal candle's, for a random weighting of the

@@ -165,6 +165,21 @@ pub fn build(cfg: &ModelConfig, dim: usize, levels: usize, seed: u64, vm: &VarMa
     })
 }
 
+/// max |a − b| over all entries, in f32 (for the fused ops' tests).
+#[cfg(test)]
+pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 /// The variables of a map, sorted by name (a stable order for optimizers and checkpoints).
 pub fn named_vars(vm: &VarMap) -> Vec<(String, candle_core::Var)> {
     let mut v: Vec<_> = vm.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
