@@ -7,6 +7,7 @@
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Storage, Tensor, Var, WithDType};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g², θ ← θ − lr/(1−β₁ᵗ) · m / (√(v/(1−β₂ᵗ)) + ε).
 #[derive(Debug, Clone)]
@@ -136,8 +137,11 @@ fn adam_update<T: WithDType + num_traits::Float + Send + Sync>(
     k: &AdamCoefs,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let n = theta.elem_count();
-    let (mut m2, mut v2, mut th2) = (vec![T::zero(); n], vec![T::zero(); n], vec![T::zero(); n]);
+    // written whole by the chunks below: no zeroing pass first
+    let (mut m2, mut v2, mut th2) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     with_slices::<T, _>(&[theta, g, m, v], |s| {
+        let (m2, v2, th2) =
+            (&mut m2.spare_capacity_mut()[..n], &mut v2.spare_capacity_mut()[..n], &mut th2.spare_capacity_mut()[..n]);
         let chunks = m2.par_chunks_mut(CHUNK).zip(v2.par_chunks_mut(CHUNK)).zip(th2.par_chunks_mut(CHUNK));
         chunks.enumerate().for_each(|(c, ((m2, v2), th2))| {
             let r = c * CHUNK..c * CHUNK + m2.len();
@@ -150,21 +154,27 @@ fn adam_update<T: WithDType + num_traits::Float + Send + Sync>(
             adam_chunk(old, [m2, v2, th2], k)
         });
     })?;
+    // SAFETY: the chunks cover 0..n and adam_chunk writes every value of its chunk.
+    unsafe {
+        m2.set_len(n);
+        v2.set_len(n);
+        th2.set_len(n);
+    }
     let (shape, dev) = (theta.shape(), theta.device());
     Ok((Tensor::from_vec(m2, shape, dev)?, Tensor::from_vec(v2, shape, dev)?, Tensor::from_vec(th2, shape, dev)?))
 }
 
 /// One chunk of [`adam_update`]: (θ, g, m, v) → (m′, v′, θ′).
 #[inline(always)]
-fn adam_chunk<T: WithDType>([th, g, m, v]: [&[T]; 4], [m2, v2, th2]: [&mut [T]; 3], k: &AdamCoefs) {
+fn adam_chunk<T: WithDType>([th, g, m, v]: [&[T]; 4], [m2, v2, th2]: [&mut [MaybeUninit<T>]; 3], k: &AdamCoefs) {
     let old = th.iter().zip(g).zip(m).zip(v);
     for ((((&th, &g), &m), &v), ((m2, v2), th2)) in old.zip(m2.iter_mut().zip(v2.iter_mut()).zip(th2)) {
         let g = g.to_f64() * k.scale;
         let m = k.beta1 * m.to_f64() + (1.0 - k.beta1) * g;
         let v = k.beta2 * v.to_f64() + (1.0 - k.beta2) * g * g;
-        *m2 = T::from_f64(m);
-        *v2 = T::from_f64(v);
-        *th2 = T::from_f64(th.to_f64() - k.step * m / ((v / k.bc2).sqrt() + k.eps));
+        m2.write(T::from_f64(m));
+        v2.write(T::from_f64(v));
+        th2.write(T::from_f64(th.to_f64() - k.step * m / ((v / k.bc2).sqrt() + k.eps)));
     }
 }
 
@@ -172,7 +182,7 @@ fn adam_chunk<T: WithDType>([th, g, m, v]: [&[T]; 4], [m2, v2, th2]: [&mut [T]; 
 /// division instead of the baseline's 2; the same arithmetic, the same bits).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn adam_chunk_avx2<T: WithDType>(old: [&[T]; 4], new: [&mut [T]; 3], k: &AdamCoefs) {
+unsafe fn adam_chunk_avx2<T: WithDType>(old: [&[T]; 4], new: [&mut [MaybeUninit<T>]; 3], k: &AdamCoefs) {
     adam_chunk(old, new, k)
 }
 
