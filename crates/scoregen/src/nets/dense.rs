@@ -594,7 +594,7 @@ pub fn mlp(a: &Tensor, theta: &Tensor, dims: Dims) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nets::max_diff;
+    use crate::nets::{assert_same_gradients, max_diff};
     use candle_core::{Device, Var};
 
     #[test]
@@ -648,17 +648,8 @@ mod tests {
             let ours = mlp(a.as_tensor(), theta.as_tensor(), dims).unwrap();
             let theirs = reference(a.as_tensor(), theta.as_tensor());
             assert!(max_diff(&ours, &theirs) < 1e-4, "forward differs by {}", max_diff(&ours, &theirs));
-            let g1 = crate::autodiff::backward(&(ours * &weights).unwrap().sum_all().unwrap()).unwrap();
-            let g2 = crate::autodiff::backward(&(theirs * &weights).unwrap().sum_all().unwrap()).unwrap();
-            for v in [a.as_tensor(), theta.as_tensor()] {
-                let (x, y) = (g1.get(v).unwrap(), g2.get(v).unwrap());
-                let scale = y.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-                assert!(
-                    max_diff(x, y) < 1e-4 * scale.max(1.0),
-                    "gradient differs by {} (shared e: {shared})",
-                    max_diff(x, y)
-                );
-            }
+            let vars = [("a", a.as_tensor()), ("θ", theta.as_tensor())];
+            assert_same_gradients(&ours, &theirs, &weights, &vars, (1e-4, 1.0), &format!("shared e: {shared}"));
         }
     }
 

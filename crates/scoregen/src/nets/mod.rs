@@ -180,6 +180,27 @@ pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// Asserts that the gradients of Σ w ⊙ ours and Σ w ⊙ theirs agree for every
+/// named tensor: max |Δ| < rel · max(max |∂theirs|, floor) (for the fused ops'
+/// tests against candle's own ops; `case` names the failure).
+#[cfg(test)]
+pub(crate) fn assert_same_gradients(
+    ours: &Tensor,
+    theirs: &Tensor,
+    w: &Tensor,
+    vars: &[(&str, &Tensor)],
+    (rel, floor): (f32, f32),
+    case: &str,
+) {
+    let g1 = crate::autodiff::backward(&(ours * w).unwrap().sum_all().unwrap()).unwrap();
+    let g2 = crate::autodiff::backward(&(theirs * w).unwrap().sum_all().unwrap()).unwrap();
+    for (name, v) in vars {
+        let (a, b) = (g1.get(v).unwrap(), g2.get(v).unwrap());
+        let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(max_diff(a, b) < rel * scale.max(floor), "{case}: d{name} differs by {}", max_diff(a, b));
+    }
+}
+
 /// The variables of a map, sorted by name (a stable order for optimizers and checkpoints).
 pub fn named_vars(vm: &VarMap) -> Vec<(String, candle_core::Var)> {
     let mut v: Vec<_> = vm.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
