@@ -1,17 +1,19 @@
 //! Demonstrations of the seed's figures, on exact scores: Langevin dynamics
 //! on a mixture, the low-density pitfall, and forward/reverse SDE trajectories.
 
-use crate::data::{toy, Points};
+use crate::data::toy;
 use crate::error::{Error, Result};
+use crate::io::fs;
 use crate::metrics::{self, ModeStats};
 use crate::oracle::{GaussianMixture, MixtureScore, OracleScore};
+use crate::points::Points;
+use crate::progress;
 use crate::rng::Rng;
 use crate::samplers::{
     self, sample_pc, AnnealedOptions, EulerMaruyama, LangevinOptions, NoneCorrector, ReverseOptions, Start,
 };
 use crate::sde::{NoiseLadder, Sde, VpSde};
 use crate::viz::{self, trajectories_over_density, Bounds, Panel};
-use crate::{fsutil, progress};
 use candle_core::DType;
 use indicatif::ProgressBar;
 use serde::Serialize;
@@ -37,7 +39,7 @@ pub struct LangevinDemo {
 /// Particles from U(−8, 8)² moving under Langevin dynamics with the exact
 /// score of `gmm8`, drawn over its density: `langevin.gif` and `langevin_final.png`.
 pub fn langevin(out: &Path, quiet: bool) -> Result<LangevinDemo> {
-    fsutil::create_dir(out)?;
+    fs::create_dir(out)?;
     let mix = toy::named_mixture("gmm8").expect("gmm8 is a mixture");
     let mut rng = Rng::new(0, 0);
     let x0 = Start::Uniform { lo: -8.0, hi: 8.0 }.sample((1000, 2), &mut rng, DType::F64)?;
@@ -147,7 +149,7 @@ pub fn noise_free_score_error(bounds: &Bounds, quiet: bool) -> Result<(Vec<f64>,
 /// without noise, which is large exactly where the data are rare; (b) plain and
 /// annealed Langevin samples with exact scores.
 pub fn pitfall(out: &Path, quiet: bool) -> Result<PitfallDemo> {
-    fsutil::create_dir(out)?;
+    fs::create_dir(out)?;
     let (plain, annealed, mut demo) = pitfall_numbers(2000, 0)?;
     let mix = toy::named_mixture("unbalanced").expect("unbalanced is a mixture");
     let density = log_density(&mix);
@@ -195,7 +197,7 @@ pub fn forward_paths_1d(sde: &dyn Sde, starts: &[f64], steps: usize, rng: &mut R
 /// trajectories from the prior back to data with the exact score, each over
 /// the exact log p_t(x) of a 1-D two-component mixture. Returns the PNG path.
 pub fn forward_reverse(out_dir: &Path, seed: u64) -> Result<PathBuf> {
-    fsutil::create_dir(out_dir)?;
+    fs::create_dir(out_dir)?;
     let mix = forward_reverse_mixture();
     let sde: Arc<dyn Sde> = Arc::new(VpSde::default());
     let (paths, steps) = (24usize, 500usize);

@@ -4,17 +4,20 @@
 pub mod images;
 
 use crate::config::{ObjectiveKind, RunConfig};
-use crate::data::{self, npy, Points};
+use crate::data;
 use crate::error::{Error, Result};
 use crate::guidance;
+use crate::io::fs;
+use crate::io::npy;
 use crate::metrics::{self, Distances, MixtureReport};
 use crate::oracle::GaussianMixture;
+use crate::points::Points;
+use crate::progress;
 use crate::rng::Rng;
 use crate::samplers::{self, AnnealedOptions, LangevinOptions, SamplerKind, SamplerSpec};
 use crate::score::ScoreFn;
 use crate::train::{self, streams, LoadedModel, TrainOptions, TrainOutcome};
 use crate::viz::{self, Bounds};
-use crate::{fsutil, progress};
 use candle_core::DType;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -100,7 +103,7 @@ pub fn sample_run_guided(
 ) -> Result<SampleOutcome> {
     let model = LoadedModel::from_run(run_dir, req.use_ema)?;
     // An unwritable output folder fails now, not after the sampling it would lose.
-    fsutil::ensure_writable_dir(req.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
+    fs::ensure_writable_dir(req.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
     let base = spec.unwrap_or_else(|| model.cfg.sampling.spec());
     let spec = SamplerSpec { steps: req.steps, record_every: req.record_every, ..base };
     let start = Instant::now();
@@ -112,7 +115,7 @@ pub fn sample_run_guided(
     let seconds = start.elapsed().as_secs_f64();
     let pts = Points::from_tensor(&out.x)?;
     if let Some(dir) = req.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fsutil::create_dir(dir)?;
+        fs::create_dir(dir)?;
     }
     // Frames of the reverse process, from noise to the final samples.
     let mut frames: Vec<(f64, Points)> =
@@ -405,7 +408,7 @@ pub fn quickstart(out_dir: &Path, overrides: &[String], quiet: bool) -> Result<Q
         evaluation,
         report: out_dir.join("report.html"),
     };
-    fsutil::write_atomic(
+    fs::write_atomic(
         &out_dir.join("metrics.json"),
         serde_json::to_string_pretty(&summary).expect("serializes").as_bytes(),
     )?;

@@ -160,7 +160,7 @@ impl LogDensity for crate::nets::EnergyMlp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::toy;
+    use crate::oracle::named_mixture;
     use crate::oracle::OracleScore;
     use crate::rng::Rng;
     use crate::sde::{DiscreteVp, VeSde, VpSde};
@@ -175,7 +175,7 @@ mod tests {
     /// (f64 round-off, amplified by 1/s(t) ≤ 1/s(0.01) at the smallest t).
     #[test]
     fn eps_score_round_trip_is_exact() {
-        let mix = toy::named_mixture("gmm8").unwrap();
+        let mix = named_mixture("gmm8").unwrap();
         let sdes: Vec<Arc<dyn Sde>> =
             vec![Arc::new(VpSde::default()), Arc::new(DiscreteVp::ddpm()), Arc::new(VeSde::new(0.01, 10.0))];
         for sde in sdes {

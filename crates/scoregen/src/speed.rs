@@ -111,12 +111,12 @@ pub fn mlp_config(width: usize, batch: usize) -> Result<RunConfig> {
 /// is needed) with batch `batch`.
 pub fn unet_config(side: usize, batch: usize) -> Result<RunConfig> {
     let scratch = std::env::temp_dir().join("scoregen-bench");
-    crate::fsutil::create_dir(&scratch)?;
+    crate::io::fs::create_dir(&scratch)?;
     let n = 256;
     let mut rng = Rng::new(0, 0);
     let pixels: Vec<f32> = (0..n * side * side).map(|_| rng.uniform() as f32).collect();
     let path = scratch.join(format!("bench-images-{side}.npy"));
-    crate::data::npy::write_f32(&path, &[n, 1, side, side], &pixels)?;
+    crate::io::npy::write_f32(&path, &[n, 1, side, side], &pixels)?;
     RunConfig::parse(
         UNET_PRESET,
         "configs/digits-vp.toml",

@@ -6,8 +6,8 @@
 //! labels (0 when a source has none). Training sees them flattened to points in
 //! R^{C·H·W}, scaled to [−1, 1] or [0, 1]; the U-Net reshapes at its boundary.
 
-use super::Points;
 use crate::error::{Error, Result};
+use crate::points::Points;
 use crate::rng::Rng;
 use flate2::read::GzDecoder;
 use std::io::Read;
@@ -365,7 +365,7 @@ fn is_png(p: &Path) -> bool {
 pub fn write_png_dir(set: &ImageSet, dir: &Path) -> Result<()> {
     for i in 0..set.len() {
         let sub = dir.join(set.labels[i].to_string());
-        crate::fsutil::create_dir(&sub)?;
+        crate::io::fs::create_dir(&sub)?;
         let path = sub.join(format!("{i:05}.png"));
         let px = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
         let img = set.image(i);

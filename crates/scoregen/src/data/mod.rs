@@ -1,13 +1,14 @@
-//! Data: toy 2-D sets, Gaussian-mixture specs, image sets, `.npy` io.
+//! Data: toy 2-D sets, Gaussian-mixture specs, image sets, batching.
+//! `Points` and `.npy` io live in the foundation ([`crate::points`],
+//! [`crate::io::npy`]) and are re-exported here for users of the data API.
 
 pub mod images;
-pub mod npy;
-pub mod points;
 pub mod spec;
 pub mod toy;
 
+pub use crate::io::npy;
+pub use crate::points::Points;
 pub use images::{ImageSet, PixelScale};
-pub use points::Points;
 
 use crate::error::{Error, Result};
 use crate::oracle::GaussianMixture;

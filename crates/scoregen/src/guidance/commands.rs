@@ -4,15 +4,18 @@
 
 use super::{ClassifierFree, ClassifierGuided, Inpaint, MaskSpec, ModelConditional};
 use crate::config::RunConfig;
-use crate::data::{self, npy, Points};
+use crate::data;
 use crate::error::{Error, Result};
+use crate::io::fs;
+use crate::io::npy;
 use crate::nets::SavedClassifier;
+use crate::points::Points;
 use crate::rng::Rng;
 use crate::run::scatter;
 use crate::samplers::{AnnealedOptions, SamplerKind, SamplerSpec};
 use crate::score::ScoreFn;
 use crate::train::{streams, LoadedModel};
-use crate::{fsutil, progress, viz};
+use crate::{progress, viz};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -244,7 +247,7 @@ pub fn inpaint_run(run_dir: &Path, req: &InpaintRequest) -> Result<InpaintOutcom
     let seconds = start.elapsed().as_secs_f64();
     let pts = Points::from_tensor(&out.x)?;
     if let Some(dir) = req.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fsutil::create_dir(dir)?;
+        fs::create_dir(dir)?;
     }
     let png = req.out.with_extension("png");
     let png = if let Some((c, h, w)) = shape {

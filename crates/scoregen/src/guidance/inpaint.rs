@@ -8,8 +8,9 @@
 //! conditional p_t(x_Ω̄ | y) that becomes exact as t → 0. The final sample
 //! carries y itself on Ω.
 
-use crate::data::{npy, Points};
 use crate::error::{Error, Result};
+use crate::io::npy;
+use crate::points::Points;
 use crate::rng::Rng;
 use crate::samplers::Constraint;
 use candle_core::Tensor;

@@ -2,8 +2,10 @@
 //! beside the exact log-density when the data come from a known mixture.
 
 use super::{log_likelihood_with_progress, Dequantization, LikelihoodOptions, TraceEstimator};
-use crate::data::{self, npy, Points};
+use crate::data;
 use crate::error::Result;
+use crate::io::npy;
+use crate::points::Points;
 use crate::rng::Rng;
 use crate::samplers::OdeMethod;
 use crate::train::{streams, LoadedModel};

@@ -7,7 +7,7 @@
 //! `exp_nonpositive`), and large sums are spread over scoped threads with a
 //! result that does not depend on the thread count.
 
-use crate::data::points::Points;
+use crate::points::Points;
 use rand::Rng;
 use rand_distr::StandardNormal;
 use std::sync::atomic::{AtomicUsize, Ordering};

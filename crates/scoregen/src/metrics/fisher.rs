@@ -1,8 +1,8 @@
 //! Fisher divergence of a score against the exact oracle:
 //! F(t) = E_{x ~ p_t} ‖s_θ(x, t) − ∇ log p_t(x)‖².
 
-use crate::data::Points;
 use crate::oracle::OracleScore;
+use crate::points::Points;
 use crate::rng::Rng;
 use crate::score::ScoreFn;
 use candle_core::{DType, Device, Result};
@@ -31,7 +31,7 @@ pub fn fisher_divergence(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::toy;
+    use crate::oracle::named_mixture;
     use crate::sde::{Sde, VpSde};
     use candle_core::Tensor;
     use std::sync::Arc;
@@ -39,7 +39,7 @@ mod tests {
     #[test]
     fn oracle_has_zero_divergence_and_a_biased_score_does_not() {
         let sde: Arc<dyn Sde> = Arc::new(VpSde::default());
-        let oracle = OracleScore::new(toy::named_mixture("gmm8").unwrap(), sde);
+        let oracle = OracleScore::new(named_mixture("gmm8").unwrap(), sde);
         let mut rng = Rng::new(4, 0);
         let f = fisher_divergence(&oracle, &oracle, &[0.1, 0.5], 500, &mut rng).unwrap();
         assert!(f.iter().all(|(_, v)| *v < 1e-8), "{f:?}");

@@ -3,9 +3,9 @@
 //! entropy of predicted classes, the mean confidence, and a nearest-neighbour
 //! memorization ratio.
 
-use crate::data::Points;
 use crate::error::Result;
 use crate::nets::Classifier;
+use crate::points::Points;
 use crate::train::classifier::{self, Labelled};
 use nalgebra::{DMatrix, DVector};
 use serde::Serialize;

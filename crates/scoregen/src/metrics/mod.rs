@@ -13,8 +13,8 @@ pub use distances::{energy_distance, median_bandwidth, mmd2_median, mmd2_rbf, sl
 pub use fisher::fisher_divergence;
 pub use modes::{mode_stats, ModeStats};
 
-use crate::data::Points;
 use crate::oracle::GaussianMixture;
+use crate::points::Points;
 use crate::rng::Rng;
 use serde::Serialize;
 
@@ -79,7 +79,7 @@ pub fn against_reference(samples: &Points, reference: &Points, rng: &mut Rng) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::toy;
+    use crate::oracle::named_mixture;
 
     fn collapse(x: &Points, keep: usize, mix: &GaussianMixture) -> Points {
         // keep only points whose nearest mode is < keep, resampled to size n by repetition
@@ -95,7 +95,7 @@ mod tests {
     fn metrics_separate_defects_from_the_floor() {
         let mut rng = Rng::new(9, 0);
         let n = 2000;
-        let gmm8 = toy::named_mixture("gmm8").unwrap();
+        let gmm8 = named_mixture("gmm8").unwrap();
         let good = gmm8.sample(n, &mut rng);
         let r = against_mixture(&good, &gmm8, &mut rng);
         // true vs true: at the floor (within 3× of the floor's own scale)
@@ -110,7 +110,7 @@ mod tests {
         assert!(rc.modes.weight_l1 > 0.9);
 
         // wrong weights: 0.5/0.5 instead of 0.8/0.2
-        let unb = toy::named_mixture("unbalanced").unwrap();
+        let unb = named_mixture("unbalanced").unwrap();
         let even =
             GaussianMixture::isotropic(vec![0.5, 0.5], vec![unb.mean(0).to_vec(), unb.mean(1).to_vec()], &[1.0, 1.0])
                 .unwrap();

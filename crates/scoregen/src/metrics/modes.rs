@@ -1,7 +1,7 @@
 //! Mode statistics of samples against a known Gaussian mixture.
 
-use crate::data::Points;
 use crate::oracle::GaussianMixture;
+use crate::points::Points;
 use serde::Serialize;
 
 /// A point is off the manifold when its Mahalanobis distance to every

@@ -16,7 +16,7 @@
 use super::unet::Conv;
 use super::{seeded_var_builder, GaussianFourier};
 use crate::error::{Error, Result as CrateResult};
-use crate::fsutil;
+use crate::io::fs;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{group_norm, linear, GroupNorm, Linear, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
@@ -192,7 +192,7 @@ pub const META: &str = "classifier.json";
 impl SavedClassifier {
     /// Writes `classifier.safetensors` and `classifier.json` into `dir`, each atomically.
     pub fn save(&self, dir: &Path) -> CrateResult<()> {
-        fsutil::create_dir(dir)?;
+        fs::create_dir(dir)?;
         let tensors: std::collections::HashMap<String, Tensor> =
             super::named_vars(&self.varmap).into_iter().map(|(k, v)| (k, v.as_tensor().clone())).collect();
         let (path, tmp) = (dir.join(WEIGHTS), dir.join(format!(".{WEIGHTS}.tmp")));
@@ -201,7 +201,7 @@ impl SavedClassifier {
             .map_err(|e| Error::data(&tmp, format!("writing safetensors: {e}")))?;
         std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
         let json = serde_json::to_vec_pretty(&self.meta).expect("meta serializes");
-        fsutil::write_atomic(&dir.join(META), &json)
+        fs::write_atomic(&dir.join(META), &json)
     }
 
     /// Reads a classifier written by [`SavedClassifier::save`]; names and
@@ -217,8 +217,8 @@ impl SavedClassifier {
         let classifier = Classifier::build(&varmap, &meta.spec)?;
         let path = dir.join(WEIGHTS);
         // Parsed, float-only and finite-checked like a checkpoint's tensors.
-        let tensors = crate::train::checkpoint::read_tensors(&path)?;
-        crate::train::checkpoint::assign(&super::named_vars(&varmap), &tensors, &path)?;
+        let tensors = crate::io::safetensors::read_tensors(&path)?;
+        crate::io::safetensors::assign(&super::named_vars(&varmap), &tensors, &path)?;
         Ok(Self { classifier, varmap, meta })
     }
 }

@@ -149,7 +149,7 @@ mod tests {
             }
         }
         let sde: Arc<dyn Sde> = Arc::new(VpSde::default());
-        let mix = crate::data::toy::named_mixture("gmm8").unwrap();
+        let mix = crate::oracle::named_mixture("gmm8").unwrap();
         let oracle = OracleScore::new(mix.clone(), sde.clone());
         let mut rng = Rng::new(2, 0);
         let n = 4000;

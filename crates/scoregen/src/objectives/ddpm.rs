@@ -103,7 +103,7 @@ pub fn elbo_terms(score: &dyn ScoreFn, chain: &DiscreteVp, x0: &Tensor, rng: &mu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::toy;
+    use crate::oracle::named_mixture;
     use crate::oracle::OracleScore;
     use crate::sde::{BetaSchedule, Sde, VpSde};
     use std::sync::Arc;
@@ -120,7 +120,7 @@ mod tests {
         scoregen_init();
         for sched in [BetaSchedule::Linear, BetaSchedule::Cosine] {
             let chain = Arc::new(DiscreteVp::new(sched, 1000));
-            let mix = toy::named_mixture("gmm8").unwrap();
+            let mix = named_mixture("gmm8").unwrap();
             let oracle = OracleScore::new(mix.clone(), chain.clone());
             let x0 = mix.sample(128, &mut Rng::new(4, 0)).to_tensor(DType::F64, &candle_core::Device::Cpu).unwrap();
             let terms = elbo_terms(&oracle, &chain, &x0, &mut Rng::new(5, 0)).unwrap();

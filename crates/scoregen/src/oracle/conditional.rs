@@ -10,7 +10,7 @@
 //! component weights become w_k N(x_o; μ_o, Σ_oo) / Σ_j w_j N(x_o; μ_o,j, Σ_oo,j).
 
 use super::{mixture::log_sum_exp, GaussianMixture, MixtureError};
-use crate::data::Points;
+use crate::points::Points;
 use nalgebra::{DMatrix, DVector};
 use std::f64::consts::PI;
 
@@ -86,7 +86,7 @@ impl GaussianMixture {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::toy;
+    use crate::oracle::named_mixture;
     use crate::rng::Rng;
     use crate::sde::VpSde;
 
@@ -106,7 +106,7 @@ mod tests {
     fn class_posterior_grad_matches_finite_difference() {
         let mut rng = Rng::new(11, 0);
         let sde = VpSde::default();
-        for mix in [toy::named_mixture("gmm8").unwrap(), toy::named_mixture("unbalanced").unwrap(), full_cov()] {
+        for mix in [named_mixture("gmm8").unwrap(), named_mixture("unbalanced").unwrap(), full_cov()] {
             for m in [mix.clone(), mix.perturbed(&sde, 0.2), mix.perturbed(&sde, 0.6)] {
                 let pts = m.sample(10, &mut rng);
                 for y in 0..m.n_components() {

@@ -7,8 +7,8 @@
 //! (differentiate s = ∇p/p: ∇²p/p − s sᵀ, with ∇²N_k/N_k = g_k g_kᵀ − Σ_k⁻¹).
 
 use super::GaussianMixture;
-use crate::data::Points;
 use crate::oracle::OracleScore;
+use crate::points::Points;
 use crate::sde;
 use candle_core::{Result, Tensor};
 
@@ -105,7 +105,8 @@ impl OracleScore {
 
 #[cfg(test)]
 mod tests {
-    use crate::data::{toy, Points};
+    use crate::oracle::named_mixture;
+    use crate::points::Points;
     use crate::rng::Rng;
     use crate::sde::VpSde;
 
@@ -116,7 +117,7 @@ mod tests {
     fn laplacian_and_hvp_match_finite_differences_of_score() {
         let mut rng = Rng::new(9, 0);
         for name in ["gmm8", "unbalanced"] {
-            let base = toy::named_mixture(name).unwrap();
+            let base = named_mixture(name).unwrap();
             for mix in [base.clone(), base.perturbed(&VpSde::default(), 0.2)] {
                 let x = mix.sample(15, &mut rng);
                 let v = Points::new(15, 2, (0..30).map(|_| rng.normal()).collect());

@@ -1,6 +1,6 @@
 //! Gaussian mixtures with full covariances, in any dimension, in f64.
 
-use crate::data::Points;
+use crate::points::Points;
 use crate::rng::Rng;
 use crate::sde::Sde;
 use nalgebra::{Cholesky, DMatrix, DVector, Dyn};
@@ -254,13 +254,13 @@ pub fn log_sum_exp(v: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::toy;
+    use crate::oracle::named_mixture;
     use crate::sde::{SubVpSde, VeSde, VpSde};
 
     fn named() -> Vec<(&'static str, GaussianMixture)> {
         ["gmm8", "gmm25", "unbalanced"]
             .iter()
-            .map(|n| (*n, toy::named_mixture(n).unwrap()))
+            .map(|n| (*n, named_mixture(n).unwrap()))
             .chain(std::iter::once((
                 "full-cov",
                 GaussianMixture::new(
@@ -333,7 +333,7 @@ mod tests {
     /// 5 binomial standard errors, sample mean within 5 standard errors.
     #[test]
     fn samples_follow_the_mixture() {
-        let mix = toy::named_mixture("unbalanced").unwrap();
+        let mix = named_mixture("unbalanced").unwrap();
         let n = 20_000;
         let x = mix.sample(n, &mut Rng::new(5, 0));
         let r = mix.responsibilities(&x);

@@ -8,10 +8,12 @@
 mod conditional;
 mod hessian;
 mod mixture;
+mod named;
 
 pub use mixture::{GaussianMixture, MixtureError};
+pub use named::named_mixture;
 
-use crate::data::Points;
+use crate::points::Points;
 use crate::score::ScoreFn;
 use crate::sde::Sde;
 use candle_core::{Result, Tensor};

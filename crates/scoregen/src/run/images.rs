@@ -3,10 +3,11 @@
 //! guidance), trained on an image source's training split.
 
 use crate::config::RunConfig;
-use crate::data::{self, ImageOptions, Points};
+use crate::data::{self, ImageOptions};
 use crate::error::{Error, Result};
 use crate::metrics::images::{image_report, ImageReport};
 use crate::nets::classifier::{ClassifierMeta, ClassifierSpec, SavedClassifier};
+use crate::points::Points;
 use crate::train::classifier::{train_classifier as fit, ClassifierTraining, Labelled, NoiseAware};
 use serde::Serialize;
 use std::path::{Path, PathBuf};

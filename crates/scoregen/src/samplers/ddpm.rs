@@ -30,8 +30,9 @@ pub fn sample_ddpm(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::{toy, Points};
+    use crate::oracle::named_mixture;
     use crate::oracle::OracleScore;
+    use crate::points::Points;
     use crate::samplers::denoiser::ScoreDenoiser;
     use crate::score::ScoreFn;
     use crate::sde::DiscreteVp;
@@ -44,7 +45,7 @@ mod tests {
     #[test]
     fn sigma_space_step_equals_ho_et_al_algorithm_2() {
         let sde = Arc::new(DiscreteVp::ddpm());
-        let mix = toy::named_mixture("gmm8").unwrap();
+        let mix = named_mixture("gmm8").unwrap();
         let oracle = OracleScore::new(mix, sde.clone());
         let den = ScoreDenoiser::new(&oracle, sde.as_ref(), None);
         for i in [1usize, 50, 400, 999] {

@@ -112,8 +112,8 @@ pub fn to_d(x: &Tensor, denoised: &Tensor, sigma: f64) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::Points;
     use crate::oracle::OracleScore;
+    use crate::points::Points;
     use crate::sde::{DiscreteVp, SubVpSde, VeSde, VpSde};
     use candle_core::Device;
     use std::sync::Arc;

@@ -155,7 +155,7 @@ mod tests {
         let opts = LangevinOptions { steps: 1500, eps: 0.01, t: 0.0, record_every: None };
         let out = langevin(&target, x0.clone(), &opts, &mut rng, &ProgressBar::hidden()).unwrap();
         let check = |x: &Tensor| {
-            let p = crate::data::Points::from_tensor(x).unwrap();
+            let p = crate::points::Points::from_tensor(x).unwrap();
             let mean0 = p.rows().map(|r| r[0]).sum::<f64>() / n as f64;
             let var0 = p.rows().map(|r| (r[0] - mean0).powi(2)).sum::<f64>() / n as f64;
             (mean0, var0)

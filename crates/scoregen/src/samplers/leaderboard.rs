@@ -4,9 +4,9 @@
 //! exact-vs-exact floors), with Euler–Maruyama at 1000 NFE as the baseline.
 
 use super::{SamplerKind, SamplerSpec};
-use crate::data::Points;
 use crate::metrics;
 use crate::oracle::GaussianMixture;
+use crate::points::Points;
 use crate::rng::Rng;
 use crate::score::ScoreFn;
 use crate::sde::Sde;

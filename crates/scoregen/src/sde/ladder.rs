@@ -178,7 +178,7 @@ impl Suggestion {
 
 /// The largest Euclidean distance between two rows (exact for n ≤ 5000,
 /// otherwise over 5000 evenly spaced rows).
-pub fn max_pairwise_distance(points: &crate::data::Points) -> f64 {
+pub fn max_pairwise_distance(points: &crate::points::Points) -> f64 {
     let step = points.n.div_ceil(5000).max(1);
     let idx: Vec<usize> = (0..points.n).step_by(step).collect();
     let mut best: f64 = 0.0;
@@ -222,7 +222,7 @@ mod tests {
         let s = suggest(50.0, 3072, 0.01, 5);
         assert!((s.levels as f64 - 232.0).abs() / 232.0 < 0.1, "{s:?}");
         // a square of side 3: the largest pairwise distance is its diagonal
-        let pts = crate::data::Points::from_rows(&[vec![0.0, 0.0], vec![3.0, 0.0], vec![0.0, 3.0], vec![3.0, 3.0]]);
+        let pts = crate::points::Points::from_rows(&[vec![0.0, 0.0], vec![3.0, 0.0], vec![0.0, 3.0], vec![3.0, 3.0]]);
         let m = max_pairwise_distance(&pts);
         assert!((m - 3.0 * 2f64.sqrt()).abs() < 1e-12);
         let s = suggest(m, 64, 0.01, 100);

@@ -12,9 +12,10 @@
 //! edit) is detected on load instead of resuming from wrong numbers.
 
 use crate::error::{Error, Result};
-use crate::fsutil;
+use crate::io::fs;
+pub use crate::io::safetensors::{assign, check_tensors, read_tensors};
 use crate::rng::RngState;
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -101,20 +102,20 @@ fn save_tensors(map: &HashMap<String, Tensor>, path: &Path) -> Result<String> {
 
 /// Writes `ck` under `dir` and keeps the newest `keep` checkpoints. Returns its directory.
 pub fn save(dir: &Path, ck: &Checkpoint, keep: usize) -> Result<PathBuf> {
-    fsutil::create_dir(dir)?;
+    fs::create_dir(dir)?;
     let name = format!("step-{:09}", ck.state.step);
     let tmp = dir.join(format!(".{name}.tmp"));
     let _ = std::fs::remove_dir_all(&tmp);
     let write = || -> Result<()> {
-        fsutil::create_dir(&tmp)?;
+        fs::create_dir(&tmp)?;
         let mut sums = String::new();
         for (file, map) in FILES.iter().zip([&ck.model, &ck.ema, &ck.optimizer]) {
             sums += &format!("{}  {file}\n", save_tensors(map, &tmp.join(file))?);
         }
         let state = serde_json::to_vec_pretty(&ck.state).expect("state serializes");
-        fsutil::write_atomic(&tmp.join(STATE), &state)?;
+        fs::write_atomic(&tmp.join(STATE), &state)?;
         sums += &format!("{}  {STATE}\n", sha256_hex(&state));
-        fsutil::write_atomic(&tmp.join(SUMS), sums.as_bytes())
+        fs::write_atomic(&tmp.join(SUMS), sums.as_bytes())
     };
     // A failed write (disk full, read-only) leaves the older checkpoints as they were.
     if let Err(e) = write() {
@@ -125,7 +126,7 @@ pub fn save(dir: &Path, ck: &Checkpoint, keep: usize) -> Result<PathBuf> {
     let _ = std::fs::remove_dir_all(&final_dir);
     std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
     sync_file(dir)?;
-    fsutil::write_atomic(&dir.join("latest"), name.as_bytes())?;
+    fs::write_atomic(&dir.join("latest"), name.as_bytes())?;
     for old in list(dir).into_iter().rev().skip(keep.max(1)) {
         let _ = std::fs::remove_dir_all(old);
     }
@@ -144,24 +145,6 @@ pub fn list(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default();
     v.sort();
     v
-}
-
-/// Reads a safetensors file; every value must be finite.
-pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
-    let map = candle_core::safetensors::load(path, &Device::Cpu)
-        .map_err(|e| Error::data(path, format!("unreadable tensors: {e}")))?;
-    let mut names: Vec<&String> = map.keys().collect();
-    names.sort();
-    for name in names {
-        let t = &map[name];
-        if !t.dtype().is_float() {
-            return Err(Error::data(path, format!("tensor `{name}` has dtype {:?}, expected a float", t.dtype())));
-        }
-        if !t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?.iter().all(|v| v.is_finite()) {
-            return Err(Error::data(path, format!("tensor `{name}` holds a non-finite value")));
-        }
-    }
-    Ok(map)
 }
 
 /// Loads one checkpoint directory, checking its checksums and that the model,
@@ -239,44 +222,9 @@ pub fn load_latest(dir: &Path) -> Result<Checkpoint> {
     Err(last_err.unwrap_or_else(|| Error::data(dir, "no checkpoint found")))
 }
 
-/// Checks that `tensors` (read from `file`) hold exactly the variables `vars`:
-/// every name, shape and dtype; a mismatch is named.
-pub fn check_tensors(vars: &[(String, Var)], tensors: &HashMap<String, Tensor>, file: &Path) -> Result<()> {
-    for (name, var) in vars {
-        let t = tensors.get(name).ok_or_else(|| {
-            Error::data(file, format!("tensor `{name}` is missing (the config's model differs from the checkpoint's)"))
-        })?;
-        if t.shape() != var.shape() {
-            return Err(Error::data(
-                file,
-                format!("tensor `{name}` has shape {:?}, the config's model expects {:?}", t.dims(), var.dims()),
-            ));
-        }
-        if t.dtype() != var.dtype() {
-            return Err(Error::data(
-                file,
-                format!("tensor `{name}` has dtype {:?}, the config's model expects {:?}", t.dtype(), var.dtype()),
-            ));
-        }
-    }
-    if let Some(name) = tensors.keys().filter(|k| !vars.iter().any(|(n, _)| n == *k)).min() {
-        return Err(Error::data(file, format!("tensor `{name}` is not a parameter of the config's model")));
-    }
-    Ok(())
-}
-
 /// Checks a checkpoint against the model built from the config (`vars`); see
 /// [`check_tensors`]. Its EMA and optimizer tensors were checked against its
 /// model tensors on [`load`].
 pub fn check_model(ck: &Checkpoint, vars: &[(String, Var)]) -> Result<()> {
     check_tensors(vars, &ck.model, &ck.dir.join(FILES[0]))
-}
-
-/// Copies tensors into variables after [`check_tensors`]; `source` names them in errors.
-pub fn assign(vars: &[(String, Var)], tensors: &HashMap<String, Tensor>, source: &Path) -> Result<()> {
-    check_tensors(vars, tensors, source)?;
-    for (name, var) in vars {
-        var.set(&tensors[name])?;
-    }
-    Ok(())
 }

@@ -5,9 +5,9 @@
 //! classifier-guidance term ∇ₓ log p_t(y | x).
 
 use super::Adam;
-use crate::data::Points;
 use crate::error::{Error, Result};
 use crate::nets::{self, Classifier, ClassifierSpec};
+use crate::points::Points;
 use crate::rng::Rng;
 use crate::sde::Sde;
 use crate::{autodiff, progress};

@@ -12,12 +12,14 @@ pub use checkpoint::{Checkpoint, TrainState};
 pub use ema::Ema;
 
 use crate::config::RunConfig;
-use crate::data::{self, Dataset, Points};
+use crate::data::{self, Dataset};
 use crate::error::{Error, Result};
+use crate::io::fs;
 use crate::nets::{self, Model};
+use crate::points::Points;
 use crate::rng::Rng;
 use crate::score::ScoreFn;
-use crate::{autodiff, fsutil, progress};
+use crate::{autodiff, progress};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use sha2::{Digest, Sha256};
@@ -289,7 +291,7 @@ pub fn train(cfg: &RunConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tra
     let mut trainer = Trainer::new(cfg)?;
     trainer.detect_anomaly = opts.detect_anomaly;
     // A read-only or missing output location fails now, naming the path, not at the first checkpoint.
-    fsutil::ensure_writable_dir(run_dir)?;
+    fs::ensure_writable_dir(run_dir)?;
     let ck_dir = run_dir.join("checkpoints");
     let log_path = run_dir.join("metrics.jsonl");
     let mut last_ck = String::from("none");
@@ -303,10 +305,10 @@ pub fn train(cfg: &RunConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tra
         if ck_dir.exists() {
             std::fs::remove_dir_all(&ck_dir).map_err(|e| Error::io(&ck_dir, e))?;
         }
-        fsutil::write_atomic(&log_path, b"")?;
+        fs::write_atomic(&log_path, b"")?;
     }
-    fsutil::ensure_writable_dir(&ck_dir)?;
-    fsutil::write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+    fs::ensure_writable_dir(&ck_dir)?;
+    fs::write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
     let mut log =
         std::fs::OpenOptions::new().append(true).create(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
 
@@ -363,7 +365,7 @@ fn truncate_log(path: &Path, step: usize) -> Result<()> {
         .filter(|l| serde_json::from_str::<LogLine>(l).is_ok_and(|x| x.step <= step))
         .map(|l| format!("{l}\n"))
         .collect();
-    fsutil::write_atomic(path, kept.as_bytes())
+    fs::write_atomic(path, kept.as_bytes())
 }
 
 /// Reads `metrics.jsonl`.

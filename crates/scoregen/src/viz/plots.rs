@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle, RGBColor};
 
-use crate::data::points::Points;
+use crate::points::Points;
 
 /// The embedded font, registered with plotters as `"sans-serif"`.
 static DEJAVU_SANS: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/DejaVuSans.ttf"));

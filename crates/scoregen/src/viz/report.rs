@@ -10,17 +10,19 @@
 //! grid. Plain HTML and CSS, every text escaped.
 
 use crate::config::{ObjectiveKind, RunConfig};
-use crate::data::{npy, Points};
 use crate::error::{Error, Result};
+use crate::io::fs;
+use crate::io::npy;
 use crate::likelihood::{self, LikelihoodOptions, TraceEstimator};
 use crate::oracle::GaussianMixture;
+use crate::points::Points;
+use crate::progress;
 use crate::rng::Rng;
 use crate::run::{self, SampleRequest, Target};
 use crate::samplers::{self, EulerMaruyama, NoneCorrector, OdeMethod, ReverseOptions, SamplerSpec};
 use crate::sde::{self, Sde};
 use crate::train::{self, streams, LoadedModel};
 use crate::viz::{self, trajectories_over_density, Arrow, Bounds, Panel};
-use crate::{fsutil, progress};
 use candle_core::{DType, Device};
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -83,7 +85,7 @@ pub fn write_report(run_dir: &Path, quiet: bool) -> Result<Report> {
     let model = LoadedModel::from_run(run_dir, true)?;
     let cfg = model.cfg.clone();
     let fig_dir = run_dir.join("report");
-    fsutil::create_dir(&fig_dir)?;
+    fs::create_dir(&fig_dir)?;
     let mut b = Builder { run_dir, fig_dir: &fig_dir, figures: Vec::new(), skipped: Vec::new() };
 
     let mut sections = vec![overview(&cfg, &model, run_dir)?];
@@ -106,7 +108,7 @@ pub fn write_report(run_dir: &Path, quiet: bool) -> Result<Report> {
     });
     let html = render(&cfg.name, &sections, &b.skipped);
     let path = run_dir.join("report.html");
-    fsutil::write_atomic(&path, html.as_bytes())?;
+    fs::write_atomic(&path, html.as_bytes())?;
     tracing::info!("report: done in {:.2} s", start.elapsed().as_secs_f64());
     Ok(Report { html: path, figures: b.figures, skipped: b.skipped, seconds: start.elapsed().as_secs_f64() })
 }

@@ -1,8 +1,8 @@
 //! `.npy` io for point sets: float32 or float64, shape [N, D] (or [N] as D = 1).
 
-use super::Points;
 use crate::error::{Error, Result};
-use crate::fsutil;
+use crate::io::fs;
+use crate::points::Points;
 use npyz::WriterBuilder;
 use std::io::Cursor;
 use std::path::Path;
@@ -89,7 +89,7 @@ pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
         w.finish()
     })();
     write.map_err(|e| Error::io(path, e))?;
-    fsutil::write_atomic(path, &cur.into_inner())
+    fs::write_atomic(path, &cur.into_inner())
 }
 
 /// Writes points as a float32 [N, D] `.npy`, atomically.
