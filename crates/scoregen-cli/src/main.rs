@@ -3,15 +3,18 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use scoregen::config::RunConfig;
+use scoregen::app::commands::classify::Expected;
+use scoregen::app::commands::eval::Target;
+use scoregen::app::commands::inpaint::InpaintRequest;
+use scoregen::app::commands::likelihood::LikelihoodRequest;
+use scoregen::app::commands::sample::ClassGuidance;
+use scoregen::app::commands::sample::SampleRequest;
+use scoregen::app::config::RunConfig;
 use scoregen::data::npy;
-use scoregen::guidance::commands::Expected;
-use scoregen::guidance::{ClassGuidance, InpaintRequest, MaskSpec};
-use scoregen::likelihood::{self, LikelihoodRequest, ProbeNoise, TraceEstimator};
-use scoregen::run::{self, SampleRequest, Target};
+use scoregen::guidance::MaskSpec;
+use scoregen::likelihood::{ProbeNoise, TraceEstimator};
 use scoregen::samplers::{CorrectorKind, SamplerKind};
-use scoregen::speed;
-use scoregen::train::{self, TrainOptions};
+use scoregen::train::TrainOptions;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -468,12 +471,13 @@ fn run_command(cli: &Cli) -> Result<()> {
             let dir = out.clone().unwrap_or_else(|| Path::new("runs").join(&cfg.name));
             let opts =
                 TrainOptions { resume: *resume, quiet: cli.quiet, stop_after: None, detect_anomaly: *detect_anomaly };
-            let outcome = train::train(&cfg, &dir, &opts).with_context(|| format!("training {}", dir.display()))?;
+            let outcome = scoregen::app::commands::train::train(&cfg, &dir, &opts)
+                .with_context(|| format!("training {}", dir.display()))?;
             let report = if *no_report {
                 None
             } else {
                 Some(
-                    scoregen::viz::write_report(&dir, cli.quiet)
+                    scoregen::app::commands::report::write_report(&dir, cli.quiet)
                         .with_context(|| format!("report of {}", dir.display()))?,
                 )
             };
@@ -481,8 +485,7 @@ fn run_command(cli: &Cli) -> Result<()> {
                 print_json(&serde_json::json!({
                     "run": dir, "step": outcome.step, "final_loss": outcome.final_loss,
                     "seconds": outcome.seconds, "steps_per_sec": outcome.steps_per_sec, "checkpoint": outcome.checkpoint,
-                    "report": report.map(|r| r.html),
-                }));
+                    "report": report.map(|r| r.html)}));
             } else {
                 println!(
                     "trained {} to step {} in {:.1} s ({:.0} steps/s), final loss {:.4}\ncheckpoint: {}",
@@ -499,7 +502,7 @@ fn run_command(cli: &Cli) -> Result<()> {
             }
         }
         Command::Report { run } => {
-            let r = scoregen::viz::write_report(run, cli.quiet)
+            let r = scoregen::app::commands::report::write_report(run, cli.quiet)
                 .with_context(|| format!("report of run {}", run.display()))?;
             if cli.json {
                 print_json(&r);
@@ -566,7 +569,7 @@ fn run_command(cli: &Cli) -> Result<()> {
             sc.s_churn = churn.unwrap_or(sc.s_churn);
             sc.validate("command line")?;
             let steer = class.map(|class| ClassGuidance { class, scale: *guidance, classifier: classifier.clone() });
-            let o = run::sample_run_guided(run, &req, Some(sc.spec()), steer.as_ref())?;
+            let o = scoregen::app::commands::sample::sample_run_guided(run, &req, Some(sc.spec()), steer.as_ref())?;
             if cli.json {
                 print_json(&o);
             } else {
@@ -618,7 +621,7 @@ fn run_command(cli: &Cli) -> Result<()> {
                     ),
                     None => None,
                 };
-                Some(likelihood::report::dequantization_for(run, *levels, range)?)
+                Some(scoregen::app::commands::likelihood::dequantization_for(run, *levels, range)?)
             } else {
                 None
             };
@@ -636,7 +639,7 @@ fn run_command(cli: &Cli) -> Result<()> {
                 use_ema: !no_ema,
                 quiet: cli.quiet,
             };
-            let r = likelihood::likelihood_of_run(run, &req)
+            let r = scoregen::app::commands::likelihood::likelihood_of_run(run, &req)
                 .with_context(|| format!("likelihood of `{data}` under run {}", run.display()))?;
             if cli.json {
                 print_json(&r);
@@ -665,7 +668,7 @@ fn run_command(cli: &Cli) -> Result<()> {
                 use_ema: !no_ema,
                 quiet: cli.quiet,
             };
-            let o = scoregen::guidance::commands::inpaint_run(run, &req)
+            let o = scoregen::app::commands::inpaint::inpaint_run(run, &req)
                 .with_context(|| format!("inpainting {} with run {}", input.display(), run.display()))?;
             if cli.json {
                 print_json(&o);
@@ -692,7 +695,7 @@ fn run_command(cli: &Cli) -> Result<()> {
                 (None, Some(p)) => Some(Expected::Labels(p.clone())),
                 (None, None) => None,
             };
-            let c = scoregen::guidance::commands::classify(classifier, samples, expected)?;
+            let c = scoregen::app::commands::classify::classify(classifier, samples, expected)?;
             if cli.json {
                 print_json(&c);
             } else {
@@ -707,7 +710,7 @@ fn run_command(cli: &Cli) -> Result<()> {
             let pts = npy::read_points(samples)?;
             if scoregen::data::is_image_source(target) {
                 let dir = classifier.clone().unwrap_or_else(|| Path::new("classifiers").join(target));
-                let report = run::images::evaluate_images(&pts, &dir)
+                let report = scoregen::app::commands::classify::evaluate_images(&pts, &dir)
                     .with_context(|| format!("image metrics of {} against `{target}`", samples.display()))?;
                 if cli.json {
                     print_json(&report);
@@ -717,7 +720,7 @@ fn run_command(cli: &Cli) -> Result<()> {
                 return Ok(());
             }
             let t = Target::parse(target)?;
-            let ev = run::evaluate(&pts, &t, *seed)?;
+            let ev = scoregen::app::commands::eval::evaluate(&pts, &t, *seed)?;
             if cli.json {
                 print_json(&ev);
             } else {
@@ -738,7 +741,7 @@ fn run_command(cli: &Cli) -> Result<()> {
                 }
                 (None, None, None) => anyhow::bail!("give --data NAME or --run DIR"),
             };
-            let req = run::images::ClassifierRequest {
+            let req = scoregen::app::commands::classify::ClassifierRequest {
                 data: data.clone(),
                 config,
                 noisy: *noisy,
@@ -750,7 +753,7 @@ fn run_command(cli: &Cli) -> Result<()> {
                 seed: *seed,
                 quiet: cli.quiet,
             };
-            let o = run::images::train_classifier(&req).context("training the classifier")?;
+            let o = scoregen::app::commands::classify::train_classifier(&req).context("training the classifier")?;
             if cli.json {
                 print_json(&o);
             } else {
@@ -782,7 +785,7 @@ fn run_command(cli: &Cli) -> Result<()> {
         }
         Command::Demo { which } => match which {
             Demo::Langevin { out } => {
-                let d = scoregen::demo::langevin(out, cli.quiet)?;
+                let d = scoregen::app::commands::demo::langevin(out, cli.quiet)?;
                 if cli.json {
                     print_json(&d);
                 } else {
@@ -798,7 +801,7 @@ fn run_command(cli: &Cli) -> Result<()> {
                 }
             }
             Demo::Pitfall { out } => {
-                let d = scoregen::demo::pitfall(out, cli.quiet)?;
+                let d = scoregen::app::commands::demo::pitfall(out, cli.quiet)?;
                 if cli.json {
                     print_json(&d);
                 } else {
@@ -813,7 +816,7 @@ fn run_command(cli: &Cli) -> Result<()> {
                 }
             }
             Demo::ForwardReverse { out, seed } => {
-                let p = scoregen::demo::forward_reverse(out, *seed)?;
+                let p = scoregen::app::commands::demo::forward_reverse(out, *seed)?;
                 if cli.json {
                     print_json(&serde_json::json!({ "figure": p }));
                 } else {
@@ -822,7 +825,7 @@ fn run_command(cli: &Cli) -> Result<()> {
             }
         },
         Command::List => {
-            let catalogue = scoregen::catalogue();
+            let catalogue = scoregen::app::commands::list::catalogue();
             if cli.json {
                 print_json(&catalogue);
             } else {
@@ -841,7 +844,7 @@ fn run_command(cli: &Cli) -> Result<()> {
                 .map(|b| b.trim().parse::<usize>())
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .with_context(|| format!("--budgets: expected comma-separated integers, found `{budgets}`"))?;
-            let req = run::BenchRequest {
+            let req = scoregen::app::commands::leaderboard::BenchRequest {
                 target: target.clone(),
                 run: run_dir.clone(),
                 budgets,
@@ -849,7 +852,7 @@ fn run_command(cli: &Cli) -> Result<()> {
                 seed: *seed,
                 quiet: cli.quiet,
             };
-            let lb = run::bench_samplers(&req)?;
+            let lb = scoregen::app::commands::leaderboard::bench_samplers(&req)?;
             if let Some(dir) = plot.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             }
@@ -866,24 +869,39 @@ fn run_command(cli: &Cli) -> Result<()> {
                 Bench::Samplers { .. } => unreachable!("handled above"),
                 Bench::Train { model, width, side, batch, warmup, reps } => {
                     let (cfg, case) = match model.as_str() {
-                        "mlp" => (speed::mlp_config(*width, *batch)?, format!("train mlp W={width} B={batch}")),
-                        "unet" => (speed::unet_config(*side, *batch)?, format!("train unet {side}x{side} B={batch}")),
+                        "mlp" => (
+                            scoregen::app::commands::bench::mlp_config(*width, *batch)?,
+                            format!("train mlp W={width} B={batch}"),
+                        ),
+                        "unet" => (
+                            scoregen::app::commands::bench::unet_config(*side, *batch)?,
+                            format!("train unet {side}x{side} B={batch}"),
+                        ),
                         other => anyhow::bail!("--model: expected mlp or unet, found `{other}`"),
                     };
-                    speed::train_step(&cfg, &case, *warmup, *reps)?
+                    scoregen::app::commands::bench::train_step(&cfg, &case, *warmup, *reps)?
                 }
                 Bench::Sample { sampler, n, steps, reps } => {
                     let which = match sampler.as_str() {
-                        "em" => speed::SampleCase::EulerMaruyama,
-                        "ode" => speed::SampleCase::FlowHeun,
+                        "em" => scoregen::app::commands::bench::SampleCase::EulerMaruyama,
+                        "ode" => scoregen::app::commands::bench::SampleCase::FlowHeun,
                         other => anyhow::bail!("--sampler: expected em or ode, found `{other}`"),
                     };
-                    speed::sample(&speed::mlp_config(128, 512)?, which, *n, *steps, *reps)?
+                    scoregen::app::commands::bench::sample(
+                        &scoregen::app::commands::bench::mlp_config(128, 512)?,
+                        which,
+                        *n,
+                        *steps,
+                        *reps,
+                    )?
                 }
-                Bench::Likelihood { n, steps, reps } => {
-                    speed::likelihood(&speed::mlp_config(128, 512)?, *n, *steps, *reps)?
-                }
-                Bench::Gemm { n, reps } => speed::gemm_peak(*n, *reps)?,
+                Bench::Likelihood { n, steps, reps } => scoregen::app::commands::bench::likelihood(
+                    &scoregen::app::commands::bench::mlp_config(128, 512)?,
+                    *n,
+                    *steps,
+                    *reps,
+                )?,
+                Bench::Gemm { n, reps } => scoregen::app::commands::bench::gemm_peak(*n, *reps)?,
             };
             if cli.json {
                 print_json(&timing);
@@ -901,7 +919,7 @@ fn run_command(cli: &Cli) -> Result<()> {
             }
         }
         Command::Quickstart { out, set } => {
-            let s = run::quickstart(out, set, cli.quiet)?;
+            let s = scoregen::app::commands::quickstart::quickstart(out, set, cli.quiet)?;
             if cli.json {
                 print_json(&s);
             } else {

@@ -290,7 +290,7 @@ fn set_overrides_reach_the_saved_config() {
     let out = scoregen(&args, dir.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // `name` decides the run directory; the resolved config holds every override
-    let saved = scoregen::config::RunConfig::load(&dir.path().join("runs/over/config.toml"), &[]).unwrap();
+    let saved = scoregen::app::config::RunConfig::load(&dir.path().join("runs/over/config.toml"), &[]).unwrap();
     assert_eq!((saved.training.steps, saved.model.width, saved.sde.beta_max), (3, 8, 15.5));
     assert_eq!(saved.sampling.sampler.to_string(), "ddim");
     // values the overrides did not touch keep the file's

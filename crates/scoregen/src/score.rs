@@ -3,7 +3,6 @@
 //! Samplers, objectives and metrics take a `&dyn ScoreFn`, so they never know
 //! whether the score comes from a network, an energy or the exact oracle.
 
-use crate::nets::Network;
 use crate::sde::{self, Sde};
 use candle_core::{Result, Tensor};
 use std::sync::Arc;
@@ -53,26 +52,18 @@ pub enum Output {
     X0,
 }
 
-/// A network turned into a score for a given SDE.
-pub struct NetScore<'a> {
-    pub net: &'a dyn Network,
-    pub sde: Arc<dyn Sde>,
-    pub output: Output,
-}
-
-impl ScoreFn for NetScore<'_> {
-    fn score(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
-        let out = self.net.forward(x, t)?;
-        match self.output {
-            Output::Score => Ok(out),
-            Output::ScoreOverStd => {
-                let inv_std: Vec<f64> = sde::times(t)?.iter().map(|&t| 1.0 / self.sde.marginal(t).1).collect();
-                out.broadcast_mul(&sde::per_example(&inv_std, &out)?)
-            }
-            Output::Epsilon | Output::V | Output::X0 => {
-                let eps = eps_from_output(self.output, &out, x, t, self.sde.as_ref())?;
-                score_from_eps(&eps, t, self.sde.as_ref())
-            }
+/// The score a network output of kind `output` means at x_t and times t:
+/// out itself, out/s(t), or −ε/s(t) with ε from [`eps_from_output`].
+pub fn score_from_output(output: Output, out: Tensor, x: &Tensor, t: &Tensor, sde: &dyn Sde) -> Result<Tensor> {
+    match output {
+        Output::Score => Ok(out),
+        Output::ScoreOverStd => {
+            let inv_std: Vec<f64> = sde::times(t)?.iter().map(|&t| 1.0 / sde.marginal(t).1).collect();
+            out.broadcast_mul(&sde::per_example(&inv_std, &out)?)
+        }
+        Output::Epsilon | Output::V | Output::X0 => {
+            let eps = eps_from_output(output, &out, x, t, sde)?;
+            score_from_eps(&eps, t, sde)
         }
     }
 }
@@ -149,12 +140,6 @@ impl<T: ScoreFn + ?Sized> ScoreFn for &T {
 /// (energies and the oracle have one; MALA needs it for its accept step).
 pub trait LogDensity {
     fn log_density(&self, x: &Tensor, t: &Tensor) -> Result<Tensor>;
-}
-
-impl LogDensity for crate::nets::EnergyMlp {
-    fn log_density(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
-        crate::nets::EnergyMlp::log_density(self, x, t)
-    }
 }
 
 #[cfg(test)]

@@ -4,9 +4,10 @@
 
 mod common;
 use common::npy_file;
-use scoregen::config::RunConfig;
+use scoregen::app::config::RunConfig;
+use scoregen::app::run_dir::LoadedModel;
 use scoregen::data::{images, npy, spec, ImageSet};
-use scoregen::train::{self, checkpoint, LoadedModel, TrainOptions};
+use scoregen::train::{checkpoint, TrainOptions};
 use std::io::Write;
 use std::path::Path;
 
@@ -316,7 +317,7 @@ fn bad_run_configs_give_exact_errors() {
 fn tiny_run(dir: &Path) -> RunConfig {
     let text = "[data]\nn_train = 64\n[model]\nwidth = 8\ndepth = 2\n[training]\nsteps = 4\nbatch_size = 8\ncheckpoint_every = 2\n";
     let cfg = RunConfig::parse(text, "t.toml", &[]).unwrap();
-    train::train(&cfg, dir, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    scoregen::app::commands::train::train(&cfg, dir, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
     cfg
 }
 

@@ -3,13 +3,13 @@
 //! other: sampled by the score-based Euler–Maruyama sampler and by DDPM
 //! ancestral sampling, it gives the same quality within sampling noise.
 
-use scoregen::config::RunConfig;
+use scoregen::app::commands::sample::SampleRequest;
+use scoregen::app::config::RunConfig;
 use scoregen::data::npy;
 use scoregen::metrics;
 use scoregen::rng::Rng;
-use scoregen::run::{self, SampleRequest};
 use scoregen::samplers::{SamplerKind, SamplerSpec};
-use scoregen::train::{self, TrainOptions};
+use scoregen::train::TrainOptions;
 
 /// 1500 steps, width 64, on gmm8 with the VP SDE (≈ 5 s). Both samplers: all 8
 /// modes; off-manifold fractions below 0.2 (a briefly trained model blurs the
@@ -26,12 +26,18 @@ fn eps_model_samples_the_same_through_em_and_ddpm() {
                 log_every = 100\ncheckpoint_every = 1500\n[sampling]\nn = 1000\n";
     let cfg = RunConfig::parse(text, "eps.toml", &[]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    train::train(&cfg, dir.path(), &TrainOptions { quiet: true, ..Default::default() }).unwrap();
-    let mix = run::oracle_of(&cfg).unwrap().unwrap();
+    scoregen::app::commands::train::train(&cfg, dir.path(), &TrainOptions { quiet: true, ..Default::default() })
+        .unwrap();
+    let mix = scoregen::app::run_dir::oracle_of(&cfg).unwrap().unwrap();
     let mut reports = vec![];
     for (kind, steps) in [(SamplerKind::Em, 500), (SamplerKind::Ddpm, 200), (SamplerKind::Ddim, 50)] {
         let req = SampleRequest::new(1000, steps, 5, dir.path().join(format!("{kind}.npy")));
-        let out = run::sample_run_with(dir.path(), &req, Some(SamplerSpec { kind, ..Default::default() })).unwrap();
+        let out = scoregen::app::commands::sample::sample_run_with(
+            dir.path(),
+            &req,
+            Some(SamplerSpec { kind, ..Default::default() }),
+        )
+        .unwrap();
         let pts = npy::read_points(&out.npy).unwrap();
         let r = metrics::against_mixture(&pts, &mix, &mut Rng::new(9, 0));
         println!(

@@ -5,12 +5,13 @@
 
 use candle_core::{DType, Device, Tensor};
 use indicatif::ProgressBar;
+use scoregen::app::commands::leaderboard::{evaluate_sampler, leaderboard, BenchSettings, Entry};
 use scoregen::data::toy;
 use scoregen::oracle::OracleScore;
 use scoregen::rng::Rng;
-use scoregen::samplers::leaderboard::{evaluate_sampler, leaderboard, BenchSettings, Entry};
 use scoregen::samplers::{
-    karras_sigmas, sample_ddim, sample_dpmpp_2m, sample_heun, Churn, Denoiser, SamplerKind, SamplerSpec, ScoreDenoiser,
+    karras_sigmas, sample_ddim, sample_dpmpp_2m, sample_heun, Churn, Denoiser, SampleContext, SamplerKind, SamplerSpec,
+    ScoreDenoiser,
 };
 use scoregen::sde::{DiscreteVp, Sde, VpSde};
 use std::sync::Arc;
@@ -100,7 +101,13 @@ fn deterministic_samplers_are_deterministic_bit_for_bit() {
         let spec = SamplerSpec { kind, steps: 12, ..Default::default() };
         let draw = || {
             let mut rng = Rng::new(3, 0);
-            spec.sample(&o, sde.as_ref(), (200, 2), None, true, &mut rng, DType::F64, &hidden).unwrap().x
+            spec.sample(
+                &SampleContext { dtype: DType::F64, ..SampleContext::new(&o, sde.as_ref(), &hidden) },
+                (200, 2),
+                &mut rng,
+            )
+            .unwrap()
+            .x
         };
         assert_eq!(bits(&draw()), bits(&draw()), "{kind}");
     }

@@ -5,7 +5,8 @@
 
 use candle_core::{DType, Device, Tensor};
 use indicatif::ProgressBar;
-use scoregen::config::RunConfig;
+use scoregen::app::config::RunConfig;
+use scoregen::app::run_dir::LoadedModel;
 use scoregen::data::{toy, Points};
 use scoregen::guidance::{ClassPosterior, ClassifierFree, ClassifierGuided, ModelConditional};
 use scoregen::nets::ClassifierSpec;
@@ -15,7 +16,7 @@ use scoregen::samplers::{sample_pc, LangevinCorrector, ReverseDiffusion, Reverse
 use scoregen::score::ScoreFn;
 use scoregen::sde::{Sde, VpSde};
 use scoregen::train::classifier::{self, ClassifierTraining, Labelled, NoiseAware};
-use scoregen::train::{self, LoadedModel, TrainOptions};
+use scoregen::train::TrainOptions;
 use std::sync::Arc;
 
 /// Fraction of `x` whose most probable component of `mix` is `y`.
@@ -45,7 +46,8 @@ fn classifier_free_guidance_of_a_trained_conditional_mlp_hits_the_class() {
                 log_every = 100\ncheckpoint_every = 800\n";
     let cfg = RunConfig::parse(text, "test.toml", &[]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    train::train(&cfg, dir.path(), &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    scoregen::app::commands::train::train(&cfg, dir.path(), &TrainOptions { quiet: true, ..Default::default() })
+        .unwrap();
     let model = LoadedModel::from_run(dir.path(), true).unwrap();
     assert_eq!(model.model.classes(), 8);
     let cond = ModelConditional { model: &model.model, sde: cfg.sde() };
@@ -124,8 +126,8 @@ fn class_conditional_training_rejects_unlabeled_data_by_field() {
         let text = format!("name = \"c\"\n[data]\nsource = \"{source}\"\nn_train = 100\n[model]\nclasses = {k}\n");
         RunConfig::parse(&text, "c.toml", &[]).unwrap()
     };
-    let e = train::Trainer::new(&cfg("moons", 2)).err().unwrap().to_string();
+    let e = scoregen::app::factory::trainer(&cfg("moons", 2)).err().unwrap().to_string();
     assert!(e.contains("model.classes") && e.contains("no class labels"), "{e}");
-    let e = train::Trainer::new(&cfg("gmm8", 4)).err().unwrap().to_string();
+    let e = scoregen::app::factory::trainer(&cfg("gmm8", 4)).err().unwrap().to_string();
     assert!(e.contains("model.classes") && e.contains("label"), "{e}");
 }

@@ -2,11 +2,11 @@
 //! held-out accuracy on the vendored 8×8 digits, and the Fréchet distance in
 //! its feature space must order held-out real digits < blurred digits < noise.
 
+use scoregen::app::commands::classify::labelled_splits;
 use scoregen::data::{ImageOptions, Points};
-use scoregen::metrics::images::image_report;
 use scoregen::nets::ClassifierSpec;
 use scoregen::rng::Rng;
-use scoregen::run::images::labelled_splits;
+use scoregen::train::classifier::image_report;
 use scoregen::train::classifier::{train_classifier, ClassifierTraining, Labelled, TrainedClassifier};
 
 /// A 16-channel CNN, 400 Adam steps of 64 images: a few seconds on one core.

@@ -3,11 +3,11 @@
 //! files with a PNG grid beside them, for VE, VP and NCSN alike.
 
 use candle_core::{Device, Tensor};
-use scoregen::config::RunConfig;
+use scoregen::app::commands::sample::SampleRequest;
+use scoregen::app::config::RunConfig;
 use scoregen::data::npy;
 use scoregen::rng::Rng;
-use scoregen::run::{self, SampleRequest};
-use scoregen::train::{self, Adam, TrainOptions, Trainer};
+use scoregen::train::{Adam, TrainOptions, Trainer};
 
 /// A tiny U-Net on digits; training steps here take a few ms each.
 fn tiny(extra: &str, steps: usize) -> RunConfig {
@@ -22,22 +22,22 @@ fn tiny(extra: &str, steps: usize) -> RunConfig {
 
 /// Loss of the trainer's objective on a fixed batch with fixed noise.
 fn fixed_loss(t: &Trainer, x0: &Tensor) -> f64 {
-    let score = t.model.score(t.cfg.sde());
-    let loss = t.cfg.objective().loss(score.as_ref(), x0, &mut Rng::new(9, 9)).unwrap();
+    let score = t.model.score(t.sde.clone());
+    let loss = t.objective.loss(score.as_ref(), x0, &mut Rng::new(9, 9)).unwrap();
     loss.to_scalar::<f32>().unwrap() as f64
 }
 
 #[test]
 fn adam_steps_on_a_fixed_batch_lower_the_unet_loss() {
     scoregen::init();
-    let mut t = Trainer::new(&tiny("", 10)).unwrap();
+    let mut t = scoregen::app::factory::trainer(&tiny("", 10)).unwrap();
     assert_eq!(t.dataset.image_shape, Some((1, 8, 8)));
     assert_eq!((t.dataset.points.n, t.dataset.points.d), (256, 64));
     let x0 = t.dataset.points.head(16).to_tensor(candle_core::DType::F32, &Device::Cpu).unwrap();
     let before = fixed_loss(&t, &x0);
     for _ in 0..5 {
-        let score = t.model.score(t.cfg.sde());
-        let loss = t.cfg.objective().loss(score.as_ref(), &x0, &mut Rng::new(9, 9)).unwrap();
+        let score = t.model.score(t.sde.clone());
+        let loss = t.objective.loss(score.as_ref(), &x0, &mut Rng::new(9, 9)).unwrap();
         let grads = Adam::gradients(&t.params, &loss.backward().unwrap()).unwrap();
         t.adam.step(&t.params, grads, 2e-3, 1.0).unwrap();
     }
@@ -53,11 +53,16 @@ fn unet_runs_train_and_sample_image_arrays_with_a_grid() {
     {
         let cfg = RunConfig::parse(&tiny("", 10).to_toml(), "x.toml", &overrides(extra)).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let out = train::train(&cfg, dir.path(), &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+        let out = scoregen::app::commands::train::train(
+            &cfg,
+            dir.path(),
+            &TrainOptions { quiet: true, ..Default::default() },
+        )
+        .unwrap();
         assert!(out.final_loss.is_finite());
         // Record every 5th of 20 steps: frames at t = T, 4 more, and the final samples.
         let req = SampleRequest { record_every: Some(5), ..SampleRequest::new(9, 20, 1, dir.path().join("s.npy")) };
-        let s = run::sample_run(dir.path(), &req).unwrap();
+        let s = scoregen::app::commands::sample::sample_run(dir.path(), &req).unwrap();
         let gif = s.gif.clone().expect("a GIF of the reverse process");
         let mut dec = gif::DecodeOptions::new().read_info(std::fs::File::open(&gif).unwrap()).unwrap();
         assert_eq!((dec.width(), dec.height()), (3 * 72 + 8, 3 * 72 + 8));

@@ -1,7 +1,5 @@
 //! Langevin dynamics and the low-density pitfall, on exact scores.
 
-use scoregen::demo;
-
 /// On `unbalanced` (0.8 / 0.2, modes 14 apart) plain Langevin with the exact
 /// score assigns particles by which basin they start in (≈ 0.5), while
 /// annealed Langevin with the exact perturbed scores recovers 0.8 within
@@ -9,7 +7,7 @@ use scoregen::demo;
 #[test]
 fn plain_langevin_misses_the_weights_and_annealed_langevin_recovers_them() {
     scoregen::init();
-    let (_, _, d) = demo::pitfall_numbers(4000, 3).unwrap();
+    let (_, _, d) = scoregen::app::commands::demo::pitfall_numbers(4000, 3).unwrap();
     assert_eq!(d.langevin_steps, d.annealed_steps);
     assert!((d.langevin_weight - 0.8).abs() > 0.2, "{d:?}");
     assert!((d.annealed_weight - 0.8).abs() < 0.03, "{d:?}");

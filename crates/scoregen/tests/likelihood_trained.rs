@@ -2,11 +2,13 @@
 //! gmm8 points is close to the exact log-density, and every sampler of
 //! `sample_run_with` runs on it.
 
-use scoregen::config::RunConfig;
-use scoregen::likelihood::{likelihood_of_run, LikelihoodRequest, ProbeNoise, TraceEstimator};
-use scoregen::run::{self, SampleRequest};
+use scoregen::app::commands::likelihood::likelihood_of_run;
+use scoregen::app::commands::likelihood::LikelihoodRequest;
+use scoregen::app::commands::sample::SampleRequest;
+use scoregen::app::config::RunConfig;
+use scoregen::likelihood::{ProbeNoise, TraceEstimator};
 use scoregen::samplers::{SamplerKind, SamplerSpec};
-use scoregen::train::{self, TrainOptions};
+use scoregen::train::TrainOptions;
 
 fn small(kind: &str, steps: usize) -> RunConfig {
     let text = format!(
@@ -26,7 +28,8 @@ fn trained_model_likelihood_is_close_to_the_oracle() {
     scoregen::init();
     let dir = tempfile::tempdir().unwrap();
     let cfg = small("vp", 2000);
-    train::train(&cfg, dir.path(), &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    scoregen::app::commands::train::train(&cfg, dir.path(), &TrainOptions { quiet: true, ..Default::default() })
+        .unwrap();
     let mut req = LikelihoodRequest {
         data: "gmm8".into(),
         n: 200,
@@ -61,7 +64,7 @@ fn trained_model_likelihood_is_close_to_the_oracle() {
 
     for kind in [SamplerKind::Ancestral, SamplerKind::Pc, SamplerKind::Ode, SamplerKind::Ddpm, SamplerKind::Dpmpp2m] {
         let out = dir.path().join(format!("{kind:?}.npy"));
-        let o = run::sample_run_with(
+        let o = scoregen::app::commands::sample::sample_run_with(
             dir.path(),
             &SampleRequest::new(300, 100, 2, out.clone()),
             Some(SamplerSpec { kind, ..Default::default() }),

@@ -1,12 +1,11 @@
 //! NCSN end to end: a noise-conditional network trained over the ladder and
 //! sampled with annealed Langevin reaches the oracle metrics' floor region.
 
-use scoregen::config::RunConfig;
+use scoregen::app::config::RunConfig;
 use scoregen::data::{toy, Points};
 use scoregen::metrics;
 use scoregen::rng::Rng;
 use scoregen::samplers::{annealed_langevin, AnnealedOptions};
-use scoregen::train::Trainer;
 
 fn train_and_sample(source: &str, sigma_max: f64, levels: usize, lo: f64) -> Points {
     scoregen::init();
@@ -16,7 +15,7 @@ fn train_and_sample(source: &str, sigma_max: f64, levels: usize, lo: f64) -> Poi
          [training]\nsteps = 2000\nbatch_size = 256\nlr = 2e-3\n[sampling]\nsampler = \"annealed-langevin\"\n"
     );
     let cfg = RunConfig::parse(&text, "test", &[]).unwrap();
-    let mut t = Trainer::new(&cfg).unwrap();
+    let mut t = scoregen::app::factory::trainer(&cfg).unwrap();
     for _ in 0..cfg.training.steps {
         t.train_step("none").unwrap();
     }

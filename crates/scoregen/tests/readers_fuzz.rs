@@ -10,9 +10,9 @@
 mod common;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
-use scoregen::config::RunConfig;
+use scoregen::app::config::RunConfig;
 use scoregen::data::{images, npy, spec, ImageSet};
-use scoregen::train::{checkpoint, Trainer};
+use scoregen::train::checkpoint;
 use std::io::Write;
 use std::path::Path;
 
@@ -203,7 +203,7 @@ fn saved_checkpoint() -> &'static (tempfile::TempDir, std::path::PathBuf) {
     CK.get_or_init(|| {
         let text = "[data]\nn_train = 64\n[model]\nwidth = 8\ndepth = 2\n[training]\nbatch_size = 8\n";
         let cfg = RunConfig::parse(text, "t.toml", &[]).unwrap();
-        let mut t = Trainer::new(&cfg).unwrap();
+        let mut t = scoregen::app::factory::trainer(&cfg).unwrap();
         for _ in 0..3 {
             t.train_step("none").unwrap();
         }

@@ -1,9 +1,9 @@
 //! The run report of a tiny run: the HTML is well formed, every text is
 //! escaped, and every `src`/`href` names a file that exists beside it.
 
-use scoregen::config::RunConfig;
-use scoregen::train::{self, TrainOptions};
-use scoregen::viz::write_report;
+use scoregen::app::commands::report::write_report;
+use scoregen::app::config::RunConfig;
+use scoregen::train::TrainOptions;
 use std::path::Path;
 
 /// Elements that have no closing tag.
@@ -88,10 +88,10 @@ fn check_well_formed(html: &str) -> Result<Vec<String>, String> {
 }
 
 /// Trains `text` for its few steps in `dir` and writes its report.
-fn tiny_report(dir: &Path, text: &str) -> (scoregen::viz::Report, String, Vec<String>) {
+fn tiny_report(dir: &Path, text: &str) -> (scoregen::app::commands::report::Report, String, Vec<String>) {
     scoregen::init();
     let cfg = RunConfig::parse(text, "tiny.toml", &[]).unwrap();
-    train::train(&cfg, dir, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    scoregen::app::commands::train::train(&cfg, dir, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
     let report = write_report(dir, true).unwrap();
     let html = std::fs::read_to_string(&report.html).unwrap();
     let links = check_well_formed(&html).unwrap_or_else(|e| panic!("report.html is not well formed: {e}"));

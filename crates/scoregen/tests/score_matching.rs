@@ -223,9 +223,8 @@ fn fisher(score: &dyn ScoreFn, mix: &GaussianMixture, n: usize) -> f64 {
 /// in each mode (true: 50 %).
 #[test]
 fn every_objective_trains_score_nets_and_energies() {
-    use scoregen::config::RunConfig;
+    use scoregen::app::config::RunConfig;
     use scoregen::samplers::{langevin, LangevinOptions, Start};
-    use scoregen::train::Trainer;
     scoregen::init();
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("two.toml");
@@ -244,7 +243,7 @@ fn every_objective_trains_score_nets_and_energies() {
                 spec.display()
             );
             let cfg = RunConfig::parse(&text, "test", &[]).unwrap();
-            let mut t = Trainer::new(&cfg).unwrap();
+            let mut t = scoregen::app::factory::trainer(&cfg).unwrap();
             let before = fisher(t.model.score(cfg.sde()).as_ref(), &mix, 2000);
             for _ in 0..500 {
                 t.train_step("none").unwrap();

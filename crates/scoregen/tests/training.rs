@@ -1,10 +1,10 @@
 //! Training end to end: the loss falls and the sampled points cover all 8
 //! modes of gmm8 for each SDE; checkpoints round-trip and resume is exact.
 
-use scoregen::config::RunConfig;
+use scoregen::app::commands::sample::SampleRequest;
+use scoregen::app::config::RunConfig;
 use scoregen::data::npy;
 use scoregen::metrics;
-use scoregen::run::{self, SampleRequest};
 use scoregen::train::{self, checkpoint, TrainOptions};
 
 /// A small, fast config (≈ 1 s of training per 200 steps here).
@@ -25,13 +25,14 @@ fn training_each_sde_lowers_the_loss_and_covers_all_modes() {
     for kind in ["ve", "vp", "subvp"] {
         let dir = tempfile::tempdir().unwrap();
         let cfg = small(kind, 1500);
-        train::train(&cfg, dir.path(), &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+        scoregen::app::commands::train::train(&cfg, dir.path(), &TrainOptions { quiet: true, ..Default::default() })
+            .unwrap();
         let log = train::read_log(&dir.path().join("metrics.jsonl")).unwrap();
         let first = log.first().unwrap().loss;
         let last = log.iter().rev().take(4).map(|l| l.loss).sum::<f64>() / 4.0;
         assert!(last < 0.8 * first, "{kind}: loss {first} → {last}");
         let req = SampleRequest::new(1000, 300, 1, dir.path().join("s.npy"));
-        run::sample_run(dir.path(), &req).unwrap();
+        scoregen::app::commands::sample::sample_run(dir.path(), &req).unwrap();
         let x = npy::read_points(&dir.path().join("s.npy")).unwrap();
         let stats = metrics::mode_stats(&x, &scoregen::data::toy::named_mixture("gmm8").unwrap());
         let counts: Vec<usize> = stats.weights.iter().map(|w| (w * 1000.0).round() as usize).collect();
@@ -48,7 +49,7 @@ fn checkpoint_round_trip_is_exact() {
     scoregen::init();
     let dir = tempfile::tempdir().unwrap();
     let cfg = small("vp", 20);
-    let mut t = train::Trainer::new(&cfg).unwrap();
+    let mut t = scoregen::app::factory::trainer(&cfg).unwrap();
     for _ in 0..20 {
         t.train_step("none").unwrap();
     }
@@ -74,15 +75,27 @@ fn resume_continues_exactly() {
     scoregen::init();
     let cfg = small("ve", 120);
     let straight = tempfile::tempdir().unwrap();
-    let o = train::train(&cfg, straight.path(), &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    let o = scoregen::app::commands::train::train(
+        &cfg,
+        straight.path(),
+        &TrainOptions { quiet: true, ..Default::default() },
+    )
+    .unwrap();
     assert_eq!(o.step, 120);
     let split = tempfile::tempdir().unwrap();
-    let o1 =
-        train::train(&cfg, split.path(), &TrainOptions { quiet: true, stop_after: Some(60), ..Default::default() })
-            .unwrap();
+    let o1 = scoregen::app::commands::train::train(
+        &cfg,
+        split.path(),
+        &TrainOptions { quiet: true, stop_after: Some(60), ..Default::default() },
+    )
+    .unwrap();
     assert_eq!(o1.step, 60);
-    let o2 =
-        train::train(&cfg, split.path(), &TrainOptions { quiet: true, resume: true, ..Default::default() }).unwrap();
+    let o2 = scoregen::app::commands::train::train(
+        &cfg,
+        split.path(),
+        &TrainOptions { quiet: true, resume: true, ..Default::default() },
+    )
+    .unwrap();
     assert_eq!(o2.step, 120);
     let a = checkpoint::load_latest(&straight.path().join("checkpoints")).unwrap();
     let b = checkpoint::load_latest(&split.path().join("checkpoints")).unwrap();
@@ -105,8 +118,12 @@ fn resume_continues_exactly() {
     // a different config refuses to resume, naming the mismatch
     let mut other = cfg.clone();
     other.training.lr = 1e-4;
-    let err = train::train(&other, split.path(), &TrainOptions { quiet: true, resume: true, ..Default::default() })
-        .unwrap_err();
+    let err = scoregen::app::commands::train::train(
+        &other,
+        split.path(),
+        &TrainOptions { quiet: true, resume: true, ..Default::default() },
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("different config"), "{err}");
 }
 
@@ -116,7 +133,8 @@ fn damaged_latest_checkpoint_falls_back() {
     scoregen::init();
     let cfg = small("vp", 200);
     let dir = tempfile::tempdir().unwrap();
-    train::train(&cfg, dir.path(), &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    scoregen::app::commands::train::train(&cfg, dir.path(), &TrainOptions { quiet: true, ..Default::default() })
+        .unwrap();
     let ck_dir = dir.path().join("checkpoints");
     std::fs::write(ck_dir.join("step-000000200").join("model.safetensors"), b"torn").unwrap();
     let ck = checkpoint::load_latest(&ck_dir).unwrap();
@@ -135,7 +153,9 @@ fn non_finite_loss_stops_training_and_keeps_the_last_checkpoint() {
     cfg.training.warmup = 0;
     cfg.training.checkpoint_every = 1;
     let dir = tempfile::tempdir().unwrap();
-    let err = train::train(&cfg, dir.path(), &TrainOptions { quiet: true, ..Default::default() }).unwrap_err();
+    let err =
+        scoregen::app::commands::train::train(&cfg, dir.path(), &TrainOptions { quiet: true, ..Default::default() })
+            .unwrap_err();
     let msg = err.to_string();
     assert!(msg.starts_with("non-finite"), "{msg}");
     let scoregen::Error::NonFinite { step, checkpoint, .. } = err else { panic!("{msg}") };

@@ -17,9 +17,7 @@
 //! [`ScoreFn`]: crate::score::ScoreFn
 
 pub mod class;
-pub mod commands;
 pub mod inpaint;
 
 pub use class::{ClassPosterior, ClassifierFree, ClassifierGuided, ConditionalScore, ModelConditional};
-pub use commands::{ClassGuidance, InpaintRequest};
 pub use inpaint::{Inpaint, MaskSpec};

@@ -11,10 +11,8 @@
 //! with π the SDE's prior. Bits per dimension: bpd = −log p(x)/(D ln 2)
 //! (+ the dequantization offset for discrete data, see [`Dequantization`]).
 
-pub mod report;
 pub mod trace;
 
-pub use report::{likelihood_of_run, LikelihoodReport, LikelihoodRequest};
 pub use trace::{ProbeNoise, TraceEstimator};
 
 use crate::rng::Rng;

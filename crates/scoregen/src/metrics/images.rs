@@ -3,10 +3,7 @@
 //! entropy of predicted classes, the mean confidence, and a nearest-neighbour
 //! memorization ratio.
 
-use crate::error::Result;
-use crate::nets::Classifier;
 use crate::points::Points;
-use crate::train::classifier::{self, Labelled};
 use nalgebra::{DMatrix, DVector};
 use serde::Serialize;
 
@@ -65,7 +62,7 @@ pub fn nearest_distances(x: &Points, reference: &Points) -> Vec<f64> {
         .collect()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     match v.len() {
         0 => f64::NAN,
@@ -99,7 +96,7 @@ pub struct ImageReport {
     pub classifier_accuracy: f64,
 }
 
-fn histogram(classes: &[usize], k: usize) -> Vec<f64> {
+pub fn histogram(classes: &[usize], k: usize) -> Vec<f64> {
     let mut h = vec![0.0; k];
     for &c in classes {
         h[c] += 1.0 / classes.len() as f64;
@@ -110,34 +107,6 @@ fn histogram(classes: &[usize], k: usize) -> Vec<f64> {
 /// Entropy −Σ p ln p of a histogram, in nats.
 pub fn entropy(p: &[f64]) -> f64 {
     -p.iter().filter(|&&v| v > 0.0).map(|v| v * v.ln()).sum::<f64>()
-}
-
-/// Every image metric of `samples` (in the classifier's data scale) against
-/// the real `train` and held-out `test` images.
-pub fn image_report(samples: &Points, train: &Labelled, test: &Labelled, clf: &Classifier) -> Result<ImageReport> {
-    let k = clf.spec.classes;
-    let f_train = classifier::features(clf, &train.points, None)?;
-    let f_samples = classifier::features(clf, samples, None)?;
-    let test_n = test.points.head(samples.n.min(test.points.n));
-    let f_test = classifier::features(clf, &test_n, None)?;
-    let (pred, conf) = classifier::predict(clf, samples, None)?;
-    let (real_pred, real_conf) = classifier::predict(clf, &test.points, None)?;
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    let class_histogram = histogram(&pred, k);
-    Ok(ImageReport {
-        n: samples.n,
-        fd: frechet_distance(&f_samples, &f_train),
-        fd_floor: frechet_distance(&f_test, &f_train),
-        class_entropy: entropy(&class_histogram),
-        class_histogram,
-        real_class_histogram: histogram(&real_pred, k),
-        max_entropy: (k as f64).ln(),
-        mean_confidence: mean(&conf),
-        real_confidence: mean(&real_conf),
-        memorization_ratio: median(nearest_distances(samples, &train.points))
-            / median(nearest_distances(&test.points, &train.points)),
-        classifier_accuracy: classifier::accuracy(clf, test, None)?,
-    })
 }
 
 impl ImageReport {

@@ -1,6 +1,6 @@
 //! Score networks. A [`Network`] maps (x, t) to a tensor shaped like x; how
 //! that output becomes a score (directly, or divided by the marginal std) is
-//! decided in [`crate::score::NetScore`].
+//! decided in [`NetScore`] by [`crate::score::score_from_output`].
 
 pub mod classifier;
 pub mod conv;
@@ -61,8 +61,7 @@ impl Network for Labeled<'_> {
     }
 }
 
-use crate::config::{ModelConfig, ModelKind};
-use crate::score::{NetScore, Output, ScoreFn};
+use crate::score::{self, LogDensity, Output, ScoreFn};
 use crate::sde::Sde;
 use candle_nn::VarMap;
 use std::sync::Arc;
@@ -121,6 +120,25 @@ impl Model {
     }
 }
 
+/// A network turned into a score for a given SDE ([`Output`] says how).
+pub struct NetScore<'a> {
+    pub net: &'a dyn Network,
+    pub sde: Arc<dyn Sde>,
+    pub output: Output,
+}
+
+impl ScoreFn for NetScore<'_> {
+    fn score(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        score::score_from_output(self.output, self.net.forward(x, t)?, x, t, self.sde.as_ref())
+    }
+}
+
+impl LogDensity for EnergyMlp {
+    fn log_density(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        EnergyMlp::log_density(self, x, t)
+    }
+}
+
 /// A class-conditional network's score with its labels fixed.
 pub struct LabeledScore<'a> {
     pub net: Labeled<'a>,
@@ -132,37 +150,6 @@ impl ScoreFn for LabeledScore<'_> {
     fn score(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
         NetScore { net: &self.net, sde: self.sde.clone(), output: self.output }.score(x, t)
     }
-}
-
-/// Builds the model a config describes, with parameters in `vm` (new ones
-/// drawn from `seed`, existing ones reused). `levels` is the number of noise
-/// levels (for level-conditioned networks).
-pub fn build(cfg: &ModelConfig, dim: usize, levels: usize, seed: u64, vm: &VarMap) -> Result<Model> {
-    let mlp = cfg.mlp();
-    Ok(match cfg.kind {
-        ModelKind::TimeMlp => {
-            let mut net = Mlp::build(vm, dim, dim, &mlp, Conditioning::Fourier, seed)?;
-            if cfg.classes > 0 {
-                let vb = seeded_var_builder(vm, seed ^ 0xC1A55, candle_core::DType::F32, &candle_core::Device::Cpu);
-                net = net.with_classes(vb, cfg.classes)?;
-            }
-            Model::Score(Box::new(net), cfg.output)
-        }
-        ModelKind::Mlp => Model::Score(Box::new(Mlp::build(vm, dim, dim, &mlp, Conditioning::None, seed)?), cfg.output),
-        ModelKind::NcsnMlp => {
-            Model::Score(Box::new(Mlp::build(vm, dim, dim, &mlp, Conditioning::Levels(levels), seed)?), cfg.output)
-        }
-        ModelKind::EnergyMlp => Model::Energy(EnergyMlp::build(vm, dim, &mlp, Conditioning::None, seed)?),
-        ModelKind::Unet => {
-            let unet = cfg.unet(dim).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-            let mut net = UNet::build(vm, &unet, seed).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-            if cfg.classes > 0 {
-                let vb = seeded_var_builder(vm, seed ^ 0xC1A55, candle_core::DType::F32, &candle_core::Device::Cpu);
-                net = net.with_classes(vb, cfg.classes)?;
-            }
-            Model::Score(Box::new(net), cfg.output)
-        }
-    })
 }
 
 /// max |a − b| over all entries, in f32 (for the fused ops' tests).

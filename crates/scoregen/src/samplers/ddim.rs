@@ -8,7 +8,7 @@
 //! ε̂ = (x − x̂₀)/σ — k-diffusion's `get_ancestral_step`. η = 0 is the
 //! deterministic DDIM (Euler on the probability-flow ODE in σ), η = 1 is DDPM.
 
-use super::denoiser::{to_d, Denoiser};
+use super::denoiser::{sample_sigma_steps, to_d, Denoiser, SigmaStep};
 use super::Sampled;
 use crate::rng::Rng;
 use candle_core::{Result, Tensor};
@@ -28,28 +28,39 @@ pub fn ancestral_step(sigma: f64, sigma_next: f64, eta: f64) -> (f64, f64) {
 /// starting from x at σ_0. One denoiser call per step: NFE = len(sigmas) − 1.
 pub fn sample_ddim(
     den: &dyn Denoiser,
-    mut x: Tensor,
+    x: Tensor,
     sigmas: &[f64],
     eta: f64,
     rng: &mut Rng,
     progress: &ProgressBar,
 ) -> Result<Sampled> {
-    let n = sigmas.len().saturating_sub(1);
-    progress.set_length(n as u64);
-    for i in 0..n {
+    sample_sigma_steps(den, &mut DdimStep { eta }, x, sigmas, rng, None, progress)
+}
+
+/// The DDIM step with stochasticity η (see the module doc).
+pub struct DdimStep {
+    pub eta: f64,
+}
+
+impl SigmaStep for DdimStep {
+    fn step(
+        &mut self,
+        den: &dyn Denoiser,
+        x: &Tensor,
+        sigmas: &[f64],
+        i: usize,
+        rng: &mut Rng,
+    ) -> Result<(Tensor, usize)> {
         let (s, s_next) = (sigmas[i], sigmas[i + 1]);
-        let denoised = den.denoise(&x, s)?;
-        let (down, up) = ancestral_step(s, s_next, eta);
+        let denoised = den.denoise(x, s)?;
+        let (down, up) = ancestral_step(s, s_next, self.eta);
         // x̂₀ + σ_down·ε̂, written as x + (σ_down − σ)·d so that σ_down = σ is the identity
-        x = (&x + to_d(&x, &denoised, s)?.affine(down - s, 0.0)?)?;
+        let mut x = (x + to_d(x, &denoised, s)?.affine(down - s, 0.0)?)?;
         if up > 0.0 {
             x = (&x + rng.randn(x.shape(), x.dtype(), x.device())?.affine(up, 0.0)?)?;
         }
-        x = x.detach();
-        progress.inc(1);
+        Ok((x, 1))
     }
-    progress.finish_and_clear();
-    Ok(Sampled { x, trajectory: vec![], nfe: n })
 }
 
 #[cfg(test)]

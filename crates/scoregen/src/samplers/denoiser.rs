@@ -8,9 +8,12 @@
 //! level σ(t) = s(t)/m(t), and ∇ log p_σ(x_σ) = m(t)·s_θ(m(t)·x_σ, t). The
 //! σ-space samplers (DDPM, DDIM, DPM-Solver++, Heun) never see t again.
 
+use super::Sampled;
+use crate::rng::Rng;
 use crate::score::ScoreFn;
 use crate::sde::Sde;
 use candle_core::{Result, Tensor};
+use indicatif::ProgressBar;
 
 /// D(x, σ): the denoised estimate of x₀ at noise level σ.
 pub trait Denoiser {
@@ -19,6 +22,13 @@ pub trait Denoiser {
 
     /// (σ_min, σ_max): the noise levels the model knows (the default Karras range).
     fn sigma_range(&self) -> (f64, f64);
+
+    /// The state x_σ at σ as a state of the forward process: (t, x_t) with
+    /// x_t = m(t)·x_σ, for trajectories that read like the other samplers'.
+    /// Default: (σ, x_σ), a denoiser with no SDE behind it.
+    fn to_time_space(&self, x: &Tensor, sigma: f64) -> Result<(f64, Tensor)> {
+        Ok((sigma, x.clone()))
+    }
 }
 
 /// A score and its SDE as a denoiser (the conversion t ↔ σ is done here, once).
@@ -76,6 +86,61 @@ impl Denoiser for ScoreDenoiser<'_> {
     fn sigma_range(&self) -> (f64, f64) {
         (self.sigma_of(self.t_eps), self.sigma_of(self.sde.t_max()))
     }
+
+    fn to_time_space(&self, x: &Tensor, sigma: f64) -> Result<(f64, Tensor)> {
+        let t = if sigma == 0.0 { 0.0 } else { self.time_of(sigma) };
+        Ok((t, x.affine(self.sde.marginal(t).0, 0.0)?))
+    }
+}
+
+/// One step of a σ-space sampler, from σ_i = `sigmas[i]` to σ_{i+1}: the new
+/// state and the denoiser calls it took. A stepper may keep state between
+/// steps (DPM-Solver++'s previous x̂₀).
+pub trait SigmaStep {
+    fn step(
+        &mut self,
+        den: &dyn Denoiser,
+        x: &Tensor,
+        sigmas: &[f64],
+        i: usize,
+        rng: &mut Rng,
+    ) -> Result<(Tensor, usize)>;
+}
+
+/// The loop every σ-space sampler shares: x ← step(x, σ_i → σ_{i+1}) for
+/// i = 0, …, len(sigmas) − 2, detaching each state, counting NFE, and with
+/// `record_every = Some(k)` keeping every k-th state (and the first and last)
+/// as (t, x_t) ([`Denoiser::to_time_space`]), for GIFs of the reverse process.
+pub fn sample_sigma_steps(
+    den: &dyn Denoiser,
+    stepper: &mut dyn SigmaStep,
+    mut x: Tensor,
+    sigmas: &[f64],
+    rng: &mut Rng,
+    record_every: Option<usize>,
+    progress: &ProgressBar,
+) -> Result<Sampled> {
+    let n = sigmas.len().saturating_sub(1);
+    let record = |i: usize| record_every.is_some_and(|k| i.is_multiple_of(k.max(1)) || i == n);
+    let mut trajectory = Vec::new();
+    if record(0) {
+        trajectory.push(den.to_time_space(&x, sigmas[0])?);
+    }
+    let mut nfe = 0;
+    progress.set_length(n as u64);
+    for i in 0..n {
+        let (next, calls) = stepper.step(den, &x, sigmas, i, rng)?;
+        // detached: a network's parameters are variables, and without this the
+        // graph of every past step would stay alive
+        x = next.detach();
+        nfe += calls;
+        if record(i + 1) {
+            trajectory.push(den.to_time_space(&x, sigmas[i + 1])?);
+        }
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    Ok(Sampled { x, trajectory, nfe })
 }
 
 /// Karras et al.'s σ schedule (EDM eq. 5, k-diffusion `get_sigmas_karras`):

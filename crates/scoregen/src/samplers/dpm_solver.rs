@@ -13,22 +13,39 @@
 //! ending at σ_min > 0 (`final_sigmas_type = "sigma_min"`: pass a schedule
 //! without the final 0), where the last step is a 2M step like the others.
 
-use super::denoiser::Denoiser;
+use super::denoiser::{sample_sigma_steps, Denoiser, SigmaStep};
 use super::Sampled;
+use crate::rng::Rng;
 use candle_core::{Result, Tensor};
 use indicatif::ProgressBar;
 
 /// DPM-Solver++(2M) over `sigmas` (largest to smallest, ending at 0, or at σ_min > 0).
 /// Deterministic; one denoiser call per step, NFE = len(sigmas) − 1.
-pub fn sample_dpmpp_2m(den: &dyn Denoiser, mut x: Tensor, sigmas: &[f64], progress: &ProgressBar) -> Result<Sampled> {
-    let n = sigmas.len().saturating_sub(1);
-    let lambda = |s: f64| -s.ln();
-    let mut old: Option<Tensor> = None;
-    progress.set_length(n as u64);
-    for i in 0..n {
+pub fn sample_dpmpp_2m(den: &dyn Denoiser, x: Tensor, sigmas: &[f64], progress: &ProgressBar) -> Result<Sampled> {
+    // deterministic: the stream is never drawn from
+    let mut unused = Rng::new(0, 0);
+    sample_sigma_steps(den, &mut Dpmpp2mStep::default(), x, sigmas, &mut unused, None, progress)
+}
+
+/// The DPM-Solver++(2M) step; keeps the previous step's x̂₀.
+#[derive(Default)]
+pub struct Dpmpp2mStep {
+    old: Option<Tensor>,
+}
+
+impl SigmaStep for Dpmpp2mStep {
+    fn step(
+        &mut self,
+        den: &dyn Denoiser,
+        x: &Tensor,
+        sigmas: &[f64],
+        i: usize,
+        _rng: &mut Rng,
+    ) -> Result<(Tensor, usize)> {
+        let lambda = |s: f64| -s.ln();
         let (s, s_next) = (sigmas[i], sigmas[i + 1]);
-        let denoised = den.denoise(&x, s)?;
-        let d_hat = match &old {
+        let denoised = den.denoise(x, s)?;
+        let d_hat = match &self.old {
             Some(prev) if s_next > 0.0 => {
                 let h = lambda(s_next) - lambda(s);
                 let r = (lambda(s) - lambda(sigmas[i - 1])) / h;
@@ -36,16 +53,13 @@ pub fn sample_dpmpp_2m(den: &dyn Denoiser, mut x: Tensor, sigmas: &[f64], progre
             }
             _ => denoised.clone(),
         };
-        x = if s_next == 0.0 {
+        let x = if s_next == 0.0 {
             d_hat
         } else {
             let h = lambda(s_next) - lambda(s);
             (x.affine(s_next / s, 0.0)? + d_hat.affine(-(-h).exp_m1(), 0.0)?)?
         };
-        x = x.detach();
-        old = Some(denoised);
-        progress.inc(1);
+        self.old = Some(denoised);
+        Ok((x, 1))
     }
-    progress.finish_and_clear();
-    Ok(Sampled { x, trajectory: vec![], nfe: n })
 }

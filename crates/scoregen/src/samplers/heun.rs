@@ -10,7 +10,7 @@
 //! N = len(sigmas) − 1 steps cost 2N − 1 denoiser calls. With S_churn = 0 (the
 //! default) it is the deterministic Heun solver of EDM's Alg. 1.
 
-use super::denoiser::{to_d, Denoiser};
+use super::denoiser::{sample_sigma_steps, to_d, Denoiser, SigmaStep};
 use super::Sampled;
 use crate::rng::Rng;
 use candle_core::{Result, Tensor};
@@ -47,39 +47,47 @@ impl Churn {
 /// Noise is drawn only on churned steps, so S_churn = 0 never touches `rng`.
 pub fn sample_heun(
     den: &dyn Denoiser,
-    mut x: Tensor,
+    x: Tensor,
     sigmas: &[f64],
     churn: &Churn,
     rng: &mut Rng,
     progress: &ProgressBar,
 ) -> Result<Sampled> {
-    let n = sigmas.len().saturating_sub(1);
-    let mut nfe = 0;
-    progress.set_length(n as u64);
-    for i in 0..n {
+    sample_sigma_steps(den, &mut HeunStep { churn: *churn }, x, sigmas, rng, None, progress)
+}
+
+/// EDM's Alg. 2 step: churn, an Euler step, and Heun's correction unless σ' = 0.
+pub struct HeunStep {
+    pub churn: Churn,
+}
+
+impl SigmaStep for HeunStep {
+    fn step(
+        &mut self,
+        den: &dyn Denoiser,
+        x: &Tensor,
+        sigmas: &[f64],
+        i: usize,
+        rng: &mut Rng,
+    ) -> Result<(Tensor, usize)> {
+        let n = sigmas.len() - 1;
         let (s, s_next) = (sigmas[i], sigmas[i + 1]);
-        let gamma = churn.gamma(s, n);
+        let gamma = self.churn.gamma(s, n);
         let s_hat = s * (1.0 + gamma);
+        let mut x = x.clone();
         if gamma > 0.0 {
             let z = rng.randn(x.shape(), x.dtype(), x.device())?;
-            x = (&x + z.affine(churn.s_noise * (s_hat * s_hat - s * s).sqrt(), 0.0)?)?;
+            x = (&x + z.affine(self.churn.s_noise * (s_hat * s_hat - s * s).sqrt(), 0.0)?)?;
         }
         let d = to_d(&x, &den.denoise(&x, s_hat)?, s_hat)?;
-        nfe += 1;
         let dt = s_next - s_hat;
         let x_euler = (&x + d.affine(dt, 0.0)?)?;
-        x = if s_next == 0.0 {
-            x_euler
-        } else {
-            let d2 = to_d(&x_euler, &den.denoise(&x_euler, s_next)?, s_next)?;
-            nfe += 1;
-            (&x + (d + d2)?.affine(0.5 * dt, 0.0)?)?
-        };
-        x = x.detach();
-        progress.inc(1);
+        if s_next == 0.0 {
+            return Ok((x_euler, 1));
+        }
+        let d2 = to_d(&x_euler, &den.denoise(&x_euler, s_next)?, s_next)?;
+        Ok(((&x + (d + d2)?.affine(0.5 * dt, 0.0)?)?, 2))
     }
-    progress.finish_and_clear();
-    Ok(Sampled { x, trajectory: vec![], nfe })
 }
 
 #[cfg(test)]

@@ -7,11 +7,11 @@ pub mod correctors;
 pub mod ddim;
 pub mod ddpm;
 pub mod denoiser;
+pub mod dispatch;
 pub mod dpm_solver;
 pub mod flow;
 pub mod heun;
 pub mod langevin;
-pub mod leaderboard;
 pub mod ode;
 pub mod pc;
 pub mod predictors;
@@ -21,13 +21,14 @@ pub use annealed_langevin::{annealed_langevin, annealed_langevin_constrained, An
 pub use correctors::{AnnealedLangevin, Corrector, LangevinCorrector, NoneCorrector};
 pub use ddim::sample_ddim;
 pub use ddpm::sample_ddpm;
-pub use denoiser::{karras_sigmas, time_uniform_sigmas, Denoiser, ScoreDenoiser};
+pub use denoiser::{karras_sigmas, sample_sigma_steps, time_uniform_sigmas, Denoiser, ScoreDenoiser, SigmaStep};
+pub use dispatch::{CorrectorKind, SampleContext, SamplerKind, SamplerSpec};
 pub use dpm_solver::sample_dpmpp_2m;
 pub use flow::{decode, encode, interpolate, sample_ode};
 pub use heun::{sample_heun, Churn};
 pub use langevin::{langevin, mala, LangevinOptions, Start};
 pub use ode::{OdeMethod, OdeSolution};
-pub use pc::{sample_pc, sample_pc_constrained, CorrectorKind, SamplerKind, SamplerSpec};
+pub use pc::{sample_pc, sample_pc_constrained};
 pub use predictors::{Ancestral, NonePredictor, ReverseDiffusion};
 pub use predictors::{EulerMaruyama, Predictor};
 pub use reverse::ReverseSde;
@@ -74,6 +75,12 @@ pub trait Constraint {
     /// x, whose perturbation kernel at this step is N(m·x₀, s²·I), constrained.
     /// (m, s) = (1, 0) after the final step: the clean observation.
     fn apply(&self, x: Tensor, m: f64, s: f64, rng: &mut Rng) -> Result<Tensor>;
+
+    /// True for [`Unconstrained`], so samplers that cannot hold a constraint
+    /// can refuse a real one.
+    fn is_none(&self) -> bool {
+        false
+    }
 }
 
 /// No constraint (draws nothing from the stream).
@@ -83,6 +90,10 @@ pub struct Unconstrained;
 impl Constraint for Unconstrained {
     fn apply(&self, x: Tensor, _m: f64, _s: f64, _rng: &mut Rng) -> Result<Tensor> {
         Ok(x)
+    }
+
+    fn is_none(&self) -> bool {
+        true
     }
 }
 

@@ -6,6 +6,7 @@
 
 use super::Adam;
 use crate::error::{Error, Result};
+use crate::metrics::images::{entropy, frechet_distance, histogram, median, nearest_distances, ImageReport};
 use crate::nets::{self, Classifier, ClassifierSpec};
 use crate::points::Points;
 use crate::rng::Rng;
@@ -194,6 +195,34 @@ fn map_batches(x: &Points, size: usize, f: impl Fn(&Tensor) -> Result<Tensor>) -
         out.push(f(&xb)?.to_vec2::<f32>()?);
     }
     Ok(out)
+}
+
+/// Every image metric ([`ImageReport`]) of `samples` (in the classifier's data scale) against
+/// the real `train` and held-out `test` images.
+pub fn image_report(samples: &Points, train: &Labelled, test: &Labelled, clf: &Classifier) -> Result<ImageReport> {
+    let k = clf.spec.classes;
+    let f_train = features(clf, &train.points, None)?;
+    let f_samples = features(clf, samples, None)?;
+    let test_n = test.points.head(samples.n.min(test.points.n));
+    let f_test = features(clf, &test_n, None)?;
+    let (pred, conf) = predict(clf, samples, None)?;
+    let (real_pred, real_conf) = predict(clf, &test.points, None)?;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let class_histogram = histogram(&pred, k);
+    Ok(ImageReport {
+        n: samples.n,
+        fd: frechet_distance(&f_samples, &f_train),
+        fd_floor: frechet_distance(&f_test, &f_train),
+        class_entropy: entropy(&class_histogram),
+        class_histogram,
+        real_class_histogram: histogram(&real_pred, k),
+        max_entropy: (k as f64).ln(),
+        mean_confidence: mean(&conf),
+        real_confidence: mean(&real_conf),
+        memorization_ratio: median(nearest_distances(samples, &train.points))
+            / median(nearest_distances(&test.points, &train.points)),
+        classifier_accuracy: accuracy(clf, test, None)?,
+    })
 }
 
 #[cfg(test)]

@@ -11,21 +11,21 @@ pub use adam::Adam;
 pub use checkpoint::{Checkpoint, TrainState};
 pub use ema::Ema;
 
-use crate::config::RunConfig;
-use crate::data::{self, Dataset};
+use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::io::fs;
 use crate::nets::{self, Model};
-use crate::points::Points;
+use crate::objectives::Objective;
 use crate::rng::Rng;
 use crate::score::ScoreFn;
+use crate::sde::Sde;
 use crate::{autodiff, progress};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// RNG streams derived from the master seed.
@@ -69,29 +69,92 @@ pub struct LogLine {
     pub steps_per_sec: f64,
 }
 
-/// SHA-256 of the resolved config, with `training.steps` blanked so a run can be extended.
-pub fn config_hash(cfg: &RunConfig) -> String {
-    let mut c = cfg.clone();
-    c.training.steps = 0;
-    Sha256::digest(c.to_toml().as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+/// The training loop's settings (`[training]` in a run's config).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSettings {
+    pub steps: usize,
+    pub batch_size: usize,
+    /// Adam learning rate (after warm-up).
+    pub lr: f64,
+    /// Linear learning-rate warm-up steps.
+    pub warmup: usize,
+    /// Clip the global gradient norm to this value (0 disables).
+    pub grad_clip: f64,
+    /// EMA rate of the weights (0 disables).
+    pub ema: f64,
+    pub log_every: usize,
+    pub checkpoint_every: usize,
+    /// Checkpoints kept on disk.
+    pub keep_checkpoints: usize,
 }
 
-/// Learning rate at `step` (0-based): linear warm-up to `lr` over `warmup` steps.
-pub fn learning_rate(cfg: &RunConfig, step: usize) -> f64 {
-    let w = cfg.training.warmup;
-    if w == 0 {
-        cfg.training.lr
-    } else {
-        cfg.training.lr * ((step + 1) as f64 / w as f64).min(1.0)
+impl Default for TrainSettings {
+    fn default() -> Self {
+        Self {
+            steps: 4000,
+            batch_size: 512,
+            lr: 2e-3,
+            warmup: 100,
+            grad_clip: 1.0,
+            ema: 0.999,
+            log_every: 50,
+            checkpoint_every: 1000,
+            keep_checkpoints: 2,
+        }
     }
+}
+
+impl TrainSettings {
+    /// Learning rate at `step` (0-based): linear warm-up to `lr` over `warmup` steps.
+    pub fn learning_rate(&self, step: usize) -> f64 {
+        if self.warmup == 0 {
+            self.lr
+        } else {
+            self.lr * ((step + 1) as f64 / self.warmup as f64).min(1.0)
+        }
+    }
+}
+
+/// Builds a model's parameters into a `VarMap` (the same architecture each call).
+pub type ModelBuilder = Box<dyn Fn(&VarMap) -> Result<Model>>;
+
+/// Everything a [`Trainer`] is made of, built by the application layer from
+/// a config: data, a fresh model, its objective and SDE, and the settings.
+pub struct TrainSetup {
+    pub dataset: Dataset,
+    pub model: Model,
+    pub varmap: VarMap,
+    /// Builds the same model again into a new `VarMap` (for the EMA copy).
+    pub rebuild: ModelBuilder,
+    pub objective: Box<dyn Objective>,
+    /// The SDE the model's time input refers to.
+    pub sde: Arc<dyn Sde>,
+    pub settings: TrainSettings,
+    /// K for a class-conditional model (0: unconditional).
+    pub classes: usize,
+    /// Probability that a training label is replaced by the null label K.
+    pub label_dropout: f64,
+    pub seed: u64,
+    /// Identifies the run's settings in checkpoints (a resume must match it).
+    pub config_hash: String,
+    /// The resolved config, written to `RUN/config.toml` by [`train`].
+    pub config_toml: String,
 }
 
 /// A model in training: its parameters, optimizer, EMA and RNG streams.
 pub struct Trainer {
-    pub cfg: RunConfig,
     pub dataset: Dataset,
     pub model: Model,
     pub varmap: VarMap,
+    rebuild: ModelBuilder,
+    pub objective: Box<dyn Objective>,
+    pub sde: Arc<dyn Sde>,
+    pub settings: TrainSettings,
+    pub classes: usize,
+    pub label_dropout: f64,
+    pub config_hash: String,
+    pub config_toml: String,
     pub params: Vec<(String, Var)>,
     pub adam: Adam,
     pub ema: Ema,
@@ -104,38 +167,28 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// A fresh model for `cfg` (data drawn, parameters initialized from the seed).
-    pub fn new(cfg: &RunConfig) -> Result<Self> {
+    /// A trainer over a fresh model (parameters as initialized in `setup`).
+    pub fn new(setup: TrainSetup) -> Result<Self> {
         crate::init();
-        let dataset = data::load_with(
-            &cfg.data.source,
-            cfg.data.n_train,
-            &mut Rng::new(cfg.seed, streams::DATA),
-            &cfg.data.image_options(),
-        )?;
-        if cfg.model.classes > 0 {
-            let k = cfg.model.classes;
-            let labels = dataset.labels.as_ref().ok_or_else(|| {
-                Error::config("config", "model.classes", format!("data `{}` has no class labels", cfg.data.source))
-            })?;
-            if let Some(&bad) = labels.iter().find(|&&y| y as usize >= k) {
-                return Err(Error::config("config", "model.classes", format!("is {k}, but the data has label {bad}")));
-            }
-        }
-        let varmap = VarMap::new();
-        let model = nets::build(&cfg.model, dataset.points.d, cfg.noise.levels, cfg.seed, &varmap)?;
-        let params = nets::named_vars(&varmap);
+        let params = nets::named_vars(&setup.varmap);
         Ok(Self {
-            cfg: cfg.clone(),
             adam: Adam::new(&params)?,
-            ema: Ema::new(cfg.training.ema, &params)?,
-            dataset,
-            model,
-            varmap,
+            ema: Ema::new(setup.settings.ema, &params)?,
+            dataset: setup.dataset,
+            model: setup.model,
+            varmap: setup.varmap,
+            rebuild: setup.rebuild,
+            objective: setup.objective,
+            sde: setup.sde,
+            settings: setup.settings,
+            classes: setup.classes,
+            label_dropout: setup.label_dropout,
+            config_hash: setup.config_hash,
+            config_toml: setup.config_toml,
             params,
             step: 0,
-            batch_rng: Rng::new(cfg.seed, streams::BATCH),
-            noise_rng: Rng::new(cfg.seed, streams::NOISE),
+            batch_rng: Rng::new(setup.seed, streams::BATCH),
+            noise_rng: Rng::new(setup.seed, streams::NOISE),
             last_loss: f64::NAN,
             detect_anomaly: false,
         })
@@ -146,8 +199,8 @@ impl Trainer {
     /// with probability `model.label_dropout`).
     fn batch(&mut self) -> Result<(Tensor, Option<Tensor>)> {
         let pts = &self.dataset.points;
-        let bs = self.cfg.training.batch_size;
-        let (k, dropout) = (self.cfg.model.classes, self.cfg.model.label_dropout);
+        let bs = self.settings.batch_size;
+        let (k, dropout) = (self.classes, self.label_dropout);
         let mut v = Vec::with_capacity(bs * pts.d);
         let mut labels = Vec::with_capacity(if k > 0 { bs } else { 0 });
         for _ in 0..bs {
@@ -169,14 +222,14 @@ impl Trainer {
         let (x0, labels) = self.batch()?;
         let non_finite =
             |what: String| Error::NonFinite { what, step: self.step + 1, checkpoint: last_checkpoint.into() };
-        let labeled = labels.and_then(|l| self.model.score_labeled(self.cfg.sde(), l));
+        let labeled = labels.and_then(|l| self.model.score_labeled(self.sde.clone(), l));
         let score: Box<dyn ScoreFn + '_> = match labeled {
             Some(s) => Box::new(s),
-            None => self.model.score(self.cfg.sde()),
+            None => self.model.score(self.sde.clone()),
         };
         let watched = anomaly::Watched::new(score.as_ref());
         let score: &dyn ScoreFn = if self.detect_anomaly { &watched } else { score.as_ref() };
-        let loss = self.cfg.objective().loss(score, &x0, &mut self.noise_rng)?;
+        let loss = self.objective.loss(score, &x0, &mut self.noise_rng)?;
         let l = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !l.is_finite() {
             return Err(non_finite(watched.first().unwrap_or_else(|| "loss".into())));
@@ -187,8 +240,8 @@ impl Trainer {
             let name = anomaly::first_bad_param(&self.params, &grads)?;
             return Err(non_finite(name.map_or("gradient".into(), |n| format!("gradient of `{n}`"))));
         }
-        let lr = learning_rate(&self.cfg, self.step);
-        let info = self.adam.step_with_norm(&self.params, grads, grad_norm, lr, self.cfg.training.grad_clip)?;
+        let lr = self.settings.learning_rate(self.step);
+        let info = self.adam.step_with_norm(&self.params, grads, grad_norm, lr, self.settings.grad_clip)?;
         if self.detect_anomaly {
             let now: Vec<Tensor> = self.params.iter().map(|(_, v)| v.as_tensor().clone()).collect();
             if let Some(n) = anomaly::first_bad_param(&self.params, &now)? {
@@ -205,8 +258,7 @@ impl Trainer {
     /// uses by default), for evaluation only ([`Model::freeze`]).
     pub fn ema_model(&self) -> Result<(Model, VarMap)> {
         let varmap = VarMap::new();
-        let mut model =
-            nets::build(&self.cfg.model, self.dataset.points.d, self.cfg.noise.levels, self.cfg.seed, &varmap)?;
+        let mut model = (self.rebuild)(&varmap)?;
         model.freeze();
         for ((_, var), avg) in nets::named_vars(&varmap).iter().zip(&self.ema.shadow) {
             var.set(avg)?;
@@ -230,7 +282,7 @@ impl Trainer {
                 ema_updates: self.ema.updates,
                 batch_rng: self.batch_rng.state(),
                 noise_rng: self.noise_rng.state(),
-                config_hash: config_hash(&self.cfg),
+                config_hash: self.config_hash.clone(),
                 last_loss: self.last_loss,
             },
             model: named(&model, ""),
@@ -244,7 +296,7 @@ impl Trainer {
     /// checkpoint, after checking it against the model built from the config.
     pub fn restore(&mut self, ck: &Checkpoint) -> Result<()> {
         let source = &ck.dir;
-        if ck.state.config_hash != config_hash(&self.cfg) {
+        if ck.state.config_hash != self.config_hash {
             return Err(Error::data(
                 source.join("state.json"),
                 "the checkpoint was written with a different config (only training.steps may change on resume)",
@@ -285,10 +337,9 @@ impl Trainer {
     }
 }
 
-/// Trains the run in `run_dir` (writing `config.toml`, `metrics.jsonl`, `checkpoints/`).
-pub fn train(cfg: &RunConfig, run_dir: &Path, opts: &TrainOptions) -> Result<TrainOutcome> {
-    // Data and model first: bad input fails before anything is written.
-    let mut trainer = Trainer::new(cfg)?;
+/// Trains in `run_dir` (writing `config.toml`, `metrics.jsonl`, `checkpoints/`).
+/// The trainer is built first, so bad input fails before anything is written.
+pub fn train(mut trainer: Trainer, run_dir: &Path, opts: &TrainOptions) -> Result<TrainOutcome> {
     trainer.detect_anomaly = opts.detect_anomaly;
     // A read-only or missing output location fails now, naming the path, not at the first checkpoint.
     fs::ensure_writable_dir(run_dir)?;
@@ -308,11 +359,11 @@ pub fn train(cfg: &RunConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tra
         fs::write_atomic(&log_path, b"")?;
     }
     fs::ensure_writable_dir(&ck_dir)?;
-    fs::write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+    fs::write_atomic(&run_dir.join("config.toml"), trainer.config_toml.as_bytes())?;
     let mut log =
         std::fs::OpenOptions::new().append(true).create(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
 
-    let t = &cfg.training;
+    let t = trainer.settings.clone();
     let end = opts.stop_after.map_or(t.steps, |s| s.min(t.steps));
     let pb = progress::bar(t.steps, "train", opts.quiet);
     pb.set_position(trainer.step as u64);
@@ -329,7 +380,7 @@ pub fn train(cfg: &RunConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tra
             let line = LogLine {
                 step: trainer.step,
                 loss: acc / count as f64,
-                lr: learning_rate(cfg, trainer.step - 1),
+                lr: t.learning_rate(trainer.step - 1),
                 grad_norm,
                 steps_per_sec: count as f64 / window.elapsed().as_secs_f64().max(1e-9),
             };
@@ -376,40 +427,4 @@ pub fn read_log(path: &Path) -> Result<Vec<LogLine>> {
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::data(path, format!("line {}: {e}", i + 1))))
         .collect()
-}
-
-/// A trained model loaded from a run directory, ready to be a score.
-pub struct LoadedModel {
-    pub cfg: RunConfig,
-    pub state: TrainState,
-    pub model: Model,
-    pub varmap: VarMap,
-}
-
-impl LoadedModel {
-    /// Loads `config.toml` and the newest checkpoint (EMA weights when `use_ema`).
-    pub fn from_run(run_dir: &Path, use_ema: bool) -> Result<Self> {
-        let cfg = RunConfig::load(&run_dir.join("config.toml"), &[])?;
-        let ck_dir = run_dir.join("checkpoints");
-        let ck = checkpoint::load_latest(&ck_dir)?;
-        let varmap = VarMap::new();
-        let mut model = nets::build(&cfg.model, ck.state.dim, cfg.noise.levels, cfg.seed, &varmap)?;
-        model.freeze();
-        let vars = nets::named_vars(&varmap);
-        checkpoint::check_model(&ck, &vars)?;
-        let (tensors, file) = if use_ema { (&ck.ema, "ema.safetensors") } else { (&ck.model, "model.safetensors") };
-        checkpoint::assign(&vars, tensors, &ck.dir.join(file))?;
-        Ok(Self { cfg, state: ck.state, model, varmap })
-    }
-
-    /// The model's score (its time input refers to `cfg.sde()`).
-    pub fn score(&self) -> Box<dyn ScoreFn + '_> {
-        self.model.score(self.cfg.sde())
-    }
-}
-
-/// The training points as used by a run (regenerated from its seed).
-pub fn training_points(cfg: &RunConfig) -> Result<Points> {
-    let opts = cfg.data.image_options();
-    Ok(data::load_with(&cfg.data.source, cfg.data.n_train, &mut Rng::new(cfg.seed, streams::DATA), &opts)?.points)
 }

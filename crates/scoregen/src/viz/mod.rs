@@ -3,7 +3,6 @@
 
 pub mod images;
 pub mod plots;
-pub mod report;
 pub mod trajectories;
 
 pub use images::{image_grid, image_grid_gif};
@@ -11,5 +10,4 @@ pub use plots::{
     ema_smooth, grid_centres, grid_lookup, line_plot, scatter_gif, scatter_grid, scatter_over_density, vector_field,
     Arrow, Bounds, FieldPanel, PlotError, ScatterPanel,
 };
-pub use report::{write_report, Report};
 pub use trajectories::{trajectories_over_density, Panel};

@@ -7,20 +7,20 @@
 //! then times `reps` repetitions and reports the median. Benchmarks, not
 //! tests: nothing here is asserted.
 
-use crate::config::RunConfig;
+use crate::app::config::RunConfig;
+use crate::app::factory;
 use crate::error::Result;
 use crate::likelihood::{self, LikelihoodOptions, TraceEstimator};
 use crate::rng::Rng;
-use crate::samplers::{self, EulerMaruyama, OdeMethod, ReverseOptions};
-use crate::train::Trainer;
+use crate::samplers;
+use crate::samplers::{EulerMaruyama, OdeMethod, ReverseOptions};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 use std::time::Instant;
-
 /// The MLP preset every MLP case starts from.
-pub const MLP_PRESET: &str = include_str!("../../../configs/gmm8-vp.toml");
+pub const MLP_PRESET: &str = include_str!("../../../../../configs/gmm8-vp.toml");
 /// The U-Net preset every image case starts from.
-pub const UNET_PRESET: &str = include_str!("../../../configs/digits-vp.toml");
+pub const UNET_PRESET: &str = include_str!("../../../../../configs/digits-vp.toml");
 
 /// One timed case.
 #[derive(Debug, Clone, Serialize)]
@@ -139,11 +139,11 @@ fn mlp_step_gflop(cfg: &RunConfig, dim: usize) -> f64 {
 
 /// One training step (forward, backward, clipping, Adam, EMA) of the config's model.
 pub fn train_step(cfg: &RunConfig, case: &str, warmup: usize, reps: usize) -> Result<Timing> {
-    let mut trainer = Trainer::new(cfg)?;
+    let mut trainer = factory::trainer(cfg)?;
     let dim = trainer.dataset.points.d;
     let mut timing =
         time_it(case.into(), cfg.training.batch_size, warmup, reps, || trainer.train_step("none").map(|_| ()))?;
-    if matches!(cfg.model.kind, crate::config::ModelKind::TimeMlp) {
+    if matches!(cfg.model.kind, crate::app::config::ModelKind::TimeMlp) {
         timing.gflop = Some(mlp_step_gflop(cfg, dim));
     }
     Ok(timing)
@@ -160,7 +160,7 @@ pub enum SampleCase {
 
 /// Draws `n` samples of the config's (untrained) model in `steps` steps.
 pub fn sample(cfg: &RunConfig, which: SampleCase, n: usize, steps: usize, reps: usize) -> Result<Timing> {
-    let trainer = Trainer::new(cfg)?;
+    let trainer = factory::trainer(cfg)?;
     let sde = cfg.sde();
     // the model sampling and likelihoods use: the EMA copy, frozen
     let (model, _vars) = trainer.ema_model()?;
@@ -202,7 +202,7 @@ pub fn sample(cfg: &RunConfig, which: SampleCase, n: usize, steps: usize, reps: 
 /// Exact log-likelihood of `n` data points by the probability-flow ODE with
 /// Heun's method in `steps` steps (exact divergence by autodiff, score in f32).
 pub fn likelihood(cfg: &RunConfig, n: usize, steps: usize, reps: usize) -> Result<Timing> {
-    let trainer = Trainer::new(cfg)?;
+    let trainer = factory::trainer(cfg)?;
     let sde = cfg.sde();
     // the model sampling and likelihoods use: the EMA copy, frozen
     let (model, _vars) = trainer.ema_model()?;

@@ -2,87 +2,23 @@
 //! (`scoregen sample --class`), inpainting (`scoregen inpaint`) and judging
 //! samples by a classifier (`scoregen classify`).
 
-use super::{ClassifierFree, ClassifierGuided, Inpaint, MaskSpec, ModelConditional};
-use crate::config::RunConfig;
+use crate::app::config::RunConfig;
+use crate::app::figures::scatter;
+use crate::app::run_dir::{oracle_of, LoadedModel};
 use crate::data;
 use crate::error::{Error, Result};
-use crate::io::fs;
-use crate::io::npy;
-use crate::nets::SavedClassifier;
+use crate::guidance::{Inpaint, MaskSpec};
+use crate::io::{fs, npy};
 use crate::points::Points;
+use crate::progress;
 use crate::rng::Rng;
-use crate::run::scatter;
-use crate::samplers::{AnnealedOptions, SamplerKind, SamplerSpec};
-use crate::score::ScoreFn;
-use crate::train::{streams, LoadedModel};
-use crate::{progress, viz};
+use crate::samplers::{SampleContext, SamplerKind, SamplerSpec};
+use crate::train::streams;
+use crate::viz;
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-/// Steering `scoregen sample` to class y: classifier guidance with a trained
-/// noise-aware classifier, s + w·∇ₓ log p_t(y | x), or (no classifier) classifier-free
-/// guidance of a class-conditional run, (1 + w)·s(x, t, y) − w·s(x, t).
-#[derive(Debug, Clone)]
-pub struct ClassGuidance {
-    pub class: usize,
-    pub scale: f64,
-    /// A directory written by `scoregen train-classifier --noisy`.
-    pub classifier: Option<PathBuf>,
-}
-
-impl ClassGuidance {
-    /// Calls `f` with the guided score of `model`.
-    pub fn with_score<R>(&self, model: &LoadedModel, f: impl FnOnce(&dyn ScoreFn) -> Result<R>) -> Result<R> {
-        if !self.scale.is_finite() || self.scale < 0.0 {
-            return Err(Error::Invalid(format!("--guidance must be a finite number ≥ 0 (got {})", self.scale)));
-        }
-        match &self.classifier {
-            Some(dir) => {
-                let saved = SavedClassifier::load(dir)?;
-                let spec = &saved.meta.spec;
-                let bad = |why: String| Err(Error::data(dir.join("classifier.json"), why));
-                if spec.dim != model.state.dim {
-                    return bad(format!(
-                        "the classifier takes dimension {}, the run's data has {}",
-                        spec.dim, model.state.dim
-                    ));
-                }
-                let sde = model.cfg.sde();
-                if !spec.noise_aware || saved.meta.sde.as_deref() != Some(sde.name()) {
-                    return bad(format!(
-                        "classifier guidance needs a noise-aware classifier trained under the run's SDE `{}` (train-classifier --noisy --run RUN)",
-                        sde.name()
-                    ));
-                }
-                self.check_class(spec.classes)?;
-                let (base, clf) = (model.score(), &saved.classifier);
-                f(&ClassifierGuided { score: base.as_ref(), classifier: clf, class: self.class, scale: self.scale })
-            }
-            None => {
-                let k = model.model.classes();
-                if k == 0 {
-                    return Err(Error::Invalid(
-                        "--class needs a class-conditional run (trained with model.classes = K) or --classifier DIR"
-                            .into(),
-                    ));
-                }
-                self.check_class(k)?;
-                let cond = ModelConditional { model: &model.model, sde: model.cfg.sde() };
-                f(&ClassifierFree { model: &cond, class: self.class, w: self.scale })
-            }
-        }
-    }
-
-    fn check_class(&self, k: usize) -> Result<()> {
-        if self.class >= k {
-            return Err(Error::Invalid(format!("--class {} is out of range: classes are 0..{}", self.class, k - 1)));
-        }
-        Ok(())
-    }
-}
-
 /// What `scoregen inpaint` was asked for.
 #[derive(Debug, Clone)]
 pub struct InpaintRequest {
@@ -200,50 +136,21 @@ pub fn inpaint_run(run_dir: &Path, req: &InpaintRequest) -> Result<InpaintOutcom
     let spec = SamplerSpec { kind, steps, ..cfg.sampling.spec() };
     let score = model.score();
     let start = Instant::now();
-    let out = match kind {
-        SamplerKind::AnnealedLangevin => {
-            let ladder = cfg.ladder();
-            let per_level = cfg.sampling.steps_per_level;
-            let opts = AnnealedOptions {
-                steps_per_level: per_level,
-                eps: cfg.sampling.step_size,
-                denoise: cfg.sampling.denoise,
-                record_every: None,
-            };
-            let x0 = cfg.sampling.start.sample((n, d), &mut rng, DType::F32)?;
-            let pb = progress::bar(per_level * ladder.levels(), "inpaint", req.quiet);
-            crate::samplers::annealed_langevin_constrained(
-                score.as_ref(),
-                &ladder,
-                x0,
-                &constraint,
-                &opts,
-                &mut rng,
-                &pb,
-            )?
-        }
-        _ => {
-            if cfg.objective.kind.is_noise_free(cfg.objective.sigma) {
-                return Err(Error::Invalid(
-                    "this run learned a single noise level; inpainting needs a model of every level".into(),
-                ));
-            }
-            let pb = progress::bar(steps, "inpaint", req.quiet);
-            let (sde, sp) = (cfg.sde(), &cfg.sampling);
-            spec.sample_constrained(
-                score.as_ref(),
-                sde.as_ref(),
-                &constraint,
-                (n, d),
-                sp.eps,
-                sp.denoise,
-                &mut rng,
-                DType::F32,
-                &pb,
-            )
-            .map_err(|e| Error::Invalid(format!("inpaint: {e}")))?
-        }
+    if kind != SamplerKind::AnnealedLangevin && cfg.objective.kind.is_noise_free(cfg.objective.sigma) {
+        return Err(Error::Invalid(
+            "this run learned a single noise level; inpainting needs a model of every level".into(),
+        ));
+    }
+    let ladder = cfg.ladder();
+    let sde = cfg.sde();
+    let len = if kind == SamplerKind::AnnealedLangevin { spec.steps_per_level * ladder.levels() } else { steps };
+    let pb = progress::bar(len, "inpaint", req.quiet);
+    let ctx = SampleContext {
+        ladder: Some(&ladder),
+        constraint: &constraint,
+        ..SampleContext::new(score.as_ref(), sde.as_ref(), &pb)
     };
+    let out = spec.sample(&ctx, (n, d), &mut rng).map_err(|e| Error::Invalid(format!("inpaint: {e}")))?;
     let seconds = start.elapsed().as_secs_f64();
     let pts = Points::from_tensor(&out.x)?;
     if let Some(dir) = req.out.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -265,7 +172,7 @@ pub fn inpaint_run(run_dir: &Path, req: &InpaintRequest) -> Result<InpaintOutcom
     } else {
         npy::write_points(&req.out, &pts)?;
         if d == 2 {
-            let oracle = crate::run::oracle_of(cfg)?;
+            let oracle = oracle_of(cfg)?;
             scatter(&png, &pts, oracle.as_ref(), &format!("{n} inpainted points, {}", cfg.name))?;
             Some(png)
         } else {
@@ -284,52 +191,4 @@ pub fn inpaint_run(run_dir: &Path, req: &InpaintRequest) -> Result<InpaintOutcom
         None => None,
     };
     Ok(InpaintOutcome { npy: req.out.clone(), png, labels, n, known_fraction, nfe: out.nfe, seconds })
-}
-
-/// How a classifier labels a set of samples (`scoregen classify`).
-#[derive(Debug, Clone, Serialize)]
-pub struct Classification {
-    pub n: usize,
-    /// Fraction of the samples predicted as each class.
-    pub histogram: Vec<f64>,
-    /// Fraction predicted as the expected class (`--class` or `--labels`), if one was given.
-    pub accuracy: Option<f64>,
-}
-
-/// Classifies `samples` (data space, t = 0) and compares with `expected`: one
-/// class for all, or one label per sample.
-pub fn classify(classifier: &Path, samples: &Path, expected: Option<Expected>) -> Result<Classification> {
-    let saved = SavedClassifier::load(classifier)?;
-    let spec = &saved.meta.spec;
-    let x = npy::read_points(samples)?;
-    if x.d != spec.dim {
-        return Err(Error::data(samples, format!("samples have dimension {}, the classifier takes {}", x.d, spec.dim)));
-    }
-    // a noise-aware classifier judges clean samples at its smallest training time
-    let t = spec.noise_aware.then_some(1e-3);
-    let (pred, _) = crate::train::classifier::predict(&saved.classifier, &x, t)?;
-    let mut histogram = vec![0.0; spec.classes];
-    for &p in &pred {
-        histogram[p] += 1.0 / x.n as f64;
-    }
-    let want: Option<Vec<usize>> = match expected {
-        None => None,
-        Some(Expected::Class(k)) => Some(vec![k; x.n]),
-        Some(Expected::Labels(path)) => {
-            let l = npy::read_points(&path)?;
-            if l.n * l.d != x.n || l.data.iter().any(|v| *v < 0.0 || v.fract() != 0.0) {
-                return Err(Error::data(&path, format!("expected {} integer labels ≥ 0, one per sample", x.n)));
-            }
-            Some(l.data.iter().map(|&v| v as usize).collect())
-        }
-    };
-    let accuracy = want.map(|w| pred.iter().zip(&w).filter(|(p, w)| p == w).count() as f64 / x.n.max(1) as f64);
-    Ok(Classification { n: x.n, histogram, accuracy })
-}
-
-/// What the samples of `classify` should be.
-#[derive(Debug, Clone)]
-pub enum Expected {
-    Class(usize),
-    Labels(PathBuf),
 }

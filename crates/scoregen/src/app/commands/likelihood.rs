@@ -1,19 +1,19 @@
 //! `scoregen likelihood`: log-likelihoods of a data set under a trained run,
 //! beside the exact log-density when the data come from a known mixture.
 
-use super::{log_likelihood_with_progress, Dequantization, LikelihoodOptions, TraceEstimator};
+use crate::app::run_dir::LoadedModel;
 use crate::data;
 use crate::error::Result;
 use crate::io::npy;
+use crate::likelihood::{self, log_likelihood_with_progress, Dequantization, LikelihoodOptions, TraceEstimator};
 use crate::points::Points;
 use crate::rng::Rng;
 use crate::samplers::OdeMethod;
-use crate::train::{streams, LoadedModel};
+use crate::train::streams;
 use candle_core::{DType, Device};
 use serde::Serialize;
 use std::path::Path;
 use std::time::Instant;
-
 /// What `scoregen likelihood` was asked for.
 #[derive(Debug, Clone)]
 pub struct LikelihoodRequest {
@@ -88,7 +88,7 @@ pub fn likelihood_of_run(run_dir: &Path, req: &LikelihoodRequest) -> Result<Like
     };
     let start = Instant::now();
     let score = model.score();
-    let pb = crate::progress::bar(super::PROGRESS_TICKS, "log p", req.quiet);
+    let pb = crate::progress::bar(likelihood::PROGRESS_TICKS, "log p", req.quiet);
     let ll = log_likelihood_with_progress(score.as_ref(), sde.as_ref(), &x, &opts, &mut rng, &pb)?;
     let seconds = start.elapsed().as_secs_f64();
     let n = ll.nats.len();
@@ -127,7 +127,7 @@ pub fn likelihood_of_run(run_dir: &Path, req: &LikelihoodRequest) -> Result<Like
 /// pixel scale, e.g. 17 levels over [−1, 1] for symmetric `digits`), else 256
 /// levels over [0, 1].
 pub fn dequantization_for(run_dir: &Path, levels: Option<u32>, range: Option<(f64, f64)>) -> Result<Dequantization> {
-    let cfg = crate::config::RunConfig::load(&run_dir.join("config.toml"), &[])?;
+    let cfg = crate::app::config::RunConfig::load(&run_dir.join("config.toml"), &[])?;
     let image = data::is_image_source(&cfg.data.source);
     let default = if image {
         let (lo, hi) = match cfg.data.scale {

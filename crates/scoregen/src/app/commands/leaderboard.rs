@@ -3,16 +3,21 @@
 //! exact mixture (energy distance and mode-weight L1 error beside their
 //! exact-vs-exact floors), with Euler–Maruyama at 1000 NFE as the baseline.
 
-use super::{SamplerKind, SamplerSpec};
+use super::eval::Target;
+use crate::app::run_dir::{oracle_of, LoadedModel};
+use crate::error::{Error, Result};
 use crate::metrics;
 use crate::oracle::GaussianMixture;
 use crate::points::Points;
+use crate::progress;
 use crate::rng::Rng;
+use crate::samplers::{SampleContext, SamplerKind, SamplerSpec};
 use crate::score::ScoreFn;
 use crate::sde::Sde;
-use candle_core::{DType, Result};
+use candle_core::DType;
 use indicatif::ProgressBar;
 use serde::Serialize;
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// The samplers of the leaderboard, in the table's order.
@@ -76,10 +81,12 @@ pub fn evaluate_sampler(
 ) -> Result<(Entry, Points)> {
     let (n, eps, seed) = (set.n, set.eps, set.seed);
     let steps = spec.kind.steps_for_nfe(budget);
-    let spec = SamplerSpec { steps, ..*spec };
+    let spec = SamplerSpec { steps, eps, denoise: true, ..*spec };
     let start = Instant::now();
     let mut rng = Rng::new(seed, 0);
-    let out = spec.sample(score, sde, (n, mix.dim()), eps, true, &mut rng, set.dtype, &ProgressBar::hidden())?;
+    let hidden = ProgressBar::hidden();
+    let ctx = SampleContext { dtype: set.dtype, ..SampleContext::new(score, sde, &hidden) };
+    let out = spec.sample(&ctx, (n, mix.dim()), &mut rng)?;
     let seconds = start.elapsed().as_secs_f64();
     let pts = Points::from_tensor(&out.x)?;
     let r = metrics::against_mixture(&pts, mix, &mut Rng::new(seed, 1));
@@ -213,5 +220,68 @@ impl Leaderboard {
             "energy distance to the data",
             false,
         )
+    }
+}
+
+/// What `scoregen bench samplers` was asked for.
+#[derive(Debug, Clone)]
+pub struct BenchRequest {
+    /// A mixture to judge against (gmm8, gmm25, unbalanced, SPEC.toml); default:
+    /// the run's data, or gmm8 without a run.
+    pub target: Option<String>,
+    /// A trained run whose model is benchmarked; `None`: the exact oracle
+    /// score of the target under the VP SDE.
+    pub run: Option<PathBuf>,
+    pub budgets: Vec<usize>,
+    pub n: usize,
+    pub seed: u64,
+    pub quiet: bool,
+}
+
+/// The sampler leaderboard ([`samplers::leaderboard`]): EM, DDPM, DDIM,
+/// DPM-Solver++(2M) and Heun at each NFE budget, against the exact mixture.
+pub fn bench_samplers(req: &BenchRequest) -> Result<Leaderboard> {
+    if req.budgets.is_empty() || req.budgets.contains(&0) || req.n < 2 {
+        return Err(Error::Invalid("bench samplers: budgets must be ≥ 1 and --n ≥ 2".into()));
+    }
+    let mixture_of = |spec: &str| match Target::parse(spec)? {
+        Target::Mixture(m) => Ok(m),
+        Target::Reference(_) => {
+            Err(Error::Invalid(format!("bench samplers: target `{spec}` must be a mixture with an exact density")))
+        }
+    };
+    let pb = progress::bar(LEADERBOARD_SAMPLERS.len() * req.budgets.len() + 1, "bench", req.quiet);
+    match &req.run {
+        Some(dir) => {
+            let model = LoadedModel::from_run(dir, true)?;
+            let cfg = &model.cfg;
+            let mix = match &req.target {
+                Some(t) => mixture_of(t)?,
+                None => oracle_of(cfg)?.ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "bench samplers: run {} has no exact mixture (data `{}`); image metrics are not wired into the leaderboard yet",
+                        dir.display(),
+                        cfg.data.source
+                    ))
+                })?};
+            if cfg.objective.kind.is_noise_free(cfg.objective.sigma) {
+                return Err(Error::Invalid(
+                    "bench samplers: this run learned a single noise level; reverse-time samplers need a model of every level".into(),
+                ));
+            }
+            let score = model.score();
+            let set = BenchSettings { n: req.n, eps: cfg.sampling.eps, seed: req.seed, dtype: DType::F32 };
+            let sde = cfg.sde();
+            let base = cfg.sampling.spec();
+            Ok(leaderboard(score.as_ref(), sde.as_ref(), &mix, &base, &LEADERBOARD_SAMPLERS, &req.budgets, &set, &pb)?)
+        }
+        None => {
+            let mix = mixture_of(req.target.as_deref().unwrap_or("gmm8"))?;
+            let sde: std::sync::Arc<dyn crate::sde::Sde> = std::sync::Arc::new(crate::sde::VpSde::default());
+            let oracle = crate::oracle::OracleScore::new(mix.clone(), sde.clone());
+            let set = BenchSettings { n: req.n, eps: None, seed: req.seed, dtype: DType::F64 };
+            let base = SamplerSpec::default();
+            Ok(leaderboard(&oracle, sde.as_ref(), &mix, &base, &LEADERBOARD_SAMPLERS, &req.budgets, &set, &pb)?)
+        }
     }
 }

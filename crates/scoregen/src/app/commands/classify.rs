@@ -2,16 +2,18 @@
 //! classifier behind the image metrics (and, noise-aware, behind classifier
 //! guidance), trained on an image source's training split.
 
-use crate::config::RunConfig;
+use crate::app::config::RunConfig;
 use crate::data::{self, ImageOptions};
 use crate::error::{Error, Result};
-use crate::metrics::images::{image_report, ImageReport};
-use crate::nets::classifier::{ClassifierMeta, ClassifierSpec, SavedClassifier};
+use crate::io::npy;
+use crate::metrics::images::ImageReport;
+use crate::nets::classifier::{ClassifierMeta, ClassifierSpec};
+use crate::nets::SavedClassifier;
 use crate::points::Points;
+use crate::train::classifier::image_report;
 use crate::train::classifier::{train_classifier as fit, ClassifierTraining, Labelled, NoiseAware};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-
 /// What `scoregen train-classifier` was asked for.
 #[derive(Debug, Clone)]
 pub struct ClassifierRequest {
@@ -146,4 +148,52 @@ pub fn evaluate_images(samples: &Points, classifier_dir: &Path) -> Result<ImageR
     let opts = ImageOptions { scale: saved.meta.scale, test_fraction: saved.meta.test_fraction, split_seed: 0 };
     let (train, test, _) = labelled_splits(&saved.meta.data, &opts)?;
     image_report(samples, &train, &test, &saved.classifier)
+}
+
+/// How a classifier labels a set of samples (`scoregen classify`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Classification {
+    pub n: usize,
+    /// Fraction of the samples predicted as each class.
+    pub histogram: Vec<f64>,
+    /// Fraction predicted as the expected class (`--class` or `--labels`), if one was given.
+    pub accuracy: Option<f64>,
+}
+
+/// Classifies `samples` (data space, t = 0) and compares with `expected`: one
+/// class for all, or one label per sample.
+pub fn classify(classifier: &Path, samples: &Path, expected: Option<Expected>) -> Result<Classification> {
+    let saved = SavedClassifier::load(classifier)?;
+    let spec = &saved.meta.spec;
+    let x = npy::read_points(samples)?;
+    if x.d != spec.dim {
+        return Err(Error::data(samples, format!("samples have dimension {}, the classifier takes {}", x.d, spec.dim)));
+    }
+    // a noise-aware classifier judges clean samples at its smallest training time
+    let t = spec.noise_aware.then_some(1e-3);
+    let (pred, _) = crate::train::classifier::predict(&saved.classifier, &x, t)?;
+    let mut histogram = vec![0.0; spec.classes];
+    for &p in &pred {
+        histogram[p] += 1.0 / x.n as f64;
+    }
+    let want: Option<Vec<usize>> = match expected {
+        None => None,
+        Some(Expected::Class(k)) => Some(vec![k; x.n]),
+        Some(Expected::Labels(path)) => {
+            let l = npy::read_points(&path)?;
+            if l.n * l.d != x.n || l.data.iter().any(|v| *v < 0.0 || v.fract() != 0.0) {
+                return Err(Error::data(&path, format!("expected {} integer labels ≥ 0, one per sample", x.n)));
+            }
+            Some(l.data.iter().map(|&v| v as usize).collect())
+        }
+    };
+    let accuracy = want.map(|w| pred.iter().zip(&w).filter(|(p, w)| p == w).count() as f64 / x.n.max(1) as f64);
+    Ok(Classification { n: x.n, histogram, accuracy })
+}
+
+/// What the samples of `classify` should be.
+#[derive(Debug, Clone)]
+pub enum Expected {
+    Class(usize),
+    Labels(PathBuf),
 }

@@ -9,20 +9,24 @@
 //! the reverse process as a GIF and its paths against t; for images the sample
 //! grid. Plain HTML and CSS, every text escaped.
 
-use crate::config::{ObjectiveKind, RunConfig};
+use super::eval::Target;
+use super::sample::{self, SampleRequest};
+use crate::app::config::{ObjectiveKind, RunConfig};
+use crate::app::figures;
+use crate::app::run_dir::{self, LoadedModel};
 use crate::error::{Error, Result};
-use crate::io::fs;
-use crate::io::npy;
+use crate::io::{fs, npy};
 use crate::likelihood::{self, LikelihoodOptions, TraceEstimator};
 use crate::oracle::GaussianMixture;
 use crate::points::Points;
-use crate::progress;
 use crate::rng::Rng;
-use crate::run::{self, SampleRequest, Target};
-use crate::samplers::{self, EulerMaruyama, NoneCorrector, OdeMethod, ReverseOptions, SamplerSpec};
-use crate::sde::{self, Sde};
-use crate::train::{self, streams, LoadedModel};
-use crate::viz::{self, trajectories_over_density, Arrow, Bounds, Panel};
+use crate::samplers;
+use crate::samplers::{EulerMaruyama, NoneCorrector, OdeMethod, ReverseOptions};
+use crate::sde::Sde;
+use crate::train::{self, streams};
+use crate::viz::{self, Bounds};
+use crate::viz::{trajectories_over_density, Arrow, Panel};
+use crate::{progress, sde};
 use candle_core::{DType, Device};
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -91,7 +95,7 @@ pub fn write_report(run_dir: &Path, quiet: bool) -> Result<Report> {
     let mut sections = vec![overview(&cfg, &model, run_dir)?];
     sections.push(b.training(run_dir)?);
     let samples = find_samples(run_dir);
-    let oracle = run::oracle_of(&cfg)?;
+    let oracle = run_dir::oracle_of(&cfg)?;
     if model.state.dim == 2 {
         sections.extend(b.two_d(&model, oracle.as_ref(), samples.as_deref(), quiet)?);
     } else if cfg.image_shape(model.state.dim).is_some() {
@@ -165,7 +169,7 @@ impl Builder<'_> {
         let mut blocks = Vec::new();
         if let (Some(first), Some(last)) = (log.first(), log.last()) {
             let (path, src) = self.fig("loss.png");
-            run::loss_plot(run_dir, &path)?;
+            figures::loss_plot(run_dir, &path)?;
             let rate = log.iter().map(|l| l.steps_per_sec).sum::<f64>() / log.len() as f64;
             blocks.push(Block::Table(
                 vec!["".into(), "first logged".into(), "last logged".into()],
@@ -217,7 +221,7 @@ impl Builder<'_> {
         let cfg = &model.cfg;
         let score = model.score();
         let sde = cfg.sde();
-        let data = train::training_points(cfg)?;
+        let data = run_dir::training_points(cfg)?;
         let bounds = match oracle {
             Some(m) => Bounds::around(&m.sample(4000, &mut Rng::new(0, 0)), 0.15),
             None => Bounds::around(&data.head(4000), 0.15),
@@ -247,7 +251,7 @@ impl Builder<'_> {
         let (path, src) = self.fig("samples.png");
         let title = format!("{} samples", pts.n);
         if exact.is_some() {
-            run::scatter(&path, &pts, oracle, &format!("{title} over the exact p(x)"))?;
+            figures::scatter(&path, &pts, oracle, &format!("{title} over the exact p(x)"))?;
         } else {
             let panels = [("training data", &data.head(2000), model_logp), (title.as_str(), &pts, model_logp)];
             viz::scatter_grid(&path, 2, &panels, &bounds).map_err(plot_err)?;
@@ -279,9 +283,8 @@ impl Builder<'_> {
                 Target::Reference(data.clone()),
                 "floor (data vs data)",
                 "Against the training points (no exact density is known); the floor compares two disjoint halves of them.",
-            ),
-        };
-        let ev = run::evaluate(&pts, &target, cfg.seed)?;
+            )};
+        let ev = super::eval::evaluate(&pts, &target, cfg.seed)?;
         let rows = ev.rows().into_iter().map(|(a, b, c)| vec![a, b, c]).collect();
         sample_blocks.push(Block::Table(vec!["metric".into(), "samples".into(), floor.into()], rows));
         sample_blocks.push(Block::Para(why.into()));
@@ -331,8 +334,7 @@ impl Builder<'_> {
                  the strong pull far from the data and the weak one near it show; arrows point uphill, towards the modes.",
                 if oracle.is_some() { ", over the exact perturbed density p_t = p₀ ∗ N(0, σ²I) (mean-scaled)" } else { "" }
             ),
-            formula: Some("s_θ(x, t) ≈ ∇ₓ log p_t(x)".into()),
-        });
+            formula: Some("s_θ(x, t) ≈ ∇ₓ log p_t(x)".into())});
         sections.push(Section { title: "Score field".into(), blocks: field_blocks });
 
         // The model's density beside the exact one.
@@ -408,8 +410,7 @@ impl Builder<'_> {
                     "dx = [f(x, t) − g(t)² s_θ(x, t)] dt + g(t) dw̄,  from t = T to ε".into()
                 } else {
                     "x ← x + ε s_θ(x) + √(2ε) z".into()
-                }),
-            });
+                })});
             if model.cfg.sampling.sampler.is_reverse_time() || !cfg.objective.kind.is_noise_free(cfg.objective.sigma) {
                 let (path, src) = self.fig("forward_reverse.png");
                 forward_reverse(&path, sde.as_ref(), &data, &process, oracle, &bounds, cfg.seed)?;
@@ -455,8 +456,8 @@ impl Builder<'_> {
         } else {
             let mut req = SampleRequest::new(PROCESS_N, steps, cfg.seed, PathBuf::new());
             req.record_every = Some(1);
-            let spec = SamplerSpec { steps, ..cfg.sampling.spec() };
-            run::draw(model, model.score().as_ref(), &req, &spec, &mut rng)?
+            let spec = req.spec(cfg, None);
+            sample::draw(model, model.score().as_ref(), &req, &spec, &mut rng)?
         };
         pb.finish_and_clear();
         out.trajectory.iter().map(|(t, x)| Ok((*t, Points::from_tensor(x)?))).collect()
@@ -613,7 +614,7 @@ fn forward_reverse(
     let mut rng = Rng::new(seed, streams::EVAL);
     let steps = process.len().saturating_sub(1).max(1);
     let starts: Vec<f64> = (0..PATHS.min(data.n)).map(|i| data.row(i)[0]).collect();
-    let forward = crate::demo::forward_paths_1d(sde, &starts, steps, &mut rng);
+    let forward = super::demo::forward_paths_1d(sde, &starts, steps, &mut rng);
     let reverse: Vec<Vec<(f64, f64)>> =
         (0..PATHS.min(process[0].1.n)).map(|i| process.iter().map(|(t, x)| (*t, x.row(i)[0])).collect()).collect();
     // the marginal of x₁ under the mixture: component means and variances of the first coordinate

@@ -1,19 +1,23 @@
 //! Demonstrations of the seed's figures, on exact scores: Langevin dynamics
 //! on a mixture, the low-density pitfall, and forward/reverse SDE trajectories.
 
+use crate::app::factory;
 use crate::data::toy;
 use crate::error::{Error, Result};
 use crate::io::fs;
-use crate::metrics::{self, ModeStats};
-use crate::oracle::{GaussianMixture, MixtureScore, OracleScore};
+use crate::metrics;
+use crate::metrics::ModeStats;
+use crate::oracle::GaussianMixture;
+use crate::oracle::{MixtureScore, OracleScore};
 use crate::points::Points;
 use crate::progress;
 use crate::rng::Rng;
-use crate::samplers::{
-    self, sample_pc, AnnealedOptions, EulerMaruyama, LangevinOptions, NoneCorrector, ReverseOptions, Start,
-};
+use crate::samplers;
+use crate::samplers::{sample_pc, AnnealedOptions};
+use crate::samplers::{EulerMaruyama, LangevinOptions, NoneCorrector, ReverseOptions, Start};
 use crate::sde::{NoiseLadder, Sde, VpSde};
-use crate::viz::{self, trajectories_over_density, Bounds, Panel};
+use crate::viz::{self, Bounds};
+use crate::viz::{trajectories_over_density, Panel};
 use candle_core::DType;
 use indicatif::ProgressBar;
 use serde::Serialize;
@@ -123,9 +127,9 @@ pub fn pitfall_with(
 /// (sliced score matching, 1500 steps) and returns ‖s_θ(x) − ∇log p(x)‖ on the
 /// heat-map grid of `bounds`, with the training points.
 pub fn noise_free_score_error(bounds: &Bounds, quiet: bool) -> Result<(Vec<f64>, Points)> {
-    let text = include_str!("../../../configs/sliced-unbalanced.toml");
-    let cfg = crate::config::RunConfig::parse(text, "configs/sliced-unbalanced.toml (built in)", &[])?;
-    let mut trainer = crate::train::Trainer::new(&cfg)?;
+    let text = include_str!("../../../../../configs/sliced-unbalanced.toml");
+    let cfg = crate::app::config::RunConfig::parse(text, "configs/sliced-unbalanced.toml (built in)", &[])?;
+    let mut trainer = factory::trainer(&cfg)?;
     let pb = progress::bar(cfg.training.steps, "train", quiet);
     for _ in 0..cfg.training.steps {
         trainer.train_step("none")?;

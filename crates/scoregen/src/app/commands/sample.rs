@@ -1,0 +1,263 @@
+//! Whole commands over a run directory: sample a trained run, evaluate a
+//! sample file, and the quickstart (train → sample → evaluate → pictures).
+
+use crate::app::config::{ObjectiveKind, RunConfig};
+use crate::app::figures::scatter;
+use crate::app::run_dir::{oracle_of, LoadedModel};
+use crate::error::{Error, Result};
+use crate::guidance::{ClassifierFree, ClassifierGuided, ModelConditional};
+use crate::io::{fs, npy};
+use crate::nets::SavedClassifier;
+use crate::points::Points;
+use crate::progress;
+use crate::rng::Rng;
+use crate::samplers::{self, SampleContext, SamplerKind, SamplerSpec};
+use crate::score::{LogDensity, ScoreFn};
+use crate::train::streams;
+use crate::viz::{self, Bounds};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+/// What `scoregen sample` was asked for.
+#[derive(Debug, Clone)]
+pub struct SampleRequest {
+    pub n: usize,
+    /// Reverse-SDE steps, or Langevin steps K.
+    pub steps: usize,
+    /// Override the Langevin step size ε.
+    pub step_size: Option<f64>,
+    /// Override annealed Langevin's steps per level T.
+    pub steps_per_level: Option<usize>,
+    /// Keep every k-th state and write a GIF of them beside the samples
+    /// (reverse-time PC/ODE samplers and the Langevin family).
+    pub record_every: Option<usize>,
+    pub seed: u64,
+    pub out: PathBuf,
+    pub use_ema: bool,
+    pub quiet: bool,
+}
+
+impl SampleRequest {
+    /// The sampler settings: `base` (default: the run's `[sampling]`) with this
+    /// request's steps and recording, and the run's own ε, denoising and
+    /// Langevin settings (the request's step size and steps per level first).
+    pub fn spec(&self, cfg: &RunConfig, base: Option<SamplerSpec>) -> SamplerSpec {
+        let sp = &cfg.sampling;
+        SamplerSpec {
+            steps: self.steps,
+            record_every: self.record_every,
+            eps: sp.eps,
+            denoise: sp.denoise,
+            step_size: self.step_size.unwrap_or(sp.step_size),
+            steps_per_level: self.steps_per_level.unwrap_or(sp.steps_per_level),
+            start: sp.start,
+            langevin_t: cfg.langevin_time(),
+            ..base.unwrap_or_else(|| sp.spec())
+        }
+    }
+
+    /// n samples with `steps` steps, the run's sampler and EMA weights, no progress bar.
+    pub fn new(n: usize, steps: usize, seed: u64, out: PathBuf) -> Self {
+        Self {
+            n,
+            steps,
+            seed,
+            out,
+            use_ema: true,
+            quiet: true,
+            step_size: None,
+            steps_per_level: None,
+            record_every: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SampleOutcome {
+    pub npy: PathBuf,
+    pub png: Option<PathBuf>,
+    /// The reverse process as an animation, when frames were recorded.
+    pub gif: Option<PathBuf>,
+    pub n: usize,
+    pub nfe: usize,
+    pub seconds: f64,
+}
+
+/// Draws samples from a trained run with its sampler (or the request's),
+/// writes them as float32 `.npy` and, for 2-D data, a PNG scatter beside it.
+pub fn sample_run(run_dir: &Path, req: &SampleRequest) -> Result<SampleOutcome> {
+    sample_run_with(run_dir, req, None)
+}
+
+/// [`sample_run`] with a sampler chosen by the caller (`None`: the config's);
+/// `req.steps` sets the number of steps of the SDE samplers.
+pub fn sample_run_with(run_dir: &Path, req: &SampleRequest, spec: Option<SamplerSpec>) -> Result<SampleOutcome> {
+    sample_run_guided(run_dir, req, spec, None)
+}
+
+/// [`sample_run_with`], optionally steered to a class ([`ClassGuidance`]).
+pub fn sample_run_guided(
+    run_dir: &Path,
+    req: &SampleRequest,
+    spec: Option<SamplerSpec>,
+    class: Option<&ClassGuidance>,
+) -> Result<SampleOutcome> {
+    let model = LoadedModel::from_run(run_dir, req.use_ema)?;
+    // An unwritable output folder fails now, not after the sampling it would lose.
+    fs::ensure_writable_dir(req.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
+    let spec = req.spec(&model.cfg, spec);
+    let start = Instant::now();
+    let mut rng = Rng::new(req.seed, streams::SAMPLING);
+    let out = match class {
+        None => draw(&model, model.score().as_ref(), req, &spec, &mut rng)?,
+        Some(g) => g.with_score(&model, |score| draw(&model, score, req, &spec, &mut rng))?,
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    let pts = Points::from_tensor(&out.x)?;
+    if let Some(dir) = req.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir(dir)?;
+    }
+    // Frames of the reverse process, from noise to the final samples.
+    let mut frames: Vec<(f64, Points)> =
+        out.trajectory.iter().map(|(t, x)| Ok((*t, Points::from_tensor(x)?))).collect::<Result<_>>()?;
+    if !frames.is_empty() {
+        frames.push((0.0, pts.clone()));
+    }
+    let gif = (!frames.is_empty()).then(|| req.out.with_extension("gif"));
+    let png = if let Some((c, h, w)) = model.cfg.image_shape(pts.d) {
+        // Flattened images: save as [N, C, H, W] and a grid of them in pixel space.
+        let scale = model.cfg.data.scale;
+        let to_pixels = |p: &Points| p.data.iter().map(|&x| scale.to_pixel(x) as f32).collect::<Vec<f32>>();
+        let raw: Vec<f32> = pts.data.iter().map(|&x| x as f32).collect();
+        npy::write_f32(&req.out, &[pts.n, c, h, w], &raw)?;
+        let png = req.out.with_extension("png");
+        let cols = (pts.n as f64).sqrt().ceil() as usize;
+        let zoom = (64 / h).max(1);
+        viz::image_grid(&png, &to_pixels(&pts), (c, h, w), cols, zoom)?;
+        if let Some(gif) = &gif {
+            let pixels: Vec<Vec<f32>> = frames.iter().map(|(_, p)| to_pixels(p)).collect();
+            viz::image_grid_gif(gif, &pixels, (c, h, w), cols, zoom, 8)?;
+        }
+        Some(png)
+    } else if pts.d == 2 {
+        npy::write_points(&req.out, &pts)?;
+        let png = req.out.with_extension("png");
+        let oracle = oracle_of(&model.cfg)?;
+        scatter(&png, &pts, oracle.as_ref(), &format!("{} samples, {} ({} steps)", pts.n, model.cfg.name, req.steps))?;
+        if let Some(gif) = &gif {
+            let bounds = Bounds::around(&frames.last().expect("final frame").1, 0.15);
+            let titled: Vec<(String, Points)> = frames.into_iter().map(|(t, p)| (format!("t = {t:.3}"), p)).collect();
+            viz::scatter_gif(gif, &titled, None, &bounds, 8).map_err(|e| Error::Invalid(e.to_string()))?;
+        }
+        Some(png)
+    } else {
+        npy::write_points(&req.out, &pts)?;
+        None
+    };
+    Ok(SampleOutcome { npy: req.out.clone(), png, gif, n: pts.n, nfe: out.nfe, seconds })
+}
+
+/// Runs the sampler `spec` names with `score` (the model's own, or a guided
+/// one) on the run's SDE, through the one dispatcher [`SamplerSpec::sample`].
+/// The run's objective decides what may be asked: reverse-time samplers need
+/// a model of every noise level, annealed Langevin a noise ladder, MALA an energy.
+pub fn draw(
+    model: &LoadedModel,
+    score: &dyn ScoreFn,
+    req: &SampleRequest,
+    spec: &SamplerSpec,
+    rng: &mut Rng,
+) -> Result<samplers::Sampled> {
+    let cfg = &model.cfg;
+    let sampler = spec.kind;
+    let check =
+        |ok: bool, why: &str| if ok { Ok(()) } else { Err(Error::Invalid(format!("sampler `{sampler}`: {why}"))) };
+    if sampler.is_reverse_time() {
+        check(
+            !cfg.objective.kind.is_noise_free(cfg.objective.sigma),
+            "this run learned a single noise level; use --sampler langevin",
+        )?;
+    }
+    if sampler == SamplerKind::AnnealedLangevin {
+        check(cfg.objective.kind == ObjectiveKind::Ncsn, "needs a run trained with objective.kind = \"ncsn\"")?;
+    }
+    let energy =
+        match sampler {
+            SamplerKind::Mala => Some(model.model.energy().ok_or_else(|| {
+                Error::Invalid("sampler mala needs an energy model (model.kind = \"energy-mlp\")".into())
+            })? as &dyn LogDensity),
+            _ => None,
+        };
+    let ladder = cfg.ladder();
+    let sde = cfg.sde();
+    let (len, label) = match sampler {
+        SamplerKind::AnnealedLangevin => (spec.steps_per_level * ladder.levels(), "annealed".to_string()),
+        SamplerKind::Langevin | SamplerKind::Mala => (req.steps, sampler.to_string()),
+        _ => (req.steps, "sample".to_string()),
+    };
+    let pb = progress::bar(len, &label, req.quiet);
+    let ctx = SampleContext { ladder: Some(&ladder), energy, ..SampleContext::new(score, sde.as_ref(), &pb) };
+    Ok(spec.sample(&ctx, (req.n, model.state.dim), rng)?)
+}
+
+/// Steering `scoregen sample` to class y: classifier guidance with a trained
+/// noise-aware classifier, s + w·∇ₓ log p_t(y | x), or (no classifier) classifier-free
+/// guidance of a class-conditional run, (1 + w)·s(x, t, y) − w·s(x, t).
+#[derive(Debug, Clone)]
+pub struct ClassGuidance {
+    pub class: usize,
+    pub scale: f64,
+    /// A directory written by `scoregen train-classifier --noisy`.
+    pub classifier: Option<PathBuf>,
+}
+
+impl ClassGuidance {
+    /// Calls `f` with the guided score of `model`.
+    pub fn with_score<R>(&self, model: &LoadedModel, f: impl FnOnce(&dyn ScoreFn) -> Result<R>) -> Result<R> {
+        if !self.scale.is_finite() || self.scale < 0.0 {
+            return Err(Error::Invalid(format!("--guidance must be a finite number ≥ 0 (got {})", self.scale)));
+        }
+        match &self.classifier {
+            Some(dir) => {
+                let saved = SavedClassifier::load(dir)?;
+                let spec = &saved.meta.spec;
+                let bad = |why: String| Err(Error::data(dir.join("classifier.json"), why));
+                if spec.dim != model.state.dim {
+                    return bad(format!(
+                        "the classifier takes dimension {}, the run's data has {}",
+                        spec.dim, model.state.dim
+                    ));
+                }
+                let sde = model.cfg.sde();
+                if !spec.noise_aware || saved.meta.sde.as_deref() != Some(sde.name()) {
+                    return bad(format!(
+                        "classifier guidance needs a noise-aware classifier trained under the run's SDE `{}` (train-classifier --noisy --run RUN)",
+                        sde.name()
+                    ));
+                }
+                self.check_class(spec.classes)?;
+                let (base, clf) = (model.score(), &saved.classifier);
+                f(&ClassifierGuided { score: base.as_ref(), classifier: clf, class: self.class, scale: self.scale })
+            }
+            None => {
+                let k = model.model.classes();
+                if k == 0 {
+                    return Err(Error::Invalid(
+                        "--class needs a class-conditional run (trained with model.classes = K) or --classifier DIR"
+                            .into(),
+                    ));
+                }
+                self.check_class(k)?;
+                let cond = ModelConditional { model: &model.model, sde: model.cfg.sde() };
+                f(&ClassifierFree { model: &cond, class: self.class, w: self.scale })
+            }
+        }
+    }
+
+    fn check_class(&self, k: usize) -> Result<()> {
+        if self.class >= k {
+            return Err(Error::Invalid(format!("--class {} is out of range: classes are 0..{}", self.class, k - 1)));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,484 @@
+//! The run configuration (TOML): the schema and its defaults, parsed once
+//! into typed structs and validated on load ([`validate`]), with `--set`
+//! overrides ([`overrides`]). Unknown keys are errors that list the valid
+//! ones; every error names the file and the field. The objects a config
+//! describes are built in [`crate::app::factory`].
+
+mod overrides;
+mod validate;
+
+use crate::data::{self, PixelScale};
+use crate::error::{Error, Result};
+use crate::nets::MlpConfig;
+use crate::objectives::{Dsm, Projection, Reduction, Weighting};
+use crate::samplers::{CorrectorKind, SamplerKind, Start};
+use crate::score::Output;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// A whole experiment: data, SDE, model, objective, training and sampling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Run name; the default output directory is `runs/NAME`.
+    pub name: String,
+    /// Master seed: data, initialization, noise and sampling streams derive from it.
+    pub seed: u64,
+    pub data: DataConfig,
+    pub sde: SdeConfig,
+    pub model: ModelConfig,
+    pub objective: ObjectiveConfig,
+    pub noise: NoiseConfig,
+    pub training: TrainingConfig,
+    pub sampling: SamplingConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// A toy set name (`gmm8`, `gmm25`, `unbalanced`, `moons`, `swiss-roll`,
+    /// `checkerboard`), a mixture spec `*.toml`, or an `[N, D]` `*.npy` file.
+    pub source: String,
+    /// Training points drawn from a toy set or mixture spec (ignored for `.npy`);
+    /// for images, the most training images used.
+    pub n_train: usize,
+    /// Images: pixels p ∈ [0, 1] become `symmetric` 2p − 1 or `unit` p.
+    pub scale: PixelScale,
+    /// Images: the fraction held out as a test set (sets without their own split).
+    pub test_fraction: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SdeKind {
+    Ve,
+    Vp,
+    Subvp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SdeConfig {
+    pub kind: SdeKind,
+    /// VE: σ_min and σ_max.
+    pub sigma_min: f64,
+    pub sigma_max: f64,
+    /// VP and sub-VP: β_min and β_max.
+    pub beta_min: f64,
+    pub beta_max: f64,
+}
+
+/// Which network models the score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelKind {
+    /// MLP with Gaussian Fourier time features: s_θ(x, t).
+    TimeMlp,
+    /// Unconditional MLP s_θ(x) (noise-free objectives; with `score-over-std`, NCSNv2's s_θ(x)/σ).
+    #[serde(alias = "score-mlp")]
+    Mlp,
+    /// MLP with a learned embedding of the noise level (NCSN).
+    NcsnMlp,
+    /// Energy f_θ(x); the score is −∇ₓ f_θ.
+    EnergyMlp,
+    /// U-Net over square images (DDPM++ / NCSN++ style) with Fourier time features.
+    Unet,
+}
+
+/// Which loss trains the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ObjectiveKind {
+    /// Denoising score matching: continuous-time over the SDE, or at one σ when `objective.sigma` is set.
+    Dsm,
+    /// NCSN: DSM summed over the `[noise]` ladder with λ(σ) = σ^power.
+    Ncsn,
+    /// Implicit score matching (exact Jacobian trace).
+    Implicit,
+    /// Sliced score matching.
+    Sliced,
+    /// Sliced score matching, variance-reduced.
+    SlicedVr,
+}
+
+impl ObjectiveKind {
+    /// True for objectives that learn one score, not a family over noise levels.
+    pub fn is_noise_free(self, sigma: Option<f64>) -> bool {
+        match self {
+            ObjectiveKind::Dsm => sigma.is_some(),
+            ObjectiveKind::Ncsn => false,
+            _ => true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// `time-mlp`, `mlp` (alias `score-mlp`), `ncsn-mlp` or `energy-mlp`.
+    pub kind: ModelKind,
+    /// `score-over-std` (net predicts −z; score = net / s(t)), `score`, or the DDPM
+    /// parameterizations `epsilon` (score = −net/s(t)), `v` and `x0` (see `score::Output`).
+    pub output: Output,
+    pub width: usize,
+    pub depth: usize,
+    pub embed_dim: usize,
+    pub embed_scale: f64,
+    /// `unet`: base channels; level l has `channels · channel_mult[l]`.
+    pub channels: usize,
+    /// `unet`: one multiplier per resolution (each level after the first halves H and W).
+    pub channel_mult: Vec<usize>,
+    /// `unet`: GroupNorm groups.
+    pub groups: usize,
+    /// `unet`: self-attention at the lowest resolution.
+    pub attention: bool,
+    /// `unet`: image channels C (H = W = √(D/C)).
+    pub image_channels: usize,
+    /// K > 0: a class-conditional score s_θ(x, t, y) (`time-mlp` or `unet`), trained
+    /// on the data's labels for classifier-free guidance. 0: unconditional.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub classes: usize,
+    /// Probability that a training label is replaced by "no label" (the
+    /// classifier-free guidance dropout), so the same net learns s_θ(x, t, ∅).
+    #[serde(skip_serializing_if = "is_default_dropout")]
+    pub label_dropout: f64,
+}
+
+/// The default of `model.label_dropout` (Ho & Salimans 2022 use 0.1–0.2).
+pub const LABEL_DROPOUT: f64 = 0.2;
+
+// Defaults are left out of the written config.toml, so runs without classes
+// keep the config hash (and resume) they had before the fields existed.
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+fn is_default_dropout(v: &f64) -> bool {
+    *v == LABEL_DROPOUT
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObjectiveConfig {
+    /// `dsm`, `ncsn`, `implicit`, `sliced` or `sliced-vr`.
+    pub kind: ObjectiveKind,
+    /// λ(t): `sigma2` or `likelihood`.
+    pub weighting: Weighting,
+    /// `mean` or `sum` over data dimensions.
+    pub reduction: Reduction,
+    /// t ~ U(t_eps, 1).
+    pub t_eps: f64,
+    /// `dsm` only: train at this single noise level instead of over the SDE.
+    pub sigma: Option<f64>,
+    /// `sliced`: projections per example.
+    pub projections: usize,
+    /// `sliced`: `gaussian` or `rademacher`.
+    pub projection: Projection,
+    /// `implicit`: the largest data dimension accepted (D backward passes per step).
+    pub max_dim: usize,
+}
+
+/// The NCSN noise ladder σ_1 < … < σ_L (`objective.kind = "ncsn"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NoiseConfig {
+    pub sigma_min: f64,
+    pub sigma_max: f64,
+    pub levels: usize,
+    /// p in λ(σ) = σ^p.
+    pub power: f64,
+}
+
+impl Default for NoiseConfig {
+    fn default() -> Self {
+        Self { sigma_min: 0.01, sigma_max: 10.0, levels: 10, power: 2.0 }
+    }
+}
+
+/// `[training]`: the training loop's settings, defined beside the loop.
+pub use crate::train::TrainSettings as TrainingConfig;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingConfig {
+    /// `em` (Euler–Maruyama), `reverse-diffusion`, `ancestral`, `pc` (reverse diffusion +
+    /// corrector), `ode` (probability flow, RK45), `langevin`, `mala` or `annealed-langevin`.
+    pub sampler: SamplerKind,
+    /// Corrector before each predictor step: `langevin`, `ald` or `none`
+    /// (default: `langevin` for `pc`, `none` otherwise).
+    pub corrector: Option<CorrectorKind>,
+    /// Signal-to-noise ratio r of the Langevin correctors, ε = 2α(r‖z‖/‖s‖)².
+    pub snr: f64,
+    /// Corrector steps per time step.
+    pub corrector_steps: usize,
+    /// Relative and absolute tolerances of the adaptive ODE solver.
+    pub rtol: f64,
+    pub atol: f64,
+    pub steps: usize,
+    pub n: usize,
+    /// Final time ε; default: the SDE's (1e-5 VE, 1e-3 VP/sub-VP).
+    pub eps: Option<f64>,
+    /// Tweedie denoising step at the end.
+    pub denoise: bool,
+    /// Sample with the EMA weights.
+    pub use_ema: bool,
+    /// Langevin step size ε (annealed: the step at the smallest level).
+    pub step_size: f64,
+    /// Annealed Langevin: steps per noise level T.
+    pub steps_per_level: usize,
+    /// Where Langevin chains start.
+    pub start: Start,
+    /// `ddim`: stochasticity η ∈ [0, 1] (0 deterministic, 1 = DDPM).
+    pub eta: f64,
+    /// `heun`: EDM churn S_churn (0: deterministic), applied for S_min ≤ σ ≤ S_max, noise scale S_noise.
+    pub s_churn: f64,
+    pub s_tmin: f64,
+    pub s_tmax: f64,
+    pub s_noise: f64,
+    /// `dpmpp-2m`, `heun`: ρ of the Karras σ schedule.
+    pub rho: f64,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            name: "run".into(),
+            seed: 0,
+            data: DataConfig::default(),
+            sde: SdeConfig::default(),
+            model: ModelConfig::default(),
+            objective: ObjectiveConfig::default(),
+            noise: NoiseConfig::default(),
+            training: TrainingConfig::default(),
+            sampling: SamplingConfig::default(),
+        }
+    }
+}
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self { source: "gmm8".into(), n_train: 10_000, scale: PixelScale::Symmetric, test_fraction: 0.1 }
+    }
+}
+impl Default for SdeConfig {
+    fn default() -> Self {
+        Self { kind: SdeKind::Ve, sigma_min: 0.01, sigma_max: 50.0, beta_min: 0.1, beta_max: 20.0 }
+    }
+}
+impl Default for ModelConfig {
+    fn default() -> Self {
+        let m = MlpConfig::default();
+        Self {
+            kind: ModelKind::TimeMlp,
+            output: Output::ScoreOverStd,
+            width: m.width,
+            depth: m.depth,
+            embed_dim: m.embed_dim,
+            embed_scale: m.embed_scale,
+            channels: 32,
+            channel_mult: vec![1, 2],
+            groups: 8,
+            attention: false,
+            image_channels: 1,
+            classes: 0,
+            label_dropout: LABEL_DROPOUT,
+        }
+    }
+}
+impl Default for ObjectiveConfig {
+    fn default() -> Self {
+        let d = Dsm::default();
+        Self {
+            kind: ObjectiveKind::Dsm,
+            weighting: d.weighting,
+            reduction: d.reduction,
+            t_eps: d.t_eps,
+            sigma: None,
+            projections: 1,
+            projection: Projection::Rademacher,
+            max_dim: 16,
+        }
+    }
+}
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        Self {
+            sampler: SamplerKind::Em,
+            corrector: None,
+            snr: 0.16,
+            corrector_steps: 1,
+            rtol: 1e-5,
+            atol: 1e-5,
+            steps: 1000,
+            n: 2000,
+            eps: None,
+            denoise: true,
+            use_ema: true,
+            step_size: 0.01,
+            steps_per_level: 100,
+            start: Start::Uniform { lo: -8.0, hi: 8.0 },
+            eta: 0.0,
+            s_churn: 0.0,
+            s_tmin: 0.0,
+            s_tmax: f64::INFINITY,
+            s_noise: 1.0,
+            rho: 7.0,
+        }
+    }
+}
+
+impl RunConfig {
+    /// Reads, overrides (`key.path=value`) and validates a config file.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text, &path.display().to_string(), overrides)
+    }
+
+    /// Parses TOML text; `file` names the source in error messages.
+    pub fn parse(text: &str, file: &str, overrides: &[String]) -> Result<Self> {
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| {
+            Error::config(file, overrides::syntax_at(text, e.span()), e.message().trim().replace('\n', "; "))
+        })?;
+        for o in overrides {
+            overrides::apply_override(&mut value, o).map_err(|m| Error::config(file, o.clone(), m))?;
+        }
+        let cfg: RunConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let field = e.path().to_string();
+            // toml appends "\nin `table`"; the field path already says where.
+            let msg = e.into_inner().to_string();
+            Error::config(file, field, msg.lines().next().unwrap_or_default().to_string())
+        })?;
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    /// The resolved config as TOML (what a run saves as `config.toml`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a RunConfig always serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Class conditioning is validated by name, and a config without classes
+    /// writes no new keys (its hash, and so resume, are unchanged).
+    #[test]
+    fn class_fields_are_validated_by_name_and_hidden_when_unused() {
+        let parse = |set: &[&str]| {
+            let sets: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+            RunConfig::parse("name = \"c\"", "c.toml", &sets)
+        };
+        let e = parse(&["model.kind=\"energy-mlp\"", "model.output=\"score\"", "model.classes=3"]).unwrap_err();
+        assert!(e.to_string().starts_with("c.toml: field `model.classes`"), "{e}");
+        let e = parse(&["model.classes=3", "model.label_dropout=1.0"]).unwrap_err();
+        assert!(e.to_string().starts_with("c.toml: field `model.label_dropout`"), "{e}");
+        assert!(!parse(&[]).unwrap().to_toml().contains("classes"));
+        assert!(parse(&["model.classes=3"]).unwrap().to_toml().contains("classes = 3"));
+    }
+
+    #[test]
+    fn defaults_round_trip_through_toml() {
+        let c = RunConfig::default();
+        assert_eq!(RunConfig::parse(&c.to_toml(), "x.toml", &[]).unwrap(), c);
+    }
+
+    #[test]
+    fn unknown_key_names_field_and_lists_valid_ones() {
+        let e = RunConfig::parse("[sde]\nsigma_maxx = 3\n", "c.toml", &[]).unwrap_err().to_string();
+        assert!(e.starts_with("c.toml: field `sde"), "{e}");
+        assert!(e.contains("sigma_maxx") && e.contains("sigma_max"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_names_the_line() {
+        let e = RunConfig::parse("name = \"x\"\n\n[sde\nkind = \"ve\"\n", "c.toml", &[]).unwrap_err().to_string();
+        assert!(e.starts_with("c.toml: field `(syntax, line 3)`: "), "{e}");
+    }
+
+    #[test]
+    fn negative_sigma_is_rejected_by_name() {
+        let e = RunConfig::parse("[sde]\nkind = \"ve\"\nsigma_min = -0.1\n", "c.toml", &[]).unwrap_err().to_string();
+        assert_eq!(e, "c.toml: field `sde.sigma_min`: must be a finite number > 0 (got -0.1)");
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let e = RunConfig::parse("[training]\nsteps = \"many\"\n", "c.toml", &[]).unwrap_err().to_string();
+        assert!(e.contains("field `training.steps`"), "{e}");
+    }
+
+    #[test]
+    fn sampler_fields_are_validated_by_name() {
+        let e = RunConfig::parse("[sampling]\nsampler = \"rk4\"\n", "c.toml", &[]).unwrap_err().to_string();
+        assert!(e.starts_with("c.toml: field `sampling.sampler`: unknown variant `rk4`, expected one of `em`"), "{e}");
+        let e = RunConfig::parse("[sampling]\ncorrector = \"mala\"\n", "c.toml", &[]).unwrap_err().to_string();
+        assert!(e.contains("`sampling.corrector`") && e.contains("langevin"), "{e}");
+        let e = RunConfig::parse("[sampling]\nrtol = 0\n", "c.toml", &[]).unwrap_err().to_string();
+        assert!(e.contains("`sampling.rtol`"), "{e}");
+        let c =
+            RunConfig::parse("[sampling]\nsampler = \"pc\"\ncorrector = \"ald\"\nsnr = 0.1\n", "c.toml", &[]).unwrap();
+        let spec = c.sampling.spec();
+        assert_eq!(spec.kind, SamplerKind::Pc);
+        assert_eq!(spec.corrector, Some(CorrectorKind::Ald));
+        assert_eq!(spec.snr, 0.1);
+    }
+
+    #[test]
+    fn diffusion_sampler_fields_are_validated_by_name() {
+        let e = RunConfig::parse("[sampling]\nsampler = \"ddim\"\neta = 1.5\n", "c.toml", &[]).unwrap_err().to_string();
+        assert_eq!(e, "c.toml: field `sampling.eta`: must be in [0, 1] (got 1.5)");
+        let e = RunConfig::parse("[sampling]\nrho = 0\n", "c.toml", &[]).unwrap_err().to_string();
+        assert!(e.contains("`sampling.rho`"), "{e}");
+        let e = RunConfig::parse("[sampling]\ns_tmin = 2\ns_tmax = 1\n", "c.toml", &[]).unwrap_err().to_string();
+        assert!(e.contains("`sampling.s_tmax`"), "{e}");
+        let text =
+            "[model]\noutput = \"epsilon\"\n[sampling]\nsampler = \"heun\"\ns_churn = 40\ns_tmin = 0.05\ns_tmax = 50\n";
+        let c = RunConfig::parse(text, "c.toml", &[]).unwrap();
+        let spec = c.sampling.spec();
+        assert_eq!(spec.kind, SamplerKind::Heun);
+        assert_eq!(
+            (spec.churn.s_churn, spec.churn.s_tmin, spec.churn.s_tmax, spec.churn.s_noise),
+            (40.0, 0.05, 50.0, 1.0)
+        );
+        assert_eq!(spec.rho, 7.0);
+        // an ε-model needs a noise-conditional objective, like score-over-std
+        let e = RunConfig::parse("[model]\noutput = \"epsilon\"\n[objective]\nkind = \"sliced\"\n", "c.toml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`model.output`") && e.contains("`epsilon`"), "{e}");
+    }
+
+    #[test]
+    fn overrides_set_nested_values() {
+        let c = RunConfig::parse(
+            "[sde]\nkind = \"vp\"\n",
+            "c.toml",
+            &["training.steps=7".into(), "sde.beta_max=10".into(), "data.source=moons".into()],
+        )
+        .unwrap();
+        assert_eq!(c.training.steps, 7);
+        assert_eq!(c.sde.beta_max, 10.0);
+        assert_eq!(c.data.source, "moons");
+        assert!(RunConfig::parse("", "c.toml", &["training.nope=1".into()]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod preset_tests {
+    use super::*;
+
+    /// Every preset in `configs/` parses and validates.
+    #[test]
+    fn every_preset_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "toml") {
+                RunConfig::load(&p, &[]).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 3);
+    }
+}

@@ -1,0 +1,232 @@
+//! The one place that builds objects from a config: the SDE, the model, the
+//! objective, the noise ladder, the sampler settings. Below the application
+//! layer nothing reads the config; these values travel down.
+
+use super::config::*;
+use crate::data::{self, ImageOptions};
+use crate::error::{Error, Result};
+use crate::nets::{self, Conditioning, EnergyMlp, Mlp, MlpConfig, Model, UNet, UNetConfig};
+use crate::objectives::{ContinuousDsm, DenoisingAtSigma, Dsm, Implicit, Ncsn, Objective, Sliced};
+use crate::rng::Rng;
+use crate::samplers::{Churn, SamplerSpec};
+use crate::sde::{NoiseLadder, Sde, SubVpSde, VeSde, VpSde};
+use crate::train::{streams, TrainSetup, Trainer};
+use candle_nn::VarMap;
+use std::sync::Arc;
+
+impl SdeConfig {
+    /// The SDE this section describes.
+    pub fn build(&self) -> Arc<dyn Sde> {
+        match self.kind {
+            SdeKind::Ve => Arc::new(VeSde::new(self.sigma_min, self.sigma_max)),
+            SdeKind::Vp => Arc::new(VpSde::new(self.beta_min, self.beta_max)),
+            SdeKind::Subvp => Arc::new(SubVpSde::new(self.beta_min, self.beta_max)),
+        }
+    }
+}
+
+impl ModelConfig {
+    pub fn mlp(&self) -> MlpConfig {
+        MlpConfig { width: self.width, depth: self.depth, embed_dim: self.embed_dim, embed_scale: self.embed_scale }
+    }
+
+    /// The U-Net for flattened square images of dimension `dim`.
+    pub fn unet(&self, dim: usize) -> Result<UNetConfig> {
+        Ok(UNetConfig {
+            image: UNetConfig::square_image(dim, self.image_channels)?,
+            channels: self.channels,
+            channel_mult: self.channel_mult.clone(),
+            groups: self.groups,
+            attention: self.attention,
+            embed_dim: self.embed_dim,
+            embed_scale: self.embed_scale,
+        })
+    }
+}
+
+impl DataConfig {
+    /// How image sources are read (the split does not depend on the run's seed,
+    /// so every run holds out the same test images).
+    pub fn image_options(&self) -> ImageOptions {
+        ImageOptions { scale: self.scale, test_fraction: self.test_fraction, split_seed: 0 }
+    }
+}
+
+impl ObjectiveConfig {
+    pub fn dsm(&self) -> Dsm {
+        Dsm { weighting: self.weighting, reduction: self.reduction, t_eps: self.t_eps }
+    }
+}
+
+impl SamplingConfig {
+    /// The sampler, corrector, snr and tolerances.
+    pub fn spec(&self) -> SamplerSpec {
+        SamplerSpec {
+            kind: self.sampler,
+            corrector: self.corrector,
+            snr: self.snr,
+            corrector_steps: self.corrector_steps,
+            steps: self.steps,
+            rtol: self.rtol,
+            atol: self.atol,
+            eta: self.eta,
+            churn: Churn { s_churn: self.s_churn, s_tmin: self.s_tmin, s_tmax: self.s_tmax, s_noise: self.s_noise },
+            rho: self.rho,
+            eps: self.eps,
+            denoise: self.denoise,
+            step_size: self.step_size,
+            steps_per_level: self.steps_per_level,
+            start: self.start,
+            langevin_t: 0.0,
+            record_every: None,
+        }
+    }
+}
+
+impl RunConfig {
+    /// The noise ladder of `[noise]`.
+    pub fn ladder(&self) -> NoiseLadder {
+        NoiseLadder::geometric(self.noise.sigma_min, self.noise.sigma_max, self.noise.levels)
+    }
+
+    /// (C, H, W) when the data are images: a named set's shape, else square
+    /// images of `model.image_channels` channels for a U-Net or an image source.
+    pub fn image_shape(&self, dim: usize) -> Option<(usize, usize, usize)> {
+        data::image_shape_of(&self.data.source).or_else(|| {
+            (self.model.kind == ModelKind::Unet || data::is_image_source(&self.data.source))
+                .then(|| UNetConfig::square_image(dim, self.model.image_channels).ok())
+                .flatten()
+        })
+    }
+
+    /// The SDE the model's time input refers to: the ladder's VE SDE for NCSN, else `[sde]`.
+    pub fn sde(&self) -> Arc<dyn Sde> {
+        match self.objective.kind {
+            ObjectiveKind::Ncsn => Arc::new(self.ladder().sde()),
+            _ => self.sde.build(),
+        }
+    }
+
+    /// The training objective.
+    pub fn objective(&self) -> Box<dyn Objective> {
+        let o = &self.objective;
+        match o.kind {
+            ObjectiveKind::Dsm => match o.sigma {
+                Some(sigma) => Box::new(DenoisingAtSigma { sigma }),
+                None => Box::new(ContinuousDsm { dsm: o.dsm(), sde: self.sde.build() }),
+            },
+            ObjectiveKind::Ncsn => {
+                Box::new(Ncsn { ladder: self.ladder(), power: self.noise.power, reduction: o.reduction })
+            }
+            ObjectiveKind::Implicit => Box::new(Implicit { max_dim: o.max_dim }),
+            ObjectiveKind::Sliced | ObjectiveKind::SlicedVr => Box::new(Sliced {
+                projections: o.projections,
+                projection: o.projection,
+                variance_reduced: o.kind == ObjectiveKind::SlicedVr,
+            }),
+        }
+    }
+
+    /// The time at which a noise-free sampler (Langevin, MALA) evaluates the score:
+    /// 0 (the smallest level for NCSN; unconditional models ignore it).
+    pub fn langevin_time(&self) -> f64 {
+        0.0
+    }
+}
+
+/// Builds the model `[model]` describes, with parameters in `vm` (new ones
+/// drawn from `seed`, existing ones reused). `levels` is the number of noise
+/// levels (for level-conditioned networks).
+pub fn build_model(cfg: &ModelConfig, dim: usize, levels: usize, seed: u64, vm: &VarMap) -> candle_core::Result<Model> {
+    let mlp = cfg.mlp();
+    Ok(match cfg.kind {
+        ModelKind::TimeMlp => {
+            let mut net = Mlp::build(vm, dim, dim, &mlp, Conditioning::Fourier, seed)?;
+            if cfg.classes > 0 {
+                let vb =
+                    nets::seeded_var_builder(vm, seed ^ 0xC1A55, candle_core::DType::F32, &candle_core::Device::Cpu);
+                net = net.with_classes(vb, cfg.classes)?;
+            }
+            Model::Score(Box::new(net), cfg.output)
+        }
+        ModelKind::Mlp => Model::Score(Box::new(Mlp::build(vm, dim, dim, &mlp, Conditioning::None, seed)?), cfg.output),
+        ModelKind::NcsnMlp => {
+            Model::Score(Box::new(Mlp::build(vm, dim, dim, &mlp, Conditioning::Levels(levels), seed)?), cfg.output)
+        }
+        ModelKind::EnergyMlp => Model::Energy(EnergyMlp::build(vm, dim, &mlp, Conditioning::None, seed)?),
+        ModelKind::Unet => {
+            let unet = cfg.unet(dim).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let mut net = UNet::build(vm, &unet, seed).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            if cfg.classes > 0 {
+                let vb =
+                    nets::seeded_var_builder(vm, seed ^ 0xC1A55, candle_core::DType::F32, &candle_core::Device::Cpu);
+                net = net.with_classes(vb, cfg.classes)?;
+            }
+            Model::Score(Box::new(net), cfg.output)
+        }
+    })
+}
+
+/// A fresh [`Trainer`] for `cfg`: its data drawn and its model initialized
+/// from the seed. Bad input (data, class labels, model shape) fails here,
+/// before anything is written.
+pub fn trainer(cfg: &RunConfig) -> Result<Trainer> {
+    crate::init();
+    let dataset = data::load_with(
+        &cfg.data.source,
+        cfg.data.n_train,
+        &mut Rng::new(cfg.seed, streams::DATA),
+        &cfg.data.image_options(),
+    )?;
+    if cfg.model.classes > 0 {
+        let k = cfg.model.classes;
+        let labels = dataset.labels.as_ref().ok_or_else(|| {
+            Error::config("config", "model.classes", format!("data `{}` has no class labels", cfg.data.source))
+        })?;
+        if let Some(&bad) = labels.iter().find(|&&y| y as usize >= k) {
+            return Err(Error::config("config", "model.classes", format!("is {k}, but the data has label {bad}")));
+        }
+    }
+    let (dim, levels, seed, model_cfg) = (dataset.points.d, cfg.noise.levels, cfg.seed, cfg.model.clone());
+    let varmap = VarMap::new();
+    let model = build_model(&model_cfg, dim, levels, seed, &varmap)?;
+    Trainer::new(TrainSetup {
+        dataset,
+        model,
+        varmap,
+        rebuild: Box::new(move |vm| Ok(build_model(&model_cfg, dim, levels, seed, vm)?)),
+        objective: cfg.objective(),
+        sde: cfg.sde(),
+        settings: cfg.training.clone(),
+        classes: cfg.model.classes,
+        label_dropout: cfg.model.label_dropout,
+        seed,
+        config_hash: super::run_dir::config_hash(cfg),
+        config_toml: cfg.to_toml(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The checks only read tensors: with them on, training gives the same bits.
+    #[test]
+    fn detect_anomaly_does_not_change_training() {
+        let text = "[data]\nn_train = 64\n[model]\nwidth = 8\ndepth = 2\n[training]\nbatch_size = 8\n";
+        let cfg = RunConfig::parse(text, "t.toml", &[]).unwrap();
+        let run = |detect: bool| -> Vec<u32> {
+            let mut t = trainer(&cfg).unwrap();
+            t.detect_anomaly = detect;
+            for _ in 0..5 {
+                t.train_step("none").unwrap();
+            }
+            t.params
+                .iter()
+                .flat_map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                .map(f32::to_bits)
+                .collect()
+        };
+        assert_eq!(run(true), run(false));
+    }
+}
