@@ -94,6 +94,7 @@ pub fn sample_pc_constrained(
 
 /// Which sampler `scoregen sample` runs (`sampling.sampler` in a config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum SamplerKind {
     /// Euler–Maruyama on the reverse SDE.
@@ -118,6 +119,7 @@ pub enum SamplerKind {
     Ddim,
     /// DPM-Solver++(2M) on the Karras σ schedule.
     #[serde(rename = "dpmpp-2m")]
+    #[cfg_attr(feature = "clap", value(name = "dpmpp-2m"))]
     Dpmpp2m,
     /// EDM's Heun sampler on the Karras σ schedule, with optional churn.
     Heun,
@@ -125,6 +127,7 @@ pub enum SamplerKind {
 
 /// Which corrector runs before each predictor step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum CorrectorKind {
     /// Langevin with the signal-to-noise step rule.
