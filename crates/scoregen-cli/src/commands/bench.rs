@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use scoregen::run;
 use scoregen::speed::{self, SampleCase};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Benchmarks: `samplers` (quality against NFE for every sampler); `train`, `sample`, `likelihood`, `gemm` (speed; bench/run sets them beside PyTorch).
 #[derive(Debug, clap::Args)]
@@ -114,7 +114,7 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
                 seed: *seed,
                 quiet: g.quiet,
             };
-            return samplers(&req, plot, g);
+            return leaderboard(&req, plot, g);
         }
         Bench::Train { model, width, side, batch, warmup, reps } => {
             let (cfg, case) = match model {
@@ -143,8 +143,8 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
     Ok(())
 }
 
-/// The leaderboard, its plot and its table.
-fn samplers(req: &run::BenchRequest, plot: &std::path::Path, g: &Globals) -> Result<()> {
+/// `bench samplers`: the leaderboard's plot, then its table.
+fn leaderboard(req: &run::BenchRequest, plot: &Path, g: &Globals) -> Result<()> {
     let lb = run::bench_samplers(req)?;
     if let Some(dir) = plot.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
