@@ -21,6 +21,7 @@ pub enum TraceEstimator {
 
 /// The distribution of Hutchinson probes (both have E[v vᵀ] = I).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum ProbeNoise {
     /// v_i = ±1 with probability ½ (the lower-variance choice).

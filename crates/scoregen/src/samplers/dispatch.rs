@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 /// Which sampler `scoregen sample` runs (`sampling.sampler` in a config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum SamplerKind {
     /// Euler–Maruyama on the reverse SDE.
@@ -47,6 +48,7 @@ pub enum SamplerKind {
     Ddim,
     /// DPM-Solver++(2M) on the Karras σ schedule.
     #[serde(rename = "dpmpp-2m")]
+    #[cfg_attr(feature = "clap", value(name = "dpmpp-2m"))]
     Dpmpp2m,
     /// EDM's Heun sampler on the Karras σ schedule, with optional churn.
     Heun,
@@ -54,6 +56,7 @@ pub enum SamplerKind {
 
 /// Which corrector runs before each predictor step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum CorrectorKind {
     /// Langevin with the signal-to-noise step rule.

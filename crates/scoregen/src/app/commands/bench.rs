@@ -151,10 +151,13 @@ pub fn train_step(cfg: &RunConfig, case: &str, warmup: usize, reps: usize) -> Re
 
 /// Which sampler a sampling case runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum SampleCase {
     /// Euler–Maruyama on the reverse SDE, `steps` steps.
+    #[cfg_attr(feature = "clap", value(name = "em"))]
     EulerMaruyama,
     /// The probability-flow ODE with Heun's method, `steps` steps (2 NFE each).
+    #[cfg_attr(feature = "clap", value(name = "ode"))]
     FlowHeun,
 }
 

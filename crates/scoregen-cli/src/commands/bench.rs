@@ -1,0 +1,174 @@
+//! `scoregen bench`: the sampler leaderboard (quality against NFE) and the
+//! speed cases that bench/run sets beside PyTorch.
+
+use super::Globals;
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use scoregen::app::commands::bench::SampleCase;
+use std::path::{Path, PathBuf};
+
+/// Benchmarks: `samplers` (quality against NFE for every sampler); `train`, `sample`, `likelihood`, `gemm` (speed; bench/run sets them beside PyTorch).
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  scoregen bench samplers\n  scoregen bench samplers --target gmm25 --budgets 10,20,50\n  scoregen bench samplers --run runs/gmm8-vp --json"
+)]
+pub struct Args {
+    #[command(subcommand)]
+    which: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// The sampler leaderboard: EM, DDPM, DDIM, DPM-Solver++(2M) and EDM Heun at several NFE budgets,
+    /// judged against the exact mixture (oracle score by default, or a trained run's model).
+    Samplers {
+        /// Mixture to judge against (gmm8, gmm25, unbalanced, SPEC.toml); default: the run's data, else gmm8.
+        #[arg(long)]
+        target: Option<String>,
+        /// A trained run to benchmark instead of the exact oracle score.
+        #[arg(long)]
+        run: Option<PathBuf>,
+        /// NFE budgets, comma-separated.
+        #[arg(long, default_value = "10,20,50,100,1000", value_name = "N,N,…")]
+        budgets: String,
+        /// Samples per sampler and budget.
+        #[arg(long, default_value_t = 2000)]
+        n: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Where the plot (energy distance against NFE) goes.
+        #[arg(long, default_value = "runs/bench/samplers.png")]
+        plot: PathBuf,
+    },
+    /// Speed: median ms of one training step (forward, backward, clip, Adam, EMA), as bench/run compares with PyTorch.
+    Train {
+        /// mlp (configs/gmm8-vp.toml) or unet (configs/digits-vp.toml on random SIDE×SIDE images).
+        #[arg(long, default_value = "mlp")]
+        model: Model,
+        /// Hidden width of the MLP.
+        #[arg(long, default_value_t = 128)]
+        width: usize,
+        /// Image side of the U-Net case.
+        #[arg(long, default_value_t = 28)]
+        side: usize,
+        #[arg(long, default_value_t = 512)]
+        batch: usize,
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        #[arg(long, default_value_t = 30)]
+        reps: usize,
+    },
+    /// Speed: sampling the gmm8-vp MLP (untrained) with Euler–Maruyama or the probability-flow ODE (Heun).
+    Sample {
+        /// em or ode.
+        #[arg(long, default_value = "em")]
+        sampler: SampleCase,
+        #[arg(long, default_value_t = 10_000)]
+        n: usize,
+        #[arg(long, default_value_t = 1000)]
+        steps: usize,
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
+    /// Speed: exact ODE log-likelihood (Heun steps, exact divergence) of N points under the gmm8-vp MLP.
+    Likelihood {
+        #[arg(long, default_value_t = 1000)]
+        n: usize,
+        #[arg(long, default_value_t = 100)]
+        steps: usize,
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
+    /// Speed: this machine's f32 GEMM rate through candle (N×N by N×N).
+    Gemm {
+        #[arg(long, default_value_t = 1024)]
+        n: usize,
+        #[arg(long, default_value_t = 10)]
+        reps: usize,
+    },
+}
+
+/// The model of `bench train`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Model {
+    /// The MLP of configs/gmm8-vp.toml, --width wide.
+    Mlp,
+    /// The U-Net of configs/digits-vp.toml on random --side × --side images.
+    Unet,
+}
+
+pub fn run(args: &Args, g: &Globals) -> Result<()> {
+    let timing = match &args.which {
+        Bench::Samplers { target, run: run_dir, budgets, n, seed, plot } => {
+            let budgets = budgets
+                .split(',')
+                .map(|b| b.trim().parse::<usize>())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .with_context(|| format!("--budgets: expected comma-separated integers, found `{budgets}`"))?;
+            let req = scoregen::app::commands::leaderboard::BenchRequest {
+                target: target.clone(),
+                run: run_dir.clone(),
+                budgets,
+                n: *n,
+                seed: *seed,
+                quiet: g.quiet,
+            };
+            return leaderboard(&req, plot, g);
+        }
+        Bench::Train { model, width, side, batch, warmup, reps } => {
+            let (cfg, case) = match model {
+                Model::Mlp => (
+                    scoregen::app::commands::bench::mlp_config(*width, *batch)?,
+                    format!("train mlp W={width} B={batch}"),
+                ),
+                Model::Unet => (
+                    scoregen::app::commands::bench::unet_config(*side, *batch)?,
+                    format!("train unet {side}x{side} B={batch}"),
+                ),
+            };
+            scoregen::app::commands::bench::train_step(&cfg, &case, *warmup, *reps)?
+        }
+        Bench::Sample { sampler, n, steps, reps } => scoregen::app::commands::bench::sample(
+            &scoregen::app::commands::bench::mlp_config(128, 512)?,
+            *sampler,
+            *n,
+            *steps,
+            *reps,
+        )?,
+        Bench::Likelihood { n, steps, reps } => scoregen::app::commands::bench::likelihood(
+            &scoregen::app::commands::bench::mlp_config(128, 512)?,
+            *n,
+            *steps,
+            *reps,
+        )?,
+        Bench::Gemm { n, reps } => scoregen::app::commands::bench::gemm_peak(*n, *reps)?,
+    };
+    g.print(&timing, |t| {
+        let gflops = t.gflop.map(|g| format!(", {:.1} GFLOP/s", g / (t.median_ms / 1e3))).unwrap_or_default();
+        println!(
+            "{}: {:.3} ms median of {}, {:.0} items/s{gflops}, peak RSS {:.0} MiB",
+            t.case,
+            t.median_ms,
+            t.reps_ms.len(),
+            t.items_per_s,
+            t.peak_rss_mib
+        );
+    });
+    Ok(())
+}
+
+/// `bench samplers`: the leaderboard's plot, then its table.
+fn leaderboard(req: &scoregen::app::commands::leaderboard::BenchRequest, plot: &Path, g: &Globals) -> Result<()> {
+    let lb = scoregen::app::commands::leaderboard::bench_samplers(req)?;
+    if let Some(dir) = plot.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    lb.plot(plot).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if g.json {
+        super::print_json(&serde_json::json!({ "leaderboard": lb, "plot": plot }));
+    } else {
+        print!("{}", lb.table());
+        println!("\nplot → {}", plot.display());
+    }
+    Ok(())
+}
