@@ -38,7 +38,7 @@ pub fn init() {
     static POOL: std::sync::Once = std::sync::Once::new();
     POOL.call_once(|| {
         // candle's elementwise pool spins 25,000 times after every task before
-        // it parks, taking a core from the fused kernels' threads (nets::dense)
+        // it parks, taking a core from the fused kernels' threads (nets::kernels::dense)
         // between the few candle ops left in a step; unless the user chose a
         // limit, spin briefly (read once, when candle's pool starts).
         if std::env::var_os(CANDLE_SPIN_LIMIT_VAR).is_none() {

@@ -1,13 +1,9 @@
 //! Class-conditional sampling as a score: classifier guidance (Song et al. 2021,
 //! App. I.1; Dhariwal & Nichol 2021) and classifier-free guidance (Ho & Salimans 2022).
 
-use crate::autodiff;
-use crate::nets::{Classifier, Model};
 use crate::oracle::OracleScore;
 use crate::score::ScoreFn;
-use crate::sde::Sde;
-use candle_core::{DType, Result, Tensor, Var};
-use std::sync::Arc;
+use candle_core::{Result, Tensor};
 
 /// A (noise-aware) class posterior p_t(y | x): the exact one of a mixture whose
 /// components are the classes, or a trained time-conditioned classifier.
@@ -29,26 +25,6 @@ impl ClassPosterior for OracleScore {
     }
     fn grad_log_posterior(&self, x: &Tensor, t: &Tensor, y: usize) -> Result<Tensor> {
         self.class_posterior_grad(x, t, y)
-    }
-}
-
-/// The project's classifier, noise-aware (trained on x(t) with its time input):
-/// p_φ(y | x(t), t), its gradient by autodiff through the network.
-impl ClassPosterior for Classifier {
-    fn classes(&self) -> usize {
-        self.spec.classes
-    }
-    fn log_posteriors(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
-        let t = self.spec.noise_aware.then(|| t.to_dtype(DType::F32)).transpose()?;
-        self.log_probs(&x.to_dtype(DType::F32)?, t.as_ref())?.to_dtype(x.dtype())
-    }
-    fn grad_log_posterior(&self, x: &Tensor, t: &Tensor, y: usize) -> Result<Tensor> {
-        if y >= self.spec.classes {
-            candle_core::bail!("class {y} is out of range: the classifier knows classes 0..{}", self.spec.classes - 1);
-        }
-        let leaf = Var::from_tensor(&x.detach())?;
-        let logp = self.log_posteriors(leaf.as_tensor(), t)?.narrow(1, y, 1)?;
-        Ok(autodiff::grad_wrt(&logp, leaf.as_tensor())?.detach())
     }
 }
 
@@ -87,31 +63,6 @@ impl ConditionalScore for OracleScore {
         match class {
             Some(y) => self.class_score(x, t, y),
             None => self.score(x, t),
-        }
-    }
-}
-
-/// A class-conditional network (trained with label dropout) as a [`ConditionalScore`]:
-/// `None` asks it with the null label.
-pub struct ModelConditional<'a> {
-    pub model: &'a Model,
-    pub sde: Arc<dyn Sde>,
-}
-
-impl ConditionalScore for ModelConditional<'_> {
-    fn classes(&self) -> usize {
-        self.model.classes()
-    }
-    fn score_given(&self, x: &Tensor, t: &Tensor, class: Option<usize>) -> Result<Tensor> {
-        let k = self.classes();
-        let y = class.unwrap_or(k);
-        if y > k || (class.is_some() && y == k) {
-            candle_core::bail!("class {y} is out of range: the model knows classes 0..{}", k.max(1) - 1);
-        }
-        let labels = Tensor::new(&[y as u32], x.device())?;
-        match self.model.score_labeled(self.sde.clone(), labels) {
-            Some(s) => s.score(x, t),
-            None => candle_core::bail!("the model is not class-conditional (train it with model.classes = K)"),
         }
     }
 }

@@ -19,5 +19,5 @@
 pub mod class;
 pub mod inpaint;
 
-pub use class::{ClassPosterior, ClassifierFree, ClassifierGuided, ConditionalScore, ModelConditional};
+pub use class::{ClassPosterior, ClassifierFree, ClassifierGuided, ConditionalScore};
 pub use inpaint::{Inpaint, MaskSpec};

@@ -16,8 +16,9 @@
 use super::unet::Conv;
 use super::{seeded_var_builder, GaussianFourier};
 use crate::error::{Error, Result as CrateResult};
+use crate::guidance::ClassPosterior;
 use crate::io::fs;
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Tensor, Var};
 use candle_nn::{group_norm, linear, GroupNorm, Linear, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -220,6 +221,26 @@ impl SavedClassifier {
         let tensors = crate::io::safetensors::read_tensors(&path)?;
         crate::io::safetensors::assign(&super::named_vars(&varmap), &tensors, &path)?;
         Ok(Self { classifier, varmap, meta })
+    }
+}
+
+/// The project's classifier, noise-aware (trained on x(t) with its time input):
+/// p_φ(y | x(t), t), its gradient by autodiff through the network.
+impl ClassPosterior for Classifier {
+    fn classes(&self) -> usize {
+        self.spec.classes
+    }
+    fn log_posteriors(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let t = self.spec.noise_aware.then(|| t.to_dtype(DType::F32)).transpose()?;
+        self.log_probs(&x.to_dtype(DType::F32)?, t.as_ref())?.to_dtype(x.dtype())
+    }
+    fn grad_log_posterior(&self, x: &Tensor, t: &Tensor, y: usize) -> Result<Tensor> {
+        if y >= self.spec.classes {
+            candle_core::bail!("class {y} is out of range: the classifier knows classes 0..{}", self.spec.classes - 1);
+        }
+        let leaf = Var::from_tensor(&x.detach())?;
+        let logp = self.log_posteriors(leaf.as_tensor(), t)?.narrow(1, y, 1)?;
+        Ok(crate::autodiff::grad_wrt(&logp, leaf.as_tensor())?.detach())
     }
 }
 

@@ -1,6 +1,7 @@
 //! MLPs for points in R^D, with a choice of conditioning on time / noise level.
 
-use super::{dense, fused, ClassEmbedding, GaussianFourier, Network};
+use super::kernels::{dense, fused};
+use super::{ClassEmbedding, GaussianFourier, Network};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{embedding, linear, Embedding, Linear, VarBuilder};
 

@@ -3,13 +3,10 @@
 //! decided in [`NetScore`] by [`crate::score::score_from_output`].
 
 pub mod classifier;
-pub mod conv;
-pub mod dense;
 pub mod embedding;
 pub mod energy;
-pub mod fused;
-pub mod groupnorm;
 pub mod init;
+pub mod kernels;
 pub mod mlp;
 pub mod unet;
 
@@ -61,6 +58,7 @@ impl Network for Labeled<'_> {
     }
 }
 
+use crate::guidance::ConditionalScore;
 use crate::score::{self, LogDensity, Output, ScoreFn};
 use crate::sde::Sde;
 use candle_nn::VarMap;
@@ -149,6 +147,31 @@ pub struct LabeledScore<'a> {
 impl ScoreFn for LabeledScore<'_> {
     fn score(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
         NetScore { net: &self.net, sde: self.sde.clone(), output: self.output }.score(x, t)
+    }
+}
+
+/// A class-conditional network (trained with label dropout) as a [`ConditionalScore`]:
+/// `None` asks it with the null label.
+pub struct ModelConditional<'a> {
+    pub model: &'a Model,
+    pub sde: Arc<dyn Sde>,
+}
+
+impl ConditionalScore for ModelConditional<'_> {
+    fn classes(&self) -> usize {
+        self.model.classes()
+    }
+    fn score_given(&self, x: &Tensor, t: &Tensor, class: Option<usize>) -> Result<Tensor> {
+        let k = self.classes();
+        let y = class.unwrap_or(k);
+        if y > k || (class.is_some() && y == k) {
+            candle_core::bail!("class {y} is out of range: the model knows classes 0..{}", k.max(1) - 1);
+        }
+        let labels = Tensor::new(&[y as u32], x.device())?;
+        match self.model.score_labeled(self.sde.clone(), labels) {
+            Some(s) => s.score(x, t),
+            None => candle_core::bail!("the model is not class-conditional (train it with model.classes = K)"),
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! Input and output are flattened images [N, C·H·W], so every objective and
 //! sampler works on them unchanged; the net reshapes to [N, C, H, W] inside.
 
-use super::groupnorm::{group_norm, GroupNorm};
+use super::kernels::groupnorm::{group_norm, GroupNorm};
 use super::{ClassEmbedding, GaussianFourier, Network};
 use crate::error::{Error, Result as CrateResult};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
@@ -102,7 +102,7 @@ impl Conv {
     /// residual r of the output's shape with its scale s (none: r = 0, s = 1).
     ///
     /// f32 on the CPU outside [`crate::autodiff::exact_higher_order`], one fused
-    /// op ([`super::conv`]); otherwise im2col and a matmul in candle ops, exact to every order.
+    /// op ([`super::kernels::conv`]); otherwise im2col and a matmul in candle ops, exact to every order.
     pub(crate) fn forward_with(
         &self,
         x: &Tensor,
@@ -120,12 +120,12 @@ impl Conv {
                 Some(e) => e.broadcast_add(&bias)?,
                 None => bias.unsqueeze(0)?.broadcast_as((n, cout))?,
             };
-            return super::conv::conv2d(x, &weight, &bias, self.k, self.stride, residual);
+            return super::kernels::conv::conv2d(x, &weight, &bias, self.k, self.stride, residual);
         }
         let (ho, wo) = (h / self.stride, w / self.stride);
         // [C·k² + 1, N·Ho·Wo] with a row of ones, so [W | b] · patches is the
         // convolution with its bias in one GEMM (nets::fused::im2col)
-        let patches = super::fused::im2col(x, self.k, self.stride)?;
+        let patches = super::kernels::fused::im2col(x, self.k, self.stride)?;
         let wb = Tensor::cat(&[&self.weight.reshape((cout, c * self.k * self.k))?, &self.bias.reshape((cout, 1))?], 1)?;
         let y = wb.matmul(&patches)?; // [C_out, N·Ho·Wo]
         let y = y.reshape((cout, n, ho * wo))?.transpose(0, 1)?.contiguous()?.reshape((n, cout, ho, wo))?;
@@ -345,7 +345,7 @@ impl UNet {
         h = self.mid2.forward(&h, &emb)?;
         for l in (0..levels).rev() {
             if l + 1 < levels {
-                h = self.upsample[l].forward(&super::fused::upsample2(&h)?)?;
+                h = self.upsample[l].forward(&super::kernels::fused::upsample2(&h)?)?;
             }
             h = self.up[l].forward(&Tensor::cat(&[&h, &skips[l]], 1)?, &emb)?;
         }
