@@ -2,7 +2,8 @@
 //!
 //! Learn ∇ₓ log p from data by score matching, generate with reverse-SDE
 //! samplers, and check everything against an exact Gaussian-mixture oracle.
-//! See `docs/` and the project DESIGN for the map from formulas to modules.
+//! See `docs/architecture.md` for the layers and the data flow, and
+//! `docs/guide.md` for the map from formulas to functions.
 //!
 //! Call [`init`] before any tensor work (the CLI and every test do); every
 //! backward pass in the library also calls it, so second-order gradients are
