@@ -215,8 +215,9 @@ fn probability_flow_heun_is_second_order() {
 /// principal error coefficients small, so at every tolerance above round-off
 /// (1e-6 … 1e-12 here, 15 … 340 steps) the next term leads and the fitted
 /// order in steps is ≈ 6 (measured 5.90 on VE, 6.21 on VP); the assertion is
-/// therefore one-sided, ≥ 5 − 0.3. Advancing with the 4th-order solution
-/// instead gives error ∝ tol^{4/5} ∝ steps^{−4} and fails both.
+/// therefore one-sided: at least 5. Advancing with the embedded 4th-order
+/// solution instead (no local extrapolation) measured 4.69 on VE (and error
+/// ∝ tol^0.875).
 #[test]
 fn probability_flow_rk45_is_fifth_order_in_its_steps() {
     let tols = [1e-6, 1e-7, 1e-8, 1e-9, 1e-10, 1e-11, 1e-12];
@@ -241,8 +242,8 @@ fn probability_flow_rk45_is_fifth_order_in_its_steps() {
         );
         assert!((per_tol - 1.0).abs() <= 0.3, "rk45 {}: error ∝ tol^{per_tol:.3}; errors {errs:?}", sde.name());
         assert!(
-            per_step >= 5.0 - 0.3,
-            "rk45 {}: fitted order {per_step:.3} < 4.7; steps {steps:?}, errors {errs:?}",
+            per_step >= 5.0,
+            "rk45 {}: fitted order {per_step:.3} < 5; steps {steps:?}, errors {errs:?}",
             sde.name()
         );
     }
