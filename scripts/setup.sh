@@ -3,7 +3,7 @@
 # Fashion-MNIST (IDX files under /usr/share/datasets/fashion-mnist) and chromium
 # (the run report's render check and scripts/screenshot-report.sh). Safe to
 # run again; without root or apt it says what is missing and carries on (the
-# tests that need the data then skip with a message).
+# tests that need the data then skip with a message, or fail when CI is set).
 set -uo pipefail
 need=()
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need+=(dataset-fashion-mnist)
@@ -16,7 +16,7 @@ if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   echo "setup: installing ${need[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}" >/dev/null \
     || { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}" >/dev/null; } \
-    || echo "setup: could not install ${need[*]}; the tests that need them will skip"
+    || echo "setup: could not install ${need[*]}; the tests that need them will skip (fail when CI is set)"
 else
-  echo "setup: missing ${need[*]} (run as root with apt-get, or: sudo apt-get install ${need[*]}); the tests that need them will skip"
+  echo "setup: missing ${need[*]} (run as root with apt-get, or: sudo apt-get install ${need[*]}); the tests that need them will skip (fail when CI is set)"
 fi

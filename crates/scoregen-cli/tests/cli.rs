@@ -244,17 +244,23 @@ fn unwritable_output_is_reported_before_training() {
     // 10^8 steps would take hours: failing fast proves the check comes first.
     let out = scoregen(&["-q", "train", "--config", "c.toml", "--out", "file/run"], dir.path());
     fails_with(&out, &["file/run: Not a directory"]);
-    // A read-only directory (not enforced for root, so checked only when it holds).
+    // A folder nobody may write in, root included: sysfs has no operation to
+    // create a file or folder at its top, whatever the permission bits (EPERM
+    // or EACCES; EROFS where /sys is mounted read-only).
+    let out = scoregen(&["-q", "train", "--config", "c.toml", "--out", "/sys/scoregen-run"], dir.path());
+    fails_with(&out, &["/sys/scoregen-run"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let refused = ["Operation not permitted", "Permission denied", "Read-only file system"];
+    assert!(refused.iter().any(|r| err.contains(r)), "not a refusal to write: {err}");
+    // A read-only directory, where the permission bits are enforced (for every user but root).
     let ro = dir.path().join("ro");
     std::fs::create_dir(&ro).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
-    if std::fs::write(ro.join("probe"), "").is_ok() {
-        println!("skipping the read-only case: permissions are not enforced for this user (root)");
-        return;
+    if std::fs::write(ro.join("probe"), "").is_err() {
+        let out = scoregen(&["-q", "train", "--config", "c.toml", "--out", "ro/run"], dir.path());
+        fails_with(&out, &["ro/run", "Permission denied"]);
     }
-    let out = scoregen(&["-q", "train", "--config", "c.toml", "--out", "ro/run"], dir.path());
-    fails_with(&out, &["ro/run", "Permission denied"]);
 }
 
 /// A tiny config: 2-D VP run of `steps` steps (plus any extra TOML lines).

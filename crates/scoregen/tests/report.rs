@@ -1,6 +1,8 @@
 //! The run report of a tiny run: the HTML is well formed, every text is
 //! escaped, and every `src`/`href` names a file that exists beside it.
 
+mod ci;
+
 use scoregen::app::commands::report::write_report;
 use scoregen::app::config::RunConfig;
 use scoregen::train::TrainOptions;
@@ -142,13 +144,13 @@ fn report_of_an_sde_run_links_every_figure() {
 /// Renders the page with headless Chromium when it is installed (CI's
 /// `.ci/run` and `scripts/screenshot-report.sh` install it) and checks that the
 /// figures were drawn: the viridis purple of the heat maps only appears if the
-/// browser loaded the PNGs.
+/// browser loaded the PNGs. Without chromium it skips, except under CI, where it fails.
 fn renders_in_chromium(page: &Path) {
     let Some(browser) = ["chromium", "chromium-browser", "google-chrome"]
         .into_iter()
         .find(|b| std::process::Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()))
     else {
-        println!("skipping the render check: chromium is not installed (scripts/screenshot-report.sh installs it)");
+        ci::missing_dependency("chromium is not installed, no render check (scripts/setup.sh installs it)");
         return;
     };
     let shot = page.with_file_name("screenshot.png");

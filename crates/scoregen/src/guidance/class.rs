@@ -39,10 +39,8 @@ pub struct ClassifierGuided<'a> {
 
 impl ScoreFn for ClassifierGuided<'_> {
     fn score(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        // no shortcut at scale 0: s + 0·∇ log p_t(y | x) is s, and w = 0 is tested through this formula
         let s = self.score.score(x, t)?;
-        if self.scale == 0.0 {
-            return Ok(s);
-        }
         s + self.classifier.grad_log_posterior(x, t, self.class)?.affine(self.scale, 0.0)?
     }
 }
@@ -78,10 +76,8 @@ pub struct ClassifierFree<'a> {
 
 impl ScoreFn for ClassifierFree<'_> {
     fn score(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        // no shortcut at w = 0: (1 + 0)·s(x, t, y) − 0·s(x, t) is s(x, t, y), and w = 0 is tested through this formula
         let cond = self.model.score_given(x, t, Some(self.class))?;
-        if self.w == 0.0 {
-            return Ok(cond);
-        }
         cond.affine(1.0 + self.w, 0.0)? - self.model.score_given(x, t, None)?.affine(self.w, 0.0)?
     }
 }

@@ -227,7 +227,12 @@ mod tests {
         assert!((m - 3.0 * 2f64.sqrt()).abs() < 1e-12);
         let s = suggest(m, 64, 0.01, 100);
         assert_eq!(s.sigma_max, m);
-        assert_eq!(s.levels, ((m / 0.01).ln() / s.gamma.ln()).ceil() as usize + 1);
+        // independently (mpmath, 30 digits): γ(D = 64) = 1.3608497940920527 solves technique 2,
+        // ln(3√2/0.01)/ln γ = 19.637, so L = ⌈19.637⌉ + 1 = 21
+        assert!((s.gamma - 1.3608497940920527).abs() < 1e-9, "{s:?}");
+        assert_eq!(s.levels, 21, "{s:?}");
+        // and what the ceiling means: L − 1 ratios γ reach σ_max from σ_min, L − 2 do not
+        assert!(0.01 * s.gamma.powi(s.levels as i32 - 1) >= m && 0.01 * s.gamma.powi(s.levels as i32 - 2) < m);
         // technique 4: eq. 4 is ≥ 1 for every ε (it falls from γ² at ε → 0 towards
         // 1/(1 − ε/2σ_1²)); the chosen ε comes close and beats its neighbours
         assert!(s.eq4 >= 1.0 && s.eq4 < 1.05, "{s:?}");

@@ -103,22 +103,23 @@ pub fn pitfall_with(
     let mut rng = Rng::new(seed, 0);
     let x0 = start.sample((n, 2), &mut rng, DType::F64)?;
     let opts = LangevinOptions { steps: total, eps: alpha, t: 0.0, record_every: None };
-    let plain =
-        Points::from_tensor(&samplers::langevin(&MixtureScore(mix.clone()), x0.clone(), &opts, &mut rng, &hidden)?.x)?;
+    let plain = samplers::langevin(&MixtureScore(mix.clone()), x0.clone(), &opts, &mut rng, &hidden)?;
     let oracle = OracleScore::new(mix.clone(), Arc::new(ladder.sde()));
     // ε_i = ε σ_i²/σ_1² with ε/σ_1² = α: each level's chain contracts by a fraction α a step.
     let aopts =
         AnnealedOptions { steps_per_level: per_level, eps: alpha * 0.1 * 0.1, denoise: true, record_every: None };
-    let annealed =
-        Points::from_tensor(&samplers::annealed_langevin(&oracle, &ladder, x0, &aopts, &mut rng, &hidden)?.x)?;
+    let annealed = samplers::annealed_langevin(&oracle, &ladder, x0, &aopts, &mut rng, &hidden)?;
+    // what each sampler reports it spent (the annealed one's final denoising call is not a Langevin step)
+    let (langevin_steps, annealed_steps) = (plain.nfe, annealed.nfe - usize::from(aopts.denoise));
+    let (plain, annealed) = (Points::from_tensor(&plain.x)?, Points::from_tensor(&annealed.x)?);
     let w = |p: &Points| metrics::mode_stats(p, &mix).weights[0];
     let demo = PitfallDemo {
         png: PathBuf::new(),
         true_weight: mix.weights()[0],
         langevin_weight: w(&plain),
         annealed_weight: w(&annealed),
-        langevin_steps: total,
-        annealed_steps: total,
+        langevin_steps,
+        annealed_steps,
     };
     Ok((plain, annealed, demo))
 }

@@ -1,0 +1,355 @@
+//! Every sampler pinned by its order of convergence, against closed-form answers.
+//!
+//! Data N(μ, S²) (one dimension, so every map below is scalar), exact oracle
+//! score. Write v(t) = m(t)²S² + s(t)² for the variance of x(t), where
+//! (m(t), s(t)) = `Sde::marginal(t)`.
+//!
+//! - Probability-flow ODE in t: with y = x − m(t)μ, dy/dt = a·y + ½g²·y/v and
+//!   dv/dt = 2a·v + g² (the moment equation), so d log y/dt = d log √v/dt and
+//!   x(t₁) = m(t₁)μ + √(v(t₁)/v(t₀))·(x(t₀) − m(t₀)μ).
+//! - The same ODE in σ-space (x_σ = x_t/m(t), the σ-space samplers' variable):
+//!   dx/dσ = (x − D)/σ with D = (S²x + σ²μ)/(S² + σ²), so
+//!   x(σ₁) = μ + √((S² + σ₁²)/(S² + σ₀²))·(x(σ₀) − μ).
+//! - The reverse SDE (and every stochastic σ-space sampler) started from the
+//!   exact p_T has marginal p_t at every t: mean m(t)μ, variance v(t)
+//!   (in σ-space: mean μ, variance S² + σ²).
+//!
+//! "The end" is where the solver stops on its grid: t = ε for the t-space
+//! solvers; for the σ-space solvers the grid ends at σ_min = σ(ε) without the
+//! final σ = 0, because a last step from σ_min to 0 has a length that does not
+//! shrink with N: its error (O(σ_min²/S²) for DDIM's and DPM-Solver++'s
+//! denoising step) would put a floor under the convergence.
+//!
+//! Errors are measured for N on a geometric range and the slope of log error
+//! against log N is fitted by least squares; it must be within ±0.3 of the
+//! solver's order. ±0.3 because a pre-asymptotic range bends a fitted slope by
+//! a few tenths at most here (the observed slopes are printed by each test and
+//! listed in its doc comment), while dropping a correction term moves it by ≥ 1.
+//!
+//! The stochastic samplers are tested on their weak order, exactly: with the
+//! exact score of a Gaussian every step is x ↦ A·x + b + G·z, z the step's
+//! normal draw. A, b and G are read off the code itself (one step on three
+//! points with a known seed, [`affine_step`]), then the mean and variance are
+//! propagated exactly (mean ← A·mean + b, var ← A²·var + G²), with no
+//! Monte-Carlo error to hide a discretization error.
+
+use candle_core::{DType, Device, Tensor};
+use indicatif::ProgressBar;
+use scoregen::oracle::{GaussianMixture, OracleScore};
+use scoregen::rng::Rng;
+use scoregen::samplers::{
+    decode, karras_sigmas, sample_ddim, sample_dpmpp_2m, sample_heun, time_uniform_sigmas, Ancestral, Churn, Denoiser,
+    EulerMaruyama, OdeMethod, Predictor, ReverseDiffusion, ReverseSde, ScoreDenoiser,
+};
+use scoregen::sde::{Sde, VeSde, VpSde};
+use std::sync::Arc;
+
+const MU: f64 = 1.5;
+const S: f64 = 0.5;
+/// Starting points in units of the starting std (the maps are affine, so three suffice).
+const Z0: [f64; 3] = [-1.3, 0.4, 2.1];
+
+fn sdes() -> Vec<Arc<dyn Sde>> {
+    scoregen::init();
+    vec![Arc::new(VeSde::default()), Arc::new(VpSde::default())]
+}
+
+fn oracle(sde: &Arc<dyn Sde>) -> OracleScore {
+    OracleScore::new(GaussianMixture::isotropic(vec![1.0], vec![vec![MU]], &[S]).unwrap(), sde.clone())
+}
+
+fn column(v: &[f64]) -> Tensor {
+    Tensor::from_slice(v, (v.len(), 1), &Device::Cpu).unwrap()
+}
+
+fn values(x: &Tensor) -> Vec<f64> {
+    x.flatten_all().unwrap().to_vec1::<f64>().unwrap()
+}
+
+fn max_err(got: &Tensor, want: &[f64]) -> f64 {
+    values(got).iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max)
+}
+
+/// The order p of err ∝ n^{−p}: minus the least-squares slope of log(err) on log(n).
+fn fitted_order(ns: &[usize], errs: &[f64]) -> f64 {
+    fitted_order_in(&ns.iter().map(|&n| n as f64).collect::<Vec<_>>(), errs)
+}
+
+fn fitted_order_in(ns: &[f64], errs: &[f64]) -> f64 {
+    assert!(errs.iter().all(|e| e.is_finite() && *e > 0.0), "errors {errs:?}");
+    let xs: Vec<f64> = ns.iter().map(|n| n.ln()).collect();
+    let ys: Vec<f64> = errs.iter().map(|e| e.ln()).collect();
+    let k = xs.len() as f64;
+    let (mx, my) = (xs.iter().sum::<f64>() / k, ys.iter().sum::<f64>() / k);
+    let sxy: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
+    let sxx: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
+    -sxy / sxx
+}
+
+fn assert_order(name: &str, ns: &[usize], errs: &[f64], order: f64) {
+    let p = fitted_order(ns, errs);
+    println!(
+        "{name}: fitted order {p:.3} (want {order}); errors {} at N = {ns:?}",
+        errs.iter().map(|e| format!("{e:.3e}")).collect::<Vec<_>>().join(" ")
+    );
+    assert!((p - order).abs() <= 0.3, "{name}: fitted order {p:.3}, want {order} ± 0.3; errors {errs:?} at N = {ns:?}");
+}
+
+/// The two σ grids of the σ-space samplers, with N steps and no final 0:
+/// Karras (ρ = 7) and uniform in t, both from σ(T) to σ(ε).
+fn grids(den: &ScoreDenoiser, n: usize) -> [(&'static str, Vec<f64>); 2] {
+    let (lo, hi) = den.sigma_range();
+    let mut karras = karras_sigmas(n + 1, lo, hi, 7.0);
+    let mut uniform = time_uniform_sigmas(den, n + 1);
+    karras.pop();
+    uniform.pop();
+    [("karras", karras), ("uniform-t", uniform)]
+}
+
+const SIGMA_NS: [usize; 5] = [16, 32, 64, 128, 256];
+
+/// Runs a deterministic σ-space sampler on both grids of both SDEs and checks
+/// its order against the exact σ-space flow from σ_0 to σ_N.
+fn check_sigma_solver(name: &str, order: f64, run: &dyn Fn(&ScoreDenoiser, Tensor, &[f64]) -> Tensor) {
+    for sde in sdes() {
+        let o = oracle(&sde);
+        let den = ScoreDenoiser::new(&o, sde.as_ref(), None);
+        for g in 0..2 {
+            let mut errs = Vec::new();
+            let mut label = "";
+            for &n in &SIGMA_NS {
+                let (grid_name, sigmas) = grids(&den, n)[g].clone();
+                label = grid_name;
+                let (s0, s1) = (sigmas[0], sigmas[n]);
+                let x0: Vec<f64> = Z0.iter().map(|z| MU + (S * S + s0 * s0).sqrt() * z).collect();
+                let ratio = ((S * S + s1 * s1) / (S * S + s0 * s0)).sqrt();
+                let want: Vec<f64> = x0.iter().map(|x| MU + ratio * (x - MU)).collect();
+                errs.push(max_err(&run(&den, column(&x0), &sigmas), &want));
+            }
+            assert_order(&format!("{name} {} {label}", sde.name()), &SIGMA_NS, &errs, order);
+        }
+    }
+}
+
+/// DDIM with η = 0 is Euler on the σ-space flow: order 1 (fitted, Karras /
+/// uniform-t grid: VE 0.976 / 0.979, VP 0.970 / 0.974).
+#[test]
+fn ddim_is_first_order() {
+    let pb = ProgressBar::hidden();
+    check_sigma_solver("ddim", 1.0, &|den, x, s| sample_ddim(den, x, s, 0.0, &mut Rng::new(0, 0), &pb).unwrap().x);
+}
+
+/// DPM-Solver++(2M) is second order (its first step is first order, which costs
+/// one O(h²) local error and so keeps the global order 2). Fitted, Karras /
+/// uniform-t: VE 2.057 / 1.962, VP 2.043 / 1.804 (VP's uniform-t grid puts
+/// its first, large steps in a pre-asymptotic range).
+#[test]
+fn dpm_solver_pp_2m_is_second_order() {
+    let pb = ProgressBar::hidden();
+    check_sigma_solver("dpmpp-2m", 2.0, &|den, x, s| sample_dpmpp_2m(den, x, s, &pb).unwrap().x);
+}
+
+/// EDM's Heun without churn (every step corrected, as the grid does not end
+/// at 0): order 2 (fitted, Karras / uniform-t: VE 2.037 / 2.046, VP 2.046 / 1.989).
+#[test]
+fn edm_heun_is_second_order() {
+    let pb = ProgressBar::hidden();
+    check_sigma_solver("heun", 2.0, &|den, x, s| {
+        sample_heun(den, x, s, &Churn::default(), &mut Rng::new(0, 0), &pb).unwrap().x
+    });
+}
+
+/// x(ε) of the probability-flow ODE from x(T), exactly.
+fn exact_flow(sde: &dyn Sde, x_t: &[f64], eps: f64) -> Vec<f64> {
+    let v = |t: f64| {
+        let (m, s) = sde.marginal(t);
+        m * m * S * S + s * s
+    };
+    let (m_t, m_e) = (sde.marginal(sde.t_max()).0, sde.marginal(eps).0);
+    let ratio = (v(eps) / v(sde.t_max())).sqrt();
+    x_t.iter().map(|x| m_e * MU + ratio * (x - m_t * MU)).collect()
+}
+
+/// Starting points at T, spread like p_T.
+fn start_at_t(sde: &dyn Sde) -> Vec<f64> {
+    let (m, s) = sde.marginal(sde.t_max());
+    let sd = (m * m * S * S + s * s).sqrt();
+    Z0.iter().map(|z| m * MU + sd * z).collect()
+}
+
+const ODE_NS: [usize; 5] = [25, 50, 100, 200, 400];
+
+fn check_ode_method(name: &str, order: f64, method: fn(usize) -> OdeMethod) {
+    for sde in sdes() {
+        let o = oracle(&sde);
+        let eps = sde.sampling_eps();
+        let x_t = start_at_t(sde.as_ref());
+        let want = exact_flow(sde.as_ref(), &x_t, eps);
+        let errs: Vec<f64> = ODE_NS
+            .iter()
+            .map(|&n| max_err(&decode(&o, sde.as_ref(), &column(&x_t), method(n), Some(eps)).unwrap().y, &want))
+            .collect();
+        assert_order(&format!("{name} {}", sde.name()), &ODE_NS, &errs, order);
+    }
+}
+
+/// The probability-flow ODE's fixed-step Euler, uniform in t from T to ε:
+/// order 1 (fitted: VE 0.915, VP 0.967).
+#[test]
+fn probability_flow_euler_is_first_order() {
+    check_ode_method("ode euler", 1.0, |steps| OdeMethod::Euler { steps });
+}
+
+/// The probability-flow ODE's fixed-step Heun: order 2 (fitted: VE 2.086, VP 1.974).
+#[test]
+fn probability_flow_heun_is_second_order() {
+    check_ode_method("ode heun", 2.0, |steps| OdeMethod::Heun { steps });
+}
+
+/// RK45 has no fixed-step mode: it is driven by its tolerance. It sizes its
+/// steps so that the embedded 4th-order error estimate is ≈ tol per step and
+/// advances with the 5th-order solution (local extrapolation), so (a) the
+/// global error is proportional to tol (fitted slope of log error on log tol
+/// within 1 ± 0.3; measured 1.10 on VE, 0.98 on VP), and (b) it falls at least
+/// like (steps)^{−5}. Dormand–Prince chose the 5th-order weights to make the
+/// principal error coefficients small, so at every tolerance above round-off
+/// (1e-6 … 1e-12 here, 15 … 340 steps) the next term leads and the fitted
+/// order in steps is ≈ 6 (measured 5.90 on VE, 6.21 on VP); the assertion is
+/// therefore one-sided: at least 5. Advancing with the embedded 4th-order
+/// solution instead (no local extrapolation) measured 4.69 on VE (and error
+/// ∝ tol^0.875).
+#[test]
+fn probability_flow_rk45_is_fifth_order_in_its_steps() {
+    let tols = [1e-6, 1e-7, 1e-8, 1e-9, 1e-10, 1e-11, 1e-12];
+    for sde in sdes() {
+        let o = oracle(&sde);
+        let eps = sde.sampling_eps();
+        let x_t = start_at_t(sde.as_ref());
+        let want = exact_flow(sde.as_ref(), &x_t, eps);
+        let (mut steps, mut errs) = (Vec::new(), Vec::new());
+        for tol in tols {
+            let sol =
+                decode(&o, sde.as_ref(), &column(&x_t), OdeMethod::Rk45 { rtol: tol, atol: tol }, Some(eps)).unwrap();
+            steps.push(sol.accepted + sol.rejected);
+            errs.push(max_err(&sol.y, &want));
+        }
+        // err ∝ tol^p is err ∝ (1/tol)^{−p}
+        let per_tol = fitted_order_in(&tols.map(|t| 1.0 / t), &errs);
+        let per_step = fitted_order(&steps, &errs);
+        println!(
+            "rk45 {}: error ∝ tol^{per_tol:.3}, fitted order in steps {per_step:.3}; steps {steps:?}; errors {errs:?}",
+            sde.name()
+        );
+        assert!((per_tol - 1.0).abs() <= 0.3, "rk45 {}: error ∝ tol^{per_tol:.3}; errors {errs:?}", sde.name());
+        assert!(
+            per_step >= 5.0,
+            "rk45 {}: fitted order {per_step:.3} < 5; steps {steps:?}, errors {errs:?}",
+            sde.name()
+        );
+    }
+}
+
+/// One step as an affine map x ↦ A·x + b + G·z, read off the code: `step` is
+/// run on x = (0, 1, 2) with a fresh `Rng::new(SEED, 0)`, and z are the first
+/// normals that RNG draws (zero-noise steps draw nothing and give G = 0).
+/// Returns (A, b, G).
+fn affine_step(step: &dyn Fn(&Tensor, &mut Rng) -> Tensor) -> (f64, f64, f64) {
+    const SEED: u64 = 17;
+    let x = column(&[0.0, 1.0, 2.0]);
+    let out = values(&step(&x, &mut Rng::new(SEED, 0)));
+    let z = values(&Rng::new(SEED, 0).randn((3, 1), DType::F64, &Device::Cpu).unwrap());
+    // out_i = A·i + b + G·z_i: second differences cancel A and b
+    let g = ((out[2] - out[1]) - (out[1] - out[0])) / ((z[2] - z[1]) - (z[1] - z[0]));
+    let a = out[1] - out[0] - g * (z[1] - z[0]);
+    (a, out[0] - g * z[0], g)
+}
+
+/// |mean − want| + |var − want| after propagating (mean, var) through `steps`.
+fn moment_error(steps: &[(f64, f64, f64)], start: (f64, f64), want: (f64, f64)) -> f64 {
+    let (mut mean, mut var) = start;
+    for &(a, b, g) in steps {
+        (mean, var) = (a * mean + b, a * a * var + g * g);
+    }
+    (mean - want.0).abs() + (var - want.1).abs()
+}
+
+const SDE_NS: [usize; 5] = [50, 100, 200, 400, 800];
+
+/// The reverse-SDE predictors on sample_pc's grid t_i = T − i(T − ε)/N, from
+/// the exact p_T: their mean and variance at ε converge to p_ε's at weak order 1
+/// (fitted, VE / VP: Euler–Maruyama 1.045 / 1.010, reverse diffusion 1.024 /
+/// 1.012, ancestral 0.994 / 1.012).
+///
+/// ε is VP's sampling ε, but t = 0.5 for VE: at VE's ε = 1e-5 the O(h) weak
+/// error comes only from the last steps, where g(t)² ∝ σ(t)² is tiny, and
+/// the O(h²) term leads up to N ≈ 10⁴ (EM's fitted order there is 1.96;
+/// computed by the same recursion in closed form, the local slope falls
+/// towards 1 only slowly). At t = 0.5, σ = 0.71 > S and order 1 is clean.
+#[test]
+fn reverse_sde_predictors_have_weak_order_one() {
+    let predictors: [(&str, &dyn Predictor); 3] =
+        [("euler-maruyama", &EulerMaruyama), ("reverse-diffusion", &ReverseDiffusion), ("ancestral", &Ancestral)];
+    for sde in sdes() {
+        let o = oracle(&sde);
+        let rev = ReverseSde::new(sde.as_ref(), &o, false);
+        let eps = if sde.name() == "ve" { 0.5 } else { sde.sampling_eps() };
+        let moments = |t: f64| {
+            let (m, s) = sde.marginal(t);
+            (m * MU, m * m * S * S + s * s)
+        };
+        for (name, p) in predictors {
+            let errs: Vec<f64> = SDE_NS
+                .iter()
+                .map(|&n| {
+                    let dt = -(sde.t_max() - eps) / n as f64;
+                    let steps: Vec<_> = (0..n)
+                        .map(|i| {
+                            let t = sde.t_max() + i as f64 * dt;
+                            affine_step(&|x, rng| p.step(&rev, x, t, dt, rng).unwrap().0)
+                        })
+                        .collect();
+                    moment_error(&steps, moments(sde.t_max()), moments(eps))
+                })
+                .collect();
+            assert_order(&format!("{name} {}", sde.name()), &SDE_NS, &errs, 1.0);
+        }
+    }
+}
+
+/// The stochastic σ-space samplers, one step at a time on the Karras grid
+/// (no final 0), from the exact p_{σ_0} = N(μ, S² + σ_0²): DDPM (DDIM η = 1)
+/// and DDIM η = 0.5 have weak order 1; EDM's Heun with churn has weak order 2
+/// (adding noise maps p_σ to p_σ̂ exactly, so only the Heun step errs).
+/// Heun's γ = S_churn/N is reproduced per step by S_churn/N with N = 1.
+/// Fitted (VE / VP): DDPM 0.868 / 0.841, DDIM η = 0.5 0.912 / 0.895, Heun
+/// with S_churn = 5: 2.050 / 2.070.
+#[test]
+fn stochastic_sigma_samplers_have_their_weak_order() {
+    let pb = ProgressBar::hidden();
+    for sde in sdes() {
+        let o = oracle(&sde);
+        let den = ScoreDenoiser::new(&o, sde.as_ref(), None);
+        let (lo, hi) = den.sigma_range();
+        type Step<'a> = &'a dyn Fn(usize, f64, f64, &Tensor, &mut Rng) -> Tensor;
+        let ddpm: Step = &|_, s, s1, x, rng| sample_ddim(&den, x.clone(), &[s, s1], 1.0, rng, &pb).unwrap().x;
+        let ddim: Step = &|_, s, s1, x, rng| sample_ddim(&den, x.clone(), &[s, s1], 0.5, rng, &pb).unwrap().x;
+        let heun: Step = &|n, s, s1, x, rng| {
+            let churn = Churn { s_churn: 5.0 / n as f64, ..Churn::default() };
+            sample_heun(&den, x.clone(), &[s, s1], &churn, rng, &pb).unwrap().x
+        };
+        for (name, step, order) in [("ddpm", ddpm, 1.0), ("ddim-eta-0.5", ddim, 1.0), ("heun-churn", heun, 2.0)] {
+            let errs: Vec<f64> = SIGMA_NS
+                .iter()
+                .map(|&n| {
+                    let mut sigmas = karras_sigmas(n + 1, lo, hi, 7.0);
+                    sigmas.pop();
+                    let steps: Vec<_> =
+                        sigmas.windows(2).map(|w| affine_step(&|x, rng| step(n, w[0], w[1], x, rng))).collect();
+                    let (s0, s1) = (sigmas[0], sigmas[n]);
+                    moment_error(&steps, (MU, S * S + s0 * s0), (MU, S * S + s1 * s1))
+                })
+                .collect();
+            assert_order(&format!("{name} {}", sde.name()), &SIGMA_NS, &errs, order);
+        }
+    }
+}
