@@ -112,7 +112,9 @@ link_unversioned() {
 }
 
 if [ "$print_only" = 0 ]; then
-  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$cuda_root/bin/nvcc" ] \
+  # Installed already when the stamp lists every pin wanted now (a folder
+  # installed with --nccl also serves a run without it).
+  if [ -f "$stamp" ] && ! grep -qvxF -f "$stamp" <<<"$want" && [ -x "$cuda_root/bin/nvcc" ] \
      && [ -e "$cuda_root/lib/stubs/libcuda.so" ]; then
     say "toolkit already in $dir"
   else
@@ -122,7 +124,7 @@ if [ "$print_only" = 0 ]; then
     link_unversioned "$cuda_root/lib"
     if [ "$nccl" = 1 ]; then
       # NCCL's wheel has its own folder (nvidia/nccl); link it next to the rest.
-      for f in "$site"/nvidia/nccl/lib/libnccl.so*; do ln -sfn "$f" "$cuda_root/lib/${f##*/}"; done
+      for f in "$site"/nvidia/nccl/lib/libnccl.so*; do ln -sfn "../../nccl/lib/${f##*/}" "$cuda_root/lib/${f##*/}"; done
       link_unversioned "$cuda_root/lib"
     fi
     build_stub
