@@ -13,7 +13,8 @@
 #
 # Options: --nccl also installs NCCL (for `--features nccl`); --print only
 # prints the environment (install first). CUDA_COMPUTE_CAP (default 90, i.e.
-# H100/H200) picks the GPU architecture candle's kernels are compiled for.
+# H100/H200) picks the GPU architecture candle's kernels are compiled for;
+# env.sh keeps a value already set when it is sourced.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -144,7 +145,7 @@ cat >"$env_file" <<EOF
 #   CARGO_TARGET_DIR=target/cuda cargo build --release --features cuda
 export CUDA_ROOT="$cuda_root"
 export CUDA_HOME="$cuda_root"
-export CUDA_COMPUTE_CAP="$cap"
+export CUDA_COMPUTE_CAP="\${CUDA_COMPUTE_CAP:-$cap}"
 export PATH="$cuda_root/bin:\$PATH"
 export LIBRARY_PATH="$cuda_root/lib:$cuda_root/lib/stubs\${LIBRARY_PATH:+:\$LIBRARY_PATH}"
 export LD_LIBRARY_PATH="$cuda_root/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
