@@ -130,6 +130,80 @@ impl<S: ScoreFn> EpsFn for ScoreEps<S> {
     }
 }
 
+/// A model defined on the integer timesteps 0, …, N−1 of a discrete chain
+/// (what a diffusers `UNet2DModel(sample, timestep)` is): its raw output,
+/// read as an [`Output`], at x_t and timestep i.
+pub trait TimestepModel {
+    fn predict(&self, x: &Tensor, timestep: usize) -> Result<Tensor>;
+}
+
+impl<F: Fn(&Tensor, usize) -> Result<Tensor>> TimestepModel for F {
+    fn predict(&self, x: &Tensor, timestep: usize) -> Result<Tensor> {
+        self(x, timestep)
+    }
+}
+
+/// A discrete-time ε- or v-model (or any [`Output`]) as a [`ScoreFn`] on its
+/// chain's continuous time, so every sampler runs it (k-diffusion's
+/// `DiscreteEpsDDPMDenoiser` with `quantize = True`): the chain's timestep i
+/// sits at t_i ([`Sde::timestep_times`]; t_i = (i + 1)/N for the DDPM chain),
+/// a time t is evaluated at the nearest timestep, i = argmin |t − t_i|, and the
+/// output becomes a score with the marginal at t itself
+/// ([`score_from_output`]; for ε: s = −ε_θ(x_t, i)/s(t)). On the timesteps —
+/// the `linspace`, `leading` and `trailing` grids — it is exact; between them
+/// the model is asked about the nearest level it knows.
+pub struct DiscreteTimeModel<M> {
+    pub model: M,
+    pub chain: Arc<dyn Sde>,
+    pub output: Output,
+    times: Vec<f64>,
+}
+
+impl<M: TimestepModel> DiscreteTimeModel<M> {
+    /// An error when `chain` has no integer timesteps (a continuous SDE).
+    pub fn new(model: M, chain: Arc<dyn Sde>, output: Output) -> Result<Self> {
+        let Some(times) = chain.timestep_times() else {
+            candle_core::bail!(
+                "a discrete-time model needs a chain with integer timesteps (sde `{}` has none)",
+                chain.name()
+            )
+        };
+        Ok(Self { model, chain, output, times })
+    }
+
+    /// The timestep nearest to t (ties to the smaller).
+    pub fn timestep_of(&self, t: f64) -> usize {
+        let k = self.times.partition_point(|&ti| ti < t);
+        match k {
+            0 => 0,
+            k if k == self.times.len() => k - 1,
+            k => {
+                if t - self.times[k - 1] <= self.times[k] - t {
+                    k - 1
+                } else {
+                    k
+                }
+            }
+        }
+    }
+}
+
+impl<M: TimestepModel> ScoreFn for DiscreteTimeModel<M> {
+    /// Rows with the same timestep go to the model together.
+    fn score(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let steps: Vec<usize> = sde::times(t)?.iter().map(|&t| self.timestep_of(t)).collect();
+        let out = if steps.iter().all(|&i| i == steps[0]) {
+            self.model.predict(x, steps.first().copied().unwrap_or(0))?
+        } else {
+            let rows = (0..steps.len())
+                .map(|r| self.model.predict(&x.narrow(0, r, 1)?, steps[r]))
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&rows, 0)?
+        };
+        score_from_output(self.output, out, x, t, self.chain.as_ref())
+    }
+}
+
 impl<T: ScoreFn + ?Sized> ScoreFn for &T {
     fn score(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
         (**self).score(x, t)

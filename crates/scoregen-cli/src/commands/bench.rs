@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// Benchmarks: `samplers` (quality against NFE for every sampler); `train`, `sample`, `likelihood`, `gemm` (speed; bench/run sets them beside PyTorch).
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  scoregen bench samplers\n  scoregen bench samplers --target gmm25 --budgets 10,20,50\n  scoregen bench samplers --run runs/gmm8-vp --json"
+    after_help = "Examples:\n  scoregen bench samplers\n  scoregen bench samplers --target gmm25 --budgets 10,20,50\n  scoregen bench samplers --grids uniform-t,karras,linspace,leading,trailing --budgets 10,20\n  scoregen bench samplers --run runs/gmm8-vp --json"
 )]
 pub struct Args {
     #[command(subcommand)]
@@ -19,7 +19,8 @@ pub struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Bench {
-    /// The sampler leaderboard: EM, DDPM, DDIM, DPM-Solver++(2M) and EDM Heun at several NFE budgets,
+    /// The sampler leaderboard: EM and the σ-space samplers (DDPM, Euler-ancestral, DPM-Solver++(2M) SDE, DDIM,
+    /// DPM-Solver++(2M) and (3M), EDM Heun), each on every grid of --grids, at several NFE budgets,
     /// judged against the exact mixture (oracle score by default, or a trained run's model).
     Samplers {
         /// Mixture to judge against (gmm8, gmm25, unbalanced, SPEC.toml); default: the run's data, else gmm8.
@@ -31,6 +32,10 @@ enum Bench {
         /// NFE budgets, comma-separated.
         #[arg(long, default_value = "10,20,50,100,1000", value_name = "N,N,…")]
         budgets: String,
+        /// Grids of the σ-space samplers, comma-separated (uniform-t, karras, linspace, leading, trailing),
+        /// one row per solver × grid; `default`: each sampler on its own grid only.
+        #[arg(long, default_value = "uniform-t,karras", value_name = "GRID,…")]
+        grids: String,
         /// Samples per sampler and budget.
         #[arg(long, default_value_t = 2000)]
         n: usize,
@@ -99,16 +104,26 @@ enum Model {
 
 pub fn run(args: &Args, g: &Globals) -> Result<()> {
     let timing = match &args.which {
-        Bench::Samplers { target, run: run_dir, budgets, n, seed, plot } => {
+        Bench::Samplers { target, run: run_dir, budgets, grids, n, seed, plot } => {
             let budgets = budgets
                 .split(',')
                 .map(|b| b.trim().parse::<usize>())
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .with_context(|| format!("--budgets: expected comma-separated integers, found `{budgets}`"))?;
+            let grids = if grids.trim() == "default" {
+                Vec::new()
+            } else {
+                grids
+                    .split(',')
+                    .map(|g| g.trim().parse::<scoregen::samplers::Grid>())
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| anyhow::anyhow!("--grids: {e}"))?
+            };
             let req = scoregen::app::commands::leaderboard::BenchRequest {
                 target: target.clone(),
                 run: run_dir.clone(),
                 budgets,
+                grids,
                 n: *n,
                 seed: *seed,
                 quiet: g.quiet,

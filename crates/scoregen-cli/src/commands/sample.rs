@@ -7,13 +7,13 @@ use anyhow::{Context, Result};
 use scoregen::app::commands::sample::ClassGuidance;
 use scoregen::app::commands::sample::SampleRequest;
 use scoregen::app::config::{RunConfig, SamplingConfig};
-use scoregen::samplers::{CorrectorKind, SamplerKind};
+use scoregen::samplers::{CorrectorKind, Grid, SamplerKind};
 use std::path::PathBuf;
 
-/// Sample a trained run: reverse-SDE predictors, predictor–corrector, the probability-flow ODE, or the Langevin family.
+/// Sample a trained run: reverse-SDE predictors, predictor–corrector, the probability-flow ODE, the σ-space solvers (DDPM, DDIM, DPM-Solver++, Heun, Euler-ancestral), or the Langevin family.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  scoregen sample --run runs/gmm8-ve --n 5000 --steps 500 --out samples.npy\n  scoregen sample --run runs/gmm8-ve --sampler pc --corrector langevin --snr 0.16\n  scoregen sample --run runs/gmm8-ve --sampler ode --rtol 1e-5 --atol 1e-5\n  scoregen sample --run runs/ncsn-gmm8 --sampler annealed-langevin --eps 2.5e-4 --steps-per-level 100\n  scoregen sample --run runs/sliced-energy-gmm8 --sampler langevin --eps 0.005 --steps 1000"
+    after_help = "Examples:\n  scoregen sample --run runs/gmm8-ve --n 5000 --steps 500 --out samples.npy\n  scoregen sample --run runs/gmm8-ve --sampler pc --corrector langevin --snr 0.16\n  scoregen sample --run runs/gmm8-ve --sampler ode --rtol 1e-5 --atol 1e-5\n  scoregen sample --run runs/ncsn-gmm8 --sampler annealed-langevin --eps 2.5e-4 --steps-per-level 100\n  scoregen sample --run runs/sliced-energy-gmm8 --sampler langevin --eps 0.005 --steps 1000\n  scoregen sample --run runs/gmm8-vp --sampler dpmpp-3m --grid karras --steps 15\n  scoregen sample --run runs/digits-vp --sampler ddim --grid trailing --steps 50 --threshold 0.995 --vp-start"
 )]
 pub struct Args {
     #[command(flatten)]
@@ -42,7 +42,7 @@ pub struct Args {
 #[derive(Debug, clap::Args)]
 struct SamplerArgs {
     /// Sampler: em, reverse-diffusion, ancestral, pc, ode, langevin, mala, annealed-langevin,
-    /// ddpm, ddim, dpmpp-2m, heun
+    /// ddpm, ddim, dpmpp-2m, heun, dpmpp-3m, dpmpp-2m-sde, euler-ancestral
     /// (default: the config's sampling.sampler).
     #[arg(long)]
     sampler: Option<SamplerKind>,
@@ -70,6 +70,23 @@ struct SamplerArgs {
     /// Heun: EDM's S_churn (0: deterministic).
     #[arg(long)]
     churn: Option<f64>,
+    /// σ-space samplers: where the steps fall. uniform-t (uniform in t from T to ε), karras (EDM, ρ = sampling.rho),
+    /// or diffusers' timestep spacings linspace, leading, trailing (on the DDPM chain its integer timesteps;
+    /// on a continuous SDE their limit on [ε, T]). Default: uniform-t for ddpm and ddim, karras for the others.
+    #[arg(long)]
+    grid: Option<Grid>,
+    /// σ-space samplers: clip the denoised estimate x̂₀ to [−R, R] (--clip-range, default 1), as diffusers' DDIM clip_sample.
+    #[arg(long)]
+    clip_denoised: bool,
+    /// σ-space samplers: dynamic thresholding of x̂₀ at the P-quantile of |x̂₀|, P ∈ (0, 1], e.g. 0.995 (Saharia et al. 2022).
+    #[arg(long, value_name = "P", conflicts_with = "clip_denoised")]
+    threshold: Option<f64>,
+    /// The data range [−R, R] of --clip-denoised and --threshold.
+    #[arg(long, value_name = "R")]
+    clip_range: Option<f64>,
+    /// σ-space samplers: start at √(1 + σ₀²)·z, the VP prior N(0, I) at σ₀, instead of σ₀·z.
+    #[arg(long)]
+    vp_start: bool,
 }
 
 impl SamplerArgs {
@@ -87,6 +104,17 @@ impl SamplerArgs {
         sc.atol = self.atol.unwrap_or(sc.atol);
         sc.eta = self.eta.unwrap_or(sc.eta);
         sc.s_churn = self.churn.unwrap_or(sc.s_churn);
+        sc.grid = self.grid.or(sc.grid);
+        if self.threshold.is_some() {
+            sc.threshold = self.threshold;
+            sc.clip_denoised = false;
+        }
+        if self.clip_denoised {
+            sc.clip_denoised = true;
+            sc.threshold = None;
+        }
+        sc.clip_range = self.clip_range.unwrap_or(sc.clip_range);
+        sc.vp_start |= self.vp_start;
         sc
     }
 }

@@ -7,6 +7,11 @@
 //! σ_up = min(σ', η·σ'·√(σ² − σ'²)/σ), σ_down = √(σ'² − σ_up²), x̂₀ = D(x, σ),
 //! ε̂ = (x − x̂₀)/σ — k-diffusion's `get_ancestral_step`. η = 0 is the
 //! deterministic DDIM (Euler on the probability-flow ODE in σ), η = 1 is DDPM.
+//!
+//! Written as x' = x + (σ_down − σ)·d + S_noise·σ_up·z with d = (x − x̂₀)/σ,
+//! this is also k-diffusion's `sample_euler_ancestral` (and diffusers'
+//! `EulerAncestralDiscreteScheduler`): the `euler-ancestral` sampler is this
+//! step with η = 1 and S_noise (`sampling.s_noise`), on the Karras grid by default.
 
 use super::denoiser::{sample_sigma_steps, to_d, Denoiser, SigmaStep};
 use super::Sampled;
@@ -34,12 +39,14 @@ pub fn sample_ddim(
     rng: &mut Rng,
     progress: &ProgressBar,
 ) -> Result<Sampled> {
-    sample_sigma_steps(den, &mut DdimStep { eta }, x, sigmas, rng, None, progress)
+    sample_sigma_steps(den, &mut DdimStep { eta, s_noise: 1.0 }, x, sigmas, rng, None, progress)
 }
 
-/// The DDIM step with stochasticity η (see the module doc).
+/// The DDIM step with stochasticity η, its noise scaled by S_noise (1 for
+/// DDIM and DDPM; Euler-ancestral's `s_noise`), see the module doc.
 pub struct DdimStep {
     pub eta: f64,
+    pub s_noise: f64,
 }
 
 impl SigmaStep for DdimStep {
@@ -57,7 +64,7 @@ impl SigmaStep for DdimStep {
         // x̂₀ + σ_down·ε̂, written as x + (σ_down − σ)·d so that σ_down = σ is the identity
         let mut x = (x + to_d(x, &denoised, s)?.affine(down - s, 0.0)?)?;
         if up > 0.0 {
-            x = (&x + rng.randn(x.shape(), x.dtype(), x.device())?.affine(up, 0.0)?)?;
+            x = (&x + rng.randn(x.shape(), x.dtype(), x.device())?.affine(self.s_noise * up, 0.0)?)?;
         }
         Ok((x, 1))
     }

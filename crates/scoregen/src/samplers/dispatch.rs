@@ -5,10 +5,12 @@
 
 use super::annealed_langevin::{annealed_langevin_constrained, AnnealedOptions};
 use super::ddim::DdimStep;
-use super::denoiser::{karras_sigmas, sample_sigma_steps, time_uniform_sigmas, Denoiser, ScoreDenoiser, SigmaStep};
-use super::dpm_solver::Dpmpp2mStep;
+use super::denoiser::{sample_sigma_steps, Denoiser, ScoreDenoiser, SigmaStep};
+use super::dpm_solver::{Dpmpp2mSdeStep, Dpmpp2mStep, Dpmpp3mStep};
+use super::grid::{grid_sigmas, Grid};
 use super::heun::{Churn, HeunStep};
 use super::langevin::{langevin, mala, LangevinOptions, Start};
+use super::limits::{LimitedDenoiser, X0Limit};
 use super::pc::sample_pc_constrained;
 use super::{
     flow, Ancestral, AnnealedLangevin, Constraint, Corrector, EulerMaruyama, LangevinCorrector, NoneCorrector,
@@ -42,16 +44,26 @@ pub enum SamplerKind {
     Mala,
     /// Annealed Langevin dynamics over the NCSN noise ladder.
     AnnealedLangevin,
-    /// DDPM ancestral sampling (DDIM with η = 1) on a uniform time grid.
+    /// DDPM ancestral sampling (DDIM with η = 1); default grid uniform-t.
     Ddpm,
-    /// DDIM with stochasticity `eta` on a uniform time grid.
+    /// DDIM with stochasticity `eta`; default grid uniform-t.
     Ddim,
-    /// DPM-Solver++(2M) on the Karras σ schedule.
+    /// DPM-Solver++(2M); default grid karras.
     #[serde(rename = "dpmpp-2m")]
     #[cfg_attr(feature = "clap", value(name = "dpmpp-2m"))]
     Dpmpp2m,
-    /// EDM's Heun sampler on the Karras σ schedule, with optional churn.
+    /// EDM's Heun sampler, with optional churn; default grid karras.
     Heun,
+    /// DPM-Solver++(3M), third-order multistep; default grid karras.
+    #[serde(rename = "dpmpp-3m")]
+    #[cfg_attr(feature = "clap", value(name = "dpmpp-3m"))]
+    Dpmpp3m,
+    /// DPM-Solver++(2M) SDE (η = 1, noise scale `s_noise`); default grid karras.
+    #[serde(rename = "dpmpp-2m-sde")]
+    #[cfg_attr(feature = "clap", value(name = "dpmpp-2m-sde"))]
+    Dpmpp2mSde,
+    /// k-diffusion's Euler-ancestral (DDPM's step, noise scale `s_noise`); default grid karras.
+    EulerAncestral,
 }
 
 /// Which corrector runs before each predictor step.
@@ -73,7 +85,7 @@ fn parse_kebab<T: for<'de> Deserialize<'de>>(s: &str) -> Option<T> {
 
 impl SamplerKind {
     pub const NAMES: &'static str =
-        "em, reverse-diffusion, ancestral, pc, ode, langevin, mala, annealed-langevin, ddpm, ddim, dpmpp-2m, heun";
+        "em, reverse-diffusion, ancestral, pc, ode, langevin, mala, annealed-langevin, ddpm, ddim, dpmpp-2m, heun, dpmpp-3m, dpmpp-2m-sde, euler-ancestral";
     pub fn parse(s: &str) -> Option<Self> {
         parse_kebab(s)
     }
@@ -83,7 +95,17 @@ impl SamplerKind {
     }
     /// True for the σ-space samplers behind the [`Denoiser`](super::Denoiser) interface.
     pub fn is_denoiser(self) -> bool {
-        matches!(self, Self::Ddpm | Self::Ddim | Self::Dpmpp2m | Self::Heun)
+        self.default_grid().is_some()
+    }
+    /// The grid a σ-space sampler steps on unless `sampling.grid` says
+    /// otherwise (`None` for the other samplers): DDPM and DDIM uniform in t,
+    /// the others Karras, as k-diffusion runs them.
+    pub fn default_grid(self) -> Option<Grid> {
+        match self {
+            Self::Ddpm | Self::Ddim => Some(Grid::UniformT),
+            Self::Dpmpp2m | Self::Heun | Self::Dpmpp3m | Self::Dpmpp2mSde | Self::EulerAncestral => Some(Grid::Karras),
+            _ => None,
+        }
     }
     /// Steps that cost about `nfe` score evaluations (Heun: 2N − 1 for N steps).
     pub fn steps_for_nfe(self, nfe: usize) -> usize {
@@ -143,8 +165,15 @@ pub struct SamplerSpec {
     pub eta: f64,
     /// EDM Heun's churn (S_churn, S_min, S_max, S_noise).
     pub churn: Churn,
-    /// ρ of the Karras σ schedule (DPM-Solver++ and Heun).
+    /// ρ of the Karras σ schedule.
     pub rho: f64,
+    /// The σ-space samplers' grid (`None`: the sampler's [`SamplerKind::default_grid`]).
+    pub grid: Option<Grid>,
+    /// Clipping or dynamic thresholding of x̂₀ (σ-space samplers).
+    pub limit: Option<X0Limit>,
+    /// σ-space samplers start at √(1 + σ₀²)·z (VP's prior N(0, I) at σ₀)
+    /// instead of σ₀·z.
+    pub vp_start: bool,
     /// Final time ε of the reverse-time samplers (default: the SDE's sampling ε).
     pub eps: Option<f64>,
     /// The Tweedie denoising step at the end (reverse-time SDE samplers, annealed Langevin).
@@ -175,6 +204,9 @@ impl Default for SamplerSpec {
             eta: 0.0,
             churn: Churn::default(),
             rho: 7.0,
+            grid: None,
+            limit: None,
+            vp_start: false,
             eps: None,
             denoise: true,
             step_size: 0.01,
@@ -218,7 +250,13 @@ impl SamplerSpec {
             ReverseOptions { steps: self.steps, eps: self.eps, denoise: self.denoise, record_every: self.record_every };
         let constrained = !ctx.constraint.is_none();
         match self.kind {
-            SamplerKind::Ddpm | SamplerKind::Ddim | SamplerKind::Dpmpp2m | SamplerKind::Heun => {
+            SamplerKind::Ddpm
+            | SamplerKind::Ddim
+            | SamplerKind::Dpmpp2m
+            | SamplerKind::Heun
+            | SamplerKind::Dpmpp3m
+            | SamplerKind::Dpmpp2mSde
+            | SamplerKind::EulerAncestral => {
                 if constrained {
                     candle_core::bail!("`{}` does not take a constraint (inpainting): use pc, em, ancestral, reverse-diffusion or annealed-langevin", self.kind);
                 }
@@ -308,25 +346,37 @@ impl SamplerSpec {
     }
 
     /// The σ-space samplers: x_{σ_0} = σ_0·z (k-diffusion's start; for VP this
-    /// is x_T/m(T) up to the data's own spread), then the sampler down to σ = 0
-    /// through the shared loop [`sample_sigma_steps`] (which records trajectories).
-    /// DDPM and DDIM step on `steps` times uniform in t from T to ε; DPM-Solver++
-    /// and Heun on the Karras schedule over [σ(ε), σ(T)] with ρ = `rho`.
+    /// is x_T/m(T) up to the data's own spread), or with `vp_start`
+    /// √(1 + σ_0²)·z (diffusers' `init_noise_sigma`: the VP prior N(0, I) at
+    /// σ_0 in σ-space), then the sampler down to σ = 0 through the shared loop
+    /// [`sample_sigma_steps`] (which records trajectories). The grid is
+    /// `grid` or the sampler's default ([`grid_sigmas`]); `limit` wraps the
+    /// denoiser ([`LimitedDenoiser`]).
     fn sample_sigma_space(&self, ctx: &SampleContext, shape: Shape, rng: &mut Rng) -> Result<Sampled> {
         let den = ScoreDenoiser::new(ctx.score, ctx.sde, self.eps);
-        let (sigma_min, sigma_max) = den.sigma_range();
-        let sigmas = match self.kind {
-            SamplerKind::Ddpm | SamplerKind::Ddim => time_uniform_sigmas(&den, self.steps.max(1)),
-            _ => karras_sigmas(self.steps.max(1), sigma_min, sigma_max, self.rho),
-        };
-        let x = rng.randn(shape, ctx.dtype, &Device::Cpu)?.affine(sigmas[0], 0.0)?;
+        let grid = self.grid.or(self.kind.default_grid()).unwrap_or(Grid::Karras);
+        let sigmas = grid_sigmas(grid, &den, self.steps.max(1), self.rho)?;
+        let scale = if self.vp_start { (1.0 + sigmas[0] * sigmas[0]).sqrt() } else { sigmas[0] };
+        let x = rng.randn(shape, ctx.dtype, &Device::Cpu)?.affine(scale, 0.0)?;
+        let s_noise = self.churn.s_noise;
         let mut stepper: Box<dyn SigmaStep> = match self.kind {
-            SamplerKind::Ddpm => Box::new(DdimStep { eta: 1.0 }),
-            SamplerKind::Ddim => Box::new(DdimStep { eta: self.eta }),
+            SamplerKind::Ddpm => Box::new(DdimStep { eta: 1.0, s_noise: 1.0 }),
+            SamplerKind::Ddim => Box::new(DdimStep { eta: self.eta, s_noise: 1.0 }),
+            SamplerKind::EulerAncestral => Box::new(DdimStep { eta: 1.0, s_noise }),
             SamplerKind::Dpmpp2m => Box::new(Dpmpp2mStep::default()),
+            SamplerKind::Dpmpp3m => Box::new(Dpmpp3mStep::default()),
+            SamplerKind::Dpmpp2mSde => Box::new(Dpmpp2mSdeStep::new(1.0, s_noise)),
             SamplerKind::Heun => Box::new(HeunStep { churn: self.churn }),
             k => candle_core::bail!("`{k}` is not a σ-space sampler"),
         };
-        sample_sigma_steps(&den, stepper.as_mut(), x, &sigmas, rng, self.record_every, ctx.progress)
+        let limited;
+        let den: &dyn Denoiser = match self.limit {
+            Some(limit) => {
+                limited = LimitedDenoiser { inner: &den, limit };
+                &limited
+            }
+            None => &den,
+        };
+        sample_sigma_steps(den, stepper.as_mut(), x, &sigmas, rng, self.record_every, ctx.progress)
     }
 }

@@ -121,6 +121,10 @@ impl Sde for DiscreteVp {
     fn sampling_eps(&self) -> f64 {
         1.0 / self.steps() as f64
     }
+    /// t_i = (i + 1)/N for i = 0, …, N − 1 ([`DiscreteVp::time_of`]).
+    fn timestep_times(&self) -> Option<Vec<f64>> {
+        Some((0..self.steps()).map(|i| self.time_of(i)).collect())
+    }
     /// DDPM's choice σ_i² = β_i, as for the continuous VP SDE.
     fn ancestral_std(&self, t: f64, dt: f64) -> f64 {
         self.transition(t, dt).1.sqrt()

@@ -50,6 +50,14 @@ pub trait Sde: Send + Sync {
         1e-3
     }
 
+    /// The times t_0 < … < t_{N−1} of the integer timesteps 0, …, N−1 when the
+    /// process is a discrete chain (DDPM: t_i = (i + 1)/N), so that a sampler's
+    /// grid can land on the steps a discrete-time model was trained on;
+    /// `None` for a continuous SDE.
+    fn timestep_times(&self) -> Option<Vec<f64>> {
+        None
+    }
+
     /// f(x,t) = a(t)·x.
     fn drift(&self, x: &Tensor, t: f64) -> Result<Tensor> {
         x.affine(self.drift_coef(t), 0.0)

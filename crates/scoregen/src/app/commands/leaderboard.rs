@@ -2,6 +2,8 @@
 //! the number of score evaluations (NFE) for every sampler, judged by the
 //! exact mixture (energy distance and mode-weight L1 error beside their
 //! exact-vs-exact floors), with Euler–Maruyama at 1000 NFE as the baseline.
+//! The σ-space samplers can be run on several grids, so that a row is a
+//! solver × grid and the effect of the grid is separated from the solver's.
 
 use super::eval::Target;
 use crate::app::run_dir::{oracle_of, LoadedModel};
@@ -11,7 +13,7 @@ use crate::oracle::GaussianMixture;
 use crate::points::Points;
 use crate::progress;
 use crate::rng::Rng;
-use crate::samplers::{SampleContext, SamplerKind, SamplerSpec};
+use crate::samplers::{Grid, SampleContext, SamplerKind, SamplerSpec};
 use crate::score::ScoreFn;
 use crate::sde::Sde;
 use candle_core::DType;
@@ -21,8 +23,20 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 /// The samplers of the leaderboard, in the table's order.
-pub const LEADERBOARD_SAMPLERS: [SamplerKind; 5] =
-    [SamplerKind::Em, SamplerKind::Ddpm, SamplerKind::Ddim, SamplerKind::Dpmpp2m, SamplerKind::Heun];
+pub const LEADERBOARD_SAMPLERS: [SamplerKind; 8] = [
+    SamplerKind::Em,
+    SamplerKind::Ddpm,
+    SamplerKind::EulerAncestral,
+    SamplerKind::Dpmpp2mSde,
+    SamplerKind::Ddim,
+    SamplerKind::Dpmpp2m,
+    SamplerKind::Dpmpp3m,
+    SamplerKind::Heun,
+];
+
+/// The grids `bench samplers` runs every σ-space sampler on by default: the
+/// two defaults (DDIM's uniform-t, DPM-Solver++'s karras), crossed.
+pub const LEADERBOARD_GRIDS: [Grid; 2] = [Grid::UniformT, Grid::Karras];
 
 /// The NFE budgets of the leaderboard.
 pub const LEADERBOARD_BUDGETS: [usize; 5] = [10, 20, 50, 100, 1000];
@@ -31,6 +45,8 @@ pub const LEADERBOARD_BUDGETS: [usize; 5] = [10, 20, 50, 100, 1000];
 #[derive(Debug, Clone, Serialize)]
 pub struct Entry {
     pub sampler: String,
+    /// The σ-space samplers' grid; "—" for the others.
+    pub grid: String,
     pub budget: usize,
     pub steps: usize,
     /// Score evaluations actually spent (≤ budget, Heun: 2N − 1).
@@ -90,8 +106,10 @@ pub fn evaluate_sampler(
     let seconds = start.elapsed().as_secs_f64();
     let pts = Points::from_tensor(&out.x)?;
     let r = metrics::against_mixture(&pts, mix, &mut Rng::new(seed, 1));
+    let grid = spec.grid.or(spec.kind.default_grid()).filter(|_| spec.kind.is_denoiser());
     let entry = Entry {
         sampler: spec.kind.to_string(),
+        grid: grid.map_or("—".into(), |g| g.to_string()),
         budget,
         steps,
         nfe: out.nfe,
@@ -103,7 +121,8 @@ pub fn evaluate_sampler(
     Ok((entry, pts))
 }
 
-/// Runs every sampler of `kinds` (settings from `base`) at every budget.
+/// Runs every sampler of `kinds` (settings from `base`, so on `base.grid` or
+/// each sampler's default grid) at every budget.
 #[allow(clippy::too_many_arguments)]
 pub fn leaderboard(
     score: &dyn ScoreFn,
@@ -115,16 +134,43 @@ pub fn leaderboard(
     set: &BenchSettings,
     progress: &ProgressBar,
 ) -> Result<Leaderboard> {
+    leaderboard_on_grids(score, sde, mix, base, kinds, &[], budgets, set, progress)
+}
+
+/// [`leaderboard`] with every σ-space sampler run on each of `grids` (one row
+/// per solver × grid); empty `grids`: each on its own grid, as `leaderboard`.
+#[allow(clippy::too_many_arguments)]
+pub fn leaderboard_on_grids(
+    score: &dyn ScoreFn,
+    sde: &dyn Sde,
+    mix: &GaussianMixture,
+    base: &SamplerSpec,
+    kinds: &[SamplerKind],
+    grids: &[Grid],
+    budgets: &[usize],
+    set: &BenchSettings,
+    progress: &ProgressBar,
+) -> Result<Leaderboard> {
     let (n, seed) = (set.n, set.seed);
-    progress.set_length((kinds.len() * budgets.len() + 1) as u64);
+    let rows: Vec<SamplerSpec> = kinds
+        .iter()
+        .flat_map(|&kind| {
+            let own = SamplerSpec { kind, ..*base };
+            if kind.is_denoiser() && !grids.is_empty() {
+                grids.iter().map(|&g| SamplerSpec { grid: Some(g), ..own }).collect()
+            } else {
+                vec![own]
+            }
+        })
+        .collect();
+    progress.set_length((rows.len() * budgets.len() + 1) as u64);
     let em = SamplerSpec { kind: SamplerKind::Em, ..*base };
     let (baseline, _) = evaluate_sampler(score, sde, mix, &em, 1000, set)?;
     progress.inc(1);
     let mut entries = Vec::new();
-    for &kind in kinds {
+    for spec in &rows {
         for &budget in budgets {
-            let spec = SamplerSpec { kind, ..*base };
-            entries.push(evaluate_sampler(score, sde, mix, &spec, budget, set)?.0);
+            entries.push(evaluate_sampler(score, sde, mix, spec, budget, set)?.0);
             progress.inc(1);
         }
     }
@@ -142,15 +188,15 @@ pub fn leaderboard(
 }
 
 impl Leaderboard {
-    /// The samplers in table order.
-    fn samplers(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = Vec::new();
+    /// The rows (sampler, grid) in table order.
+    fn rows(&self) -> Vec<(&str, &str)> {
+        let mut rows: Vec<(&str, &str)> = Vec::new();
         for e in &self.entries {
-            if !names.contains(&e.sampler.as_str()) {
-                names.push(&e.sampler);
+            if !rows.contains(&(e.sampler.as_str(), e.grid.as_str())) {
+                rows.push((&e.sampler, &e.grid));
             }
         }
-        names
+        rows
     }
 
     fn budgets(&self) -> Vec<usize> {
@@ -170,15 +216,15 @@ impl Leaderboard {
             ("energy distance", (|e: &Entry| e.energy) as fn(&Entry) -> f64),
             ("mode-weight L1 error", |e: &Entry| e.weight_l1),
         ] {
-            s += &format!("\n{title}\n{:<10}", "NFE");
+            s += &format!("\n{title}\n{:<16}{:<11}", "NFE", "grid");
             for b in &budgets {
                 s += &format!("{b:>16}");
             }
             s += "\n";
-            for name in self.samplers() {
-                s += &format!("{name:<10}");
+            for (name, grid) in self.rows() {
+                s += &format!("{name:<16}{grid:<11}");
                 for b in &budgets {
-                    match self.entries.iter().find(|e| e.sampler == name && e.budget == *b) {
+                    match self.entries.iter().find(|e| e.sampler == name && e.grid == grid && e.budget == *b) {
                         Some(e) => s += &format!("{:>16}", format!("{:.4} [{}]", get(e), e.nfe)),
                         None => s += &format!("{:>16}", "—"),
                     }
@@ -201,12 +247,17 @@ impl Leaderboard {
         let lg = |n: usize| (n.max(1) as f64).log10();
         let (lo, hi) = (lg(*budgets.first().unwrap_or(&1)), lg(*budgets.last().unwrap_or(&1000)));
         let mut owned: Vec<(String, Vec<(f64, f64)>)> = self
-            .samplers()
+            .rows()
             .into_iter()
-            .map(|name| {
-                let pts =
-                    self.entries.iter().filter(|e| e.sampler == name).map(|e| (lg(e.nfe), e.energy.min(0.1))).collect();
-                (name.to_string(), pts)
+            .map(|(name, grid)| {
+                let pts = self
+                    .entries
+                    .iter()
+                    .filter(|e| e.sampler == name && e.grid == grid)
+                    .map(|e| (lg(e.nfe), e.energy.min(0.1)))
+                    .collect();
+                let label = if grid == "—" { name.to_string() } else { format!("{name} {grid}") };
+                (label, pts)
             })
             .collect();
         owned.push(("em-1000 baseline".into(), vec![(lo, self.baseline.energy), (hi, self.baseline.energy)]));
@@ -233,13 +284,15 @@ pub struct BenchRequest {
     /// score of the target under the VP SDE.
     pub run: Option<PathBuf>,
     pub budgets: Vec<usize>,
+    /// The grids every σ-space sampler runs on (empty: each its own default).
+    pub grids: Vec<Grid>,
     pub n: usize,
     pub seed: u64,
     pub quiet: bool,
 }
 
-/// The sampler leaderboard ([`samplers::leaderboard`]): EM, DDPM, DDIM,
-/// DPM-Solver++(2M) and Heun at each NFE budget, against the exact mixture.
+/// The sampler leaderboard ([`leaderboard_on_grids`]): EM and every σ-space
+/// sampler (on each of `req.grids`) at each NFE budget, against the exact mixture.
 pub fn bench_samplers(req: &BenchRequest) -> Result<Leaderboard> {
     if req.budgets.is_empty() || req.budgets.contains(&0) || req.n < 2 {
         return Err(Error::Invalid("bench samplers: budgets must be ≥ 1 and --n ≥ 2".into()));
@@ -251,6 +304,7 @@ pub fn bench_samplers(req: &BenchRequest) -> Result<Leaderboard> {
         }
     };
     let pb = progress::bar(LEADERBOARD_SAMPLERS.len() * req.budgets.len() + 1, "bench", req.quiet);
+    let grids = &req.grids;
     match &req.run {
         Some(dir) => {
             let model = LoadedModel::from_run(dir, true)?;
@@ -273,7 +327,17 @@ pub fn bench_samplers(req: &BenchRequest) -> Result<Leaderboard> {
             let set = BenchSettings { n: req.n, eps: cfg.sampling.eps, seed: req.seed, dtype: DType::F32 };
             let sde = cfg.sde();
             let base = cfg.sampling.spec();
-            Ok(leaderboard(score.as_ref(), sde.as_ref(), &mix, &base, &LEADERBOARD_SAMPLERS, &req.budgets, &set, &pb)?)
+            Ok(leaderboard_on_grids(
+                score.as_ref(),
+                sde.as_ref(),
+                &mix,
+                &base,
+                &LEADERBOARD_SAMPLERS,
+                grids,
+                &req.budgets,
+                &set,
+                &pb,
+            )?)
         }
         None => {
             let mix = mixture_of(req.target.as_deref().unwrap_or("gmm8"))?;
@@ -281,7 +345,17 @@ pub fn bench_samplers(req: &BenchRequest) -> Result<Leaderboard> {
             let oracle = crate::oracle::OracleScore::new(mix.clone(), sde.clone());
             let set = BenchSettings { n: req.n, eps: None, seed: req.seed, dtype: DType::F64 };
             let base = SamplerSpec::default();
-            Ok(leaderboard(&oracle, sde.as_ref(), &mix, &base, &LEADERBOARD_SAMPLERS, &req.budgets, &set, &pb)?)
+            Ok(leaderboard_on_grids(
+                &oracle,
+                sde.as_ref(),
+                &mix,
+                &base,
+                &LEADERBOARD_SAMPLERS,
+                grids,
+                &req.budgets,
+                &set,
+                &pb,
+            )?)
         }
     }
 }

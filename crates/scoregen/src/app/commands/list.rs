@@ -60,10 +60,29 @@ pub fn catalogue() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
                 ("langevin", "Langevin dynamics x ← x + ε s(x) + √(2ε) z"),
                 ("mala", "Metropolis-adjusted Langevin (energy models)"),
                 ("annealed-langevin", "annealed Langevin over the NCSN noise ladder"),
-                ("ddpm", "DDPM ancestral sampling (DDIM with η = 1)"),
-                ("ddim", "DDIM with stochasticity η (sampling.eta)"),
-                ("dpmpp-2m", "DPM-Solver++(2M) on the Karras σ schedule"),
-                ("heun", "EDM's Heun sampler on the Karras σ schedule, optional churn"),
+                ("ddpm", "DDPM ancestral sampling (DDIM with η = 1), uniform-t grid by default"),
+                ("ddim", "DDIM with stochasticity η (sampling.eta), uniform-t grid by default"),
+                ("dpmpp-2m", "DPM-Solver++(2M), Karras grid by default"),
+                ("heun", "EDM's Heun sampler, optional churn, Karras grid by default"),
+                ("dpmpp-3m", "DPM-Solver++(3M), third-order multistep, Karras grid by default"),
+                ("dpmpp-2m-sde", "DPM-Solver++(2M) SDE (η = 1, sampling.s_noise), Karras grid by default"),
+                (
+                    "euler-ancestral",
+                    "Euler-ancestral (k-diffusion; DDPM's step with sampling.s_noise), Karras grid by default",
+                ),
+            ],
+        ),
+        (
+            "σ grids of the σ-space samplers (sampling.grid, --grid)",
+            vec![
+                ("uniform-t", "times uniform in t from T to ε"),
+                ("karras", "EDM's σ schedule over [σ(ε), σ(T)], ρ = sampling.rho"),
+                (
+                    "linspace",
+                    "diffusers: round(linspace(0, N_train − 1, N)) (the DDPM chain's timesteps; on [ε, T] = uniform-t)",
+                ),
+                ("leading", "diffusers: 0, ⌊N_train/N⌋, …: ends at the first step, starts below T"),
+                ("trailing", "diffusers: N_train − 1, N_train − 1 − N_train/N, …: starts at T"),
             ],
         ),
     ]
@@ -89,6 +108,8 @@ mod tests {
         assert!(section("objectives").iter().all(|(n, _)| parses::<crate::app::config::ObjectiveKind>(n)));
         assert!(section("samplers").iter().all(|(n, _)| crate::samplers::SamplerKind::parse(n).is_some()));
         assert_eq!(section("samplers").len(), crate::samplers::SamplerKind::NAMES.split(", ").count());
+        assert!(section("σ grids").iter().all(|(n, _)| crate::samplers::Grid::parse(n).is_some()));
+        assert_eq!(section("σ grids").len(), crate::samplers::Grid::NAMES.split(", ").count());
         assert!(section("data").iter().take(data::toy::NAMES.len()).all(|(n, _)| data::toy::Toy::by_name(n).is_some()));
     }
 }

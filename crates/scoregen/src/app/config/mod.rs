@@ -11,7 +11,7 @@ use crate::data::{self, PixelScale};
 use crate::error::{Error, Result};
 use crate::nets::MlpConfig;
 use crate::objectives::{Dsm, Projection, Reduction, Weighting};
-use crate::samplers::{CorrectorKind, SamplerKind, Start};
+use crate::samplers::{CorrectorKind, Grid, SamplerKind, Start};
 use crate::score::Output;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -201,7 +201,9 @@ pub use crate::train::TrainSettings as TrainingConfig;
 #[serde(deny_unknown_fields, default)]
 pub struct SamplingConfig {
     /// `em` (Euler–Maruyama), `reverse-diffusion`, `ancestral`, `pc` (reverse diffusion +
-    /// corrector), `ode` (probability flow, RK45), `langevin`, `mala` or `annealed-langevin`.
+    /// corrector), `ode` (probability flow, RK45), `langevin`, `mala`, `annealed-langevin`,
+    /// or a σ-space sampler: `ddpm`, `ddim`, `dpmpp-2m`, `heun`, `dpmpp-3m`,
+    /// `dpmpp-2m-sde`, `euler-ancestral`.
     pub sampler: SamplerKind,
     /// Corrector before each predictor step: `langevin`, `ald` or `none`
     /// (default: `langevin` for `pc`, `none` otherwise).
@@ -234,8 +236,38 @@ pub struct SamplingConfig {
     pub s_tmin: f64,
     pub s_tmax: f64,
     pub s_noise: f64,
-    /// `dpmpp-2m`, `heun`: ρ of the Karras σ schedule.
+    /// `heun`, `dpmpp-2m-sde`, `euler-ancestral`: the noise scale S_noise.
+    /// Every σ-space sampler on the `karras` grid: its ρ.
     pub rho: f64,
+    /// σ-space samplers: `uniform-t`, `karras`, `linspace`, `leading` or
+    /// `trailing` (default: uniform-t for ddpm and ddim, karras for the others).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grid: Option<Grid>,
+    /// σ-space samplers: clip the denoised estimate x̂₀ to [−clip_range, clip_range].
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub clip_denoised: bool,
+    /// σ-space samplers: dynamic thresholding of x̂₀ at this quantile of |x̂₀| ∈ (0, 1]
+    /// (Saharia et al. 2022; diffusers' dynamic_thresholding_ratio, e.g. 0.995).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// The data range [−r, r] of clipping and thresholding (default 1: images in [−1, 1]).
+    #[serde(skip_serializing_if = "is_one")]
+    pub clip_range: f64,
+    /// Thresholding's largest s (diffusers' sample_max_value; default ∞, as Saharia et al.).
+    #[serde(skip_serializing_if = "is_infinite")]
+    pub threshold_max: f64,
+    /// σ-space samplers: start at √(1 + σ₀²)·z (the VP prior N(0, I) at σ₀) instead of σ₀·z.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub vp_start: bool,
+}
+
+// The scheduler options are left out of a written config at their defaults,
+// so the config hash of a run from before they existed does not change.
+fn is_one(v: &f64) -> bool {
+    *v == 1.0
+}
+fn is_infinite(v: &f64) -> bool {
+    *v == f64::INFINITY
 }
 
 impl Default for RunConfig {
@@ -321,6 +353,12 @@ impl Default for SamplingConfig {
             s_tmax: f64::INFINITY,
             s_noise: 1.0,
             rho: 7.0,
+            grid: None,
+            clip_denoised: false,
+            threshold: None,
+            clip_range: 1.0,
+            threshold_max: f64::INFINITY,
+            vp_start: false,
         }
     }
 }
@@ -421,6 +459,39 @@ mod tests {
         assert_eq!(spec.kind, SamplerKind::Pc);
         assert_eq!(spec.corrector, Some(CorrectorKind::Ald));
         assert_eq!(spec.snr, 0.1);
+    }
+
+    /// The scheduler options parse into the spec, and each bad value or
+    /// combination is refused with the field's name.
+    #[test]
+    fn scheduler_fields_are_validated_by_name() {
+        let text = "[sampling]\nsampler = \"dpmpp-3m\"\ngrid = \"trailing\"\nthreshold = 0.995\nclip_range = 2\nvp_start = true\n";
+        let spec = RunConfig::parse(text, "c.toml", &[]).unwrap().sampling.spec();
+        assert_eq!((spec.kind, spec.grid, spec.vp_start), (SamplerKind::Dpmpp3m, Some(Grid::Trailing), true));
+        assert_eq!(
+            spec.limit,
+            Some(crate::samplers::X0Limit::Threshold { ratio: 0.995, range: 2.0, max: f64::INFINITY })
+        );
+        let clip = RunConfig::parse("[sampling]\nsampler = \"ddim\"\nclip_denoised = true\n", "c.toml", &[]).unwrap();
+        assert_eq!(clip.sampling.spec().limit, Some(crate::samplers::X0Limit::Clip { range: 1.0 }));
+        assert_eq!(SamplingConfig::default().spec().limit, None);
+        for (text, field) in [
+            ("sampler = \"ddim\"\ngrid = \"cosine\"", "`sampling.grid`"),
+            ("sampler = \"ddim\"\nthreshold = 99.5", "`sampling.threshold`: must be a quantile in (0, 1]"),
+            ("sampler = \"ddim\"\nthreshold = 0.9\nclip_denoised = true", "`sampling.threshold`: set either"),
+            ("sampler = \"ddim\"\nclip_range = 0", "`sampling.clip_range`"),
+            ("sampler = \"ddim\"\nthreshold_max = 0.5", "`sampling.threshold_max`"),
+            ("sampler = \"em\"\ngrid = \"karras\"", "`sampling.grid`: applies to the σ-space samplers"),
+            ("sampler = \"ode\"\nvp_start = true", "`sampling.vp_start`: applies to the σ-space samplers"),
+        ] {
+            let e = RunConfig::parse(&format!("[sampling]\n{text}\n"), "c.toml", &[]).unwrap_err().to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
+        // left out at their defaults, so an older run's config hash is unchanged
+        let written = RunConfig::default().to_toml();
+        for key in ["grid", "clip_denoised", "threshold", "clip_range", "threshold_max", "vp_start"] {
+            assert!(!written.contains(&format!("\n{key} =")), "{key} in {written}");
+        }
     }
 
     #[test]

@@ -29,6 +29,43 @@ impl SamplingConfig {
         if self.s_tmin.is_nan() || self.s_tmax.is_nan() || self.s_tmax < self.s_tmin {
             return err("sampling.s_tmax", format!("must be ≥ s_tmin = {} (got {})", self.s_tmin, self.s_tmax));
         }
+        if !(self.clip_range.is_finite() && self.clip_range > 0.0) {
+            return err("sampling.clip_range", format!("must be a finite number > 0 (got {})", self.clip_range));
+        }
+        if self.threshold_max.is_nan() || self.threshold_max < self.clip_range {
+            return err(
+                "sampling.threshold_max",
+                format!("must be ≥ clip_range = {} (got {})", self.clip_range, self.threshold_max),
+            );
+        }
+        if let Some(p) = self.threshold {
+            if !(p > 0.0 && p <= 1.0) {
+                return err("sampling.threshold", format!("must be a quantile in (0, 1], e.g. 0.995 (got {p})"));
+            }
+            if self.clip_denoised {
+                return err(
+                    "sampling.threshold",
+                    "set either clip_denoised or threshold (thresholding already clips)".into(),
+                );
+            }
+        }
+        if !self.sampler.is_denoiser() {
+            let set = [
+                ("sampling.grid", self.grid.is_some()),
+                ("sampling.clip_denoised", self.clip_denoised),
+                ("sampling.threshold", self.threshold.is_some()),
+                ("sampling.vp_start", self.vp_start),
+            ];
+            if let Some((field, _)) = set.iter().find(|(_, on)| *on) {
+                return err(
+                    field,
+                    format!(
+                        "applies to the σ-space samplers (ddpm, ddim, dpmpp-2m, heun, dpmpp-3m, dpmpp-2m-sde, euler-ancestral), not `{}`",
+                        self.sampler
+                    ),
+                );
+            }
+        }
         Ok(())
     }
 }
