@@ -18,7 +18,12 @@ pub struct Args {
 }
 
 pub fn run(args: &Args, g: &Globals) -> Result<()> {
-    let s = scoregen::app::commands::quickstart::quickstart(&args.out, &args.overrides.set, g.quiet)?;
+    // --device goes in as the override `run.device`, after any --set
+    let mut set = args.overrides.set.clone();
+    if let Some(d) = g.device {
+        set.push(format!("run.device={d}"));
+    }
+    let s = scoregen::app::commands::quickstart::quickstart(&args.out, &set, g.quiet)?;
     g.print(&s, |s| {
         println!(
             "scoregen quickstart: gmm8, VE SDE, {} training steps in {:.1} s ({:.0} steps/s), final loss {:.4}",

@@ -128,6 +128,7 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
         step_size: eps,
         steps_per_level,
         record_every: None,
+        device: g.open_device()?,
     };
     let record_every = args.gif.then(|| (req.steps / 40).max(1));
     let req = SampleRequest { record_every, ..req };

@@ -30,7 +30,9 @@ pub struct Args {
 }
 
 pub fn run(args: &Args, g: &Globals) -> Result<()> {
-    let cfg = args.config.load()?;
+    let mut cfg = args.config.load()?;
+    cfg.run.device = g.device_or(cfg.run.device);
+    let device = cfg.run.device.open()?;
     let dir = args.out.clone().unwrap_or_else(|| Path::new("runs").join(&cfg.name));
     let opts =
         TrainOptions { resume: args.resume, quiet: g.quiet, stop_after: None, detect_anomaly: args.detect_anomaly };
@@ -40,7 +42,7 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
         None
     } else {
         Some(
-            scoregen::app::commands::report::write_report(&dir, g.quiet)
+            scoregen::app::commands::report::write_report(&dir, g.quiet, &device)
                 .with_context(|| format!("report of {}", dir.display()))?,
         )
     };

@@ -198,13 +198,25 @@ pub struct SampleContext<'a> {
     /// Held after every step (inpainting); [`Unconstrained`] otherwise.
     pub constraint: &'a dyn Constraint,
     pub dtype: DType,
+    /// Where the samples live (the score's device); the prior is drawn on the
+    /// CPU from the seeded stream and copied there.
+    pub device: Device,
     pub progress: &'a ProgressBar,
 }
 
 impl<'a> SampleContext<'a> {
-    /// An unconstrained context in f32 with a hidden progress bar's place taken by `progress`.
+    /// An unconstrained context in f32 on the CPU with a hidden progress bar's place taken by `progress`.
     pub fn new(score: &'a dyn ScoreFn, sde: &'a dyn Sde, progress: &'a ProgressBar) -> Self {
-        Self { score, sde, ladder: None, energy: None, constraint: &Unconstrained, dtype: DType::F32, progress }
+        Self {
+            score,
+            sde,
+            ladder: None,
+            energy: None,
+            constraint: &Unconstrained,
+            dtype: DType::F32,
+            device: Device::Cpu,
+            progress,
+        }
     }
 }
 
@@ -229,7 +241,7 @@ impl SamplerSpec {
                     candle_core::bail!("`ode` does not take a constraint (inpainting): use pc, em, ancestral, reverse-diffusion or annealed-langevin");
                 }
                 let method = OdeMethod::Rk45 { rtol: self.rtol, atol: self.atol };
-                flow::sample_ode(ctx.score, ctx.sde, shape, method, &opts, rng, ctx.dtype)
+                flow::sample_ode(ctx.score, ctx.sde, shape, method, &opts, rng, ctx.dtype, &ctx.device)
             }
             SamplerKind::Em | SamplerKind::ReverseDiffusion | SamplerKind::Ancestral | SamplerKind::Pc => {
                 let (p, c) = self.pc_parts()?;
@@ -243,6 +255,7 @@ impl SamplerSpec {
                     &opts,
                     rng,
                     ctx.dtype,
+                    &ctx.device,
                     ctx.progress,
                 )
             }
@@ -253,7 +266,7 @@ impl SamplerSpec {
                         self.kind
                     );
                 }
-                let x0 = self.start.sample(shape, rng, ctx.dtype)?;
+                let x0 = self.start.sample(shape, rng, ctx.dtype, &ctx.device)?;
                 let lopts = LangevinOptions {
                     steps: self.steps,
                     eps: self.step_size,
@@ -280,7 +293,7 @@ impl SamplerSpec {
                     denoise: self.denoise,
                     record_every: self.record_every,
                 };
-                let x0 = self.start.sample(shape, rng, ctx.dtype)?;
+                let x0 = self.start.sample(shape, rng, ctx.dtype, &ctx.device)?;
                 annealed_langevin_constrained(ctx.score, ladder, x0, ctx.constraint, &aopts, rng, ctx.progress)
             }
         }
@@ -319,7 +332,7 @@ impl SamplerSpec {
             SamplerKind::Ddpm | SamplerKind::Ddim => time_uniform_sigmas(&den, self.steps.max(1)),
             _ => karras_sigmas(self.steps.max(1), sigma_min, sigma_max, self.rho),
         };
-        let x = rng.randn(shape, ctx.dtype, &Device::Cpu)?.affine(sigmas[0], 0.0)?;
+        let x = rng.randn(shape, ctx.dtype, &ctx.device)?.affine(sigmas[0], 0.0)?;
         let mut stepper: Box<dyn SigmaStep> = match self.kind {
             SamplerKind::Ddpm => Box::new(DdimStep { eta: 1.0 }),
             SamplerKind::Ddim => Box::new(DdimStep { eta: self.eta }),

@@ -63,7 +63,7 @@ impl GroupNorm {
 
     /// The fused op: f32 on the CPU outside [`crate::autodiff::exact_higher_order`].
     fn fused(&self, x: &Tensor, silu: bool) -> Result<Option<Tensor>> {
-        if !crate::autodiff::fused_kernels_allowed() || x.dtype() != DType::F32 || !x.device().is_cpu() {
+        if !crate::autodiff::fused_kernels_allowed(x.device()) || x.dtype() != DType::F32 {
             return Ok(None);
         }
         let (mut gamma, mut beta) = (self.weight.clone(), self.bias.clone());
