@@ -479,7 +479,13 @@ mod tests {
         });
         assert!(exact.is_ok(), "{exact:?}");
         let gx = crate::autodiff::grad(&norm.forward_silu(x.as_tensor()).unwrap(), &x).unwrap();
-        let err = crate::autodiff::backward(&loss(gx)).unwrap_err().to_string();
-        assert!(err.contains("exact_higher_order"), "{err}");
+        let outside = crate::autodiff::backward(&loss(gx));
+        if crate::autodiff::fused_kernels_allowed(&dev) {
+            let err = outside.unwrap_err().to_string();
+            assert!(err.contains("exact_higher_order"), "{err}");
+        } else {
+            // SCOREGEN_FUSED=0 (the path a GPU takes): candle's ops everywhere, exact to every order
+            assert!(outside.is_ok(), "{outside:?}");
+        }
     }
 }
