@@ -212,16 +212,16 @@ if want presets; then
       *) train_set=(--set training.steps=300) clf_steps=300 ;;
     esac
     t0="$(now)"
-    sg --quiet --device "$DEVICE" train --config "$cfg" --out "$run" --no-report ${train_set[@]+"${train_set[@]}"} ||
-      { fail "train $preset"; continue; }
+    sg --quiet --device "$DEVICE" train --config "$cfg" --out "$run" --no-report ${train_set[@]+"${train_set[@]}"} \
+      >"$OUT/$preset-train.txt" || { fail "train $preset"; continue; }
     t_train="$(since "$t0")"
     t0="$(now)"
     sg --quiet --json --device "$DEVICE" train-classifier --data "$preset" --steps "$clf_steps" --out "$clf" \
       >"$OUT/$preset-classifier.json" || { fail "train-classifier $preset"; continue; }
     t_clf="$(since "$t0")"
     t0="$(now)"
-    sg --quiet --device "$DEVICE" sample --run "$run" --n 100 --steps 500 --out "$run/samples/em500.npy" ||
-      { fail "sample $preset"; continue; }
+    sg --quiet --device "$DEVICE" sample --run "$run" --n 100 --steps 500 --out "$run/samples/em500.npy" \
+      >"$OUT/$preset-sample.txt" || { fail "sample $preset"; continue; }
     t_sample="$(since "$t0")"
     sg --quiet --json --device "$DEVICE" eval --samples "$run/samples/em500.npy" --target "$preset" \
       --classifier "$clf" >"$OUT/$preset-eval.json" || { fail "eval $preset"; continue; }
@@ -263,34 +263,37 @@ if want agree; then
   echo "its fused kernels; the random draws are the same, made on the CPU from the seeded streams)"
   agree="$OUT/agree-gmm8"
   sg --quiet --device cpu train --config configs/gmm8-vp.toml --out "$agree" --no-report \
-    --set training.steps=500 || fail "train gmm8 on the CPU"
-  for dev in cpu "$DEVICE"; do
+    --set training.steps=500 >/dev/null || fail "train gmm8 on the CPU"
+  # files: em-cpu.npy and em-gpu.npy (the latter from $DEVICE)
+  for pair in cpu:cpu "gpu:$DEVICE"; do
+    name="${pair%%:*}" dev="${pair#*:}"
     sg --quiet --device "$dev" sample --run "$agree" --n 2000 --steps 200 --sampler em --seed 7 \
-      --out "$agree/em-${dev%%:*}.npy" >/dev/null || fail "sample gmm8 on $dev"
+      --out "$agree/em-$name.npy" >/dev/null || fail "sample gmm8 on $dev"
     sg --quiet --device "$dev" sample --run "$agree" --n 2000 --sampler ddim --steps 50 --seed 7 \
-      --out "$agree/ddim-${dev%%:*}.npy" >/dev/null || fail "ddim gmm8 on $dev"
+      --out "$agree/ddim-$name.npy" >/dev/null || fail "ddim gmm8 on $dev"
   done
   if [ "${#pythons[@]}" -gt 0 ]; then
     echo "gmm8 MLP trained on the CPU, Euler-Maruyama 200 steps, 2000 samples:"
-    npy_diff "$agree/em-cpu.npy" "$agree/em-cuda.npy" || fail "compare em"
+    npy_diff "$agree/em-cpu.npy" "$agree/em-gpu.npy" || fail "compare em"
     echo "the same, DDIM (deterministic) 50 steps:"
-    npy_diff "$agree/ddim-cpu.npy" "$agree/ddim-cuda.npy" || fail "compare ddim"
+    npy_diff "$agree/ddim-cpu.npy" "$agree/ddim-gpu.npy" || fail "compare ddim"
   else
-    cmp -s "$agree/em-cpu.npy" "$agree/em-cuda.npy" && echo "bit-identical" || echo "differ (no python to measure by how much)"
+    cmp -s "$agree/em-cpu.npy" "$agree/em-gpu.npy" && echo "bit-identical" || echo "differ (no python to measure by how much)"
   fi
-  echo "training: the same 500 steps on $DEVICE (final losses: CPU vs GPU)"
+  echo "training: the same 500 steps on $DEVICE (last log line: CPU, then GPU)"
   sg --quiet --device "$DEVICE" train --config configs/gmm8-vp.toml --out "$agree-gpu" --no-report \
-    --set training.steps=500 || fail "train gmm8 on $DEVICE"
+    --set training.steps=500 >/dev/null || fail "train gmm8 on $DEVICE"
   echo "  CPU: $(tail -1 "$agree/metrics.jsonl")"
   echo "  GPU: $(tail -1 "$agree-gpu/metrics.jsonl" 2>/dev/null)"
   digits="$OUT/digits-vp"
   if [ -d "$digits/checkpoints" ] && [ "${#pythons[@]}" -gt 0 ]; then
     echo "the digits U-Net trained on $DEVICE, sampled on both (16 samples, EM 100 steps):"
-    for dev in cpu "$DEVICE"; do
+    for pair in cpu:cpu "gpu:$DEVICE"; do
+      name="${pair%%:*}" dev="${pair#*:}"
       sg --quiet --device "$dev" sample --run "$digits" --n 16 --steps 100 --seed 3 \
-        --out "$OUT/agree-digits/em-${dev%%:*}.npy" >/dev/null || fail "sample digits on $dev"
+        --out "$OUT/agree-digits/em-$name.npy" >/dev/null || fail "sample digits on $dev"
     done
-    npy_diff "$OUT/agree-digits/em-cpu.npy" "$OUT/agree-digits/em-cuda.npy" || fail "compare digits"
+    npy_diff "$OUT/agree-digits/em-cpu.npy" "$OUT/agree-digits/em-gpu.npy" || fail "compare digits"
   fi
 fi
 
