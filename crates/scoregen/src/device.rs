@@ -60,9 +60,15 @@ fn open_cuda(n: usize) -> Result<Device> {
         return Ok(d.clone());
     }
     let d = Device::new_cuda(n).map_err(|e| {
+        // candle appends a backtrace (with RUST_BACKTRACE set): keep the message one line
+        let why = match &e {
+            candle_core::Error::WithBacktrace { inner, .. } => inner.to_string(),
+            e => e.to_string(),
+        };
         Error::Invalid(format!(
-            "device `cuda:{n}`: cannot open the GPU ({e}); it needs an NVIDIA driver for CUDA 13 \
-             and the CUDA 13 libraries on LD_LIBRARY_PATH (docs/gpu.md)"
+            "device `cuda:{n}`: cannot open the GPU ({}); it needs an NVIDIA driver for CUDA 13 \
+             and the CUDA 13 libraries on LD_LIBRARY_PATH (docs/gpu.md)",
+            why.lines().next().unwrap_or_default()
         ))
     })?;
     open.insert(n, d.clone());

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 /// Train on gmm8 with the VE SDE, sample 2,000 points, evaluate, draw them and write the report (about a minute).
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  scoregen quickstart\n  scoregen quickstart --out runs/qs --set training.steps=1000\n  scoregen --json quickstart"
+    after_help = "Examples:\n  scoregen quickstart\n  scoregen quickstart --out runs/qs --set training.steps=1000\n  scoregen --json quickstart\n  scoregen quickstart --device cuda"
 )]
 pub struct Args {
     #[arg(long, default_value = "runs/quickstart")]

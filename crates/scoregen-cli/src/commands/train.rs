@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 /// Train a score model from a TOML config; ends by writing the run report RUN/report.html.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  scoregen train --config configs/gmm8-vp.toml\n  scoregen train --config configs/gmm8-ve.toml --set training.steps=8000 --out runs/long\n  scoregen train --config configs/gmm8-ve.toml --out runs/long --resume"
+    after_help = "Examples:\n  scoregen train --config configs/gmm8-vp.toml\n  scoregen train --config configs/gmm8-ve.toml --set training.steps=8000 --out runs/long\n  scoregen train --config configs/gmm8-ve.toml --out runs/long --resume\n  scoregen train --config configs/digits-vp.toml --device cuda   (a build with the cuda feature; docs/gpu.md)"
 )]
 pub struct Args {
     #[command(flatten)]
