@@ -14,6 +14,9 @@ The models:
 Training step: DSM on the VP SDE (β 0.1 → 20) with λ = σ², mean reduction,
 t ~ U(t_eps, 1), global-norm clipping at 1, Adam (β 0.9/0.999, ε 1e-8, lr 2e-3),
 EMA with decay min(0.999, (1+n)/(10+n)).
+
+--device cpu (default) or cuda[:N] runs every case on that device (like
+`scoregen --device`); each timed repetition then ends with a CUDA synchronize.
 """
 import argparse
 import json
@@ -27,6 +30,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 BETA_MIN, BETA_MAX = 0.1, 20.0
+DEVICE = torch.device("cpu")  # set from --device in main()
+
+
+def sync():
+    """Waits for the GPU's queued kernels (nothing to wait for on the CPU)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 def vp_log_mean(t):
@@ -155,10 +165,12 @@ def score(net, x, t):
 def timed(case, items, warmup, reps, f):
     for _ in range(warmup):
         f()
+    sync()
     ms, cpu = [], []
     for _ in range(max(reps, 1)):
         start, cpu_start = time.perf_counter(), time.process_time()
         f()
+        sync()
         ms.append((time.perf_counter() - start) * 1e3)
         cpu.append((time.process_time() - cpu_start) * 1e3)
     med = sorted(ms)[len(ms) // 2]
@@ -175,12 +187,12 @@ def timed(case, items, warmup, reps, f):
 
 def train(args):
     if args.model == "mlp":
-        net = Mlp(width=args.width)
-        data = torch.randn(10_000, 2)
+        net = Mlp(width=args.width).to(DEVICE)
+        data = torch.randn(10_000, 2, device=DEVICE)
         t_eps, case = 1e-5, f"train mlp W={args.width} B={args.batch}"
     else:
-        net = UNet()
-        data = torch.rand(256, 1, args.side, args.side)
+        net = UNet().to(DEVICE)
+        data = torch.rand(256, 1, args.side, args.side, device=DEVICE)
         t_eps, case = 1e-3, f"train unet {args.side}x{args.side} B={args.batch}"
     params = list(net.parameters())
     opt = torch.optim.Adam(params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8)
@@ -188,8 +200,8 @@ def train(args):
     ema_updates = [0]
 
     def step():
-        x0 = data[torch.randint(0, data.shape[0], (args.batch,))]
-        t = torch.rand(args.batch) * (1.0 - t_eps) + t_eps
+        x0 = data[torch.randint(0, data.shape[0], (args.batch,), device=DEVICE)]
+        t = torch.rand(args.batch, device=DEVICE) * (1.0 - t_eps) + t_eps
         z = torch.randn_like(x0)
         mean, std = vp_marginal(t)
         shape = (-1,) + (1,) * (x0.dim() - 1)
@@ -218,17 +230,17 @@ def train(args):
 
 @torch.no_grad()
 def sample(args):
-    net = Mlp(width=128)
+    net = Mlp(width=128).to(DEVICE)
     eps, n, steps = 1e-3, args.n, args.steps
     h = -(1.0 - eps) / steps
 
     def drift(x, t, c):
-        tb = torch.full((x.shape[0],), t)
+        tb = torch.full((x.shape[0],), t, device=DEVICE)
         beta = vp_beta(t)
         return -0.5 * beta * x - c * beta * score(net, x, tb)
 
     def em():
-        x = torch.randn(n, 2)
+        x = torch.randn(n, 2, device=DEVICE)
         for i in range(steps):
             t = 1.0 + i * h
             mean = x + drift(x, t, 1.0) * h
@@ -236,7 +248,7 @@ def sample(args):
         return x
 
     def heun():
-        x = torch.randn(n, 2)
+        x = torch.randn(n, 2, device=DEVICE)
         for i in range(steps):
             t = 1.0 + i * h
             k1 = drift(x, t, 0.5)
@@ -250,14 +262,14 @@ def sample(args):
 
 
 def likelihood(args):
-    net = Mlp(width=128)
+    net = Mlp(width=128).to(DEVICE)
     eps, n, steps, d = 1e-3, args.n, args.steps, 2
-    x0 = torch.randn(n, d, dtype=torch.float64)
+    x0 = torch.randn(n, d, dtype=torch.float64, device=DEVICE)
     h = (1.0 - eps) / steps
 
     def rhs(t, y):
         xs = y[:, :d].float().requires_grad_(True)
-        tb = torch.full((n,), t)
+        tb = torch.full((n,), t, device=DEVICE)
         s = score(net, xs, tb)
         div = sum(torch.autograd.grad(s[:, i].sum(), xs, retain_graph=i + 1 < d)[0][:, i] for i in range(d))
         beta = vp_beta(t)
@@ -267,7 +279,7 @@ def likelihood(args):
         return torch.cat([dx, ddiv[:, None]], 1)
 
     def run():
-        y = torch.cat([x0, torch.zeros(n, 1, dtype=torch.float64)], 1)
+        y = torch.cat([x0, torch.zeros(n, 1, dtype=torch.float64, device=DEVICE)], 1)
         for i in range(steps):
             t = eps + i * h
             k1 = rhs(t, y)
@@ -279,7 +291,7 @@ def likelihood(args):
 
 
 def gemm(args):
-    a, b = torch.randn(args.n, args.n), torch.randn(args.n, args.n)
+    a, b = torch.randn(args.n, args.n, device=DEVICE), torch.randn(args.n, args.n, device=DEVICE)
     out = timed(f"gemm {args.n}x{args.n}", 1, 2, args.reps, lambda: a @ b)
     out["gflop"] = 2 * args.n**3 / 1e9
     return out
@@ -289,6 +301,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train")
     t.add_argument("--model", default="mlp", choices=["mlp", "unet"])
@@ -310,6 +323,10 @@ def main():
     g.add_argument("--n", type=int, default=1024)
     g.add_argument("--reps", type=int, default=10)
     args = p.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"torch_ref.py: --device {args.device}, but this torch has no CUDA device")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     print(json.dumps({"train": train, "sample": sample, "likelihood": likelihood, "gemm": gemm}[args.cmd](args)))

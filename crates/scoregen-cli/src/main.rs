@@ -44,6 +44,10 @@ struct Cli {
     /// Print results as JSON.
     #[arg(long, global = true)]
     json: bool,
+    /// Where tensors live: cpu, cuda or cuda:N (GPU N; needs a build with the `cuda` feature).
+    /// Default: the config's run.device for train and quickstart, else cpu.
+    #[arg(long, global = true, value_name = "cpu|cuda[:N]")]
+    device: Option<scoregen::device::DeviceSpec>,
     #[command(subcommand)]
     command: Command,
 }
@@ -85,7 +89,7 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()))
         .with_writer(std::io::stderr)
         .init();
-    let globals = Globals { quiet: cli.quiet, json: cli.json };
+    let globals = Globals { quiet: cli.quiet, json: cli.json, device: cli.device };
     match run(&cli.command, &globals) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

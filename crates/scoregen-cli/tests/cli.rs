@@ -372,3 +372,28 @@ fn every_command_has_examples_in_its_help() {
         assert!(out.status.success() && help.contains("Example"), "`scoregen {c} --help` has no examples:\n{help}");
     }
 }
+
+/// In a build without the `cuda` feature, `--device cuda` (or `run.device` in
+/// the config) fails before anything is written, in one line naming the feature;
+/// a device that is not cpu/cuda[:N] is a usage error (exit 2).
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_device_in_a_cpu_build_names_the_feature() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.toml"), "[training]\nsteps = 2\n").unwrap();
+    let out = scoregen(&["train", "--config", "c.toml", "--out", "run", "--device", "cuda"], dir.path());
+    fails_with(&out, &["cuda:0", "built without the `cuda` feature", "--features cuda"]);
+    assert!(!dir.path().join("run").exists());
+    std::fs::write(dir.path().join("g.toml"), "[training]\nsteps = 2\n[run]\ndevice = \"cuda:1\"\n").unwrap();
+    let out = scoregen(&["train", "--config", "g.toml", "--out", "run"], dir.path());
+    fails_with(&out, &["cuda:1", "built without the `cuda` feature"]);
+    assert!(!dir.path().join("run").exists());
+    let out = scoregen(&["--device", "cuda", "report", "--run", "nowhere"], dir.path());
+    fails_with(&out, &["built without the `cuda` feature"]);
+    let out = scoregen(&["quickstart", "--out", "qs", "--device", "cuda:0"], dir.path());
+    fails_with(&out, &["built without the `cuda` feature"]);
+    assert!(!dir.path().join("qs").exists());
+    let out = scoregen(&["train", "--config", "c.toml", "--device", "tpu"], dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected `cpu`, `cuda` or `cuda:N`"));
+}

@@ -9,7 +9,7 @@
 //! [`enable_second_order`] first, so it cannot be forgotten.
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use std::cell::Cell;
 use std::sync::Once;
 
@@ -79,13 +79,27 @@ pub fn parameters_constant() -> bool {
 
 /// The environment variable that, set to `0`, keeps every network on
 /// candle's ops (to compare the fused kernels with them, or to rule them out).
+/// That is the path a GPU takes: the CPU's own ops are used on the CPU only.
 pub const FUSED_VAR: &str = "SCOREGEN_FUSED";
 
-/// False inside [`exact_higher_order`] and when `SCOREGEN_FUSED=0`: fused
-/// first-order kernels are allowed.
-pub fn fused_kernels_allowed() -> bool {
+/// False when `SCOREGEN_FUSED=0` (read once).
+fn fused_enabled() -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var(FUSED_VAR).map_or(true, |v| v != "0")) && HIGHER_ORDER.with(|d| d.get() == 0)
+    *ENABLED.get_or_init(|| std::env::var(FUSED_VAR).map_or(true, |v| v != "0"))
+}
+
+/// True when fused first-order kernels may run on tensors of `device`: on the
+/// CPU only, outside [`exact_higher_order`], and not with `SCOREGEN_FUSED=0`.
+pub fn fused_kernels_allowed(device: &Device) -> bool {
+    device.is_cpu() && fused_enabled() && HIGHER_ORDER.with(|d| d.get() == 0)
+}
+
+/// True when the CPU's custom ops that are exact to every order (fused SiLU,
+/// bias, im2col, ×2 upsampling; `nets::kernels::fused`) may run on tensors
+/// of `device`: on the CPU only, and not with `SCOREGEN_FUSED=0`. Elsewhere
+/// candle's own ops compute the same functions (a GPU has no CPU kernels).
+pub fn cpu_ops_allowed(device: &Device) -> bool {
+    device.is_cpu() && fused_enabled()
 }
 
 /// Runs `loss.backward()` with second-order gradients enabled.
@@ -113,7 +127,7 @@ pub fn grad_wrt(y: &Tensor, x: &Tensor) -> candle_core::Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Tensor};
+    use candle_core::Tensor;
 
     /// f_θ(x) = vᵀ tanh(W x + b) summed over a batch; L(θ) = ‖∇ₓ f_θ(x)‖².
     fn loss(w: &Tensor, b: &Tensor, v: &Tensor, x: &Var) -> candle_core::Result<Tensor> {

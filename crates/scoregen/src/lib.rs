@@ -12,6 +12,7 @@
 pub mod app;
 pub mod autodiff;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod guidance;
 pub mod io;

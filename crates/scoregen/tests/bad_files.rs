@@ -430,13 +430,13 @@ fn bad_checkpoints_give_exact_errors_and_fall_back() {
     b[k] ^= 0x40;
     std::fs::write(&p, b).unwrap();
     assert_eq!(checkpoint::load_latest(&ck_dir).unwrap().state.step, 2);
-    assert_eq!(LoadedModel::from_run(run.path(), true).unwrap().state.step, 2);
+    assert_eq!(LoadedModel::from_run(run.path(), true, &candle_core::Device::Cpu).unwrap().state.step, 2);
 
     // A config whose model differs from the checkpoint's: the tensor is named.
     let mut wide = cfg.clone();
     wide.model.width = 16;
     std::fs::write(run.path().join("config.toml"), wide.to_toml()).unwrap();
-    let e = err(LoadedModel::from_run(run.path(), true));
+    let e = err(LoadedModel::from_run(run.path(), true, &candle_core::Device::Cpu));
     assert_eq!(
         e,
         format!(
@@ -451,7 +451,8 @@ fn bad_checkpoints_give_exact_errors_and_fall_back() {
     let mut ck = checkpoint::load(&c2).unwrap();
     ck.model = m64.clone();
     ck.ema = m64;
-    let vars = scoregen::nets::named_vars(&LoadedModel::from_run(run.path(), true).unwrap().varmap);
+    let vars =
+        scoregen::nets::named_vars(&LoadedModel::from_run(run.path(), true, &candle_core::Device::Cpu).unwrap().varmap);
     let e = err(checkpoint::check_model(&ck, &vars));
     assert_eq!(
         e,

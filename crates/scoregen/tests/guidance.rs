@@ -71,6 +71,7 @@ fn pc_imputation_matches_the_exact_conditional() {
         &ReverseOptions { steps: 300, ..Default::default() },
         &mut Rng::new(1, 0),
         DType::F64,
+        &Device::Cpu,
         &ProgressBar::hidden(),
     )
     .unwrap();
@@ -119,9 +120,20 @@ fn sample_with(score: &dyn ScoreFn, sde: &dyn Sde, n: usize, seed: u64) -> Tenso
     let opts = ReverseOptions { steps: 200, ..Default::default() };
     let corrector = LangevinCorrector::default();
     let pb = ProgressBar::hidden();
-    sample_pc(score, sde, &ReverseDiffusion, &corrector, (n, 2), &opts, &mut Rng::new(seed, 0), DType::F64, &pb)
-        .unwrap()
-        .x
+    sample_pc(
+        score,
+        sde,
+        &ReverseDiffusion,
+        &corrector,
+        (n, 2),
+        &opts,
+        &mut Rng::new(seed, 0),
+        DType::F64,
+        &Device::Cpu,
+        &pb,
+    )
+    .unwrap()
+    .x
 }
 
 /// On gmm8 with its components as classes, the exact score plus w·∇ₓ log p_t(y | x)

@@ -32,7 +32,20 @@ fn sample_with(score: &dyn ScoreFn, sde: &dyn Sde, n: usize, seed: u64, dtype: D
     let opts = ReverseOptions { steps: 200, ..Default::default() };
     let corrector = LangevinCorrector::default();
     let pb = ProgressBar::hidden();
-    sample_pc(score, sde, &ReverseDiffusion, &corrector, (n, 2), &opts, &mut Rng::new(seed, 0), dtype, &pb).unwrap().x
+    sample_pc(
+        score,
+        sde,
+        &ReverseDiffusion,
+        &corrector,
+        (n, 2),
+        &opts,
+        &mut Rng::new(seed, 0),
+        dtype,
+        &Device::Cpu,
+        &pb,
+    )
+    .unwrap()
+    .x
 }
 
 /// A time-MLP with model.classes = 8 and label dropout 0.2, trained 800 steps,
@@ -49,7 +62,7 @@ fn classifier_free_guidance_of_a_trained_conditional_mlp_hits_the_class() {
     let dir = tempfile::tempdir().unwrap();
     scoregen::app::commands::train::train(&cfg, dir.path(), &TrainOptions { quiet: true, ..Default::default() })
         .unwrap();
-    let model = LoadedModel::from_run(dir.path(), true).unwrap();
+    let model = LoadedModel::from_run(dir.path(), true, &Device::Cpu).unwrap();
     assert_eq!(model.model.classes(), 8);
     let cond = ModelConditional { model: &model.model, sde: cfg.sde() };
     let mix = toy::named_mixture("gmm8").unwrap();
@@ -90,6 +103,7 @@ fn noise_aware_classifier_matches_the_exact_posterior_and_guides() {
         seed: 2,
         noise: Some(NoiseAware { sde: sde.clone(), t_eps: 1e-3 }),
         quiet: true,
+        device: candle_core::Device::Cpu,
     };
     let train = Labelled::new(x, labels).unwrap();
     let trained = classifier::train_classifier(&train, &Labelled::new(xt, yt).unwrap(), &spec, &opts).unwrap();

@@ -23,7 +23,15 @@ fn digit_classifier() -> (Labelled, Labelled, TrainedClassifier) {
         embed_scale: 0.0,
         seed: 0,
     };
-    let opts = ClassifierTraining { steps: 400, batch_size: 64, lr: 3e-3, seed: 0, noise: None, quiet: true };
+    let opts = ClassifierTraining {
+        steps: 400,
+        batch_size: 64,
+        lr: 3e-3,
+        seed: 0,
+        noise: None,
+        quiet: true,
+        device: candle_core::Device::Cpu,
+    };
     let trained = train_classifier(&train, &test, &spec, &opts).unwrap();
     (train, test, trained)
 }

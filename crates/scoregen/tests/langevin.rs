@@ -9,7 +9,7 @@
 #[test]
 fn plain_langevin_misses_the_weights_and_annealed_langevin_recovers_them() {
     scoregen::init();
-    let (_, _, d) = scoregen::app::commands::demo::pitfall_numbers(4000, 3).unwrap();
+    let (_, _, d) = scoregen::app::commands::demo::pitfall_numbers(4000, 3, &candle_core::Device::Cpu).unwrap();
     assert_eq!(d.langevin_steps, d.annealed_steps);
     assert_eq!((d.langevin_steps, d.annealed_steps), (20 * 100, 20 * 100), "{d:?}");
     assert!((d.langevin_weight - 0.8).abs() > 0.2, "{d:?}");

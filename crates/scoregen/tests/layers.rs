@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 const ORDER: &[&str] = &[
     // foundation
     "error",
+    "device",
     "points",
     "rng",
     "progress",

@@ -40,6 +40,7 @@ fn trained_model_likelihood_is_close_to_the_oracle() {
         dequantize: None,
         use_ema: true,
         quiet: true,
+        device: candle_core::Device::Cpu,
     };
     let exact = likelihood_of_run(dir.path(), &req).unwrap();
     let gap = exact.gap_nats.unwrap();

@@ -1,7 +1,7 @@
 //! The reverse-SDE sampler with the exact oracle score reaches the metric
 //! floor: this pins the SDE and sampler code to the math with no training.
 
-use candle_core::DType;
+use candle_core::{DType, Device};
 use indicatif::ProgressBar;
 use scoregen::data::{toy, Points};
 use scoregen::metrics;
@@ -24,6 +24,7 @@ fn sample_with_oracle(name: &str, sde: Arc<dyn Sde>, n: usize, steps: usize, see
         &opts,
         &mut Rng::new(seed, 0),
         DType::F64,
+        &Device::Cpu,
         &ProgressBar::hidden(),
     )
     .unwrap();
@@ -97,6 +98,7 @@ fn a_wrong_score_sign_fails_the_same_checks() {
         &opts,
         &mut Rng::new(1, 0),
         DType::F64,
+        &Device::Cpu,
         &ProgressBar::hidden(),
     )
     .unwrap();

@@ -2,7 +2,7 @@
 //! ODE sampler reach the metric floor with the exact oracle score, on gmm8
 //! and on unbalanced; fewer steps degrade gracefully.
 
-use candle_core::DType;
+use candle_core::{DType, Device};
 use indicatif::ProgressBar;
 use scoregen::data::{toy, Points};
 use scoregen::metrics::{self, MixtureReport};
@@ -54,6 +54,7 @@ fn pc(
         &opts,
         &mut Rng::new(seed, 0),
         DType::F64,
+        &Device::Cpu,
         &ProgressBar::hidden(),
     )
     .unwrap();
@@ -147,6 +148,7 @@ fn ode_sampler_reaches_the_floor() {
                 &ReverseOptions::default(),
                 &mut Rng::new(50 + i as u64, 0),
                 DType::F64,
+                &Device::Cpu,
             )
             .unwrap();
             let x = Points::from_tensor(&out.x).unwrap();
@@ -192,6 +194,7 @@ fn fewer_steps_degrade_gracefully() {
                 &ReverseOptions::default(),
                 &mut Rng::new(7, 0),
                 DType::F64,
+                &Device::Cpu,
             )
             .unwrap();
             Points::from_tensor(&out.x).unwrap()

@@ -94,7 +94,7 @@ fn tiny_report(dir: &Path, text: &str) -> (scoregen::app::commands::report::Repo
     scoregen::init();
     let cfg = RunConfig::parse(text, "tiny.toml", &[]).unwrap();
     scoregen::app::commands::train::train(&cfg, dir, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
-    let report = write_report(dir, true).unwrap();
+    let report = write_report(dir, true, &candle_core::Device::Cpu).unwrap();
     let html = std::fs::read_to_string(&report.html).unwrap();
     let links = check_well_formed(&html).unwrap_or_else(|e| panic!("report.html is not well formed: {e}"));
     for l in &links {

@@ -201,7 +201,7 @@ fn implicit_minus_half_fisher_is_constant_and_sliced_matches_implicit() {
 fn implicit_refuses_high_dimension_and_points_to_sliced() {
     let x = Tensor::zeros((4, 20), DType::F32, &Device::Cpu).unwrap();
     let vm = VarMap::new();
-    let net = Mlp::build(&vm, 20, 20, &tiny(), Conditioning::None, 0).unwrap();
+    let net = Mlp::build(&vm, 20, 20, &tiny(), Conditioning::None, 0, &Device::Cpu).unwrap();
     let err = Implicit { max_dim: 16 }.per_example(&Direct(&net), &x).unwrap_err().to_string();
     assert!(err.contains("D = 20") && err.contains("sliced"), "{err}");
 }
@@ -253,7 +253,8 @@ fn every_objective_trains_score_nets_and_energies() {
             let label = format!("{model} + {objective}");
             assert!(after < 0.8 && after < before / 3.0, "{label}: Fisher {before:.3} → {after:.3}");
             let mut rng = Rng::new(9, 0);
-            let x0 = Start::Uniform { lo: -4.0, hi: 4.0 }.sample((1000, 2), &mut rng, DType::F32).unwrap();
+            let x0 =
+                Start::Uniform { lo: -4.0, hi: 4.0 }.sample((1000, 2), &mut rng, DType::F32, &Device::Cpu).unwrap();
             let opts = LangevinOptions { steps: 400, eps: 0.01, t: 0.0, record_every: None };
             let x = langevin(score.as_ref(), x0, &opts, &mut rng, &indicatif::ProgressBar::hidden()).unwrap().x;
             let w = scoregen::metrics::mode_stats(&Points::from_tensor(&x).unwrap(), &mix).weights;

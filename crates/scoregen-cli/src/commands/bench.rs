@@ -127,6 +127,7 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
                 n: *n,
                 seed: *seed,
                 quiet: g.quiet,
+                device: g.open_device()?,
             };
             return leaderboard(&req, plot, g);
         }
@@ -141,22 +142,22 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
                     format!("train unet {side}x{side} B={batch}"),
                 ),
             };
-            scoregen::app::commands::bench::train_step(&cfg, &case, *warmup, *reps)?
+            scoregen::app::commands::bench::train_step(&on_device(cfg, g), &case, *warmup, *reps)?
         }
         Bench::Sample { sampler, n, steps, reps } => scoregen::app::commands::bench::sample(
-            &scoregen::app::commands::bench::mlp_config(128, 512)?,
+            &on_device(scoregen::app::commands::bench::mlp_config(128, 512)?, g),
             *sampler,
             *n,
             *steps,
             *reps,
         )?,
         Bench::Likelihood { n, steps, reps } => scoregen::app::commands::bench::likelihood(
-            &scoregen::app::commands::bench::mlp_config(128, 512)?,
+            &on_device(scoregen::app::commands::bench::mlp_config(128, 512)?, g),
             *n,
             *steps,
             *reps,
         )?,
-        Bench::Gemm { n, reps } => scoregen::app::commands::bench::gemm_peak(*n, *reps)?,
+        Bench::Gemm { n, reps } => scoregen::app::commands::bench::gemm_peak(*n, *reps, &g.open_device()?)?,
     };
     g.print(&timing, |t| {
         let gflops = t.gflop.map(|g| format!(", {:.1} GFLOP/s", g / (t.median_ms / 1e3))).unwrap_or_default();
@@ -170,6 +171,12 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
         );
     });
     Ok(())
+}
+
+/// A bench config on `--device` (the CPU without it).
+fn on_device(mut cfg: scoregen::app::config::RunConfig, g: &Globals) -> scoregen::app::config::RunConfig {
+    cfg.run.device = g.device_or(cfg.run.device);
+    cfg
 }
 
 /// `bench samplers`: the leaderboard's plot, then its table.

@@ -31,7 +31,7 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
         (None, Some(p)) => Some(Expected::Labels(p.clone())),
         (None, None) => None,
     };
-    let c = scoregen::app::commands::classify::classify(&args.classifier, &args.samples, expected)?;
+    let c = scoregen::app::commands::classify::classify(&args.classifier, &args.samples, expected, &g.open_device()?)?;
     g.print(&c, |c| {
         let h: Vec<String> = c.histogram.iter().enumerate().map(|(k, f)| format!("{k}: {f:.3}")).collect();
         println!("{} samples, predicted classes {}", c.n, h.join("  "));

@@ -39,7 +39,7 @@ enum Demo {
 pub fn run(args: &Args, g: &Globals) -> Result<()> {
     match &args.which {
         Demo::Langevin { out } => {
-            let d = scoregen::app::commands::demo::langevin(out, g.quiet)?;
+            let d = scoregen::app::commands::demo::langevin(out, g.quiet, &g.open_device()?)?;
             g.print(&d, |d| {
                 println!(
                     "Langevin dynamics on gmm8 (exact score): {}/{} modes covered, weights {:.3}–{:.3}\nwrote {} and {}",
@@ -53,7 +53,7 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
             });
         }
         Demo::Pitfall { out } => {
-            let d = scoregen::app::commands::demo::pitfall(out, g.quiet)?;
+            let d = scoregen::app::commands::demo::pitfall(out, g.quiet, &g.open_device()?)?;
             g.print(&d, |d| {
                 println!(
                     "weight of the 0.8 mode of `unbalanced`, exact scores, {} score evaluations each:",
@@ -66,7 +66,7 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
             });
         }
         Demo::ForwardReverse { out, seed } => {
-            let p = scoregen::app::commands::demo::forward_reverse(out, *seed)?;
+            let p = scoregen::app::commands::demo::forward_reverse(out, *seed, &g.open_device()?)?;
             if g.json {
                 super::print_json(&serde_json::json!({ "figure": p }));
             } else {

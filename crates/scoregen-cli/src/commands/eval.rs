@@ -30,7 +30,7 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
     let pts = npy::read_points(samples)?;
     if scoregen::data::is_image_source(target) {
         let dir = args.classifier.clone().unwrap_or_else(|| Path::new("classifiers").join(target));
-        let report = scoregen::app::commands::classify::evaluate_images(&pts, &dir)
+        let report = scoregen::app::commands::classify::evaluate_images(&pts, &dir, &g.open_device()?)
             .with_context(|| format!("image metrics of {} against `{target}`", samples.display()))?;
         g.print(&report, |r| print!("{}", r.table()));
         return Ok(());

@@ -55,6 +55,7 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
         out: args.out.clone().unwrap_or_else(|| run.join("samples").join("inpainted.npy")),
         use_ema: !args.run.no_ema,
         quiet: g.quiet,
+        device: g.open_device()?,
     };
     let o = scoregen::app::commands::inpaint::inpaint_run(run, &req)
         .with_context(|| format!("inpainting {} with run {}", input.display(), run.display()))?;

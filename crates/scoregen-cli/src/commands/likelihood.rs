@@ -115,6 +115,7 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
         dequantize,
         use_ema: !args.run.no_ema,
         quiet: g.quiet,
+        device: g.open_device()?,
     };
     let r = scoregen::app::commands::likelihood::likelihood_of_run(run, &req)
         .with_context(|| format!("likelihood of `{data}` under run {}", run.display()))?;

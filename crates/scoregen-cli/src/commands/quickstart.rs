@@ -8,7 +8,7 @@ use std::path::PathBuf;
 /// Train on gmm8 with the VE SDE, sample 2,000 points, evaluate, draw them and write the report (about a minute).
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  scoregen quickstart\n  scoregen quickstart --out runs/qs --set training.steps=1000\n  scoregen --json quickstart"
+    after_help = "Examples:\n  scoregen quickstart\n  scoregen quickstart --out runs/qs --set training.steps=1000\n  scoregen --json quickstart\n  scoregen quickstart --device cuda"
 )]
 pub struct Args {
     #[arg(long, default_value = "runs/quickstart")]
@@ -18,7 +18,12 @@ pub struct Args {
 }
 
 pub fn run(args: &Args, g: &Globals) -> Result<()> {
-    let s = scoregen::app::commands::quickstart::quickstart(&args.out, &args.overrides.set, g.quiet)?;
+    // --device goes in as the override `run.device`, after any --set
+    let mut set = args.overrides.set.clone();
+    if let Some(d) = g.device {
+        set.push(format!("run.device={d}"));
+    }
+    let s = scoregen::app::commands::quickstart::quickstart(&args.out, &set, g.quiet)?;
     g.print(&s, |s| {
         println!(
             "scoregen quickstart: gmm8, VE SDE, {} training steps in {:.1} s ({:.0} steps/s), final loss {:.4}",

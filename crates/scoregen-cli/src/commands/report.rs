@@ -16,7 +16,7 @@ pub struct Args {
 
 pub fn run(args: &Args, g: &Globals) -> Result<()> {
     let run = &args.run;
-    let r = scoregen::app::commands::report::write_report(run, g.quiet)
+    let r = scoregen::app::commands::report::write_report(run, g.quiet, &g.open_device()?)
         .with_context(|| format!("report of run {}", run.display()))?;
     g.print(&r, |r| {
         println!("wrote {} ({} figures in {:.1} s)", r.html.display(), r.figures.len(), r.seconds);

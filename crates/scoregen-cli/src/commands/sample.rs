@@ -13,7 +13,7 @@ use std::path::PathBuf;
 /// Sample a trained run: reverse-SDE predictors, predictor–corrector, the probability-flow ODE, the σ-space solvers (DDPM, DDIM, DPM-Solver++, Heun, Euler-ancestral), or the Langevin family.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  scoregen sample --run runs/gmm8-ve --n 5000 --steps 500 --out samples.npy\n  scoregen sample --run runs/gmm8-ve --sampler pc --corrector langevin --snr 0.16\n  scoregen sample --run runs/gmm8-ve --sampler ode --rtol 1e-5 --atol 1e-5\n  scoregen sample --run runs/ncsn-gmm8 --sampler annealed-langevin --eps 2.5e-4 --steps-per-level 100\n  scoregen sample --run runs/sliced-energy-gmm8 --sampler langevin --eps 0.005 --steps 1000\n  scoregen sample --run runs/gmm8-vp --sampler dpmpp-3m --grid karras --steps 15\n  scoregen sample --run runs/digits-vp --sampler ddim --grid trailing --steps 50 --threshold 0.995 --vp-start"
+    after_help = "Examples:\n  scoregen sample --run runs/gmm8-ve --n 5000 --steps 500 --out samples.npy\n  scoregen sample --run runs/gmm8-ve --sampler pc --corrector langevin --snr 0.16\n  scoregen sample --run runs/gmm8-ve --sampler ode --rtol 1e-5 --atol 1e-5\n  scoregen sample --run runs/ncsn-gmm8 --sampler annealed-langevin --eps 2.5e-4 --steps-per-level 100\n  scoregen sample --run runs/sliced-energy-gmm8 --sampler langevin --eps 0.005 --steps 1000\n  scoregen sample --run runs/gmm8-vp --sampler dpmpp-3m --grid karras --steps 15\n  scoregen sample --run runs/digits-vp --sampler ddim --grid trailing --steps 50 --threshold 0.995 --vp-start\n  scoregen sample --run runs/digits-vp --device cuda:0"
 )]
 pub struct Args {
     #[command(flatten)]
@@ -156,6 +156,7 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
         step_size: eps,
         steps_per_level,
         record_every: None,
+        device: g.open_device()?,
     };
     let record_every = args.gif.then(|| (req.steps / 40).max(1));
     let req = SampleRequest { record_every, ..req };

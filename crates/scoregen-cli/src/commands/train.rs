@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 /// Train a score model from a TOML config; ends by writing the run report RUN/report.html.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  scoregen train --config configs/gmm8-vp.toml\n  scoregen train --config configs/gmm8-ve.toml --set training.steps=8000 --out runs/long\n  scoregen train --config configs/gmm8-ve.toml --out runs/long --resume"
+    after_help = "Examples:\n  scoregen train --config configs/gmm8-vp.toml\n  scoregen train --config configs/gmm8-ve.toml --set training.steps=8000 --out runs/long\n  scoregen train --config configs/gmm8-ve.toml --out runs/long --resume\n  scoregen train --config configs/digits-vp.toml --device cuda   (a build with the cuda feature; docs/gpu.md)"
 )]
 pub struct Args {
     #[command(flatten)]
@@ -30,7 +30,9 @@ pub struct Args {
 }
 
 pub fn run(args: &Args, g: &Globals) -> Result<()> {
-    let cfg = args.config.load()?;
+    let mut cfg = args.config.load()?;
+    cfg.run.device = g.device_or(cfg.run.device);
+    let device = cfg.run.device.open()?;
     let dir = args.out.clone().unwrap_or_else(|| Path::new("runs").join(&cfg.name));
     let opts =
         TrainOptions { resume: args.resume, quiet: g.quiet, stop_after: None, detect_anomaly: args.detect_anomaly };
@@ -40,7 +42,7 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
         None
     } else {
         Some(
-            scoregen::app::commands::report::write_report(&dir, g.quiet)
+            scoregen::app::commands::report::write_report(&dir, g.quiet, &device)
                 .with_context(|| format!("report of {}", dir.display()))?,
         )
     };

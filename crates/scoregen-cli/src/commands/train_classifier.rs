@@ -64,6 +64,7 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
         lr: args.lr,
         seed: args.seed,
         quiet: g.quiet,
+        device: g.open_device()?,
     };
     let o = scoregen::app::commands::classify::train_classifier(&req).context("training the classifier")?;
     g.print(&o, |o| {

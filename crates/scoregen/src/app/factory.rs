@@ -11,6 +11,7 @@ use crate::rng::Rng;
 use crate::samplers::{Churn, SamplerSpec, X0Limit};
 use crate::sde::{NoiseLadder, Sde, SubVpSde, VeSde, VpSde};
 use crate::train::{streams, TrainSetup, Trainer};
+use candle_core::Device;
 use candle_nn::VarMap;
 use std::sync::Arc;
 
@@ -146,32 +147,41 @@ impl RunConfig {
     }
 }
 
-/// Builds the model `[model]` describes, with parameters in `vm` (new ones
-/// drawn from `seed`, existing ones reused). `levels` is the number of noise
-/// levels (for level-conditioned networks).
-pub fn build_model(cfg: &ModelConfig, dim: usize, levels: usize, seed: u64, vm: &VarMap) -> candle_core::Result<Model> {
+/// Builds the model `[model]` describes on `device`, with parameters in `vm`
+/// (new ones drawn from `seed` on the CPU and copied, so every device starts
+/// from the same values; existing ones reused). `levels` is the number of
+/// noise levels (for level-conditioned networks).
+pub fn build_model(
+    cfg: &ModelConfig,
+    dim: usize,
+    levels: usize,
+    seed: u64,
+    vm: &VarMap,
+    device: &Device,
+) -> candle_core::Result<Model> {
     let mlp = cfg.mlp();
     Ok(match cfg.kind {
         ModelKind::TimeMlp => {
-            let mut net = Mlp::build(vm, dim, dim, &mlp, Conditioning::Fourier, seed)?;
+            let mut net = Mlp::build(vm, dim, dim, &mlp, Conditioning::Fourier, seed, device)?;
             if cfg.classes > 0 {
-                let vb =
-                    nets::seeded_var_builder(vm, seed ^ 0xC1A55, candle_core::DType::F32, &candle_core::Device::Cpu);
+                let vb = nets::seeded_var_builder(vm, seed ^ 0xC1A55, candle_core::DType::F32, device);
                 net = net.with_classes(vb, cfg.classes)?;
             }
             Model::Score(Box::new(net), cfg.output)
         }
-        ModelKind::Mlp => Model::Score(Box::new(Mlp::build(vm, dim, dim, &mlp, Conditioning::None, seed)?), cfg.output),
-        ModelKind::NcsnMlp => {
-            Model::Score(Box::new(Mlp::build(vm, dim, dim, &mlp, Conditioning::Levels(levels), seed)?), cfg.output)
+        ModelKind::Mlp => {
+            Model::Score(Box::new(Mlp::build(vm, dim, dim, &mlp, Conditioning::None, seed, device)?), cfg.output)
         }
-        ModelKind::EnergyMlp => Model::Energy(EnergyMlp::build(vm, dim, &mlp, Conditioning::None, seed)?),
+        ModelKind::NcsnMlp => Model::Score(
+            Box::new(Mlp::build(vm, dim, dim, &mlp, Conditioning::Levels(levels), seed, device)?),
+            cfg.output,
+        ),
+        ModelKind::EnergyMlp => Model::Energy(EnergyMlp::build(vm, dim, &mlp, Conditioning::None, seed, device)?),
         ModelKind::Unet => {
             let unet = cfg.unet(dim).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-            let mut net = UNet::build(vm, &unet, seed).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let mut net = UNet::build(vm, &unet, seed, device).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             if cfg.classes > 0 {
-                let vb =
-                    nets::seeded_var_builder(vm, seed ^ 0xC1A55, candle_core::DType::F32, &candle_core::Device::Cpu);
+                let vb = nets::seeded_var_builder(vm, seed ^ 0xC1A55, candle_core::DType::F32, device);
                 net = net.with_classes(vb, cfg.classes)?;
             }
             Model::Score(Box::new(net), cfg.output)
@@ -179,11 +189,12 @@ pub fn build_model(cfg: &ModelConfig, dim: usize, levels: usize, seed: u64, vm: 
     })
 }
 
-/// A fresh [`Trainer`] for `cfg`: its data drawn and its model initialized
-/// from the seed. Bad input (data, class labels, model shape) fails here,
-/// before anything is written.
+/// A fresh [`Trainer`] for `cfg` on `run.device`: its data drawn and its
+/// model initialized from the seed. Bad input (data, class labels, model
+/// shape, a device this build or machine lacks) fails here, before anything is written.
 pub fn trainer(cfg: &RunConfig) -> Result<Trainer> {
     crate::init();
+    let device = cfg.run.device.open()?;
     let dataset = data::load_with(
         &cfg.data.source,
         cfg.data.n_train,
@@ -201,12 +212,13 @@ pub fn trainer(cfg: &RunConfig) -> Result<Trainer> {
     }
     let (dim, levels, seed, model_cfg) = (dataset.points.d, cfg.noise.levels, cfg.seed, cfg.model.clone());
     let varmap = VarMap::new();
-    let model = build_model(&model_cfg, dim, levels, seed, &varmap)?;
+    let model = build_model(&model_cfg, dim, levels, seed, &varmap, &device)?;
+    let on = device.clone();
     Trainer::new(TrainSetup {
         dataset,
         model,
         varmap,
-        rebuild: Box::new(move |vm| Ok(build_model(&model_cfg, dim, levels, seed, vm)?)),
+        rebuild: Box::new(move |vm| Ok(build_model(&model_cfg, dim, levels, seed, vm, &on)?)),
         objective: cfg.objective(),
         sde: cfg.sde(),
         settings: cfg.training.clone(),
@@ -215,6 +227,7 @@ pub fn trainer(cfg: &RunConfig) -> Result<Trainer> {
         seed,
         config_hash: super::run_dir::config_hash(cfg),
         config_toml: cfg.to_toml(),
+        device,
     })
 }
 

@@ -12,14 +12,18 @@ use crate::points::Points;
 use crate::rng::Rng;
 use crate::score::ScoreFn;
 use crate::train::{checkpoint, streams, TrainState};
+use candle_core::Device;
 use candle_nn::VarMap;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
-/// SHA-256 of the resolved config, with `training.steps` blanked so a run can be extended.
+/// SHA-256 of the resolved config, with `training.steps` blanked so a run can
+/// be extended. `run.device` is never part of it (nor of `config.toml`): a
+/// run resumes on any device.
 pub fn config_hash(cfg: &RunConfig) -> String {
     let mut c = cfg.clone();
     c.training.steps = 0;
+    c.run = Default::default();
     Sha256::digest(c.to_toml().as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -38,22 +42,26 @@ pub struct LoadedModel {
     pub state: TrainState,
     pub model: Model,
     pub varmap: VarMap,
+    /// Where its parameters live (inputs go there).
+    pub device: Device,
 }
 
 impl LoadedModel {
-    /// Loads `config.toml` and the newest checkpoint (EMA weights when `use_ema`).
-    pub fn from_run(run_dir: &Path, use_ema: bool) -> Result<Self> {
-        let cfg = RunConfig::load(&run_dir.join("config.toml"), &[])?;
+    /// Loads `config.toml` and the newest checkpoint (EMA weights when
+    /// `use_ema`) onto `device` (checkpoints are read to the CPU and moved).
+    pub fn from_run(run_dir: &Path, use_ema: bool, device: &Device) -> Result<Self> {
+        let mut cfg = RunConfig::load(&run_dir.join("config.toml"), &[])?;
+        cfg.run.device = crate::device::spec_of(device);
         let ck_dir = run_dir.join("checkpoints");
         let ck = checkpoint::load_latest(&ck_dir)?;
         let varmap = VarMap::new();
-        let mut model = factory::build_model(&cfg.model, ck.state.dim, cfg.noise.levels, cfg.seed, &varmap)?;
+        let mut model = factory::build_model(&cfg.model, ck.state.dim, cfg.noise.levels, cfg.seed, &varmap, device)?;
         model.freeze();
         let vars = nets::named_vars(&varmap);
         checkpoint::check_model(&ck, &vars)?;
         let (tensors, file) = if use_ema { (&ck.ema, "ema.safetensors") } else { (&ck.model, "model.safetensors") };
         checkpoint::assign(&vars, tensors, &ck.dir.join(file))?;
-        Ok(Self { cfg, state: ck.state, model, varmap })
+        Ok(Self { cfg, state: ck.state, model, varmap, device: device.clone() })
     }
 
     /// The model's score (its time input refers to `cfg.sde()`).
@@ -66,4 +74,26 @@ impl LoadedModel {
 pub fn training_points(cfg: &RunConfig) -> Result<Points> {
     let opts = cfg.data.image_options();
     Ok(data::load_with(&cfg.data.source, cfg.data.n_train, &mut Rng::new(cfg.seed, streams::DATA), &opts)?.points)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::DeviceSpec;
+
+    /// The device, from the config file or `--set`, leaves the config hash
+    /// (what a resume checks) unchanged: a run resumes on any device.
+    #[test]
+    fn device_does_not_change_the_config_hash() {
+        let text = "name = \"h\"\n[training]\nsteps = 10\n";
+        let cpu = RunConfig::parse(text, "h.toml", &[]).unwrap();
+        let gpu = RunConfig::parse(&format!("{text}[run]\ndevice = \"cuda:1\"\n"), "h.toml", &[]).unwrap();
+        let set = RunConfig::parse(text, "h.toml", &["run.device=cuda".into()]).unwrap();
+        assert_eq!((gpu.run.device, set.run.device), (DeviceSpec::Cuda(1), DeviceSpec::Cuda(0)));
+        assert_eq!(config_hash(&cpu), config_hash(&gpu));
+        assert_eq!(config_hash(&cpu), config_hash(&set));
+        // and the hash still sees the experiment
+        let other = RunConfig::parse(text, "h.toml", &["seed=1".into()]).unwrap();
+        assert_ne!(config_hash(&cpu), config_hash(&other));
+    }
 }

@@ -51,11 +51,12 @@ pub fn check_tensors(vars: &[(String, Var)], tensors: &HashMap<String, Tensor>, 
     Ok(())
 }
 
-/// Copies tensors into variables after [`check_tensors`]; `source` names them in errors.
+/// Copies tensors into variables after [`check_tensors`]; `source` names them
+/// in errors. Each tensor moves to its variable's device (files are read to the CPU).
 pub fn assign(vars: &[(String, Var)], tensors: &HashMap<String, Tensor>, source: &Path) -> Result<()> {
     check_tensors(vars, tensors, source)?;
     for (name, var) in vars {
-        var.set(&tensors[name])?;
+        var.set(&tensors[name].to_device(var.device())?)?;
     }
     Ok(())
 }

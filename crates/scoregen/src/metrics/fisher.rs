@@ -7,20 +7,22 @@ use crate::rng::Rng;
 use crate::score::ScoreFn;
 use candle_core::{DType, Device, Result};
 
-/// F(t) on each time of `times`, estimated with `n` exact samples of p_t per time.
+/// F(t) on each time of `times`, estimated with `n` exact samples of p_t per
+/// time (drawn on the CPU, evaluated by `score` on `device`, its device).
 pub fn fisher_divergence(
     score: &dyn ScoreFn,
     oracle: &OracleScore,
     times: &[f64],
     n: usize,
     rng: &mut Rng,
+    device: &Device,
 ) -> Result<Vec<(f64, f64)>> {
     times
         .iter()
         .map(|&t| {
             let pt = oracle.at(t);
             let x = pt.sample(n, rng);
-            let s = Points::from_tensor(&score.score_at(&x.to_tensor(DType::F32, &Device::Cpu)?, t)?)?;
+            let s = Points::from_tensor(&score.score_at(&x.to_tensor(DType::F32, device)?, t)?)?;
             let exact = pt.score(&x);
             let f = s.data.iter().zip(&exact.data).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / n as f64;
             Ok((t, f))
@@ -41,7 +43,7 @@ mod tests {
         let sde: Arc<dyn Sde> = Arc::new(VpSde::default());
         let oracle = OracleScore::new(named_mixture("gmm8").unwrap(), sde);
         let mut rng = Rng::new(4, 0);
-        let f = fisher_divergence(&oracle, &oracle, &[0.1, 0.5], 500, &mut rng).unwrap();
+        let f = fisher_divergence(&oracle, &oracle, &[0.1, 0.5], 500, &mut rng, &Device::Cpu).unwrap();
         assert!(f.iter().all(|(_, v)| *v < 1e-8), "{f:?}");
         struct Shifted<'a>(&'a OracleScore);
         impl ScoreFn for Shifted<'_> {
@@ -50,7 +52,7 @@ mod tests {
             }
         }
         // a constant offset of 1 in each of 2 coordinates adds exactly 2
-        let f = fisher_divergence(&Shifted(&oracle), &oracle, &[0.5], 500, &mut rng).unwrap();
+        let f = fisher_divergence(&Shifted(&oracle), &oracle, &[0.5], 500, &mut rng, &Device::Cpu).unwrap();
         assert!((f[0].1 - 2.0).abs() < 1e-3, "{f:?}");
     }
 }

@@ -76,11 +76,12 @@ pub struct Classifier {
     body: Body,
     time: Option<(GaussianFourier, Linear)>,
     head: Linear,
+    device: Device,
 }
 
 impl Classifier {
-    /// Builds the network with parameters in `vm` (new ones seeded by `spec.seed`).
-    pub fn build(vm: &VarMap, spec: &ClassifierSpec) -> CrateResult<Self> {
+    /// Builds the network on `device` with parameters in `vm` (new ones seeded by `spec.seed`).
+    pub fn build(vm: &VarMap, spec: &ClassifierSpec, device: &Device) -> CrateResult<Self> {
         if spec.classes < 2 || spec.width == 0 || spec.dim == 0 {
             return Err(Error::Invalid(format!(
                 "classifier needs ≥ 2 classes, width ≥ 1 and a non-empty input (got {} classes, width {}, dim {})",
@@ -90,7 +91,7 @@ impl Classifier {
         if spec.noise_aware && (spec.embed_dim == 0 || !spec.embed_dim.is_multiple_of(2)) {
             return Err(Error::Invalid(format!("classifier embed_dim must be even and > 0 (got {})", spec.embed_dim)));
         }
-        let vb = seeded_var_builder(vm, spec.seed, DType::F32, &Device::Cpu);
+        let vb = seeded_var_builder(vm, spec.seed, DType::F32, device);
         Ok(Self::new(vb, spec)?)
     }
 
@@ -113,13 +114,14 @@ impl Classifier {
             (Body::Mlp { l1: linear(spec.dim, w, vb.pp("l1"))?, l2: linear(w, w, vb.pp("l2"))? }, w)
         };
         let time = if spec.noise_aware {
-            let fourier = GaussianFourier::new(spec.embed_dim, spec.embed_scale, spec.seed, DType::F32, &Device::Cpu)?;
+            let fourier = GaussianFourier::new(spec.embed_dim, spec.embed_scale, spec.seed, DType::F32, vb.device())?;
             Some((fourier, linear(spec.embed_dim, first, vb.pp("time"))?))
         } else {
             None
         };
         let head = linear(spec.feature_dim(), spec.classes, vb.pp("head"))?;
-        Ok(Self { spec: spec.clone(), body, time, head })
+        let device = vb.device().clone();
+        Ok(Self { spec: spec.clone(), body, time, head, device })
     }
 
     /// Features φ(x, t) [N, feature_dim] of flattened inputs x [N, D]; `t` [N]
@@ -151,6 +153,11 @@ impl Classifier {
                 l2.forward(&h1.silu()?)?.silu()
             }
         }
+    }
+
+    /// The device its parameters live on (inputs go there).
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// Logits [N, K].
@@ -194,8 +201,11 @@ impl SavedClassifier {
     /// Writes `classifier.safetensors` and `classifier.json` into `dir`, each atomically.
     pub fn save(&self, dir: &Path) -> CrateResult<()> {
         fs::create_dir(dir)?;
-        let tensors: std::collections::HashMap<String, Tensor> =
-            super::named_vars(&self.varmap).into_iter().map(|(k, v)| (k, v.as_tensor().clone())).collect();
+        // copied to the CPU: the file does not depend on the device it was trained on
+        let tensors: std::collections::HashMap<String, Tensor> = super::named_vars(&self.varmap)
+            .into_iter()
+            .map(|(k, v)| Ok((k, v.as_tensor().to_device(&Device::Cpu)?)))
+            .collect::<Result<_>>()?;
         let (path, tmp) = (dir.join(WEIGHTS), dir.join(format!(".{WEIGHTS}.tmp")));
         candle_core::safetensors::save(&tensors, &tmp)
             .and_then(|_| Ok(std::fs::File::open(&tmp)?.sync_all()?))
@@ -205,9 +215,9 @@ impl SavedClassifier {
         fs::write_atomic(&dir.join(META), &json)
     }
 
-    /// Reads a classifier written by [`SavedClassifier::save`]; names and
-    /// shapes of the weights are checked against the spec.
-    pub fn load(dir: &Path) -> CrateResult<Self> {
+    /// Reads a classifier written by [`SavedClassifier::save`] onto `device`;
+    /// names and shapes of the weights are checked against the spec.
+    pub fn load(dir: &Path, device: &Device) -> CrateResult<Self> {
         let meta_path = dir.join(META);
         let text = std::fs::read_to_string(&meta_path).map_err(|e| {
             Error::data(&meta_path, format!("{e} (train one with `scoregen train-classifier --data NAME --out DIR`)"))
@@ -215,7 +225,7 @@ impl SavedClassifier {
         let meta: ClassifierMeta = serde_json::from_str(&text)
             .map_err(|e| Error::data(&meta_path, format!("not a classifier record: {e}")))?;
         let varmap = VarMap::new();
-        let classifier = Classifier::build(&varmap, &meta.spec)?;
+        let classifier = Classifier::build(&varmap, &meta.spec, device)?;
         let path = dir.join(WEIGHTS);
         // Parsed, float-only and finite-checked like a checkpoint's tensors.
         let tensors = crate::io::safetensors::read_tensors(&path)?;
@@ -267,7 +277,7 @@ mod tests {
         for (image, feat) in [(Some((1, 8, 8)), 16), (Some((1, 7, 7)), 8), (None, 8)] {
             let s = spec(image, true);
             let vm = VarMap::new();
-            let c = Classifier::build(&vm, &s).unwrap();
+            let c = Classifier::build(&vm, &s, &Device::Cpu).unwrap();
             let x = Tensor::randn(0f32, 1.0, (5, s.dim), &Device::Cpu).unwrap();
             let t = Tensor::full(0.3f32, 5, &Device::Cpu).unwrap();
             assert_eq!(c.features(&x, Some(&t)).unwrap().dims(), &[5, feat]);
@@ -283,7 +293,7 @@ mod tests {
     #[test]
     fn time_changes_the_prediction_of_a_noise_aware_classifier() {
         let s = spec(Some((1, 8, 8)), true);
-        let c = Classifier::build(&VarMap::new(), &s).unwrap();
+        let c = Classifier::build(&VarMap::new(), &s, &Device::Cpu).unwrap();
         let x = Tensor::randn(0f32, 1.0, (4, 64), &Device::Cpu).unwrap();
         let at = |t: f32| c.logits(&x, Some(&Tensor::full(t, 4, &Device::Cpu).unwrap())).unwrap();
         let diff = (at(0.1) - at(0.9)).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
@@ -295,7 +305,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = spec(Some((1, 8, 8)), false);
         let varmap = VarMap::new();
-        let classifier = Classifier::build(&varmap, &s).unwrap();
+        let classifier = Classifier::build(&varmap, &s, &Device::Cpu).unwrap();
         let meta = ClassifierMeta {
             spec: s.clone(),
             data: "digits".into(),
@@ -308,10 +318,10 @@ mod tests {
         let x = Tensor::randn(0f32, 1.0, (3, 64), &Device::Cpu).unwrap();
         let before = classifier.logits(&x, None).unwrap().to_vec2::<f32>().unwrap();
         SavedClassifier { classifier, varmap, meta }.save(dir.path()).unwrap();
-        let loaded = SavedClassifier::load(dir.path()).unwrap();
+        let loaded = SavedClassifier::load(dir.path(), &Device::Cpu).unwrap();
         assert_eq!(loaded.meta.spec, s);
         assert_eq!(loaded.classifier.logits(&x, None).unwrap().to_vec2::<f32>().unwrap(), before);
-        let missing = SavedClassifier::load(&dir.path().join("nope")).err().unwrap().to_string();
+        let missing = SavedClassifier::load(&dir.path().join("nope"), &Device::Cpu).err().unwrap().to_string();
         assert!(missing.contains("classifier.json") && missing.contains("train-classifier"), "{missing}");
     }
 }

@@ -13,8 +13,15 @@ pub struct EnergyMlp {
 }
 
 impl EnergyMlp {
-    pub fn build(vm: &candle_nn::VarMap, dim: usize, cfg: &MlpConfig, cond: Conditioning, seed: u64) -> Result<Self> {
-        Ok(Self { mlp: Mlp::build(vm, dim, 1, cfg, cond, seed)? })
+    pub fn build(
+        vm: &candle_nn::VarMap,
+        dim: usize,
+        cfg: &MlpConfig,
+        cond: Conditioning,
+        seed: u64,
+        device: &candle_core::Device,
+    ) -> Result<Self> {
+        Ok(Self { mlp: Mlp::build(vm, dim, 1, cfg, cond, seed, device)? })
     }
 
     /// f_θ(x, t) for each example, shape [N].

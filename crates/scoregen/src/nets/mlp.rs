@@ -93,8 +93,9 @@ impl Mlp {
         Ok(Self { embed, input, time, hidden, output, embed_dim: e, classes: None, frozen: false })
     }
 
-    /// A network on the CPU in f32 whose parameters live in `vm`: new ones are
-    /// drawn from `seed`, ones already in `vm` (a loaded checkpoint) are reused.
+    /// A network in f32 on `device` whose parameters live in `vm`: new ones are
+    /// drawn from `seed` (on the CPU, then copied: the same values on every
+    /// device), ones already in `vm` (a loaded checkpoint) are reused.
     pub fn build(
         vm: &candle_nn::VarMap,
         in_dim: usize,
@@ -102,8 +103,9 @@ impl Mlp {
         cfg: &MlpConfig,
         cond: Conditioning,
         seed: u64,
+        device: &Device,
     ) -> Result<Self> {
-        let vb = super::seeded_var_builder(vm, seed, DType::F32, &Device::Cpu);
+        let vb = super::seeded_var_builder(vm, seed, DType::F32, device);
         Self::new(vb, in_dim, out_dim, cfg, cond, seed)
     }
 
@@ -166,7 +168,7 @@ impl Mlp {
     /// parameters concatenated in [`dense::Dims`]'s order; the hidden and time
     /// biases enter as their sum.
     fn fused(&self, a: &Tensor, d: usize) -> Result<Option<Tensor>> {
-        if !crate::autodiff::fused_kernels_allowed() || a.dtype() != DType::F32 || !a.device().is_cpu() {
+        if !crate::autodiff::fused_kernels_allowed(a.device()) || a.dtype() != DType::F32 {
             return Ok(None);
         }
         let bias = |layer: &Linear| layer.bias().cloned();
@@ -261,7 +263,7 @@ mod tests {
         ];
         for (i, (cfg, cond, classes)) in cases.into_iter().enumerate() {
             let vm = VarMap::new();
-            let mut net = Mlp::build(&vm, 2, 2, &cfg, cond, 7).unwrap();
+            let mut net = Mlp::build(&vm, 2, 2, &cfg, cond, 7, &dev).unwrap();
             if classes > 0 {
                 net = net.with_classes(crate::nets::seeded_var_builder(&vm, 8, DType::F32, &dev), classes).unwrap();
             }

@@ -111,7 +111,7 @@ impl Conv {
     ) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
         let cout = self.weight.dim(0)?;
-        if crate::autodiff::fused_kernels_allowed() && x.dtype() == DType::F32 && x.device().is_cpu() {
+        if crate::autodiff::fused_kernels_allowed(x.device()) && x.dtype() == DType::F32 {
             let (mut weight, mut bias) = (self.weight.reshape((cout, c * self.k * self.k))?, self.bias.clone());
             if crate::autodiff::parameters_constant() {
                 (weight, bias) = (weight.detach(), bias.detach());
@@ -302,9 +302,9 @@ impl UNet {
         Ok(self)
     }
 
-    /// A U-Net on the CPU in f32 whose parameters live in `vm` (new ones drawn from `seed`).
-    pub fn build(vm: &candle_nn::VarMap, cfg: &UNetConfig, seed: u64) -> CrateResult<Self> {
-        let vb = super::seeded_var_builder(vm, seed, DType::F32, &Device::Cpu);
+    /// A U-Net in f32 on `device` whose parameters live in `vm` (new ones drawn from `seed`).
+    pub fn build(vm: &candle_nn::VarMap, cfg: &UNetConfig, seed: u64, device: &Device) -> CrateResult<Self> {
+        let vb = super::seeded_var_builder(vm, seed, DType::F32, device);
         Self::new(vb, cfg, seed)
     }
 
@@ -406,7 +406,7 @@ mod tests {
         for cfg in
             [small(false), small(true), UNetConfig { image: (1, 28, 28), channel_mult: vec![1, 2, 2], ..small(true) }]
         {
-            let net = UNet::build(&VarMap::new(), &cfg, 0).unwrap();
+            let net = UNet::build(&VarMap::new(), &cfg, 0, &Device::Cpu).unwrap();
             let (c, h, w) = cfg.image;
             let (x, t) = batch(3, c * h * w);
             let y = net.forward(&x, &t).unwrap();
@@ -420,7 +420,7 @@ mod tests {
 
     #[test]
     fn output_depends_on_time() {
-        let net = UNet::build(&VarMap::new(), &small(false), 0).unwrap();
+        let net = UNet::build(&VarMap::new(), &small(false), 0, &Device::Cpu).unwrap();
         let (x, _) = batch(2, 64);
         let a = net.forward(&x, &Tensor::new(&[0.1f32, 0.1], &Device::Cpu).unwrap()).unwrap();
         let b = net.forward(&x, &Tensor::new(&[0.9f32, 0.9], &Device::Cpu).unwrap()).unwrap();
@@ -431,7 +431,7 @@ mod tests {
     #[test]
     fn gradient_reaches_every_parameter() {
         let vm = VarMap::new();
-        let net = UNet::build(&vm, &small(true), 0).unwrap();
+        let net = UNet::build(&vm, &small(true), 0, &Device::Cpu).unwrap();
         let (x, t) = batch(4, 64);
         let loss = net.forward(&x, &t).unwrap().sqr().unwrap().mean_all().unwrap();
         let grads = autodiff::backward(&loss).unwrap();

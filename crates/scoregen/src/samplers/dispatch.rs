@@ -230,13 +230,25 @@ pub struct SampleContext<'a> {
     /// Held after every step (inpainting); [`Unconstrained`] otherwise.
     pub constraint: &'a dyn Constraint,
     pub dtype: DType,
+    /// Where the samples live (the score's device); the prior is drawn on the
+    /// CPU from the seeded stream and copied there.
+    pub device: Device,
     pub progress: &'a ProgressBar,
 }
 
 impl<'a> SampleContext<'a> {
-    /// An unconstrained context in f32 with a hidden progress bar's place taken by `progress`.
+    /// An unconstrained context in f32 on the CPU with a hidden progress bar's place taken by `progress`.
     pub fn new(score: &'a dyn ScoreFn, sde: &'a dyn Sde, progress: &'a ProgressBar) -> Self {
-        Self { score, sde, ladder: None, energy: None, constraint: &Unconstrained, dtype: DType::F32, progress }
+        Self {
+            score,
+            sde,
+            ladder: None,
+            energy: None,
+            constraint: &Unconstrained,
+            dtype: DType::F32,
+            device: Device::Cpu,
+            progress,
+        }
     }
 }
 
@@ -267,7 +279,7 @@ impl SamplerSpec {
                     candle_core::bail!("`ode` does not take a constraint (inpainting): use pc, em, ancestral, reverse-diffusion or annealed-langevin");
                 }
                 let method = OdeMethod::Rk45 { rtol: self.rtol, atol: self.atol };
-                flow::sample_ode(ctx.score, ctx.sde, shape, method, &opts, rng, ctx.dtype)
+                flow::sample_ode(ctx.score, ctx.sde, shape, method, &opts, rng, ctx.dtype, &ctx.device)
             }
             SamplerKind::Em | SamplerKind::ReverseDiffusion | SamplerKind::Ancestral | SamplerKind::Pc => {
                 let (p, c) = self.pc_parts()?;
@@ -281,6 +293,7 @@ impl SamplerSpec {
                     &opts,
                     rng,
                     ctx.dtype,
+                    &ctx.device,
                     ctx.progress,
                 )
             }
@@ -291,7 +304,7 @@ impl SamplerSpec {
                         self.kind
                     );
                 }
-                let x0 = self.start.sample(shape, rng, ctx.dtype)?;
+                let x0 = self.start.sample(shape, rng, ctx.dtype, &ctx.device)?;
                 let lopts = LangevinOptions {
                     steps: self.steps,
                     eps: self.step_size,
@@ -318,7 +331,7 @@ impl SamplerSpec {
                     denoise: self.denoise,
                     record_every: self.record_every,
                 };
-                let x0 = self.start.sample(shape, rng, ctx.dtype)?;
+                let x0 = self.start.sample(shape, rng, ctx.dtype, &ctx.device)?;
                 annealed_langevin_constrained(ctx.score, ladder, x0, ctx.constraint, &aopts, rng, ctx.progress)
             }
         }
@@ -357,7 +370,7 @@ impl SamplerSpec {
         let grid = self.grid.or(self.kind.default_grid()).unwrap_or(Grid::Karras);
         let sigmas = grid_sigmas(grid, &den, self.steps.max(1), self.rho)?;
         let scale = if self.vp_start { (1.0 + sigmas[0] * sigmas[0]).sqrt() } else { sigmas[0] };
-        let x = rng.randn(shape, ctx.dtype, &Device::Cpu)?.affine(scale, 0.0)?;
+        let x = rng.randn(shape, ctx.dtype, &ctx.device)?.affine(scale, 0.0)?;
         let s_noise = self.churn.s_noise;
         let mut stepper: Box<dyn SigmaStep> = match self.kind {
             SamplerKind::Ddpm => Box::new(DdimStep { eta: 1.0, s_noise: 1.0 }),

@@ -27,7 +27,9 @@ pub fn flow(
 /// Samples with the probability-flow ODE: x_T from the prior, integrated from
 /// T to ε with `method` (`opts.steps` is ignored; the method carries its own
 /// steps or tolerances), then the Tweedie step when `opts.denoise`.
-/// NFE = the solver's evaluations (+1 for denoising).
+/// NFE = the solver's evaluations (+1 for denoising). The samples live on
+/// `device`; x_T is drawn on the CPU from `rng` and copied there.
+#[allow(clippy::too_many_arguments)]
 pub fn sample_ode(
     score: &dyn ScoreFn,
     sde: &dyn Sde,
@@ -36,9 +38,10 @@ pub fn sample_ode(
     opts: &ReverseOptions,
     rng: &mut Rng,
     dtype: DType,
+    device: &Device,
 ) -> Result<Sampled> {
     let eps = opts.eps.unwrap_or_else(|| sde.sampling_eps());
-    let x = sde.prior_sample(shape.into(), rng, dtype, &Device::Cpu)?;
+    let x = sde.prior_sample(shape.into(), rng, dtype, device)?;
     let sol = flow(score, sde, &x, sde.t_max(), eps, method, opts.record_every.is_some())?;
     let (mut x, mut nfe) = (sol.y, sol.nfe);
     if opts.denoise {

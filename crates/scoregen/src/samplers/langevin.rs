@@ -23,10 +23,11 @@ pub enum Start {
 }
 
 impl Start {
-    pub fn sample(&self, shape: impl Into<Shape>, rng: &mut Rng, dtype: DType) -> Result<Tensor> {
+    /// Starting points on `device` (drawn on the CPU from `rng`, then copied).
+    pub fn sample(&self, shape: impl Into<Shape>, rng: &mut Rng, dtype: DType, device: &Device) -> Result<Tensor> {
         match *self {
-            Start::Uniform { lo, hi } => rng.rand_uniform(shape, lo, hi, dtype, &Device::Cpu),
-            Start::Gaussian { std } => rng.randn(shape, dtype, &Device::Cpu)?.affine(std, 0.0),
+            Start::Uniform { lo, hi } => rng.rand_uniform(shape, lo, hi, dtype, device),
+            Start::Gaussian { std } => rng.randn(shape, dtype, device)?.affine(std, 0.0),
         }
     }
 }
@@ -151,7 +152,7 @@ mod tests {
         let target = MixtureScore(mix);
         let mut rng = Rng::new(0, 0);
         let n = 4000;
-        let x0 = Start::Uniform { lo: -6.0, hi: 6.0 }.sample((n, 2), &mut rng, DType::F64).unwrap();
+        let x0 = Start::Uniform { lo: -6.0, hi: 6.0 }.sample((n, 2), &mut rng, DType::F64, &Device::Cpu).unwrap();
         let opts = LangevinOptions { steps: 1500, eps: 0.01, t: 0.0, record_every: None };
         let out = langevin(&target, x0.clone(), &opts, &mut rng, &ProgressBar::hidden()).unwrap();
         let check = |x: &Tensor| {

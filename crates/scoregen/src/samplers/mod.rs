@@ -40,7 +40,7 @@ pub use reverse::ReverseSde;
 use crate::rng::Rng;
 use crate::score::ScoreFn;
 use crate::sde::Sde;
-use candle_core::{DType, Result, Shape, Tensor};
+use candle_core::{DType, Device, Result, Shape, Tensor};
 use indicatif::ProgressBar;
 
 /// Settings shared by the reverse-time samplers.
@@ -119,7 +119,8 @@ pub fn sample_reverse(
     opts: &ReverseOptions,
     rng: &mut Rng,
     dtype: DType,
+    device: &Device,
     progress: &ProgressBar,
 ) -> Result<Sampled> {
-    sample_pc(score, sde, predictor, &NoneCorrector, shape, opts, rng, dtype, progress)
+    sample_pc(score, sde, predictor, &NoneCorrector, shape, opts, rng, dtype, device, progress)
 }

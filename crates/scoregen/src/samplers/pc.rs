@@ -13,6 +13,8 @@ use indicatif::ProgressBar;
 /// t_i = T − i·(T−ε)/N: x ← corrector(x, t_i), x ← predictor(x, t_i → t_{i+1});
 /// finally, when `opts.denoise`, the noise-removal (Tweedie) step
 /// x₀ = (x + s(ε)²·s_θ(x, ε))/m(ε). NFE = N·(predictor + corrector) + denoise.
+/// The samples live on `device` (the score's); x_T is drawn on the CPU from
+/// `rng` and copied there, like every later draw.
 #[allow(clippy::too_many_arguments)]
 pub fn sample_pc(
     score: &dyn ScoreFn,
@@ -23,9 +25,10 @@ pub fn sample_pc(
     opts: &ReverseOptions,
     rng: &mut Rng,
     dtype: DType,
+    device: &Device,
     progress: &ProgressBar,
 ) -> Result<Sampled> {
-    sample_pc_constrained(score, sde, predictor, corrector, &Unconstrained, shape, opts, rng, dtype, progress)
+    sample_pc_constrained(score, sde, predictor, corrector, &Unconstrained, shape, opts, rng, dtype, device, progress)
 }
 
 /// [`sample_pc`] with a [`Constraint`] applied to the prior draw and after every
@@ -43,6 +46,7 @@ pub fn sample_pc_constrained(
     opts: &ReverseOptions,
     rng: &mut Rng,
     dtype: DType,
+    device: &Device,
     progress: &ProgressBar,
 ) -> Result<Sampled> {
     let eps = opts.eps.unwrap_or_else(|| sde.sampling_eps());
@@ -53,7 +57,7 @@ pub fn sample_pc_constrained(
         let (m, s) = sde.marginal(t);
         constraint.apply(x, m, s, rng)
     };
-    let mut x = sde.prior_sample(shape.into(), rng, dtype, &Device::Cpu)?;
+    let mut x = sde.prior_sample(shape.into(), rng, dtype, device)?;
     x = hold(x, sde.t_max(), rng)?;
     let mut trajectory = Vec::new();
     let record = |i: usize| opts.record_every.is_some_and(|k| i.is_multiple_of(k.max(1)) || i == n);

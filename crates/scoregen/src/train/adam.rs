@@ -50,6 +50,11 @@ impl Adam {
     pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
         let mut total = 0.0f64;
         for g in grads {
+            if !g.device().is_cpu() {
+                // on a GPU: candle's ops, one f64 sum per tensor
+                total += g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+                continue;
+            }
             total += match g.dtype() {
                 DType::F32 => with_slices::<f32, _>(&[g], |s| sum_squares(s[0]))?,
                 _ => with_slices::<f64, _>(&[&g.to_dtype(DType::F64)?], |s| sum_squares(s[0]))?,
@@ -90,6 +95,12 @@ impl Adam {
         };
         for (i, ((_, p), g)) in params.iter().zip(grads).enumerate() {
             let theta = p.as_tensor();
+            if !theta.device().is_cpu() {
+                let (m, v, new_theta) = adam_update_candle(theta, &g, &self.m[i], &self.v[i], &k)?;
+                p.set(&new_theta)?;
+                (self.m[i], self.v[i]) = (m, v);
+                continue;
+            }
             let (m, v, new_theta) = match theta.dtype() {
                 DType::F32 => adam_update::<f32>(theta, &g, &self.m[i], &self.v[i], &k)?,
                 DType::F64 => adam_update::<f64>(theta, &g, &self.m[i], &self.v[i], &k)?,
@@ -162,6 +173,25 @@ fn adam_update<T: WithDType + num_traits::Float + Send + Sync>(
     }
     let (shape, dev) = (theta.shape(), theta.device());
     Ok((Tensor::from_vec(m2, shape, dev)?, Tensor::from_vec(v2, shape, dev)?, Tensor::from_vec(th2, shape, dev)?))
+}
+
+/// [`adam_update`] in candle's ops, for parameters off the CPU (a GPU): the
+/// same update, arithmetic in f64, results in the parameter's dtype.
+fn adam_update_candle(
+    theta: &Tensor,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    k: &AdamCoefs,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let dt = theta.dtype();
+    let f64 = |t: &Tensor| t.detach().to_dtype(DType::F64);
+    let g = f64(g)?.affine(k.scale, 0.0)?;
+    let m = (f64(m)?.affine(k.beta1, 0.0)? + g.affine(1.0 - k.beta1, 0.0)?)?;
+    let v = (f64(v)?.affine(k.beta2, 0.0)? + g.sqr()?.affine(1.0 - k.beta2, 0.0)?)?;
+    let denom = v.affine(1.0 / k.bc2, 0.0)?.sqrt()?.affine(1.0, k.eps)?;
+    let theta = (f64(theta)? - (m.affine(k.step, 0.0)? / denom)?)?;
+    Ok((m.to_dtype(dt)?, v.to_dtype(dt)?, theta.to_dtype(dt)?))
 }
 
 /// One chunk of [`adam_update`]: (θ, g, m, v) → (m′, v′, θ′).

@@ -93,9 +93,12 @@ fn sync_file(path: &Path) -> Result<()> {
     std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(|e| Error::io(path, e))
 }
 
-/// Writes tensors, fsyncs them and returns the digest of what is on disk.
+/// Writes tensors (copied to the CPU first: a checkpoint does not depend on the
+/// device it was trained on), fsyncs them and returns the digest of what is on disk.
 fn save_tensors(map: &HashMap<String, Tensor>, path: &Path) -> Result<String> {
-    candle_core::safetensors::save(map, path).map_err(|e| Error::data(path, format!("writing safetensors: {e}")))?;
+    let cpu = |t: &Tensor| t.to_device(&candle_core::Device::Cpu);
+    let map = map.iter().map(|(k, t)| Ok((k.clone(), cpu(t)?))).collect::<Result<HashMap<_, _>>>()?;
+    candle_core::safetensors::save(&map, path).map_err(|e| Error::data(path, format!("writing safetensors: {e}")))?;
     sync_file(path)?;
     Ok(sha256_hex(&read(path)?))
 }

@@ -52,6 +52,8 @@ pub struct ClassifierTraining {
     pub seed: u64,
     pub noise: Option<NoiseAware>,
     pub quiet: bool,
+    /// Where the classifier is trained (batches are drawn on the CPU and copied).
+    pub device: Device,
 }
 
 /// A trained classifier and its held-out accuracy.
@@ -80,7 +82,7 @@ pub fn train_classifier(
     }
     let start = std::time::Instant::now();
     let varmap = VarMap::new();
-    let classifier = Classifier::build(&varmap, spec)?;
+    let classifier = Classifier::build(&varmap, spec, &opts.device)?;
     let params = nets::named_vars(&varmap);
     let mut adam = Adam::new(&params)?;
     let mut rng = Rng::new(opts.seed, super::streams::BATCH);
@@ -95,8 +97,8 @@ pub fn train_classifier(
             xb.extend(train.points.row(i).iter().map(|&v| v as f32));
         }
         let y: Vec<u32> = idx.iter().map(|&i| train.labels[i] as u32).collect();
-        let x = Tensor::from_vec(xb, (idx.len(), d), &Device::Cpu)?;
-        let y = Tensor::from_vec(y, idx.len(), &Device::Cpu)?;
+        let x = Tensor::from_vec(xb, (idx.len(), d), &opts.device)?;
+        let y = Tensor::from_vec(y, idx.len(), &opts.device)?;
         let (x, t) = match &opts.noise {
             Some(noise) => perturb(&x, noise, &mut rng)?,
             None => (x, None),
@@ -128,10 +130,10 @@ fn perturb(x: &Tensor, noise: &NoiseAware, rng: &mut Rng) -> Result<(Tensor, Opt
             (m as f32, s as f32)
         })
         .unzip();
-    let col = |v: Vec<f32>| Tensor::from_vec(v, (n, 1), &Device::Cpu);
-    let z = rng.randn(x.shape(), DType::F32, &Device::Cpu)?;
+    let col = |v: Vec<f32>| Tensor::from_vec(v, (n, 1), x.device());
+    let z = rng.randn(x.shape(), DType::F32, x.device())?;
     let xt = (x.broadcast_mul(&col(m)?)? + z.broadcast_mul(&col(s)?)?)?;
-    let t = Tensor::from_vec(ts.iter().map(|&t| t as f32).collect::<Vec<_>>(), n, &Device::Cpu)?;
+    let t = Tensor::from_vec(ts.iter().map(|&t| t as f32).collect::<Vec<_>>(), n, x.device())?;
     Ok((xt, Some(t)))
 }
 
@@ -140,7 +142,7 @@ fn perturb(x: &Tensor, noise: &NoiseAware, rng: &mut Rng) -> Result<(Tensor, Opt
 pub fn predict(classifier: &Classifier, x: &Points, t: Option<f64>) -> Result<(Vec<usize>, Vec<f64>)> {
     let mut classes = Vec::with_capacity(x.n);
     let mut confidence = Vec::with_capacity(x.n);
-    for probs in map_batches(x, 512, |xb| {
+    for probs in map_batches(x, 512, classifier.device(), |xb| {
         let t = time_column(classifier, xb, t)?;
         Ok(candle_nn::ops::softmax(&classifier.logits(xb, t.as_ref())?, 1)?)
     })? {
@@ -156,7 +158,7 @@ pub fn predict(classifier: &Classifier, x: &Points, t: Option<f64>) -> Result<(V
 
 /// The classifier's features φ(x) of every point, as points (for the Fréchet distance).
 pub fn features(classifier: &Classifier, x: &Points, t: Option<f64>) -> Result<Points> {
-    let rows: Vec<Vec<f32>> = map_batches(x, 512, |xb| {
+    let rows: Vec<Vec<f32>> = map_batches(x, 512, classifier.device(), |xb| {
         let t = time_column(classifier, xb, t)?;
         Ok(classifier.features(xb, t.as_ref())?)
     })?
@@ -182,16 +184,21 @@ fn time_column(classifier: &Classifier, xb: &Tensor, t: Option<f64>) -> Result<O
         return Ok(None);
     }
     let t = t.ok_or_else(|| Error::Invalid("a noise-aware classifier needs a time t".into()))?;
-    Ok(Some(Tensor::full(t as f32, xb.dim(0)?, &Device::Cpu)?))
+    Ok(Some(Tensor::full(t as f32, xb.dim(0)?, xb.device())?))
 }
 
-/// Applies `f` to f32 batches of at most `size` rows and returns its [B, K] outputs as rows.
-fn map_batches(x: &Points, size: usize, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Vec<Vec<Vec<f32>>>> {
+/// Applies `f` to f32 batches of at most `size` rows on `device` and returns its [B, K] outputs as rows.
+fn map_batches(
+    x: &Points,
+    size: usize,
+    device: &Device,
+    f: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Vec<Vec<Vec<f32>>>> {
     let mut out = Vec::new();
     for lo in (0..x.n).step_by(size) {
         let hi = (lo + size).min(x.n);
         let data: Vec<f32> = x.data[lo * x.d..hi * x.d].iter().map(|&v| v as f32).collect();
-        let xb = Tensor::from_vec(data, (hi - lo, x.d), &Device::Cpu)?;
+        let xb = Tensor::from_vec(data, (hi - lo, x.d), device)?;
         out.push(f(&xb)?.to_vec2::<f32>()?);
     }
     Ok(out)
@@ -263,7 +270,15 @@ mod tests {
 
     #[test]
     fn clean_classifier_separates_two_gaussians() {
-        let opts = ClassifierTraining { steps: 200, batch_size: 64, lr: 3e-3, seed: 0, noise: None, quiet: true };
+        let opts = ClassifierTraining {
+            steps: 200,
+            batch_size: 64,
+            lr: 3e-3,
+            seed: 0,
+            noise: None,
+            quiet: true,
+            device: Device::Cpu,
+        };
         let tr = train_classifier(&blobs(400, 1), &blobs(400, 2), &spec(false), &opts).unwrap();
         assert!(tr.test_accuracy > 0.98, "accuracy {}", tr.test_accuracy);
     }
@@ -282,6 +297,7 @@ mod tests {
             seed: 0,
             noise: Some(noise.clone()),
             quiet: true,
+            device: Device::Cpu,
         };
         let tr = train_classifier(&blobs(2000, 1), &blobs(1000, 2), &spec(true), &opts).unwrap();
         assert!(tr.test_accuracy > 0.97, "accuracy at t_eps {}", tr.test_accuracy);

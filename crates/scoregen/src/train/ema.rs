@@ -32,6 +32,11 @@ impl Ema {
             // one pass over the values (f64 arithmetic); the result is a fresh,
             // untracked tensor, so no graph reaches back to past steps
             *s = match p.dtype() {
+                // off the CPU (a GPU): candle's ops, the same f64 arithmetic
+                _ if !p.device().is_cpu() => {
+                    let f64 = |t: &Tensor| t.detach().to_dtype(DType::F64);
+                    (f64(s)?.affine(d, 0.0)? + f64(p.as_tensor())?.affine(1.0 - d, 0.0)?)?.to_dtype(p.dtype())?
+                }
                 DType::F32 => average::<f32>(s, p.as_tensor(), d)?,
                 DType::F64 => average::<f64>(s, p.as_tensor(), d)?,
                 dt => candle_core::bail!("EMA: unsupported dtype {dt:?}"),

@@ -140,6 +140,8 @@ pub struct TrainSetup {
     pub config_hash: String,
     /// The resolved config, written to `RUN/config.toml` by [`train`].
     pub config_toml: String,
+    /// Where the model's parameters live; batches are copied there.
+    pub device: Device,
 }
 
 /// A model in training: its parameters, optimizer, EMA and RNG streams.
@@ -164,6 +166,8 @@ pub struct Trainer {
     pub last_loss: f64,
     /// See [`TrainOptions::detect_anomaly`].
     pub detect_anomaly: bool,
+    /// Where the model's parameters live; batches are copied there.
+    pub device: Device,
 }
 
 impl Trainer {
@@ -191,6 +195,7 @@ impl Trainer {
             noise_rng: Rng::new(setup.seed, streams::NOISE),
             last_loss: f64::NAN,
             detect_anomaly: false,
+            device: setup.device,
         })
     }
 
@@ -210,8 +215,8 @@ impl Trainer {
                 labels.push(if self.batch_rng.uniform() < dropout { k as u32 } else { l[i] as u32 });
             }
         }
-        let labels = if k > 0 { Some(Tensor::from_vec(labels, bs, &Device::Cpu)?) } else { None };
-        Ok((Tensor::from_vec(v, (bs, pts.d), &Device::Cpu)?, labels))
+        let labels = if k > 0 { Some(Tensor::from_vec(labels, bs, &self.device)?) } else { None };
+        Ok((Tensor::from_vec(v, (bs, pts.d), &self.device)?, labels))
     }
 
     /// One optimizer step. Returns the loss and the gradient norm. A non-finite
@@ -313,13 +318,15 @@ impl Trainer {
         }
         checkpoint::check_model(ck, &self.params)?;
         checkpoint::assign(&self.params, &ck.model, &ck.dir.join("model.safetensors"))?;
+        // read to the CPU, moved to the parameters' device
         let pick = |map: &HashMap<String, Tensor>, prefix: &str| -> Result<Vec<Tensor>> {
             self.params
                 .iter()
-                .map(|(n, _)| {
-                    map.get(&format!("{prefix}{n}"))
-                        .cloned()
-                        .ok_or_else(|| Error::data(source, format!("tensor `{prefix}{n}` is missing")))
+                .map(|(n, p)| {
+                    let t = map
+                        .get(&format!("{prefix}{n}"))
+                        .ok_or_else(|| Error::data(source, format!("tensor `{prefix}{n}` is missing")))?;
+                    Ok(t.to_device(p.device())?)
                 })
                 .collect()
         };

@@ -42,20 +42,24 @@ pub struct Timing {
 }
 
 /// The median of `f`'s wall time over `reps` runs after `warmup` untimed ones.
+/// Each run ends by waiting for `device` (a GPU runs its kernels asynchronously).
 fn time_it(
     case: String,
     items: usize,
     warmup: usize,
     reps: usize,
+    device: &Device,
     mut f: impl FnMut() -> Result<()>,
 ) -> Result<Timing> {
     for _ in 0..warmup {
         f()?;
     }
+    device.synchronize()?;
     let (mut ms, mut cpu) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
     for _ in 0..reps.max(1) {
         let (start, cpu_start) = (Instant::now(), process_cpu_ms());
         f()?;
+        device.synchronize()?;
         ms.push(start.elapsed().as_secs_f64() * 1e3);
         cpu.push(process_cpu_ms() - cpu_start);
     }
@@ -137,12 +141,15 @@ fn mlp_step_gflop(cfg: &RunConfig, dim: usize) -> f64 {
     3.0 * 2.0 * b * macs / 1e9
 }
 
-/// One training step (forward, backward, clipping, Adam, EMA) of the config's model.
+/// One training step (forward, backward, clipping, Adam, EMA) of the config's
+/// model, on the config's `run.device`.
 pub fn train_step(cfg: &RunConfig, case: &str, warmup: usize, reps: usize) -> Result<Timing> {
     let mut trainer = factory::trainer(cfg)?;
     let dim = trainer.dataset.points.d;
-    let mut timing =
-        time_it(case.into(), cfg.training.batch_size, warmup, reps, || trainer.train_step("none").map(|_| ()))?;
+    let device = trainer.device.clone();
+    let mut timing = time_it(case.into(), cfg.training.batch_size, warmup, reps, &device, || {
+        trainer.train_step("none").map(|_| ())
+    })?;
     if matches!(cfg.model.kind, crate::app::config::ModelKind::TimeMlp) {
         timing.gflop = Some(mlp_step_gflop(cfg, dim));
     }
@@ -161,7 +168,7 @@ pub enum SampleCase {
     FlowHeun,
 }
 
-/// Draws `n` samples of the config's (untrained) model in `steps` steps.
+/// Draws `n` samples of the config's (untrained) model in `steps` steps, on `run.device`.
 pub fn sample(cfg: &RunConfig, which: SampleCase, n: usize, steps: usize, reps: usize) -> Result<Timing> {
     let trainer = factory::trainer(cfg)?;
     let sde = cfg.sde();
@@ -176,7 +183,8 @@ pub fn sample(cfg: &RunConfig, which: SampleCase, n: usize, steps: usize, reps: 
         SampleCase::FlowHeun => "ode-heun",
     };
     let pb = indicatif::ProgressBar::hidden();
-    time_it(format!("sample {name} n={n} steps={steps}"), n, 0, reps, || {
+    let device = trainer.device.clone();
+    time_it(format!("sample {name} n={n} steps={steps}"), n, 0, reps, &device, || {
         match which {
             SampleCase::EulerMaruyama => samplers::sample_reverse(
                 score.as_ref(),
@@ -186,6 +194,7 @@ pub fn sample(cfg: &RunConfig, which: SampleCase, n: usize, steps: usize, reps: 
                 &opts,
                 &mut rng,
                 DType::F32,
+                &device,
                 &pb,
             )?,
             SampleCase::FlowHeun => samplers::sample_ode(
@@ -196,6 +205,7 @@ pub fn sample(cfg: &RunConfig, which: SampleCase, n: usize, steps: usize, reps: 
                 &opts,
                 &mut rng,
                 DType::F32,
+                &device,
             )?,
         };
         Ok(())
@@ -203,7 +213,7 @@ pub fn sample(cfg: &RunConfig, which: SampleCase, n: usize, steps: usize, reps: 
 }
 
 /// Exact log-likelihood of `n` data points by the probability-flow ODE with
-/// Heun's method in `steps` steps (exact divergence by autodiff, score in f32).
+/// Heun's method in `steps` steps (exact divergence by autodiff, score in f32), on `run.device`.
 pub fn likelihood(cfg: &RunConfig, n: usize, steps: usize, reps: usize) -> Result<Timing> {
     let trainer = factory::trainer(cfg)?;
     let sde = cfg.sde();
@@ -213,7 +223,8 @@ pub fn likelihood(cfg: &RunConfig, n: usize, steps: usize, reps: usize) -> Resul
     let pts = &trainer.dataset.points;
     let n = n.min(pts.n);
     let rows: Vec<f32> = (0..n).flat_map(|i| pts.row(i).iter().map(|&v| v as f32)).collect();
-    let x = Tensor::from_vec(rows, (n, pts.d), &Device::Cpu)?;
+    let device = trainer.device.clone();
+    let x = Tensor::from_vec(rows, (n, pts.d), &device)?;
     let opts = LikelihoodOptions {
         trace: Some(TraceEstimator::Exact),
         method: OdeMethod::Heun { steps },
@@ -221,18 +232,18 @@ pub fn likelihood(cfg: &RunConfig, n: usize, steps: usize, reps: usize) -> Resul
         ..LikelihoodOptions::default()
     };
     let mut rng = Rng::new(cfg.seed, crate::train::streams::EVAL);
-    time_it(format!("likelihood n={n} steps={steps}"), n, 0, reps, || {
+    time_it(format!("likelihood n={n} steps={steps}"), n, 0, reps, &device, || {
         likelihood::log_likelihood(score.as_ref(), sde.as_ref(), &x, &opts, &mut rng).map(|_| ())
     })
 }
 
-/// This machine's f32 GEMM rate through candle's matmul: an n×n by n×n
+/// This device's f32 GEMM rate through candle's matmul: an n×n by n×n
 /// product (2n³ FLOPs), median of `reps`.
-pub fn gemm_peak(n: usize, reps: usize) -> Result<Timing> {
+pub fn gemm_peak(n: usize, reps: usize, device: &Device) -> Result<Timing> {
     let mut rng = Rng::new(0, 0);
-    let a = rng.randn((n, n), DType::F32, &Device::Cpu)?;
-    let b = rng.randn((n, n), DType::F32, &Device::Cpu)?;
-    let mut t = time_it(format!("gemm {n}x{n}"), 1, 2, reps, || {
+    let a = rng.randn((n, n), DType::F32, device)?;
+    let b = rng.randn((n, n), DType::F32, device)?;
+    let mut t = time_it(format!("gemm {n}x{n}"), 1, 2, reps, device, || {
         a.matmul(&b)?;
         Ok(())
     })?;

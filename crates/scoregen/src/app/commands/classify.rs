@@ -12,6 +12,7 @@ use crate::nets::SavedClassifier;
 use crate::points::Points;
 use crate::train::classifier::image_report;
 use crate::train::classifier::{train_classifier as fit, ClassifierTraining, Labelled, NoiseAware};
+use candle_core::Device;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 /// What `scoregen train-classifier` was asked for.
@@ -30,6 +31,8 @@ pub struct ClassifierRequest {
     pub lr: f64,
     pub seed: u64,
     pub quiet: bool,
+    /// Where the classifier is trained.
+    pub device: Device,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -105,6 +108,7 @@ pub fn train_classifier(req: &ClassifierRequest) -> Result<ClassifierOutcome> {
         seed: req.seed,
         noise: noise.clone(),
         quiet: req.quiet,
+        device: req.device.clone(),
     };
     let trained = fit(&train, &test, &spec, &training)?;
     let meta = ClassifierMeta {
@@ -128,9 +132,10 @@ pub fn train_classifier(req: &ClassifierRequest) -> Result<ClassifierOutcome> {
     })
 }
 
-/// Image metrics of `samples` against the real images the classifier was trained on.
-pub fn evaluate_images(samples: &Points, classifier_dir: &Path) -> Result<ImageReport> {
-    let saved = SavedClassifier::load(classifier_dir)?;
+/// Image metrics of `samples` against the real images the classifier was
+/// trained on (the classifier runs on `device`).
+pub fn evaluate_images(samples: &Points, classifier_dir: &Path, device: &Device) -> Result<ImageReport> {
+    let saved = SavedClassifier::load(classifier_dir, device)?;
     if saved.meta.spec.noise_aware {
         return Err(Error::data(
             classifier_dir,
@@ -161,9 +166,14 @@ pub struct Classification {
 }
 
 /// Classifies `samples` (data space, t = 0) and compares with `expected`: one
-/// class for all, or one label per sample.
-pub fn classify(classifier: &Path, samples: &Path, expected: Option<Expected>) -> Result<Classification> {
-    let saved = SavedClassifier::load(classifier)?;
+/// class for all, or one label per sample. The classifier runs on `device`.
+pub fn classify(
+    classifier: &Path,
+    samples: &Path,
+    expected: Option<Expected>,
+    device: &Device,
+) -> Result<Classification> {
+    let saved = SavedClassifier::load(classifier, device)?;
     let spec = &saved.meta.spec;
     let x = npy::read_points(samples)?;
     if x.d != spec.dim {

@@ -18,7 +18,7 @@ use crate::samplers::{EulerMaruyama, LangevinOptions, NoneCorrector, ReverseOpti
 use crate::sde::{NoiseLadder, Sde, VpSde};
 use crate::viz::{self, Bounds};
 use crate::viz::{trajectories_over_density, Panel};
-use candle_core::DType;
+use candle_core::{DType, Device};
 use indicatif::ProgressBar;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -42,11 +42,11 @@ pub struct LangevinDemo {
 
 /// Particles from U(−8, 8)² moving under Langevin dynamics with the exact
 /// score of `gmm8`, drawn over its density: `langevin.gif` and `langevin_final.png`.
-pub fn langevin(out: &Path, quiet: bool) -> Result<LangevinDemo> {
+pub fn langevin(out: &Path, quiet: bool, device: &Device) -> Result<LangevinDemo> {
     fs::create_dir(out)?;
     let mix = toy::named_mixture("gmm8").expect("gmm8 is a mixture");
     let mut rng = Rng::new(0, 0);
-    let x0 = Start::Uniform { lo: -8.0, hi: 8.0 }.sample((1000, 2), &mut rng, DType::F64)?;
+    let x0 = Start::Uniform { lo: -8.0, hi: 8.0 }.sample((1000, 2), &mut rng, DType::F64, device)?;
     let opts = LangevinOptions { steps: 300, eps: 0.01, t: 0.0, record_every: Some(5) };
     let run =
         samplers::langevin(&MixtureScore(mix.clone()), x0, &opts, &mut rng, &progress::bar(300, "langevin", quiet))?;
@@ -82,9 +82,9 @@ pub struct PitfallDemo {
 
 /// Plain Langevin with the exact score of `unbalanced` vs annealed Langevin on the
 /// exact perturbed scores (σ from 0.1 to 20, L = 20, T = 100, ε_i = 0.1·σ_i²),
-/// the same number of score evaluations each.
-pub fn pitfall_numbers(n: usize, seed: u64) -> Result<(Points, Points, PitfallDemo)> {
-    pitfall_with(n, seed, 20, 100, 0.1)
+/// the same number of score evaluations each. The chains live on `device`.
+pub fn pitfall_numbers(n: usize, seed: u64, device: &Device) -> Result<(Points, Points, PitfallDemo)> {
+    pitfall_with(n, seed, 20, 100, 0.1, device)
 }
 
 /// [`pitfall_numbers`] with L levels, T steps per level and ε/σ_1² = `alpha`.
@@ -94,6 +94,7 @@ pub fn pitfall_with(
     levels: usize,
     per_level: usize,
     alpha: f64,
+    device: &Device,
 ) -> Result<(Points, Points, PitfallDemo)> {
     let mix = toy::named_mixture("unbalanced").expect("unbalanced is a mixture");
     let start = Start::Uniform { lo: -10.0, hi: 10.0 };
@@ -101,7 +102,7 @@ pub fn pitfall_with(
     let total = per_level * ladder.levels();
     let hidden = ProgressBar::hidden();
     let mut rng = Rng::new(seed, 0);
-    let x0 = start.sample((n, 2), &mut rng, DType::F64)?;
+    let x0 = start.sample((n, 2), &mut rng, DType::F64, device)?;
     let opts = LangevinOptions { steps: total, eps: alpha, t: 0.0, record_every: None };
     let plain = samplers::langevin(&MixtureScore(mix.clone()), x0.clone(), &opts, &mut rng, &hidden)?;
     let oracle = OracleScore::new(mix.clone(), Arc::new(ladder.sde()));
@@ -126,10 +127,11 @@ pub fn pitfall_with(
 
 /// Trains an unconditional score network on `unbalanced` without noise
 /// (sliced score matching, 1500 steps) and returns ‖s_θ(x) − ∇log p(x)‖ on the
-/// heat-map grid of `bounds`, with the training points.
-pub fn noise_free_score_error(bounds: &Bounds, quiet: bool) -> Result<(Vec<f64>, Points)> {
+/// heat-map grid of `bounds`, with the training points. Trains on `device`.
+pub fn noise_free_score_error(bounds: &Bounds, quiet: bool, device: &Device) -> Result<(Vec<f64>, Points)> {
     let text = include_str!("../../../../../configs/sliced-unbalanced.toml");
-    let cfg = crate::app::config::RunConfig::parse(text, "configs/sliced-unbalanced.toml (built in)", &[])?;
+    let mut cfg = crate::app::config::RunConfig::parse(text, "configs/sliced-unbalanced.toml (built in)", &[])?;
+    cfg.run.device = crate::device::spec_of(device);
     let mut trainer = factory::trainer(&cfg)?;
     let pb = progress::bar(cfg.training.steps, "train", quiet);
     for _ in 0..cfg.training.steps {
@@ -140,9 +142,7 @@ pub fn noise_free_score_error(bounds: &Bounds, quiet: bool) -> Result<(Vec<f64>,
     let (model, _vars) = trainer.ema_model()?;
     let centres = viz::grid_centres(bounds);
     let grid = Points::new(centres.len(), 2, centres.iter().flat_map(|&(x, y)| [x, y]).collect());
-    let s = Points::from_tensor(
-        &model.score(cfg.sde()).score_at(&grid.to_tensor(DType::F32, &candle_core::Device::Cpu)?, 0.0)?,
-    )?;
+    let s = Points::from_tensor(&model.score(cfg.sde()).score_at(&grid.to_tensor(DType::F32, device)?, 0.0)?)?;
     let exact = trainer.dataset.oracle.as_ref().expect("unbalanced is a mixture").score(&grid);
     let err = (0..grid.n)
         .map(|i| s.row(i).iter().zip(exact.row(i)).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt())
@@ -153,13 +153,13 @@ pub fn noise_free_score_error(bounds: &Bounds, quiet: bool) -> Result<(Vec<f64>,
 /// `pitfall.png`: (a) the data density and the score error of a model trained
 /// without noise, which is large exactly where the data are rare; (b) plain and
 /// annealed Langevin samples with exact scores.
-pub fn pitfall(out: &Path, quiet: bool) -> Result<PitfallDemo> {
+pub fn pitfall(out: &Path, quiet: bool, device: &Device) -> Result<PitfallDemo> {
     fs::create_dir(out)?;
-    let (plain, annealed, mut demo) = pitfall_numbers(2000, 0)?;
+    let (plain, annealed, mut demo) = pitfall_numbers(2000, 0, device)?;
     let mix = toy::named_mixture("unbalanced").expect("unbalanced is a mixture");
     let density = log_density(&mix);
     let bounds = Bounds { x: (-10.0, 10.0), y: (-10.0, 10.0) };
-    let (err, data) = noise_free_score_error(&bounds, quiet)?;
+    let (err, data) = noise_free_score_error(&bounds, quiet, device)?;
     let log_err = |x: f64, y: f64| viz::grid_lookup(&err, &bounds, x, y).max(1e-12).ln();
     let empty = Points::new(0, 2, Vec::new());
     let ta = format!("Langevin, exact score: weight {:.2} (true 0.80)", demo.langevin_weight);
@@ -201,7 +201,7 @@ pub fn forward_paths_1d(sde: &dyn Sde, starts: &[f64], steps: usize, rng: &mut R
 /// noise (t = 1), Euler–Maruyama with g(t)√dt·z increments, and reverse-SDE
 /// trajectories from the prior back to data with the exact score, each over
 /// the exact log p_t(x) of a 1-D two-component mixture. Returns the PNG path.
-pub fn forward_reverse(out_dir: &Path, seed: u64) -> Result<PathBuf> {
+pub fn forward_reverse(out_dir: &Path, seed: u64, device: &Device) -> Result<PathBuf> {
     fs::create_dir(out_dir)?;
     let mix = forward_reverse_mixture();
     let sde: Arc<dyn Sde> = Arc::new(VpSde::default());
@@ -222,6 +222,7 @@ pub fn forward_reverse(out_dir: &Path, seed: u64) -> Result<PathBuf> {
         &opts,
         &mut rng,
         DType::F64,
+        device,
         &ProgressBar::hidden(),
     )?;
     let mut reverse = vec![Vec::with_capacity(steps + 1); paths];
@@ -255,7 +256,7 @@ mod tests {
     #[test]
     fn forward_reverse_figure_is_written() {
         let dir = tempfile::tempdir().unwrap();
-        let p = forward_reverse(dir.path(), 1).unwrap();
+        let p = forward_reverse(dir.path(), 1, &Device::Cpu).unwrap();
         let meta = std::fs::metadata(&p).unwrap();
         assert!(meta.len() > 10_000, "{} bytes", meta.len());
     }

@@ -35,6 +35,8 @@ pub struct InpaintRequest {
     pub out: PathBuf,
     pub use_ema: bool,
     pub quiet: bool,
+    /// Where the model is loaded and the sampler runs.
+    pub device: Device,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -101,7 +103,7 @@ fn read_input(path: &Path, cfg: &RunConfig, d: usize) -> Result<(Points, Option<
 /// level. Writes the completions as `.npy` and a picture: for images a grid
 /// whose rows are [masked input, completions…], for 2-D points a scatter.
 pub fn inpaint_run(run_dir: &Path, req: &InpaintRequest) -> Result<InpaintOutcome> {
-    let model = LoadedModel::from_run(run_dir, req.use_ema)?;
+    let model = LoadedModel::from_run(run_dir, req.use_ema, &req.device)?;
     let cfg = &model.cfg;
     let d = model.state.dim;
     let shape = cfg.image_shape(d);
@@ -112,8 +114,8 @@ pub fn inpaint_run(run_dir: &Path, req: &InpaintRequest) -> Result<InpaintOutcom
     let n = obs.n * k;
     let repeated: Vec<f64> = obs.rows().flat_map(|r| std::iter::repeat_n(r, k).flatten().copied()).collect();
     let constraint = Inpaint::new(
-        Tensor::from_vec(repeated, (n, d), &Device::Cpu)?.to_dtype(DType::F32)?,
-        Tensor::from_slice(&mask, (1, d), &Device::Cpu)?.to_dtype(DType::F32)?,
+        Tensor::from_vec(repeated, (n, d), &model.device)?.to_dtype(DType::F32)?,
+        Tensor::from_slice(&mask, (1, d), &model.device)?.to_dtype(DType::F32)?,
     )?;
     let kind = req.sampler.unwrap_or(match cfg.sampling.sampler {
         k @ (SamplerKind::Em | SamplerKind::ReverseDiffusion | SamplerKind::Ancestral | SamplerKind::Pc) => k,
@@ -148,6 +150,7 @@ pub fn inpaint_run(run_dir: &Path, req: &InpaintRequest) -> Result<InpaintOutcom
     let ctx = SampleContext {
         ladder: Some(&ladder),
         constraint: &constraint,
+        device: model.device.clone(),
         ..SampleContext::new(score.as_ref(), sde.as_ref(), &pb)
     };
     let out = spec.sample(&ctx, (n, d), &mut rng).map_err(|e| Error::Invalid(format!("inpaint: {e}")))?;

@@ -16,7 +16,7 @@ use crate::rng::Rng;
 use crate::samplers::{Grid, SampleContext, SamplerKind, SamplerSpec};
 use crate::score::ScoreFn;
 use crate::sde::Sde;
-use candle_core::DType;
+use candle_core::{DType, Device};
 use indicatif::ProgressBar;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -69,7 +69,7 @@ pub struct Leaderboard {
 }
 
 /// What every entry of a leaderboard shares.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BenchSettings {
     /// Samples per entry.
     pub n: usize,
@@ -78,11 +78,13 @@ pub struct BenchSettings {
     pub seed: u64,
     /// F64 for the oracle, F32 for trained networks.
     pub dtype: DType,
+    /// Where the samplers run (the score's device).
+    pub device: Device,
 }
 
 impl Default for BenchSettings {
     fn default() -> Self {
-        Self { n: 2000, eps: None, seed: 0, dtype: DType::F64 }
+        Self { n: 2000, eps: None, seed: 0, dtype: DType::F64, device: Device::Cpu }
     }
 }
 
@@ -101,7 +103,7 @@ pub fn evaluate_sampler(
     let start = Instant::now();
     let mut rng = Rng::new(seed, 0);
     let hidden = ProgressBar::hidden();
-    let ctx = SampleContext { dtype: set.dtype, ..SampleContext::new(score, sde, &hidden) };
+    let ctx = SampleContext { dtype: set.dtype, device: set.device.clone(), ..SampleContext::new(score, sde, &hidden) };
     let out = spec.sample(&ctx, (n, mix.dim()), &mut rng)?;
     let seconds = start.elapsed().as_secs_f64();
     let pts = Points::from_tensor(&out.x)?;
@@ -289,6 +291,8 @@ pub struct BenchRequest {
     pub n: usize,
     pub seed: u64,
     pub quiet: bool,
+    /// Where a run's model is loaded and the samplers run (the oracle computes on the CPU).
+    pub device: Device,
 }
 
 /// The sampler leaderboard ([`leaderboard_on_grids`]): EM and every σ-space
@@ -307,7 +311,7 @@ pub fn bench_samplers(req: &BenchRequest) -> Result<Leaderboard> {
     let grids = &req.grids;
     match &req.run {
         Some(dir) => {
-            let model = LoadedModel::from_run(dir, true)?;
+            let model = LoadedModel::from_run(dir, true, &req.device)?;
             let cfg = &model.cfg;
             let mix = match &req.target {
                 Some(t) => mixture_of(t)?,
@@ -324,7 +328,13 @@ pub fn bench_samplers(req: &BenchRequest) -> Result<Leaderboard> {
                 ));
             }
             let score = model.score();
-            let set = BenchSettings { n: req.n, eps: cfg.sampling.eps, seed: req.seed, dtype: DType::F32 };
+            let set = BenchSettings {
+                n: req.n,
+                eps: cfg.sampling.eps,
+                seed: req.seed,
+                dtype: DType::F32,
+                device: model.device.clone(),
+            };
             let sde = cfg.sde();
             let base = cfg.sampling.spec();
             Ok(leaderboard_on_grids(
@@ -343,7 +353,7 @@ pub fn bench_samplers(req: &BenchRequest) -> Result<Leaderboard> {
             let mix = mixture_of(req.target.as_deref().unwrap_or("gmm8"))?;
             let sde: std::sync::Arc<dyn crate::sde::Sde> = std::sync::Arc::new(crate::sde::VpSde::default());
             let oracle = crate::oracle::OracleScore::new(mix.clone(), sde.clone());
-            let set = BenchSettings { n: req.n, eps: None, seed: req.seed, dtype: DType::F64 };
+            let set = BenchSettings { n: req.n, eps: None, seed: req.seed, dtype: DType::F64, device: Device::Cpu };
             let base = SamplerSpec::default();
             Ok(leaderboard_on_grids(
                 &oracle,

@@ -30,6 +30,8 @@ pub struct LikelihoodRequest {
     pub use_ema: bool,
     /// Hide the progress bar.
     pub quiet: bool,
+    /// Where the model is loaded and the ODE is integrated.
+    pub device: Device,
 }
 
 /// Mean log-likelihood and its comparison with the exact density.
@@ -58,7 +60,7 @@ pub struct LikelihoodReport {
 /// Loads the run, reads or draws the points, and integrates the likelihood
 /// (score in f32, ODE state in f64).
 pub fn likelihood_of_run(run_dir: &Path, req: &LikelihoodRequest) -> Result<LikelihoodReport> {
-    let model = LoadedModel::from_run(run_dir, req.use_ema)?;
+    let model = LoadedModel::from_run(run_dir, req.use_ema, &req.device)?;
     let sde = model.cfg.sde();
     let mut rng = Rng::new(req.seed, streams::EVAL);
     let (points, oracle) = if req.data.ends_with(".npy") {
@@ -78,7 +80,7 @@ pub fn likelihood_of_run(run_dir: &Path, req: &LikelihoodRequest) -> Result<Like
             req.data, points.d, model.state.dim
         )));
     }
-    let x = points.to_tensor(DType::F64, &Device::Cpu)?;
+    let x = points.to_tensor(DType::F64, &model.device)?;
     let opts = LikelihoodOptions {
         trace: req.trace,
         method: OdeMethod::Rk45 { rtol: req.rtol, atol: req.atol },

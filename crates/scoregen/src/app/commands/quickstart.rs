@@ -29,9 +29,11 @@ pub struct QuickstartSummary {
 
 /// Trains the quickstart config, samples 2,000 points, evaluates them against
 /// the exact mixture and writes `samples.npy`, `samples.png`, `loss.png`, `metrics.json`
-/// and the run report `report.html` (figures in `report/`).
+/// and the run report `report.html` (figures in `report/`). Everything runs on
+/// `run.device` (`--set run.device=cuda`; the CPU by default).
 pub fn quickstart(out_dir: &Path, overrides: &[String], quiet: bool) -> Result<QuickstartSummary> {
     let cfg = RunConfig::parse(QUICKSTART_CONFIG, "configs/gmm8-ve.toml (built in)", overrides)?;
+    let device = cfg.run.device.open()?;
     let trained: TrainOutcome = super::train::train(&cfg, out_dir, &TrainOptions { quiet, ..Default::default() })?;
     let req = SampleRequest {
         n: cfg.sampling.n,
@@ -43,6 +45,7 @@ pub fn quickstart(out_dir: &Path, overrides: &[String], quiet: bool) -> Result<Q
         out: out_dir.join("samples.npy"),
         use_ema: cfg.sampling.use_ema,
         quiet,
+        device: device.clone(),
     };
     let sample = sample_run(out_dir, &req)?;
     loss_plot(out_dir, &out_dir.join("loss.png"))?;
@@ -63,6 +66,6 @@ pub fn quickstart(out_dir: &Path, overrides: &[String], quiet: bool) -> Result<Q
         &out_dir.join("metrics.json"),
         serde_json::to_string_pretty(&summary).expect("serializes").as_bytes(),
     )?;
-    summary.report = super::report::write_report(out_dir, quiet)?.html;
+    summary.report = super::report::write_report(out_dir, quiet, &device)?.html;
     Ok(summary)
 }

@@ -81,12 +81,13 @@ struct Section {
     blocks: Vec<Block>,
 }
 
-/// Writes `run_dir/report.html` and its figures in `run_dir/report/`.
-pub fn write_report(run_dir: &Path, quiet: bool) -> Result<Report> {
+/// Writes `run_dir/report.html` and its figures in `run_dir/report/`; the
+/// model's figures (reverse process, score field, density) compute on `device`.
+pub fn write_report(run_dir: &Path, quiet: bool, device: &Device) -> Result<Report> {
     let start = Instant::now();
     let config_text =
         std::fs::read_to_string(run_dir.join("config.toml")).map_err(|e| Error::io(run_dir.join("config.toml"), e))?;
-    let model = LoadedModel::from_run(run_dir, true)?;
+    let model = LoadedModel::from_run(run_dir, true, device)?;
     let cfg = model.cfg.clone();
     let fig_dir = run_dir.join("report");
     fs::create_dir(&fig_dir)?;
@@ -298,7 +299,7 @@ impl Builder<'_> {
         let times = field_times(cfg, sde.as_ref(), &bounds);
         let mut arrows = Vec::new();
         for &t in &times {
-            arrows.push(score_arrows(score.as_ref(), t, &bounds)?);
+            arrows.push(score_arrows(score.as_ref(), t, &bounds, &model.device)?);
         }
         let perturbed: Vec<Option<GaussianMixture>> = times
             .iter()
@@ -451,11 +452,13 @@ impl Builder<'_> {
                 &opts,
                 &mut rng,
                 DType::F32,
+                &model.device,
                 &pb,
             )?
         } else {
             let mut req = SampleRequest::new(PROCESS_N, steps, cfg.seed, PathBuf::new());
             req.record_every = Some(1);
+            req.device = model.device.clone();
             let spec = req.spec(cfg, None);
             sample::draw(model, model.score().as_ref(), &req, &spec, &mut rng)?
         };
@@ -472,7 +475,7 @@ impl Builder<'_> {
         quiet: bool,
     ) -> Result<Option<(Vec<f64>, String, usize)>> {
         let grid = coarse_grid(bounds);
-        let x = grid.to_tensor(DType::F32, &Device::Cpu)?;
+        let x = grid.to_tensor(DType::F32, &model.device)?;
         if let Some(e) = model.model.energy() {
             let t = sde::time_batch(model.cfg.langevin_time(), &x)?;
             let v = e.log_density(&x, &t)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
@@ -539,7 +542,7 @@ fn field_times(cfg: &RunConfig, sde: &dyn Sde, bounds: &Bounds) -> Vec<f64> {
 
 /// Arrows of s_θ(x, t) on an [`ARROWS`]² grid over `bounds`: length
 /// cell·0.9·√(‖s‖/max‖s‖), so that weak and strong regions both show.
-fn score_arrows(score: &dyn crate::score::ScoreFn, t: f64, bounds: &Bounds) -> Result<Vec<Arrow>> {
+fn score_arrows(score: &dyn crate::score::ScoreFn, t: f64, bounds: &Bounds, device: &Device) -> Result<Vec<Arrow>> {
     let n = ARROWS;
     let (w, h) = (bounds.x.1 - bounds.x.0, bounds.y.1 - bounds.y.0);
     let centres: Vec<(f64, f64)> = (0..n * n)
@@ -548,7 +551,7 @@ fn score_arrows(score: &dyn crate::score::ScoreFn, t: f64, bounds: &Bounds) -> R
         })
         .collect();
     let grid = Points::new(centres.len(), 2, centres.iter().flat_map(|&(x, y)| [x, y]).collect());
-    let s = Points::from_tensor(&score.score_at(&grid.to_tensor(DType::F32, &Device::Cpu)?, t)?)?;
+    let s = Points::from_tensor(&score.score_at(&grid.to_tensor(DType::F32, device)?, t)?)?;
     let norms: Vec<f64> = s.rows().map(|r| r[0].hypot(r[1])).collect();
     let top = norms.iter().copied().filter(|v| v.is_finite()).fold(0.0, f64::max).max(1e-12);
     let cell = (w / n as f64).min(h / n as f64);

@@ -16,6 +16,7 @@ use crate::samplers::{self, SampleContext, SamplerKind, SamplerSpec};
 use crate::score::{LogDensity, ScoreFn};
 use crate::train::streams;
 use crate::viz::{self, Bounds};
+use candle_core::Device;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -36,6 +37,8 @@ pub struct SampleRequest {
     pub out: PathBuf,
     pub use_ema: bool,
     pub quiet: bool,
+    /// Where the model is loaded and the sampler runs.
+    pub device: Device,
 }
 
 impl SampleRequest {
@@ -57,7 +60,7 @@ impl SampleRequest {
         }
     }
 
-    /// n samples with `steps` steps, the run's sampler and EMA weights, no progress bar.
+    /// n samples with `steps` steps, the run's sampler and EMA weights, no progress bar, on the CPU.
     pub fn new(n: usize, steps: usize, seed: u64, out: PathBuf) -> Self {
         Self {
             n,
@@ -69,6 +72,7 @@ impl SampleRequest {
             step_size: None,
             steps_per_level: None,
             record_every: None,
+            device: Device::Cpu,
         }
     }
 }
@@ -103,7 +107,7 @@ pub fn sample_run_guided(
     spec: Option<SamplerSpec>,
     class: Option<&ClassGuidance>,
 ) -> Result<SampleOutcome> {
-    let model = LoadedModel::from_run(run_dir, req.use_ema)?;
+    let model = LoadedModel::from_run(run_dir, req.use_ema, &req.device)?;
     // An unwritable output folder fails now, not after the sampling it would lose.
     fs::ensure_writable_dir(req.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
     let spec = req.spec(&model.cfg, spec);
@@ -197,7 +201,12 @@ pub fn draw(
         _ => (req.steps, "sample".to_string()),
     };
     let pb = progress::bar(len, &label, req.quiet);
-    let ctx = SampleContext { ladder: Some(&ladder), energy, ..SampleContext::new(score, sde.as_ref(), &pb) };
+    let ctx = SampleContext {
+        ladder: Some(&ladder),
+        energy,
+        device: model.device.clone(),
+        ..SampleContext::new(score, sde.as_ref(), &pb)
+    };
     Ok(spec.sample(&ctx, (req.n, model.state.dim), rng)?)
 }
 
@@ -220,7 +229,7 @@ impl ClassGuidance {
         }
         match &self.classifier {
             Some(dir) => {
-                let saved = SavedClassifier::load(dir)?;
+                let saved = SavedClassifier::load(dir, &model.device)?;
                 let spec = &saved.meta.spec;
                 let bad = |why: String| Err(Error::data(dir.join("classifier.json"), why));
                 if spec.dim != model.state.dim {

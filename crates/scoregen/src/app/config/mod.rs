@@ -8,6 +8,7 @@ mod overrides;
 mod validate;
 
 use crate::data::{self, PixelScale};
+use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
 use crate::nets::MlpConfig;
 use crate::objectives::{Dsm, Projection, Reduction, Weighting};
@@ -31,6 +32,21 @@ pub struct RunConfig {
     pub noise: NoiseConfig,
     pub training: TrainingConfig,
     pub sampling: SamplingConfig,
+    /// `[run]`: where it computes. Read from a config file (and `--set
+    /// run.device=…`), never written: the run folder's `config.toml` and the
+    /// config hash that a resume checks do not depend on the device, so a run
+    /// trained on a GPU resumes, samples and evaluates on a CPU and back.
+    #[serde(skip_serializing)]
+    pub run: RunOptions,
+}
+
+/// `[run]`: run-time options that are not part of the experiment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunOptions {
+    /// `cpu` (default), `cuda` or `cuda:N` (needs a build with the `cuda`
+    /// feature). `--device` on the command line takes precedence.
+    pub device: DeviceSpec,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -282,6 +298,7 @@ impl Default for RunConfig {
             noise: NoiseConfig::default(),
             training: TrainingConfig::default(),
             sampling: SamplingConfig::default(),
+            run: RunOptions::default(),
         }
     }
 }
@@ -412,6 +429,21 @@ mod tests {
         assert!(e.to_string().starts_with("c.toml: field `model.label_dropout`"), "{e}");
         assert!(!parse(&[]).unwrap().to_toml().contains("classes"));
         assert!(parse(&["model.classes=3"]).unwrap().to_toml().contains("classes = 3"));
+    }
+
+    /// `run.device` is read and validated by name, and never written: the
+    /// resolved config (and so the hash a resume checks) is the same on every device.
+    #[test]
+    fn device_is_read_but_not_written() {
+        let cpu = RunConfig::parse("name = \"d\"", "d.toml", &[]).unwrap();
+        let gpu = RunConfig::parse("name = \"d\"\n[run]\ndevice = \"cuda:1\"", "d.toml", &[]).unwrap();
+        assert_eq!(gpu.run.device, DeviceSpec::Cuda(1));
+        let set = RunConfig::parse("name = \"d\"", "d.toml", &["run.device=cuda".into()]).unwrap();
+        assert_eq!(set.run.device, DeviceSpec::Cuda(0));
+        assert_eq!(cpu.to_toml(), gpu.to_toml());
+        assert!(!gpu.to_toml().contains("device"));
+        let e = RunConfig::parse("[run]\ndevice = \"tpu\"", "d.toml", &[]).unwrap_err().to_string();
+        assert!(e.starts_with("d.toml: field `run.device`") && e.contains("`cpu`, `cuda` or `cuda:N`"), "{e}");
     }
 
     #[test]

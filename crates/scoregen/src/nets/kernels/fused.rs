@@ -11,6 +11,11 @@
 //!
 //! Written by hand because no crate provides candle custom ops; the arithmetic
 //! is elementwise, the GEMMs are candle's.
+//!
+//! These ops have CPU kernels only. On any other device (a GPU), and on the
+//! CPU with `SCOREGEN_FUSED=0` ([`crate::autodiff::cpu_ops_allowed`]), each
+//! public function here computes the same function with candle's own ops,
+//! which are exact to every order as well.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
@@ -455,7 +460,38 @@ pub fn im2col(x: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
     if k.is_multiple_of(2) || !(stride == 1 || stride == 2) || !h.is_multiple_of(stride) || !w.is_multiple_of(stride) {
         candle_core::bail!("im2col: needs odd k, stride 1 or 2 dividing H×W, got k={k} stride={stride} on {h}×{w}");
     }
+    if !crate::autodiff::cpu_ops_allowed(x.device()) {
+        return im2col_candle(x, k, stride);
+    }
     x.contiguous()?.apply_op1(Im2col { g: Patches { n, c, h, w, k, stride }, ones: true })
+}
+
+/// [`im2col`] in candle's ops (padding, strided slices, a permutation), for
+/// devices without the CPU kernel: the same matrix, differentiable to every order.
+pub(crate) fn im2col_candle(x: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (p, ho, wo) = (k / 2, h / stride, w / stride);
+    let padded = x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
+    let mut taps = Vec::with_capacity(k * k);
+    for dy in 0..k {
+        for dx in 0..k {
+            // x[b, c, s·oy + dy − p, s·ox + dx − p] for oy < Ho, ox < Wo
+            let win = padded.narrow(2, dy, stride * ho)?.narrow(3, dx, stride * wo)?;
+            let win = if stride == 1 {
+                win
+            } else {
+                win.reshape((n, c, ho, stride, wo, stride))?
+                    .narrow(3, 0, 1)?
+                    .narrow(5, 0, 1)?
+                    .reshape((n, c, ho, wo))?
+            };
+            taps.push(win);
+        }
+    }
+    // [N, C, k², Ho, Wo] → [C, k², N, Ho, Wo] → [C·k², N·Ho·Wo], then the row of ones
+    let cols = Tensor::stack(&taps, 2)?.permute((1, 2, 0, 3, 4))?.contiguous()?.reshape((c * k * k, n * ho * wo))?;
+    let ones = Tensor::ones((1, n * ho * wo), x.dtype(), x.device())?;
+    Tensor::cat(&[&cols, &ones], 0)
 }
 
 /// Nearest-neighbour ×2 upsampling of [N, C, H, W] → [N, C, 2H, 2W]: every
@@ -538,7 +574,18 @@ impl CustomOp1 for SumPool2 {
 /// one small convolution per channel); linear, so exact to every order.
 pub fn upsample2(x: &Tensor) -> Result<Tensor> {
     x.dims4()?;
+    if !crate::autodiff::cpu_ops_allowed(x.device()) {
+        return upsample2_candle(x);
+    }
     x.contiguous()?.apply_op1(Upsample2)
+}
+
+/// [`upsample2`] in candle's ops: each pixel broadcast over a 2×2 block (a
+/// broadcast and a reshape), exact to every order.
+fn upsample2_candle(x: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let blocks = x.reshape((n, c, h, 1, w, 1))?.broadcast_as((n, c, h, 2, w, 2))?;
+    blocks.contiguous()?.reshape((n, c, 2 * h, 2 * w))
 }
 
 /// Runs `f` on chunks of the range 0..n (a few per thread) on candle's own
@@ -588,12 +635,24 @@ impl SharedMut {
 
 /// silu(x) = x·σ(x), fused (see the module docs).
 pub fn silu(x: &Tensor) -> Result<Tensor> {
+    if !crate::autodiff::cpu_ops_allowed(x.device()) {
+        return x.silu();
+    }
     x.contiguous()?.apply_op1(Silu)
 }
 
 /// g·silu′(x), fused: the backward of [`silu`].
 pub fn silu_grad(x: &Tensor, g: &Tensor) -> Result<Tensor> {
+    if !crate::autodiff::cpu_ops_allowed(x.device()) {
+        return silu_grad_candle(x, g);
+    }
     x.contiguous()?.apply_op2(&g.contiguous()?, SiluGrad)
+}
+
+/// [`silu_grad`] in candle's ops: g·σ(x)(1 + x(1 − σ(x))).
+fn silu_grad_candle(x: &Tensor, g: &Tensor) -> Result<Tensor> {
+    let s = (x.neg()?.exp()? + 1.0)?.recip()?;
+    g * (&s * ((x * s.affine(-1.0, 1.0)?)? + 1.0)?)?
 }
 
 /// y + b for y [N, C] and a bias b [C], with the bias gradient as a GEMM.
@@ -601,7 +660,15 @@ pub fn add_bias(y: &Tensor, b: &Tensor) -> Result<Tensor> {
     if y.rank() != 2 || b.elem_count() != y.dim(1)? {
         candle_core::bail!("add_bias: expected y [N, C] and b [C], got {:?} and {:?}", y.shape(), b.shape());
     }
+    if !crate::autodiff::cpu_ops_allowed(y.device()) {
+        return add_bias_candle(y, b);
+    }
     y.contiguous()?.apply_op2(&b.contiguous()?, AddBias)
+}
+
+/// [`add_bias`] in candle's ops: a broadcast add.
+fn add_bias_candle(y: &Tensor, b: &Tensor) -> Result<Tensor> {
+    y.broadcast_add(&b.reshape((1, y.dim(1)?))?)
 }
 
 /// x Wᵀ + b for x [N, in] and a candle-nn `Linear` (weight [out, in]).
@@ -734,6 +801,46 @@ mod tests {
             let theirs = autodiff::grad(&(want * &g).unwrap(), &x).unwrap();
             close(&ours, &theirs, 1e-12);
         }
+    }
+
+    /// The candle-op versions that devices without the CPU kernels use (and
+    /// the CPU with SCOREGEN_FUSED=0) compute the same values as the kernels
+    /// (f64: data movement exactly, SiLU and its derivative to 1e-14), and the
+    /// same first and second derivatives (checked through im2col and SiLU).
+    #[test]
+    fn candle_fallbacks_match_the_cpu_ops() {
+        let (n, c, h, w) = (2, 3, 4, 6);
+        let v: Vec<f64> = (0..n * c * h * w).map(|i| ((i * 37 % 101) as f64 - 50.0) / 11.0).collect();
+        let x = Var::from_tensor(&Tensor::from_vec(v, (n, c, h, w), &Device::Cpu).unwrap()).unwrap();
+        let xt = x.as_tensor();
+        for (k, stride) in [(3, 1), (3, 2), (1, 1), (5, 2)] {
+            let g = Patches { n, c, h, w, k, stride };
+            let kernel = xt.apply_op1(Im2col { g, ones: true }).unwrap();
+            let candle = im2col_candle(xt, k, stride).unwrap();
+            close(&kernel, &candle, 1e-300);
+            let weights = Tensor::from_vec(
+                (0..kernel.elem_count()).map(|i| ((i * 13 % 29) as f64 - 14.0) / 3.0).collect::<Vec<_>>(),
+                kernel.shape(),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let ga = autodiff::grad(&(kernel.sqr().unwrap() * &weights).unwrap(), &x).unwrap();
+            let gb = autodiff::grad(&(candle.sqr().unwrap() * &weights).unwrap(), &x).unwrap();
+            close(&ga, &gb, 1e-12);
+        }
+        close(&xt.apply_op1(Upsample2).unwrap(), &upsample2_candle(xt).unwrap(), 1e-300);
+        let flat = xt.reshape((n * c, h * w)).unwrap();
+        let b = Tensor::from_vec((0..h * w).map(|i| i as f64 * 0.1 - 1.0).collect::<Vec<_>>(), h * w, &Device::Cpu)
+            .unwrap();
+        close(&flat.apply_op2(&b, AddBias).unwrap(), &add_bias_candle(&flat, &b).unwrap(), 1e-300);
+        close(&xt.apply_op1(Silu).unwrap(), &xt.silu().unwrap(), 1e-14);
+        let gin = xt.affine(0.5, 0.25).unwrap();
+        close(&xt.apply_op2(&gin, SiluGrad).unwrap(), &silu_grad_candle(xt, &gin).unwrap(), 1e-14);
+        // second derivatives of SiLU: the kernel's backward against candle's own
+        let d1k = autodiff::grad(&xt.apply_op1(Silu).unwrap(), &x).unwrap();
+        let d1c = autodiff::grad(&xt.silu().unwrap(), &x).unwrap();
+        close(&d1k, &d1c, 1e-14);
+        close(&autodiff::grad(&d1k, &x).unwrap(), &autodiff::grad(&d1c, &x).unwrap(), 1e-13);
     }
 
     /// upsample2 equals candle's upsample_nearest2d (data movement: exactly),

@@ -63,7 +63,7 @@ impl GroupNorm {
 
     /// The fused op: f32 on the CPU outside [`crate::autodiff::exact_higher_order`].
     fn fused(&self, x: &Tensor, silu: bool) -> Result<Option<Tensor>> {
-        if !crate::autodiff::fused_kernels_allowed() || x.dtype() != DType::F32 || !x.device().is_cpu() {
+        if !crate::autodiff::fused_kernels_allowed(x.device()) || x.dtype() != DType::F32 {
             return Ok(None);
         }
         let (mut gamma, mut beta) = (self.weight.clone(), self.bias.clone());
@@ -479,7 +479,13 @@ mod tests {
         });
         assert!(exact.is_ok(), "{exact:?}");
         let gx = crate::autodiff::grad(&norm.forward_silu(x.as_tensor()).unwrap(), &x).unwrap();
-        let err = crate::autodiff::backward(&loss(gx)).unwrap_err().to_string();
-        assert!(err.contains("exact_higher_order"), "{err}");
+        let outside = crate::autodiff::backward(&loss(gx));
+        if crate::autodiff::fused_kernels_allowed(&dev) {
+            let err = outside.unwrap_err().to_string();
+            assert!(err.contains("exact_higher_order"), "{err}");
+        } else {
+            // SCOREGEN_FUSED=0 (the path a GPU takes): candle's ops everywhere, exact to every order
+            assert!(outside.is_ok(), "{outside:?}");
+        }
     }
 }
