@@ -9,6 +9,7 @@ use crate::nets::{self, Conditioning, EnergyMlp, Mlp, MlpConfig, Model, UNet, UN
 use crate::objectives::{ContinuousDsm, DenoisingAtSigma, Dsm, Implicit, Ncsn, Objective, Sliced};
 use crate::rng::Rng;
 use crate::samplers::{Churn, SamplerSpec};
+use crate::score::{Edm, Head};
 use crate::sde::{NoiseLadder, Sde, SubVpSde, VeSde, VpSde};
 use crate::train::{streams, TrainSetup, Trainer};
 use candle_nn::VarMap;
@@ -26,6 +27,14 @@ impl SdeConfig {
 }
 
 impl ModelConfig {
+    /// How the network's inputs and output relate to the score.
+    pub fn head(&self) -> Head {
+        match self.preconditioning {
+            Preconditioning::None => Head::Plain(self.output),
+            Preconditioning::Edm => Head::Edm(Edm { sigma_data: self.sigma_data }),
+        }
+    }
+
     pub fn mlp(&self) -> MlpConfig {
         MlpConfig { width: self.width, depth: self.depth, embed_dim: self.embed_dim, embed_scale: self.embed_scale }
     }
@@ -54,7 +63,14 @@ impl DataConfig {
 
 impl ObjectiveConfig {
     pub fn dsm(&self) -> Dsm {
-        Dsm { weighting: self.weighting, reduction: self.reduction, t_eps: self.t_eps }
+        Dsm {
+            weighting: self.weighting,
+            reduction: self.reduction,
+            t_eps: self.t_eps,
+            times: self.t_sampling,
+            log_sigma: (self.p_mean, self.p_std),
+            ..Dsm::default()
+        }
     }
 }
 
@@ -113,7 +129,10 @@ impl RunConfig {
         match o.kind {
             ObjectiveKind::Dsm => match o.sigma {
                 Some(sigma) => Box::new(DenoisingAtSigma { sigma }),
-                None => Box::new(ContinuousDsm { dsm: o.dsm(), sde: self.sde.build() }),
+                None => Box::new(ContinuousDsm {
+                    dsm: Dsm { sigma_data: self.model.sigma_data, ..o.dsm() },
+                    sde: self.sde.build(),
+                }),
             },
             ObjectiveKind::Ncsn => {
                 Box::new(Ncsn { ladder: self.ladder(), power: self.noise.power, reduction: o.reduction })
@@ -147,11 +166,11 @@ pub fn build_model(cfg: &ModelConfig, dim: usize, levels: usize, seed: u64, vm: 
                     nets::seeded_var_builder(vm, seed ^ 0xC1A55, candle_core::DType::F32, &candle_core::Device::Cpu);
                 net = net.with_classes(vb, cfg.classes)?;
             }
-            Model::Score(Box::new(net), cfg.output)
+            Model::Score(Box::new(net), cfg.head())
         }
-        ModelKind::Mlp => Model::Score(Box::new(Mlp::build(vm, dim, dim, &mlp, Conditioning::None, seed)?), cfg.output),
+        ModelKind::Mlp => Model::Score(Box::new(Mlp::build(vm, dim, dim, &mlp, Conditioning::None, seed)?), cfg.head()),
         ModelKind::NcsnMlp => {
-            Model::Score(Box::new(Mlp::build(vm, dim, dim, &mlp, Conditioning::Levels(levels), seed)?), cfg.output)
+            Model::Score(Box::new(Mlp::build(vm, dim, dim, &mlp, Conditioning::Levels(levels), seed)?), cfg.head())
         }
         ModelKind::EnergyMlp => Model::Energy(EnergyMlp::build(vm, dim, &mlp, Conditioning::None, seed)?),
         ModelKind::Unet => {
@@ -162,7 +181,7 @@ pub fn build_model(cfg: &ModelConfig, dim: usize, levels: usize, seed: u64, vm: 
                     nets::seeded_var_builder(vm, seed ^ 0xC1A55, candle_core::DType::F32, &candle_core::Device::Cpu);
                 net = net.with_classes(vb, cfg.classes)?;
             }
-            Model::Score(Box::new(net), cfg.output)
+            Model::Score(Box::new(net), cfg.head())
         }
     })
 }
