@@ -87,6 +87,23 @@ impl RunConfig {
             return err("model.label_dropout", format!("must be in [0, 1) (got {})", self.model.label_dropout));
         }
         let over_sde = self.objective.kind == ObjectiveKind::Dsm && self.objective.sigma.is_none();
+        if self.training.eval_every > 0 {
+            if !data::is_image_source(&self.data.source) {
+                return err(
+                    "training.eval_every",
+                    format!("measures image quality; data `{}` is not an image set", self.data.source),
+                );
+            }
+            if !over_sde {
+                return err(
+                    "training.eval_every",
+                    "samples by the reverse process; needs objective.kind = \"dsm\" over an SDE".into(),
+                );
+            }
+            if self.training.eval_n < 2 {
+                return err("training.eval_n", format!("must be ≥ 2 (got {})", self.training.eval_n));
+            }
+        }
         if self.model.preconditioning == Preconditioning::Edm {
             if !matches!(self.model.kind, ModelKind::TimeMlp | ModelKind::Unet) {
                 return err(
