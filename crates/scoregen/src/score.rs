@@ -68,6 +68,83 @@ pub fn score_from_output(output: Output, out: Tensor, x: &Tensor, t: &Tensor, sd
     }
 }
 
+/// EDM's preconditioning (Karras et al. 2022, Table 1, "Ours"). With
+/// σ = s(t)/m(t) and x̃ = x_t/m(t) (so x̃ = x(0) + σ·z), the denoiser is
+///
+/// D(x̃; σ) = c_skip(σ)·x̃ + c_out(σ)·F_θ(c_in(σ)·x̃; c_noise(σ)),
+///
+/// c_skip = σ_d²/(σ² + σ_d²), c_out = σ·σ_d/√(σ² + σ_d²), c_in = 1/√(σ² + σ_d²),
+/// c_noise = ¼·ln σ: the network sees unit-variance inputs and has a
+/// unit-variance target at every σ. Tweedie's formula gives the score,
+/// ∇ log p_t(x_t) = (m·D − x_t)/s².
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Edm {
+    /// σ_d, the data's standard deviation (0.5 for images in [−1, 1]).
+    pub sigma_data: f64,
+}
+
+impl Edm {
+    /// (c_skip, c_out, c_in, c_noise) at σ.
+    pub fn coefficients(&self, sigma: f64) -> (f64, f64, f64, f64) {
+        let sd2 = self.sigma_data * self.sigma_data;
+        let r = (sigma * sigma + sd2).sqrt();
+        (sd2 / (r * r), sigma * self.sigma_data / r, 1.0 / r, 0.25 * sigma.ln())
+    }
+
+    /// The score of network `f` under this preconditioning at x_t, times t.
+    pub fn score(
+        &self,
+        f: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>,
+        x: &Tensor,
+        t: &Tensor,
+        sde: &dyn Sde,
+    ) -> Result<Tensor> {
+        let ms: Vec<(f64, f64)> = sde::times(t)?.iter().map(|&t| sde.marginal(t)).collect();
+        let coef: Vec<(f64, f64, f64, f64)> = ms.iter().map(|&(m, s)| self.coefficients(s / m)).collect();
+        let col = |f: &dyn Fn(usize) -> f64| sde::per_example(&(0..ms.len()).map(f).collect::<Vec<_>>(), x);
+        // x̃ = x/m; the network's input c_in·x̃ and time c_noise
+        let input = x.broadcast_mul(&col(&|i| coef[i].2 / ms[i].0)?)?;
+        let noise: Vec<f64> = coef.iter().map(|c| c.3).collect();
+        let t_in = Tensor::from_vec(noise, ms.len(), x.device())?.to_dtype(t.dtype())?;
+        let out = f(&input, &t_in)?;
+        // m·D − x = (m·c_skip − 1)·x̃·m/m… written per example as a·x + b·F
+        // with a = c_skip − 1 (since m·c_skip·x̃ = c_skip·x) and b = m·c_out, then / s²
+        let a = col(&|i| (coef[i].0 - 1.0) / (ms[i].1 * ms[i].1))?;
+        let b = col(&|i| ms[i].0 * coef[i].1 / (ms[i].1 * ms[i].1))?;
+        x.broadcast_mul(&a)? + out.broadcast_mul(&b)?
+    }
+}
+
+/// How a network's inputs and output relate to the score: its output kind
+/// alone ([`Output`], inputs (x_t, t) as they are), or EDM's preconditioning.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Head {
+    Plain(Output),
+    Edm(Edm),
+}
+
+impl From<Output> for Head {
+    fn from(o: Output) -> Self {
+        Head::Plain(o)
+    }
+}
+
+impl Head {
+    /// The score of the network `f` (called as f(input, time input)) at x_t, t.
+    pub fn score(
+        &self,
+        f: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>,
+        x: &Tensor,
+        t: &Tensor,
+        sde: &dyn Sde,
+    ) -> Result<Tensor> {
+        match self {
+            Head::Plain(output) => score_from_output(*output, f(x, t)?, x, t, sde),
+            Head::Edm(edm) => edm.score(f, x, t, sde),
+        }
+    }
+}
+
 /// The noise a prediction of kind `output` implies, at x_t and times t:
 /// ε itself, ε = (m·v + s·x_t)/(m² + s²) for v, or ε = (x_t − m·x̂_0)/s for x₀.
 pub fn eps_from_output(output: Output, out: &Tensor, x: &Tensor, t: &Tensor, sde: &dyn Sde) -> Result<Tensor> {

@@ -9,6 +9,7 @@ use crate::nets::{self, Conditioning, EnergyMlp, Mlp, MlpConfig, Model, UNet, UN
 use crate::objectives::{ContinuousDsm, DenoisingAtSigma, Dsm, Implicit, Ncsn, Objective, Sliced};
 use crate::rng::Rng;
 use crate::samplers::{Churn, SamplerSpec, X0Limit};
+use crate::score::{Edm, Head};
 use crate::sde::{NoiseLadder, Sde, SubVpSde, VeSde, VpSde};
 use crate::train::{streams, TrainSetup, Trainer};
 use candle_core::Device;
@@ -27,6 +28,14 @@ impl SdeConfig {
 }
 
 impl ModelConfig {
+    /// How the network's inputs and output relate to the score.
+    pub fn head(&self) -> Head {
+        match self.preconditioning {
+            Preconditioning::None => Head::Plain(self.output),
+            Preconditioning::Edm => Head::Edm(Edm { sigma_data: self.sigma_data }),
+        }
+    }
+
     pub fn mlp(&self) -> MlpConfig {
         MlpConfig { width: self.width, depth: self.depth, embed_dim: self.embed_dim, embed_scale: self.embed_scale }
     }
@@ -55,7 +64,14 @@ impl DataConfig {
 
 impl ObjectiveConfig {
     pub fn dsm(&self) -> Dsm {
-        Dsm { weighting: self.weighting, reduction: self.reduction, t_eps: self.t_eps }
+        Dsm {
+            weighting: self.weighting,
+            reduction: self.reduction,
+            t_eps: self.t_eps,
+            times: self.t_sampling,
+            log_sigma: (self.p_mean, self.p_std),
+            ..Dsm::default()
+        }
     }
 }
 
@@ -126,7 +142,10 @@ impl RunConfig {
         match o.kind {
             ObjectiveKind::Dsm => match o.sigma {
                 Some(sigma) => Box::new(DenoisingAtSigma { sigma }),
-                None => Box::new(ContinuousDsm { dsm: o.dsm(), sde: self.sde.build() }),
+                None => Box::new(ContinuousDsm {
+                    dsm: Dsm { sigma_data: self.model.sigma_data, ..o.dsm() },
+                    sde: self.sde.build(),
+                }),
             },
             ObjectiveKind::Ncsn => {
                 Box::new(Ncsn { ladder: self.ladder(), power: self.noise.power, reduction: o.reduction })
@@ -167,14 +186,14 @@ pub fn build_model(
                 let vb = nets::seeded_var_builder(vm, seed ^ 0xC1A55, candle_core::DType::F32, device);
                 net = net.with_classes(vb, cfg.classes)?;
             }
-            Model::Score(Box::new(net), cfg.output)
+            Model::Score(Box::new(net), cfg.head())
         }
         ModelKind::Mlp => {
-            Model::Score(Box::new(Mlp::build(vm, dim, dim, &mlp, Conditioning::None, seed, device)?), cfg.output)
+            Model::Score(Box::new(Mlp::build(vm, dim, dim, &mlp, Conditioning::None, seed, device)?), cfg.head())
         }
         ModelKind::NcsnMlp => Model::Score(
             Box::new(Mlp::build(vm, dim, dim, &mlp, Conditioning::Levels(levels), seed, device)?),
-            cfg.output,
+            cfg.head(),
         ),
         ModelKind::EnergyMlp => Model::Energy(EnergyMlp::build(vm, dim, &mlp, Conditioning::None, seed, device)?),
         ModelKind::Unet => {
@@ -184,7 +203,7 @@ pub fn build_model(
                 let vb = nets::seeded_var_builder(vm, seed ^ 0xC1A55, candle_core::DType::F32, device);
                 net = net.with_classes(vb, cfg.classes)?;
             }
-            Model::Score(Box::new(net), cfg.output)
+            Model::Score(Box::new(net), cfg.head())
         }
     })
 }

@@ -1,6 +1,6 @@
 //! Score networks. A [`Network`] maps (x, t) to a tensor shaped like x; how
 //! that output becomes a score (directly, or divided by the marginal std) is
-//! decided in [`NetScore`] by [`crate::score::score_from_output`].
+//! decided in [`NetScore`] by its [`crate::score::Head`].
 
 pub mod classifier;
 pub mod embedding;
@@ -59,15 +59,15 @@ impl Network for Labeled<'_> {
 }
 
 use crate::guidance::ConditionalScore;
-use crate::score::{self, LogDensity, Output, ScoreFn};
+use crate::score::{Head, LogDensity, ScoreFn};
 use crate::sde::Sde;
 use candle_nn::VarMap;
 use std::sync::Arc;
 
 /// A trained or training model: a direct score network or an energy.
 pub enum Model {
-    /// s_θ(x, t) = net(x, t) (possibly divided by the marginal std).
-    Score(Box<dyn Network>, Output),
+    /// s_θ(x, t) from net's output by its [`Head`] (output kind, or EDM's preconditioning).
+    Score(Box<dyn Network>, Head),
     /// s_θ(x, t) = −∇ₓ f_θ(x, t).
     Energy(EnergyMlp),
 }
@@ -76,7 +76,7 @@ impl Model {
     /// The score this model defines under `sde` (used for output scaling only).
     pub fn score<'a>(&'a self, sde: Arc<dyn Sde>) -> Box<dyn ScoreFn + 'a> {
         match self {
-            Model::Score(net, output) => Box::new(NetScore { net: net.as_ref(), sde, output: *output }),
+            Model::Score(net, head) => Box::new(NetScore { net: net.as_ref(), sde, head: *head }),
             Model::Energy(e) => Box::new(EnergyScore(e)),
         }
     }
@@ -86,8 +86,8 @@ impl Model {
     /// is not class-conditional.
     pub fn score_labeled<'a>(&'a self, sde: Arc<dyn Sde>, labels: Tensor) -> Option<LabeledScore<'a>> {
         match self {
-            Model::Score(net, output) if net.classes() > 0 => {
-                Some(LabeledScore { net: Labeled { net: net.as_ref(), labels }, sde, output: *output })
+            Model::Score(net, head) if net.classes() > 0 => {
+                Some(LabeledScore { net: Labeled { net: net.as_ref(), labels }, sde, head: *head })
             }
             _ => None,
         }
@@ -118,16 +118,16 @@ impl Model {
     }
 }
 
-/// A network turned into a score for a given SDE ([`Output`] says how).
+/// A network turned into a score for a given SDE ([`Head`] says how).
 pub struct NetScore<'a> {
     pub net: &'a dyn Network,
     pub sde: Arc<dyn Sde>,
-    pub output: Output,
+    pub head: Head,
 }
 
 impl ScoreFn for NetScore<'_> {
     fn score(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
-        score::score_from_output(self.output, self.net.forward(x, t)?, x, t, self.sde.as_ref())
+        self.head.score(&|x, t| self.net.forward(x, t), x, t, self.sde.as_ref())
     }
 }
 
@@ -141,12 +141,12 @@ impl LogDensity for EnergyMlp {
 pub struct LabeledScore<'a> {
     pub net: Labeled<'a>,
     pub sde: Arc<dyn Sde>,
-    pub output: Output,
+    pub head: Head,
 }
 
 impl ScoreFn for LabeledScore<'_> {
     fn score(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
-        NetScore { net: &self.net, sde: self.sde.clone(), output: self.output }.score(x, t)
+        NetScore { net: &self.net, sde: self.sde.clone(), head: self.head }.score(x, t)
     }
 }
 

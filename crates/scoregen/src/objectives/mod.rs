@@ -9,7 +9,7 @@ pub mod implicit;
 pub mod ncsn;
 pub mod sliced;
 
-pub use continuous::{Dsm, Reduction, Weighting};
+pub use continuous::{Dsm, Reduction, TimeSampling, Weighting};
 pub use ddpm::{elbo_terms, elbo_weights, ElboTerms};
 pub use denoising::DenoisingAtSigma;
 pub use implicit::Implicit;

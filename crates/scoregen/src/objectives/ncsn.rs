@@ -24,7 +24,7 @@ impl Ncsn {
         let sde = self.ladder.sde();
         let t: Vec<f64> = levels.iter().map(|&i| self.ladder.time(i)).collect();
         // DSM with λ = σ² on the ladder's VE SDE, then σ^{p−2} on top for λ = σ^p.
-        let dsm = Dsm { weighting: Weighting::Sigma2, reduction: self.reduction, t_eps: 0.0 };
+        let dsm = Dsm { weighting: Weighting::Sigma2, reduction: self.reduction, t_eps: 0.0, ..Dsm::default() };
         let base = dsm.per_example(score, &sde, x0, &t, z)?;
         let extra: Vec<f64> = levels.iter().map(|&i| self.ladder.sigma(i).powf(self.power - 2.0)).collect();
         base * Tensor::from_vec(extra, levels.len(), x0.device())?.to_dtype(x0.dtype())?

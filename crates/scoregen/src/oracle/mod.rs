@@ -164,4 +164,61 @@ mod score_tests {
             assert!(dot < 0.0);
         }
     }
+
+    /// EDM's coefficients have the properties that define them (Karras et al.
+    /// 2022, App. B.6): for data of std σ_d the network input c_in·(x + σn) and
+    /// the target (x − c_skip·(x + σn))/c_out both have unit variance, and
+    /// c_noise = ¼ ln σ; closed forms, so to round-off.
+    #[test]
+    fn edm_coefficients_give_unit_variance_inputs_and_targets() {
+        for sd in [0.5, 1.3] {
+            let edm = Edm { sigma_data: sd };
+            for sigma in [0.002, 0.1, 0.5, 3.0, 80.0] {
+                let (c_skip, c_out, c_in, c_noise) = edm.coefficients(sigma);
+                assert!((c_in * c_in * (sd * sd + sigma * sigma) - 1.0).abs() < 1e-12);
+                let target_var = ((1.0 - c_skip).powi(2) * sd * sd + c_skip * c_skip * sigma * sigma) / (c_out * c_out);
+                assert!((target_var - 1.0).abs() < 1e-12, "σ = {sigma}: {target_var}");
+                assert!((c_noise - sigma.ln() / 4.0).abs() < 1e-15);
+                // and the minimizer of E‖c_skip·x̃ + c_out·F − x‖² over c_skip is this one
+                assert!((c_skip - sd * sd / (sd * sd + sigma * sigma)).abs() < 1e-15);
+            }
+        }
+    }
+
+    /// A "network" that returns EDM's exact target for a mixture, F = (D − c_skip·x̃)/c_out
+    /// with D the oracle's denoiser and the coefficients written out here from
+    /// the paper (recovering σ = e^{4·c_noise} and x̃ = input/c_in), gives the
+    /// oracle's score through `Head::Edm` at mixed times, to 1e-7 relative
+    /// (f64, through the σ → t bisection).
+    #[test]
+    fn edm_head_of_the_exact_target_is_the_exact_score() {
+        let mix = named_mixture("gmm8").unwrap();
+        let sd = 0.5;
+        for sde in [Arc::new(VpSde::default()) as Arc<dyn Sde>, Arc::new(VeSde::new(0.01, 10.0))] {
+            let oracle = OracleScore::new(mix.clone(), sde.clone());
+            let f = |input: &Tensor, t_in: &Tensor| -> candle_core::Result<Tensor> {
+                let sig: Vec<f64> = sde::times(t_in)?.iter().map(|c| (4.0 * c).exp()).collect();
+                let mut rows = Vec::new();
+                for (i, &sigma) in sig.iter().enumerate() {
+                    let c_in = 1.0 / (sigma * sigma + sd * sd).sqrt();
+                    let c_skip = sd * sd / (sigma * sigma + sd * sd);
+                    let c_out = sigma * sd / (sigma * sigma + sd * sd).sqrt();
+                    let xt = input.narrow(0, i, 1)?.affine(1.0 / c_in, 0.0)?;
+                    let t = crate::sde::time_of_sigma(sde.as_ref(), sigma);
+                    let (m, s) = sde.marginal(t);
+                    let score = oracle.score_at(&xt.affine(m, 0.0)?, t)?;
+                    let d = (xt.affine(m, 0.0)? + score.affine(s * s, 0.0)?)?.affine(1.0 / m, 0.0)?;
+                    rows.push((d - xt.affine(c_skip, 0.0)?)?.affine(1.0 / c_out, 0.0)?);
+                }
+                Tensor::cat(&rows, 0)
+            };
+            let x = Rng::new(5, 0).randn((5, 2), DType::F64, &Device::Cpu).unwrap().affine(3.0, 0.0).unwrap();
+            let t = Tensor::new(&[0.01f64, 0.1, 0.3, 0.6, 0.95], &Device::Cpu).unwrap();
+            let got = Head::Edm(Edm { sigma_data: sd }).score(&f, &x, &t, sde.as_ref()).unwrap();
+            let want = oracle.score(&x, &t).unwrap();
+            let err = max_abs_diff(&got, &want);
+            let scale = max_abs_diff(&want, &want.zeros_like().unwrap());
+            assert!(err < 1e-7 * scale.max(1.0), "{}: {err}", sde.name());
+        }
+    }
 }

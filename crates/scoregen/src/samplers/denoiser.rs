@@ -47,29 +47,12 @@ impl<'a> ScoreDenoiser<'a> {
 
     /// σ(t) = s(t)/m(t).
     pub fn sigma_of(&self, t: f64) -> f64 {
-        let (m, s) = self.sde.marginal(t);
-        s / m
+        crate::sde::sigma_of(self.sde, t)
     }
 
-    /// t(σ), the inverse of σ(t) (increasing for every SDE here), by bisection
-    /// on [0, T] to machine precision; σ outside the SDE's range is clamped.
+    /// t(σ), the inverse of σ(t), by bisection ([`crate::sde::time_of_sigma`]).
     pub fn time_of(&self, sigma: f64) -> f64 {
-        let (mut lo, mut hi) = (0.0, self.sde.t_max());
-        if self.sigma_of(hi) <= sigma {
-            return hi;
-        }
-        for _ in 0..200 {
-            let mid = 0.5 * (lo + hi);
-            if mid <= lo || mid >= hi {
-                break;
-            }
-            if self.sigma_of(mid) < sigma {
-                lo = mid;
-            } else {
-                hi = mid;
-            }
-        }
-        hi
+        crate::sde::time_of_sigma(self.sde, sigma)
     }
 }
 

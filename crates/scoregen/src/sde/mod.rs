@@ -118,6 +118,34 @@ pub fn times(t: &Tensor) -> Result<Vec<f64>> {
     t.to_dtype(DType::F64)?.to_vec1::<f64>()
 }
 
+/// σ(t) = s(t)/m(t): the noise level of x(t)/m(t) = x(0) + σ(t)·z, the
+/// variance-exploding view of any SDE (Karras et al. 2022, eq. 4).
+pub fn sigma_of(sde: &dyn Sde, t: f64) -> f64 {
+    let (m, s) = sde.marginal(t);
+    s / m
+}
+
+/// The time t ∈ [0, T] with σ(t) = `sigma` (T when σ(T) ≤ sigma), by
+/// bisection: σ(t) increases with t for every SDE here.
+pub fn time_of_sigma(sde: &dyn Sde, sigma: f64) -> f64 {
+    let (mut lo, mut hi) = (0.0, sde.t_max());
+    if sigma_of(sde, hi) <= sigma {
+        return hi;
+    }
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if mid <= lo || mid >= hi {
+            break;
+        }
+        if sigma_of(sde, mid) < sigma {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    hi
+}
+
 /// A tensor [N] filled with t, in the dtype of `like`.
 pub fn time_batch(t: f64, like: &Tensor) -> Result<Tensor> {
     Tensor::full(t, like.dim(0)?, like.device())?.to_dtype(like.dtype())

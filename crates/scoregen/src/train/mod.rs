@@ -87,6 +87,43 @@ pub struct TrainSettings {
     pub checkpoint_every: usize,
     /// Checkpoints kept on disk.
     pub keep_checkpoints: usize,
+    /// After warm-up: `constant`, or `cosine` decay to 0 at `steps`.
+    #[serde(skip_serializing_if = "is_default")]
+    pub lr_schedule: LrSchedule,
+    /// Every K steps (and at the end) measure sample quality with the run's
+    /// evaluator (image runs: FD, confidence and class entropy of a small sample
+    /// set) and log it to `metrics.jsonl`; 0: never.
+    #[serde(skip_serializing_if = "is_default")]
+    pub eval_every: usize,
+    /// Samples drawn for each evaluation.
+    #[serde(skip_serializing_if = "is_default_eval_n")]
+    pub eval_n: usize,
+    /// The clean classifier behind the image evaluation (a `train-classifier`
+    /// folder); empty: one is trained into `RUN/classifier/` at the start.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub eval_classifier: String,
+}
+
+/// The learning rate after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LrSchedule {
+    #[default]
+    Constant,
+    /// lr·½(1 + cos(π·p)), p = (step − warmup)/(steps − warmup) (Loshchilov & Hutter 2017).
+    Cosine,
+}
+
+/// The default of `training.eval_n`.
+pub const EVAL_N: usize = 256;
+
+// Defaults are left out of the written config.toml, so older runs keep their
+// config hash (and resume) after these fields were added.
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+fn is_default_eval_n(v: &usize) -> bool {
+    *v == EVAL_N
 }
 
 impl Default for TrainSettings {
@@ -101,17 +138,27 @@ impl Default for TrainSettings {
             log_every: 50,
             checkpoint_every: 1000,
             keep_checkpoints: 2,
+            lr_schedule: LrSchedule::Constant,
+            eval_every: 0,
+            eval_n: EVAL_N,
+            eval_classifier: String::new(),
         }
     }
 }
 
 impl TrainSettings {
-    /// Learning rate at `step` (0-based): linear warm-up to `lr` over `warmup` steps.
+    /// Learning rate at `step` (0-based): linear warm-up to `lr` over `warmup`
+    /// steps, then constant or cosine decay ([`LrSchedule`]).
     pub fn learning_rate(&self, step: usize) -> f64 {
-        if self.warmup == 0 {
-            self.lr
-        } else {
-            self.lr * ((step + 1) as f64 / self.warmup as f64).min(1.0)
+        if step < self.warmup {
+            return self.lr * ((step + 1) as f64 / self.warmup as f64);
+        }
+        match self.lr_schedule {
+            LrSchedule::Constant => self.lr,
+            LrSchedule::Cosine => {
+                let p = (step - self.warmup) as f64 / (self.steps.saturating_sub(self.warmup)).max(1) as f64;
+                self.lr * 0.5 * (1.0 + (std::f64::consts::PI * p.min(1.0)).cos())
+            }
         }
     }
 }
@@ -344,9 +391,36 @@ impl Trainer {
     }
 }
 
+/// Measures sample quality during training (`training.eval_every`): the
+/// application layer's image evaluation samples the EMA model and scores it.
+pub trait Evaluator {
+    /// Named numbers (e.g. `fd`, `fd_floor`, `confidence`, `entropy`) for the trainer's current state.
+    fn evaluate(&mut self, trainer: &Trainer) -> Result<serde_json::Map<String, serde_json::Value>>;
+}
+
+/// One evaluation line of `metrics.jsonl`: `{"step", "train_seconds", "eval": {…}}`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct EvalLine {
+    pub step: usize,
+    /// Seconds of training (evaluations excluded) since this process started
+    /// or resumed the run.
+    pub train_seconds: f64,
+    pub eval: serde_json::Map<String, serde_json::Value>,
+}
+
 /// Trains in `run_dir` (writing `config.toml`, `metrics.jsonl`, `checkpoints/`).
 /// The trainer is built first, so bad input fails before anything is written.
-pub fn train(mut trainer: Trainer, run_dir: &Path, opts: &TrainOptions) -> Result<TrainOutcome> {
+pub fn train(trainer: Trainer, run_dir: &Path, opts: &TrainOptions) -> Result<TrainOutcome> {
+    train_with(trainer, run_dir, opts, None)
+}
+
+/// [`train`], calling `evaluator` every `training.eval_every` steps and at the end.
+pub fn train_with(
+    mut trainer: Trainer,
+    run_dir: &Path,
+    opts: &TrainOptions,
+    mut evaluator: Option<&mut dyn Evaluator>,
+) -> Result<TrainOutcome> {
     trainer.detect_anomaly = opts.detect_anomaly;
     // A read-only or missing output location fails now, naming the path, not at the first checkpoint.
     fs::ensure_writable_dir(run_dir)?;
@@ -378,6 +452,7 @@ pub fn train(mut trainer: Trainer, run_dir: &Path, opts: &TrainOptions) -> Resul
     let first_step = trainer.step;
     let (mut acc, mut count, mut window) = (0.0, 0usize, Instant::now());
     let mut final_dir = PathBuf::from(&last_ck);
+    let mut eval_seconds = 0.0;
     while trainer.step < end {
         let (loss, grad_norm) = trainer.train_step(&last_ck)?;
         acc += loss;
@@ -395,6 +470,18 @@ pub fn train(mut trainer: Trainer, run_dir: &Path, opts: &TrainOptions) -> Resul
             writeln!(log, "{}", serde_json::to_string(&line).expect("log line serializes"))
                 .map_err(|e| Error::io(&log_path, e))?;
             (acc, count, window) = (0.0, 0, Instant::now());
+        }
+        if let (Some(ev), true) = (
+            evaluator.as_deref_mut(),
+            t.eval_every > 0 && (trainer.step.is_multiple_of(t.eval_every) || trainer.step == end),
+        ) {
+            let began = Instant::now();
+            let eval = ev.evaluate(&trainer)?;
+            let train_seconds = start.elapsed().as_secs_f64() - eval_seconds;
+            let line = EvalLine { step: trainer.step, train_seconds, eval };
+            writeln!(log, "{}", serde_json::to_string(&line).expect("eval line serializes"))
+                .map_err(|e| Error::io(&log_path, e))?;
+            eval_seconds += began.elapsed().as_secs_f64();
         }
         if trainer.step.is_multiple_of(t.checkpoint_every) || trainer.step == end {
             final_dir = checkpoint::save(&ck_dir, &trainer.checkpoint()?, t.keep_checkpoints)?;
@@ -420,18 +507,38 @@ fn truncate_log(path: &Path, step: usize) -> Result<()> {
     };
     let kept: String = text
         .lines()
-        .filter(|l| serde_json::from_str::<LogLine>(l).is_ok_and(|x| x.step <= step))
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .is_ok_and(|v| v.get("step").and_then(|s| s.as_u64()).is_some_and(|s| s as usize <= step))
+        })
         .map(|l| format!("{l}\n"))
         .collect();
     fs::write_atomic(path, kept.as_bytes())
 }
 
-/// Reads `metrics.jsonl`.
+/// Reads the loss lines of `metrics.jsonl` (evaluation lines are skipped: [`read_evals`]).
 pub fn read_log(path: &Path) -> Result<Vec<LogLine>> {
+    Ok(read_lines(path)?.into_iter().filter_map(|(_, l)| l.ok()).collect())
+}
+
+/// Reads the evaluation lines of `metrics.jsonl` ([`EvalLine`]).
+pub fn read_evals(path: &Path) -> Result<Vec<EvalLine>> {
+    Ok(read_lines(path)?.into_iter().filter_map(|(_, l)| l.err()).collect())
+}
+
+/// Every non-empty line of `metrics.jsonl` as a loss line (Ok) or an evaluation line (Err).
+fn read_lines(path: &Path) -> Result<Vec<(usize, std::result::Result<LogLine, EvalLine>)>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::data(path, format!("line {}: {e}", i + 1))))
+        .map(|(i, l)| {
+            let bad = |e: serde_json::Error| Error::data(path, format!("line {}: {e}", i + 1));
+            if l.contains("\"eval\"") {
+                Ok((i, Err(serde_json::from_str::<EvalLine>(l).map_err(bad)?)))
+            } else {
+                Ok((i, Ok(serde_json::from_str::<LogLine>(l).map_err(bad)?)))
+            }
+        })
         .collect()
 }

@@ -192,6 +192,67 @@ impl Builder<'_> {
         } else {
             self.skipped.push("loss curve: metrics.jsonl is missing or empty".into());
         }
+        let evals = train::read_evals(&run_dir.join("metrics.jsonl")).unwrap_or_default();
+        if !evals.is_empty() {
+            let get = |e: &train::EvalLine, k: &str| e.eval.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+            let fd: Vec<(f64, f64)> = evals.iter().map(|e| (e.step as f64, get(e, "fd"))).collect();
+            let floor: Vec<(f64, f64)> = evals.iter().map(|e| (e.step as f64, get(e, "fd_floor"))).collect();
+            let fd_min: Vec<(f64, f64)> = evals.iter().map(|e| (e.train_seconds / 60.0, get(e, "fd"))).collect();
+            let (path, src) = self.fig("quality_steps.png");
+            viz::line_plot(
+                &path,
+                &[("FD", &fd), ("held-out floor", &floor)],
+                "Fréchet distance during training",
+                "step",
+                "FD",
+                true,
+            )
+            .map_err(plot_err)?;
+            blocks.push(Block::Figure {
+                src,
+                caption: "Fréchet distance of the EMA model's samples (DPM-Solver++(2M), 25 steps, the same seed at every evaluation) \
+                          in the classifier's features, against the training images, beside the held-out images' own distance."
+                    .into(),
+                formula: None,
+            });
+            let (path, src) = self.fig("quality_minutes.png");
+            viz::line_plot(
+                &path,
+                &[("FD", &fd_min)],
+                "Fréchet distance against training time",
+                "minutes of training",
+                "FD",
+                true,
+            )
+            .map_err(plot_err)?;
+            blocks.push(Block::Figure {
+                src,
+                caption: "The same Fréchet distances against minutes of training (evaluations excluded).".into(),
+                formula: None,
+            });
+            let rows = evals
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.step.to_string(),
+                        format!("{:.1}", e.train_seconds / 60.0),
+                        format!("{:.3} / {:.3}", get(e, "fd"), get(e, "fd_floor")),
+                        format!("{:.3}", get(e, "confidence")),
+                        format!("{:.3} / {:.3}", get(e, "entropy"), get(e, "max_entropy")),
+                    ]
+                })
+                .collect();
+            blocks.push(Block::Table(
+                vec![
+                    "step".into(),
+                    "minutes".into(),
+                    "FD / floor".into(),
+                    "confidence".into(),
+                    "class entropy / ln K".into(),
+                ],
+                rows,
+            ));
+        }
         Ok(Section { title: "Training".into(), blocks })
     }
 

@@ -1,14 +1,113 @@
-//! `scoregen train`: builds the trainer from a config and runs the loop into a run folder.
+//! `scoregen train`: builds the trainer from a config and runs the loop into a
+//! run folder; with `training.eval_every`, measures image quality as it trains.
 
+use super::classify::{labelled_splits, train_classifier, ClassifierRequest};
 use crate::app::config::RunConfig;
 use crate::app::factory;
-use crate::error::Result;
-use crate::train::{self, TrainOptions, TrainOutcome};
-use std::path::Path;
+use crate::error::{Error, Result};
+use crate::nets::SavedClassifier;
+use crate::points::Points;
+use crate::rng::Rng;
+use crate::samplers::{SampleContext, SamplerKind, SamplerSpec};
+use crate::train::classifier::{image_report, Labelled};
+use crate::train::{self, streams, Evaluator, TrainOptions, TrainOutcome, Trainer};
+use indicatif::ProgressBar;
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
 
 /// Trains `cfg` in `run_dir` (writing `config.toml`, `metrics.jsonl`,
 /// `checkpoints/`); data and model are built first, so bad input fails before
 /// anything is written.
 pub fn train(cfg: &RunConfig, run_dir: &Path, opts: &TrainOptions) -> Result<TrainOutcome> {
-    train::train(factory::trainer(cfg)?, run_dir, opts)
+    let trainer = factory::trainer(cfg)?;
+    if cfg.training.eval_every == 0 {
+        return train::train(trainer, run_dir, opts);
+    }
+    let mut evaluator = ImageEvaluator::new(cfg, run_dir, opts.quiet, &trainer.device)?;
+    train::train_with(trainer, run_dir, opts, Some(&mut evaluator))
+}
+
+/// DPM-Solver++(2M) steps of each evaluation's sampling (NFE 25 on the Karras grid).
+pub const EVAL_STEPS: usize = 25;
+
+/// Image quality during training: `training.eval_n` samples of the EMA model by
+/// DPM-Solver++(2M) ([`EVAL_STEPS`] steps, the same seed each time, so the curve
+/// moves with the model alone), scored by the project's clean classifier:
+/// Fréchet distance and its held-out floor, mean confidence, class entropy.
+pub struct ImageEvaluator {
+    classifier: SavedClassifier,
+    train: Labelled,
+    test: Labelled,
+    n: usize,
+    seed: u64,
+}
+
+impl ImageEvaluator {
+    /// Loads `training.eval_classifier`, or trains one into `RUN/classifier/`
+    /// (the `train-classifier` defaults) when none is named.
+    pub fn new(cfg: &RunConfig, run_dir: &Path, quiet: bool, device: &candle_core::Device) -> Result<Self> {
+        let (train, test, _) = labelled_splits(&cfg.data.source, &cfg.data.image_options())?;
+        let dir = if cfg.training.eval_classifier.is_empty() {
+            let out = run_dir.join("classifier");
+            if !out.join(crate::nets::classifier::META).exists() {
+                train_classifier(&ClassifierRequest {
+                    data: None,
+                    config: Some(cfg.clone()),
+                    noisy: false,
+                    out: out.clone(),
+                    width: 32,
+                    steps: 1500,
+                    batch_size: 64,
+                    lr: 2e-3,
+                    seed: 0,
+                    quiet,
+                    device: device.clone(),
+                })?;
+            }
+            out
+        } else {
+            PathBuf::from(&cfg.training.eval_classifier)
+        };
+        let classifier = SavedClassifier::load(&dir, device)?;
+        if classifier.meta.spec.noise_aware || classifier.meta.spec.dim != train.points.d {
+            return Err(Error::config(
+                "config",
+                "training.eval_classifier",
+                format!(
+                    "{} is not a clean classifier of this run's data (dimension {})",
+                    dir.display(),
+                    train.points.d
+                ),
+            ));
+        }
+        Ok(Self { classifier, train, test, n: cfg.training.eval_n, seed: cfg.seed })
+    }
+}
+
+impl Evaluator for ImageEvaluator {
+    fn evaluate(&mut self, trainer: &Trainer) -> Result<Map<String, Value>> {
+        let (model, _vars) = trainer.ema_model()?;
+        let score = model.score(trainer.sde.clone());
+        let spec = SamplerSpec { kind: SamplerKind::Dpmpp2m, steps: EVAL_STEPS, ..SamplerSpec::default() };
+        let hidden = ProgressBar::hidden();
+        let ctx = SampleContext {
+            device: trainer.device.clone(),
+            ..SampleContext::new(score.as_ref(), trainer.sde.as_ref(), &hidden)
+        };
+        let x = spec.sample(&ctx, (self.n, self.train.points.d), &mut Rng::new(self.seed, streams::EVAL))?.x;
+        let r = image_report(&Points::from_tensor(&x)?, &self.train, &self.test, &self.classifier.classifier)?;
+        let mut m = Map::new();
+        for (k, v) in [
+            ("fd", r.fd),
+            ("fd_floor", r.fd_floor),
+            ("confidence", r.mean_confidence),
+            ("real_confidence", r.real_confidence),
+            ("entropy", r.class_entropy),
+            ("max_entropy", r.max_entropy),
+            ("memorization", r.memorization_ratio),
+        ] {
+            m.insert(k.into(), serde_json::json!(v));
+        }
+        Ok(m)
+    }
 }

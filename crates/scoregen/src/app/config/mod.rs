@@ -11,7 +11,7 @@ use crate::data::{self, PixelScale};
 use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
 use crate::nets::MlpConfig;
-use crate::objectives::{Dsm, Projection, Reduction, Weighting};
+use crate::objectives::{Dsm, Projection, Reduction, TimeSampling, Weighting};
 use crate::samplers::{CorrectorKind, Grid, SamplerKind, Start};
 use crate::score::Output;
 use serde::{Deserialize, Serialize};
@@ -158,7 +158,26 @@ pub struct ModelConfig {
     /// classifier-free guidance dropout), so the same net learns s_θ(x, t, ∅).
     #[serde(skip_serializing_if = "is_default_dropout")]
     pub label_dropout: f64,
+    /// `none`, or `edm`: Karras et al.'s c_skip/c_out/c_in/c_noise around the
+    /// network (`score::Edm`); `output` is then not used.
+    #[serde(skip_serializing_if = "is_default")]
+    pub preconditioning: Preconditioning,
+    /// σ_d of EDM's preconditioning and weighting (0.5 for images in [−1, 1]).
+    #[serde(skip_serializing_if = "is_default_sigma_data")]
+    pub sigma_data: f64,
 }
+
+/// `model.preconditioning`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Preconditioning {
+    #[default]
+    None,
+    Edm,
+}
+
+/// The default of `model.sigma_data` (EDM's, for data in [−1, 1]).
+pub const SIGMA_DATA: f64 = 0.5;
 
 /// The default of `model.label_dropout` (Ho & Salimans 2022 use 0.1–0.2).
 pub const LABEL_DROPOUT: f64 = 0.2;
@@ -170,6 +189,12 @@ fn is_zero(v: &usize) -> bool {
 }
 fn is_default_dropout(v: &f64) -> bool {
     *v == LABEL_DROPOUT
+}
+fn is_default_sigma_data(v: &f64) -> bool {
+    *v == SIGMA_DATA
+}
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -191,6 +216,24 @@ pub struct ObjectiveConfig {
     pub projection: Projection,
     /// `implicit`: the largest data dimension accepted (D backward passes per step).
     pub max_dim: usize,
+    /// `dsm` over an SDE: `uniform` times on [t_eps, 1], or `log-normal` in σ = s/m
+    /// (EDM: ln σ ~ N(p_mean, p_std²)).
+    #[serde(skip_serializing_if = "is_uniform")]
+    pub t_sampling: TimeSampling,
+    #[serde(skip_serializing_if = "is_default_p_mean")]
+    pub p_mean: f64,
+    #[serde(skip_serializing_if = "is_default_p_std")]
+    pub p_std: f64,
+}
+
+fn is_uniform(v: &TimeSampling) -> bool {
+    *v == TimeSampling::Uniform
+}
+fn is_default_p_mean(v: &f64) -> bool {
+    *v == Dsm::default().log_sigma.0
+}
+fn is_default_p_std(v: &f64) -> bool {
+    *v == Dsm::default().log_sigma.1
 }
 
 /// The NCSN noise ladder σ_1 < … < σ_L (`objective.kind = "ncsn"`).
@@ -329,6 +372,8 @@ impl Default for ModelConfig {
             image_channels: 1,
             classes: 0,
             label_dropout: LABEL_DROPOUT,
+            preconditioning: Preconditioning::None,
+            sigma_data: SIGMA_DATA,
         }
     }
 }
@@ -344,6 +389,9 @@ impl Default for ObjectiveConfig {
             projections: 1,
             projection: Projection::Rademacher,
             max_dim: 16,
+            t_sampling: d.times,
+            p_mean: d.log_sigma.0,
+            p_std: d.log_sigma.1,
         }
     }
 }

@@ -123,6 +123,49 @@ impl RunConfig {
         if !(0.0..1.0).contains(&self.model.label_dropout) {
             return err("model.label_dropout", format!("must be in [0, 1) (got {})", self.model.label_dropout));
         }
+        let over_sde = self.objective.kind == ObjectiveKind::Dsm && self.objective.sigma.is_none();
+        if self.training.eval_every > 0 {
+            if !data::is_image_source(&self.data.source) {
+                return err(
+                    "training.eval_every",
+                    format!("measures image quality; data `{}` is not an image set", self.data.source),
+                );
+            }
+            if !over_sde {
+                return err(
+                    "training.eval_every",
+                    "samples by the reverse process; needs objective.kind = \"dsm\" over an SDE".into(),
+                );
+            }
+            if self.training.eval_n < 2 {
+                return err("training.eval_n", format!("must be ≥ 2 (got {})", self.training.eval_n));
+            }
+        }
+        if self.model.preconditioning == Preconditioning::Edm {
+            if !matches!(self.model.kind, ModelKind::TimeMlp | ModelKind::Unet) {
+                return err(
+                    "model.preconditioning",
+                    "`edm` needs a time-conditioned network: `time-mlp` or `unet`".into(),
+                );
+            }
+            if !over_sde {
+                return err(
+                    "model.preconditioning",
+                    "`edm` needs objective.kind = \"dsm\" over an SDE (no objective.sigma)".into(),
+                );
+            }
+        }
+        positive("model.sigma_data", self.model.sigma_data)?;
+        if self.objective.weighting == Weighting::Edm && !over_sde {
+            return err(
+                "objective.weighting",
+                "`edm` needs objective.kind = \"dsm\" over an SDE (no objective.sigma)".into(),
+            );
+        }
+        if !self.objective.p_mean.is_finite() {
+            return err("objective.p_mean", format!("must be a finite number (got {})", self.objective.p_mean));
+        }
+        positive("objective.p_std", self.objective.p_std)?;
         if self.model.kind == ModelKind::Mlp && !noise_free && self.model.output != Output::ScoreOverStd {
             return err("model.kind", "an unconditional `mlp` cannot tell noise levels apart; use output = \"score-over-std\" (NCSNv2) or a conditioned model".into());
         }
