@@ -33,6 +33,8 @@ pub struct InpaintRequest {
     pub steps: Option<usize>,
     pub seed: u64,
     pub out: PathBuf,
+    /// Replace `out` if it exists (otherwise an existing file is refused up front).
+    pub overwrite: bool,
     pub use_ema: bool,
     pub quiet: bool,
 }
@@ -141,6 +143,7 @@ pub fn inpaint_run(run_dir: &Path, req: &InpaintRequest) -> Result<InpaintOutcom
             "this run learned a single noise level; inpainting needs a model of every level".into(),
         ));
     }
+    fs::check_new_output(&req.out, req.overwrite)?;
     let ladder = cfg.ladder();
     let sde = cfg.sde();
     let len = if kind == SamplerKind::AnnealedLangevin { spec.steps_per_level * ladder.levels() } else { steps };

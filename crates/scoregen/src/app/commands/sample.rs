@@ -34,6 +34,8 @@ pub struct SampleRequest {
     pub record_every: Option<usize>,
     pub seed: u64,
     pub out: PathBuf,
+    /// Replace `out` if it exists (otherwise an existing file is refused up front).
+    pub overwrite: bool,
     pub use_ema: bool,
     pub quiet: bool,
 }
@@ -57,13 +59,15 @@ impl SampleRequest {
         }
     }
 
-    /// n samples with `steps` steps, the run's sampler and EMA weights, no progress bar.
+    /// n samples with `steps` steps, the run's sampler and EMA weights, no
+    /// progress bar, into `out` (refused if it exists: set `overwrite`).
     pub fn new(n: usize, steps: usize, seed: u64, out: PathBuf) -> Self {
         Self {
             n,
             steps,
             seed,
             out,
+            overwrite: false,
             use_ema: true,
             quiet: true,
             step_size: None,
@@ -106,6 +110,7 @@ pub fn sample_run_guided(
     let model = LoadedModel::from_run(run_dir, req.use_ema)?;
     // An unwritable output folder fails now, not after the sampling it would lose.
     fs::ensure_writable_dir(req.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
+    fs::check_new_output(&req.out, req.overwrite)?;
     let spec = req.spec(&model.cfg, spec);
     let start = Instant::now();
     let mut rng = Rng::new(req.seed, streams::SAMPLING);

@@ -1,0 +1,139 @@
+//! Faults a user meets through the binary (docs/reliability.md): a run is
+//! never replaced silently, one process at a time writes a run, `kill -9`
+//! anywhere (inside checkpoint writes too) resumes bit for bit, Ctrl-C stops
+//! cleanly, absurd requests are refused by their memory estimate, and a full
+//! disk stops training with its last checkpoint intact.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn scoregen(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_scoregen")).args(args).current_dir(cwd).output().expect("run scoregen")
+}
+
+fn ok(out: &Output) {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Asserts failure with exactly one stderr line containing every `needle`.
+fn fails_with(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, stderr: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one error line expected, got: {err}");
+    for n in needles {
+        assert!(err.contains(n), "`{n}` missing from: {err}");
+    }
+}
+
+/// A tiny 2-D VP config (plus any extra TOML lines).
+fn tiny_config(dir: &Path, extra: &str) {
+    std::fs::write(
+        dir.join("c.toml"),
+        format!("name = \"tiny\"\n[sde]\nkind = \"vp\"\n[model]\nwidth = 16\n[training]\nsteps = 5\nbatch_size = 32\nlog_every = 5\ncheckpoint_every = 5\n{extra}"),
+    )
+    .unwrap();
+}
+
+/// `train` into a folder that holds a run refuses, naming the folder and the
+/// three ways forward; `--overwrite` moves the old run aside (nothing is
+/// deleted); `sample --out` and `inpaint --out` refuse an existing file
+/// unless `--overwrite`; the quickstart replaces its own default folder.
+#[test]
+fn no_command_replaces_an_earlier_run_or_output_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_config(dir.path(), "");
+    let train = |extra: &[&str]| {
+        scoregen(&[&["-q", "train", "--config", "c.toml", "--out", "run", "--no-report"], extra].concat(), dir.path())
+    };
+    ok(&train(&[]));
+    let step5 = dir.path().join("run/checkpoints/step-000000005");
+    assert!(step5.is_dir());
+    fails_with(
+        &train(&["--set", "training.steps=3"]),
+        &["run already holds a run (newest checkpoint step-000000005)", "--resume", "--overwrite", "another --out"],
+    );
+    assert!(step5.is_dir(), "the refused run left the old one as it was");
+    assert!(!dir.path().join("run/.lock").exists(), "the lock is released on error");
+    let both = train(&["--resume", "--overwrite"]);
+    assert_eq!(both.status.code(), Some(2), "clap usage error");
+    assert!(String::from_utf8_lossy(&both.stderr).contains("'--resume' cannot be used with '--overwrite'"));
+    // --overwrite: the old run moves to run.old-<time>, whole.
+    let out = train(&["--overwrite", "--set", "training.steps=3"]);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("was moved to run.old-"));
+    let old: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("run.old-"))
+        .collect();
+    assert_eq!(old.len(), 1, "{old:?}");
+    assert!(old[0].join("checkpoints/step-000000005/model.safetensors").is_file());
+    assert!(old[0].join("config.toml").is_file() && old[0].join("metrics.jsonl").is_file());
+    assert!(dir.path().join("run/checkpoints/step-000000003").is_dir() && !step5.exists());
+    // --resume extends it.
+    ok(&train(&["--resume", "--set", "training.steps=4"]));
+    assert!(dir.path().join("run/checkpoints/step-000000004").is_dir());
+
+    // Named output files.
+    let sample = |extra: &[&str]| {
+        scoregen(
+            &[&["-q", "sample", "--run", "run", "--n", "20", "--steps", "5", "--out", "s.npy"], extra].concat(),
+            dir.path(),
+        )
+    };
+    ok(&sample(&[]));
+    let before = std::fs::read(dir.path().join("s.npy")).unwrap();
+    fails_with(&sample(&["--seed", "3"]), &["s.npy already exists", "--overwrite", "another --out"]);
+    assert_eq!(std::fs::read(dir.path().join("s.npy")).unwrap(), before, "refused: the file is untouched");
+    ok(&sample(&["--seed", "3", "--overwrite"]));
+    assert_ne!(std::fs::read(dir.path().join("s.npy")).unwrap(), before);
+    // The default output inside the run is the run's own and is replaced (documented in --help).
+    ok(&scoregen(&["-q", "sample", "--run", "run", "--n", "20", "--steps", "5"], dir.path()));
+    ok(&scoregen(&["-q", "sample", "--run", "run", "--n", "20", "--steps", "5"], dir.path()));
+    let inpaint =
+        ["-q", "inpaint", "--run", "run", "--input", "s.npy", "--mask", "half", "--steps", "5", "--out", "i.npy"];
+    ok(&scoregen(&inpaint, dir.path()));
+    fails_with(&scoregen(&inpaint, dir.path()), &["i.npy already exists", "--overwrite"]);
+    ok(&scoregen(&[&inpaint[..], &["--overwrite"]].concat(), dir.path()));
+}
+
+/// The quickstart replaces its own folder (run twice, as users do), but an
+/// explicit `--out` holding a run is refused unless `--overwrite`.
+#[test]
+fn quickstart_runs_twice_in_its_own_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let quick =
+        ["-q", "quickstart", "--set", "training.steps=20", "--set", "sampling.steps=10", "--set", "sampling.n=200"];
+    ok(&scoregen(&quick, dir.path()));
+    ok(&scoregen(&quick, dir.path()));
+    assert!(dir.path().join("runs/quickstart/checkpoints/step-000000020").is_dir());
+    let other = [&quick[..], &["--out", "runs/mine"]].concat();
+    ok(&scoregen(&other, dir.path()));
+    fails_with(&scoregen(&other, dir.path()), &["runs/mine already holds a run", "--overwrite"]);
+    ok(&scoregen(&[&other[..], &["--overwrite"]].concat(), dir.path()));
+}
+
+/// A run being written is locked: a second `train` on it fails naming the
+/// holder's pid; a lock file left by a dead process is taken over.
+#[test]
+fn a_locked_run_refuses_a_second_writer_and_a_stale_lock_is_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_config(dir.path(), "");
+    let resume = ["-q", "train", "--config", "c.toml", "--out", "run", "--no-report", "--resume"];
+    ok(&scoregen(&["-q", "train", "--config", "c.toml", "--out", "run", "--no-report"], dir.path()));
+    // This test process holds the lock, as a running `train` would.
+    let lock = scoregen::io::fs::RunLock::acquire(&dir.path().join("run")).unwrap();
+    let pid = std::process::id().to_string();
+    fails_with(
+        &scoregen(&[&resume[..], &["--set", "training.steps=6"]].concat(), dir.path()),
+        &["run: the run is in use by process", &pid, "run/.lock"],
+    );
+    drop(lock);
+    // A lock file whose process is gone (nobody holds its flock): taken over, with a warning.
+    std::fs::write(dir.path().join("run/.lock"), "4000000\n").unwrap();
+    let out = scoregen(&[&resume[..], &["--set", "training.steps=6"]].concat(), dir.path());
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stale lock of process 4000000"));
+    assert!(!dir.path().join("run/.lock").exists(), "released on exit");
+    assert!(dir.path().join("run/checkpoints/step-000000006").is_dir());
+}
