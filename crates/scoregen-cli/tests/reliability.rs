@@ -137,3 +137,101 @@ fn a_locked_run_refuses_a_second_writer_and_a_stale_lock_is_taken_over() {
     assert!(!dir.path().join("run/.lock").exists(), "released on exit");
     assert!(dir.path().join("run/checkpoints/step-000000006").is_dir());
 }
+
+/// Where a checkpoint write can be cut (`io::fs::kill_point`): after creating
+/// the temporary folder, after each file, after the rename, after `latest`,
+/// after removing an old checkpoint.
+const KILL_POINTS: [&str; 9] = [
+    "start",
+    "model.safetensors",
+    "ema.safetensors",
+    "optimizer.safetensors",
+    "state.json",
+    "SHA256SUMS",
+    "renamed",
+    "latest",
+    "pruned",
+];
+
+/// `kill -9` at 20 seeded random moments, resuming after each: half are sent
+/// from outside a random 0–30 ms after the run passes a random step (between
+/// or during checkpoint writes), half by the process itself at a random point
+/// inside a random checkpoint write. The final weights, EMA, Adam moments and
+/// state equal an uninterrupted run's bit for bit, and the log holds every
+/// logged step once.
+#[test]
+fn twenty_kills_anywhere_resume_to_identical_weights() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "name = \"k\"\n[data]\nn_train = 2000\n[sde]\nkind = \"vp\"\n[model]\nwidth = 16\n[training]\nsteps = 400\nbatch_size = 32\nlog_every = 10\ncheckpoint_every = 7\n",
+    )
+    .unwrap();
+    let train = ["-q", "train", "--config", "c.toml", "--no-report", "--out"];
+    ok(&scoregen(&[&train[..], &["straight"]].concat(), dir.path()));
+    let latest = || -> usize {
+        std::fs::read_to_string(dir.path().join("killed/checkpoints/latest"))
+            .ok()
+            .and_then(|s| s.trim().trim_start_matches("step-").parse().ok())
+            .unwrap_or(0)
+    };
+    let mut rng = scoregen::rng::Rng::new(20, 0);
+    let (mut kills, mut inside_writes, mut attempts) = (0, 0, 0);
+    while kills < 20 {
+        attempts += 1;
+        assert!(attempts < 40, "only {kills} kills landed in {attempts} attempts");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_scoregen"));
+        cmd.args(&train).arg("killed").current_dir(dir.path());
+        // The first run starts the folder; every later one resumes it.
+        if dir.path().join("killed/checkpoints/latest").exists() {
+            cmd.arg("--resume");
+        } else if dir.path().join("killed").exists() {
+            cmd.arg("--overwrite");
+        }
+        let from = latest();
+        if kills % 2 == 1 {
+            // Inside the write of one of the next three checkpoints.
+            let step = (from / 7 + 1 + rng.below(3)) * 7;
+            let point = KILL_POINTS[rng.below(KILL_POINTS.len())];
+            let point = if point == "pruned" && step < 21 { "latest" } else { point };
+            let status = cmd.env("SCOREGEN_TEST_KILL_AT", format!("{step}:{point}")).status().unwrap();
+            assert_eq!(status.signal(), Some(9), "the kill point {step}:{point} was not reached");
+            kills += 1;
+            inside_writes += 1;
+        } else {
+            let target = from + 1 + rng.below(15);
+            let delay = rng.below(30) as u64;
+            let mut child = cmd.spawn().unwrap();
+            let start = std::time::Instant::now();
+            while latest() < target && start.elapsed().as_secs() < 60 && child.try_wait().unwrap().is_none() {
+                std::thread::sleep(std::time::Duration::from_micros(500));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(delay));
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap(); // SIGKILL
+                kills += 1;
+            }
+            child.wait().unwrap();
+        }
+        assert!(latest() < 400, "the run finished before the 20th kill ({kills} kills)");
+    }
+    assert_eq!(inside_writes, 10);
+    ok(&scoregen(&[&train[..], &["killed", "--resume"]].concat(), dir.path()));
+    let a = scoregen::train::checkpoint::load_latest(&dir.path().join("straight/checkpoints")).unwrap();
+    let b = scoregen::train::checkpoint::load_latest(&dir.path().join("killed/checkpoints")).unwrap();
+    assert_eq!(a.state, b.state);
+    for (ma, mb) in [(&a.model, &b.model), (&a.ema, &b.ema), (&a.optimizer, &b.optimizer)] {
+        assert_eq!(ma.len(), mb.len());
+        for (k, ta) in ma {
+            let va = ta.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let vb = mb[k].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits()), "{k} differs after 20 kills");
+        }
+    }
+    let steps = |run: &str| -> Vec<usize> {
+        scoregen::train::read_log(&dir.path().join(run).join("metrics.jsonl")).unwrap().iter().map(|l| l.step).collect()
+    };
+    assert_eq!(steps("killed"), steps("straight"));
+    assert!(!dir.path().join("killed/.lock").exists());
+}

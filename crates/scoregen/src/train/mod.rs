@@ -310,6 +310,7 @@ impl Trainer {
         optimizer.extend(named(&self.adam.v, "v."));
         Ok(Checkpoint {
             state: TrainState {
+                format: checkpoint::FORMAT,
                 step: self.step,
                 dim: self.dataset.points.d,
                 adam_t: self.adam.t,
