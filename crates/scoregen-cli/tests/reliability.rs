@@ -235,3 +235,122 @@ fn twenty_kills_anywhere_resume_to_identical_weights() {
     assert_eq!(steps("killed"), steps("straight"));
     assert!(!dir.path().join("killed/.lock").exists());
 }
+
+/// Requests that cannot fit in memory are refused at once, naming the
+/// estimate and the available memory, before anything is allocated or written.
+#[test]
+fn absurd_requests_are_refused_by_their_memory_estimate() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_config(dir.path(), "");
+    ok(&scoregen(&["-q", "train", "--config", "c.toml", "--out", "run", "--no-report"], dir.path()));
+    let start = std::time::Instant::now();
+    let needles = ["needs about", "is available (MemAvailable in /proc/meminfo)"];
+    let out = scoregen(&["-q", "sample", "--run", "run", "--n", "100000000000", "--out", "s.npy"], dir.path());
+    fails_with(&out, &[&needles[..], &["sampling 100000000000 points of dimension 2", "--n"]].concat());
+    assert!(!dir.path().join("s.npy").exists());
+    let out =
+        scoregen(&["-q", "sample", "--run", "run", "--n", "100000000000", "--steps", "1000", "--gif"], dir.path());
+    fails_with(&out, &[&needles[..], &["with 42 frames"]].concat());
+    let out = scoregen(&["-q", "likelihood", "--run", "run", "--data", "gmm8", "--n", "100000000000"], dir.path());
+    fails_with(&out, &[&needles[..], &["log p of 100000000000 points"]].concat());
+    let big = ["-q", "train", "--config", "c.toml", "--out", "big", "--set", "training.batch_size=1000000"];
+    let out = scoregen(&[&big[..], &["--set", "model.width=16384"]].concat(), dir.path());
+    fails_with(
+        &out,
+        &[&needles[..], &["training a 16384-wide model with batches of 1000000", "training.batch_size"]].concat(),
+    );
+    assert!(!dir.path().join("big").exists(), "refused before the run folder is made");
+    // A cap below MemAvailable for shared machines.
+    let out = Command::new(env!("CARGO_BIN_EXE_scoregen"))
+        .args(["-q", "sample", "--run", "run", "--n", "1000", "--steps", "5", "--out", "t.npy"])
+        .env("SCOREGEN_MEMORY_LIMIT", "100000")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    fails_with(&out, &["sampling 1000 points", "97.7 KiB is available"]);
+    assert!(start.elapsed().as_secs() < 10, "refusals are immediate");
+}
+
+/// Sends SIGINT to a child process.
+fn interrupt(child: &std::process::Child) {
+    // SAFETY: signals a child process this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+}
+
+/// Ctrl-C during training stops after the current step with a checkpoint of
+/// it (exit 130), and the run resumes to the same weights as an uninterrupted
+/// one; Ctrl-C during sampling stops it and writes nothing.
+#[test]
+fn ctrl_c_keeps_a_checkpoint_and_a_sample_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_config(dir.path(), "");
+    let train = [
+        "-q",
+        "train",
+        "--config",
+        "c.toml",
+        "--no-report",
+        "--set",
+        "training.log_every=1",
+        "--set",
+        "training.checkpoint_every=100000",
+        "--out",
+    ];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_scoregen"))
+        .args([&train[..], &["run", "--set", "training.steps=100000000"]].concat())
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The loop is running once it has logged 20 steps.
+    let log = dir.path().join("run/metrics.jsonl");
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(&log).map_or(0, |t| t.lines().count()) < 20 {
+        assert!(start.elapsed().as_secs() < 30 && child.try_wait().unwrap().is_none(), "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    interrupt(&child);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let ck = scoregen::train::checkpoint::load_latest(&dir.path().join("run/checkpoints")).unwrap();
+    let step = ck.state.step;
+    assert!(step >= 20, "{step}");
+    assert!(
+        err.contains(&format!(
+            "interrupted: training stopped at step {step}; checkpoint: run/checkpoints/step-{step:09}; continue with --resume"
+        )),
+        "{err}"
+    );
+    assert!(!dir.path().join("run/.lock").exists());
+    // Resumed to step + 10, the weights equal a run trained straight to step + 10.
+    let to = format!("training.steps={}", step + 10);
+    ok(&scoregen(&[&train[..], &["run", "--resume", "--set", &to]].concat(), dir.path()));
+    ok(&scoregen(&[&train[..], &["straight", "--set", &to]].concat(), dir.path()));
+    let a = scoregen::train::checkpoint::load_latest(&dir.path().join("run/checkpoints")).unwrap();
+    let b = scoregen::train::checkpoint::load_latest(&dir.path().join("straight/checkpoints")).unwrap();
+    assert_eq!(a.state, b.state);
+    for (k, ta) in &a.model {
+        let (va, vb) = (
+            ta.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            b.model[k].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        assert!(va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits()), "{k}");
+    }
+
+    // Sampling for ~hours, interrupted after 1.5 s: exit 130 and no file at all.
+    let child = Command::new(env!("CARGO_BIN_EXE_scoregen"))
+        .args(["-q", "sample", "--run", "run", "--n", "50", "--steps", "100000000", "--gif", "--out", "out/s.npy"])
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    interrupt(&child);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted: sampling stopped; nothing was written"));
+    let left: Vec<_> =
+        std::fs::read_dir(dir.path().join("out")).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}

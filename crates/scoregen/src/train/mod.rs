@@ -421,7 +421,22 @@ pub fn train(mut trainer: Trainer, run_dir: &Path, opts: &TrainOptions) -> Resul
     let first_step = trainer.step;
     let (mut acc, mut count, mut window) = (0.0, 0usize, Instant::now());
     let mut final_dir = PathBuf::from(&last_ck);
+    // Ctrl-C stops after the current step, with a checkpoint of it.
+    let stop = progress::Interruptible::enter();
+    let mut saved = trainer.step;
     while trainer.step < end {
+        if progress::interrupted() {
+            pb.finish_and_clear();
+            if saved != trainer.step {
+                final_dir = checkpoint::save(&ck_dir, &trainer.checkpoint()?, t.keep_checkpoints)?;
+            }
+            let kept = if trainer.step == 0 { "no checkpoint".into() } else { final_dir.display().to_string() };
+            drop(stop);
+            return Err(Error::Interrupted(format!(
+                "training stopped at step {}; checkpoint: {kept}; continue with --resume",
+                trainer.step
+            )));
+        }
         let (loss, grad_norm) = trainer.train_step(&last_ck)?;
         acc += loss;
         count += 1;
@@ -442,6 +457,7 @@ pub fn train(mut trainer: Trainer, run_dir: &Path, opts: &TrainOptions) -> Resul
         if trainer.step.is_multiple_of(t.checkpoint_every) || trainer.step == end {
             final_dir = checkpoint::save(&ck_dir, &trainer.checkpoint()?, t.keep_checkpoints)?;
             last_ck = final_dir.display().to_string();
+            saved = trainer.step;
         }
     }
     pb.finish_and_clear();

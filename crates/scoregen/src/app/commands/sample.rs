@@ -1,6 +1,7 @@
 //! Whole commands over a run directory: sample a trained run, evaluate a
 //! sample file, and the quickstart (train → sample → evaluate → pictures).
 
+use crate::app::budget;
 use crate::app::config::{ObjectiveKind, RunConfig};
 use crate::app::figures::scatter;
 use crate::app::run_dir::{oracle_of, LoadedModel};
@@ -111,13 +112,18 @@ pub fn sample_run_guided(
     // An unwritable output folder fails now, not after the sampling it would lose.
     fs::ensure_writable_dir(req.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
     fs::check_new_output(&req.out, req.overwrite)?;
+    let frames = req.record_every.map_or(0, |k| req.steps / k.max(1) + 2);
+    budget::check_sampling(&model.cfg, req.n, model.state.dim, frames, "sampling")?;
     let spec = req.spec(&model.cfg, spec);
     let start = Instant::now();
     let mut rng = Rng::new(req.seed, streams::SAMPLING);
+    // Ctrl-C stops the sampler at its next step; then nothing is written.
+    let stop = progress::Interruptible::enter();
     let out = match class {
-        None => draw(&model, model.score().as_ref(), req, &spec, &mut rng)?,
-        Some(g) => g.with_score(&model, |score| draw(&model, score, req, &spec, &mut rng))?,
-    };
+        None => draw(&model, model.score().as_ref(), req, &spec, &mut rng),
+        Some(g) => g.with_score(&model, |score| draw(&model, score, req, &spec, &mut rng)),
+    }
+    .map_err(|e| stop.explain(e, "sampling stopped; nothing was written"))?;
     let seconds = start.elapsed().as_secs_f64();
     let pts = Points::from_tensor(&out.x)?;
     if let Some(dir) = req.out.parent().filter(|p| !p.as_os_str().is_empty()) {
