@@ -354,3 +354,133 @@ fn ctrl_c_keeps_a_checkpoint_and_a_sample_writes_nothing() {
         std::fs::read_dir(dir.path().join("out")).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Runs `scoregen args` with every file it writes limited to `max_bytes`
+/// (RLIMIT_FSIZE; SIGXFSZ ignored, so a write past it fails with EFBIG): a
+/// disk that fills up, for this process only.
+fn scoregen_with_file_limit(args: &[&str], cwd: &Path, max_bytes: u64) -> Output {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_scoregen"));
+    cmd.args(args).current_dir(cwd);
+    // SAFETY: between fork and exec only async-signal-safe calls (setrlimit, signal).
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit { rlim_cur: max_bytes, rlim_max: max_bytes };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    cmd.output().unwrap()
+}
+
+/// Compares two runs' newest checkpoints bit for bit.
+fn same_weights(a: &Path, b: &Path) {
+    let a = scoregen::train::checkpoint::load_latest(&a.join("checkpoints")).unwrap();
+    let b = scoregen::train::checkpoint::load_latest(&b.join("checkpoints")).unwrap();
+    assert_eq!(a.state, b.state);
+    for (ma, mb) in [(&a.model, &b.model), (&a.ema, &b.ema), (&a.optimizer, &b.optimizer)] {
+        for (k, ta) in ma {
+            let va = ta.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let vb = mb[k].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits()), "{k}");
+        }
+    }
+}
+
+/// The disk fills while training (every file limited to 25 KB: the log hits
+/// it at about step 210, the largest checkpoint file is 19 KB): training stops with one line naming the file, the error and the
+/// last good checkpoint, which loads; once there is room again, `--resume`
+/// finishes the run with the weights of one that never ran out of space.
+#[test]
+fn a_full_disk_stops_training_keeps_the_checkpoint_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_config(dir.path(), "");
+    let train = [
+        "-q",
+        "train",
+        "--config",
+        "c.toml",
+        "--no-report",
+        "--set",
+        "training.steps=300",
+        "--set",
+        "training.log_every=1",
+        "--set",
+        "training.checkpoint_every=20",
+        "--out",
+    ];
+    let out = scoregen_with_file_limit(&[&train[..], &["run"]].concat(), dir.path(), 25_000);
+    fails_with(&out, &["run/metrics.jsonl: File too large", "last good checkpoint: run/checkpoints/step-", "--resume"]);
+    let ck = scoregen::train::checkpoint::load_latest(&dir.path().join("run/checkpoints")).unwrap();
+    assert!((20..300).contains(&ck.state.step), "{}", ck.state.step);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("step-{:09}", ck.state.step)));
+    assert!(!dir.path().join("run/.lock").exists());
+    ok(&scoregen(&[&train[..], &["run", "--resume"]].concat(), dir.path()));
+    ok(&scoregen(&[&train[..], &["straight"]].concat(), dir.path()));
+    same_weights(&dir.path().join("run"), &dir.path().join("straight"));
+    let steps = scoregen::train::read_log(&dir.path().join("run/metrics.jsonl")).unwrap();
+    assert_eq!(steps.iter().map(|l| l.step).collect::<Vec<_>>(), (1..=300).collect::<Vec<_>>());
+}
+
+/// The same on a real file system that runs out of space (a 96 KiB tmpfs, so
+/// ENOSPC lands wherever the disk fills: the log or a checkpoint); needs
+/// mount, so it runs as root (CI) and says so when it cannot.
+#[test]
+fn a_full_tmpfs_stops_training_keeps_the_checkpoint_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_config(dir.path(), "");
+    let mnt = dir.path().join("disk");
+    std::fs::create_dir(&mnt).unwrap();
+    let mount = |opts: &str| {
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+            .arg(&mnt)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !mount("size=96k") {
+        println!("skipped: cannot mount a tmpfs here (not root?); the RLIMIT_FSIZE test covers the same path");
+        return;
+    }
+    let umount = scopeguard(&mnt);
+    let train = [
+        "-q",
+        "train",
+        "--config",
+        "c.toml",
+        "--no-report",
+        "--set",
+        "training.steps=2000",
+        "--set",
+        "training.log_every=1",
+        "--set",
+        "training.checkpoint_every=25",
+        "--out",
+        "disk/run",
+    ];
+    let out = scoregen(&train, dir.path());
+    fails_with(&out, &["No space left on device", "last good checkpoint: disk/run/checkpoints/step-", "--resume"]);
+    let ck = scoregen::train::checkpoint::load_latest(&mnt.join("run/checkpoints")).unwrap();
+    assert!((25..2000).contains(&ck.state.step), "{}", ck.state.step);
+    assert!(!mnt.join("run/.lock").exists());
+    assert!(mount("remount,size=4m"), "remount with room");
+    ok(&scoregen(&[&train[..], &["--resume"]].concat(), dir.path()));
+    let straight = [&train[..train.len() - 1], &["straight"]].concat();
+    ok(&scoregen(&straight, dir.path()));
+    same_weights(&mnt.join("run"), &dir.path().join("straight"));
+    drop(umount);
+}
+
+/// Unmounts `path` when dropped (also when an assertion fails).
+fn scopeguard(path: &Path) -> impl Drop + '_ {
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    Unmount(path)
+}

@@ -437,6 +437,12 @@ pub fn train(mut trainer: Trainer, run_dir: &Path, opts: &TrainOptions) -> Resul
                 trainer.step
             )));
         }
+        // A full disk or another write error stops training naming the last good checkpoint.
+        let io_stop = |e: Error| {
+            Error::Invalid(format!(
+                "{e}; last good checkpoint: {last_ck}; once the disk has room, continue with --resume"
+            ))
+        };
         let (loss, grad_norm) = trainer.train_step(&last_ck)?;
         acc += loss;
         count += 1;
@@ -451,11 +457,11 @@ pub fn train(mut trainer: Trainer, run_dir: &Path, opts: &TrainOptions) -> Resul
             };
             pb.set_message(format!("loss {:.4}", line.loss));
             writeln!(log, "{}", serde_json::to_string(&line).expect("log line serializes"))
-                .map_err(|e| Error::io(&log_path, e))?;
+                .map_err(|e| io_stop(Error::io(&log_path, e)))?;
             (acc, count, window) = (0.0, 0, Instant::now());
         }
         if trainer.step.is_multiple_of(t.checkpoint_every) || trainer.step == end {
-            final_dir = checkpoint::save(&ck_dir, &trainer.checkpoint()?, t.keep_checkpoints)?;
+            final_dir = checkpoint::save(&ck_dir, &trainer.checkpoint()?, t.keep_checkpoints).map_err(io_stop)?;
             last_ck = final_dir.display().to_string();
             saved = trainer.step;
         }
