@@ -4,6 +4,8 @@
 //! flags, the process setup and the dispatch.
 
 mod commands;
+#[cfg(test)]
+mod fuzz;
 
 use clap::{Parser, Subcommand};
 use commands::Globals;

@@ -23,7 +23,7 @@ pub struct Args {
     input: PathBuf,
     /// Which coordinates are known: half, box, random:P, or a FILE (.npy/.png).
     #[arg(long)]
-    mask: String,
+    pub(crate) mask: String,
     /// Completions per observation.
     #[arg(long, default_value_t = 1)]
     per_input: usize,
