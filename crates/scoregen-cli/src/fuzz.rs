@@ -435,11 +435,9 @@ fn values_of(cli: &crate::Cli) {
         Command::Inpaint(a) => {
             let _ = MaskSpec::parse(&a.mask);
         }
-        Command::Eval(a) => {
-            // Only names: a path would read the disk.
-            if !a.target.contains(['.', '/']) {
-                let _ = scoregen::app::commands::eval::Target::parse(&a.target);
-            }
+        // Only names: a path would read the disk.
+        Command::Eval(a) if !a.target.contains(['.', '/']) => {
+            let _ = scoregen::app::commands::eval::Target::parse(&a.target);
         }
         _ => {}
     }

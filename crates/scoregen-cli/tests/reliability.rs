@@ -182,7 +182,7 @@ fn twenty_kills_anywhere_resume_to_identical_weights() {
         attempts += 1;
         assert!(attempts < 40, "only {kills} kills landed in {attempts} attempts");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_scoregen"));
-        cmd.args(&train).arg("killed").current_dir(dir.path());
+        cmd.args(train).arg("killed").current_dir(dir.path());
         // The first run starts the folder; every later one resumes it.
         if dir.path().join("killed/checkpoints/latest").exists() {
             cmd.arg("--resume");

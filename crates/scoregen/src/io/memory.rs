@@ -50,7 +50,8 @@ pub fn check(what: &str, estimate: f64, hint: &str) -> Result<()> {
 
 fn check_against(what: &str, estimate: f64, available: Option<f64>, hint: &str) -> Result<()> {
     match available {
-        Some(limit) if !(estimate <= limit) => Err(Error::Invalid(format!(
+        // NaN counts as too much.
+        Some(limit) if estimate.is_nan() || estimate > limit => Err(Error::Invalid(format!(
             "{what} needs about {} of memory, {} is available (MemAvailable in /proc/meminfo); {hint}",
             human(estimate),
             human(limit)

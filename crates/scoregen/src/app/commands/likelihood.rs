@@ -98,7 +98,7 @@ pub fn likelihood_of_run(run_dir: &Path, req: &LikelihoodRequest) -> Result<Like
     let pb = crate::progress::bar(likelihood::PROGRESS_TICKS, "log p", req.quiet);
     let stop = crate::progress::Interruptible::enter();
     let ll = log_likelihood_with_progress(score.as_ref(), sde.as_ref(), &x, &opts, &mut rng, &pb)
-        .map_err(|e| stop.explain(e.into(), "log-likelihood stopped; nothing was written"))?;
+        .map_err(|e| stop.explain(e, "log-likelihood stopped; nothing was written"))?;
     let seconds = start.elapsed().as_secs_f64();
     let n = ll.nats.len();
     let mean = ll.nats.iter().sum::<f64>() / n as f64;
