@@ -4,6 +4,8 @@
 //! flags, the process setup and the dispatch.
 
 mod commands;
+#[cfg(test)]
+mod fuzz;
 
 use clap::{Parser, Subcommand};
 use commands::Globals;
@@ -32,7 +34,7 @@ fn keep_freed_memory() {
     about = "Score-based generative modeling: train score models, sample the reverse SDE, check against exact answers"
 )]
 #[command(
-    after_help = "Exit codes: 0 success, 1 error (the message names the file and field), 2 bad command-line usage."
+    after_help = "Exit codes: 0 success, 1 error (the message names the file and field), 2 bad command-line usage,\n130 stopped by Ctrl-C (training keeps a checkpoint of the step it stopped at; sampling writes nothing)."
 )]
 struct Cli {
     /// Hide progress bars.
@@ -78,6 +80,7 @@ fn main() -> ExitCode {
     // SAFETY: restores the default disposition of one signal before any thread starts.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     keep_freed_memory();
+    stop_cleanly_on_ctrl_c();
     let cli = Cli::parse();
     scoregen::init();
     let level = match cli.verbose {
@@ -94,8 +97,29 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // 128 + SIGINT, as a shell reports a process stopped by Ctrl-C.
+            if scoregen::progress::interrupted() {
+                ExitCode::from(130)
+            } else {
+                ExitCode::FAILURE
+            }
         }
+    }
+}
+
+/// Ctrl-C (SIGINT): training stops after its current step with a checkpoint,
+/// sampling stops and writes nothing (both then exit with 130). Elsewhere, or
+/// at a second Ctrl-C, the process exits at once; every file it writes is
+/// written atomically, so nothing is left half-written either way.
+fn stop_cleanly_on_ctrl_c() {
+    let handler = || {
+        if scoregen::progress::interrupted() || !scoregen::progress::handles_interrupts() {
+            std::process::exit(130);
+        }
+        scoregen::progress::request_interrupt();
+    };
+    if let Err(e) = ctrlc::set_handler(handler) {
+        eprintln!("warning: Ctrl-C will not stop cleanly: {e}");
     }
 }
 

@@ -21,6 +21,9 @@ pub enum Error {
     /// Training produced a non-finite loss or gradient.
     #[error("non-finite {what} at step {step}; last good checkpoint: {checkpoint}")]
     NonFinite { what: String, step: usize, checkpoint: String },
+    /// Ctrl-C stopped a command cleanly; the text says what was kept.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),
 }

@@ -17,7 +17,7 @@ pub struct Args {
     /// A mixture (gmm8, gmm25, unbalanced, SPEC.toml), a reference .npy, or an image source
     /// (digits, mnist5k, fashion-mnist, IDX, PNG folder: judged by a classifier).
     #[arg(long)]
-    target: String,
+    pub(crate) target: String,
     /// Classifier for image targets (default: classifiers/TARGET), made by `scoregen train-classifier`.
     #[arg(long)]
     classifier: Option<PathBuf>,

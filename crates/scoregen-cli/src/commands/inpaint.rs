@@ -23,7 +23,7 @@ pub struct Args {
     input: PathBuf,
     /// Which coordinates are known: half, box, random:P, or a FILE (.npy/.png).
     #[arg(long)]
-    mask: String,
+    pub(crate) mask: String,
     /// Completions per observation.
     #[arg(long, default_value_t = 1)]
     per_input: usize,
@@ -35,9 +35,13 @@ pub struct Args {
     steps: Option<usize>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Output .npy (default: RUN/samples/inpainted.npy); a PNG beside it (images: rows of masked input and completions).
+    /// Output .npy (default: RUN/samples/inpainted.npy, replaced each time); a PNG beside it (images: rows of
+    /// masked input and completions). An existing --out file is refused unless --overwrite.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Replace the --out file if it exists.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 pub fn run(args: &Args, g: &Globals) -> Result<()> {
@@ -53,6 +57,7 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
         steps: args.steps,
         seed: args.seed,
         out: args.out.clone().unwrap_or_else(|| run.join("samples").join("inpainted.npy")),
+        overwrite: args.overwrite || args.out.is_none(),
         use_ema: !args.run.no_ema,
         quiet: g.quiet,
         device: g.open_device()?,

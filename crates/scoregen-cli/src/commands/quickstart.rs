@@ -3,7 +3,11 @@
 use super::shared::Overrides;
 use super::Globals;
 use anyhow::Result;
+use scoregen::train::ExistingRun;
 use std::path::PathBuf;
+
+/// The quickstart's own folder, replaced by each quickstart.
+const DEFAULT_OUT: &str = "runs/quickstart";
 
 /// Train on gmm8 with the VE SDE, sample 2,000 points, evaluate, draw them and write the report (about a minute).
 #[derive(Debug, clap::Args)]
@@ -11,8 +15,13 @@ use std::path::PathBuf;
     after_help = "Examples:\n  scoregen quickstart\n  scoregen quickstart --out runs/qs --set training.steps=1000\n  scoregen --json quickstart\n  scoregen quickstart --device cuda"
 )]
 pub struct Args {
-    #[arg(long, default_value = "runs/quickstart")]
-    out: PathBuf,
+    /// Run directory (default: runs/quickstart, the quickstart's own folder, which each
+    /// quickstart replaces). Another folder that already holds a run is refused unless --overwrite.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Move a run already in --out aside (to OUT.old-<time>) and start over.
+    #[arg(long, requires = "out")]
+    overwrite: bool,
     #[command(flatten)]
     overrides: Overrides,
 }
@@ -23,7 +32,12 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
     if let Some(d) = g.device {
         set.push(format!("run.device={d}"));
     }
-    let s = scoregen::app::commands::quickstart::quickstart(&args.out, &set, g.quiet)?;
+    let (out, existing) = match &args.out {
+        None => (PathBuf::from(DEFAULT_OUT), ExistingRun::Replace),
+        Some(out) if args.overwrite => (out.clone(), ExistingRun::MoveAside),
+        Some(out) => (out.clone(), ExistingRun::Refuse),
+    };
+    let s = scoregen::app::commands::quickstart::quickstart(&out, &set, g.quiet, existing)?;
     g.print(&s, |s| {
         println!(
             "scoregen quickstart: gmm8, VE SDE, {} training steps in {:.1} s ({:.0} steps/s), final loss {:.4}",

@@ -26,9 +26,13 @@ pub struct Args {
     steps: Option<usize>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Output .npy (default: RUN/samples/samples.npy); a PNG is written beside it for 2-D data (a scatter) and images (a grid; the .npy is then [N, C, H, W]).
+    /// Output .npy (default: RUN/samples/samples.npy, replaced each time); a PNG is written beside it for 2-D data
+    /// (a scatter) and images (a grid; the .npy is then [N, C, H, W]). An existing --out file is refused unless --overwrite.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Replace the --out file if it exists.
+    #[arg(long)]
+    overwrite: bool,
     /// Also write OUT.gif: about 40 frames of the reverse process (image grids, or points for 2-D data).
     #[arg(long)]
     gif: bool,
@@ -151,6 +155,7 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
         steps: args.steps.unwrap_or(cfg.sampling.steps),
         seed: args.seed,
         out: args.out.clone().unwrap_or_else(|| run.join("samples").join("samples.npy")),
+        overwrite: args.overwrite || args.out.is_none(),
         use_ema: !args.run.no_ema && cfg.sampling.use_ema,
         quiet: g.quiet,
         step_size: eps,

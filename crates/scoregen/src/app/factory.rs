@@ -220,6 +220,8 @@ pub fn trainer(cfg: &RunConfig) -> Result<Trainer> {
         &mut Rng::new(cfg.seed, streams::DATA),
         &cfg.data.image_options(),
     )?;
+    // Before the model is built: a 16384-wide net is gigabytes of parameters already.
+    crate::app::budget::check_training(cfg, dataset.points.d)?;
     if cfg.model.classes > 0 {
         let k = cfg.model.classes;
         let labels = dataset.labels.as_ref().ok_or_else(|| {

@@ -3,6 +3,7 @@
 //! below it (math, models, training, pictures) takes plain values and never
 //! reads the config; the CLI above it only parses arguments and prints.
 
+pub mod budget;
 pub mod commands;
 pub mod config;
 pub mod factory;

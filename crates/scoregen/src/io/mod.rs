@@ -1,7 +1,9 @@
 //! Files: crash-safe writes and folders ([`fs`]), NumPy `.npy` arrays
-//! ([`npy`]) and safetensors files of named tensors ([`safetensors`]).
+//! ([`npy`]), safetensors files of named tensors ([`safetensors`]), and the
+//! memory a request may allocate ([`memory`]).
 //! Foundation: imports nothing but `error` and `points`.
 
 pub mod fs;
+pub mod memory;
 pub mod npy;
 pub mod safetensors;

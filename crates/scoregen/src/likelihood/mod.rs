@@ -168,6 +168,7 @@ pub fn log_likelihood_with_progress(
     let eps = opts.eps.unwrap_or_else(|| sde.sampling_eps());
     let y0 = Tensor::cat(&[&flat, &Tensor::zeros((n, 1), DType::F64, x.device())?], 1)?;
     let mut rhs = |t: f64, y: &Tensor| -> Result<Tensor> {
+        crate::progress::stop_if_interrupted()?;
         progress.set_position(
             (PROGRESS_TICKS as f64 * (t - eps) / (sde.t_max() - eps)).clamp(0.0, PROGRESS_TICKS as f64) as u64,
         );

@@ -68,6 +68,7 @@ pub fn annealed_langevin_constrained(
                 trajectory.push((ladder.time(i), x.clone()));
             }
             progress.inc(1);
+            crate::progress::stop_if_interrupted()?;
         }
     }
     let mut nfe = total;

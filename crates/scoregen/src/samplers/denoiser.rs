@@ -121,6 +121,7 @@ pub fn sample_sigma_steps(
             trajectory.push(den.to_time_space(&x, sigmas[i + 1])?);
         }
         progress.inc(1);
+        crate::progress::stop_if_interrupted()?;
     }
     progress.finish_and_clear();
     Ok(Sampled { x, trajectory, nfe })

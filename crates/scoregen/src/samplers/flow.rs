@@ -20,7 +20,10 @@ pub fn flow(
     record: bool,
 ) -> Result<OdeSolution> {
     let rev = ReverseSde::new(sde, score, true);
-    let mut f = |t: f64, x: &Tensor| rev.drift(x, t);
+    let mut f = |t: f64, x: &Tensor| {
+        crate::progress::stop_if_interrupted()?;
+        rev.drift(x, t)
+    };
     ode::solve(&mut f, x, t0, t1, method, record)
 }
 

@@ -74,6 +74,7 @@ pub fn langevin(
             trajectory.push((opts.t, x.clone()));
         }
         progress.inc(1);
+        crate::progress::stop_if_interrupted()?;
     }
     progress.finish_and_clear();
     Ok(Sampled { x, trajectory, nfe: opts.steps })
@@ -131,6 +132,7 @@ pub fn mala(
             trajectory.push((opts.t, x.clone()));
         }
         progress.inc(1);
+        crate::progress::stop_if_interrupted()?;
     }
     progress.finish_and_clear();
     let rate = accepted as f64 / (n * opts.steps.max(1)) as f64;

@@ -77,6 +77,7 @@ pub fn sample_pc_constrained(
             trajectory.push((t + dt, x.clone()));
         }
         progress.inc(1);
+        crate::progress::stop_if_interrupted()?;
     }
     let mut nfe = n * (predictor.nfe_per_step() + corrector.nfe_per_step());
     if opts.denoise {

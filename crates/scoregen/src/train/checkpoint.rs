@@ -21,9 +21,22 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// The checkpoint format this version writes and reads. Bump it when a change
+/// makes old checkpoints unreadable as they are, and keep reading the old one
+/// (`tests/fixtures/run-format-1` is a run in format 1 that must keep loading).
+pub const FORMAT: u32 = 1;
+
+/// Checkpoints written before `state.json` had a `format` field are format 1.
+fn format_1() -> u32 {
+    1
+}
+
 /// Everything besides tensors that a resumed run needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainState {
+    /// The checkpoint format ([`FORMAT`]).
+    #[serde(default = "format_1")]
+    pub format: u32,
     pub step: usize,
     /// Data dimension the model was built for.
     pub dim: usize,
@@ -105,20 +118,27 @@ fn save_tensors(map: &HashMap<String, Tensor>, path: &Path) -> Result<String> {
 
 /// Writes `ck` under `dir` and keeps the newest `keep` checkpoints. Returns its directory.
 pub fn save(dir: &Path, ck: &Checkpoint, keep: usize) -> Result<PathBuf> {
+    // The crash tests' kill points (`fs::kill_point`): after each file, the rename, `latest`, pruning.
+    let kill = |point: &str| fs::kill_point(ck.state.step, point);
     fs::create_dir(dir)?;
     let name = format!("step-{:09}", ck.state.step);
     let tmp = dir.join(format!(".{name}.tmp"));
     let _ = std::fs::remove_dir_all(&tmp);
     let write = || -> Result<()> {
         fs::create_dir(&tmp)?;
+        kill("start");
         let mut sums = String::new();
         for (file, map) in FILES.iter().zip([&ck.model, &ck.ema, &ck.optimizer]) {
             sums += &format!("{}  {file}\n", save_tensors(map, &tmp.join(file))?);
+            kill(file);
         }
         let state = serde_json::to_vec_pretty(&ck.state).expect("state serializes");
         fs::write_atomic(&tmp.join(STATE), &state)?;
+        kill(STATE);
         sums += &format!("{}  {STATE}\n", sha256_hex(&state));
-        fs::write_atomic(&tmp.join(SUMS), sums.as_bytes())
+        fs::write_atomic(&tmp.join(SUMS), sums.as_bytes())?;
+        kill(SUMS);
+        Ok(())
     };
     // A failed write (disk full, read-only) leaves the older checkpoints as they were.
     if let Err(e) = write() {
@@ -128,10 +148,13 @@ pub fn save(dir: &Path, ck: &Checkpoint, keep: usize) -> Result<PathBuf> {
     let final_dir = dir.join(&name);
     let _ = std::fs::remove_dir_all(&final_dir);
     std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
+    kill("renamed");
     sync_file(dir)?;
     fs::write_atomic(&dir.join("latest"), name.as_bytes())?;
+    kill("latest");
     for old in list(dir).into_iter().rev().skip(keep.max(1)) {
         let _ = std::fs::remove_dir_all(old);
+        kill("pruned");
     }
     Ok(final_dir)
 }
@@ -155,7 +178,25 @@ pub fn list(dir: &Path) -> Vec<PathBuf> {
 pub fn load(path: &Path) -> Result<Checkpoint> {
     verify_sums(path)?;
     let state_path = path.join(STATE);
-    let state: TrainState = serde_json::from_slice(&read(&state_path)?)
+    let bytes = read(&state_path)?;
+    // The version first, so a newer format is named rather than reported as a parse error.
+    #[derive(Deserialize)]
+    struct Version {
+        #[serde(default = "format_1")]
+        format: u32,
+    }
+    if let Ok(Version { format }) = serde_json::from_slice::<Version>(&bytes) {
+        if format != FORMAT {
+            return Err(Error::data(
+                &state_path,
+                format!(
+                    "checkpoint format {format} is not one this scoregen reads (format {FORMAT}); \
+                     use the scoregen that wrote it, or a newer one"
+                ),
+            ));
+        }
+    }
+    let state: TrainState = serde_json::from_slice(&bytes)
         .map_err(|e| Error::data(&state_path, format!("invalid checkpoint state: {e}")))?;
     let mut maps = Vec::with_capacity(3);
     for file in FILES {

@@ -47,6 +47,38 @@ pub struct TrainOptions {
     /// Check every step's batch, score calls, gradients and updated parameters
     /// for non-finite values and name the first (see [`anomaly`]); slower.
     pub detect_anomaly: bool,
+    /// What to do when the folder already holds a run and `resume` is off.
+    pub existing: ExistingRun,
+}
+
+/// What [`train`] does with a folder that already holds a run (its
+/// `config.toml`, `metrics.jsonl` or `checkpoints/`) when not resuming.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ExistingRun {
+    /// Refuse, naming the folder and the ways forward (the default).
+    #[default]
+    Refuse,
+    /// Move the old run into `DIR.old-YYYYMMDD-HHMMSS` first (`--overwrite`).
+    MoveAside,
+    /// Delete the old run's checkpoints and log (the quickstart's own folder).
+    Replace,
+}
+
+/// Fails if `run_dir` holds a run that `existing` does not allow replacing:
+/// one line naming the folder, its newest checkpoint and the three ways forward.
+pub fn check_existing(run_dir: &Path, existing: ExistingRun) -> Result<()> {
+    if existing != ExistingRun::Refuse || !fs::holds_run(run_dir) {
+        return Ok(());
+    }
+    let newest = checkpoint::list(&run_dir.join("checkpoints"))
+        .last()
+        .and_then(|p| p.file_name().map(|n| format!(" (newest checkpoint {})", n.to_string_lossy())))
+        .unwrap_or_default();
+    Err(Error::Invalid(format!(
+        "{d} already holds a run{newest}; to continue it: --resume; to start over and move the old run to \
+         {d}.old-<time>: --overwrite; to keep it: train into another --out",
+        d = run_dir.display()
+    )))
 }
 
 #[derive(Debug, Clone)]
@@ -56,6 +88,8 @@ pub struct TrainOutcome {
     pub seconds: f64,
     pub steps_per_sec: f64,
     pub checkpoint: PathBuf,
+    /// Where an earlier run in the folder was moved ([`ExistingRun::MoveAside`]).
+    pub moved_aside: Option<PathBuf>,
 }
 
 /// One logged line of `metrics.jsonl`.
@@ -328,6 +362,7 @@ impl Trainer {
         optimizer.extend(named(&self.adam.v, "v."));
         Ok(Checkpoint {
             state: TrainState {
+                format: checkpoint::FORMAT,
                 step: self.step,
                 dim: self.dataset.points.d,
                 adam_t: self.adam.t,
@@ -424,16 +459,31 @@ pub fn train_with(
     trainer.detect_anomaly = opts.detect_anomaly;
     // A read-only or missing output location fails now, naming the path, not at the first checkpoint.
     fs::ensure_writable_dir(run_dir)?;
+    // Held until this function returns, on success or error; a killed process's lock is stale.
+    let _lock = fs::RunLock::acquire(run_dir)?;
     let ck_dir = run_dir.join("checkpoints");
     let log_path = run_dir.join("metrics.jsonl");
     let mut last_ck = String::from("none");
+    let mut moved_aside = None;
     if opts.resume {
+        if checkpoint::list(&ck_dir).is_empty() && !ck_dir.join("latest").exists() {
+            return Err(Error::data(
+                &ck_dir,
+                "no checkpoint to resume from (the run stopped before its first one); start over with --overwrite",
+            ));
+        }
         let ck = checkpoint::load_latest(&ck_dir)?;
         trainer.restore(&ck)?;
         last_ck = ck.dir.display().to_string();
         truncate_log(&log_path, trainer.step)?;
         tracing::info!("resuming from step {}", trainer.step);
     } else {
+        check_existing(run_dir, opts.existing)?;
+        if opts.existing == ExistingRun::MoveAside && fs::holds_run(run_dir) {
+            let old = fs::move_aside(run_dir)?;
+            tracing::info!("moved the earlier run in {} to {}", run_dir.display(), old.display());
+            moved_aside = Some(old);
+        }
         if ck_dir.exists() {
             std::fs::remove_dir_all(&ck_dir).map_err(|e| Error::io(&ck_dir, e))?;
         }
@@ -453,7 +503,28 @@ pub fn train_with(
     let (mut acc, mut count, mut window) = (0.0, 0usize, Instant::now());
     let mut final_dir = PathBuf::from(&last_ck);
     let mut eval_seconds = 0.0;
+    // Ctrl-C stops after the current step, with a checkpoint of it.
+    let stop = progress::Interruptible::enter();
+    let mut saved = trainer.step;
     while trainer.step < end {
+        if progress::interrupted() {
+            pb.finish_and_clear();
+            if saved != trainer.step {
+                final_dir = checkpoint::save(&ck_dir, &trainer.checkpoint()?, t.keep_checkpoints)?;
+            }
+            let kept = if trainer.step == 0 { "no checkpoint".into() } else { final_dir.display().to_string() };
+            drop(stop);
+            return Err(Error::Interrupted(format!(
+                "training stopped at step {}; checkpoint: {kept}; continue with --resume",
+                trainer.step
+            )));
+        }
+        // A full disk or another write error stops training naming the last good checkpoint.
+        let io_stop = |e: Error| {
+            Error::Invalid(format!(
+                "{e}; last good checkpoint: {last_ck}; once the disk has room, continue with --resume"
+            ))
+        };
         let (loss, grad_norm) = trainer.train_step(&last_ck)?;
         acc += loss;
         count += 1;
@@ -468,7 +539,7 @@ pub fn train_with(
             };
             pb.set_message(format!("loss {:.4}", line.loss));
             writeln!(log, "{}", serde_json::to_string(&line).expect("log line serializes"))
-                .map_err(|e| Error::io(&log_path, e))?;
+                .map_err(|e| io_stop(Error::io(&log_path, e)))?;
             (acc, count, window) = (0.0, 0, Instant::now());
         }
         if let (Some(ev), true) = (
@@ -484,8 +555,9 @@ pub fn train_with(
             eval_seconds += began.elapsed().as_secs_f64();
         }
         if trainer.step.is_multiple_of(t.checkpoint_every) || trainer.step == end {
-            final_dir = checkpoint::save(&ck_dir, &trainer.checkpoint()?, t.keep_checkpoints)?;
+            final_dir = checkpoint::save(&ck_dir, &trainer.checkpoint()?, t.keep_checkpoints).map_err(io_stop)?;
             last_ck = final_dir.display().to_string();
+            saved = trainer.step;
         }
     }
     pb.finish_and_clear();
@@ -496,6 +568,7 @@ pub fn train_with(
         seconds,
         steps_per_sec: (trainer.step - first_step) as f64 / seconds.max(1e-9),
         checkpoint: final_dir,
+        moved_aside,
     })
 }
 

@@ -2,6 +2,7 @@
 //! (`scoregen sample --class`), inpainting (`scoregen inpaint`) and judging
 //! samples by a classifier (`scoregen classify`).
 
+use crate::app::budget;
 use crate::app::config::RunConfig;
 use crate::app::figures::scatter;
 use crate::app::run_dir::{oracle_of, LoadedModel};
@@ -33,6 +34,8 @@ pub struct InpaintRequest {
     pub steps: Option<usize>,
     pub seed: u64,
     pub out: PathBuf,
+    /// Replace `out` if it exists (otherwise an existing file is refused up front).
+    pub overwrite: bool,
     pub use_ema: bool,
     pub quiet: bool,
     /// Where the model is loaded and the sampler runs.
@@ -111,7 +114,8 @@ pub fn inpaint_run(run_dir: &Path, req: &InpaintRequest) -> Result<InpaintOutcom
     let mut rng = Rng::new(req.seed, streams::SAMPLING);
     let mask = req.mask.build(d, shape, &mut rng)?;
     let k = req.per_input.max(1);
-    let n = obs.n * k;
+    let n = obs.n.checked_mul(k).ok_or_else(|| Error::Invalid(format!("--per-input {k} is too large")))?;
+    budget::check_sampling(cfg, n, d, 0, "inpainting")?;
     let repeated: Vec<f64> = obs.rows().flat_map(|r| std::iter::repeat_n(r, k).flatten().copied()).collect();
     let constraint = Inpaint::new(
         Tensor::from_vec(repeated, (n, d), &model.device)?.to_dtype(DType::F32)?,
@@ -143,6 +147,7 @@ pub fn inpaint_run(run_dir: &Path, req: &InpaintRequest) -> Result<InpaintOutcom
             "this run learned a single noise level; inpainting needs a model of every level".into(),
         ));
     }
+    fs::check_new_output(&req.out, req.overwrite)?;
     let ladder = cfg.ladder();
     let sde = cfg.sde();
     let len = if kind == SamplerKind::AnnealedLangevin { spec.steps_per_level * ladder.levels() } else { steps };
@@ -153,7 +158,11 @@ pub fn inpaint_run(run_dir: &Path, req: &InpaintRequest) -> Result<InpaintOutcom
         device: model.device.clone(),
         ..SampleContext::new(score.as_ref(), sde.as_ref(), &pb)
     };
-    let out = spec.sample(&ctx, (n, d), &mut rng).map_err(|e| Error::Invalid(format!("inpaint: {e}")))?;
+    // Ctrl-C stops the sampler at its next step; then nothing is written.
+    let stop = progress::Interruptible::enter();
+    let out = spec.sample(&ctx, (n, d), &mut rng).map_err(|e| {
+        stop.explain(Error::Invalid(format!("inpaint: {e}")), "inpainting stopped; nothing was written")
+    })?;
     let seconds = start.elapsed().as_secs_f64();
     let pts = Points::from_tensor(&out.x)?;
     if let Some(dir) = req.out.parent().filter(|p| !p.as_os_str().is_empty()) {

@@ -1,6 +1,7 @@
 //! `scoregen likelihood`: log-likelihoods of a data set under a trained run,
 //! beside the exact log-density when the data come from a known mixture.
 
+use crate::app::budget;
 use crate::app::run_dir::LoadedModel;
 use crate::data;
 use crate::error::Result;
@@ -61,6 +62,12 @@ pub struct LikelihoodReport {
 /// (score in f32, ODE state in f64).
 pub fn likelihood_of_run(run_dir: &Path, req: &LikelihoodRequest) -> Result<LikelihoodReport> {
     let model = LoadedModel::from_run(run_dir, req.use_ema, &req.device)?;
+    // The ODE carries each point with its log-density and trace probes: like sampling, plus a few copies.
+    crate::io::memory::check(
+        &format!("log p of {} points of dimension {}", req.n, model.state.dim),
+        2.0 * budget::sampling(&model.cfg, req.n, model.state.dim, 0),
+        "ask for fewer (--n)",
+    )?;
     let sde = model.cfg.sde();
     let mut rng = Rng::new(req.seed, streams::EVAL);
     let (points, oracle) = if req.data.ends_with(".npy") {
@@ -91,7 +98,9 @@ pub fn likelihood_of_run(run_dir: &Path, req: &LikelihoodRequest) -> Result<Like
     let start = Instant::now();
     let score = model.score();
     let pb = crate::progress::bar(likelihood::PROGRESS_TICKS, "log p", req.quiet);
-    let ll = log_likelihood_with_progress(score.as_ref(), sde.as_ref(), &x, &opts, &mut rng, &pb)?;
+    let stop = crate::progress::Interruptible::enter();
+    let ll = log_likelihood_with_progress(score.as_ref(), sde.as_ref(), &x, &opts, &mut rng, &pb)
+        .map_err(|e| stop.explain(e, "log-likelihood stopped; nothing was written"))?;
     let seconds = start.elapsed().as_secs_f64();
     let n = ll.nats.len();
     let mean = ll.nats.iter().sum::<f64>() / n as f64;

@@ -7,7 +7,7 @@ use crate::app::figures::loss_plot;
 use crate::app::run_dir::oracle_of;
 use crate::error::Result;
 use crate::io::{fs, npy};
-use crate::train::{TrainOptions, TrainOutcome};
+use crate::train::{ExistingRun, TrainOptions, TrainOutcome};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 /// The quickstart experiment: VE SDE on `gmm8`, tuned to train in well under a minute.
@@ -30,11 +30,19 @@ pub struct QuickstartSummary {
 /// Trains the quickstart config, samples 2,000 points, evaluates them against
 /// the exact mixture and writes `samples.npy`, `samples.png`, `loss.png`, `metrics.json`
 /// and the run report `report.html` (figures in `report/`). Everything runs on
-/// `run.device` (`--set run.device=cuda`; the CPU by default).
-pub fn quickstart(out_dir: &Path, overrides: &[String], quiet: bool) -> Result<QuickstartSummary> {
+/// `run.device` (`--set run.device=cuda`; the CPU by default). `existing` says
+/// what to do with a run already in `out_dir` (the CLI replaces its own
+/// default folder, `runs/quickstart`, and refuses elsewhere unless `--overwrite`).
+pub fn quickstart(
+    out_dir: &Path,
+    overrides: &[String],
+    quiet: bool,
+    existing: ExistingRun,
+) -> Result<QuickstartSummary> {
     let cfg = RunConfig::parse(QUICKSTART_CONFIG, "configs/gmm8-ve.toml (built in)", overrides)?;
     let device = cfg.run.device.open()?;
-    let trained: TrainOutcome = super::train::train(&cfg, out_dir, &TrainOptions { quiet, ..Default::default() })?;
+    let trained: TrainOutcome =
+        super::train::train(&cfg, out_dir, &TrainOptions { quiet, existing, ..Default::default() })?;
     let req = SampleRequest {
         n: cfg.sampling.n,
         steps: cfg.sampling.steps,
@@ -43,6 +51,7 @@ pub fn quickstart(out_dir: &Path, overrides: &[String], quiet: bool) -> Result<Q
         record_every: None,
         seed: cfg.seed,
         out: out_dir.join("samples.npy"),
+        overwrite: true,
         use_ema: cfg.sampling.use_ema,
         quiet,
         device: device.clone(),

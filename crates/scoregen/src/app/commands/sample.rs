@@ -1,6 +1,7 @@
 //! Whole commands over a run directory: sample a trained run, evaluate a
 //! sample file, and the quickstart (train → sample → evaluate → pictures).
 
+use crate::app::budget;
 use crate::app::config::{ObjectiveKind, RunConfig};
 use crate::app::figures::scatter;
 use crate::app::run_dir::{oracle_of, LoadedModel};
@@ -35,6 +36,8 @@ pub struct SampleRequest {
     pub record_every: Option<usize>,
     pub seed: u64,
     pub out: PathBuf,
+    /// Replace `out` if it exists (otherwise an existing file is refused up front).
+    pub overwrite: bool,
     pub use_ema: bool,
     pub quiet: bool,
     /// Where the model is loaded and the sampler runs.
@@ -60,13 +63,15 @@ impl SampleRequest {
         }
     }
 
-    /// n samples with `steps` steps, the run's sampler and EMA weights, no progress bar, on the CPU.
+    /// n samples with `steps` steps, the run's sampler and EMA weights, no
+    /// progress bar, on the CPU, into `out` (refused if it exists: set `overwrite`).
     pub fn new(n: usize, steps: usize, seed: u64, out: PathBuf) -> Self {
         Self {
             n,
             steps,
             seed,
             out,
+            overwrite: false,
             use_ema: true,
             quiet: true,
             step_size: None,
@@ -110,13 +115,19 @@ pub fn sample_run_guided(
     let model = LoadedModel::from_run(run_dir, req.use_ema, &req.device)?;
     // An unwritable output folder fails now, not after the sampling it would lose.
     fs::ensure_writable_dir(req.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
+    fs::check_new_output(&req.out, req.overwrite)?;
+    let frames = req.record_every.map_or(0, |k| req.steps / k.max(1) + 2);
+    budget::check_sampling(&model.cfg, req.n, model.state.dim, frames, "sampling")?;
     let spec = req.spec(&model.cfg, spec);
     let start = Instant::now();
     let mut rng = Rng::new(req.seed, streams::SAMPLING);
+    // Ctrl-C stops the sampler at its next step; then nothing is written.
+    let stop = progress::Interruptible::enter();
     let out = match class {
-        None => draw(&model, model.score().as_ref(), req, &spec, &mut rng)?,
-        Some(g) => g.with_score(&model, |score| draw(&model, score, req, &spec, &mut rng))?,
-    };
+        None => draw(&model, model.score().as_ref(), req, &spec, &mut rng),
+        Some(g) => g.with_score(&model, |score| draw(&model, score, req, &spec, &mut rng)),
+    }
+    .map_err(|e| stop.explain(e, "sampling stopped; nothing was written"))?;
     let seconds = start.elapsed().as_secs_f64();
     let pts = Points::from_tensor(&out.x)?;
     if let Some(dir) = req.out.parent().filter(|p| !p.as_os_str().is_empty()) {

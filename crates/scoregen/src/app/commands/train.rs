@@ -17,8 +17,13 @@ use std::path::{Path, PathBuf};
 
 /// Trains `cfg` in `run_dir` (writing `config.toml`, `metrics.jsonl`,
 /// `checkpoints/`); data and model are built first, so bad input fails before
-/// anything is written.
+/// anything is written. A folder that already holds a run is refused before
+/// the data are read unless `opts` resumes it or says how to replace it
+/// ([`train::ExistingRun`]); [`train::train`] checks again under the run's lock.
 pub fn train(cfg: &RunConfig, run_dir: &Path, opts: &TrainOptions) -> Result<TrainOutcome> {
+    if !opts.resume {
+        train::check_existing(run_dir, opts.existing)?;
+    }
     let trainer = factory::trainer(cfg)?;
     if cfg.training.eval_every == 0 {
         return train::train(trainer, run_dir, opts);
