@@ -64,6 +64,12 @@ struct Geometry {
     hw_out: usize,
     /// silu(GN(x)) folded in: its shape (groups, ε).
     norm: Option<NormDims>,
+    /// Columns of the stored patch matrices (k > 1): Ho·Wo, or the next
+    /// multiple of 16 when that adds at most an eighth (14×14: 196 → 208), since
+    /// the `gemm` crate copies (packs) a left operand whose m is not a multiple
+    /// of its vector width; the GEMM then runs over the padding columns (zero
+    /// in P) and the rows are copied back Ho·Wo wide.
+    ld: usize,
 }
 
 impl Geometry {
@@ -71,9 +77,21 @@ impl Geometry {
         let (cin, h, w) = (x[1], x[2], x[3]);
         let patches = Patches::new(1, (cin, h, w), k, stride);
         let (ho, wo) = patches.out_hw();
-        let adjoint = Patches::new(1, (cout, ho, wo), k, 1);
+        let hw = ho * wo;
+        let padded = hw.next_multiple_of(16);
+        let ld = if k > 1 && padded * 8 <= hw * 9 { padded } else { hw };
+        let (patches, adjoint) = (patches.with_ld(ld), Patches::new(1, (cout, ho, wo), k, 1).with_ld(ld));
         let norm = norm.map(|(groups, eps)| NormDims::of(x, groups, eps, true));
-        Self { patches, adjoint, cin, cout, k, stride, x_len: cin * h * w, hw_out: ho * wo, norm }
+        Self { patches, adjoint, cin, cout, k, stride, x_len: cin * h * w, hw_out: hw, norm, ld }
+    }
+
+    /// Columns of P_b as [`patches`] returns it (x_b itself when pointwise).
+    fn p_ld(&self) -> usize {
+        if self.pointwise() {
+            self.hw_out
+        } else {
+            self.ld
+        }
     }
 
     /// θ = [W, c, γ, β] split into its parts (γ, β empty without the norm).
@@ -129,7 +147,8 @@ fn forward(g: &Geometry, x: &[f32], theta: &[f32], r: Option<&[f32]>, scale: f32
     let mut y = vec![0f32; n * cout * hw];
     let (out, len) = (SharedMut::new(&mut y), cout * hw);
     par_ranges(n, |images| {
-        let (mut buf, mut a) = (Vec::new(), Vec::new());
+        let (mut buf, mut a, mut wide) = (Vec::new(), Vec::new(), Vec::new());
+        let ld = g.p_ld();
         for b in images {
             // SAFETY: image b's block of y, written by this task only.
             let y = unsafe { out.slice(b * len, len) };
@@ -152,14 +171,39 @@ fn forward(g: &Geometry, x: &[f32], theta: &[f32], r: Option<&[f32]>, scale: f32
             }
             // y_bᵀ = P_bᵀ Wᵀ: the GEMM's m is the long side hw, along which y_b,
             // P_b and the microkernel's tiles are all contiguous (no packing of P_b).
-            // SAFETY: y is [C_out, hw], W is [C_out, rows], P is [rows, hw].
-            unsafe {
-                let yt = (1, hw as isize);
-                gemm_serial(hw, cout, rows, y.as_mut_ptr(), yt, true, Mat::t(p, hw), Mat::t(&w_scaled, rows))
-            };
+            // SAFETY: y is [C_out, hw], W is [C_out, rows], P is [rows, ld], wide [C_out, ld].
+            if ld == hw {
+                unsafe {
+                    let yt = (1, hw as isize);
+                    gemm_serial(hw, cout, rows, y.as_mut_ptr(), yt, true, Mat::t(p, hw), Mat::t(&w_scaled, rows))
+                };
+            } else {
+                wide.resize(cout * ld, 0.0);
+                unsafe {
+                    let wt = (1, ld as isize);
+                    gemm_serial(ld, cout, rows, wide.as_mut_ptr(), wt, false, Mat::t(p, ld), Mat::t(&w_scaled, rows))
+                };
+                add_rows(y, hw, &wide, ld);
+            }
         }
     });
     y
+}
+
+/// y [rows, hw] += the first hw columns of wide [rows, ld].
+fn add_rows(y: &mut [f32], hw: usize, wide: &[f32], ld: usize) {
+    for (y, w) in y.chunks_exact_mut(hw).zip(wide.chunks_exact(ld)) {
+        for (y, &w) in y.iter_mut().zip(w) {
+            *y += w;
+        }
+    }
+}
+
+/// y [rows, hw] := the first hw columns of wide [rows, ld].
+fn copy_rows(y: &mut [f32], hw: usize, wide: &[f32], ld: usize) {
+    for (y, w) in y.chunks_exact_mut(hw).zip(wide.chunks_exact(ld)) {
+        y.copy_from_slice(&w[..hw]);
+    }
 }
 
 /// W̃ [C_in, C_out·k²], W̃[i, (o·k + a)·k + b] = s·W[o, i, k−1−a, k−1−b]: the
@@ -197,8 +241,9 @@ fn backward(g: &Geometry, x: &[f32], theta: &[f32], dy: &[f32], scale: f32, n: u
     let totals = Mutex::new((vec![0f32; cout * rows], vec![0f32; norm_len]));
     let (dx_out, dc_out) = (SharedMut::new(dx), SharedMut::new(dc));
     par_ranges(n, |images| {
-        let (mut buf, mut dy_buf, mut a) = (Vec::new(), Vec::new(), Vec::new());
-        let mut dp = if want_input && g.stride != 1 { vec![0f32; rows * hw] } else { Vec::new() };
+        let (mut buf, mut dy_buf, mut a, mut dyt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (p_ld, mut wide) = (g.p_ld(), Vec::new());
+        let mut dp = if want_input && g.stride != 1 { vec![0f32; rows * g.ld] } else { Vec::new() };
         let mut da = if want_input && g.norm.is_some() { vec![0f32; g.x_len] } else { Vec::new() };
         let (mut dw, mut dgb) = (vec![0f32; cout * rows], vec![0f32; norm_len]);
         for b in images {
@@ -208,15 +253,21 @@ fn backward(g: &Geometry, x: &[f32], theta: &[f32], dy: &[f32], scale: f32, n: u
             for (d, row) in dc.iter_mut().zip(dy.chunks_exact(hw)) {
                 *d = scale * sum(row);
             }
-            // SAFETY (all GEMMs): dW is [C_out, rows], dy_b [C_out, hw], P [rows, hw],
+            // SAFETY (all GEMMs): dWᵀ is [rows, C_out], dy_bᵀ [hw, C_out], P [rows, hw],
             // W̃ [C_in, C_out·k²] and im2col(dy_b) [C_out·k², hw] (stride 1),
             // W [C_out, rows] and dp [rows, hw] (stride 2).
             if want_w {
                 let input = conv_input(g, x, gamma, beta, &mut a);
                 let p = patches(input, &g.patches, g.pointwise(), &mut buf);
+                // dW += dy_b P_bᵀ, kept transposed (dWᵀ [rows, C_out]) with dy_b
+                // transposed first: the GEMM's output and left operand are then both
+                // C_out-contiguous. With a row-major output the crate transposes the
+                // whole product and packs P_b one strided scalar at a time (11% of a
+                // 28×28 step in a profile).
+                transpose(dy, cout, hw, &mut dyt);
                 unsafe {
                     let dwp = dw.as_mut_ptr();
-                    gemm_serial(cout, rows, hw, dwp, (rows as isize, 1), true, Mat::rows(dy, hw), Mat::t(p, hw));
+                    gemm_serial(cout, rows, hw, dwp, (1, cout as isize), true, Mat::t(&dyt, cout), Mat::t(p, p_ld));
                 }
             }
             if !want_input {
@@ -227,11 +278,21 @@ fn backward(g: &Geometry, x: &[f32], theta: &[f32], dy: &[f32], scale: f32, n: u
             if g.stride == 1 {
                 let q = patches(dy, &g.adjoint, g.k == 1, &mut dy_buf);
                 let kk = cout * g.k * g.k;
+                let q_ld = if g.k == 1 { hw } else { g.ld };
                 // dx_bᵀ = Qᵀ W̃ᵀ, hw-contiguous like the forward
-                unsafe {
-                    let dxt = (1, hw as isize);
-                    gemm_serial(hw, g.cin, kk, target.as_mut_ptr(), dxt, false, Mat::t(q, hw), Mat::t(&w_adj, kk))
-                };
+                if q_ld == hw {
+                    unsafe {
+                        let dxt = (1, hw as isize);
+                        gemm_serial(hw, cin, kk, target.as_mut_ptr(), dxt, false, Mat::t(q, hw), Mat::t(&w_adj, kk))
+                    };
+                } else {
+                    wide.resize(cin * q_ld, 0.0);
+                    unsafe {
+                        let wt = (1, q_ld as isize);
+                        gemm_serial(q_ld, cin, kk, wide.as_mut_ptr(), wt, false, Mat::t(q, q_ld), Mat::t(&w_adj, kk))
+                    };
+                    copy_rows(target, hw, &wide, q_ld);
+                }
             } else {
                 unsafe {
                     gemm_serial(
@@ -239,7 +300,7 @@ fn backward(g: &Geometry, x: &[f32], theta: &[f32], dy: &[f32], scale: f32, n: u
                         hw,
                         cout,
                         dp.as_mut_ptr(),
-                        (hw as isize, 1),
+                        (g.ld as isize, 1),
                         false,
                         Mat::t(&w_adj, rows),
                         Mat::rows(dy, hw),
@@ -265,11 +326,28 @@ fn backward(g: &Geometry, x: &[f32], theta: &[f32], dy: &[f32], scale: f32, n: u
         }
     });
     let (total_w, total_norm) = totals.into_inner().expect("fused conv: dW lock");
-    for (d, v) in dw.iter_mut().zip(total_w) {
-        *d = scale * v;
+    // dW from dWᵀ
+    for (r, col) in total_w.chunks_exact(cout).enumerate() {
+        for (o, &v) in col.iter().enumerate() {
+            dw[o * rows + r] = scale * v;
+        }
     }
     dnorm.copy_from_slice(&total_norm);
     out
+}
+
+/// out [cols, rows] := aᵀ for a row-major [rows, cols], in blocks of 16
+/// columns so that reads and writes both stay within a few cache lines.
+fn transpose(a: &[f32], rows: usize, cols: usize, out: &mut Vec<f32>) {
+    out.resize(rows * cols, 0.0);
+    for c0 in (0..cols).step_by(16) {
+        let c1 = (c0 + 16).min(cols);
+        for (r, row) in a.chunks_exact(cols).enumerate() {
+            for (c, &v) in row[c0..c1].iter().enumerate() {
+                out[(c0 + c) * rows + r] = v;
+            }
+        }
+    }
 }
 
 /// Σ v in eight lanes, so the loop vectorizes (a plain sum is one serial chain).
@@ -502,16 +580,19 @@ mod tests {
     /// scaled residual), and its gradients equal candle's (through conv2d's own
     /// backward), for a random weighting of the output as the loss; stride 1
     /// and 2, k = 1 and 3, with and without the residual, and a batch that does
-    /// not split evenly across tasks. f32 sums of up to C_in·k² = 27 (forward)
-    /// and N·H·W = 320 (dW) terms of size ~1: 1e-4 relative to the largest
-    /// entry is many times their rounding.
+    /// not split evenly across tasks; 8×8, and 10×10 and 20×20 whose 10×10
+    /// outputs have their patch matrices padded to 112 columns. f32 sums of up
+    /// to C_in·k² = 27 (forward) and N·H·W = 2000 (dW) terms of size ~1: 1e-4
+    /// relative to the largest entry is many times their rounding.
     #[test]
     fn matches_candle_conv2d_and_its_gradients() {
         let dev = Device::Cpu;
         let mut rng = crate::rng::Rng::new(11, 0);
-        let (n, cin, cout, h, w) = (5, 3, 4, 8, 8);
-        let x = Var::from_tensor(&rng.randn((n, cin, h, w), DType::F32, &dev).unwrap()).unwrap();
-        for (k, stride, residual) in [(3, 1, false), (3, 2, false), (1, 1, false), (3, 1, true), (1, 1, true)] {
+        let (n, cin, cout) = (5, 3, 4);
+        let cases = [(3, 1, false), (3, 2, false), (1, 1, false), (3, 1, true), (1, 1, true)];
+        for ((k, stride, residual), side) in cases.into_iter().flat_map(|c| [8, 10, 20].map(|s| (c, s))) {
+            let (h, w) = (side, side);
+            let x = Var::from_tensor(&rng.randn((n, cin, h, w), DType::F32, &dev).unwrap()).unwrap();
             let wt = Var::from_tensor(&rng.randn((cout, cin, k, k), DType::F32, &dev).unwrap()).unwrap();
             let c = Var::from_tensor(&rng.randn((n, cout), DType::F32, &dev).unwrap()).unwrap();
             let r = Var::from_tensor(&rng.randn((n, cout, h / stride, w / stride), DType::F32, &dev).unwrap()).unwrap();
@@ -528,7 +609,7 @@ mod tests {
             if residual {
                 theirs = ((theirs + r.as_tensor()).unwrap() * s).unwrap();
             }
-            let case = format!("k={k} stride={stride} residual={residual}");
+            let case = format!("k={k} stride={stride} residual={residual} {side}×{side}");
             assert_eq!(ours.dims(), theirs.dims());
             assert!(max_diff(&ours, &theirs) < 1e-4, "{case}: forward {}", max_diff(&ours, &theirs));
             let weights = rng.randn(ours.shape(), DType::F32, &dev).unwrap();
@@ -543,20 +624,23 @@ mod tests {
     /// With silu(GN(x)) folded in, the op equals candle-nn's GroupNorm, SiLU
     /// and candle's conv2d (plus the per-image bias and the scaled residual),
     /// and so do its gradients for x, W, c, γ, β and r; stride 1 and 2, k = 1
-    /// and 3, a batch that does not split evenly across tasks, inputs of mean 3
-    /// (a one-pass variance fails). Tolerances as in the test above.
+    /// and 3, a batch that does not split evenly across tasks, 8×8 and 20×20
+    /// (padded patch matrices at stride 2), inputs of mean 3 (a one-pass
+    /// variance fails). Tolerances as in the test above.
     #[test]
     fn folded_group_norm_matches_candle_and_its_gradients() {
         let dev = Device::Cpu;
         let mut rng = crate::rng::Rng::new(13, 0);
-        let (n, cin, cout, h, w, groups) = (5, 4, 3, 8, 8, 2);
-        let x = rng.randn((n, cin, h, w), DType::F32, &dev).unwrap().affine(2.0, 3.0).unwrap();
-        let x = Var::from_tensor(&x).unwrap();
+        let (n, cin, cout, groups) = (5, 4, 3, 2);
         let gamma = Var::from_tensor(&rng.randn(cin, DType::F32, &dev).unwrap()).unwrap();
         let beta = Var::from_tensor(&rng.randn(cin, DType::F32, &dev).unwrap()).unwrap();
         let gn = candle_nn::GroupNorm::new(gamma.as_tensor().clone(), beta.as_tensor().clone(), cin, groups, 1e-6)
             .unwrap();
-        for (k, stride, residual) in [(3, 1, false), (3, 2, false), (1, 1, false), (3, 1, true)] {
+        let cases = [(3, 1, false), (3, 2, false), (1, 1, false), (3, 1, true)];
+        for ((k, stride, residual), side) in cases.into_iter().flat_map(|c| [8, 20].map(|s| (c, s))) {
+            let (h, w) = (side, side);
+            let x = rng.randn((n, cin, h, w), DType::F32, &dev).unwrap().affine(2.0, 3.0).unwrap();
+            let x = Var::from_tensor(&x).unwrap();
             let wt = Var::from_tensor(&rng.randn((cout, cin, k, k), DType::F32, &dev).unwrap()).unwrap();
             let c = Var::from_tensor(&rng.randn((n, cout), DType::F32, &dev).unwrap()).unwrap();
             let r = Var::from_tensor(&rng.randn((n, cout, h / stride, w / stride), DType::F32, &dev).unwrap()).unwrap();
@@ -574,7 +658,7 @@ mod tests {
             if residual {
                 theirs = ((theirs + r.as_tensor()).unwrap() * s).unwrap();
             }
-            let case = format!("normed k={k} stride={stride} residual={residual}");
+            let case = format!("normed k={k} stride={stride} residual={residual} {side}×{side}");
             assert_eq!(ours.dims(), theirs.dims());
             assert!(max_diff(&ours, &theirs) < 1e-4, "{case}: forward {}", max_diff(&ours, &theirs));
             let weights = rng.randn(ours.shape(), DType::F32, &dev).unwrap();
