@@ -256,11 +256,8 @@ impl Attention {
         let (n, c, h, w) = x.dims4()?;
         // [N, C, H, W] → [N, HW, C]
         let seq = self.norm.forward(x)?.reshape((n, c, h * w))?.transpose(1, 2)?.contiguous()?;
-        let (qkv, out) = if self.frozen {
-            (constant(&self.qkv), constant(&self.out))
-        } else {
-            (self.qkv.clone(), self.out.clone())
-        };
+        let (qkv, out) =
+            if self.frozen { (constant(&self.qkv), constant(&self.out)) } else { (self.qkv.clone(), self.out.clone()) };
         let qkv = qkv.forward(&seq)?;
         let (q, k, v) = (qkv.narrow(2, 0, c)?, qkv.narrow(2, c, c)?, qkv.narrow(2, 2 * c, c)?);
         let att = (q.contiguous()?.matmul(&k.contiguous()?.transpose(1, 2)?)? / (c as f64).sqrt())?;

@@ -634,8 +634,8 @@ mod tests {
         let (n, cin, cout, groups) = (5, 4, 3, 2);
         let gamma = Var::from_tensor(&rng.randn(cin, DType::F32, &dev).unwrap()).unwrap();
         let beta = Var::from_tensor(&rng.randn(cin, DType::F32, &dev).unwrap()).unwrap();
-        let gn = candle_nn::GroupNorm::new(gamma.as_tensor().clone(), beta.as_tensor().clone(), cin, groups, 1e-6)
-            .unwrap();
+        let gn =
+            candle_nn::GroupNorm::new(gamma.as_tensor().clone(), beta.as_tensor().clone(), cin, groups, 1e-6).unwrap();
         let cases = [(3, 1, false), (3, 2, false), (1, 1, false), (3, 1, true)];
         for ((k, stride, residual), side) in cases.into_iter().flat_map(|c| [8, 20].map(|s| (c, s))) {
             let (h, w) = (side, side);
