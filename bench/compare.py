@@ -17,12 +17,43 @@ CASES = [
     ("mlp", ["train", "--model", "mlp", "--width", "128", "--batch", "4096", "--warmup", "3", "--reps", "15"]),
     ("mlp", ["train", "--model", "mlp", "--width", "512", "--batch", "512", "--warmup", "3", "--reps", "15"]),
     ("mlp", ["train", "--model", "mlp", "--width", "512", "--batch", "4096", "--warmup", "2", "--reps", "7"]),
+    ("unet", ["train", "--model", "unet", "--side", "8", "--batch", "32", "--warmup", "3", "--reps", "15"]),
     ("unet", ["train", "--model", "unet", "--side", "8", "--batch", "128", "--warmup", "2", "--reps", "7"]),
+    ("unet", ["train", "--model", "unet", "--side", "28", "--batch", "32", "--warmup", "1", "--reps", "5"]),
     ("unet", ["train", "--model", "unet", "--side", "28", "--batch", "128", "--warmup", "1", "--reps", "3"]),
+    # the frozen EMA copy: Euler–Maruyama steps, and the ODE likelihood (Heun, one Hutchinson probe)
+    ("unet", ["sample", "--model", "unet", "--side", "8", "--n", "32", "--steps", "100", "--reps", "3"]),
+    ("unet", ["sample", "--model", "unet", "--side", "8", "--n", "128", "--steps", "100", "--reps", "3"]),
+    ("unet", ["sample", "--model", "unet", "--side", "28", "--n", "32", "--steps", "20", "--reps", "3"]),
+    ("unet", ["sample", "--model", "unet", "--side", "28", "--n", "128", "--steps", "10", "--reps", "3"]),
+    ("unet", ["likelihood", "--model", "unet", "--side", "8", "--n", "32", "--steps", "20", "--reps", "3"]),
+    ("unet", ["likelihood", "--model", "unet", "--side", "8", "--n", "128", "--steps", "20", "--reps", "3"]),
+    ("unet", ["likelihood", "--model", "unet", "--side", "28", "--n", "32", "--steps", "5", "--reps", "3"]),
+    ("unet", ["likelihood", "--model", "unet", "--side", "28", "--n", "128", "--steps", "3", "--reps", "3"]),
     ("sample", ["sample", "--sampler", "em", "--n", "10000", "--steps", "1000", "--reps", "1"]),
     ("sample", ["sample", "--sampler", "ode", "--n", "10000", "--steps", "500", "--reps", "1"]),
     ("likelihood", ["likelihood", "--n", "1000", "--steps", "100", "--reps", "1"]),
 ]
+
+
+def cpu_info():
+    """/proc/cpuinfo's first processor as a dict (empty off Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            block = f.read().split("\n\n")[0]
+    except OSError:
+        return {}
+    return dict((k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in block.splitlines()))
+
+
+def cpu_model():
+    return cpu_info().get("model name", "unknown")
+
+
+def cpu_flags():
+    """The vector extensions the kernels choose between at run time."""
+    have = set(cpu_info().get("flags", "").split())
+    return [f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_tile") if f in have]
 
 
 def scaled(args, scale):
@@ -69,8 +100,10 @@ def main():
     gemm = [r for r in rows if r[0] == "gemm"][0]
     rate = lambda r: r["gflop"] / (r["median_ms"] / 1e3) if r.get("gflop") else None
     peak = max(rate(gemm[1]), rate(gemm[2]))
-    print(f"threads: {a.threads}; GEMM 1024³ f32: candle {rate(gemm[1]):.1f} GFLOP/s, PyTorch {rate(gemm[2]):.1f} GFLOP/s; "
-          f"peak = {peak:.1f} GFLOP/s")
+    print(f"CPU: {cpu_model()}; flags: {' '.join(cpu_flags()) or 'none of avx2, fma, avx512*'}")
+    print(f"threads: {a.threads}; GEMM 1024³ f32: candle {rate(gemm[1]):.1f} GFLOP/s "
+          f"(kernel {gemm[1].get('kernel', '?')}), PyTorch {rate(gemm[2]):.1f} GFLOP/s "
+          f"(kernel {gemm[2].get('kernel', '?')}); peak = {peak:.1f} GFLOP/s")
     print()
     print("| case | scoregen ms | PyTorch ms | scoregen items/s | PyTorch items/s | speed-up vs PyTorch | "
           "CPU ms scoregen / PyTorch | CPU speed-up | scoregen % peak | PyTorch % peak | peak RSS MiB scoregen / PyTorch |")

@@ -2,7 +2,7 @@
 """PyTorch reference for `scoregen bench`: the same models, data, loss,
 optimizer and samplers, timed the same way (median of `reps` after `warmup`).
 
-Mirrors crates/scoregen/src/speed.rs case by case and prints one JSON object
+Mirrors crates/scoregen/src/app/commands/bench.rs case by case and prints one JSON object
 with the fields scoregen prints under --json (case, median_ms, reps_ms,
 items_per_s, gflop, peak_rss_mib).
 
@@ -228,10 +228,19 @@ def train(args):
     return out
 
 
+def model_and_shape(args, n):
+    """The model of a sampling or likelihood case and the shape of its batch."""
+    if args.model == "mlp":
+        return Mlp(width=128), (n, 2), ""
+    return UNet(), (n, 1, args.side, args.side), f"unet {args.side}x{args.side} "
+
+
 @torch.no_grad()
 def sample(args):
-    net = Mlp(width=128).to(DEVICE)
     eps, n, steps = 1e-3, args.n, args.steps
+    net, shape, label = model_and_shape(args, n)
+    net = net.to(DEVICE)
+    net.requires_grad_(False)
     h = -(1.0 - eps) / steps
 
     def drift(x, t, c):
@@ -240,7 +249,7 @@ def sample(args):
         return -0.5 * beta * x - c * beta * score(net, x, tb)
 
     def em():
-        x = torch.randn(n, 2, device=DEVICE)
+        x = torch.randn(shape, device=DEVICE)
         for i in range(steps):
             t = 1.0 + i * h
             mean = x + drift(x, t, 1.0) * h
@@ -248,7 +257,7 @@ def sample(args):
         return x
 
     def heun():
-        x = torch.randn(n, 2, device=DEVICE)
+        x = torch.randn(shape, device=DEVICE)
         for i in range(steps):
             t = 1.0 + i * h
             k1 = drift(x, t, 0.5)
@@ -258,20 +267,32 @@ def sample(args):
 
     name = {"em": "em", "ode": "ode-heun"}[args.sampler]
     f = em if args.sampler == "em" else heun
-    return timed(f"sample {name} n={n} steps={steps}", n, 0, args.reps, f)
+    return timed(f"sample {label}{name} n={n} steps={steps}", n, 0, args.reps, f)
 
 
 def likelihood(args):
-    net = Mlp(width=128).to(DEVICE)
-    eps, n, steps, d = 1e-3, args.n, args.steps, 2
+    eps, n, steps = 1e-3, args.n, args.steps
+    net, shape, label = model_and_shape(args, n)
+    net = net.to(DEVICE)
+    # evaluation only, as scoregen's frozen EMA copy: no parameter gradients
+    net.requires_grad_(False)
+    d = math.prod(shape[1:])
     x0 = torch.randn(n, d, dtype=torch.float64, device=DEVICE)
     h = (1.0 - eps) / steps
+    # exact divergence for the 2-D MLP; one Rademacher probe (Hutchinson) for images, as scoregen's default
+    probe = (torch.rand(shape) < 0.5).float() * 2 - 1
 
     def rhs(t, y):
-        xs = y[:, :d].float().requires_grad_(True)
+        xs = y[:, :d].float().reshape(shape).requires_grad_(True)
         tb = torch.full((n,), t, device=DEVICE)
         s = score(net, xs, tb)
-        div = sum(torch.autograd.grad(s[:, i].sum(), xs, retain_graph=i + 1 < d)[0][:, i] for i in range(d))
+        if d <= 16:
+            s = s.reshape(n, d)
+            div = sum(torch.autograd.grad(s[:, i].sum(), xs, retain_graph=i + 1 < d)[0][:, i] for i in range(d))
+        else:
+            vjp = torch.autograd.grad((s * probe).sum(), xs)[0]
+            div = (vjp * probe).flatten(1).sum(1)
+        s = s.reshape(n, d)
         beta = vp_beta(t)
         a = -0.5 * beta
         dx = a * y[:, :d] - 0.5 * beta * s.detach().double()
@@ -287,13 +308,14 @@ def likelihood(args):
             y = y + h * (0.5 * k1 + 0.5 * k2)
         return y
 
-    return timed(f"likelihood n={n} steps={steps}", n, 0, args.reps, run)
+    return timed(f"likelihood {label}n={n} steps={steps}", n, 0, args.reps, run)
 
 
 def gemm(args):
     a, b = torch.randn(args.n, args.n, device=DEVICE), torch.randn(args.n, args.n, device=DEVICE)
     out = timed(f"gemm {args.n}x{args.n}", 1, 2, args.reps, lambda: a @ b)
     out["gflop"] = 2 * args.n**3 / 1e9
+    out["kernel"] = torch.backends.cpu.get_cpu_capability()
     return out
 
 
@@ -311,11 +333,15 @@ def main():
     t.add_argument("--warmup", type=int, default=5)
     t.add_argument("--reps", type=int, default=30)
     s = sub.add_parser("sample")
+    s.add_argument("--model", default="mlp", choices=["mlp", "unet"])
+    s.add_argument("--side", type=int, default=28)
     s.add_argument("--sampler", default="em", choices=["em", "ode"])
     s.add_argument("--n", type=int, default=10_000)
     s.add_argument("--steps", type=int, default=1000)
     s.add_argument("--reps", type=int, default=3)
     lk = sub.add_parser("likelihood")
+    lk.add_argument("--model", default="mlp", choices=["mlp", "unet"])
+    lk.add_argument("--side", type=int, default=28)
     lk.add_argument("--n", type=int, default=1000)
     lk.add_argument("--steps", type=int, default=100)
     lk.add_argument("--reps", type=int, default=3)

@@ -63,8 +63,15 @@ enum Bench {
         #[arg(long, default_value_t = 30)]
         reps: usize,
     },
-    /// Speed: sampling the gmm8-vp MLP (untrained) with Euler–Maruyama or the probability-flow ODE (Heun).
+    /// Speed: sampling the gmm8-vp MLP or the digits-vp U-Net (untrained, the frozen EMA copy) with
+    /// Euler–Maruyama or the probability-flow ODE (Heun).
     Sample {
+        /// mlp (configs/gmm8-vp.toml) or unet (configs/digits-vp.toml on SIDE×SIDE images).
+        #[arg(long, default_value = "mlp")]
+        model: Model,
+        /// Image side of the U-Net case.
+        #[arg(long, default_value_t = 28)]
+        side: usize,
         /// em or ode.
         #[arg(long, default_value = "em")]
         sampler: SampleCase,
@@ -75,8 +82,15 @@ enum Bench {
         #[arg(long, default_value_t = 3)]
         reps: usize,
     },
-    /// Speed: exact ODE log-likelihood (Heun steps, exact divergence) of N points under the gmm8-vp MLP.
+    /// Speed: ODE log-likelihood (Heun steps; exact divergence for the MLP, one Hutchinson probe for
+    /// images) of N points under the gmm8-vp MLP or the digits-vp U-Net.
     Likelihood {
+        /// mlp (configs/gmm8-vp.toml) or unet (configs/digits-vp.toml on SIDE×SIDE images).
+        #[arg(long, default_value = "mlp")]
+        model: Model,
+        /// Image side of the U-Net case.
+        #[arg(long, default_value_t = 28)]
+        side: usize,
         #[arg(long, default_value_t = 1000)]
         n: usize,
         #[arg(long, default_value_t = 100)]
@@ -144,19 +158,14 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
             };
             scoregen::app::commands::bench::train_step(&on_device(cfg, g), &case, *warmup, *reps)?
         }
-        Bench::Sample { sampler, n, steps, reps } => scoregen::app::commands::bench::sample(
-            &on_device(scoregen::app::commands::bench::mlp_config(128, 512)?, g),
-            *sampler,
-            *n,
-            *steps,
-            *reps,
-        )?,
-        Bench::Likelihood { n, steps, reps } => scoregen::app::commands::bench::likelihood(
-            &on_device(scoregen::app::commands::bench::mlp_config(128, 512)?, g),
-            *n,
-            *steps,
-            *reps,
-        )?,
+        Bench::Sample { model, side, sampler, n, steps, reps } => {
+            let (cfg, label) = eval_model(*model, *side, *n)?;
+            scoregen::app::commands::bench::sample(&on_device(cfg, g), *sampler, *n, *steps, *reps, &label)?
+        }
+        Bench::Likelihood { model, side, n, steps, reps } => {
+            let (cfg, label) = eval_model(*model, *side, *n)?;
+            scoregen::app::commands::bench::likelihood(&on_device(cfg, g), *n, *steps, *reps, &label)?
+        }
         Bench::Gemm { n, reps } => scoregen::app::commands::bench::gemm_peak(*n, *reps, &g.open_device()?)?,
     };
     g.print(&timing, |t| {
@@ -177,6 +186,14 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
 fn on_device(mut cfg: scoregen::app::config::RunConfig, g: &Globals) -> scoregen::app::config::RunConfig {
     cfg.run.device = g.device_or(cfg.run.device);
     cfg
+}
+
+/// The config of a sampling or likelihood case and the model's label in its name.
+fn eval_model(model: Model, side: usize, n: usize) -> Result<(scoregen::app::config::RunConfig, String)> {
+    Ok(match model {
+        Model::Mlp => (scoregen::app::commands::bench::mlp_config(128, 512)?, String::new()),
+        Model::Unet => (scoregen::app::commands::bench::unet_config(side, n)?, format!("unet {side}x{side} ")),
+    })
 }
 
 /// `bench samplers`: the leaderboard's plot, then its table.

@@ -66,6 +66,8 @@ impl ClassifierSpec {
     }
 }
 
+// one per classifier, built once: the size of the larger variant costs nothing
+#[allow(clippy::large_enum_variant)]
 enum Body {
     Cnn { c1: Conv, n1: GroupNorm, c2: Conv, n2: GroupNorm, c3: Conv, n3: GroupNorm },
     Mlp { l1: Linear, l2: Linear },

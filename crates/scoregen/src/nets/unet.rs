@@ -83,6 +83,8 @@ pub(crate) struct Conv {
     bias: Tensor,
     k: usize,
     stride: usize,
+    /// The parameters are constants ([`Conv::freeze`]).
+    frozen: bool,
 }
 
 impl Conv {
@@ -90,11 +92,17 @@ impl Conv {
         let weight = vb.get_with_hints((cout, cin, k, k), "weight", candle_nn::init::DEFAULT_KAIMING_NORMAL)?;
         let bound = 1.0 / ((cin * k * k) as f64).sqrt();
         let bias = vb.get_with_hints(cout, "bias", candle_nn::Init::Uniform { lo: -bound, up: bound })?;
-        Ok(Self { weight, bias, k, stride })
+        Ok(Self { weight, bias, k, stride, frozen: false })
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_with(x, None, None)
+    }
+
+    /// Marks the parameters as constants (an evaluated network): the fused op
+    /// then keeps no activations unless x is tracked, and skips dW.
+    pub(crate) fn freeze(&mut self) {
+        self.frozen = true;
     }
 
     /// s·(conv(x) + e_n + r): the convolution with a per-image bias e [N, C_out]
@@ -109,19 +117,48 @@ impl Conv {
         shift: Option<&Tensor>,
         residual: Option<(&Tensor, f64)>,
     ) -> Result<Tensor> {
+        self.forward_normed(x, None, shift, residual)
+    }
+
+    /// [`Conv::forward_with`] of silu(norm(x)) when `norm` is given: on the
+    /// fused path the normalization runs inside the convolution's op
+    /// ([`super::kernels::conv::conv2d_normed`]), the normalized input never stored.
+    pub(crate) fn forward_normed(
+        &self,
+        x: &Tensor,
+        norm: Option<&GroupNorm>,
+        shift: Option<&Tensor>,
+        residual: Option<(&Tensor, f64)>,
+    ) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
         let cout = self.weight.dim(0)?;
         if crate::autodiff::fused_kernels_allowed(x.device()) && x.dtype() == DType::F32 {
             let (mut weight, mut bias) = (self.weight.reshape((cout, c * self.k * self.k))?, self.bias.clone());
-            if crate::autodiff::parameters_constant() {
+            let constant = self.frozen || crate::autodiff::parameters_constant();
+            if constant {
                 (weight, bias) = (weight.detach(), bias.detach());
             }
             let bias = match shift {
+                // the shift is a function of t and the parameters only: constant with them,
+                // so that θ = [W, c] is untracked and the backward skips dW
+                Some(e) if constant => e.detach().broadcast_add(&bias)?,
                 Some(e) => e.broadcast_add(&bias)?,
                 None => bias.unsqueeze(0)?.broadcast_as((n, cout))?,
             };
-            return super::kernels::conv::conv2d(x, &weight, &bias, self.k, self.stride, residual);
+            let folded = norm.map(|nm| nm.folded(constant));
+            let norm = folded.as_ref().map(|(gamma, beta, groups, eps)| super::kernels::conv::Norm {
+                gamma,
+                beta,
+                groups: *groups,
+                eps: *eps,
+            });
+            return super::kernels::conv::conv2d_normed(x, norm, &weight, &bias, self.k, self.stride, residual);
         }
+        let normed = match norm {
+            Some(nm) => Some(nm.forward_silu(x)?),
+            None => None,
+        };
+        let x = normed.as_ref().unwrap_or(x);
         let (ho, wo) = (h / self.stride, w / self.stride);
         // [C·k² + 1, N·Ho·Wo] with a row of ones, so [W | b] · patches is the
         // convolution with its bias in one GEMM (nets::fused::im2col)
@@ -169,14 +206,24 @@ impl ResBlock {
         })
     }
 
+    fn freeze(&mut self) {
+        self.norm1.freeze();
+        self.conv1.freeze();
+        self.norm2.freeze();
+        self.conv2.freeze();
+        if let Some(s) = &mut self.skip {
+            s.freeze();
+        }
+    }
+
     fn forward(&self, x: &Tensor, emb: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward_with(&self.norm1.forward_silu(x)?, Some(&self.time.forward(emb)?), None)?;
+        let h = self.conv1.forward_normed(x, Some(&self.norm1), Some(&self.time.forward(emb)?), None)?;
         let x = match &self.skip {
             Some(s) => s.forward(x)?,
             None => x.clone(),
         };
         // (x̂ + h)/√2 inside conv2's op
-        self.conv2.forward_with(&self.norm2.forward_silu(&h)?, None, Some((&x, std::f64::consts::FRAC_1_SQRT_2)))
+        self.conv2.forward_normed(&h, Some(&self.norm2), None, Some((&x, std::f64::consts::FRAC_1_SQRT_2)))
     }
 }
 
@@ -186,6 +233,8 @@ struct Attention {
     norm: GroupNorm,
     qkv: Linear,
     out: Linear,
+    /// The parameters are constants ([`Network::freeze`]).
+    frozen: bool,
 }
 
 impl Attention {
@@ -194,21 +243,34 @@ impl Attention {
             norm: group_norm(groups, ch, 1e-6, vb.pp("norm"))?,
             qkv: linear(ch, 3 * ch, vb.pp("qkv"))?,
             out: linear(ch, ch, vb.pp("out"))?,
+            frozen: false,
         })
+    }
+
+    fn freeze(&mut self) {
+        self.norm.freeze();
+        self.frozen = true;
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
         // [N, C, H, W] → [N, HW, C]
         let seq = self.norm.forward(x)?.reshape((n, c, h * w))?.transpose(1, 2)?.contiguous()?;
-        let qkv = self.qkv.forward(&seq)?;
+        let (qkv, out) =
+            if self.frozen { (constant(&self.qkv), constant(&self.out)) } else { (self.qkv.clone(), self.out.clone()) };
+        let qkv = qkv.forward(&seq)?;
         let (q, k, v) = (qkv.narrow(2, 0, c)?, qkv.narrow(2, c, c)?, qkv.narrow(2, 2 * c, c)?);
         let att = (q.contiguous()?.matmul(&k.contiguous()?.transpose(1, 2)?)? / (c as f64).sqrt())?;
         let att = candle_nn::ops::softmax(&att, D::Minus1)?;
-        let y = self.out.forward(&att.matmul(&v.contiguous()?)?)?;
+        let y = out.forward(&att.matmul(&v.contiguous()?)?)?;
         let y = y.transpose(1, 2)?.reshape((n, c, h, w))?;
         (x + y)? / std::f64::consts::SQRT_2
     }
+}
+
+/// The same layer with its parameters detached (the same storage, untracked).
+fn constant(layer: &Linear) -> Linear {
+    Linear::new(layer.weight().detach(), layer.bias().map(Tensor::detach))
 }
 
 /// The U-Net: conv_in → [ResBlock, ↓]ₗ → ResBlock, (attention), ResBlock →
@@ -234,6 +296,8 @@ pub struct UNet {
     conv_out: Conv,
     /// c(y), added to the time embedding, for a class-conditional network.
     classes: Option<ClassEmbedding>,
+    /// The parameters are constants ([`Network::freeze`]).
+    frozen: bool,
 }
 
 impl UNet {
@@ -292,6 +356,7 @@ impl UNet {
             norm_out,
             conv_out,
             classes: None,
+            frozen: false,
         })
     }
 
@@ -328,6 +393,11 @@ impl UNet {
             }
             _ => {}
         }
+        if self.frozen {
+            // e(t) (and c(y)) enter every block as constants: nothing downstream is tracked
+            // through the parameters, so no activation is kept unless x is tracked
+            emb = emb.detach();
+        }
         let levels = self.down.len();
         let mut h = self.conv_in.forward(x)?;
         let mut skips = Vec::with_capacity(levels);
@@ -349,7 +419,7 @@ impl UNet {
             }
             h = self.up[l].forward(&Tensor::cat(&[&h, &skips[l]], 1)?, &emb)?;
         }
-        self.conv_out.forward(&self.norm_out.forward_silu(&h)?)
+        self.conv_out.forward_normed(&h, Some(&self.norm_out), None, None)
     }
 }
 
@@ -373,6 +443,26 @@ impl Network for UNet {
 
     fn classes(&self) -> usize {
         self.classes.as_ref().map_or(0, |c| c.classes())
+    }
+
+    /// Every layer's parameters become constants: sampling keeps no
+    /// activations, and a likelihood's ∇ₓ skips dW, dγ, dβ in every layer.
+    fn freeze(&mut self) {
+        self.frozen = true;
+        self.conv_in.freeze();
+        self.conv_out.freeze();
+        self.norm_out.freeze();
+        self.mid1.freeze();
+        self.mid2.freeze();
+        for b in self.down.iter_mut().chain(self.up.iter_mut()) {
+            b.freeze();
+        }
+        for c in self.downsample.iter_mut().chain(self.upsample.iter_mut()) {
+            c.freeze();
+        }
+        if let Some(a) = &mut self.attention {
+            a.freeze();
+        }
     }
 }
 
@@ -442,6 +532,57 @@ mod tests {
             let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(norm > 0.0 && norm.is_finite(), "{name}: ‖g‖² = {norm}");
         }
+    }
+
+    /// The U-Net on its fused ops (GroupNorm + SiLU folded into each
+    /// convolution) equals the same net on candle's ops (inside
+    /// `exact_higher_order`): the output, ∂/∂x and every parameter's gradient,
+    /// with random γ, β so a dropped or swapped normalization parameter shows.
+    /// f32 through ~20 layers: 1e-3 relative to each gradient's largest entry.
+    #[test]
+    fn fused_path_matches_candles_ops_on_every_gradient() {
+        let vm = VarMap::new();
+        let net = UNet::build(&vm, &small(true), 0, &Device::Cpu).unwrap();
+        let mut rng = crate::rng::Rng::new(5, 0);
+        let vars = super::super::named_vars(&vm);
+        for (name, v) in &vars {
+            if name.contains("norm") {
+                let shape = v.as_tensor().shape().clone();
+                v.set(&rng.randn(shape, DType::F32, &Device::Cpu).unwrap().affine(0.5, 1.0).unwrap()).unwrap();
+            }
+        }
+        let (x, t) = batch(3, 64);
+        let xv = candle_core::Var::from_tensor(&x).unwrap();
+        let run = || net.forward(xv.as_tensor(), &t).unwrap();
+        let (ours, theirs) = (run(), autodiff::exact_higher_order(run));
+        let scale = theirs.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(crate::nets::max_diff(&ours, &theirs) < 1e-4 * scale, "forward");
+        let weights = rng.randn(ours.shape(), DType::F32, &Device::Cpu).unwrap();
+        let mut named: Vec<(&str, &Tensor)> = vec![("x", xv.as_tensor())];
+        named.extend(vars.iter().map(|(n, v)| (n.as_str(), v.as_tensor())));
+        crate::nets::assert_same_gradients(&ours, &theirs, &weights, &named, (1e-3, 0.0), "U-Net");
+    }
+
+    /// A frozen U-Net gives the same output without tracking it (no activation
+    /// is kept for a backward that never comes), and the same input gradient
+    /// (a likelihood's ∇ₓ), computed without dW, dγ, dβ.
+    #[test]
+    fn frozen_net_keeps_no_graph_and_gives_the_same_input_gradient() {
+        let mut net = UNet::build(&VarMap::new(), &small(true), 0, &Device::Cpu).unwrap();
+        let (x, t) = batch(3, 64);
+        let weights = batch(4, 64).0.narrow(0, 1, 3).unwrap();
+        let xv = candle_core::Var::from_tensor(&x).unwrap();
+        let input_grad = |net: &UNet| {
+            let y = net.forward(xv.as_tensor(), &t).unwrap();
+            autodiff::grad(&(y * &weights).unwrap(), &xv).unwrap()
+        };
+        let (y, dx) = (net.forward(&x, &t).unwrap(), input_grad(&net));
+        assert!(y.track_op(), "a trainable net tracks its output");
+        net.freeze();
+        let (y_frozen, dx_frozen) = (net.forward(&x, &t).unwrap(), input_grad(&net));
+        assert!(!y_frozen.track_op(), "a frozen net tracks nothing when x is constant");
+        assert_eq!(crate::nets::max_diff(&y, &y_frozen), 0.0);
+        assert_eq!(crate::nets::max_diff(&dx, &dx_frozen), 0.0);
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub struct Timing {
     pub gflop: Option<f64>,
     /// Peak resident set size of the process so far, MiB (Linux; 0 elsewhere).
     pub peak_rss_mib: f64,
+    /// The GEMM microkernels this CPU gets (the `gemm` case only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
 }
 
 /// The median of `f`'s wall time over `reps` runs after `warmup` untimed ones.
@@ -77,6 +80,7 @@ fn time_it(
         items_per_s: items as f64 / (median_ms / 1e3),
         gflop: None,
         peak_rss_mib: peak_rss_mib(),
+        kernel: None,
     })
 }
 
@@ -168,8 +172,9 @@ pub enum SampleCase {
     FlowHeun,
 }
 
-/// Draws `n` samples of the config's (untrained) model in `steps` steps, on `run.device`.
-pub fn sample(cfg: &RunConfig, which: SampleCase, n: usize, steps: usize, reps: usize) -> Result<Timing> {
+/// Draws `n` samples of the config's (untrained) model in `steps` steps;
+/// `label` names the model in the case ("" for the MLP, "unet 28x28 "); on `run.device`.
+pub fn sample(cfg: &RunConfig, which: SampleCase, n: usize, steps: usize, reps: usize, label: &str) -> Result<Timing> {
     let trainer = factory::trainer(cfg)?;
     let sde = cfg.sde();
     // the model sampling and likelihoods use: the EMA copy, frozen
@@ -184,7 +189,7 @@ pub fn sample(cfg: &RunConfig, which: SampleCase, n: usize, steps: usize, reps: 
     };
     let pb = indicatif::ProgressBar::hidden();
     let device = trainer.device.clone();
-    time_it(format!("sample {name} n={n} steps={steps}"), n, 0, reps, &device, || {
+    time_it(format!("sample {label}{name} n={n} steps={steps}"), n, 0, reps, &device, || {
         match which {
             SampleCase::EulerMaruyama => samplers::sample_reverse(
                 score.as_ref(),
@@ -212,9 +217,11 @@ pub fn sample(cfg: &RunConfig, which: SampleCase, n: usize, steps: usize, reps: 
     })
 }
 
-/// Exact log-likelihood of `n` data points by the probability-flow ODE with
-/// Heun's method in `steps` steps (exact divergence by autodiff, score in f32), on `run.device`.
-pub fn likelihood(cfg: &RunConfig, n: usize, steps: usize, reps: usize) -> Result<Timing> {
+/// Log-likelihood of `n` data points by the probability-flow ODE with Heun's
+/// method in `steps` steps, score in f32, the divergence as `likelihood`
+/// computes it by default: exact by autodiff for D ≤ 16 (the MLP), one
+/// Rademacher probe (Hutchinson) for images. `label` as in [`sample`]; on `run.device`.
+pub fn likelihood(cfg: &RunConfig, n: usize, steps: usize, reps: usize, label: &str) -> Result<Timing> {
     let trainer = factory::trainer(cfg)?;
     let sde = cfg.sde();
     // the model sampling and likelihoods use: the EMA copy, frozen
@@ -226,13 +233,13 @@ pub fn likelihood(cfg: &RunConfig, n: usize, steps: usize, reps: usize) -> Resul
     let device = trainer.device.clone();
     let x = Tensor::from_vec(rows, (n, pts.d), &device)?;
     let opts = LikelihoodOptions {
-        trace: Some(TraceEstimator::Exact),
+        trace: Some(TraceEstimator::default_for(pts.d)),
         method: OdeMethod::Heun { steps },
         score_dtype: DType::F32,
         ..LikelihoodOptions::default()
     };
     let mut rng = Rng::new(cfg.seed, crate::train::streams::EVAL);
-    time_it(format!("likelihood n={n} steps={steps}"), n, 0, reps, &device, || {
+    time_it(format!("likelihood {label}n={n} steps={steps}"), n, 0, reps, &device, || {
         likelihood::log_likelihood(score.as_ref(), sde.as_ref(), &x, &opts, &mut rng).map(|_| ())
     })
 }
@@ -248,5 +255,21 @@ pub fn gemm_peak(n: usize, reps: usize, device: &Device) -> Result<Timing> {
         Ok(())
     })?;
     t.gflop = Some(2.0 * (n as f64).powi(3) / 1e9);
+    t.kernel = Some(gemm_kernel().into());
     Ok(t)
+}
+
+/// The microkernels the `gemm` crate chooses at run time on this CPU (built
+/// with its `x86-v4` feature): AVX-512 where the CPU has it, else AVX2 + FMA.
+pub fn gemm_kernel() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            return "avx512f";
+        }
+        if is_x86_feature_detected!("fma") {
+            return "avx2+fma";
+        }
+    }
+    "scalar"
 }

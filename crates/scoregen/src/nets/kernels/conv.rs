@@ -20,6 +20,15 @@
 //! so dx needs no scatter and its GEMM has the long inner dimension C_out·k².
 //! Stride 2 (a downsampling layer) goes through col2im.
 //!
+//! **GroupNorm + SiLU folded in** ([`conv2d_normed`]): the op may take the
+//! input before its normalization, y_b = s·(W im2col(a_b) + …) with
+//! a_b = silu(GN(x_b; γ, β)) computed per image in a small buffer (the
+//! kernels of [`super::groupnorm`]), and θ = [W, c, γ, β]. The backward
+//! recomputes a_b, and after da_b (the dx above) runs GroupNorm's backward on
+//! it, giving dx_b, dγ and dβ. The normalized activations then never exist
+//! for the whole batch, and the graph has one node (one gradient accumulation
+//! over the batch in candle's backward) where it had two.
+//!
 //! The images are split across threads; each thread builds one image's
 //! patches at a time in a small buffer (rebuilt in the backward rather than
 //! kept), so the patch matrices of the whole batch never exist at once.
@@ -35,6 +44,7 @@
 
 use super::dense::{gemm_serial, Mat};
 use super::fused::{col2im_add, im2col_into, par_ranges, refuse_second_order, slice, Patches, SharedMut};
+use super::groupnorm::{kernels as gn, Dims as NormDims};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use std::sync::Mutex;
 
@@ -52,15 +62,44 @@ struct Geometry {
     /// Input pixels per image (C_in·H·W) and output positions per channel (Ho·Wo).
     x_len: usize,
     hw_out: usize,
+    /// silu(GN(x)) folded in: its shape (groups, ε).
+    norm: Option<NormDims>,
+    /// Columns of the stored patch matrices (k > 1): Ho·Wo, or the next
+    /// multiple of 16 when that adds at most an eighth (14×14: 196 → 208), since
+    /// the `gemm` crate copies (packs) a left operand whose m is not a multiple
+    /// of its vector width; the GEMM then runs over the padding columns (zero
+    /// in P) and the rows are copied back Ho·Wo wide.
+    ld: usize,
 }
 
 impl Geometry {
-    fn new(x: &[usize], cout: usize, k: usize, stride: usize) -> Self {
+    fn new(x: &[usize], cout: usize, k: usize, stride: usize, norm: Option<(usize, f64)>) -> Self {
         let (cin, h, w) = (x[1], x[2], x[3]);
         let patches = Patches::new(1, (cin, h, w), k, stride);
         let (ho, wo) = patches.out_hw();
-        let adjoint = Patches::new(1, (cout, ho, wo), k, 1);
-        Self { patches, adjoint, cin, cout, k, stride, x_len: cin * h * w, hw_out: ho * wo }
+        let hw = ho * wo;
+        let padded = hw.next_multiple_of(16);
+        let ld = if k > 1 && padded * 8 <= hw * 9 { padded } else { hw };
+        let (patches, adjoint) = (patches.with_ld(ld), Patches::new(1, (cout, ho, wo), k, 1).with_ld(ld));
+        let norm = norm.map(|(groups, eps)| NormDims::of(x, groups, eps, true));
+        Self { patches, adjoint, cin, cout, k, stride, x_len: cin * h * w, hw_out: hw, norm, ld }
+    }
+
+    /// Columns of P_b as [`patches`] returns it (x_b itself when pointwise).
+    fn p_ld(&self) -> usize {
+        if self.pointwise() {
+            self.hw_out
+        } else {
+            self.ld
+        }
+    }
+
+    /// θ = [W, c, γ, β] split into its parts (γ, β empty without the norm).
+    fn split<'a>(&self, theta: &'a [f32], n: usize) -> (&'a [f32], &'a [f32], &'a [f32], &'a [f32]) {
+        let (w, rest) = theta.split_at(self.cout * self.rows());
+        let (c, gb) = rest.split_at(n * self.cout);
+        let (gamma, beta) = gb.split_at(gb.len() / 2);
+        (w, c, gamma, beta)
     }
 
     /// Rows of P_b (C_in·k²).
@@ -88,19 +127,33 @@ fn patches<'a>(x: &'a [f32], g: &Patches, pointwise: bool, buf: &'a mut Vec<f32>
     buf
 }
 
-/// y [N, C_out, Ho, Wo] from x, θ = [W, c] and r.
+/// The convolution's input for image b: x_b itself, or silu(GN(x_b)) written into `a`.
+fn conv_input<'a>(g: &Geometry, x: &'a [f32], gamma: &[f32], beta: &[f32], a: &'a mut Vec<f32>) -> &'a [f32] {
+    match &g.norm {
+        Some(d) => {
+            a.resize(g.x_len, 0.0);
+            gn::forward(d, x, gamma, beta, a);
+            a
+        }
+        None => x,
+    }
+}
+
+/// y [N, C_out, Ho, Wo] from x, θ = [W, c, (γ, β)] and r.
 fn forward(g: &Geometry, x: &[f32], theta: &[f32], r: Option<&[f32]>, scale: f32, n: usize) -> Vec<f32> {
     let (rows, hw, cout) = (g.rows(), g.hw_out, g.cout);
-    let (w, c) = theta.split_at(cout * rows);
+    let (w, c, gamma, beta) = g.split(theta, n);
     let w_scaled: Vec<f32> = w.iter().map(|v| v * scale).collect();
     let mut y = vec![0f32; n * cout * hw];
     let (out, len) = (SharedMut::new(&mut y), cout * hw);
     par_ranges(n, |images| {
-        let mut buf = Vec::new();
+        let (mut buf, mut a, mut wide) = (Vec::new(), Vec::new(), Vec::new());
+        let ld = g.p_ld();
         for b in images {
             // SAFETY: image b's block of y, written by this task only.
             let y = unsafe { out.slice(b * len, len) };
             let (x, c) = (&x[b * g.x_len..][..g.x_len], &c[b * cout..][..cout]);
+            let x = conv_input(g, x, gamma, beta, &mut a);
             let p = patches(x, &g.patches, g.pointwise(), &mut buf);
             match r {
                 Some(r) => {
@@ -118,14 +171,39 @@ fn forward(g: &Geometry, x: &[f32], theta: &[f32], r: Option<&[f32]>, scale: f32
             }
             // y_bᵀ = P_bᵀ Wᵀ: the GEMM's m is the long side hw, along which y_b,
             // P_b and the microkernel's tiles are all contiguous (no packing of P_b).
-            // SAFETY: y is [C_out, hw], W is [C_out, rows], P is [rows, hw].
-            unsafe {
-                let yt = (1, hw as isize);
-                gemm_serial(hw, cout, rows, y.as_mut_ptr(), yt, true, Mat::t(p, hw), Mat::t(&w_scaled, rows))
-            };
+            // SAFETY: y is [C_out, hw], W is [C_out, rows], P is [rows, ld], wide [C_out, ld].
+            if ld == hw {
+                unsafe {
+                    let yt = (1, hw as isize);
+                    gemm_serial(hw, cout, rows, y.as_mut_ptr(), yt, true, Mat::t(p, hw), Mat::t(&w_scaled, rows))
+                };
+            } else {
+                wide.resize(cout * ld, 0.0);
+                unsafe {
+                    let wt = (1, ld as isize);
+                    gemm_serial(ld, cout, rows, wide.as_mut_ptr(), wt, false, Mat::t(p, ld), Mat::t(&w_scaled, rows))
+                };
+                add_rows(y, hw, &wide, ld);
+            }
         }
     });
     y
+}
+
+/// y [rows, hw] += the first hw columns of wide [rows, ld].
+fn add_rows(y: &mut [f32], hw: usize, wide: &[f32], ld: usize) {
+    for (y, w) in y.chunks_exact_mut(hw).zip(wide.chunks_exact(ld)) {
+        for (y, &w) in y.iter_mut().zip(w) {
+            *y += w;
+        }
+    }
+}
+
+/// y [rows, hw] := the first hw columns of wide [rows, ld].
+fn copy_rows(y: &mut [f32], hw: usize, wide: &[f32], ld: usize) {
+    for (y, w) in y.chunks_exact_mut(hw).zip(wide.chunks_exact(ld)) {
+        y.copy_from_slice(&w[..hw]);
+    }
 }
 
 /// W̃ [C_in, C_out·k²], W̃[i, (o·k + a)·k + b] = s·W[o, i, k−1−a, k−1−b]: the
@@ -144,22 +222,30 @@ fn adjoint_weights(g: &Geometry, w: &[f32], scale: f32) -> Vec<f32> {
     out
 }
 
-/// [dx (N·C_in·H·W), dW (C_out·C_in·k²), dc (N·C_out)] from x, W and dy,
-/// for y = s·(…); dx and dW stay zero unless `(want_x, want_w)` ask for them.
-fn backward(g: &Geometry, x: &[f32], w: &[f32], dy: &[f32], scale: f32, n: usize, want: (bool, bool)) -> Vec<f32> {
+/// [dx (N·C_in·H·W), dW (C_out·C_in·k²), dc (N·C_out), (dγ, dβ (C_in each))]
+/// from x, θ and dy, for y = s·(…); dx and dW stay zero unless `(want_x,
+/// want_w)` ask for them (`want_w`: θ is tracked, so dγ, dβ are wanted too).
+fn backward(g: &Geometry, x: &[f32], theta: &[f32], dy: &[f32], scale: f32, n: usize, want: (bool, bool)) -> Vec<f32> {
     let (want_x, want_w) = want;
-    let (rows, hw, cout) = (g.rows(), g.hw_out, g.cout);
-    let mut out = vec![0f32; n * g.x_len + cout * rows + n * cout];
+    let (rows, hw, cout, cin) = (g.rows(), g.hw_out, g.cout, g.cin);
+    let (w, _, gamma, beta) = g.split(theta, n);
+    let norm_len = if g.norm.is_some() { 2 * cin } else { 0 };
+    let mut out = vec![0f32; n * g.x_len + cout * rows + n * cout + norm_len];
     let (dx, rest) = out.split_at_mut(n * g.x_len);
-    let (dw, dc) = rest.split_at_mut(cout * rows);
+    let (dw, rest) = rest.split_at_mut(cout * rows);
+    let (dc, dnorm) = rest.split_at_mut(n * cout);
+    // the gradient with respect to the convolution's input (x, or a = silu(GN(x)))
+    let want_input = want_x || (want_w && g.norm.is_some());
     // dx = W̃ im2col(s·dy) for stride 1, col2im((s·W)ᵀ dy) for stride 2
     let w_adj = if g.stride == 1 { adjoint_weights(g, w, scale) } else { w.iter().map(|v| v * scale).collect() };
-    let dw_total = Mutex::new(vec![0f32; cout * rows]);
+    let totals = Mutex::new((vec![0f32; cout * rows], vec![0f32; norm_len]));
     let (dx_out, dc_out) = (SharedMut::new(dx), SharedMut::new(dc));
     par_ranges(n, |images| {
-        let (mut buf, mut dy_buf) = (Vec::new(), Vec::new());
-        let mut dp = if want_x && g.stride != 1 { vec![0f32; rows * hw] } else { Vec::new() };
-        let mut dw = vec![0f32; cout * rows];
+        let (mut buf, mut dy_buf, mut a, mut dyt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (p_ld, mut wide) = (g.p_ld(), Vec::new());
+        let mut dp = if want_input && g.stride != 1 { vec![0f32; rows * g.ld] } else { Vec::new() };
+        let mut da = if want_input && g.norm.is_some() { vec![0f32; g.x_len] } else { Vec::new() };
+        let (mut dw, mut dgb) = (vec![0f32; cout * rows], vec![0f32; norm_len]);
         for b in images {
             // SAFETY: image b's blocks of dx and dc, written by this task only.
             let (dx, dc) = unsafe { (dx_out.slice(b * g.x_len, g.x_len), dc_out.slice(b * cout, cout)) };
@@ -167,27 +253,46 @@ fn backward(g: &Geometry, x: &[f32], w: &[f32], dy: &[f32], scale: f32, n: usize
             for (d, row) in dc.iter_mut().zip(dy.chunks_exact(hw)) {
                 *d = scale * sum(row);
             }
-            // SAFETY (all GEMMs): dW is [C_out, rows], dy_b [C_out, hw], P [rows, hw],
+            // SAFETY (all GEMMs): dWᵀ is [rows, C_out], dy_bᵀ [hw, C_out], P [rows, hw],
             // W̃ [C_in, C_out·k²] and im2col(dy_b) [C_out·k², hw] (stride 1),
             // W [C_out, rows] and dp [rows, hw] (stride 2).
             if want_w {
-                let p = patches(x, &g.patches, g.pointwise(), &mut buf);
+                let input = conv_input(g, x, gamma, beta, &mut a);
+                let p = patches(input, &g.patches, g.pointwise(), &mut buf);
+                // dW += dy_b P_bᵀ, kept transposed (dWᵀ [rows, C_out]) with dy_b
+                // transposed first: the GEMM's output and left operand are then both
+                // C_out-contiguous. With a row-major output the crate transposes the
+                // whole product and packs P_b one strided scalar at a time (11% of a
+                // 28×28 step in a profile).
+                transpose(dy, cout, hw, &mut dyt);
                 unsafe {
                     let dwp = dw.as_mut_ptr();
-                    gemm_serial(cout, rows, hw, dwp, (rows as isize, 1), true, Mat::rows(dy, hw), Mat::t(p, hw));
+                    gemm_serial(cout, rows, hw, dwp, (1, cout as isize), true, Mat::t(&dyt, cout), Mat::t(p, p_ld));
                 }
             }
-            if !want_x {
+            if !want_input {
                 continue;
             }
+            // the input's gradient: dx itself, or da (then GroupNorm's backward gives dx)
+            let target: &mut [f32] = if g.norm.is_some() { &mut da } else { dx };
             if g.stride == 1 {
                 let q = patches(dy, &g.adjoint, g.k == 1, &mut dy_buf);
                 let kk = cout * g.k * g.k;
+                let q_ld = if g.k == 1 { hw } else { g.ld };
                 // dx_bᵀ = Qᵀ W̃ᵀ, hw-contiguous like the forward
-                unsafe {
-                    let dxt = (1, hw as isize);
-                    gemm_serial(hw, g.cin, kk, dx.as_mut_ptr(), dxt, false, Mat::t(q, hw), Mat::t(&w_adj, kk))
-                };
+                if q_ld == hw {
+                    unsafe {
+                        let dxt = (1, hw as isize);
+                        gemm_serial(hw, cin, kk, target.as_mut_ptr(), dxt, false, Mat::t(q, hw), Mat::t(&w_adj, kk))
+                    };
+                } else {
+                    wide.resize(cin * q_ld, 0.0);
+                    unsafe {
+                        let wt = (1, q_ld as isize);
+                        gemm_serial(q_ld, cin, kk, wide.as_mut_ptr(), wt, false, Mat::t(q, q_ld), Mat::t(&w_adj, kk))
+                    };
+                    copy_rows(target, hw, &wide, q_ld);
+                }
             } else {
                 unsafe {
                     gemm_serial(
@@ -195,25 +300,54 @@ fn backward(g: &Geometry, x: &[f32], w: &[f32], dy: &[f32], scale: f32, n: usize
                         hw,
                         cout,
                         dp.as_mut_ptr(),
-                        (hw as isize, 1),
+                        (g.ld as isize, 1),
                         false,
                         Mat::t(&w_adj, rows),
                         Mat::rows(dy, hw),
                     )
                 };
-                col2im_add(&dp, &g.patches, dx);
+                if g.norm.is_some() {
+                    // da is reused across images (dx starts zeroed)
+                    target.fill(0.0);
+                }
+                col2im_add(&dp, &g.patches, target);
+            }
+            if let Some(d) = &g.norm {
+                let (dgamma, dbeta) = dgb.split_at_mut(cin);
+                gn::backward(d, x, gamma, beta, &da, dx, dgamma, dbeta);
             }
         }
-        let mut total = dw_total.lock().expect("fused conv: dW lock");
-        for (t, v) in total.iter_mut().zip(&dw) {
+        let mut total = totals.lock().expect("fused conv: dW lock");
+        for (t, v) in total.0.iter_mut().zip(&dw) {
+            *t += v;
+        }
+        for (t, v) in total.1.iter_mut().zip(&dgb) {
             *t += v;
         }
     });
-    let total = dw_total.into_inner().expect("fused conv: dW lock");
-    for (d, v) in dw.iter_mut().zip(total) {
-        *d = scale * v;
+    let (total_w, total_norm) = totals.into_inner().expect("fused conv: dW lock");
+    // dW from dWᵀ
+    for (r, col) in total_w.chunks_exact(cout).enumerate() {
+        for (o, &v) in col.iter().enumerate() {
+            dw[o * rows + r] = scale * v;
+        }
     }
+    dnorm.copy_from_slice(&total_norm);
     out
+}
+
+/// out [cols, rows] := aᵀ for a row-major [rows, cols], in blocks of 16
+/// columns so that reads and writes both stay within a few cache lines.
+fn transpose(a: &[f32], rows: usize, cols: usize, out: &mut Vec<f32>) {
+    out.resize(rows * cols, 0.0);
+    for c0 in (0..cols).step_by(16) {
+        let c1 = (c0 + 16).min(cols);
+        for (r, row) in a.chunks_exact(cols).enumerate() {
+            for (c, &v) in row[c0..c1].iter().enumerate() {
+                out[(c0 + c) * rows + r] = v;
+            }
+        }
+    }
 }
 
 /// Σ v in eight lanes, so the loop vectorizes (a plain sum is one serial chain).
@@ -236,6 +370,8 @@ struct Forward {
     stride: usize,
     cout: usize,
     scale: f64,
+    /// silu(GN(x)) folded in: (groups, ε).
+    norm: Option<(usize, f64)>,
 }
 
 impl Forward {
@@ -247,7 +383,7 @@ impl Forward {
         l2: &Layout,
         r: Option<&[f32]>,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = Geometry::new(l1.dims(), self.cout, self.k, self.stride);
+        let g = Geometry::new(l1.dims(), self.cout, self.k, self.stride, self.norm);
         let n = l1.dims()[0];
         let y = forward(&g, slice::<f32>(s1, l1)?, slice::<f32>(s2, l2)?, r, self.scale as f32, n);
         let (ho, wo) = g.patches.out_hw();
@@ -258,7 +394,7 @@ impl Forward {
     /// (θ is constant for a likelihood's ∇ₓ, x for the network's input).
     fn grads(&self, x: &Tensor, theta: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let want = (x.track_op(), theta.track_op());
-        let op = Backward { k: self.k, stride: self.stride, cout: self.cout, scale: self.scale, want };
+        let op = Backward { k: self.k, stride: self.stride, cout: self.cout, scale: self.scale, norm: self.norm, want };
         let all = x.apply_op3(theta, &dy.contiguous()?, op)?;
         let xn = x.elem_count();
         let dx = want.0.then(|| all.narrow(0, 0, xn)?.reshape(x.shape())).transpose()?;
@@ -316,6 +452,7 @@ struct Backward {
     stride: usize,
     cout: usize,
     scale: f64,
+    norm: Option<(usize, f64)>,
     /// (dx, dθ) wanted.
     want: (bool, bool),
 }
@@ -334,10 +471,10 @@ impl CustomOp3 for Backward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = Geometry::new(l1.dims(), self.cout, self.k, self.stride);
+        let g = Geometry::new(l1.dims(), self.cout, self.k, self.stride, self.norm);
         let n = l1.dims()[0];
-        let w = &slice::<f32>(s2, l2)?[..g.cout * g.rows()];
-        let all = backward(&g, slice::<f32>(s1, l1)?, w, slice::<f32>(s3, l3)?, self.scale as f32, n, self.want);
+        let theta = slice::<f32>(s2, l2)?;
+        let all = backward(&g, slice::<f32>(s1, l1)?, theta, slice::<f32>(s3, l3)?, self.scale as f32, n, self.want);
         let len = all.len();
         Ok((CpuStorage::F32(all), Shape::from(len)))
     }
@@ -366,6 +503,29 @@ pub fn conv2d(
     stride: usize,
     residual: Option<(&Tensor, f64)>,
 ) -> Result<Tensor> {
+    conv2d_normed(x, None, w, c, k, stride, residual)
+}
+
+/// A GroupNorm with SiLU folded into [`conv2d_normed`]: γ, β [C_in], G groups, ε.
+#[derive(Clone, Copy)]
+pub struct Norm<'a> {
+    pub gamma: &'a Tensor,
+    pub beta: &'a Tensor,
+    pub groups: usize,
+    pub eps: f64,
+}
+
+/// [`conv2d`] of silu(GN(x; γ, β)) when `norm` is given (see the module
+/// docs), of x itself otherwise: one op, the normalized input never stored.
+pub fn conv2d_normed(
+    x: &Tensor,
+    norm: Option<Norm>,
+    w: &Tensor,
+    c: &Tensor,
+    k: usize,
+    stride: usize,
+    residual: Option<(&Tensor, f64)>,
+) -> Result<Tensor> {
     let (n, cin, h, wd) = x.dims4()?;
     let cout = w.dim(0)?;
     if x.dtype() != DType::F32 || w.dtype() != DType::F32 || c.dtype() != DType::F32 || !x.device().is_cpu() {
@@ -384,15 +544,28 @@ pub fn conv2d(
             c.shape()
         );
     }
-    let theta = Tensor::cat(&[w.flatten_all()?, c.flatten_all()?], 0)?;
+    let mut parts = vec![w.flatten_all()?, c.flatten_all()?];
+    if let Some(nm) = norm {
+        if nm.gamma.dims() != [cin] || nm.beta.dims() != [cin] || nm.groups == 0 || !cin.is_multiple_of(nm.groups) {
+            candle_core::bail!(
+                "fused conv: expected γ, β [{cin}] and groups dividing {cin}, got {:?}, {:?} and {}",
+                nm.gamma.shape(),
+                nm.beta.shape(),
+                nm.groups
+            );
+        }
+        parts.extend([nm.gamma.to_dtype(DType::F32)?, nm.beta.to_dtype(DType::F32)?]);
+    }
+    let theta = Tensor::cat(&parts, 0)?;
     let x = x.contiguous()?;
+    let norm = norm.map(|nm| (nm.groups, nm.eps));
     match residual {
-        None => x.apply_op2(&theta, Forward { k, stride, cout, scale: 1.0 }),
+        None => x.apply_op2(&theta, Forward { k, stride, cout, scale: 1.0, norm }),
         Some((r, scale)) => {
             if r.dims() != [n, cout, h / stride, wd / stride] || r.dtype() != DType::F32 {
                 candle_core::bail!("fused conv: the residual must be f32 of the output's shape, got {:?}", r.shape());
             }
-            x.apply_op3(&theta, &r.contiguous()?, Forward { k, stride, cout, scale })
+            x.apply_op3(&theta, &r.contiguous()?, Forward { k, stride, cout, scale, norm })
         }
     }
 }
@@ -407,16 +580,19 @@ mod tests {
     /// scaled residual), and its gradients equal candle's (through conv2d's own
     /// backward), for a random weighting of the output as the loss; stride 1
     /// and 2, k = 1 and 3, with and without the residual, and a batch that does
-    /// not split evenly across tasks. f32 sums of up to C_in·k² = 27 (forward)
-    /// and N·H·W = 320 (dW) terms of size ~1: 1e-4 relative to the largest
-    /// entry is many times their rounding.
+    /// not split evenly across tasks; 8×8, and 10×10 and 20×20 whose 10×10
+    /// outputs have their patch matrices padded to 112 columns. f32 sums of up
+    /// to C_in·k² = 27 (forward) and N·H·W = 2000 (dW) terms of size ~1: 1e-4
+    /// relative to the largest entry is many times their rounding.
     #[test]
     fn matches_candle_conv2d_and_its_gradients() {
         let dev = Device::Cpu;
         let mut rng = crate::rng::Rng::new(11, 0);
-        let (n, cin, cout, h, w) = (5, 3, 4, 8, 8);
-        let x = Var::from_tensor(&rng.randn((n, cin, h, w), DType::F32, &dev).unwrap()).unwrap();
-        for (k, stride, residual) in [(3, 1, false), (3, 2, false), (1, 1, false), (3, 1, true), (1, 1, true)] {
+        let (n, cin, cout) = (5, 3, 4);
+        let cases = [(3, 1, false), (3, 2, false), (1, 1, false), (3, 1, true), (1, 1, true)];
+        for ((k, stride, residual), side) in cases.into_iter().flat_map(|c| [8, 10, 20].map(|s| (c, s))) {
+            let (h, w) = (side, side);
+            let x = Var::from_tensor(&rng.randn((n, cin, h, w), DType::F32, &dev).unwrap()).unwrap();
             let wt = Var::from_tensor(&rng.randn((cout, cin, k, k), DType::F32, &dev).unwrap()).unwrap();
             let c = Var::from_tensor(&rng.randn((n, cout), DType::F32, &dev).unwrap()).unwrap();
             let r = Var::from_tensor(&rng.randn((n, cout, h / stride, w / stride), DType::F32, &dev).unwrap()).unwrap();
@@ -433,11 +609,66 @@ mod tests {
             if residual {
                 theirs = ((theirs + r.as_tensor()).unwrap() * s).unwrap();
             }
-            let case = format!("k={k} stride={stride} residual={residual}");
+            let case = format!("k={k} stride={stride} residual={residual} {side}×{side}");
             assert_eq!(ours.dims(), theirs.dims());
             assert!(max_diff(&ours, &theirs) < 1e-4, "{case}: forward {}", max_diff(&ours, &theirs));
             let weights = rng.randn(ours.shape(), DType::F32, &dev).unwrap();
             let mut vars = vec![("x", x.as_tensor()), ("W", wt.as_tensor()), ("c", c.as_tensor())];
+            if residual {
+                vars.push(("r", r.as_tensor()));
+            }
+            assert_same_gradients(&ours, &theirs, &weights, &vars, (1e-4, 0.0), &case);
+        }
+    }
+
+    /// With silu(GN(x)) folded in, the op equals candle-nn's GroupNorm, SiLU
+    /// and candle's conv2d (plus the per-image bias and the scaled residual),
+    /// and so do its gradients for x, W, c, γ, β and r; stride 1 and 2, k = 1
+    /// and 3, a batch that does not split evenly across tasks, 8×8 and 20×20
+    /// (padded patch matrices at stride 2), inputs of mean 3 (a one-pass
+    /// variance fails). Tolerances as in the test above.
+    #[test]
+    fn folded_group_norm_matches_candle_and_its_gradients() {
+        let dev = Device::Cpu;
+        let mut rng = crate::rng::Rng::new(13, 0);
+        let (n, cin, cout, groups) = (5, 4, 3, 2);
+        let gamma = Var::from_tensor(&rng.randn(cin, DType::F32, &dev).unwrap()).unwrap();
+        let beta = Var::from_tensor(&rng.randn(cin, DType::F32, &dev).unwrap()).unwrap();
+        let gn =
+            candle_nn::GroupNorm::new(gamma.as_tensor().clone(), beta.as_tensor().clone(), cin, groups, 1e-6).unwrap();
+        let cases = [(3, 1, false), (3, 2, false), (1, 1, false), (3, 1, true)];
+        for ((k, stride, residual), side) in cases.into_iter().flat_map(|c| [8, 20].map(|s| (c, s))) {
+            let (h, w) = (side, side);
+            let x = rng.randn((n, cin, h, w), DType::F32, &dev).unwrap().affine(2.0, 3.0).unwrap();
+            let x = Var::from_tensor(&x).unwrap();
+            let wt = Var::from_tensor(&rng.randn((cout, cin, k, k), DType::F32, &dev).unwrap()).unwrap();
+            let c = Var::from_tensor(&rng.randn((n, cout), DType::F32, &dev).unwrap()).unwrap();
+            let r = Var::from_tensor(&rng.randn((n, cout, h / stride, w / stride), DType::F32, &dev).unwrap()).unwrap();
+            let flat = wt.as_tensor().reshape((cout, cin * k * k)).unwrap();
+            let s = 0.7;
+            let norm = Norm { gamma: gamma.as_tensor(), beta: beta.as_tensor(), groups, eps: 1e-6 };
+            let res = residual.then_some((r.as_tensor(), s));
+            let ours = conv2d_normed(x.as_tensor(), Some(norm), &flat, c.as_tensor(), k, stride, res).unwrap();
+            let a = candle_core::Module::forward(&gn, x.as_tensor()).unwrap().silu().unwrap();
+            let mut theirs = a
+                .conv2d(wt.as_tensor(), k / 2, stride, 1, 1)
+                .unwrap()
+                .broadcast_add(&c.as_tensor().unsqueeze(2).unwrap().unsqueeze(3).unwrap())
+                .unwrap();
+            if residual {
+                theirs = ((theirs + r.as_tensor()).unwrap() * s).unwrap();
+            }
+            let case = format!("normed k={k} stride={stride} residual={residual} {side}×{side}");
+            assert_eq!(ours.dims(), theirs.dims());
+            assert!(max_diff(&ours, &theirs) < 1e-4, "{case}: forward {}", max_diff(&ours, &theirs));
+            let weights = rng.randn(ours.shape(), DType::F32, &dev).unwrap();
+            let mut vars = vec![
+                ("x", x.as_tensor()),
+                ("W", wt.as_tensor()),
+                ("c", c.as_tensor()),
+                ("γ", gamma.as_tensor()),
+                ("β", beta.as_tensor()),
+            ];
             if residual {
                 vars.push(("r", r.as_tensor()));
             }

@@ -241,22 +241,29 @@ pub(crate) struct Patches {
     w: usize,
     k: usize,
     stride: usize,
+    /// Columns of the patch matrix as stored (≥ N·Ho·Wo; the extra ones are left alone).
+    ld: usize,
 }
 
 impl Patches {
     /// The geometry of a k×k, stride-s convolution on N images C×H×W.
     pub(crate) fn new(n: usize, (c, h, w): (usize, usize, usize), k: usize, stride: usize) -> Self {
-        Self { n, c, h, w, k, stride }
+        Self { n, c, h, w, k, stride, ld: n * (h / stride) * (w / stride) }
+    }
+
+    /// The same geometry with the patch matrix stored `ld` columns wide (ld ≥ N·Ho·Wo).
+    pub(crate) fn with_ld(self, ld: usize) -> Self {
+        Self { ld: ld.max(self.ld), ..self }
     }
 
     pub(crate) fn out_hw(&self) -> (usize, usize) {
         (self.h / self.stride, self.w / self.stride)
     }
 
-    /// Rows of the patch matrix (C·k² plus the bias row) and its columns (N·Ho·Wo).
+    /// Rows of the patch matrix (C·k² plus the bias row) and its stored
+    /// columns (N·Ho·Wo unless [`Patches::with_ld`] widened it).
     pub(crate) fn cols_shape(&self) -> (usize, usize) {
-        let (ho, wo) = self.out_hw();
-        (self.c * self.k * self.k + 1, self.n * ho * wo)
+        (self.c * self.k * self.k + 1, self.ld)
     }
 
     /// Calls `f(col, img, len)` for every run of patch entries inside the
@@ -267,7 +274,7 @@ impl Patches {
     fn for_each_run(&self, mut f: impl FnMut(usize, usize, usize)) {
         let (ho, wo) = self.out_hw();
         let (p, s) = (self.k / 2, self.stride);
-        let cols = self.n * ho * wo;
+        let cols = self.ld;
         for c in 0..self.c {
             for dy in 0..self.k {
                 for dx in 0..self.k {
@@ -333,7 +340,7 @@ pub(crate) fn im2col_into<T: candle_core::WithDType>(x: &[T], g: &Patches, out: 
 /// padding and set back to zero. One copy per row instead of one per image row.
 fn im2col_stride1<T: candle_core::WithDType>(x: &[T], g: &Patches, out: &mut [T]) {
     let (h, w, k, p) = (g.h, g.w, g.k, g.k / 2);
-    let (hw, cols) = (h * w, g.n * h * w);
+    let (hw, cols) = (h * w, g.ld);
     for b in 0..g.n {
         for c in 0..g.c {
             let src = &x[(b * g.c + c) * hw..][..hw];
@@ -463,7 +470,7 @@ pub fn im2col(x: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
     if !crate::autodiff::cpu_ops_allowed(x.device()) {
         return im2col_candle(x, k, stride);
     }
-    x.contiguous()?.apply_op1(Im2col { g: Patches { n, c, h, w, k, stride }, ones: true })
+    x.contiguous()?.apply_op1(Im2col { g: Patches::new(n, (c, h, w), k, stride), ones: true })
 }
 
 /// [`im2col`] in candle's ops (padding, strided slices, a permutation), for
@@ -814,7 +821,7 @@ mod tests {
         let x = Var::from_tensor(&Tensor::from_vec(v, (n, c, h, w), &Device::Cpu).unwrap()).unwrap();
         let xt = x.as_tensor();
         for (k, stride) in [(3, 1), (3, 2), (1, 1), (5, 2)] {
-            let g = Patches { n, c, h, w, k, stride };
+            let g = Patches::new(n, (c, h, w), k, stride);
             let kernel = xt.apply_op1(Im2col { g, ones: true }).unwrap();
             let candle = im2col_candle(xt, k, stride).unwrap();
             close(&kernel, &candle, 1e-300);

@@ -34,6 +34,8 @@ pub struct GroupNorm {
     eps: f64,
     /// The same layer in candle ops, for the exact higher-order path.
     candle: candle_nn::GroupNorm,
+    /// γ and β are constants ([`GroupNorm::freeze`]).
+    frozen: bool,
 }
 
 /// A [`GroupNorm`] of `groups` groups over `channels` channels.
@@ -41,7 +43,7 @@ pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> R
     let weight = vb.get_with_hints(channels, "weight", candle_nn::Init::Const(1.))?;
     let bias = vb.get_with_hints(channels, "bias", candle_nn::Init::Const(0.))?;
     let candle = candle_nn::GroupNorm::new(weight.clone(), bias.clone(), channels, groups, eps)?;
-    Ok(GroupNorm { weight, bias, groups, eps, candle })
+    Ok(GroupNorm { weight, bias, groups, eps, candle, frozen: false })
 }
 
 impl GroupNorm {
@@ -61,13 +63,31 @@ impl GroupNorm {
         }
     }
 
+    /// Marks γ and β as constants (an evaluated network, [`crate::nets::Network::freeze`]):
+    /// the fused op then keeps no activations unless x is tracked, and skips dγ, dβ.
+    pub fn freeze(&mut self) {
+        self.frozen = true;
+    }
+
+    /// (γ, β, G, ε) for an op that folds silu(GN(x)) in (see
+    /// [`super::conv::conv2d_normed`]): γ and β detached when they are
+    /// constants (frozen here, `constant` for the caller).
+    pub(crate) fn folded(&self, constant: bool) -> (Tensor, Tensor, usize, f64) {
+        let (gamma, beta) = if constant || self.frozen || crate::autodiff::parameters_constant() {
+            (self.weight.detach(), self.bias.detach())
+        } else {
+            (self.weight.clone(), self.bias.clone())
+        };
+        (gamma, beta, self.groups, self.eps)
+    }
+
     /// The fused op: f32 on the CPU outside [`crate::autodiff::exact_higher_order`].
     fn fused(&self, x: &Tensor, silu: bool) -> Result<Option<Tensor>> {
         if !crate::autodiff::fused_kernels_allowed(x.device()) || x.dtype() != DType::F32 {
             return Ok(None);
         }
         let (mut gamma, mut beta) = (self.weight.clone(), self.bias.clone());
-        if crate::autodiff::parameters_constant() {
+        if self.frozen || crate::autodiff::parameters_constant() {
             (gamma, beta) = (gamma.detach(), beta.detach());
         }
         group_norm_fused(x, &gamma, &beta, self.groups, self.eps, silu).map(Some)
@@ -76,7 +96,7 @@ impl GroupNorm {
 
 /// The shape of one call: N images, C channels in G groups, `hw` entries per channel.
 #[derive(Debug, Clone, Copy)]
-struct Dims {
+pub(super) struct Dims {
     c: usize,
     groups: usize,
     hw: usize,
@@ -85,7 +105,7 @@ struct Dims {
 }
 
 impl Dims {
-    fn of(x: &[usize], groups: usize, eps: f64, silu: bool) -> Self {
+    pub(super) fn of(x: &[usize], groups: usize, eps: f64, silu: bool) -> Self {
         Self { c: x[1], groups, hw: x[2..].iter().product(), eps: eps as f32, silu }
     }
 
@@ -95,8 +115,9 @@ impl Dims {
 }
 
 /// The per-image kernels, compiled for AVX2 + FMA (chosen at run time; the
-/// build targets plain x86-64) and for the baseline.
-mod kernels {
+/// build targets plain x86-64) and for the baseline; [`super::conv`] runs
+/// them inside its op when the normalization is folded into a convolution.
+pub(super) mod kernels {
     use super::{exp_f32, Dims};
 
     /// Σ f(v) over x in eight lanes, so the loop vectorizes.
