@@ -580,7 +580,12 @@ mod tests {
         assert!(y.track_op(), "a trainable net tracks its output");
         net.freeze();
         let (y_frozen, dx_frozen) = (net.forward(&x, &t).unwrap(), input_grad(&net));
-        assert!(!y_frozen.track_op(), "a frozen net tracks nothing when x is constant");
+        // Freezing is the fused kernels' saving (no activations, no dW); on
+        // candle's ops (SCOREGEN_FUSED=0, a GPU) the graph stays and only the
+        // values below must agree.
+        if crate::autodiff::fused_kernels_allowed(&Device::Cpu) {
+            assert!(!y_frozen.track_op(), "a frozen net tracks nothing when x is constant");
+        }
         assert_eq!(crate::nets::max_diff(&y, &y_frozen), 0.0);
         assert_eq!(crate::nets::max_diff(&dx, &dx_frozen), 0.0);
     }
