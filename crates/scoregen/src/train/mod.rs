@@ -526,6 +526,8 @@ pub fn train_with(
             ))
         };
         let (loss, grad_norm) = trainer.train_step(&last_ck)?;
+        // The crash tests' kill between two checkpoints (`fs::kill_point`).
+        fs::kill_point(trainer.step, "step");
         acc += loss;
         count += 1;
         pb.inc(1);
