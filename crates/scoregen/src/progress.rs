@@ -5,14 +5,14 @@ use crate::error::Error;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-/// A bar of `len` steps labelled `what`, showing rate and ETA.
+/// A bar of `len` steps labelled `what`, showing rate, elapsed time and ETA.
 pub fn bar(len: usize, what: &str, quiet: bool) -> ProgressBar {
     if quiet {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::new(len as u64);
     pb.set_style(
-        ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} {per_sec} ETA {eta} {msg}")
+        ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} {per_sec} {elapsed_precise} elapsed, ETA {eta} {msg}")
             .expect("valid template")
             .progress_chars("=> "),
     );
