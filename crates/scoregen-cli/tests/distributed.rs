@@ -142,6 +142,22 @@ fn two_ranks_with_half_batches_take_the_step_of_one_process() {
     assert!(d <= 1e-5, "two ranks differ from one process with the same global batch: {d:e}");
     let g = |run: &str| log_lines(dir.path(), run)[0]["grad_norm"].as_f64().unwrap();
     assert!((g("two") - g("one")).abs() <= 1e-6 * g("one"), "grad norms {} and {}", g("two"), g("one"));
+    // Independently of the code that sums and divides: Adam's first moment after
+    // one step is (1 − β₁)·ḡ, ḡ the mean of the two shards' gradients, each computed alone.
+    let cfg = scoregen::app::config::RunConfig::load(&dir.path().join("c.toml"), &[]).unwrap();
+    let mut trainer = scoregen::app::factory::trainer(&cfg).unwrap();
+    trainer.set_parallel(scoregen::train::DataParallel { shards: 2, ..Default::default() }).unwrap();
+    let (g0, g1) = (trainer.shard_gradient(0).unwrap().unwrap().1, trainer.shard_gradient(1).unwrap().unwrap().1);
+    for (((name, _), a), b) in trainer.params.iter().zip(&g0).zip(&g1) {
+        let m = two.optimizer[&format!("m.{name}")].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (a, b) =
+            (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let scale = m.iter().fold(1e-12f32, |s, x| s.max(x.abs()));
+        for ((m, a), b) in m.iter().zip(&a).zip(&b) {
+            let want = 0.1 * (a + b) / 2.0;
+            assert!((m - want).abs() <= 1e-5 * scale, "m.{name}: {m} after the step, (1 − β₁)·mean gradient {want}");
+        }
+    }
     // The comparison can see a different batch: the plain run draws one shard of 64.
     assert!(max_rel_diff(&two, &plain) > 1e-3, "a different global batch should give different weights");
     assert!(!dir.path().join("two/.lock").exists());

@@ -360,6 +360,18 @@ impl Trainer {
         Ok(Ok((l, Adam::gradients(&self.params, &autodiff::backward(&loss)?)?)))
     }
 
+    /// Shard `k`'s loss and gradient at the current step (its B/S points and
+    /// noise), leaving the trainer as it is: what one process contributes to
+    /// a data-parallel step before the reduction. `Err(name)`: a non-finite loss.
+    pub fn shard_gradient(&self, k: usize) -> Result<std::result::Result<(f64, Vec<Tensor>), String>> {
+        let (mut b, mut n) = if k == 0 {
+            (self.batch_rng.clone(), self.noise_rng.clone())
+        } else {
+            parallel::shard_rngs(self.seed, k, self.step)
+        };
+        self.shard_gradients(&mut b, &mut n, self.settings.batch_size / self.parallel.shards)
+    }
+
     /// The mean loss and the mean gradient over the global batch: this
     /// process's shards, then (several processes) one all-reduce of the
     /// gradient sums with the loss sum, a non-finite count and the stop flag.
