@@ -291,3 +291,39 @@ fn a_killed_rank_stops_every_rank_and_the_run_resumes() {
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
 }
+
+/// Rank 1 alone meets a non-finite loss at step 3 (injected): both ranks
+/// stop at step 3, rank 1 naming its shard, rank 0 naming the other process,
+/// and rank 0's step-2 checkpoint is the last good one.
+#[test]
+fn a_non_finite_loss_on_one_rank_stops_every_rank_at_the_same_step() {
+    if !mpi_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "name = \"n\"\n[sde]\nkind = \"vp\"\n[model]\nwidth = 32\n[training]\nsteps = 100\nbatch_size = 64\n\
+         checkpoint_every = 1\n",
+    )
+    .unwrap();
+    let out = mpirun(2, &["-q", "train", "--config", "c.toml", "--out", "run", "--distributed"], dir.path())
+        .env("SCOREGEN_TEST_NAN_AT", "3:1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{err}");
+    assert!(!out.status.success(), "{err}");
+    let tail = "at step 3; last good checkpoint: run/checkpoints/step-000000002";
+    assert!(
+        err.contains(&format!(
+            "rank 1 of 2: training run: non-finite loss (injected by SCOREGEN_TEST_NAN_AT) (shard 1 of 2) {tail}"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("rank 0 of 2: training run: non-finite loss on 1 other process(es) of 2 {tail}")),
+        "{err}"
+    );
+    assert_eq!(checkpoint(dir.path(), "run").state.step, 2);
+}

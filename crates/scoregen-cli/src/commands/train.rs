@@ -140,9 +140,19 @@ mod distributed {
         let parallel = DataParallel { collective: collective.clone(), shards: args.shards.unwrap_or(0) };
         match train(args, g, parallel, device) {
             Ok(()) => Ok(()),
-            Err(e) if agreed(&e) => Err(e.context(format!("rank {rank} of {size}"))),
+            Err(e) if agreed(&e).is_some() => {
+                // Every rank stopped at this step; rank 0 has saved what it keeps. Each
+                // prints, then all wait for each other, so mpirun ends none mid-write.
+                let code = agreed(&e).unwrap_or(1);
+                let line = format!("error: rank {rank} of {size}: {e:#}\n");
+                let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+                let _ = collective.all_gather_u64(0);
+                drop(collective); // the last reference: MPI_Finalize
+                std::process::exit(code)
+            }
             Err(e) => {
-                eprintln!("error: rank {rank} of {size}: {e:#}\nstopping all {size} processes (MPI_Abort)");
+                let line = format!("error: rank {rank} of {size}: {e:#}; stopping all {size} processes (MPI_Abort)\n");
+                let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
                 collective.abort(1)
             }
         }
@@ -161,13 +171,13 @@ mod distributed {
         Ok(Arc::new(mpi))
     }
 
-    /// Errors that every rank returns at the same step.
-    fn agreed(e: &anyhow::Error) -> bool {
-        e.chain().any(|c| {
-            matches!(
-                c.downcast_ref::<scoregen::error::Error>(),
-                Some(scoregen::error::Error::NonFinite { .. } | scoregen::error::Error::Interrupted(_))
-            )
+    /// The exit code of an error that every rank returns at the same step
+    /// (a non-finite loss: 1, Ctrl-C: 130); `None` for any other.
+    fn agreed(e: &anyhow::Error) -> Option<i32> {
+        e.chain().find_map(|c| match c.downcast_ref::<scoregen::error::Error>() {
+            Some(scoregen::error::Error::NonFinite { .. }) => Some(1),
+            Some(scoregen::error::Error::Interrupted(_)) => Some(130),
+            _ => None,
         })
     }
 }

@@ -394,7 +394,10 @@ impl Trainer {
             } else {
                 parallel::shard_rngs(self.seed, k, self.step)
             };
-            let out = self.shard_gradients(&mut b, &mut n, bs)?;
+            let mut out = self.shard_gradients(&mut b, &mut n, bs)?;
+            if parallel::nan_injected(self.step + 1, par.collective.rank()) {
+                out = Err("loss (injected by SCOREGEN_TEST_NAN_AT)".into());
+            }
             if k == 0 {
                 (self.batch_rng, self.noise_rng) = (b, n);
             }
@@ -431,11 +434,7 @@ impl Trainer {
         }
         if bad_count > 0 {
             let p = par.collective.size();
-            return Ok(Err(match bad {
-                Some(name) if p > 1 => format!("{name} on rank {} of {p}", par.collective.rank()),
-                Some(name) => name,
-                None => format!("loss on {bad_count} other process(es) of {p}"),
-            }));
+            return Ok(Err(bad.unwrap_or_else(|| format!("loss on {bad_count} other process(es) of {p}"))));
         }
         let inv = 1.0 / shards as f64;
         let mean = grads.iter().map(|g| g.affine(inv, 0.0)).collect::<candle_core::Result<_>>()?;
@@ -690,8 +689,12 @@ pub fn train_with(
         // Several processes agree on stopping inside the step's all-reduce.
         if if single { progress::interrupted() } else { trainer.stop_requested } {
             pb.finish_and_clear();
-            if saved != trainer.step && writer {
-                final_dir = checkpoint::save(&ck_dir, &trainer.checkpoint()?, t.keep_checkpoints)?;
+            if saved != trainer.step {
+                final_dir = if writer {
+                    checkpoint::save(&ck_dir, &trainer.checkpoint()?, t.keep_checkpoints)?
+                } else {
+                    ck_dir.join(checkpoint::dir_name(trainer.step))
+                };
             }
             let kept = if trainer.step == 0 { "no checkpoint".into() } else { final_dir.display().to_string() };
             drop(stop);

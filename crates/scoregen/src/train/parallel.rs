@@ -132,6 +132,23 @@ pub fn shard_rngs(seed: u64, k: usize, step: usize) -> (Rng, Rng) {
     (Rng::new(seed, streams::shard(streams::BATCH, k, step)), Rng::new(seed, streams::shard(streams::NOISE, k, step)))
 }
 
+/// The environment variable of [`nan_injected`]: `STEP:RANK`.
+pub const NAN_AT_VAR: &str = "SCOREGEN_TEST_NAN_AT";
+
+/// Fault injection for the tests of a data-parallel run: when
+/// `SCOREGEN_TEST_NAN_AT` is `STEP:RANK`, that rank's loss of that step
+/// (1-based) counts as non-finite, as if only it had met an overflow. Unset
+/// (always, outside those tests), it costs one cached lookup.
+pub fn nan_injected(step: usize, rank: usize) -> bool {
+    static AT: std::sync::OnceLock<Option<(usize, usize)>> = std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| {
+        let v = std::env::var(NAN_AT_VAR).ok()?;
+        let (s, r) = v.split_once(':')?;
+        Some((s.parse().ok()?, r.parse().ok()?))
+    });
+    *at == Some((step, rank))
+}
+
 /// SHA-256 (first 8 bytes) of the bits of every tensor, in order: equal on
 /// two processes exactly when their training states are bit-identical.
 pub fn state_hash<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) -> Result<u64> {
