@@ -272,6 +272,8 @@ pub struct Trainer {
     /// Set by a data-parallel step when some process was interrupted (Ctrl-C):
     /// every process stops after the same step.
     pub stop_requested: bool,
+    /// Seconds spent in the all-reduce (copies, waiting for the slowest process, the sum).
+    pub reduce_seconds: f64,
 }
 
 impl Trainer {
@@ -303,6 +305,7 @@ impl Trainer {
             seed: setup.seed,
             parallel: DataParallel::default(),
             stop_requested: false,
+            reduce_seconds: 0.0,
         })
     }
 
@@ -425,7 +428,9 @@ impl Trainer {
             let extra =
                 Tensor::new(&[loss_sum as f32, bad_count as f32, f32::from(u8::from(interrupted))], &self.device)?;
             grads.push(extra);
+            let began = Instant::now();
             let mut reduced = par.collective.all_reduce_sum(&grads)?;
+            self.reduce_seconds += began.elapsed().as_secs_f64();
             let extra = reduced.pop().expect("the scalars were pushed").to_dtype(DType::F64)?.to_vec1::<f64>()?;
             grads = reduced;
             loss_sum = extra[0];
@@ -754,6 +759,15 @@ pub fn train_with(
     }
     pb.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
+    if !single {
+        let n: usize = trainer.params.iter().map(|(_, v)| v.as_tensor().elem_count()).sum();
+        tracing::info!(
+            "rank {}: {:.2} of {seconds:.2} s in the all-reduce of {n} parameters ({:.3} ms a step)",
+            trainer.parallel.collective.rank(),
+            trainer.reduce_seconds,
+            1e3 * trainer.reduce_seconds / (trainer.step - first_step).max(1) as f64
+        );
+    }
     Ok(TrainOutcome {
         step: trainer.step,
         final_loss: trainer.last_loss,
