@@ -412,6 +412,7 @@ fn distributed_in_a_build_without_mpi_names_the_feature() {
     let out = scoregen(&["train", "--config", "c.toml", "--out", "run", "--shards", "3"], dir.path());
     fails_with(&out, &["training.batch_size", "32 does not split into 3 equal shards"]);
     assert!(!dir.path().join("run").exists());
-    let out = scoregen(&["-q", "train", "--config", "c.toml", "--out", "run", "--shards", "2", "--no-report"], dir.path());
+    let out =
+        scoregen(&["-q", "train", "--config", "c.toml", "--out", "run", "--shards", "2", "--no-report"], dir.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -125,7 +125,7 @@ mod distributed {
     use anyhow::Result;
     use scoregen::train::mpi::Mpi;
     use scoregen::train::Collective;
-    use std::sync::Arc;
+    use std::rc::Rc;
 
     pub fn run(args: &Args, g: &Globals) -> Result<()> {
         let mpi = Mpi::init()?;
@@ -136,7 +136,7 @@ mod distributed {
             Some(DeviceSpec::Cuda(n)) => Some(DeviceSpec::Cuda(n + local)),
             other => other,
         };
-        let collective: Arc<dyn Collective> = collective(mpi, device)?;
+        let collective: Rc<dyn Collective> = collective(mpi, device)?;
         let parallel = DataParallel { collective: collective.clone(), shards: args.shards.unwrap_or(0) };
         match train(args, g, parallel, device) {
             Ok(()) => Ok(()),
@@ -159,16 +159,16 @@ mod distributed {
     }
 
     #[cfg(feature = "nccl")]
-    fn collective(mpi: Mpi, device: Option<DeviceSpec>) -> Result<Arc<dyn Collective>> {
+    fn collective(mpi: Mpi, device: Option<DeviceSpec>) -> Result<Rc<dyn Collective>> {
         match device {
-            Some(d @ DeviceSpec::Cuda(_)) => Ok(Arc::new(scoregen::train::nccl::Nccl::init(mpi, &d.open()?)?)),
-            _ => Ok(Arc::new(mpi)),
+            Some(d @ DeviceSpec::Cuda(_)) => Ok(Rc::new(scoregen::train::nccl::Nccl::init(mpi, &d.open()?)?)),
+            _ => Ok(Rc::new(mpi)),
         }
     }
 
     #[cfg(not(feature = "nccl"))]
-    fn collective(mpi: Mpi, _device: Option<DeviceSpec>) -> Result<Arc<dyn Collective>> {
-        Ok(Arc::new(mpi))
+    fn collective(mpi: Mpi, _device: Option<DeviceSpec>) -> Result<Rc<dyn Collective>> {
+        Ok(Rc::new(mpi))
     }
 
     /// The exit code of an error that every rank returns at the same step

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::rng::Rng;
 use candle_core::{DType, Tensor};
 use sha2::{Digest, Sha256};
-use std::sync::Arc;
+use std::rc::Rc;
 
 /// Collective operations over the processes of a data-parallel run.
 /// Every process calls each method in the same order (MPI semantics).
@@ -72,13 +72,13 @@ impl Collective for Local {
 /// (a [`Collective`]) and the number of shards S (a multiple of their number).
 #[derive(Clone)]
 pub struct DataParallel {
-    pub collective: Arc<dyn Collective>,
+    pub collective: Rc<dyn Collective>,
     pub shards: usize,
 }
 
 impl Default for DataParallel {
     fn default() -> Self {
-        Self { collective: Arc::new(Local), shards: 1 }
+        Self { collective: Rc::new(Local), shards: 1 }
     }
 }
 
@@ -90,7 +90,7 @@ impl std::fmt::Debug for DataParallel {
 
 impl DataParallel {
     /// `shards` (0: one per process) over `collective`, checked against the batch size.
-    pub fn new(collective: Arc<dyn Collective>, shards: usize, batch_size: usize) -> Result<Self> {
+    pub fn new(collective: Rc<dyn Collective>, shards: usize, batch_size: usize) -> Result<Self> {
         let p = collective.size();
         let shards = if shards == 0 { p } else { shards };
         if !shards.is_multiple_of(p) {
@@ -237,7 +237,7 @@ mod tests {
 
     #[test]
     fn shards_must_divide_the_batch_and_be_a_multiple_of_the_processes() {
-        let local: Arc<dyn Collective> = Arc::new(Local);
+        let local: Rc<dyn Collective> = Rc::new(Local);
         assert_eq!(DataParallel::new(local.clone(), 0, 64).unwrap().shards, 1);
         assert_eq!(DataParallel::new(local.clone(), 4, 64).unwrap().my_shards(), 0..4);
         let e = DataParallel::new(local, 3, 64).unwrap_err().to_string();
