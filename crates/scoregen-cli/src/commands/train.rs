@@ -43,7 +43,7 @@ pub struct Args {
     #[arg(long, value_name = "S")]
     shards: Option<usize>,
     /// With --distributed: every K steps compare a hash of each process's parameters, Adam
-    /// moments and EMA, and stop naming the ranks that differ (always checked after a resume).
+    /// moments and EMA, and stop naming the ranks that differ (always checked once at the start).
     #[arg(long, value_name = "K", default_value_t = 0)]
     check_sync: usize,
 }

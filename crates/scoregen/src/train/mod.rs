@@ -63,7 +63,7 @@ pub struct TrainOptions {
     /// What to do when the folder already holds a run and `resume` is off.
     pub existing: ExistingRun,
     /// In a data-parallel run, compare a hash of every process's parameters,
-    /// Adam moments and EMA every K steps (and after a resume); 0: only after a resume.
+    /// Adam moments and EMA every K steps (and once at the start or resume); 0: only at the start.
     pub check_sync: usize,
 }
 
