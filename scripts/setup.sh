@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # Installs what the tests and presets need beyond the Rust toolchain: Debian's
-# Fashion-MNIST (IDX files under /usr/share/datasets/fashion-mnist) and chromium
-# (the run report's render check and scripts/screenshot-report.sh). Safe to
+# Fashion-MNIST (IDX files under /usr/share/datasets/fashion-mnist), chromium
+# (the run report's render check and scripts/screenshot-report.sh) and Open MPI
+# (openmpi-bin, libopenmpi-dev, libclang-dev: the `mpi` feature and its tests). Safe to
 # run again; without root or apt it says what is missing and carries on (the
 # tests that need the data then skip with a message, or fail when CI is set).
 set -uo pipefail
 need=()
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need+=(dataset-fashion-mnist)
 command -v chromium >/dev/null || need+=(chromium)
+# Open MPI for `--features mpi` (data-parallel training, docs/distributed.md): mpirun, the
+# headers and mpicc that the `mpi` crate's build probes, and libclang for its bindgen.
+command -v mpirun >/dev/null || need+=(openmpi-bin)
+command -v mpicc >/dev/null || need+=(libopenmpi-dev)
+compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || need+=(libclang-dev)
 if [ ${#need[@]} -eq 0 ]; then
   echo "setup: nothing to install"
   exit 0

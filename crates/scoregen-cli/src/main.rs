@@ -96,7 +96,8 @@ fn main() -> ExitCode {
     match run(&cli.command, &globals) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // One write, so the lines of several processes (mpirun) do not interleave.
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("error: {e:#}\n").as_bytes());
             // 128 + SIGINT, as a shell reports a process stopped by Ctrl-C.
             if scoregen::progress::interrupted() {
                 ExitCode::from(130)

@@ -397,3 +397,22 @@ fn cuda_device_in_a_cpu_build_names_the_feature() {
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected `cpu`, `cuda` or `cuda:N`"));
 }
+
+/// In a build without the `mpi` feature, `train --distributed` fails before
+/// anything is written, in one line naming the feature and the build command;
+/// `--shards` splits the batch on one process and must divide it.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn distributed_in_a_build_without_mpi_names_the_feature() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.toml"), "[model]\nwidth = 16\n[training]\nsteps = 2\nbatch_size = 32\n").unwrap();
+    let out = scoregen(&["train", "--config", "c.toml", "--out", "run", "--distributed"], dir.path());
+    fails_with(&out, &["--distributed", "without the `mpi` feature", "cargo build --release --features mpi", "mpirun"]);
+    assert!(!dir.path().join("run").exists());
+    let out = scoregen(&["train", "--config", "c.toml", "--out", "run", "--shards", "3"], dir.path());
+    fails_with(&out, &["training.batch_size", "32 does not split into 3 equal shards"]);
+    assert!(!dir.path().join("run").exists());
+    let out =
+        scoregen(&["-q", "train", "--config", "c.toml", "--out", "run", "--shards", "2", "--no-report"], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -47,6 +47,18 @@ pub struct TrainState {
     /// SHA-256 of the resolved config with `training.steps` blanked.
     pub config_hash: String,
     pub last_loss: f64,
+    /// Data-parallel shards of the global batch (`train::parallel`); 1, the
+    /// default, is left out of `state.json`, so single-process checkpoints
+    /// are written as before.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub shards: usize,
+}
+
+fn one() -> usize {
+    1
+}
+fn is_one(v: &usize) -> bool {
+    *v == 1
 }
 
 /// A full training checkpoint.
@@ -116,12 +128,17 @@ fn save_tensors(map: &HashMap<String, Tensor>, path: &Path) -> Result<String> {
     Ok(sha256_hex(&read(path)?))
 }
 
+/// The folder name of step `step`'s checkpoint: `step-000001000`.
+pub fn dir_name(step: usize) -> String {
+    format!("step-{step:09}")
+}
+
 /// Writes `ck` under `dir` and keeps the newest `keep` checkpoints. Returns its directory.
 pub fn save(dir: &Path, ck: &Checkpoint, keep: usize) -> Result<PathBuf> {
     // The crash tests' kill points (`fs::kill_point`): after each file, the rename, `latest`, pruning.
     let kill = |point: &str| fs::kill_point(ck.state.step, point);
     fs::create_dir(dir)?;
-    let name = format!("step-{:09}", ck.state.step);
+    let name = dir_name(ck.state.step);
     let tmp = dir.join(format!(".{name}.tmp"));
     let _ = std::fs::remove_dir_all(&tmp);
     let write = || -> Result<()> {

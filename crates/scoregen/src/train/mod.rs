@@ -6,10 +6,16 @@ pub mod anomaly;
 pub mod checkpoint;
 pub mod classifier;
 pub mod ema;
+#[cfg(feature = "mpi")]
+pub mod mpi;
+#[cfg(all(feature = "mpi", feature = "nccl"))]
+pub mod nccl;
+pub mod parallel;
 
 pub use adam::Adam;
 pub use checkpoint::{Checkpoint, TrainState};
 pub use ema::Ema;
+pub use parallel::{Collective, DataParallel, Local};
 
 use crate::data::Dataset;
 use crate::error::{Error, Result};
@@ -35,6 +41,13 @@ pub mod streams {
     pub const NOISE: u64 = 3;
     pub const SAMPLING: u64 = 4;
     pub const EVAL: u64 = 5;
+
+    /// The stream of `kind` (BATCH or NOISE) for data-parallel shard `k ≥ 1`
+    /// at step `step` (0-based): kind in the low byte, k in the next 24 bits,
+    /// the step in the high 32, so it never meets the streams above (k = 0).
+    pub const fn shard(kind: u64, k: usize, step: usize) -> u64 {
+        kind | ((k as u64 & 0xff_ffff) << 8) | ((step as u64) << 32)
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -49,6 +62,9 @@ pub struct TrainOptions {
     pub detect_anomaly: bool,
     /// What to do when the folder already holds a run and `resume` is off.
     pub existing: ExistingRun,
+    /// In a data-parallel run, compare a hash of every process's parameters,
+    /// Adam moments and EMA every K steps (and once at the start or resume); 0: only at the start.
+    pub check_sync: usize,
 }
 
 /// What [`train`] does with a folder that already holds a run (its
@@ -249,6 +265,15 @@ pub struct Trainer {
     pub detect_anomaly: bool,
     /// Where the model's parameters live; batches are copied there.
     pub device: Device,
+    /// The run's seed (the streams of data-parallel shards k ≥ 1 derive from it).
+    pub seed: u64,
+    /// The processes and shards of the global batch ([`parallel`]); one process, one shard by default.
+    pub parallel: DataParallel,
+    /// Set by a data-parallel step when some process was interrupted (Ctrl-C):
+    /// every process stops after the same step.
+    pub stop_requested: bool,
+    /// Seconds spent in the all-reduce (copies, waiting for the slowest process, the sum).
+    pub reduce_seconds: f64,
 }
 
 impl Trainer {
@@ -277,37 +302,52 @@ impl Trainer {
             last_loss: f64::NAN,
             detect_anomaly: false,
             device: setup.device,
+            seed: setup.seed,
+            parallel: DataParallel::default(),
+            stop_requested: false,
+            reduce_seconds: 0.0,
         })
+    }
+
+    /// Spreads the global batch over `parallel` (checked against the batch size).
+    pub fn set_parallel(&mut self, parallel: DataParallel) -> Result<()> {
+        self.parallel = DataParallel::new(parallel.collective, parallel.shards, self.settings.batch_size)?;
+        Ok(())
+    }
+
+    /// Whether this process writes the run's files (rank 0, or a single process).
+    pub fn is_writer(&self) -> bool {
+        self.parallel.collective.rank() == 0
     }
 
     /// A random minibatch (indices with replacement) as an f32 tensor, with its
     /// labels for a class-conditional model (each replaced by the null label K
     /// with probability `model.label_dropout`).
-    fn batch(&mut self) -> Result<(Tensor, Option<Tensor>)> {
+    fn batch(&self, rng: &mut Rng, bs: usize) -> Result<(Tensor, Option<Tensor>)> {
         let pts = &self.dataset.points;
-        let bs = self.settings.batch_size;
         let (k, dropout) = (self.classes, self.label_dropout);
         let mut v = Vec::with_capacity(bs * pts.d);
         let mut labels = Vec::with_capacity(if k > 0 { bs } else { 0 });
         for _ in 0..bs {
-            let i = self.batch_rng.below(pts.n);
+            let i = rng.below(pts.n);
             v.extend(pts.row(i).iter().map(|&x| x as f32));
             if let (true, Some(l)) = (k > 0, &self.dataset.labels) {
-                labels.push(if self.batch_rng.uniform() < dropout { k as u32 } else { l[i] as u32 });
+                labels.push(if rng.uniform() < dropout { k as u32 } else { l[i] as u32 });
             }
         }
         let labels = if k > 0 { Some(Tensor::from_vec(labels, bs, &self.device)?) } else { None };
         Ok((Tensor::from_vec(v, (bs, pts.d), &self.device)?, labels))
     }
 
-    /// One optimizer step. Returns the loss and the gradient norm. A non-finite
-    /// loss or gradient leaves the parameters untouched and is an error naming
-    /// the tensor: the loss, or the first parameter whose gradient is
-    /// non-finite (with `detect_anomaly`, the earlier boundaries of [`anomaly`]).
-    pub fn train_step(&mut self, last_checkpoint: &str) -> Result<(f64, f64)> {
-        let (x0, labels) = self.batch()?;
-        let non_finite =
-            |what: String| Error::NonFinite { what, step: self.step + 1, checkpoint: last_checkpoint.into() };
+    /// The loss of one shard and its parameter gradients; `Err(name)` names
+    /// the first non-finite tensor when the loss is not finite.
+    fn shard_gradients(
+        &self,
+        batch_rng: &mut Rng,
+        noise_rng: &mut Rng,
+        bs: usize,
+    ) -> Result<std::result::Result<(f64, Vec<Tensor>), String>> {
+        let (x0, labels) = self.batch(batch_rng, bs)?;
         let labeled = labels.and_then(|l| self.model.score_labeled(self.sde.clone(), l));
         let score: Box<dyn ScoreFn + '_> = match labeled {
             Some(s) => Box::new(s),
@@ -315,12 +355,105 @@ impl Trainer {
         };
         let watched = anomaly::Watched::new(score.as_ref());
         let score: &dyn ScoreFn = if self.detect_anomaly { &watched } else { score.as_ref() };
-        let loss = self.objective.loss(score, &x0, &mut self.noise_rng)?;
+        let loss = self.objective.loss(score, &x0, noise_rng)?;
         let l = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !l.is_finite() {
-            return Err(non_finite(watched.first().unwrap_or_else(|| "loss".into())));
+            return Ok(Err(watched.first().unwrap_or_else(|| "loss".into())));
         }
-        let grads = Adam::gradients(&self.params, &autodiff::backward(&loss)?)?;
+        Ok(Ok((l, Adam::gradients(&self.params, &autodiff::backward(&loss)?)?)))
+    }
+
+    /// Shard `k`'s loss and gradient at the current step (its B/S points and
+    /// noise), leaving the trainer as it is: what one process contributes to
+    /// a data-parallel step before the reduction. `Err(name)`: a non-finite loss.
+    pub fn shard_gradient(&self, k: usize) -> Result<std::result::Result<(f64, Vec<Tensor>), String>> {
+        let (mut b, mut n) = if k == 0 {
+            (self.batch_rng.clone(), self.noise_rng.clone())
+        } else {
+            parallel::shard_rngs(self.seed, k, self.step)
+        };
+        self.shard_gradients(&mut b, &mut n, self.settings.batch_size / self.parallel.shards)
+    }
+
+    /// The mean loss and the mean gradient over the global batch: this
+    /// process's shards, then (several processes) one all-reduce of the
+    /// gradient sums with the loss sum, a non-finite count and the stop flag.
+    /// `Err(name)`: a non-finite loss, named where this process saw it.
+    fn global_gradients(&mut self) -> Result<std::result::Result<(f64, Vec<Tensor>), String>> {
+        let par = self.parallel.clone();
+        let shards = par.shards;
+        let bs = self.settings.batch_size / shards;
+        if shards == 1 && par.is_single() {
+            // the single-process path of earlier versions, bit for bit
+            let (mut b, mut n) = (self.batch_rng.clone(), self.noise_rng.clone());
+            let out = self.shard_gradients(&mut b, &mut n, bs)?;
+            (self.batch_rng, self.noise_rng) = (b, n);
+            return Ok(out);
+        }
+        let (mut loss_sum, mut sum, mut bad): (f64, Option<Vec<Tensor>>, Option<String>) = (0.0, None, None);
+        for k in par.my_shards() {
+            let (mut b, mut n) = if k == 0 {
+                (self.batch_rng.clone(), self.noise_rng.clone())
+            } else {
+                parallel::shard_rngs(self.seed, k, self.step)
+            };
+            let mut out = self.shard_gradients(&mut b, &mut n, bs)?;
+            if parallel::nan_injected(self.step + 1, par.collective.rank()) {
+                out = Err("loss (injected by SCOREGEN_TEST_NAN_AT)".into());
+            }
+            if k == 0 {
+                (self.batch_rng, self.noise_rng) = (b, n);
+            }
+            match out {
+                Err(name) => {
+                    bad = Some(if shards > 1 { format!("{name} (shard {k} of {shards})") } else { name });
+                    break;
+                }
+                Ok((l, g)) => {
+                    loss_sum += l;
+                    sum = Some(match sum {
+                        None => g,
+                        Some(s) => s.iter().zip(&g).map(|(a, b)| a + b).collect::<candle_core::Result<_>>()?,
+                    });
+                }
+            }
+        }
+        let mut grads = match sum {
+            Some(s) if bad.is_none() => s,
+            _ => self.params.iter().map(|(_, p)| p.as_tensor().zeros_like()).collect::<candle_core::Result<_>>()?,
+        };
+        let mut bad_count = usize::from(bad.is_some());
+        if !par.is_single() {
+            let interrupted = crate::progress::interrupted();
+            let extra =
+                Tensor::new(&[loss_sum as f32, bad_count as f32, f32::from(u8::from(interrupted))], &self.device)?;
+            grads.push(extra);
+            let began = Instant::now();
+            let mut reduced = par.collective.all_reduce_sum(&grads)?;
+            self.reduce_seconds += began.elapsed().as_secs_f64();
+            let extra = reduced.pop().expect("the scalars were pushed").to_dtype(DType::F64)?.to_vec1::<f64>()?;
+            grads = reduced;
+            loss_sum = extra[0];
+            bad_count = extra[1].round() as usize;
+            self.stop_requested = extra[2] > 0.0;
+        }
+        if bad_count > 0 {
+            let p = par.collective.size();
+            return Ok(Err(bad.unwrap_or_else(|| format!("loss on {bad_count} other process(es) of {p}"))));
+        }
+        let inv = 1.0 / shards as f64;
+        let mean = grads.iter().map(|g| g.affine(inv, 0.0)).collect::<candle_core::Result<_>>()?;
+        Ok(Ok((loss_sum * inv, mean)))
+    }
+
+    /// One optimizer step. Returns the loss and the gradient norm. A non-finite
+    /// loss or gradient leaves the parameters untouched and is an error naming
+    /// the tensor: the loss, or the first parameter whose gradient is
+    /// non-finite (with `detect_anomaly`, the earlier boundaries of [`anomaly`]).
+    pub fn train_step(&mut self, last_checkpoint: &str) -> Result<(f64, f64)> {
+        let step = self.step + 1;
+        let non_finite = |what: String| Error::NonFinite { what, step, checkpoint: last_checkpoint.into() };
+        let (l, grads) = self.global_gradients()?.map_err(non_finite)?;
         let grad_norm = Adam::global_norm(&grads)?;
         if !grad_norm.is_finite() {
             let name = anomaly::first_bad_param(&self.params, &grads)?;
@@ -338,6 +471,17 @@ impl Trainer {
         self.step += 1;
         self.last_loss = l;
         Ok((l, info.grad_norm))
+    }
+
+    /// Compares a hash of the parameters, Adam moments and EMA over the
+    /// processes ([`parallel::check_in_sync`]); a no-op for one process.
+    pub fn check_sync(&self) -> Result<()> {
+        if self.parallel.is_single() {
+            return Ok(());
+        }
+        let params: Vec<Tensor> = self.params.iter().map(|(_, v)| v.as_tensor().clone()).collect();
+        let all = params.iter().chain(&self.adam.m).chain(&self.adam.v).chain(&self.ema.shadow);
+        parallel::check_in_sync(self.parallel.collective.as_ref(), parallel::state_hash(all)?, self.step)
     }
 
     /// A frozen copy of the model carrying the EMA weights (what sampling
@@ -371,6 +515,7 @@ impl Trainer {
                 noise_rng: self.noise_rng.state(),
                 config_hash: self.config_hash.clone(),
                 last_loss: self.last_loss,
+                shards: self.parallel.shards,
             },
             model: named(&model, ""),
             ema: named(&self.ema.shadow, ""),
@@ -395,6 +540,18 @@ impl Trainer {
                 format!(
                     "the checkpoint is for data of dimension {}, the config's data has {}",
                     ck.state.dim, self.dataset.points.d
+                ),
+            ));
+        }
+        if ck.state.shards != self.parallel.shards {
+            let (was, now, p) = (ck.state.shards, self.parallel.shards, self.parallel.collective.size());
+            return Err(Error::data(
+                source.join("state.json"),
+                format!(
+                    "the checkpoint's run split each batch into {was} shard(s) (data-parallel processes), this one \
+                     into {now} ({p} process(es)); a resume must keep the shards, so that it continues the same \
+                     random streams: resume with `mpirun -np {was} scoregen train --distributed …`, or with \
+                     `--shards {was}` on any number of processes that divides {was} (docs/distributed.md)"
                 ),
             ));
         }
@@ -450,6 +607,13 @@ pub fn train(trainer: Trainer, run_dir: &Path, opts: &TrainOptions) -> Result<Tr
 }
 
 /// [`train`], calling `evaluator` every `training.eval_every` steps and at the end.
+///
+/// In a data-parallel run ([`Trainer::set_parallel`]) every process trains,
+/// and rank 0 alone writes: it takes the run's lock and writes `config.toml`,
+/// `metrics.jsonl`, the checkpoints and runs `evaluator`; the other ranks only
+/// read the checkpoint they resume from (the run folder must be the same
+/// on every host then). All processes stop at the same step: a non-finite
+/// loss on any of them, a Ctrl-C on any of them, the end.
 pub fn train_with(
     mut trainer: Trainer,
     run_dir: &Path,
@@ -457,10 +621,14 @@ pub fn train_with(
     mut evaluator: Option<&mut dyn Evaluator>,
 ) -> Result<TrainOutcome> {
     trainer.detect_anomaly = opts.detect_anomaly;
+    let writer = trainer.is_writer();
+    let single = trainer.parallel.is_single();
     // A read-only or missing output location fails now, naming the path, not at the first checkpoint.
-    fs::ensure_writable_dir(run_dir)?;
+    if writer {
+        fs::ensure_writable_dir(run_dir)?;
+    }
     // Held until this function returns, on success or error; a killed process's lock is stale.
-    let _lock = fs::RunLock::acquire(run_dir)?;
+    let _lock = if writer { Some(fs::RunLock::acquire(run_dir)?) } else { None };
     let ck_dir = run_dir.join("checkpoints");
     let log_path = run_dir.join("metrics.jsonl");
     let mut last_ck = String::from("none");
@@ -475,9 +643,11 @@ pub fn train_with(
         let ck = checkpoint::load_latest(&ck_dir)?;
         trainer.restore(&ck)?;
         last_ck = ck.dir.display().to_string();
-        truncate_log(&log_path, trainer.step)?;
+        if writer {
+            truncate_log(&log_path, trainer.step)?;
+        }
         tracing::info!("resuming from step {}", trainer.step);
-    } else {
+    } else if writer {
         check_existing(run_dir, opts.existing)?;
         if opts.existing == ExistingRun::MoveAside && fs::holds_run(run_dir) {
             let old = fs::move_aside(run_dir)?;
@@ -489,14 +659,28 @@ pub fn train_with(
         }
         fs::write_atomic(&log_path, b"")?;
     }
-    fs::ensure_writable_dir(&ck_dir)?;
-    fs::write_atomic(&run_dir.join("config.toml"), trainer.config_toml.as_bytes())?;
-    let mut log =
-        std::fs::OpenOptions::new().append(true).create(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
+    if !single {
+        // Every process starts from the same state (fresh from the seed, or the checkpoint each read).
+        trainer.check_sync()?;
+        tracing::info!("data-parallel: {}, {} shards", trainer.parallel.collective.describe(), trainer.parallel.shards);
+    }
+    let mut log = if writer {
+        fs::ensure_writable_dir(&ck_dir)?;
+        fs::write_atomic(&run_dir.join("config.toml"), trainer.config_toml.as_bytes())?;
+        Some(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&log_path)
+                .map_err(|e| Error::io(&log_path, e))?,
+        )
+    } else {
+        None
+    };
 
     let t = trainer.settings.clone();
     let end = opts.stop_after.map_or(t.steps, |s| s.min(t.steps));
-    let pb = progress::bar(t.steps, "train", opts.quiet);
+    let pb = progress::bar(t.steps, "train", opts.quiet || !writer);
     pb.set_position(trainer.step as u64);
     let start = Instant::now();
     let first_step = trainer.step;
@@ -507,10 +691,15 @@ pub fn train_with(
     let stop = progress::Interruptible::enter();
     let mut saved = trainer.step;
     while trainer.step < end {
-        if progress::interrupted() {
+        // Several processes agree on stopping inside the step's all-reduce.
+        if if single { progress::interrupted() } else { trainer.stop_requested } {
             pb.finish_and_clear();
             if saved != trainer.step {
-                final_dir = checkpoint::save(&ck_dir, &trainer.checkpoint()?, t.keep_checkpoints)?;
+                final_dir = if writer {
+                    checkpoint::save(&ck_dir, &trainer.checkpoint()?, t.keep_checkpoints)?
+                } else {
+                    ck_dir.join(checkpoint::dir_name(trainer.step))
+                };
             }
             let kept = if trainer.step == 0 { "no checkpoint".into() } else { final_dir.display().to_string() };
             drop(stop);
@@ -531,7 +720,10 @@ pub fn train_with(
         acc += loss;
         count += 1;
         pb.inc(1);
-        if trainer.step.is_multiple_of(t.log_every) || trainer.step == end {
+        if opts.check_sync > 0 && !single && trainer.step.is_multiple_of(opts.check_sync) {
+            trainer.check_sync()?;
+        }
+        if let (Some(log), true) = (log.as_mut(), trainer.step.is_multiple_of(t.log_every) || trainer.step == end) {
             let line = LogLine {
                 step: trainer.step,
                 loss: acc / count as f64,
@@ -544,8 +736,9 @@ pub fn train_with(
                 .map_err(|e| io_stop(Error::io(&log_path, e)))?;
             (acc, count, window) = (0.0, 0, Instant::now());
         }
-        if let (Some(ev), true) = (
+        if let (Some(ev), Some(log), true) = (
             evaluator.as_deref_mut(),
+            log.as_mut(),
             t.eval_every > 0 && (trainer.step.is_multiple_of(t.eval_every) || trainer.step == end),
         ) {
             let began = Instant::now();
@@ -557,13 +750,26 @@ pub fn train_with(
             eval_seconds += began.elapsed().as_secs_f64();
         }
         if trainer.step.is_multiple_of(t.checkpoint_every) || trainer.step == end {
-            final_dir = checkpoint::save(&ck_dir, &trainer.checkpoint()?, t.keep_checkpoints).map_err(io_stop)?;
+            if writer {
+                final_dir = checkpoint::save(&ck_dir, &trainer.checkpoint()?, t.keep_checkpoints).map_err(io_stop)?;
+            } else {
+                final_dir = ck_dir.join(checkpoint::dir_name(trainer.step));
+            }
             last_ck = final_dir.display().to_string();
             saved = trainer.step;
         }
     }
     pb.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
+    if !single {
+        let n: usize = trainer.params.iter().map(|(_, v)| v.as_tensor().elem_count()).sum();
+        tracing::info!(
+            "rank {}: {:.2} of {seconds:.2} s in the all-reduce of {n} parameters ({:.3} ms a step)",
+            trainer.parallel.collective.rank(),
+            trainer.reduce_seconds,
+            1e3 * trainer.reduce_seconds / (trainer.step - first_step).max(1) as f64
+        );
+    }
     Ok(TrainOutcome {
         step: trainer.step,
         final_loss: trainer.last_loss,

@@ -10,7 +10,7 @@ use crate::points::Points;
 use crate::rng::Rng;
 use crate::samplers::{SampleContext, SamplerKind, SamplerSpec};
 use crate::train::classifier::{image_report, Labelled};
-use crate::train::{self, streams, Evaluator, TrainOptions, TrainOutcome, Trainer};
+use crate::train::{self, streams, DataParallel, Evaluator, TrainOptions, TrainOutcome, Trainer};
 use indicatif::ProgressBar;
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
@@ -21,11 +21,25 @@ use std::path::{Path, PathBuf};
 /// the data are read unless `opts` resumes it or says how to replace it
 /// ([`train::ExistingRun`]); [`train::train`] checks again under the run's lock.
 pub fn train(cfg: &RunConfig, run_dir: &Path, opts: &TrainOptions) -> Result<TrainOutcome> {
-    if !opts.resume {
+    train_parallel(cfg, run_dir, opts, DataParallel::default())
+}
+
+/// [`train`] with the global batch spread over `parallel` (its processes and
+/// shards, docs/distributed.md): rank 0 checks the folder, writes the run and
+/// evaluates; every rank trains.
+pub fn train_parallel(
+    cfg: &RunConfig,
+    run_dir: &Path,
+    opts: &TrainOptions,
+    parallel: DataParallel,
+) -> Result<TrainOutcome> {
+    let writer = parallel.collective.rank() == 0;
+    if !opts.resume && writer {
         train::check_existing(run_dir, opts.existing)?;
     }
-    let trainer = factory::trainer(cfg)?;
-    if cfg.training.eval_every == 0 {
+    let mut trainer = factory::trainer(cfg)?;
+    trainer.set_parallel(parallel)?;
+    if cfg.training.eval_every == 0 || !writer {
         return train::train(trainer, run_dir, opts);
     }
     let mut evaluator = ImageEvaluator::new(cfg, run_dir, opts.quiet, &trainer.device)?;
