@@ -140,8 +140,9 @@ fn conv_input<'a>(g: &Geometry, x: &'a [f32], gamma: &[f32], beta: &[f32], a: &'
 }
 
 /// y [N, C_out, Ho, Wo] from x, θ = [W, c, (γ, β)] and r; with `acts`
-/// (N·C_in·H·W entries) the folded silu(GN(x)) of every image is written
-/// there for the backward instead of into a per-image scratch.
+/// (N·C_in·H·W entries, possibly uninitialised) the folded silu(GN(x)) of
+/// every image is written there for the backward instead of into a per-image
+/// scratch.
 fn forward(
     g: &Geometry,
     x: &[f32],
@@ -149,14 +150,14 @@ fn forward(
     r: Option<&[f32]>,
     scale: f32,
     n: usize,
-    acts: Option<&mut [f32]>,
+    acts: Option<SharedMut>,
 ) -> Vec<f32> {
     let (rows, hw, cout) = (g.rows(), g.hw_out, g.cout);
     let (w, c, gamma, beta) = g.split(theta, n);
     let w_scaled: Vec<f32> = w.iter().map(|v| v * scale).collect();
-    let mut y = vec![0f32; n * cout * hw];
-    let (out, len) = (SharedMut::new(&mut y), cout * hw);
-    let acts = acts.map(SharedMut::new);
+    // not zeroed: every entry is set to its bias (and residual) below before the GEMM adds to it
+    let mut y: Vec<f32> = Vec::with_capacity(n * cout * hw);
+    let (out, len) = (SharedMut::from_ptr(y.as_mut_ptr()), cout * hw);
     par_ranges(n, |images| {
         let (mut buf, mut a, mut wide) = (Vec::new(), Vec::new(), Vec::new());
         let ld = g.p_ld();
@@ -206,6 +207,8 @@ fn forward(
             }
         }
     });
+    // SAFETY: the tasks covered all n images, each writing its whole block.
+    unsafe { y.set_len(n * cout * hw) };
     y
 }
 
@@ -439,8 +442,13 @@ impl Forward {
     ) -> Result<(CpuStorage, Shape)> {
         let g = Geometry::new(l1.dims(), self.cout, self.k, self.stride, self.norm);
         let n = l1.dims()[0];
-        let mut acts = (self.keep && g.norm.is_some()).then(|| vec![0f32; n * g.x_len]);
-        let y = forward(&g, slice::<f32>(s1, l1)?, slice::<f32>(s2, l2)?, r, self.scale as f32, n, acts.as_deref_mut());
+        let mut acts = (self.keep && g.norm.is_some()).then(|| Vec::<f32>::with_capacity(n * g.x_len));
+        let at = acts.as_mut().map(|a| SharedMut::from_ptr(a.as_mut_ptr()));
+        let y = forward(&g, slice::<f32>(s1, l1)?, slice::<f32>(s2, l2)?, r, self.scale as f32, n, at);
+        if let Some(a) = &mut acts {
+            // SAFETY: the forward wrote silu(GN(x_b)) of every image whole.
+            unsafe { a.set_len(n * g.x_len) };
+        }
         *self.kept.lock().expect("fused conv: kept activations") = acts.map(Arc::new);
         let (ho, wo) = g.patches.out_hw();
         Ok((CpuStorage::F32(y), Shape::from((n, g.cout, ho, wo))))
