@@ -263,12 +263,20 @@ fn backward(
     let (rows, hw, cout, cin) = (g.rows(), g.hw_out, g.cout, g.cin);
     let (w, _, gamma, beta) = g.split(theta, n);
     let norm_len = if g.norm.is_some() { 2 * cin } else { 0 };
-    let mut out = vec![0f32; n * g.x_len + cout * rows + n * cout + norm_len];
+    // the gradient with respect to the convolution's input (x, or a = silu(GN(x)))
+    let want_input = want_x || (want_w && g.norm.is_some());
+    // Not zeroed where written whole below: dW, dc, dγ, dβ always, dx when a
+    // GEMM (stride 1) or GroupNorm's backward writes it; col2im adds into it.
+    let len = n * g.x_len + cout * rows + n * cout + norm_len;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    if !(want_input && (g.stride == 1 || g.norm.is_some())) {
+        out.resize(n * g.x_len, 0.0);
+    }
+    // SAFETY: every entry past the zeroed ones is written before the buffer is returned (above).
+    unsafe { out.set_len(len) };
     let (dx, rest) = out.split_at_mut(n * g.x_len);
     let (dw, rest) = rest.split_at_mut(cout * rows);
     let (dc, dnorm) = rest.split_at_mut(n * cout);
-    // the gradient with respect to the convolution's input (x, or a = silu(GN(x)))
-    let want_input = want_x || (want_w && g.norm.is_some());
     // dx = W̃ im2col(s·dy) for stride 1, col2im((s·W)ᵀ dy) for stride 2
     let w_adj = if g.stride == 1 { adjoint_weights(g, w, scale) } else { w.iter().map(|v| v * scale).collect() };
     let totals = Mutex::new((vec![0f32; cout * rows], vec![0f32; norm_len]));
