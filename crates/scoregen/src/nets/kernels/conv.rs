@@ -46,7 +46,7 @@ use super::dense::{gemm_serial, Mat};
 use super::fused::{col2im_add, im2col_into, par_ranges, refuse_second_order, slice, Patches, SharedMut};
 use super::groupnorm::{kernels as gn, Dims as NormDims};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// The geometry of one call: N images C_in×H×W, C_out filters k×k, stride s.
 #[derive(Debug, Clone, Copy)]
@@ -139,13 +139,25 @@ fn conv_input<'a>(g: &Geometry, x: &'a [f32], gamma: &[f32], beta: &[f32], a: &'
     }
 }
 
-/// y [N, C_out, Ho, Wo] from x, θ = [W, c, (γ, β)] and r.
-fn forward(g: &Geometry, x: &[f32], theta: &[f32], r: Option<&[f32]>, scale: f32, n: usize) -> Vec<f32> {
+/// y [N, C_out, Ho, Wo] from x, θ = [W, c, (γ, β)] and r; with `acts`
+/// (N·C_in·H·W entries, possibly uninitialised) the folded silu(GN(x)) of
+/// every image is written there for the backward instead of into a per-image
+/// scratch.
+fn forward(
+    g: &Geometry,
+    x: &[f32],
+    theta: &[f32],
+    r: Option<&[f32]>,
+    scale: f32,
+    n: usize,
+    acts: Option<SharedMut>,
+) -> Vec<f32> {
     let (rows, hw, cout) = (g.rows(), g.hw_out, g.cout);
     let (w, c, gamma, beta) = g.split(theta, n);
     let w_scaled: Vec<f32> = w.iter().map(|v| v * scale).collect();
-    let mut y = vec![0f32; n * cout * hw];
-    let (out, len) = (SharedMut::new(&mut y), cout * hw);
+    // not zeroed: every entry is set to its bias (and residual) below before the GEMM adds to it
+    let mut y: Vec<f32> = Vec::with_capacity(n * cout * hw);
+    let (out, len) = (SharedMut::from_ptr(y.as_mut_ptr()), cout * hw);
     par_ranges(n, |images| {
         let (mut buf, mut a, mut wide) = (Vec::new(), Vec::new(), Vec::new());
         let ld = g.p_ld();
@@ -153,7 +165,15 @@ fn forward(g: &Geometry, x: &[f32], theta: &[f32], r: Option<&[f32]>, scale: f32
             // SAFETY: image b's block of y, written by this task only.
             let y = unsafe { out.slice(b * len, len) };
             let (x, c) = (&x[b * g.x_len..][..g.x_len], &c[b * cout..][..cout]);
-            let x = conv_input(g, x, gamma, beta, &mut a);
+            let x = match (&g.norm, &acts) {
+                (Some(d), Some(acts)) => {
+                    // SAFETY: image b's block of the kept activations, written by this task only.
+                    let a = unsafe { acts.slice(b * g.x_len, g.x_len) };
+                    gn::forward(d, x, gamma, beta, a);
+                    &*a
+                }
+                _ => conv_input(g, x, gamma, beta, &mut a),
+            };
             let p = patches(x, &g.patches, g.pointwise(), &mut buf);
             match r {
                 Some(r) => {
@@ -187,6 +207,8 @@ fn forward(g: &Geometry, x: &[f32], theta: &[f32], r: Option<&[f32]>, scale: f32
             }
         }
     });
+    // SAFETY: the tasks covered all n images, each writing its whole block.
+    unsafe { y.set_len(n * cout * hw) };
     y
 }
 
@@ -224,18 +246,37 @@ fn adjoint_weights(g: &Geometry, w: &[f32], scale: f32) -> Vec<f32> {
 
 /// [dx (N·C_in·H·W), dW (C_out·C_in·k²), dc (N·C_out), (dγ, dβ (C_in each))]
 /// from x, θ and dy, for y = s·(…); dx and dW stay zero unless `(want_x,
-/// want_w)` ask for them (`want_w`: θ is tracked, so dγ, dβ are wanted too).
-fn backward(g: &Geometry, x: &[f32], theta: &[f32], dy: &[f32], scale: f32, n: usize, want: (bool, bool)) -> Vec<f32> {
+/// want_w)` ask for them (`want_w`: θ is tracked, so dγ, dβ are wanted too);
+/// `acts`: silu(GN(x)) as the forward kept it (else recomputed per image).
+#[allow(clippy::too_many_arguments)]
+fn backward(
+    g: &Geometry,
+    x: &[f32],
+    theta: &[f32],
+    dy: &[f32],
+    scale: f32,
+    n: usize,
+    want: (bool, bool),
+    acts: Option<&[f32]>,
+) -> Vec<f32> {
     let (want_x, want_w) = want;
     let (rows, hw, cout, cin) = (g.rows(), g.hw_out, g.cout, g.cin);
     let (w, _, gamma, beta) = g.split(theta, n);
     let norm_len = if g.norm.is_some() { 2 * cin } else { 0 };
-    let mut out = vec![0f32; n * g.x_len + cout * rows + n * cout + norm_len];
+    // the gradient with respect to the convolution's input (x, or a = silu(GN(x)))
+    let want_input = want_x || (want_w && g.norm.is_some());
+    // Not zeroed where written whole below: dW, dc, dγ, dβ always, dx when a
+    // GEMM (stride 1) or GroupNorm's backward writes it; col2im adds into it.
+    let len = n * g.x_len + cout * rows + n * cout + norm_len;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    if !(want_input && (g.stride == 1 || g.norm.is_some())) {
+        out.resize(n * g.x_len, 0.0);
+    }
+    // SAFETY: every entry past the zeroed ones is written before the buffer is returned (above).
+    unsafe { out.set_len(len) };
     let (dx, rest) = out.split_at_mut(n * g.x_len);
     let (dw, rest) = rest.split_at_mut(cout * rows);
     let (dc, dnorm) = rest.split_at_mut(n * cout);
-    // the gradient with respect to the convolution's input (x, or a = silu(GN(x)))
-    let want_input = want_x || (want_w && g.norm.is_some());
     // dx = W̃ im2col(s·dy) for stride 1, col2im((s·W)ᵀ dy) for stride 2
     let w_adj = if g.stride == 1 { adjoint_weights(g, w, scale) } else { w.iter().map(|v| v * scale).collect() };
     let totals = Mutex::new((vec![0f32; cout * rows], vec![0f32; norm_len]));
@@ -257,7 +298,10 @@ fn backward(g: &Geometry, x: &[f32], theta: &[f32], dy: &[f32], scale: f32, n: u
             // W̃ [C_in, C_out·k²] and im2col(dy_b) [C_out·k², hw] (stride 1),
             // W [C_out, rows] and dp [rows, hw] (stride 2).
             if want_w {
-                let input = conv_input(g, x, gamma, beta, &mut a);
+                let input = match acts {
+                    Some(acts) => &acts[b * g.x_len..][..g.x_len],
+                    None => conv_input(g, x, gamma, beta, &mut a),
+                };
                 let p = patches(input, &g.patches, g.pointwise(), &mut buf);
                 // dW += dy_b P_bᵀ, kept transposed (dWᵀ [rows, C_out]) with dy_b
                 // transposed first: the GEMM's output and left operand are then both
@@ -372,9 +416,30 @@ struct Forward {
     scale: f64,
     /// silu(GN(x)) folded in: (groups, ε).
     norm: Option<(usize, f64)>,
+    /// Keep silu(GN(x)) of the whole batch for the backward's dW (θ is
+    /// tracked and the batch is small, see [`KEEP_ACTIVATIONS`]).
+    keep: bool,
+    /// What the forward kept.
+    kept: Mutex<Option<Arc<Vec<f32>>>>,
+}
+
+/// The most entries (N·C_in·H·W) of normalized activations a folded
+/// convolution keeps for its backward: 4 MiB per layer. Below it, the dW
+/// product reads them instead of recomputing GroupNorm + SiLU per image (at
+/// 8×8 a third of GroupNorm's time in a training step); above it, memory
+/// wins (28×28 with batch 128 recomputes, as before).
+const KEEP_ACTIVATIONS: usize = 1 << 20;
+
+thread_local! {
+    /// [`KEEP_ACTIVATIONS`], lowered by the tests to check the recomputing backward.
+    static KEEP_LIMIT: std::cell::Cell<usize> = const { std::cell::Cell::new(KEEP_ACTIVATIONS) };
 }
 
 impl Forward {
+    fn new(k: usize, stride: usize, cout: usize, scale: f64, norm: Option<(usize, f64)>, keep: bool) -> Self {
+        Self { k, stride, cout, scale, norm, keep, kept: Mutex::new(None) }
+    }
+
     fn run(
         &self,
         s1: &CpuStorage,
@@ -385,7 +450,14 @@ impl Forward {
     ) -> Result<(CpuStorage, Shape)> {
         let g = Geometry::new(l1.dims(), self.cout, self.k, self.stride, self.norm);
         let n = l1.dims()[0];
-        let y = forward(&g, slice::<f32>(s1, l1)?, slice::<f32>(s2, l2)?, r, self.scale as f32, n);
+        let mut acts = (self.keep && g.norm.is_some()).then(|| Vec::<f32>::with_capacity(n * g.x_len));
+        let at = acts.as_mut().map(|a| SharedMut::from_ptr(a.as_mut_ptr()));
+        let y = forward(&g, slice::<f32>(s1, l1)?, slice::<f32>(s2, l2)?, r, self.scale as f32, n, at);
+        if let Some(a) = &mut acts {
+            // SAFETY: the forward wrote silu(GN(x_b)) of every image whole.
+            unsafe { a.set_len(n * g.x_len) };
+        }
+        *self.kept.lock().expect("fused conv: kept activations") = acts.map(Arc::new);
         let (ho, wo) = g.patches.out_hw();
         Ok((CpuStorage::F32(y), Shape::from((n, g.cout, ho, wo))))
     }
@@ -394,7 +466,9 @@ impl Forward {
     /// (θ is constant for a likelihood's ∇ₓ, x for the network's input).
     fn grads(&self, x: &Tensor, theta: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let want = (x.track_op(), theta.track_op());
-        let op = Backward { k: self.k, stride: self.stride, cout: self.cout, scale: self.scale, norm: self.norm, want };
+        let acts = self.kept.lock().expect("fused conv: kept activations").clone();
+        let (k, stride, cout, scale, norm) = (self.k, self.stride, self.cout, self.scale, self.norm);
+        let op = Backward { k, stride, cout, scale, norm, want, acts };
         let all = x.apply_op3(theta, &dy.contiguous()?, op)?;
         let xn = x.elem_count();
         let dx = want.0.then(|| all.narrow(0, 0, xn)?.reshape(x.shape())).transpose()?;
@@ -455,6 +529,8 @@ struct Backward {
     norm: Option<(usize, f64)>,
     /// (dx, dθ) wanted.
     want: (bool, bool),
+    /// silu(GN(x)) as the forward kept it.
+    acts: Option<Arc<Vec<f32>>>,
 }
 
 impl CustomOp3 for Backward {
@@ -474,7 +550,8 @@ impl CustomOp3 for Backward {
         let g = Geometry::new(l1.dims(), self.cout, self.k, self.stride, self.norm);
         let n = l1.dims()[0];
         let theta = slice::<f32>(s2, l2)?;
-        let all = backward(&g, slice::<f32>(s1, l1)?, theta, slice::<f32>(s3, l3)?, self.scale as f32, n, self.want);
+        let (x, dy, acts) = (slice::<f32>(s1, l1)?, slice::<f32>(s3, l3)?, self.acts.as_deref().map(Vec::as_slice));
+        let all = backward(&g, x, theta, dy, self.scale as f32, n, self.want, acts);
         let len = all.len();
         Ok((CpuStorage::F32(all), Shape::from(len)))
     }
@@ -559,13 +636,14 @@ pub fn conv2d_normed(
     let theta = Tensor::cat(&parts, 0)?;
     let x = x.contiguous()?;
     let norm = norm.map(|nm| (nm.groups, nm.eps));
+    let keep = norm.is_some() && theta.track_op() && x.elem_count() <= KEEP_LIMIT.with(|l| l.get());
     match residual {
-        None => x.apply_op2(&theta, Forward { k, stride, cout, scale: 1.0, norm }),
+        None => x.apply_op2(&theta, Forward::new(k, stride, cout, 1.0, norm, keep)),
         Some((r, scale)) => {
             if r.dims() != [n, cout, h / stride, wd / stride] || r.dtype() != DType::F32 {
                 candle_core::bail!("fused conv: the residual must be f32 of the output's shape, got {:?}", r.shape());
             }
-            x.apply_op3(&theta, &r.contiguous()?, Forward { k, stride, cout, scale, norm })
+            x.apply_op3(&theta, &r.contiguous()?, Forward::new(k, stride, cout, scale, norm, keep))
         }
     }
 }
@@ -580,8 +658,9 @@ mod tests {
     /// scaled residual), and its gradients equal candle's (through conv2d's own
     /// backward), for a random weighting of the output as the loss; stride 1
     /// and 2, k = 1 and 3, with and without the residual, and a batch that does
-    /// not split evenly across tasks; 8×8, and 10×10 and 20×20 whose 10×10
-    /// outputs have their patch matrices padded to 112 columns. f32 sums of up
+    /// not split evenly across tasks; 4×4, 8×8 and 14×14 (the fixed-width
+    /// 3×3 patch copies; 14×14 also padded to 208 columns), and 10×10 and
+    /// 20×20 whose 10×10 outputs have their patch matrices padded to 112 columns. f32 sums of up
     /// to C_in·k² = 27 (forward) and N·H·W = 2000 (dW) terms of size ~1: 1e-4
     /// relative to the largest entry is many times their rounding.
     #[test]
@@ -590,7 +669,7 @@ mod tests {
         let mut rng = crate::rng::Rng::new(11, 0);
         let (n, cin, cout) = (5, 3, 4);
         let cases = [(3, 1, false), (3, 2, false), (1, 1, false), (3, 1, true), (1, 1, true)];
-        for ((k, stride, residual), side) in cases.into_iter().flat_map(|c| [8, 10, 20].map(|s| (c, s))) {
+        for ((k, stride, residual), side) in cases.into_iter().flat_map(|c| [4, 8, 10, 14, 20].map(|s| (c, s))) {
             let (h, w) = (side, side);
             let x = Var::from_tensor(&rng.randn((n, cin, h, w), DType::F32, &dev).unwrap()).unwrap();
             let wt = Var::from_tensor(&rng.randn((cout, cin, k, k), DType::F32, &dev).unwrap()).unwrap();
@@ -626,9 +705,17 @@ mod tests {
     /// and so do its gradients for x, W, c, γ, β and r; stride 1 and 2, k = 1
     /// and 3, a batch that does not split evenly across tasks, 8×8 and 20×20
     /// (padded patch matrices at stride 2), inputs of mean 3 (a one-pass
-    /// variance fails). Tolerances as in the test above.
+    /// variance fails). Tolerances as in the test above. Both ways of the
+    /// backward: with the activations the forward kept, and recomputed.
     #[test]
     fn folded_group_norm_matches_candle_and_its_gradients() {
+        folded_group_norm_case(false);
+        KEEP_LIMIT.with(|l| l.set(0));
+        folded_group_norm_case(true);
+        KEEP_LIMIT.with(|l| l.set(KEEP_ACTIVATIONS));
+    }
+
+    fn folded_group_norm_case(recompute: bool) {
         let dev = Device::Cpu;
         let mut rng = crate::rng::Rng::new(13, 0);
         let (n, cin, cout, groups) = (5, 4, 3, 2);
@@ -658,7 +745,7 @@ mod tests {
             if residual {
                 theirs = ((theirs + r.as_tensor()).unwrap() * s).unwrap();
             }
-            let case = format!("normed k={k} stride={stride} residual={residual} {side}×{side}");
+            let case = format!("normed k={k} stride={stride} residual={residual} {side}×{side} recompute={recompute}");
             assert_eq!(ours.dims(), theirs.dims());
             assert!(max_diff(&ours, &theirs) < 1e-4, "{case}: forward {}", max_diff(&ours, &theirs));
             let weights = rng.randn(ours.shape(), DType::F32, &dev).unwrap();
