@@ -45,6 +45,7 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
         stop_after: None,
         detect_anomaly: args.detect_anomaly,
         existing,
+        on_log: None,
     };
     let outcome = scoregen::app::commands::train::train(&cfg, &dir, &opts)
         .with_context(|| format!("training {}", dir.display()))?;
