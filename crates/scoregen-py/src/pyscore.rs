@@ -14,11 +14,17 @@
 
 use crate::convert::{self, shape_str};
 use candle_core::{DType, Result, Tensor};
-use numpy::{PyUntypedArray, PyUntypedArrayMethods};
+use numpy::{PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use scoregen::score::ScoreFn;
 use std::cell::{Cell, RefCell};
+
+/// What `score_fn` returned, read once.
+enum Answer {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
 
 pub struct PyScore {
     pub f: Py<PyAny>,
@@ -52,7 +58,7 @@ impl PyScore {
         self.calls.set(self.calls.get() + 1);
         let dims = x.dims().to_vec();
         let f32 = x.dtype() == DType::F32;
-        let r: PyResult<(Vec<f64>, bool)> = Python::with_gil(|py| {
+        let r: PyResult<Answer> = Python::with_gil(|py| {
             py.check_signals()?;
             let (xa, ta) = if f32 {
                 let xv = x.flatten_all().and_then(|v| v.to_vec1::<f32>()).map_err(convert::candle_error)?;
@@ -74,11 +80,18 @@ impl PyScore {
                     shape_str(want)
                 )));
             }
-            let a = convert::array(&res, what)?;
-            Ok((a.data, a.f32))
+            // The sampler's own dtype, C-contiguous: one copy straight into the tensor's buffer.
+            if f32 && arr.is_c_contiguous() {
+                if let Ok(a) = res.downcast::<PyArrayDyn<f32>>() {
+                    return Ok(Answer::F32(a.readonly().as_slice()?.to_vec()));
+                }
+            }
+            Ok(Answer::F64(convert::array(&res, what)?.data))
         });
-        let (data, _) = r.map_err(|e| self.fail(e))?;
-        Tensor::from_vec(data, want, x.device())?.to_dtype(x.dtype())
+        match r.map_err(|e| self.fail(e))? {
+            Answer::F32(v) => Tensor::from_vec(v, want, x.device()),
+            Answer::F64(v) => Tensor::from_vec(v, want, x.device())?.to_dtype(x.dtype()),
+        }
     }
 
     fn score_at_shift(&self, x: &Tensor, t: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
