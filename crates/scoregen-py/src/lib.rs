@@ -10,6 +10,9 @@
 //! and any sampler by the one dispatcher `SamplerSpec::sample`. Long Rust work
 //! runs with the GIL released.
 
+// Python's keyword arguments are the Rust functions' parameters.
+#![allow(clippy::too_many_arguments)]
+
 mod convert;
 mod pyscore;
 
@@ -29,7 +32,7 @@ use scoregen::rng::Rng;
 use scoregen::samplers::{Grid, OdeMethod, SampleContext, SamplerKind};
 use scoregen::score::ScoreFn;
 use scoregen::sde::{self as sdes, Sde};
-use scoregen::train::{streams, ExistingRun, LogHook, LogLine, TrainOptions};
+use scoregen::train::{streams, ExistingRun, LogFn, LogHook, LogLine, TrainOptions};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -561,7 +564,6 @@ fn override_value(v: &Bound<'_, PyAny>) -> PyResult<String> {
 /// stop). Returns {"run", "step", "final_loss", "seconds", "steps_per_sec", "checkpoint"}.
 #[pyfunction]
 #[pyo3(signature = (config, out = None, overrides = None, progress = None, resume = false, overwrite = false, report = false))]
-#[allow(clippy::too_many_arguments)]
 fn train(
     py: Python<'_>,
     config: PathBuf,
@@ -603,7 +605,7 @@ fn train(
                     scoregen::Error::Invalid(msg)
                 })
             })
-        }) as Arc<dyn Fn(&LogLine) -> scoregen::Result<()> + Send + Sync>)
+        }) as Arc<LogFn>)
     });
     let opts = TrainOptions {
         resume,
@@ -677,7 +679,6 @@ fn shape_of(shape: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
 /// with the default `[sampling]` config.
 #[pyfunction]
 #[pyo3(signature = (score_fn, sde, shape, sampler = "dpmpp-2m", steps = 50, seed = 0, grid = None, dtype = "float32", eps = None, denoise = true))]
-#[allow(clippy::too_many_arguments)]
 fn sample(
     py: Python<'_>,
     score_fn: Py<PyAny>,
@@ -744,7 +745,6 @@ fn sample(
 /// Hutchinson probes with central-difference Jacobian-vector products.
 #[pyfunction]
 #[pyo3(signature = (score_fn, sde, x, trace = "exact", probes = 1, seed = 0, rtol = 1e-5, atol = 1e-5, eps = None, divergence = None, fd_step = 1e-3))]
-#[allow(clippy::too_many_arguments)]
 fn log_likelihood(
     py: Python<'_>,
     score_fn: Py<PyAny>,

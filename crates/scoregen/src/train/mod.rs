@@ -55,9 +55,12 @@ pub struct TrainOptions {
     pub on_log: Option<LogHook>,
 }
 
+/// What [`LogHook`] calls.
+pub type LogFn = dyn Fn(&LogLine) -> Result<()> + Send + Sync;
+
 /// A callback for each logged training line ([`TrainOptions::on_log`]).
 #[derive(Clone)]
-pub struct LogHook(pub std::sync::Arc<dyn Fn(&LogLine) -> Result<()> + Send + Sync>);
+pub struct LogHook(pub std::sync::Arc<LogFn>);
 
 impl std::fmt::Debug for LogHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
