@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Installs what the tests and presets need beyond the Rust toolchain: Debian's
-# Fashion-MNIST (IDX files under /usr/share/datasets/fashion-mnist) and chromium
-# (the run report's render check and scripts/screenshot-report.sh). Safe to
+# Fashion-MNIST (IDX files under /usr/share/datasets/fashion-mnist), chromium
+# (the run report's render check and scripts/screenshot-report.sh) and python3
+# with venv (the Python package, scripts/setup-python.sh). Safe to
 # run again; without root or apt it says what is missing and carries on (the
 # tests that need the data then skip with a message, or fail when CI is set).
 set -uo pipefail
 need=()
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need+=(dataset-fashion-mnist)
 command -v chromium >/dev/null || need+=(chromium)
+# The Python package's venv (scripts/setup-python.sh): Debian splits venv/ensurepip off python3.
+command -v python3 >/dev/null || need+=(python3)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -eq 0 ]; then
   echo "setup: nothing to install"
   exit 0

@@ -1,6 +1,7 @@
 """Type stubs of the native module (the Rust half of scoregen)."""
 
 import os
+import pathlib
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -64,7 +65,7 @@ class Run:
     @staticmethod
     def load(path: PathLike, use_ema: Optional[bool] = None) -> "Run": ...
     @property
-    def path(self) -> str: ...
+    def path(self) -> pathlib.Path: ...
     @property
     def name(self) -> str: ...
     @property
@@ -74,7 +75,8 @@ class Run:
     @property
     def use_ema(self) -> bool: ...
     @property
-    def weights(self) -> str: ...
+    def weights(self) -> pathlib.Path:
+        """The safetensors file the weights were read from."""
     @property
     def config(self) -> str: ...
     @property
