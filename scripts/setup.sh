@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests and presets need beyond the Rust toolchain: Debian's
 # Fashion-MNIST (IDX files under /usr/share/datasets/fashion-mnist), chromium
-# (the run report's render check and scripts/screenshot-report.sh) and Open MPI
-# (openmpi-bin, libopenmpi-dev, libclang-dev: the `mpi` feature and its tests). Safe to
+# (the run report's render check and scripts/screenshot-report.sh), Open MPI
+# (openmpi-bin, libopenmpi-dev, libclang-dev: the `mpi` feature and its tests) and python3
+# with venv (the Python package, scripts/setup-python.sh). Safe to
 # run again; without root or apt it says what is missing and carries on (the
 # tests that need the data then skip with a message, or fail when CI is set).
 set -uo pipefail
@@ -14,6 +15,9 @@ command -v chromium >/dev/null || need+=(chromium)
 command -v mpirun >/dev/null || need+=(openmpi-bin)
 command -v mpicc >/dev/null || need+=(libopenmpi-dev)
 compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || need+=(libclang-dev)
+# The Python package's venv (scripts/setup-python.sh): Debian splits venv/ensurepip off python3.
+command -v python3 >/dev/null || need+=(python3)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -eq 0 ]; then
   echo "setup: nothing to install"
   exit 0

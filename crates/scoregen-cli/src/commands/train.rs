@@ -74,6 +74,7 @@ fn train(args: &Args, g: &Globals, parallel: DataParallel, device: Option<Device
         detect_anomaly: args.detect_anomaly,
         existing,
         check_sync: args.check_sync,
+        on_log: None,
     };
     let outcome = scoregen::app::commands::train::train_parallel(&cfg, &dir, &opts, parallel)
         .with_context(|| format!("training {}", dir.display()))?;

@@ -44,6 +44,8 @@ pub struct LoadedModel {
     pub varmap: VarMap,
     /// Where its parameters live (inputs go there).
     pub device: Device,
+    /// The safetensors file the parameters were read from.
+    pub weights: std::path::PathBuf,
 }
 
 impl LoadedModel {
@@ -60,8 +62,9 @@ impl LoadedModel {
         let vars = nets::named_vars(&varmap);
         checkpoint::check_model(&ck, &vars)?;
         let (tensors, file) = if use_ema { (&ck.ema, "ema.safetensors") } else { (&ck.model, "model.safetensors") };
-        checkpoint::assign(&vars, tensors, &ck.dir.join(file))?;
-        Ok(Self { cfg, state: ck.state, model, varmap, device: device.clone() })
+        let weights = ck.dir.join(file);
+        checkpoint::assign(&vars, tensors, &weights)?;
+        Ok(Self { cfg, state: ck.state, model, varmap, device: device.clone(), weights })
     }
 
     /// The model's score (its time input refers to `cfg.sde()`).

@@ -24,6 +24,12 @@ impl GaussianFourier {
         Ok(Self { freqs: Tensor::from_vec(w, (1, dim / 2), device)?.to_dtype(dtype)? })
     }
 
+    /// 2π·W, the [1, dim/2] row of angular frequencies (for readers of a
+    /// checkpoint elsewhere, e.g. the Python package's PyTorch loader).
+    pub fn frequencies(&self) -> &Tensor {
+        &self.freqs
+    }
+
     /// t [N] → features [N, dim]. When every t is the same (a sampler's
     /// step), one row is computed and repeated.
     pub fn forward(&self, t: &Tensor) -> Result<Tensor> {

@@ -132,12 +132,16 @@ pub fn solve(
 }
 
 /// scipy's `select_initial_step` (Hairer, Nørsett & Wanner, II.4) for order 4.
+/// The trial step h0 is at most `span`, as in scipy, so f is never evaluated
+/// outside [t0, t1] (a score at t < 0 is undefined: VP's s(t)² < 0 there).
+#[allow(clippy::too_many_arguments)]
 fn initial_step(
     f: &mut dyn FnMut(f64, &Tensor) -> Result<Tensor>,
     t0: f64,
     y0: &Tensor,
     f0: &Tensor,
     direction: f64,
+    span: f64,
     rtol: f64,
     atol: f64,
 ) -> Result<f64> {
@@ -145,6 +149,7 @@ fn initial_step(
     let d0 = rms(&y0.div(&scale)?)?;
     let d1 = rms(&f0.div(&scale)?)?;
     let h0 = if d0 < 1e-5 || d1 < 1e-5 { 1e-6 } else { 0.01 * d0 / d1 };
+    let h0 = h0.min(span);
     let y1 = lincomb(y0, h0 * direction, &[(1.0, f0)])?;
     let f1 = f(t0 + h0 * direction, &y1)?;
     let d2 = rms(&(f1 - f0)?.div(&scale)?)? / h0;
@@ -169,7 +174,7 @@ fn dormand_prince(
     let mut y = y0.clone();
     let mut fy = f(t, &y)?.detach();
     sol.nfe += 1;
-    let mut h_abs = initial_step(f, t, &y, &fy, direction, rtol, atol)?.min(span);
+    let mut h_abs = initial_step(f, t, &y, &fy, direction, span, rtol, atol)?.min(span);
     sol.nfe += 1;
     while direction * (t1 - t) > 0.0 {
         let min_step = 10.0 * f64::EPSILON * t.abs().max(f64::MIN_POSITIVE);
@@ -282,5 +287,21 @@ mod tests {
             assert!(e < prev.0 && fwd.nfe > prev.1, "tol {tol}: {e} {}", fwd.nfe);
             prev = (e, fwd.nfe);
         }
+    }
+
+    /// The solver never evaluates f outside [t1, t0], even when the first
+    /// trial step 0.01·‖y‖/‖f‖ is longer than the interval (a slowly varying
+    /// state, as the probability-flow ODE of a VP SDE near T): a score at
+    /// t < 0 is undefined.
+    #[test]
+    fn rk45_never_leaves_the_interval() {
+        let mut seen = Vec::new();
+        let mut f = |t: f64, y: &Tensor| {
+            seen.push(t);
+            y.affine(1e-3, 0.0)
+        };
+        let m = OdeMethod::Rk45 { rtol: 1e-5, atol: 1e-5 };
+        solve(&mut f, &y0(), 1.0, 1e-3, m, false).unwrap();
+        assert!(seen.iter().all(|&t| (1e-3..=1.0).contains(&t)), "{seen:?}");
     }
 }

@@ -62,9 +62,29 @@ pub struct TrainOptions {
     pub detect_anomaly: bool,
     /// What to do when the folder already holds a run and `resume` is off.
     pub existing: ExistingRun,
+<<<<<<< HEAD
     /// In a data-parallel run, compare a hash of every process's parameters,
     /// Adam moments and EMA every K steps (and once at the start or resume); 0: only at the start.
     pub check_sync: usize,
+=======
+    /// Called with every line written to `metrics.jsonl` (each `training.log_every`
+    /// steps and the last); an error it returns stops training with that error
+    /// (the newest checkpoint stays). The Python package's progress callback.
+    pub on_log: Option<LogHook>,
+}
+
+/// What [`LogHook`] calls.
+pub type LogFn = dyn Fn(&LogLine) -> Result<()> + Send + Sync;
+
+/// A callback for each logged training line ([`TrainOptions::on_log`]).
+#[derive(Clone)]
+pub struct LogHook(pub std::sync::Arc<LogFn>);
+
+impl std::fmt::Debug for LogHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogHook(..)")
+    }
+>>>>>>> python
 }
 
 /// What [`train`] does with a folder that already holds a run (its
@@ -734,6 +754,9 @@ pub fn train_with(
             pb.set_message(format!("loss {:.4}", line.loss));
             writeln!(log, "{}", serde_json::to_string(&line).expect("log line serializes"))
                 .map_err(|e| io_stop(Error::io(&log_path, e)))?;
+            if let Some(hook) = &opts.on_log {
+                (hook.0)(&line)?;
+            }
             (acc, count, window) = (0.0, 0, Instant::now());
         }
         if let (Some(ev), Some(log), true) = (

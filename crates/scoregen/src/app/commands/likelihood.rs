@@ -68,7 +68,6 @@ pub fn likelihood_of_run(run_dir: &Path, req: &LikelihoodRequest) -> Result<Like
         2.0 * budget::sampling(&model.cfg, req.n, model.state.dim, 0),
         "ask for fewer (--n)",
     )?;
-    let sde = model.cfg.sde();
     let mut rng = Rng::new(req.seed, streams::EVAL);
     let (points, oracle) = if req.data.ends_with(".npy") {
         (npy::read_points(Path::new(&req.data))?, None)
@@ -81,27 +80,12 @@ pub fn likelihood_of_run(run_dir: &Path, req: &LikelihoodRequest) -> Result<Like
         let ds = data::load(&req.data, req.n, &mut rng)?;
         (ds.points, ds.oracle)
     };
-    if points.d != model.state.dim {
-        return Err(crate::Error::Invalid(format!(
-            "data `{}` have dimension {}, the model was trained on dimension {}",
-            req.data, points.d, model.state.dim
-        )));
-    }
-    let x = points.to_tensor(DType::F64, &model.device)?;
-    let opts = LikelihoodOptions {
-        trace: req.trace,
-        method: OdeMethod::Rk45 { rtol: req.rtol, atol: req.atol },
-        eps: model.cfg.sampling.eps,
-        score_dtype: DType::F32,
-        dequantize: req.dequantize,
-    };
     let start = Instant::now();
-    let score = model.score();
-    let pb = crate::progress::bar(likelihood::PROGRESS_TICKS, "log p", req.quiet);
     let stop = crate::progress::Interruptible::enter();
-    let ll = log_likelihood_with_progress(score.as_ref(), sde.as_ref(), &x, &opts, &mut rng, &pb)
+    let ll = likelihood_of_points(&model, &points, req, &mut rng)
         .map_err(|e| stop.explain(e, "log-likelihood stopped; nothing was written"))?;
     let seconds = start.elapsed().as_secs_f64();
+    let trace = req.trace.unwrap_or(TraceEstimator::default_for(ll.dim));
     let n = ll.nats.len();
     let mean = ll.nats.iter().sum::<f64>() / n as f64;
     let var = ll.nats.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n.max(2) - 1) as f64;
@@ -123,7 +107,7 @@ pub fn likelihood_of_run(run_dir: &Path, req: &LikelihoodRequest) -> Result<Like
         stderr_nats: (var / n as f64).sqrt(),
         mean_bits_per_dim: ll.bits_per_dim.iter().sum::<f64>() / n as f64,
         bpd_offset: ll.bpd_offset,
-        trace: opts.trace.unwrap_or(TraceEstimator::default_for(ll.dim)),
+        trace,
         nfe: ll.nfe,
         seconds,
         oracle_mean_nats: oracle_mean,
@@ -131,6 +115,36 @@ pub fn likelihood_of_run(run_dir: &Path, req: &LikelihoodRequest) -> Result<Like
         mean_abs_gap_nats: abs_gap,
         nats: ll.nats,
     })
+}
+
+/// log p(x) of `points` under a loaded run, as `scoregen likelihood` computes
+/// it: the probability-flow ODE from the run's ε (RK45 at the request's
+/// tolerances, score in f32, state in f64), probes and dequantization noise
+/// drawn from `rng`. The Python package calls this with its arrays.
+pub fn likelihood_of_points(
+    model: &LoadedModel,
+    points: &Points,
+    req: &LikelihoodRequest,
+    rng: &mut Rng,
+) -> Result<likelihood::LogLikelihood> {
+    if points.d != model.state.dim {
+        return Err(crate::Error::Invalid(format!(
+            "data `{}` have dimension {}, the model was trained on dimension {}",
+            req.data, points.d, model.state.dim
+        )));
+    }
+    let x = points.to_tensor(DType::F64, &model.device)?;
+    let opts = LikelihoodOptions {
+        trace: req.trace,
+        method: OdeMethod::Rk45 { rtol: req.rtol, atol: req.atol },
+        eps: model.cfg.sampling.eps,
+        score_dtype: DType::F32,
+        dequantize: req.dequantize,
+    };
+    let score = model.score();
+    let sde = model.cfg.sde();
+    let pb = crate::progress::bar(likelihood::PROGRESS_TICKS, "log p", req.quiet);
+    log_likelihood_with_progress(score.as_ref(), sde.as_ref(), &x, &opts, rng, &pb)
 }
 
 /// The dequantization grid for `scoregen likelihood --dequantize`: the given

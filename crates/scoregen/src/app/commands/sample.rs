@@ -116,18 +116,11 @@ pub fn sample_run_guided(
     // An unwritable output folder fails now, not after the sampling it would lose.
     fs::ensure_writable_dir(req.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
     fs::check_new_output(&req.out, req.overwrite)?;
-    let frames = req.record_every.map_or(0, |k| req.steps / k.max(1) + 2);
-    budget::check_sampling(&model.cfg, req.n, model.state.dim, frames, "sampling")?;
-    let spec = req.spec(&model.cfg, spec);
     let start = Instant::now();
-    let mut rng = Rng::new(req.seed, streams::SAMPLING);
     // Ctrl-C stops the sampler at its next step; then nothing is written.
     let stop = progress::Interruptible::enter();
-    let out = match class {
-        None => draw(&model, model.score().as_ref(), req, &spec, &mut rng),
-        Some(g) => g.with_score(&model, |score| draw(&model, score, req, &spec, &mut rng)),
-    }
-    .map_err(|e| stop.explain(e, "sampling stopped; nothing was written"))?;
+    let out = sample_loaded(&model, req, spec, class)
+        .map_err(|e| stop.explain(e, "sampling stopped; nothing was written"))?;
     let seconds = start.elapsed().as_secs_f64();
     let pts = Points::from_tensor(&out.x)?;
     if let Some(dir) = req.out.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -171,6 +164,26 @@ pub fn sample_run_guided(
         None
     };
     Ok(SampleOutcome { npy: req.out.clone(), png, gif, n: pts.n, nfe: out.nfe, seconds })
+}
+
+/// The samples of [`sample_run_guided`] without the files: the memory check,
+/// the request's settings over `spec` (`None`: the run's sampler), the seeded
+/// sampling stream and [`draw`]. Every front end (the CLI, the Python package)
+/// draws through here, so the same seed gives the same numbers in each.
+pub fn sample_loaded(
+    model: &LoadedModel,
+    req: &SampleRequest,
+    spec: Option<SamplerSpec>,
+    class: Option<&ClassGuidance>,
+) -> Result<samplers::Sampled> {
+    let frames = req.record_every.map_or(0, |k| req.steps / k.max(1) + 2);
+    budget::check_sampling(&model.cfg, req.n, model.state.dim, frames, "sampling")?;
+    let spec = req.spec(&model.cfg, spec);
+    let mut rng = Rng::new(req.seed, streams::SAMPLING);
+    match class {
+        None => draw(model, model.score().as_ref(), req, &spec, &mut rng),
+        Some(g) => g.with_score(model, |score| draw(model, score, req, &spec, &mut rng)),
+    }
 }
 
 /// Runs the sampler `spec` names with `score` (the model's own, or a guided

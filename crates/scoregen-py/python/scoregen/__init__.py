@@ -1,0 +1,24 @@
+"""scoregen: score-based generative modeling (a Rust library) from Python.
+
+Learn the score ∇ₓ log p(x) of data by denoising score matching, generate by
+the reverse-time SDE, the probability-flow ODE or the σ-space solvers, and
+compute exact log-likelihoods, all checked against an exact Gaussian-mixture
+oracle. Arrays go in and out as NumPy arrays (float32 or float64, any strides).
+
+- :class:`Run`: a trained run folder (``Run.load(path)``): ``sample``,
+  ``log_likelihood``, ``score``.
+- :func:`train`: train a config (TOML) into a run folder, with a progress callback.
+- :func:`sample`, :func:`log_likelihood`: any Python callable
+  ``score_fn(x, t) -> s`` (a NumPy or PyTorch model) through scoregen's samplers
+  and the probability-flow likelihood.
+- :mod:`scoregen.oracle`, :mod:`scoregen.sde`, :mod:`scoregen.metrics`;
+  :mod:`scoregen.torch` (needs PyTorch): a run's network as a ``torch.nn.Module``.
+
+Errors in the input are ``ValueError`` or ``TypeError`` with the message the
+command line prints; a missing file is ``FileNotFoundError``.
+"""
+
+from ._scoregen import Run, log_likelihood, sample, sampler_names, train
+from . import metrics, oracle, sde
+
+__all__ = ["Run", "train", "sample", "log_likelihood", "sampler_names", "oracle", "sde", "metrics"]

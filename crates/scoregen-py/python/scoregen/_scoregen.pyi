@@ -1,0 +1,142 @@
+"""Type stubs of the native module (the Rust half of scoregen)."""
+
+import os
+import pathlib
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import numpy.typing as npt
+
+Array = npt.NDArray[Any]
+FloatArray = Union[npt.NDArray[np.float32], npt.NDArray[np.float64]]
+Times = Union[float, FloatArray]
+ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+PathLike = Union[str, os.PathLike[str]]
+
+class Sde:
+    """A forward SDE dx = a(t)·x dt + g(t) dw with kernel N(m(t)·x(0), s(t)²·I)."""
+    @property
+    def name(self) -> str: ...
+    @property
+    def prior_std(self) -> float: ...
+    @property
+    def sampling_eps(self) -> float: ...
+    def marginal(self, t: Times) -> Tuple[Any, Any]:
+        """(m(t), s(t)): floats for a float t, arrays for an array."""
+    def diffusion(self, t: Times) -> Any:
+        """g(t)."""
+    def drift(self, x: FloatArray, t: Times) -> Array:
+        """f(x, t) = a(t)·x, x [N, D], t a float or [N]."""
+
+class VE(Sde):
+    """σ(t) = σ_min (σ_max/σ_min)^t."""
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 10.0) -> None: ...
+
+class VP(Sde):
+    """β(t) = β_min + t(β_max − β_min), s(t)² = 1 − m(t)²."""
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None: ...
+
+class SubVP(Sde):
+    """VP's drift, s(t) = 1 − m(t)²."""
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None: ...
+
+class GaussianMixture:
+    """p(x) = Σ_k w_k N(x; μ_k, Σ_k), exact under any SDE."""
+    def __init__(
+        self, weights: Sequence[float], means: Sequence[Sequence[float]], covs: Sequence[Sequence[Sequence[float]]]
+    ) -> None: ...
+    @staticmethod
+    def named(name: str) -> "GaussianMixture": ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def weights(self) -> list[float]: ...
+    @property
+    def means(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def covs(self) -> npt.NDArray[np.float64]: ...
+    def sample(self, n: int, seed: int = 0) -> npt.NDArray[np.float64]: ...
+    def log_prob(self, x: FloatArray) -> Array: ...
+    def score(self, x: FloatArray, t: Optional[Times] = None, sde: Optional[Sde] = None) -> Array:
+        """∇ₓ log p(x), or ∇ₓ log p_t(x) under `sde` at time t."""
+
+class Run:
+    """A trained run folder, loaded once."""
+    @staticmethod
+    def load(path: PathLike, use_ema: Optional[bool] = None) -> "Run": ...
+    @property
+    def path(self) -> pathlib.Path: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def step(self) -> int: ...
+    @property
+    def use_ema(self) -> bool: ...
+    @property
+    def weights(self) -> pathlib.Path:
+        """The safetensors file the weights were read from."""
+    @property
+    def config(self) -> str: ...
+    @property
+    def sde(self) -> Sde: ...
+    def sample(
+        self,
+        n: Optional[int] = None,
+        sampler: str = "dpmpp-2m",
+        steps: int = 50,
+        grid: Optional[str] = None,
+        seed: int = 0,
+        dtype: str = "float32",
+    ) -> Array:
+        """The same numbers as `scoregen sample` with the same settings and seed."""
+    def log_likelihood(
+        self,
+        x: FloatArray,
+        trace: str = "exact",
+        probes: int = 1,
+        seed: int = 0,
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+    ) -> Tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """(nats, bits_per_dim) per row, by the probability-flow ODE."""
+    def score(self, x: FloatArray, t: Times) -> Array: ...
+    def time_frequencies(self) -> npt.NDArray[np.float32]: ...
+
+def train(
+    config: PathLike,
+    out: Optional[PathLike] = None,
+    overrides: Optional[Dict[str, Union[bool, int, float, str]]] = None,
+    progress: Optional[Callable[[Dict[str, float]], None]] = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    report: bool = False,
+) -> Dict[str, Any]: ...
+def sample(
+    score_fn: ScoreFn,
+    sde: Sde,
+    shape: Sequence[int],
+    sampler: str = "dpmpp-2m",
+    steps: int = 50,
+    seed: int = 0,
+    grid: Optional[str] = None,
+    dtype: str = "float32",
+    eps: Optional[float] = None,
+    denoise: bool = True,
+) -> Array: ...
+def log_likelihood(
+    score_fn: ScoreFn,
+    sde: Sde,
+    x: FloatArray,
+    trace: str = "exact",
+    probes: int = 1,
+    seed: int = 0,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    eps: Optional[float] = None,
+    divergence: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None,
+    fd_step: float = 1e-3,
+) -> Tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...
+def evaluate_json(samples: FloatArray, target: Any, seed: int = 0) -> str: ...
+def sampler_names() -> list[str]: ...
