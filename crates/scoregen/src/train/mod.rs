@@ -62,11 +62,9 @@ pub struct TrainOptions {
     pub detect_anomaly: bool,
     /// What to do when the folder already holds a run and `resume` is off.
     pub existing: ExistingRun,
-<<<<<<< HEAD
     /// In a data-parallel run, compare a hash of every process's parameters,
     /// Adam moments and EMA every K steps (and once at the start or resume); 0: only at the start.
     pub check_sync: usize,
-=======
     /// Called with every line written to `metrics.jsonl` (each `training.log_every`
     /// steps and the last); an error it returns stops training with that error
     /// (the newest checkpoint stays). The Python package's progress callback.
@@ -84,7 +82,6 @@ impl std::fmt::Debug for LogHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("LogHook(..)")
     }
->>>>>>> python
 }
 
 /// What [`train`] does with a folder that already holds a run (its
