@@ -31,6 +31,12 @@ impl Labelled {
         Ok(Self { points, labels })
     }
 
+    /// The first `k` points and their labels (all of them when there are fewer).
+    pub fn head(&self, k: usize) -> Self {
+        let k = k.min(self.points.n);
+        Self { points: self.points.head(k), labels: self.labels[..k].to_vec() }
+    }
+
     /// The number of classes, 1 + the largest label.
     pub fn classes(&self) -> usize {
         self.labels.iter().copied().max().map_or(0, |m| m as usize + 1)
