@@ -189,27 +189,35 @@ fn forward(
                     }
                 }
             }
-            // y_bᵀ = P_bᵀ Wᵀ: the GEMM's m is the long side hw, along which y_b,
-            // P_b and the microkernel's tiles are all contiguous (no packing of P_b).
-            // SAFETY: y is [C_out, hw], W is [C_out, rows], P is [rows, ld], wide [C_out, ld].
-            if ld == hw {
-                unsafe {
-                    let yt = (1, hw as isize);
-                    gemm_serial(hw, cout, rows, y.as_mut_ptr(), yt, true, Mat::t(p, hw), Mat::t(&w_scaled, rows))
-                };
-            } else {
-                wide.resize(cout * ld, 0.0);
-                unsafe {
-                    let wt = (1, ld as isize);
-                    gemm_serial(ld, cout, rows, wide.as_mut_ptr(), wt, false, Mat::t(p, ld), Mat::t(&w_scaled, rows))
-                };
-                add_rows(y, hw, &wide, ld);
-            }
+            // y_b += W P_b (y [C_out, hw], W [C_out, rows], P [rows, ld])
+            patch_product(y, ld, rows, p, &w_scaled, true, &mut wide);
         }
     });
     // SAFETY: the tasks covered all n images, each writing its whole block.
     unsafe { y.set_len(n * cout * hw) };
     y
+}
+
+/// out [c, hw] = W P (or += with `accumulate`) for W [c, k] and patches P [k, ld]
+/// whose rows are hw entries padded to ld. Computed as outᵀ = Pᵀ Wᵀ, so the
+/// GEMM's m is the long side hw, along which out, P and the microkernel's tiles
+/// are all contiguous (no packing of P); padded rows go through `wide` [c, ld].
+fn patch_product(out: &mut [f32], ld: usize, k: usize, p: &[f32], w: &[f32], accumulate: bool, wide: &mut Vec<f32>) {
+    let (c, hw) = (w.len() / k, out.len() / (w.len() / k));
+    debug_assert!(w.len() == c * k && out.len() == c * hw && hw <= ld);
+    if ld == hw {
+        // SAFETY: outᵀ [hw, c] with strides (1, hw) is out [c, hw]; P is [k, hw], W [c, k].
+        unsafe { gemm_serial(hw, c, k, out.as_mut_ptr(), (1, hw as isize), accumulate, Mat::t(p, hw), Mat::t(w, k)) };
+        return;
+    }
+    wide.resize(c * ld, 0.0);
+    // SAFETY: wide is [c, ld], P [k, ld], W [c, k].
+    unsafe { gemm_serial(ld, c, k, wide.as_mut_ptr(), (1, ld as isize), false, Mat::t(p, ld), Mat::t(w, k)) };
+    if accumulate {
+        add_rows(out, hw, wide, ld);
+    } else {
+        copy_rows(out, hw, wide, ld);
+    }
 }
 
 /// y [rows, hw] += the first hw columns of wide [rows, ld].
@@ -323,20 +331,8 @@ fn backward(
                 let q = patches(dy, &g.adjoint, g.k == 1, &mut dy_buf);
                 let kk = cout * g.k * g.k;
                 let q_ld = if g.k == 1 { hw } else { g.ld };
-                // dx_bᵀ = Qᵀ W̃ᵀ, hw-contiguous like the forward
-                if q_ld == hw {
-                    unsafe {
-                        let dxt = (1, hw as isize);
-                        gemm_serial(hw, cin, kk, target.as_mut_ptr(), dxt, false, Mat::t(q, hw), Mat::t(&w_adj, kk))
-                    };
-                } else {
-                    wide.resize(cin * q_ld, 0.0);
-                    unsafe {
-                        let wt = (1, q_ld as isize);
-                        gemm_serial(q_ld, cin, kk, wide.as_mut_ptr(), wt, false, Mat::t(q, q_ld), Mat::t(&w_adj, kk))
-                    };
-                    copy_rows(target, hw, &wide, q_ld);
-                }
+                // dx_b = W̃ Q (dx [C_in, hw], W̃ [C_in, C_out·k²], Q [C_out·k², q_ld])
+                patch_product(target, q_ld, kk, q, &w_adj, false, &mut wide);
             } else {
                 unsafe {
                     gemm_serial(
