@@ -6,7 +6,7 @@
 use candle_core::{DType, Device, Tensor};
 use indicatif::ProgressBar;
 use scoregen::data::{toy, Points};
-use scoregen::guidance::{ClassifierFree, ClassifierGuided, Inpaint};
+use scoregen::guidance::{ClassifierFree, ClassifierGuided, Inpaint, Labels};
 use scoregen::metrics;
 use scoregen::oracle::{GaussianMixture, OracleScore};
 use scoregen::rng::Rng;
@@ -146,7 +146,7 @@ fn classifier_guidance_with_exact_posterior_hits_the_class() {
     let sde: Arc<dyn Sde> = Arc::new(VpSde::default());
     let oracle = OracleScore::new(mix.clone(), sde.clone());
     for (y, w) in [(0, 1.0), (3, 4.0)] {
-        let guided = ClassifierGuided { score: &oracle, classifier: &oracle, class: y, scale: w };
+        let guided = ClassifierGuided { score: &oracle, classifier: &oracle, labels: Labels::All(y), scale: w };
         let x = sample_with(&guided, sde.as_ref(), 1000, y as u64);
         let f = fraction_in(&x, &mix, y);
         assert!(f >= 0.99, "class {y}, scale {w}: {f}");
@@ -165,7 +165,7 @@ fn classifier_free_guidance_with_exact_scores_hits_the_class() {
     let sde: Arc<dyn Sde> = Arc::new(VpSde::default());
     let oracle = OracleScore::new(mix.clone(), sde.clone());
     for w in [0.0, 2.0] {
-        let guided = ClassifierFree { model: &oracle, class: 1, w };
+        let guided = ClassifierFree { model: &oracle, labels: Labels::All(1), w };
         let f = fraction_in(&sample_with(&guided, sde.as_ref(), 1000, 5), &mix, 1);
         assert!(f >= 0.99, "w = {w}: {f}");
     }
@@ -204,7 +204,7 @@ fn classifier_guidance_gives_the_exact_class_fraction_and_rises_with_w() {
     let n = 20_000;
     let z = Rng::new(12, 0).randn((n, 2), DType::F64, &Device::Cpu).unwrap();
     let fraction = |w: f64| {
-        let guided = ClassifierGuided { score: &oracle, classifier: &oracle, class: 1, scale: w };
+        let guided = ClassifierGuided { score: &oracle, classifier: &oracle, labels: Labels::All(1), scale: w };
         let den = ScoreDenoiser::new(&guided, sde.as_ref(), None);
         let (lo, hi) = den.sigma_range();
         let sigmas = karras_sigmas(40, lo, hi, 7.0);
@@ -217,11 +217,35 @@ fn classifier_guidance_gives_the_exact_class_fraction_and_rises_with_w() {
     let x = z.affine(2.0, 0.0).unwrap();
     let t = scoregen::sde::time_batch(0.3, &x).unwrap();
     let plain = oracle.score(&x, &t).unwrap().to_vec2::<f64>().unwrap();
-    let w0 = ClassifierGuided { score: &oracle, classifier: &oracle, class: 1, scale: 0.0 };
+    let w0 = ClassifierGuided { score: &oracle, classifier: &oracle, labels: Labels::All(1), scale: 0.0 };
     assert_eq!(w0.score(&x, &t).unwrap().to_vec2::<f64>().unwrap(), plain);
     let cond = oracle.class_score(&x, &t, 1).unwrap().to_vec2::<f64>().unwrap();
-    let free = ClassifierFree { model: &oracle, class: 1, w: 0.0 };
+    let free = ClassifierFree { model: &oracle, labels: Labels::All(1), w: 0.0 };
     assert_eq!(free.score(&x, &t).unwrap().to_vec2::<f64>().unwrap(), cond);
+    // one label per row: each row of the guided score is that of its own class
+    // (the exact posterior's gradient and the exact class score, per row)
+    let ys: Vec<usize> = (0..x.dim(0).unwrap()).map(|i| (i * 7 + i / 3) % 2).collect();
+    for w in [0.0, 1.5] {
+        let rows = ClassifierGuided { score: &oracle, classifier: &oracle, labels: Labels::Rows(ys.clone()), scale: w };
+        let free = ClassifierFree { model: &oracle, labels: Labels::Rows(ys.clone()), w };
+        let (gr, fr) = (
+            rows.score(&x, &t).unwrap().to_vec2::<f64>().unwrap(),
+            free.score(&x, &t).unwrap().to_vec2::<f64>().unwrap(),
+        );
+        for y in [0, 1] {
+            let one = ClassifierGuided { score: &oracle, classifier: &oracle, labels: Labels::All(y), scale: w };
+            let g1 = one.score(&x, &t).unwrap().to_vec2::<f64>().unwrap();
+            let f1 = ClassifierFree { model: &oracle, labels: Labels::All(y), w }
+                .score(&x, &t)
+                .unwrap()
+                .to_vec2::<f64>()
+                .unwrap();
+            for i in (0..ys.len()).filter(|&i| ys[i] == y) {
+                assert_eq!(gr[i], g1[i], "classifier guidance, row {i}, class {y}, w = {w}");
+                assert_eq!(fr[i], f1[i], "classifier-free, row {i}, class {y}, w = {w}");
+            }
+        }
+    }
     let ws = [0.0, 0.5, 1.0, 2.0, 4.0];
     let fs: Vec<f64> = ws.iter().map(|&w| fraction(w)).collect();
     println!("class-1 fraction at w = {ws:?}: {fs:?}; exact at w = 0: {exact_w0:.4}, w = 1: {exact_w1:.4}");

@@ -8,7 +8,7 @@ use indicatif::ProgressBar;
 use scoregen::app::config::RunConfig;
 use scoregen::app::run_dir::LoadedModel;
 use scoregen::data::{toy, Points};
-use scoregen::guidance::{ClassPosterior, ClassifierFree, ClassifierGuided};
+use scoregen::guidance::{ClassPosterior, ClassifierFree, ClassifierGuided, Labels};
 use scoregen::nets::ClassifierSpec;
 use scoregen::nets::ModelConditional;
 use scoregen::oracle::{GaussianMixture, OracleScore};
@@ -67,10 +67,24 @@ fn classifier_free_guidance_of_a_trained_conditional_mlp_hits_the_class() {
     let cond = ModelConditional { model: &model.model, sde: cfg.sde() };
     let mix = toy::named_mixture("gmm8").unwrap();
     for y in [2, 5] {
-        let guided = ClassifierFree { model: &cond, class: y, w: 1.0 };
+        let guided = ClassifierFree { model: &cond, labels: Labels::All(y), w: 1.0 };
         let f = fraction_in(&sample_with(&guided, cfg.sde().as_ref(), 500, y as u64, DType::F32), &mix, y);
         println!("classifier-free, class {y}, w = 1: {f:.3} in the class");
         assert!(f >= 0.9, "class {y}: {f}");
+    }
+    // One label per row asks the net with a label tensor [N]: row i of the
+    // per-row score is row i of the score with every row given yᵢ
+    let x = Rng::new(3, 0).randn((6, 2), DType::F32, &Device::Cpu).unwrap();
+    let t = scoregen::sde::time_batch(0.4, &x).unwrap();
+    let ys = vec![0, 7, 3, 3, 0, 5];
+    let rows = ClassifierFree { model: &cond, labels: Labels::Rows(ys.clone()), w: 1.0 };
+    let per_row = rows.score(&x, &t).unwrap().to_vec2::<f32>().unwrap();
+    for (i, &y) in ys.iter().enumerate() {
+        let one = ClassifierFree { model: &cond, labels: Labels::All(y), w: 1.0 };
+        let whole = one.score(&x, &t).unwrap().to_vec2::<f32>().unwrap();
+        for (a, b) in per_row[i].iter().zip(&whole[i]) {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "row {i} (class {y}): {a} vs {b}");
+        }
     }
 }
 
@@ -126,7 +140,7 @@ fn noise_aware_classifier_matches_the_exact_posterior_and_guides() {
     let noise = Points::from_tensor(&Rng::new(5, 0).randn((2000, 2), DType::F64, &Device::Cpu).unwrap()).unwrap();
     let at_t = classifier::accuracy(&clf, &Labelled::new(noise, y0).unwrap(), Some(1.0)).unwrap();
     assert!(at_t < 0.25, "accuracy on pure noise at t = 1: {at_t}");
-    let guided = ClassifierGuided { score: &oracle, classifier: &clf, class: 6, scale: 2.0 };
+    let guided = ClassifierGuided { score: &oracle, classifier: &clf, labels: Labels::All(6), scale: 2.0 };
     let f = fraction_in(&sample_with(&guided, sde.as_ref(), 500, 7, DType::F64), &mix, 6);
     println!("classifier guidance with the trained classifier, class 6: {f:.3} in the class");
     assert!(f >= 0.95, "{f}");

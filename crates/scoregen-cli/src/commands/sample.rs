@@ -4,8 +4,8 @@
 use super::shared::RunArgs;
 use super::Globals;
 use anyhow::{Context, Result};
-use scoregen::app::commands::sample::ClassGuidance;
 use scoregen::app::commands::sample::SampleRequest;
+use scoregen::app::commands::sample::{ClassChoice, ClassGuidance};
 use scoregen::app::config::{RunConfig, SamplingConfig};
 use scoregen::samplers::{CorrectorKind, Grid, SamplerKind};
 use std::path::PathBuf;
@@ -126,10 +126,11 @@ impl SamplerArgs {
 // Class-conditional generation: classifier-free, or through a noise-aware classifier.
 #[derive(Debug, clap::Args)]
 struct GuidanceArgs {
-    /// Generate class K: classifier-free guidance of a class-conditional run (model.classes),
-    /// or classifier guidance with --classifier.
-    #[arg(long, value_name = "K")]
-    class: Option<usize>,
+    /// Generate class K, or `all`: every class in the proportions of the training labels
+    /// (each sample its own class). Classifier-free guidance of a class-conditional run
+    /// (model.classes), or classifier guidance with --classifier.
+    #[arg(long, value_name = "K|all")]
+    class: Option<ClassChoice>,
     /// Guidance strength w: (1 + w)·s(x,t,y) − w·s(x,t) without a classifier,
     /// s(x,t) + w·∇ₓ log p_t(y|x) with one.
     #[arg(long, value_name = "W", default_value_t = 1.0, requires = "class")]

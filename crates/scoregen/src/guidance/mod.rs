@@ -19,5 +19,5 @@
 pub mod class;
 pub mod inpaint;
 
-pub use class::{ClassPosterior, ClassifierFree, ClassifierGuided, ConditionalScore};
+pub use class::{proportional_labels, ClassPosterior, ClassifierFree, ClassifierGuided, ConditionalScore, Labels};
 pub use inpaint::{Inpaint, MaskSpec};

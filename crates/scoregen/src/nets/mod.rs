@@ -58,7 +58,7 @@ impl Network for Labeled<'_> {
     }
 }
 
-use crate::guidance::ConditionalScore;
+use crate::guidance::{ConditionalScore, Labels};
 use crate::score::{Head, LogDensity, ScoreFn};
 use crate::sde::Sde;
 use candle_nn::VarMap;
@@ -161,13 +161,17 @@ impl ConditionalScore for ModelConditional<'_> {
     fn classes(&self) -> usize {
         self.model.classes()
     }
-    fn score_given(&self, x: &Tensor, t: &Tensor, class: Option<usize>) -> Result<Tensor> {
+    fn score_given(&self, x: &Tensor, t: &Tensor, labels: Option<&Labels>) -> Result<Tensor> {
         let k = self.classes();
-        let y = class.unwrap_or(k);
-        if y > k || (class.is_some() && y == k) {
-            candle_core::bail!("class {y} is out of range: the model knows classes 0..{}", k.max(1) - 1);
+        if let Some(ys) = labels {
+            if ys.max() >= k {
+                candle_core::bail!("class {} is out of range: the model knows classes 0..{}", ys.max(), k.max(1) - 1);
+            }
         }
-        let labels = Tensor::new(&[y as u32], x.device())?;
+        let labels = match labels {
+            Some(ys) => ys.tensor(x.device())?,
+            None => Tensor::new(&[k as u32], x.device())?,
+        };
         match self.model.score_labeled(self.sde.clone(), labels) {
             Some(s) => s.score(x, t),
             None => candle_core::bail!("the model is not class-conditional (train it with model.classes = K)"),

@@ -41,6 +41,8 @@ pub mod streams {
     pub const NOISE: u64 = 3;
     pub const SAMPLING: u64 = 4;
     pub const EVAL: u64 = 5;
+    /// The class labels of a class-conditional sampling run (`sample --class all`).
+    pub const LABELS: u64 = 6;
 
     /// The stream of `kind` (BATCH or NOISE) for data-parallel shard `k ≥ 1`
     /// at step `step` (0-based): kind in the low byte, k in the next 24 bits,

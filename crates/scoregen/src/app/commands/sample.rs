@@ -6,7 +6,7 @@ use crate::app::config::{ObjectiveKind, RunConfig};
 use crate::app::figures::scatter;
 use crate::app::run_dir::{oracle_of, LoadedModel};
 use crate::error::{Error, Result};
-use crate::guidance::{ClassifierFree, ClassifierGuided};
+use crate::guidance::{proportional_labels, ClassifierFree, ClassifierGuided, Labels};
 use crate::io::{fs, npy};
 use crate::nets::ModelConditional;
 use crate::nets::SavedClassifier;
@@ -182,7 +182,7 @@ pub fn sample_loaded(
     let mut rng = Rng::new(req.seed, streams::SAMPLING);
     match class {
         None => draw(model, model.score().as_ref(), req, &spec, &mut rng),
-        Some(g) => g.with_score(model, |score| draw(model, score, req, &spec, &mut rng)),
+        Some(g) => g.with_score(model, req.n, req.seed, |score| draw(model, score, req, &spec, &mut rng)),
     }
 }
 
@@ -234,20 +234,84 @@ pub fn draw(
     Ok(spec.sample(&ctx, (req.n, model.state.dim), rng)?)
 }
 
-/// Steering `scoregen sample` to class y: classifier guidance with a trained
-/// noise-aware classifier, s + w·∇ₓ log p_t(y | x), or (no classifier) classifier-free
-/// guidance of a class-conditional run, (1 + w)·s(x, t, y) − w·s(x, t).
+/// Which class `scoregen sample --class` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClassChoice {
+    /// Every sample is class K.
+    One(usize),
+    /// Every class, in the proportions of the training labels (counts by largest
+    /// remainder, in a seeded order): samples of p(x) = Σ_y p(y)·p(x | y).
+    All,
+}
+
+impl std::str::FromStr for ClassChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s == "all" {
+            return Ok(ClassChoice::All);
+        }
+        s.parse().map(ClassChoice::One).map_err(|_| format!("expected a class number K or `all`, got `{s}`"))
+    }
+}
+
+impl std::fmt::Display for ClassChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClassChoice::One(k) => write!(f, "{k}"),
+            ClassChoice::All => f.write_str("all"),
+        }
+    }
+}
+
+/// The labels of `n` samples for `choice` among `k` classes: one class, or the
+/// training labels' proportions (the run's data, `cfg.data`) in an order drawn
+/// from the sampling seed's own stream.
+pub fn labels_for(choice: ClassChoice, k: usize, cfg: &RunConfig, n: usize, seed: u64) -> Result<Labels> {
+    match choice {
+        ClassChoice::One(y) if y >= k => {
+            Err(Error::Invalid(format!("--class {y} is out of range: classes are 0..{}", k.max(1) - 1)))
+        }
+        ClassChoice::One(y) => Ok(Labels::All(y)),
+        ClassChoice::All => {
+            let (train, _, _) = super::classify::labelled_splits(&cfg.data.source, &cfg.data.image_options())?;
+            let mut counts = vec![0.0; k];
+            for &y in &train.labels {
+                let y = y as usize;
+                if y >= k {
+                    return Err(Error::data(
+                        &cfg.data.source,
+                        format!("a training label is {y}, but the model knows classes 0..{}", k - 1),
+                    ));
+                }
+                counts[y] += 1.0;
+            }
+            Ok(proportional_labels(&counts, n, &mut Rng::new(seed, streams::LABELS)))
+        }
+    }
+}
+
+/// Steering `scoregen sample` to class y (or to every class, each sample its own
+/// y): classifier guidance with a trained noise-aware classifier,
+/// s + w·∇ₓ log p_t(y | x), or (no classifier) classifier-free guidance of a
+/// class-conditional run, (1 + w)·s(x, t, y) − w·s(x, t).
 #[derive(Debug, Clone)]
 pub struct ClassGuidance {
-    pub class: usize,
+    pub class: ClassChoice,
     pub scale: f64,
     /// A directory written by `scoregen train-classifier --noisy`.
     pub classifier: Option<PathBuf>,
 }
 
 impl ClassGuidance {
-    /// Calls `f` with the guided score of `model`.
-    pub fn with_score<R>(&self, model: &LoadedModel, f: impl FnOnce(&dyn ScoreFn) -> Result<R>) -> Result<R> {
+    /// Calls `f` with the guided score of `model` for a batch of `n` samples
+    /// (`seed` orders the labels of [`ClassChoice::All`]).
+    pub fn with_score<R>(
+        &self,
+        model: &LoadedModel,
+        n: usize,
+        seed: u64,
+        f: impl FnOnce(&dyn ScoreFn) -> Result<R>,
+    ) -> Result<R> {
         if !self.scale.is_finite() || self.scale < 0.0 {
             return Err(Error::Invalid(format!("--guidance must be a finite number ≥ 0 (got {})", self.scale)));
         }
@@ -269,9 +333,9 @@ impl ClassGuidance {
                         sde.name()
                     ));
                 }
-                self.check_class(spec.classes)?;
+                let labels = labels_for(self.class, spec.classes, &model.cfg, n, seed)?;
                 let (base, clf) = (model.score(), &saved.classifier);
-                f(&ClassifierGuided { score: base.as_ref(), classifier: clf, class: self.class, scale: self.scale })
+                f(&ClassifierGuided { score: base.as_ref(), classifier: clf, labels, scale: self.scale })
             }
             None => {
                 let k = model.model.classes();
@@ -281,17 +345,10 @@ impl ClassGuidance {
                             .into(),
                     ));
                 }
-                self.check_class(k)?;
+                let labels = labels_for(self.class, k, &model.cfg, n, seed)?;
                 let cond = ModelConditional { model: &model.model, sde: model.cfg.sde() };
-                f(&ClassifierFree { model: &cond, class: self.class, w: self.scale })
+                f(&ClassifierFree { model: &cond, labels, w: self.scale })
             }
         }
-    }
-
-    fn check_class(&self, k: usize) -> Result<()> {
-        if self.class >= k {
-            return Err(Error::Invalid(format!("--class {} is out of range: classes are 0..{}", self.class, k - 1)));
-        }
-        Ok(())
     }
 }
