@@ -72,11 +72,21 @@ def run_json(cmd, env):
     return json.loads(proc.stdout)
 
 
+def median_round(results):
+    """The round whose wall time is the median (the lower middle for an even count),
+    so each reported row is one real measurement, its CPU time and memory with it."""
+    ordered = sorted(results, key=lambda r: r["median_ms"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--scoregen", required=True)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps-scale", type=float, default=1.0)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run each case's pair this many times, alternating which goes first, and report each "
+                        "side's median over the rounds (this 2-core machine's load moves single runs by 20%%)")
     p.add_argument("--json", help="also write every measurement to this file")
     p.add_argument("groups", nargs="*", help="gemm mlp unet sample likelihood (default: all)")
     a = p.parse_args()
@@ -90,10 +100,13 @@ def main():
         args = scaled(args, a.reps_scale)
         ours = [a.scoregen, "--quiet", "--json", "bench"] + args
         theirs = [sys.executable, os.path.join(HERE, "torch_ref.py"), "--threads", str(a.threads)] + args
-        # alternate which goes first, so neither always runs on a warmer or quieter machine
-        first, second = (ours, theirs) if i % 2 == 0 else (theirs, ours)
-        r1, r2 = run_json(first, env), run_json(second, env)
-        s, t = (r1, r2) if first is ours else (r2, r1)
+        pairs = []
+        for r in range(max(1, a.rounds)):
+            # alternate which goes first, so neither always runs on a warmer or quieter machine
+            first, second = (ours, theirs) if (i + r) % 2 == 0 else (theirs, ours)
+            r1, r2 = run_json(first, env), run_json(second, env)
+            pairs.append((r1, r2) if first is ours else (r2, r1))
+        s, t = median_round([p[0] for p in pairs]), median_round([p[1] for p in pairs])
         rows.append((group, s, t))
         print(f"  {s['case']}: scoregen {s['median_ms']:.2f} ms, PyTorch {t['median_ms']:.2f} ms", file=sys.stderr)
 
@@ -117,7 +130,8 @@ def main():
               f"{t['cpu_ms'] / s['cpu_ms']:.2f}× | {pct(s)} | {pct(t)} | "
               f"{s['peak_rss_mib']:.0f} / {t['peak_rss_mib']:.0f} |")
     print("\nspeed-up = PyTorch ms / scoregen ms (above 1: scoregen is faster), wall time; CPU speed-up: the same with "
-          "process CPU time (all threads), robust when other processes share the cores; medians of repeated runs.")
+          "process CPU time (all threads), robust when other processes share the cores; medians of repeated runs"
+          + (f", then the median of {a.rounds} rounds per case." if a.rounds > 1 else "."))
     if a.json:
         with open(a.json, "w") as f:
             json.dump([{"group": g, "scoregen": s, "pytorch": t} for g, s, t in rows], f, indent=1)
