@@ -190,6 +190,7 @@ fn guidance_commands_run_on_points_and_reject_bad_requests() {
         dir.path(),
     ));
     assert!(dir.path().join("a.npy").exists());
+    fails_with(&scoregen(&[&sample[..], &["--guidance", "2"]].concat(), dir.path()), &["--guidance", "sampling.class"]);
     let bad = scoregen(&[&sample[..], &["--class", "most"]].concat(), dir.path());
     let why = String::from_utf8_lossy(&bad.stderr);
     assert!(bad.status.code() == Some(2) && why.contains("'--class <K|all>'") && why.contains("`all`"), "{why}");

@@ -132,17 +132,28 @@ struct GuidanceArgs {
     #[arg(long, value_name = "K|all")]
     class: Option<ClassChoice>,
     /// Guidance strength w: (1 + w)·s(x,t,y) − w·s(x,t) without a classifier,
-    /// s(x,t) + w·∇ₓ log p_t(y|x) with one.
-    #[arg(long, value_name = "W", default_value_t = 1.0, requires = "class")]
-    guidance: f64,
+    /// s(x,t) + w·∇ₓ log p_t(y|x) with one (default: the run's sampling.guidance, 1 unless set).
+    #[arg(long, value_name = "W")]
+    guidance: Option<f64>,
     /// A noise-aware classifier (from `train-classifier --noisy --run RUN`) for classifier guidance.
-    #[arg(long, value_name = "DIR", requires = "class")]
+    #[arg(long, value_name = "DIR")]
     classifier: Option<PathBuf>,
 }
 
 impl GuidanceArgs {
-    fn steer(&self) -> Option<ClassGuidance> {
-        self.class.map(|class| ClassGuidance { class, scale: self.guidance, classifier: self.classifier.clone() })
+    /// The class asked for: --class, else the run's sampling.class (with --guidance
+    /// and --classifier applied to it); `None`: unconditional.
+    fn steer(&self, cfg: &RunConfig) -> anyhow::Result<Option<ClassGuidance>> {
+        let Some(class) = self.class.or(cfg.sampling.class) else {
+            if self.guidance.is_some() || self.classifier.is_some() {
+                anyhow::bail!(
+                    "--guidance and --classifier need a class: --class K|all, or sampling.class in the run's config"
+                );
+            }
+            return Ok(None);
+        };
+        let scale = self.guidance.unwrap_or(cfg.sampling.guidance);
+        Ok(Some(ClassGuidance { class, scale, classifier: self.classifier.clone() }))
     }
 }
 
@@ -174,8 +185,12 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
     }
     let sc = args.sampler.apply(&cfg.sampling);
     sc.validate("command line")?;
-    let o =
-        scoregen::app::commands::sample::sample_run_guided(run, &req, Some(sc.spec()), args.guidance.steer().as_ref())?;
+    let o = scoregen::app::commands::sample::sample_run_guided(
+        run,
+        &req,
+        Some(sc.spec()),
+        args.guidance.steer(&cfg)?.as_ref(),
+    )?;
     g.print(&o, |o| {
         println!("{} samples ({} score evaluations) in {:.2} s → {}", o.n, o.nfe, o.seconds, o.npy.display());
         if let Some(p) = &o.png {

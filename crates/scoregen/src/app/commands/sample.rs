@@ -180,7 +180,8 @@ pub fn sample_loaded(
     budget::check_sampling(&model.cfg, req.n, model.state.dim, frames, "sampling")?;
     let spec = req.spec(&model.cfg, spec);
     let mut rng = Rng::new(req.seed, streams::SAMPLING);
-    match class {
+    let from_config = ClassGuidance::of_config(&model.cfg);
+    match class.or(from_config.as_ref()) {
         None => draw(model, model.score().as_ref(), req, &spec, &mut rng),
         Some(g) => g.with_score(model, req.n, req.seed, |score| draw(model, score, req, &spec, &mut rng)),
     }
@@ -234,60 +235,43 @@ pub fn draw(
     Ok(spec.sample(&ctx, (req.n, model.state.dim), rng)?)
 }
 
-/// Which class `scoregen sample --class` asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClassChoice {
-    /// Every sample is class K.
-    One(usize),
-    /// Every class, in the proportions of the training labels (counts by largest
-    /// remainder, in a seeded order): samples of p(x) = Σ_y p(y)·p(x | y).
-    All,
-}
-
-impl std::str::FromStr for ClassChoice {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        if s == "all" {
-            return Ok(ClassChoice::All);
-        }
-        s.parse().map(ClassChoice::One).map_err(|_| format!("expected a class number K or `all`, got `{s}`"))
-    }
-}
-
-impl std::fmt::Display for ClassChoice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ClassChoice::One(k) => write!(f, "{k}"),
-            ClassChoice::All => f.write_str("all"),
-        }
-    }
-}
+pub use crate::app::config::ClassChoice;
 
 /// The labels of `n` samples for `choice` among `k` classes: one class, or the
-/// training labels' proportions (the run's data, `cfg.data`) in an order drawn
-/// from the sampling seed's own stream.
-pub fn labels_for(choice: ClassChoice, k: usize, cfg: &RunConfig, n: usize, seed: u64) -> Result<Labels> {
+/// training labels' proportions (`train_labels`, called only then) in an order
+/// drawn from the sampling seed's own stream.
+pub fn labels_for(
+    choice: ClassChoice,
+    k: usize,
+    train_labels: impl FnOnce() -> Result<Vec<u8>>,
+    n: usize,
+    seed: u64,
+) -> Result<Labels> {
     match choice {
         ClassChoice::One(y) if y >= k => {
             Err(Error::Invalid(format!("--class {y} is out of range: classes are 0..{}", k.max(1) - 1)))
         }
         ClassChoice::One(y) => Ok(Labels::All(y)),
         ClassChoice::All => {
-            let (train, _, _) = super::classify::labelled_splits(&cfg.data.source, &cfg.data.image_options())?;
             let mut counts = vec![0.0; k];
-            for &y in &train.labels {
+            for y in train_labels()? {
                 let y = y as usize;
                 if y >= k {
-                    return Err(Error::data(
-                        &cfg.data.source,
-                        format!("a training label is {y}, but the model knows classes 0..{}", k - 1),
-                    ));
+                    return Err(Error::Invalid(format!(
+                        "a training label is {y}, but the model knows classes 0..{}",
+                        k - 1
+                    )));
                 }
                 counts[y] += 1.0;
             }
             Ok(proportional_labels(&counts, n, &mut Rng::new(seed, streams::LABELS)))
         }
     }
+}
+
+/// The run's training labels (its data source's training split).
+pub fn training_labels(cfg: &RunConfig) -> Result<Vec<u8>> {
+    Ok(super::classify::labelled_splits(&cfg.data.source, &cfg.data.image_options())?.0.labels)
 }
 
 /// Steering `scoregen sample` to class y (or to every class, each sample its own
@@ -303,6 +287,12 @@ pub struct ClassGuidance {
 }
 
 impl ClassGuidance {
+    /// The run's own `sampling.class` with weight `sampling.guidance`
+    /// (classifier-free), for a sampling request that names no class.
+    pub fn of_config(cfg: &RunConfig) -> Option<Self> {
+        cfg.sampling.class.map(|class| ClassGuidance { class, scale: cfg.sampling.guidance, classifier: None })
+    }
+
     /// Calls `f` with the guided score of `model` for a batch of `n` samples
     /// (`seed` orders the labels of [`ClassChoice::All`]).
     pub fn with_score<R>(
@@ -333,7 +323,7 @@ impl ClassGuidance {
                         sde.name()
                     ));
                 }
-                let labels = labels_for(self.class, spec.classes, &model.cfg, n, seed)?;
+                let labels = labels_for(self.class, spec.classes, || training_labels(&model.cfg), n, seed)?;
                 let (base, clf) = (model.score(), &saved.classifier);
                 f(&ClassifierGuided { score: base.as_ref(), classifier: clf, labels, scale: self.scale })
             }
@@ -345,7 +335,7 @@ impl ClassGuidance {
                             .into(),
                     ));
                 }
-                let labels = labels_for(self.class, k, &model.cfg, n, seed)?;
+                let labels = labels_for(self.class, k, || training_labels(&model.cfg), n, seed)?;
                 let cond = ModelConditional { model: &model.model, sde: model.cfg.sde() };
                 f(&ClassifierFree { model: &cond, labels, w: self.scale })
             }

@@ -2,13 +2,16 @@
 //! run folder; with `training.eval_every`, measures image quality as it trains.
 
 use super::classify::{labelled_splits, train_classifier, ClassifierRequest};
+use super::sample::labels_for;
 use crate::app::config::RunConfig;
 use crate::app::factory;
 use crate::error::{Error, Result};
-use crate::nets::SavedClassifier;
+use crate::guidance::{ClassifierFree, Labels};
+use crate::nets::{ModelConditional, SavedClassifier};
 use crate::points::Points;
 use crate::rng::Rng;
 use crate::samplers::{SampleContext, SamplerKind, SamplerSpec};
+use crate::score::ScoreFn;
 use crate::train::classifier::{image_report, Labelled};
 use crate::train::{self, streams, DataParallel, Evaluator, TrainOptions, TrainOutcome, Trainer};
 use indicatif::ProgressBar;
@@ -58,12 +61,16 @@ pub const EVAL_TEST_MAX: usize = 1_000;
 /// DPM-Solver++(2M) ([`EVAL_STEPS`] steps, the same seed each time, so the curve
 /// moves with the model alone), scored by the project's clean classifier:
 /// Fréchet distance and its held-out floor, mean confidence, class entropy.
+/// A class-conditional run with `sampling.class` is sampled as `scoregen sample`
+/// would: those labels, classifier-free guidance of weight `sampling.guidance`.
 pub struct ImageEvaluator {
     classifier: SavedClassifier,
     train: Labelled,
     test: Labelled,
     n: usize,
     seed: u64,
+    /// The labels and guidance weight of a class-conditional run's samples.
+    labels: Option<(Labels, f64)>,
 }
 
 impl ImageEvaluator {
@@ -108,15 +115,27 @@ impl ImageEvaluator {
         // and searches test × train for nearest neighbours, which on Fashion-MNIST's
         // 60,000 / 10,000 took minutes per evaluation. The first images of each split
         // (sets without their own split are held out by a fixed permutation).
+        let n = cfg.training.eval_n;
+        let labels = match (cfg.sampling.class, cfg.model.classes) {
+            (Some(choice), k) if k > 0 => {
+                let labels = labels_for(choice, k, || Ok(train.labels.clone()), n, cfg.seed)?;
+                Some((labels, cfg.sampling.guidance))
+            }
+            _ => None,
+        };
         let (train, test) = (train.head(EVAL_TRAIN_MAX), test.head(EVAL_TEST_MAX));
-        Ok(Self { classifier, train, test, n: cfg.training.eval_n, seed: cfg.seed })
+        Ok(Self { classifier, train, test, n, seed: cfg.seed, labels })
     }
 }
 
 impl Evaluator for ImageEvaluator {
     fn evaluate(&mut self, trainer: &Trainer) -> Result<Map<String, Value>> {
         let (model, _vars) = trainer.ema_model()?;
-        let score = model.score(trainer.sde.clone());
+        let cond = ModelConditional { model: &model, sde: trainer.sde.clone() };
+        let score: Box<dyn ScoreFn + '_> = match &self.labels {
+            Some((labels, w)) => Box::new(ClassifierFree { model: &cond, labels: labels.clone(), w: *w }),
+            None => model.score(trainer.sde.clone()),
+        };
         let spec = SamplerSpec { kind: SamplerKind::Dpmpp2m, steps: EVAL_STEPS, ..SamplerSpec::default() };
         let hidden = ProgressBar::hidden();
         let ctx = SampleContext {

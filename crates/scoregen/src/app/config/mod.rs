@@ -318,6 +318,58 @@ pub struct SamplingConfig {
     /// σ-space samplers: start at √(1 + σ₀²)·z (the VP prior N(0, I) at σ₀) instead of σ₀·z.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub vp_start: bool,
+    /// A class-conditional run (`model.classes = K`): the class `sample` asks for
+    /// when no `--class` is given: `"all"` (every class, each sample its own, in the
+    /// training labels' proportions) or `"K"`; unset: the unconditional score (null label).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<ClassChoice>,
+    /// Guidance weight w of `class` (and of `--class` without `--guidance`):
+    /// (1 + w)·s(x,t,y) − w·s(x,t); 0 is the plain conditional score.
+    #[serde(skip_serializing_if = "is_one")]
+    pub guidance: f64,
+}
+
+/// Which class a class-conditional sampling run asks for (`sampling.class`, `--class`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum ClassChoice {
+    /// Every sample is class K.
+    One(usize),
+    /// Every class, in the proportions of the training labels (counts by largest
+    /// remainder, in a seeded order): samples of p(x) = Σ_y p(y)·p(x | y).
+    All,
+}
+
+impl std::str::FromStr for ClassChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s == "all" {
+            return Ok(ClassChoice::All);
+        }
+        s.parse().map(ClassChoice::One).map_err(|_| format!("expected a class number K or `all`, got `{s}`"))
+    }
+}
+
+impl TryFrom<String> for ClassChoice {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<ClassChoice> for String {
+    fn from(c: ClassChoice) -> String {
+        c.to_string()
+    }
+}
+
+impl std::fmt::Display for ClassChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClassChoice::One(k) => write!(f, "{k}"),
+            ClassChoice::All => f.write_str("all"),
+        }
+    }
 }
 
 // The scheduler options are left out of a written config at their defaults,
@@ -424,6 +476,8 @@ impl Default for SamplingConfig {
             clip_range: 1.0,
             threshold_max: f64::INFINITY,
             vp_start: false,
+            class: None,
+            guidance: 1.0,
         }
     }
 }
@@ -473,6 +527,16 @@ mod tests {
         };
         let e = parse(&["model.kind=\"energy-mlp\"", "model.output=\"score\"", "model.classes=3"]).unwrap_err();
         assert!(e.to_string().starts_with("c.toml: field `model.classes`"), "{e}");
+        let e = parse(&["sampling.class=\"all\""]).unwrap_err();
+        assert!(e.to_string().starts_with("c.toml: field `sampling.class`"), "{e}");
+        let e = parse(&["model.classes=3", "sampling.class=\"3\""]).unwrap_err();
+        assert!(e.to_string().contains("0..2"), "{e}");
+        let e = parse(&["model.classes=3", "sampling.class=\"most\""]).unwrap_err();
+        assert!(e.to_string().contains("`all`"), "{e}");
+        let e = parse(&["model.classes=3", "sampling.class=\"all\"", "sampling.guidance=-1"]).unwrap_err();
+        assert!(e.to_string().starts_with("c.toml: field `sampling.guidance`"), "{e}");
+        let ok = parse(&["model.classes=3", "sampling.class=\"all\"", "sampling.guidance=0.5"]).unwrap();
+        assert_eq!((ok.sampling.class, ok.sampling.guidance), (Some(ClassChoice::All), 0.5));
         let e = parse(&["model.classes=3", "model.label_dropout=1.0"]).unwrap_err();
         assert!(e.to_string().starts_with("c.toml: field `model.label_dropout`"), "{e}");
         assert!(!parse(&[]).unwrap().to_toml().contains("classes"));

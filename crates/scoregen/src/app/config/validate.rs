@@ -123,6 +123,20 @@ impl RunConfig {
         if !(0.0..1.0).contains(&self.model.label_dropout) {
             return err("model.label_dropout", format!("must be in [0, 1) (got {})", self.model.label_dropout));
         }
+        if let Some(class) = self.sampling.class {
+            let k = self.model.classes;
+            if k == 0 {
+                return err("sampling.class", format!("`{class}` needs a class-conditional model (model.classes = K)"));
+            }
+            if let super::ClassChoice::One(y) = class {
+                if y >= k {
+                    return err("sampling.class", format!("class {y} is out of range: classes are 0..{}", k - 1));
+                }
+            }
+        }
+        if !(self.sampling.guidance.is_finite() && self.sampling.guidance >= 0.0) {
+            return err("sampling.guidance", format!("must be a finite number ≥ 0 (got {})", self.sampling.guidance));
+        }
         let over_sde = self.objective.kind == ObjectiveKind::Dsm && self.objective.sigma.is_none();
         if self.training.eval_every > 0 {
             if !data::is_image_source(&self.data.source) {
