@@ -225,10 +225,24 @@ pub fn trainer(cfg: &RunConfig) -> Result<Trainer> {
     if cfg.model.classes > 0 {
         let k = cfg.model.classes;
         let labels = dataset.labels.as_ref().ok_or_else(|| {
-            Error::config("config", "model.classes", format!("data `{}` has no class labels", cfg.data.source))
+            Error::config(
+                "config",
+                "model.classes",
+                format!(
+                    "data `{}` has no class labels: set model.classes = 0 (and remove sampling.class) for an unconditional model",
+                    cfg.data.source
+                ),
+            )
         })?;
         if let Some(&bad) = labels.iter().find(|&&y| y as usize >= k) {
-            return Err(Error::config("config", "model.classes", format!("is {k}, but the data has label {bad}")));
+            return Err(Error::config(
+                "config",
+                "model.classes",
+                format!(
+                    "is {k}, but the data has label {bad}: set model.classes = {} or more (labels 0..{bad}), or 0 for an unconditional model (then also remove sampling.class)",
+                    bad as usize + 1
+                ),
+            ));
         }
     }
     let (dim, levels, seed, model_cfg) = (dataset.points.d, cfg.noise.levels, cfg.seed, cfg.model.clone());

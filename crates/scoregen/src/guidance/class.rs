@@ -164,8 +164,11 @@ pub struct ClassifierFree<'a> {
 
 impl ScoreFn for ClassifierFree<'_> {
     fn score(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
-        // no shortcut at w = 0: (1 + 0)·s(x, t, y) − 0·s(x, t) is s(x, t, y), and w = 0 is tested through this formula
         let cond = self.model.score_given(x, t, Some(&self.labels))?;
+        if self.w == 0.0 {
+            // (1 + 0)·s(x, t, y) − 0·s(x, t) is s(x, t, y) exactly: skip the unconditional evaluation
+            return Ok(cond);
+        }
         cond.affine(1.0 + self.w, 0.0)? - self.model.score_given(x, t, None)?.affine(self.w, 0.0)?
     }
 }
