@@ -775,16 +775,37 @@ mod tests {
     /// and 2, k = 1 and 3, with and without the residual, and a batch that does
     /// not split evenly across tasks; 4×4, 8×8 and 14×14 (the fixed-width
     /// 3×3 patch copies; 14×14 also padded to 208 columns), and 10×10 and
-    /// 20×20 whose 10×10 outputs have their patch matrices padded to 112 columns. f32 sums of up
-    /// to C_in·k² = 27 (forward) and N·H·W = 2000 (dW) terms of size ~1: 1e-4
+    /// 20×20 whose 10×10 outputs have their patch matrices padded to 112
+    /// columns; 2×2 and 6×6 (1×1 and 3×3 at stride 2). Each under the
+    /// groupings of [`GROUPINGS`]: by default tiles of all 5 images up to
+    /// 4×4, padded from 180 to 192 columns at 6×6, from 45 to 48 at 3×3 and
+    /// from 125 to 128 at 5×5, and tiles of 3 + 2 images (147 columns padded
+    /// to 160, then 98) at 7×7 and (192, then 128) at 8×8. f32 sums of up to
+    /// C_in·k² = 27 (forward) and N·H·W = 2000 (dW) terms of size ~1: 1e-4
     /// relative to the largest entry is many times their rounding.
     #[test]
     fn matches_candle_conv2d_and_its_gradients() {
+        for grouping in GROUPINGS {
+            with_grouping(grouping, conv2d_case);
+        }
+    }
+
+    /// Groupings for the tests: the default, (12, 64) (2×2 in tiles of
+    /// 3 + 2 images) and (40, 64) (4×4 in tiles of 2 + 2 + 1, 3×3 of 4 + 1).
+    const GROUPINGS: [(usize, usize); 3] = [(GROUP_COLS, GROUP_MAX_HW), (12, 64), (40, 64)];
+
+    fn with_grouping(grouping: (usize, usize), f: impl FnOnce((usize, usize))) {
+        GROUPING.with(|g| g.set(grouping));
+        f(grouping);
+        GROUPING.with(|g| g.set((GROUP_COLS, GROUP_MAX_HW)));
+    }
+
+    fn conv2d_case(grouping: (usize, usize)) {
         let dev = Device::Cpu;
         let mut rng = crate::rng::Rng::new(11, 0);
         let (n, cin, cout) = (5, 3, 4);
         let cases = [(3, 1, false), (3, 2, false), (1, 1, false), (3, 1, true), (1, 1, true)];
-        for ((k, stride, residual), side) in cases.into_iter().flat_map(|c| [4, 8, 10, 14, 20].map(|s| (c, s))) {
+        for ((k, stride, residual), side) in cases.into_iter().flat_map(|c| [2, 4, 6, 8, 10, 14, 20].map(|s| (c, s))) {
             let (h, w) = (side, side);
             let x = Var::from_tensor(&rng.randn((n, cin, h, w), DType::F32, &dev).unwrap()).unwrap();
             let wt = Var::from_tensor(&rng.randn((cout, cin, k, k), DType::F32, &dev).unwrap()).unwrap();
@@ -803,7 +824,7 @@ mod tests {
             if residual {
                 theirs = ((theirs + r.as_tensor()).unwrap() * s).unwrap();
             }
-            let case = format!("k={k} stride={stride} residual={residual} {side}×{side}");
+            let case = format!("k={k} stride={stride} residual={residual} {side}×{side} grouping={grouping:?}");
             assert_eq!(ours.dims(), theirs.dims());
             assert!(max_diff(&ours, &theirs) < 1e-4, "{case}: forward {}", max_diff(&ours, &theirs));
             let weights = rng.randn(ours.shape(), DType::F32, &dev).unwrap();
@@ -824,13 +845,17 @@ mod tests {
     /// backward: with the activations the forward kept, and recomputed.
     #[test]
     fn folded_group_norm_matches_candle_and_its_gradients() {
-        folded_group_norm_case(false);
-        KEEP_LIMIT.with(|l| l.set(0));
-        folded_group_norm_case(true);
-        KEEP_LIMIT.with(|l| l.set(KEEP_ACTIVATIONS));
+        for grouping in GROUPINGS {
+            with_grouping(grouping, |grouping| {
+                folded_group_norm_case(false, grouping);
+                KEEP_LIMIT.with(|l| l.set(0));
+                folded_group_norm_case(true, grouping);
+                KEEP_LIMIT.with(|l| l.set(KEEP_ACTIVATIONS));
+            });
+        }
     }
 
-    fn folded_group_norm_case(recompute: bool) {
+    fn folded_group_norm_case(recompute: bool, grouping: (usize, usize)) {
         let dev = Device::Cpu;
         let mut rng = crate::rng::Rng::new(13, 0);
         let (n, cin, cout, groups) = (5, 4, 3, 2);
@@ -839,7 +864,7 @@ mod tests {
         let gn =
             candle_nn::GroupNorm::new(gamma.as_tensor().clone(), beta.as_tensor().clone(), cin, groups, 1e-6).unwrap();
         let cases = [(3, 1, false), (3, 2, false), (1, 1, false), (3, 1, true)];
-        for ((k, stride, residual), side) in cases.into_iter().flat_map(|c| [8, 20].map(|s| (c, s))) {
+        for ((k, stride, residual), side) in cases.into_iter().flat_map(|c| [2, 4, 6, 8, 20].map(|s| (c, s))) {
             let (h, w) = (side, side);
             let x = rng.randn((n, cin, h, w), DType::F32, &dev).unwrap().affine(2.0, 3.0).unwrap();
             let x = Var::from_tensor(&x).unwrap();
@@ -860,7 +885,9 @@ mod tests {
             if residual {
                 theirs = ((theirs + r.as_tensor()).unwrap() * s).unwrap();
             }
-            let case = format!("normed k={k} stride={stride} residual={residual} {side}×{side} recompute={recompute}");
+            let case = format!(
+                "normed k={k} stride={stride} residual={residual} {side}×{side} recompute={recompute} grouping={grouping:?}"
+            );
             assert_eq!(ours.dims(), theirs.dims());
             assert!(max_diff(&ours, &theirs) < 1e-4, "{case}: forward {}", max_diff(&ours, &theirs));
             let weights = rng.randn(ours.shape(), DType::F32, &dev).unwrap();
