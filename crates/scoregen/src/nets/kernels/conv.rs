@@ -29,7 +29,13 @@
 //! for the whole batch, and the graph has one node (one gradient accumulation
 //! over the batch in candle's backward) where it had two.
 //!
-//! The images are split across threads; each thread builds one image's
+//! Small images go G at a time ([`group_size`]): the patches of a tile of G
+//! images side by side, P = [P_b … P_{b+G−1}] [C_in·k², G·Ho·Wo], make one
+//! GEMM y_tile = W P (m = G·Ho·Wo) whose [C_out, G·Ho·Wo] result is scattered
+//! back into the images' [G, C_out, Ho·Wo] blocks; likewise dx's W̃ Q, and dW
+//! sums over the tile inside one GEMM (inner dimension G·Ho·Wo).
+//!
+//! The tiles are split across threads; each thread builds one tile's
 //! patches at a time in a small buffer (rebuilt in the backward rather than
 //! kept), so the patch matrices of the whole batch never exist at once.
 //!
@@ -51,47 +57,96 @@ use std::sync::{Arc, Mutex};
 /// The geometry of one call: N images C_in×H×W, C_out filters k×k, stride s.
 #[derive(Debug, Clone, Copy)]
 struct Geometry {
-    /// im2col of one input image.
-    patches: Patches,
-    /// im2col of one output-gradient image (stride 1: the adjoint convolution).
-    adjoint: Patches,
     cin: usize,
     cout: usize,
     k: usize,
     stride: usize,
+    /// Input (C_in, H, W) of one image.
+    image: (usize, usize, usize),
     /// Input pixels per image (C_in·H·W) and output positions per channel (Ho·Wo).
     x_len: usize,
     hw_out: usize,
     /// silu(GN(x)) folded in: its shape (groups, ε).
     norm: Option<NormDims>,
-    /// Columns of the stored patch matrices (k > 1): Ho·Wo, or the next
+    /// Images per GEMM (see [`group_size`]).
+    group: usize,
+}
+
+/// The patch matrices of a tile of `n` consecutive images, side by side.
+#[derive(Debug, Clone, Copy)]
+struct Tile {
+    /// im2col of the tile's input.
+    patches: Patches,
+    /// im2col of the tile's output gradient (stride 1: the adjoint convolution).
+    adjoint: Patches,
+    n: usize,
+    /// Columns of the stored patch matrices (k > 1): n·Ho·Wo, or the next
     /// multiple of 16 when that adds at most an eighth (14×14: 196 → 208), since
     /// the `gemm` crate copies (packs) a left operand whose m is not a multiple
     /// of its vector width; the GEMM then runs over the padding columns (zero
-    /// in P) and the rows are copied back Ho·Wo wide.
+    /// in P) and the rows are copied back n·Ho·Wo wide.
     ld: usize,
+}
+
+/// Columns a tile of small images fills: G = ⌊192 / Ho·Wo⌋ images.
+const GROUP_COLS: usize = 192;
+/// Output positions per image (Ho·Wo) up to which images are grouped.
+const GROUP_MAX_HW: usize = 64;
+
+thread_local! {
+    /// ([`GROUP_COLS`], [`GROUP_MAX_HW`]), lowered by the tests to check
+    /// tiles that do not divide the batch.
+    static GROUPING: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((GROUP_COLS, GROUP_MAX_HW)) };
+}
+
+/// Images per GEMM for a convolution with hw output positions per image: as
+/// many as fill [`GROUP_COLS`] columns when hw ≤ [`GROUP_MAX_HW`], else one.
+///
+/// Measured on one thread (a fused conv's forward and backward, batch 128, on
+/// AVX-512): 2×2 stride 1 and 4×4 → 2×2 stride 2 take 0.5–0.6× the time of
+/// one GEMM per image, 8×8 → 4×4 and 14×14 → 7×7 stride 2 and 7×7 stride 1
+/// 0.9×; 4×4 and 8×8 stride 1 stay within the noise (0.97–1.0×: the
+/// microkernel on one 16-float register row is already bound by its FMAs
+/// there), and larger images are left alone. A pointwise convolution is
+/// never grouped: per image its patches are x_b itself, side by side they
+/// would be a copy (1.2–1.4× slower).
+fn group_size(g: &Geometry) -> usize {
+    let (cols, max_hw) = GROUPING.with(|g| g.get());
+    if g.pointwise() || g.hw_out > max_hw {
+        1
+    } else {
+        (cols / g.hw_out).max(1)
+    }
 }
 
 impl Geometry {
     fn new(x: &[usize], cout: usize, k: usize, stride: usize, norm: Option<(usize, f64)>) -> Self {
         let (cin, h, w) = (x[1], x[2], x[3]);
-        let patches = Patches::new(1, (cin, h, w), k, stride);
-        let (ho, wo) = patches.out_hw();
-        let hw = ho * wo;
-        let padded = hw.next_multiple_of(16);
-        let ld = if k > 1 && padded * 8 <= hw * 9 { padded } else { hw };
-        let (patches, adjoint) = (patches.with_ld(ld), Patches::new(1, (cout, ho, wo), k, 1).with_ld(ld));
+        let hw = (h / stride) * (w / stride);
         let norm = norm.map(|(groups, eps)| NormDims::of(x, groups, eps, true));
-        Self { patches, adjoint, cin, cout, k, stride, x_len: cin * h * w, hw_out: hw, norm, ld }
+        let mut g = Self { cin, cout, k, stride, image: (cin, h, w), x_len: cin * h * w, hw_out: hw, norm, group: 1 };
+        g.group = group_size(&g).min(x[0]).max(1);
+        g
     }
 
-    /// Columns of P_b as [`patches`] returns it (x_b itself when pointwise).
-    fn p_ld(&self) -> usize {
-        if self.pointwise() {
-            self.hw_out
-        } else {
-            self.ld
-        }
+    /// The tile of images b0..b0 + n.
+    fn tile(&self, n: usize) -> Tile {
+        let cols = n * self.hw_out;
+        let padded = cols.next_multiple_of(16);
+        let ld = if self.k > 1 && padded * 8 <= cols * 9 { padded } else { cols };
+        let patches = Patches::new(n, self.image, self.k, self.stride).with_ld(ld);
+        let (ho, wo) = patches.out_hw();
+        let adjoint = Patches::new(n, (self.cout, ho, wo), self.k, 1).with_ld(ld);
+        Tile { patches, adjoint, n, ld }
+    }
+
+    /// The tiles: images b0..b1, [`Geometry::group`] at a time (the last one fewer).
+    fn tiles(&self, n: usize) -> usize {
+        n.div_ceil(self.group)
+    }
+
+    fn tile_range(&self, t: usize, n: usize) -> std::ops::Range<usize> {
+        t * self.group..((t + 1) * self.group).min(n)
     }
 
     /// θ = [W, c, γ, β] split into its parts (γ, β empty without the norm).
@@ -113,29 +168,56 @@ impl Geometry {
     }
 }
 
-/// P_b: x_b itself for a pointwise convolution, else im2col into `buf`.
-fn patches<'a>(x: &'a [f32], g: &Patches, pointwise: bool, buf: &'a mut Vec<f32>) -> &'a [f32] {
-    if pointwise {
+/// The patches of a tile's images side by side: x_b itself for a pointwise
+/// convolution on one image, else im2col into `buf`.
+fn patches<'a>(x: &'a [f32], g: &Patches, direct: bool, buf: &'a mut Vec<f32>) -> &'a [f32] {
+    if direct {
         return x;
     }
     let (rows, cols) = g.cols_shape();
-    if buf.is_empty() {
-        // zeroed once: im2col leaves the padding entries alone
+    if buf.len() != (rows - 1) * cols {
+        // zeroed once per tile shape: im2col leaves the padding entries alone,
+        // and tiles of one stored width share their layout
+        buf.clear();
         buf.resize((rows - 1) * cols, 0.0);
     }
     im2col_into(x, g, buf);
     buf
 }
 
-/// The convolution's input for image b: x_b itself, or silu(GN(x_b)) written into `a`.
+/// The convolution's input for a tile's images: x itself, or silu(GN(x_b)) of each written into `a`.
 fn conv_input<'a>(g: &Geometry, x: &'a [f32], gamma: &[f32], beta: &[f32], a: &'a mut Vec<f32>) -> &'a [f32] {
     match &g.norm {
         Some(d) => {
-            a.resize(g.x_len, 0.0);
-            gn::forward(d, x, gamma, beta, a);
+            a.resize(x.len(), 0.0);
+            normalize(d, x, gamma, beta, a, g.x_len);
             a
         }
         None => x,
+    }
+}
+
+/// a_b = silu(GN(x_b)) for each image (`len` entries) of x.
+fn normalize(d: &NormDims, x: &[f32], gamma: &[f32], beta: &[f32], a: &mut [f32], len: usize) {
+    for (x, a) in x.chunks_exact(len).zip(a.chunks_exact_mut(len)) {
+        gn::forward(d, x, gamma, beta, a);
+    }
+}
+
+/// out [n, c, hw] from a tile's product wide [c, ld] (image b in columns
+/// b·hw..(b + 1)·hw): f(out row (b, o), wide's part of it, b, o).
+fn scatter(
+    out: &mut [f32],
+    c: usize,
+    hw: usize,
+    wide: &[f32],
+    ld: usize,
+    mut f: impl FnMut(&mut [f32], &[f32], usize, usize),
+) {
+    for (b, image) in out.chunks_exact_mut(c * hw).enumerate() {
+        for (o, row) in image.chunks_exact_mut(hw).enumerate() {
+            f(row, &wide[o * ld + b * hw..][..hw], b, o);
+        }
     }
 }
 
@@ -158,26 +240,50 @@ fn forward(
     // not zeroed: every entry is set to its bias (and residual) below before the GEMM adds to it
     let mut y: Vec<f32> = Vec::with_capacity(n * cout * hw);
     let (out, len) = (SharedMut::from_ptr(y.as_mut_ptr()), cout * hw);
-    par_ranges(n, |images| {
+    par_ranges(g.tiles(n), |tiles| {
         let (mut buf, mut a, mut wide) = (Vec::new(), Vec::new(), Vec::new());
-        let ld = g.p_ld();
-        for b in images {
-            // SAFETY: image b's block of y, written by this task only.
-            let y = unsafe { out.slice(b * len, len) };
-            let (x, c) = (&x[b * g.x_len..][..g.x_len], &c[b * cout..][..cout]);
+        for t in tiles {
+            let images = g.tile_range(t, n);
+            let (b0, tile) = (images.start, g.tile(images.len()));
+            // SAFETY: the tile's block of y, written by this task only.
+            let y = unsafe { out.slice(b0 * len, tile.n * len) };
+            let (x, c) = (&x[b0 * g.x_len..][..tile.n * g.x_len], &c[b0 * cout..][..tile.n * cout]);
+            let r = r.map(|r| &r[b0 * len..][..tile.n * len]);
             let x = match (&g.norm, &acts) {
                 (Some(d), Some(acts)) => {
-                    // SAFETY: image b's block of the kept activations, written by this task only.
-                    let a = unsafe { acts.slice(b * g.x_len, g.x_len) };
-                    gn::forward(d, x, gamma, beta, a);
+                    // SAFETY: the tile's block of the kept activations, written by this task only.
+                    let a = unsafe { acts.slice(b0 * g.x_len, tile.n * g.x_len) };
+                    normalize(d, x, gamma, beta, a, g.x_len);
                     &*a
                 }
                 _ => conv_input(g, x, gamma, beta, &mut a),
             };
-            let p = patches(x, &g.patches, g.pointwise(), &mut buf);
+            let p = patches(x, &tile.patches, g.pointwise() && tile.n == 1, &mut buf);
+            if tile.n > 1 {
+                // wide = W P [C_out, ld], then y_b = s·(r_b + c_b) + its columns
+                wide.resize(cout * tile.ld, 0.0);
+                patch_product(&mut wide, tile.ld, rows, p, &w_scaled, false, &mut Vec::new());
+                scatter(y, cout, hw, &wide, tile.ld, |y, w, b, o| {
+                    let bias = scale * c[b * cout + o];
+                    match r {
+                        Some(r) => {
+                            let r = &r[(b * cout + o) * hw..][..hw];
+                            for ((y, &w), &r) in y.iter_mut().zip(w).zip(r) {
+                                *y = scale * r + bias + w;
+                            }
+                        }
+                        None => {
+                            for (y, &w) in y.iter_mut().zip(w) {
+                                *y = bias + w;
+                            }
+                        }
+                    }
+                });
+                continue;
+            }
             match r {
                 Some(r) => {
-                    for ((y, r), &b) in y.chunks_exact_mut(hw).zip(r[b * len..][..len].chunks_exact(hw)).zip(c) {
+                    for ((y, r), &b) in y.chunks_exact_mut(hw).zip(r.chunks_exact(hw)).zip(c) {
                         for (y, &r) in y.iter_mut().zip(r) {
                             *y = scale * (r + b);
                         }
@@ -190,7 +296,7 @@ fn forward(
                 }
             }
             // y_b += W P_b (y [C_out, hw], W [C_out, rows], P [rows, ld])
-            patch_product(y, ld, rows, p, &w_scaled, true, &mut wide);
+            patch_product(y, tile.ld, rows, p, &w_scaled, true, &mut wide);
         }
     });
     // SAFETY: the tasks covered all n images, each writing its whole block.
@@ -289,72 +395,86 @@ fn backward(
     let w_adj = if g.stride == 1 { adjoint_weights(g, w, scale) } else { w.iter().map(|v| v * scale).collect() };
     let totals = Mutex::new((vec![0f32; cout * rows], vec![0f32; norm_len]));
     let (dx_out, dc_out) = (SharedMut::new(dx), SharedMut::new(dc));
-    par_ranges(n, |images| {
+    par_ranges(g.tiles(n), |tiles| {
         let (mut buf, mut dy_buf, mut a, mut dyt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (p_ld, mut wide) = (g.p_ld(), Vec::new());
-        let mut dp = if want_input && g.stride != 1 { vec![0f32; rows * g.ld] } else { Vec::new() };
-        let mut da = if want_input && g.norm.is_some() { vec![0f32; g.x_len] } else { Vec::new() };
+        let (mut wide, mut dp, mut da) = (Vec::new(), Vec::new(), Vec::new());
         let (mut dw, mut dgb) = (vec![0f32; cout * rows], vec![0f32; norm_len]);
-        for b in images {
-            // SAFETY: image b's blocks of dx and dc, written by this task only.
-            let (dx, dc) = unsafe { (dx_out.slice(b * g.x_len, g.x_len), dc_out.slice(b * cout, cout)) };
-            let (x, dy) = (&x[b * g.x_len..][..g.x_len], &dy[b * cout * hw..][..cout * hw]);
+        for t in tiles {
+            let images = g.tile_range(t, n);
+            let (b0, tile) = (images.start, g.tile(images.len()));
+            let (cols, ld) = (tile.n * hw, tile.ld);
+            // SAFETY: the tile's blocks of dx and dc, written by this task only.
+            let (dx, dc) =
+                unsafe { (dx_out.slice(b0 * g.x_len, tile.n * g.x_len), dc_out.slice(b0 * cout, tile.n * cout)) };
+            let (x, dy) = (&x[b0 * g.x_len..][..tile.n * g.x_len], &dy[b0 * cout * hw..][..tile.n * cout * hw]);
             for (d, row) in dc.iter_mut().zip(dy.chunks_exact(hw)) {
                 *d = scale * sum(row);
             }
-            // SAFETY (all GEMMs): dWᵀ is [rows, C_out], dy_bᵀ [hw, C_out], P [rows, hw],
-            // W̃ [C_in, C_out·k²] and im2col(dy_b) [C_out·k², hw] (stride 1),
-            // W [C_out, rows] and dp [rows, hw] (stride 2).
+            // dyᵀ [n·hw, C_out]: image b's transpose in rows b·hw..(b + 1)·hw
+            if want_w || (want_input && g.stride != 1 && tile.n > 1) {
+                dyt.resize(cols * cout, 0.0);
+                for (dy, dyt) in dy.chunks_exact(cout * hw).zip(dyt.chunks_exact_mut(hw * cout)) {
+                    transpose(dy, cout, hw, dyt);
+                }
+            }
+            // SAFETY (all GEMMs): dWᵀ is [rows, C_out], dyᵀ [n·hw, C_out], P [rows, ld],
+            // W̃ [C_in, C_out·k²] and Q = im2col(dy) [C_out·k², ld] (stride 1),
+            // W [C_out, rows], dy [C_out, n·hw] and dp [rows, ld] (stride 2).
             if want_w {
                 let input = match acts {
-                    Some(acts) => &acts[b * g.x_len..][..g.x_len],
+                    Some(acts) => &acts[b0 * g.x_len..][..tile.n * g.x_len],
                     None => conv_input(g, x, gamma, beta, &mut a),
                 };
-                let p = patches(input, &g.patches, g.pointwise(), &mut buf);
-                // dW += dy_b P_bᵀ, kept transposed (dWᵀ [rows, C_out]) with dy_b
-                // transposed first: the GEMM's output and left operand are then both
-                // C_out-contiguous. With a row-major output the crate transposes the
-                // whole product and packs P_b one strided scalar at a time (11% of a
-                // 28×28 step in a profile).
-                transpose(dy, cout, hw, &mut dyt);
+                let p = patches(input, &tile.patches, g.pointwise() && tile.n == 1, &mut buf);
+                // dW += dy Pᵀ over the tile's n·hw columns, kept transposed (dWᵀ
+                // [rows, C_out]) with dy transposed first: the GEMM's output and
+                // left operand are then both C_out-contiguous. With a row-major
+                // output the crate transposes the whole product and packs P one
+                // strided scalar at a time (11% of a 28×28 step in a profile).
                 unsafe {
                     let dwp = dw.as_mut_ptr();
-                    gemm_serial(cout, rows, hw, dwp, (1, cout as isize), true, Mat::t(&dyt, cout), Mat::t(p, p_ld));
+                    gemm_serial(cout, rows, cols, dwp, (1, cout as isize), true, Mat::t(&dyt, cout), Mat::t(p, ld));
                 }
             }
             if !want_input {
                 continue;
             }
             // the input's gradient: dx itself, or da (then GroupNorm's backward gives dx)
+            if g.norm.is_some() {
+                da.resize(tile.n * g.x_len, 0.0);
+            }
             let target: &mut [f32] = if g.norm.is_some() { &mut da } else { dx };
             if g.stride == 1 {
-                let q = patches(dy, &g.adjoint, g.k == 1, &mut dy_buf);
+                let q = patches(dy, &tile.adjoint, g.k == 1 && tile.n == 1, &mut dy_buf);
                 let kk = cout * g.k * g.k;
-                let q_ld = if g.k == 1 { hw } else { g.ld };
-                // dx_b = W̃ Q (dx [C_in, hw], W̃ [C_in, C_out·k²], Q [C_out·k², q_ld])
-                patch_product(target, q_ld, kk, q, &w_adj, false, &mut wide);
+                if tile.n == 1 {
+                    // dx_b = W̃ Q (dx [C_in, hw], W̃ [C_in, C_out·k²], Q [C_out·k², ld])
+                    patch_product(target, ld, kk, q, &w_adj, false, &mut wide);
+                } else {
+                    wide.resize(cin * ld, 0.0);
+                    patch_product(&mut wide, ld, kk, q, &w_adj, false, &mut Vec::new());
+                    scatter(target, cin, hw, &wide, ld, |dx, w, _, _| dx.copy_from_slice(w));
+                }
             } else {
+                dp.resize(rows * ld, 0.0);
+                let dy = if tile.n == 1 { Mat::rows(dy, hw) } else { Mat::t(&dyt, cout) };
                 unsafe {
-                    gemm_serial(
-                        rows,
-                        hw,
-                        cout,
-                        dp.as_mut_ptr(),
-                        (g.ld as isize, 1),
-                        false,
-                        Mat::t(&w_adj, rows),
-                        Mat::rows(dy, hw),
-                    )
+                    let dpp = dp.as_mut_ptr();
+                    gemm_serial(rows, cols, cout, dpp, (ld as isize, 1), false, Mat::t(&w_adj, rows), dy)
                 };
                 if g.norm.is_some() {
-                    // da is reused across images (dx starts zeroed)
+                    // da is reused across tiles (dx starts zeroed)
                     target.fill(0.0);
                 }
-                col2im_add(&dp, &g.patches, target);
+                col2im_add(&dp, &tile.patches, target);
             }
             if let Some(d) = &g.norm {
                 let (dgamma, dbeta) = dgb.split_at_mut(cin);
-                gn::backward(d, x, gamma, beta, &da, dx, dgamma, dbeta);
+                for ((x, da), dx) in
+                    x.chunks_exact(g.x_len).zip(da.chunks_exact(g.x_len)).zip(dx.chunks_exact_mut(g.x_len))
+                {
+                    gn::backward(d, x, gamma, beta, da, dx, dgamma, dbeta);
+                }
             }
         }
         let mut total = totals.lock().expect("fused conv: dW lock");
@@ -378,8 +498,7 @@ fn backward(
 
 /// out [cols, rows] := aᵀ for a row-major [rows, cols], in blocks of 16
 /// columns so that reads and writes both stay within a few cache lines.
-fn transpose(a: &[f32], rows: usize, cols: usize, out: &mut Vec<f32>) {
-    out.resize(rows * cols, 0.0);
+fn transpose(a: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
     for c0 in (0..cols).step_by(16) {
         let c1 = (c0 + 16).min(cols);
         for (r, row) in a.chunks_exact(cols).enumerate() {
@@ -454,7 +573,7 @@ impl Forward {
             unsafe { a.set_len(n * g.x_len) };
         }
         *self.kept.lock().expect("fused conv: kept activations") = acts.map(Arc::new);
-        let (ho, wo) = g.patches.out_hw();
+        let (ho, wo) = (g.image.1 / g.stride, g.image.2 / g.stride);
         Ok((CpuStorage::F32(y), Shape::from((n, g.cout, ho, wo))))
     }
 
@@ -656,16 +775,37 @@ mod tests {
     /// and 2, k = 1 and 3, with and without the residual, and a batch that does
     /// not split evenly across tasks; 4×4, 8×8 and 14×14 (the fixed-width
     /// 3×3 patch copies; 14×14 also padded to 208 columns), and 10×10 and
-    /// 20×20 whose 10×10 outputs have their patch matrices padded to 112 columns. f32 sums of up
-    /// to C_in·k² = 27 (forward) and N·H·W = 2000 (dW) terms of size ~1: 1e-4
+    /// 20×20 whose 10×10 outputs have their patch matrices padded to 112
+    /// columns; 2×2 and 6×6 (1×1 and 3×3 at stride 2). Each under the
+    /// groupings of [`GROUPINGS`]: by default tiles of all 5 images up to
+    /// 4×4, padded from 180 to 192 columns at 6×6, from 45 to 48 at 3×3 and
+    /// from 125 to 128 at 5×5, and tiles of 3 + 2 images (147 columns padded
+    /// to 160, then 98) at 7×7 and (192, then 128) at 8×8. f32 sums of up to
+    /// C_in·k² = 27 (forward) and N·H·W = 2000 (dW) terms of size ~1: 1e-4
     /// relative to the largest entry is many times their rounding.
     #[test]
     fn matches_candle_conv2d_and_its_gradients() {
+        for grouping in GROUPINGS {
+            with_grouping(grouping, conv2d_case);
+        }
+    }
+
+    /// Groupings for the tests: the default, (12, 64) (2×2 in tiles of
+    /// 3 + 2 images) and (40, 64) (4×4 in tiles of 2 + 2 + 1, 3×3 of 4 + 1).
+    const GROUPINGS: [(usize, usize); 3] = [(GROUP_COLS, GROUP_MAX_HW), (12, 64), (40, 64)];
+
+    fn with_grouping(grouping: (usize, usize), f: impl FnOnce((usize, usize))) {
+        GROUPING.with(|g| g.set(grouping));
+        f(grouping);
+        GROUPING.with(|g| g.set((GROUP_COLS, GROUP_MAX_HW)));
+    }
+
+    fn conv2d_case(grouping: (usize, usize)) {
         let dev = Device::Cpu;
         let mut rng = crate::rng::Rng::new(11, 0);
         let (n, cin, cout) = (5, 3, 4);
         let cases = [(3, 1, false), (3, 2, false), (1, 1, false), (3, 1, true), (1, 1, true)];
-        for ((k, stride, residual), side) in cases.into_iter().flat_map(|c| [4, 8, 10, 14, 20].map(|s| (c, s))) {
+        for ((k, stride, residual), side) in cases.into_iter().flat_map(|c| [2, 4, 6, 8, 10, 14, 20].map(|s| (c, s))) {
             let (h, w) = (side, side);
             let x = Var::from_tensor(&rng.randn((n, cin, h, w), DType::F32, &dev).unwrap()).unwrap();
             let wt = Var::from_tensor(&rng.randn((cout, cin, k, k), DType::F32, &dev).unwrap()).unwrap();
@@ -684,7 +824,7 @@ mod tests {
             if residual {
                 theirs = ((theirs + r.as_tensor()).unwrap() * s).unwrap();
             }
-            let case = format!("k={k} stride={stride} residual={residual} {side}×{side}");
+            let case = format!("k={k} stride={stride} residual={residual} {side}×{side} grouping={grouping:?}");
             assert_eq!(ours.dims(), theirs.dims());
             assert!(max_diff(&ours, &theirs) < 1e-4, "{case}: forward {}", max_diff(&ours, &theirs));
             let weights = rng.randn(ours.shape(), DType::F32, &dev).unwrap();
@@ -705,13 +845,17 @@ mod tests {
     /// backward: with the activations the forward kept, and recomputed.
     #[test]
     fn folded_group_norm_matches_candle_and_its_gradients() {
-        folded_group_norm_case(false);
-        KEEP_LIMIT.with(|l| l.set(0));
-        folded_group_norm_case(true);
-        KEEP_LIMIT.with(|l| l.set(KEEP_ACTIVATIONS));
+        for grouping in GROUPINGS {
+            with_grouping(grouping, |grouping| {
+                folded_group_norm_case(false, grouping);
+                KEEP_LIMIT.with(|l| l.set(0));
+                folded_group_norm_case(true, grouping);
+                KEEP_LIMIT.with(|l| l.set(KEEP_ACTIVATIONS));
+            });
+        }
     }
 
-    fn folded_group_norm_case(recompute: bool) {
+    fn folded_group_norm_case(recompute: bool, grouping: (usize, usize)) {
         let dev = Device::Cpu;
         let mut rng = crate::rng::Rng::new(13, 0);
         let (n, cin, cout, groups) = (5, 4, 3, 2);
@@ -720,7 +864,7 @@ mod tests {
         let gn =
             candle_nn::GroupNorm::new(gamma.as_tensor().clone(), beta.as_tensor().clone(), cin, groups, 1e-6).unwrap();
         let cases = [(3, 1, false), (3, 2, false), (1, 1, false), (3, 1, true)];
-        for ((k, stride, residual), side) in cases.into_iter().flat_map(|c| [8, 20].map(|s| (c, s))) {
+        for ((k, stride, residual), side) in cases.into_iter().flat_map(|c| [2, 4, 6, 8, 20].map(|s| (c, s))) {
             let (h, w) = (side, side);
             let x = rng.randn((n, cin, h, w), DType::F32, &dev).unwrap().affine(2.0, 3.0).unwrap();
             let x = Var::from_tensor(&x).unwrap();
@@ -741,7 +885,9 @@ mod tests {
             if residual {
                 theirs = ((theirs + r.as_tensor()).unwrap() * s).unwrap();
             }
-            let case = format!("normed k={k} stride={stride} residual={residual} {side}×{side} recompute={recompute}");
+            let case = format!(
+                "normed k={k} stride={stride} residual={residual} {side}×{side} recompute={recompute} grouping={grouping:?}"
+            );
             assert_eq!(ours.dims(), theirs.dims());
             assert!(max_diff(&ours, &theirs) < 1e-4, "{case}: forward {}", max_diff(&ours, &theirs));
             let weights = rng.randn(ours.shape(), DType::F32, &dev).unwrap();
