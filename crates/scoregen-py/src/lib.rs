@@ -22,7 +22,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use scoregen::app::commands::eval::{self, Target};
 use scoregen::app::commands::likelihood::{likelihood_of_points, LikelihoodRequest};
-use scoregen::app::commands::sample::{sample_loaded, SampleRequest};
+use scoregen::app::commands::sample::{sample_loaded, ClassChoice, ClassGuidance, SampleRequest};
 use scoregen::app::config::{RunConfig, SamplingConfig};
 use scoregen::app::run_dir::LoadedModel;
 use scoregen::likelihood::{self, LikelihoodOptions, ProbeNoise, TraceEstimator};
@@ -421,7 +421,13 @@ impl Run {
     /// stream: the same numbers as `scoregen sample --run PATH --sampler S
     /// --steps K --n N --seed SEED` (float32, as its .npy; float64 keeps the
     /// full precision).
-    #[pyo3(signature = (n = None, sampler = "dpmpp-2m", steps = 50, grid = None, seed = 0, dtype = "float32"))]
+    ///
+    /// A class-conditional run: `class_` is a class K or "all" (every class in the
+    /// training labels' proportions), default the run's `sampling.class`;
+    /// `guidance` the classifier-free weight w (default the run's `sampling.guidance`),
+    /// as `--class` and `--guidance`.
+    #[pyo3(signature = (n = None, sampler = "dpmpp-2m", steps = 50, grid = None, seed = 0, dtype = "float32", class_ = None, guidance = None))]
+    #[allow(clippy::too_many_arguments)]
     fn sample(
         &self,
         py: Python<'_>,
@@ -431,6 +437,8 @@ impl Run {
         grid: Option<&str>,
         seed: u64,
         dtype: &str,
+        class_: Option<&Bound<'_, PyAny>>,
+        guidance: Option<f64>,
     ) -> PyResult<PyObject> {
         let f32 = convert::dtype_is_f32(dtype)?;
         let cfg = &self.model.cfg;
@@ -442,6 +450,26 @@ impl Run {
         sc.sampler = parse_sampler(sampler)?;
         sc.grid = parse_grid(grid)?.or(sc.grid);
         sc.validate("arguments").map_err(convert::error)?;
+        let class = match class_ {
+            None => cfg.sampling.class,
+            Some(c) => Some(
+                c.str()?
+                    .to_string()
+                    .parse::<ClassChoice>()
+                    .map_err(|e| PyValueError::new_err(format!("class_: {e}")))?,
+            ),
+        };
+        let steer = match (class, guidance) {
+            (None, Some(_)) => {
+                return Err(PyValueError::new_err(
+                    "guidance needs a class: class_=K or \"all\", or sampling.class in the run's config",
+                ))
+            }
+            (None, None) => None,
+            (Some(class), w) => {
+                Some(ClassGuidance { class, scale: w.unwrap_or(cfg.sampling.guidance), classifier: None })
+            }
+        };
         let mut req = SampleRequest::new(n, steps, seed, PathBuf::new());
         req.use_ema = self.use_ema;
         let spec = sc.spec();
@@ -449,7 +477,7 @@ impl Run {
         let out = py.allow_threads(move || {
             let model = model;
             guard(|| {
-                let s = sample_loaded(model.0, &req, Some(spec), None).map_err(convert::error)?;
+                let s = sample_loaded(model.0, &req, Some(spec), steer.as_ref()).map_err(convert::error)?;
                 Points::from_tensor(&s.x).map_err(convert::candle_error)
             })
         })?;

@@ -89,8 +89,11 @@ class Run:
         grid: Optional[str] = None,
         seed: int = 0,
         dtype: str = "float32",
+        class_: Optional[Union[int, str]] = None,
+        guidance: Optional[float] = None,
     ) -> Array:
-        """The same numbers as `scoregen sample` with the same settings and seed."""
+        """The same numbers as `scoregen sample` with the same settings and seed;
+        `class_` (K or "all") and `guidance` as `--class` and `--guidance`."""
     def log_likelihood(
         self,
         x: FloatArray,

@@ -198,6 +198,8 @@ impl Builder<'_> {
             let fd: Vec<(f64, f64)> = evals.iter().map(|e| (e.step as f64, get(e, "fd"))).collect();
             let floor: Vec<(f64, f64)> = evals.iter().map(|e| (e.step as f64, get(e, "fd_floor"))).collect();
             let fd_min: Vec<(f64, f64)> = evals.iter().map(|e| (e.train_seconds / 60.0, get(e, "fd"))).collect();
+            let floor_min: Vec<(f64, f64)> =
+                evals.iter().map(|e| (e.train_seconds / 60.0, get(e, "fd_floor"))).collect();
             let (path, src) = self.fig("quality_steps.png");
             viz::line_plot(
                 &path,
@@ -218,7 +220,7 @@ impl Builder<'_> {
             let (path, src) = self.fig("quality_minutes.png");
             viz::line_plot(
                 &path,
-                &[("FD", &fd_min)],
+                &[("FD", &fd_min), ("held-out floor", &floor_min)],
                 "Fréchet distance against training time",
                 "minutes of training",
                 "FD",
