@@ -451,7 +451,7 @@ impl Run {
         sc.grid = parse_grid(grid)?.or(sc.grid);
         sc.validate("arguments").map_err(convert::error)?;
         let class = match class_ {
-            None => cfg.sampling.class,
+            None => None,
             Some(c) => Some(
                 c.str()?
                     .to_string()
@@ -459,17 +459,7 @@ impl Run {
                     .map_err(|e| PyValueError::new_err(format!("class_: {e}")))?,
             ),
         };
-        let steer = match (class, guidance) {
-            (None, Some(_)) => {
-                return Err(PyValueError::new_err(
-                    "guidance needs a class: class_=K or \"all\", or sampling.class in the run's config",
-                ))
-            }
-            (None, None) => None,
-            (Some(class), w) => {
-                Some(ClassGuidance { class, scale: w.unwrap_or(cfg.sampling.guidance), classifier: None })
-            }
-        };
+        let steer = ClassGuidance::resolve(cfg, class, guidance, None).map_err(convert::error)?;
         let mut req = SampleRequest::new(n, steps, seed, PathBuf::new());
         req.use_ema = self.use_ema;
         let spec = sc.spec();

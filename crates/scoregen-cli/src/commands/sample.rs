@@ -140,23 +140,6 @@ struct GuidanceArgs {
     classifier: Option<PathBuf>,
 }
 
-impl GuidanceArgs {
-    /// The class asked for: --class, else the run's sampling.class (with --guidance
-    /// and --classifier applied to it); `None`: unconditional.
-    fn steer(&self, cfg: &RunConfig) -> anyhow::Result<Option<ClassGuidance>> {
-        let Some(class) = self.class.or(cfg.sampling.class) else {
-            if self.guidance.is_some() || self.classifier.is_some() {
-                anyhow::bail!(
-                    "--guidance and --classifier need a class: --class K|all, or sampling.class in the run's config"
-                );
-            }
-            return Ok(None);
-        };
-        let scale = self.guidance.unwrap_or(cfg.sampling.guidance);
-        Ok(Some(ClassGuidance { class, scale, classifier: self.classifier.clone() }))
-    }
-}
-
 pub fn run(args: &Args, g: &Globals) -> Result<()> {
     let run = &args.run.run;
     let cfg =
@@ -189,7 +172,8 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
         run,
         &req,
         Some(sc.spec()),
-        args.guidance.steer(&cfg)?.as_ref(),
+        ClassGuidance::resolve(&cfg, args.guidance.class, args.guidance.guidance, args.guidance.classifier.clone())?
+            .as_ref(),
     )?;
     g.print(&o, |o| {
         println!("{} samples ({} score evaluations) in {:.2} s → {}", o.n, o.nfe, o.seconds, o.npy.display());

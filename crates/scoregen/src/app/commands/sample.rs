@@ -293,6 +293,29 @@ impl ClassGuidance {
         cfg.sampling.class.map(|class| ClassGuidance { class, scale: cfg.sampling.guidance, classifier: None })
     }
 
+    /// What a request asks for (`--class`, `--guidance`, `--classifier`, or
+    /// Python's `class_`, `guidance`), each falling back to the run's
+    /// `sampling.class` and `sampling.guidance`; `None`: unconditional. A weight
+    /// or classifier without any class is refused.
+    pub fn resolve(
+        cfg: &RunConfig,
+        class: Option<ClassChoice>,
+        guidance: Option<f64>,
+        classifier: Option<PathBuf>,
+    ) -> Result<Option<Self>> {
+        let Some(class) = class.or(cfg.sampling.class) else {
+            if guidance.is_some() || classifier.is_some() {
+                return Err(Error::Invalid(
+                    "guidance needs a class: --class K|all (Python: class_=), or sampling.class in the run's config; \
+                     --guidance and --classifier alone are refused"
+                        .into(),
+                ));
+            }
+            return Ok(None);
+        };
+        Ok(Some(ClassGuidance { class, scale: guidance.unwrap_or(cfg.sampling.guidance), classifier }))
+    }
+
     /// Calls `f` with the guided score of `model` for a batch of `n` samples
     /// (`seed` orders the labels of [`ClassChoice::All`]).
     pub fn with_score<R>(
