@@ -219,6 +219,15 @@ fn guidance_commands_run_on_points_and_reject_bad_requests() {
     ok(&scoregen(&["-q", "train", "--config", "c.toml", "--set", "model.classes=0", "--out", "plain"], dir.path()));
     let plain = ["sample", "--run", "plain", "--n", "5", "--steps", "5", "--class", "1"];
     fails_with(&scoregen(&plain, dir.path()), &["model.classes", "--classifier"]);
+    // "auto": the mixture's 8 components are the labels, so the run records 8 classes
+    let auto = ["-q", "train", "--config", "c.toml", "--set", "model.classes=\"auto\"", "--out", "auto"];
+    ok(&scoregen(&auto, dir.path()));
+    let recorded = std::fs::read_to_string(dir.path().join("auto/config.toml")).unwrap();
+    assert!(recorded.contains("classes = 8"), "{recorded}");
+    ok(&scoregen(
+        &["-q", "sample", "--run", "auto", "--n", "5", "--steps", "5", "--class", "7", "--out", "7.npy"],
+        dir.path(),
+    ));
 }
 
 /// An absurd learning rate: training stops at the first non-finite loss with

@@ -109,6 +109,7 @@ fn noise_aware_classifier_matches_the_exact_posterior_and_guides() {
         embed_dim: 16,
         embed_scale: 4.0,
         seed: 0,
+        blocks: 1,
     };
     let opts = ClassifierTraining {
         steps: 600,

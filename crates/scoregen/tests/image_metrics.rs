@@ -22,6 +22,7 @@ fn digit_classifier() -> (Labelled, Labelled, TrainedClassifier) {
         embed_dim: 0,
         embed_scale: 0.0,
         seed: 0,
+        blocks: 1,
     };
     let opts = ClassifierTraining {
         steps: 400,

@@ -29,6 +29,9 @@ pub struct Args {
     /// Base channels of the CNN (hidden width of the MLP for points).
     #[arg(long, default_value_t = 32)]
     width: usize,
+    /// Convolutions per resolution of the CNN (1: three layers in all).
+    #[arg(long, default_value_t = 2)]
+    blocks: usize,
     #[arg(long, default_value_t = 1500)]
     steps: usize,
     #[arg(long, default_value_t = 64)]
@@ -59,6 +62,7 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
         noisy: args.noisy,
         out,
         width: args.width,
+        blocks: args.blocks,
         steps: args.steps,
         batch_size: args.batch_size,
         lr: args.lr,

@@ -182,9 +182,9 @@ pub fn build_model(
     Ok(match cfg.kind {
         ModelKind::TimeMlp => {
             let mut net = Mlp::build(vm, dim, dim, &mlp, Conditioning::Fourier, seed, device)?;
-            if cfg.classes > 0 {
+            if cfg.classes.count() > 0 {
                 let vb = nets::seeded_var_builder(vm, seed ^ 0xC1A55, candle_core::DType::F32, device);
-                net = net.with_classes(vb, cfg.classes)?;
+                net = net.with_classes(vb, cfg.classes.count())?;
             }
             Model::Score(Box::new(net), cfg.head())
         }
@@ -199,9 +199,9 @@ pub fn build_model(
         ModelKind::Unet => {
             let unet = cfg.unet(dim).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             let mut net = UNet::build(vm, &unet, seed, device).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-            if cfg.classes > 0 {
+            if cfg.classes.count() > 0 {
                 let vb = nets::seeded_var_builder(vm, seed ^ 0xC1A55, candle_core::DType::F32, device);
-                net = net.with_classes(vb, cfg.classes)?;
+                net = net.with_classes(vb, cfg.classes.count())?;
             }
             Model::Score(Box::new(net), cfg.head())
         }
@@ -212,6 +212,12 @@ pub fn build_model(
 /// model initialized from the seed. Bad input (data, class labels, model
 /// shape, a device this build or machine lacks) fails here, before anything is written.
 pub fn trainer(cfg: &RunConfig) -> Result<Trainer> {
+    Ok(trainer_and_config(cfg)?.0)
+}
+
+/// [`trainer`] and the config it trains: `cfg` with `model.classes = "auto"`
+/// resolved from the data's labels ([`RunConfig::with_classes_of`]), as the run's config.toml records it.
+pub fn trainer_and_config(cfg: &RunConfig) -> Result<(Trainer, RunConfig)> {
     crate::init();
     let device = cfg.run.device.open()?;
     let dataset = data::load_with(
@@ -222,8 +228,9 @@ pub fn trainer(cfg: &RunConfig) -> Result<Trainer> {
     )?;
     // Before the model is built: a 16384-wide net is gigabytes of parameters already.
     crate::app::budget::check_training(cfg, dataset.points.d)?;
-    if cfg.model.classes > 0 {
-        let k = cfg.model.classes;
+    let cfg = &cfg.with_classes_of(dataset.labels.as_deref())?;
+    if cfg.model.classes.count() > 0 {
+        let k = cfg.model.classes.count();
         let labels = dataset.labels.as_ref().ok_or_else(|| {
             Error::config(
                 "config",
@@ -249,7 +256,7 @@ pub fn trainer(cfg: &RunConfig) -> Result<Trainer> {
     let varmap = VarMap::new();
     let model = build_model(&model_cfg, dim, levels, seed, &varmap, &device)?;
     let on = device.clone();
-    Trainer::new(TrainSetup {
+    let trainer = Trainer::new(TrainSetup {
         dataset,
         model,
         varmap,
@@ -257,13 +264,14 @@ pub fn trainer(cfg: &RunConfig) -> Result<Trainer> {
         objective: cfg.objective(),
         sde: cfg.sde(),
         settings: cfg.training.clone(),
-        classes: cfg.model.classes,
+        classes: cfg.model.classes.count(),
         label_dropout: cfg.model.label_dropout,
         seed,
         config_hash: super::run_dir::config_hash(cfg),
         config_toml: cfg.to_toml(),
         device,
-    })
+    })?;
+    Ok((trainer, cfg.clone()))
 }
 
 #[cfg(test)]

@@ -7,19 +7,27 @@
 //! One network serves both; the time input is present only when
 //! `noise_aware` is set.
 //!
-//! Images whose sides are multiples of 4 get a small CNN: conv3 → GN, SiLU →
-//! conv3/2 → GN, SiLU → conv3/2 → GN, SiLU → global mean over pixels →
-//! features (2·width). Other data get an MLP with two SiLU layers of `width`.
-//! The time embedding (Gaussian Fourier features of t, then a linear map) is
-//! added after the first layer (after its norm, for the CNN).
+//! Images whose sides are multiples of 4 get a small CNN over three
+//! resolutions H, H/2, H/4 with `blocks` convolutions at each, every one
+//! followed by GN, SiLU:
+//!
+//!   conv3 (C → w) [→ conv3 (w → w)]^(b−1) → conv3/2 (w → 2w) [→ conv3 (2w → 2w)]^(b−1)
+//!   → conv3/2 (2w → 2w) [→ conv3 (2w → 2w)]^(b−1) → global mean over pixels
+//!
+//! giving features of 2·width (`blocks = 1` is the original three-layer net,
+//! and the names of its weights are unchanged). Each GN, SiLU runs inside the
+//! next convolution's fused op. Other data get an MLP with two SiLU layers of
+//! `width`. The time embedding (Gaussian Fourier features of t, then a linear
+//! map) is added after the first layer (after its norm, for the CNN).
 
+use super::kernels::groupnorm::{group_norm, GroupNorm};
 use super::unet::Conv;
 use super::{seeded_var_builder, GaussianFourier};
 use crate::error::{Error, Result as CrateResult};
 use crate::guidance::ClassPosterior;
 use crate::io::fs;
 use candle_core::{DType, Device, Module, Result, Tensor, Var};
-use candle_nn::{group_norm, linear, GroupNorm, Linear, VarBuilder, VarMap};
+use candle_nn::{linear, Linear, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -39,6 +47,14 @@ pub struct ClassifierSpec {
     pub embed_scale: f64,
     /// Seed of the initial weights and of the Fourier frequencies.
     pub seed: u64,
+    /// Convolutions per resolution of the CNN (records without it: 1, the
+    /// original three-layer net).
+    #[serde(default = "one_block")]
+    pub blocks: usize,
+}
+
+fn one_block() -> usize {
+    1
 }
 
 impl ClassifierSpec {
@@ -69,8 +85,12 @@ impl ClassifierSpec {
 // one per classifier, built once: the size of the larger variant costs nothing
 #[allow(clippy::large_enum_variant)]
 enum Body {
-    Cnn { c1: Conv, n1: GroupNorm, c2: Conv, n2: GroupNorm, c3: Conv, n3: GroupNorm },
-    Mlp { l1: Linear, l2: Linear },
+    /// The convolutions in order, each with the norm applied to its output.
+    Cnn(Vec<(Conv, GroupNorm)>),
+    Mlp {
+        l1: Linear,
+        l2: Linear,
+    },
 }
 
 pub struct Classifier {
@@ -84,10 +104,10 @@ pub struct Classifier {
 impl Classifier {
     /// Builds the network on `device` with parameters in `vm` (new ones seeded by `spec.seed`).
     pub fn build(vm: &VarMap, spec: &ClassifierSpec, device: &Device) -> CrateResult<Self> {
-        if spec.classes < 2 || spec.width == 0 || spec.dim == 0 {
+        if spec.classes < 2 || spec.width == 0 || spec.dim == 0 || spec.blocks == 0 {
             return Err(Error::Invalid(format!(
-                "classifier needs ≥ 2 classes, width ≥ 1 and a non-empty input (got {} classes, width {}, dim {})",
-                spec.classes, spec.width, spec.dim
+                "classifier needs ≥ 2 classes, width ≥ 1, blocks ≥ 1 and a non-empty input (got {} classes, width {}, blocks {}, dim {})",
+                spec.classes, spec.width, spec.blocks, spec.dim
             )));
         }
         if spec.noise_aware && (spec.embed_dim == 0 || !spec.embed_dim.is_multiple_of(2)) {
@@ -101,17 +121,20 @@ impl Classifier {
         let w = spec.width;
         let (body, first) = if spec.convolutional() {
             let c = spec.image_shape.map(|s| s.0).unwrap_or(1);
-            let g1 = ClassifierSpec::groups(w);
-            let g2 = ClassifierSpec::groups(2 * w);
-            let body = Body::Cnn {
-                c1: Conv::new(c, w, 3, 1, vb.pp("conv1"))?,
-                n1: group_norm(g1, w, 1e-6, vb.pp("norm1"))?,
-                c2: Conv::new(w, 2 * w, 3, 2, vb.pp("conv2"))?,
-                n2: group_norm(g2, 2 * w, 1e-6, vb.pp("norm2"))?,
-                c3: Conv::new(2 * w, 2 * w, 3, 2, vb.pp("conv3"))?,
-                n3: group_norm(g2, 2 * w, 1e-6, vb.pp("norm3"))?,
-            };
-            (body, w)
+            let mut layers = Vec::with_capacity(3 * spec.blocks);
+            // (level, input channels, output channels, stride of the level's first convolution)
+            for (level, cin, cout, stride) in [(1, c, w, 1), (2, w, 2 * w, 2), (3, 2 * w, 2 * w, 2)] {
+                for j in 0..spec.blocks {
+                    // the original names for the first of each level: conv1/norm1, conv2/norm2, conv3/norm3
+                    let name = if j == 0 { format!("{level}") } else { format!("{level}_{j}") };
+                    let (cin, stride) = if j == 0 { (cin, stride) } else { (cout, 1) };
+                    layers.push((
+                        Conv::new(cin, cout, 3, stride, vb.pp(format!("conv{name}")))?,
+                        group_norm(ClassifierSpec::groups(cout), cout, 1e-6, vb.pp(format!("norm{name}")))?,
+                    ));
+                }
+            }
+            (Body::Cnn(layers), w)
         } else {
             (Body::Mlp { l1: linear(spec.dim, w, vb.pp("l1"))?, l2: linear(w, w, vb.pp("l2"))? }, w)
         };
@@ -136,16 +159,24 @@ impl Classifier {
             (None, _) => None,
         };
         match &self.body {
-            Body::Cnn { c1, n1, c2, n2, c3, n3 } => {
+            Body::Cnn(layers) => {
                 let (c, h, w) = self.spec.image_shape.expect("convolutional() checked the shape");
-                // The embedding is added after the norm: GroupNorm would remove a per-channel constant.
-                let mut h1 = n1.forward(&c1.forward(&x.reshape((n, c, h, w))?)?)?;
+                let (conv1, norm1) = &layers[0];
+                let mut h = conv1.forward(&x.reshape((n, c, h, w))?)?;
+                let mut rest = layers[1..].iter();
                 if let Some(e) = temb {
-                    h1 = h1.broadcast_add(&e.unsqueeze(2)?.unsqueeze(3)?)?;
+                    // The embedding is added after the norm: GroupNorm would remove a per-channel constant.
+                    let h1 = norm1.forward(&h)?.broadcast_add(&e.unsqueeze(2)?.unsqueeze(3)?)?;
+                    let (conv2, _) = rest.next().expect("at least three layers");
+                    h = conv2.forward(&h1.silu()?)?;
                 }
-                let h2 = c2.forward(&h1.silu()?)?;
-                let h3 = c3.forward(&n2.forward(&h2)?.silu()?)?;
-                n3.forward(&h3)?.silu()?.mean((2, 3))
+                // the norm of the convolution that produced h
+                let mut norm = &layers[layers.len() - rest.len() - 1].1;
+                for (conv, next) in rest {
+                    h = conv.forward_normed(&h, Some(norm), None, None)?;
+                    norm = next;
+                }
+                norm.forward_silu(&h)?.mean((2, 3))
             }
             Body::Mlp { l1, l2 } => {
                 let mut h1 = l1.forward(x)?;
@@ -271,13 +302,16 @@ mod tests {
             embed_dim: 8,
             embed_scale: 4.0,
             seed: 1,
+            blocks: 1,
         }
     }
 
     #[test]
     fn shapes_of_features_and_logits() {
-        for (image, feat) in [(Some((1, 8, 8)), 16), (Some((1, 7, 7)), 8), (None, 8)] {
-            let s = spec(image, true);
+        for (image, blocks, feat) in
+            [(Some((1, 8, 8)), 1, 16), (Some((1, 8, 8)), 3, 16), (Some((1, 7, 7)), 1, 8), (None, 1, 8)]
+        {
+            let s = ClassifierSpec { blocks, ..spec(image, true) };
             let vm = VarMap::new();
             let c = Classifier::build(&vm, &s, &Device::Cpu).unwrap();
             let x = Tensor::randn(0f32, 1.0, (5, s.dim), &Device::Cpu).unwrap();
@@ -290,6 +324,47 @@ mod tests {
             assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5), "{sums:?}");
             assert!(c.features(&x, None).is_err(), "a noise-aware classifier must refuse a missing t");
         }
+    }
+
+    /// blocks = 1 is the original three-layer net, written out in candle ops:
+    /// conv → GN → SiLU → conv/2 → GN → SiLU → conv/2 → GN → SiLU → mean; and
+    /// a record without `blocks` (written before it existed) reads as 1.
+    #[test]
+    fn one_block_is_the_original_three_layer_net() {
+        let s = spec(Some((1, 8, 8)), false);
+        let vm = VarMap::new();
+        let c = Classifier::build(&vm, &s, &Device::Cpu).unwrap();
+        let vars: std::collections::HashMap<_, _> = super::super::named_vars(&vm).into_iter().collect();
+        let names: Vec<_> = {
+            let mut k: Vec<_> = vars.keys().cloned().collect();
+            k.sort();
+            k
+        };
+        assert_eq!(names.len(), 14, "{names:?}");
+        let x = Tensor::randn(0f32, 1.0, (3, 64), &Device::Cpu).unwrap();
+        let v = |n: &str| vars[n].as_tensor().clone();
+        let layer = |h: &Tensor, i: usize, stride: usize| -> Tensor {
+            let y = h.conv2d(&v(&format!("conv{i}.weight")), 1, stride, 1, 1).unwrap();
+            let y = y.broadcast_add(&v(&format!("conv{i}.bias")).reshape((1, (), 1, 1)).unwrap()).unwrap();
+            let gn = candle_nn::GroupNorm::new(
+                v(&format!("norm{i}.weight")),
+                v(&format!("norm{i}.bias")),
+                y.dim(1).unwrap(),
+                8,
+                1e-6,
+            )
+            .unwrap();
+            gn.forward(&y).unwrap().silu().unwrap()
+        };
+        let h = layer(&x.reshape((3, 1, 8, 8)).unwrap(), 1, 1);
+        let want = layer(&layer(&h, 2, 2), 3, 2).mean((2, 3)).unwrap();
+        let got = c.features(&x, None).unwrap();
+        let err = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(err < 1e-4, "features differ from the three-layer net by {err}");
+
+        let mut json = serde_json::to_value(&s).unwrap();
+        json.as_object_mut().unwrap().remove("blocks");
+        assert_eq!(serde_json::from_value::<ClassifierSpec>(json).unwrap().blocks, 1);
     }
 
     #[test]

@@ -73,7 +73,8 @@ pub struct TrainedClassifier {
 }
 
 /// Minimizes the cross-entropy with Adam (linear warm-up over the first 5 %,
-/// global-norm clipping at 1) and reports the test accuracy.
+/// then cosine decay to 0; global-norm clipping at 1) and reports the test
+/// accuracy. A CNN's training images are randomly translated (see [`augmentation`]).
 pub fn train_classifier(
     train: &Labelled,
     test: &Labelled,
@@ -94,13 +95,22 @@ pub fn train_classifier(
     let mut rng = Rng::new(opts.seed, super::streams::BATCH);
     let (n, d) = (train.points.n, train.points.d);
     let warmup = (opts.steps / 20).max(1);
+    let augment = augmentation(spec);
     let pb = progress::bar(opts.steps, "classifier", opts.quiet);
     let mut final_loss = f64::NAN;
     for step in 0..opts.steps {
         let idx: Vec<usize> = (0..opts.batch_size).map(|_| rng.below(n)).collect();
         let mut xb = Vec::with_capacity(idx.len() * d);
         for &i in &idx {
-            xb.extend(train.points.row(i).iter().map(|&v| v as f32));
+            let row = train.points.row(i);
+            match augment {
+                Some(((c, h, w), max)) => {
+                    let mut jitter = || rng.below(2 * max + 1) as isize - max as isize;
+                    let (dy, dx) = (jitter(), jitter());
+                    shift_image(row, (c, h, w), dy, dx, &mut xb);
+                }
+                None => xb.extend(row.iter().map(|&v| v as f32)),
+            }
         }
         let y: Vec<u32> = idx.iter().map(|&i| train.labels[i] as u32).collect();
         let x = Tensor::from_vec(xb, (idx.len(), d), &opts.device)?;
@@ -115,7 +125,7 @@ pub fn train_classifier(
             return Err(Error::NonFinite { what: "classifier loss".into(), step, checkpoint: "none".into() });
         }
         let grads = Adam::gradients(&params, &autodiff::backward(&loss)?)?;
-        let lr = opts.lr * ((step + 1) as f64 / warmup as f64).min(1.0);
+        let lr = opts.lr * learning_rate_factor(step, warmup, opts.steps);
         adam.step(&params, grads, lr, 1.0)?;
         pb.inc(1);
     }
@@ -123,6 +133,38 @@ pub fn train_classifier(
     let t_eval = opts.noise.as_ref().map(|n| n.t_eps);
     let test_accuracy = accuracy(&classifier, test, t_eval)?;
     Ok(TrainedClassifier { classifier, varmap, test_accuracy, final_loss, seconds: start.elapsed().as_secs_f64() })
+}
+
+/// The learning rate's factor at `step`: a linear warm-up to 1 over `warmup`
+/// steps, then a cosine decay ½(1 + cos(π·(step − warmup)/(steps − warmup))) to 0.
+fn learning_rate_factor(step: usize, warmup: usize, steps: usize) -> f64 {
+    if step < warmup {
+        return (step + 1) as f64 / warmup as f64;
+    }
+    let progress = (step - warmup) as f64 / (steps - warmup).max(1) as f64;
+    0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+}
+
+/// The image shape and largest translation, ⌊min(H, W)/14⌋ pixels (2 at 28×28,
+/// none at 8×8), of the random shifts a CNN's training images get; `None` for
+/// points and for images too small to shift.
+fn augmentation(spec: &ClassifierSpec) -> Option<((usize, usize, usize), usize)> {
+    let (c, h, w) = spec.image_shape.filter(|_| spec.convolutional())?;
+    let max = h.min(w) / 14;
+    (max > 0).then_some(((c, h, w), max))
+}
+
+/// Appends the image `x` (C·H·W values) translated by (dy, dx) pixels:
+/// out[c, i, j] = x[c, clamp(i − dy), clamp(j − dx)], the edge pixels repeated
+/// into the uncovered border (a background of any level stays one).
+fn shift_image(x: &[f64], (c, h, w): (usize, usize, usize), dy: isize, dx: isize, out: &mut Vec<f32>) {
+    let clamp = |v: isize, n: usize| v.clamp(0, n as isize - 1) as usize;
+    for ch in 0..c {
+        for i in 0..h {
+            let src = &x[(ch * h + clamp(i as isize - dy, h)) * w..][..w];
+            out.extend((0..w).map(|j| src[clamp(j as isize - dx, w)] as f32));
+        }
+    }
 }
 
 /// x(t) = m(t)·x + s(t)·z with t ~ U(t_eps, T), one t per example.
@@ -271,7 +313,45 @@ mod tests {
             embed_dim: 16,
             embed_scale: 4.0,
             seed: 3,
+            blocks: 1,
         }
+    }
+
+    #[test]
+    fn shifted_image_repeats_its_edges() {
+        // a 2-channel 3×4 image with distinct values c·100 + i·10 + j
+        let (c, h, w) = (2, 3, 4);
+        let x: Vec<f64> = (0..c * h * w).map(|k| ((k / (h * w)) * 100 + (k / w % h) * 10 + k % w) as f64).collect();
+        let at = |dy, dx| {
+            let mut out = Vec::new();
+            shift_image(&x, (c, h, w), dy, dx, &mut out);
+            out
+        };
+        assert_eq!(at(0, 0), x.iter().map(|&v| v as f32).collect::<Vec<_>>());
+        // down by one, left by two: row 0 repeats source row 0, column j reads column min(j + 2, 3)
+        let moved = at(1, -2);
+        for ch in 0..c {
+            for i in 0..h {
+                for j in 0..w {
+                    let want = (ch * 100 + i.saturating_sub(1) * 10 + (j + 2).min(w - 1)) as f32;
+                    assert_eq!(moved[(ch * h + i) * w + j], want, "channel {ch}, pixel ({i}, {j})");
+                }
+            }
+        }
+        let image = |side| ClassifierSpec { image_shape: Some((1, side, side)), dim: side * side, ..spec(false) };
+        assert_eq!(augmentation(&image(28)), Some(((1, 28, 28), 2)));
+        assert_eq!(augmentation(&image(8)), None, "8×8 digits are not shifted");
+        assert_eq!(augmentation(&spec(false)), None, "points are not shifted");
+    }
+
+    #[test]
+    fn learning_rate_warms_up_then_decays_to_zero() {
+        let f = |s| learning_rate_factor(s, 10, 110);
+        assert!((f(0) - 0.1).abs() < 1e-12 && (f(9) - 1.0).abs() < 1e-12);
+        assert!((f(10) - 1.0).abs() < 1e-12, "the decay starts at 1");
+        assert!((f(60) - 0.5).abs() < 1e-12, "half way through the decay");
+        assert!(f(109) < 1e-3 && f(109) > 0.0);
+        assert!((1..110).all(|s| s < 10 || f(s) <= f(s - 1)), "non-increasing after the warm-up");
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct ClassifierRequest {
     pub noisy: bool,
     pub out: PathBuf,
     pub width: usize,
+    /// Convolutions per resolution of the CNN.
+    pub blocks: usize,
     pub steps: usize,
     pub batch_size: usize,
     pub lr: f64,
@@ -100,6 +102,7 @@ pub fn train_classifier(req: &ClassifierRequest) -> Result<ClassifierOutcome> {
         embed_dim: 32,
         embed_scale: 16.0,
         seed: req.seed,
+        blocks: req.blocks,
     };
     let training = ClassifierTraining {
         steps: req.steps,

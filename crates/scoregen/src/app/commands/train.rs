@@ -40,7 +40,8 @@ pub fn train_parallel(
     if !opts.resume && writer {
         train::check_existing(run_dir, opts.existing)?;
     }
-    let mut trainer = factory::trainer(cfg)?;
+    let (mut trainer, cfg) = factory::trainer_and_config(cfg)?;
+    let cfg = &cfg;
     trainer.set_parallel(parallel)?;
     if cfg.training.eval_every == 0 || !writer {
         return train::train(trainer, run_dir, opts);
@@ -87,6 +88,7 @@ impl ImageEvaluator {
                     noisy: false,
                     out: out.clone(),
                     width: 32,
+                    blocks: 2,
                     steps: 1500,
                     batch_size: 64,
                     lr: 2e-3,
@@ -116,7 +118,7 @@ impl ImageEvaluator {
         // 60,000 / 10,000 took minutes per evaluation. The first images of each split
         // (sets without their own split are held out by a fixed permutation).
         let n = cfg.training.eval_n;
-        let labels = match (cfg.sampling.class, cfg.model.classes) {
+        let labels = match (cfg.sampling.class, cfg.model.classes.count()) {
             (Some(choice), k) if k > 0 => {
                 let labels = labels_for(choice, k, || Ok(train.labels.clone()), n, cfg.seed)?;
                 Some((labels, cfg.sampling.guidance))

@@ -152,8 +152,11 @@ pub struct ModelConfig {
     pub image_channels: usize,
     /// K > 0: a class-conditional score s_θ(x, t, y) (`time-mlp` or `unet`), trained
     /// on the data's labels for classifier-free guidance. 0: unconditional.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub classes: usize,
+    /// `"auto"`: K = 1 + the largest label of the data, or 0 (and no
+    /// `sampling.class`) for data without labels or with one class; the run's
+    /// config.toml records the number.
+    #[serde(skip_serializing_if = "Classes::is_none")]
+    pub classes: Classes,
     /// Probability that a training label is replaced by "no label" (the
     /// classifier-free guidance dropout), so the same net learns s_θ(x, t, ∅).
     #[serde(skip_serializing_if = "is_default_dropout")]
@@ -165,6 +168,75 @@ pub struct ModelConfig {
     /// σ_d of EDM's preconditioning and weighting (0.5 for images in [−1, 1]).
     #[serde(skip_serializing_if = "is_default_sigma_data")]
     pub sigma_data: f64,
+}
+
+/// `model.classes`: a number of classes K (0: an unconditional model), or
+/// `"auto"`, read from the data's labels when training starts
+/// ([`RunConfig::with_classes_of`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "ClassesRepr", into = "ClassesRepr")]
+pub enum Classes {
+    Count(usize),
+    Auto,
+}
+
+/// How `model.classes` is written in TOML: an integer or the string `"auto"`.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum ClassesRepr {
+    Count(usize),
+    Word(String),
+}
+
+impl TryFrom<ClassesRepr> for Classes {
+    type Error = String;
+    fn try_from(r: ClassesRepr) -> std::result::Result<Self, String> {
+        match r {
+            ClassesRepr::Count(k) => Ok(Classes::Count(k)),
+            ClassesRepr::Word(w) if w == "auto" => Ok(Classes::Auto),
+            ClassesRepr::Word(w) => Err(format!("expected a number of classes K (0: none) or \"auto\", got \"{w}\"")),
+        }
+    }
+}
+
+impl From<Classes> for ClassesRepr {
+    fn from(c: Classes) -> Self {
+        match c {
+            Classes::Count(k) => ClassesRepr::Count(k),
+            Classes::Auto => ClassesRepr::Word("auto".into()),
+        }
+    }
+}
+
+impl Default for Classes {
+    fn default() -> Self {
+        Classes::Count(0)
+    }
+}
+
+impl Classes {
+    /// K of a fixed count; `"auto"` before it is resolved counts as conditional
+    /// for validation only — [`RunConfig::with_classes_of`] replaces it before a model is built.
+    pub fn count(self) -> usize {
+        match self {
+            Classes::Count(k) => k,
+            Classes::Auto => 0,
+        }
+    }
+
+    /// An unconditional model (0 classes).
+    pub fn is_none(&self) -> bool {
+        *self == Classes::Count(0)
+    }
+
+    /// The K that `"auto"` means for these labels: 1 + the largest label when
+    /// there are two classes or more, else 0.
+    pub fn of_labels(labels: Option<&[u8]>) -> usize {
+        match labels.and_then(|l| l.iter().copied().max()) {
+            Some(max) if max >= 1 => max as usize + 1,
+            _ => 0,
+        }
+    }
 }
 
 /// `model.preconditioning`.
@@ -184,9 +256,6 @@ pub const LABEL_DROPOUT: f64 = 0.2;
 
 // Defaults are left out of the written config.toml, so runs without classes
 // keep the config hash (and resume) they had before the fields existed.
-fn is_zero(v: &usize) -> bool {
-    *v == 0
-}
 fn is_default_dropout(v: &f64) -> bool {
     *v == LABEL_DROPOUT
 }
@@ -422,7 +491,7 @@ impl Default for ModelConfig {
             groups: 8,
             attention: false,
             image_channels: 1,
-            classes: 0,
+            classes: Classes::Count(0),
             label_dropout: LABEL_DROPOUT,
             preconditioning: Preconditioning::None,
             sigma_data: SIGMA_DATA,
@@ -507,6 +576,24 @@ impl RunConfig {
         Ok(cfg)
     }
 
+    /// The config with `model.classes = "auto"` replaced by the number the
+    /// data's `labels` give ([`Classes::of_labels`]); when that is 0 the model
+    /// is unconditional and `sampling.class` is dropped with it. The result is
+    /// validated again (a `sampling.class` K the labels do not reach is refused).
+    /// A config with a fixed count is returned unchanged.
+    pub fn with_classes_of(&self, labels: Option<&[u8]>) -> Result<RunConfig> {
+        let mut cfg = self.clone();
+        if cfg.model.classes == Classes::Auto {
+            let k = Classes::of_labels(labels);
+            cfg.model.classes = Classes::Count(k);
+            if k == 0 {
+                cfg.sampling.class = None;
+            }
+            cfg.validate("config")?;
+        }
+        Ok(cfg)
+    }
+
     /// The resolved config as TOML (what a run saves as `config.toml`).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a RunConfig always serializes")
@@ -541,6 +628,35 @@ mod tests {
         assert!(e.to_string().starts_with("c.toml: field `model.label_dropout`"), "{e}");
         assert!(!parse(&[]).unwrap().to_toml().contains("classes"));
         assert!(parse(&["model.classes=3"]).unwrap().to_toml().contains("classes = 3"));
+    }
+
+    /// `model.classes = "auto"` takes K from the labels (1 + the largest), or
+    /// makes the run unconditional without them; the resolved number is what
+    /// the run's config.toml records, and a sampling.class beyond it is refused.
+    #[test]
+    fn auto_classes_come_from_the_labels() {
+        let parse = |set: &[&str]| {
+            let sets: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+            RunConfig::parse("name = \"c\"", "c.toml", &sets)
+        };
+        let auto = parse(&["model.classes=\"auto\"", "sampling.class=\"all\""]).unwrap();
+        assert_eq!(auto.model.classes, Classes::Auto);
+        assert!(auto.to_toml().contains("classes = \"auto\""));
+        let three = auto.with_classes_of(Some(&[0, 2, 1, 2])).unwrap();
+        assert_eq!((three.model.classes, three.sampling.class), (Classes::Count(3), Some(ClassChoice::All)));
+        assert!(three.to_toml().contains("classes = 3"), "{}", three.to_toml());
+        for labels in [None, Some(&[0u8, 0][..])] {
+            let none = auto.with_classes_of(labels).unwrap();
+            assert_eq!((none.model.classes, none.sampling.class), (Classes::Count(0), None), "{labels:?}");
+            assert!(!none.to_toml().contains("classes"));
+        }
+        let five = parse(&["model.classes=\"auto\"", "sampling.class=\"5\""]).unwrap();
+        let e = five.with_classes_of(Some(&[0, 1, 2])).unwrap_err().to_string();
+        assert!(e.contains("sampling.class") && e.contains("0..2"), "{e}");
+        let fixed = parse(&["model.classes=4"]).unwrap();
+        assert_eq!(fixed.with_classes_of(None).unwrap(), fixed, "a fixed count is kept");
+        let e = parse(&["model.classes=\"many\""]).unwrap_err().to_string();
+        assert!(e.starts_with("c.toml: field `model.classes`") && e.contains("\"auto\""), "{e}");
     }
 
     /// `run.device` is read and validated by name, and never written: the

@@ -117,19 +117,23 @@ impl RunConfig {
                 "`ncsn-mlp` is conditioned on the [noise] ladder; use it with objective.kind = \"ncsn\"".into(),
             );
         }
-        if self.model.classes > 0 && !matches!(self.model.kind, ModelKind::TimeMlp | ModelKind::Unet) {
+        if !self.model.classes.is_none() && !matches!(self.model.kind, ModelKind::TimeMlp | ModelKind::Unet) {
             return err("model.classes", "class-conditional models are `time-mlp` or `unet`".into());
         }
         if !(0.0..1.0).contains(&self.model.label_dropout) {
             return err("model.label_dropout", format!("must be in [0, 1) (got {})", self.model.label_dropout));
         }
         if let Some(class) = self.sampling.class {
-            let k = self.model.classes;
-            if k == 0 {
-                return err("sampling.class", format!("`{class}` needs a class-conditional model (model.classes = K)"));
+            if self.model.classes.is_none() {
+                return err(
+                    "sampling.class",
+                    format!("`{class}` needs a class-conditional model (model.classes = K or \"auto\")"),
+                );
             }
+            // "auto" is checked when the data's labels give K (the run refuses an out-of-range class then)
+            let k = self.model.classes.count();
             if let super::ClassChoice::One(y) = class {
-                if y >= k {
+                if k > 0 && y >= k {
                     return err("sampling.class", format!("class {y} is out of range: classes are 0..{}", k - 1));
                 }
             }
