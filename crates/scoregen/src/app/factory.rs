@@ -216,7 +216,8 @@ pub fn trainer(cfg: &RunConfig) -> Result<Trainer> {
 }
 
 /// [`trainer`] and the config it trains: `cfg` with `model.classes = "auto"`
-/// resolved from the data's labels ([`RunConfig::with_classes_of`]), as the run's config.toml records it.
+/// resolved from the data's labels and a U-Net's image channels from the data
+/// ([`RunConfig::fitted_to_data`]), as the run's config.toml records them.
 pub fn trainer_and_config(cfg: &RunConfig) -> Result<(Trainer, RunConfig)> {
     crate::init();
     let device = cfg.run.device.open()?;
@@ -228,7 +229,7 @@ pub fn trainer_and_config(cfg: &RunConfig) -> Result<(Trainer, RunConfig)> {
     )?;
     // Before the model is built: a 16384-wide net is gigabytes of parameters already.
     crate::app::budget::check_training(cfg, dataset.points.d)?;
-    let cfg = &cfg.with_classes_of(dataset.labels.as_deref())?;
+    let cfg = &cfg.fitted_to_data(dataset.labels.as_deref(), dataset.image_shape)?;
     if cfg.model.classes.count() > 0 {
         let k = cfg.model.classes.count();
         let labels = dataset.labels.as_ref().ok_or_else(|| {

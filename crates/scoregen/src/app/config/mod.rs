@@ -172,7 +172,7 @@ pub struct ModelConfig {
 
 /// `model.classes`: a number of classes K (0: an unconditional model), or
 /// `"auto"`, read from the data's labels when training starts
-/// ([`RunConfig::with_classes_of`]).
+/// ([`RunConfig::fitted_to_data`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "ClassesRepr", into = "ClassesRepr")]
 pub enum Classes {
@@ -216,7 +216,7 @@ impl Default for Classes {
 
 impl Classes {
     /// K of a fixed count; `"auto"` before it is resolved counts as conditional
-    /// for validation only — [`RunConfig::with_classes_of`] replaces it before a model is built.
+    /// for validation only — [`RunConfig::fitted_to_data`] replaces it before a model is built.
     pub fn count(self) -> usize {
         match self {
             Classes::Count(k) => k,
@@ -576,12 +576,20 @@ impl RunConfig {
         Ok(cfg)
     }
 
-    /// The config with `model.classes = "auto"` replaced by the number the
-    /// data's `labels` give ([`Classes::of_labels`]); when that is 0 the model
-    /// is unconditional and `sampling.class` is dropped with it. The result is
-    /// validated again (a `sampling.class` K the labels do not reach is refused).
-    /// A config with a fixed count is returned unchanged.
-    pub fn with_classes_of(&self, labels: Option<&[u8]>) -> Result<RunConfig> {
+    /// The config fitted to the data it trains on:
+    /// - `model.classes = "auto"` becomes the number the data's `labels` give
+    ///   ([`Classes::of_labels`]); when that is 0 the model is unconditional
+    ///   and `sampling.class` is dropped with it;
+    /// - a U-Net's `model.image_channels` becomes the channel count of an image
+    ///   source (`image_shape`, e.g. 3 for a folder of colour PNGs).
+    ///
+    /// A changed config is validated again (a `sampling.class` K the labels do
+    /// not reach is refused); one that already fits is returned unchanged.
+    pub fn fitted_to_data(
+        &self,
+        labels: Option<&[u8]>,
+        image_shape: Option<(usize, usize, usize)>,
+    ) -> Result<RunConfig> {
         let mut cfg = self.clone();
         if cfg.model.classes == Classes::Auto {
             let k = Classes::of_labels(labels);
@@ -589,6 +597,11 @@ impl RunConfig {
             if k == 0 {
                 cfg.sampling.class = None;
             }
+        }
+        if let (ModelKind::Unet, Some((c, _, _))) = (cfg.model.kind, image_shape) {
+            cfg.model.image_channels = c;
+        }
+        if cfg != *self {
             cfg.validate("config")?;
         }
         Ok(cfg)
@@ -642,19 +655,22 @@ mod tests {
         let auto = parse(&["model.classes=\"auto\"", "sampling.class=\"all\""]).unwrap();
         assert_eq!(auto.model.classes, Classes::Auto);
         assert!(auto.to_toml().contains("classes = \"auto\""));
-        let three = auto.with_classes_of(Some(&[0, 2, 1, 2])).unwrap();
+        let three = auto.fitted_to_data(Some(&[0, 2, 1, 2]), None).unwrap();
         assert_eq!((three.model.classes, three.sampling.class), (Classes::Count(3), Some(ClassChoice::All)));
         assert!(three.to_toml().contains("classes = 3"), "{}", three.to_toml());
         for labels in [None, Some(&[0u8, 0][..])] {
-            let none = auto.with_classes_of(labels).unwrap();
+            let none = auto.fitted_to_data(labels, None).unwrap();
             assert_eq!((none.model.classes, none.sampling.class), (Classes::Count(0), None), "{labels:?}");
             assert!(!none.to_toml().contains("classes"));
         }
         let five = parse(&["model.classes=\"auto\"", "sampling.class=\"5\""]).unwrap();
-        let e = five.with_classes_of(Some(&[0, 1, 2])).unwrap_err().to_string();
+        let e = five.fitted_to_data(Some(&[0, 1, 2]), None).unwrap_err().to_string();
         assert!(e.contains("sampling.class") && e.contains("0..2"), "{e}");
         let fixed = parse(&["model.classes=4"]).unwrap();
-        assert_eq!(fixed.with_classes_of(None).unwrap(), fixed, "a fixed count is kept");
+        assert_eq!(fixed.fitted_to_data(None, None).unwrap(), fixed, "a fixed count is kept");
+        let unet = parse(&["model.kind=\"unet\"", "data.source=\"colour-pngs\""]).unwrap();
+        let rgb = unet.fitted_to_data(None, Some((3, 8, 8))).unwrap();
+        assert_eq!((unet.model.image_channels, rgb.model.image_channels), (1, 3), "channels from the data");
         let e = parse(&["model.classes=\"many\""]).unwrap_err().to_string();
         assert!(e.starts_with("c.toml: field `model.classes`") && e.contains("\"auto\""), "{e}");
     }
