@@ -119,13 +119,26 @@ fn group_size(g: &Geometry) -> usize {
     }
 }
 
+/// G lowered so that the tiles of a batch of n split evenly over `threads`:
+/// ⌈n/G⌉ tiles rounded up to a multiple of the threads, then the fewest
+/// images per tile that cover the batch in that many. At 4×4, B = 128 and two
+/// threads G = 12 made 11 tiles (72 and 56 images per thread); G = 11 makes
+/// 12 (66 and 62).
+fn balanced_group(group: usize, n: usize, threads: usize) -> usize {
+    if threads <= 1 || group <= 1 {
+        return group;
+    }
+    let tiles = n.div_ceil(group).next_multiple_of(threads);
+    n.div_ceil(tiles).max(1)
+}
+
 impl Geometry {
     fn new(x: &[usize], cout: usize, k: usize, stride: usize, norm: Option<(usize, f64)>) -> Self {
         let (cin, h, w) = (x[1], x[2], x[3]);
         let hw = (h / stride) * (w / stride);
         let norm = norm.map(|(groups, eps)| NormDims::of(x, groups, eps, true));
         let mut g = Self { cin, cout, k, stride, image: (cin, h, w), x_len: cin * h * w, hw_out: hw, norm, group: 1 };
-        g.group = group_size(&g).min(x[0]).max(1);
+        g.group = balanced_group(group_size(&g).min(x[0]).max(1), x[0], candle_core::utils::get_num_threads());
         g
     }
 
@@ -768,6 +781,24 @@ mod tests {
     use super::*;
     use crate::nets::{assert_same_gradients, max_diff};
     use candle_core::{Device, Var};
+
+    /// Lowering G evens the tiles out over the threads and never raises G or
+    /// the number of tiles past the next multiple of the threads.
+    #[test]
+    fn balanced_groups_split_evenly_over_the_threads() {
+        assert_eq!(balanced_group(12, 128, 2), 11, "4×4, B = 128: 12 tiles of ≤ 11");
+        assert_eq!(balanced_group(12, 128, 1), 12, "one thread keeps G");
+        assert_eq!(balanced_group(3, 128, 2), 3, "8×8: 43 tiles of ≤ 3 already split 22/21");
+        for n in 1..200 {
+            for g in 1..=n.min(24) {
+                for t in 1..=4 {
+                    let b = balanced_group(g, n, t);
+                    assert!(b >= 1 && b <= g, "n {n}, G {g}, threads {t}: {b}");
+                    assert!(n.div_ceil(b) <= n.div_ceil(g).next_multiple_of(t), "n {n}, G {g}, threads {t}: {b}");
+                }
+            }
+        }
+    }
 
     /// The fused op equals candle's conv2d plus the per-image bias (and the
     /// scaled residual), and its gradients equal candle's (through conv2d's own
