@@ -269,9 +269,17 @@ pub fn labels_for(
     }
 }
 
-/// The run's training labels (its data source's training split).
+/// The labels of the data a run was trained on, for `--class all`'s
+/// proportions: an image source's training split (read once, only the first
+/// `data.n_train` images, as training took them), or a mixture's components.
 pub fn training_labels(cfg: &RunConfig) -> Result<Vec<u8>> {
-    Ok(super::classify::labelled_splits(&cfg.data.source, &cfg.data.image_options())?.0.labels)
+    let source = &cfg.data.source;
+    if crate::data::is_image_source(source) {
+        let mut labels = crate::data::load_images(source, true, &cfg.data.image_options())?.labels;
+        labels.truncate(cfg.data.n_train);
+        return Ok(labels);
+    }
+    Ok(super::classify::labelled_splits(source, &cfg.data.image_options())?.0.labels)
 }
 
 /// Steering `scoregen sample` to class y (or to every class, each sample its own
