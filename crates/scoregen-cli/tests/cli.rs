@@ -180,6 +180,13 @@ fn guidance_commands_run_on_points_and_reject_bad_requests() {
     .unwrap();
     let ok = |out: &Output| assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     ok(&scoregen(&["-q", "train", "--config", "c.toml"], dir.path()));
+    // the checkpoint records the examples per class, which --class all draws in proportion to
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("runs/cond/checkpoints/step-000000030/state.json")).unwrap(),
+    )
+    .unwrap();
+    let counts: Vec<u64> = serde_json::from_value(state["label_counts"].clone()).unwrap();
+    assert!(counts.len() == 8 && counts.iter().all(|&c| c > 0), "{counts:?}");
     let sample = ["-q", "sample", "--run", "runs/cond", "--n", "20", "--steps", "10"];
     ok(&scoregen(&[&sample[..], &["--class", "3", "--guidance", "2", "--out", "c.npy"]].concat(), dir.path()));
     assert!(dir.path().join("c.npy").exists());

@@ -52,6 +52,11 @@ pub struct TrainState {
     /// are written as before.
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub shards: usize,
+    /// A class-conditional run's training examples per label 0..K−1, so that
+    /// `sample --class all` draws the training proportions without reading
+    /// the data again (checkpoints written before it have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_counts: Option<Vec<u64>>,
 }
 
 fn one() -> usize {

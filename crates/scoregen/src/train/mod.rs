@@ -515,6 +515,19 @@ impl Trainer {
         Ok((model, varmap))
     }
 
+    /// Training examples per label 0..K−1 of a class-conditional model (labels
+    /// beyond K were refused when the trainer was built).
+    fn label_counts(&self) -> Option<Vec<u64>> {
+        let labels = self.dataset.labels.as_ref().filter(|_| self.classes > 0)?;
+        let mut counts = vec![0u64; self.classes];
+        for &y in labels {
+            if let Some(c) = counts.get_mut(y as usize) {
+                *c += 1;
+            }
+        }
+        Some(counts)
+    }
+
     /// The current state as a checkpoint.
     pub fn checkpoint(&self) -> Result<Checkpoint> {
         let named = |ts: &[Tensor], prefix: &str| -> HashMap<String, Tensor> {
@@ -535,6 +548,7 @@ impl Trainer {
                 config_hash: self.config_hash.clone(),
                 last_loss: self.last_loss,
                 shards: self.parallel.shards,
+                label_counts: self.label_counts(),
             },
             model: named(&model, ""),
             ema: named(&self.ema.shadow, ""),

@@ -243,7 +243,7 @@ pub use crate::app::config::ClassChoice;
 pub fn labels_for(
     choice: ClassChoice,
     k: usize,
-    train_labels: impl FnOnce() -> Result<Vec<u8>>,
+    class_counts: impl FnOnce() -> Result<Vec<u64>>,
     n: usize,
     seed: u64,
 ) -> Result<Labels> {
@@ -253,19 +253,42 @@ pub fn labels_for(
         }
         ClassChoice::One(y) => Ok(Labels::All(y)),
         ClassChoice::All => {
-            let mut counts = vec![0.0; k];
-            for y in train_labels()? {
-                let y = y as usize;
-                if y >= k {
-                    return Err(Error::Invalid(format!(
-                        "a training label is {y}, but the model knows classes 0..{}",
-                        k - 1
-                    )));
-                }
-                counts[y] += 1.0;
+            let counts = class_counts()?;
+            if counts.len() != k || counts.iter().all(|&c| c == 0) {
+                return Err(Error::Invalid(format!(
+                    "expected training counts of the model's {k} classes, got {} classes and {} examples",
+                    counts.len(),
+                    counts.iter().sum::<u64>()
+                )));
             }
-            Ok(proportional_labels(&counts, n, &mut Rng::new(seed, streams::LABELS)))
+            let weights: Vec<f64> = counts.iter().map(|&c| c as f64).collect();
+            Ok(proportional_labels(&weights, n, &mut Rng::new(seed, streams::LABELS)))
         }
+    }
+}
+
+/// Examples per class 0..K−1 among `labels`; a label ≥ K is refused.
+pub fn count_labels(labels: &[u8], k: usize) -> Result<Vec<u64>> {
+    let mut counts = vec![0u64; k];
+    for &y in labels {
+        let y = y as usize;
+        if y >= k {
+            return Err(Error::Invalid(format!(
+                "a training label is {y}, but the model knows classes 0..{}",
+                k.max(1) - 1
+            )));
+        }
+        counts[y] += 1;
+    }
+    Ok(counts)
+}
+
+/// A run's training examples per class, for `--class all`: recorded in its
+/// checkpoint, or (checkpoints written before they were) counted from the data.
+pub fn run_class_counts(model: &LoadedModel, k: usize) -> Result<Vec<u64>> {
+    match &model.state.label_counts {
+        Some(counts) => Ok(counts.clone()),
+        None => count_labels(&training_labels(&model.cfg)?, k),
     }
 }
 
@@ -354,7 +377,7 @@ impl ClassGuidance {
                         sde.name()
                     ));
                 }
-                let labels = labels_for(self.class, spec.classes, || training_labels(&model.cfg), n, seed)?;
+                let labels = labels_for(self.class, spec.classes, || run_class_counts(model, spec.classes), n, seed)?;
                 let (base, clf) = (model.score(), &saved.classifier);
                 f(&ClassifierGuided { score: base.as_ref(), classifier: clf, labels, scale: self.scale })
             }
@@ -366,7 +389,7 @@ impl ClassGuidance {
                             .into(),
                     ));
                 }
-                let labels = labels_for(self.class, k, || training_labels(&model.cfg), n, seed)?;
+                let labels = labels_for(self.class, k, || run_class_counts(model, k), n, seed)?;
                 let cond = ModelConditional { model: &model.model, sde: model.cfg.sde() };
                 f(&ClassifierFree { model: &cond, labels, w: self.scale })
             }

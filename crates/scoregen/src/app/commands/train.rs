@@ -2,7 +2,7 @@
 //! run folder; with `training.eval_every`, measures image quality as it trains.
 
 use super::classify::{labelled_splits, train_classifier, ClassifierRequest};
-use super::sample::labels_for;
+use super::sample::{count_labels, labels_for};
 use crate::app::config::RunConfig;
 use crate::app::factory;
 use crate::error::{Error, Result};
@@ -120,7 +120,7 @@ impl ImageEvaluator {
         let n = cfg.training.eval_n;
         let labels = match (cfg.sampling.class, cfg.model.classes.count()) {
             (Some(choice), k) if k > 0 => {
-                let labels = labels_for(choice, k, || Ok(train.labels.clone()), n, cfg.seed)?;
+                let labels = labels_for(choice, k, || count_labels(&train.labels, k), n, cfg.seed)?;
                 Some((labels, cfg.sampling.guidance))
             }
             _ => None,
