@@ -50,16 +50,48 @@ pub fn frechet_distance(a: &Points, b: &Points) -> f64 {
 }
 
 /// Distance from each row of `x` to its nearest row of `reference`.
-pub fn nearest_distances(x: &Points, reference: &Points) -> Vec<f64> {
-    x.rows()
-        .map(|a| {
-            reference
-                .rows()
-                .map(|b| a.iter().zip(b).map(|(u, v)| (u - v) * (u - v)).sum::<f64>())
-                .fold(f64::INFINITY, f64::min)
-                .sqrt()
-        })
-        .collect()
+///
+/// The nearest row is found by blocks of one GEMM, ‖a − b‖² = ‖a‖² − 2a·b + ‖b‖²
+/// with a·b from candle's f32 matmul (the `gemm` crate, every core): 500
+/// samples against 60,000 training images of 784 pixels are 24 GFLOP, a
+/// fraction of a second, where the direct loop took minutes. The distance to
+/// the row found is then recomputed in f64 from the two rows, so a copy is at
+/// exactly 0; f32's round-off (≈ 1e-7·‖a‖·‖b‖) can only pick a neighbour that
+/// much farther (in squared distance) than the nearest.
+pub fn nearest_distances(x: &Points, reference: &Points) -> candle_core::Result<Vec<f64>> {
+    use candle_core::{Device, Tensor};
+    const X_BLOCK: usize = 1024;
+    const R_BLOCK: usize = 8192;
+    if reference.n == 0 {
+        return Ok(vec![f64::INFINITY; x.n]);
+    }
+    let block = |p: &Points, start: usize, len: usize| -> candle_core::Result<Tensor> {
+        let rows: Vec<f32> = p.data[start * p.d..(start + len) * p.d].iter().map(|&v| v as f32).collect();
+        Tensor::from_vec(rows, (len, p.d), &Device::Cpu)
+    };
+    let mut nearest = vec![(f32::INFINITY, 0usize); x.n];
+    for r0 in (0..reference.n).step_by(R_BLOCK) {
+        let rn = R_BLOCK.min(reference.n - r0);
+        let r = block(reference, r0, rn)?;
+        let r_norms = r.sqr()?.sum(1)?.unsqueeze(0)?; // [1, rn]
+        let rt = r.t()?.contiguous()?;
+        for x0 in (0..x.n).step_by(X_BLOCK) {
+            let xn = X_BLOCK.min(x.n - x0);
+            // ‖b‖² − 2a·b: the row's own ‖a‖² does not change which b is nearest
+            let score = r_norms.broadcast_sub(&(block(x, x0, xn)?.matmul(&rt)? * 2.0)?)?;
+            let best = score.min(1)?.to_vec1::<f32>()?;
+            let at = score.argmin(1)?.to_vec1::<u32>()?;
+            for (i, (&v, &j)) in best.iter().zip(&at).enumerate() {
+                if v < nearest[x0 + i].0 {
+                    nearest[x0 + i] = (v, r0 + j as usize);
+                }
+            }
+        }
+    }
+    Ok(x.rows()
+        .zip(&nearest)
+        .map(|(a, &(_, j))| a.iter().zip(reference.row(j)).map(|(u, v)| (u - v) * (u - v)).sum::<f64>().sqrt())
+        .collect())
 }
 
 pub fn median(mut v: Vec<f64>) -> f64 {
@@ -186,12 +218,35 @@ mod tests {
         assert!((frechet_distance(&a, &c) - 2.0).abs() < 0.1, "{}", frechet_distance(&a, &c));
     }
 
+    /// The GEMM search across several blocks of both sets equals the direct
+    /// minimum over all pairs, and a copy of a reference row is at exactly 0.
+    #[test]
+    fn nearest_distances_match_the_direct_search() {
+        let mut rng = crate::rng::Rng::new(5, 0);
+        let (nx, nr, d) = (1100, 9000, 7);
+        let reference = Points::new(nr, d, (0..nr * d).map(|_| rng.normal()).collect());
+        let mut data: Vec<f64> = (0..nx * d).map(|_| rng.normal()).collect();
+        data[..d].copy_from_slice(reference.row(8500)); // row 0 copies a row of the second block
+        let x = Points::new(nx, d, data);
+        let got = nearest_distances(&x, &reference).unwrap();
+        assert_eq!(got[0], 0.0);
+        for (i, a) in x.rows().enumerate().step_by(37) {
+            let want = reference
+                .rows()
+                .map(|b| a.iter().zip(b).map(|(u, v)| (u - v) * (u - v)).sum::<f64>())
+                .fold(f64::INFINITY, f64::min)
+                .sqrt();
+            // a near-tie may pick a neighbour farther by f32 round-off of the squared distances
+            assert!((got[i] - want).abs() <= 1e-5 * (1.0 + want), "row {i}: {} vs {want}", got[i]);
+        }
+    }
+
     #[test]
     fn entropy_nearest_distances_and_median() {
         assert!((entropy(&[0.25; 4]) - 4f64.ln()).abs() < 1e-12);
         assert_eq!(entropy(&[1.0, 0.0]), 0.0);
         let r = Points::new(3, 1, vec![0.0, 10.0, 20.0]);
-        assert_eq!(nearest_distances(&Points::new(2, 1, vec![9.0, 26.0]), &r), vec![1.0, 6.0]);
+        assert_eq!(nearest_distances(&Points::new(2, 1, vec![9.0, 26.0]), &r).unwrap(), vec![1.0, 6.0]);
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
     }

@@ -274,8 +274,8 @@ pub fn image_report(samples: &Points, train: &Labelled, test: &Labelled, clf: &C
         max_entropy: (k as f64).ln(),
         mean_confidence: mean(&conf),
         real_confidence: mean(&real_conf),
-        memorization_ratio: median(nearest_distances(samples, &train.points))
-            / median(nearest_distances(&test.points, &train.points)),
+        memorization_ratio: median(nearest_distances(samples, &train.points)?)
+            / median(nearest_distances(&test.points, &train.points)?),
         classifier_accuracy: accuracy(clf, test, None)?,
     })
 }
