@@ -69,6 +69,23 @@ impl From<usize> for Labels {
     }
 }
 
+/// Examples per class 0..K−1 among `labels` (the weights of
+/// [`proportional_labels`] for a training set); a label ≥ K is refused.
+pub fn count_labels(labels: &[u8], k: usize) -> crate::error::Result<Vec<u64>> {
+    let mut counts = vec![0u64; k];
+    for &y in labels {
+        let y = y as usize;
+        if y >= k {
+            return Err(crate::error::Error::Invalid(format!(
+                "a training label is {y}, but the model knows classes 0..{}",
+                k.max(1) - 1
+            )));
+        }
+        counts[y] += 1;
+    }
+    Ok(counts)
+}
+
 /// n labels in the proportions `weights` (unnormalized, one per class): class
 /// counts by largest remainder, so each class gets ⌊n·pₖ⌋ or one more, in an
 /// order shuffled by `rng` (a balanced set, not n independent draws).
@@ -184,6 +201,13 @@ mod tests {
     }
 
     /// Largest remainder: n·pₖ rounded so the counts sum to n, each within one of n·pₖ.
+    #[test]
+    fn label_counts_per_class_and_labels_beyond_k_refused() {
+        assert_eq!(count_labels(&[2, 0, 2, 2], 4).unwrap(), vec![1, 0, 3, 0]);
+        let e = count_labels(&[0, 3], 3).unwrap_err().to_string();
+        assert!(e.contains("label is 3") && e.contains("0..2"), "{e}");
+    }
+
     #[test]
     fn proportional_labels_have_the_exact_counts() {
         let mut rng = Rng::new(0, 6);

@@ -19,5 +19,7 @@
 pub mod class;
 pub mod inpaint;
 
-pub use class::{proportional_labels, ClassPosterior, ClassifierFree, ClassifierGuided, ConditionalScore, Labels};
+pub use class::{
+    count_labels, proportional_labels, ClassPosterior, ClassifierFree, ClassifierGuided, ConditionalScore, Labels,
+};
 pub use inpaint::{Inpaint, MaskSpec};

@@ -4,7 +4,7 @@
 //! t ~ U(t_eps, T), so that ∇ₓ log p_φ(y | x(t), t) approximates the
 //! classifier-guidance term ∇ₓ log p_t(y | x).
 
-use super::Adam;
+use super::{Adam, LrSchedule, TrainSettings};
 use crate::error::{Error, Result};
 use crate::metrics::images::{entropy, frechet_distance, histogram, median, nearest_distances, ImageReport};
 use crate::nets::{self, Classifier, ClassifierSpec};
@@ -94,7 +94,7 @@ pub fn train_classifier(
     let mut adam = Adam::new(&params)?;
     let mut rng = Rng::new(opts.seed, super::streams::BATCH);
     let (n, d) = (train.points.n, train.points.d);
-    let warmup = (opts.steps / 20).max(1);
+    let schedule = learning_rate_schedule(opts.lr, opts.steps);
     let augment = augmentation(spec);
     let pb = progress::bar(opts.steps, "classifier", opts.quiet);
     let mut final_loss = f64::NAN;
@@ -125,7 +125,7 @@ pub fn train_classifier(
             return Err(Error::NonFinite { what: "classifier loss".into(), step, checkpoint: "none".into() });
         }
         let grads = Adam::gradients(&params, &autodiff::backward(&loss)?)?;
-        let lr = opts.lr * learning_rate_factor(step, warmup, opts.steps);
+        let lr = schedule.learning_rate(step);
         adam.step(&params, grads, lr, 1.0)?;
         pb.inc(1);
     }
@@ -135,14 +135,17 @@ pub fn train_classifier(
     Ok(TrainedClassifier { classifier, varmap, test_accuracy, final_loss, seconds: start.elapsed().as_secs_f64() })
 }
 
-/// The learning rate's factor at `step`: a linear warm-up to 1 over `warmup`
-/// steps, then a cosine decay ½(1 + cos(π·(step − warmup)/(steps − warmup))) to 0.
-fn learning_rate_factor(step: usize, warmup: usize, steps: usize) -> f64 {
-    if step < warmup {
-        return (step + 1) as f64 / warmup as f64;
+/// The classifier's learning rate, the score models' schedule
+/// ([`TrainSettings::learning_rate`]): a linear warm-up over the first 5 % of
+/// the steps, then cosine decay to 0.
+fn learning_rate_schedule(lr: f64, steps: usize) -> TrainSettings {
+    TrainSettings {
+        lr,
+        steps,
+        warmup: (steps / 20).max(1),
+        lr_schedule: LrSchedule::Cosine,
+        ..TrainSettings::default()
     }
-    let progress = (step - warmup) as f64 / (steps - warmup).max(1) as f64;
-    0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
 }
 
 /// The image shape and largest translation, ⌊min(H, W)/14⌋ pixels (2 at 28×28,
@@ -346,12 +349,14 @@ mod tests {
 
     #[test]
     fn learning_rate_warms_up_then_decays_to_zero() {
-        let f = |s| learning_rate_factor(s, 10, 110);
+        // 200 steps: a warm-up of 10 (5 %), then 190 of decay
+        let schedule = learning_rate_schedule(1.0, 200);
+        let f = |s| schedule.learning_rate(s);
         assert!((f(0) - 0.1).abs() < 1e-12 && (f(9) - 1.0).abs() < 1e-12);
         assert!((f(10) - 1.0).abs() < 1e-12, "the decay starts at 1");
-        assert!((f(60) - 0.5).abs() < 1e-12, "half way through the decay");
-        assert!(f(109) < 1e-3 && f(109) > 0.0);
-        assert!((1..110).all(|s| s < 10 || f(s) <= f(s - 1)), "non-increasing after the warm-up");
+        assert!((f(105) - 0.5).abs() < 1e-12, "half way through the decay");
+        assert!(f(199) < 1e-3 && f(199) > 0.0);
+        assert!((1..200).all(|s| s < 10 || f(s) <= f(s - 1)), "non-increasing after the warm-up");
     }
 
     #[test]

@@ -519,13 +519,7 @@ impl Trainer {
     /// beyond K were refused when the trainer was built).
     fn label_counts(&self) -> Option<Vec<u64>> {
         let labels = self.dataset.labels.as_ref().filter(|_| self.classes > 0)?;
-        let mut counts = vec![0u64; self.classes];
-        for &y in labels {
-            if let Some(c) = counts.get_mut(y as usize) {
-                *c += 1;
-            }
-        }
-        Some(counts)
+        crate::guidance::count_labels(labels, self.classes).ok()
     }
 
     /// The current state as a checkpoint.

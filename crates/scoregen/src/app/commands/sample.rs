@@ -6,7 +6,7 @@ use crate::app::config::{ObjectiveKind, RunConfig};
 use crate::app::figures::scatter;
 use crate::app::run_dir::{oracle_of, LoadedModel};
 use crate::error::{Error, Result};
-use crate::guidance::{proportional_labels, ClassifierFree, ClassifierGuided, Labels};
+use crate::guidance::{count_labels, proportional_labels, ClassifierFree, ClassifierGuided, Labels};
 use crate::io::{fs, npy};
 use crate::nets::ModelConditional;
 use crate::nets::SavedClassifier;
@@ -180,7 +180,8 @@ pub fn sample_loaded(
     budget::check_sampling(&model.cfg, req.n, model.state.dim, frames, "sampling")?;
     let spec = req.spec(&model.cfg, spec);
     let mut rng = Rng::new(req.seed, streams::SAMPLING);
-    let from_config = ClassGuidance::of_config(&model.cfg);
+    // a request that names no class gets the run's own sampling.class and sampling.guidance
+    let from_config = ClassGuidance::resolve(&model.cfg, None, None, None)?;
     match class.or(from_config.as_ref()) {
         None => draw(model, model.score().as_ref(), req, &spec, &mut rng),
         Some(g) => g.with_score(model, req.n, req.seed, |score| draw(model, score, req, &spec, &mut rng)),
@@ -267,22 +268,6 @@ pub fn labels_for(
     }
 }
 
-/// Examples per class 0..K−1 among `labels`; a label ≥ K is refused.
-pub fn count_labels(labels: &[u8], k: usize) -> Result<Vec<u64>> {
-    let mut counts = vec![0u64; k];
-    for &y in labels {
-        let y = y as usize;
-        if y >= k {
-            return Err(Error::Invalid(format!(
-                "a training label is {y}, but the model knows classes 0..{}",
-                k.max(1) - 1
-            )));
-        }
-        counts[y] += 1;
-    }
-    Ok(counts)
-}
-
 /// A run's training examples per class, for `--class all`: recorded in its
 /// checkpoint, or (checkpoints written before they were) counted from the data.
 pub fn run_class_counts(model: &LoadedModel, k: usize) -> Result<Vec<u64>> {
@@ -318,12 +303,6 @@ pub struct ClassGuidance {
 }
 
 impl ClassGuidance {
-    /// The run's own `sampling.class` with weight `sampling.guidance`
-    /// (classifier-free), for a sampling request that names no class.
-    pub fn of_config(cfg: &RunConfig) -> Option<Self> {
-        cfg.sampling.class.map(|class| ClassGuidance { class, scale: cfg.sampling.guidance, classifier: None })
-    }
-
     /// What a request asks for (`--class`, `--guidance`, `--classifier`, or
     /// Python's `class_`, `guidance`), each falling back to the run's
     /// `sampling.class` and `sampling.guidance`; `None`: unconditional. A weight

@@ -2,11 +2,11 @@
 //! run folder; with `training.eval_every`, measures image quality as it trains.
 
 use super::classify::{labelled_splits, train_classifier, ClassifierRequest};
-use super::sample::{count_labels, labels_for};
+use super::sample::labels_for;
 use crate::app::config::RunConfig;
 use crate::app::factory;
 use crate::error::{Error, Result};
-use crate::guidance::{ClassifierFree, Labels};
+use crate::guidance::{count_labels, ClassifierFree, Labels};
 use crate::nets::{ModelConditional, SavedClassifier};
 use crate::points::Points;
 use crate::rng::Rng;
