@@ -69,6 +69,7 @@ pub fn nearest_distances(x: &Points, reference: &Points) -> candle_core::Result<
         let rows: Vec<f32> = p.data[start * p.d..(start + len) * p.d].iter().map(|&v| v as f32).collect();
         Tensor::from_vec(rows, (len, p.d), &Device::Cpu)
     };
+    let xs = block(x, 0, x.n)?; // once, sliced by rows for every reference block
     let mut nearest = vec![(f32::INFINITY, 0usize); x.n];
     for r0 in (0..reference.n).step_by(R_BLOCK) {
         let rn = R_BLOCK.min(reference.n - r0);
@@ -78,7 +79,7 @@ pub fn nearest_distances(x: &Points, reference: &Points) -> candle_core::Result<
         for x0 in (0..x.n).step_by(X_BLOCK) {
             let xn = X_BLOCK.min(x.n - x0);
             // ‖b‖² − 2a·b: the row's own ‖a‖² does not change which b is nearest
-            let score = r_norms.broadcast_sub(&(block(x, x0, xn)?.matmul(&rt)? * 2.0)?)?;
+            let score = r_norms.broadcast_sub(&(xs.narrow(0, x0, xn)?.matmul(&rt)? * 2.0)?)?;
             let best = score.min(1)?.to_vec1::<f32>()?;
             let at = score.argmin(1)?.to_vec1::<u32>()?;
             for (i, (&v, &j)) in best.iter().zip(&at).enumerate() {

@@ -161,22 +161,19 @@ impl Classifier {
         match &self.body {
             Body::Cnn(layers) => {
                 let (c, h, w) = self.spec.image_shape.expect("convolutional() checked the shape");
-                let (conv1, norm1) = &layers[0];
-                let mut h = conv1.forward(&x.reshape((n, c, h, w))?)?;
-                let mut rest = layers[1..].iter();
+                let mut h = layers[0].0.forward(&x.reshape((n, c, h, w))?)?;
+                let mut first = 1;
                 if let Some(e) = temb {
                     // The embedding is added after the norm: GroupNorm would remove a per-channel constant.
-                    let h1 = norm1.forward(&h)?.broadcast_add(&e.unsqueeze(2)?.unsqueeze(3)?)?;
-                    let (conv2, _) = rest.next().expect("at least three layers");
-                    h = conv2.forward(&h1.silu()?)?;
+                    let h1 = layers[0].1.forward(&h)?.broadcast_add(&e.unsqueeze(2)?.unsqueeze(3)?)?;
+                    h = layers[1].0.forward(&h1.silu()?)?;
+                    first = 2;
                 }
-                // the norm of the convolution that produced h
-                let mut norm = &layers[layers.len() - rest.len() - 1].1;
-                for (conv, next) in rest {
-                    h = conv.forward_normed(&h, Some(norm), None, None)?;
-                    norm = next;
+                // layer i's convolution takes silu(GN(h)) with the norm of layer i − 1, fused
+                for i in first..layers.len() {
+                    h = layers[i].0.forward_normed(&h, Some(&layers[i - 1].1), None, None)?;
                 }
-                norm.forward_silu(&h)?.mean((2, 3))
+                layers[layers.len() - 1].1.forward_silu(&h)?.mean((2, 3))
             }
             Body::Mlp { l1, l2 } => {
                 let mut h1 = l1.forward(x)?;
