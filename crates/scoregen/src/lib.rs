@@ -5,51 +5,24 @@
 //! See `docs/architecture.md` for the layers and the data flow, and
 //! `docs/guide.md` for the map from formulas to functions.
 //!
+//! The library is three crates, each able to import only those below it, so
+//! Cargo enforces the layering: `scoregen-core` (foundation and math),
+//! `scoregen-nets` (networks and training) and this one, the application
+//! layer ([`app`]: the config, the factory, run folders, the commands) with
+//! the pictures ([`viz`]). The modules of the two lower crates are re-exported
+//! here under their own names, so `scoregen::sde::Ve` or
+//! `scoregen::nets::Mlp` is the one path a user (the CLI, the Python package,
+//! the tests) writes.
+//!
 //! Call [`init`] before any tensor work (the CLI and every test do); every
 //! backward pass in the library also calls it, so second-order gradients are
 //! exact whatever the entry point.
 
 pub mod app;
-pub mod autodiff;
-pub mod data;
-pub mod device;
-pub mod error;
-pub mod guidance;
-pub mod io;
-pub mod likelihood;
-pub mod metrics;
-pub mod nets;
-pub mod objectives;
-pub mod oracle;
-pub mod points;
-pub mod progress;
-pub mod rng;
-pub mod samplers;
-pub mod score;
-pub mod sde;
-pub mod train;
 pub mod viz;
 
-pub use error::{Error, Result};
-
-/// The library entry point: makes candle keep gradient graphs so that
-/// second-order autodiff is exact, and stops candle's thread pool from
-/// spinning between its tasks. Idempotent and cheap; call it before any work.
-pub fn init() {
-    autodiff::enable_second_order();
-    static POOL: std::sync::Once = std::sync::Once::new();
-    POOL.call_once(|| {
-        // candle's elementwise pool spins 25,000 times after every task before
-        // it parks, taking a core from the fused kernels' threads (nets::kernels::dense)
-        // between the few candle ops left in a step; unless the user chose a
-        // limit, spin briefly (read once, when candle's pool starts).
-        if std::env::var_os(CANDLE_SPIN_LIMIT_VAR).is_none() {
-            // Safe in practice: runs once at start-up, before candle's pool
-            // exists, and nothing else in the process writes this variable.
-            std::env::set_var(CANDLE_SPIN_LIMIT_VAR, "1000");
-        }
-    });
-}
-
-/// The environment variable candle reads for its pool's spin limit.
-pub const CANDLE_SPIN_LIMIT_VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+pub use scoregen_core::{
+    autodiff, data, device, error, guidance, init, io, likelihood, metrics, objectives, oracle, points, progress,
+    rng, samplers, score, sde, Error, Result, CANDLE_SPIN_LIMIT_VAR,
+};
+pub use scoregen_nets::{nets, train};

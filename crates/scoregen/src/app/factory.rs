@@ -268,7 +268,7 @@ pub fn trainer_and_config(cfg: &RunConfig) -> Result<(Trainer, RunConfig)> {
         classes: cfg.model.classes.count(),
         label_dropout: cfg.model.label_dropout,
         seed,
-        config_hash: super::run_dir::config_hash(cfg),
+        config_hash: cfg.hash(),
         config_toml: cfg.to_toml(),
         device,
     })?;

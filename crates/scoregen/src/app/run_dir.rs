@@ -14,18 +14,7 @@ use crate::score::ScoreFn;
 use crate::train::{checkpoint, streams, TrainState};
 use candle_core::Device;
 use candle_nn::VarMap;
-use sha2::{Digest, Sha256};
 use std::path::Path;
-
-/// SHA-256 of the resolved config, with `training.steps` blanked so a run can
-/// be extended. `run.device` is never part of it (nor of `config.toml`): a
-/// run resumes on any device.
-pub fn config_hash(cfg: &RunConfig) -> String {
-    let mut c = cfg.clone();
-    c.training.steps = 0;
-    c.run = Default::default();
-    Sha256::digest(c.to_toml().as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// The exact mixture behind a config's data, if it has one.
 pub fn oracle_of(cfg: &RunConfig) -> Result<Option<GaussianMixture>> {
@@ -79,24 +68,3 @@ pub fn training_points(cfg: &RunConfig) -> Result<Points> {
     Ok(data::load_with(&cfg.data.source, cfg.data.n_train, &mut Rng::new(cfg.seed, streams::DATA), &opts)?.points)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::device::DeviceSpec;
-
-    /// The device, from the config file or `--set`, leaves the config hash
-    /// (what a resume checks) unchanged: a run resumes on any device.
-    #[test]
-    fn device_does_not_change_the_config_hash() {
-        let text = "name = \"h\"\n[training]\nsteps = 10\n";
-        let cpu = RunConfig::parse(text, "h.toml", &[]).unwrap();
-        let gpu = RunConfig::parse(&format!("{text}[run]\ndevice = \"cuda:1\"\n"), "h.toml", &[]).unwrap();
-        let set = RunConfig::parse(text, "h.toml", &["run.device=cuda".into()]).unwrap();
-        assert_eq!((gpu.run.device, set.run.device), (DeviceSpec::Cuda(1), DeviceSpec::Cuda(0)));
-        assert_eq!(config_hash(&cpu), config_hash(&gpu));
-        assert_eq!(config_hash(&cpu), config_hash(&set));
-        // and the hash still sees the experiment
-        let other = RunConfig::parse(text, "h.toml", &["seed=1".into()]).unwrap();
-        assert_ne!(config_hash(&cpu), config_hash(&other));
-    }
-}

@@ -181,22 +181,6 @@ pub fn forward_reverse_mixture() -> GaussianMixture {
     GaussianMixture::isotropic(vec![0.4, 0.6], vec![vec![-2.0], vec![1.5]], &[0.35, 0.5]).expect("valid mixture")
 }
 
-/// Forward-SDE paths of scalars from t = 0 to T by Euler–Maruyama,
-/// x ← x + a(t)·x·dt + g(t)·√dt·z, one (t, x) list of `steps` + 1 points per start.
-pub fn forward_paths_1d(sde: &dyn Sde, starts: &[f64], steps: usize, rng: &mut Rng) -> Vec<Vec<(f64, f64)>> {
-    let dt = sde.t_max() / steps as f64;
-    let mut forward: Vec<Vec<(f64, f64)>> = starts.iter().map(|&x| vec![(0.0, x)]).collect();
-    for k in 0..steps {
-        let t = k as f64 * dt;
-        let (a, g) = (sde.drift_coef(t), sde.diffusion(t));
-        for p in forward.iter_mut() {
-            let x = p.last().expect("non-empty").1;
-            p.push((t + dt, x + a * x * dt + g * dt.sqrt() * rng.normal()));
-        }
-    }
-    forward
-}
-
 /// `forward_reverse.png`: forward VP-SDE trajectories from data (t = 0) to
 /// noise (t = 1), Euler–Maruyama with g(t)√dt·z increments, and reverse-SDE
 /// trajectories from the prior back to data with the exact score, each over
@@ -209,7 +193,7 @@ pub fn forward_reverse(out_dir: &Path, seed: u64, device: &Device) -> Result<Pat
     let mut rng = Rng::new(seed, 0);
     // forward: x(0) ~ data, x ← x + a(t)x dt + g(t)√dt z
     let x0 = mix.sample(paths, &mut rng);
-    let forward = forward_paths_1d(sde.as_ref(), &x0.data, steps, &mut rng);
+    let forward = crate::sde::forward_paths_1d(sde.as_ref(), &x0.data, steps, &mut rng);
     // reverse: the PC loop with Euler–Maruyama and the oracle, every step recorded
     let oracle = OracleScore::new(mix.clone(), sde.clone());
     let opts = ReverseOptions { steps, eps: None, denoise: false, record_every: Some(1) };

@@ -680,7 +680,7 @@ fn forward_reverse(
     let mut rng = Rng::new(seed, streams::EVAL);
     let steps = process.len().saturating_sub(1).max(1);
     let starts: Vec<f64> = (0..PATHS.min(data.n)).map(|i| data.row(i)[0]).collect();
-    let forward = super::demo::forward_paths_1d(sde, &starts, steps, &mut rng);
+    let forward = crate::sde::forward_paths_1d(sde, &starts, steps, &mut rng);
     let reverse: Vec<Vec<(f64, f64)>> =
         (0..PATHS.min(process[0].1.n)).map(|i| process.iter().map(|(t, x)| (*t, x.row(i)[0])).collect()).collect();
     // the marginal of x₁ under the mixture: component means and variances of the first coordinate

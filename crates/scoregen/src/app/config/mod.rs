@@ -611,11 +611,38 @@ impl RunConfig {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a RunConfig always serializes")
     }
+
+    /// SHA-256 of the resolved config, with `training.steps` blanked so a run
+    /// can be extended. `run.device` is never part of it (nor of
+    /// `config.toml`): a run resumes on any device.
+    pub fn hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut c = self.clone();
+        c.training.steps = 0;
+        c.run = Default::default();
+        Sha256::digest(c.to_toml().as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The device, from the config file or `--set`, leaves the config hash
+    /// (what a resume checks) unchanged: a run resumes on any device.
+    #[test]
+    fn device_does_not_change_the_config_hash() {
+        let text = "name = \"h\"\n[training]\nsteps = 10\n";
+        let cpu = RunConfig::parse(text, "h.toml", &[]).unwrap();
+        let gpu = RunConfig::parse(&format!("{text}[run]\ndevice = \"cuda:1\"\n"), "h.toml", &[]).unwrap();
+        let set = RunConfig::parse(text, "h.toml", &["run.device=cuda".into()]).unwrap();
+        assert_eq!((gpu.run.device, set.run.device), (DeviceSpec::Cuda(1), DeviceSpec::Cuda(0)));
+        assert_eq!(cpu.hash(), gpu.hash());
+        assert_eq!(cpu.hash(), set.hash());
+        // and the hash still sees the experiment
+        let other = RunConfig::parse(text, "h.toml", &["seed=1".into()]).unwrap();
+        assert_ne!(cpu.hash(), other.hash());
+    }
 
     /// Class conditioning is validated by name, and a config without classes
     /// writes no new keys (its hash, and so resume, are unchanged).

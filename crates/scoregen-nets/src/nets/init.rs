@@ -6,7 +6,7 @@
 //! draws from our seeded [`Rng`], in construction order, and registers every
 //! variable in a `VarMap` (whose names become the safetensors names).
 
-use crate::rng::Rng;
+use scoregen_core::rng::Rng;
 use candle_core::{DType, Device, Result, Shape, Tensor, Var};
 use candle_nn::init::NormalOrUniform;
 use candle_nn::var_builder::SimpleBackend;

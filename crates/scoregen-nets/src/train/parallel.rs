@@ -19,8 +19,8 @@
 //! One process with `--shards S` computes the same global batch as S
 //! processes (gradient accumulation), to float round-off.
 
-use crate::error::{Error, Result};
-use crate::rng::Rng;
+use scoregen_core::error::{Error, Result};
+use scoregen_core::rng::Rng;
 use candle_core::{DType, Tensor};
 use sha2::{Digest, Sha256};
 use std::rc::Rc;

@@ -151,6 +151,22 @@ pub fn time_batch(t: f64, like: &Tensor) -> Result<Tensor> {
     Tensor::full(t, like.dim(0)?, like.device())?.to_dtype(like.dtype())
 }
 
+/// Forward-SDE paths of scalars from t = 0 to T by Euler–Maruyama,
+/// x ← x + a(t)·x·dt + g(t)·√dt·z, one (t, x) list of `steps` + 1 points per start.
+pub fn forward_paths_1d(sde: &dyn Sde, starts: &[f64], steps: usize, rng: &mut Rng) -> Vec<Vec<(f64, f64)>> {
+    let dt = sde.t_max() / steps as f64;
+    let mut forward: Vec<Vec<(f64, f64)>> = starts.iter().map(|&x| vec![(0.0, x)]).collect();
+    for k in 0..steps {
+        let t = k as f64 * dt;
+        let (a, g) = (sde.drift_coef(t), sde.diffusion(t));
+        for p in forward.iter_mut() {
+            let x = p.last().expect("non-empty").1;
+            p.push((t + dt, x + a * x * dt + g * dt.sqrt() * rng.normal()));
+        }
+    }
+    forward
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

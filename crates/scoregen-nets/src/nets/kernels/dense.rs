@@ -22,7 +22,7 @@
 //! differentiated again: a clear error, never a silently missing term. Code
 //! that differentiates a score with respect to x and then the result with
 //! respect to θ (implicit and sliced score matching, energy models) runs inside
-//! [`crate::autodiff::exact_higher_order`], where `Mlp` takes candle's path,
+//! [`scoregen_core::autodiff::exact_higher_order`], where `Mlp` takes candle's path,
 //! exact to every order.
 //!
 //! Written by hand because no crate fuses an MLP's backward for candle; the
@@ -613,7 +613,7 @@ mod tests {
         let dev = Device::Cpu;
         let dims = Dims { d: 3, e: 4, width: 16, hidden: 2, out: 3 };
         let n = 37;
-        let mut rng = crate::rng::Rng::new(5, 0);
+        let mut rng = scoregen_core::rng::Rng::new(5, 0);
         let theta =
             Var::from_tensor(&rng.randn(dims.params(), DType::F32, &dev).unwrap().affine(0.4, 0.0).unwrap()).unwrap();
         for shared in [false, true] {
@@ -660,11 +660,11 @@ mod tests {
     fn constant_parameters_give_the_same_input_gradient() {
         let dev = Device::Cpu;
         let dims = Dims { d: 2, e: 6, width: 12, hidden: 2, out: 2 };
-        let mut rng = crate::rng::Rng::new(9, 0);
+        let mut rng = scoregen_core::rng::Rng::new(9, 0);
         let theta = Var::from_tensor(&rng.randn(dims.params(), DType::F32, &dev).unwrap()).unwrap();
         let a = Var::from_tensor(&rng.randn((20, dims.input()), DType::F32, &dev).unwrap()).unwrap();
-        let tracked = crate::autodiff::grad(&mlp(a.as_tensor(), theta.as_tensor(), dims).unwrap(), &a).unwrap();
-        let constant = crate::autodiff::grad(&mlp(a.as_tensor(), &theta.as_tensor().detach(), dims).unwrap(), &a);
+        let tracked = scoregen_core::autodiff::grad(&mlp(a.as_tensor(), theta.as_tensor(), dims).unwrap(), &a).unwrap();
+        let constant = scoregen_core::autodiff::grad(&mlp(a.as_tensor(), &theta.as_tensor().detach(), dims).unwrap(), &a);
         let diff = (tracked - constant.unwrap()).unwrap().abs().unwrap().max_all().unwrap();
         assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
         // nothing tracked (sampling): the activations stay in scratch, same outputs
@@ -682,8 +682,8 @@ mod tests {
         let theta = Var::from_tensor(&Tensor::ones(dims.params(), DType::F32, &dev).unwrap()).unwrap();
         let x = Var::from_tensor(&Tensor::ones((3, 2), DType::F32, &dev).unwrap()).unwrap();
         let s = mlp(x.as_tensor(), theta.as_tensor(), dims).unwrap();
-        let gx = crate::autodiff::grad(&s, &x).unwrap();
-        let err = crate::autodiff::backward(&gx.sqr().unwrap().sum_all().unwrap()).unwrap_err().to_string();
+        let gx = scoregen_core::autodiff::grad(&s, &x).unwrap();
+        let err = scoregen_core::autodiff::backward(&gx.sqr().unwrap().sum_all().unwrap()).unwrap_err().to_string();
         assert!(err.contains("exact_higher_order"), "{err}");
     }
 }

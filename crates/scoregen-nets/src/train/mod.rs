@@ -17,15 +17,15 @@ pub use checkpoint::{Checkpoint, TrainState};
 pub use ema::Ema;
 pub use parallel::{Collective, DataParallel, Local};
 
-use crate::data::Dataset;
-use crate::error::{Error, Result};
-use crate::io::fs;
+use scoregen_core::data::Dataset;
+use scoregen_core::error::{Error, Result};
+use scoregen_core::io::fs;
 use crate::nets::{self, Model};
-use crate::objectives::Objective;
-use crate::rng::Rng;
-use crate::score::ScoreFn;
-use crate::sde::Sde;
-use crate::{autodiff, progress};
+use scoregen_core::objectives::Objective;
+use scoregen_core::rng::Rng;
+use scoregen_core::score::ScoreFn;
+use scoregen_core::sde::Sde;
+use scoregen_core::{autodiff, progress};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use std::collections::HashMap;
@@ -298,7 +298,7 @@ pub struct Trainer {
 impl Trainer {
     /// A trainer over a fresh model (parameters as initialized in `setup`).
     pub fn new(setup: TrainSetup) -> Result<Self> {
-        crate::init();
+        scoregen_core::init();
         let params = nets::named_vars(&setup.varmap);
         Ok(Self {
             adam: Adam::new(&params)?,
@@ -443,7 +443,7 @@ impl Trainer {
         };
         let mut bad_count = usize::from(bad.is_some());
         if !par.is_single() {
-            let interrupted = crate::progress::interrupted();
+            let interrupted = scoregen_core::progress::interrupted();
             let extra =
                 Tensor::new(&[loss_sum as f32, bad_count as f32, f32::from(u8::from(interrupted))], &self.device)?;
             grads.push(extra);
@@ -519,7 +519,7 @@ impl Trainer {
     /// beyond K were refused when the trainer was built).
     fn label_counts(&self) -> Option<Vec<u64>> {
         let labels = self.dataset.labels.as_ref().filter(|_| self.classes > 0)?;
-        crate::guidance::count_labels(labels, self.classes).ok()
+        scoregen_core::guidance::count_labels(labels, self.classes).ok()
     }
 
     /// The current state as a checkpoint.

@@ -23,9 +23,9 @@
 use super::kernels::groupnorm::{group_norm, GroupNorm};
 use super::unet::Conv;
 use super::{seeded_var_builder, GaussianFourier};
-use crate::error::{Error, Result as CrateResult};
-use crate::guidance::ClassPosterior;
-use crate::io::fs;
+use scoregen_core::error::{Error, Result as CrateResult};
+use scoregen_core::guidance::ClassPosterior;
+use scoregen_core::io::fs;
 use candle_core::{DType, Device, Module, Result, Tensor, Var};
 use candle_nn::{linear, Linear, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
@@ -214,7 +214,7 @@ pub struct ClassifierMeta {
     pub spec: ClassifierSpec,
     /// The data source it was trained on and its pixel scale (`symmetric` or `unit`).
     pub data: String,
-    pub scale: crate::data::PixelScale,
+    pub scale: scoregen_core::data::PixelScale,
     /// The held-out fraction of sources without their own test split.
     pub test_fraction: f64,
     pub steps: usize,
@@ -258,8 +258,8 @@ impl SavedClassifier {
         let classifier = Classifier::build(&varmap, &meta.spec, device)?;
         let path = dir.join(WEIGHTS);
         // Parsed, float-only and finite-checked like a checkpoint's tensors.
-        let tensors = crate::io::safetensors::read_tensors(&path)?;
-        crate::io::safetensors::assign(&super::named_vars(&varmap), &tensors, &path)?;
+        let tensors = scoregen_core::io::safetensors::read_tensors(&path)?;
+        scoregen_core::io::safetensors::assign(&super::named_vars(&varmap), &tensors, &path)?;
         Ok(Self { classifier, varmap, meta })
     }
 }
@@ -280,7 +280,7 @@ impl ClassPosterior for Classifier {
         }
         let leaf = Var::from_tensor(&x.detach())?;
         let logp = self.log_posteriors(leaf.as_tensor(), t)?.narrow(1, y, 1)?;
-        Ok(crate::autodiff::grad_wrt(&logp, leaf.as_tensor())?.detach())
+        Ok(scoregen_core::autodiff::grad_wrt(&logp, leaf.as_tensor())?.detach())
     }
 }
 
@@ -383,7 +383,7 @@ mod tests {
         let meta = ClassifierMeta {
             spec: s.clone(),
             data: "digits".into(),
-            scale: crate::data::PixelScale::Symmetric,
+            scale: scoregen_core::data::PixelScale::Symmetric,
             test_fraction: 0.1,
             steps: 0,
             test_accuracy: 0.0,

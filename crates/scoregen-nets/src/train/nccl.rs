@@ -13,7 +13,7 @@
 
 use super::mpi::Mpi;
 use super::parallel::Collective;
-use crate::error::{Error, Result};
+use scoregen_core::error::{Error, Result};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::nccl::{Comm, Id, ReduceOp};
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};

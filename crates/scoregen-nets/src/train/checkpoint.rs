@@ -11,10 +11,10 @@
 //! file, so a checkpoint damaged after it was written (a bad disk, a stray
 //! edit) is detected on load instead of resuming from wrong numbers.
 
-use crate::error::{Error, Result};
-use crate::io::fs;
-pub use crate::io::safetensors::{assign, check_tensors, read_tensors};
-use crate::rng::RngState;
+use scoregen_core::error::{Error, Result};
+use scoregen_core::io::fs;
+pub use scoregen_core::io::safetensors::{assign, check_tensors, read_tensors};
+use scoregen_core::rng::RngState;
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

@@ -7,7 +7,7 @@
 //! network, the loss, each parameter's gradient and each parameter after the
 //! update. The first non-finite one is named.
 
-use crate::score::ScoreFn;
+use scoregen_core::score::ScoreFn;
 use candle_core::{DType, Result, Tensor, Var};
 use std::cell::{Cell, RefCell};
 

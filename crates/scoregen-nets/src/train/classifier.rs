@@ -5,13 +5,13 @@
 //! classifier-guidance term ∇ₓ log p_t(y | x).
 
 use super::{Adam, LrSchedule, TrainSettings};
-use crate::error::{Error, Result};
-use crate::metrics::images::{entropy, frechet_distance, histogram, median, nearest_distances, ImageReport};
+use scoregen_core::error::{Error, Result};
+use scoregen_core::metrics::images::{entropy, frechet_distance, histogram, median, nearest_distances, ImageReport};
 use crate::nets::{self, Classifier, ClassifierSpec};
-use crate::points::Points;
-use crate::rng::Rng;
-use crate::sde::Sde;
-use crate::{autodiff, progress};
+use scoregen_core::points::Points;
+use scoregen_core::rng::Rng;
+use scoregen_core::sde::Sde;
+use scoregen_core::{autodiff, progress};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use std::sync::Arc;
@@ -286,7 +286,7 @@ pub fn image_report(samples: &Points, train: &Labelled, test: &Labelled, clf: &C
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sde::VpSde;
+    use scoregen_core::sde::VpSde;
 
     /// Two well-separated 2-D Gaussian classes: a clean classifier separates
     /// them almost perfectly (Bayes error Φ(−3) ≈ 0.13 %), a noise-aware one

@@ -252,7 +252,7 @@ mod tests {
         let mut adam = Adam::new(&params).unwrap();
         for i in 0..2000 {
             let loss = (p.as_tensor() - &c).unwrap().sqr().unwrap().sum_all().unwrap().affine(0.5, 0.0).unwrap();
-            let g = Adam::gradients(&params, &crate::autodiff::backward(&loss).unwrap()).unwrap();
+            let g = Adam::gradients(&params, &scoregen_core::autodiff::backward(&loss).unwrap()).unwrap();
             adam.step(&params, g, 0.01, 0.0).unwrap();
             if i == 0 {
                 let v = p.as_tensor().to_vec1::<f64>().unwrap();

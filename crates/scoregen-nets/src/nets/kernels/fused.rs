@@ -13,7 +13,7 @@
 //! is elementwise, the GEMMs are candle's.
 //!
 //! These ops have CPU kernels only. On any other device (a GPU), and on the
-//! CPU with `SCOREGEN_FUSED=0` ([`crate::autodiff::cpu_ops_allowed`]), each
+//! CPU with `SCOREGEN_FUSED=0` ([`scoregen_core::autodiff::cpu_ops_allowed`]), each
 //! public function here computes the same function with candle's own ops,
 //! which are exact to every order as well.
 
@@ -526,7 +526,7 @@ pub fn im2col(x: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
     if k.is_multiple_of(2) || !(stride == 1 || stride == 2) || !h.is_multiple_of(stride) || !w.is_multiple_of(stride) {
         candle_core::bail!("im2col: needs odd k, stride 1 or 2 dividing H×W, got k={k} stride={stride} on {h}×{w}");
     }
-    if !crate::autodiff::cpu_ops_allowed(x.device()) {
+    if !scoregen_core::autodiff::cpu_ops_allowed(x.device()) {
         return im2col_candle(x, k, stride);
     }
     x.contiguous()?.apply_op1(Im2col { g: Patches::new(n, (c, h, w), k, stride), ones: true })
@@ -640,7 +640,7 @@ impl CustomOp1 for SumPool2 {
 /// one small convolution per channel); linear, so exact to every order.
 pub fn upsample2(x: &Tensor) -> Result<Tensor> {
     x.dims4()?;
-    if !crate::autodiff::cpu_ops_allowed(x.device()) {
+    if !scoregen_core::autodiff::cpu_ops_allowed(x.device()) {
         return upsample2_candle(x);
     }
     x.contiguous()?.apply_op1(Upsample2)
@@ -701,7 +701,7 @@ impl SharedMut {
 
 /// silu(x) = x·σ(x), fused (see the module docs).
 pub fn silu(x: &Tensor) -> Result<Tensor> {
-    if !crate::autodiff::cpu_ops_allowed(x.device()) {
+    if !scoregen_core::autodiff::cpu_ops_allowed(x.device()) {
         return x.silu();
     }
     x.contiguous()?.apply_op1(Silu)
@@ -709,7 +709,7 @@ pub fn silu(x: &Tensor) -> Result<Tensor> {
 
 /// g·silu′(x), fused: the backward of [`silu`].
 pub fn silu_grad(x: &Tensor, g: &Tensor) -> Result<Tensor> {
-    if !crate::autodiff::cpu_ops_allowed(x.device()) {
+    if !scoregen_core::autodiff::cpu_ops_allowed(x.device()) {
         return silu_grad_candle(x, g);
     }
     x.contiguous()?.apply_op2(&g.contiguous()?, SiluGrad)
@@ -726,7 +726,7 @@ pub fn add_bias(y: &Tensor, b: &Tensor) -> Result<Tensor> {
     if y.rank() != 2 || b.elem_count() != y.dim(1)? {
         candle_core::bail!("add_bias: expected y [N, C] and b [C], got {:?} and {:?}", y.shape(), b.shape());
     }
-    if !crate::autodiff::cpu_ops_allowed(y.device()) {
+    if !scoregen_core::autodiff::cpu_ops_allowed(y.device()) {
         return add_bias_candle(y, b);
     }
     y.contiguous()?.apply_op2(&b.contiguous()?, AddBias)
@@ -749,7 +749,7 @@ pub fn linear(x: &Tensor, layer: &candle_nn::Linear) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::autodiff;
+    use scoregen_core::autodiff;
     use candle_core::{Device, Var};
 
     fn close(a: &Tensor, b: &Tensor, tol: f64) {

@@ -7,7 +7,7 @@
 //! call fails, and `mpirun` ends it when one process dies, naming that rank.
 
 use super::parallel::{flatten_f32, unflatten_f32, Collective};
-use crate::error::{Error, Result};
+use scoregen_core::error::{Error, Result};
 use candle_core::Tensor;
 use mpi::collective::{CommunicatorCollectives, SystemOperation};
 use mpi::environment::Universe;

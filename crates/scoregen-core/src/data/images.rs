@@ -1,5 +1,5 @@
 //! Image data sets: scikit-learn's 8×8 `digits` and the 5,000-image `mnist5k`
-//! subset (both vendored, see `crates/scoregen/data/README.md`), Fashion-MNIST
+//! subset (both vendored, see `crates/scoregen-core/data/README.md`), Fashion-MNIST
 //! from the Debian package, any IDX pair and any folder of PNGs.
 //!
 //! Images are kept as f32 in [0, 1], shape [N, C, H, W] row-major, with their

@@ -41,7 +41,7 @@
 //!
 //! **First order only**, like [`super::dense`]: the gradients come from an op
 //! that refuses to be differentiated again. Inside
-//! [`crate::autodiff::exact_higher_order`], and for f64, the U-Net takes the
+//! [`scoregen_core::autodiff::exact_higher_order`], and for f64, the U-Net takes the
 //! im2col + matmul path in candle ops instead.
 //!
 //! Written by hand because candle's CPU convolution backward is a transposed
@@ -833,7 +833,7 @@ mod tests {
 
     fn conv2d_case(grouping: (usize, usize)) {
         let dev = Device::Cpu;
-        let mut rng = crate::rng::Rng::new(11, 0);
+        let mut rng = scoregen_core::rng::Rng::new(11, 0);
         let (n, cin, cout) = (5, 3, 4);
         let cases = [(3, 1, false), (3, 2, false), (1, 1, false), (3, 1, true), (1, 1, true)];
         for ((k, stride, residual), side) in cases.into_iter().flat_map(|c| [2, 4, 6, 8, 10, 14, 20].map(|s| (c, s))) {
@@ -888,7 +888,7 @@ mod tests {
 
     fn folded_group_norm_case(recompute: bool, grouping: (usize, usize)) {
         let dev = Device::Cpu;
-        let mut rng = crate::rng::Rng::new(13, 0);
+        let mut rng = scoregen_core::rng::Rng::new(13, 0);
         let (n, cin, cout, groups) = (5, 4, 3, 2);
         let gamma = Var::from_tensor(&rng.randn(cin, DType::F32, &dev).unwrap()).unwrap();
         let beta = Var::from_tensor(&rng.randn(cin, DType::F32, &dev).unwrap()).unwrap();
@@ -941,14 +941,14 @@ mod tests {
     #[test]
     fn constant_weights_give_the_same_input_gradient() {
         let dev = Device::Cpu;
-        let mut rng = crate::rng::Rng::new(12, 0);
+        let mut rng = scoregen_core::rng::Rng::new(12, 0);
         let x = Var::from_tensor(&rng.randn((3, 2, 6, 6), DType::F32, &dev).unwrap()).unwrap();
         let w = Var::from_tensor(&rng.randn((4, 18), DType::F32, &dev).unwrap()).unwrap();
         let c = rng.randn((3, 4), DType::F32, &dev).unwrap();
         let weights = rng.randn((3, 4, 6, 6), DType::F32, &dev).unwrap();
         let dx = |w: &Tensor| {
             let y = conv2d(x.as_tensor(), w, &c, 3, 1, None).unwrap();
-            crate::autodiff::grad(&(y * &weights).unwrap(), &x).unwrap()
+            scoregen_core::autodiff::grad(&(y * &weights).unwrap(), &x).unwrap()
         };
         assert_eq!(max_diff(&dx(w.as_tensor()), &dx(&w.as_tensor().detach())), 0.0);
     }
@@ -961,8 +961,8 @@ mod tests {
         let w = Var::from_tensor(&Tensor::ones((2, 9), DType::F32, &dev).unwrap()).unwrap();
         let c = Tensor::zeros((2, 2), DType::F32, &dev).unwrap();
         let y = conv2d(x.as_tensor(), w.as_tensor(), &c, 3, 1, None).unwrap();
-        let gx = crate::autodiff::grad(&y.sqr().unwrap(), &x).unwrap();
-        let err = crate::autodiff::backward(&gx.sqr().unwrap().sum_all().unwrap()).unwrap_err().to_string();
+        let gx = scoregen_core::autodiff::grad(&y.sqr().unwrap(), &x).unwrap();
+        let err = scoregen_core::autodiff::backward(&gx.sqr().unwrap().sum_all().unwrap()).unwrap_err().to_string();
         assert!(err.contains("exact_higher_order"), "{err}");
     }
 }

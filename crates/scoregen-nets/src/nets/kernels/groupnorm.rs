@@ -16,7 +16,7 @@
 //! goes through candle's strided reductions.
 //!
 //! **First order only**, like [`super::dense`]; inside
-//! [`crate::autodiff::exact_higher_order`], and for f64, [`GroupNorm`] is
+//! [`scoregen_core::autodiff::exact_higher_order`], and for f64, [`GroupNorm`] is
 //! candle-nn's, exact to every order.
 
 use super::fused::{exp_f32, par_ranges, refuse_second_order, slice, SharedMut};
@@ -73,7 +73,7 @@ impl GroupNorm {
     /// [`super::conv::conv2d_normed`]): γ and β detached when they are
     /// constants (frozen here, `constant` for the caller).
     pub(crate) fn folded(&self, constant: bool) -> (Tensor, Tensor, usize, f64) {
-        let (gamma, beta) = if constant || self.frozen || crate::autodiff::parameters_constant() {
+        let (gamma, beta) = if constant || self.frozen || scoregen_core::autodiff::parameters_constant() {
             (self.weight.detach(), self.bias.detach())
         } else {
             (self.weight.clone(), self.bias.clone())
@@ -81,13 +81,13 @@ impl GroupNorm {
         (gamma, beta, self.groups, self.eps)
     }
 
-    /// The fused op: f32 on the CPU outside [`crate::autodiff::exact_higher_order`].
+    /// The fused op: f32 on the CPU outside [`scoregen_core::autodiff::exact_higher_order`].
     fn fused(&self, x: &Tensor, silu: bool) -> Result<Option<Tensor>> {
-        if !crate::autodiff::fused_kernels_allowed(x.device()) || x.dtype() != DType::F32 {
+        if !scoregen_core::autodiff::fused_kernels_allowed(x.device()) || x.dtype() != DType::F32 {
             return Ok(None);
         }
         let (mut gamma, mut beta) = (self.weight.clone(), self.bias.clone());
-        if self.frozen || crate::autodiff::parameters_constant() {
+        if self.frozen || scoregen_core::autodiff::parameters_constant() {
             (gamma, beta) = (gamma.detach(), beta.detach());
         }
         group_norm_fused(x, &gamma, &beta, self.groups, self.eps, silu).map(Some)
@@ -460,7 +460,7 @@ mod tests {
     #[test]
     fn matches_candle_nn_and_its_gradients() {
         let dev = Device::Cpu;
-        let mut rng = crate::rng::Rng::new(7, 0);
+        let mut rng = scoregen_core::rng::Rng::new(7, 0);
         let (n, c, h, w, groups) = (5, 4, 6, 6, 2);
         let x =
             Var::from_tensor(&rng.randn((n, c, h, w), DType::F32, &dev).unwrap().affine(2.0, 3.0).unwrap()).unwrap();
@@ -491,17 +491,17 @@ mod tests {
         let vm = candle_nn::VarMap::new();
         let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
         let norm = group_norm(2, 4, 1e-6, vb).unwrap();
-        let mut rng = crate::rng::Rng::new(8, 0);
+        let mut rng = scoregen_core::rng::Rng::new(8, 0);
         let x = Var::from_tensor(&rng.randn((2, 4, 3, 3), DType::F32, &dev).unwrap()).unwrap();
         let loss = |y: Tensor| y.sqr().unwrap().sum_all().unwrap();
-        let exact = crate::autodiff::exact_higher_order(|| {
-            let gx = crate::autodiff::grad(&norm.forward_silu(x.as_tensor()).unwrap(), &x).unwrap();
-            crate::autodiff::backward(&loss(gx)).map(|_| ())
+        let exact = scoregen_core::autodiff::exact_higher_order(|| {
+            let gx = scoregen_core::autodiff::grad(&norm.forward_silu(x.as_tensor()).unwrap(), &x).unwrap();
+            scoregen_core::autodiff::backward(&loss(gx)).map(|_| ())
         });
         assert!(exact.is_ok(), "{exact:?}");
-        let gx = crate::autodiff::grad(&norm.forward_silu(x.as_tensor()).unwrap(), &x).unwrap();
-        let outside = crate::autodiff::backward(&loss(gx));
-        if crate::autodiff::fused_kernels_allowed(&dev) {
+        let gx = scoregen_core::autodiff::grad(&norm.forward_silu(x.as_tensor()).unwrap(), &x).unwrap();
+        let outside = scoregen_core::autodiff::backward(&loss(gx));
+        if scoregen_core::autodiff::fused_kernels_allowed(&dev) {
             let err = outside.unwrap_err().to_string();
             assert!(err.contains("exact_higher_order"), "{err}");
         } else {

@@ -1,6 +1,6 @@
 //! Score networks. A [`Network`] maps (x, t) to a tensor shaped like x; how
 //! that output becomes a score (directly, or divided by the marginal std) is
-//! decided in [`NetScore`] by its [`crate::score::Head`].
+//! decided in [`NetScore`] by its [`scoregen_core::score::Head`].
 
 pub mod classifier;
 pub mod embedding;
@@ -58,9 +58,9 @@ impl Network for Labeled<'_> {
     }
 }
 
-use crate::guidance::{ConditionalScore, Labels};
-use crate::score::{Head, LogDensity, ScoreFn};
-use crate::sde::Sde;
+use scoregen_core::guidance::{ConditionalScore, Labels};
+use scoregen_core::score::{Head, LogDensity, ScoreFn};
+use scoregen_core::sde::Sde;
 use candle_nn::VarMap;
 use std::sync::Arc;
 
@@ -206,8 +206,8 @@ pub(crate) fn assert_same_gradients(
     (rel, floor): (f32, f32),
     case: &str,
 ) {
-    let g1 = crate::autodiff::backward(&(ours * w).unwrap().sum_all().unwrap()).unwrap();
-    let g2 = crate::autodiff::backward(&(theirs * w).unwrap().sum_all().unwrap()).unwrap();
+    let g1 = scoregen_core::autodiff::backward(&(ours * w).unwrap().sum_all().unwrap()).unwrap();
+    let g2 = scoregen_core::autodiff::backward(&(theirs * w).unwrap().sum_all().unwrap()).unwrap();
     for (name, v) in vars {
         let (a, b) = (g1.get(v).unwrap(), g2.get(v).unwrap());
         let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();

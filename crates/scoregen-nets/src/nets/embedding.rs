@@ -1,7 +1,7 @@
 //! Gaussian Fourier features of time (Tancik et al. 2020; score_sde's
 //! `GaussianFourierProjection`).
 
-use crate::rng::Rng;
+use scoregen_core::rng::Rng;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{embedding, Embedding, VarBuilder};
 use std::f64::consts::PI;

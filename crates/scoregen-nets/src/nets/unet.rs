@@ -6,7 +6,7 @@
 
 use super::kernels::groupnorm::{group_norm, GroupNorm};
 use super::{ClassEmbedding, GaussianFourier, Network};
-use crate::error::{Error, Result as CrateResult};
+use scoregen_core::error::{Error, Result as CrateResult};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{linear, Linear, VarBuilder};
 
@@ -109,7 +109,7 @@ impl Conv {
     /// (a residual block's time embedding) added to the layer's own, and a
     /// residual r of the output's shape with its scale s (none: r = 0, s = 1).
     ///
-    /// f32 on the CPU outside [`crate::autodiff::exact_higher_order`], one fused
+    /// f32 on the CPU outside [`scoregen_core::autodiff::exact_higher_order`], one fused
     /// op ([`super::kernels::conv`]); otherwise im2col and a matmul in candle ops, exact to every order.
     pub(crate) fn forward_with(
         &self,
@@ -132,9 +132,9 @@ impl Conv {
     ) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
         let cout = self.weight.dim(0)?;
-        if crate::autodiff::fused_kernels_allowed(x.device()) && x.dtype() == DType::F32 {
+        if scoregen_core::autodiff::fused_kernels_allowed(x.device()) && x.dtype() == DType::F32 {
             let (mut weight, mut bias) = (self.weight.reshape((cout, c * self.k * self.k))?, self.bias.clone());
-            let constant = self.frozen || crate::autodiff::parameters_constant();
+            let constant = self.frozen || scoregen_core::autodiff::parameters_constant();
             if constant {
                 (weight, bias) = (weight.detach(), bias.detach());
             }
@@ -469,7 +469,7 @@ impl Network for UNet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::autodiff;
+    use scoregen_core::autodiff;
     use candle_nn::VarMap;
 
     fn small(attention: bool) -> UNetConfig {
@@ -485,7 +485,7 @@ mod tests {
     }
 
     fn batch(n: usize, d: usize) -> (Tensor, Tensor) {
-        let mut rng = crate::rng::Rng::new(3, 0);
+        let mut rng = scoregen_core::rng::Rng::new(3, 0);
         let x: Vec<f32> = (0..n * d).map(|_| rng.normal() as f32).collect();
         let t: Vec<f32> = (0..n).map(|i| (i as f32 + 0.5) / n as f32).collect();
         (Tensor::from_vec(x, (n, d), &Device::Cpu).unwrap(), Tensor::from_vec(t, n, &Device::Cpu).unwrap())
@@ -543,7 +543,7 @@ mod tests {
     fn fused_path_matches_candles_ops_on_every_gradient() {
         let vm = VarMap::new();
         let net = UNet::build(&vm, &small(true), 0, &Device::Cpu).unwrap();
-        let mut rng = crate::rng::Rng::new(5, 0);
+        let mut rng = scoregen_core::rng::Rng::new(5, 0);
         let vars = super::super::named_vars(&vm);
         for (name, v) in &vars {
             if name.contains("norm") {
@@ -583,7 +583,7 @@ mod tests {
         // Freezing is the fused kernels' saving (no activations, no dW); on
         // candle's ops (SCOREGEN_FUSED=0, a GPU) the graph stays and only the
         // values below must agree.
-        if crate::autodiff::fused_kernels_allowed(&Device::Cpu) {
+        if scoregen_core::autodiff::fused_kernels_allowed(&Device::Cpu) {
             assert!(!y_frozen.track_op(), "a frozen net tracks nothing when x is constant");
         }
         assert_eq!(crate::nets::max_diff(&y, &y_frozen), 0.0);

@@ -125,7 +125,7 @@ impl Mlp {
             Embed::None => None,
             Embed::Fourier(f) => Some(f.forward(t)?.to_dtype(dtype)?),
             Embed::Levels(table, l) => {
-                let ids: Vec<u32> = crate::sde::times(t)?
+                let ids: Vec<u32> = scoregen_core::sde::times(t)?
                     .iter()
                     .map(|&t| (t * (*l - 1) as f64).round().clamp(0.0, (*l - 1) as f64) as u32)
                     .collect();
@@ -163,12 +163,12 @@ impl Network for Mlp {
 
 impl Mlp {
     /// The whole network as one fused op ([`dense`]) on a = [x, e]: f32 on
-    /// the CPU, outside [`crate::autodiff::exact_higher_order`]; `None` when
+    /// the CPU, outside [`scoregen_core::autodiff::exact_higher_order`]; `None` when
     /// those do not hold (candle's ops then run the same network). θ is the
     /// parameters concatenated in [`dense::Dims`]'s order; the hidden and time
     /// biases enter as their sum.
     fn fused(&self, a: &Tensor, d: usize) -> Result<Option<Tensor>> {
-        if !crate::autodiff::fused_kernels_allowed(a.device()) || a.dtype() != DType::F32 {
+        if !scoregen_core::autodiff::fused_kernels_allowed(a.device()) || a.dtype() != DType::F32 {
             return Ok(None);
         }
         let bias = |layer: &Linear| layer.bias().cloned();
@@ -191,7 +191,7 @@ impl Mlp {
         parts.push(self.output.weight().flatten_all());
         parts.push(Ok(bo));
         let mut theta = Tensor::cat(&parts.into_iter().collect::<Result<Vec<_>>>()?, 0)?;
-        if self.frozen || crate::autodiff::parameters_constant() {
+        if self.frozen || scoregen_core::autodiff::parameters_constant() {
             // only evaluated: no activations kept unless x is tracked, and a
             // likelihood's ∇ₓ skips every ∂/∂θ GEMM
             theta = theta.detach();
@@ -242,7 +242,7 @@ impl Mlp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::autodiff;
+    use scoregen_core::autodiff;
     use candle_nn::VarMap;
 
     /// The fused op ([`dense`]) and candle's ops run the same network: equal
@@ -267,7 +267,7 @@ mod tests {
             if classes > 0 {
                 net = net.with_classes(crate::nets::seeded_var_builder(&vm, 8, DType::F32, &dev), classes).unwrap();
             }
-            let mut rng = crate::rng::Rng::new(i as u64, 1);
+            let mut rng = scoregen_core::rng::Rng::new(i as u64, 1);
             let x = candle_core::Var::from_tensor(&rng.randn((33, 2), DType::F32, &dev).unwrap()).unwrap();
             let t = rng.rand_uniform(33, 0.0, 1.0, DType::F32, &dev).unwrap();
             let w = rng.randn((33, 2), DType::F32, &dev).unwrap();
