@@ -23,11 +23,11 @@
 use super::kernels::groupnorm::{group_norm, GroupNorm};
 use super::unet::Conv;
 use super::{seeded_var_builder, GaussianFourier};
+use candle_core::{DType, Device, Module, Result, Tensor, Var};
+use candle_nn::{linear, Linear, VarBuilder, VarMap};
 use scoregen_core::error::{Error, Result as CrateResult};
 use scoregen_core::guidance::ClassPosterior;
 use scoregen_core::io::fs;
-use candle_core::{DType, Device, Module, Result, Tensor, Var};
-use candle_nn::{linear, Linear, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 

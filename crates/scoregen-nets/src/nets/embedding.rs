@@ -1,9 +1,9 @@
 //! Gaussian Fourier features of time (Tancik et al. 2020; score_sde's
 //! `GaussianFourierProjection`).
 
-use scoregen_core::rng::Rng;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{embedding, Embedding, VarBuilder};
+use scoregen_core::rng::Rng;
 use std::f64::consts::PI;
 
 /// γ(t) = [sin(2π W t), cos(2π W t)] with fixed W_j ~ N(0, scale²).

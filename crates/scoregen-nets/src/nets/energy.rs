@@ -3,9 +3,9 @@
 //! again with respect to θ for training).
 
 use super::{Conditioning, Mlp, MlpConfig, Network};
+use candle_core::{Result, Tensor, Var};
 use scoregen_core::autodiff;
 use scoregen_core::score::ScoreFn;
-use candle_core::{Result, Tensor, Var};
 
 /// f_θ(x): an MLP with one output (unconditional by default).
 pub struct EnergyMlp {

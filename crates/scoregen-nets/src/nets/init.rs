@@ -6,11 +6,11 @@
 //! draws from our seeded [`Rng`], in construction order, and registers every
 //! variable in a `VarMap` (whose names become the safetensors names).
 
-use scoregen_core::rng::Rng;
 use candle_core::{DType, Device, Result, Shape, Tensor, Var};
 use candle_nn::init::NormalOrUniform;
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder, VarMap};
+use scoregen_core::rng::Rng;
 use std::sync::Mutex;
 
 struct SeededBackend {

@@ -242,8 +242,8 @@ impl Mlp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use scoregen_core::autodiff;
     use candle_nn::VarMap;
+    use scoregen_core::autodiff;
 
     /// The fused op ([`dense`]) and candle's ops run the same network: equal
     /// outputs and equal gradients for every parameter and for x (f32

@@ -58,10 +58,10 @@ impl Network for Labeled<'_> {
     }
 }
 
+use candle_nn::VarMap;
 use scoregen_core::guidance::{ConditionalScore, Labels};
 use scoregen_core::score::{Head, LogDensity, ScoreFn};
 use scoregen_core::sde::Sde;
-use candle_nn::VarMap;
 use std::sync::Arc;
 
 /// A trained or training model: a direct score network or an energy.

@@ -6,9 +6,9 @@
 
 use super::kernels::groupnorm::{group_norm, GroupNorm};
 use super::{ClassEmbedding, GaussianFourier, Network};
-use scoregen_core::error::{Error, Result as CrateResult};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{linear, Linear, VarBuilder};
+use scoregen_core::error::{Error, Result as CrateResult};
 
 /// Channels, depth and embedding of a [`UNet`].
 #[derive(Debug, Clone, PartialEq)]
@@ -469,8 +469,8 @@ impl Network for UNet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use scoregen_core::autodiff;
     use candle_nn::VarMap;
+    use scoregen_core::autodiff;
 
     fn small(attention: bool) -> UNetConfig {
         UNetConfig {

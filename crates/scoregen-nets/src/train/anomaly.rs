@@ -7,8 +7,8 @@
 //! network, the loss, each parameter's gradient and each parameter after the
 //! update. The first non-finite one is named.
 
-use scoregen_core::score::ScoreFn;
 use candle_core::{DType, Result, Tensor, Var};
+use scoregen_core::score::ScoreFn;
 use std::cell::{Cell, RefCell};
 
 /// True when every entry of `t` is finite: x − x is 0 for finite x and NaN

@@ -11,11 +11,11 @@
 //! file, so a checkpoint damaged after it was written (a bad disk, a stray
 //! edit) is detected on load instead of resuming from wrong numbers.
 
+use candle_core::{Tensor, Var};
 use scoregen_core::error::{Error, Result};
 use scoregen_core::io::fs;
 pub use scoregen_core::io::safetensors::{assign, check_tensors, read_tensors};
 use scoregen_core::rng::RngState;
-use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;

@@ -5,15 +5,15 @@
 //! classifier-guidance term ∇ₓ log p_t(y | x).
 
 use super::{Adam, LrSchedule, TrainSettings};
+use crate::nets::{self, Classifier, ClassifierSpec};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
 use scoregen_core::error::{Error, Result};
 use scoregen_core::metrics::images::{entropy, frechet_distance, histogram, median, nearest_distances, ImageReport};
-use crate::nets::{self, Classifier, ClassifierSpec};
 use scoregen_core::points::Points;
 use scoregen_core::rng::Rng;
 use scoregen_core::sde::Sde;
 use scoregen_core::{autodiff, progress};
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarMap;
 use std::sync::Arc;
 
 /// Points with one class label each.

@@ -7,11 +7,11 @@
 //! call fails, and `mpirun` ends it when one process dies, naming that rank.
 
 use super::parallel::{flatten_f32, unflatten_f32, Collective};
-use scoregen_core::error::{Error, Result};
 use candle_core::Tensor;
 use mpi::collective::{CommunicatorCollectives, SystemOperation};
 use mpi::environment::Universe;
 use mpi::topology::{Communicator, SimpleCommunicator};
+use scoregen_core::error::{Error, Result};
 
 /// `MPI_COMM_WORLD` of an initialized MPI; finalizes MPI when dropped.
 pub struct Mpi {

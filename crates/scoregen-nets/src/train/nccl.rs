@@ -13,10 +13,10 @@
 
 use super::mpi::Mpi;
 use super::parallel::Collective;
-use scoregen_core::error::{Error, Result};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::nccl::{Comm, Id, ReduceOp};
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
+use scoregen_core::error::{Error, Result};
 use std::rc::Rc;
 
 /// NCCL over the ranks of an MPI job, one GPU per rank.

@@ -19,9 +19,9 @@
 //! One process with `--shards S` computes the same global batch as S
 //! processes (gradient accumulation), to float round-off.
 
+use candle_core::{DType, Tensor};
 use scoregen_core::error::{Error, Result};
 use scoregen_core::rng::Rng;
-use candle_core::{DType, Tensor};
 use sha2::{Digest, Sha256};
 use std::rc::Rc;
 

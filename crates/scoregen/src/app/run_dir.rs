@@ -67,4 +67,3 @@ pub fn training_points(cfg: &RunConfig) -> Result<Points> {
     let opts = cfg.data.image_options();
     Ok(data::load_with(&cfg.data.source, cfg.data.n_train, &mut Rng::new(cfg.seed, streams::DATA), &opts)?.points)
 }
-

@@ -664,7 +664,8 @@ mod tests {
         let theta = Var::from_tensor(&rng.randn(dims.params(), DType::F32, &dev).unwrap()).unwrap();
         let a = Var::from_tensor(&rng.randn((20, dims.input()), DType::F32, &dev).unwrap()).unwrap();
         let tracked = scoregen_core::autodiff::grad(&mlp(a.as_tensor(), theta.as_tensor(), dims).unwrap(), &a).unwrap();
-        let constant = scoregen_core::autodiff::grad(&mlp(a.as_tensor(), &theta.as_tensor().detach(), dims).unwrap(), &a);
+        let constant =
+            scoregen_core::autodiff::grad(&mlp(a.as_tensor(), &theta.as_tensor().detach(), dims).unwrap(), &a);
         let diff = (tracked - constant.unwrap()).unwrap().abs().unwrap().max_all().unwrap();
         assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
         // nothing tracked (sampling): the activations stay in scratch, same outputs

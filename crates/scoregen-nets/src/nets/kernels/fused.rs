@@ -749,8 +749,8 @@ pub fn linear(x: &Tensor, layer: &candle_nn::Linear) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use scoregen_core::autodiff;
     use candle_core::{Device, Var};
+    use scoregen_core::autodiff;
 
     fn close(a: &Tensor, b: &Tensor, tol: f64) {
         let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
