@@ -442,7 +442,7 @@ fn values_of(cli: &crate::Cli) {
         _ => {}
     }
     for s in ["pc", "x", ""] {
-        let _ = scoregen::samplers::SamplerKind::parse(s);
+        let _ = <scoregen::samplers::SamplerKind as scoregen::named::Named>::parse(s);
     }
 }
 

@@ -74,6 +74,20 @@ enum Command {
     Quickstart(commands::quickstart::Args),
 }
 
+/// The error chain as one line, a setting named by its flag: the library
+/// names a setting by its config key (`sampling.sampler: …`), the command line
+/// by the flag that sets it (`--sampler (sampling.sampler): …`).
+fn spelled(e: &anyhow::Error) -> String {
+    let text = format!("{e:#}");
+    match e.downcast_ref::<scoregen::Error>().and_then(|e| e.setting()) {
+        Some((key, message)) => {
+            let flag = key.rsplit('.').next().unwrap_or(key).replace('_', "-");
+            text.replace(&format!("{key}: {message}"), &format!("--{flag} ({key}): {message}"))
+        }
+        None => text,
+    }
+}
+
 fn main() -> ExitCode {
     // Die quietly on a closed pipe (`scoregen … | head`) like other Unix tools,
     // instead of panicking in println!.
@@ -97,7 +111,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One write, so the lines of several processes (mpirun) do not interleave.
-            let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("error: {e:#}\n").as_bytes());
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("error: {}\n", spelled(&e)).as_bytes());
             // 128 + SIGINT, as a shell reports a process stopped by Ctrl-C.
             if scoregen::progress::interrupted() {
                 ExitCode::from(130)

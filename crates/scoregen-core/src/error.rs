@@ -18,6 +18,11 @@ pub enum Error {
     /// A user-facing argument is invalid.
     #[error("{0}")]
     Invalid(String),
+    /// A setting cannot take its value here, named by its config key
+    /// (`sampling.sampler`); each front end shows the key in its own spelling
+    /// (the CLI's `--sampler`, Python's `sampler=`) through [`Error::setting`].
+    #[error("{key}: {message}")]
+    Setting { key: &'static str, message: String },
     /// Training produced a non-finite loss or gradient.
     #[error("non-finite {what} at step {step}; last good checkpoint: {checkpoint}")]
     NonFinite { what: String, step: usize, checkpoint: String },
@@ -31,6 +36,14 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// The config key and message of a [`Error::Setting`], for a front end to
+    /// print with its own spelling of the key.
+    pub fn setting(&self) -> Option<(&'static str, &str)> {
+        match self {
+            Error::Setting { key, message } => Some((key, message)),
+            _ => None,
+        }
+    }
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), error: source }
     }

@@ -20,6 +20,7 @@ pub mod guidance;
 pub mod io;
 pub mod likelihood;
 pub mod metrics;
+pub mod named;
 pub mod objectives;
 pub mod oracle;
 pub mod points;

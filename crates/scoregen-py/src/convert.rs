@@ -123,6 +123,10 @@ pub fn error(e: scoregen::Error) -> PyErr {
             PyFileNotFoundError::new_err(e.to_string())
         }
         scoregen::Error::Interrupted(_) => PyKeyboardInterrupt::new_err(e.to_string()),
+        // a setting by its keyword: `sampler: …` where the library says `sampling.sampler: …`
+        scoregen::Error::Setting { key, message } => {
+            PyValueError::new_err(format!("{}: {message}", key.rsplit('.').next().unwrap_or(key)))
+        }
         _ => PyValueError::new_err(e.to_string()),
     }
 }

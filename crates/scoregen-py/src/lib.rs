@@ -844,10 +844,11 @@ fn evaluate_json(py: Python<'_>, samples: &Bound<'_, PyAny>, target: &Bound<'_, 
     serde_json::to_string(&ev).map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
-/// The names of every sampler the dispatcher knows.
+/// The names of every sampler, from the sampler table.
 #[pyfunction]
-fn sampler_names() -> Vec<String> {
-    SamplerKind::NAMES.split(", ").map(String::from).collect()
+fn sampler_names() -> Vec<&'static str> {
+    use scoregen::named::Named;
+    SamplerKind::names()
 }
 
 #[pymodule]

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 const CORE: &[&str] = &[
     // foundation
     "error",
+    "named",
     "device",
     "points",
     "rng",

@@ -45,12 +45,10 @@ pub struct Args {
 // The sampler and its settings; each one given overrides the run's config.
 #[derive(Debug, clap::Args)]
 struct SamplerArgs {
-    /// Sampler: em, reverse-diffusion, ancestral, pc, ode, langevin, mala, annealed-langevin,
-    /// ddpm, ddim, dpmpp-2m, heun, dpmpp-3m, dpmpp-2m-sde, euler-ancestral
-    /// (default: the config's sampling.sampler).
+    /// Sampler (default: the config's sampling.sampler; `scoregen list` describes each).
     #[arg(long)]
     sampler: Option<SamplerKind>,
-    /// Corrector before each predictor step: langevin, ald, none (default: langevin for pc, none otherwise).
+    /// Corrector before each predictor step (default: langevin for pc, none otherwise).
     #[arg(long)]
     corrector: Option<CorrectorKind>,
     /// Signal-to-noise ratio of the Langevin correctors.

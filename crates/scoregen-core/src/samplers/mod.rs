@@ -17,6 +17,7 @@ pub mod limits;
 pub mod ode;
 pub mod pc;
 pub mod predictors;
+pub mod registry;
 pub mod reverse;
 
 pub use annealed_langevin::{annealed_langevin, annealed_langevin_constrained, AnnealedOptions};
@@ -24,7 +25,7 @@ pub use correctors::{AnnealedLangevin, Corrector, LangevinCorrector, NoneCorrect
 pub use ddim::sample_ddim;
 pub use ddpm::sample_ddpm;
 pub use denoiser::{karras_sigmas, sample_sigma_steps, time_uniform_sigmas, Denoiser, ScoreDenoiser, SigmaStep};
-pub use dispatch::{CorrectorKind, SampleContext, SamplerKind, SamplerSpec};
+pub use dispatch::{SampleContext, SamplerSpec};
 pub use dpm_solver::{sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_3m};
 pub use flow::{decode, encode, interpolate, sample_ode};
 pub use grid::{grid_sigmas, Grid};
@@ -35,6 +36,7 @@ pub use ode::{OdeMethod, OdeSolution};
 pub use pc::{sample_pc, sample_pc_constrained};
 pub use predictors::{Ancestral, NonePredictor, ReverseDiffusion};
 pub use predictors::{EulerMaruyama, Predictor};
+pub use registry::{CorrectorKind, Method, Offers, SamplerInfo, SamplerKind, SAMPLERS};
 pub use reverse::ReverseSde;
 
 use crate::rng::Rng;

@@ -3,7 +3,7 @@
 //! samples by a classifier (`scoregen classify`).
 
 use crate::app::budget;
-use crate::app::config::RunConfig;
+use crate::app::config::{ObjectiveKind, RunConfig};
 use crate::app::figures::scatter;
 use crate::app::run_dir::{oracle_of, LoadedModel};
 use crate::data;
@@ -13,7 +13,7 @@ use crate::io::{fs, npy};
 use crate::points::Points;
 use crate::progress;
 use crate::rng::Rng;
-use crate::samplers::{SampleContext, SamplerKind, SamplerSpec};
+use crate::samplers::{Method, Offers, SampleContext, SamplerKind, SamplerSpec};
 use crate::train::streams;
 use crate::viz;
 use candle_core::{DType, Device, Tensor};
@@ -121,39 +121,30 @@ pub fn inpaint_run(run_dir: &Path, req: &InpaintRequest) -> Result<InpaintOutcom
         Tensor::from_vec(repeated, (n, d), &model.device)?.to_dtype(DType::F32)?,
         Tensor::from_slice(&mask, (1, d), &model.device)?.to_dtype(DType::F32)?,
     )?;
-    let kind = req.sampler.unwrap_or(match cfg.sampling.sampler {
-        k @ (SamplerKind::Em | SamplerKind::ReverseDiffusion | SamplerKind::Ancestral | SamplerKind::Pc) => k,
-        SamplerKind::AnnealedLangevin => SamplerKind::AnnealedLangevin,
-        _ => SamplerKind::Pc,
-    });
-    if !matches!(
-        kind,
-        SamplerKind::Em
-            | SamplerKind::ReverseDiffusion
-            | SamplerKind::Ancestral
-            | SamplerKind::Pc
-            | SamplerKind::AnnealedLangevin
-    ) {
-        return Err(Error::Invalid(format!(
-            "inpainting runs em, reverse-diffusion, ancestral, pc or annealed-langevin, not `{kind}`"
-        )));
-    }
+    // the run's sampler if it can hold the constraint, else pc; the sampler
+    // table's check (in `sample`) refuses one that cannot
+    let run_sampler = cfg.sampling.sampler;
+    let kind = req.sampler.unwrap_or(if run_sampler.takes_constraint() { run_sampler } else { SamplerKind::Pc });
     let steps = req.steps.unwrap_or(cfg.sampling.steps);
     let spec = SamplerSpec { kind, steps, ..cfg.sampling.spec() };
     let score = model.score();
     let start = Instant::now();
-    if kind != SamplerKind::AnnealedLangevin && cfg.objective.kind.is_noise_free(cfg.objective.sigma) {
-        return Err(Error::Invalid(
-            "this run learned a single noise level; inpainting needs a model of every level".into(),
-        ));
-    }
+    kind.check(&Offers {
+        every_level: !cfg.objective.kind.is_noise_free(cfg.objective.sigma),
+        energy: model.model.energy().is_some(),
+        ladder: cfg.objective.kind == ObjectiveKind::Ncsn,
+        constraint: true,
+    })?;
     fs::check_new_output(&req.out, req.overwrite)?;
     let ladder = cfg.ladder();
     let sde = cfg.sde();
-    let len = if kind == SamplerKind::AnnealedLangevin { spec.steps_per_level * ladder.levels() } else { steps };
+    let len = match kind.method() {
+        Method::AnnealedLangevin => spec.steps_per_level * ladder.levels(),
+        _ => steps,
+    };
     let pb = progress::bar(len, "inpaint", req.quiet);
     let ctx = SampleContext {
-        ladder: Some(&ladder),
+        ladder: (cfg.objective.kind == ObjectiveKind::Ncsn).then_some(&ladder),
         constraint: &constraint,
         device: model.device.clone(),
         ..SampleContext::new(score.as_ref(), sde.as_ref(), &pb)

@@ -13,7 +13,7 @@ use crate::oracle::GaussianMixture;
 use crate::points::Points;
 use crate::progress;
 use crate::rng::Rng;
-use crate::samplers::{Grid, SampleContext, SamplerKind, SamplerSpec};
+use crate::samplers::{Grid, SampleContext, SamplerKind, SamplerSpec, SAMPLERS};
 use crate::score::ScoreFn;
 use crate::sde::Sde;
 use candle_core::{DType, Device};
@@ -22,17 +22,11 @@ use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// The samplers of the leaderboard, in the table's order.
-pub const LEADERBOARD_SAMPLERS: [SamplerKind; 8] = [
-    SamplerKind::Em,
-    SamplerKind::Ddpm,
-    SamplerKind::EulerAncestral,
-    SamplerKind::Dpmpp2mSde,
-    SamplerKind::Ddim,
-    SamplerKind::Dpmpp2m,
-    SamplerKind::Dpmpp3m,
-    SamplerKind::Heun,
-];
+/// The samplers of the leaderboard: Euler–Maruyama, the baseline, then
+/// every σ-space solver of the sampler table, in its order.
+pub fn leaderboard_samplers() -> Vec<SamplerKind> {
+    std::iter::once(SamplerKind::Em).chain(SAMPLERS.iter().filter(|s| s.kind.is_denoiser()).map(|s| s.kind)).collect()
+}
 
 /// The grids `bench samplers` runs every σ-space sampler on by default: the
 /// two defaults (DDIM's uniform-t, DPM-Solver++'s karras), crossed.
@@ -307,7 +301,8 @@ pub fn bench_samplers(req: &BenchRequest) -> Result<Leaderboard> {
             Err(Error::Invalid(format!("bench samplers: target `{spec}` must be a mixture with an exact density")))
         }
     };
-    let pb = progress::bar(LEADERBOARD_SAMPLERS.len() * req.budgets.len() + 1, "bench", req.quiet);
+    let samplers = leaderboard_samplers();
+    let pb = progress::bar(samplers.len() * req.budgets.len() + 1, "bench", req.quiet);
     let grids = &req.grids;
     match &req.run {
         Some(dir) => {
@@ -342,7 +337,7 @@ pub fn bench_samplers(req: &BenchRequest) -> Result<Leaderboard> {
                 sde.as_ref(),
                 &mix,
                 &base,
-                &LEADERBOARD_SAMPLERS,
+                &samplers,
                 grids,
                 &req.budgets,
                 &set,
@@ -355,17 +350,7 @@ pub fn bench_samplers(req: &BenchRequest) -> Result<Leaderboard> {
             let oracle = crate::oracle::OracleScore::new(mix.clone(), sde.clone());
             let set = BenchSettings { n: req.n, eps: None, seed: req.seed, dtype: DType::F64, device: Device::Cpu };
             let base = SamplerSpec::default();
-            Ok(leaderboard_on_grids(
-                &oracle,
-                sde.as_ref(),
-                &mix,
-                &base,
-                &LEADERBOARD_SAMPLERS,
-                grids,
-                &req.budgets,
-                &set,
-                &pb,
-            )?)
+            Ok(leaderboard_on_grids(&oracle, sde.as_ref(), &mix, &base, &samplers, grids, &req.budgets, &set, &pb)?)
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::nets::SavedClassifier;
 use crate::points::Points;
 use crate::progress;
 use crate::rng::Rng;
-use crate::samplers::{self, SampleContext, SamplerKind, SamplerSpec};
+use crate::samplers::{self, Method, SampleContext, SamplerSpec};
 use crate::score::{LogDensity, ScoreFn};
 use crate::train::streams;
 use crate::viz::{self, Bounds};
@@ -201,39 +201,25 @@ pub fn draw(
 ) -> Result<samplers::Sampled> {
     let cfg = &model.cfg;
     let sampler = spec.kind;
-    let check =
-        |ok: bool, why: &str| if ok { Ok(()) } else { Err(Error::Invalid(format!("sampler `{sampler}`: {why}"))) };
-    if sampler.is_reverse_time() {
-        check(
-            !cfg.objective.kind.is_noise_free(cfg.objective.sigma),
-            "this run learned a single noise level; use --sampler langevin",
-        )?;
-    }
-    if sampler == SamplerKind::AnnealedLangevin {
-        check(cfg.objective.kind == ObjectiveKind::Ncsn, "needs a run trained with objective.kind = \"ncsn\"")?;
-    }
-    let energy =
-        match sampler {
-            SamplerKind::Mala => Some(model.model.energy().ok_or_else(|| {
-                Error::Invalid("sampler mala needs an energy model (model.kind = \"energy-mlp\")".into())
-            })? as &dyn LogDensity),
-            _ => None,
-        };
+    // what the run's model offers; the sampler table's check refuses the rest
+    let energy = model.model.energy().map(|e| e as &dyn LogDensity);
+    let every_level = !cfg.objective.kind.is_noise_free(cfg.objective.sigma);
     let ladder = cfg.ladder();
     let sde = cfg.sde();
-    let (len, label) = match sampler {
-        SamplerKind::AnnealedLangevin => (spec.steps_per_level * ladder.levels(), "annealed".to_string()),
-        SamplerKind::Langevin | SamplerKind::Mala => (req.steps, sampler.to_string()),
+    let (len, label) = match sampler.method() {
+        Method::AnnealedLangevin => (spec.steps_per_level * ladder.levels(), "annealed".to_string()),
+        Method::Langevin { .. } => (req.steps, sampler.to_string()),
         _ => (req.steps, "sample".to_string()),
     };
     let pb = progress::bar(len, &label, req.quiet);
     let ctx = SampleContext {
-        ladder: Some(&ladder),
+        ladder: (cfg.objective.kind == ObjectiveKind::Ncsn).then_some(&ladder),
+        every_level,
         energy,
         device: model.device.clone(),
         ..SampleContext::new(score, sde.as_ref(), &pb)
     };
-    Ok(spec.sample(&ctx, (req.n, model.state.dim), rng)?)
+    spec.sample(&ctx, (req.n, model.state.dim), rng)
 }
 
 pub use crate::app::config::ClassChoice;

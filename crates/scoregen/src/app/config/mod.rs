@@ -64,13 +64,21 @@ pub struct DataConfig {
     pub test_fraction: f64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+/// Which forward SDE perturbs the data (`sde.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SdeKind {
     Ve,
     Vp,
     Subvp,
 }
+
+/// Every SDE: (kind, name, description).
+static SDES: &[(SdeKind, &str, &str)] = &[
+    (SdeKind::Ve, "ve", "variance exploding: σ(t) = σ_min(σ_max/σ_min)^t, prior N(0, σ_max²I)"),
+    (SdeKind::Vp, "vp", "variance preserving (DDPM): β(t) = β_min + t(β_max − β_min), prior N(0, I)"),
+    (SdeKind::Subvp, "subvp", "sub-VP: the VP drift with variance (1 − e^{−∫β})², prior N(0, I)"),
+];
+scoregen_core::named_table!(SdeKind, "SDE", SDES);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -84,38 +92,57 @@ pub struct SdeConfig {
     pub beta_max: f64,
 }
 
-/// Which network models the score.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+/// Which network models the score (`model.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelKind {
-    /// MLP with Gaussian Fourier time features: s_θ(x, t).
     TimeMlp,
-    /// Unconditional MLP s_θ(x) (noise-free objectives; with `score-over-std`, NCSNv2's s_θ(x)/σ).
-    #[serde(alias = "score-mlp")]
     Mlp,
-    /// MLP with a learned embedding of the noise level (NCSN).
     NcsnMlp,
-    /// Energy f_θ(x); the score is −∇ₓ f_θ.
     EnergyMlp,
-    /// U-Net over square images (DDPM++ / NCSN++ style) with Fourier time features.
     Unet,
 }
 
-/// Which loss trains the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+/// Every model: (kind, name, description).
+static MODELS: &[(ModelKind, &str, &str)] = &[
+    (ModelKind::TimeMlp, "time-mlp", "MLP with Gaussian Fourier time features: s_θ(x, t)"),
+    (
+        ModelKind::Mlp,
+        "mlp",
+        "unconditional MLP s_θ(x) (noise-free objectives; alias score-mlp); with score-over-std, NCSNv2's s_θ(x)/σ",
+    ),
+    (ModelKind::NcsnMlp, "ncsn-mlp", "MLP with a learned embedding of the noise level (NCSN)"),
+    (ModelKind::EnergyMlp, "energy-mlp", "energy f_θ(x); score −∇ₓ f_θ by autodiff"),
+    (
+        ModelKind::Unet,
+        "unet",
+        "U-Net for images: ResBlocks with GroupNorm/SiLU, time embedding in every block, skips (DDPM++ / NCSN++ style)",
+    ),
+];
+scoregen_core::named_table!(ModelKind, "model", MODELS, aliases: &[("score-mlp", ModelKind::Mlp)]);
+
+/// Which loss trains the model (`objective.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ObjectiveKind {
-    /// Denoising score matching: continuous-time over the SDE, or at one σ when `objective.sigma` is set.
     Dsm,
-    /// NCSN: DSM summed over the `[noise]` ladder with λ(σ) = σ^power.
     Ncsn,
-    /// Implicit score matching (exact Jacobian trace).
     Implicit,
-    /// Sliced score matching.
     Sliced,
-    /// Sliced score matching, variance-reduced.
     SlicedVr,
 }
+
+/// Every objective: (kind, name, description).
+static OBJECTIVES: &[(ObjectiveKind, &str, &str)] = &[
+    (
+        ObjectiveKind::Dsm,
+        "dsm",
+        "denoising score matching over the SDE (λ = σ² or g²), or at one σ with objective.sigma",
+    ),
+    (ObjectiveKind::Ncsn, "ncsn", "DSM summed over the [noise] ladder, λ(σ) = σ^power"),
+    (ObjectiveKind::Implicit, "implicit", "implicit score matching, exact Jacobian trace (D ≤ max_dim)"),
+    (ObjectiveKind::Sliced, "sliced", "sliced score matching, Gaussian or Rademacher projections"),
+    (ObjectiveKind::SlicedVr, "sliced-vr", "sliced score matching, variance reduced"),
+];
+scoregen_core::named_table!(ObjectiveKind, "objective", OBJECTIVES);
 
 impl ObjectiveKind {
     /// True for objectives that learn one score, not a family over noise levels.
@@ -328,10 +355,7 @@ pub use crate::train::TrainSettings as TrainingConfig;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SamplingConfig {
-    /// `em` (Euler–Maruyama), `reverse-diffusion`, `ancestral`, `pc` (reverse diffusion +
-    /// corrector), `ode` (probability flow, RK45), `langevin`, `mala`, `annealed-langevin`,
-    /// or a σ-space sampler: `ddpm`, `ddim`, `dpmpp-2m`, `heun`, `dpmpp-3m`,
-    /// `dpmpp-2m-sde`, `euler-ancestral`.
+    /// Any row of the sampler table ([`crate::samplers::SAMPLERS`]; `scoregen list`).
     pub sampler: SamplerKind,
     /// Corrector before each predictor step: `langevin`, `ald` or `none`
     /// (default: `langevin` for `pc`, `none` otherwise).

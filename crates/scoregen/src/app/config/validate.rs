@@ -2,6 +2,7 @@
 //! the file and the field.
 
 use super::*;
+use crate::samplers::{Offers, SAMPLERS};
 
 impl SamplingConfig {
     /// Checks the sampler settings that types alone cannot; messages name the field.
@@ -60,7 +61,8 @@ impl SamplingConfig {
                 return err(
                     field,
                     format!(
-                        "applies to the σ-space samplers (ddpm, ddim, dpmpp-2m, heun, dpmpp-3m, dpmpp-2m-sde, euler-ancestral), not `{}`",
+                        "applies to the σ-space samplers ({}), not `{}`",
+                        SAMPLERS.iter().filter(|s| s.kind.is_denoiser()).map(|s| s.name).collect::<Vec<_>>().join(", "),
                         self.sampler
                     ),
                 );
@@ -240,17 +242,16 @@ impl RunConfig {
             return err("training.ema", format!("must be in [0, 1) (got {})", t.ema));
         }
         let sp = &self.sampling;
-        match sp.sampler {
-            k if k.is_reverse_time() && noise_free => {
-                return err("sampling.sampler", format!("`{k}` needs a model of every noise level; a noise-free objective samples with `langevin` (or `mala` for energies)"))
-            }
-            SamplerKind::Mala if self.model.kind != ModelKind::EnergyMlp => {
-                return err("sampling.sampler", "`mala` needs an unnormalized density: use model.kind = \"energy-mlp\"".into())
-            }
-            SamplerKind::AnnealedLangevin if self.objective.kind != ObjectiveKind::Ncsn => {
-                return err("sampling.sampler", "`annealed-langevin` needs a model of the [noise] ladder: use objective.kind = \"ncsn\"".into())
-            }
-            _ => {}
+        // the sampler table's one check, with what this config's model offers
+        let offers = Offers {
+            every_level: !noise_free,
+            energy: self.model.kind == ModelKind::EnergyMlp,
+            ladder: self.objective.kind == ObjectiveKind::Ncsn,
+            constraint: false,
+        };
+        if let Err(e) = sp.sampler.check(&offers) {
+            let (key, message) = e.setting().expect("SamplerKind::check names its setting");
+            return err(key, message.to_string());
         }
         positive("sampling.step_size", sp.step_size)?;
         if sp.steps_per_level == 0 {
