@@ -105,7 +105,7 @@ def test_run_arguments(trained_run):
     run = scoregen.Run.load(trained_run)
     with pytest.raises(ValueError, match=r"x: expected shape \[N, 2\], found \[5, 3\]"):
         run.log_likelihood(np.zeros((5, 3)))
-    with pytest.raises(ValueError, match="sampler `annealed-langevin`"):
+    with pytest.raises(ValueError, match="^sampler: `annealed-langevin` needs a model of the noise ladder"):
         run.sample(10, sampler="annealed-langevin")
     with pytest.raises(ValueError, match="--n and --steps must be ≥ 1"):
         run.sample(0)
