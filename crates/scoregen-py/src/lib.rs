@@ -23,13 +23,13 @@ use pyo3::types::PyDict;
 use scoregen::app::commands::eval::{self, Target};
 use scoregen::app::commands::likelihood::{likelihood_of_points, LikelihoodRequest};
 use scoregen::app::commands::sample::{sample_loaded, ClassChoice, ClassGuidance, SampleRequest};
-use scoregen::app::config::{RunConfig, SamplingConfig};
+use scoregen::app::config::RunConfig;
 use scoregen::app::run_dir::LoadedModel;
 use scoregen::likelihood::{self, LikelihoodOptions, ProbeNoise, TraceEstimator};
 use scoregen::oracle::{GaussianMixture, OracleScore};
 use scoregen::points::Points;
 use scoregen::rng::Rng;
-use scoregen::samplers::{Grid, OdeMethod, SampleContext, SamplerKind};
+use scoregen::samplers::{Grid, OdeMethod, SampleContext, SamplerKind, SamplerSpec};
 use scoregen::score::ScoreFn;
 use scoregen::sde::{self as sdes, Sde};
 use scoregen::train::{streams, ExistingRun, LogFn, LogHook, LogLine, TrainOptions};
@@ -446,7 +446,7 @@ impl Run {
         if n == 0 || steps == 0 {
             return Err(PyValueError::new_err("--n and --steps must be ≥ 1"));
         }
-        let mut sc: SamplingConfig = cfg.sampling.clone();
+        let mut sc: SamplerSpec = cfg.sampling;
         sc.sampler = parse_sampler(sampler)?;
         sc.grid = parse_grid(grid)?.or(sc.grid);
         sc.validate("arguments").map_err(convert::error)?;
@@ -462,7 +462,7 @@ impl Run {
         let steer = ClassGuidance::resolve(cfg, class, guidance, None).map_err(convert::error)?;
         let mut req = SampleRequest::new(n, steps, seed, PathBuf::new());
         req.use_ema = self.use_ema;
-        let spec = sc.spec();
+        let spec = sc;
         let model = AssertSend(&self.model);
         let out = py.allow_threads(move || {
             let model = model;
@@ -720,7 +720,7 @@ fn sample(
     if let Some(e) = eps {
         positive("eps", e)?;
     }
-    let sc = SamplingConfig {
+    let sc = SamplerSpec {
         sampler: parse_sampler(sampler)?,
         grid: parse_grid(grid)?,
         steps,
@@ -729,7 +729,7 @@ fn sample(
         ..Default::default()
     };
     sc.validate("arguments").map_err(convert::error)?;
-    let spec = sc.spec();
+    let spec = sc;
     let score = pyscore::PyScore::new(score_fn, None, 1e-3);
     let sde = sde.inner.clone();
     let work = AssertSend((&score, native.as_ref()));
