@@ -28,11 +28,11 @@ use scoregen::app::run_dir::LoadedModel;
 use scoregen::likelihood::{self, LikelihoodOptions, ProbeNoise, TraceEstimator};
 use scoregen::oracle::{GaussianMixture, OracleScore};
 use scoregen::points::Points;
-use scoregen::rng::Rng;
+use scoregen::rng::{streams, Rng};
 use scoregen::samplers::{Grid, OdeMethod, SampleContext, SamplerKind, SamplerSpec};
 use scoregen::score::ScoreFn;
 use scoregen::sde::{self as sdes, Sde};
-use scoregen::train::{streams, ExistingRun, LogFn, LogHook, LogLine, TrainOptions};
+use scoregen::train::{ExistingRun, LogFn, LogHook, LogLine, TrainOptions};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -271,7 +271,7 @@ impl PyMixture {
     /// n exact samples, [n, D] float64, from the seeded stream `seed`.
     #[pyo3(signature = (n, seed = 0))]
     fn sample(&self, py: Python<'_>, n: usize, seed: u64) -> PyResult<PyObject> {
-        let p = self.inner.sample(n, &mut Rng::new(seed, 0));
+        let p = self.inner.sample(n, &mut Rng::new(seed, streams::MIXTURE_SAMPLE));
         convert::out(py, &[p.n, p.d], p.data)
     }
 
@@ -747,7 +747,7 @@ fn sample(
                 ..SampleContext::new(score, sde.as_ref(), &pb)
             };
             let mut rng = Rng::new(seed, streams::SAMPLING);
-            let s = spec.sample(&ctx, shape.clone(), &mut rng).map_err(|e| py_score.explain(e.into()))?;
+            let s = spec.sample(&ctx, shape.clone(), &mut rng).map_err(|e| py_score.explain(e))?;
             let dims = s.x.dims().to_vec();
             Ok((dims, tensor_data(&s.x)?))
         })
