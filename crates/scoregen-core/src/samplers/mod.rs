@@ -18,6 +18,7 @@ pub mod ode;
 pub mod pc;
 pub mod predictors;
 pub mod reverse;
+pub mod unipc;
 
 pub use annealed_langevin::{annealed_langevin, annealed_langevin_constrained, AnnealedOptions};
 pub use correctors::{AnnealedLangevin, Corrector, LangevinCorrector, NoneCorrector};
@@ -36,6 +37,7 @@ pub use pc::{sample_pc, sample_pc_constrained};
 pub use predictors::{Ancestral, NonePredictor, ReverseDiffusion};
 pub use predictors::{EulerMaruyama, Predictor};
 pub use reverse::ReverseSde;
+pub use unipc::{UniPcStep, UniPcVariant};
 
 use crate::rng::Rng;
 use crate::score::ScoreFn;
