@@ -63,6 +63,7 @@ impl UniPcVariant {
 pub struct UniPcStep {
     variant: UniPcVariant,
     order: usize,
+    lower_order_final: bool,
     /// (D(x_j, σ_j), σ_j) at the uncorrected x_j, oldest first, at most `order`.
     history: Vec<(Tensor, f64)>,
     /// (x_{i−1} after correction, the order of the predictor from it).
@@ -77,7 +78,16 @@ impl UniPcStep {
     /// If `order` is not 1, 2 or 3 (a constant of the sampler table, not user input).
     pub fn new(variant: UniPcVariant, order: usize) -> Self {
         assert!((1..=3).contains(&order), "UniPC order must be 1, 2 or 3 (got {order})");
-        Self { variant, order, history: Vec::new(), last: None }
+        Self { variant, order, lower_order_final: true, history: Vec::new(), last: None }
+    }
+
+    /// Whether the last steps drop to order N − i (diffusers' `lower_order_final`,
+    /// on by default). Off, every step after the warm-up has order p, which is
+    /// what shows UniPC's own order on a grid ending at σ_min > 0, where the
+    /// final uncorrected step of order 1 would otherwise cap it at 2.
+    pub fn with_lower_order_final(mut self, on: bool) -> Self {
+        self.lower_order_final = on;
+        self
     }
 
     /// The UniP (`model_t = None`) or UniC (`model_t = Some(D_t)`) update of
@@ -145,7 +155,7 @@ impl SigmaStep for UniPcStep {
         if self.history.len() > self.order {
             self.history.remove(0);
         }
-        let steps_left = sigmas.len() - 1 - i;
+        let steps_left = if self.lower_order_final { sigmas.len() - 1 - i } else { self.order };
         let order = self.order.min(steps_left).min(self.history.len());
         let next = if s_next == 0.0 { denoised } else { self.update(&x, s_next, &self.history, order, None)? };
         self.last = Some((x, order));
