@@ -201,10 +201,11 @@ fn solve_order_conditions(variant: UniPcVariant, h: f64, nodes: &[f64]) -> Vec<f
     for col in 0..k {
         let pivot = (col..k).max_by(|&p, &q| a[p][col].abs().total_cmp(&a[q][col].abs())).unwrap_or(col);
         a.swap(col, pivot);
-        for row in col + 1..k {
-            let f = a[row][col] / a[col][col];
-            for c in col..=k {
-                a[row][c] -= f * a[col][c];
+        let pivot_row = a[col].clone();
+        for row in a.iter_mut().skip(col + 1) {
+            let f = row[col] / pivot_row[col];
+            for (v, p) in row.iter_mut().zip(&pivot_row).skip(col) {
+                *v -= f * p;
             }
         }
     }
