@@ -201,6 +201,31 @@ impl SubVp {
     }
 }
 
+/// The discrete DDPM chain (Ho et al. 2020): ᾱ_i = Π_{j≤i}(1 − β_j) over
+/// `n` timesteps, β linear from 1e-4 to 0.02 (scaled by 1000/n) or the
+/// cosine schedule; the SDE whose σ grids land on diffusers' timesteps.
+#[pyclass(extends = PySde, frozen, module = "scoregen.sde", name = "DDPM")]
+pub struct Ddpm;
+
+#[pymethods]
+impl Ddpm {
+    #[new]
+    #[pyo3(signature = (schedule = "linear", n = 1000))]
+    fn new(schedule: &str, n: usize) -> PyResult<(Self, PySde)> {
+        let schedule = match schedule {
+            "linear" => sdes::BetaSchedule::Linear,
+            "cosine" => sdes::BetaSchedule::Cosine,
+            other => {
+                return Err(PyValueError::new_err(format!("schedule: expected linear or cosine, found `{other}`")))
+            }
+        };
+        if n < 2 {
+            return Err(PyValueError::new_err(format!("n: the chain needs at least 2 timesteps (got {n})")));
+        }
+        Ok((Ddpm, PySde { inner: Arc::new(sdes::DiscreteVp::new(schedule, n)) }))
+    }
+}
+
 // ---------------------------------------------------------------- the oracle
 
 /// A Gaussian mixture p(x) = Σ_k w_k N(x; μ_k, Σ_k): exact samples, log-density
@@ -858,6 +883,7 @@ fn _scoregen(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Ve>()?;
     m.add_class::<Vp>()?;
     m.add_class::<SubVp>()?;
+    m.add_class::<Ddpm>()?;
     m.add_class::<PyMixture>()?;
     m.add_class::<Run>()?;
     m.add_function(wrap_pyfunction!(train, m)?)?;

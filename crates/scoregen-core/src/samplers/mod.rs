@@ -20,6 +20,7 @@ pub mod predictors;
 pub mod registry;
 pub mod reverse;
 pub mod settings;
+pub mod unipc;
 
 pub use annealed_langevin::{annealed_langevin, annealed_langevin_constrained, AnnealedOptions};
 pub use correctors::{AnnealedLangevin, Corrector, LangevinCorrector, NoneCorrector};
@@ -40,6 +41,7 @@ pub use predictors::{EulerMaruyama, Predictor};
 pub use registry::{CorrectorKind, Method, Offers, SamplerInfo, SamplerKind, SAMPLERS};
 pub use reverse::ReverseSde;
 pub use settings::{ClassChoice, SamplerSpec};
+pub use unipc::{UniPcStep, UniPcVariant};
 
 use crate::rng::Rng;
 use crate::score::ScoreFn;

@@ -40,6 +40,10 @@ class SubVP(Sde):
     """VP's drift, s(t) = 1 − m(t)²."""
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None: ...
 
+class DDPM(Sde):
+    """The discrete chain ᾱ_i = Π_{j≤i}(1 − β_j): β linear 1e-4 … 0.02 or cosine, n timesteps."""
+    def __init__(self, schedule: str = "linear", n: int = 1000) -> None: ...
+
 class GaussianMixture:
     """p(x) = Σ_k w_k N(x; μ_k, Σ_k), exact under any SDE."""
     def __init__(
