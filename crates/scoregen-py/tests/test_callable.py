@@ -14,7 +14,7 @@ GMM8 = GaussianMixture.named("gmm8")
 STEPS = {
     "em": 500, "reverse-diffusion": 500, "ancestral": 500, "pc": 500, "ode": 1,
     "ddpm": 200, "ddim": 100, "dpmpp-2m": 50, "heun": 50, "dpmpp-3m": 50,
-    "dpmpp-2m-sde": 100, "euler-ancestral": 200,
+    "dpmpp-2m-sde": 100, "euler-ancestral": 200, "unipc-bh1": 50, "unipc-bh2": 50,
 }
 
 

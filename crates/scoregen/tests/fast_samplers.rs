@@ -49,7 +49,7 @@ fn fast_samplers_reach_em_1000_quality_within_50_nfe() {
     assert!(base.weight_l1 < 0.1, "{base:?}");
     let good =
         |e: &Entry| e.energy < base.energy + 0.01 && e.weight_l1 < 0.1 && e.off_manifold < base.off_manifold + 0.01;
-    for kind in [SamplerKind::Ddim, SamplerKind::Dpmpp2m, SamplerKind::Heun, SamplerKind::Ddpm] {
+    for kind in [SamplerKind::Ddim, SamplerKind::Dpmpp2m, SamplerKind::Heun, SamplerKind::Ddpm, SamplerKind::UniPcBh2] {
         let e = run(&o, sde.as_ref(), kind, 50, 2);
         println!("{e:?}");
         assert!(e.nfe <= 50, "{e:?}");

@@ -10,22 +10,19 @@ use scoregen::oracle::{named_mixture, OracleScore};
 use scoregen::rng::Rng;
 use scoregen::samplers::grid::timestep_spacing;
 use scoregen::samplers::{
-    sample_ddim, Grid, LimitedDenoiser, SampleContext, SamplerKind, SamplerSpec, ScoreDenoiser, X0Limit,
+    sample_ddim, Grid, LimitedDenoiser, SampleContext, SamplerKind, SamplerSpec, ScoreDenoiser, X0Limit, SAMPLERS,
 };
 use scoregen::score::{DiscreteTimeModel, Output, ScoreFn};
 use scoregen::sde::{DiscreteVp, Sde, VpSde};
 use std::cell::RefCell;
 use std::sync::Arc;
 
-const SIGMA_SAMPLERS: [SamplerKind; 7] = [
-    SamplerKind::Ddpm,
-    SamplerKind::Ddim,
-    SamplerKind::Dpmpp2m,
-    SamplerKind::Heun,
-    SamplerKind::Dpmpp3m,
-    SamplerKind::Dpmpp2mSde,
-    SamplerKind::EulerAncestral,
-];
+/// Every σ-space sampler of the sampler table (a new one is tested here by being added there).
+fn sigma_samplers() -> Vec<SamplerKind> {
+    let kinds: Vec<SamplerKind> = SAMPLERS.iter().filter(|s| s.kind.is_denoiser()).map(|s| s.kind).collect();
+    assert!(kinds.len() >= 9, "the table lost its σ-space samplers: {kinds:?}");
+    kinds
+}
 const GRIDS: [Grid; 5] = [Grid::UniformT, Grid::Karras, Grid::Linspace, Grid::Leading, Grid::Trailing];
 
 fn chain() -> Arc<DiscreteVp> {
@@ -78,7 +75,7 @@ fn every_sigma_sampler_runs_on_every_grid() {
     let mix = named_mixture("gmm8").unwrap();
     for sde in &sdes {
         let o = OracleScore::new(mix.clone(), sde.clone());
-        for kind in SIGMA_SAMPLERS {
+        for kind in sigma_samplers() {
             for grid in GRIDS {
                 let spec = SamplerSpec { sampler: kind, steps: 8, grid: Some(grid), ..Default::default() };
                 let out = draw(&o, sde.as_ref(), &spec, 32, 1);
@@ -147,7 +144,7 @@ fn limited_ddim_step_is_diffusers_ddim_with_clip_sample() {
 fn limited_samplers_end_inside_the_range() {
     let sde = vp();
     let o = OracleScore::new(named_mixture("gmm8").unwrap(), sde.clone());
-    for kind in SIGMA_SAMPLERS {
+    for kind in sigma_samplers() {
         let free = SamplerSpec { sampler: kind, steps: 10, ..Default::default() };
         let biggest =
             |s: &SamplerSpec| flat(&draw(&o, sde.as_ref(), s, 200, 4).x).iter().fold(0.0f64, |m, v| m.max(v.abs()));

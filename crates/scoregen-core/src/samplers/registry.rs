@@ -15,6 +15,7 @@ use super::grid::Grid;
 use super::heun::HeunStep;
 use super::predictors::{Ancestral, EulerMaruyama, Predictor, ReverseDiffusion};
 use super::settings::SamplerSpec;
+use super::unipc::{UniPcStep, UniPcVariant};
 use crate::error::{Error, Result};
 use crate::named::Named;
 
@@ -37,6 +38,8 @@ pub enum SamplerKind {
     Dpmpp3m,
     Dpmpp2mSde,
     EulerAncestral,
+    UniPcBh1,
+    UniPcBh2,
 }
 
 /// How a sampler runs.
@@ -203,6 +206,22 @@ pub static SAMPLERS: &[SamplerInfo] = &[
         method: sigma_space(|s| Box::new(HeunStep { churn: s.churn() }), Grid::Karras),
         // 2N − 1 for N steps: the last step to σ = 0 is Euler's
         evals_per_step: 2,
+        final_evals: 0,
+    },
+    SamplerInfo {
+        kind: SamplerKind::UniPcBh1,
+        name: "unipc-bh1",
+        description: "UniPC-3 (Zhao et al. 2023), B₁(h) = h (diffusers' solver_type bh1), Karras grid by default",
+        method: sigma_space(|_| Box::new(UniPcStep::new(UniPcVariant::Bh1, 3)), Grid::Karras),
+        evals_per_step: 1,
+        final_evals: 0,
+    },
+    SamplerInfo {
+        kind: SamplerKind::UniPcBh2,
+        name: "unipc-bh2",
+        description: "UniPC-3, B₂(h) = e^h − 1 (diffusers' default bh2), Karras grid by default",
+        method: sigma_space(|_| Box::new(UniPcStep::new(UniPcVariant::Bh2, 3)), Grid::Karras),
+        evals_per_step: 1,
         final_evals: 0,
     },
 ];
