@@ -29,11 +29,35 @@ pub enum Error {
     /// Ctrl-C stopped a command cleanly; the text says what was kept.
     #[error("interrupted: {0}")]
     Interrupted(String),
+    /// A tensor operation failed (a shape or device mismatch: a bug or a
+    /// malformed file, not a setting). The library's own refusals raised
+    /// inside tensor code (`candle_core::bail!`) arrive as [`Error::Invalid`]
+    /// instead: see the `From` impl below.
     #[error("tensor error: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// A message the library raised itself inside tensor code
+/// (`candle_core::bail!`, so `Msg`, maybe behind a backtrace or context)
+/// says what and why already: it becomes [`Error::Invalid`], printed as it
+/// is. Every other tensor error stays [`Error::Candle`].
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        fn own_message(e: &candle_core::Error) -> Option<&str> {
+            match e {
+                candle_core::Error::Msg(m) => Some(m),
+                candle_core::Error::WithBacktrace { inner, .. } => own_message(inner),
+                _ => None,
+            }
+        }
+        match own_message(&e) {
+            Some(m) => Error::Invalid(m.to_string()),
+            None => Error::Candle(e),
+        }
+    }
+}
 
 impl Error {
     /// The config key and message of a [`Error::Setting`], for a front end to

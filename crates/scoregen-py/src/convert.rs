@@ -133,7 +133,7 @@ pub fn error(e: scoregen::Error) -> PyErr {
 
 /// A tensor error as a `ValueError`.
 pub fn candle_error(e: candle_core::Error) -> PyErr {
-    error(scoregen::Error::Candle(e))
+    error(e.into())
 }
 
 /// Runs `f`, turning a Rust panic (a bug) into a `RuntimeError` instead of

@@ -4,7 +4,7 @@
 use super::Globals;
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use scoregen::app::commands::bench::SampleCase;
+use scoregen::samplers::SamplerKind;
 use std::path::{Path, PathBuf};
 
 /// Benchmarks: `samplers` (quality against NFE for every sampler); `train`, `sample`, `likelihood`, `gemm` (speed; bench/run sets them beside PyTorch).
@@ -72,9 +72,9 @@ enum Bench {
         /// Image side of the U-Net case.
         #[arg(long, default_value_t = 28)]
         side: usize,
-        /// em or ode.
-        #[arg(long, default_value = "em")]
-        sampler: SampleCase,
+        /// The sampler timed: em, or ode (the probability-flow ODE with Heun's method in --steps fixed steps).
+        #[arg(long, default_value_t = SamplerKind::Em, value_parser = timed_sampler, hide_possible_values = true)]
+        sampler: SamplerKind,
         #[arg(long, default_value_t = 10_000)]
         n: usize,
         #[arg(long, default_value_t = 1000)]
@@ -210,4 +210,13 @@ fn leaderboard(req: &scoregen::app::commands::leaderboard::BenchRequest, plot: &
         println!("\nplot → {}", plot.display());
     }
     Ok(())
+}
+
+/// `bench sample --sampler`: a sampler of the table that the speed case can time (em or ode).
+fn timed_sampler(s: &str) -> Result<SamplerKind, String> {
+    let kind: SamplerKind = s.parse()?;
+    match kind {
+        SamplerKind::Em | SamplerKind::Ode => Ok(kind),
+        _ => Err(format!("bench sample times em or ode, not `{kind}`")),
+    }
 }

@@ -9,11 +9,11 @@
 
 use crate::app::config::RunConfig;
 use crate::app::factory;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::likelihood::{self, LikelihoodOptions, TraceEstimator};
 use crate::rng::{streams, Rng};
 use crate::samplers;
-use crate::samplers::{EulerMaruyama, OdeMethod, ReverseOptions};
+use crate::samplers::{EulerMaruyama, OdeMethod, ReverseOptions, SamplerKind};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 use std::time::Instant;
@@ -160,21 +160,18 @@ pub fn train_step(cfg: &RunConfig, case: &str, warmup: usize, reps: usize) -> Re
     Ok(timing)
 }
 
-/// Which sampler a sampling case runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
-pub enum SampleCase {
-    /// Euler–Maruyama on the reverse SDE, `steps` steps.
-    #[cfg_attr(feature = "clap", value(name = "em"))]
-    EulerMaruyama,
-    /// The probability-flow ODE with Heun's method, `steps` steps (2 NFE each).
-    #[cfg_attr(feature = "clap", value(name = "ode"))]
-    FlowHeun,
-}
-
-/// Draws `n` samples of the config's (untrained) model in `steps` steps;
+/// Draws `n` samples of the config's (untrained) model in `steps` steps with
+/// `em` (Euler–Maruyama on the reverse SDE) or `ode` (the probability-flow ODE,
+/// here with Heun's method in `steps` fixed steps, 2 NFE each, so both sides of
+/// the PyTorch comparison do the same work);
 /// `label` names the model in the case ("" for the MLP, "unet 28x28 "); on `run.device`.
-pub fn sample(cfg: &RunConfig, which: SampleCase, n: usize, steps: usize, reps: usize, label: &str) -> Result<Timing> {
+pub fn sample(cfg: &RunConfig, which: SamplerKind, n: usize, steps: usize, reps: usize, label: &str) -> Result<Timing> {
+    if !matches!(which, SamplerKind::Em | SamplerKind::Ode) {
+        return Err(Error::Setting {
+            key: "sampling.sampler",
+            message: format!("bench sample times em or ode, not `{which}`"),
+        });
+    }
     let trainer = factory::trainer(cfg)?;
     let sde = cfg.sde();
     // the model sampling and likelihoods use: the EMA copy, frozen
@@ -184,14 +181,14 @@ pub fn sample(cfg: &RunConfig, which: SampleCase, n: usize, steps: usize, reps: 
     let opts = ReverseOptions { steps, eps: None, denoise: false, record_every: None };
     let mut rng = Rng::new(cfg.seed, streams::SAMPLING);
     let name = match which {
-        SampleCase::EulerMaruyama => "em",
-        SampleCase::FlowHeun => "ode-heun",
+        SamplerKind::Ode => "ode-heun",
+        _ => "em",
     };
     let pb = indicatif::ProgressBar::hidden();
     let device = trainer.device.clone();
     time_it(format!("sample {label}{name} n={n} steps={steps}"), n, 0, reps, &device, || {
         match which {
-            SampleCase::EulerMaruyama => samplers::sample_reverse(
+            SamplerKind::Em => samplers::sample_reverse(
                 score.as_ref(),
                 sde.as_ref(),
                 &EulerMaruyama,
@@ -202,7 +199,7 @@ pub fn sample(cfg: &RunConfig, which: SampleCase, n: usize, steps: usize, reps: 
                 &device,
                 &pb,
             )?,
-            SampleCase::FlowHeun => samplers::sample_ode(
+            _ => samplers::sample_ode(
                 score.as_ref(),
                 sde.as_ref(),
                 (n, dim),
