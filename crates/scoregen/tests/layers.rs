@@ -51,6 +51,7 @@ const TOP: &[&str] = &[
     "app::run_dir",
     "app::figures",
     "app::commands::list",
+    "app::commands::suggest_sigmas",
     "app::commands::eval",
     "app::commands::classify",
     "app::commands::sample",

@@ -2,8 +2,7 @@
 
 use super::Globals;
 use anyhow::Result;
-use scoregen::rng::{streams, Rng};
-use scoregen::sde::ladder;
+use scoregen::app::commands::suggest_sigmas::suggest_sigmas;
 
 /// Suggest a noise ladder and Langevin step size by the NCSNv2 rules.
 #[derive(Debug, clap::Args)]
@@ -25,12 +24,7 @@ pub struct Args {
 
 pub fn run(args: &Args, g: &Globals) -> Result<()> {
     let Args { data, sigma_min, steps_per_level, n } = args;
-    if !(sigma_min.is_finite() && *sigma_min > 0.0) || *steps_per_level == 0 || *n < 2 {
-        anyhow::bail!("--sigma-min must be > 0, --steps-per-level ≥ 1 and --n ≥ 2");
-    }
-    let ds = scoregen::data::load(data, *n, &mut Rng::new(0, streams::SUGGEST_SIGMAS_DATA))?;
-    let dmax = ladder::max_pairwise_distance(&ds.points);
-    let s = ladder::suggest(dmax, ds.points.d, *sigma_min, *steps_per_level);
+    let s = suggest_sigmas(data, *n, *sigma_min, *steps_per_level)?;
     g.print(&s, |s| println!("{}", s.explain()));
     Ok(())
 }

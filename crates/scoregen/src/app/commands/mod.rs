@@ -13,4 +13,5 @@ pub mod list;
 pub mod quickstart;
 pub mod report;
 pub mod sample;
+pub mod suggest_sigmas;
 pub mod train;
