@@ -124,10 +124,17 @@ pub fn error(e: scoregen::Error) -> PyErr {
         }
         scoregen::Error::Interrupted(_) => PyKeyboardInterrupt::new_err(e.to_string()),
         // a setting by its keyword: `sampler: …` where the library says `sampling.sampler: …`
-        scoregen::Error::Setting { key, message } => {
-            PyValueError::new_err(format!("{}: {message}", key.rsplit('.').next().unwrap_or(key)))
-        }
+        scoregen::Error::Setting { key, message } => PyValueError::new_err(format!("{}: {message}", keyword(key))),
         _ => PyValueError::new_err(e.to_string()),
+    }
+}
+
+/// The keyword argument that sets the config key `key`: its last part,
+/// `class_` for `class` (a reserved word in Python).
+pub fn keyword(key: &str) -> &str {
+    match key.rsplit('.').next().unwrap_or(key) {
+        "class" => "class_",
+        k => k,
     }
 }
 

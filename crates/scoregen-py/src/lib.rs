@@ -6,7 +6,7 @@
 //! `app::run_dir::LoadedModel` and sampled through
 //! `app::commands::sample::sample_loaded` (the path `scoregen sample` takes),
 //! likelihoods by `app::commands::likelihood::likelihood_of_points`, metrics
-//! by `app::commands::eval::evaluate`, training by `app::commands::train::train`,
+//! by `app::commands::eval::evaluate`, training by `app::commands::train::train_and_report`,
 //! and any sampler by the one dispatcher `SamplerSpec::sample`. Long Rust work
 //! runs with the GIL released.
 
@@ -20,9 +20,10 @@ use convert::{guard, AssertSend, Input};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use scoregen::app::commands::eval::{self, Target};
+use scoregen::app::commands::eval::{EvalTarget, Target};
 use scoregen::app::commands::likelihood::{likelihood_of_points, LikelihoodRequest};
-use scoregen::app::commands::sample::{sample_loaded, ClassChoice, ClassGuidance, SampleRequest};
+use scoregen::app::commands::sample::{check_counts, sample_loaded, ClassChoice, ClassGuidance, SampleRequest};
+use scoregen::app::commands::train::{train_and_report, TrainAndReportError, TrainedRun, REPORT_BY_DEFAULT};
 use scoregen::app::config::{RunConfig, SamplingConfig};
 use scoregen::app::run_dir::LoadedModel;
 use scoregen::likelihood::{self, LikelihoodOptions, ProbeNoise, TraceEstimator};
@@ -32,7 +33,7 @@ use scoregen::rng::Rng;
 use scoregen::samplers::{Grid, OdeMethod, SampleContext, SamplerKind};
 use scoregen::score::ScoreFn;
 use scoregen::sde::{self as sdes, Sde};
-use scoregen::train::{streams, ExistingRun, LogFn, LogHook, LogLine, TrainOptions};
+use scoregen::train::{streams, DataParallel, ExistingRun, LogFn, LogHook, LogLine, TrainOptions};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -443,9 +444,7 @@ impl Run {
         let f32 = convert::dtype_is_f32(dtype)?;
         let cfg = &self.model.cfg;
         let n = n.unwrap_or(cfg.sampling.n);
-        if n == 0 || steps == 0 {
-            return Err(PyValueError::new_err("--n and --steps must be ≥ 1"));
-        }
+        check_counts(n, steps).map_err(convert::error)?;
         let mut sc: SamplingConfig = cfg.sampling.clone();
         sc.sampler = parse_sampler(sampler)?;
         sc.grid = parse_grid(grid)?.or(sc.grid);
@@ -579,9 +578,11 @@ fn override_value(v: &Bound<'_, PyAny>) -> PyResult<String> {
 /// Trains a config (a TOML file) into `out` (default `runs/NAME`), with
 /// `overrides` as `--set key=value`; `progress(line)` is called with each
 /// logged line {"step", "loss", "lr", "grad_norm", "steps_per_sec"} (raise to
-/// stop). Returns {"run", "step", "final_loss", "seconds", "steps_per_sec", "checkpoint"}.
+/// stop); then, unless `report` is False, writes the run report
+/// `RUN/report.html`, as `scoregen train` does (`app::commands::train::train_and_report`).
+/// Returns {"run", "step", "final_loss", "seconds", "steps_per_sec", "checkpoint", "report"}.
 #[pyfunction]
-#[pyo3(signature = (config, out = None, overrides = None, progress = None, resume = false, overwrite = false, report = false))]
+#[pyo3(signature = (config, out = None, overrides = None, progress = None, resume = false, overwrite = false, report = REPORT_BY_DEFAULT))]
 fn train(
     py: Python<'_>,
     config: PathBuf,
@@ -637,19 +638,18 @@ fn train(
         let work = work;
         let (cfg, dir, opts) = work.0;
         guard(|| {
-            let o = scoregen::app::commands::train::train(cfg, dir, opts)
-                .map_err(|e| scoregen::Error::Invalid(format!("training {}: {e}", dir.display())));
-            let o = o.map_err(convert::error)?;
-            if report {
-                scoregen::app::commands::report::write_report(dir, true, &Device::Cpu).map_err(convert::error)?;
-            }
-            Ok(o)
+            train_and_report(cfg, dir, opts, DataParallel::default(), report, &Device::Cpu).map_err(|e| match e {
+                TrainAndReportError::Training(e) => {
+                    convert::error(scoregen::Error::Invalid(format!("training {}: {e}", dir.display())))
+                }
+                TrainAndReportError::Report(e) => convert::error(e),
+            })
         })
     });
     if let Some(e) = raised.lock().expect("not poisoned").take() {
         return Err(e);
     }
-    let o = outcome?;
+    let TrainedRun { outcome: o, report } = outcome?;
     let d = PyDict::new(py);
     d.set_item("run", dir)?;
     d.set_item("step", o.step)?;
@@ -657,6 +657,7 @@ fn train(
     d.set_item("seconds", o.seconds)?;
     d.set_item("steps_per_sec", o.steps_per_sec)?;
     d.set_item("checkpoint", o.checkpoint)?;
+    d.set_item("report", report)?;
     Ok(d.unbind())
 }
 
@@ -714,9 +715,7 @@ fn sample(
     let native = native_score(py, &score_fn, &sde)?;
     let shape = shape_of(shape)?;
     let f32 = convert::dtype_is_f32(dtype)?;
-    if steps == 0 {
-        return Err(PyValueError::new_err("--n and --steps must be ≥ 1"));
-    }
+    check_counts(shape[0], steps).map_err(convert::error)?;
     if let Some(e) = eps {
         positive("eps", e)?;
     }
@@ -815,31 +814,41 @@ fn log_likelihood(
 
 // ---------------------------------------------------------------- metrics
 
-/// Metrics of samples [N, D] against a target (a GaussianMixture, a name
-/// such as "gmm8", a mixture .toml, a reference .npy path or a reference
-/// array), each beside its floor, as `scoregen eval --json` prints them.
+/// Metrics of samples [N, D] against a target, as `scoregen eval --json`
+/// prints them (`app::commands::eval::EvalTarget` decides which): a
+/// GaussianMixture, a reference array, or a name or path: an image source
+/// ("digits", "mnist5k", "fashion-mnist", IDX, PNG folder) judged by the clean
+/// classifier in `classifier` (default `classifiers/TARGET`), a mixture name
+/// such as "gmm8" or a mixture .toml, or a reference .npy.
 #[pyfunction]
-#[pyo3(signature = (samples, target, seed = 0))]
-fn evaluate_json(py: Python<'_>, samples: &Bound<'_, PyAny>, target: &Bound<'_, PyAny>, seed: u64) -> PyResult<String> {
+#[pyo3(signature = (samples, target, seed = 0, classifier = None))]
+fn evaluate_json(
+    py: Python<'_>,
+    samples: &Bound<'_, PyAny>,
+    target: &Bound<'_, PyAny>,
+    seed: u64,
+    classifier: Option<PathBuf>,
+) -> PyResult<String> {
     let s = convert::points(samples, "samples", None)?;
     let pts = Points::new(s.shape[0], s.shape[1], s.data);
     if pts.n < 2 {
         return Err(PyValueError::new_err("samples: need at least 2 points"));
     }
     let target = if let Ok(m) = target.downcast::<PyMixture>() {
-        Target::Mixture(m.get().inner.clone())
+        EvalTarget::Points(Target::Mixture(m.get().inner.clone()))
     } else if let Ok(name) = target.extract::<String>() {
-        Target::parse(&name).map_err(convert::error)?
+        EvalTarget::parse(&name, classifier.as_deref()).map_err(convert::error)?
     } else if let Ok(p) = target.extract::<PathBuf>() {
-        Target::parse(&p.display().to_string()).map_err(convert::error)?
+        EvalTarget::parse(&p.display().to_string(), classifier.as_deref()).map_err(convert::error)?
     } else {
         let r = convert::points(target, "target", Some(pts.d))?;
-        Target::Reference(Points::new(r.shape[0], r.shape[1], r.data))
+        EvalTarget::Points(Target::Reference(Points::new(r.shape[0], r.shape[1], r.data)))
     };
     let work = AssertSend((&pts, &target));
     let ev = py.allow_threads(move || {
         let work = work;
-        guard(|| eval::evaluate(work.0 .0, work.0 .1, seed).map_err(convert::error))
+        let (pts, target) = work.0;
+        guard(|| target.evaluate(pts, seed, &Device::Cpu).map_err(convert::error))
     })?;
     serde_json::to_string(&ev).map_err(|e| PyValueError::new_err(e.to_string()))
 }
