@@ -24,13 +24,13 @@ use scoregen::app::commands::eval::{EvalTarget, Target};
 use scoregen::app::commands::likelihood::{likelihood_of_points, LikelihoodRequest};
 use scoregen::app::commands::sample::{check_counts, sample_loaded, ClassChoice, ClassGuidance, SampleRequest};
 use scoregen::app::commands::train::{train_and_report, TrainAndReportError, TrainedRun, REPORT_BY_DEFAULT};
-use scoregen::app::config::{RunConfig, SamplingConfig};
+use scoregen::app::config::RunConfig;
 use scoregen::app::run_dir::LoadedModel;
 use scoregen::likelihood::{self, LikelihoodOptions, ProbeNoise, TraceEstimator};
 use scoregen::oracle::{GaussianMixture, OracleScore};
 use scoregen::points::Points;
 use scoregen::rng::Rng;
-use scoregen::samplers::{Grid, OdeMethod, SampleContext, SamplerKind};
+use scoregen::samplers::{Grid, OdeMethod, SampleContext, SamplerKind, SamplerSpec};
 use scoregen::score::ScoreFn;
 use scoregen::sde::{self as sdes, Sde};
 use scoregen::train::{streams, DataParallel, ExistingRun, LogFn, LogHook, LogLine, TrainOptions};
@@ -445,7 +445,7 @@ impl Run {
         let cfg = &self.model.cfg;
         let n = n.unwrap_or(cfg.sampling.n);
         check_counts(n, steps).map_err(convert::error)?;
-        let mut sc: SamplingConfig = cfg.sampling.clone();
+        let mut sc: SamplerSpec = cfg.sampling;
         sc.sampler = parse_sampler(sampler)?;
         sc.grid = parse_grid(grid)?.or(sc.grid);
         sc.validate("arguments").map_err(convert::error)?;
@@ -461,7 +461,7 @@ impl Run {
         let steer = ClassGuidance::resolve(cfg, class, guidance, None).map_err(convert::error)?;
         let mut req = SampleRequest::new(n, steps, seed, PathBuf::new());
         req.use_ema = self.use_ema;
-        let spec = sc.spec();
+        let spec = sc;
         let model = AssertSend(&self.model);
         let out = py.allow_threads(move || {
             let model = model;
@@ -719,7 +719,7 @@ fn sample(
     if let Some(e) = eps {
         positive("eps", e)?;
     }
-    let sc = SamplingConfig {
+    let sc = SamplerSpec {
         sampler: parse_sampler(sampler)?,
         grid: parse_grid(grid)?,
         steps,
@@ -728,7 +728,7 @@ fn sample(
         ..Default::default()
     };
     sc.validate("arguments").map_err(convert::error)?;
-    let spec = sc.spec();
+    let spec = sc;
     let score = pyscore::PyScore::new(score_fn, None, 1e-3);
     let sde = sde.inner.clone();
     let work = AssertSend((&score, native.as_ref()));

@@ -35,7 +35,7 @@ fn eps_model_samples_the_same_through_em_and_ddpm() {
         let out = scoregen::app::commands::sample::sample_run_with(
             dir.path(),
             &req,
-            Some(SamplerSpec { kind, ..Default::default() }),
+            Some(SamplerSpec { sampler: kind, ..Default::default() }),
         )
         .unwrap();
         let pts = npy::read_points(&out.npy).unwrap();

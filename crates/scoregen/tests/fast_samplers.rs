@@ -26,7 +26,7 @@ fn vp_oracle() -> (Arc<dyn Sde>, OracleScore) {
 }
 
 fn run(o: &OracleScore, sde: &dyn Sde, kind: SamplerKind, budget: usize, seed: u64) -> Entry {
-    let spec = SamplerSpec { kind, ..Default::default() };
+    let spec = SamplerSpec { sampler: kind, ..Default::default() };
     evaluate_sampler(o, sde, &o.mixture, &spec, budget, &BenchSettings { n: 2000, seed, ..Default::default() })
         .unwrap()
         .0
@@ -98,7 +98,7 @@ fn deterministic_samplers_are_deterministic_bit_for_bit() {
     }
     // and through the spec, as `scoregen sample` runs them: same seed, same numbers
     for kind in [SamplerKind::Ddim, SamplerKind::Dpmpp2m, SamplerKind::Heun] {
-        let spec = SamplerSpec { kind, steps: 12, ..Default::default() };
+        let spec = SamplerSpec { sampler: kind, steps: 12, ..Default::default() };
         let draw = || {
             let mut rng = Rng::new(3, 0);
             spec.sample(

@@ -68,7 +68,7 @@ fn trained_model_likelihood_is_close_to_the_oracle() {
         let o = scoregen::app::commands::sample::sample_run_with(
             dir.path(),
             &SampleRequest::new(300, 100, 2, out.clone()),
-            Some(SamplerSpec { kind, ..Default::default() }),
+            Some(SamplerSpec { sampler: kind, ..Default::default() }),
         )
         .unwrap();
         let x = scoregen::data::npy::read_points(&out).unwrap();

@@ -80,13 +80,13 @@ fn every_sigma_sampler_runs_on_every_grid() {
         let o = OracleScore::new(mix.clone(), sde.clone());
         for kind in SIGMA_SAMPLERS {
             for grid in GRIDS {
-                let spec = SamplerSpec { kind, steps: 8, grid: Some(grid), ..Default::default() };
+                let spec = SamplerSpec { sampler: kind, steps: 8, grid: Some(grid), ..Default::default() };
                 let out = draw(&o, sde.as_ref(), &spec, 32, 1);
                 let want = if kind == SamplerKind::Heun { 15 } else { 8 };
                 assert_eq!(out.nfe, want, "{kind} {grid} on {}", sde.name());
                 assert!(flat(&out.x).iter().all(|v| v.is_finite()), "{kind} {grid} on {}", sde.name());
             }
-            let own = SamplerSpec { kind, steps: 8, ..Default::default() };
+            let own = SamplerSpec { sampler: kind, steps: 8, ..Default::default() };
             let explicit = SamplerSpec { grid: kind.default_grid(), ..own };
             let (a, b) = (draw(&o, sde.as_ref(), &own, 32, 2).x, draw(&o, sde.as_ref(), &explicit, 32, 2).x);
             assert_eq!(flat(&a), flat(&b), "{kind} on {}", sde.name());
@@ -94,7 +94,7 @@ fn every_sigma_sampler_runs_on_every_grid() {
     }
     let o = OracleScore::new(mix, chain.clone());
     let rec = Recording { inner: &o, times: RefCell::new(Vec::new()) };
-    let spec = SamplerSpec { kind: SamplerKind::Ddim, steps: 8, grid: Some(Grid::Trailing), ..Default::default() };
+    let spec = SamplerSpec { sampler: SamplerKind::Ddim, steps: 8, grid: Some(Grid::Trailing), ..Default::default() };
     draw(&rec, chain.as_ref(), &spec, 4, 3);
     let idx = timestep_spacing(Grid::Trailing, 1000, 8).unwrap();
     assert_eq!(idx, [999, 874, 749, 624, 499, 374, 249, 124]);
@@ -148,13 +148,13 @@ fn limited_samplers_end_inside_the_range() {
     let sde = vp();
     let o = OracleScore::new(named_mixture("gmm8").unwrap(), sde.clone());
     for kind in SIGMA_SAMPLERS {
-        let free = SamplerSpec { kind, steps: 10, ..Default::default() };
+        let free = SamplerSpec { sampler: kind, steps: 10, ..Default::default() };
         let biggest =
             |s: &SamplerSpec| flat(&draw(&o, sde.as_ref(), s, 200, 4).x).iter().fold(0.0f64, |m, v| m.max(v.abs()));
         assert!(biggest(&free) > 1.5, "{kind}");
         for limit in [X0Limit::Clip { range: 1.0 }, X0Limit::Threshold { ratio: 0.995, range: 1.0, max: f64::INFINITY }]
         {
-            let m = biggest(&SamplerSpec { limit: Some(limit), ..free });
+            let m = biggest(&free.with_limit(Some(limit)));
             assert!(m <= 1.0 + 1e-12, "{kind} {limit:?}: max |x| = {m}");
         }
     }
@@ -170,7 +170,7 @@ fn vp_start_starts_from_the_vp_prior() {
     let z = Rng::new(5, 0).randn((16, 2), DType::F64, &Device::Cpu).unwrap();
     for kind in [SamplerKind::Ddim, SamplerKind::Dpmpp2m] {
         for vp_start in [false, true] {
-            let spec = SamplerSpec { kind, steps: 6, vp_start, record_every: Some(1), ..Default::default() };
+            let spec = SamplerSpec { sampler: kind, steps: 6, vp_start, record_every: Some(1), ..Default::default() };
             let out = draw(&o, sde.as_ref(), &spec, 16, 5);
             let (t0, x_t0) = &out.trajectory[0];
             let (m, s) = sde.marginal(*t0);
@@ -201,7 +201,7 @@ fn eps_model_on_integer_timesteps_reproduces_ho_et_al_algorithm_2() {
     let model =
         DiscreteTimeModel::new(|x: &Tensor, i| eps_model(&o, &chain, x, i), chain.clone(), Output::Epsilon).unwrap();
     let spec = SamplerSpec {
-        kind: SamplerKind::Ddpm,
+        sampler: SamplerKind::Ddpm,
         steps: 1000,
         grid: Some(Grid::Linspace),
         vp_start: true,
@@ -249,7 +249,7 @@ fn v_model_samples_as_the_eps_model_and_the_oracle() {
         DiscreteTimeModel::new(|x: &Tensor, i| eps_model(&o, &chain, x, i), chain.clone(), Output::Epsilon).unwrap();
     let v_m = DiscreteTimeModel::new(v_of, chain.clone(), Output::V).unwrap();
     for grid in [Grid::Trailing, Grid::Leading] {
-        let spec = SamplerSpec { kind: SamplerKind::Ddim, steps: 20, grid: Some(grid), ..Default::default() };
+        let spec = SamplerSpec { sampler: SamplerKind::Ddim, steps: 20, grid: Some(grid), ..Default::default() };
         let (a, b, c) = (
             draw(&eps_m, chain.as_ref(), &spec, 64, 7).x,
             draw(&v_m, chain.as_ref(), &spec, 64, 7).x,

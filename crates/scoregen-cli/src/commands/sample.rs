@@ -6,8 +6,8 @@ use super::Globals;
 use anyhow::{Context, Result};
 use scoregen::app::commands::sample::SampleRequest;
 use scoregen::app::commands::sample::{ClassChoice, ClassGuidance};
-use scoregen::app::config::{RunConfig, SamplingConfig};
-use scoregen::samplers::{CorrectorKind, Grid, SamplerKind};
+use scoregen::app::config::RunConfig;
+use scoregen::samplers::{CorrectorKind, Grid, SamplerKind, SamplerSpec};
 use std::path::PathBuf;
 
 /// Sample a trained run: reverse-SDE predictors, predictor–corrector, the probability-flow ODE, the σ-space solvers (DDPM, DDIM, DPM-Solver++, Heun, Euler-ancestral), or the Langevin family.
@@ -92,9 +92,9 @@ struct SamplerArgs {
 }
 
 impl SamplerArgs {
-    /// The run's sampling settings with the ones given here in their place.
-    fn apply(&self, config: &SamplingConfig) -> SamplingConfig {
-        let mut sc = config.clone();
+    /// The run's sampler settings with the ones given here in their place.
+    fn apply(&self, config: &SamplerSpec) -> SamplerSpec {
+        let mut sc = *config;
         if let Some(v) = self.sampler {
             sc.sampler = v;
         }
@@ -167,7 +167,7 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
     let o = scoregen::app::commands::sample::sample_run_guided(
         run,
         &req,
-        Some(sc.spec()),
+        Some(sc),
         ClassGuidance::resolve(&cfg, args.guidance.class, args.guidance.guidance, args.guidance.classifier.clone())?
             .as_ref(),
     )?;

@@ -35,6 +35,10 @@ fn mean_norm(v: &Tensor) -> Result<f64> {
 /// Langevin corrector with the signal-to-noise step rule (Song et al. 2021,
 /// Alg. 4): ε = 2α(snr·‖z‖/‖s‖)², norms averaged over the batch as in score_sde,
 /// then x ← x + ε s(x,t) + √(2ε) z, `n_steps` times.
+/// The signal-to-noise ratio r of the Langevin correctors unless set: 0.16,
+/// score_sde's value for its CIFAR-10 VE models (Song et al. 2021, App. G).
+pub const DEFAULT_SNR: f64 = 0.16;
+
 #[derive(Debug, Clone, Copy)]
 pub struct LangevinCorrector {
     pub snr: f64,
@@ -43,7 +47,7 @@ pub struct LangevinCorrector {
 
 impl Default for LangevinCorrector {
     fn default() -> Self {
-        Self { snr: 0.16, n_steps: 1 }
+        Self { snr: DEFAULT_SNR, n_steps: 1 }
     }
 }
 
@@ -75,7 +79,7 @@ pub struct AnnealedLangevin {
 
 impl Default for AnnealedLangevin {
     fn default() -> Self {
-        Self { snr: 0.16, n_steps: 1 }
+        Self { snr: DEFAULT_SNR, n_steps: 1 }
     }
 }
 

@@ -7,11 +7,11 @@
 use super::annealed_langevin::{annealed_langevin_constrained, AnnealedOptions};
 use super::denoiser::{sample_sigma_steps, Denoiser, ScoreDenoiser};
 use super::grid::{grid_sigmas, Grid};
-use super::heun::Churn;
-use super::langevin::{langevin, mala, LangevinOptions, Start};
-use super::limits::{LimitedDenoiser, X0Limit};
+use super::langevin::{langevin, mala, LangevinOptions};
+use super::limits::LimitedDenoiser;
 use super::pc::sample_pc_constrained;
-use super::registry::{CorrectorKind, Method, Offers, SamplerKind};
+use super::registry::{Method, Offers};
+use super::settings::SamplerSpec;
 use super::{flow, Constraint, OdeMethod, ReverseOptions, Sampled, Unconstrained};
 use crate::error::Result;
 use crate::rng::Rng;
@@ -19,78 +19,6 @@ use crate::score::{LogDensity, ScoreFn};
 use crate::sde::{NoiseLadder, Sde};
 use candle_core::{DType, Device, Shape};
 use indicatif::ProgressBar;
-
-/// A fully specified sampler: what the config and the command line choose.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SamplerSpec {
-    pub kind: SamplerKind,
-    /// `None`: Langevin for `pc`, no corrector otherwise.
-    pub corrector: Option<CorrectorKind>,
-    /// Signal-to-noise ratio of the Langevin correctors.
-    pub snr: f64,
-    /// Corrector steps per time step.
-    pub corrector_steps: usize,
-    /// Steps of the SDE samplers (the ODE sampler adapts its own).
-    pub steps: usize,
-    /// Tolerances of the adaptive ODE solver.
-    pub rtol: f64,
-    pub atol: f64,
-    /// DDIM's η ∈ [0, 1] (0: deterministic, 1: DDPM).
-    pub eta: f64,
-    /// EDM Heun's churn (S_churn, S_min, S_max, S_noise).
-    pub churn: Churn,
-    /// ρ of the Karras σ schedule.
-    pub rho: f64,
-    /// The σ-space samplers' grid (`None`: the sampler's [`SamplerKind::default_grid`]).
-    pub grid: Option<Grid>,
-    /// Clipping or dynamic thresholding of x̂₀ (σ-space samplers).
-    pub limit: Option<X0Limit>,
-    /// σ-space samplers start at √(1 + σ₀²)·z (VP's prior N(0, I) at σ₀)
-    /// instead of σ₀·z.
-    pub vp_start: bool,
-    /// Final time ε of the reverse-time samplers (default: the SDE's sampling ε).
-    pub eps: Option<f64>,
-    /// The Tweedie denoising step at the end (reverse-time SDE samplers, annealed Langevin).
-    pub denoise: bool,
-    /// Langevin's step size ε (Langevin, MALA, annealed Langevin at the smallest level).
-    pub step_size: f64,
-    /// Annealed Langevin's steps per noise level T.
-    pub steps_per_level: usize,
-    /// Where the Langevin family starts.
-    pub start: Start,
-    /// The time at which the Langevin family evaluates the score (0: the
-    /// smallest level for NCSN; unconditional models ignore it).
-    pub langevin_t: f64,
-    /// Keep every k-th state (and the first and last), for GIFs of the reverse process.
-    pub record_every: Option<usize>,
-}
-
-impl Default for SamplerSpec {
-    fn default() -> Self {
-        Self {
-            kind: SamplerKind::Em,
-            corrector: None,
-            snr: 0.16,
-            corrector_steps: 1,
-            steps: 1000,
-            rtol: 1e-5,
-            atol: 1e-5,
-            eta: 0.0,
-            churn: Churn::default(),
-            rho: 7.0,
-            grid: None,
-            limit: None,
-            vp_start: false,
-            eps: None,
-            denoise: true,
-            step_size: 0.01,
-            steps_per_level: 100,
-            start: Start::Uniform { lo: -8.0, hi: 8.0 },
-            langevin_t: 0.0,
-            record_every: None,
-        }
-    }
-}
 
 /// What a sampler runs on besides its settings: the score, the SDE its time
 /// refers to, and what some samplers need (a noise ladder, an energy, a constraint).
@@ -146,11 +74,11 @@ impl SamplerSpec {
     /// names — PC-family predictors and correctors, the probability-flow ODE,
     /// the σ-space solvers, or the Langevin family.
     pub fn sample(&self, ctx: &SampleContext, shape: impl Into<Shape>, rng: &mut Rng) -> Result<Sampled> {
-        self.kind.check(&ctx.offers())?;
+        self.sampler.check(&ctx.offers())?;
         let shape = shape.into();
         let opts =
             ReverseOptions { steps: self.steps, eps: self.eps, denoise: self.denoise, record_every: self.record_every };
-        Ok(match self.kind.method() {
+        Ok(match self.sampler.method() {
             Method::SigmaSpace { .. } => self.sample_sigma_space(ctx, shape, rng)?,
             Method::ProbabilityFlow => {
                 let method = OdeMethod::Rk45 { rtol: self.rtol, atol: self.atol };
@@ -207,8 +135,8 @@ impl SamplerSpec {
     /// `grid` or the sampler's default ([`grid_sigmas`]); `limit` wraps the
     /// denoiser ([`LimitedDenoiser`]).
     fn sample_sigma_space(&self, ctx: &SampleContext, shape: Shape, rng: &mut Rng) -> candle_core::Result<Sampled> {
-        let Method::SigmaSpace { step, grid } = self.kind.method() else {
-            candle_core::bail!("`{}` is not a σ-space sampler", self.kind)
+        let Method::SigmaSpace { step, grid } = self.sampler.method() else {
+            candle_core::bail!("`{}` is not a σ-space sampler", self.sampler)
         };
         let den = ScoreDenoiser::new(ctx.score, ctx.sde, self.eps);
         let grid: Grid = self.grid.unwrap_or(grid);
@@ -217,7 +145,7 @@ impl SamplerSpec {
         let x = rng.randn(shape, ctx.dtype, &ctx.device)?.affine(scale, 0.0)?;
         let mut stepper = step(self);
         let limited;
-        let den: &dyn Denoiser = match self.limit {
+        let den: &dyn Denoiser = match self.limit() {
             Some(limit) => {
                 limited = LimitedDenoiser { inner: &den, limit };
                 &limited

@@ -19,13 +19,14 @@ pub mod pc;
 pub mod predictors;
 pub mod registry;
 pub mod reverse;
+pub mod settings;
 
 pub use annealed_langevin::{annealed_langevin, annealed_langevin_constrained, AnnealedOptions};
 pub use correctors::{AnnealedLangevin, Corrector, LangevinCorrector, NoneCorrector};
 pub use ddim::sample_ddim;
 pub use ddpm::sample_ddpm;
 pub use denoiser::{karras_sigmas, sample_sigma_steps, time_uniform_sigmas, Denoiser, ScoreDenoiser, SigmaStep};
-pub use dispatch::{SampleContext, SamplerSpec};
+pub use dispatch::SampleContext;
 pub use dpm_solver::{sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_3m};
 pub use flow::{decode, encode, interpolate, sample_ode};
 pub use grid::{grid_sigmas, Grid};
@@ -38,6 +39,7 @@ pub use predictors::{Ancestral, NonePredictor, ReverseDiffusion};
 pub use predictors::{EulerMaruyama, Predictor};
 pub use registry::{CorrectorKind, Method, Offers, SamplerInfo, SamplerKind, SAMPLERS};
 pub use reverse::ReverseSde;
+pub use settings::{ClassChoice, SamplerSpec};
 
 use crate::rng::Rng;
 use crate::score::ScoreFn;

@@ -10,11 +10,11 @@
 use super::correctors::{AnnealedLangevin, Corrector, LangevinCorrector, NoneCorrector};
 use super::ddim::DdimStep;
 use super::denoiser::SigmaStep;
-use super::dispatch::SamplerSpec;
 use super::dpm_solver::{Dpmpp2mSdeStep, Dpmpp2mStep, Dpmpp3mStep};
 use super::grid::Grid;
 use super::heun::HeunStep;
 use super::predictors::{Ancestral, EulerMaruyama, Predictor, ReverseDiffusion};
+use super::settings::SamplerSpec;
 use crate::error::{Error, Result};
 use crate::named::Named;
 
@@ -160,7 +160,7 @@ pub static SAMPLERS: &[SamplerInfo] = &[
         kind: SamplerKind::EulerAncestral,
         name: "euler-ancestral",
         description: "Euler-ancestral (k-diffusion; DDPM's step with sampling.s_noise), Karras grid by default",
-        method: sigma_space(|s| Box::new(DdimStep { eta: 1.0, s_noise: s.churn.s_noise }), Grid::Karras),
+        method: sigma_space(|s| Box::new(DdimStep { eta: 1.0, s_noise: s.churn().s_noise }), Grid::Karras),
         evals_per_step: 1,
         final_evals: 0,
     },
@@ -168,7 +168,7 @@ pub static SAMPLERS: &[SamplerInfo] = &[
         kind: SamplerKind::Dpmpp2mSde,
         name: "dpmpp-2m-sde",
         description: "DPM-Solver++(2M) SDE (η = 1, sampling.s_noise), Karras grid by default",
-        method: sigma_space(|s| Box::new(Dpmpp2mSdeStep::new(1.0, s.churn.s_noise)), Grid::Karras),
+        method: sigma_space(|s| Box::new(Dpmpp2mSdeStep::new(1.0, s.churn().s_noise)), Grid::Karras),
         evals_per_step: 1,
         final_evals: 0,
     },
@@ -200,7 +200,7 @@ pub static SAMPLERS: &[SamplerInfo] = &[
         kind: SamplerKind::Heun,
         name: "heun",
         description: "EDM's Heun sampler, optional churn, Karras grid by default",
-        method: sigma_space(|s| Box::new(HeunStep { churn: s.churn }), Grid::Karras),
+        method: sigma_space(|s| Box::new(HeunStep { churn: s.churn() }), Grid::Karras),
         // 2N − 1 for N steps: the last step to σ = 0 is Euler's
         evals_per_step: 2,
         final_evals: 0,

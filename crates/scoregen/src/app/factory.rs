@@ -8,7 +8,6 @@ use crate::error::{Error, Result};
 use crate::nets::{self, Conditioning, EnergyMlp, Mlp, MlpConfig, Model, UNet, UNetConfig};
 use crate::objectives::{ContinuousDsm, DenoisingAtSigma, Dsm, Implicit, Ncsn, Objective, Sliced};
 use crate::rng::Rng;
-use crate::samplers::{Churn, SamplerSpec, X0Limit};
 use crate::score::{Edm, Head};
 use crate::sde::{NoiseLadder, Sde, SubVpSde, VeSde, VpSde};
 use crate::train::{streams, TrainSetup, Trainer};
@@ -71,43 +70,6 @@ impl ObjectiveConfig {
             times: self.t_sampling,
             log_sigma: (self.p_mean, self.p_std),
             ..Dsm::default()
-        }
-    }
-}
-
-impl SamplingConfig {
-    /// The sampler, corrector, snr and tolerances.
-    /// Thresholding if `threshold` is set, else clipping if `clip_denoised`.
-    pub fn limit(&self) -> Option<X0Limit> {
-        let range = self.clip_range;
-        match self.threshold {
-            Some(ratio) => Some(X0Limit::Threshold { ratio, range, max: self.threshold_max }),
-            None => self.clip_denoised.then_some(X0Limit::Clip { range }),
-        }
-    }
-
-    pub fn spec(&self) -> SamplerSpec {
-        SamplerSpec {
-            kind: self.sampler,
-            corrector: self.corrector,
-            snr: self.snr,
-            corrector_steps: self.corrector_steps,
-            steps: self.steps,
-            rtol: self.rtol,
-            atol: self.atol,
-            eta: self.eta,
-            churn: Churn { s_churn: self.s_churn, s_tmin: self.s_tmin, s_tmax: self.s_tmax, s_noise: self.s_noise },
-            rho: self.rho,
-            grid: self.grid,
-            limit: self.limit(),
-            vp_start: self.vp_start,
-            eps: self.eps,
-            denoise: self.denoise,
-            step_size: self.step_size,
-            steps_per_level: self.steps_per_level,
-            start: self.start,
-            langevin_t: 0.0,
-            record_every: None,
         }
     }
 }

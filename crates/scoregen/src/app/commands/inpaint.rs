@@ -125,7 +125,7 @@ pub fn inpaint_run(run_dir: &Path, req: &InpaintRequest) -> Result<InpaintOutcom
     let run_sampler = cfg.sampling.sampler;
     let kind = req.sampler.unwrap_or(if run_sampler.takes_constraint() { run_sampler } else { SamplerKind::Pc });
     let steps = req.steps.unwrap_or(cfg.sampling.steps);
-    let spec = SamplerSpec { kind, steps, ..cfg.sampling.spec() };
+    let spec = SamplerSpec { sampler: kind, steps, ..cfg.sampling };
     let score = model.score();
     let start = Instant::now();
     kind.check(&Offers {

@@ -92,7 +92,7 @@ pub fn evaluate_sampler(
     set: &BenchSettings,
 ) -> Result<(Entry, Points)> {
     let (n, eps, seed) = (set.n, set.eps, set.seed);
-    let steps = spec.kind.steps_for_nfe(budget);
+    let steps = spec.sampler.steps_for_nfe(budget);
     let spec = SamplerSpec { steps, eps, denoise: true, ..*spec };
     let start = Instant::now();
     let mut rng = Rng::new(seed, 0);
@@ -102,9 +102,9 @@ pub fn evaluate_sampler(
     let seconds = start.elapsed().as_secs_f64();
     let pts = Points::from_tensor(&out.x)?;
     let r = metrics::against_mixture(&pts, mix, &mut Rng::new(seed, 1));
-    let grid = spec.grid.or(spec.kind.default_grid()).filter(|_| spec.kind.is_denoiser());
+    let grid = spec.grid.or(spec.sampler.default_grid()).filter(|_| spec.sampler.is_denoiser());
     let entry = Entry {
-        sampler: spec.kind.to_string(),
+        sampler: spec.sampler.to_string(),
         grid: grid.map_or("—".into(), |g| g.to_string()),
         budget,
         steps,
@@ -151,7 +151,7 @@ pub fn leaderboard_on_grids(
     let rows: Vec<SamplerSpec> = kinds
         .iter()
         .flat_map(|&kind| {
-            let own = SamplerSpec { kind, ..*base };
+            let own = SamplerSpec { sampler: kind, ..*base };
             if kind.is_denoiser() && !grids.is_empty() {
                 grids.iter().map(|&g| SamplerSpec { grid: Some(g), ..own }).collect()
             } else {
@@ -160,7 +160,7 @@ pub fn leaderboard_on_grids(
         })
         .collect();
     progress.set_length((rows.len() * budgets.len() + 1) as u64);
-    let em = SamplerSpec { kind: SamplerKind::Em, ..*base };
+    let em = SamplerSpec { sampler: SamplerKind::Em, ..*base };
     let (baseline, _) = evaluate_sampler(score, sde, mix, &em, 1000, set)?;
     progress.inc(1);
     let mut entries = Vec::new();
@@ -331,7 +331,7 @@ pub fn bench_samplers(req: &BenchRequest) -> Result<Leaderboard> {
                 device: model.device.clone(),
             };
             let sde = cfg.sde();
-            let base = cfg.sampling.spec();
+            let base = cfg.sampling;
             Ok(leaderboard_on_grids(
                 score.as_ref(),
                 sde.as_ref(),

@@ -45,21 +45,19 @@ pub struct SampleRequest {
 }
 
 impl SampleRequest {
-    /// The sampler settings: `base` (default: the run's `[sampling]`) with this
-    /// request's steps and recording, and the run's own ε, denoising and
-    /// Langevin settings (the request's step size and steps per level first).
+    /// The sampler settings: `base` (default: the run's `[sampling]`, which
+    /// the command line's flags and Python's keywords override) with this
+    /// request's steps, recording and Langevin step size and steps per level,
+    /// and the time the Langevin family evaluates the score at.
     pub fn spec(&self, cfg: &RunConfig, base: Option<SamplerSpec>) -> SamplerSpec {
-        let sp = &cfg.sampling;
+        let base = base.unwrap_or(cfg.sampling);
         SamplerSpec {
             steps: self.steps,
             record_every: self.record_every,
-            eps: sp.eps,
-            denoise: sp.denoise,
-            step_size: self.step_size.unwrap_or(sp.step_size),
-            steps_per_level: self.steps_per_level.unwrap_or(sp.steps_per_level),
-            start: sp.start,
+            step_size: self.step_size.unwrap_or(base.step_size),
+            steps_per_level: self.steps_per_level.unwrap_or(base.steps_per_level),
             langevin_t: cfg.langevin_time(),
-            ..base.unwrap_or_else(|| sp.spec())
+            ..base
         }
     }
 
@@ -237,7 +235,7 @@ pub fn draw(
     rng: &mut Rng,
 ) -> Result<samplers::Sampled> {
     let cfg = &model.cfg;
-    let sampler = spec.kind;
+    let sampler = spec.sampler;
     // what the run's model offers; the sampler table's check refuses the rest
     let energy = model.model.energy().map(|e| e as &dyn LogDensity);
     let every_level = !cfg.objective.kind.is_noise_free(cfg.objective.sigma);

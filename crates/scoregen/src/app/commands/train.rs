@@ -200,7 +200,7 @@ impl Evaluator for ImageEvaluator {
             Some((labels, w)) => Box::new(ClassifierFree { model: &cond, labels: labels.clone(), w: *w }),
             None => model.score(trainer.sde.clone()),
         };
-        let spec = SamplerSpec { kind: SamplerKind::Dpmpp2m, steps: EVAL_STEPS, ..SamplerSpec::default() };
+        let spec = SamplerSpec { sampler: SamplerKind::Dpmpp2m, steps: EVAL_STEPS, ..SamplerSpec::default() };
         let hidden = ProgressBar::hidden();
         let ctx = SampleContext {
             device: trainer.device.clone(),

@@ -12,7 +12,7 @@ use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
 use crate::nets::MlpConfig;
 use crate::objectives::{Dsm, Projection, Reduction, TimeSampling, Weighting};
-use crate::samplers::{CorrectorKind, Grid, SamplerKind, Start};
+use crate::samplers::{SamplerKind, Start};
 use crate::score::Output;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -352,127 +352,10 @@ impl Default for NoiseConfig {
 /// `[training]`: the training loop's settings, defined beside the loop.
 pub use crate::train::TrainSettings as TrainingConfig;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SamplingConfig {
-    /// Any row of the sampler table ([`crate::samplers::SAMPLERS`]; `scoregen list`).
-    pub sampler: SamplerKind,
-    /// Corrector before each predictor step: `langevin`, `ald` or `none`
-    /// (default: `langevin` for `pc`, `none` otherwise).
-    pub corrector: Option<CorrectorKind>,
-    /// Signal-to-noise ratio r of the Langevin correctors, ε = 2α(r‖z‖/‖s‖)².
-    pub snr: f64,
-    /// Corrector steps per time step.
-    pub corrector_steps: usize,
-    /// Relative and absolute tolerances of the adaptive ODE solver.
-    pub rtol: f64,
-    pub atol: f64,
-    pub steps: usize,
-    pub n: usize,
-    /// Final time ε; default: the SDE's (1e-5 VE, 1e-3 VP/sub-VP).
-    pub eps: Option<f64>,
-    /// Tweedie denoising step at the end.
-    pub denoise: bool,
-    /// Sample with the EMA weights.
-    pub use_ema: bool,
-    /// Langevin step size ε (annealed: the step at the smallest level).
-    pub step_size: f64,
-    /// Annealed Langevin: steps per noise level T.
-    pub steps_per_level: usize,
-    /// Where Langevin chains start.
-    pub start: Start,
-    /// `ddim`: stochasticity η ∈ [0, 1] (0 deterministic, 1 = DDPM).
-    pub eta: f64,
-    /// `heun`: EDM churn S_churn (0: deterministic), applied for S_min ≤ σ ≤ S_max, noise scale S_noise.
-    pub s_churn: f64,
-    pub s_tmin: f64,
-    pub s_tmax: f64,
-    pub s_noise: f64,
-    /// `heun`, `dpmpp-2m-sde`, `euler-ancestral`: the noise scale S_noise.
-    /// Every σ-space sampler on the `karras` grid: its ρ.
-    pub rho: f64,
-    /// σ-space samplers: `uniform-t`, `karras`, `linspace`, `leading` or
-    /// `trailing` (default: uniform-t for ddpm and ddim, karras for the others).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub grid: Option<Grid>,
-    /// σ-space samplers: clip the denoised estimate x̂₀ to [−clip_range, clip_range].
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub clip_denoised: bool,
-    /// σ-space samplers: dynamic thresholding of x̂₀ at this quantile of |x̂₀| ∈ (0, 1]
-    /// (Saharia et al. 2022; diffusers' dynamic_thresholding_ratio, e.g. 0.995).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub threshold: Option<f64>,
-    /// The data range [−r, r] of clipping and thresholding (default 1: images in [−1, 1]).
-    #[serde(skip_serializing_if = "is_one")]
-    pub clip_range: f64,
-    /// Thresholding's largest s (diffusers' sample_max_value; default ∞, as Saharia et al.).
-    #[serde(skip_serializing_if = "is_infinite")]
-    pub threshold_max: f64,
-    /// σ-space samplers: start at √(1 + σ₀²)·z (the VP prior N(0, I) at σ₀) instead of σ₀·z.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub vp_start: bool,
-    /// A class-conditional run (`model.classes = K`): the class `sample` asks for
-    /// when no `--class` is given: `"all"` (every class, each sample its own, in the
-    /// training labels' proportions) or `"K"`; unset: the unconditional score (null label).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub class: Option<ClassChoice>,
-    /// Guidance weight w of `class` (and of `--class` without `--guidance`):
-    /// (1 + w)·s(x,t,y) − w·s(x,t); 0 is the plain conditional score.
-    #[serde(skip_serializing_if = "is_one")]
-    pub guidance: f64,
-}
-
-/// Which class a class-conditional sampling run asks for (`sampling.class`, `--class`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub enum ClassChoice {
-    /// Every sample is class K.
-    One(usize),
-    /// Every class, in the proportions of the training labels (counts by largest
-    /// remainder, in a seeded order): samples of p(x) = Σ_y p(y)·p(x | y).
-    All,
-}
-
-impl std::str::FromStr for ClassChoice {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        if s == "all" {
-            return Ok(ClassChoice::All);
-        }
-        s.parse().map(ClassChoice::One).map_err(|_| format!("expected a class number K or `all`, got `{s}`"))
-    }
-}
-
-impl TryFrom<String> for ClassChoice {
-    type Error = String;
-    fn try_from(s: String) -> std::result::Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<ClassChoice> for String {
-    fn from(c: ClassChoice) -> String {
-        c.to_string()
-    }
-}
-
-impl std::fmt::Display for ClassChoice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ClassChoice::One(k) => write!(f, "{k}"),
-            ClassChoice::All => f.write_str("all"),
-        }
-    }
-}
-
-// The scheduler options are left out of a written config at their defaults,
-// so the config hash of a run from before they existed does not change.
-fn is_one(v: &f64) -> bool {
-    *v == 1.0
-}
-fn is_infinite(v: &f64) -> bool {
-    *v == f64::INFINITY
-}
+pub use crate::samplers::ClassChoice;
+/// `[sampling]`: the sampler settings, defined beside the samplers (one type
+/// for the config, the command line's overrides, Python and the samplers).
+pub use crate::samplers::SamplerSpec as SamplingConfig;
 
 impl Default for RunConfig {
     fn default() -> Self {
@@ -537,40 +420,6 @@ impl Default for ObjectiveConfig {
             t_sampling: d.times,
             p_mean: d.log_sigma.0,
             p_std: d.log_sigma.1,
-        }
-    }
-}
-impl Default for SamplingConfig {
-    fn default() -> Self {
-        Self {
-            sampler: SamplerKind::Em,
-            corrector: None,
-            snr: 0.16,
-            corrector_steps: 1,
-            rtol: 1e-5,
-            atol: 1e-5,
-            steps: 1000,
-            n: 2000,
-            eps: None,
-            denoise: true,
-            use_ema: true,
-            step_size: 0.01,
-            steps_per_level: 100,
-            start: Start::Uniform { lo: -8.0, hi: 8.0 },
-            eta: 0.0,
-            s_churn: 0.0,
-            s_tmin: 0.0,
-            s_tmax: f64::INFINITY,
-            s_noise: 1.0,
-            rho: 7.0,
-            grid: None,
-            clip_denoised: false,
-            threshold: None,
-            clip_range: 1.0,
-            threshold_max: f64::INFINITY,
-            vp_start: false,
-            class: None,
-            guidance: 1.0,
         }
     }
 }
@@ -651,6 +500,7 @@ impl RunConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::samplers::{CorrectorKind, Grid};
 
     /// The device, from the config file or `--set`, leaves the config hash
     /// (what a resume checks) unchanged: a run resumes on any device.
@@ -782,8 +632,8 @@ mod tests {
         assert!(e.contains("`sampling.rtol`"), "{e}");
         let c =
             RunConfig::parse("[sampling]\nsampler = \"pc\"\ncorrector = \"ald\"\nsnr = 0.1\n", "c.toml", &[]).unwrap();
-        let spec = c.sampling.spec();
-        assert_eq!(spec.kind, SamplerKind::Pc);
+        let spec = c.sampling;
+        assert_eq!(spec.sampler, SamplerKind::Pc);
         assert_eq!(spec.corrector, Some(CorrectorKind::Ald));
         assert_eq!(spec.snr, 0.1);
     }
@@ -793,15 +643,15 @@ mod tests {
     #[test]
     fn scheduler_fields_are_validated_by_name() {
         let text = "[sampling]\nsampler = \"dpmpp-3m\"\ngrid = \"trailing\"\nthreshold = 0.995\nclip_range = 2\nvp_start = true\n";
-        let spec = RunConfig::parse(text, "c.toml", &[]).unwrap().sampling.spec();
-        assert_eq!((spec.kind, spec.grid, spec.vp_start), (SamplerKind::Dpmpp3m, Some(Grid::Trailing), true));
+        let spec = RunConfig::parse(text, "c.toml", &[]).unwrap().sampling;
+        assert_eq!((spec.sampler, spec.grid, spec.vp_start), (SamplerKind::Dpmpp3m, Some(Grid::Trailing), true));
         assert_eq!(
-            spec.limit,
+            spec.limit(),
             Some(crate::samplers::X0Limit::Threshold { ratio: 0.995, range: 2.0, max: f64::INFINITY })
         );
         let clip = RunConfig::parse("[sampling]\nsampler = \"ddim\"\nclip_denoised = true\n", "c.toml", &[]).unwrap();
-        assert_eq!(clip.sampling.spec().limit, Some(crate::samplers::X0Limit::Clip { range: 1.0 }));
-        assert_eq!(SamplingConfig::default().spec().limit, None);
+        assert_eq!(clip.sampling.limit(), Some(crate::samplers::X0Limit::Clip { range: 1.0 }));
+        assert_eq!(SamplingConfig::default().limit(), None);
         for (text, field) in [
             ("sampler = \"ddim\"\ngrid = \"cosine\"", "`sampling.grid`"),
             ("sampler = \"ddim\"\nthreshold = 99.5", "`sampling.threshold`: must be a quantile in (0, 1]"),
@@ -832,10 +682,10 @@ mod tests {
         let text =
             "[model]\noutput = \"epsilon\"\n[sampling]\nsampler = \"heun\"\ns_churn = 40\ns_tmin = 0.05\ns_tmax = 50\n";
         let c = RunConfig::parse(text, "c.toml", &[]).unwrap();
-        let spec = c.sampling.spec();
-        assert_eq!(spec.kind, SamplerKind::Heun);
+        let spec = c.sampling;
+        assert_eq!(spec.sampler, SamplerKind::Heun);
         assert_eq!(
-            (spec.churn.s_churn, spec.churn.s_tmin, spec.churn.s_tmax, spec.churn.s_noise),
+            (spec.churn().s_churn, spec.churn().s_tmin, spec.churn().s_tmax, spec.churn().s_noise),
             (40.0, 0.05, 50.0, 1.0)
         );
         assert_eq!(spec.rho, 7.0);

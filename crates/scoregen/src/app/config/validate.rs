@@ -2,75 +2,7 @@
 //! the file and the field.
 
 use super::*;
-use crate::samplers::{Offers, SAMPLERS};
-
-impl SamplingConfig {
-    /// Checks the sampler settings that types alone cannot; messages name the field.
-    pub fn validate(&self, file: &str) -> Result<()> {
-        let err = |field: &str, msg: String| Err(Error::config(file, field, msg));
-        for (field, v) in [("sampling.snr", self.snr), ("sampling.rtol", self.rtol), ("sampling.atol", self.atol)] {
-            if !(v.is_finite() && v > 0.0) {
-                return err(field, format!("must be a finite number > 0 (got {v})"));
-            }
-        }
-        if self.corrector_steps == 0 {
-            return err("sampling.corrector_steps", "must be ≥ 1 (got 0)".into());
-        }
-        if !(0.0..=1.0).contains(&self.eta) {
-            return err("sampling.eta", format!("must be in [0, 1] (got {})", self.eta));
-        }
-        for (field, v) in [("sampling.rho", self.rho), ("sampling.s_noise", self.s_noise)] {
-            if !(v.is_finite() && v > 0.0) {
-                return err(field, format!("must be a finite number > 0 (got {v})"));
-            }
-        }
-        if !(self.s_churn.is_finite() && self.s_churn >= 0.0) {
-            return err("sampling.s_churn", format!("must be a finite number ≥ 0 (got {})", self.s_churn));
-        }
-        if self.s_tmin.is_nan() || self.s_tmax.is_nan() || self.s_tmax < self.s_tmin {
-            return err("sampling.s_tmax", format!("must be ≥ s_tmin = {} (got {})", self.s_tmin, self.s_tmax));
-        }
-        if !(self.clip_range.is_finite() && self.clip_range > 0.0) {
-            return err("sampling.clip_range", format!("must be a finite number > 0 (got {})", self.clip_range));
-        }
-        if self.threshold_max.is_nan() || self.threshold_max < self.clip_range {
-            return err(
-                "sampling.threshold_max",
-                format!("must be ≥ clip_range = {} (got {})", self.clip_range, self.threshold_max),
-            );
-        }
-        if let Some(p) = self.threshold {
-            if !(p > 0.0 && p <= 1.0) {
-                return err("sampling.threshold", format!("must be a quantile in (0, 1], e.g. 0.995 (got {p})"));
-            }
-            if self.clip_denoised {
-                return err(
-                    "sampling.threshold",
-                    "set either clip_denoised or threshold (thresholding already clips)".into(),
-                );
-            }
-        }
-        if !self.sampler.is_denoiser() {
-            let set = [
-                ("sampling.grid", self.grid.is_some()),
-                ("sampling.clip_denoised", self.clip_denoised),
-                ("sampling.threshold", self.threshold.is_some()),
-                ("sampling.vp_start", self.vp_start),
-            ];
-            if let Some((field, _)) = set.iter().find(|(_, on)| *on) {
-                return err(
-                    field,
-                    format!(
-                        "applies to the σ-space samplers ({}), not `{}`",
-                        SAMPLERS.iter().filter(|s| s.kind.is_denoiser()).map(|s| s.name).collect::<Vec<_>>().join(", "),
-                        self.sampler
-                    ),
-                );
-            }
-        }
-        Ok(())
-    }
-}
+use crate::samplers::Offers;
 
 impl RunConfig {
     /// Checks every value that types alone cannot.
