@@ -7,7 +7,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use scoregen::oracle::{GaussianMixture, OracleScore};
 use scoregen::points::Points;
-use scoregen::rng::Rng;
+use scoregen::rng::{streams, Rng};
 use scoregen::score::ScoreFn;
 
 /// A Gaussian mixture p(x) = Σ_k w_k N(x; μ_k, Σ_k): exact samples, log-density
@@ -78,7 +78,7 @@ impl PyMixture {
     /// n exact samples, [n, D] float64, from the seeded stream `seed`.
     #[pyo3(signature = (n, seed = 0))]
     fn sample(&self, py: Python<'_>, n: usize, seed: u64) -> PyResult<PyObject> {
-        let p = self.inner.sample(n, &mut Rng::new(seed, 0));
+        let p = self.inner.sample(n, &mut Rng::new(seed, streams::MIXTURE_SAMPLE));
         convert::out(py, &[p.n, p.d], p.data)
     }
 

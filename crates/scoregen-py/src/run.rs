@@ -12,9 +12,8 @@ use scoregen::app::commands::sample::{check_counts, sample_loaded, ClassChoice, 
 use scoregen::app::config::RunConfig;
 use scoregen::app::run_dir::LoadedModel;
 use scoregen::points::Points;
-use scoregen::rng::Rng;
+use scoregen::rng::{streams, Rng};
 use scoregen::samplers::SamplerSpec;
-use scoregen::train::streams;
 use std::path::PathBuf;
 
 /// A trained run folder (config.toml + checkpoints/), loaded once.

@@ -12,10 +12,9 @@ use pyo3::prelude::*;
 use scoregen::app::commands::sample::check_counts;
 use scoregen::likelihood::{self, LikelihoodOptions, ProbeNoise, TraceEstimator};
 use scoregen::oracle::OracleScore;
-use scoregen::rng::Rng;
+use scoregen::rng::{streams, Rng};
 use scoregen::samplers::{Grid, OdeMethod, SampleContext, SamplerKind, SamplerSpec};
 use scoregen::score::ScoreFn;
-use scoregen::train::streams;
 
 /// `sampler=`: a name from the sampler table.
 pub fn parse_sampler(name: &str) -> PyResult<SamplerKind> {
@@ -120,7 +119,7 @@ pub fn sample(
                 ..SampleContext::new(score, sde.as_ref(), &pb)
             };
             let mut rng = Rng::new(seed, streams::SAMPLING);
-            let s = spec.sample(&ctx, shape.clone(), &mut rng).map_err(|e| py_score.explain(e.into()))?;
+            let s = spec.sample(&ctx, shape.clone(), &mut rng).map_err(|e| py_score.explain(e))?;
             let dims = s.x.dims().to_vec();
             Ok((dims, tensor_data(&s.x)?))
         })

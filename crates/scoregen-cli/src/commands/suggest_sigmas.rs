@@ -2,6 +2,7 @@
 
 use super::Globals;
 use anyhow::Result;
+use scoregen::rng::{streams, Rng};
 use scoregen::sde::ladder;
 
 /// Suggest a noise ladder and Langevin step size by the NCSNv2 rules.
@@ -27,7 +28,7 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
     if !(sigma_min.is_finite() && *sigma_min > 0.0) || *steps_per_level == 0 || *n < 2 {
         anyhow::bail!("--sigma-min must be > 0, --steps-per-level ≥ 1 and --n ≥ 2");
     }
-    let ds = scoregen::data::load(data, *n, &mut scoregen::rng::Rng::new(0, 1))?;
+    let ds = scoregen::data::load(data, *n, &mut Rng::new(0, streams::SUGGEST_SIGMAS_DATA))?;
     let dmax = ladder::max_pairwise_distance(&ds.points);
     let s = ladder::suggest(dmax, ds.points.d, *sigma_min, *steps_per_level);
     g.print(&s, |s| println!("{}", s.explain()));

@@ -8,7 +8,7 @@
 
 use crate::error::{Error, Result};
 use crate::points::Points;
-use crate::rng::Rng;
+use crate::rng::{streams, Rng};
 use flate2::read::GzDecoder;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -155,7 +155,7 @@ impl ImageSet {
     pub fn split(&self, test_fraction: f64, seed: u64) -> (Self, Self) {
         let n = self.len();
         let mut idx: Vec<usize> = (0..n).collect();
-        let mut rng = Rng::new(seed, 0x5B1);
+        let mut rng = Rng::new(seed, streams::IMAGE_SPLIT);
         for i in (1..n).rev() {
             idx.swap(i, rng.below(i + 1));
         }

@@ -44,7 +44,7 @@
 
 use super::denoiser::{sample_sigma_steps, Denoiser, SigmaStep};
 use super::Sampled;
-use crate::rng::Rng;
+use crate::rng::{streams, Rng};
 use candle_core::{Result, Tensor};
 use indicatif::ProgressBar;
 
@@ -52,13 +52,13 @@ use indicatif::ProgressBar;
 /// Deterministic; one denoiser call per step, NFE = len(sigmas) − 1.
 pub fn sample_dpmpp_2m(den: &dyn Denoiser, x: Tensor, sigmas: &[f64], progress: &ProgressBar) -> Result<Sampled> {
     // deterministic: the stream is never drawn from
-    let mut unused = Rng::new(0, 0);
+    let mut unused = Rng::new(0, streams::NEVER_DRAWN);
     sample_sigma_steps(den, &mut Dpmpp2mStep::default(), x, sigmas, &mut unused, None, progress)
 }
 
 /// DPM-Solver++(3M) over `sigmas`; deterministic, NFE = len(sigmas) − 1.
 pub fn sample_dpmpp_3m(den: &dyn Denoiser, x: Tensor, sigmas: &[f64], progress: &ProgressBar) -> Result<Sampled> {
-    let mut unused = Rng::new(0, 0);
+    let mut unused = Rng::new(0, streams::NEVER_DRAWN);
     sample_sigma_steps(den, &mut Dpmpp3mStep::default(), x, sigmas, &mut unused, None, progress)
 }
 

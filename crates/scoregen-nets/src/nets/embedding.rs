@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{embedding, Embedding, VarBuilder};
-use scoregen_core::rng::Rng;
+use scoregen_core::rng::{streams, Rng};
 use std::f64::consts::PI;
 
 /// γ(t) = [sin(2π W t), cos(2π W t)] with fixed W_j ~ N(0, scale²).
@@ -19,7 +19,7 @@ pub struct GaussianFourier {
 impl GaussianFourier {
     /// `dim` must be even: half sines, half cosines.
     pub fn new(dim: usize, scale: f64, seed: u64, dtype: DType, device: &Device) -> Result<Self> {
-        let mut rng = Rng::new(seed, 0xF0F0);
+        let mut rng = Rng::new(seed, streams::FOURIER_FEATURES);
         let w: Vec<f64> = (0..dim / 2).map(|_| 2.0 * PI * scale * rng.normal()).collect();
         Ok(Self { freqs: Tensor::from_vec(w, (1, dim / 2), device)?.to_dtype(dtype)? })
     }

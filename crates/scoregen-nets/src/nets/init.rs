@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Result, Shape, Tensor, Var};
 use candle_nn::init::NormalOrUniform;
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder, VarMap};
-use scoregen_core::rng::Rng;
+use scoregen_core::rng::{streams, Rng};
 use std::sync::Mutex;
 
 struct SeededBackend {
@@ -60,9 +60,9 @@ impl SimpleBackend for SeededBackend {
     }
 }
 
-/// A `VarBuilder` whose new variables are drawn from `Rng::new(seed, 0x1A17)`
+/// A `VarBuilder` whose new variables are drawn from `Rng::new(seed, streams::PARAM_INIT)`
 /// and stored in `varmap`. Variables already in `varmap` are reused.
 pub fn seeded_var_builder(varmap: &VarMap, seed: u64, dtype: DType, device: &Device) -> VarBuilder<'static> {
-    let backend = SeededBackend { varmap: varmap.clone(), rng: Mutex::new(Rng::new(seed, 0x1A17)) };
+    let backend = SeededBackend { varmap: varmap.clone(), rng: Mutex::new(Rng::new(seed, streams::PARAM_INIT)) };
     VarBuilder::from_backend(Box::new(backend), dtype, device.clone())
 }

@@ -11,7 +11,7 @@ use candle_nn::VarMap;
 use scoregen_core::error::{Error, Result};
 use scoregen_core::metrics::images::{entropy, frechet_distance, histogram, median, nearest_distances, ImageReport};
 use scoregen_core::points::Points;
-use scoregen_core::rng::Rng;
+use scoregen_core::rng::{streams, Rng};
 use scoregen_core::sde::Sde;
 use scoregen_core::{autodiff, progress};
 use std::sync::Arc;
@@ -92,7 +92,7 @@ pub fn train_classifier(
     let classifier = Classifier::build(&varmap, spec, &opts.device)?;
     let params = nets::named_vars(&varmap);
     let mut adam = Adam::new(&params)?;
-    let mut rng = Rng::new(opts.seed, super::streams::BATCH);
+    let mut rng = Rng::new(opts.seed, streams::BATCH);
     let (n, d) = (train.points.n, train.points.d);
     let schedule = learning_rate_schedule(opts.lr, opts.steps);
     let augment = augmentation(spec);

@@ -24,7 +24,7 @@ use scoregen_core::data::Dataset;
 use scoregen_core::error::{Error, Result};
 use scoregen_core::io::fs;
 use scoregen_core::objectives::Objective;
-use scoregen_core::rng::Rng;
+use scoregen_core::rng::{streams, Rng};
 use scoregen_core::score::ScoreFn;
 use scoregen_core::sde::Sde;
 use scoregen_core::{autodiff, progress};
@@ -33,24 +33,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// RNG streams derived from the master seed.
-pub mod streams {
-    pub const DATA: u64 = 1;
-    pub const BATCH: u64 = 2;
-    pub const NOISE: u64 = 3;
-    pub const SAMPLING: u64 = 4;
-    pub const EVAL: u64 = 5;
-    /// The class labels of a class-conditional sampling run (`sample --class all`).
-    pub const LABELS: u64 = 6;
-
-    /// The stream of `kind` (BATCH or NOISE) for data-parallel shard `k ≥ 1`
-    /// at step `step` (0-based): kind in the low byte, k in the next 24 bits,
-    /// the step in the high 32, so it never meets the streams above (k = 0).
-    pub const fn shard(kind: u64, k: usize, step: usize) -> u64 {
-        kind | ((k as u64 & 0xff_ffff) << 8) | ((step as u64) << 32)
-    }
-}
 
 #[derive(Debug, Clone, Default)]
 pub struct TrainOptions {

@@ -21,7 +21,7 @@
 
 use candle_core::{DType, Tensor};
 use scoregen_core::error::{Error, Result};
-use scoregen_core::rng::Rng;
+use scoregen_core::rng::{streams, Rng};
 use sha2::{Digest, Sha256};
 use std::rc::Rc;
 
@@ -128,7 +128,6 @@ impl DataParallel {
 /// ChaCha streams of the run's seed numbered [`streams::shard`], independent
 /// of each other, of the trainer's own streams and of the number of processes.
 pub fn shard_rngs(seed: u64, k: usize, step: usize) -> (Rng, Rng) {
-    use super::streams;
     (Rng::new(seed, streams::shard(streams::BATCH, k, step)), Rng::new(seed, streams::shard(streams::NOISE, k, step)))
 }
 
@@ -221,7 +220,7 @@ mod tests {
     #[test]
     fn shard_streams_differ_by_shard_and_step_and_from_the_trainers() {
         let draw = |mut r: Rng| r.below(1 << 30);
-        let base = draw(Rng::new(7, super::super::streams::BATCH));
+        let base = draw(Rng::new(7, streams::BATCH));
         let s10 = draw(shard_rngs(7, 1, 0).0);
         let s11 = draw(shard_rngs(7, 1, 1).0);
         let s20 = draw(shard_rngs(7, 2, 0).0);

@@ -7,10 +7,10 @@ use crate::data::{self, ImageOptions};
 use crate::error::{Error, Result};
 use crate::nets::{self, Conditioning, EnergyMlp, Mlp, MlpConfig, Model, UNet, UNetConfig};
 use crate::objectives::{ContinuousDsm, DenoisingAtSigma, Dsm, Implicit, Ncsn, Objective, Sliced};
-use crate::rng::Rng;
+use crate::rng::{streams, Rng};
 use crate::score::{Edm, Head};
 use crate::sde::{NoiseLadder, Sde, SubVpSde, VeSde, VpSde};
-use crate::train::{streams, TrainSetup, Trainer};
+use crate::train::{TrainSetup, Trainer};
 use candle_core::Device;
 use candle_nn::VarMap;
 use std::sync::Arc;
@@ -145,7 +145,8 @@ pub fn build_model(
         ModelKind::TimeMlp => {
             let mut net = Mlp::build(vm, dim, dim, &mlp, Conditioning::Fourier, seed, device)?;
             if cfg.classes.count() > 0 {
-                let vb = nets::seeded_var_builder(vm, seed ^ 0xC1A55, candle_core::DType::F32, device);
+                let vb =
+                    nets::seeded_var_builder(vm, streams::class_embedding_seed(seed), candle_core::DType::F32, device);
                 net = net.with_classes(vb, cfg.classes.count())?;
             }
             Model::Score(Box::new(net), cfg.head())
@@ -162,7 +163,8 @@ pub fn build_model(
             let unet = cfg.unet(dim).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             let mut net = UNet::build(vm, &unet, seed, device).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             if cfg.classes.count() > 0 {
-                let vb = nets::seeded_var_builder(vm, seed ^ 0xC1A55, candle_core::DType::F32, device);
+                let vb =
+                    nets::seeded_var_builder(vm, streams::class_embedding_seed(seed), candle_core::DType::F32, device);
                 net = net.with_classes(vb, cfg.classes.count())?;
             }
             Model::Score(Box::new(net), cfg.head())

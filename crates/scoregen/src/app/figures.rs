@@ -3,14 +3,14 @@
 use crate::error::{Error, Result};
 use crate::oracle::GaussianMixture;
 use crate::points::Points;
-use crate::rng::Rng;
+use crate::rng::{streams, Rng};
 use crate::train::{self};
 use crate::viz::{self, Bounds};
 use std::path::Path;
 /// Scatter of 2-D points over the mixture's density when known.
 pub fn scatter(path: &Path, pts: &Points, mix: Option<&GaussianMixture>, title: &str) -> Result<()> {
     let bounds = match mix {
-        Some(m) => Bounds::around(&m.sample(4000, &mut Rng::new(0, 0)), 0.15),
+        Some(m) => Bounds::around(&m.sample(4000, &mut Rng::new(0, streams::PLOT_BOUNDS)), 0.15),
         None => Bounds::around(pts, 0.1),
     };
     let logp = mix.map(|m| move |x: f64, y: f64| m.log_prob(&Points::new(1, 2, vec![x, y]))[0]);

@@ -9,9 +9,9 @@ use crate::error::Result;
 use crate::nets::{self, Model};
 use crate::oracle::GaussianMixture;
 use crate::points::Points;
-use crate::rng::Rng;
+use crate::rng::{streams, Rng};
 use crate::score::ScoreFn;
-use crate::train::{checkpoint, streams, TrainState};
+use crate::train::{checkpoint, TrainState};
 use candle_core::Device;
 use candle_nn::VarMap;
 use std::path::Path;
@@ -22,7 +22,7 @@ pub fn oracle_of(cfg: &RunConfig) -> Result<Option<GaussianMixture>> {
     if src.ends_with(".npy") || data::is_image_source(src) {
         return Ok(None);
     }
-    Ok(data::load(src, 1, &mut Rng::new(0, 0))?.oracle)
+    Ok(data::load(src, 1, &mut Rng::new(0, streams::ORACLE_PROBE))?.oracle)
 }
 
 /// A trained model loaded from a run directory, ready to be a score.

@@ -11,7 +11,7 @@ use crate::app::config::RunConfig;
 use crate::app::factory;
 use crate::error::Result;
 use crate::likelihood::{self, LikelihoodOptions, TraceEstimator};
-use crate::rng::Rng;
+use crate::rng::{streams, Rng};
 use crate::samplers;
 use crate::samplers::{EulerMaruyama, OdeMethod, ReverseOptions};
 use candle_core::{DType, Device, Tensor};
@@ -121,7 +121,7 @@ pub fn unet_config(side: usize, batch: usize) -> Result<RunConfig> {
     let scratch = std::env::temp_dir().join("scoregen-bench");
     crate::io::fs::create_dir(&scratch)?;
     let n = 256;
-    let mut rng = Rng::new(0, 0);
+    let mut rng = Rng::new(0, streams::BENCH_INPUTS);
     let pixels: Vec<f32> = (0..n * side * side).map(|_| rng.uniform() as f32).collect();
     let path = scratch.join(format!("bench-images-{side}.npy"));
     crate::io::npy::write_f32(&path, &[n, 1, side, side], &pixels)?;
@@ -182,7 +182,7 @@ pub fn sample(cfg: &RunConfig, which: SampleCase, n: usize, steps: usize, reps: 
     let score = model.score(sde.clone());
     let dim = trainer.dataset.points.d;
     let opts = ReverseOptions { steps, eps: None, denoise: false, record_every: None };
-    let mut rng = Rng::new(cfg.seed, crate::train::streams::SAMPLING);
+    let mut rng = Rng::new(cfg.seed, streams::SAMPLING);
     let name = match which {
         SampleCase::EulerMaruyama => "em",
         SampleCase::FlowHeun => "ode-heun",
@@ -238,7 +238,7 @@ pub fn likelihood(cfg: &RunConfig, n: usize, steps: usize, reps: usize, label: &
         score_dtype: DType::F32,
         ..LikelihoodOptions::default()
     };
-    let mut rng = Rng::new(cfg.seed, crate::train::streams::EVAL);
+    let mut rng = Rng::new(cfg.seed, streams::EVAL);
     time_it(format!("likelihood {label}n={n} steps={steps}"), n, 0, reps, &device, || {
         likelihood::log_likelihood(score.as_ref(), sde.as_ref(), &x, &opts, &mut rng).map(|_| ())
     })
@@ -247,7 +247,7 @@ pub fn likelihood(cfg: &RunConfig, n: usize, steps: usize, reps: usize, label: &
 /// This device's f32 GEMM rate through candle's matmul: an n×n by n×n
 /// product (2n³ FLOPs), median of `reps`.
 pub fn gemm_peak(n: usize, reps: usize, device: &Device) -> Result<Timing> {
-    let mut rng = Rng::new(0, 0);
+    let mut rng = Rng::new(0, streams::BENCH_INPUTS);
     let a = rng.randn((n, n), DType::F32, device)?;
     let b = rng.randn((n, n), DType::F32, device)?;
     let mut t = time_it(format!("gemm {n}x{n}"), 1, 2, reps, device, || {

@@ -10,6 +10,7 @@ use crate::metrics::images::ImageReport;
 use crate::nets::classifier::{ClassifierMeta, ClassifierSpec};
 use crate::nets::SavedClassifier;
 use crate::points::Points;
+use crate::rng::{streams, Rng};
 use crate::train::classifier::image_report;
 use crate::train::classifier::{train_classifier as fit, ClassifierTraining, Labelled, NoiseAware};
 use candle_core::Device;
@@ -54,9 +55,10 @@ pub type ImageShape = (usize, usize, usize);
 /// with the image shape; or of a Gaussian mixture (components as labels:
 /// 10,000 training and 2,000 held-out fresh draws), with no shape.
 pub fn labelled_splits(source: &str, opts: &ImageOptions) -> Result<(Labelled, Labelled, Option<ImageShape>)> {
-    if let Ok(data::Dataset { oracle: Some(mix), .. }) = data::load(source, 1, &mut crate::rng::Rng::new(0, 0)) {
-        let (x, y) = mix.sample_labeled(10_000, &mut crate::rng::Rng::new(0, 1));
-        let (xt, yt) = mix.sample_labeled(2_000, &mut crate::rng::Rng::new(0, 2));
+    if let Ok(data::Dataset { oracle: Some(mix), .. }) = data::load(source, 1, &mut Rng::new(0, streams::ORACLE_PROBE))
+    {
+        let (x, y) = mix.sample_labeled(10_000, &mut Rng::new(0, streams::CLASSIFY_TRAIN));
+        let (xt, yt) = mix.sample_labeled(2_000, &mut Rng::new(0, streams::CLASSIFY_HELD_OUT));
         return Ok((Labelled::new(x, y)?, Labelled::new(xt, yt)?, None));
     }
     if !data::is_image_source(source) {

@@ -11,7 +11,7 @@ use crate::oracle::GaussianMixture;
 use crate::oracle::{MixtureScore, OracleScore};
 use crate::points::Points;
 use crate::progress;
-use crate::rng::Rng;
+use crate::rng::{streams, Rng};
 use crate::samplers;
 use crate::samplers::{sample_pc, AnnealedOptions};
 use crate::samplers::{EulerMaruyama, LangevinOptions, NoneCorrector, ReverseOptions, Start};
@@ -45,7 +45,7 @@ pub struct LangevinDemo {
 pub fn langevin(out: &Path, quiet: bool, device: &Device) -> Result<LangevinDemo> {
     fs::create_dir(out)?;
     let mix = toy::named_mixture("gmm8").expect("gmm8 is a mixture");
-    let mut rng = Rng::new(0, 0);
+    let mut rng = Rng::new(0, streams::DEMO);
     let x0 = Start::Uniform { lo: -8.0, hi: 8.0 }.sample((1000, 2), &mut rng, DType::F64, device)?;
     let opts = LangevinOptions { steps: 300, eps: 0.01, t: 0.0, record_every: Some(5) };
     let run =
@@ -101,7 +101,7 @@ pub fn pitfall_with(
     let ladder = NoiseLadder::geometric(0.1, 20.0, levels);
     let total = per_level * ladder.levels();
     let hidden = ProgressBar::hidden();
-    let mut rng = Rng::new(seed, 0);
+    let mut rng = Rng::new(seed, streams::DEMO);
     let x0 = start.sample((n, 2), &mut rng, DType::F64, device)?;
     let opts = LangevinOptions { steps: total, eps: alpha, t: 0.0, record_every: None };
     let plain = samplers::langevin(&MixtureScore(mix.clone()), x0.clone(), &opts, &mut rng, &hidden)?;
@@ -190,7 +190,7 @@ pub fn forward_reverse(out_dir: &Path, seed: u64, device: &Device) -> Result<Pat
     let mix = forward_reverse_mixture();
     let sde: Arc<dyn Sde> = Arc::new(VpSde::default());
     let (paths, steps) = (24usize, 500usize);
-    let mut rng = Rng::new(seed, 0);
+    let mut rng = Rng::new(seed, streams::DEMO);
     // forward: x(0) ~ data, x ← x + a(t)x dt + g(t)√dt z
     let x0 = mix.sample(paths, &mut rng);
     let forward = crate::sde::forward_paths_1d(sde.as_ref(), &x0.data, steps, &mut rng);

@@ -10,8 +10,7 @@ use crate::metrics::images::ImageReport;
 use crate::metrics::{self, Distances, MixtureReport};
 use crate::oracle::GaussianMixture;
 use crate::points::Points;
-use crate::rng::Rng;
-use crate::train::streams;
+use crate::rng::{streams, Rng};
 use candle_core::Device;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -93,7 +92,7 @@ impl Target {
         if spec.ends_with(".npy") {
             return Ok(Target::Reference(npy::read_points(Path::new(spec))?));
         }
-        let ds = data::load(spec, 1, &mut Rng::new(0, 0))?;
+        let ds = data::load(spec, 1, &mut Rng::new(0, streams::ORACLE_PROBE))?;
         ds.oracle.map(Target::Mixture).ok_or_else(|| {
             Error::Invalid(format!("target `{spec}` has no exact density; give a mixture (gmm8, gmm25, unbalanced, *.toml) or a reference .npy"))
         })

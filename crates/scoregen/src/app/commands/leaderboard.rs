@@ -12,7 +12,7 @@ use crate::metrics;
 use crate::oracle::GaussianMixture;
 use crate::points::Points;
 use crate::progress;
-use crate::rng::Rng;
+use crate::rng::{streams, Rng};
 use crate::samplers::{Grid, SampleContext, SamplerKind, SamplerSpec, SAMPLERS};
 use crate::score::ScoreFn;
 use crate::sde::Sde;
@@ -95,13 +95,13 @@ pub fn evaluate_sampler(
     let steps = spec.sampler.steps_for_nfe(budget);
     let spec = SamplerSpec { steps, eps, denoise: true, ..*spec };
     let start = Instant::now();
-    let mut rng = Rng::new(seed, 0);
+    let mut rng = Rng::new(seed, streams::LEADERBOARD_SAMPLING);
     let hidden = ProgressBar::hidden();
     let ctx = SampleContext { dtype: set.dtype, device: set.device.clone(), ..SampleContext::new(score, sde, &hidden) };
     let out = spec.sample(&ctx, (n, mix.dim()), &mut rng)?;
     let seconds = start.elapsed().as_secs_f64();
     let pts = Points::from_tensor(&out.x)?;
-    let r = metrics::against_mixture(&pts, mix, &mut Rng::new(seed, 1));
+    let r = metrics::against_mixture(&pts, mix, &mut Rng::new(seed, streams::LEADERBOARD_METRICS));
     let grid = spec.grid.or(spec.sampler.default_grid()).filter(|_| spec.sampler.is_denoiser());
     let entry = Entry {
         sampler: spec.sampler.to_string(),
@@ -171,7 +171,7 @@ pub fn leaderboard_on_grids(
         }
     }
     progress.finish_and_clear();
-    let mut rng = Rng::new(seed, 2);
+    let mut rng = Rng::new(seed, streams::LEADERBOARD_FLOOR);
     let (a, b) = (mix.sample(n, &mut rng), mix.sample(n, &mut rng));
     Ok(Leaderboard {
         n,

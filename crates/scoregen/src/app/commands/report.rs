@@ -19,11 +19,11 @@ use crate::io::{fs, npy};
 use crate::likelihood::{self, LikelihoodOptions, TraceEstimator};
 use crate::oracle::GaussianMixture;
 use crate::points::Points;
-use crate::rng::Rng;
+use crate::rng::{streams, Rng};
 use crate::samplers;
 use crate::samplers::{EulerMaruyama, NoneCorrector, OdeMethod, ReverseOptions};
 use crate::sde::Sde;
-use crate::train::{self, streams};
+use crate::train;
 use crate::viz::{self, Bounds};
 use crate::viz::{trajectories_over_density, Arrow, Panel};
 use crate::{progress, sde};
@@ -287,7 +287,7 @@ impl Builder<'_> {
         let sde = cfg.sde();
         let data = run_dir::training_points(cfg)?;
         let bounds = match oracle {
-            Some(m) => Bounds::around(&m.sample(4000, &mut Rng::new(0, 0)), 0.15),
+            Some(m) => Bounds::around(&m.sample(4000, &mut Rng::new(0, streams::PLOT_BOUNDS)), 0.15),
             None => Bounds::around(&data.head(4000), 0.15),
         };
         // log p on the heat-map cells, computed once and looked up by every plot and GIF frame
@@ -561,7 +561,7 @@ impl Builder<'_> {
             model.cfg.sde().as_ref(),
             &x,
             &opts,
-            &mut Rng::new(0, 0),
+            &mut Rng::new(0, streams::REPORT_LIKELIHOOD),
             &pb,
         )?;
         Ok(Some((ll.nats, "log p₀(x), probability-flow ODE".into(), ll.nfe)))
