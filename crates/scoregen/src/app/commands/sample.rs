@@ -337,7 +337,7 @@ impl ClassGuidance {
         let Some(class) = class.or(cfg.sampling.class) else {
             if guidance.is_some() || classifier.is_some() {
                 return Err(Error::Setting {
-                    key: "sampling.class",
+                    key: "sampling.guidance",
                     message: "guidance needs a class (K or all), asked for here or as sampling.class in the run's \
                               config; a guidance weight or classifier alone is refused"
                         .into(),
