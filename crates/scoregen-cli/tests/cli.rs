@@ -222,10 +222,16 @@ fn guidance_commands_run_on_points_and_reject_bad_requests() {
     assert_eq!(v["n"], 6, "two observations, three completions each");
     fails_with(&scoregen(&[&inpaint[..], &["--mask", "stripes"]].concat(), dir.path()), &["--mask", "stripes"]);
     fails_with(&scoregen(&[&inpaint[..], &["--mask", "box"]].concat(), dir.path()), &["box needs images"]);
-    fails_with(&scoregen(&[&sample[..], &["--class", "8"]].concat(), dir.path()), &["--class 8", "0..7"]);
+    fails_with(
+        &scoregen(&[&sample[..], &["--class", "8"]].concat(), dir.path()),
+        &["--class (sampling.class): 8 is out of range", "0..7"],
+    );
     ok(&scoregen(&["-q", "train", "--config", "c.toml", "--set", "model.classes=0", "--out", "plain"], dir.path()));
     let plain = ["sample", "--run", "plain", "--n", "5", "--steps", "5", "--class", "1"];
-    fails_with(&scoregen(&plain, dir.path()), &["model.classes", "--classifier"]);
+    fails_with(
+        &scoregen(&plain, dir.path()),
+        &["--class (sampling.class): needs a class-conditional run", "model.classes", "classifier guidance"],
+    );
     // "auto": the mixture's 8 components are the labels, so the run records 8 classes
     let auto = ["-q", "train", "--config", "c.toml", "--set", "model.classes=\"auto\"", "--out", "auto"];
     ok(&scoregen(&auto, dir.path()));

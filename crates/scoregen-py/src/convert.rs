@@ -12,6 +12,8 @@ use numpy::{
 use pyo3::exceptions::{PyFileNotFoundError, PyKeyboardInterrupt, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
+use candle_core::{DType, Device, Tensor};
+
 /// A float array read from Python: its shape and its values in row-major order.
 pub struct Input {
     pub shape: Vec<usize>,
@@ -124,10 +126,17 @@ pub fn error(e: scoregen::Error) -> PyErr {
         }
         scoregen::Error::Interrupted(_) => PyKeyboardInterrupt::new_err(e.to_string()),
         // a setting by its keyword: `sampler: …` where the library says `sampling.sampler: …`
-        scoregen::Error::Setting { key, message } => {
-            PyValueError::new_err(format!("{}: {message}", key.rsplit('.').next().unwrap_or(key)))
-        }
+        scoregen::Error::Setting { key, message } => PyValueError::new_err(format!("{}: {message}", keyword(key))),
         _ => PyValueError::new_err(e.to_string()),
+    }
+}
+
+/// The keyword argument that sets the config key `key`: its last part,
+/// `class_` for `class` (a reserved word in Python).
+pub fn keyword(key: &str) -> &str {
+    match key.rsplit('.').next().unwrap_or(key) {
+        "class" => "class_",
+        k => k,
     }
 }
 
@@ -158,3 +167,24 @@ pub fn guard<T>(f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
 pub struct AssertSend<T>(pub T);
 // SAFETY: see the type's doc: the closure runs synchronously on this thread.
 unsafe impl<T> Send for AssertSend<T> {}
+
+/// `a` as a CPU tensor of `dtype`.
+pub fn tensor(a: &Input, dtype: DType) -> PyResult<Tensor> {
+    Tensor::from_vec(a.data.clone(), a.shape.as_slice(), &Device::Cpu)
+        .and_then(|t| t.to_dtype(dtype))
+        .map_err(candle_error)
+}
+
+/// A tensor's values as f64, row-major.
+pub fn tensor_data(t: &Tensor) -> PyResult<Vec<f64>> {
+    t.to_dtype(DType::F64).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f64>()).map_err(candle_error)
+}
+
+/// `v` must be a finite number > 0, or a `ValueError` naming `name`.
+pub fn positive(name: &str, v: f64) -> PyResult<()> {
+    if v.is_finite() && v > 0.0 {
+        Ok(())
+    } else {
+        Err(PyValueError::new_err(format!("{name} must be a finite number > 0 (got {v})")))
+    }
+}

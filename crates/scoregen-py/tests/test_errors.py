@@ -57,6 +57,8 @@ def test_sampler_arguments():
         scoregen.sample(good, SDE, "10x2")
     with pytest.raises(TypeError, match="score_fn must be callable"):
         scoregen.sample(3, SDE, (10, 2))
+    with pytest.raises(ValueError, match=r"^steps: must be ≥ 1 \(got 0\)$"):
+        scoregen.sample(good, SDE, (10, 2), steps=0)
     with pytest.raises(ValueError, match=r"dtype: expected \"float32\" or \"float64\""):
         scoregen.sample(good, SDE, (10, 2), dtype="float16")
     with pytest.raises(ValueError, match="needs an energy model"):
@@ -107,7 +109,19 @@ def test_run_arguments(trained_run):
         run.log_likelihood(np.zeros((5, 3)))
     with pytest.raises(ValueError, match="^sampler: `annealed-langevin` needs a model of the noise ladder"):
         run.sample(10, sampler="annealed-langevin")
-    with pytest.raises(ValueError, match="--n and --steps must be ≥ 1"):
+    with pytest.raises(ValueError, match=r"^n: must be ≥ 1 \(got 0\)$"):
         run.sample(0)
+    with pytest.raises(ValueError, match=r"^steps: must be ≥ 1 \(got 0\)$"):
+        run.sample(10, steps=0)
     with pytest.raises(ValueError, match=r"probes must be ≥ 1"):
         run.log_likelihood(np.zeros((5, 2)), trace="hutchinson", probes=0)
+
+
+def test_a_setting_is_named_by_the_flag_in_the_cli_and_the_keyword_in_python(cli, trained_run, tmp_path):
+    """One check in the library (`sampling.n`, `sampling.steps` ≥ 1), two spellings."""
+    r = run_cli(cli, "sample", "--run", trained_run, "--n", 0, "--out", tmp_path / "s.npy")
+    assert r.returncode == 1 and r.stderr == "error: --n (sampling.n): must be ≥ 1 (got 0)\n", r.stderr
+    r = run_cli(cli, "sample", "--run", trained_run, "--steps", 0, "--out", tmp_path / "s.npy")
+    assert r.returncode == 1 and r.stderr == "error: --steps (sampling.steps): must be ≥ 1 (got 0)\n", r.stderr
+    with pytest.raises(ValueError, match=r"^n: must be ≥ 1 \(got 0\)$"):
+        scoregen.Run.load(trained_run).sample(0)

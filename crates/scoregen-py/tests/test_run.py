@@ -87,8 +87,12 @@ def test_class_conditional_sample_is_the_cli(cli, tmp_path):
         assert np.array_equal(got, np.load(out)), kwargs
     plain = loaded.sample(80, steps=10, seed=4, sampler=loaded_sampler(loaded))
     assert not np.array_equal(plain, np.load(tmp_path / "all.npy")), "no class: the unconditional score"
-    with pytest.raises(ValueError, match="guidance needs a class"):
+    with pytest.raises(ValueError, match="^guidance: guidance needs a class"):
         loaded.sample(10, steps=5, guidance=1.0)
+    with pytest.raises(ValueError, match=r"^class_: 12 is out of range: classes are 0\.\.7$"):
+        loaded.sample(10, steps=5, class_=12)
+    r = run_cli(cli, "sample", "--run", run, "--n", 10, "--steps", 5, "--class", 12, "--out", tmp_path / "x.npy")
+    assert r.returncode == 1 and "--class (sampling.class): 12 is out of range: classes are 0..7\n" in r.stderr, r.stderr
     with pytest.raises(ValueError, match="class_"):
         loaded.sample(10, steps=5, class_="most")
 

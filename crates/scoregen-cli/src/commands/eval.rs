@@ -2,9 +2,9 @@
 
 use super::Globals;
 use anyhow::{Context, Result};
-use scoregen::app::commands::eval::Target;
+use scoregen::app::commands::eval::EvalTarget;
 use scoregen::data::npy;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Compare a sample file with a target: a mixture (gmm8, gmm25, unbalanced, SPEC.toml) or a reference .npy.
 #[derive(Debug, clap::Args)]
@@ -28,15 +28,16 @@ pub struct Args {
 pub fn run(args: &Args, g: &Globals) -> Result<()> {
     let (samples, target) = (&args.samples, &args.target);
     let pts = npy::read_points(samples)?;
-    if scoregen::data::is_image_source(target) {
-        let dir = args.classifier.clone().unwrap_or_else(|| Path::new("classifiers").join(target));
-        let report = scoregen::app::commands::classify::evaluate_images(&pts, &dir, &g.open_device()?)
-            .with_context(|| format!("image metrics of {} against `{target}`", samples.display()))?;
-        g.print(&report, |r| print!("{}", r.table()));
-        return Ok(());
-    }
-    let t = Target::parse(target)?;
-    let ev = scoregen::app::commands::eval::evaluate(&pts, &t, args.seed)?;
-    g.print(&ev, |ev| print!("{}", ev.table()));
+    let t = EvalTarget::parse(target, args.classifier.as_deref())?;
+    // only image metrics run a network, on --device; an error there names the samples
+    let image = matches!(t, EvalTarget::Images { .. });
+    let device = if image { g.open_device()? } else { scoregen::device::Device::Cpu };
+    let report = t.evaluate(&pts, args.seed, &device);
+    let report = if image {
+        report.with_context(|| format!("image metrics of {} against `{target}`", samples.display()))?
+    } else {
+        report?
+    };
+    g.print(&report, |r| print!("{}", r.table()));
     Ok(())
 }

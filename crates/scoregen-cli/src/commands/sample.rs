@@ -161,9 +161,7 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
     if eps.is_some_and(|e| !(e > 0.0 && e.is_finite())) || steps_per_level == Some(0) {
         anyhow::bail!("--eps must be > 0 and --steps-per-level ≥ 1");
     }
-    if req.n == 0 || req.steps == 0 {
-        anyhow::bail!("--n and --steps must be ≥ 1");
-    }
+    scoregen::app::commands::sample::check_counts(req.n, req.steps)?;
     let sc = args.sampler.apply(&cfg.sampling);
     sc.validate("command line")?;
     let o = scoregen::app::commands::sample::sample_run_guided(

@@ -2,7 +2,7 @@
 
 use super::shared::ConfigArgs;
 use super::Globals;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use scoregen::device::DeviceSpec;
 use scoregen::train::{DataParallel, ExistingRun, TrainOptions};
 use std::path::{Path, PathBuf};
@@ -29,7 +29,7 @@ pub struct Args {
     /// network's inputs and outputs, the gradients and the updated parameters (checked every step).
     #[arg(long)]
     detect_anomaly: bool,
-    /// Skip the run report (RUN/report.html) written after training.
+    /// Skip the run report (RUN/report.html) written after training (written by default).
     #[arg(long)]
     no_report: bool,
     /// Data-parallel training under mpirun (`mpirun -np N scoregen train --distributed …`): each
@@ -76,24 +76,21 @@ fn train(args: &Args, g: &Globals, parallel: DataParallel, device: Option<Device
         check_sync: args.check_sync,
         on_log: None,
     };
-    let outcome = scoregen::app::commands::train::train_parallel(&cfg, &dir, &opts, parallel)
-        .with_context(|| format!("training {}", dir.display()))?;
+    let trained =
+        scoregen::app::commands::train::train_and_report(&cfg, &dir, &opts, parallel, !args.no_report, &device)
+            .map_err(|e| {
+                let context = e.context(&dir);
+                anyhow::Error::new(e.into_inner()).context(context)
+            })?;
     if !writer {
         return Ok(());
     }
-    let report = if args.no_report {
-        None
-    } else {
-        Some(
-            scoregen::app::commands::report::write_report(&dir, g.quiet, &device)
-                .with_context(|| format!("report of {}", dir.display()))?,
-        )
-    };
+    let (outcome, report) = (trained.outcome, trained.report);
     if g.json {
         super::print_json(&serde_json::json!({
             "run": dir, "step": outcome.step, "final_loss": outcome.final_loss,
             "seconds": outcome.seconds, "steps_per_sec": outcome.steps_per_sec, "checkpoint": outcome.checkpoint,
-            "report": report.map(|r| r.html), "moved_aside": outcome.moved_aside}));
+            "report": report, "moved_aside": outcome.moved_aside}));
     } else {
         if let Some(old) = &outcome.moved_aside {
             println!("the earlier run in {} was moved to {}", dir.display(), old.display());
@@ -108,7 +105,7 @@ fn train(args: &Args, g: &Globals, parallel: DataParallel, device: Option<Device
             outcome.checkpoint.display()
         );
         if let Some(r) = report {
-            println!("report: {}", r.html.display());
+            println!("report: {}", r.display());
         }
     }
     Ok(())

@@ -7,7 +7,8 @@ oracle. Arrays go in and out as NumPy arrays (float32 or float64, any strides).
 
 - :class:`Run`: a trained run folder (``Run.load(path)``): ``sample``,
   ``log_likelihood``, ``score``.
-- :func:`train`: train a config (TOML) into a run folder, with a progress callback.
+- :func:`train`: train a config (TOML) into a run folder, with a progress callback,
+  then write its report ``RUN/report.html`` (``report=True`` by default, as ``scoregen train``).
 - :func:`sample`, :func:`log_likelihood`: any Python callable
   ``score_fn(x, t) -> s`` (a NumPy or PyTorch model) through scoregen's samplers
   and the probability-flow likelihood.

@@ -118,8 +118,9 @@ def train(
     progress: Optional[Callable[[Dict[str, float]], None]] = None,
     resume: bool = False,
     overwrite: bool = False,
-    report: bool = False,
-) -> Dict[str, Any]: ...
+    report: bool = True,
+) -> Dict[str, Any]:
+    """Trains into `out`, then (unless report=False) writes RUN/report.html, as `scoregen train`."""
 def sample(
     score_fn: ScoreFn,
     sde: Sde,
@@ -145,5 +146,5 @@ def log_likelihood(
     divergence: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None,
     fd_step: float = 1e-3,
 ) -> Tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...
-def evaluate_json(samples: FloatArray, target: Any, seed: int = 0) -> str: ...
+def evaluate_json(samples: FloatArray, target: Any, seed: int = 0, classifier: Optional[PathLike] = None) -> str: ...
 def sampler_names() -> list[str]: ...

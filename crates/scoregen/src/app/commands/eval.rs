@@ -1,14 +1,85 @@
-//! `scoregen eval`: metrics of samples against a mixture or reference samples, each beside its floor.
+//! `scoregen eval`: metrics of samples against a mixture or reference samples,
+//! each beside its floor, or, for an image source, the image metrics through
+//! the project's classifier. [`EvalTarget`] makes that decision for every front end.
 
+use super::classify::evaluate_images;
 use crate::data;
 use crate::error::{Error, Result};
 use crate::io::npy;
+use crate::metrics::images::ImageReport;
 use crate::metrics::{self, Distances, MixtureReport};
 use crate::oracle::GaussianMixture;
 use crate::points::Points;
 use crate::rng::{streams, Rng};
+use candle_core::Device;
 use serde::Serialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// What `scoregen eval --target T` (and Python's `scoregen.metrics.evaluate`)
+/// judges samples against: an image source (digits, mnist5k, fashion-mnist,
+/// IDX, PNG folder) by a clean classifier, anything else as a [`Target`].
+pub enum EvalTarget {
+    /// Image metrics through the classifier in this folder.
+    Images {
+        classifier: PathBuf,
+    },
+    Points(Target),
+}
+
+impl EvalTarget {
+    /// An image source is judged by `classifier` (default: `classifiers/TARGET`,
+    /// as `scoregen train-classifier --data TARGET` writes it); anything else is
+    /// parsed by [`Target::parse`].
+    pub fn parse(target: &str, classifier: Option<&Path>) -> Result<Self> {
+        if data::is_image_source(target) {
+            let classifier = classifier.map_or_else(|| Path::new("classifiers").join(target), Path::to_path_buf);
+            return Ok(EvalTarget::Images { classifier });
+        }
+        Ok(EvalTarget::Points(Target::parse(target)?))
+    }
+
+    /// The metrics of `samples` against this target; `seed` seeds the
+    /// floors of point targets, `device` runs the classifier of image targets.
+    pub fn evaluate(&self, samples: &Points, seed: u64, device: &Device) -> Result<EvalReport> {
+        match self {
+            EvalTarget::Images { classifier } => Ok(EvalReport::Images(evaluate_images(samples, classifier, device)?)),
+            EvalTarget::Points(t) => Ok(EvalReport::Points(evaluate(samples, t, seed)?)),
+        }
+    }
+}
+
+/// What `scoregen eval` reports: image metrics or point metrics, serialized
+/// as the one or the other (`scoregen eval --json`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum EvalReport {
+    Images(ImageReport),
+    Points(Evaluation),
+}
+
+impl EvalReport {
+    /// The plain-text table `scoregen eval` prints.
+    pub fn table(&self) -> String {
+        match self {
+            EvalReport::Images(r) => r.table(),
+            EvalReport::Points(e) => e.table(),
+        }
+    }
+}
+
+/// [`EvalTarget::parse`] then [`EvalTarget::evaluate`]: the metrics of
+/// `samples` against `target` (an image source, a mixture name or spec, a
+/// reference `.npy`), each beside its floor.
+pub fn evaluate_target(
+    samples: &Points,
+    target: &str,
+    classifier: Option<&Path>,
+    seed: u64,
+    device: &Device,
+) -> Result<EvalReport> {
+    EvalTarget::parse(target, classifier)?.evaluate(samples, seed, device)
+}
+
 /// What `scoregen eval` compares samples with.
 pub enum Target {
     Mixture(GaussianMixture),

@@ -2,10 +2,10 @@
 //! (`scoregen sample --class`), inpainting (`scoregen inpaint`) and judging
 //! samples by a classifier (`scoregen classify`).
 
+use super::sample::{write_samples, GridTiles};
 use crate::app::budget;
 use crate::app::config::{ObjectiveKind, RunConfig};
-use crate::app::figures::scatter;
-use crate::app::run_dir::{oracle_of, LoadedModel};
+use crate::app::run_dir::LoadedModel;
 use crate::data;
 use crate::error::{Error, Result};
 use crate::guidance::{Inpaint, MaskSpec};
@@ -14,7 +14,6 @@ use crate::points::Points;
 use crate::progress;
 use crate::rng::{streams, Rng};
 use crate::samplers::{Method, Offers, SampleContext, SamplerKind, SamplerSpec};
-use crate::viz;
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -158,29 +157,17 @@ pub fn inpaint_run(run_dir: &Path, req: &InpaintRequest) -> Result<InpaintOutcom
     if let Some(dir) = req.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir(dir)?;
     }
-    let png = req.out.with_extension("png");
-    let png = if let Some((c, h, w)) = shape {
-        let raw: Vec<f32> = pts.data.iter().map(|&x| x as f32).collect();
-        npy::write_f32(&req.out, &[pts.n, c, h, w], &raw)?;
+    // for images a grid whose rows are [the masked input (missing pixels mid-grey), its completions…]
+    let tiles = shape.map(|_| {
         let scale = cfg.data.scale;
-        let mut tiles = Vec::with_capacity((n + obs.n) * d);
+        let mut pixels = Vec::with_capacity((n + obs.n) * d);
         for (i, row) in obs.rows().enumerate() {
-            // the masked input, missing pixels shown mid-grey
-            tiles.extend(row.iter().zip(&mask).map(|(&x, &m)| if m == 1.0 { scale.to_pixel(x) as f32 } else { 0.5 }));
-            tiles.extend(pts.data[i * k * d..(i + 1) * k * d].iter().map(|&x| scale.to_pixel(x) as f32));
+            pixels.extend(row.iter().zip(&mask).map(|(&x, &m)| if m == 1.0 { scale.to_pixel(x) as f32 } else { 0.5 }));
+            pixels.extend(pts.data[i * k * d..(i + 1) * k * d].iter().map(|&x| scale.to_pixel(x) as f32));
         }
-        viz::image_grid(&png, &tiles, (c, h, w), k + 1, (64 / h).max(1))?;
-        Some(png)
-    } else {
-        npy::write_points(&req.out, &pts)?;
-        if d == 2 {
-            let oracle = oracle_of(cfg)?;
-            scatter(&png, &pts, oracle.as_ref(), &format!("{n} inpainted points, {}", cfg.name))?;
-            Some(png)
-        } else {
-            None
-        }
-    };
+        GridTiles { pixels, cols: k + 1 }
+    });
+    let png = write_samples(&req.out, &pts, cfg, &format!("{n} inpainted points, {}", cfg.name), tiles)?;
     let known_fraction = mask.iter().sum::<f64>() / d as f64;
     // the classes of held-out observations, one per completion, for `scoregen classify --labels`
     let labels = match labels {

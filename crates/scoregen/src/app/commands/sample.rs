@@ -130,37 +130,73 @@ pub fn sample_run_guided(
         frames.push((0.0, pts.clone()));
     }
     let gif = (!frames.is_empty()).then(|| req.out.with_extension("gif"));
-    let png = if let Some((c, h, w)) = model.cfg.image_shape(pts.d) {
-        // Flattened images: save as [N, C, H, W] and a grid of them in pixel space.
-        let scale = model.cfg.data.scale;
-        let to_pixels = |p: &Points| p.data.iter().map(|&x| scale.to_pixel(x) as f32).collect::<Vec<f32>>();
-        let raw: Vec<f32> = pts.data.iter().map(|&x| x as f32).collect();
-        npy::write_f32(&req.out, &[pts.n, c, h, w], &raw)?;
-        let png = req.out.with_extension("png");
-        let cols = (pts.n as f64).sqrt().ceil() as usize;
-        let zoom = (64 / h).max(1);
-        viz::image_grid(&png, &to_pixels(&pts), (c, h, w), cols, zoom)?;
-        if let Some(gif) = &gif {
-            let pixels: Vec<Vec<f32>> = frames.iter().map(|(_, p)| to_pixels(p)).collect();
-            viz::image_grid_gif(gif, &pixels, (c, h, w), cols, zoom, 8)?;
-        }
-        Some(png)
-    } else if pts.d == 2 {
-        npy::write_points(&req.out, &pts)?;
-        let png = req.out.with_extension("png");
-        let oracle = oracle_of(&model.cfg)?;
-        scatter(&png, &pts, oracle.as_ref(), &format!("{} samples, {} ({} steps)", pts.n, model.cfg.name, req.steps))?;
-        if let Some(gif) = &gif {
+    let title = format!("{} samples, {} ({} steps)", pts.n, model.cfg.name, req.steps);
+    let png = write_samples(&req.out, &pts, &model.cfg, &title, None)?;
+    if let Some(gif) = &gif {
+        if let Some((c, h, w)) = model.cfg.image_shape(pts.d) {
+            let scale = model.cfg.data.scale;
+            let pixels: Vec<Vec<f32>> =
+                frames.iter().map(|(_, p)| p.data.iter().map(|&x| scale.to_pixel(x) as f32).collect()).collect();
+            let cols = (pts.n as f64).sqrt().ceil() as usize;
+            viz::image_grid_gif(gif, &pixels, (c, h, w), cols, (64 / h).max(1), 8)?;
+        } else if pts.d == 2 {
             let bounds = Bounds::around(&frames.last().expect("final frame").1, 0.15);
             let titled: Vec<(String, Points)> = frames.into_iter().map(|(t, p)| (format!("t = {t:.3}"), p)).collect();
             viz::scatter_gif(gif, &titled, None, &bounds, 8).map_err(|e| Error::Invalid(e.to_string()))?;
         }
-        Some(png)
-    } else {
-        npy::write_points(&req.out, &pts)?;
-        None
-    };
+    }
     Ok(SampleOutcome { npy: req.out.clone(), png, gif, n: pts.n, nfe: out.nfe, seconds })
+}
+
+/// The tiles of an image grid in pixel space and its number of columns.
+pub struct GridTiles {
+    pub pixels: Vec<f32>,
+    pub cols: usize,
+}
+
+/// Writes samples as an image grid or a scatter, for `sample` and `inpaint`:
+/// flattened images of the run's shape as float32 `out` [N, C, H, W] and
+/// OUT.png, an image grid (`tiles`, default one tile per sample in a near-square
+/// grid, zoomed to about 64 pixels a side); 2-D points as `out` [N, 2] and
+/// OUT.png, a scatter over the run's density titled `title`; other data as
+/// `out` [N, D] and no picture. Returns the picture's path.
+pub fn write_samples(
+    out: &Path,
+    pts: &Points,
+    cfg: &RunConfig,
+    title: &str,
+    tiles: Option<GridTiles>,
+) -> Result<Option<PathBuf>> {
+    let png = out.with_extension("png");
+    if let Some((c, h, w)) = cfg.image_shape(pts.d) {
+        let raw: Vec<f32> = pts.data.iter().map(|&x| x as f32).collect();
+        npy::write_f32(out, &[pts.n, c, h, w], &raw)?;
+        let scale = cfg.data.scale;
+        let GridTiles { pixels, cols } = tiles.unwrap_or_else(|| GridTiles {
+            pixels: pts.data.iter().map(|&x| scale.to_pixel(x) as f32).collect(),
+            cols: (pts.n as f64).sqrt().ceil() as usize,
+        });
+        viz::image_grid(&png, &pixels, (c, h, w), cols, (64 / h).max(1))?;
+        return Ok(Some(png));
+    }
+    npy::write_points(out, pts)?;
+    if pts.d != 2 {
+        return Ok(None);
+    }
+    scatter(&png, pts, oracle_of(cfg)?.as_ref(), title)?;
+    Ok(Some(png))
+}
+
+/// The counts of a sampling request, `sampling.n` samples and `sampling.steps`
+/// steps, must each be ≥ 1; an error names the setting by its config key, which
+/// each front end spells its own way (`--n`, Python's `n`).
+pub fn check_counts(n: usize, steps: usize) -> Result<()> {
+    for (key, v) in [("sampling.n", n), ("sampling.steps", steps)] {
+        if v == 0 {
+            return Err(Error::Setting { key, message: "must be ≥ 1 (got 0)".into() });
+        }
+    }
+    Ok(())
 }
 
 /// The samples of [`sample_run_guided`] without the files: the memory check,
@@ -173,6 +209,7 @@ pub fn sample_loaded(
     spec: Option<SamplerSpec>,
     class: Option<&ClassGuidance>,
 ) -> Result<samplers::Sampled> {
+    check_counts(req.n, req.steps)?;
     let frames = req.record_every.map_or(0, |k| req.steps / k.max(1) + 2);
     budget::check_sampling(&model.cfg, req.n, model.state.dim, frames, "sampling")?;
     let spec = req.spec(&model.cfg, spec);
@@ -232,9 +269,10 @@ pub fn labels_for(
     seed: u64,
 ) -> Result<Labels> {
     match choice {
-        ClassChoice::One(y) if y >= k => {
-            Err(Error::Invalid(format!("--class {y} is out of range: classes are 0..{}", k.max(1) - 1)))
-        }
+        ClassChoice::One(y) if y >= k => Err(Error::Setting {
+            key: "sampling.class",
+            message: format!("{y} is out of range: classes are 0..{}", k.max(1) - 1),
+        }),
         ClassChoice::One(y) => Ok(Labels::All(y)),
         ClassChoice::All => {
             let counts = class_counts()?;
@@ -298,11 +336,12 @@ impl ClassGuidance {
     ) -> Result<Option<Self>> {
         let Some(class) = class.or(cfg.sampling.class) else {
             if guidance.is_some() || classifier.is_some() {
-                return Err(Error::Invalid(
-                    "guidance needs a class: --class K|all (Python: class_=), or sampling.class in the run's config; \
-                     --guidance and --classifier alone are refused"
+                return Err(Error::Setting {
+                    key: "sampling.guidance",
+                    message: "guidance needs a class (K or all), asked for here or as sampling.class in the run's \
+                              config; a guidance weight or classifier alone is refused"
                         .into(),
-                ));
+                });
             }
             return Ok(None);
         };
@@ -319,7 +358,10 @@ impl ClassGuidance {
         f: impl FnOnce(&dyn ScoreFn) -> Result<R>,
     ) -> Result<R> {
         if !self.scale.is_finite() || self.scale < 0.0 {
-            return Err(Error::Invalid(format!("--guidance must be a finite number ≥ 0 (got {})", self.scale)));
+            return Err(Error::Setting {
+                key: "sampling.guidance",
+                message: format!("must be a finite number ≥ 0 (got {})", self.scale),
+            });
         }
         match &self.classifier {
             Some(dir) => {
@@ -346,10 +388,12 @@ impl ClassGuidance {
             None => {
                 let k = model.model.classes();
                 if k == 0 {
-                    return Err(Error::Invalid(
-                        "--class needs a class-conditional run (trained with model.classes = K) or --classifier DIR"
+                    return Err(Error::Setting {
+                        key: "sampling.class",
+                        message: "needs a class-conditional run (trained with model.classes = K) or a noise-aware \
+                                  classifier for classifier guidance"
                             .into(),
-                    ));
+                    });
                 }
                 let labels = labels_for(self.class, k, || run_class_counts(model, k), n, seed)?;
                 let cond = ModelConditional { model: &model.model, sde: model.cfg.sde() };

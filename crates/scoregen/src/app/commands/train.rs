@@ -1,5 +1,6 @@
 //! `scoregen train`: builds the trainer from a config and runs the loop into a
-//! run folder; with `training.eval_every`, measures image quality as it trains.
+//! run folder, then writes the run report ([`train_and_report`], what the CLI
+//! and Python call); with `training.eval_every`, measures image quality as it trains.
 
 use super::classify::{labelled_splits, train_classifier, ClassifierRequest};
 use super::sample::labels_for;
@@ -48,6 +49,67 @@ pub fn train_parallel(
     }
     let mut evaluator = ImageEvaluator::new(cfg, run_dir, opts.quiet, &trainer.device)?;
     train::train_with(trainer, run_dir, opts, Some(&mut evaluator))
+}
+
+/// Whether [`train_and_report`] writes the run report when a front end is not
+/// told otherwise: yes, in both (`scoregen train` unless `--no-report`, Python's
+/// `scoregen.train(report=True)`).
+pub const REPORT_BY_DEFAULT: bool = true;
+
+/// What [`train_and_report`] did: the training and, when asked for, the report.
+#[derive(Debug, Clone)]
+pub struct TrainedRun {
+    pub outcome: TrainOutcome,
+    /// `RUN/report.html`; `None` when no report was asked for or on a rank other than 0.
+    pub report: Option<PathBuf>,
+}
+
+/// Which step of [`train_and_report`] failed; each front end prints the
+/// error after [`TrainAndReportError::context`] (`training RUN`, `report of RUN`).
+#[derive(Debug)]
+pub enum TrainAndReportError {
+    Training(Error),
+    Report(Error),
+}
+
+impl TrainAndReportError {
+    /// The line a front end puts before the error: `training RUN` or `report of RUN`.
+    pub fn context(&self, run_dir: &Path) -> String {
+        match self {
+            TrainAndReportError::Training(_) => format!("training {}", run_dir.display()),
+            TrainAndReportError::Report(_) => format!("report of {}", run_dir.display()),
+        }
+    }
+
+    /// The library's error, without the step.
+    pub fn into_inner(self) -> Error {
+        match self {
+            TrainAndReportError::Training(e) | TrainAndReportError::Report(e) => e,
+        }
+    }
+}
+
+/// `scoregen train` and Python's `scoregen.train`: [`train_parallel`] into
+/// `run_dir`, then, when `report` is set ([`REPORT_BY_DEFAULT`]: yes), the run
+/// report `RUN/report.html` (its figures computed on `device`, progress hidden
+/// when `opts.quiet`). Only rank 0 writes the report.
+pub fn train_and_report(
+    cfg: &RunConfig,
+    run_dir: &Path,
+    opts: &TrainOptions,
+    parallel: DataParallel,
+    report: bool,
+    device: &candle_core::Device,
+) -> std::result::Result<TrainedRun, TrainAndReportError> {
+    let writer = parallel.collective.rank() == 0;
+    let outcome = train_parallel(cfg, run_dir, opts, parallel).map_err(TrainAndReportError::Training)?;
+    let report = if report && writer {
+        let r = super::report::write_report(run_dir, opts.quiet, device).map_err(TrainAndReportError::Report)?;
+        Some(r.html)
+    } else {
+        None
+    };
+    Ok(TrainedRun { outcome, report })
 }
 
 /// DPM-Solver++(2M) steps of each evaluation's sampling (NFE 25 on the Karras grid).

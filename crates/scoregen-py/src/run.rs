@@ -1,0 +1,239 @@
+//! `scoregen.Run`: a trained run folder, sampled, scored and measured as the
+//! command line does it (python/scoregen/__init__.py).
+
+use crate::convert::{self, guard, positive, tensor, tensor_data, AssertSend};
+use crate::sampling::{parse_grid, parse_sampler, parse_trace};
+use crate::sde::PySde;
+use candle_core::{DType, Device, Tensor};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use scoregen::app::commands::likelihood::{likelihood_of_points, LikelihoodRequest};
+use scoregen::app::commands::sample::{check_counts, sample_loaded, ClassChoice, ClassGuidance, SampleRequest};
+use scoregen::app::config::RunConfig;
+use scoregen::app::run_dir::LoadedModel;
+use scoregen::points::Points;
+use scoregen::rng::{streams, Rng};
+use scoregen::samplers::SamplerSpec;
+use std::path::PathBuf;
+
+/// A trained run folder (config.toml + checkpoints/), loaded once.
+#[pyclass(unsendable, module = "scoregen", name = "Run")]
+pub struct Run {
+    model: LoadedModel,
+    path: PathBuf,
+    use_ema: bool,
+}
+
+#[pymethods]
+impl Run {
+    /// Loads `path/config.toml` and the newest checkpoint (EMA weights unless
+    /// `use_ema` is False; default: the run's `sampling.use_ema`).
+    #[staticmethod]
+    #[pyo3(signature = (path, use_ema = None))]
+    fn load(path: PathBuf, use_ema: Option<bool>) -> PyResult<Self> {
+        guard(|| {
+            scoregen::init();
+            let context = |e: scoregen::Error| {
+                let py_err = convert::error(e);
+                Python::with_gil(|py| {
+                    let msg = format!("reading run {}: {}", path.display(), py_err.value(py));
+                    let ty = py_err.get_type(py);
+                    PyErr::from_type(ty, msg)
+                })
+            };
+            let cfg = RunConfig::load(&path.join("config.toml"), &[]).map_err(context)?;
+            let use_ema = use_ema.unwrap_or(cfg.sampling.use_ema);
+            let model = LoadedModel::from_run(&path, use_ema, &Device::Cpu).map_err(context)?;
+            Ok(Run { model, path, use_ema })
+        })
+    }
+
+    /// The run's folder.
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.path.clone()
+    }
+
+    /// The run's name (`name` in its config).
+    #[getter]
+    fn name(&self) -> String {
+        self.model.cfg.name.clone()
+    }
+
+    /// The data dimension D.
+    #[getter]
+    fn dim(&self) -> usize {
+        self.model.state.dim
+    }
+
+    /// The training step of the loaded checkpoint.
+    #[getter]
+    fn step(&self) -> usize {
+        self.model.state.step
+    }
+
+    /// Whether the EMA weights were loaded.
+    #[getter]
+    fn use_ema(&self) -> bool {
+        self.use_ema
+    }
+
+    /// The safetensors file the weights were read from (EMA or not).
+    #[getter]
+    fn weights(&self) -> PathBuf {
+        self.model.weights.clone()
+    }
+
+    /// The resolved config, as TOML.
+    #[getter]
+    fn config(&self) -> String {
+        self.model.cfg.to_toml()
+    }
+
+    /// The SDE the run was trained for.
+    #[getter]
+    fn sde(&self, py: Python<'_>) -> PyResult<Py<PySde>> {
+        Py::new(py, PySde { inner: self.model.cfg.sde() })
+    }
+
+    /// n samples by `sampler` with `steps` steps from the seeded sampling
+    /// stream: the same numbers as `scoregen sample --run PATH --sampler S
+    /// --steps K --n N --seed SEED` (float32, as its .npy; float64 keeps the
+    /// full precision).
+    ///
+    /// A class-conditional run: `class_` is a class K or "all" (every class in the
+    /// training labels' proportions), default the run's `sampling.class`;
+    /// `guidance` the classifier-free weight w (default the run's `sampling.guidance`),
+    /// as `--class` and `--guidance`.
+    #[pyo3(signature = (n = None, sampler = "dpmpp-2m", steps = 50, grid = None, seed = 0, dtype = "float32", class_ = None, guidance = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn sample(
+        &self,
+        py: Python<'_>,
+        n: Option<usize>,
+        sampler: &str,
+        steps: usize,
+        grid: Option<&str>,
+        seed: u64,
+        dtype: &str,
+        class_: Option<&Bound<'_, PyAny>>,
+        guidance: Option<f64>,
+    ) -> PyResult<PyObject> {
+        let f32 = convert::dtype_is_f32(dtype)?;
+        let cfg = &self.model.cfg;
+        let n = n.unwrap_or(cfg.sampling.n);
+        check_counts(n, steps).map_err(convert::error)?;
+        let mut sc: SamplerSpec = cfg.sampling;
+        sc.sampler = parse_sampler(sampler)?;
+        sc.grid = parse_grid(grid)?.or(sc.grid);
+        sc.validate("arguments").map_err(convert::error)?;
+        let class = match class_ {
+            None => None,
+            Some(c) => Some(
+                c.str()?
+                    .to_string()
+                    .parse::<ClassChoice>()
+                    .map_err(|e| PyValueError::new_err(format!("class_: {e}")))?,
+            ),
+        };
+        let steer = ClassGuidance::resolve(cfg, class, guidance, None).map_err(convert::error)?;
+        let mut req = SampleRequest::new(n, steps, seed, PathBuf::new());
+        req.use_ema = self.use_ema;
+        let spec = sc;
+        let model = AssertSend(&self.model);
+        let out = py.allow_threads(move || {
+            let model = model;
+            guard(|| {
+                let s = sample_loaded(model.0, &req, Some(spec), steer.as_ref()).map_err(convert::error)?;
+                Points::from_tensor(&s.x).map_err(convert::candle_error)
+            })
+        })?;
+        convert::to_numpy(py, &[out.n, out.d], out.data, f32)
+    }
+
+    /// log p(x) of each row of x [N, D] by the probability-flow ODE, as
+    /// `scoregen likelihood` computes it: returns (nats, bits_per_dim), each
+    /// of shape [N], bits/dim = −log p/(D ln 2). trace: "exact" (Tr ∇ₓs by D
+    /// products) or "hutchinson" (`probes` Rademacher probes, unbiased).
+    #[pyo3(signature = (x, trace = "exact", probes = 1, seed = 0, rtol = 1e-5, atol = 1e-5))]
+    fn log_likelihood(
+        &self,
+        py: Python<'_>,
+        x: &Bound<'_, PyAny>,
+        trace: &str,
+        probes: usize,
+        seed: u64,
+        rtol: f64,
+        atol: f64,
+    ) -> PyResult<(PyObject, PyObject)> {
+        let x = convert::points(x, "x", Some(self.model.state.dim))?;
+        positive("rtol", rtol)?;
+        positive("atol", atol)?;
+        let req = LikelihoodRequest {
+            data: "x".into(),
+            n: x.shape[0],
+            seed,
+            trace: Some(parse_trace(trace, probes)?),
+            rtol,
+            atol,
+            dequantize: None,
+            use_ema: self.use_ema,
+            quiet: true,
+            device: Device::Cpu,
+        };
+        let pts = Points::new(x.shape[0], x.shape[1], x.data);
+        let model = AssertSend(&self.model);
+        let ll = py.allow_threads(move || {
+            let model = model;
+            guard(|| {
+                let mut rng = Rng::new(seed, streams::EVAL);
+                likelihood_of_points(model.0, &pts, &req, &mut rng).map_err(convert::error)
+            })
+        })?;
+        let n = ll.nats.len();
+        Ok((convert::out(py, &[n], ll.nats)?, convert::out(py, &[n], ll.bits_per_dim)?))
+    }
+
+    /// The model's score s_θ(x, t) ≈ ∇ₓ log p_t(x) for x [N, D] and t a float
+    /// or shape [N] (computed in float32, returned in x's dtype).
+    fn score(&self, py: Python<'_>, x: &Bound<'_, PyAny>, t: &Bound<'_, PyAny>) -> PyResult<PyObject> {
+        let x = convert::points(x, "x", Some(self.model.state.dim))?;
+        let n = x.shape[0];
+        let times = convert::times(t, n)?;
+        let xt = tensor(&x, DType::F32)?;
+        let tt = Tensor::from_vec(times, n, &Device::Cpu).and_then(|t| t.to_dtype(DType::F32));
+        let tt = tt.map_err(convert::candle_error)?;
+        let model = AssertSend(&self.model);
+        let s = py.allow_threads(move || {
+            let model = model;
+            guard(|| model.0.score().score(&xt, &tt).map_err(convert::candle_error))
+        })?;
+        convert::to_numpy(py, &x.shape, tensor_data(&s)?, x.f32)
+    }
+
+    /// The fixed Fourier frequencies 2π·W of a `time-mlp` run's time
+    /// embedding γ(t) = [sin(2πWt), cos(2πWt)] (not in the checkpoint: a
+    /// function of model.embed_dim, model.embed_scale and the run's seed), float32.
+    fn time_frequencies(&self, py: Python<'_>) -> PyResult<PyObject> {
+        let m = &self.model.cfg.model;
+        let f = scoregen::nets::GaussianFourier::new(
+            m.embed_dim,
+            m.embed_scale,
+            self.model.cfg.seed,
+            DType::F32,
+            &Device::Cpu,
+        )
+        .and_then(|g| g.frequencies().flatten_all()?.to_vec1::<f32>())
+        .map_err(convert::candle_error)?;
+        convert::out(py, &[f.len()], f)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Run({:?}, step {}, dim {})",
+            self.path.display().to_string(),
+            self.model.state.step,
+            self.model.state.dim
+        )
+    }
+}

@@ -1,0 +1,112 @@
+//! `scoregen.train`: train a config into a run folder, then write its report,
+//! through the same app function as `scoregen train` (python/scoregen/__init__.py).
+
+use crate::convert::{self, guard, AssertSend};
+use candle_core::Device;
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use scoregen::app::commands::train::{train_and_report, TrainAndReportError, TrainedRun, REPORT_BY_DEFAULT};
+use scoregen::app::config::RunConfig;
+use scoregen::train::{DataParallel, ExistingRun, LogFn, LogHook, LogLine, TrainOptions};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+fn override_value(v: &Bound<'_, PyAny>) -> PyResult<String> {
+    if let Ok(b) = v.extract::<bool>() {
+        return Ok(b.to_string());
+    }
+    if v.extract::<i64>().is_ok() || v.extract::<f64>().is_ok() {
+        return Ok(v.str()?.to_string());
+    }
+    if let Ok(s) = v.extract::<String>() {
+        return Ok(s);
+    }
+    Err(PyTypeError::new_err(format!("overrides: values must be bool, int, float or str, found {}", v.get_type())))
+}
+
+/// Trains a config (a TOML file) into `out` (default `runs/NAME`), with
+/// `overrides` as `--set key=value`; `progress(line)` is called with each
+/// logged line {"step", "loss", "lr", "grad_norm", "steps_per_sec"} (raise to
+/// stop); then, unless `report` is False, writes the run report
+/// `RUN/report.html`, as `scoregen train` does (`app::commands::train::train_and_report`).
+/// Returns {"run", "step", "final_loss", "seconds", "steps_per_sec", "checkpoint", "report"}.
+#[pyfunction]
+#[pyo3(signature = (config, out = None, overrides = None, progress = None, resume = false, overwrite = false, report = REPORT_BY_DEFAULT))]
+pub fn train(
+    py: Python<'_>,
+    config: PathBuf,
+    out: Option<PathBuf>,
+    overrides: Option<&Bound<'_, PyDict>>,
+    progress: Option<Py<PyAny>>,
+    resume: bool,
+    overwrite: bool,
+    report: bool,
+) -> PyResult<Py<PyDict>> {
+    scoregen::init();
+    let mut sets = Vec::new();
+    if let Some(o) = overrides {
+        for (k, v) in o.iter() {
+            sets.push(format!("{}={}", k.extract::<String>()?, override_value(&v)?));
+        }
+    }
+    let cfg = RunConfig::load(&config, &sets).map_err(convert::error)?;
+    let dir = out.unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
+    let raised: Arc<Mutex<Option<PyErr>>> = Arc::new(Mutex::new(None));
+    let on_log = progress.map(|f| {
+        let raised = raised.clone();
+        LogHook(Arc::new(move |line: &LogLine| {
+            Python::with_gil(|py| {
+                let call = || -> PyResult<()> {
+                    py.check_signals()?;
+                    let d = PyDict::new(py);
+                    d.set_item("step", line.step)?;
+                    d.set_item("loss", line.loss)?;
+                    d.set_item("lr", line.lr)?;
+                    d.set_item("grad_norm", line.grad_norm)?;
+                    d.set_item("steps_per_sec", line.steps_per_sec)?;
+                    f.bind(py).call1((d,))?;
+                    Ok(())
+                };
+                call().map_err(|e| {
+                    let msg = format!("progress callback raised at step {}: {e}", line.step);
+                    *raised.lock().expect("not poisoned") = Some(e);
+                    scoregen::Error::Invalid(msg)
+                })
+            })
+        }) as Arc<LogFn>)
+    });
+    let opts = TrainOptions {
+        resume,
+        quiet: true,
+        existing: if overwrite { ExistingRun::MoveAside } else { ExistingRun::Refuse },
+        on_log,
+        ..Default::default()
+    };
+    let work = AssertSend((&cfg, &dir, &opts));
+    let outcome = py.allow_threads(move || {
+        let work = work;
+        let (cfg, dir, opts) = work.0;
+        guard(|| {
+            train_and_report(cfg, dir, opts, DataParallel::default(), report, &Device::Cpu).map_err(|e| match e {
+                TrainAndReportError::Training(e) => {
+                    convert::error(scoregen::Error::Invalid(format!("training {}: {e}", dir.display())))
+                }
+                TrainAndReportError::Report(e) => convert::error(e),
+            })
+        })
+    });
+    if let Some(e) = raised.lock().expect("not poisoned").take() {
+        return Err(e);
+    }
+    let TrainedRun { outcome: o, report } = outcome?;
+    let d = PyDict::new(py);
+    d.set_item("run", dir)?;
+    d.set_item("step", o.step)?;
+    d.set_item("final_loss", o.final_loss)?;
+    d.set_item("seconds", o.seconds)?;
+    d.set_item("steps_per_sec", o.steps_per_sec)?;
+    d.set_item("checkpoint", o.checkpoint)?;
+    d.set_item("report", report)?;
+    Ok(d.unbind())
+}
