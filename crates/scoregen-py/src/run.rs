@@ -105,13 +105,13 @@ impl Run {
     /// training labels' proportions), default the run's `sampling.class`;
     /// `guidance` the classifier-free weight w (default the run's `sampling.guidance`),
     /// as `--class` and `--guidance`.
-    #[pyo3(signature = (n = None, sampler = "dpmpp-2m", steps = 50, grid = None, seed = 0, dtype = "float32", class_ = None, guidance = None))]
+    #[pyo3(signature = (n = None, sampler = None, steps = 50, grid = None, seed = 0, dtype = "float32", class_ = None, guidance = None))]
     #[allow(clippy::too_many_arguments)]
     fn sample(
         &self,
         py: Python<'_>,
         n: Option<usize>,
-        sampler: &str,
+        sampler: Option<&str>,
         steps: usize,
         grid: Option<&str>,
         seed: u64,

@@ -17,9 +17,16 @@ use scoregen::samplers::{Grid, OdeMethod, SampleContext, SamplerKind, SamplerSpe
 use scoregen::score::ScoreFn;
 
 /// `sampler=`: a name from the sampler table.
-pub fn parse_sampler(name: &str) -> PyResult<SamplerKind> {
-    name.parse::<SamplerKind>().map_err(|e| PyValueError::new_err(format!("sampler: {e}")))
+/// The sampler a Python caller names; `None` (the keyword left out): DPM-Solver++(2M).
+pub fn parse_sampler(name: Option<&str>) -> PyResult<SamplerKind> {
+    match name {
+        None => Ok(DEFAULT_SAMPLER),
+        Some(n) => n.parse::<SamplerKind>().map_err(|e| PyValueError::new_err(format!("sampler: {e}"))),
+    }
 }
+
+/// Python's default sampler: a fast σ-space solver (50 steps are enough on the presets).
+pub const DEFAULT_SAMPLER: SamplerKind = SamplerKind::Dpmpp2m;
 
 /// `grid=`: a σ grid's name, or None (the sampler's default).
 pub fn parse_grid(name: Option<&str>) -> PyResult<Option<Grid>> {
@@ -70,13 +77,13 @@ fn shape_of(shape: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
 /// the reverse process of `sde`. Same settings as `scoregen sample` on a run
 /// with the default `[sampling]` config.
 #[pyfunction]
-#[pyo3(signature = (score_fn, sde, shape, sampler = "dpmpp-2m", steps = 50, seed = 0, grid = None, dtype = "float32", eps = None, denoise = true))]
+#[pyo3(signature = (score_fn, sde, shape, sampler = None, steps = 50, seed = 0, grid = None, dtype = "float32", eps = None, denoise = true))]
 pub fn sample(
     py: Python<'_>,
     score_fn: Py<PyAny>,
     sde: PyRef<'_, PySde>,
     shape: &Bound<'_, PyAny>,
-    sampler: &str,
+    sampler: Option<&str>,
     steps: usize,
     seed: u64,
     grid: Option<&str>,

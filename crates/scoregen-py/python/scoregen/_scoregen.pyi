@@ -88,7 +88,7 @@ class Run:
     def sample(
         self,
         n: Optional[int] = None,
-        sampler: str = "dpmpp-2m",
+        sampler: Optional[str] = None,
         steps: int = 50,
         grid: Optional[str] = None,
         seed: int = 0,
@@ -96,7 +96,8 @@ class Run:
         class_: Optional[Union[int, str]] = None,
         guidance: Optional[float] = None,
     ) -> Array:
-        """The same numbers as `scoregen sample` with the same settings and seed;
+        """The same numbers as `scoregen sample` with the same settings and seed
+        (`sampler` left out: "dpmpp-2m");
         `class_` (K or "all") and `guidance` as `--class` and `--guidance`."""
     def log_likelihood(
         self,
@@ -125,7 +126,7 @@ def sample(
     score_fn: ScoreFn,
     sde: Sde,
     shape: Sequence[int],
-    sampler: str = "dpmpp-2m",
+    sampler: Optional[str] = None,
     steps: int = 50,
     seed: int = 0,
     grid: Optional[str] = None,

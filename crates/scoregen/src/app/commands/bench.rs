@@ -181,8 +181,8 @@ pub fn sample(cfg: &RunConfig, which: SamplerKind, n: usize, steps: usize, reps:
     let opts = ReverseOptions { steps, eps: None, denoise: false, record_every: None };
     let mut rng = Rng::new(cfg.seed, streams::SAMPLING);
     let name = match which {
-        SamplerKind::Ode => "ode-heun",
-        _ => "em",
+        SamplerKind::Ode => "ode-heun".to_string(),
+        k => k.to_string(),
     };
     let pb = indicatif::ProgressBar::hidden();
     let device = trainer.device.clone();
