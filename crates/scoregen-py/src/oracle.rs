@@ -40,7 +40,8 @@ impl PyMixture {
     #[staticmethod]
     fn named(name: &str) -> PyResult<Self> {
         scoregen::oracle::named_mixture(name).map(|inner| Self { inner }).ok_or_else(|| {
-            PyValueError::new_err(format!("unknown mixture `{name}`: expected gmm8, gmm25 or unbalanced"))
+            let names: Vec<&str> = scoregen::oracle::NAMED_MIXTURES.iter().map(|m| m.name).collect();
+            PyValueError::new_err(format!("unknown mixture `{name}`: expected {}", names.join(", ")))
         })
     }
 

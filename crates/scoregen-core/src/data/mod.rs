@@ -128,7 +128,7 @@ pub fn load_with(source: &str, n: usize, rng: &mut Rng, opts: &ImageOptions) -> 
             let toy = toy::Toy::by_name(source).ok_or_else(|| {
                 Error::Invalid(format!(
                     "unknown data set `{source}`: expected one of {}, {}, a path ending in .npy or .toml, an IDX file or a folder of PNGs",
-                    toy::NAMES.join(", "),
+                    toy::names().join(", "),
                     images::names().join(", ")
                 ))
             })?;

@@ -6,19 +6,6 @@ use crate::points::Points;
 use crate::rng::Rng;
 use std::f64::consts::PI;
 
-/// The names accepted on the command line and in configs.
-pub const NAMES: [&str; 6] = ["gmm8", "gmm25", "unbalanced", "moons", "swiss-roll", "checkerboard"];
-
-/// One-line descriptions, in the order of [`NAMES`].
-pub const DESCRIPTIONS: [&str; 6] = [
-    "8 equal Gaussians (std 0.3) on a circle of radius 4",
-    "25 equal Gaussians (std 0.2) on a 5×5 grid with spacing 2",
-    "two Gaussians (std 1) at (−5,−5) and (5,5) with weights 0.8 / 0.2: the low-density pitfall",
-    "two interleaved half-circles with Gaussian noise 0.1, scaled ×2",
-    "a 2-D Swiss roll with noise 0.25, scaled to about ±3",
-    "uniform on the black squares of a 4×4 checkerboard over [−4, 4]²",
-];
-
 /// A named toy distribution.
 #[derive(Debug, Clone)]
 pub enum Toy {
@@ -30,14 +17,33 @@ pub enum Toy {
 
 pub use crate::oracle::named_mixture;
 
+/// The toy sets that are samplers only (no exact density): (set, name, description).
+static SAMPLED: &[(fn() -> Toy, &str, &str)] = &[
+    (|| Toy::Moons, "moons", "two interleaved half-circles with Gaussian noise 0.1, scaled ×2"),
+    (|| Toy::SwissRoll, "swiss-roll", "a 2-D Swiss roll with noise 0.25, scaled to about ±3"),
+    (|| Toy::Checkerboard, "checkerboard", "uniform on the black squares of a 4×4 checkerboard over [−4, 4]²"),
+];
+
+/// Every toy set, (name, description): the named mixtures
+/// ([`crate::oracle::NAMED_MIXTURES`]), then the sampled sets.
+pub fn catalogue() -> Vec<(&'static str, &'static str)> {
+    crate::oracle::NAMED_MIXTURES
+        .iter()
+        .map(|m| (m.name, m.description))
+        .chain(SAMPLED.iter().map(|(_, n, d)| (*n, *d)))
+        .collect()
+}
+
+/// The names accepted as `data.source`, in [`catalogue`]'s order.
+pub fn names() -> Vec<&'static str> {
+    catalogue().into_iter().map(|(n, _)| n).collect()
+}
+
 impl Toy {
     pub fn by_name(name: &str) -> Option<Self> {
-        match name {
-            "moons" => Some(Toy::Moons),
-            "swiss-roll" => Some(Toy::SwissRoll),
-            "checkerboard" => Some(Toy::Checkerboard),
-            _ => named_mixture(name).map(Toy::Mixture),
-        }
+        named_mixture(name)
+            .map(Toy::Mixture)
+            .or_else(|| SAMPLED.iter().find(|(_, n, _)| *n == name).map(|(make, _, _)| make()))
     }
 
     /// The exact density, when the set is a Gaussian mixture.

@@ -11,7 +11,7 @@ mod mixture;
 mod named;
 
 pub use mixture::{GaussianMixture, MixtureError};
-pub use named::named_mixture;
+pub use named::{named_mixture, NamedMixture, NAMED_MIXTURES};
 
 use crate::points::Points;
 use crate::score::ScoreFn;

@@ -15,10 +15,8 @@ pub fn catalogue() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
     vec![
         (
             "data sets (data.source)",
-            data::toy::NAMES
-                .iter()
-                .copied()
-                .zip(data::toy::DESCRIPTIONS)
+            data::toy::catalogue()
+                .into_iter()
                 .chain(data::images::IMAGE_SETS.iter().map(|s| (s.name, s.description)))
                 .chain([
                     ("FILE-idx3-ubyte[.gz] | DIR/", "an IDX image file (labels beside it) or a folder of PNGs"),
@@ -63,6 +61,11 @@ mod tests {
         complete::<CorrectorKind>(&section("correctors"));
         complete::<Grid>(&section("σ grids"));
         assert!(parses::<ModelKind>("score-mlp"), "the old name of `mlp` still parses");
-        assert!(section("data").iter().take(data::toy::NAMES.len()).all(|(n, _)| data::toy::Toy::by_name(n).is_some()));
+        assert!(section("data")
+            .iter()
+            .take(data::toy::names().len())
+            .all(|(n, _)| data::toy::Toy::by_name(n).is_some()));
+        let images = &section("data")[data::toy::names().len()..];
+        assert!(data::images::IMAGE_SETS.iter().zip(images).all(|(s, (n, _))| s.name == *n));
     }
 }
