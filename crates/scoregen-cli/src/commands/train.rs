@@ -118,23 +118,13 @@ fn train(args: &Args, g: &Globals, parallel: DataParallel, device: Option<Device
 /// non-finite loss, Ctrl-C) end them normally, after rank 0's checkpoint.
 #[cfg(feature = "mpi")]
 mod distributed {
-    use super::{train, Args, DataParallel, DeviceSpec};
+    use super::{train, Args, DataParallel};
     use crate::commands::Globals;
     use anyhow::Result;
-    use scoregen::train::mpi::Mpi;
-    use scoregen::train::Collective;
-    use std::rc::Rc;
 
     pub fn run(args: &Args, g: &Globals) -> Result<()> {
-        let mpi = Mpi::init()?;
-        let (rank, size) = (mpi.rank(), mpi.size());
-        // One GPU per process: local rank r takes GPU N + r of `--device cuda:N`.
-        let local: usize = std::env::var("OMPI_COMM_WORLD_LOCAL_RANK").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-        let device = match g.device {
-            Some(DeviceSpec::Cuda(n)) => Some(DeviceSpec::Cuda(n + local)),
-            other => other,
-        };
-        let collective: Rc<dyn Collective> = collective(mpi, device)?;
+        let (collective, device) = scoregen::app::commands::train::mpi_world(g.device)?;
+        let (rank, size) = (collective.rank(), collective.size());
         let parallel = DataParallel { collective: collective.clone(), shards: args.shards.unwrap_or(0) };
         match train(args, g, parallel, device) {
             Ok(()) => Ok(()),
@@ -154,19 +144,6 @@ mod distributed {
                 collective.abort(1)
             }
         }
-    }
-
-    #[cfg(feature = "nccl")]
-    fn collective(mpi: Mpi, device: Option<DeviceSpec>) -> Result<Rc<dyn Collective>> {
-        match device {
-            Some(d @ DeviceSpec::Cuda(_)) => Ok(Rc::new(scoregen::train::nccl::Nccl::init(mpi, &d.open()?)?)),
-            _ => Ok(Rc::new(mpi)),
-        }
-    }
-
-    #[cfg(not(feature = "nccl"))]
-    fn collective(mpi: Mpi, _device: Option<DeviceSpec>) -> Result<Rc<dyn Collective>> {
-        Ok(Rc::new(mpi))
     }
 
     /// The exit code of an error that every rank returns at the same step

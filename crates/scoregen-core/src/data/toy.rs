@@ -17,8 +17,11 @@ pub enum Toy {
 
 pub use crate::oracle::named_mixture;
 
-/// The toy sets that are samplers only (no exact density): (set, name, description).
-static SAMPLED: &[(fn() -> Toy, &str, &str)] = &[
+/// A toy set that is a sampler only: (its constructor, name, description).
+type SampledToy = (fn() -> Toy, &'static str, &'static str);
+
+/// The toy sets that are samplers only (no exact density).
+static SAMPLED: &[SampledToy] = &[
     (|| Toy::Moons, "moons", "two interleaved half-circles with Gaussian noise 0.1, scaled ×2"),
     (|| Toy::SwissRoll, "swiss-roll", "a 2-D Swiss roll with noise 0.25, scaled to about ±3"),
     (|| Toy::Checkerboard, "checkerboard", "uniform on the black squares of a 4×4 checkerboard over [−4, 4]²"),

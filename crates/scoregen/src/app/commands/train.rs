@@ -112,6 +112,29 @@ pub fn train_and_report(
     Ok(TrainedRun { outcome, report })
 }
 
+/// The processes of `mpirun` as one collective, and the device this process
+/// computes on: over MPI, or NCCL (bootstrapped over MPI) for CUDA devices in a
+/// build with `nccl`; one GPU per process, local rank r taking GPU N + r of
+/// `cuda:N` (`OMPI_COMM_WORLD_LOCAL_RANK`). Only in a build with `mpi`
+/// (docs/distributed.md).
+#[cfg(feature = "mpi")]
+pub fn mpi_world(
+    device: Option<crate::device::DeviceSpec>,
+) -> Result<(std::rc::Rc<dyn train::Collective>, Option<crate::device::DeviceSpec>)> {
+    use crate::device::DeviceSpec;
+    let mpi = train::mpi::Mpi::init()?;
+    let local: usize = std::env::var("OMPI_COMM_WORLD_LOCAL_RANK").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let device = match device {
+        Some(DeviceSpec::Cuda(n)) => Some(DeviceSpec::Cuda(n + local)),
+        other => other,
+    };
+    #[cfg(feature = "nccl")]
+    if let Some(d @ DeviceSpec::Cuda(_)) = device {
+        return Ok((std::rc::Rc::new(train::nccl::Nccl::init(mpi, &d.open()?)?), device));
+    }
+    Ok((std::rc::Rc::new(mpi), device))
+}
+
 /// DPM-Solver++(2M) steps of each evaluation's sampling (NFE 25 on the Karras grid).
 pub const EVAL_STEPS: usize = 25;
 
