@@ -220,9 +220,13 @@ unsafe fn adam_chunk_avx2<T: WithDType>(old: [&[T]; 4], new: [&mut [MaybeUninit<
 pub(crate) const CHUNK: usize = 1 << 14;
 
 /// Σ x² in f64, over chunks on all threads, eight partial sums per chunk
-/// (a single running sum is one dependent add per value).
+/// (a single running sum is one dependent add per value), the chunks' sums
+/// then added in order: rayon's own `sum` adds them in an unspecified order
+/// (a tree shaped by which tasks were stolen), its bits free to vary run to
+/// run.
 fn sum_squares<T: WithDType>(x: &[T]) -> f64 {
-    x.par_chunks(CHUNK)
+    let chunks: Vec<f64> = x
+        .par_chunks(CHUNK)
         .map(|c| {
             let mut acc = [0f64; 8];
             let lanes = c.chunks_exact(8);
@@ -234,7 +238,8 @@ fn sum_squares<T: WithDType>(x: &[T]) -> f64 {
             }
             acc.iter().sum::<f64>() + rest
         })
-        .sum()
+        .collect();
+    chunks.iter().sum()
 }
 
 #[cfg(test)]

@@ -49,7 +49,9 @@
 //! the `gemm` crate's.
 
 use super::dense::{gemm_serial, Mat};
-use super::fused::{col2im_add, im2col_into, par_ranges, refuse_second_order, slice, Patches, SharedMut};
+use super::fused::{
+    col2im_add, im2col_into, par_ranges, par_ranges_sum, refuse_second_order, slice, Patches, SharedMut,
+};
 use super::groupnorm::{kernels as gn, Dims as NormDims};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use std::sync::{Arc, Mutex};
@@ -406,12 +408,13 @@ fn backward(
     let (dc, dnorm) = rest.split_at_mut(n * cout);
     // dx = W̃ im2col(s·dy) for stride 1, col2im((s·W)ᵀ dy) for stride 2
     let w_adj = if g.stride == 1 { adjoint_weights(g, w, scale) } else { w.iter().map(|v| v * scale).collect() };
-    let totals = Mutex::new((vec![0f32; cout * rows], vec![0f32; norm_len]));
     let (dx_out, dc_out) = (SharedMut::new(dx), SharedMut::new(dc));
-    par_ranges(g.tiles(n), |tiles| {
+    // dWᵀ, dγ and dβ: per range of tiles, then summed in the ranges' order
+    let totals = par_ranges_sum(g.tiles(n), cout * rows + norm_len, |tiles| {
         let (mut buf, mut dy_buf, mut a, mut dyt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut wide, mut dp, mut da) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut dw, mut dgb) = (vec![0f32; cout * rows], vec![0f32; norm_len]);
+        let mut partial = vec![0f32; cout * rows + norm_len];
+        let (dw, dgb) = partial.split_at_mut(cout * rows);
         for t in tiles {
             let images = g.tile_range(t, n);
             let (b0, tile) = (images.start, g.tile(images.len()));
@@ -490,22 +493,16 @@ fn backward(
                 }
             }
         }
-        let mut total = totals.lock().expect("fused conv: dW lock");
-        for (t, v) in total.0.iter_mut().zip(&dw) {
-            *t += v;
-        }
-        for (t, v) in total.1.iter_mut().zip(&dgb) {
-            *t += v;
-        }
+        partial
     });
-    let (total_w, total_norm) = totals.into_inner().expect("fused conv: dW lock");
+    let (total_w, total_norm) = totals.split_at(cout * rows);
     // dW from dWᵀ
     for (r, col) in total_w.chunks_exact(cout).enumerate() {
         for (o, &v) in col.iter().enumerate() {
             dw[o * rows + r] = scale * v;
         }
     }
-    dnorm.copy_from_slice(&total_norm);
+    dnorm.copy_from_slice(total_norm);
     out
 }
 
@@ -934,6 +931,49 @@ mod tests {
             }
             assert_same_gradients(&ours, &theirs, &weights, &vars, (1e-4, 0.0), &case);
         }
+    }
+
+    /// The same inputs give the same gradients, bit for bit, on four threads
+    /// (DESIGN.md: a fixed order for parallel sums): dW, dγ and dβ are sums of
+    /// per-range partials over the tiles, added in the order of their ranges
+    /// whichever thread finishes first. `RUNS` (24) backward passes against
+    /// the first, stride 1 and 2 with the GroupNorm folded in, 64 images of
+    /// 16×16 (at stride 1 one per tile: 32 ranges on four threads, each long
+    /// enough for the threads to overlap; 22 tiles of ≤ 3 at stride 2).
+    #[test]
+    fn gradients_are_bitwise_reproducible_on_four_threads() {
+        let name = "gradients_are_bitwise_reproducible_on_four_threads";
+        const RUNS: usize = 24;
+        super::super::fused::on_threads(4, module_path!(), name, || {
+            let dev = Device::Cpu;
+            let mut rng = scoregen_core::rng::Rng::new(14, 0);
+            let (n, cin, cout, groups, side) = (64, 16, 16, 4, 16);
+            let x = Var::from_tensor(&rng.randn((n, cin, side, side), DType::F32, &dev).unwrap()).unwrap();
+            let gamma = Var::from_tensor(&rng.randn(cin, DType::F32, &dev).unwrap()).unwrap();
+            let beta = Var::from_tensor(&rng.randn(cin, DType::F32, &dev).unwrap()).unwrap();
+            let w = Var::from_tensor(&rng.randn((cout, cin * 9), DType::F32, &dev).unwrap()).unwrap();
+            let c = Var::from_tensor(&rng.randn((n, cout), DType::F32, &dev).unwrap()).unwrap();
+            for stride in [1, 2] {
+                let weights = rng.randn((n, cout, side / stride, side / stride), DType::F32, &dev).unwrap();
+                let grads = || {
+                    let norm = Norm { gamma: gamma.as_tensor(), beta: beta.as_tensor(), groups, eps: 1e-6 };
+                    let y = conv2d_normed(x.as_tensor(), Some(norm), w.as_tensor(), c.as_tensor(), 3, stride, None)
+                        .unwrap();
+                    let g = scoregen_core::autodiff::backward(&(y * &weights).unwrap().sum_all().unwrap()).unwrap();
+                    [&x, &w, &c, &gamma, &beta].map(|v| {
+                        let t = g.get(v.as_tensor()).unwrap().flatten_all().unwrap();
+                        t.to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                    })
+                };
+                let first = grads();
+                for run in 1..RUNS {
+                    let again = grads();
+                    for (i, name) in ["x", "W", "c", "γ", "β"].iter().enumerate() {
+                        assert!(again[i] == first[i], "stride {stride}: d{name} of run {run} differs from run 0");
+                    }
+                }
+            }
+        });
     }
 
     /// With W and c constant (a likelihood's ∇ₓ) the backward skips dW and

@@ -664,6 +664,68 @@ pub(crate) fn par_ranges(n: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
     candle_core::utils::barrier_pool().execute_chunked(n, f)
 }
 
+/// [`par_ranges`] for tasks that each return a partial sum of `len` values,
+/// added up in the order of their ranges, never in the order the threads
+/// finish them: a range done before those ahead of it is parked until they
+/// have been added. The ranges depend on n and the thread count only, so the
+/// total's bits do too (DESIGN.md: parallel sums in a fixed order).
+pub(crate) fn par_ranges_sum(n: usize, len: usize, f: impl Fn(std::ops::Range<usize>) -> Vec<f32> + Sync) -> Vec<f32> {
+    struct Sums {
+        /// where the next range to add starts
+        next: usize,
+        total: Vec<f32>,
+        /// finished ranges not yet added: start → (end, partial)
+        parked: std::collections::BTreeMap<usize, (usize, Vec<f32>)>,
+    }
+    let sums = std::sync::Mutex::new(Sums { next: 0, total: vec![0f32; len], parked: Default::default() });
+    par_ranges(n, |range| {
+        let partial = f(range.clone());
+        let mut guard = sums.lock().expect("par_ranges_sum: lock");
+        let s = &mut *guard;
+        if range.start != s.next {
+            s.parked.insert(range.start, (range.end, partial));
+            return;
+        }
+        let mut ready = Some((range.end, partial));
+        while let Some((end, partial)) = ready {
+            for (t, v) in s.total.iter_mut().zip(&partial) {
+                *t += v;
+            }
+            s.next = end;
+            ready = s.parked.remove(&end);
+        }
+    });
+    let sums = sums.into_inner().expect("par_ranges_sum: lock");
+    debug_assert!(sums.parked.is_empty() && sums.next == n, "par_ranges_sum: ranges left out");
+    sums.total
+}
+
+/// Runs `body` in a child process of this test binary on `threads` threads:
+/// the test `name` of module `module` (its `module_path!()`) runs again
+/// there, alone, with `RAYON_NUM_THREADS` set. candle sizes its thread pool
+/// once per process, from that variable (else the cores), and another test
+/// may have started it already; a child also runs the kernels' threaded
+/// paths on a one-core machine.
+#[cfg(test)]
+pub(crate) fn on_threads(threads: usize, module: &str, name: &str, body: impl FnOnce()) {
+    const CHILD: &str = "SCOREGEN_TEST_CHILD";
+    let test = format!("{}::{name}", module.split_once("::").map_or(module, |(_, rest)| rest));
+    if std::env::var(CHILD).as_deref() == Ok(test.as_str()) {
+        assert_eq!(candle_core::utils::get_num_threads(), threads);
+        assert_eq!(candle_core::utils::barrier_pool().n_workers() + 1, threads, "candle's pool");
+        return body();
+    }
+    let out = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD, &test)
+        .env("RAYON_NUM_THREADS", threads.to_string())
+        .env_remove("CANDLE_NUM_THREADS")
+        .output()
+        .expect("running the test binary again");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("1 passed"), "{test} on {threads} threads:\n{text}");
+}
+
 /// A pointer to an output buffer shared by the threads of [`par_ranges`],
 /// each writing its own disjoint part.
 #[derive(Clone, Copy)]
