@@ -56,7 +56,7 @@ fn scoped<R>(depth: &'static std::thread::LocalKey<Cell<usize>>, f: impl FnOnce(
 
 /// Runs `f` with every network on candle's own ops, so whatever `f` builds
 /// can be differentiated any number of times. Outside such a scope networks
-/// may use fused first-order kernels ([`crate::nets::kernels::dense`]), whose
+/// may use fused first-order kernels (`scoregen_nets::nets::kernels::dense`, a crate above this one), whose
 /// gradients refuse a second differentiation. Objectives that differentiate
 /// ∇ₓ s_θ with respect to θ (implicit and sliced score matching) and energy
 /// models (s_θ = −∇ₓ f_θ) run their forward passes in here.

@@ -11,8 +11,8 @@
 //!   noise-aware classifier to the score, classifier-free guidance mixes the
 //!   conditional and unconditional scores of one network. Both are [`ScoreFn`]
 //!   wrappers, so every sampler runs them unchanged.
-//!   The noise-aware classifier is [`crate::nets::Classifier`] with its time
-//!   input, trained by [`crate::train::classifier`] on data perturbed by the SDE.
+//!   The noise-aware classifier is `scoregen_nets::nets::Classifier` with its time
+//!   input, trained by `scoregen_nets::train::classifier` on data perturbed by the SDE.
 //!
 //! [`ScoreFn`]: crate::score::ScoreFn
 
