@@ -102,8 +102,10 @@ fn every_sigma_sampler_runs_on_every_grid() {
     }
 }
 
-/// diffusers' `DDIMScheduler.step` (η = 0) with `clip_sample` on the DDPM
-/// chain from timestep 500 to 400, written out: ε = −√(1 − ᾱ)·s,
+/// diffusers' `DDIMScheduler.step` (η = 0) with `clip_sample` and
+/// `use_clipped_model_output=True` (not diffusers' default, which keeps the
+/// model's ε: see docs/guide.md §13) on the DDPM chain from timestep 500 to
+/// 400, written out: ε = −√(1 − ᾱ)·s,
 /// x̂₀ = clamp((x − √(1 − ᾱ)·ε)/√ᾱ, −1, 1), ε ← (x − √ᾱ·x̂₀)/√(1 − ᾱ),
 /// x' = √ᾱ'·x̂₀ + √(1 − ᾱ')·ε. The σ-space DDIM step through the clipping
 /// denoiser equals it to 1e-9; the same with thresholding (diffusers'

@@ -11,10 +11,12 @@
 //!   formula (`sample_max_value` = s_max; its default 1 makes it plain
 //!   clipping, Saharia's has no s_max: ∞ here).
 //!
-//! diffusers recomputes ε̂ = (x_t − √ᾱ·x̂₀)/√(1 − ᾱ) from the limited x̂₀ so
-//! that the DDIM step stays consistent; in σ-space that is ε̂ = (x_σ − x̂₀)/σ,
-//! which is how every σ-space sampler here derives its direction from D
-//! ([`super::denoiser::to_d`]), so limiting D keeps ε̂ consistent by construction.
+//! Every σ-space sampler here derives its direction from D
+//! ([`super::denoiser::to_d`]): ε̂ = (x_σ − x̂₀)/σ, the t-space
+//! ε̂ = (x_t − √ᾱ·x̂₀)/√(1 − ᾱ); so limiting D recomputes ε̂ from the limited
+//! x̂₀. That is diffusers' DDIM with `use_clipped_model_output=True`; its
+//! default (and `DDIMPipeline`'s) keeps the model's ε̂, an O(1) difference
+//! wherever the limit acts (docs/guide.md §13).
 
 use super::denoiser::Denoiser;
 use candle_core::{Result, Tensor};
