@@ -28,7 +28,10 @@ pub struct SamplerSpec {
     /// Relative and absolute tolerances of the adaptive ODE solver.
     pub rtol: f64,
     pub atol: f64,
+    /// Steps of the sampler (Langevin: its iterations; the ODE sampler adapts its own).
     pub steps: usize,
+    /// Samples a run draws unless asked for another number (`--n`, Python's `n=`);
+    /// the dispatcher itself takes the shape it is given.
     pub n: usize,
     /// Final time ε; default: the SDE's (1e-5 VE, 1e-3 VP/sub-VP).
     pub eps: Option<f64>,
@@ -48,8 +51,8 @@ pub struct SamplerSpec {
     pub s_churn: f64,
     pub s_tmin: f64,
     pub s_tmax: f64,
-    pub s_noise: f64,
     /// `heun`, `dpmpp-2m-sde`, `euler-ancestral`: the noise scale S_noise.
+    pub s_noise: f64,
     /// Every σ-space sampler on the `karras` grid: its ρ.
     pub rho: f64,
     /// σ-space samplers: `uniform-t`, `karras`, `linspace`, `leading` or
