@@ -483,7 +483,10 @@ fn euler_ancestral_has_weak_order_one() {
                     let steps: Vec<_> = (0..n)
                         .map(|i| {
                             affine_step(&|x, rng| {
-                                DdimStep { eta: 1.0, s_noise }.step(&den, x, &sigmas, i, rng).unwrap().0
+                                DdimStep { eta: 1.0, s_noise, keep_model_eps: false }
+                                    .step(&den, x, &sigmas, i, rng)
+                                    .unwrap()
+                                    .0
                             })
                         })
                         .collect();

@@ -10,7 +10,8 @@ use scoregen::oracle::{named_mixture, OracleScore};
 use scoregen::rng::Rng;
 use scoregen::samplers::grid::timestep_spacing;
 use scoregen::samplers::{
-    sample_ddim, Grid, LimitedDenoiser, SampleContext, SamplerKind, SamplerSpec, ScoreDenoiser, X0Limit, SAMPLERS,
+    sample_ddim, sample_sigma_steps, Grid, LimitedDenoiser, Method, SampleContext, SamplerKind, SamplerSpec,
+    ScoreDenoiser, X0Limit, SAMPLERS,
 };
 use scoregen::score::{DiscreteTimeModel, Output, ScoreFn};
 use scoregen::sde::{DiscreteVp, Sde, VpSde};
@@ -137,6 +138,55 @@ fn limited_ddim_step_is_diffusers_ddim_with_clip_sample() {
         let stale = (x0.affine(ab2.sqrt(), 0.0).unwrap() + eps.affine((1.0 - ab2).sqrt(), 0.0).unwrap()).unwrap();
         assert!(max_diff(&stale, &want) > 1e-3, "{limit:?}: recomputing ε must matter here");
     }
+}
+
+/// diffusers' default `DDIMScheduler.step` (η = 0, `clip_sample`,
+/// `use_clipped_model_output=False`, as `DDIMPipeline` runs it), written out:
+/// x̂₀ limited, ε kept, x' = √ᾱ'·limit(x̂₀) + √(1 − ᾱ')·ε. `ddim` with
+/// `keep_model_eps` equals it to 1e-9 (clipping and thresholding), through the
+/// sampler table's row and the limiting denoiser; without the option it is the
+/// recomputed-ε step above, O(1) away.
+#[test]
+fn ddim_keeping_the_model_eps_is_diffusers_default_clip_sample() {
+    let chain = chain();
+    let o = OracleScore::new(named_mixture("gmm8").unwrap(), chain.clone());
+    let (i, j) = (500usize, 400usize);
+    let (ab, ab2) = (chain.alphas_cumprod[i], chain.alphas_cumprod[j]);
+    let x_t = Rng::new(8, 0).randn((64, 2), DType::F64, &Device::Cpu).unwrap().affine(2.0, 0.0).unwrap();
+    let eps = o.score_at(&x_t, chain.time_of(i)).unwrap().affine(-(1.0 - ab).sqrt(), 0.0).unwrap();
+    let x0_raw = (&x_t - eps.affine((1.0 - ab).sqrt(), 0.0).unwrap()).unwrap().affine(1.0 / ab.sqrt(), 0.0).unwrap();
+    let x_sigma = x_t.affine(1.0 / ab.sqrt(), 0.0).unwrap();
+    let sig = [chain.sigma(i), chain.sigma(j)];
+    for limit in [X0Limit::Clip { range: 1.0 }, X0Limit::Threshold { ratio: 0.9, range: 1.0, max: f64::INFINITY }] {
+        let x0 = limit.apply(&x0_raw).unwrap();
+        assert!(max_diff(&x0, &x0_raw) > 0.1, "the limit must bite for the test to mean anything");
+        let want = (x0.affine(ab2.sqrt(), 0.0).unwrap() + eps.affine((1.0 - ab2).sqrt(), 0.0).unwrap()).unwrap();
+        let spec = SamplerSpec { sampler: SamplerKind::Ddim, keep_model_eps: true, ..Default::default() }
+            .with_limit(Some(limit));
+        spec.validate("test").unwrap();
+        let Method::SigmaSpace { step, .. } = spec.sampler.method() else { panic!("ddim is a σ-space sampler") };
+        let den = ScoreDenoiser::new(&o, chain.as_ref(), None);
+        let limited = LimitedDenoiser { inner: &den, limit };
+        let hidden = ProgressBar::hidden();
+        let run = |s: &SamplerSpec| {
+            let mut stepper = step(s);
+            sample_sigma_steps(&limited, stepper.as_mut(), x_sigma.clone(), &sig, &mut Rng::new(0, 0), None, &hidden)
+                .unwrap()
+                .x
+                .affine(ab2.sqrt(), 0.0)
+                .unwrap()
+        };
+        let d = max_diff(&run(&spec), &want);
+        assert!(d < 1e-9, "{limit:?}: max difference {d}");
+        let recomputed = run(&SamplerSpec { keep_model_eps: false, ..spec });
+        assert!(max_diff(&recomputed, &want) > 1e-3, "{limit:?}: keeping ε must matter here");
+    }
+    // only ddim, and only with a limit
+    let e = SamplerSpec { sampler: SamplerKind::Ddim, keep_model_eps: true, ..Default::default() }.validate("c.toml");
+    assert!(e.unwrap_err().to_string().contains("sampling.keep_model_eps"));
+    let heun =
+        SamplerSpec { sampler: SamplerKind::Heun, keep_model_eps: true, clip_denoised: true, ..Default::default() };
+    assert!(heun.validate("c.toml").is_err());
 }
 
 /// Every σ-space sampler ends with x = D(x, σ_{N−1}) (the step to σ = 0), so

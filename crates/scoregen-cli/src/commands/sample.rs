@@ -86,6 +86,11 @@ struct SamplerArgs {
     /// The data range [−R, R] of --clip-denoised and --threshold.
     #[arg(long, value_name = "R")]
     clip_range: Option<f64>,
+    /// ddim with --clip-denoised or --threshold: limit only x̂₀ and keep the model's ε̂ in the step, as
+    /// diffusers' DDIMScheduler does by default (use_clipped_model_output=False); without it ε̂ is
+    /// recomputed from the limited x̂₀ (use_clipped_model_output=True).
+    #[arg(long)]
+    keep_model_eps: bool,
     /// σ-space samplers: start at √(1 + σ₀²)·z, the VP prior N(0, I) at σ₀, instead of σ₀·z.
     #[arg(long)]
     vp_start: bool,
@@ -116,6 +121,7 @@ impl SamplerArgs {
             sc.threshold = None;
         }
         sc.clip_range = self.clip_range.unwrap_or(sc.clip_range);
+        sc.keep_model_eps |= self.keep_model_eps;
         sc.vp_start |= self.vp_start;
         sc
     }

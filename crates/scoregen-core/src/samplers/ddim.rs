@@ -39,7 +39,7 @@ pub fn sample_ddim(
     rng: &mut Rng,
     progress: &ProgressBar,
 ) -> Result<Sampled> {
-    sample_sigma_steps(den, &mut DdimStep { eta, s_noise: 1.0 }, x, sigmas, rng, None, progress)
+    sample_sigma_steps(den, &mut DdimStep { eta, s_noise: 1.0, keep_model_eps: false }, x, sigmas, rng, None, progress)
 }
 
 /// The DDIM step with stochasticity η, its noise scaled by S_noise (1 for
@@ -47,6 +47,11 @@ pub fn sample_ddim(
 pub struct DdimStep {
     pub eta: f64,
     pub s_noise: f64,
+    /// Under an x̂₀ limit, keep the model's ε̂ = (x − D_raw)/σ in the
+    /// direction term: x' = limit(D) + σ_down·ε̂ + σ_up·z (diffusers'
+    /// `DDIMScheduler` default, `use_clipped_model_output=False`). Off: ε̂ is
+    /// recomputed from the limited x̂₀ (`use_clipped_model_output=True`).
+    pub keep_model_eps: bool,
 }
 
 impl SigmaStep for DdimStep {
@@ -59,10 +64,16 @@ impl SigmaStep for DdimStep {
         rng: &mut Rng,
     ) -> Result<(Tensor, usize)> {
         let (s, s_next) = (sigmas[i], sigmas[i + 1]);
-        let denoised = den.denoise(x, s)?;
         let (down, up) = ancestral_step(s, s_next, self.eta);
-        // x̂₀ + σ_down·ε̂, written as x + (σ_down − σ)·d so that σ_down = σ is the identity
-        let mut x = (x + to_d(x, &denoised, s)?.affine(down - s, 0.0)?)?;
+        let mut x = if self.keep_model_eps {
+            // the limited x̂₀ + σ_down·ε̂ of the model's own x̂₀
+            let (limited, raw) = den.denoise_and_raw(x, s)?;
+            (limited + to_d(x, &raw, s)?.affine(down, 0.0)?)?
+        } else {
+            // x̂₀ + σ_down·ε̂, written as x + (σ_down − σ)·d so that σ_down = σ is the identity
+            let denoised = den.denoise(x, s)?;
+            (x + to_d(x, &denoised, s)?.affine(down - s, 0.0)?)?
+        };
         if up > 0.0 {
             x = (&x + rng.randn(x.shape(), x.dtype(), x.device())?.affine(self.s_noise * up, 0.0)?)?;
         }

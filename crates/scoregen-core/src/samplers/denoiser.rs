@@ -20,6 +20,14 @@ pub trait Denoiser {
     /// D(x, σ) for a batch x at one σ > 0.
     fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor>;
 
+    /// (D(x, σ), the model's own D before any x̂₀ limit): the same tensor
+    /// twice unless a limit wraps the denoiser ([`super::LimitedDenoiser`]),
+    /// for a step that limits x̂₀ but keeps the model's ε̂ (diffusers' DDIM default).
+    fn denoise_and_raw(&self, x: &Tensor, sigma: f64) -> Result<(Tensor, Tensor)> {
+        let d = self.denoise(x, sigma)?;
+        Ok((d.clone(), d))
+    }
+
     /// (σ_min, σ_max): the noise levels the model knows (the default Karras range).
     fn sigma_range(&self) -> (f64, f64);
 

@@ -16,7 +16,9 @@
 //! ε̂ = (x_t − √ᾱ·x̂₀)/√(1 − ᾱ); so limiting D recomputes ε̂ from the limited
 //! x̂₀. That is diffusers' DDIM with `use_clipped_model_output=True`; its
 //! default (and `DDIMPipeline`'s) keeps the model's ε̂, an O(1) difference
-//! wherever the limit acts (docs/guide.md §13).
+//! wherever the limit acts (docs/guide.md §13). `ddim` with
+//! `sampling.keep_model_eps` (`--keep-model-eps`) is that default: the step
+//! reads both D's through [`Denoiser::denoise_and_raw`].
 
 use super::denoiser::Denoiser;
 use candle_core::{Result, Tensor};
@@ -72,6 +74,11 @@ pub struct LimitedDenoiser<'a> {
 impl Denoiser for LimitedDenoiser<'_> {
     fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
         self.limit.apply(&self.inner.denoise(x, sigma)?)
+    }
+
+    fn denoise_and_raw(&self, x: &Tensor, sigma: f64) -> Result<(Tensor, Tensor)> {
+        let raw = self.inner.denoise(x, sigma)?;
+        Ok((self.limit.apply(&raw)?, raw))
     }
 
     fn sigma_range(&self) -> (f64, f64) {

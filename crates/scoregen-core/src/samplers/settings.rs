@@ -72,6 +72,12 @@ pub struct SamplerSpec {
     /// Thresholding's largest s (diffusers' sample_max_value; default ∞, as Saharia et al.).
     #[serde(skip_serializing_if = "is_infinite")]
     pub threshold_max: f64,
+    /// `ddim` with clipping or thresholding: keep the model's ε̂ in the step
+    /// and limit only x̂₀ (diffusers' `DDIMScheduler` default,
+    /// `use_clipped_model_output=False`); off: ε̂ is recomputed from the limited
+    /// x̂₀ (`use_clipped_model_output=True`), see `samplers::limits`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub keep_model_eps: bool,
     /// σ-space samplers: start at √(1 + σ₀²)·z (the VP prior N(0, I) at σ₀) instead of σ₀·z.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub vp_start: bool,
@@ -175,6 +181,7 @@ impl Default for SamplerSpec {
             threshold: None,
             clip_range: 1.0,
             threshold_max: f64::INFINITY,
+            keep_model_eps: false,
             vp_start: false,
             class: None,
             guidance: 1.0,
@@ -229,6 +236,16 @@ impl SamplerSpec {
                     "set either clip_denoised or threshold (thresholding already clips)".into(),
                 );
             }
+        }
+        if self.keep_model_eps && (self.sampler != SamplerKind::Ddim || self.limit().is_none()) {
+            return err(
+                "sampling.keep_model_eps",
+                format!(
+                    "applies to `ddim` with clip_denoised or threshold (the ε̂ it keeps is the unlimited one), not `{}`{}",
+                    self.sampler,
+                    if self.limit().is_none() { " without a limit" } else { "" }
+                ),
+            );
         }
         if !self.sampler.is_denoiser() {
             let set = [
