@@ -75,9 +75,10 @@ fn shape_of(shape: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
 /// Draws samples of `shape` = (N, D, …) with any sampler over a score given
 /// as a Python callable `score_fn(x, t) -> s` (x: [N, D, …], t: [N]),
 /// the reverse process of `sde`. Same settings as `scoregen sample` on a run
-/// with the default `[sampling]` config.
+/// with the default `[sampling]` config; `clip_denoised`, `threshold` and
+/// `keep_model_eps` as `--clip-denoised`, `--threshold` and `--keep-model-eps`.
 #[pyfunction]
-#[pyo3(signature = (score_fn, sde, shape, sampler = None, steps = 50, seed = 0, grid = None, dtype = "float32", eps = None, denoise = true))]
+#[pyo3(signature = (score_fn, sde, shape, sampler = None, steps = 50, seed = 0, grid = None, dtype = "float32", eps = None, denoise = true, clip_denoised = false, threshold = None, keep_model_eps = false))]
 pub fn sample(
     py: Python<'_>,
     score_fn: Py<PyAny>,
@@ -90,6 +91,9 @@ pub fn sample(
     dtype: &str,
     eps: Option<f64>,
     denoise: bool,
+    clip_denoised: bool,
+    threshold: Option<f64>,
+    keep_model_eps: bool,
 ) -> PyResult<PyObject> {
     scoregen::init();
     let native = native_score(py, &score_fn, &sde)?;
@@ -105,6 +109,9 @@ pub fn sample(
         steps,
         eps,
         denoise,
+        clip_denoised,
+        threshold,
+        keep_model_eps,
         ..Default::default()
     };
     sc.validate("arguments").map_err(convert::error)?;

@@ -133,7 +133,12 @@ def sample(
     dtype: str = "float32",
     eps: Optional[float] = None,
     denoise: bool = True,
-) -> Array: ...
+    clip_denoised: bool = False,
+    threshold: Optional[float] = None,
+    keep_model_eps: bool = False,
+) -> Array:
+    """`clip_denoised`, `threshold`, `keep_model_eps`: as `scoregen sample`'s
+    `--clip-denoised`, `--threshold P`, `--keep-model-eps` (σ-space samplers)."""
 def log_likelihood(
     score_fn: ScoreFn,
     sde: Sde,
