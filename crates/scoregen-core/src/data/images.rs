@@ -171,7 +171,7 @@ impl ImageSet {
 }
 
 /// The number of intensity levels L of a source's pixels: a named set's
-/// own (17 for `digits`, 0..16), else 256 (8-bit IDX and PNG files).
+/// own (17 for `digits`, 0..16), else 256 (8-bit IDX, PNG and CIFAR files).
 pub fn levels_of(source: &str) -> u32 {
     named(source).map_or(256, |s| s.levels)
 }

@@ -2,6 +2,7 @@
 //! `Points` and `.npy` io live in the foundation ([`crate::points`],
 //! [`crate::io::npy`]) and are re-exported here for users of the data API.
 
+pub mod cifar;
 pub mod images;
 pub mod spec;
 pub mod toy;
@@ -45,24 +46,36 @@ impl Default for ImageOptions {
     }
 }
 
-/// True when `source` names image data (a named set, an IDX file or a folder).
+/// True when `source` names image data (a named set, `cifar10:DIR`,
+/// `cifar100:DIR`, an IDX file or a folder).
 pub fn is_image_source(source: &str) -> bool {
     images::named(source).is_some()
+        || cifar::cifar10_dir(source).is_some()
+        || cifar::cifar100_dir(source).is_some()
         || images::idx_labels_path(Path::new(source)).is_some()
         || Path::new(source).is_dir()
 }
 
 /// The (C, H, W) of a named image set, without reading it.
 pub fn image_shape_of(source: &str) -> Option<(usize, usize, usize)> {
+    if cifar::cifar10_dir(source).is_some() || cifar::cifar100_dir(source).is_some() {
+        return Some((3, 32, 32));
+    }
     images::named(source).map(|s| s.shape)
 }
 
-/// The training or test part of an image source. `fashion-mnist` and IDX
-/// files use their own files (`train-…` / `t10k-…`); the others are split.
+/// The training or test part of an image source. `fashion-mnist`, IDX files
+/// (`train-…` / `t10k-…`) and CIFAR folders (`cifar10:DIR`: the five data
+/// batches / `test_batch`; `cifar100:DIR`: `train.bin` / `test.bin`) use their
+/// own files; the others are split.
 pub fn load_images(source: &str, train: bool, opts: &ImageOptions) -> Result<ImageSet> {
     let path = Path::new(source);
     let (set, pre_split) = if let Some(named) = images::named(source) {
         ((named.load)(train)?, named.ships_split)
+    } else if let Some(dir) = cifar::cifar10_dir(source) {
+        (cifar::read_cifar10_dir(dir, train)?, true)
+    } else if let Some(dir) = cifar::cifar100_dir(source) {
+        (cifar::read_cifar100_dir(dir, train)?, true)
     } else if let Some(labels) = images::idx_labels_path(path) {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         let pre = name.starts_with("train-") || name.starts_with("t10k-");
@@ -78,7 +91,7 @@ pub fn load_images(source: &str, train: bool, opts: &ImageOptions) -> Result<Ima
         (images::read_png_dir(path)?, false)
     } else {
         return Err(Error::Invalid(format!(
-            "unknown image source `{source}`: expected one of {}, an IDX `*-images-idx3-ubyte[.gz]` file or a folder of PNGs",
+            "unknown image source `{source}`: expected one of {}, `cifar10:DIR`, `cifar100:DIR`, an IDX `*-images-idx3-ubyte[.gz]` file or a folder of PNGs",
             images::names().join(", ")
         )));
     };
@@ -127,7 +140,7 @@ pub fn load_with(source: &str, n: usize, rng: &mut Rng, opts: &ImageOptions) -> 
         _ => {
             let toy = toy::Toy::by_name(source).ok_or_else(|| {
                 Error::Invalid(format!(
-                    "unknown data set `{source}`: expected one of {}, {}, a path ending in .npy or .toml, an IDX file or a folder of PNGs",
+                    "unknown data set `{source}`: expected one of {}, {}, a path ending in .npy or .toml, `cifar10:DIR`, `cifar100:DIR`, an IDX file or a folder of PNGs",
                     toy::names().join(", "),
                     images::names().join(", ")
                 ))

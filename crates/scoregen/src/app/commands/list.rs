@@ -19,6 +19,11 @@ pub fn catalogue() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
                 .into_iter()
                 .chain(data::images::IMAGE_SETS.iter().map(|s| (s.name, s.description)))
                 .chain([
+                    (
+                        "cifar10:DIR",
+                        "CIFAR-10, 3×32×32: DIR holds cifar-10-batches-bin (data_batch_1..5.bin, test_batch.bin) or -py; the official train/test split",
+                    ),
+                    ("cifar100:DIR", "CIFAR-100, 3×32×32, fine labels: DIR holds cifar-100-binary (train.bin, test.bin)"),
                     ("FILE-idx3-ubyte[.gz] | DIR/", "an IDX image file (labels beside it) or a folder of PNGs"),
                     ("FILE.npy", "any [N, D] float32/float64 array"),
                     ("FILE.toml", "a Gaussian mixture: [[component]] weight, mean, std or cov"),
