@@ -4,10 +4,12 @@ With CI set, a missing dependency (the binary, PyTorch) fails instead of
 skipping, so a broken install shows (as the Rust tests do: tests/ci).
 """
 
+import importlib.util
 import os
 import pathlib
 import subprocess
 
+import numpy as np
 import pytest
 
 import scoregen
@@ -47,3 +49,52 @@ def trained_run(tmp_path_factory) -> pathlib.Path:
 
 def run_cli(cli, *args) -> subprocess.CompletedProcess:
     return subprocess.run([str(cli), "--quiet", *map(str, args)], capture_output=True, text=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def diffusers_torch():
+    """torch (one thread) for the parity tests against diffusers' schedulers."""
+    have = all(importlib.util.find_spec(m) is not None for m in ("torch", "diffusers"))
+    require(have, "torch and diffusers are not installed (scripts/setup-python.sh installs them with CI or SCOREGEN_TORCH=1)")
+    import torch
+
+    torch.set_num_threads(1)
+    return torch
+
+
+class GaussianOnDdpm:
+    """The parity tests' problem: data N(μ, S²) on the DDPM chain (β linear
+    1e-4 … 0.02, 1000 steps), whose score and ε are closed form.
+    `score_fn` records the first state it is called with, which is x_T for
+    the σ-space samplers (their first model call is at the starting state),
+    so diffusers can start from the same x_T."""
+
+    MU, S = 1.5, 0.5
+
+    def __init__(self):
+        from scoregen.sde import DDPM
+
+        self.sde = DDPM()
+        self.seen = []
+
+    def score_fn(self, x, t):
+        if not self.seen:
+            self.seen.append(x.copy())
+        m, s = self.sde.marginal(t)
+        m, s = m[:, None], s[:, None]
+        return -(x - m * self.MU) / (m * m * self.S * self.S + s * s)
+
+    @property
+    def x_t(self):
+        return self.seen[0]
+
+    @classmethod
+    def eps(cls, x, ab):
+        """ε̂(x_t) for ᾱ = `ab` (a torch scalar), in x's dtype arithmetic."""
+        a, s = ab.sqrt(), (1 - ab).sqrt()
+        return s * (x - a * cls.MU) / (a * a * cls.S * cls.S + s * s)
+
+    @staticmethod
+    def alphas_cumprod():
+        """diffusers' ᾱ of this chain in float64."""
+        return np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))

@@ -14,44 +14,20 @@ starts from it. With diffusers' ᾱ in float64 the two agree to double round-off
 (asserted 1e-10); each pairing of the wrong ε treatment differs by O(0.1).
 """
 
-import importlib.util
-
 import numpy as np
 import pytest
 
 import scoregen
-from conftest import require
-from scoregen.sde import DDPM
-
-MU, S = 1.5, 0.5
-HAVE = all(importlib.util.find_spec(m) is not None for m in ("torch", "diffusers"))
-
-
-@pytest.fixture(scope="module")
-def torch():
-    require(HAVE, "torch and diffusers are not installed (scripts/setup-python.sh installs them with CI or SCOREGEN_TORCH=1)")
-    import torch
-
-    torch.set_num_threads(1)
-    return torch
+from conftest import GaussianOnDdpm
 
 
 def ours(steps, keep):
-    sde = DDPM()
-    seen = []
-
-    def score_fn(x, t):
-        if not seen:
-            seen.append(x.copy())
-        m, s = sde.marginal(t)
-        m, s = m[:, None], s[:, None]
-        return -(x - m * MU) / (m * m * S * S + s * s)
-
+    p = GaussianOnDdpm()
     x = scoregen.sample(
-        score_fn, sde, (32, 1), sampler="ddim", steps=steps, seed=5, grid="leading", dtype="float64",
+        p.score_fn, p.sde, (32, 1), sampler="ddim", steps=steps, seed=5, grid="leading", dtype="float64",
         clip_denoised=True, keep_model_eps=keep,
     )
-    return x, seen[0]
+    return x, p.x_t
 
 
 def theirs(torch, steps, x_t, use_clipped_model_output):
@@ -61,24 +37,22 @@ def theirs(torch, steps, x_t, use_clipped_model_output):
         num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear", clip_sample=True,
         timestep_spacing="leading", set_alpha_to_one=True,
     )
-    sched.alphas_cumprod = torch.from_numpy(np.cumprod(1 - np.linspace(1e-4, 0.02, 1000)))
+    sched.alphas_cumprod = torch.from_numpy(GaussianOnDdpm.alphas_cumprod())
     sched.final_alpha_cumprod = torch.tensor(1.0, dtype=torch.float64)
     sched.set_timesteps(steps)
     x = torch.from_numpy(x_t)
     for t in sched.timesteps:
-        ab = sched.alphas_cumprod[t]
-        a, s = ab.sqrt(), (1 - ab).sqrt()
-        eps = s * (x - a * MU) / (a * a * S * S + s * s)
+        eps = GaussianOnDdpm.eps(x, sched.alphas_cumprod[t])
         x = sched.step(eps, t, x, eta=0.0, use_clipped_model_output=use_clipped_model_output).prev_sample
     return x.numpy()
 
 
 @pytest.mark.parametrize("steps", [5, 10, 50])
 @pytest.mark.parametrize("keep", [True, False], ids=["keep-model-eps", "recomputed-eps"])
-def test_ddim_clip_sample_matches_diffusers(torch, steps, keep):
+def test_ddim_clip_sample_matches_diffusers(diffusers_torch, steps, keep):
     got, x_t = ours(steps, keep)
-    want = theirs(torch, steps, x_t, use_clipped_model_output=not keep)
+    want = theirs(diffusers_torch, steps, x_t, use_clipped_model_output=not keep)
     assert np.all(np.isfinite(want))
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)
-    other = theirs(torch, steps, x_t, use_clipped_model_output=keep)
+    other = theirs(diffusers_torch, steps, x_t, use_clipped_model_output=keep)
     assert np.abs(got - other).max() > 1e-2, "the two ε treatments must differ here for the test to mean anything"

@@ -22,42 +22,18 @@ agrees to double round-off (measured 1.1e-15, asserted 1e-11). Comparing
 by 1.7e-2 and 1.5e-2 (10 steps).
 """
 
-import importlib.util
-
 import numpy as np
 import pytest
 
 import scoregen
-from conftest import require
-from scoregen.sde import DDPM
-
-MU, S = 1.5, 0.5
-HAVE = all(importlib.util.find_spec(m) is not None for m in ("torch", "diffusers"))
-
-
-@pytest.fixture(scope="module")
-def torch():
-    require(HAVE, "torch and diffusers are not installed (scripts/setup-python.sh installs them with CI or SCOREGEN_TORCH=1)")
-    import torch
-
-    torch.set_num_threads(1)
-    return torch
+from conftest import GaussianOnDdpm
 
 
 def ours(sampler, steps):
     """scoregen's samples and the x_T it drew, for 16 points of N(μ, S²)."""
-    sde = DDPM()
-    seen = []
-
-    def score_fn(x, t):
-        if not seen:
-            seen.append(x.copy())
-        m, s = sde.marginal(t)
-        m, s = m[:, None], s[:, None]
-        return -(x - m * MU) / (m * m * S * S + s * s)
-
-    x = scoregen.sample(score_fn, sde, (16, 1), sampler=sampler, steps=steps, seed=3, grid="trailing", dtype="float64")
-    return x, seen[0]
+    p = GaussianOnDdpm()
+    x = scoregen.sample(p.score_fn, p.sde, (16, 1), sampler=sampler, steps=steps, seed=3, grid="trailing", dtype="float64")
+    return x, p.x_t
 
 
 def theirs(torch, variant, steps, x_t, exact):
@@ -70,7 +46,7 @@ def theirs(torch, variant, steps, x_t, exact):
     )
     dtype = torch.float64 if exact else torch.float32
     if exact:
-        sched.alphas_cumprod = torch.from_numpy(np.cumprod(1 - np.linspace(1e-4, 0.02, 1000)))
+        sched.alphas_cumprod = torch.from_numpy(GaussianOnDdpm.alphas_cumprod())
     sched.set_timesteps(steps)
     if exact:
         ab = sched.alphas_cumprod.numpy()[sched.timesteps.numpy()]
@@ -78,10 +54,9 @@ def theirs(torch, variant, steps, x_t, exact):
     x = torch.from_numpy(x_t).to(dtype)
     for k, t in enumerate(sched.timesteps):
         ab = sched.alphas_cumprod[t].double()
-        a, s = ab.sqrt(), (1 - ab).sqrt()
-        eps = (s * (x.double() - a * MU) / (a * a * S * S + s * s)).to(dtype)
+        eps = GaussianOnDdpm.eps(x.double(), ab).to(dtype)
         if k == len(sched.timesteps) - 1 and variant == "bh1":
-            x = (x - s.to(dtype) * eps) / a.to(dtype)
+            x = (x - (1 - ab).sqrt().to(dtype) * eps) / ab.sqrt().to(dtype)
         else:
             x = sched.step(eps, t, x).prev_sample
     return x.double().numpy()
@@ -90,9 +65,9 @@ def theirs(torch, variant, steps, x_t, exact):
 @pytest.mark.parametrize("steps", [5, 10, 25])
 @pytest.mark.parametrize("variant", ["bh1", "bh2"])
 @pytest.mark.parametrize("exact", [False, True], ids=["float32", "float64"])
-def test_unipc_matches_diffusers(torch, variant, steps, exact):
+def test_unipc_matches_diffusers(diffusers_torch, variant, steps, exact):
     got, x_t = ours(f"unipc-{variant}", steps)
-    want = theirs(torch, variant, steps, x_t, exact)
+    want = theirs(diffusers_torch, variant, steps, x_t, exact)
     assert np.all(np.isfinite(want))
     tol = 1e-11 if exact else 5e-6
     np.testing.assert_allclose(got, want, rtol=0, atol=tol)
