@@ -212,11 +212,9 @@ fn leaderboard(req: &scoregen::app::commands::leaderboard::BenchRequest, plot: &
     Ok(())
 }
 
-/// `bench sample --sampler`: a sampler of the table that the speed case can time (em or ode).
+/// `bench sample --sampler`: a sampler of the table that the speed case can time (the app's rule).
 fn timed_sampler(s: &str) -> Result<SamplerKind, String> {
     let kind: SamplerKind = s.parse()?;
-    match kind {
-        SamplerKind::Em | SamplerKind::Ode => Ok(kind),
-        _ => Err(format!("bench sample times em or ode, not `{kind}`")),
-    }
+    scoregen::app::commands::bench::timed_sampler(kind)
+        .map_err(|e| e.setting().map_or(e.to_string(), |(_, m)| m.into()))
 }

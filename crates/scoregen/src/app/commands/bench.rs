@@ -160,18 +160,24 @@ pub fn train_step(cfg: &RunConfig, case: &str, warmup: usize, reps: usize) -> Re
     Ok(timing)
 }
 
+/// `which` if [`sample`] can time it (em or ode), else the error naming the setting.
+pub fn timed_sampler(which: SamplerKind) -> Result<SamplerKind> {
+    match which {
+        SamplerKind::Em | SamplerKind::Ode => Ok(which),
+        _ => Err(Error::Setting {
+            key: "sampling.sampler",
+            message: format!("bench sample times em or ode, not `{which}`"),
+        }),
+    }
+}
+
 /// Draws `n` samples of the config's (untrained) model in `steps` steps with
 /// `em` (Euler–Maruyama on the reverse SDE) or `ode` (the probability-flow ODE,
 /// here with Heun's method in `steps` fixed steps, 2 NFE each, so both sides of
 /// the PyTorch comparison do the same work);
 /// `label` names the model in the case ("" for the MLP, "unet 28x28 "); on `run.device`.
 pub fn sample(cfg: &RunConfig, which: SamplerKind, n: usize, steps: usize, reps: usize, label: &str) -> Result<Timing> {
-    if !matches!(which, SamplerKind::Em | SamplerKind::Ode) {
-        return Err(Error::Setting {
-            key: "sampling.sampler",
-            message: format!("bench sample times em or ode, not `{which}`"),
-        });
-    }
+    timed_sampler(which)?;
     let trainer = factory::trainer(cfg)?;
     let sde = cfg.sde();
     // the model sampling and likelihoods use: the EMA copy, frozen

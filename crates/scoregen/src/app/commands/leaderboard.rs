@@ -13,7 +13,7 @@ use crate::oracle::GaussianMixture;
 use crate::points::Points;
 use crate::progress;
 use crate::rng::{streams, Rng};
-use crate::samplers::{Grid, SampleContext, SamplerKind, SamplerSpec, SAMPLERS};
+use crate::samplers::{Grid, Offers, SampleContext, SamplerKind, SamplerSpec, SAMPLERS};
 use crate::score::ScoreFn;
 use crate::sde::Sde;
 use candle_core::{DType, Device};
@@ -317,10 +317,19 @@ pub fn bench_samplers(req: &BenchRequest) -> Result<Leaderboard> {
                         cfg.data.source
                     ))
                 })?};
-            if cfg.objective.kind.is_noise_free(cfg.objective.sigma) {
-                return Err(Error::Invalid(
-                    "bench samplers: this run learned a single noise level; reverse-time samplers need a model of every level".into(),
-                ));
+            // the sampler table's rule, before any of them runs
+            let offers = Offers {
+                every_level: !cfg.objective.kind.is_noise_free(cfg.objective.sigma),
+                energy: false,
+                ladder: false,
+                constraint: false,
+            };
+            for kind in &samplers {
+                // the leaderboard runs every sampler itself: no `--sampler` to name
+                kind.check(&offers).map_err(|e| match e.setting() {
+                    Some((_, message)) => Error::Invalid(format!("bench samplers: {message}")),
+                    None => e,
+                })?;
             }
             let score = model.score();
             let set = BenchSettings {
