@@ -250,16 +250,22 @@ impl<M: TimestepModel> DiscreteTimeModel<M> {
 
     /// The timestep nearest to t (ties to the smaller).
     pub fn timestep_of(&self, t: f64) -> usize {
-        let k = self.times.partition_point(|&ti| ti < t);
-        match k {
-            0 => 0,
-            k if k == self.times.len() => k - 1,
-            k => {
-                if t - self.times[k - 1] <= self.times[k] - t {
-                    k - 1
-                } else {
-                    k
-                }
+        nearest_timestep(&self.times, t)
+    }
+}
+
+/// The index i of the timestep nearest to t among increasing times t_i
+/// (ties to the smaller): where a discrete-time model is asked about time t.
+pub fn nearest_timestep(times: &[f64], t: f64) -> usize {
+    let k = times.partition_point(|&ti| ti < t);
+    match k {
+        0 => 0,
+        k if k == times.len() => k - 1,
+        k => {
+            if t - times[k - 1] <= times[k] - t {
+                k - 1
+            } else {
+                k
             }
         }
     }

@@ -9,7 +9,6 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use scoregen::app::commands::likelihood::{likelihood_of_points, LikelihoodRequest};
 use scoregen::app::commands::sample::{check_counts, sample_loaded, ClassChoice, ClassGuidance, SampleRequest};
-use scoregen::app::config::RunConfig;
 use scoregen::app::run_dir::LoadedModel;
 use scoregen::points::Points;
 use scoregen::rng::{streams, Rng};
@@ -41,7 +40,7 @@ impl Run {
                     PyErr::from_type(ty, msg)
                 })
             };
-            let cfg = RunConfig::load(&path.join("config.toml"), &[]).map_err(context)?;
+            let cfg = scoregen::app::run_dir::config_of(&path).map_err(context)?;
             let use_ema = use_ema.unwrap_or(cfg.sampling.use_ema);
             let model = LoadedModel::from_run(&path, use_ema, &Device::Cpu).map_err(context)?;
             Ok(Run { model, path, use_ema })
@@ -105,7 +104,11 @@ impl Run {
     /// training labels' proportions), default the run's `sampling.class`;
     /// `guidance` the classifier-free weight w (default the run's `sampling.guidance`),
     /// as `--class` and `--guidance`.
-    #[pyo3(signature = (n = None, sampler = None, steps = 50, grid = None, seed = 0, dtype = "float32", class_ = None, guidance = None))]
+    ///
+    /// `x_init`: x_T [n, D] (or [n, C, H, W] images) to start from instead of
+    /// the seed's draw, as `--init-noise` (e.g. a diffusers pipeline's latents);
+    /// `eta`: DDIM's η, as `--eta`.
+    #[pyo3(signature = (n = None, sampler = None, steps = 50, grid = None, seed = 0, dtype = "float32", class_ = None, guidance = None, x_init = None, eta = None))]
     #[allow(clippy::too_many_arguments)]
     fn sample(
         &self,
@@ -118,14 +121,39 @@ impl Run {
         dtype: &str,
         class_: Option<&Bound<'_, PyAny>>,
         guidance: Option<f64>,
+        x_init: Option<&Bound<'_, PyAny>>,
+        eta: Option<f64>,
     ) -> PyResult<PyObject> {
         let f32 = convert::dtype_is_f32(dtype)?;
         let cfg = &self.model.cfg;
-        let n = n.unwrap_or(cfg.sampling.n);
+        let dim = self.model.state.dim;
+        let x_init = match x_init {
+            None => None,
+            Some(obj) => {
+                let a = convert::array(obj, "x_init")?;
+                let rows = a.shape.first().copied().unwrap_or(0);
+                if a.shape.len() < 2 || rows == 0 || a.shape[1..].iter().product::<usize>() != dim {
+                    return Err(PyValueError::new_err(format!(
+                        "x_init: expected shape [N, {dim}] (or images of {dim} values each), found {:?}",
+                        a.shape
+                    )));
+                }
+                if a.data.iter().any(|v| !v.is_finite()) {
+                    return Err(PyValueError::new_err("x_init: values must be finite (found NaN or ±inf)"));
+                }
+                let v: Vec<f32> = a.data.iter().map(|&x| x as f32).collect();
+                Some(Tensor::from_vec(v, (rows, dim), &Device::Cpu).map_err(convert::candle_error)?)
+            }
+        };
+        let n = match (&x_init, n) {
+            (Some(x), None) => x.dim(0).map_err(convert::candle_error)?,
+            (_, n) => n.unwrap_or(cfg.sampling.n),
+        };
         check_counts(n, steps).map_err(convert::error)?;
         let mut sc: SamplerSpec = cfg.sampling;
         sc.sampler = parse_sampler(sampler)?;
         sc.grid = parse_grid(grid)?.or(sc.grid);
+        sc.eta = eta.unwrap_or(sc.eta);
         sc.validate("arguments").map_err(convert::error)?;
         let class = match class_ {
             None => None,
@@ -139,6 +167,7 @@ impl Run {
         let steer = ClassGuidance::resolve(cfg, class, guidance, None).map_err(convert::error)?;
         let mut req = SampleRequest::new(n, steps, seed, PathBuf::new());
         req.use_ema = self.use_ema;
+        req.x_init = x_init;
         let spec = sc;
         let model = AssertSend(&self.model);
         let out = py.allow_threads(move || {
@@ -209,6 +238,53 @@ impl Run {
             guard(|| model.0.score().score(&xt, &tt).map_err(convert::candle_error))
         })?;
         convert::to_numpy(py, &x.shape, tensor_data(&s)?, x.f32)
+    }
+
+    /// The network's raw output at x [N, D] and SDE times t (a float or [N]):
+    /// what the model predicts before it becomes a score (ε̂ for an ε-model,
+    /// v̂, x̂₀, or the score itself for NCSN++), float32. For an imported
+    /// diffusers model this is `UNet2DModel(x, timestep).sample` at the timestep
+    /// (or σ) nearest to t. `labels` [N]: class indices for a class-conditional model.
+    #[pyo3(signature = (x, t, labels = None))]
+    fn model_output(
+        &self,
+        py: Python<'_>,
+        x: &Bound<'_, PyAny>,
+        t: &Bound<'_, PyAny>,
+        labels: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyObject> {
+        let x = convert::points(x, "x", Some(self.model.state.dim))?;
+        let labels = match labels {
+            None => None,
+            Some(obj) => {
+                let a = convert::array(obj, "labels")?;
+                if a.shape != [x.shape[0]] || a.data.iter().any(|v| *v < 0.0 || v.fract() != 0.0) {
+                    return Err(PyValueError::new_err("labels: expected one class index ≥ 0 per row of x"));
+                }
+                let v: Vec<u32> = a.data.iter().map(|&v| v as u32).collect();
+                Some(Tensor::from_vec(v, x.shape[0], &Device::Cpu).map_err(convert::candle_error)?)
+            }
+        };
+        let n = x.shape[0];
+        let times = convert::times(t, n)?;
+        let xt = tensor(&x, DType::F32)?;
+        let tt = Tensor::from_vec(times, n, &Device::Cpu).and_then(|t| t.to_dtype(DType::F32));
+        let tt = tt.map_err(convert::candle_error)?;
+        let model = AssertSend(&self.model);
+        let out = py.allow_threads(move || {
+            let model = model;
+            guard(|| match &model.0.model {
+                scoregen::nets::Model::Score(net, _) => match &labels {
+                    None => net.forward(&xt, &tt),
+                    Some(y) => net.forward_labeled(&xt, &tt, y),
+                }
+                .map_err(convert::candle_error),
+                scoregen::nets::Model::Energy(_) => {
+                    Err(PyValueError::new_err("model_output: an energy model has no network output; use score()"))
+                }
+            })
+        })?;
+        convert::to_numpy(py, &x.shape, tensor_data(&out)?, true)
     }
 
     /// The fixed Fourier frequencies 2π·W of a `time-mlp` run's time

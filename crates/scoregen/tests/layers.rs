@@ -48,6 +48,7 @@ const TOP: &[&str] = &[
     "app::config",
     "app::budget",
     "app::factory",
+    "app::pretrained",
     "app::run_dir",
     "app::figures",
     "app::commands::list",

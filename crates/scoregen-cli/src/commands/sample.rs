@@ -6,7 +6,6 @@ use super::Globals;
 use anyhow::{Context, Result};
 use scoregen::app::commands::sample::SampleRequest;
 use scoregen::app::commands::sample::{ClassChoice, ClassGuidance};
-use scoregen::app::config::RunConfig;
 use scoregen::samplers::{CorrectorKind, Grid, SamplerKind, SamplerSpec};
 use std::path::PathBuf;
 
@@ -36,6 +35,10 @@ pub struct Args {
     /// Also write OUT.gif: about 40 frames of the reverse process (image grids, or points for 2-D data).
     #[arg(long)]
     gif: bool,
+    /// Start from this x_T (.npy, [N, D] or [N, C, H, W], in the SDE's scale: N(0, I) for VP and the DDPM
+    /// chain) instead of a draw from the seed, e.g. the latents a diffusers pipeline started from.
+    #[arg(long, value_name = "FILE.npy")]
+    init_noise: Option<PathBuf>,
     #[command(flatten)]
     sampler: SamplerArgs,
     #[command(flatten)]
@@ -146,8 +149,7 @@ struct GuidanceArgs {
 
 pub fn run(args: &Args, g: &Globals) -> Result<()> {
     let run = &args.run.run;
-    let cfg =
-        RunConfig::load(&run.join("config.toml"), &[]).with_context(|| format!("reading run {}", run.display()))?;
+    let cfg = scoregen::app::run_dir::config_of(run).with_context(|| format!("reading run {}", run.display()))?;
     let (eps, steps_per_level) = (args.sampler.eps, args.sampler.steps_per_level);
     let req = SampleRequest {
         n: args.n.unwrap_or(cfg.sampling.n),
@@ -161,6 +163,10 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
         steps_per_level,
         record_every: None,
         device: g.open_device()?,
+        x_init: match &args.init_noise {
+            Some(path) => Some(scoregen::app::commands::sample::read_init_noise(path)?),
+            None => None,
+        },
     };
     let record_every = args.gif.then(|| (req.steps / 40).max(1));
     let req = SampleRequest { record_every, ..req };

@@ -3,7 +3,6 @@
 
 use super::Globals;
 use anyhow::{Context, Result};
-use scoregen::app::config::RunConfig;
 use std::path::{Path, PathBuf};
 
 /// Train the classifier behind the image metrics (Fréchet distance, class histogram) or,
@@ -44,7 +43,7 @@ pub struct Args {
 
 pub fn run(args: &Args, g: &Globals) -> Result<()> {
     let config = match &args.run {
-        Some(dir) => Some(RunConfig::load(&dir.join("config.toml"), &[])?),
+        Some(dir) => Some(scoregen::app::run_dir::config_of(dir)?),
         None => None,
     };
     let out = match (&args.out, &args.run, &args.data) {

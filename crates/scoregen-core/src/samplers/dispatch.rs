@@ -17,7 +17,7 @@ use crate::error::Result;
 use crate::rng::Rng;
 use crate::score::{LogDensity, ScoreFn};
 use crate::sde::{NoiseLadder, Sde};
-use candle_core::{DType, Device, Shape};
+use candle_core::{DType, Device, Shape, Tensor};
 use indicatif::ProgressBar;
 
 /// What a sampler runs on besides its settings: the score, the SDE its time
@@ -35,6 +35,10 @@ pub struct SampleContext<'a> {
     pub energy: Option<&'a dyn LogDensity>,
     /// Held after every step (inpainting); [`Unconstrained`] otherwise.
     pub constraint: &'a dyn Constraint,
+    /// x_T to start from (in the SDE's own scale, as its prior draws it)
+    /// instead of a draw from the seeded stream; the σ-space samplers divide
+    /// it by m(t) of their first σ.
+    pub x_init: Option<&'a Tensor>,
     pub dtype: DType,
     /// Where the samples live (the score's device); the prior is drawn on the
     /// CPU from the seeded stream and copied there.
@@ -62,6 +66,7 @@ impl<'a> SampleContext<'a> {
             every_level: true,
             energy: None,
             constraint: &Unconstrained,
+            x_init: None,
             dtype: DType::F32,
             device: Device::Cpu,
             progress,
@@ -76,8 +81,13 @@ impl SamplerSpec {
     pub fn sample(&self, ctx: &SampleContext, shape: impl Into<Shape>, rng: &mut Rng) -> Result<Sampled> {
         self.sampler.check(&ctx.offers())?;
         let shape = shape.into();
-        let opts =
-            ReverseOptions { steps: self.steps, eps: self.eps, denoise: self.denoise, record_every: self.record_every };
+        let opts = ReverseOptions {
+            steps: self.steps,
+            eps: self.eps,
+            denoise: self.denoise,
+            record_every: self.record_every,
+            x_init: ctx.x_init.cloned(),
+        };
         Ok(match self.sampler.method() {
             Method::SigmaSpace { .. } => self.sample_sigma_space(ctx, shape, rng)?,
             Method::ProbabilityFlow => {
@@ -101,7 +111,7 @@ impl SamplerSpec {
                 )?
             }
             Method::Langevin { metropolis } => {
-                let x0 = self.start.sample(shape, rng, ctx.dtype, &ctx.device)?;
+                let x0 = self.initial(ctx, shape, rng)?;
                 let lopts = LangevinOptions {
                     steps: self.steps,
                     eps: self.step_size,
@@ -121,10 +131,18 @@ impl SamplerSpec {
                     denoise: self.denoise,
                     record_every: self.record_every,
                 };
-                let x0 = self.start.sample(shape, rng, ctx.dtype, &ctx.device)?;
+                let x0 = self.initial(ctx, shape, rng)?;
                 annealed_langevin_constrained(ctx.score, ladder, x0, ctx.constraint, &aopts, rng, ctx.progress)?
             }
         })
+    }
+
+    /// The Langevin family's start: `ctx.x_init`, or `start`'s draw.
+    fn initial(&self, ctx: &SampleContext, shape: Shape, rng: &mut Rng) -> candle_core::Result<candle_core::Tensor> {
+        match ctx.x_init {
+            Some(x) => super::checked_init(x, &shape, ctx.dtype, &ctx.device),
+            None => self.start.sample(shape, rng, ctx.dtype, &ctx.device),
+        }
     }
 
     /// The σ-space samplers: x_{σ_0} = σ_0·z (k-diffusion's start; for VP this
@@ -142,7 +160,14 @@ impl SamplerSpec {
         let grid: Grid = self.grid.unwrap_or(grid);
         let sigmas = grid_sigmas(grid, &den, self.steps.max(1), self.rho)?;
         let scale = if self.vp_start { (1.0 + sigmas[0] * sigmas[0]).sqrt() } else { sigmas[0] };
-        let x = rng.randn(shape, ctx.dtype, &ctx.device)?.affine(scale, 0.0)?;
+        let x = match ctx.x_init {
+            // x_T/m(t_0): the VP prior's sample in σ-space (diffusers' latents)
+            Some(x) => {
+                let m = ctx.sde.marginal(crate::sde::time_of_sigma(ctx.sde, sigmas[0])).0;
+                (super::checked_init(x, &shape, ctx.dtype, &ctx.device)? / m)?
+            }
+            None => rng.randn(shape, ctx.dtype, &ctx.device)?.affine(scale, 0.0)?,
+        };
         let mut stepper = step(self);
         let limited;
         let den: &dyn Denoiser = match self.limit() {

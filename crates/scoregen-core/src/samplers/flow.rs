@@ -44,7 +44,7 @@ pub fn sample_ode(
     device: &Device,
 ) -> Result<Sampled> {
     let eps = opts.eps.unwrap_or_else(|| sde.sampling_eps());
-    let x = sde.prior_sample(shape.into(), rng, dtype, device)?;
+    let x = super::pc::start(opts, sde, shape.into(), rng, dtype, device)?;
     let sol = flow(score, sde, &x, sde.t_max(), eps, method, opts.record_every.is_some())?;
     let (mut x, mut nfe) = (sol.y, sol.nfe);
     if opts.denoise {

@@ -49,6 +49,19 @@ use crate::sde::Sde;
 use candle_core::{DType, Device, Result, Shape, Tensor};
 use indicatif::ProgressBar;
 
+/// A given starting point x_T as the sampler's state: its shape must be the
+/// requested one (an error names `sampling.init_noise`); moved to `dtype` on `device`.
+pub(crate) fn checked_init(x: &Tensor, shape: &Shape, dtype: DType, device: &Device) -> Result<Tensor> {
+    if x.shape() != shape {
+        return Err(candle_core::Error::Msg(format!(
+            "the starting noise has shape {:?}, the samples {:?}",
+            x.dims(),
+            shape.dims()
+        )));
+    }
+    x.to_dtype(dtype)?.to_device(device)
+}
+
 /// Settings shared by the reverse-time samplers.
 #[derive(Debug, Clone)]
 pub struct ReverseOptions {
@@ -60,11 +73,14 @@ pub struct ReverseOptions {
     pub denoise: bool,
     /// Record the state every k steps (plus the first and last), for GIFs and figures.
     pub record_every: Option<usize>,
+    /// x_T to start from instead of a draw from the prior (to reproduce another
+    /// implementation's run from the same noise).
+    pub x_init: Option<Tensor>,
 }
 
 impl Default for ReverseOptions {
     fn default() -> Self {
-        Self { steps: 1000, eps: None, denoise: true, record_every: None }
+        Self { steps: 1000, eps: None, denoise: true, record_every: None, x_init: None }
     }
 }
 

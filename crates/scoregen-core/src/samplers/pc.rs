@@ -57,7 +57,7 @@ pub fn sample_pc_constrained(
         let (m, s) = sde.marginal(t);
         constraint.apply(x, m, s, rng)
     };
-    let mut x = sde.prior_sample(shape.into(), rng, dtype, device)?;
+    let mut x = start(opts, sde, shape.into(), rng, dtype, device)?;
     x = hold(x, sde.t_max(), rng)?;
     let mut trajectory = Vec::new();
     let record = |i: usize| opts.record_every.is_some_and(|k| i.is_multiple_of(k.max(1)) || i == n);
@@ -87,4 +87,19 @@ pub fn sample_pc_constrained(
     x = constraint.apply(x, 1.0, 0.0, rng)?;
     progress.finish_and_clear();
     Ok(Sampled { x, trajectory, nfe })
+}
+
+/// x_T: `opts.x_init` when given (checked against `shape`), else a draw from the SDE's prior.
+pub(crate) fn start(
+    opts: &ReverseOptions,
+    sde: &dyn Sde,
+    shape: Shape,
+    rng: &mut Rng,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    match &opts.x_init {
+        Some(x) => super::checked_init(x, &shape, dtype, device),
+        None => sde.prior_sample(shape, rng, dtype, device),
+    }
 }

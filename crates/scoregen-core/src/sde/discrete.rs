@@ -17,8 +17,25 @@ pub enum BetaSchedule {
     /// β_i linear from 1e-4 to 0.02 (Ho et al. 2020, N = 1000).
     Linear,
     /// ᾱ(t) = f(t)/f(0), f(t) = cos²((t/N + s)/(1 + s)·π/2), s = 0.008, β clipped
-    /// at 0.999 (Nichol & Dhariwal 2021, "Improved DDPM", eq. 17).
+    /// at 0.999 (Nichol & Dhariwal 2021, "Improved DDPM", eq. 17); diffusers'
+    /// `squaredcos_cap_v2`.
     Cosine,
+    /// diffusers' `scaled_linear`: √β_i linear from √β_start to √β_end.
+    ScaledLinear,
+}
+
+/// The β_i of diffusers' `DDPMScheduler`/`DDIMScheduler` for `beta_schedule`
+/// with N = `n` training timesteps: `linear` β_i = β_start + i(β_end − β_start)/(N − 1)
+/// (not rescaled with N, unlike [`DiscreteVp::new`]), `scaled_linear` the same in
+/// √β, `squaredcos_cap_v2` Nichol & Dhariwal's cosine (β_start, β_end unused).
+pub fn diffusers_betas(schedule: BetaSchedule, beta_start: f64, beta_end: f64, n: usize) -> Vec<f64> {
+    let n = n.max(2);
+    let lin = |a: f64, b: f64| (0..n).map(move |i| a + (b - a) * i as f64 / (n - 1) as f64);
+    match schedule {
+        BetaSchedule::Linear => lin(beta_start, beta_end).collect(),
+        BetaSchedule::ScaledLinear => lin(beta_start.sqrt(), beta_end.sqrt()).map(|b| b * b).collect(),
+        BetaSchedule::Cosine => DiscreteVp::new(BetaSchedule::Cosine, n).betas,
+    }
 }
 
 /// The DDPM chain: β_i and ᾱ_i, i = 0, …, N−1 (code indices; paper step i + 1).
@@ -39,6 +56,7 @@ impl DiscreteVp {
     pub fn new(schedule: BetaSchedule, n: usize) -> Self {
         let n = n.max(2);
         let betas: Vec<f64> = match schedule {
+            BetaSchedule::ScaledLinear => diffusers_betas(schedule, 0.00085, 0.012, n),
             // scaled so that N·β stays the same for N ≠ 1000 (as the continuous VP SDE does)
             BetaSchedule::Linear => {
                 let (lo, hi) = (1e-4 * 1000.0 / n as f64, 0.02 * 1000.0 / n as f64);
@@ -49,7 +67,12 @@ impl DiscreteVp {
                 (0..n).map(|i| (1.0 - f((i + 1) as f64 / n as f64) / f(i as f64 / n as f64)).min(0.999)).collect()
             }
         };
-        let mut log_alphas_cumprod = Vec::with_capacity(n);
+        Self::from_betas(schedule, betas)
+    }
+
+    /// The chain of given β_i (each in (0, 1)), e.g. [`diffusers_betas`].
+    pub fn from_betas(schedule: BetaSchedule, betas: Vec<f64>) -> Self {
+        let mut log_alphas_cumprod = Vec::with_capacity(betas.len());
         let mut acc = 0.0;
         for b in &betas {
             acc += (-b).ln_1p();

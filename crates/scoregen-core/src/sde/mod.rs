@@ -13,7 +13,7 @@ mod subvp;
 mod ve;
 mod vp;
 
-pub use discrete::{BetaSchedule, DiscreteVp};
+pub use discrete::{diffusers_betas, BetaSchedule, DiscreteVp};
 pub use ladder::NoiseLadder;
 pub use subvp::SubVpSde;
 pub use ve::VeSde;

@@ -9,6 +9,7 @@ pub mod init;
 pub mod kernels;
 pub mod mlp;
 pub mod unet;
+pub mod unet2d;
 
 pub use classifier::{Classifier, ClassifierSpec, SavedClassifier};
 pub use embedding::{ClassEmbedding, GaussianFourier};
@@ -16,6 +17,7 @@ pub use energy::{EnergyMlp, EnergyScore};
 pub use init::seeded_var_builder;
 pub use mlp::{Conditioning, Mlp, MlpConfig};
 pub use unet::{UNet, UNetConfig};
+pub use unet2d::{ImportedUNet, TimeInput, UNet2D, UNet2DConfig};
 
 use candle_core::{Result, Tensor};
 

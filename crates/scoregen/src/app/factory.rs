@@ -5,11 +5,13 @@
 use super::config::*;
 use crate::data::{self, ImageOptions};
 use crate::error::{Error, Result};
-use crate::nets::{self, Conditioning, EnergyMlp, Mlp, MlpConfig, Model, UNet, UNetConfig};
+use crate::nets::{
+    self, Conditioning, EnergyMlp, ImportedUNet, Mlp, MlpConfig, Model, TimeInput, UNet, UNet2D, UNetConfig,
+};
 use crate::objectives::{ContinuousDsm, DenoisingAtSigma, Dsm, Implicit, Ncsn, Objective, Sliced};
 use crate::rng::{streams, Rng};
 use crate::score::{Edm, Head};
-use crate::sde::{NoiseLadder, Sde, SubVpSde, VeSde, VpSde};
+use crate::sde::{diffusers_betas, BetaSchedule, DiscreteVp, NoiseLadder, Sde, SubVpSde, VeSde, VpSde};
 use crate::train::{TrainSetup, Trainer};
 use candle_core::Device;
 use candle_nn::VarMap;
@@ -22,6 +24,15 @@ impl SdeConfig {
             SdeKind::Ve => Arc::new(VeSde::new(self.sigma_min, self.sigma_max)),
             SdeKind::Vp => Arc::new(VpSde::new(self.beta_min, self.beta_max)),
             SdeKind::Subvp => Arc::new(SubVpSde::new(self.beta_min, self.beta_max)),
+            SdeKind::Ddpm => {
+                let schedule = match self.beta_schedule {
+                    DdpmSchedule::Linear => BetaSchedule::Linear,
+                    DdpmSchedule::ScaledLinear => BetaSchedule::ScaledLinear,
+                    DdpmSchedule::Cosine => BetaSchedule::Cosine,
+                };
+                let betas = diffusers_betas(schedule, self.beta_start, self.beta_end, self.timesteps);
+                Arc::new(DiscreteVp::from_betas(schedule, betas))
+            }
         }
     }
 }
@@ -84,7 +95,7 @@ impl RunConfig {
     /// images of `model.image_channels` channels for a U-Net or an image source.
     pub fn image_shape(&self, dim: usize) -> Option<(usize, usize, usize)> {
         data::image_shape_of(&self.data.source).or_else(|| {
-            (self.model.kind == ModelKind::Unet || data::is_image_source(&self.data.source))
+            (matches!(self.model.kind, ModelKind::Unet | ModelKind::Unet2d) || data::is_image_source(&self.data.source))
                 .then(|| UNetConfig::square_image(dim, self.model.image_channels).ok())
                 .flatten()
         })
@@ -131,7 +142,8 @@ impl RunConfig {
 /// Builds the model `[model]` describes on `device`, with parameters in `vm`
 /// (new ones drawn from `seed` on the CPU and copied, so every device starts
 /// from the same values; existing ones reused). `levels` is the number of
-/// noise levels (for level-conditioned networks).
+/// noise levels (for level-conditioned networks); `sde` is what the model's
+/// time input refers to (for `unet2d`, whose input is a timestep or σ).
 pub fn build_model(
     cfg: &ModelConfig,
     dim: usize,
@@ -139,6 +151,7 @@ pub fn build_model(
     seed: u64,
     vm: &VarMap,
     device: &Device,
+    sde: &Arc<dyn Sde>,
 ) -> candle_core::Result<Model> {
     let mlp = cfg.mlp();
     Ok(match cfg.kind {
@@ -169,7 +182,28 @@ pub fn build_model(
             }
             Model::Score(Box::new(net), cfg.head())
         }
+        ModelKind::Unet2d => {
+            let msg = |e: Error| candle_core::Error::Msg(e.to_string());
+            let u = cfg.unet2d.as_ref().ok_or_else(|| {
+                candle_core::Error::Msg("model.kind = \"unet2d\" needs a [model.unet2d] table".into())
+            })?;
+            let image = UNetConfig::square_image(dim, u.in_channels).map_err(msg)?;
+            let net = UNet2D::build(vm, u, seed, device).map_err(msg)?;
+            Model::Score(Box::new(ImportedUNet { net, image, time: time_input(sde.as_ref(), sde) }), cfg.head())
+        }
     })
+}
+
+/// What a `unet2d`'s timestep input is under `sde`: the chain's timestep for
+/// `ddpm` (diffusers' DDPM checkpoints), σ(t) for VE (NCSN++'s
+/// `ScoreSdeVeScheduler`), and 999·t for the continuous VP and sub-VP SDEs
+/// (score_sde's DDPM++ convention).
+pub fn time_input(sde: &dyn Sde, shared: &Arc<dyn Sde>) -> TimeInput {
+    match (sde.timestep_times(), sde.name()) {
+        (Some(times), _) => TimeInput::Timesteps(Arc::new(times)),
+        (None, "ve") => TimeInput::Sigma(shared.clone()),
+        _ => TimeInput::Scaled(999.0),
+    }
 }
 
 /// A fresh [`Trainer`] for `cfg` on `run.device`: its data drawn and its
@@ -219,13 +253,14 @@ pub fn trainer_and_config(cfg: &RunConfig) -> Result<(Trainer, RunConfig)> {
     }
     let (dim, levels, seed, model_cfg) = (dataset.points.d, cfg.noise.levels, cfg.seed, cfg.model.clone());
     let varmap = VarMap::new();
-    let model = build_model(&model_cfg, dim, levels, seed, &varmap, &device)?;
+    let sde = cfg.sde();
+    let model = build_model(&model_cfg, dim, levels, seed, &varmap, &device, &sde)?;
     let on = device.clone();
     let trainer = Trainer::new(TrainSetup {
         dataset,
         model,
         varmap,
-        rebuild: Box::new(move |vm| Ok(build_model(&model_cfg, dim, levels, seed, vm, &on)?)),
+        rebuild: Box::new(move |vm| Ok(build_model(&model_cfg, dim, levels, seed, vm, &on, &sde)?)),
         objective: cfg.objective(),
         sde: cfg.sde(),
         settings: cfg.training.clone(),

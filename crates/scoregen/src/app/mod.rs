@@ -8,4 +8,5 @@ pub mod commands;
 pub mod config;
 pub mod factory;
 pub mod figures;
+pub mod pretrained;
 pub mod run_dir;

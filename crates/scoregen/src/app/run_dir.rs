@@ -25,6 +25,15 @@ pub fn oracle_of(cfg: &RunConfig) -> Result<Option<GaussianMixture>> {
     Ok(data::load(src, 1, &mut Rng::new(0, streams::ORACLE_PROBE))?.oracle)
 }
 
+/// The config of a run folder: its `config.toml`, or for a diffusers
+/// checkpoint the config its files map to ([`super::pretrained::read`]).
+pub fn config_of(run_dir: &Path) -> Result<RunConfig> {
+    if super::pretrained::is_diffusers_dir(run_dir) {
+        return Ok(super::pretrained::read(run_dir)?.cfg);
+    }
+    RunConfig::load(&run_dir.join("config.toml"), &[])
+}
+
 /// A trained model loaded from a run directory, ready to be a score.
 pub struct LoadedModel {
     pub cfg: RunConfig,
@@ -40,13 +49,19 @@ pub struct LoadedModel {
 impl LoadedModel {
     /// Loads `config.toml` and the newest checkpoint (EMA weights when
     /// `use_ema`) onto `device` (checkpoints are read to the CPU and moved).
+    /// A diffusers checkpoint folder ([`super::pretrained`]) loads the same
+    /// way: its configs become the run's config, its weights the model's.
     pub fn from_run(run_dir: &Path, use_ema: bool, device: &Device) -> Result<Self> {
+        if super::pretrained::is_diffusers_dir(run_dir) {
+            return Self::from_diffusers(run_dir, device);
+        }
         let mut cfg = RunConfig::load(&run_dir.join("config.toml"), &[])?;
         cfg.run.device = crate::device::spec_of(device);
         let ck_dir = run_dir.join("checkpoints");
         let ck = checkpoint::load_latest(&ck_dir)?;
         let varmap = VarMap::new();
-        let mut model = factory::build_model(&cfg.model, ck.state.dim, cfg.noise.levels, cfg.seed, &varmap, device)?;
+        let mut model =
+            factory::build_model(&cfg.model, ck.state.dim, cfg.noise.levels, cfg.seed, &varmap, device, &cfg.sde())?;
         model.freeze();
         let vars = nets::named_vars(&varmap);
         checkpoint::check_model(&ck, &vars)?;
@@ -54,6 +69,36 @@ impl LoadedModel {
         let weights = ck.dir.join(file);
         checkpoint::assign(&vars, tensors, &weights)?;
         Ok(Self { cfg, state: ck.state, model, varmap, device: device.clone(), weights })
+    }
+
+    /// A diffusers checkpoint (`UNet2DModel` and its scheduler config) as a run.
+    pub fn from_diffusers(dir: &Path, device: &Device) -> Result<Self> {
+        let imported = super::pretrained::read(dir)?;
+        let mut cfg = imported.cfg;
+        cfg.run.device = crate::device::spec_of(device);
+        let (c, h, w) = cfg.model.unet2d.as_ref().and_then(|u| u.image()).expect("read() checked sample_size");
+        let dim = c * h * w;
+        let varmap = VarMap::new();
+        let mut model = factory::build_model(&cfg.model, dim, cfg.noise.levels, cfg.seed, &varmap, device, &cfg.sde())?;
+        model.freeze();
+        let vars = nets::named_vars(&varmap);
+        let tensors = super::pretrained::read_weights(&imported.layout)?;
+        checkpoint::assign(&vars, &tensors, &imported.layout.weights)?;
+        let rng = Rng::new(0, streams::DATA).state();
+        let state = TrainState {
+            format: checkpoint::FORMAT,
+            step: 0,
+            dim,
+            adam_t: 0,
+            ema_updates: 0,
+            batch_rng: rng.clone(),
+            noise_rng: rng,
+            config_hash: String::new(),
+            last_loss: f64::NAN,
+            shards: 1,
+            label_counts: None,
+        };
+        Ok(Self { cfg, state, model, varmap, device: device.clone(), weights: imported.layout.weights })
     }
 
     /// The model's score (its time input refers to `cfg.sde()`).

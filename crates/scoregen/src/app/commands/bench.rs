@@ -184,7 +184,7 @@ pub fn sample(cfg: &RunConfig, which: SamplerKind, n: usize, steps: usize, reps:
     let (model, _vars) = trainer.ema_model()?;
     let score = model.score(sde.clone());
     let dim = trainer.dataset.points.d;
-    let opts = ReverseOptions { steps, eps: None, denoise: false, record_every: None };
+    let opts = ReverseOptions { steps, eps: None, denoise: false, record_every: None, x_init: None };
     let mut rng = Rng::new(cfg.seed, streams::SAMPLING);
     let name = match which {
         SamplerKind::Ode => "ode-heun".to_string(),

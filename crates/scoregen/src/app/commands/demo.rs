@@ -196,7 +196,7 @@ pub fn forward_reverse(out_dir: &Path, seed: u64, device: &Device) -> Result<Pat
     let forward = crate::sde::forward_paths_1d(sde.as_ref(), &x0.data, steps, &mut rng);
     // reverse: the PC loop with Euler–Maruyama and the oracle, every step recorded
     let oracle = OracleScore::new(mix.clone(), sde.clone());
-    let opts = ReverseOptions { steps, eps: None, denoise: false, record_every: Some(1) };
+    let opts = ReverseOptions { steps, eps: None, denoise: false, record_every: Some(1), x_init: None };
     let out = sample_pc(
         &oracle,
         sde.as_ref(),

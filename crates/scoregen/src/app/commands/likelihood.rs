@@ -151,8 +151,8 @@ pub fn likelihood_of_points(
 /// pixel scale, e.g. 17 levels over [−1, 1] for symmetric `digits`), else 256
 /// levels over [0, 1].
 pub fn dequantization_for(run_dir: &Path, levels: Option<u32>, range: Option<(f64, f64)>) -> Result<Dequantization> {
-    let cfg = crate::app::config::RunConfig::load(&run_dir.join("config.toml"), &[])?;
-    let image = data::is_image_source(&cfg.data.source);
+    let cfg = crate::app::run_dir::config_of(run_dir)?;
+    let image = data::is_image_source(&cfg.data.source) || cfg.model.kind == crate::app::config::ModelKind::Unet2d;
     let default = if image {
         let (lo, hi) = match cfg.data.scale {
             data::PixelScale::Symmetric => (-1.0, 1.0),

@@ -55,6 +55,7 @@ pub fn quickstart(
         use_ema: cfg.sampling.use_ema,
         quiet,
         device: device.clone(),
+        x_init: None,
     };
     let sample = sample_run(out_dir, &req)?;
     loss_plot(out_dir, &out_dir.join("loss.png"))?;

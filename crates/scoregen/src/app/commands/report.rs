@@ -85,9 +85,12 @@ struct Section {
 /// model's figures (reverse process, score field, density) compute on `device`.
 pub fn write_report(run_dir: &Path, quiet: bool, device: &Device) -> Result<Report> {
     let start = Instant::now();
-    let config_text =
-        std::fs::read_to_string(run_dir.join("config.toml")).map_err(|e| Error::io(run_dir.join("config.toml"), e))?;
     let model = LoadedModel::from_run(run_dir, true, device)?;
+    let config_text = if crate::app::pretrained::is_diffusers_dir(run_dir) {
+        format!("# imported from diffusers' files (docs/pretrained.md)\n{}", model.cfg.to_toml())
+    } else {
+        std::fs::read_to_string(run_dir.join("config.toml")).map_err(|e| Error::io(run_dir.join("config.toml"), e))?
+    };
     let cfg = model.cfg.clone();
     let fig_dir = run_dir.join("report");
     fs::create_dir(&fig_dir)?;
@@ -502,7 +505,8 @@ impl Builder<'_> {
         let steps = cfg.sampling.steps.clamp(1, PROCESS_STEPS);
         let pb = progress::bar(steps, "report", quiet);
         let out = if cfg.sampling.sampler.is_reverse_time() {
-            let opts = ReverseOptions { steps, eps: cfg.sampling.eps, denoise: false, record_every: Some(1) };
+            let opts =
+                ReverseOptions { steps, eps: cfg.sampling.eps, denoise: false, record_every: Some(1), x_init: None };
             let sde = cfg.sde();
             let score = model.score();
             let shape = (PROCESS_N, model.state.dim);

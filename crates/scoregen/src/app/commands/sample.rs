@@ -41,6 +41,9 @@ pub struct SampleRequest {
     pub quiet: bool,
     /// Where the model is loaded and the sampler runs.
     pub device: Device,
+    /// x_T [n, D] to start from instead of the seeded prior draw (`--init-noise`,
+    /// Python's `x_init`), e.g. the latents a diffusers pipeline started from.
+    pub x_init: Option<candle_core::Tensor>,
 }
 
 impl SampleRequest {
@@ -75,6 +78,7 @@ impl SampleRequest {
             steps_per_level: None,
             record_every: None,
             device: Device::Cpu,
+            x_init: None,
         }
     }
 }
@@ -187,6 +191,14 @@ pub fn write_samples(
     Ok(Some(png))
 }
 
+/// Reads `--init-noise`: a float32 or float64 .npy [N, D] or [N, C, H, W] (all
+/// finite; [`crate::io::npy::read_points`]'s checks), as [N, D] f32.
+pub fn read_init_noise(path: &Path) -> Result<candle_core::Tensor> {
+    let p = crate::io::npy::read_points(path)?;
+    let v: Vec<f32> = p.data.iter().map(|&x| x as f32).collect();
+    Ok(candle_core::Tensor::from_vec(v, (p.n, p.d), &candle_core::Device::Cpu)?)
+}
+
 /// The counts of a sampling request, `sampling.n` samples and `sampling.steps`
 /// steps, must each be ≥ 1; an error names the setting by its config key, which
 /// each front end spells its own way (`--n`, Python's `n`).
@@ -210,6 +222,20 @@ pub fn sample_loaded(
     class: Option<&ClassGuidance>,
 ) -> Result<samplers::Sampled> {
     check_counts(req.n, req.steps)?;
+    if let Some(x) = &req.x_init {
+        let want = [req.n, model.state.dim];
+        if x.dims() != want {
+            return Err(Error::Setting {
+                key: "sampling.init_noise",
+                message: format!(
+                    "has shape {:?}; {} samples of this model need {:?} (or [N, C, H, W] images of its shape)",
+                    x.dims(),
+                    req.n,
+                    want
+                ),
+            });
+        }
+    }
     let frames = req.record_every.map_or(0, |k| req.steps / k.max(1) + 2);
     budget::check_sampling(&model.cfg, req.n, model.state.dim, frames, "sampling")?;
     let spec = req.spec(&model.cfg, spec);
@@ -251,6 +277,7 @@ pub fn draw(
         every_level,
         energy,
         device: model.device.clone(),
+        x_init: req.x_init.as_ref(),
         ..SampleContext::new(score, sde.as_ref(), &pb)
     };
     spec.sample(&ctx, (req.n, model.state.dim), rng)

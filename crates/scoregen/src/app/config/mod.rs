@@ -70,6 +70,7 @@ pub enum SdeKind {
     Ve,
     Vp,
     Subvp,
+    Ddpm,
 }
 
 /// Every SDE: (kind, name, description).
@@ -77,6 +78,11 @@ static SDES: &[(SdeKind, &str, &str)] = &[
     (SdeKind::Ve, "ve", "variance exploding: σ(t) = σ_min(σ_max/σ_min)^t, prior N(0, σ_max²I)"),
     (SdeKind::Vp, "vp", "variance preserving (DDPM): β(t) = β_min + t(β_max − β_min), prior N(0, I)"),
     (SdeKind::Subvp, "subvp", "sub-VP: the VP drift with variance (1 − e^{−∫β})², prior N(0, I)"),
+    (
+        SdeKind::Ddpm,
+        "ddpm",
+        "the discrete DDPM chain of diffusers' schedulers (β_1..β_N, step i at t = (i+1)/N), prior N(0, I)",
+    ),
 ];
 scoregen_core::named_table!(SdeKind, "SDE", SDES);
 
@@ -90,6 +96,38 @@ pub struct SdeConfig {
     /// VP and sub-VP: β_min and β_max.
     pub beta_min: f64,
     pub beta_max: f64,
+    /// `ddpm`: diffusers' `beta_schedule`: `linear`, `scaled-linear` or
+    /// `cosine` (diffusers' `squaredcos_cap_v2`).
+    #[serde(skip_serializing_if = "is_default")]
+    pub beta_schedule: DdpmSchedule,
+    /// `ddpm`: N, diffusers' `num_train_timesteps`.
+    #[serde(skip_serializing_if = "is_default_timesteps")]
+    pub timesteps: usize,
+    /// `ddpm`: β_1 and β_N of the `linear` and `scaled-linear` schedules.
+    #[serde(skip_serializing_if = "is_default_beta_start")]
+    pub beta_start: f64,
+    #[serde(skip_serializing_if = "is_default_beta_end")]
+    pub beta_end: f64,
+}
+
+/// `sde.beta_schedule` (the chain's [`crate::sde::BetaSchedule`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DdpmSchedule {
+    #[default]
+    Linear,
+    ScaledLinear,
+    Cosine,
+}
+
+fn is_default_timesteps(v: &usize) -> bool {
+    *v == 1000
+}
+fn is_default_beta_start(v: &f64) -> bool {
+    *v == 1e-4
+}
+fn is_default_beta_end(v: &f64) -> bool {
+    *v == 0.02
 }
 
 /// Which network models the score (`model.kind`).
@@ -100,6 +138,7 @@ pub enum ModelKind {
     NcsnMlp,
     EnergyMlp,
     Unet,
+    Unet2d,
 }
 
 /// Every model: (kind, name, description).
@@ -116,6 +155,11 @@ static MODELS: &[(ModelKind, &str, &str)] = &[
         ModelKind::Unet,
         "unet",
         "U-Net for images: ResBlocks with GroupNorm/SiLU, time embedding in every block, skips (DDPM++ / NCSN++ style)",
+    ),
+    (
+        ModelKind::Unet2d,
+        "unet2d",
+        "diffusers' UNet2DModel (DDPM, NCSN++), described by [model.unet2d] in diffusers' own field names",
     ),
 ];
 scoregen_core::named_table!(ModelKind, "model", MODELS, aliases: &[("score-mlp", ModelKind::Mlp)]);
@@ -195,6 +239,10 @@ pub struct ModelConfig {
     /// σ_d of EDM's preconditioning and weighting (0.5 for images in [−1, 1]).
     #[serde(skip_serializing_if = "is_default_sigma_data")]
     pub sigma_data: f64,
+    /// `unet2d`: the network, as diffusers' `UNet2DModel` arguments (the
+    /// fields of its `config.json`; docs/pretrained.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unet2d: Option<crate::nets::UNet2DConfig>,
 }
 
 /// `model.classes`: a number of classes K (0: an unconditional model), or
@@ -380,7 +428,17 @@ impl Default for DataConfig {
 }
 impl Default for SdeConfig {
     fn default() -> Self {
-        Self { kind: SdeKind::Ve, sigma_min: 0.01, sigma_max: 50.0, beta_min: 0.1, beta_max: 20.0 }
+        Self {
+            kind: SdeKind::Ve,
+            sigma_min: 0.01,
+            sigma_max: 50.0,
+            beta_min: 0.1,
+            beta_max: 20.0,
+            beta_schedule: DdpmSchedule::Linear,
+            timesteps: 1000,
+            beta_start: 1e-4,
+            beta_end: 0.02,
+        }
     }
 }
 impl Default for ModelConfig {
@@ -402,6 +460,7 @@ impl Default for ModelConfig {
             label_dropout: LABEL_DROPOUT,
             preconditioning: Preconditioning::None,
             sigma_data: SIGMA_DATA,
+            unet2d: None,
         }
     }
 }

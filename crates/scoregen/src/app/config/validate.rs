@@ -34,6 +34,16 @@ impl RunConfig {
                     return err("sde.beta_max", format!("must be > beta_min = {} (got {})", s.beta_min, s.beta_max));
                 }
             }
+            SdeKind::Ddpm => {
+                if s.timesteps < 2 {
+                    return err("sde.timesteps", format!("must be ≥ 2 (got {})", s.timesteps));
+                }
+                for (field, v) in [("sde.beta_start", s.beta_start), ("sde.beta_end", s.beta_end)] {
+                    if !(v.is_finite() && v > 0.0 && v < 1.0) {
+                        return err(field, format!("must be in (0, 1) (got {v})"));
+                    }
+                }
+            }
         }
         let noise_free = self.objective.kind.is_noise_free(self.objective.sigma);
         if noise_free && self.model.output != Output::Score {

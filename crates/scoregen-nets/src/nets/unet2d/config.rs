@@ -1,0 +1,392 @@
+//! diffusers' `UNet2DModel` configuration (`config.json`), read by diffusers'
+//! own field names and defaults (`diffusers.models.unets.unet_2d.UNet2DModel.__init__`),
+//! so a checkpoint's file is the specification. Only what the field's DDPM and
+//! NCSN++ checkpoints use is supported; anything else is refused by
+//! [`UNet2DConfig::validate`] in one line that names the field.
+
+use scoregen_core::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `sample_size`: H = W, or (H, W).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SampleSize {
+    Square(usize),
+    Rect([usize; 2]),
+}
+
+/// A down block of the supported kinds (diffusers' class names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownKind {
+    /// `DownBlock2D`: residual blocks, then a stride-2 3×3 convolution.
+    Plain,
+    /// `AttnDownBlock2D`: each residual block followed by self-attention.
+    Attn,
+    /// `SkipDownBlock2D` (NCSN++): a FIR-downsampling residual block, and the
+    /// input image, FIR-downsampled, added through a 1×1 convolution.
+    Skip,
+    /// `AttnSkipDownBlock2D`: [`DownKind::Skip`] with attention after each residual block.
+    AttnSkip,
+}
+
+/// An up block of the supported kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpKind {
+    /// `UpBlock2D`: residual blocks over [h, skip], then nearest ×2 and a 3×3 convolution.
+    Plain,
+    /// `AttnUpBlock2D`: each residual block followed by self-attention.
+    Attn,
+    /// `SkipUpBlock2D` (NCSN++): the progressive output: an image-space skip
+    /// path, FIR-upsampled, plus a 3×3 convolution of GN/SiLU(h) at every level.
+    Skip,
+    /// `AttnSkipUpBlock2D`: [`UpKind::Skip`] with one attention after the residual blocks.
+    AttnSkip,
+}
+
+impl DownKind {
+    fn parse(name: &str) -> Option<Self> {
+        // diffusers' get_down_block strips a "UNetRes" prefix
+        Some(match name.strip_prefix("UNetRes").unwrap_or(name) {
+            "DownBlock2D" => Self::Plain,
+            "AttnDownBlock2D" => Self::Attn,
+            "SkipDownBlock2D" => Self::Skip,
+            "AttnSkipDownBlock2D" => Self::AttnSkip,
+            _ => return None,
+        })
+    }
+    pub fn attention(self) -> bool {
+        matches!(self, Self::Attn | Self::AttnSkip)
+    }
+    pub fn skip(self) -> bool {
+        matches!(self, Self::Skip | Self::AttnSkip)
+    }
+}
+
+impl UpKind {
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name.strip_prefix("UNetRes").unwrap_or(name) {
+            "UpBlock2D" => Self::Plain,
+            "AttnUpBlock2D" => Self::Attn,
+            "SkipUpBlock2D" => Self::Skip,
+            "AttnSkipUpBlock2D" => Self::AttnSkip,
+            _ => return None,
+        })
+    }
+    pub fn attention(self) -> bool {
+        matches!(self, Self::Attn | Self::AttnSkip)
+    }
+    pub fn skip(self) -> bool {
+        matches!(self, Self::Skip | Self::AttnSkip)
+    }
+}
+
+/// diffusers' `UNet2DModel` arguments with diffusers' defaults. Keys starting
+/// with `_` (`_class_name`, `_diffusers_version`, …) are metadata and ignored;
+/// any other key this reader does not know is refused, as is a known option
+/// with a value it does not implement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UNet2DConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_size: Option<SampleSize>,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    /// x ← 2x − 1 before the first convolution.
+    pub center_input_sample: bool,
+    /// `positional` (sinusoidal features of the timestep) or `fourier` (Gaussian
+    /// Fourier features of log σ, and the output divided by σ: NCSN++).
+    pub time_embedding_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_embedding_dim: Option<usize>,
+    pub freq_shift: f64,
+    pub flip_sin_to_cos: bool,
+    pub down_block_types: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mid_block_type: Option<String>,
+    pub up_block_types: Vec<String>,
+    pub block_out_channels: Vec<usize>,
+    pub layers_per_block: usize,
+    pub mid_block_scale_factor: f64,
+    pub downsample_padding: usize,
+    pub downsample_type: String,
+    pub upsample_type: String,
+    pub dropout: f64,
+    pub act_fn: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attention_head_dim: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub norm_num_groups: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attn_norm_num_groups: Option<usize>,
+    pub norm_eps: f64,
+    /// `default` (e added before the second GroupNorm) or `scale_shift`
+    /// (GN(h)·(1 + s) + b with (s, b) = P e).
+    pub resnet_time_scale_shift: String,
+    pub add_attention: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class_embed_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_class_embeds: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_train_timesteps: Option<usize>,
+    /// Keys not listed above (kept to be refused or ignored, never serialized).
+    #[serde(flatten, skip_serializing)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl Default for UNet2DConfig {
+    fn default() -> Self {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect();
+        Self {
+            sample_size: None,
+            in_channels: 3,
+            out_channels: 3,
+            center_input_sample: false,
+            time_embedding_type: "positional".into(),
+            time_embedding_dim: None,
+            freq_shift: 0.0,
+            flip_sin_to_cos: true,
+            down_block_types: s(&["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"]),
+            mid_block_type: Some("UNetMidBlock2D".into()),
+            up_block_types: s(&["AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"]),
+            block_out_channels: vec![224, 448, 672, 896],
+            layers_per_block: 2,
+            mid_block_scale_factor: 1.0,
+            downsample_padding: 1,
+            downsample_type: "conv".into(),
+            upsample_type: "conv".into(),
+            dropout: 0.0,
+            act_fn: "silu".into(),
+            attention_head_dim: Some(8),
+            norm_num_groups: Some(32),
+            attn_norm_num_groups: None,
+            norm_eps: 1e-5,
+            resnet_time_scale_shift: "default".into(),
+            add_attention: true,
+            class_embed_type: None,
+            num_class_embeds: None,
+            num_train_timesteps: None,
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
+/// Keys some diffusers versions wrote that current diffusers accepts and
+/// ignores for this model (no effect on the network).
+const IGNORED_KEYS: &[&str] = &["resnet_pre_norm", "upcast_attention", "use_linear_projection"];
+
+impl UNet2DConfig {
+    /// Reads `config.json` (an error names the file and the field).
+    pub fn from_json(text: &str, file: &str) -> Result<Self> {
+        let cfg: Self =
+            serde_json::from_str(text).map_err(|e| Error::Invalid(format!("{file}: not a UNet2DModel config: {e}")))?;
+        if let Some(class) = cfg.extra.get("_class_name").and_then(|v| v.as_str()) {
+            if class != "UNet2DModel" {
+                return Err(Error::Invalid(format!(
+                    "{file}: `_class_name` is {class:?}; scoregen imports diffusers' UNet2DModel only"
+                )));
+            }
+        }
+        cfg.validate().map_err(|e| Error::Invalid(format!("{file}: {e}")))?;
+        Ok(cfg)
+    }
+
+    /// The down block kinds (validated).
+    pub fn down_kinds(&self) -> Vec<DownKind> {
+        self.down_block_types.iter().filter_map(|s| DownKind::parse(s)).collect()
+    }
+
+    /// The up block kinds (validated).
+    pub fn up_kinds(&self) -> Vec<UpKind> {
+        self.up_block_types.iter().filter_map(|s| UpKind::parse(s)).collect()
+    }
+
+    /// Width of the time embedding: `time_embedding_dim` or 4·block_out_channels[0].
+    pub fn time_embed_dim(&self) -> usize {
+        self.time_embedding_dim.unwrap_or(4 * self.block_out_channels[0])
+    }
+
+    /// True for NCSN++-style models (Gaussian Fourier features of log σ).
+    pub fn fourier(&self) -> bool {
+        self.time_embedding_type == "fourier"
+    }
+
+    /// (C, H, W) of the images, when `sample_size` is given.
+    pub fn image(&self) -> Option<(usize, usize, usize)> {
+        self.sample_size.map(|s| match s {
+            SampleSize::Square(n) => (self.in_channels, n, n),
+            SampleSize::Rect([h, w]) => (self.in_channels, h, w),
+        })
+    }
+
+    /// Refuses what this implementation does not compute exactly as diffusers does.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, msg: String| Err(Error::Invalid(format!("`{field}`: {msg}")));
+        for key in self.extra.keys() {
+            if !key.starts_with('_') && !IGNORED_KEYS.contains(&key.as_str()) {
+                return bad(key, "is not a UNet2DModel option scoregen supports".into());
+            }
+        }
+        let levels = self.block_out_channels.len();
+        if levels == 0 || self.block_out_channels.contains(&0) {
+            return bad("block_out_channels", "needs at least one level, each with ≥ 1 channel".into());
+        }
+        if self.down_block_types.len() != levels || self.up_block_types.len() != levels {
+            return bad(
+                "down_block_types",
+                format!(
+                    "{} down and {} up block types for {} levels in block_out_channels (diffusers needs one of each per level)",
+                    self.down_block_types.len(),
+                    self.up_block_types.len(),
+                    levels
+                ),
+            );
+        }
+        for t in &self.down_block_types {
+            if DownKind::parse(t).is_none() {
+                return bad(
+                    "down_block_types",
+                    format!(
+                        "{t:?} is not supported (DownBlock2D, AttnDownBlock2D, SkipDownBlock2D, AttnSkipDownBlock2D)"
+                    ),
+                );
+            }
+        }
+        for t in &self.up_block_types {
+            if UpKind::parse(t).is_none() {
+                return bad(
+                    "up_block_types",
+                    format!("{t:?} is not supported (UpBlock2D, AttnUpBlock2D, SkipUpBlock2D, AttnSkipUpBlock2D)"),
+                );
+            }
+        }
+        let skip = self.down_kinds().iter().any(|k| k.skip()) || self.up_kinds().iter().any(|k| k.skip());
+        if skip && self.in_channels != 3 {
+            // diffusers builds the skip convolutions with 3 image channels whatever in_channels says
+            return bad("in_channels", format!("is {}; the Skip blocks of diffusers assume 3", self.in_channels));
+        }
+        if self.layers_per_block == 0 {
+            return bad("layers_per_block", "must be ≥ 1".into());
+        }
+        match self.mid_block_type.as_deref() {
+            None | Some("UNetMidBlock2D") => {}
+            Some(other) => {
+                return bad("mid_block_type", format!("{other:?} is not supported (UNetMidBlock2D or null)"))
+            }
+        }
+        match self.time_embedding_type.as_str() {
+            "positional" | "fourier" => {}
+            other => return bad("time_embedding_type", format!("{other:?} is not supported (positional or fourier)")),
+        }
+        if !matches!(self.act_fn.as_str(), "silu" | "swish") {
+            return bad("act_fn", format!("{:?} is not supported (silu)", self.act_fn));
+        }
+        if !matches!(self.resnet_time_scale_shift.as_str(), "default" | "scale_shift") {
+            return bad(
+                "resnet_time_scale_shift",
+                format!("{:?} is not supported (default or scale_shift)", self.resnet_time_scale_shift),
+            );
+        }
+        if self.downsample_type != "conv" {
+            return bad("downsample_type", format!("{:?} is not supported (conv)", self.downsample_type));
+        }
+        if self.upsample_type != "conv" {
+            return bad("upsample_type", format!("{:?} is not supported (conv)", self.upsample_type));
+        }
+        if self.downsample_padding > 1 {
+            return bad("downsample_padding", format!("is {}; 0 or 1 are supported", self.downsample_padding));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad("dropout", format!("must be in [0, 1) (got {})", self.dropout));
+        }
+        match (self.class_embed_type.as_deref(), self.num_class_embeds) {
+            (None, _) | (Some("timestep"), _) => {}
+            (Some(other), _) => {
+                return bad(
+                    "class_embed_type",
+                    format!("{other:?} is not supported (null with num_class_embeds, or timestep)"),
+                )
+            }
+        }
+        let plain = self.down_kinds().iter().any(|k| !k.skip()) || self.up_kinds().iter().any(|k| !k.skip());
+        if plain && self.norm_num_groups.is_none() {
+            return bad("norm_num_groups", "is null; DownBlock2D/UpBlock2D and their Attn forms need a number".into());
+        }
+        for (l, &c) in self.block_out_channels.iter().enumerate() {
+            if let Some(g) = self.norm_num_groups {
+                if g == 0 || c % g != 0 {
+                    return bad("norm_num_groups", format!("{g} does not divide block_out_channels[{l}] = {c}"));
+                }
+            }
+            if let Some(d) = self.attention_head_dim {
+                let attn = self.down_kinds()[l].attention()
+                    || self.up_kinds()[levels - 1 - l].attention()
+                    || (l + 1 == levels && self.add_attention && self.mid_block_type.is_some());
+                if attn && (d == 0 || c % d != 0) {
+                    return bad("attention_head_dim", format!("{d} does not divide block_out_channels[{l}] = {c}"));
+                }
+            }
+        }
+        if let Some((_, h, w)) = self.image() {
+            let f = 1usize << (levels - 1);
+            if h % f != 0 || w % f != 0 {
+                return bad("sample_size", format!("{h}×{w} is not divisible by 2^{} = {f}", levels - 1));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// google/ddpm-cifar10-32's unet/config.json as diffusers wrote it.
+    const DDPM_CIFAR10: &str = r#"{
+      "_class_name": "UNet2DModel", "_diffusers_version": "0.0.4", "act_fn": "silu",
+      "attention_head_dim": null, "block_out_channels": [128, 256, 256, 256],
+      "center_input_sample": false,
+      "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+      "downsample_padding": 0, "flip_sin_to_cos": false, "freq_shift": 1, "in_channels": 3,
+      "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-06, "norm_num_groups": 32,
+      "out_channels": 3, "sample_size": 32, "time_embedding_type": "positional",
+      "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"]
+    }"#;
+
+    #[test]
+    fn reads_the_ddpm_cifar10_config_with_diffusers_defaults() {
+        let c = UNet2DConfig::from_json(DDPM_CIFAR10, "config.json").unwrap();
+        assert_eq!(c.block_out_channels, vec![128, 256, 256, 256]);
+        assert_eq!(c.attention_head_dim, None);
+        assert_eq!(c.downsample_padding, 0);
+        assert_eq!(c.image(), Some((3, 32, 32)));
+        assert_eq!(c.time_embed_dim(), 512);
+        assert_eq!(c.down_kinds()[1], DownKind::Attn);
+        // a default not in the file
+        assert_eq!(c.resnet_time_scale_shift, "default");
+    }
+
+    /// Each refusal names its field.
+    #[test]
+    fn unsupported_options_are_refused_by_name() {
+        for (key, value, field) in [
+            (
+                "up_block_types",
+                r#"["UpBlock2D", "CrossAttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"]"#,
+                "up_block_types",
+            ),
+            ("time_embedding_type", r#""learned""#, "time_embedding_type"),
+            ("act_fn", r#""mish""#, "act_fn"),
+            ("cross_attention_dim", "768", "cross_attention_dim"),
+            ("norm_num_groups", "48", "norm_num_groups"),
+            ("block_out_channels", "[128, 256, 256]", "down_block_types"),
+            ("downsample_type", r#""resnet""#, "downsample_type"),
+        ] {
+            let mut json: serde_json::Value = serde_json::from_str(DDPM_CIFAR10).unwrap();
+            json[key] = serde_json::from_str(value).unwrap();
+            let err = UNet2DConfig::from_json(&json.to_string(), "m/config.json").map(|_| ()).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{field}`")) && err.contains("m/config.json"), "{key}: {err}");
+        }
+    }
+}
