@@ -151,7 +151,7 @@ impl Run {
         };
         check_counts(n, steps).map_err(convert::error)?;
         let mut sc: SamplerSpec = cfg.sampling;
-        sc.sampler = parse_sampler(sampler)?;
+        sc = sc.with_sampler(parse_sampler(sampler)?);
         sc.grid = parse_grid(grid)?.or(sc.grid);
         sc.eta = eta.unwrap_or(sc.eta);
         sc.validate("arguments").map_err(convert::error)?;

@@ -104,7 +104,7 @@ impl SamplerArgs {
     fn apply(&self, config: &SamplerSpec) -> SamplerSpec {
         let mut sc = *config;
         if let Some(v) = self.sampler {
-            sc.sampler = v;
+            sc = sc.with_sampler(v);
         }
         if let Some(v) = self.corrector {
             sc.corrector = Some(v);

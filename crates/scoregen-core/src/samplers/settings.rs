@@ -192,6 +192,20 @@ impl Default for SamplerSpec {
 }
 
 impl SamplerSpec {
+    /// These settings with another sampler: settings of the config's sampler
+    /// that the new one does not take (DDIM's `keep_model_eps`; the σ-space
+    /// grid, limits and start, which an imported diffusers config sets) are
+    /// dropped rather than refused by [`SamplerSpec::validate`]; a front end
+    /// applies the user's own settings after this, so those are still checked.
+    pub fn with_sampler(self, sampler: SamplerKind) -> Self {
+        let sigma_space = matches!(sampler.method(), super::registry::Method::SigmaSpace { .. });
+        let keep_model_eps = self.keep_model_eps && sampler == SamplerKind::Ddim;
+        if sigma_space {
+            return Self { sampler, keep_model_eps, ..self };
+        }
+        Self { sampler, keep_model_eps, grid: None, clip_denoised: false, threshold: None, vp_start: false, ..self }
+    }
+
     /// Checks the sampler settings that types alone cannot; messages name the field.
     pub fn validate(&self, file: &str) -> Result<()> {
         let err = |field: &str, msg: String| Err(Error::config(file, field, msg));

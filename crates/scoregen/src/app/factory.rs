@@ -133,9 +133,16 @@ impl RunConfig {
     }
 
     /// The time at which a noise-free sampler (Langevin, MALA) evaluates the score:
-    /// 0 (the smallest level for NCSN; unconditional models ignore it).
+    /// 0 (the smallest level for NCSN; unconditional models ignore it), or the
+    /// SDE's sampling ε where the marginal has no noise at 0 (VP, sub-VP, the
+    /// DDPM chain), since a score read from ε̂/s(t) is undefined at s(0) = 0.
     pub fn langevin_time(&self) -> f64 {
-        0.0
+        let sde = self.sde();
+        if sde.marginal(0.0).1 > 0.0 {
+            0.0
+        } else {
+            sde.sampling_eps()
+        }
     }
 }
 

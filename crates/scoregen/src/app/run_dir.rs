@@ -19,7 +19,8 @@ use std::path::Path;
 /// The exact mixture behind a config's data, if it has one.
 pub fn oracle_of(cfg: &RunConfig) -> Result<Option<GaussianMixture>> {
     let src = &cfg.data.source;
-    if src.ends_with(".npy") || data::is_image_source(src) {
+    // an imported checkpoint has no data source
+    if src.is_empty() || src.ends_with(".npy") || data::is_image_source(src) {
         return Ok(None);
     }
     Ok(data::load(src, 1, &mut Rng::new(0, streams::ORACLE_PROBE))?.oracle)
