@@ -39,7 +39,7 @@ fn ncsnpp_config() -> serde_json::Value {
         "down_block_types": ["SkipDownBlock2D", "SkipDownBlock2D"],
         "up_block_types": ["SkipUpBlock2D", "SkipUpBlock2D"],
         "norm_num_groups": null, "attention_head_dim": 8, "time_embedding_type": "fourier",
-        "mid_block_scale_factor": 1.41421356237, "norm_eps": 1e-6
+        "mid_block_scale_factor": std::f64::consts::SQRT_2, "norm_eps": 1e-6
     })
 }
 
