@@ -71,6 +71,7 @@ enum Command {
     List(commands::list::Args),
     Bench(commands::bench::Args),
     Report(commands::report::Args),
+    Info(commands::info::Args),
     Quickstart(commands::quickstart::Args),
 }
 
@@ -153,6 +154,7 @@ fn run(command: &Command, g: &Globals) -> anyhow::Result<()> {
         Command::List(a) => list::run(a, g),
         Command::Bench(a) => bench::run(a, g),
         Command::Report(a) => report::run(a, g),
+        Command::Info(a) => info::run(a, g),
         Command::Quickstart(a) => quickstart::run(a, g),
     }
 }

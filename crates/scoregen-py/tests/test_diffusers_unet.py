@@ -152,6 +152,11 @@ def test_network_equals_diffusers_unet2dmodel(tmp_path, diffusers_torch, name, k
         err = max_rel(got, want)
         print(f"{name} batch {batch}: max relative error {err:.2e}")
         assert err < RTOL, f"{name}, batch {batch}: max relative error {err:.2e}"
+        if fourier:
+            # ScoreSdeVeScheduler.step_pred takes the network's output as the score
+            # itself: scoregen's score at t is the same tensor
+            score = run.score(x.reshape(batch, -1), t).reshape(want.shape)
+            assert max_rel(score, want) < RTOL
 
 
 def test_a_wrong_weight_mapping_is_caught(tmp_path, diffusers_torch):
@@ -208,3 +213,29 @@ def test_ddim_from_the_same_noise_equals_diffusers(tmp_path, diffusers_torch):
     err = max_rel(got, want)
     print(f"DDIM-10 against diffusers: max relative error {err:.2e}")
     assert err < 1e-3, f"max relative error {err:.2e}"
+
+
+def test_a_bin_only_checkpoint_is_refused_then_converted(tmp_path, diffusers_torch):
+    """A `.bin`-only folder (PyTorch pickle) is refused with the conversion
+    command in the message; after scripts/convert-diffusers-bin.py it loads and
+    equals diffusers' network."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    torch = diffusers_torch
+    name, kwargs, _ = CASES[1]
+    unet, _, root = save(tmp_path, name, kwargs, "model", torch)
+    (root / "diffusion_pytorch_model.safetensors").unlink()
+    unet.save_pretrained(root, safe_serialization=False)
+    assert (root / "diffusion_pytorch_model.bin").exists()
+    with pytest.raises(Exception, match="convert-diffusers-bin.py"):
+        scoregen.Run.load(root)
+    script = ROOT / "scripts" / "convert-diffusers-bin.py"
+    subprocess.run([sys.executable, str(script), str(root)], check=True, capture_output=True)
+    x = np.random.default_rng(4).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        want = unet(torch.from_numpy(x), torch.tensor([10, 900]), class_labels=torch.tensor([1, 2])).sample.numpy()
+    got = scoregen.Run.load(root).model_output(x.reshape(2, -1), np.array([11, 901]) / 1000, labels=np.array([1.0, 2.0]))
+    assert max_rel(got.reshape(want.shape), want) < RTOL

@@ -53,6 +53,7 @@ const TOP: &[&str] = &[
     "app::figures",
     "app::commands::list",
     "app::commands::suggest_sigmas",
+    "app::commands::info",
     "app::commands::classify",
     "app::commands::eval",
     "app::commands::sample",

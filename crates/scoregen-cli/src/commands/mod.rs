@@ -6,6 +6,7 @@ pub mod bench;
 pub mod classify;
 pub mod demo;
 pub mod eval;
+pub mod info;
 pub mod inpaint;
 pub mod likelihood;
 pub mod list;

@@ -307,37 +307,6 @@ pub fn read_weights(layout: &Layout) -> Result<HashMap<String, Tensor>> {
     Ok(out)
 }
 
-/// One paragraph on what was imported, for `scoregen info` and the logs.
-pub fn describe(imported: &Imported, parameters: usize) -> String {
-    let cfg = &imported.cfg;
-    let u = cfg.model.unet2d.as_ref().expect("an imported run has a unet2d config");
-    let (c, h, w) = u.image().unwrap_or((u.in_channels, 0, 0));
-    let sde = match cfg.sde.kind {
-        SdeKind::Ddpm => format!(
-            "discrete DDPM chain, N = {}, beta_schedule {:?} ({} to {}), prediction {:?}",
-            cfg.sde.timesteps, cfg.sde.beta_schedule, cfg.sde.beta_start, cfg.sde.beta_end, cfg.model.output
-        ),
-        _ => {
-            format!("VE SDE, σ from {} to {}, the network's output is the score", cfg.sde.sigma_min, cfg.sde.sigma_max)
-        }
-    };
-    format!(
-        "diffusers {} at {}\n  UNet2DModel: {c}×{h}×{w}, channels {:?}, {} residual blocks per level, down {:?}, up {:?}, {} time embedding, {:.2} M parameters\n  scheduler: {} → {}\n  default sampler: {} ({} steps)",
-        imported.layout.kind,
-        imported.layout.model_config.display(),
-        u.block_out_channels,
-        u.layers_per_block,
-        u.down_block_types,
-        u.up_block_types,
-        u.time_embedding_type,
-        parameters as f64 / 1e6,
-        imported.scheduler,
-        sde,
-        cfg.sampling.sampler,
-        cfg.sampling.steps,
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
