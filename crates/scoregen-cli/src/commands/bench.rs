@@ -32,7 +32,8 @@ enum Bench {
         /// NFE budgets, comma-separated.
         #[arg(long, default_value = "10,20,50,100,1000", value_name = "N,N,…")]
         budgets: String,
-        /// Grids of the σ-space samplers, comma-separated (uniform-t, karras, linspace, leading, trailing),
+        /// Grids of the σ-space samplers, comma-separated (uniform-t, karras, uniform-lambda, linspace, leading,
+        /// trailing, dpm-linspace, dpm-leading),
         /// one row per solver × grid; `default`: each sampler on its own grid only.
         #[arg(long, default_value = "uniform-t,karras", value_name = "GRID,…")]
         grids: String,
