@@ -20,8 +20,10 @@ pub struct Args {
 #[derive(Debug, Subcommand)]
 enum Bench {
     /// The sampler leaderboard: EM and the σ-space samplers (DDPM, Euler-ancestral, DPM-Solver++(2M) SDE, DDIM,
-    /// DPM-Solver++(2M) and (3M), EDM Heun), each on every grid of --grids, at several NFE budgets,
-    /// judged against the exact mixture (oracle score by default, or a trained run's model).
+    /// DPM-Solver++(2M) and (3M), EDM Heun, UniPC), each on every grid of --grids, at several NFE budgets,
+    /// judged against the exact mixture (oracle score by default, or a trained run's model); then, at the
+    /// same budgets, each deterministic solver's error against the exact probability-flow solution of a
+    /// Gaussian (where higher order pays).
     Samplers {
         /// Mixture to judge against (gmm8, gmm25, unbalanced, SPEC.toml); default: the run's data, else gmm8.
         #[arg(long)]
@@ -32,7 +34,8 @@ enum Bench {
         /// NFE budgets, comma-separated.
         #[arg(long, default_value = "10,20,50,100,1000", value_name = "N,N,…")]
         budgets: String,
-        /// Grids of the σ-space samplers, comma-separated (uniform-t, karras, linspace, leading, trailing),
+        /// Grids of the σ-space samplers, comma-separated (uniform-t, karras, uniform-lambda, linspace, leading,
+        /// trailing, dpm-linspace, dpm-leading),
         /// one row per solver × grid; `default`: each sampler on its own grid only.
         #[arg(long, default_value = "uniform-t,karras", value_name = "GRID,…")]
         grids: String,

@@ -76,8 +76,10 @@ struct SamplerArgs {
     #[arg(long)]
     churn: Option<f64>,
     /// σ-space samplers: where the steps fall. uniform-t (uniform in t from T to ε), karras (EDM, ρ = sampling.rho),
-    /// or diffusers' timestep spacings linspace, leading, trailing (on the DDPM chain its integer timesteps;
-    /// on a continuous SDE their limit on [ε, T]). Default: uniform-t for ddpm and ddim, karras for the others.
+    /// uniform-lambda (uniform in log σ), or diffusers' timestep spacings: linspace, leading, trailing as
+    /// DDIMScheduler defines them, dpm-linspace, dpm-leading as DPMSolverMultistepScheduler does (on the DDPM
+    /// chain its integer timesteps; on a continuous SDE their limit on [ε, T]). Default: uniform-t for ddpm and
+    /// ddim, karras for the others.
     #[arg(long)]
     grid: Option<Grid>,
     /// σ-space samplers: clip the denoised estimate x̂₀ to [−R, R] (--clip-range, default 1), as diffusers' DDIM clip_sample.

@@ -150,6 +150,22 @@ pub fn karras_sigmas(n: usize, sigma_min: f64, sigma_max: f64, rho: f64) -> Vec<
     s
 }
 
+/// σ uniform in λ = −log σ (half the log-SNR): log σ_i = log σ_max +
+/// i/(n−1)·(log σ_min − log σ_max), i = 0, …, n−1, from largest to smallest,
+/// then a final σ_n = 0 (Lu et al. 2022's logSNR steps; k-diffusion
+/// `get_sigmas_exponential`, diffusers' `use_lu_lambdas`).
+pub fn lambda_uniform_sigmas(n: usize, sigma_min: f64, sigma_max: f64) -> Vec<f64> {
+    let (lo, hi) = (sigma_min.ln(), sigma_max.ln());
+    let mut s: Vec<f64> = (0..n)
+        .map(|i| {
+            let ramp = if n > 1 { i as f64 / (n - 1) as f64 } else { 0.0 };
+            (hi + ramp * (lo - hi)).exp()
+        })
+        .collect();
+    s.push(0.0);
+    s
+}
+
 /// σ at n times uniform in t from T down to ε (the grid of the SDE samplers
 /// and of DDIM's "uniform" skip), from largest to smallest, then a final 0.
 pub fn time_uniform_sigmas(den: &ScoreDenoiser, n: usize) -> Vec<f64> {

@@ -26,12 +26,39 @@
 //! divided differences d1_0 = (D_i − D_{i−1})/r_0, d1_1 = (D_{i−1} − D_{i−2})/r_1
 //! give h·D' ≈ D1 = d1_0 + (d1_0 − d1_1)·r_0/(r_0 + r_1) and
 //! ½h²·D'' ≈ D2 = (d1_0 − d1_1)/(r_0 + r_1), so the D'' term is 2·φ_3·D2.
-//! k-diffusion and diffusers add φ_3·D2 (their `phi_3` is −φ_3 here), half of
-//! it: that keeps their 3M second order, which `sampler_order.rs` measures
-//! (slope 2.0 with their coefficient, 3.0 with this one).
 //!
-//! Its first step is first order and its second uses D1 = d1_0 alone (second
-//! order); a step to σ = 0 is x = D.
+//! *Start-up.* A multistep method of order 3 needs local errors O(h⁴) at
+//! every step but a bounded number of them, where O(h³) suffices (each such
+//! step adds O(h³) to the global error, not N of them). The second step
+//! (two D's known: D1 = d1_0 = (D_i − D_{i−1})/r_0, D2 = 0) errs by O(h³);
+//! a first-order first step would err by O(h²·D′(σ_max)) and leave the
+//! whole run second order (measured: VE's uniform-λ grid falls from slope
+//! 3.6 to 1.2 on N = 320 … 2560). So the first step is the single-step
+//! DPM-Solver++(2S) (Lu et al. 2022, Alg. 1 with r = ½, in its Taylor form,
+//! `solver_type = "taylor"` of Lu et al.'s `dpm-solver`): with the midpoint
+//! in λ, σ_m = σ_i·e^{−h/2},
+//!
+//! u = (σ_m/σ_i)·x_i + (1 − e^{−h/2})·D_i,
+//! x_{i+1} = (σ_{i+1}/σ_i)·x_i + (1 − e^{−h})·D_i + φ_2·2·(D(u, σ_m) − D_i),
+//!
+//! local error O(h³). It costs one model call more than the other steps:
+//! N + 1 for N steps (N for a single step, which ends at σ = 0: x = D).
+//! D(u, σ_m) is not kept; the next steps use the D's of the grid's states.
+//!
+//! *Differences from k-diffusion's `sample_dpmpp_3m_sde` (η = 0) and
+//! diffusers' `DPMSolverMultistepScheduler` (`solver_order = 3`,
+//! `algorithm_type = "dpmsolver++"`).* (1) Both add φ_3·D2 (their `phi_3`
+//! is −φ_3 here), half the Taylor weight: that keeps their 3M second order,
+//! which `sampler_order.rs` measures (slope ≈ 2 with their weight, ≥ 2.7
+//! with this one, N = 80 … 640). (2) Both start with a first-order step
+//! (one model call less). (3) diffusers' second step, and its 2M steps, use
+//! ½(1 − e^{−h})·D1 with its default `solver_type = "midpoint"`; the φ_2·D1
+//! here is k-diffusion's and diffusers' `solver_type = "heun"`. (4) Below 15
+//! steps diffusers' `lower_order_final = True` makes the last step first
+//! order and the one before it second order; here every step after the
+//! start-up is a 3M step. [`Dpmpp3mStep::k_diffusion`] is their form
+//! (diffusers' with `solver_type = "heun"`, `lower_order_final = False`),
+//! for comparisons; it is in no sampler table. A step to σ = 0 is x = D.
 //!
 //! **DPM-Solver++(2M) SDE** (Lu et al. 2022, SDE-DPM-Solver++(2M); k-diffusion
 //! `sample_dpmpp_2m_sde`, midpoint form) solves the reverse SDE with
@@ -56,7 +83,8 @@ pub fn sample_dpmpp_2m(den: &dyn Denoiser, x: Tensor, sigmas: &[f64], progress: 
     sample_sigma_steps(den, &mut Dpmpp2mStep::default(), x, sigmas, &mut unused, None, progress)
 }
 
-/// DPM-Solver++(3M) over `sigmas`; deterministic, NFE = len(sigmas) − 1.
+/// DPM-Solver++(3M) over `sigmas`; deterministic, NFE = len(sigmas) (one
+/// call per step and one more at the second-order first step; see the module doc).
 pub fn sample_dpmpp_3m(den: &dyn Denoiser, x: Tensor, sigmas: &[f64], progress: &ProgressBar) -> Result<Sampled> {
     let mut unused = Rng::new(0, streams::NEVER_DRAWN);
     sample_sigma_steps(den, &mut Dpmpp3mStep::default(), x, sigmas, &mut unused, None, progress)
@@ -113,11 +141,45 @@ impl SigmaStep for Dpmpp2mStep {
 }
 
 /// The DPM-Solver++(3M) step; keeps the two previous x̂₀ and step lengths in λ.
-#[derive(Default)]
 pub struct Dpmpp3mStep {
+    /// The weight of φ_3·D2: 2 (the Taylor expansion's) or 1 (k-diffusion's, diffusers').
+    d2_weight: f64,
+    /// Whether the first step is DPM-Solver++(2S) (else first order, as k-diffusion's).
+    second_order_start: bool,
     /// (D_{i−1}, h_{i−1}) and (D_{i−2}, h_{i−2}).
     prev: Option<(Tensor, f64)>,
     prev2: Option<(Tensor, f64)>,
+}
+
+impl Default for Dpmpp3mStep {
+    /// The third-order solver: weight 2φ_3, DPM-Solver++(2S) first step.
+    fn default() -> Self {
+        Self { d2_weight: 2.0, second_order_start: true, prev: None, prev2: None }
+    }
+}
+
+impl Dpmpp3mStep {
+    /// k-diffusion's `sample_dpmpp_3m_sde` with η = 0 (diffusers' 3M with
+    /// `solver_type = "heun"`, `lower_order_final = False`): weight φ_3 on D2
+    /// and a first-order first step, each of which makes it second order.
+    /// For comparisons and the order tests; no sampler runs it.
+    pub fn k_diffusion() -> Self {
+        Self::default().with_d2_weight(1.0).with_first_order_start()
+    }
+
+    /// The weight w of the D2 term, w·φ_3·D2: 2 is the Taylor expansion's
+    /// (the default), 1 k-diffusion's and diffusers'.
+    pub fn with_d2_weight(mut self, w: f64) -> Self {
+        self.d2_weight = w;
+        self
+    }
+
+    /// A first-order first step (k-diffusion's, diffusers'), one model call
+    /// less, instead of DPM-Solver++(2S).
+    pub fn with_first_order_start(mut self) -> Self {
+        self.second_order_start = false;
+        self
+    }
 }
 
 impl SigmaStep for Dpmpp3mStep {
@@ -129,14 +191,18 @@ impl SigmaStep for Dpmpp3mStep {
         i: usize,
         _rng: &mut Rng,
     ) -> Result<(Tensor, usize)> {
+        if i == 0 {
+            (self.prev, self.prev2) = (None, None);
+        }
         let (s, s_next) = (sigmas[i], sigmas[i + 1]);
         let denoised = den.denoise(x, s)?;
         if s_next == 0.0 {
             return Ok((denoised, 1));
         }
         let h = (s / s_next).ln();
-        let mut x = (x.affine(s_next / s, 0.0)? + denoised.affine(-(-h).exp_m1(), 0.0)?)?;
+        let mut x_next = (x.affine(s_next / s, 0.0)? + denoised.affine(-(-h).exp_m1(), 0.0)?)?;
         let phi_2 = (-h).exp_m1() / h + 1.0;
+        let mut calls = 1;
         match (&self.prev, &self.prev2) {
             (Some((d_1, h_1)), Some((d_2, h_2))) => {
                 let (r0, r1) = (h_1 / h, h_2 / h);
@@ -146,17 +212,25 @@ impl SigmaStep for Dpmpp3mStep {
                 let d1 = (&d1_0 + diff.affine(r0 / (r0 + r1), 0.0)?)?;
                 let d2 = diff.affine(1.0 / (r0 + r1), 0.0)?;
                 let phi_3 = 0.5 - phi_2 / h;
-                x = ((x + d1.affine(phi_2, 0.0)?)? + d2.affine(2.0 * phi_3, 0.0)?)?;
+                x_next = ((x_next + d1.affine(phi_2, 0.0)?)? + d2.affine(self.d2_weight * phi_3, 0.0)?)?;
             }
             (Some((d_1, h_1)), None) => {
                 let d = (&denoised - d_1)?.affine(h / h_1, 0.0)?;
-                x = (x + d.affine(phi_2, 0.0)?)?;
+                x_next = (x_next + d.affine(phi_2, 0.0)?)?;
+            }
+            _ if self.second_order_start => {
+                // DPM-Solver++(2S): D at the first-order state of the midpoint in λ
+                let s_mid = s * (-0.5 * h).exp();
+                let u = (x.affine(s_mid / s, 0.0)? + denoised.affine(-(-0.5 * h).exp_m1(), 0.0)?)?;
+                let d_mid = den.denoise(&u, s_mid)?;
+                x_next = (x_next + (&d_mid - &denoised)?.affine(2.0 * phi_2, 0.0)?)?;
+                calls += 1;
             }
             _ => {}
         }
         self.prev2 = self.prev.take();
         self.prev = Some((denoised, h));
-        Ok((x, 1))
+        Ok((x_next, calls))
     }
 }
 

@@ -26,7 +26,9 @@ pub use annealed_langevin::{annealed_langevin, annealed_langevin_constrained, An
 pub use correctors::{AnnealedLangevin, Corrector, LangevinCorrector, NoneCorrector};
 pub use ddim::sample_ddim;
 pub use ddpm::sample_ddpm;
-pub use denoiser::{karras_sigmas, sample_sigma_steps, time_uniform_sigmas, Denoiser, ScoreDenoiser, SigmaStep};
+pub use denoiser::{
+    karras_sigmas, lambda_uniform_sigmas, sample_sigma_steps, time_uniform_sigmas, Denoiser, ScoreDenoiser, SigmaStep,
+};
 pub use dispatch::SampleContext;
 pub use dpm_solver::{sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_3m};
 pub use flow::{decode, encode, interpolate, sample_ode};

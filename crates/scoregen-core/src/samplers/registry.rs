@@ -70,7 +70,10 @@ pub struct SamplerInfo {
     /// One line for `scoregen list` and `--help`.
     pub description: &'static str,
     pub method: Method,
-    /// Score evaluations per step, and at the end (the denoising step).
+    /// Score evaluations per step, and once per run on top of those: the
+    /// reverse-SDE samplers' final denoising step, `dpmpp-3m`'s second-order
+    /// first step. A run of N steps costs N·evals_per_step + final_evals
+    /// (Heun: one less, its last step is Euler's).
     pub evals_per_step: usize,
     pub final_evals: usize,
 }
@@ -200,10 +203,11 @@ pub static SAMPLERS: &[SamplerInfo] = &[
     SamplerInfo {
         kind: SamplerKind::Dpmpp3m,
         name: "dpmpp-3m",
-        description: "DPM-Solver++(3M), third-order multistep, Karras grid by default",
+        description: "DPM-Solver++(3M), third order (2S first step: N + 1 NFE), Karras grid by default",
         method: sigma_space(|_| Box::new(Dpmpp3mStep::default()), Grid::Karras),
+        // N + 1 for N ≥ 2 steps: the first step is DPM-Solver++(2S)
         evals_per_step: 1,
-        final_evals: 0,
+        final_evals: 1,
     },
     SamplerInfo {
         kind: SamplerKind::Heun,
@@ -376,13 +380,15 @@ mod tests {
     }
 
     /// The evaluation counts invert as before: Heun 2N − 1 ≤ nfe, the SDE
-    /// samplers N + 1 (the denoising step), the multistep solvers N.
+    /// samplers N + 1 (the denoising step), DPM-Solver++(3M) N + 1 (its 2S
+    /// first step), the other multistep solvers N.
     #[test]
     fn steps_for_nfe_inverts_the_evaluation_count() {
         assert_eq!(SamplerKind::Heun.steps_for_nfe(20), 10);
         assert_eq!(SamplerKind::Heun.steps_for_nfe(19), 10);
         assert_eq!(SamplerKind::Em.steps_for_nfe(20), 19);
-        assert_eq!(SamplerKind::Dpmpp3m.steps_for_nfe(20), 20);
+        assert_eq!(SamplerKind::Dpmpp3m.steps_for_nfe(20), 19);
+        assert_eq!(SamplerKind::Dpmpp2m.steps_for_nfe(20), 20);
         assert_eq!(SamplerKind::Ddim.steps_for_nfe(0), 1);
     }
 

@@ -30,6 +30,15 @@
 //! output. A step to σ = 0 (h = ∞, always of order 1) is x = D_s, which is
 //! diffusers' `bh2`; its `bh1` gives NaN there (B = −∞ times an empty sum).
 //!
+//! The warm-up's first step (UniP-1 corrected by UniC-1) errs by O(h³), so
+//! it bounds UniPC-3 (order p + 1 = 4 without `lower_order_final`) by order
+//! 3 for large N, as DPM-Solver++(3M)'s first-order start bounded it by 2.
+//! Unlike that one it is left as diffusers has it: its constant (∝ D″ at
+//! σ_max) is too small to show up to N = 2560 on the grids of
+//! `sampler_order.rs` (UniPC-3 fits 4.00 there), and with
+//! `lower_order_final`, as the sampler table runs it, the last steps cap the
+//! order lower anyway.
+//!
 //! ψ_n is evaluated by its series for |z| < 1, where the closed form loses
 //! ~n digits to cancellation at small h (diffusers uses the closed-form
 //! recurrence in float32); the values are the same to round-off.

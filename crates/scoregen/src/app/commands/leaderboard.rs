@@ -4,6 +4,11 @@
 //! exact-vs-exact floors), with Euler–Maruyama at 1000 NFE as the baseline.
 //! The σ-space samplers can be run on several grids, so that a row is a
 //! solver × grid and the effect of the grid is separated from the solver's.
+//!
+//! Beside it, where the order ends ([`order_errors`]): the error of every
+//! deterministic σ-space solver × grid against the exact probability-flow
+//! solution of a one-dimensional Gaussian, at the same NFE budgets, so that
+//! the budget from which a higher-order solver pays can be read off.
 
 use super::eval::Target;
 use crate::app::run_dir::{oracle_of, LoadedModel};
@@ -13,13 +18,17 @@ use crate::oracle::GaussianMixture;
 use crate::points::Points;
 use crate::progress;
 use crate::rng::{streams, Rng};
-use crate::samplers::{Grid, Offers, SampleContext, SamplerKind, SamplerSpec, SAMPLERS};
+use crate::samplers::{
+    grid_sigmas, sample_sigma_steps, Grid, Method, Offers, SampleContext, SamplerKind, SamplerSpec, ScoreDenoiser,
+    SAMPLERS,
+};
 use crate::score::ScoreFn;
 use crate::sde::Sde;
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use indicatif::ProgressBar;
 use serde::Serialize;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The samplers of the leaderboard: Euler–Maruyama, the baseline, then
@@ -60,6 +69,102 @@ pub struct Leaderboard {
     pub floor_weight_l1: f64,
     pub baseline: Entry,
     pub entries: Vec<Entry>,
+    /// The deterministic solvers' error against the exact Gaussian flow
+    /// ([`order_errors`]); empty unless asked for.
+    pub order: Vec<OrderEntry>,
+}
+
+/// One deterministic σ-space solver × grid at one budget: its error against
+/// the exact probability-flow solution of a Gaussian ([`order_errors`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct OrderEntry {
+    pub sampler: String,
+    pub grid: String,
+    pub budget: usize,
+    pub steps: usize,
+    pub nfe: usize,
+    /// max |x_N − x(σ_N)| over the starting points.
+    pub error: f64,
+}
+
+/// The Gaussian of [`order_errors`], N(μ, S²) in one dimension, and its
+/// starting points in units of the starting std (those of `sampler_order.rs`).
+const ORDER_MU: f64 = 1.5;
+const ORDER_S: f64 = 0.5;
+const ORDER_Z: [f64; 3] = [-1.3, 0.4, 2.1];
+
+/// Where the order ends: every deterministic σ-space sampler of `kinds`, on
+/// each of `grids` (empty: its own), at each NFE budget, against the exact
+/// solution of the probability-flow ODE of N(μ, S²) = N(1.5, 0.5²) under
+/// `sde`, in float64. In σ-space that solution is
+/// x(σ) = μ + √((S² + σ²)/(S² + σ_0²))·(x(σ_0) − μ); the solver runs the
+/// grid's N = `steps_for_nfe(budget)` steps down to its last level σ_N and
+/// stops there, before the final step to σ = 0 (x = D, whose error
+/// O(σ_N²/S²) does not shrink with N and would hide the order). A sampler
+/// is deterministic here when two runs with different seeds agree bit for
+/// bit (DDIM with η = 0, DPM-Solver++(2M) and (3M), Heun without churn,
+/// UniPC); a grid a chain cannot hold at that budget is skipped. Heun
+/// spends 2N, one over its budget's 2N − 1, as its last step (Euler's, to 0)
+/// is not taken. Costs
+/// about Σ budgets steps on three scalars per row: well under a second.
+pub fn order_errors(
+    sde: Arc<dyn Sde>,
+    eps: Option<f64>,
+    base: &SamplerSpec,
+    kinds: &[SamplerKind],
+    grids: &[Grid],
+    budgets: &[usize],
+) -> Result<Vec<OrderEntry>> {
+    let mix = GaussianMixture::isotropic(vec![1.0], vec![vec![ORDER_MU]], &[ORDER_S])
+        .map_err(|e| Error::Invalid(format!("order_errors: {e}")))?;
+    let oracle = crate::oracle::OracleScore::new(mix, sde.clone());
+    let den = ScoreDenoiser::new(&oracle, sde.as_ref(), eps);
+    let hidden = ProgressBar::hidden();
+    let s2 = ORDER_S * ORDER_S;
+    let mut out = Vec::new();
+    for &kind in kinds {
+        let (Method::SigmaSpace { step, grid: own }, true) = (kind.method(), kind.is_denoiser()) else { continue };
+        let kind_grids = if grids.is_empty() { vec![base.grid.unwrap_or(own)] } else { grids.to_vec() };
+        for grid in kind_grids {
+            let mut rows = Vec::new();
+            for &budget in budgets {
+                let steps = kind.steps_for_nfe(budget);
+                // steps + 1 levels, without the final 0: N steps down to σ_N
+                let Ok(mut sigmas) = grid_sigmas(grid, &den, steps + 1, base.rho) else { continue };
+                sigmas.pop();
+                let (s0, s_n) = (sigmas[0], sigmas[sigmas.len() - 1]);
+                let x0: Vec<f64> = ORDER_Z.iter().map(|z| ORDER_MU + (s2 + s0 * s0).sqrt() * z).collect();
+                let spec = SamplerSpec { sampler: kind, grid: Some(grid), steps, ..*base };
+                let start = Tensor::from_slice(&x0, (x0.len(), 1), &Device::Cpu)?;
+                let run = |seed: u64| {
+                    let mut rng = Rng::new(seed, streams::LEADERBOARD_SAMPLING);
+                    sample_sigma_steps(&den, step(&spec).as_mut(), start.clone(), &sigmas, &mut rng, None, &hidden)
+                };
+                let (a, b) = (run(0)?, run(1)?);
+                let xs = a.x.flatten_all()?.to_vec1::<f64>()?;
+                if xs != b.x.flatten_all()?.to_vec1::<f64>()? {
+                    rows.clear();
+                    break;
+                }
+                let ratio = ((s2 + s_n * s_n) / (s2 + s0 * s0)).sqrt();
+                let error = xs
+                    .iter()
+                    .zip(&x0)
+                    .map(|(x, x0)| (x - (ORDER_MU + ratio * (x0 - ORDER_MU))).abs())
+                    .fold(0.0, f64::max);
+                rows.push(OrderEntry {
+                    sampler: kind.to_string(),
+                    grid: grid.to_string(),
+                    budget,
+                    steps,
+                    nfe: a.nfe,
+                    error,
+                });
+            }
+            out.extend(rows);
+        }
+    }
+    Ok(out)
 }
 
 /// What every entry of a leaderboard shares.
@@ -180,6 +285,7 @@ pub fn leaderboard_on_grids(
         floor_weight_l1: metrics::mode_stats(&a, mix).weight_l1,
         baseline,
         entries,
+        order: Vec::new(),
     })
 }
 
@@ -229,6 +335,32 @@ impl Leaderboard {
             }
             let floor = if title.starts_with("energy") { self.floor_energy } else { self.floor_weight_l1 };
             s += &format!("baseline em-1000: {:.4}   floor (exact vs exact): {floor:.4}\n", get(&self.baseline));
+        }
+        if !self.order.is_empty() {
+            s += &format!(
+                "\nerror against the exact flow of N({ORDER_MU}, {ORDER_S}²), {} SDE, float64, at the grid's last level before 0\n{:<16}{:<15}",
+                self.sde, "NFE", "grid"
+            );
+            for b in &budgets {
+                s += &format!("{b:>16}");
+            }
+            s += "\n";
+            let mut rows: Vec<(&str, &str)> = Vec::new();
+            for e in &self.order {
+                if !rows.contains(&(e.sampler.as_str(), e.grid.as_str())) {
+                    rows.push((&e.sampler, &e.grid));
+                }
+            }
+            for (name, grid) in rows {
+                s += &format!("{name:<16}{grid:<15}");
+                for b in &budgets {
+                    match self.order.iter().find(|e| e.sampler == name && e.grid == grid && e.budget == *b) {
+                        Some(e) => s += &format!("{:>16}", format!("{:.2e} [{}]", e.error, e.nfe)),
+                        None => s += &format!("{:>16}", "—"),
+                    }
+                }
+                s += "\n";
+            }
         }
         s
     }
@@ -341,7 +473,7 @@ pub fn bench_samplers(req: &BenchRequest) -> Result<Leaderboard> {
             };
             let sde = cfg.sde();
             let base = cfg.sampling;
-            Ok(leaderboard_on_grids(
+            let mut lb = leaderboard_on_grids(
                 score.as_ref(),
                 sde.as_ref(),
                 &mix,
@@ -351,7 +483,9 @@ pub fn bench_samplers(req: &BenchRequest) -> Result<Leaderboard> {
                 &req.budgets,
                 &set,
                 &pb,
-            )?)
+            )?;
+            lb.order = order_errors(sde, cfg.sampling.eps, &base, &samplers, grids, &req.budgets)?;
+            Ok(lb)
         }
         None => {
             let mix = mixture_of(req.target.as_deref().unwrap_or("gmm8"))?;
@@ -359,7 +493,10 @@ pub fn bench_samplers(req: &BenchRequest) -> Result<Leaderboard> {
             let oracle = crate::oracle::OracleScore::new(mix.clone(), sde.clone());
             let set = BenchSettings { n: req.n, eps: None, seed: req.seed, dtype: DType::F64, device: Device::Cpu };
             let base = SamplerSpec::default();
-            Ok(leaderboard_on_grids(&oracle, sde.as_ref(), &mix, &base, &samplers, grids, &req.budgets, &set, &pb)?)
+            let mut lb =
+                leaderboard_on_grids(&oracle, sde.as_ref(), &mix, &base, &samplers, grids, &req.budgets, &set, &pb)?;
+            lb.order = order_errors(sde, None, &base, &samplers, grids, &req.budgets)?;
+            Ok(lb)
         }
     }
 }
