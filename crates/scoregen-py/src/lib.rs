@@ -35,6 +35,7 @@ fn _scoregen(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<oracle::PyMixture>()?;
     m.add_class::<run::Run>()?;
     m.add_function(wrap_pyfunction!(train::train, m)?)?;
+    m.add_function(wrap_pyfunction!(run::_save_weights, m)?)?;
     m.add_function(wrap_pyfunction!(sampling::sample, m)?)?;
     m.add_function(wrap_pyfunction!(sampling::log_likelihood, m)?)?;
     m.add_function(wrap_pyfunction!(metrics::evaluate_json, m)?)?;

@@ -313,3 +313,20 @@ impl Run {
         )
     }
 }
+
+/// `scoregen.torch.save`'s native half: `tensors` {name: float32 array} become
+/// the weights (model and EMA) of the newest checkpoint of the run at `path`,
+/// checked against its model first (`app::run_dir::replace_weights`). Returns
+/// the checkpoint's folder.
+#[pyfunction]
+pub fn _save_weights(path: PathBuf, tensors: &Bound<'_, pyo3::types::PyDict>) -> PyResult<PathBuf> {
+    let mut map = std::collections::HashMap::new();
+    for (k, v) in tensors.iter() {
+        let name: String = k.extract()?;
+        let a = convert::array(&v, &name)?;
+        let data: Vec<f32> = a.data.iter().map(|&x| x as f32).collect();
+        let t = Tensor::from_vec(data, a.shape.clone(), &Device::Cpu).map_err(convert::candle_error)?;
+        map.insert(name, t);
+    }
+    guard(|| scoregen::app::run_dir::replace_weights(&path, map).map_err(convert::error))
+}

@@ -39,6 +39,13 @@ impl PySde {
         self.per_time(py, t, |t| self.inner.marginal(t))
     }
 
+    /// A discrete chain's times t_i of its timesteps i = 0, 1, … (float64), or
+    /// None for a continuous SDE (what a `unet2d`'s timestep input is read from).
+    #[getter]
+    fn timestep_times(&self, py: Python<'_>) -> PyResult<Option<PyObject>> {
+        self.inner.timestep_times().map(|v| convert::out(py, &[v.len()], v)).transpose()
+    }
+
     /// g(t), the diffusion coefficient.
     fn diffusion(&self, py: Python<'_>, t: &Bound<'_, PyAny>) -> PyResult<PyObject> {
         Ok(self.per_time(py, t, |t| (self.inner.diffusion(t), 0.0))?.0)

@@ -23,6 +23,9 @@ class Sde:
     def sampling_eps(self) -> float: ...
     def marginal(self, t: Times) -> Tuple[Any, Any]:
         """(m(t), s(t)): floats for a float t, arrays for an array."""
+    @property
+    def timestep_times(self) -> Optional[npt.NDArray[np.float64]]:
+        """A discrete chain's times t_i of its timesteps i, or None (continuous SDE)."""
     def diffusion(self, t: Times) -> Any:
         """g(t)."""
     def drift(self, x: FloatArray, t: Times) -> Array:
@@ -164,3 +167,6 @@ def log_likelihood(
 ) -> Tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...
 def evaluate_json(samples: FloatArray, target: Any, seed: int = 0, classifier: Optional[PathLike] = None) -> str: ...
 def sampler_names() -> list[str]: ...
+def _save_weights(path: PathLike, tensors: Dict[str, FloatArray]) -> pathlib.Path:
+    """scoregen.torch.save's native half: `tensors` become the newest checkpoint's
+    model and EMA weights (checked against the run's model first)."""

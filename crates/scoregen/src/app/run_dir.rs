@@ -12,9 +12,10 @@ use crate::points::Points;
 use crate::rng::{streams, Rng};
 use crate::score::ScoreFn;
 use crate::train::{checkpoint, TrainState};
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 /// The exact mixture behind a config's data, if it has one.
 pub fn oracle_of(cfg: &RunConfig) -> Result<Option<GaussianMixture>> {
@@ -106,6 +107,24 @@ impl LoadedModel {
     pub fn score(&self) -> Box<dyn ScoreFn + '_> {
         self.model.score(self.cfg.sde())
     }
+}
+
+/// Replaces the weights of a run's newest checkpoint, the model's and the EMA
+/// copy alike, with `tensors` (e.g. a network fine-tuned in PyTorch), after
+/// checking them against the model the run's config builds: every name,
+/// shape and dtype. The step, RNG state and optimizer moments are kept; the
+/// checkpoint is rewritten whole (new checksums, temporary folder and rename),
+/// as training writes one. Returns the checkpoint's folder.
+pub fn replace_weights(run_dir: &Path, tensors: HashMap<String, Tensor>) -> Result<PathBuf> {
+    let cfg = RunConfig::load(&run_dir.join("config.toml"), &[])?;
+    let ck_dir = run_dir.join("checkpoints");
+    let ck = checkpoint::load_latest(&ck_dir)?;
+    let varmap = VarMap::new();
+    factory::build_model(&cfg.model, ck.state.dim, cfg.noise.levels, cfg.seed, &varmap, &Device::Cpu, &cfg.sde())?;
+    checkpoint::check_tensors(&nets::named_vars(&varmap), &tensors, Path::new("the new weights"))?;
+    let keep = checkpoint::list(&ck_dir).len();
+    let new = checkpoint::Checkpoint { model: tensors.clone(), ema: tensors, ..ck };
+    checkpoint::save(&ck_dir, &new, keep)
 }
 
 /// The training points as used by a run (regenerated from its seed).
