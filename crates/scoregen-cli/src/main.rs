@@ -82,7 +82,7 @@ fn spelled(e: &anyhow::Error) -> String {
     let text = format!("{e:#}");
     match e.downcast_ref::<scoregen::Error>().and_then(|e| e.setting()) {
         Some((key, message)) => {
-            let flag = key.rsplit('.').next().unwrap_or(key).replace('_', "-");
+            let flag = scoregen::app::commands::sample::setting_name(key).replace('_', "-");
             text.replace(&format!("{key}: {message}"), &format!("--{flag} ({key}): {message}"))
         }
         None => text,

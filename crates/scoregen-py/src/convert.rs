@@ -131,10 +131,11 @@ pub fn error(e: scoregen::Error) -> PyErr {
     }
 }
 
-/// The keyword argument that sets the config key `key`: its last part,
-/// `class_` for `class` (a reserved word in Python).
+/// The keyword argument that sets the config key `key`: its last part or the
+/// name the command line's flag has (`eps` for `sampling.step_size`,
+/// `app::commands::sample::setting_name`), `class_` for `class` (a reserved word in Python).
 pub fn keyword(key: &str) -> &str {
-    match key.rsplit('.').next().unwrap_or(key) {
+    match scoregen::app::commands::sample::setting_name(key) {
         "class" => "class_",
         k => k,
     }

@@ -7,12 +7,16 @@ use crate::sde::PySde;
 use candle_core::{DType, Device, Tensor};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use scoregen::app::commands::inpaint::{inpaint_loaded, InpaintSettings};
 use scoregen::app::commands::likelihood::{likelihood_of_points, LikelihoodRequest};
-use scoregen::app::commands::sample::{check_counts, sample_loaded, ClassChoice, ClassGuidance, SampleRequest};
+use scoregen::app::commands::sample::{
+    check_counts, sample_loaded, ClassChoice, ClassGuidance, SampleRequest, SamplerOverrides,
+};
 use scoregen::app::run_dir::LoadedModel;
+use scoregen::guidance::MaskSpec;
 use scoregen::points::Points;
 use scoregen::rng::{streams, Rng};
-use scoregen::samplers::SamplerSpec;
+use scoregen::samplers::CorrectorKind;
 use std::path::PathBuf;
 
 /// A trained run folder (config.toml + checkpoints/), loaded once.
@@ -100,15 +104,22 @@ impl Run {
     /// --steps K --n N --seed SEED` (float32, as its .npy; float64 keeps the
     /// full precision).
     ///
+    /// Every other flag of `scoregen sample` is a keyword of the same name
+    /// (`-` as `_`), default the run's `[sampling]` as there, applied and
+    /// checked by the same app function (`SamplerOverrides::apply`):
+    /// `corrector`, `snr`, `rtol`, `atol`, `eps` (the Langevin step size),
+    /// `steps_per_level`, `eta`, `churn`, `grid`, `clip_denoised`, `threshold`,
+    /// `clip_range`, `keep_model_eps`, `vp_start`.
+    ///
     /// A class-conditional run: `class_` is a class K or "all" (every class in the
     /// training labels' proportions), default the run's `sampling.class`;
-    /// `guidance` the classifier-free weight w (default the run's `sampling.guidance`),
-    /// as `--class` and `--guidance`.
+    /// `guidance` the guidance weight w (default the run's `sampling.guidance`);
+    /// `classifier` a noise-aware classifier folder for classifier guidance,
+    /// as `--class`, `--guidance` and `--classifier`.
     ///
     /// `x_init`: x_T [n, D] (or [n, C, H, W] images) to start from instead of
-    /// the seed's draw, as `--init-noise` (e.g. a diffusers pipeline's latents);
-    /// `eta`: DDIM's η, as `--eta`.
-    #[pyo3(signature = (n = None, sampler = None, steps = 50, grid = None, seed = 0, dtype = "float32", class_ = None, guidance = None, x_init = None, eta = None))]
+    /// the seed's draw, as `--init-noise` (e.g. a diffusers pipeline's latents).
+    #[pyo3(signature = (n = None, sampler = None, steps = 50, grid = None, seed = 0, dtype = "float32", class_ = None, guidance = None, x_init = None, eta = None, corrector = None, snr = None, rtol = None, atol = None, eps = None, steps_per_level = None, churn = None, clip_denoised = false, threshold = None, clip_range = None, keep_model_eps = false, vp_start = false, classifier = None))]
     #[allow(clippy::too_many_arguments)]
     fn sample(
         &self,
@@ -123,6 +134,19 @@ impl Run {
         guidance: Option<f64>,
         x_init: Option<&Bound<'_, PyAny>>,
         eta: Option<f64>,
+        corrector: Option<&str>,
+        snr: Option<f64>,
+        rtol: Option<f64>,
+        atol: Option<f64>,
+        eps: Option<f64>,
+        steps_per_level: Option<usize>,
+        churn: Option<f64>,
+        clip_denoised: bool,
+        threshold: Option<f64>,
+        clip_range: Option<f64>,
+        keep_model_eps: bool,
+        vp_start: bool,
+        classifier: Option<PathBuf>,
     ) -> PyResult<PyObject> {
         let f32 = convert::dtype_is_f32(dtype)?;
         let cfg = &self.model.cfg;
@@ -150,11 +174,26 @@ impl Run {
             (_, n) => n.unwrap_or(cfg.sampling.n),
         };
         check_counts(n, steps).map_err(convert::error)?;
-        let mut sc: SamplerSpec = cfg.sampling;
-        sc = sc.with_sampler(parse_sampler(sampler)?);
-        sc.grid = parse_grid(grid)?.or(sc.grid);
-        sc.eta = eta.unwrap_or(sc.eta);
-        sc.validate("arguments").map_err(convert::error)?;
+        let overrides = SamplerOverrides {
+            sampler: Some(parse_sampler(sampler)?),
+            corrector: corrector
+                .map(|c| c.parse::<CorrectorKind>().map_err(|e| PyValueError::new_err(format!("corrector: {e}"))))
+                .transpose()?,
+            snr,
+            rtol,
+            atol,
+            eps,
+            steps_per_level,
+            eta,
+            churn,
+            grid: parse_grid(grid)?,
+            clip_denoised,
+            threshold,
+            clip_range,
+            keep_model_eps,
+            vp_start,
+        };
+        let spec = overrides.apply(&cfg.sampling).map_err(convert::error)?;
         let class = match class_ {
             None => None,
             Some(c) => Some(
@@ -164,11 +203,10 @@ impl Run {
                     .map_err(|e| PyValueError::new_err(format!("class_: {e}")))?,
             ),
         };
-        let steer = ClassGuidance::resolve(cfg, class, guidance, None).map_err(convert::error)?;
+        let steer = ClassGuidance::resolve(cfg, class, guidance, classifier).map_err(convert::error)?;
         let mut req = SampleRequest::new(n, steps, seed, PathBuf::new());
         req.use_ema = self.use_ema;
         req.x_init = x_init;
-        let spec = sc;
         let model = AssertSend(&self.model);
         let out = py.allow_threads(move || {
             let model = model;
@@ -178,6 +216,67 @@ impl Run {
             })
         })?;
         convert::to_numpy(py, &[out.n, out.d], out.data, f32)
+    }
+
+    /// Completes observations x [N, D] (or [N, C, H, W] images) whose `mask`
+    /// leaves part unknown, as `scoregen inpaint` does (the same app function,
+    /// `app::commands::inpaint::inpaint_loaded`, so the same seed gives the same
+    /// numbers): the known coordinates are held to the observation perturbed to
+    /// each step's noise level while the rest follows the reverse process.
+    /// `mask`: "half", "box", "random:P" (a fraction P missing), a .npy/.png
+    /// path, or an array of D values (1 = known, 0 = missing), as `--mask`;
+    /// `per_input` completions per observation (rows in order), `sampler`
+    /// (em, reverse-diffusion, ancestral, pc, annealed-langevin; default the
+    /// run's if one of these, else pc) and `steps` (default the run's) as
+    /// `--per-input`, `--sampler` and `--steps`. Returns [N·per_input, D]
+    /// (images: [N·per_input, C, H, W]).
+    #[pyo3(signature = (x, mask, per_input = 1, sampler = None, steps = None, seed = 0, dtype = "float32"))]
+    fn inpaint(
+        &self,
+        py: Python<'_>,
+        x: &Bound<'_, PyAny>,
+        mask: &Bound<'_, PyAny>,
+        per_input: usize,
+        sampler: Option<&str>,
+        steps: Option<usize>,
+        seed: u64,
+        dtype: &str,
+    ) -> PyResult<PyObject> {
+        let f32 = convert::dtype_is_f32(dtype)?;
+        let dim = self.model.state.dim;
+        let a = convert::array(x, "x")?;
+        let rows = a.shape.first().copied().unwrap_or(0);
+        if a.shape.len() < 2 || rows == 0 || a.shape[1..].iter().product::<usize>() != dim {
+            return Err(PyValueError::new_err(format!(
+                "x: expected shape [N, {dim}] (or images of {dim} values each), found {:?}",
+                a.shape
+            )));
+        }
+        let obs = Points::new(rows, dim, a.data);
+        if !obs.all_finite() {
+            return Err(PyValueError::new_err("x: values must be finite (found NaN or ±inf)"));
+        }
+        let mask = if let Ok(s) = mask.extract::<String>() {
+            MaskSpec::parse(&s).map_err(convert::error)?
+        } else {
+            MaskSpec::Values(convert::array(mask, "mask")?.data)
+        };
+        let settings = InpaintSettings {
+            mask,
+            per_input,
+            sampler: sampler.map(|s| parse_sampler(Some(s))).transpose()?,
+            steps,
+            seed,
+            quiet: true,
+        };
+        let model = AssertSend(&self.model);
+        let out = py.allow_threads(move || {
+            let model = model;
+            guard(|| inpaint_loaded(model.0, &obs, &settings).map_err(convert::error))
+        })?;
+        let mut shape = a.shape.clone();
+        shape[0] = out.x.n;
+        convert::to_numpy(py, &shape, out.x.data, f32)
     }
 
     /// log p(x) of each row of x [N, D] by the probability-flow ODE, as

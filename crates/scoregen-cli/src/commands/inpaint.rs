@@ -46,9 +46,6 @@ pub struct Args {
 
 pub fn run(args: &Args, g: &Globals) -> Result<()> {
     let (run, input) = (&args.run.run, &args.input);
-    if args.per_input == 0 || args.steps == Some(0) {
-        anyhow::bail!("--per-input and --steps must be ≥ 1");
-    }
     let req = InpaintRequest {
         input: input.clone(),
         mask: MaskSpec::parse(&args.mask)?,

@@ -5,8 +5,8 @@ use super::shared::RunArgs;
 use super::Globals;
 use anyhow::{Context, Result};
 use scoregen::app::commands::sample::SampleRequest;
-use scoregen::app::commands::sample::{ClassChoice, ClassGuidance};
-use scoregen::samplers::{CorrectorKind, Grid, SamplerKind, SamplerSpec};
+use scoregen::app::commands::sample::{ClassChoice, ClassGuidance, SamplerOverrides};
+use scoregen::samplers::{CorrectorKind, Grid, SamplerKind};
 use std::path::PathBuf;
 
 /// Sample a trained run: reverse-SDE predictors, predictor–corrector, the probability-flow ODE, the σ-space solvers (DDPM, DDIM, DPM-Solver++, Heun, Euler-ancestral), or the Langevin family.
@@ -86,7 +86,7 @@ struct SamplerArgs {
     #[arg(long)]
     clip_denoised: bool,
     /// σ-space samplers: dynamic thresholding of x̂₀ at the P-quantile of |x̂₀|, P ∈ (0, 1], e.g. 0.995 (Saharia et al. 2022).
-    #[arg(long, value_name = "P", conflicts_with = "clip_denoised")]
+    #[arg(long, value_name = "P")]
     threshold: Option<f64>,
     /// The data range [−R, R] of --clip-denoised and --threshold.
     #[arg(long, value_name = "R")]
@@ -102,33 +102,25 @@ struct SamplerArgs {
 }
 
 impl SamplerArgs {
-    /// The run's sampler settings with the ones given here in their place.
-    fn apply(&self, config: &SamplerSpec) -> SamplerSpec {
-        let mut sc = *config;
-        if let Some(v) = self.sampler {
-            sc = sc.with_sampler(v);
+    /// The flags as the app layer's overrides of the run's settings (applied and checked there).
+    fn overrides(&self) -> SamplerOverrides {
+        SamplerOverrides {
+            sampler: self.sampler,
+            corrector: self.corrector,
+            snr: self.snr,
+            rtol: self.rtol,
+            atol: self.atol,
+            eps: self.eps,
+            steps_per_level: self.steps_per_level,
+            eta: self.eta,
+            churn: self.churn,
+            grid: self.grid,
+            clip_denoised: self.clip_denoised,
+            threshold: self.threshold,
+            clip_range: self.clip_range,
+            keep_model_eps: self.keep_model_eps,
+            vp_start: self.vp_start,
         }
-        if let Some(v) = self.corrector {
-            sc.corrector = Some(v);
-        }
-        sc.snr = self.snr.unwrap_or(sc.snr);
-        sc.rtol = self.rtol.unwrap_or(sc.rtol);
-        sc.atol = self.atol.unwrap_or(sc.atol);
-        sc.eta = self.eta.unwrap_or(sc.eta);
-        sc.s_churn = self.churn.unwrap_or(sc.s_churn);
-        sc.grid = self.grid.or(sc.grid);
-        if self.threshold.is_some() {
-            sc.threshold = self.threshold;
-            sc.clip_denoised = false;
-        }
-        if self.clip_denoised {
-            sc.clip_denoised = true;
-            sc.threshold = None;
-        }
-        sc.clip_range = self.clip_range.unwrap_or(sc.clip_range);
-        sc.keep_model_eps |= self.keep_model_eps;
-        sc.vp_start |= self.vp_start;
-        sc
     }
 }
 
@@ -152,7 +144,6 @@ struct GuidanceArgs {
 pub fn run(args: &Args, g: &Globals) -> Result<()> {
     let run = &args.run.run;
     let cfg = scoregen::app::run_dir::config_of(run).with_context(|| format!("reading run {}", run.display()))?;
-    let (eps, steps_per_level) = (args.sampler.eps, args.sampler.steps_per_level);
     let req = SampleRequest {
         n: args.n.unwrap_or(cfg.sampling.n),
         steps: args.steps.unwrap_or(cfg.sampling.steps),
@@ -161,8 +152,8 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
         overwrite: args.overwrite || args.out.is_none(),
         use_ema: !args.run.no_ema && cfg.sampling.use_ema,
         quiet: g.quiet,
-        step_size: eps,
-        steps_per_level,
+        step_size: None,
+        steps_per_level: None,
         record_every: None,
         device: g.open_device()?,
         x_init: match &args.init_noise {
@@ -172,12 +163,8 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
     };
     let record_every = args.gif.then(|| (req.steps / 40).max(1));
     let req = SampleRequest { record_every, ..req };
-    if eps.is_some_and(|e| !(e > 0.0 && e.is_finite())) || steps_per_level == Some(0) {
-        anyhow::bail!("--eps must be > 0 and --steps-per-level ≥ 1");
-    }
     scoregen::app::commands::sample::check_counts(req.n, req.steps)?;
-    let sc = args.sampler.apply(&cfg.sampling);
-    sc.validate("command line")?;
+    let sc = args.sampler.overrides().apply(&cfg.sampling)?;
     let o = scoregen::app::commands::sample::sample_run_guided(
         run,
         &req,

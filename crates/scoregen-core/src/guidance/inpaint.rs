@@ -62,6 +62,8 @@ pub enum MaskSpec {
     /// A file of D values, 1 = known and 0 = missing: `.npy`, or a grayscale PNG
     /// of H×W pixels (white = known) for single-channel images.
     File(PathBuf),
+    /// D values given in memory (Python's `mask=` array), 1 = known and 0 = missing.
+    Values(Vec<f64>),
 }
 
 impl MaskSpec {
@@ -98,6 +100,15 @@ impl MaskSpec {
             }
             (Self::Random(p), _) => (0..d).map(|_| f64::from(u8::from(rng.uniform() >= *p))).collect(),
             (Self::File(path), _) => read_mask(path, d, shape)?,
+            (Self::Values(v), _) => {
+                if v.len() != d {
+                    return Err(Error::Invalid(format!("mask: has {} values, the data has {d} coordinates", v.len())));
+                }
+                if v.iter().any(|&x| x != 0.0 && x != 1.0) {
+                    return Err(Error::Invalid("mask: values must be 0 (missing) or 1 (known)".into()));
+                }
+                v.clone()
+            }
         };
         if mask.iter().all(|&v| v == 1.0) {
             return Err(Error::Invalid("the mask leaves nothing to fill in (every coordinate is known)".into()));

@@ -102,12 +102,43 @@ class Run:
         guidance: Optional[float] = None,
         x_init: Optional[FloatArray] = None,
         eta: Optional[float] = None,
+        corrector: Optional[str] = None,
+        snr: Optional[float] = None,
+        rtol: Optional[float] = None,
+        atol: Optional[float] = None,
+        eps: Optional[float] = None,
+        steps_per_level: Optional[int] = None,
+        churn: Optional[float] = None,
+        clip_denoised: bool = False,
+        threshold: Optional[float] = None,
+        clip_range: Optional[float] = None,
+        keep_model_eps: bool = False,
+        vp_start: bool = False,
+        classifier: Optional[PathLike] = None,
     ) -> Array:
         """The same numbers as `scoregen sample` with the same settings and seed
-        (`sampler` left out: "dpmpp-2m");
-        `class_` (K or "all") and `guidance` as `--class` and `--guidance`;
-        `x_init` ([n, D] or [n, C, H, W]) the x_T to start from, as `--init-noise`
-        (n defaults to its rows); `eta` DDIM's η, as `--eta`."""
+        (`sampler` left out: "dpmpp-2m"). Every other flag is the keyword of its
+        name (`-` as `_`), default the run's `[sampling]`: `corrector`, `snr`,
+        `rtol`, `atol`, `eps` (the Langevin step size, as `--eps`),
+        `steps_per_level`, `eta`, `churn`, `grid`, `clip_denoised`, `threshold`,
+        `clip_range`, `keep_model_eps`, `vp_start`; `class_` (K or "all"),
+        `guidance` and `classifier` (a noise-aware classifier folder) as
+        `--class`, `--guidance`, `--classifier`; `x_init` ([n, D] or [n, C, H, W])
+        the x_T to start from, as `--init-noise` (n defaults to its rows)."""
+    def inpaint(
+        self,
+        x: FloatArray,
+        mask: Union[str, FloatArray],
+        per_input: int = 1,
+        sampler: Optional[str] = None,
+        steps: Optional[int] = None,
+        seed: int = 0,
+        dtype: str = "float32",
+    ) -> Array:
+        """`scoregen inpaint`'s completions of observations x [N, D] (or images
+        [N, C, H, W]): mask "half", "box", "random:P", a .npy/.png path, or D
+        values (1 known, 0 missing); `per_input` completions per observation,
+        in order; returns [N·per_input, …] shaped like x."""
     def log_likelihood(
         self,
         x: FloatArray,

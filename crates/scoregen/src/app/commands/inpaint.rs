@@ -99,19 +99,45 @@ fn read_input(path: &Path, cfg: &RunConfig, d: usize) -> Result<(Points, Option<
     Ok((pts, None))
 }
 
-/// Fills in the unknown coordinates of each observation (`per_input` times),
-/// holding the known ones to the observation perturbed to each step's noise
-/// level. Writes the completions as `.npy` and a picture: for images a grid
-/// whose rows are [masked input, completions…], for 2-D points a scatter.
-pub fn inpaint_run(run_dir: &Path, req: &InpaintRequest) -> Result<InpaintOutcome> {
-    let model = LoadedModel::from_run(run_dir, req.use_ema, &req.device)?;
+/// Completions of observations: `per_input` rows per observation, in order
+/// (observation 0's first, …), the mask used (1 = known) and the score evaluations.
+pub struct Inpainted {
+    pub x: Points,
+    pub mask: Vec<f64>,
+    pub nfe: usize,
+}
+
+/// What an inpainting asks besides the observations: the mask, completions
+/// per observation, the sampler (`None`: the run's if it can hold the
+/// constraint, else `pc`), steps (`None`: the run's) and the seed.
+#[derive(Debug, Clone)]
+pub struct InpaintSettings {
+    pub mask: MaskSpec,
+    pub per_input: usize,
+    pub sampler: Option<SamplerKind>,
+    pub steps: Option<usize>,
+    pub seed: u64,
+    pub quiet: bool,
+}
+
+/// The completions of [`inpaint_run`] without the files: the mask (random
+/// masks drawn first from the seeded sampling stream), then the sampler with
+/// the known coordinates held to the observation perturbed to each step's
+/// noise level. Every front end (the CLI, the Python package) inpaints through
+/// here, so the same seed gives the same numbers in each.
+pub fn inpaint_loaded(model: &LoadedModel, obs: &Points, s: &InpaintSettings) -> Result<Inpainted> {
     let cfg = &model.cfg;
     let d = model.state.dim;
+    if obs.d != d {
+        return Err(Error::Invalid(format!("observations have {} coordinates, the run's data {d}", obs.d)));
+    }
+    if s.per_input == 0 || s.steps == Some(0) {
+        return Err(Error::Invalid("--per-input and --steps must be ≥ 1".into()));
+    }
     let shape = cfg.image_shape(d);
-    let (obs, labels) = read_input(&req.input, cfg, d)?;
-    let mut rng = Rng::new(req.seed, streams::SAMPLING);
-    let mask = req.mask.build(d, shape, &mut rng)?;
-    let k = req.per_input.max(1);
+    let mut rng = Rng::new(s.seed, streams::SAMPLING);
+    let mask = s.mask.build(d, shape, &mut rng)?;
+    let k = s.per_input;
     let n = obs.n.checked_mul(k).ok_or_else(|| Error::Invalid(format!("--per-input {k} is too large")))?;
     budget::check_sampling(cfg, n, d, 0, "inpainting")?;
     let repeated: Vec<f64> = obs.rows().flat_map(|r| std::iter::repeat_n(r, k).flatten().copied()).collect();
@@ -122,38 +148,60 @@ pub fn inpaint_run(run_dir: &Path, req: &InpaintRequest) -> Result<InpaintOutcom
     // the run's sampler if it can hold the constraint, else pc; the sampler
     // table's check (in `sample`) refuses one that cannot
     let run_sampler = cfg.sampling.sampler;
-    let kind = req.sampler.unwrap_or(if run_sampler.takes_constraint() { run_sampler } else { SamplerKind::Pc });
-    let steps = req.steps.unwrap_or(cfg.sampling.steps);
+    let kind = s.sampler.unwrap_or(if run_sampler.takes_constraint() { run_sampler } else { SamplerKind::Pc });
+    let steps = s.steps.unwrap_or(cfg.sampling.steps);
     let spec = SamplerSpec { sampler: kind, steps, ..cfg.sampling };
     let score = model.score();
-    let start = Instant::now();
     kind.check(&Offers {
         every_level: !cfg.objective.kind.is_noise_free(cfg.objective.sigma),
         energy: model.model.energy().is_some(),
         ladder: cfg.objective.kind == ObjectiveKind::Ncsn,
         constraint: true,
     })?;
-    fs::check_new_output(&req.out, req.overwrite)?;
     let ladder = cfg.ladder();
     let sde = cfg.sde();
     let len = match kind.method() {
         Method::AnnealedLangevin => spec.steps_per_level * ladder.levels(),
         _ => steps,
     };
-    let pb = progress::bar(len, "inpaint", req.quiet);
+    let pb = progress::bar(len, "inpaint", s.quiet);
     let ctx = SampleContext {
         ladder: (cfg.objective.kind == ObjectiveKind::Ncsn).then_some(&ladder),
         constraint: &constraint,
         device: model.device.clone(),
         ..SampleContext::new(score.as_ref(), sde.as_ref(), &pb)
     };
+    let out = spec.sample(&ctx, (n, d), &mut rng).map_err(|e| Error::Invalid(format!("inpaint: {e}")))?;
+    Ok(Inpainted { x: Points::from_tensor(&out.x)?, mask, nfe: out.nfe })
+}
+
+/// Fills in the unknown coordinates of each observation (`per_input` times),
+/// holding the known ones to the observation perturbed to each step's noise
+/// level ([`inpaint_loaded`]). Writes the completions as `.npy` and a picture: for images a grid
+/// whose rows are [masked input, completions…], for 2-D points a scatter.
+pub fn inpaint_run(run_dir: &Path, req: &InpaintRequest) -> Result<InpaintOutcome> {
+    let model = LoadedModel::from_run(run_dir, req.use_ema, &req.device)?;
+    let cfg = &model.cfg;
+    let d = model.state.dim;
+    let shape = cfg.image_shape(d);
+    let (obs, labels) = read_input(&req.input, cfg, d)?;
+    fs::check_new_output(&req.out, req.overwrite)?;
+    let settings = InpaintSettings {
+        mask: req.mask.clone(),
+        per_input: req.per_input,
+        sampler: req.sampler,
+        steps: req.steps,
+        seed: req.seed,
+        quiet: req.quiet,
+    };
+    let k = settings.per_input;
+    let start = Instant::now();
     // Ctrl-C stops the sampler at its next step; then nothing is written.
     let stop = progress::Interruptible::enter();
-    let out = spec.sample(&ctx, (n, d), &mut rng).map_err(|e| {
-        stop.explain(Error::Invalid(format!("inpaint: {e}")), "inpainting stopped; nothing was written")
-    })?;
+    let Inpainted { x: pts, mask, nfe } = inpaint_loaded(&model, &obs, &settings)
+        .map_err(|e| stop.explain(e, "inpainting stopped; nothing was written"))?;
+    let n = pts.n;
     let seconds = start.elapsed().as_secs_f64();
-    let pts = Points::from_tensor(&out.x)?;
     if let Some(dir) = req.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir(dir)?;
     }
@@ -179,5 +227,5 @@ pub fn inpaint_run(run_dir: &Path, req: &InpaintRequest) -> Result<InpaintOutcom
         }
         None => None,
     };
-    Ok(InpaintOutcome { npy: req.out.clone(), png, labels, n, known_fraction, nfe: out.nfe, seconds })
+    Ok(InpaintOutcome { npy: req.out.clone(), png, labels, n, known_fraction, nfe, seconds })
 }

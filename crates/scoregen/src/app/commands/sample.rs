@@ -13,13 +13,128 @@ use crate::nets::SavedClassifier;
 use crate::points::Points;
 use crate::progress;
 use crate::rng::{streams, Rng};
-use crate::samplers::{self, Method, SampleContext, SamplerSpec};
+use crate::samplers::{self, CorrectorKind, Grid, Method, SampleContext, SamplerKind, SamplerSpec};
 use crate::score::{LogDensity, ScoreFn};
 use crate::viz::{self, Bounds};
 use candle_core::Device;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+/// The sampler settings a caller of `scoregen sample` (or `Run.sample` in
+/// Python) may give, each overriding the run's `[sampling]`: the command
+/// line's flags and Python's keywords both fill this one struct, and
+/// [`SamplerOverrides::apply`] is the one place they take effect and are checked.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SamplerOverrides {
+    pub sampler: Option<SamplerKind>,
+    pub corrector: Option<CorrectorKind>,
+    pub snr: Option<f64>,
+    pub rtol: Option<f64>,
+    pub atol: Option<f64>,
+    /// The Langevin step size ε (`sampling.step_size`; the flag is `--eps`).
+    pub eps: Option<f64>,
+    pub steps_per_level: Option<usize>,
+    pub eta: Option<f64>,
+    /// Heun's S_churn (`sampling.s_churn`).
+    pub churn: Option<f64>,
+    pub grid: Option<Grid>,
+    pub clip_denoised: bool,
+    pub threshold: Option<f64>,
+    pub clip_range: Option<f64>,
+    pub keep_model_eps: bool,
+    pub vp_start: bool,
+}
+
+/// The keyword (Python) and flag stem (`--` + it with `-` for `_`, the command
+/// line) of a `[sampling]` key where it is not the key's last part; a front end
+/// names a refused setting by [`setting_name`].
+const SETTING_NAMES: &[(&str, &str)] = &[("sampling.step_size", "eps"), ("sampling.s_churn", "churn")];
+
+/// How the front ends spell the setting `key` (`sampling.s_churn` → `churn`):
+/// the Python keyword, and the flag with `_` as `-`.
+pub fn setting_name(key: &str) -> &str {
+    SETTING_NAMES.iter().find(|(k, _)| *k == key).map_or_else(|| key.rsplit('.').next().unwrap_or(key), |(_, n)| n)
+}
+
+/// The `[sampling]` keys [`SamplerSpec::validate`] names, as `'static` keys of
+/// [`Error::Setting`] (a refused override is a setting, not a line of a file).
+const SAMPLING_KEYS: &[&str] = &[
+    "sampling.snr",
+    "sampling.rtol",
+    "sampling.atol",
+    "sampling.corrector_steps",
+    "sampling.eta",
+    "sampling.rho",
+    "sampling.s_noise",
+    "sampling.s_churn",
+    "sampling.s_tmax",
+    "sampling.clip_range",
+    "sampling.threshold_max",
+    "sampling.threshold",
+    "sampling.keep_model_eps",
+    "sampling.grid",
+    "sampling.clip_denoised",
+    "sampling.vp_start",
+];
+
+impl SamplerOverrides {
+    /// The run's sampler settings `config` with the ones given here in their
+    /// place, checked: ε > 0 and steps per level ≥ 1, clip_denoised or
+    /// threshold (not both), then [`SamplerSpec::validate`]; a refusal is an
+    /// [`Error::Setting`] naming the key.
+    pub fn apply(&self, config: &SamplerSpec) -> Result<SamplerSpec> {
+        if let Some(e) = self.eps.filter(|e| !(*e > 0.0 && e.is_finite())) {
+            return Err(Error::Setting {
+                key: "sampling.step_size",
+                message: format!("must be a finite number > 0 (got {e})"),
+            });
+        }
+        if self.steps_per_level == Some(0) {
+            return Err(Error::Setting { key: "sampling.steps_per_level", message: "must be ≥ 1 (got 0)".into() });
+        }
+        if self.clip_denoised && self.threshold.is_some() {
+            return Err(Error::Setting {
+                key: "sampling.threshold",
+                message: "set either clip_denoised or threshold (thresholding already clips)".into(),
+            });
+        }
+        let mut sc = *config;
+        if let Some(v) = self.sampler {
+            sc = sc.with_sampler(v);
+        }
+        if let Some(v) = self.corrector {
+            sc.corrector = Some(v);
+        }
+        sc.snr = self.snr.unwrap_or(sc.snr);
+        sc.rtol = self.rtol.unwrap_or(sc.rtol);
+        sc.atol = self.atol.unwrap_or(sc.atol);
+        sc.step_size = self.eps.unwrap_or(sc.step_size);
+        sc.steps_per_level = self.steps_per_level.unwrap_or(sc.steps_per_level);
+        sc.eta = self.eta.unwrap_or(sc.eta);
+        sc.s_churn = self.churn.unwrap_or(sc.s_churn);
+        sc.grid = self.grid.or(sc.grid);
+        if self.threshold.is_some() {
+            sc.threshold = self.threshold;
+            sc.clip_denoised = false;
+        }
+        if self.clip_denoised {
+            sc.clip_denoised = true;
+            sc.threshold = None;
+        }
+        sc.clip_range = self.clip_range.unwrap_or(sc.clip_range);
+        sc.keep_model_eps |= self.keep_model_eps;
+        sc.vp_start |= self.vp_start;
+        sc.validate("the sampler settings").map_err(|e| match e {
+            Error::Config { field, message, .. } => match SAMPLING_KEYS.iter().find(|k| **k == field) {
+                Some(key) => Error::Setting { key, message },
+                None => Error::Invalid(format!("{field}: {message}")),
+            },
+            e => e,
+        })?;
+        Ok(sc)
+    }
+}
+
 /// What `scoregen sample` was asked for.
 #[derive(Debug, Clone)]
 pub struct SampleRequest {
