@@ -3,11 +3,14 @@
 
 use crate::convert::{self, guard, AssertSend};
 use candle_core::Device;
-use pyo3::exceptions::PyTypeError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use scoregen::app::commands::train::{train_and_report, TrainAndReportError, TrainedRun, REPORT_BY_DEFAULT};
+use scoregen::app::commands::train::{
+    train_and_report, train_from_memory, MemoryData, TrainAndReportError, TrainedRun, REPORT_BY_DEFAULT,
+};
 use scoregen::app::config::RunConfig;
+use scoregen::points::Points;
 use scoregen::train::{DataParallel, ExistingRun, LogFn, LogHook, LogLine, TrainOptions};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -25,23 +28,33 @@ fn override_value(v: &Bound<'_, PyAny>) -> PyResult<String> {
     Err(PyTypeError::new_err(format!("overrides: values must be bool, int, float or str, found {}", v.get_type())))
 }
 
-/// Trains a config (a TOML file) into `out` (default `runs/NAME`), with
+/// Trains a config (a TOML file, or a dict of its tables: `{"model": {...},
+/// "training": {...}}`, the file's fields and defaults) into `out` (default `runs/NAME`), with
 /// `overrides` as `--set key=value`; `progress(line)` is called with each
 /// logged line {"step", "loss", "lr", "grad_norm", "steps_per_sec"} (raise to
 /// stop); then, unless `report` is False, writes the run report
 /// `RUN/report.html`, as `scoregen train` does (`app::commands::train::train_and_report`).
+///
+/// `data`: training data in memory instead of the config's `data.source`, a
+/// float array [N, D] or images [N, C, H, W] (in data space, e.g. [−1, 1]);
+/// `labels` [N] (integers 0…255) with it for a class-conditional model. They
+/// are written into the run as `RUN/data.npy` (and `data.labels.npy`), which
+/// becomes the run's `data.source` (`app::commands::train::train_from_memory`),
+/// so the run is an ordinary run folder for the command line.
 /// Returns {"run", "step", "final_loss", "seconds", "steps_per_sec", "checkpoint", "report"}.
 #[pyfunction]
-#[pyo3(signature = (config, out = None, overrides = None, progress = None, resume = false, overwrite = false, report = REPORT_BY_DEFAULT))]
+#[pyo3(signature = (config, out = None, overrides = None, progress = None, resume = false, overwrite = false, report = REPORT_BY_DEFAULT, data = None, labels = None))]
 pub fn train(
     py: Python<'_>,
-    config: PathBuf,
+    config: &Bound<'_, PyAny>,
     out: Option<PathBuf>,
     overrides: Option<&Bound<'_, PyDict>>,
     progress: Option<Py<PyAny>>,
     resume: bool,
     overwrite: bool,
     report: bool,
+    data: Option<&Bound<'_, PyAny>>,
+    labels: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<Py<PyDict>> {
     scoregen::init();
     let mut sets = Vec::new();
@@ -50,7 +63,42 @@ pub fn train(
             sets.push(format!("{}={}", k.extract::<String>()?, override_value(&v)?));
         }
     }
-    let cfg = RunConfig::load(&config, &sets).map_err(convert::error)?;
+    let cfg = match config.downcast::<PyDict>() {
+        Ok(d) => {
+            let json: String = py.import("json")?.call_method1("dumps", (d,))?.extract()?;
+            RunConfig::parse_json(&json, "config", &sets)
+        }
+        Err(_) => {
+            let path: PathBuf = config.extract().map_err(|_| {
+                PyTypeError::new_err("config: expected a path to a TOML file or a dict of the config's tables")
+            })?;
+            RunConfig::load(&path, &sets)
+        }
+    }
+    .map_err(convert::error)?;
+    let memory = match data {
+        None if labels.is_some() => return Err(PyValueError::new_err("labels: given without data")),
+        None => None,
+        Some(obj) => {
+            let a = convert::array(obj, "data")?;
+            let (n, image_shape) = match a.shape[..] {
+                [n, _] => (n, None),
+                [n, c, h, w] => (n, Some((c, h, w))),
+                _ => {
+                    return Err(PyValueError::new_err(format!(
+                        "data: expected shape [N, D] or [N, C, H, W], found {}",
+                        convert::shape_str(&a.shape)
+                    )))
+                }
+            };
+            let d = a.shape[1..].iter().product();
+            let labels = match labels {
+                None => None,
+                Some(obj) => Some(label_values(obj, n)?),
+            };
+            Some(MemoryData { points: Points::new(n, d, a.data), image_shape, labels })
+        }
+    };
     let dir = out.unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
     let raised: Arc<Mutex<Option<PyErr>>> = Arc::new(Mutex::new(None));
     let on_log = progress.map(|f| {
@@ -83,12 +131,16 @@ pub fn train(
         on_log,
         ..Default::default()
     };
-    let work = AssertSend((&cfg, &dir, &opts));
+    let work = AssertSend((&cfg, &dir, &opts, memory.as_ref()));
     let outcome = py.allow_threads(move || {
         let work = work;
-        let (cfg, dir, opts) = work.0;
+        let (cfg, dir, opts, memory) = work.0;
         guard(|| {
-            train_and_report(cfg, dir, opts, DataParallel::default(), report, &Device::Cpu).map_err(|e| match e {
+            match memory {
+                None => train_and_report(cfg, dir, opts, DataParallel::default(), report, &Device::Cpu),
+                Some(data) => train_from_memory(cfg, data, dir, opts, report, &Device::Cpu),
+            }
+            .map_err(|e| match e {
                 TrainAndReportError::Training(e) => {
                     convert::error(scoregen::Error::Invalid(format!("training {}: {e}", dir.display())))
                 }
@@ -109,4 +161,21 @@ pub fn train(
     d.set_item("checkpoint", o.checkpoint)?;
     d.set_item("report", report)?;
     Ok(d.unbind())
+}
+
+/// `labels=`: one class 0…255 per row of the data, any integer or float array.
+fn label_values(obj: &Bound<'_, PyAny>, n: usize) -> PyResult<Vec<u8>> {
+    let np = obj.py().import("numpy")?;
+    let arr = np.call_method1("asarray", (obj, "float64"))?;
+    let a = convert::array(&arr, "labels")?;
+    if a.shape.iter().product::<usize>() != n || a.shape.len() > 2 {
+        return Err(PyValueError::new_err(format!(
+            "labels: expected one label per row of data ({n}), found shape {}",
+            convert::shape_str(&a.shape)
+        )));
+    }
+    match a.data.iter().find(|&&v| !(0.0..=255.0).contains(&v) || v.fract() != 0.0) {
+        Some(bad) => Err(PyValueError::new_err(format!("labels: expected integers 0…255, found {bad}"))),
+        None => Ok(a.data.iter().map(|&v| v as u8).collect()),
+    }
 }

@@ -130,8 +130,16 @@ pub fn load_with(source: &str, n: usize, rng: &mut Rng, opts: &ImageOptions) -> 
     let path = Path::new(source);
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     // a mixture's points are labeled by their component (the classes of guidance)
+    let mut image_shape = None;
     let (points, oracle, labels) = match ext {
-        "npy" => (npy::read_points(path)?, None, None),
+        "npy" => {
+            let (points, shape) = npy::read_points_shaped(path)?;
+            if let [_, c, h, w] = shape[..] {
+                image_shape = Some((c, h, w));
+            }
+            let labels = npy_labels(path, points.n)?;
+            (points, None, labels)
+        }
         "toml" => {
             let mix = spec::read_mixture(path)?;
             let (pts, labels) = mix.sample_labeled(n, rng);
@@ -157,5 +165,26 @@ pub fn load_with(source: &str, n: usize, rng: &mut Rng, opts: &ImageOptions) -> 
     if points.n == 0 {
         return Err(Error::data(source, "the data set is empty"));
     }
-    Ok(Dataset { name: source.to_string(), points, oracle, image_shape: None, labels })
+    Ok(Dataset { name: source.to_string(), points, oracle, image_shape, labels })
+}
+
+/// The class labels of a `.npy` data set, when `X.labels.npy` lies beside
+/// `X.npy`: one integer 0…255 per row ([N] or [N, 1], float32 or float64, as
+/// `scoregen inpaint` writes them and `scoregen.train(data=…, labels=…)` saves them).
+fn npy_labels(path: &Path, n: usize) -> Result<Option<Vec<u8>>> {
+    let file = path.with_extension("labels.npy");
+    if !file.exists() {
+        return Ok(None);
+    }
+    let l = npy::read_points(&file)?;
+    if l.n != n || l.d != 1 {
+        return Err(Error::data(
+            &file,
+            format!("expected {n} labels (one per row of the data), found [{}, {}]", l.n, l.d),
+        ));
+    }
+    if let Some(bad) = l.data.iter().find(|&&v| !(0.0..=255.0).contains(&v) || v.fract() != 0.0) {
+        return Err(Error::data(&file, format!("labels must be integers 0…255, found {bad}")));
+    }
+    Ok(Some(l.data.iter().map(|&v| v as u8).collect()))
 }

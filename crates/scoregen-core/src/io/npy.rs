@@ -11,6 +11,12 @@ use std::path::Path;
 /// Rejects other dtypes, ranks, Fortran order, non-finite values and headers
 /// that promise more data than the file holds (no allocation from a header alone).
 pub fn read_points(path: &Path) -> Result<Points> {
+    Ok(read_points_shaped(path)?.0)
+}
+
+/// [`read_points`] and the array's shape as the file has it ([N, D], [N] or
+/// [N, C, H, W]: images keep their shape here).
+pub fn read_points_shaped(path: &Path) -> Result<(Points, Vec<usize>)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let bad = |m: String| Error::data(path, m);
     // npyz allocates the header length it reads (up to 4 GiB) before reading it.
@@ -64,7 +70,7 @@ pub fn read_points(path: &Path) -> Result<Points> {
     if let Some(i) = data.iter().position(|v| !v.is_finite()) {
         return Err(bad(format!("value at row {}, column {} is not finite ({})", i / d.max(1), i % d.max(1), data[i])));
     }
-    Ok(Points::new(n, d, data))
+    Ok((Points::new(n, d, data), shape.iter().map(|&v| v as usize).collect()))
 }
 
 /// Byte offset of the array data: magic (6) + version (2) + header length

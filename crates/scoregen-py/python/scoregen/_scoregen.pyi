@@ -157,15 +157,20 @@ class Run:
     def time_frequencies(self) -> npt.NDArray[np.float32]: ...
 
 def train(
-    config: PathLike,
+    config: Union[PathLike, Dict[str, Any]],
     out: Optional[PathLike] = None,
     overrides: Optional[Dict[str, Union[bool, int, float, str]]] = None,
     progress: Optional[Callable[[Dict[str, float]], None]] = None,
     resume: bool = False,
     overwrite: bool = False,
     report: bool = True,
+    data: Optional[FloatArray] = None,
+    labels: Optional[Any] = None,
 ) -> Dict[str, Any]:
-    """Trains into `out`, then (unless report=False) writes RUN/report.html, as `scoregen train`."""
+    """Trains a config (TOML file or dict of its tables) into `out`, then (unless
+    report=False) writes RUN/report.html, as `scoregen train`; `data` [N, D] or
+    [N, C, H, W] (and `labels` [N]) in memory instead of `data.source`, saved
+    as RUN/data.npy, the run's source."""
 def sample(
     score_fn: ScoreFn,
     sde: Sde,

@@ -112,6 +112,88 @@ pub fn train_and_report(
     Ok(TrainedRun { outcome, report })
 }
 
+/// Training data given in memory (Python's `scoregen.train(data=…)`): points
+/// [N, D] or images [N, C, H, W] (`image_shape`), and optionally one class label per row.
+#[derive(Debug, Clone)]
+pub struct MemoryData {
+    pub points: Points,
+    pub image_shape: Option<(usize, usize, usize)>,
+    pub labels: Option<Vec<u8>>,
+}
+
+/// The file a run trained from memory keeps its data in, `RUN/data.npy`
+/// (its labels: `RUN/data.labels.npy`), the run's `data.source`.
+pub const MEMORY_DATA_FILE: &str = "data.npy";
+
+/// [`train_and_report`] on data in memory: the points (and labels) are first
+/// written into the run folder as `data.npy` (and `data.labels.npy`, see
+/// [`crate::data::load`]'s `.npy` source) and the config's `data.source`
+/// points there, so the run is an ordinary run folder: resumed, sampled,
+/// evaluated and reported by the command line as any other.
+pub fn train_from_memory(
+    cfg: &RunConfig,
+    data: &MemoryData,
+    run_dir: &Path,
+    opts: &TrainOptions,
+    report: bool,
+    device: &candle_core::Device,
+) -> std::result::Result<TrainedRun, TrainAndReportError> {
+    let prepare = || -> Result<(RunConfig, TrainOptions)> {
+        let p = &data.points;
+        if p.n == 0 || p.d == 0 || !p.all_finite() {
+            return Err(Error::Invalid("data: expected a non-empty array of finite numbers".into()));
+        }
+        if data.image_shape.is_some_and(|(c, h, w)| c * h * w != p.d) {
+            return Err(Error::Invalid(format!(
+                "data: image shape {:?} does not hold {} values",
+                data.image_shape, p.d
+            )));
+        }
+        if data.labels.as_ref().is_some_and(|l| l.len() != p.n) {
+            return Err(Error::Invalid(format!(
+                "labels: expected one label per row of data ({}), found {}",
+                p.n,
+                data.labels.as_ref().map_or(0, Vec::len)
+            )));
+        }
+        if !opts.resume {
+            train::check_existing(run_dir, opts.existing)?;
+        }
+        let mut opts = opts.clone();
+        // the old run moves aside before this run's data is written into the folder
+        if opts.existing == train::ExistingRun::MoveAside && crate::io::fs::holds_run(run_dir) && !opts.resume {
+            crate::io::fs::move_aside(run_dir)?;
+            opts.existing = train::ExistingRun::Refuse;
+        }
+        crate::io::fs::create_dir(run_dir)?;
+        let file = run_dir.join(MEMORY_DATA_FILE);
+        let shape = match data.image_shape {
+            Some((c, h, w)) => vec![p.n, c, h, w],
+            None => vec![p.n, p.d],
+        };
+        let values: Vec<f32> = p.data.iter().map(|&v| v as f32).collect();
+        crate::io::npy::write_f32(&file, &shape, &values)?;
+        let labels_file = file.with_extension("labels.npy");
+        match &data.labels {
+            Some(l) => {
+                let l: Vec<f32> = l.iter().map(|&y| f32::from(y)).collect();
+                crate::io::npy::write_f32(&labels_file, &[p.n, 1], &l)?;
+            }
+            None if labels_file.exists() => {
+                std::fs::remove_file(&labels_file).map_err(|e| Error::io(&labels_file, e))?;
+            }
+            None => {}
+        }
+        let mut cfg = cfg.clone();
+        let abs = std::path::absolute(&file).map_err(|e| Error::io(&file, e))?;
+        cfg.data.source = abs.display().to_string();
+        cfg.data.n_train = p.n;
+        Ok((cfg, opts))
+    };
+    let (cfg, opts) = prepare().map_err(TrainAndReportError::Training)?;
+    train_and_report(&cfg, run_dir, &opts, DataParallel::default(), report, device)
+}
+
 /// The processes of `mpirun` as one collective, and the device this process
 /// computes on: over MPI, or NCCL (bootstrapped over MPI) for CUDA devices in a
 /// build with `nccl`; one GPU per process, local rank r taking GPU N + r of

@@ -53,7 +53,9 @@ pub struct RunOptions {
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
     /// A toy set name (`gmm8`, `gmm25`, `unbalanced`, `moons`, `swiss-roll`,
-    /// `checkerboard`), a mixture spec `*.toml`, or an `[N, D]` `*.npy` file.
+    /// `checkerboard`), a mixture spec `*.toml`, or an `[N, D]` (or images
+    /// `[N, C, H, W]`) `*.npy` file, with class labels when `X.labels.npy` lies
+    /// beside `X.npy` (what `scoregen.train(data=…, labels=…)` writes).
     pub source: String,
     /// Training points drawn from a toy set or mixture spec (ignored for `.npy`);
     /// for images, the most training images used.
@@ -488,6 +490,15 @@ impl RunConfig {
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::parse(&text, &path.display().to_string(), overrides)
+    }
+
+    /// Parses a config given as JSON (Python's dict, through `json.dumps`):
+    /// the fields and defaults of the TOML file, read the same way.
+    pub fn parse_json(json: &str, file: &str, overrides: &[String]) -> Result<Self> {
+        let value: toml::Value =
+            serde_json::from_str(json).map_err(|e| Error::config(file, "", format!("not a config table: {e}")))?;
+        let text = toml::to_string(&value).map_err(|e| Error::config(file, "", format!("not a config table: {e}")))?;
+        Self::parse(&text, file, overrides)
     }
 
     /// Parses TOML text; `file` names the source in error messages.
