@@ -109,9 +109,9 @@ def test_classifier_guidance_reaches_the_same_check(cli, runs, tmp_path):
     assert str(e.value) in r.stderr, (str(e.value), r.stderr)
 
 
-@pytest.mark.parametrize("sampler", [None, "em", "annealed-langevin"])
+@pytest.mark.parametrize("sampler", [None, "pc", "reverse-diffusion", "annealed-langevin"])
 def test_inpaint_gives_the_cli_numbers(cli, runs, tmp_path, sampler):
-    name = "ncsn" if sampler == "annealed-langevin" else "vp"
+    name = "ncsn" if sampler == "annealed-langevin" else "vp"  # gmm8-vp's own sampler: em
     x = scoregen.oracle.GaussianMixture.named("gmm8").sample(6, seed=1).astype(np.float32)
     np.save(tmp_path / "obs.npy", x)
     out = tmp_path / "done.npy"
@@ -129,6 +129,8 @@ def test_inpaint_gives_the_cli_numbers(cli, runs, tmp_path, sampler):
     # a mask given as an array is the same mask
     same = run.inpaint(x, np.array([1.0, 0.0]), per_input=3, sampler=sampler, steps=20, seed=4)
     assert np.array_equal(same, got)
+    if sampler in ("pc", "reverse-diffusion"):  # the keyword is not ignored
+        assert not np.array_equal(run.inpaint(x, "half", per_input=3, steps=20, seed=4), got)
 
 
 def test_inpaint_refusals(runs):
