@@ -16,9 +16,11 @@
 //! `scoregen_nets::nets::inception`; this module is the math only.
 
 use crate::error::{Error, Result};
+use crate::io::npz;
 use crate::points::Points;
 use nalgebra::{DMatrix, DVector};
 use serde::Serialize;
+use std::path::Path;
 
 /// The Gaussian fitted to a feature set: mean μ and covariance Σ (1/(n−1)),
 /// what pytorch-fid saves with `--save-stats` (`mu`, `sigma`).
@@ -55,6 +57,47 @@ impl GaussianStats {
 
     pub fn dim(&self) -> usize {
         self.mu.len()
+    }
+
+    /// Reads pytorch-fid's statistics file (`--save-stats`): an `.npz` with
+    /// `mu` [d] and `sigma` [d, d], float32 or float64, every value finite.
+    /// Other members are ignored; a missing or mis-shaped one is named.
+    pub fn read_npz(path: &Path) -> Result<Self> {
+        let arrays = npz::read(path)?;
+        let get = |name: &str| {
+            arrays.get(name).ok_or_else(|| {
+                let found: Vec<&str> = arrays.keys().map(String::as_str).collect();
+                Error::data(
+                    path,
+                    format!("no array `{name}` (found {found:?}); expected pytorch-fid's `mu` and `sigma`"),
+                )
+            })
+        };
+        let (mu, sigma) = (get("mu")?, get("sigma")?);
+        let d = match mu.shape.as_slice() {
+            [d] => *d,
+            s => return Err(Error::data(path, format!("`mu` has shape {s:?}, expected [d]"))),
+        };
+        if sigma.shape != [d, d] {
+            return Err(Error::data(
+                path,
+                format!("`sigma` has shape {:?}, expected [{d}, {d}] for `mu` of {d}", sigma.shape),
+            ));
+        }
+        for (name, a) in [("mu", mu), ("sigma", sigma)] {
+            if let Some(i) = a.data.iter().position(|v| !v.is_finite()) {
+                return Err(Error::data(path, format!("`{name}` holds a non-finite value at flat index {i}")));
+            }
+        }
+        Ok(Self { mu: DVector::from_column_slice(&mu.data), sigma: DMatrix::from_row_slice(d, d, &sigma.data) })
+    }
+
+    /// Writes `mu` and `sigma` (float64) as pytorch-fid's statistics file reads them (`np.load`).
+    pub fn write_npz(&self, path: &Path) -> Result<()> {
+        let d = self.dim();
+        let mu = npz::Array { shape: vec![d], data: self.mu.as_slice().to_vec() };
+        let sigma = npz::Array { shape: vec![d, d], data: self.sigma.transpose().as_slice().to_vec() };
+        npz::write(path, &[("mu", &mu), ("sigma", &sigma)])
     }
 }
 
@@ -267,6 +310,24 @@ mod tests {
         let exact: f64 = small.symmetric_eigen().eigenvalues.iter().map(|l| l.max(0.0).sqrt()).sum();
         let got = trace_sqrt_product(&a.sigma, &b.sigma);
         assert!((got - exact).abs() < 1e-10 * exact, "{got} vs {exact}");
+    }
+
+    /// Statistics survive an `.npz` round trip exactly (a non-symmetric Σ
+    /// shows the row order), and a wrong file names the array.
+    #[test]
+    fn stats_round_trip_through_npz() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.npz");
+        let s = GaussianStats { mu: DVector::from_vec(vec![1.0, -0.5]), sigma: sym(2, &[2.0, 0.25, 0.5, 3.0]) };
+        s.write_npz(&p).unwrap();
+        assert_eq!(GaussianStats::read_npz(&p).unwrap(), s);
+        npz::write(&p, &[("mu", &npz::Array { shape: vec![2], data: vec![0.0; 2] })]).unwrap();
+        let e = GaussianStats::read_npz(&p).unwrap_err().to_string();
+        assert!(e.contains("s.npz") && e.contains("no array `sigma`"), "{e}");
+        let sq = npz::Array { shape: vec![3, 3], data: vec![0.0; 9] };
+        npz::write(&p, &[("mu", &npz::Array { shape: vec![2], data: vec![0.0; 2] }), ("sigma", &sq)]).unwrap();
+        let e = GaussianStats::read_npz(&p).unwrap_err().to_string();
+        assert!(e.contains("`sigma` has shape [3, 3], expected [2, 2]"), "{e}");
     }
 
     /// μ and Σ are `np.mean` and `np.cov(rowvar=False)` (1/(n−1)), worked by hand.
