@@ -5,6 +5,7 @@
 pub mod classifier;
 pub mod embedding;
 pub mod energy;
+pub mod inception;
 pub mod init;
 pub mod kernels;
 pub mod mlp;
@@ -13,6 +14,7 @@ pub mod unet;
 pub use classifier::{Classifier, ClassifierSpec, SavedClassifier};
 pub use embedding::{ClassEmbedding, GaussianFourier};
 pub use energy::{EnergyMlp, EnergyScore};
+pub use inception::InceptionV3;
 pub use init::seeded_var_builder;
 pub use mlp::{Conditioning, Mlp, MlpConfig};
 pub use unet::{UNet, UNetConfig};
