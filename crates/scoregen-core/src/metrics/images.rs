@@ -144,6 +144,8 @@ impl ImageReport {
             s += &format!("{a:<w0$}  {b:>w1$}  {c}\n");
         }
         s += &format!("({} samples; classifier accuracy on held-out images {:.3})\n", self.n, self.classifier_accuracy);
+        s += "(the Fréchet distance is in the project's classifier's features: not comparable to papers' FID; \
+              `--inception FILE` gives FID and IS in pytorch-fid's Inception-v3 features)\n";
         s
     }
 }
