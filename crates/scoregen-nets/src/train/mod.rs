@@ -153,6 +153,12 @@ pub struct TrainSettings {
     /// folder); empty: one is trained into `RUN/classifier/` at the start.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub eval_classifier: String,
+    /// pytorch-fid's Inception-v3 weights (safetensors, `scripts/convert-inception.py`):
+    /// each evaluation also reports `fid` and `is` (with `is_std`) in its features,
+    /// against the training images (at most 10,000, embedded once at the start);
+    /// empty: the classifier's metrics only.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub inception: String,
 }
 
 /// The learning rate after warm-up.
@@ -193,6 +199,7 @@ impl Default for TrainSettings {
             eval_every: 0,
             eval_n: EVAL_N,
             eval_classifier: String::new(),
+            inception: String::new(),
         }
     }
 }

@@ -612,6 +612,18 @@ mod tests {
         assert!(on.to_toml().contains("hflip = true"));
     }
 
+    /// `training.inception` belongs to the periodic evaluation, and unset it
+    /// writes nothing (older runs keep their hash).
+    #[test]
+    fn inception_needs_eval_every_and_is_hidden_when_unset() {
+        let text = "[data]\nsource = \"digits\"\n";
+        let e = RunConfig::parse(text, "c.toml", &["training.inception=\"w.safetensors\"".into()]).unwrap_err();
+        assert!(e.to_string().starts_with("c.toml: field `training.inception`: is the network"), "{e}");
+        let ok = ["training.inception=\"w.safetensors\"".to_string(), "training.eval_every=100".into()];
+        assert!(RunConfig::parse(text, "c.toml", &ok).unwrap().to_toml().contains("inception = \"w.safetensors\""));
+        assert!(!RunConfig::parse(text, "c.toml", &[]).unwrap().to_toml().contains("inception"));
+    }
+
     #[test]
     fn defaults_round_trip_through_toml() {
         let c = RunConfig::default();

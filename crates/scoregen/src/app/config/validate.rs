@@ -79,6 +79,12 @@ impl RunConfig {
         if self.data.hflip && !data::is_image_source(&self.data.source) {
             return err("data.hflip", format!("flips images; data `{}` is not an image set", self.data.source));
         }
+        if !self.training.inception.is_empty() && self.training.eval_every == 0 {
+            return err(
+                "training.inception",
+                "is the network of the periodic evaluation; set training.eval_every > 0 too".into(),
+            );
+        }
         if self.training.eval_every > 0 {
             if !data::is_image_source(&self.data.source) {
                 return err(
