@@ -290,7 +290,7 @@ fn square_image_shape(d: usize) -> Option<(usize, usize, usize)> {
         let s = (n as f64).sqrt().round() as usize;
         (s * s == n && s > 0).then_some(s)
     };
-    if d % 3 == 0 {
+    if d.is_multiple_of(3) {
         if let Some(s) = side(d / 3) {
             return Some((3, s, s));
         }

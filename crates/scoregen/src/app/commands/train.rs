@@ -6,12 +6,12 @@ use super::classify::{labelled_splits, train_classifier, ClassifierRequest};
 use super::eval::{inception_outputs, load_inception};
 use super::sample::labels_for;
 use crate::app::config::RunConfig;
-use crate::data::PixelScale;
-use crate::metrics::fid::{frechet_distance, GaussianStats, IS_SPLITS};
-use crate::nets::inception::InceptionV3;
 use crate::app::factory;
+use crate::data::PixelScale;
 use crate::error::{Error, Result};
 use crate::guidance::{count_labels, ClassifierFree, Labels};
+use crate::metrics::fid::{frechet_distance, GaussianStats, IS_SPLITS};
+use crate::nets::inception::InceptionV3;
 use crate::nets::{ModelConditional, SavedClassifier};
 use crate::points::Points;
 use crate::rng::{streams, Rng};
@@ -234,9 +234,8 @@ impl ImageEvaluator {
             let in_config = |e: Error| Error::config("config", "training.inception", e.to_string());
             let net = load_inception(weights, device).map_err(in_config)?;
             let scale = cfg.data.scale;
-            let shape = image_shape.ok_or_else(|| {
-                Error::config("config", "training.inception", "the data's image shape is unknown")
-            })?;
+            let shape = image_shape
+                .ok_or_else(|| Error::config("config", "training.inception", "the data's image shape is unknown"))?;
             let head = train.points.head(INCEPTION_TRAIN_MAX);
             let (f, _) = inception_outputs(&net, &head, shape, scale, "the training images", quiet)?;
             Some(InceptionEval { net, reference: GaussianStats::of(&f), scale, quiet })
