@@ -86,6 +86,15 @@ impl RunConfig {
             return err("sampling.guidance", format!("must be a finite number ≥ 0 (got {})", self.sampling.guidance));
         }
         let over_sde = self.objective.kind == ObjectiveKind::Dsm && self.objective.sigma.is_none();
+        if self.data.hflip && !data::is_image_source(&self.data.source) {
+            return err("data.hflip", format!("flips images; data `{}` is not an image set", self.data.source));
+        }
+        if !self.training.inception.is_empty() && self.training.eval_every == 0 {
+            return err(
+                "training.inception",
+                "is the network of the periodic evaluation; set training.eval_every > 0 too".into(),
+            );
+        }
         if self.training.eval_every > 0 {
             if !data::is_image_source(&self.data.source) {
                 return err(
