@@ -39,5 +39,6 @@ fn _scoregen(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sampling::log_likelihood, m)?)?;
     m.add_function(wrap_pyfunction!(metrics::evaluate_json, m)?)?;
     m.add_function(wrap_pyfunction!(sampling::sampler_names, m)?)?;
+    m.add_function(wrap_pyfunction!(sampling::sampling_noise, m)?)?;
     Ok(())
 }
