@@ -65,7 +65,9 @@ class GaussianMixture:
         """∇ₓ log p(x), or ∇ₓ log p_t(x) under `sde` at time t."""
 
 class Run:
-    """A trained run folder, loaded once."""
+    """A trained run folder, or a diffusers checkpoint (a pipeline folder with
+    model_index.json, unet/ and scheduler/, or a UNet2DModel folder with
+    config.json and its safetensors; docs/pretrained.md), loaded once."""
     @staticmethod
     def load(path: PathLike, use_ema: Optional[bool] = None) -> "Run": ...
     @property
@@ -95,10 +97,14 @@ class Run:
         dtype: str = "float32",
         class_: Optional[Union[int, str]] = None,
         guidance: Optional[float] = None,
+        x_init: Optional[FloatArray] = None,
+        eta: Optional[float] = None,
     ) -> Array:
         """The same numbers as `scoregen sample` with the same settings and seed
         (`sampler` left out: "dpmpp-2m");
-        `class_` (K or "all") and `guidance` as `--class` and `--guidance`."""
+        `class_` (K or "all") and `guidance` as `--class` and `--guidance`;
+        `x_init` ([n, D] or [n, C, H, W]) the x_T to start from, as `--init-noise`
+        (n defaults to its rows); `eta` DDIM's η, as `--eta`."""
     def log_likelihood(
         self,
         x: FloatArray,
@@ -110,6 +116,10 @@ class Run:
     ) -> Tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         """(nats, bits_per_dim) per row, by the probability-flow ODE."""
     def score(self, x: FloatArray, t: Times) -> Array: ...
+    def model_output(self, x: FloatArray, t: Times, labels: Optional[FloatArray] = None) -> npt.NDArray[np.float32]:
+        """The network's raw output (ε̂, v̂, x̂₀, or the score) at SDE times t; for an
+        imported diffusers model, UNet2DModel(x, timestep).sample at the timestep
+        (or σ) nearest to t. `labels`: class indices of a class-conditional model."""
     def time_frequencies(self) -> npt.NDArray[np.float32]: ...
 
 def train(
