@@ -3,7 +3,7 @@
 # installs it into the project-local venv .venv/ (gitignored), with numpy and
 # pytest; with CI set or SCOREGEN_TORCH=1 also PyTorch (the CUDA build from
 # PyPI, a few GB, once), diffusers and pytorch-fid (with torchvision and scipy),
-# for scoregen.torch, the UniPC and FID parity tests and their tests. Safe to run again:
+# for scoregen.torch, the diffusers and FID parity tests and their tests. Safe to run again:
 # the venv and its packages are kept, the wheel is rebuilt (cargo reuses the
 # shared target/ folder) and reinstalled. Needs python3 (≥ 3.9, with venv)
 # and the Rust toolchain; maturin comes from PyPI into the venv.
@@ -27,7 +27,7 @@ if [ -n "${CI:-}" ] || [ "${SCOREGEN_TORCH:-0}" = 1 ]; then
     echo "setup-python: installing torch into $venv (large, first time only)"
     "$py" -m pip install --quiet torch
   fi
-  # the UniPC parity test runs diffusers' scheduler beside ours
+  # the parity tests (test_*_diffusers.py) run diffusers' schedulers beside ours
   if ! "$py" -c 'import diffusers' 2>/dev/null; then
     echo "setup-python: installing diffusers into $venv"
     "$py" -m pip install --quiet diffusers

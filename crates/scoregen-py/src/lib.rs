@@ -43,5 +43,6 @@ fn _scoregen(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(metrics::inception_score, m)?)?;
     m.add_function(wrap_pyfunction!(metrics::precision_recall, m)?)?;
     m.add_function(wrap_pyfunction!(sampling::sampler_names, m)?)?;
+    m.add_function(wrap_pyfunction!(sampling::sampling_noise, m)?)?;
     Ok(())
 }

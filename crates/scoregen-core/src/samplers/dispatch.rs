@@ -5,7 +5,7 @@
 //! the sampler needs.
 
 use super::annealed_langevin::{annealed_langevin_constrained, AnnealedOptions};
-use super::denoiser::{sample_sigma_steps, Denoiser, ScoreDenoiser};
+use super::denoiser::{sample_sigma_steps_constrained, Denoiser, ScoreDenoiser};
 use super::grid::{grid_sigmas, Grid};
 use super::langevin::{langevin, mala, LangevinOptions};
 use super::limits::LimitedDenoiser;
@@ -197,7 +197,8 @@ impl SamplerSpec {
     /// σ_0 in σ-space), then the sampler down to σ = 0 through the shared loop
     /// [`sample_sigma_steps`] (which records trajectories). The grid is
     /// `grid` or the sampler's default ([`grid_sigmas`]); `limit` wraps the
-    /// denoiser ([`LimitedDenoiser`]).
+    /// denoiser ([`LimitedDenoiser`]); `ctx.constraint` holds the known part
+    /// at each σ ([`sample_sigma_steps_constrained`]).
     fn sample_sigma_space(&self, ctx: &SampleContext, shape: Shape, rng: &mut Rng) -> candle_core::Result<Sampled> {
         let Method::SigmaSpace { step, grid } = self.sampler.method() else {
             candle_core::bail!("`{}` is not a σ-space sampler", self.sampler)
@@ -223,7 +224,16 @@ impl SamplerSpec {
             }
             None => &den,
         };
-        sample_sigma_steps(den, stepper.as_mut(), x, &sigmas, rng, self.record_every, ctx.progress)
+        sample_sigma_steps_constrained(
+            den,
+            stepper.as_mut(),
+            x,
+            &sigmas,
+            ctx.constraint,
+            rng,
+            self.record_every,
+            ctx.progress,
+        )
     }
 }
 

@@ -146,9 +146,20 @@ def sample(
     clip_denoised: bool = False,
     threshold: Optional[float] = None,
     keep_model_eps: bool = False,
+    eta: float = 0.0,
+    clip_range: float = 1.0,
+    threshold_max: float = float("inf"),
+    dpmpp_3m_form: str = "taylor",
 ) -> Array:
     """`clip_denoised`, `threshold`, `keep_model_eps`: as `scoregen sample`'s
-    `--clip-denoised`, `--threshold P`, `--keep-model-eps` (σ-space samplers)."""
+    `--clip-denoised`, `--threshold P`, `--keep-model-eps` (σ-space samplers);
+    `eta` (`ddim`'s η), `clip_range` (diffusers' `clip_sample_range`),
+    `threshold_max` (`sample_max_value`), `dpmpp_3m_form` ("taylor", third
+    order, or "k-diffusion", k-diffusion's and diffusers' 3M): the config's
+    `sampling.*` keys of the same names."""
+def sampling_noise(seed: int, n: int) -> npt.NDArray[np.float32]:
+    """The first `n` standard normals that `sample(..., seed=seed)` draws, in
+    its order: a σ-space sampler's x_T (N·D), then N·D per noisy step."""
 def log_likelihood(
     score_fn: ScoreFn,
     sde: Sde,
