@@ -138,11 +138,19 @@ pub mod streams {
     pub const EVAL: u64 = 5;
     /// The class labels of a class-conditional sampling run (`sample --class all`).
     pub const LABELS: u64 = 6;
+    /// The random horizontal flips of image training batches (`data.hflip`):
+    /// step s of shard k draws from `shard(HFLIP, k, s)` (shard 0's step 0 is
+    /// this id itself), a pure function of (seed, k, s). So turning flips on
+    /// changes no row a batch draws, a checkpoint needs no new state, and a
+    /// resumed or data-parallel run flips the same rows.
+    pub const HFLIP: u64 = 7;
 
     /// The stream of `kind` (BATCH or NOISE) for data-parallel shard `k`
     /// (1 ≤ k < 2²⁴) at step `step` (0-based): kind in the low byte, k in the
     /// next 24 bits, the step in the high 32, so it never meets a named stream
-    /// (those have k = 0; `shards_never_meet_a_named_stream`).
+    /// (those have k = 0; `shards_never_meet_a_named_stream`). HFLIP uses it
+    /// for every shard, k = 0 too: its low byte is no other stream's, and a
+    /// step ≥ 1 puts it above every named id (all < 2³²).
     pub const fn shard(kind: u64, k: usize, step: usize) -> u64 {
         kind | ((k as u64 & 0xff_ffff) << 8) | ((step as u64) << 32)
     }
@@ -218,6 +226,7 @@ pub mod streams {
         ("SAMPLING", SAMPLING),
         ("EVAL", EVAL),
         ("LABELS", LABELS),
+        ("HFLIP", HFLIP),
         ("PARAM_INIT", PARAM_INIT),
         ("FOURIER_FEATURES", FOURIER_FEATURES),
         ("IMAGE_SPLIT", IMAGE_SPLIT),
@@ -308,11 +317,11 @@ mod tests {
 
     #[test]
     fn shards_never_meet_a_named_stream() {
-        use streams::{shard, BATCH, NOISE};
+        use streams::{shard, BATCH, HFLIP, NOISE};
         // shard(kind, k, step) = v only if v's low byte is kind and its next
         // 24 bits are k mod 2²⁴, which is never 0 for 1 ≤ k < 2²⁴.
         for &(name, id) in streams::ALL {
-            for kind in [BATCH, NOISE] {
+            for kind in [BATCH, NOISE, HFLIP] {
                 assert!(id & 0xff != kind || (id >> 8) & 0xff_ffff == 0, "{name} = {id:#x} is a shard stream");
             }
         }
@@ -320,11 +329,17 @@ mod tests {
         let ks = (1..=300).chain([0xff_ffff]);
         for k in ks {
             for step in steps {
-                for kind in [BATCH, NOISE] {
+                for kind in [BATCH, NOISE, HFLIP] {
                     let s = shard(kind, k, step);
                     assert!(streams::ALL.iter().all(|&(_, id)| id != s), "shard({kind}, {k}, {step}) = {s:#x}");
                 }
             }
         }
+        // HFLIP's shard 0: its own id at step 0, above every named id after
+        for step in &steps[1..] {
+            let s = shard(HFLIP, 0, *step);
+            assert!(streams::ALL.iter().all(|&(_, id)| id != s), "shard(HFLIP, 0, {step}) = {s:#x}");
+        }
+        assert_eq!(shard(HFLIP, 0, 0), HFLIP);
     }
 }

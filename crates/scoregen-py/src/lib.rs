@@ -39,6 +39,11 @@ fn _scoregen(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sampling::sample, m)?)?;
     m.add_function(wrap_pyfunction!(sampling::log_likelihood, m)?)?;
     m.add_function(wrap_pyfunction!(metrics::evaluate_json, m)?)?;
+    m.add_function(wrap_pyfunction!(metrics::inception, m)?)?;
+    m.add_function(wrap_pyfunction!(metrics::frechet_distance, m)?)?;
+    m.add_function(wrap_pyfunction!(metrics::inception_score, m)?)?;
+    m.add_function(wrap_pyfunction!(metrics::precision_recall, m)?)?;
     m.add_function(wrap_pyfunction!(sampling::sampler_names, m)?)?;
+    m.add_function(wrap_pyfunction!(sampling::sampling_noise, m)?)?;
     Ok(())
 }

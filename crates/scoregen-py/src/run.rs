@@ -226,8 +226,8 @@ impl Run {
     /// `mask`: "half", "box", "random:P" (a fraction P missing), a .npy/.png
     /// path, or an array of D values (1 = known, 0 = missing), as `--mask`;
     /// `per_input` completions per observation (rows in order), `sampler`
-    /// (em, reverse-diffusion, ancestral, pc, annealed-langevin; default the
-    /// run's if one of these, else pc) and `steps` (default the run's) as
+    /// (any but ode, langevin and mala; default `app::commands::inpaint::default_sampler`:
+    /// the run's when it is stochastic, else dpmpp-2m-sde) and `steps` as
     /// `--per-input`, `--sampler` and `--steps`. Returns [N·per_input, D]
     /// (images: [N·per_input, C, H, W]).
     #[pyo3(signature = (x, mask, per_input = 1, sampler = None, steps = None, seed = 0, dtype = "float32"))]

@@ -13,7 +13,7 @@ use scoregen::app::commands::sample::check_counts;
 use scoregen::likelihood::{self, LikelihoodOptions, ProbeNoise, TraceEstimator};
 use scoregen::oracle::OracleScore;
 use scoregen::rng::{streams, Rng};
-use scoregen::samplers::{Grid, OdeMethod, SampleContext, SamplerKind, SamplerSpec};
+use scoregen::samplers::{Dpmpp3mForm, Grid, OdeMethod, SampleContext, SamplerKind, SamplerSpec};
 use scoregen::score::ScoreFn;
 
 /// `sampler=`: a name from the sampler table.
@@ -76,9 +76,12 @@ fn shape_of(shape: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
 /// as a Python callable `score_fn(x, t) -> s` (x: [N, D, …], t: [N]),
 /// the reverse process of `sde`. Same settings as `scoregen sample` on a run
 /// with the default `[sampling]` config; `clip_denoised`, `threshold` and
-/// `keep_model_eps` as `--clip-denoised`, `--threshold` and `--keep-model-eps`.
+/// `keep_model_eps` as `--clip-denoised`, `--threshold` and `--keep-model-eps`;
+/// `eta`, `clip_range`, `threshold_max` and `dpmpp_3m_form` as the config's
+/// `sampling.eta` (`ddim`), `sampling.clip_range` (diffusers' `clip_sample_range`),
+/// `sampling.threshold_max` (`sample_max_value`) and `sampling.dpmpp_3m_form`.
 #[pyfunction]
-#[pyo3(signature = (score_fn, sde, shape, sampler = None, steps = 50, seed = 0, grid = None, dtype = "float32", eps = None, denoise = true, clip_denoised = false, threshold = None, keep_model_eps = false))]
+#[pyo3(signature = (score_fn, sde, shape, sampler = None, steps = 50, seed = 0, grid = None, dtype = "float32", eps = None, denoise = true, clip_denoised = false, threshold = None, keep_model_eps = false, eta = 0.0, clip_range = 1.0, threshold_max = f64::INFINITY, dpmpp_3m_form = "taylor"))]
 pub fn sample(
     py: Python<'_>,
     score_fn: Py<PyAny>,
@@ -94,6 +97,10 @@ pub fn sample(
     clip_denoised: bool,
     threshold: Option<f64>,
     keep_model_eps: bool,
+    eta: f64,
+    clip_range: f64,
+    threshold_max: f64,
+    dpmpp_3m_form: &str,
 ) -> PyResult<PyObject> {
     scoregen::init();
     let native = native_score(py, &score_fn, &sde)?;
@@ -112,6 +119,12 @@ pub fn sample(
         clip_denoised,
         threshold,
         keep_model_eps,
+        eta,
+        clip_range,
+        threshold_max,
+        dpmpp_3m_form: dpmpp_3m_form
+            .parse::<Dpmpp3mForm>()
+            .map_err(|e| PyValueError::new_err(format!("dpmpp_3m_form: {e}")))?,
         ..Default::default()
     };
     sc.validate("arguments").map_err(convert::error)?;
@@ -204,4 +217,20 @@ pub fn log_likelihood(
 pub fn sampler_names() -> Vec<&'static str> {
     use scoregen::named::Named;
     SamplerKind::names()
+}
+
+/// The first `n` standard normals (float32) of the stream `sample(…, seed=seed)`
+/// draws from, in the order it draws them: a σ-space sampler's x_T first
+/// (x_σ₀ = σ₀·z, N·D values, row-major), then N·D for each step that draws
+/// (`ddim` with η > 0, `ddpm`, `euler-ancestral`, `dpmpp-2m-sde`: every step
+/// that does not end at σ = 0; `heun` with churn: each churned step). For
+/// replaying scoregen's noise into another implementation (the diffusers
+/// parity tests).
+#[pyfunction]
+#[pyo3(signature = (seed, n))]
+pub fn sampling_noise(py: Python<'_>, seed: u64, n: usize) -> PyResult<PyObject> {
+    let mut rng = Rng::new(seed, streams::SAMPLING);
+    let z = rng.randn(n, DType::F32, &candle_core::Device::Cpu).map_err(convert::candle_error)?;
+    let v: Vec<f64> = z.to_dtype(DType::F64).and_then(|t| t.to_vec1::<f64>()).map_err(convert::candle_error)?;
+    convert::to_numpy(py, &[n], v, true)
 }

@@ -81,7 +81,7 @@ class GaussianOnDdpm:
         if not self.seen:
             self.seen.append(x.copy())
         m, s = self.sde.marginal(t)
-        m, s = m[:, None], s[:, None]
+        m, s = (v.reshape(-1, *[1] * (x.ndim - 1)) for v in (m, s))
         return -(x - m * self.MU) / (m * m * self.S * self.S + s * s)
 
     @property

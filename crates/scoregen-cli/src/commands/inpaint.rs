@@ -9,7 +9,8 @@ use scoregen::samplers::SamplerKind;
 use std::path::PathBuf;
 
 /// Fill in the unknown part of observations (inpainting, imputation): the known coordinates are held
-/// to the observation perturbed to each step's noise level while the rest follows the reverse SDE.
+/// to the observation perturbed to each step's noise level (y + σ·z; y itself at the end) while the rest follows
+/// the reverse process.
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Masks: half (images: top half known; points: first half of the coordinates known), box (a centred box\nmissing), random:P (a fraction P missing), or FILE (.npy of 0/1 or a PNG, 1/white = known).\n\nExamples:\n  scoregen inpaint --run runs/digits-vp --input digits.npy --mask half --per-input 4\n  scoregen inpaint --run runs/digits-vp --input seven.png --mask box\n  scoregen inpaint --run runs/gmm8-vp --input points.npy --mask half --out imputed.npy"
@@ -27,10 +28,12 @@ pub struct Args {
     /// Completions per observation.
     #[arg(long, default_value_t = 1)]
     per_input: usize,
-    /// Sampler: em, reverse-diffusion, ancestral, pc, annealed-langevin (default: the run's if one of these, else pc).
+    /// Sampler: any but ode, langevin and mala (default: the run's sampling.sampler with its steps when it is
+    /// stochastic, e.g. the presets' dpmpp-2m-sde; a deterministic σ-space solver is replaced by dpmpp-2m-sde at
+    /// the same number of model calls, ode and the Langevin samplers by dpmpp-2m-sde).
     #[arg(long)]
     sampler: Option<SamplerKind>,
-    /// Reverse-SDE steps (default: the config's sampling.steps).
+    /// Steps (default: the default sampler's, else the config's sampling.steps).
     #[arg(long)]
     steps: Option<usize>,
     #[arg(long, default_value_t = 0)]

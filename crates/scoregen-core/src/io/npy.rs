@@ -73,6 +73,23 @@ pub fn read_points_shaped(path: &Path) -> Result<(Points, Vec<usize>)> {
     Ok((Points::new(n, d, data), shape.iter().map(|&v| v as usize).collect()))
 }
 
+/// (C, H, W) of a `[N, C, H, W]` `.npy` (images as `scoregen sample` writes
+/// them), read from the header alone; `None` for any other file or rank.
+pub fn image_shape(path: &Path) -> Option<(usize, usize, usize)> {
+    let mut head = vec![0u8; 4096];
+    let mut f = std::fs::File::open(path).ok()?;
+    let n = std::io::Read::read(&mut f, &mut head).ok()?;
+    head.truncate(n);
+    if data_offset(&head) > head.len() {
+        return None;
+    }
+    let header = npyz::NpyHeader::from_reader(&head[..]).ok()?;
+    match header.shape() {
+        [_, c, h, w] => Some((*c as usize, *h as usize, *w as usize)),
+        _ => None,
+    }
+}
+
 /// Byte offset of the array data: magic (6) + version (2) + header length
 /// (2 bytes in format 1.0, 4 in 2.0/3.0) + the header itself.
 fn data_offset(bytes: &[u8]) -> usize {
@@ -131,6 +148,16 @@ mod tests {
         let pts = read_points(&p).unwrap();
         assert_eq!((pts.n, pts.d), (2, 12));
         assert_eq!(pts.row(1)[0], 12.0);
+    }
+
+    #[test]
+    fn image_shape_comes_from_the_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.npy");
+        write_f32(&p, &[2, 3, 4, 5], &[0.0; 120]).unwrap();
+        assert_eq!(image_shape(&p), Some((3, 4, 5)));
+        write_f32(&p, &[2, 60], &[0.0; 120]).unwrap();
+        assert_eq!(image_shape(&p), None);
     }
 
     #[test]

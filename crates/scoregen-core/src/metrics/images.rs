@@ -3,42 +3,22 @@
 //! entropy of predicted classes, the mean confidence, and a nearest-neighbour
 //! memorization ratio.
 
+use super::fid::GaussianStats;
 use crate::points::Points;
 use nalgebra::{DMatrix, DVector};
 use serde::Serialize;
 
-/// Mean and covariance (1/(n−1)) of the rows of `x`.
+/// Mean and covariance (1/(n−1)) of the rows of `x` ([`GaussianStats::of`]).
 pub fn moments(x: &Points) -> (DVector<f64>, DMatrix<f64>) {
-    let (n, d) = (x.n, x.d);
-    let mut mu = DVector::zeros(d);
-    for row in x.rows() {
-        mu += DVector::from_column_slice(row);
-    }
-    mu /= n.max(1) as f64;
-    let mut cov = DMatrix::zeros(d, d);
-    for row in x.rows() {
-        let c = DVector::from_column_slice(row) - &mu;
-        cov += &c * c.transpose();
-    }
-    cov /= (n.max(2) - 1) as f64;
-    (mu, cov)
-}
-
-/// Symmetric square root of a symmetric positive semi-definite matrix
-/// (eigenvalues clamped at 0 against round-off).
-fn sqrtm_psd(a: &DMatrix<f64>) -> DMatrix<f64> {
-    let e = a.clone().symmetric_eigen();
-    let root = DMatrix::from_diagonal(&e.eigenvalues.map(|l| l.max(0.0).sqrt()));
-    &e.eigenvectors * root * e.eigenvectors.transpose()
+    let s = GaussianStats::of(x);
+    (s.mu, s.sigma)
 }
 
 /// The Fréchet (2-Wasserstein) distance between N(μ₁, Σ₁) and N(μ₂, Σ₂):
-/// ‖μ₁ − μ₂‖² + tr Σ₁ + tr Σ₂ − 2 tr (Σ₁^{½} Σ₂ Σ₁^{½})^{½}
-/// (Heusel et al. 2017; the symmetric form avoids a non-symmetric sqrtm).
+/// ‖μ₁ − μ₂‖² + tr Σ₁ + tr Σ₂ − 2 tr (Σ₁Σ₂)^{½} (Heusel et al. 2017), the trace
+/// by [`super::fid::trace_sqrt_product`], clamped at 0 against round-off.
 pub fn frechet_from_moments(mu1: &DVector<f64>, s1: &DMatrix<f64>, mu2: &DVector<f64>, s2: &DMatrix<f64>) -> f64 {
-    let r1 = sqrtm_psd(s1);
-    let middle = &r1 * s2 * &r1;
-    let cross: f64 = middle.symmetric_eigen().eigenvalues.iter().map(|l| l.max(0.0).sqrt()).sum();
+    let cross = super::fid::trace_sqrt_product(s1, s2);
     ((mu1 - mu2).norm_squared() + s1.trace() + s2.trace() - 2.0 * cross).max(0.0)
 }
 
@@ -164,6 +144,8 @@ impl ImageReport {
             s += &format!("{a:<w0$}  {b:>w1$}  {c}\n");
         }
         s += &format!("({} samples; classifier accuracy on held-out images {:.3})\n", self.n, self.classifier_accuracy);
+        s += "(the Fréchet distance is in the project's classifier's features: not comparable to papers' FID; \
+              `--inception FILE` gives FID and IS in pytorch-fid's Inception-v3 features)\n";
         s
     }
 }

@@ -1,13 +1,16 @@
 //! Sample-quality metrics: distances between sample sets, mode statistics
-//! against a known mixture, and the Fisher divergence of a score against the
-//! oracle. Every metric comes with its noise floor: the same metric between
+//! against a known mixture, the Fisher divergence of a score against the
+//! oracle, and the feature-space metrics of the image papers (FID, Inception
+//! Score, improved precision and recall). Every metric comes with its noise floor: the same metric between
 //! two independent exact sample sets of the same size. Image metrics use the
 //! project's classifier and compare with held-out real images.
 
 pub mod distances;
+pub mod fid;
 pub mod fisher;
 pub mod images;
 pub mod modes;
+pub mod precision_recall;
 
 pub use distances::{energy_distance, median_bandwidth, mmd2_median, mmd2_rbf, sliced_wasserstein2};
 pub use fisher::fisher_divergence;

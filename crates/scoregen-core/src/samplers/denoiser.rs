@@ -8,7 +8,7 @@
 //! level σ(t) = s(t)/m(t), and ∇ log p_σ(x_σ) = m(t)·s_θ(m(t)·x_σ, t). The
 //! σ-space samplers (DDPM, DDIM, DPM-Solver++, Heun) never see t again.
 
-use super::Sampled;
+use super::{Constraint, Sampled, Unconstrained};
 use crate::rng::Rng;
 use crate::score::ScoreFn;
 use crate::sde::Sde;
@@ -105,14 +105,40 @@ pub trait SigmaStep {
 pub fn sample_sigma_steps(
     den: &dyn Denoiser,
     stepper: &mut dyn SigmaStep,
+    x: Tensor,
+    sigmas: &[f64],
+    rng: &mut Rng,
+    record_every: Option<usize>,
+    progress: &ProgressBar,
+) -> Result<Sampled> {
+    sample_sigma_steps_constrained(den, stepper, x, sigmas, &Unconstrained, rng, record_every, progress)
+}
+
+/// [`sample_sigma_steps`] holding a [`Constraint`] (inpainting): the start
+/// and every state after a step are constrained at their own noise level.
+/// In σ-space x_σ = x₀ + σ·n, so the perturbation kernel is N(x₀, σ²·I) and
+/// the known part becomes y + σ_{i+1}·z, z ~ N(0, I) (`apply` with (m, s) =
+/// (1, σ)): score_sde's `get_pc_inpainter` replacement (Song et al. 2021,
+/// App. I.2) in the variables of these solvers. Every grid ends at σ = 0,
+/// where the known part is the observation y itself. A multistep solver's
+/// past x̂₀'s are kept as they were computed (diffusers' inpainting
+/// pipelines do the same).
+#[allow(clippy::too_many_arguments)]
+pub fn sample_sigma_steps_constrained(
+    den: &dyn Denoiser,
+    stepper: &mut dyn SigmaStep,
     mut x: Tensor,
     sigmas: &[f64],
+    constraint: &dyn Constraint,
     rng: &mut Rng,
     record_every: Option<usize>,
     progress: &ProgressBar,
 ) -> Result<Sampled> {
     let n = sigmas.len().saturating_sub(1);
     let record = |i: usize| record_every.is_some_and(|k| i.is_multiple_of(k.max(1)) || i == n);
+    if let Some(&s0) = sigmas.first() {
+        x = constraint.apply(x, 1.0, s0, rng)?;
+    }
     let mut trajectory = Vec::new();
     if record(0) {
         trajectory.push(den.to_time_space(&x, sigmas[0])?);
@@ -123,7 +149,7 @@ pub fn sample_sigma_steps(
         let (next, calls) = stepper.step(den, &x, sigmas, i, rng)?;
         // detached: a network's parameters are variables, and without this the
         // graph of every past step would stay alive
-        x = next.detach();
+        x = constraint.apply(next.detach(), 1.0, sigmas[i + 1], rng)?;
         nfe += calls;
         if record(i + 1) {
             trajectory.push(den.to_time_space(&x, sigmas[i + 1])?);

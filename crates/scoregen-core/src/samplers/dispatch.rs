@@ -5,7 +5,7 @@
 //! the sampler needs.
 
 use super::annealed_langevin::{annealed_langevin_constrained, AnnealedOptions};
-use super::denoiser::{sample_sigma_steps, Denoiser, ScoreDenoiser};
+use super::denoiser::{sample_sigma_steps_constrained, Denoiser, ScoreDenoiser};
 use super::grid::{grid_sigmas, Grid};
 use super::langevin::{langevin, mala, LangevinOptions};
 use super::limits::LimitedDenoiser;
@@ -74,12 +74,58 @@ impl<'a> SampleContext<'a> {
     }
 }
 
+/// The most score evaluations one sampling run may ask for: 10⁷, over a
+/// thousand times the longest schedules in use (DDPM's 1,000 steps,
+/// score_sde's predictor–corrector with 2,000 steps of two evaluations,
+/// NCSNv2's annealed Langevin with up to ~7,000), and still minutes for a
+/// 2-D exact score. More is a typo (`--steps 1000000000000`) that would run
+/// silently until killed.
+pub const MAX_EVALUATIONS: f64 = 1e7;
+
 impl SamplerSpec {
+    /// Score evaluations this spec asks for, before any is made: steps times
+    /// the evaluations per step (a corrector adds its own; annealed Langevin
+    /// runs `steps_per_level` at each of `levels`), plus the final ones; the
+    /// adaptive ODE's count is not known in advance (`None`).
+    pub fn planned_evaluations(&self, levels: usize) -> Option<f64> {
+        let info = self.sampler.info();
+        let steps = self.steps as f64;
+        Some(match self.sampler.method() {
+            Method::ProbabilityFlow => return None,
+            Method::AnnealedLangevin => self.steps_per_level as f64 * levels.max(1) as f64,
+            Method::ReverseSde { corrector, .. } => {
+                let corrections = match self.corrector.unwrap_or(corrector) {
+                    super::CorrectorKind::None => 0.0,
+                    _ => self.corrector_steps as f64,
+                };
+                // the predictor's one evaluation and the corrector's (the table's count assumes the default corrector)
+                steps * (1.0 + corrections) + info.final_evals as f64
+            }
+            _ => steps * info.evals_per_step as f64 + info.final_evals as f64,
+        })
+    }
+
+    /// Refuses a run of more than [`MAX_EVALUATIONS`] score evaluations,
+    /// naming `sampling.steps` and the estimate.
+    pub fn check_evaluations(&self, levels: usize) -> Result<()> {
+        match self.planned_evaluations(levels) {
+            Some(e) if e > MAX_EVALUATIONS => Err(crate::error::Error::Setting {
+                key: "sampling.steps",
+                message: format!(
+                    "{} steps of `{}` would take about {e:.2e} score evaluations; more than {MAX_EVALUATIONS:.0e} is refused (the longest schedules in use take under 10⁴)",
+                    self.steps, self.sampler
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// The one dispatcher: draws `shape` samples with the sampler this spec
     /// names — PC-family predictors and correctors, the probability-flow ODE,
     /// the σ-space solvers, or the Langevin family.
     pub fn sample(&self, ctx: &SampleContext, shape: impl Into<Shape>, rng: &mut Rng) -> Result<Sampled> {
         self.sampler.check(&ctx.offers())?;
+        self.check_evaluations(ctx.ladder.map_or(1, |l| l.levels()))?;
         let shape = shape.into();
         let opts = ReverseOptions {
             steps: self.steps,
@@ -151,7 +197,8 @@ impl SamplerSpec {
     /// σ_0 in σ-space), then the sampler down to σ = 0 through the shared loop
     /// [`sample_sigma_steps`] (which records trajectories). The grid is
     /// `grid` or the sampler's default ([`grid_sigmas`]); `limit` wraps the
-    /// denoiser ([`LimitedDenoiser`]).
+    /// denoiser ([`LimitedDenoiser`]); `ctx.constraint` holds the known part
+    /// at each σ ([`sample_sigma_steps_constrained`]).
     fn sample_sigma_space(&self, ctx: &SampleContext, shape: Shape, rng: &mut Rng) -> candle_core::Result<Sampled> {
         let Method::SigmaSpace { step, grid } = self.sampler.method() else {
             candle_core::bail!("`{}` is not a σ-space sampler", self.sampler)
@@ -177,6 +224,41 @@ impl SamplerSpec {
             }
             None => &den,
         };
-        sample_sigma_steps(den, stepper.as_mut(), x, &sigmas, rng, self.record_every, ctx.progress)
+        sample_sigma_steps_constrained(
+            den,
+            stepper.as_mut(),
+            x,
+            &sigmas,
+            ctx.constraint,
+            rng,
+            self.record_every,
+            ctx.progress,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::samplers::{CorrectorKind, SamplerKind};
+
+    /// The planned evaluations count what each sampler spends, and a typo
+    /// of a step count is refused before anything runs, by its setting's name.
+    #[test]
+    fn absurd_step_counts_are_refused_with_their_evaluations() {
+        let spec = |sampler, steps| SamplerSpec { sampler, steps, ..SamplerSpec::default() };
+        // EM: one per step and the final denoising step's
+        assert_eq!(spec(SamplerKind::Em, 1000).planned_evaluations(1), Some(1001.0));
+        let pc = SamplerSpec { corrector: Some(CorrectorKind::Langevin), ..spec(SamplerKind::Pc, 2000) };
+        assert_eq!(pc.planned_evaluations(1), Some(4001.0));
+        assert_eq!(spec(SamplerKind::Heun, 10).planned_evaluations(1), Some(20.0)); // the table's 2 per step
+        let ald = SamplerSpec { steps_per_level: 100, ..spec(SamplerKind::AnnealedLangevin, 1) };
+        assert_eq!(ald.planned_evaluations(10), Some(1000.0));
+        assert_eq!(spec(SamplerKind::Ode, 10).planned_evaluations(1), None);
+        assert!(spec(SamplerKind::Em, 1_000_000).check_evaluations(1).is_ok());
+        let err = spec(SamplerKind::Em, 1_000_000_000_000).check_evaluations(1).unwrap_err();
+        let (key, msg) = err.setting().unwrap();
+        assert_eq!(key, "sampling.steps");
+        assert!(msg.contains("1.00e12 score evaluations"), "{msg}");
     }
 }

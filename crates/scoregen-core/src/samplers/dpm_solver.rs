@@ -58,7 +58,11 @@
 //! order and the one before it second order; here every step after the
 //! start-up is a 3M step. [`Dpmpp3mStep::k_diffusion`] is their form
 //! (diffusers' with `solver_type = "heun"`, `lower_order_final = False`),
-//! for comparisons; it is in no sampler table. A step to σ = 0 is x = D.
+//! for comparisons: `dpmpp-3m` with `sampling.dpmpp_3m_form = "k-diffusion"`
+//! (Python's `dpmpp_3m_form=`) runs it, and the Python suite's
+//! `test_schedulers_diffusers.py` checks it against diffusers and each of
+//! (1)–(4) as a difference that vanishes under diffusers' matching setting.
+//! A step to σ = 0 is x = D.
 //!
 //! **DPM-Solver++(2M) SDE** (Lu et al. 2022, SDE-DPM-Solver++(2M); k-diffusion
 //! `sample_dpmpp_2m_sde`, midpoint form) solves the reverse SDE with
@@ -162,7 +166,8 @@ impl Dpmpp3mStep {
     /// k-diffusion's `sample_dpmpp_3m_sde` with η = 0 (diffusers' 3M with
     /// `solver_type = "heun"`, `lower_order_final = False`): weight φ_3 on D2
     /// and a first-order first step, each of which makes it second order.
-    /// For comparisons and the order tests; no sampler runs it.
+    /// For comparisons and the order tests; `dpmpp-3m` runs it with
+    /// `sampling.dpmpp_3m_form = "k-diffusion"`.
     pub fn k_diffusion() -> Self {
         Self::default().with_d2_weight(1.0).with_first_order_start()
     }

@@ -27,7 +27,8 @@ pub use correctors::{AnnealedLangevin, Corrector, LangevinCorrector, NoneCorrect
 pub use ddim::sample_ddim;
 pub use ddpm::sample_ddpm;
 pub use denoiser::{
-    karras_sigmas, lambda_uniform_sigmas, sample_sigma_steps, time_uniform_sigmas, Denoiser, ScoreDenoiser, SigmaStep,
+    karras_sigmas, lambda_uniform_sigmas, sample_sigma_steps, sample_sigma_steps_constrained, time_uniform_sigmas,
+    Denoiser, ScoreDenoiser, SigmaStep,
 };
 pub use dispatch::SampleContext;
 pub use dpm_solver::{sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_3m};
@@ -42,7 +43,7 @@ pub use predictors::{Ancestral, NonePredictor, ReverseDiffusion};
 pub use predictors::{EulerMaruyama, Predictor};
 pub use registry::{CorrectorKind, Method, Offers, SamplerInfo, SamplerKind, SAMPLERS};
 pub use reverse::ReverseSde;
-pub use settings::{ClassChoice, SamplerSpec};
+pub use settings::{ClassChoice, Dpmpp3mForm, SamplerSpec};
 pub use unipc::{UniPcStep, UniPcVariant};
 
 use crate::rng::Rng;

@@ -14,7 +14,7 @@ use super::dpm_solver::{Dpmpp2mSdeStep, Dpmpp2mStep, Dpmpp3mStep};
 use super::grid::Grid;
 use super::heun::HeunStep;
 use super::predictors::{Ancestral, EulerMaruyama, Predictor, ReverseDiffusion};
-use super::settings::SamplerSpec;
+use super::settings::{Dpmpp3mForm, SamplerSpec};
 use super::unipc::{UniPcStep, UniPcVariant};
 use crate::error::{Error, Result};
 use crate::named::Named;
@@ -204,8 +204,15 @@ pub static SAMPLERS: &[SamplerInfo] = &[
         kind: SamplerKind::Dpmpp3m,
         name: "dpmpp-3m",
         description: "DPM-Solver++(3M), third order (2S first step: N + 1 NFE), Karras grid by default",
-        method: sigma_space(|_| Box::new(Dpmpp3mStep::default()), Grid::Karras),
-        // N + 1 for N ≥ 2 steps: the first step is DPM-Solver++(2S)
+        method: sigma_space(
+            |s| match s.dpmpp_3m_form {
+                Dpmpp3mForm::Taylor => Box::new(Dpmpp3mStep::default()),
+                Dpmpp3mForm::KDiffusion => Box::new(Dpmpp3mStep::k_diffusion()),
+            },
+            Grid::Karras,
+        ),
+        // N + 1 for N ≥ 2 steps: the first step is DPM-Solver++(2S) (N with
+        // sampling.dpmpp_3m_form = "k-diffusion")
         evals_per_step: 1,
         final_evals: 1,
     },
@@ -274,9 +281,11 @@ impl SamplerKind {
             _ => None,
         }
     }
-    /// True for the samplers that can hold a constraint after every step.
+    /// True for the samplers that can hold a constraint after every step: the
+    /// reverse-SDE samplers, annealed Langevin and the σ-space solvers (not
+    /// the adaptive ODE solver, nor plain Langevin at one level).
     pub fn takes_constraint(self) -> bool {
-        matches!(self.method(), Method::ReverseSde { .. } | Method::AnnealedLangevin)
+        matches!(self.method(), Method::ReverseSde { .. } | Method::AnnealedLangevin | Method::SigmaSpace { .. })
     }
     /// Steps that cost about `nfe` score evaluations (Heun: 2N − 1 for N steps).
     pub fn steps_for_nfe(self, nfe: usize) -> usize {
@@ -409,7 +418,8 @@ mod tests {
         let constrained = Offers { constraint: true, ..all };
         assert!(SamplerKind::Pc.check(&constrained).is_ok());
         assert!(SamplerKind::AnnealedLangevin.check(&constrained).is_ok());
-        let e = SamplerKind::Heun.check(&constrained).unwrap_err().to_string();
-        assert!(e.contains("does not take a constraint") && e.contains("pc"), "{e}");
+        assert!(SamplerKind::Dpmpp2mSde.check(&constrained).is_ok());
+        let e = SamplerKind::Ode.check(&constrained).unwrap_err().to_string();
+        assert!(e.contains("does not take a constraint") && e.contains("pc") && e.contains("heun"), "{e}");
     }
 }

@@ -78,6 +78,14 @@ pub struct SamplerSpec {
     /// x̂₀ (`use_clipped_model_output=True`), see `samplers::limits`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub keep_model_eps: bool,
+    /// `dpmpp-3m`: `taylor` (the default, third order: weight 2φ₃ on D₂ and a
+    /// DPM-Solver++(2S) first step) or `k-diffusion` (k-diffusion's
+    /// `sample_dpmpp_3m_sde` with η = 0, equal to diffusers' 3M with
+    /// `solver_type = "heun"`, `lower_order_final = False`: weight φ₃ and a
+    /// first-order first step, second order, N model calls for N steps), to
+    /// reproduce theirs ([`super::dpm_solver`]).
+    #[serde(skip_serializing_if = "Dpmpp3mForm::is_taylor")]
+    pub dpmpp_3m_form: Dpmpp3mForm,
     /// σ-space samplers: start at √(1 + σ₀²)·z (the VP prior N(0, I) at σ₀) instead of σ₀·z.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub vp_start: bool,
@@ -99,6 +107,42 @@ pub struct SamplerSpec {
     /// reverse process. Set by the caller, never written to a config.
     #[serde(skip)]
     pub record_every: Option<usize>,
+}
+
+/// Which DPM-Solver++(3M) `dpmpp-3m` runs (`sampling.dpmpp_3m_form`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dpmpp3mForm {
+    /// Third order: 2φ₃·D₂, DPM-Solver++(2S) first step ([`super::Dpmpp3mStep::default`]).
+    #[default]
+    Taylor,
+    /// k-diffusion's and diffusers' second-order form ([`super::Dpmpp3mStep::k_diffusion`]).
+    KDiffusion,
+}
+
+impl Dpmpp3mForm {
+    fn is_taylor(&self) -> bool {
+        *self == Dpmpp3mForm::Taylor
+    }
+
+    /// The name in configs and Python's `dpmpp_3m_form=`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dpmpp3mForm::Taylor => "taylor",
+            Dpmpp3mForm::KDiffusion => "k-diffusion",
+        }
+    }
+}
+
+impl std::str::FromStr for Dpmpp3mForm {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "taylor" => Ok(Dpmpp3mForm::Taylor),
+            "k-diffusion" => Ok(Dpmpp3mForm::KDiffusion),
+            _ => Err(format!("expected `taylor` or `k-diffusion`, got `{s}`")),
+        }
+    }
 }
 
 /// Which class a class-conditional sampling run asks for (`sampling.class`, `--class`).
@@ -182,6 +226,7 @@ impl Default for SamplerSpec {
             clip_range: 1.0,
             threshold_max: f64::INFINITY,
             keep_model_eps: false,
+            dpmpp_3m_form: Dpmpp3mForm::Taylor,
             vp_start: false,
             class: None,
             guidance: 1.0,
@@ -195,15 +240,26 @@ impl SamplerSpec {
     /// These settings with another sampler: settings of the config's sampler
     /// that the new one does not take (DDIM's `keep_model_eps`; the σ-space
     /// grid, limits and start, which an imported diffusers config sets) are
-    /// dropped rather than refused by [`SamplerSpec::validate`]; a front end
+    /// dropped rather than refused by [`SamplerSpec::validate`] (and `dpmpp_3m_form`
+    /// unless the new sampler is `dpmpp-3m`); a front end
     /// applies the user's own settings after this, so those are still checked.
     pub fn with_sampler(self, sampler: SamplerKind) -> Self {
         let sigma_space = matches!(sampler.method(), super::registry::Method::SigmaSpace { .. });
         let keep_model_eps = self.keep_model_eps && sampler == SamplerKind::Ddim;
+        let dpmpp_3m_form = if sampler == SamplerKind::Dpmpp3m { self.dpmpp_3m_form } else { Dpmpp3mForm::Taylor };
         if sigma_space {
-            return Self { sampler, keep_model_eps, ..self };
+            return Self { sampler, keep_model_eps, dpmpp_3m_form, ..self };
         }
-        Self { sampler, keep_model_eps, grid: None, clip_denoised: false, threshold: None, vp_start: false, ..self }
+        Self {
+            sampler,
+            keep_model_eps,
+            dpmpp_3m_form,
+            grid: None,
+            clip_denoised: false,
+            threshold: None,
+            vp_start: false,
+            ..self
+        }
     }
 
     /// Checks the sampler settings that types alone cannot; messages name the field.
@@ -259,6 +315,12 @@ impl SamplerSpec {
                     self.sampler,
                     if self.limit().is_none() { " without a limit" } else { "" }
                 ),
+            );
+        }
+        if self.dpmpp_3m_form != Dpmpp3mForm::Taylor && self.sampler != SamplerKind::Dpmpp3m {
+            return err(
+                "sampling.dpmpp_3m_form",
+                format!("applies to `dpmpp-3m`, not `{}` (leave it out or set it to \"taylor\")", self.sampler),
             );
         }
         if !self.sampler.is_denoiser() {

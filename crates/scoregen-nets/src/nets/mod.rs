@@ -5,6 +5,7 @@
 pub mod classifier;
 pub mod embedding;
 pub mod energy;
+pub mod inception;
 pub mod init;
 pub mod kernels;
 pub mod mlp;
@@ -14,6 +15,7 @@ pub mod unet2d;
 pub use classifier::{Classifier, ClassifierSpec, SavedClassifier};
 pub use embedding::{ClassEmbedding, GaussianFourier};
 pub use energy::{EnergyMlp, EnergyScore};
+pub use inception::InceptionV3;
 pub use init::seeded_var_builder;
 pub use mlp::{Conditioning, Mlp, MlpConfig};
 pub use unet::{UNet, UNetConfig};

@@ -153,6 +153,12 @@ pub struct TrainSettings {
     /// folder); empty: one is trained into `RUN/classifier/` at the start.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub eval_classifier: String,
+    /// pytorch-fid's Inception-v3 weights (safetensors, `scripts/convert-inception.py`):
+    /// each evaluation also reports `fid` and `is` (with `is_std`) in its features,
+    /// against the training images (at most 10,000, embedded once at the start);
+    /// empty: the classifier's metrics only.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub inception: String,
 }
 
 /// The learning rate after warm-up.
@@ -193,6 +199,7 @@ impl Default for TrainSettings {
             eval_every: 0,
             eval_n: EVAL_N,
             eval_classifier: String::new(),
+            inception: String::new(),
         }
     }
 }
@@ -233,6 +240,8 @@ pub struct TrainSetup {
     pub classes: usize,
     /// Probability that a training label is replaced by the null label K.
     pub label_dropout: f64,
+    /// Random horizontal flips of the training batches (`data.hflip`; images only).
+    pub hflip: bool,
     pub seed: u64,
     /// Identifies the run's settings in checkpoints (a resume must match it).
     pub config_hash: String,
@@ -253,6 +262,8 @@ pub struct Trainer {
     pub settings: TrainSettings,
     pub classes: usize,
     pub label_dropout: f64,
+    /// See [`TrainSetup::hflip`].
+    pub hflip: bool,
     pub config_hash: String,
     pub config_toml: String,
     pub params: Vec<(String, Var)>,
@@ -281,6 +292,12 @@ impl Trainer {
     /// A trainer over a fresh model (parameters as initialized in `setup`).
     pub fn new(setup: TrainSetup) -> Result<Self> {
         scoregen_core::init();
+        if setup.hflip && setup.dataset.image_shape.is_none() {
+            return Err(Error::Invalid(format!(
+                "horizontal flips (data.hflip) need image data; `{}` is not an image set",
+                setup.dataset.name
+            )));
+        }
         let params = nets::named_vars(&setup.varmap);
         Ok(Self {
             adam: Adam::new(&params)?,
@@ -294,6 +311,7 @@ impl Trainer {
             settings: setup.settings,
             classes: setup.classes,
             label_dropout: setup.label_dropout,
+            hflip: setup.hflip,
             config_hash: setup.config_hash,
             config_toml: setup.config_toml,
             params,
@@ -321,10 +339,12 @@ impl Trainer {
         self.parallel.collective.rank() == 0
     }
 
-    /// A random minibatch (indices with replacement) as an f32 tensor, with its
-    /// labels for a class-conditional model (each replaced by the null label K
-    /// with probability `model.label_dropout`).
-    fn batch(&self, rng: &mut Rng, bs: usize) -> Result<(Tensor, Option<Tensor>)> {
+    /// A random minibatch of shard `k` (indices with replacement) as an f32
+    /// tensor, with its labels for a class-conditional model (each replaced by
+    /// the null label K with probability `model.label_dropout`). With
+    /// `data.hflip`, rows are then mirrored by the step's own stream
+    /// ([`streams::HFLIP`]), so the rows drawn are the same with flips or without.
+    fn batch(&self, rng: &mut Rng, k_shard: usize, bs: usize) -> Result<(Tensor, Option<Tensor>)> {
         let pts = &self.dataset.points;
         let (k, dropout) = (self.classes, self.label_dropout);
         let mut v = Vec::with_capacity(bs * pts.d);
@@ -336,8 +356,19 @@ impl Trainer {
                 labels.push(if rng.uniform() < dropout { k as u32 } else { l[i] as u32 });
             }
         }
+        if let (true, Some(shape)) = (self.hflip, self.dataset.image_shape) {
+            let mut flips = Rng::new(self.seed, streams::shard(streams::HFLIP, k_shard, self.step));
+            scoregen_core::data::images::mirror_rows(&mut v, shape, &mut flips);
+        }
         let labels = if k > 0 { Some(Tensor::from_vec(labels, bs, &self.device)?) } else { None };
         Ok((Tensor::from_vec(v, (bs, pts.d), &self.device)?, labels))
+    }
+
+    /// The batch shard `k` trains on at the current step (points and labels),
+    /// leaving the trainer as it is: what [`Trainer::shard_gradient`] feeds the objective.
+    pub fn shard_batch(&self, k: usize) -> Result<(Tensor, Option<Tensor>)> {
+        let mut b = if k == 0 { self.batch_rng.clone() } else { parallel::shard_rngs(self.seed, k, self.step).0 };
+        self.batch(&mut b, k, self.settings.batch_size / self.parallel.shards)
     }
 
     /// The loss of one shard and its parameter gradients; `Err(name)` names
@@ -346,9 +377,10 @@ impl Trainer {
         &self,
         batch_rng: &mut Rng,
         noise_rng: &mut Rng,
+        k: usize,
         bs: usize,
     ) -> Result<std::result::Result<(f64, Vec<Tensor>), String>> {
-        let (x0, labels) = self.batch(batch_rng, bs)?;
+        let (x0, labels) = self.batch(batch_rng, k, bs)?;
         let labeled = labels.and_then(|l| self.model.score_labeled(self.sde.clone(), l));
         let score: Box<dyn ScoreFn + '_> = match labeled {
             Some(s) => Box::new(s),
@@ -373,7 +405,7 @@ impl Trainer {
         } else {
             parallel::shard_rngs(self.seed, k, self.step)
         };
-        self.shard_gradients(&mut b, &mut n, self.settings.batch_size / self.parallel.shards)
+        self.shard_gradients(&mut b, &mut n, k, self.settings.batch_size / self.parallel.shards)
     }
 
     /// The mean loss and the mean gradient over the global batch: this
@@ -387,7 +419,7 @@ impl Trainer {
         if shards == 1 && par.is_single() {
             // the single-process path of earlier versions, bit for bit
             let (mut b, mut n) = (self.batch_rng.clone(), self.noise_rng.clone());
-            let out = self.shard_gradients(&mut b, &mut n, bs)?;
+            let out = self.shard_gradients(&mut b, &mut n, 0, bs)?;
             (self.batch_rng, self.noise_rng) = (b, n);
             return Ok(out);
         }
@@ -398,7 +430,7 @@ impl Trainer {
             } else {
                 parallel::shard_rngs(self.seed, k, self.step)
             };
-            let mut out = self.shard_gradients(&mut b, &mut n, bs)?;
+            let mut out = self.shard_gradients(&mut b, &mut n, k, bs)?;
             if parallel::nan_injected(self.step + 1, par.collective.rank()) {
                 out = Err("loss (injected by SCOREGEN_TEST_NAN_AT)".into());
             }

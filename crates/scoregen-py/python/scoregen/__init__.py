@@ -19,7 +19,7 @@ Errors in the input are ``ValueError`` or ``TypeError`` with the message the
 command line prints; a missing file is ``FileNotFoundError``.
 """
 
-from ._scoregen import Run, log_likelihood, sample, sampler_names, train
+from ._scoregen import Run, log_likelihood, sample, sampler_names, sampling_noise, train
 from . import metrics, oracle, sde
 
-__all__ = ["Run", "train", "sample", "log_likelihood", "sampler_names", "oracle", "sde", "metrics"]
+__all__ = ["Run", "train", "sample", "log_likelihood", "sampler_names", "sampling_noise", "oracle", "sde", "metrics"]

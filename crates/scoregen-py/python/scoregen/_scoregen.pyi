@@ -185,9 +185,20 @@ def sample(
     clip_denoised: bool = False,
     threshold: Optional[float] = None,
     keep_model_eps: bool = False,
+    eta: float = 0.0,
+    clip_range: float = 1.0,
+    threshold_max: float = float("inf"),
+    dpmpp_3m_form: str = "taylor",
 ) -> Array:
     """`clip_denoised`, `threshold`, `keep_model_eps`: as `scoregen sample`'s
-    `--clip-denoised`, `--threshold P`, `--keep-model-eps` (σ-space samplers)."""
+    `--clip-denoised`, `--threshold P`, `--keep-model-eps` (σ-space samplers);
+    `eta` (`ddim`'s η), `clip_range` (diffusers' `clip_sample_range`),
+    `threshold_max` (`sample_max_value`), `dpmpp_3m_form` ("taylor", third
+    order, or "k-diffusion", k-diffusion's and diffusers' 3M): the config's
+    `sampling.*` keys of the same names."""
+def sampling_noise(seed: int, n: int) -> npt.NDArray[np.float32]:
+    """The first `n` standard normals that `sample(..., seed=seed)` draws, in
+    its order: a σ-space sampler's x_T (N·D), then N·D per noisy step."""
 def log_likelihood(
     score_fn: ScoreFn,
     sde: Sde,
@@ -201,7 +212,17 @@ def log_likelihood(
     divergence: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None,
     fd_step: float = 1e-3,
 ) -> Tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...
-def evaluate_json(samples: FloatArray, target: Any, seed: int = 0, classifier: Optional[PathLike] = None) -> str: ...
+def evaluate_json(
+    samples: FloatArray,
+    target: Any,
+    seed: int = 0,
+    classifier: Optional[PathLike] = None,
+    inception: Optional[PathLike] = None,
+) -> str: ...
+def inception(images: FloatArray, weights: PathLike) -> tuple[FloatArray, FloatArray]: ...
+def frechet_distance(a: FloatArray, b: FloatArray) -> float: ...
+def inception_score(logits: FloatArray, splits: int = 10) -> tuple[float, float]: ...
+def precision_recall(real: FloatArray, generated: FloatArray, k: int = 3) -> tuple[float, float]: ...
 def sampler_names() -> list[str]: ...
 def _save_weights(path: PathLike, tensors: Dict[str, FloatArray]) -> pathlib.Path:
     """scoregen.torch.save's native half: `tensors` become the newest checkpoint's

@@ -10,6 +10,23 @@ use crate::io::memory;
 
 /// f32 activations one point carries through one forward pass of the model.
 fn activations_per_point(model: &ModelConfig, dim: usize) -> f64 {
+    if let (ModelKind::Unet2d, Some(u)) = (model.kind, &model.unet2d) {
+        // each level l at H·W/4^l keeps (2·layers + 4) maps of c_l channels, and
+        // an attention level its (H·W/4^l)² weights per head
+        let hw = dim as f64 / u.in_channels.max(1) as f64;
+        let per_block = (2 * u.layers_per_block + 4) as f64;
+        return u
+            .block_out_channels
+            .iter()
+            .enumerate()
+            .map(|(l, &c)| {
+                let at = hw / 4f64.powi(l as i32);
+                let heads = u.attention_head_dim.map_or(1.0, |d| (c / d.max(1)).max(1) as f64);
+                c as f64 * at * per_block + heads * at * at
+            })
+            .sum::<f64>()
+            * 2.0;
+    }
     match model.kind {
         // Every level keeps a few maps of `channels · mult` channels at ≤ the input's size.
         ModelKind::Unet => {
@@ -22,6 +39,11 @@ fn activations_per_point(model: &ModelConfig, dim: usize) -> f64 {
 
 /// Parameters of the model (f32 each), roughly.
 fn parameters(model: &ModelConfig, dim: usize) -> f64 {
+    if let (ModelKind::Unet2d, Some(u)) = (model.kind, &model.unet2d) {
+        // two 3×3 convolutions per residual block, (2·layers + 1) blocks per level down and up
+        let blocks = (2 * u.layers_per_block + 1) as f64 * 2.0;
+        return u.block_out_channels.iter().map(|&c| 9.0 * (c * c) as f64 * blocks).sum();
+    }
     match model.kind {
         ModelKind::Unet => {
             let c = (model.channels * model.channel_mult.iter().max().copied().unwrap_or(1)) as f64;
@@ -95,6 +117,22 @@ mod tests {
         assert!(sampling(&cfg, 1000, 2, 40) > small + 40.0 * 1000.0 * 2.0 * 12.0);
         assert!(sampling(&cfg, 100_000_000_000, 2, 0) > 1e13);
         assert!(training(&cfg, 2) < 1e9, "the default config trains anywhere");
+    }
+
+    /// google/ddpm-cifar10-32's UNet2DModel has 35.7 M parameters; the
+    /// estimate is within a factor of 2, and sampling 16 images fits in 4 GiB.
+    #[test]
+    fn the_ddpm_cifar10_unet2d_is_estimated_at_its_size() {
+        let json = r#"{"block_out_channels": [128, 256, 256, 256], "attention_head_dim": null,
+            "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+            "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"], "sample_size": 32}"#;
+        let mut cfg = RunConfig::default();
+        cfg.model.kind = ModelKind::Unet2d;
+        cfg.model.unet2d = Some(crate::nets::UNet2DConfig::from_json(json, "t").unwrap());
+        let p = parameters(&cfg.model, 3072);
+        assert!((35.7e6 / 2.0..35.7e6 * 2.0).contains(&p), "{p}");
+        assert!(sampling(&cfg, 16, 3072, 0) < 4.0 * 1024f64.powi(3));
+        assert!(sampling(&cfg, 1_000_000, 3072, 0) > 64.0 * 1024f64.powi(3), "a million images is refused");
     }
 }
 

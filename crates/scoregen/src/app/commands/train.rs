@@ -3,11 +3,15 @@
 //! and Python call); with `training.eval_every`, measures image quality as it trains.
 
 use super::classify::{labelled_splits, train_classifier, ClassifierRequest};
+use super::eval::{inception_outputs, load_inception};
 use super::sample::labels_for;
 use crate::app::config::RunConfig;
 use crate::app::factory;
+use crate::data::PixelScale;
 use crate::error::{Error, Result};
 use crate::guidance::{count_labels, ClassifierFree, Labels};
+use crate::metrics::fid::{frechet_distance, GaussianStats, IS_SPLITS};
+use crate::nets::inception::InceptionV3;
 use crate::nets::{ModelConditional, SavedClassifier};
 use crate::points::Points;
 use crate::rng::{streams, Rng};
@@ -239,13 +243,26 @@ pub struct ImageEvaluator {
     seed: u64,
     /// The labels and guidance weight of a class-conditional run's samples.
     labels: Option<(Labels, f64)>,
+    /// `training.inception`: the network and the training images' statistics.
+    inception: Option<InceptionEval>,
 }
+
+/// The training images embedded once by pytorch-fid's network, for FID and IS at every evaluation.
+struct InceptionEval {
+    net: InceptionV3,
+    reference: GaussianStats,
+    scale: PixelScale,
+    quiet: bool,
+}
+
+/// The most training images `training.inception` embeds as FID's reference (once per run).
+pub const INCEPTION_TRAIN_MAX: usize = 10_000;
 
 impl ImageEvaluator {
     /// Loads `training.eval_classifier`, or trains one into `RUN/classifier/`
     /// (the `train-classifier` defaults) when none is named.
     pub fn new(cfg: &RunConfig, run_dir: &Path, quiet: bool, device: &candle_core::Device) -> Result<Self> {
-        let (train, test, _) = labelled_splits(&cfg.data.source, &cfg.data.image_options())?;
+        let (train, test, image_shape) = labelled_splits(&cfg.data.source, &cfg.data.image_options())?;
         let dir = if cfg.training.eval_classifier.is_empty() {
             let out = run_dir.join("classifier");
             if !out.join(crate::nets::classifier::META).exists() {
@@ -292,8 +309,21 @@ impl ImageEvaluator {
             }
             _ => None,
         };
+        let inception = if cfg.training.inception.is_empty() {
+            None
+        } else {
+            let weights = Path::new(&cfg.training.inception);
+            let in_config = |e: Error| Error::config("config", "training.inception", e.to_string());
+            let net = load_inception(weights, device).map_err(in_config)?;
+            let scale = cfg.data.scale;
+            let shape = image_shape
+                .ok_or_else(|| Error::config("config", "training.inception", "the data's image shape is unknown"))?;
+            let head = train.points.head(INCEPTION_TRAIN_MAX);
+            let (f, _) = inception_outputs(&net, &head, shape, scale, "the training images", quiet)?;
+            Some(InceptionEval { net, reference: GaussianStats::of(&f), scale, quiet })
+        };
         let (train, test) = (train.head(EVAL_TRAIN_MAX), test.head(EVAL_TEST_MAX));
-        Ok(Self { classifier, train, test, n, seed: cfg.seed, labels })
+        Ok(Self { classifier, train, test, n, seed: cfg.seed, labels, inception })
     }
 }
 
@@ -312,8 +342,16 @@ impl Evaluator for ImageEvaluator {
             ..SampleContext::new(score.as_ref(), trainer.sde.as_ref(), &hidden)
         };
         let x = spec.sample(&ctx, (self.n, self.train.points.d), &mut Rng::new(self.seed, streams::EVAL))?.x;
-        let r = image_report(&Points::from_tensor(&x)?, &self.train, &self.test, &self.classifier.classifier)?;
+        let samples = Points::from_tensor(&x)?;
+        let r = image_report(&samples, &self.train, &self.test, &self.classifier.classifier)?;
         let mut m = Map::new();
+        if let (Some(inc), Some(shape)) = (&self.inception, trainer.dataset.image_shape) {
+            let (f, logits) = inception_outputs(&inc.net, &samples, shape, inc.scale, "the samples", inc.quiet)?;
+            let is = crate::metrics::fid::inception_score(&logits, IS_SPLITS.min(samples.n))?;
+            m.insert("fid".into(), serde_json::json!(frechet_distance(&GaussianStats::of(&f), &inc.reference)?));
+            m.insert("is".into(), serde_json::json!(is.mean));
+            m.insert("is_std".into(), serde_json::json!(is.std));
+        }
         for (k, v) in [
             ("fd", r.fd),
             ("fd_floor", r.fd_floor),

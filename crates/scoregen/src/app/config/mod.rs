@@ -64,6 +64,10 @@ pub struct DataConfig {
     pub scale: PixelScale,
     /// Images: the fraction held out as a test set (sets without their own split).
     pub test_fraction: f64,
+    /// Images: mirror each training image left to right with probability ½
+    /// (NCSN++ / DDPM++ on CIFAR-10); its own seeded stream, training batches only.
+    #[serde(skip_serializing_if = "is_default")]
+    pub hflip: bool,
 }
 
 /// Which forward SDE perturbs the data (`sde.kind`).
@@ -425,7 +429,7 @@ impl Default for RunConfig {
 }
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { source: "gmm8".into(), n_train: 10_000, scale: PixelScale::Symmetric, test_fraction: 0.1 }
+        Self { source: "gmm8".into(), n_train: 10_000, scale: PixelScale::Symmetric, test_fraction: 0.1, hflip: false }
     }
 }
 impl Default for SdeConfig {
@@ -661,6 +665,35 @@ mod tests {
         assert!(e.starts_with("d.toml: field `run.device`") && e.contains("`cpu`, `cuda` or `cuda:N`"), "{e}");
     }
 
+    /// `data.hflip` is refused for non-image data by name; off (the default,
+    /// or written out as false) it leaves config.toml and so the hash of
+    /// every existing run and preset as before; on, the hash sees it.
+    #[test]
+    fn hflip_is_validated_and_hidden_when_off() {
+        let e = RunConfig::parse("[data]\nsource = \"moons\"\nhflip = true\n", "c.toml", &[]).unwrap_err();
+        assert!(e.to_string().starts_with("c.toml: field `data.hflip`: flips images"), "{e}");
+        let text = "[data]\nsource = \"digits\"\n";
+        let off = RunConfig::parse(text, "c.toml", &[]).unwrap();
+        let explicit = RunConfig::parse(text, "c.toml", &["data.hflip=false".into()]).unwrap();
+        let on = RunConfig::parse(text, "c.toml", &["data.hflip=true".into()]).unwrap();
+        assert!(!off.to_toml().contains("hflip"));
+        assert_eq!(off.hash(), explicit.hash());
+        assert_ne!(off.hash(), on.hash());
+        assert!(on.to_toml().contains("hflip = true"));
+    }
+
+    /// `training.inception` belongs to the periodic evaluation, and unset it
+    /// writes nothing (older runs keep their hash).
+    #[test]
+    fn inception_needs_eval_every_and_is_hidden_when_unset() {
+        let text = "[data]\nsource = \"digits\"\n";
+        let e = RunConfig::parse(text, "c.toml", &["training.inception=\"w.safetensors\"".into()]).unwrap_err();
+        assert!(e.to_string().starts_with("c.toml: field `training.inception`: is the network"), "{e}");
+        let ok = ["training.inception=\"w.safetensors\"".to_string(), "training.eval_every=100".into()];
+        assert!(RunConfig::parse(text, "c.toml", &ok).unwrap().to_toml().contains("inception = \"w.safetensors\""));
+        assert!(!RunConfig::parse(text, "c.toml", &[]).unwrap().to_toml().contains("inception"));
+    }
+
     #[test]
     fn defaults_round_trip_through_toml() {
         let c = RunConfig::default();
@@ -793,7 +826,9 @@ mod preset_tests {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let p = entry.unwrap().path();
             if p.extension().is_some_and(|e| e == "toml") {
-                RunConfig::load(&p, &[]).unwrap_or_else(|e| panic!("{e}"));
+                let cfg = RunConfig::load(&p, &[]).unwrap_or_else(|e| panic!("{e}"));
+                // a key added with a default is left out of config.toml, so the hash is as before
+                assert!(cfg.data.hflip || !cfg.to_toml().contains("hflip"), "{}", p.display());
                 n += 1;
             }
         }

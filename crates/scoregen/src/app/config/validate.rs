@@ -86,6 +86,15 @@ impl RunConfig {
             return err("sampling.guidance", format!("must be a finite number ≥ 0 (got {})", self.sampling.guidance));
         }
         let over_sde = self.objective.kind == ObjectiveKind::Dsm && self.objective.sigma.is_none();
+        if self.data.hflip && !data::is_image_source(&self.data.source) {
+            return err("data.hflip", format!("flips images; data `{}` is not an image set", self.data.source));
+        }
+        if !self.training.inception.is_empty() && self.training.eval_every == 0 {
+            return err(
+                "training.inception",
+                "is the network of the periodic evaluation; set training.eval_every > 0 too".into(),
+            );
+        }
         if self.training.eval_every > 0 {
             if !data::is_image_source(&self.data.source) {
                 return err(
@@ -234,6 +243,29 @@ impl RunConfig {
                     Error::config(file, field, e.to_string())
                 })?;
             }
+        }
+        if self.model.kind == ModelKind::Unet2d {
+            let Some(u) = &self.model.unet2d else {
+                return err(
+                    "model.unet2d",
+                    "model.kind = \"unet2d\" needs a [model.unet2d] table (diffusers' UNet2DModel arguments)".into(),
+                );
+            };
+            u.validate().map_err(|e| Error::config(file, "model.unet2d", e.to_string()))?;
+            if let Some((c, h, w)) = data::image_shape_of(&self.data.source) {
+                if u.in_channels != c || u.out_channels != c || u.image().is_some_and(|(_, uh, uw)| (uh, uw) != (h, w))
+                {
+                    return err(
+                        "model.unet2d",
+                        format!(
+                            "in/out_channels {}/{} and sample_size {:?} do not fit the data's {c}×{h}×{w} images",
+                            u.in_channels, u.out_channels, u.sample_size
+                        ),
+                    );
+                }
+            }
+        } else if self.model.unet2d.is_some() {
+            return err("model.unet2d", format!("is set, but model.kind is `{}`, not `unet2d`", self.model.kind));
         }
         if self.data.n_train == 0 {
             return err("data.n_train", "must be ≥ 1 (got 0)".into());
