@@ -272,7 +272,7 @@ impl Run {
         let model = AssertSend(&self.model);
         let out = py.allow_threads(move || {
             let model = model;
-            guard(|| inpaint_loaded(model.0, &obs, &settings).map_err(convert::error))
+            guard(|| inpaint_loaded(model.0, &obs, &settings, || Ok(())).map_err(convert::error))
         })?;
         let mut shape = a.shape.clone();
         shape[0] = out.x.n;

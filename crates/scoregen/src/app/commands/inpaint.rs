@@ -152,8 +152,15 @@ pub struct InpaintSettings {
 /// masks drawn first from the seeded sampling stream), then the sampler with
 /// the known coordinates held to the observation perturbed to each step's
 /// noise level. Every front end (the CLI, the Python package) inpaints through
-/// here, so the same seed gives the same numbers in each.
-pub fn inpaint_loaded(model: &LoadedModel, obs: &Points, s: &InpaintSettings) -> Result<Inpainted> {
+/// here, so the same seed gives the same numbers in each. `ready` runs after
+/// every check of the request and before the sampling (the CLI checks its
+/// output file there, so a bad request is named before an existing file).
+pub fn inpaint_loaded(
+    model: &LoadedModel,
+    obs: &Points,
+    s: &InpaintSettings,
+    ready: impl FnOnce() -> Result<()>,
+) -> Result<Inpainted> {
     let cfg = &model.cfg;
     let d = model.state.dim;
     if obs.d != d {
@@ -188,6 +195,7 @@ pub fn inpaint_loaded(model: &LoadedModel, obs: &Points, s: &InpaintSettings) ->
         ladder: cfg.objective.kind == ObjectiveKind::Ncsn,
         constraint: true,
     })?;
+    ready()?;
     let ladder = cfg.ladder();
     let sde = cfg.sde();
     let len = match kind.method() {
@@ -215,7 +223,6 @@ pub fn inpaint_run(run_dir: &Path, req: &InpaintRequest) -> Result<InpaintOutcom
     let d = model.state.dim;
     let shape = cfg.image_shape(d);
     let (obs, labels) = read_input(&req.input, cfg, d)?;
-    fs::check_new_output(&req.out, req.overwrite)?;
     let settings = InpaintSettings {
         mask: req.mask.clone(),
         per_input: req.per_input,
@@ -228,8 +235,9 @@ pub fn inpaint_run(run_dir: &Path, req: &InpaintRequest) -> Result<InpaintOutcom
     let start = Instant::now();
     // Ctrl-C stops the sampler at its next step; then nothing is written.
     let stop = progress::Interruptible::enter();
-    let Inpainted { x: pts, mask, nfe } = inpaint_loaded(&model, &obs, &settings)
-        .map_err(|e| stop.explain(e, "inpainting stopped; nothing was written"))?;
+    let Inpainted { x: pts, mask, nfe } =
+        inpaint_loaded(&model, &obs, &settings, || fs::check_new_output(&req.out, req.overwrite))
+            .map_err(|e| stop.explain(e, "inpainting stopped; nothing was written"))?;
     let n = pts.n;
     let seconds = start.elapsed().as_secs_f64();
     if let Some(dir) = req.out.parent().filter(|p| !p.as_os_str().is_empty()) {
