@@ -253,7 +253,8 @@ impl RunConfig {
             };
             u.validate().map_err(|e| Error::config(file, "model.unet2d", e.to_string()))?;
             if let Some((c, h, w)) = data::image_shape_of(&self.data.source) {
-                if u.in_channels != c || u.out_channels != c || u.image().is_some_and(|(_, uh, uw)| (uh, uw) != (h, w)) {
+                if u.in_channels != c || u.out_channels != c || u.image().is_some_and(|(_, uh, uw)| (uh, uw) != (h, w))
+                {
                     return err(
                         "model.unet2d",
                         format!(
