@@ -27,6 +27,16 @@ pub struct Run {
     use_ema: bool,
 }
 
+impl Run {
+    /// x [N, D] and its times t (a float or [N]) as f32 tensors on the CPU.
+    fn tensors(x: &convert::Input, t: &Bound<'_, PyAny>) -> PyResult<(Tensor, Tensor)> {
+        let times = convert::times(t, x.shape[0])?;
+        let xt = tensor(x, DType::F32)?;
+        let tt = Tensor::from_vec(times, x.shape[0], &Device::Cpu).and_then(|t| t.to_dtype(DType::F32));
+        Ok((xt, tt.map_err(convert::candle_error)?))
+    }
+}
+
 #[pymethods]
 impl Run {
     /// Loads `path/config.toml` and the newest checkpoint (EMA weights unless
@@ -326,11 +336,7 @@ impl Run {
     /// or shape [N] (computed in float32, returned in x's dtype).
     fn score(&self, py: Python<'_>, x: &Bound<'_, PyAny>, t: &Bound<'_, PyAny>) -> PyResult<PyObject> {
         let x = convert::points(x, "x", Some(self.model.state.dim))?;
-        let n = x.shape[0];
-        let times = convert::times(t, n)?;
-        let xt = tensor(&x, DType::F32)?;
-        let tt = Tensor::from_vec(times, n, &Device::Cpu).and_then(|t| t.to_dtype(DType::F32));
-        let tt = tt.map_err(convert::candle_error)?;
+        let (xt, tt) = Self::tensors(&x, t)?;
         let model = AssertSend(&self.model);
         let s = py.allow_threads(move || {
             let model = model;
@@ -364,11 +370,7 @@ impl Run {
                 Some(Tensor::from_vec(v, x.shape[0], &Device::Cpu).map_err(convert::candle_error)?)
             }
         };
-        let n = x.shape[0];
-        let times = convert::times(t, n)?;
-        let xt = tensor(&x, DType::F32)?;
-        let tt = Tensor::from_vec(times, n, &Device::Cpu).and_then(|t| t.to_dtype(DType::F32));
-        let tt = tt.map_err(convert::candle_error)?;
+        let (xt, tt) = Self::tensors(&x, t)?;
         let model = AssertSend(&self.model);
         let out = py.allow_threads(move || {
             let model = model;
