@@ -544,3 +544,52 @@ impl ClassGuidance {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(o: SamplerOverrides) -> &'static str {
+        match o.apply(&SamplerSpec::default()) {
+            Err(Error::Setting { key, .. }) => key,
+            other => panic!("expected a refused setting, got {other:?}"),
+        }
+    }
+
+    /// Each override lands in its field; a bad one is refused as the setting
+    /// it sets, which both front ends spell by the flag's name.
+    #[test]
+    fn overrides_apply_and_refusals_name_the_setting() {
+        let o = SamplerOverrides {
+            sampler: Some(SamplerKind::Heun),
+            churn: Some(0.5),
+            eps: Some(0.01),
+            steps_per_level: Some(7),
+            snr: Some(0.3),
+            ..Default::default()
+        };
+        let sc = o.apply(&SamplerSpec::default()).unwrap();
+        assert_eq!(
+            (sc.sampler, sc.s_churn, sc.step_size, sc.steps_per_level, sc.snr),
+            (SamplerKind::Heun, 0.5, 0.01, 7, 0.3)
+        );
+        assert_eq!(refused(SamplerOverrides { eps: Some(-1.0), ..Default::default() }), "sampling.step_size");
+        assert_eq!(refused(SamplerOverrides { churn: Some(-1.0), ..Default::default() }), "sampling.s_churn");
+        assert_eq!(
+            refused(SamplerOverrides { steps_per_level: Some(0), ..Default::default() }),
+            "sampling.steps_per_level"
+        );
+        let both = SamplerOverrides {
+            sampler: Some(SamplerKind::Ddim),
+            clip_denoised: true,
+            threshold: Some(0.9),
+            ..Default::default()
+        };
+        assert_eq!(refused(both), "sampling.threshold");
+        let em_eta = SamplerOverrides { sampler: Some(SamplerKind::Ddim), eta: Some(2.0), ..Default::default() };
+        assert_eq!(refused(em_eta), "sampling.eta");
+        assert_eq!(setting_name("sampling.step_size"), "eps");
+        assert_eq!(setting_name("sampling.s_churn"), "churn");
+        assert_eq!(setting_name("sampling.steps_per_level"), "steps_per_level");
+    }
+}
