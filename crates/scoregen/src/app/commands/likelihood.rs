@@ -62,9 +62,11 @@ pub struct LikelihoodReport {
 pub fn likelihood_of_run(run_dir: &Path, req: &LikelihoodRequest) -> Result<LikelihoodReport> {
     let model = LoadedModel::from_run(run_dir, req.use_ema, &req.device)?;
     // The ODE carries each point with its log-density and trace probes: like sampling, plus a few copies.
+    // A `.npy` file is used whole, so its own row count is what counts (read first: it is small next to the ODE).
+    let rows = if req.data.ends_with(".npy") { npy::read_points(Path::new(&req.data))?.n } else { req.n };
     crate::io::memory::check(
-        &format!("log p of {} points of dimension {}", req.n, model.state.dim),
-        2.0 * budget::sampling(&model.cfg, req.n, model.state.dim, 0),
+        &format!("log p of {rows} points of dimension {}", model.state.dim),
+        2.0 * budget::sampling(&model.cfg, rows, model.state.dim, 0),
         "ask for fewer (--n)",
     )?;
     let mut rng = Rng::new(req.seed, streams::EVAL);
