@@ -16,68 +16,37 @@ pub enum SampleSize {
     Rect([usize; 2]),
 }
 
-/// A down block of the supported kinds (diffusers' class names).
+/// A down or up block of the supported kinds, from diffusers' class name
+/// `{Attn}{Skip}{Down|Up}Block2D`: `DownBlock2D`/`UpBlock2D` (residual blocks,
+/// then a stride-2 convolution or nearest ×2 and a convolution), with `Attn`
+/// self-attention after each residual block (after all of them in
+/// `AttnSkipUpBlock2D`), with `Skip` NCSN++'s FIR resampling and image-space
+/// skip path (down: the FIR-downsampled image added through a 1×1
+/// convolution; up: the progressive output, a 3×3 convolution of GN/SiLU(h)
+/// at every level added to the FIR-upsampled path).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DownKind {
-    /// `DownBlock2D`: residual blocks, then a stride-2 3×3 convolution.
-    Plain,
-    /// `AttnDownBlock2D`: each residual block followed by self-attention.
-    Attn,
-    /// `SkipDownBlock2D` (NCSN++): a FIR-downsampling residual block, and the
-    /// input image, FIR-downsampled, added through a 1×1 convolution.
-    Skip,
-    /// `AttnSkipDownBlock2D`: [`DownKind::Skip`] with attention after each residual block.
-    AttnSkip,
+pub struct BlockKind {
+    pub attention: bool,
+    pub skip: bool,
 }
 
-/// An up block of the supported kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpKind {
-    /// `UpBlock2D`: residual blocks over [h, skip], then nearest ×2 and a 3×3 convolution.
-    Plain,
-    /// `AttnUpBlock2D`: each residual block followed by self-attention.
-    Attn,
-    /// `SkipUpBlock2D` (NCSN++): the progressive output: an image-space skip
-    /// path, FIR-upsampled, plus a 3×3 convolution of GN/SiLU(h) at every level.
-    Skip,
-    /// `AttnSkipUpBlock2D`: [`UpKind::Skip`] with one attention after the residual blocks.
-    AttnSkip,
-}
-
-impl DownKind {
-    fn parse(name: &str) -> Option<Self> {
-        // diffusers' get_down_block strips a "UNetRes" prefix
-        Some(match name.strip_prefix("UNetRes").unwrap_or(name) {
-            "DownBlock2D" => Self::Plain,
-            "AttnDownBlock2D" => Self::Attn,
-            "SkipDownBlock2D" => Self::Skip,
-            "AttnSkipDownBlock2D" => Self::AttnSkip,
+impl BlockKind {
+    /// The kind of a `direction` ("Down" or "Up") block class; diffusers'
+    /// get_down_block/get_up_block strip a "UNetRes" prefix. `None` for any
+    /// other class (cross-attention, encoder, K-diffusion blocks, …).
+    fn parse(name: &str, direction: &str) -> Option<Self> {
+        let name = name.strip_prefix("UNetRes").unwrap_or(name);
+        let rest = name.strip_suffix("Block2D")?.strip_suffix(direction)?;
+        let (attention, rest) = match rest.strip_prefix("Attn") {
+            Some(r) => (true, r),
+            None => (false, rest),
+        };
+        let skip = match rest {
+            "" => false,
+            "Skip" => true,
             _ => return None,
-        })
-    }
-    pub fn attention(self) -> bool {
-        matches!(self, Self::Attn | Self::AttnSkip)
-    }
-    pub fn skip(self) -> bool {
-        matches!(self, Self::Skip | Self::AttnSkip)
-    }
-}
-
-impl UpKind {
-    fn parse(name: &str) -> Option<Self> {
-        Some(match name.strip_prefix("UNetRes").unwrap_or(name) {
-            "UpBlock2D" => Self::Plain,
-            "AttnUpBlock2D" => Self::Attn,
-            "SkipUpBlock2D" => Self::Skip,
-            "AttnSkipUpBlock2D" => Self::AttnSkip,
-            _ => return None,
-        })
-    }
-    pub fn attention(self) -> bool {
-        matches!(self, Self::Attn | Self::AttnSkip)
-    }
-    pub fn skip(self) -> bool {
-        matches!(self, Self::Skip | Self::AttnSkip)
+        };
+        Some(Self { attention, skip })
     }
 }
 
@@ -193,13 +162,13 @@ impl UNet2DConfig {
     }
 
     /// The down block kinds (validated).
-    pub fn down_kinds(&self) -> Vec<DownKind> {
-        self.down_block_types.iter().filter_map(|s| DownKind::parse(s)).collect()
+    pub fn down_kinds(&self) -> Vec<BlockKind> {
+        self.down_block_types.iter().filter_map(|s| BlockKind::parse(s, "Down")).collect()
     }
 
     /// The up block kinds (validated).
-    pub fn up_kinds(&self) -> Vec<UpKind> {
-        self.up_block_types.iter().filter_map(|s| UpKind::parse(s)).collect()
+    pub fn up_kinds(&self) -> Vec<BlockKind> {
+        self.up_block_types.iter().filter_map(|s| BlockKind::parse(s, "Up")).collect()
     }
 
     /// Width of the time embedding: `time_embedding_dim` or 4·block_out_channels[0].
@@ -244,7 +213,7 @@ impl UNet2DConfig {
             );
         }
         for t in &self.down_block_types {
-            if DownKind::parse(t).is_none() {
+            if BlockKind::parse(t, "Down").is_none() {
                 return bad(
                     "down_block_types",
                     format!(
@@ -254,14 +223,14 @@ impl UNet2DConfig {
             }
         }
         for t in &self.up_block_types {
-            if UpKind::parse(t).is_none() {
+            if BlockKind::parse(t, "Up").is_none() {
                 return bad(
                     "up_block_types",
                     format!("{t:?} is not supported (UpBlock2D, AttnUpBlock2D, SkipUpBlock2D, AttnSkipUpBlock2D)"),
                 );
             }
         }
-        let skip = self.down_kinds().iter().any(|k| k.skip()) || self.up_kinds().iter().any(|k| k.skip());
+        let skip = self.down_kinds().iter().any(|k| k.skip) || self.up_kinds().iter().any(|k| k.skip);
         if skip && self.in_channels != 3 {
             // diffusers builds the skip convolutions with 3 image channels whatever in_channels says
             return bad("in_channels", format!("is {}; the Skip blocks of diffusers assume 3", self.in_channels));
@@ -309,7 +278,7 @@ impl UNet2DConfig {
                 )
             }
         }
-        let plain = self.down_kinds().iter().any(|k| !k.skip()) || self.up_kinds().iter().any(|k| !k.skip());
+        let plain = self.down_kinds().iter().any(|k| !k.skip) || self.up_kinds().iter().any(|k| !k.skip);
         if plain && self.norm_num_groups.is_none() {
             return bad("norm_num_groups", "is null; DownBlock2D/UpBlock2D and their Attn forms need a number".into());
         }
@@ -320,8 +289,8 @@ impl UNet2DConfig {
                 }
             }
             if let Some(d) = self.attention_head_dim {
-                let attn = self.down_kinds()[l].attention()
-                    || self.up_kinds()[levels - 1 - l].attention()
+                let attn = self.down_kinds()[l].attention
+                    || self.up_kinds()[levels - 1 - l].attention
                     || (l + 1 == levels && self.add_attention && self.mid_block_type.is_some());
                 if attn && (d == 0 || c % d != 0) {
                     return bad("attention_head_dim", format!("{d} does not divide block_out_channels[{l}] = {c}"));
@@ -362,7 +331,11 @@ mod tests {
         assert_eq!(c.downsample_padding, 0);
         assert_eq!(c.image(), Some((3, 32, 32)));
         assert_eq!(c.time_embed_dim(), 512);
-        assert_eq!(c.down_kinds()[1], DownKind::Attn);
+        assert_eq!(c.down_kinds()[1], BlockKind { attention: true, skip: false });
+        assert_eq!(BlockKind::parse("UNetResAttnSkipUpBlock2D", "Up"), Some(BlockKind { attention: true, skip: true }));
+        for other in ["CrossAttnDownBlock2D", "DownEncoderBlock2D", "KDownBlock2D", "AttnUpBlock2D"] {
+            assert_eq!(BlockKind::parse(other, "Down"), None, "{other}");
+        }
         // a default not in the file
         assert_eq!(c.resnet_time_scale_shift, "default");
     }

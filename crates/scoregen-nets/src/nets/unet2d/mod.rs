@@ -12,7 +12,7 @@
 pub mod config;
 mod layers;
 
-pub use config::{DownKind, SampleSize, UNet2DConfig, UpKind};
+pub use config::{BlockKind, SampleSize, UNet2DConfig};
 
 use super::kernels::groupnorm::{group_norm, GroupNorm};
 use super::unet::Conv;
@@ -60,7 +60,7 @@ enum UpEnd {
 }
 
 struct UpBlock {
-    kind: UpKind,
+    kind: BlockKind,
     resnets: Vec<ResnetBlock>,
     /// One per residual block (`AttnUpBlock2D`), or one after them all (`AttnSkipUpBlock2D`).
     attentions: Vec<Attention>,
@@ -163,20 +163,20 @@ impl UNet2D {
             let mut attentions = Vec::new();
             for j in 0..cfg.layers_per_block {
                 let cin = if j == 0 { in_c } else { c };
-                let o = if kind.skip() {
+                let o = if kind.skip {
                     opts(skip_groups(cin), skip_groups(c), sqrt2)
                 } else {
                     opts(groups.unwrap_or(32), groups.unwrap_or(32), 1.0)
                 };
                 resnets.push(ResnetBlock::new(cin, c, &o, vb.pp(format!("resnets.{j}")))?);
-                if kind.attention() {
-                    let (g, scale) = if kind.skip() { (32, sqrt2) } else { (groups.unwrap_or(32), 1.0) };
+                if kind.attention {
+                    let (g, scale) = if kind.skip { (32, sqrt2) } else { (groups.unwrap_or(32), 1.0) };
                     attentions.push(Attention::new(c, head(c), Some(g), eps, scale, vb.pp(format!("attentions.{j}")))?);
                 }
             }
             let end = if last {
                 DownEnd::None
-            } else if kind.skip() {
+            } else if kind.skip {
                 let o = ResnetOptions {
                     resample: Resample::FirDown,
                     force_shortcut: true,
@@ -226,23 +226,23 @@ impl UNet2D {
             for j in 0..layers {
                 let res_skip = if j + 1 == layers { in_c } else { c };
                 let rin = if j == 0 { prev } else { c };
-                let o = match kind {
+                let o = match (kind.attention, kind.skip) {
                     // diffusers: groups=min(resnet_in_channels + res_skip_channels // 4, 32)
                     // (precedence as written there)
-                    UpKind::AttnSkip => opts((rin + res_skip / 4).min(32), skip_groups(c), sqrt2),
-                    UpKind::Skip => opts(skip_groups(rin + res_skip), skip_groups(c), sqrt2),
+                    (true, true) => opts((rin + res_skip / 4).min(32), skip_groups(c), sqrt2),
+                    (false, true) => opts(skip_groups(rin + res_skip), skip_groups(c), sqrt2),
                     _ => opts(groups.unwrap_or(32), groups.unwrap_or(32), 1.0),
                 };
                 resnets.push(ResnetBlock::new(rin + res_skip, c, &o, vb.pp(format!("resnets.{j}")))?);
-                if kind == UpKind::Attn {
+                if kind.attention && !kind.skip {
                     let g = groups.unwrap_or(32);
                     attentions.push(Attention::new(c, head(c), Some(g), eps, 1.0, vb.pp(format!("attentions.{j}")))?);
                 }
             }
-            if kind == UpKind::AttnSkip {
+            if kind.attention && kind.skip {
                 attentions.push(Attention::new(c, head(c), Some(32), eps, sqrt2, vb.pp("attentions.0"))?);
             }
-            let end = if kind.skip() {
+            let end = if kind.skip {
                 if last {
                     UpEnd::None
                 } else {
@@ -371,14 +371,14 @@ impl UNet2D {
             for (j, r) in b.resnets.iter().enumerate() {
                 let s = res.pop().expect("one saved activation per up-block residual block");
                 h = r.forward(&Tensor::cat(&[&h, &s], 1)?, &emb_act)?;
-                if b.kind == UpKind::Attn {
+                if b.kind.attention && !b.kind.skip {
                     h = b.attentions[j].forward(&h)?;
                 }
             }
-            if b.kind == UpKind::AttnSkip {
+            if b.kind.attention && b.kind.skip {
                 h = b.attentions[0].forward(&h)?;
             }
-            if b.kind.skip() {
+            if b.kind.skip {
                 skip = match skip {
                     Some(s) => Some(fir_upsample(&s)?),
                     None => None,
