@@ -111,6 +111,16 @@ fn every_sampler_runs_on_an_imported_ddpm_pipeline_and_ncsnpp_model() {
     assert!(m.cfg.sampling.clip_denoised && m.cfg.sampling.keep_model_eps);
     let m = LoadedModel::from_run(ncsnpp.path(), true, &Device::Cpu).unwrap();
     assert_eq!((m.cfg.sde().name(), m.cfg.sampling.sampler), ("ve", SamplerKind::Pc));
+    // `scoregen info`: the layout, the scheduler and the parameters loaded
+    let i = scoregen::app::commands::info::describe(ddpm.path()).unwrap();
+    let vm = VarMap::new();
+    UNet2D::build(&vm, &UNet2DConfig::from_json(&ddpm_config().to_string(), "t").unwrap(), 0, &Device::Cpu).unwrap();
+    let n: usize = named_vars(&vm).iter().map(|(_, v)| v.elem_count()).sum();
+    assert_eq!(
+        (i.format.as_str(), i.scheduler.as_deref(), i.parameters),
+        ("diffusers pipeline", Some("DDPMScheduler"), n)
+    );
+    assert_eq!(i.image, Some((3, 8, 8)));
 }
 
 /// The likelihood of two images (Hutchinson, one probe) runs on both kinds and is finite.

@@ -75,7 +75,11 @@ impl LoadedModel {
 
     /// A diffusers checkpoint (`UNet2DModel` and its scheduler config) as a run.
     pub fn from_diffusers(dir: &Path, device: &Device) -> Result<Self> {
-        let imported = super::pretrained::read(dir)?;
+        Self::from_imported(super::pretrained::read(dir)?, device)
+    }
+
+    /// [`LoadedModel::from_diffusers`] from its configs already read.
+    pub fn from_imported(imported: super::pretrained::Imported, device: &Device) -> Result<Self> {
         let mut cfg = imported.cfg;
         cfg.run.device = crate::device::spec_of(device);
         let (c, h, w) = cfg.model.unet2d.as_ref().and_then(|u| u.image()).expect("read() checked sample_size");

@@ -31,15 +31,15 @@ pub struct RunInfo {
 
 /// Loads `dir` (on the CPU) and describes it.
 pub fn describe(dir: &Path) -> Result<RunInfo> {
-    let model = LoadedModel::from_run(dir, true, &Device::Cpu)?;
+    let (model, format, scheduler) = if pretrained::is_diffusers_dir(dir) {
+        let imported = pretrained::read(dir)?;
+        let (format, scheduler) = (format!("diffusers {}", imported.layout.kind), imported.scheduler.clone());
+        (LoadedModel::from_imported(imported, &Device::Cpu)?, format, Some(scheduler))
+    } else {
+        (LoadedModel::from_run(dir, true, &Device::Cpu)?, "scoregen run".to_string(), None)
+    };
     let cfg = &model.cfg;
     let parameters = crate::nets::named_vars(&model.varmap).iter().map(|(_, v)| v.elem_count()).sum();
-    let (format, scheduler) = if pretrained::is_diffusers_dir(dir) {
-        let imported = pretrained::read(dir)?;
-        (format!("diffusers {}", imported.layout.kind), Some(imported.scheduler))
-    } else {
-        ("scoregen run".to_string(), None)
-    };
     let model_name = match (cfg.model.kind, &cfg.model.unet2d) {
         (ModelKind::Unet2d, Some(u)) => format!(
             "UNet2DModel: channels {:?}, {} residual blocks per level, down {:?}, up {:?}, {} time embedding, output {:?}",
