@@ -1,7 +1,7 @@
 //! scoregen-core: the foundation and the math of score-based generative
 //! modeling, the lowest of scoregen's three crates (docs/architecture.md).
 //!
-//! Foundation: [`error`], [`device`], [`points`], [`rng`], [`progress`], [`io`],
+//! Foundation: [`error`], [`device`], [`host`], [`points`], [`rng`], [`progress`], [`io`],
 //! [`autodiff`]. Math: [`sde`], [`score`], [`oracle`], [`data`],
 //! [`objectives`], [`samplers`], [`likelihood`], [`guidance`], [`metrics`].
 //! Nothing here knows a network, a config or a command: the networks and
@@ -17,6 +17,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod guidance;
+pub mod host;
 pub mod io;
 pub mod likelihood;
 pub mod metrics;

@@ -54,7 +54,7 @@ impl Points {
     /// Reads a tensor of shape [N, D] (any float dtype) into points.
     pub fn from_tensor(t: &Tensor) -> candle_core::Result<Self> {
         let (n, d) = t.dims2()?;
-        let data = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        let data = crate::host::vec1::<f64>(&t.flatten_all()?)?;
         Ok(Self::new(n, d, data))
     }
 

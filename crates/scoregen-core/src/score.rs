@@ -4,7 +4,7 @@
 //! whether the score comes from a network, an energy or the exact oracle.
 
 use crate::sde::{self, Sde};
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use std::sync::Arc;
 
 /// A (possibly learned) score of the perturbed data distribution.
@@ -58,8 +58,8 @@ pub fn score_from_output(output: Output, out: Tensor, x: &Tensor, t: &Tensor, sd
     match output {
         Output::Score => Ok(out),
         Output::ScoreOverStd => {
-            let inv_std: Vec<f64> = sde::times(t)?.iter().map(|&t| 1.0 / sde.marginal(t).1).collect();
-            out.broadcast_mul(&sde::per_example(&inv_std, &out)?)
+            let (_, s) = sde::marginal_columns(sde, t, &out)?;
+            out.broadcast_mul(&sde::to_like(&s.recip()?, &out)?)
         }
         Output::Epsilon | Output::V | Output::X0 => {
             let eps = eps_from_output(output, &out, x, t, sde)?;
@@ -91,7 +91,18 @@ impl Edm {
         (sd2 / (r * r), sigma * self.sigma_data / r, 1.0 / r, 0.25 * sigma.ln())
     }
 
-    /// The score of network `f` under this preconditioning at x_t, times t.
+    /// (c_skip, c_out, c_in, c_noise) per row of σ [N] (f64, on σ's device).
+    pub fn coefficients_of(&self, sigma: &Tensor) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+        let sd2 = self.sigma_data * self.sigma_data;
+        let r2 = sigma.sqr()?.affine(1.0, sd2)?;
+        let r = r2.sqrt()?;
+        let c_skip = r2.recip()?.affine(sd2, 0.0)?;
+        let c_out = sigma.div(&r)?.affine(self.sigma_data, 0.0)?;
+        Ok((c_skip, c_out, r.recip()?, sigma.log()?.affine(0.25, 0.0)?))
+    }
+
+    /// The score of network `f` under this preconditioning at x_t, times t
+    /// (coefficients on t's device: no host read).
     pub fn score(
         &self,
         f: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>,
@@ -99,19 +110,19 @@ impl Edm {
         t: &Tensor,
         sde: &dyn Sde,
     ) -> Result<Tensor> {
-        let ms: Vec<(f64, f64)> = sde::times(t)?.iter().map(|&t| sde.marginal(t)).collect();
-        let coef: Vec<(f64, f64, f64, f64)> = ms.iter().map(|&(m, s)| self.coefficients(s / m)).collect();
-        let col = |f: &dyn Fn(usize) -> f64| sde::per_example(&(0..ms.len()).map(f).collect::<Vec<_>>(), x);
+        let (m, s) = sde::marginal_columns(sde, t, x)?;
+        let sigma = (&s / &m)?;
+        let (c_skip, c_out, c_in, c_noise) = self.coefficients_of(&sigma)?;
         // x̃ = x/m; the network's input c_in·x̃ and time c_noise
-        let input = x.broadcast_mul(&col(&|i| coef[i].2 / ms[i].0)?)?;
-        let noise: Vec<f64> = coef.iter().map(|c| c.3).collect();
-        let t_in = Tensor::from_vec(noise, ms.len(), x.device())?.to_dtype(t.dtype())?;
+        let input = x.broadcast_mul(&sde::to_like(&(c_in / &m)?, x)?)?;
+        let t_in = c_noise.flatten_all()?.to_dtype(t.dtype())?;
         let out = f(&input, &t_in)?;
         // m·D − x = (m·c_skip − 1)·x̃·m/m… written per example as a·x + b·F
         // with a = c_skip − 1 (since m·c_skip·x̃ = c_skip·x) and b = m·c_out, then / s²
-        let a = col(&|i| (coef[i].0 - 1.0) / (ms[i].1 * ms[i].1))?;
-        let b = col(&|i| ms[i].0 * coef[i].1 / (ms[i].1 * ms[i].1))?;
-        x.broadcast_mul(&a)? + out.broadcast_mul(&b)?
+        let s2 = s.sqr()?;
+        let a = (c_skip.affine(1.0, -1.0)? / &s2)?;
+        let b = ((m * c_out)? / s2)?;
+        x.broadcast_mul(&sde::to_like(&a, x)?)? + out.broadcast_mul(&sde::to_like(&b, x)?)?
     }
 }
 
@@ -148,34 +159,38 @@ impl Head {
 /// The noise a prediction of kind `output` implies, at x_t and times t:
 /// ε itself, ε = (m·v + s·x_t)/(m² + s²) for v, or ε = (x_t − m·x̂_0)/s for x₀.
 pub fn eps_from_output(output: Output, out: &Tensor, x: &Tensor, t: &Tensor, sde: &dyn Sde) -> Result<Tensor> {
-    let ms: Vec<(f64, f64)> = sde::times(t)?.iter().map(|&t| sde.marginal(t)).collect();
-    let col = |f: &dyn Fn(f64, f64) -> f64| sde::per_example(&ms.iter().map(|&(m, s)| f(m, s)).collect::<Vec<_>>(), x);
+    let columns = || sde::marginal_columns(sde, t, x);
+    let like = |c: Tensor| sde::to_like(&c, x);
     match output {
         Output::Epsilon => Ok(out.clone()),
         Output::V => {
-            let a = out.broadcast_mul(&col(&|m, s| m / (m * m + s * s))?)?;
-            a + x.broadcast_mul(&col(&|m, s| s / (m * m + s * s))?)?
+            let (m, s) = columns()?;
+            let norm = (m.sqr()? + s.sqr()?)?;
+            let a = out.broadcast_mul(&like((&m / &norm)?)?)?;
+            a + x.broadcast_mul(&like((&s / &norm)?)?)?
         }
-        Output::X0 => (x - out.broadcast_mul(&col(&|m, _| m)?)?)?.broadcast_mul(&col(&|_, s| 1.0 / s)?),
-        Output::Score | Output::ScoreOverStd => {
-            let score = out.broadcast_mul(&col(&|_, s| if output == Output::ScoreOverStd { 1.0 / s } else { 1.0 })?)?;
-            eps_from_score(&score, t, sde)
+        Output::X0 => {
+            let (m, s) = columns()?;
+            (x - out.broadcast_mul(&like(m)?)?)?.broadcast_mul(&like(s.recip()?)?)
         }
+        // ε = −s·score, with score = out or out/s
+        Output::Score => out.broadcast_mul(&like(columns()?.1.neg()?)?),
+        Output::ScoreOverStd => out.neg(),
     }
 }
 
 /// s(x, t) = −ε(x, t)/s(t): the score of an ε-prediction (Ho et al. 2020, eq. 11
 /// read as Tweedie's formula; Song et al. 2021, App. B).
 pub fn score_from_eps(eps: &Tensor, t: &Tensor, sde: &dyn Sde) -> Result<Tensor> {
-    let inv: Vec<f64> = sde::times(t)?.iter().map(|&t| -1.0 / sde.marginal(t).1).collect();
-    eps.broadcast_mul(&sde::per_example(&inv, eps)?)
+    let (_, s) = sde::marginal_columns(sde, t, eps)?;
+    eps.broadcast_mul(&sde::to_like(&s.recip()?.neg()?, eps)?)
 }
 
 /// ε(x, t) = −s(t)·s(x, t): the other direction, so a score model can be
 /// stepped by the DDPM-family update rules written for ε.
 pub fn eps_from_score(score: &Tensor, t: &Tensor, sde: &dyn Sde) -> Result<Tensor> {
-    let neg_std: Vec<f64> = sde::times(t)?.iter().map(|&t| -sde.marginal(t).1).collect();
-    score.broadcast_mul(&sde::per_example(&neg_std, score)?)
+    let (_, s) = sde::marginal_columns(sde, t, score)?;
+    score.broadcast_mul(&sde::to_like(&s.neg()?, score)?)
 }
 
 /// Anything that predicts the noise ε(x_t, t) of a VP-style perturbation.
@@ -254,6 +269,42 @@ impl<M: TimestepModel> DiscreteTimeModel<M> {
     }
 }
 
+/// The increasing times t_0 < … < t_{K−1} of a chain's integer timesteps
+/// ([`Sde::timestep_times`]), asked for the timestep nearest to a time on the
+/// host ([`TimestepTimes::nearest`]) or per row of a time tensor on its own
+/// device ([`TimestepTimes::nearest_of`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimestepTimes {
+    pub times: Vec<f64>,
+    on_device: crate::host::Uploaded,
+}
+
+impl TimestepTimes {
+    pub fn new(times: Vec<f64>) -> Self {
+        Self { times, on_device: Default::default() }
+    }
+
+    /// [`nearest_timestep`] of t.
+    pub fn nearest(&self, t: f64) -> usize {
+        nearest_timestep(&self.times, t)
+    }
+
+    /// [`nearest_timestep`] per row of t [N], as f64 indices on t's device
+    /// with no host read: k = #{i : t_i < t}, then the nearer of t_{k−1} and
+    /// t_k (ties to the smaller), both clamped to 0, …, K − 1.
+    pub fn nearest_of(&self, t: &Tensor) -> Result<Tensor> {
+        let last = self.times.len().saturating_sub(1) as f64;
+        let table = self.on_device.get(t.device(), || Tensor::from_slice(&self.times, self.times.len(), t.device()))?;
+        let t = t.to_dtype(DType::F64)?;
+        let k = t.unsqueeze(1)?.broadcast_gt(&table.unsqueeze(0)?)?.to_dtype(DType::F64)?.sum(1)?;
+        let lo = (&k - 1.0)?.clamp(0.0, last)?;
+        let hi = k.clamp(0.0, last)?;
+        let t_lo = table.index_select(&lo.to_dtype(DType::U32)?, 0)?;
+        let t_hi = table.index_select(&hi.to_dtype(DType::U32)?, 0)?;
+        (&t - t_lo)?.le(&(t_hi - &t)?)?.where_cond(&lo, &hi)
+    }
+}
+
 /// The index i of the timestep nearest to t among increasing times t_i
 /// (ties to the smaller): where a discrete-time model is asked about time t.
 pub fn nearest_timestep(times: &[f64], t: f64) -> usize {
@@ -272,7 +323,10 @@ pub fn nearest_timestep(times: &[f64], t: f64) -> usize {
 }
 
 impl<M: TimestepModel> ScoreFn for DiscreteTimeModel<M> {
-    /// Rows with the same timestep go to the model together.
+    /// Rows with the same timestep go to the model together. The timesteps
+    /// are read back to the host (a counted read, [`crate::host`]): the
+    /// model takes them as integers. Networks on the device take theirs from
+    /// [`TimestepTimes::nearest_of`] instead.
     fn score(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
         let steps: Vec<usize> = sde::times(t)?.iter().map(|&t| self.timestep_of(t)).collect();
         let out = if steps.iter().all(|&i| i == steps[0]) {
@@ -297,4 +351,79 @@ impl<T: ScoreFn + ?Sized> ScoreFn for &T {
 /// (energies and the oracle have one; MALA needs it for its accept step).
 pub trait LogDensity {
     fn log_density(&self, x: &Tensor, t: &Tensor) -> Result<Tensor>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sde::{DiscreteVp, VpSde};
+    use candle_core::Device;
+
+    /// The timestep nearest to t on the device is the host's, for t on the
+    /// chain's grid, halfway between (ties to the smaller), outside [t_0, t_K−1]
+    /// and in between, without a read back; on a non-uniform grid as well.
+    #[test]
+    fn nearest_timestep_on_the_device_matches_the_host() {
+        let chain = DiscreteVp::ddpm();
+        let uniform = TimestepTimes::new(chain.timestep_times().unwrap());
+        let skewed = TimestepTimes::new((1..=40).map(|i| (i as f64 / 40.0).powi(2)).collect());
+        for table in [&uniform, &skewed] {
+            let mut ts: Vec<f64> = vec![0.0, -0.5, 1.0, 1.5, 0.3333, 0.123456];
+            for w in table.times.windows(2).step_by(7) {
+                ts.extend([w[0], 0.5 * (w[0] + w[1]), 0.3 * w[0] + 0.7 * w[1]]);
+            }
+            let t = Tensor::new(ts.as_slice(), &Device::Cpu).unwrap();
+            let before = crate::host::reads();
+            let got = table.nearest_of(&t).unwrap();
+            assert_eq!(crate::host::reads(), before);
+            let got = got.to_vec1::<f64>().unwrap();
+            for (i, &ti) in ts.iter().enumerate() {
+                assert_eq!(got[i] as usize, table.nearest(ti), "t = {ti}");
+            }
+        }
+    }
+
+    /// Every output kind becomes the same score through the tensor path as
+    /// through the scalar marginal, row by row at different times.
+    #[test]
+    fn score_from_output_uses_the_marginal_per_row() {
+        let sde = VpSde::default();
+        let ts = [0.01, 0.4, 0.9];
+        let t = Tensor::new(&ts, &Device::Cpu).unwrap();
+        let x = Tensor::new(&[[0.3f64, -1.0], [2.0, 0.5], [-0.7, 1.1]], &Device::Cpu).unwrap();
+        let out = Tensor::new(&[[0.1f64, 0.2], [-0.3, 0.4], [0.5, -0.6]], &Device::Cpu).unwrap();
+        let (xv, ov) = (x.to_vec2::<f64>().unwrap(), out.to_vec2::<f64>().unwrap());
+        for output in [Output::Score, Output::ScoreOverStd, Output::Epsilon, Output::V, Output::X0] {
+            let got = score_from_output(output, out.clone(), &x, &t, &sde).unwrap().to_vec2::<f64>().unwrap();
+            for (r, &tr) in ts.iter().enumerate() {
+                let (m, s) = sde.marginal(tr);
+                for c in 0..2 {
+                    let (o, xx) = (ov[r][c], xv[r][c]);
+                    let want = match output {
+                        Output::Score => o,
+                        Output::ScoreOverStd => o / s,
+                        Output::Epsilon => -o / s,
+                        Output::V => -((m * o + s * xx) / (m * m + s * s)) / s,
+                        Output::X0 => (m * o - xx) / (s * s),
+                    };
+                    assert!((got[r][c] - want).abs() < 1e-12 * (1.0 + want.abs()), "{output:?} row {r}");
+                }
+            }
+        }
+    }
+
+    /// EDM's coefficients on a tensor of σ are the scalar ones.
+    #[test]
+    fn edm_coefficients_of_a_tensor_match() {
+        let edm = Edm { sigma_data: 0.5 };
+        let sig = [0.002, 0.5, 3.0, 80.0];
+        let c = edm.coefficients_of(&Tensor::new(&sig, &Device::Cpu).unwrap()).unwrap();
+        let cols = [c.0, c.1, c.2, c.3].map(|t| t.to_vec1::<f64>().unwrap());
+        for (i, &s) in sig.iter().enumerate() {
+            let (a, b, cc, d) = edm.coefficients(s);
+            for (got, want) in [(cols[0][i], a), (cols[1][i], b), (cols[2][i], cc), (cols[3][i], d)] {
+                assert!((got - want).abs() <= 1e-14 * want.abs().max(1.0), "σ = {s}");
+            }
+        }
+    }
 }

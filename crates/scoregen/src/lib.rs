@@ -22,7 +22,7 @@ pub mod app;
 pub mod viz;
 
 pub use scoregen_core::{
-    autodiff, data, device, error, guidance, init, io, likelihood, metrics, named, objectives, oracle, points,
+    autodiff, data, device, error, guidance, host, init, io, likelihood, metrics, named, objectives, oracle, points,
     progress, rng, samplers, score, sde, Error, Result, CANDLE_SPIN_LIMIT_VAR,
 };
 pub use scoregen_nets::{nets, train};

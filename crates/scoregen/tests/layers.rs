@@ -26,6 +26,7 @@ const CORE: &[&str] = &[
     "error",
     "named",
     "device",
+    "host",
     "points",
     "rng",
     "progress",

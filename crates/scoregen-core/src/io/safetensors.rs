@@ -3,7 +3,7 @@
 //! a model's variables after checking names, shapes and dtypes.
 
 use crate::error::{Error, Result};
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -18,7 +18,7 @@ pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
         if !t.dtype().is_float() {
             return Err(Error::data(path, format!("tensor `{name}` has dtype {:?}, expected a float", t.dtype())));
         }
-        if !t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?.iter().all(|v| v.is_finite()) {
+        if !crate::host::vec1::<f64>(&t.flatten_all()?)?.iter().all(|v| v.is_finite()) {
             return Err(Error::data(path, format!("tensor `{name}` holds a non-finite value")));
         }
     }

@@ -83,7 +83,7 @@ impl Dequantization {
     pub fn apply(&self, x: &Tensor, rng: &mut Rng) -> crate::Result<Tensor> {
         let l = self.levels as f64;
         let width = self.hi - self.lo;
-        let vals = x.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        let vals = crate::host::vec1::<f64>(&x.flatten_all()?)?;
         let mut out = Vec::with_capacity(vals.len());
         for (i, v) in vals.iter().enumerate() {
             let kf = (v - self.lo) / width * (l - 1.0);
@@ -186,8 +186,8 @@ pub fn log_likelihood_with_progress(
     let sol = ode::solve(&mut rhs, &y0, eps, sde.t_max(), opts.method, false)?;
     progress.finish_and_clear();
     let latent = sol.y.narrow(1, 0, dim)?.reshape(&shape)?;
-    let delta_logp = sol.y.narrow(1, dim, 1)?.flatten_all()?.to_vec1::<f64>()?;
-    let prior_logp = sde.prior_logp(&latent)?.to_vec1::<f64>()?;
+    let delta_logp = crate::host::vec1::<f64>(&sol.y.narrow(1, dim, 1)?.flatten_all()?)?;
+    let prior_logp = crate::host::vec1::<f64>(&sde.prior_logp(&latent)?)?;
     let nats: Vec<f64> = prior_logp.iter().zip(&delta_logp).map(|(p, d)| p + d).collect();
     let offset = opts.dequantize.map_or(0.0, |d| d.bpd_offset());
     Ok(LogLikelihood {

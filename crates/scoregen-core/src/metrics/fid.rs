@@ -48,7 +48,7 @@ impl GaussianStats {
             features.rows().flat_map(|row| row.iter().zip(mu.iter()).map(|(v, m)| v - m)).collect();
         let gram = (|| -> candle_core::Result<Vec<f64>> {
             let x = candle_core::Tensor::from_vec(centered, (n, d), &candle_core::Device::Cpu)?;
-            x.t()?.matmul(&x)?.flatten_all()?.to_vec1::<f64>()
+            crate::host::vec1::<f64>(&x.t()?.matmul(&x)?.flatten_all()?)
         })()
         .expect("a CPU matmul of matching shapes");
         let sigma = DMatrix::from_row_slice(d, d, &gram) / (n.max(2) - 1) as f64;
@@ -137,7 +137,7 @@ fn gemm(a: &DMatrix<f64>, b: &DMatrix<f64>) -> DMatrix<f64> {
     let out = (|| -> candle_core::Result<Vec<f64>> {
         let at = Tensor::from_slice(a.as_slice(), (a.ncols(), a.nrows()), &Device::Cpu)?;
         let bt = Tensor::from_slice(b.as_slice(), (b.ncols(), b.nrows()), &Device::Cpu)?;
-        bt.matmul(&at)?.flatten_all()?.to_vec1::<f64>()
+        crate::host::vec1::<f64>(&bt.matmul(&at)?.flatten_all()?)
     })()
     .expect("a CPU matmul of matching shapes");
     DMatrix::from_vec(a.nrows(), b.ncols(), out)

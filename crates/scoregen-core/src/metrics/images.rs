@@ -60,8 +60,8 @@ pub fn nearest_distances(x: &Points, reference: &Points) -> candle_core::Result<
             let xn = X_BLOCK.min(x.n - x0);
             // ‖b‖² − 2a·b: the row's own ‖a‖² does not change which b is nearest
             let score = r_norms.broadcast_sub(&(xs.narrow(0, x0, xn)?.matmul(&rt)? * 2.0)?)?;
-            let best = score.min(1)?.to_vec1::<f32>()?;
-            let at = score.argmin(1)?.to_vec1::<u32>()?;
+            let best = crate::host::vec1::<f32>(&score.min(1)?)?;
+            let at = crate::host::vec1::<u32>(&score.argmin(1)?)?;
             for (i, (&v, &j)) in best.iter().zip(&at).enumerate() {
                 if v < nearest[x0 + i].0 {
                     nearest[x0 + i] = (v, r0 + j as usize);

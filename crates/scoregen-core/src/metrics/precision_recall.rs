@@ -48,7 +48,7 @@ fn for_each_row_of_distances(x: &Points, y: &Points, mut each: impl FnMut(usize,
         let xs = block(x, x0, xn)?;
         let x_norms = xs.sqr()?.sum(1)?.unsqueeze(1)?;
         let d2 = x_norms.broadcast_add(&y_norms)?.broadcast_sub(&(xs.matmul(&yt)? * 2.0)?)?.relu()?;
-        for (i, row) in d2.to_vec2::<f64>()?.iter().enumerate() {
+        for (i, row) in crate::host::vec2::<f64>(&d2)?.iter().enumerate() {
             each(x0 + i, row);
         }
     }

@@ -62,7 +62,7 @@ pub fn elbo_weights(chain: &DiscreteVp) -> Vec<f64> {
 }
 
 fn mean(v: &Tensor) -> Result<f64> {
-    v.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()
+    crate::host::scalar::<f64>(&v.to_dtype(DType::F64)?.mean_all()?)
 }
 
 /// Computes every term of the bound for `score` (as the model, through

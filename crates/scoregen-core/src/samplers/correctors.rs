@@ -21,15 +21,18 @@ fn alpha(rev: &ReverseSde, t: f64, dt: f64) -> f64 {
     rev.sde.transition(t, dt.abs()).0.powi(2)
 }
 
-/// One Langevin step x' = x + ε s + √(2ε) z with a given ε per example.
-fn langevin_step(x: &Tensor, s: &Tensor, z: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
-    let mean = (x + s.affine(eps, 0.0)?)?;
-    Ok(((&mean + z.affine((2.0 * eps).sqrt(), 0.0)?)?, mean))
+/// One Langevin step x' = x + ε s + √(2ε) z, with ε a rank-0 f64 tensor on
+/// x's device (so a step size computed there is never read back).
+fn langevin_step(x: &Tensor, s: &Tensor, z: &Tensor, eps: &Tensor) -> Result<(Tensor, Tensor)> {
+    let step = eps.to_dtype(x.dtype())?;
+    let noise = eps.affine(2.0, 0.0)?.sqrt()?.to_dtype(x.dtype())?;
+    let mean = (x + s.broadcast_mul(&step)?)?;
+    Ok(((&mean + z.broadcast_mul(&noise)?)?, mean))
 }
 
-/// Mean over the batch of the per-example Euclidean norms.
-fn mean_norm(v: &Tensor) -> Result<f64> {
-    v.flatten_from(1)?.sqr()?.sum(1)?.sqrt()?.mean_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()
+/// Mean over the batch of the per-example Euclidean norms, as a rank-0 f64 tensor.
+fn mean_norm(v: &Tensor) -> Result<Tensor> {
+    v.flatten_from(1)?.sqr()?.sum(1)?.sqrt()?.mean_all()?.to_dtype(candle_core::DType::F64)
 }
 
 /// Langevin corrector with the signal-to-noise step rule (Song et al. 2021,
@@ -58,8 +61,9 @@ impl Corrector for LangevinCorrector {
         for _ in 0..self.n_steps {
             let s = rev.score.score_at(&x, t)?;
             let z = rng.randn(x.shape(), x.dtype(), x.device())?;
-            let ratio = self.snr * mean_norm(&z)? / mean_norm(&s)?.max(1e-30);
-            (x, mean) = langevin_step(&x, &s, &z, 2.0 * alpha * ratio * ratio)?;
+            // ε = 2α(snr·‖z‖/‖s‖)², formed on the device
+            let ratio = (mean_norm(&z)?.affine(self.snr, 0.0)? / mean_norm(&s)?.maximum(1e-30)?)?;
+            (x, mean) = langevin_step(&x, &s, &z, &ratio.sqr()?.affine(2.0 * alpha, 0.0)?)?;
         }
         Ok((x, mean))
     }
@@ -86,12 +90,12 @@ impl Default for AnnealedLangevin {
 impl Corrector for AnnealedLangevin {
     fn step(&self, rev: &ReverseSde, x: &Tensor, t: f64, dt: f64, rng: &mut Rng) -> Result<(Tensor, Tensor)> {
         let std = rev.sde.marginal(t).1;
-        let eps = 2.0 * alpha(rev, t, dt) * (self.snr * std).powi(2);
+        let eps = Tensor::new(2.0 * alpha(rev, t, dt) * (self.snr * std).powi(2), x.device())?;
         let (mut x, mut mean) = (x.clone(), x.clone());
         for _ in 0..self.n_steps {
             let s = rev.score.score_at(&x, t)?;
             let z = rng.randn(x.shape(), x.dtype(), x.device())?;
-            (x, mean) = langevin_step(&x, &s, &z, eps)?;
+            (x, mean) = langevin_step(&x, &s, &z, &eps)?;
         }
         Ok((x, mean))
     }

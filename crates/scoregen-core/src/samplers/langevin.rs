@@ -98,7 +98,7 @@ pub fn mala(
     let mut x = x.detach();
     let mut s_x = score.score(&x, &t)?.detach();
     let mut lp_x = density.log_density(&x, &t)?.detach();
-    let mut accepted = 0usize;
+    let mut accepted = Tensor::new(0f64, x.device())?;
     let mut trajectory = Vec::new();
     if should_record(opts.record_every, 0, opts.steps) {
         trajectory.push((opts.t, x.clone()));
@@ -114,16 +114,10 @@ pub fn mala(
         let s_y = score.score(&y, &t)?.detach();
         let lp_y = density.log_density(&y, &t)?.detach();
         let log_alpha = ((&lp_y - &lp_x)? + log_q(&x, &y, &s_y)? - log_q(&y, &x, &s_x)?)?;
-        let u: Vec<f64> = rng.uniform_vec(n, 0.0, 1.0);
-        let accept: Vec<u8> = log_alpha
-            .to_dtype(DType::F64)?
-            .to_vec1::<f64>()?
-            .iter()
-            .zip(&u)
-            .map(|(la, u)| u8::from(u.ln() < *la))
-            .collect();
-        accepted += accept.iter().filter(|&&a| a == 1).count();
-        let mask = Tensor::from_vec(accept, n, x.device())?;
+        // accept where ln u < log α, decided on the device (no read back per step)
+        let log_u: Vec<f64> = rng.uniform_vec(n, 0.0, 1.0).iter().map(|u| u.ln()).collect();
+        let mask = log_alpha.to_dtype(DType::F64)?.gt(&Tensor::from_vec(log_u, n, x.device())?)?;
+        accepted = (accepted + mask.to_dtype(DType::F64)?.sum_all()?)?;
         let mask_x = mask.reshape((n, 1))?.broadcast_as(x.shape())?;
         x = mask_x.where_cond(&y, &x)?;
         s_x = mask_x.where_cond(&s_y, &s_x)?;
@@ -135,7 +129,7 @@ pub fn mala(
         crate::progress::stop_if_interrupted()?;
     }
     progress.finish_and_clear();
-    let rate = accepted as f64 / (n * opts.steps.max(1)) as f64;
+    let rate = crate::host::scalar::<f64>(&accepted)? / (n * opts.steps.max(1)) as f64;
     Ok((Sampled { x, trajectory, nfe: 2 * opts.steps + 1 }, rate))
 }
 

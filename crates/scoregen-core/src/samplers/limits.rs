@@ -39,7 +39,7 @@ impl X0Limit {
             X0Limit::Clip { range } => x0.clamp(-range, range),
             X0Limit::Threshold { ratio, range, max } => {
                 let (dtype, shape) = (x0.dtype(), x0.shape().clone());
-                let rows = x0.flatten_from(1)?.to_dtype(candle_core::DType::F64)?.to_vec2::<f64>()?;
+                let rows = crate::host::vec2::<f64>(&x0.flatten_from(1)?)?;
                 let mut out = Vec::with_capacity(rows.len() * rows.first().map_or(0, Vec::len));
                 for row in &rows {
                     let s = quantile_abs(row, ratio).clamp(range, max.max(range));

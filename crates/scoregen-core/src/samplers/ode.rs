@@ -85,7 +85,7 @@ fn lincomb(y: &Tensor, h: f64, terms: &[(f64, &Tensor)]) -> Result<Tensor> {
 
 /// √(mean(v²)), the RMS norm of scipy's solvers.
 fn rms(v: &Tensor) -> Result<f64> {
-    v.to_dtype(DType::F64)?.sqr()?.mean_all()?.sqrt()?.to_scalar::<f64>()
+    crate::host::scalar::<f64>(&v.to_dtype(DType::F64)?.sqr()?.mean_all()?.sqrt()?)
 }
 
 /// Integrates dy/dt = f(t, y) from (t0, y0) to t1 (t1 < t0 integrates backwards).

@@ -9,6 +9,8 @@
 //! oracle work with it unchanged.
 
 use super::Sde;
+use crate::host::Uploaded;
+use candle_core::{DType, Result, Tensor};
 
 /// Which β schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -45,6 +47,8 @@ pub struct DiscreteVp {
     pub betas: Vec<f64>,
     pub alphas_cumprod: Vec<f64>,
     log_alphas_cumprod: Vec<f64>,
+    /// [0, log ᾱ_0, …, log ᾱ_{N−1}] on the device of the last `marginal_of`.
+    table: Uploaded,
 }
 
 impl DiscreteVp {
@@ -79,7 +83,7 @@ impl DiscreteVp {
             log_alphas_cumprod.push(acc);
         }
         let alphas_cumprod = log_alphas_cumprod.iter().map(|l| l.exp()).collect();
-        Self { schedule, betas, alphas_cumprod, log_alphas_cumprod }
+        Self { schedule, betas, alphas_cumprod, log_alphas_cumprod, table: Uploaded::default() }
     }
 
     /// N, the number of steps of the chain.
@@ -118,6 +122,25 @@ impl DiscreteVp {
         let w = u - k as f64;
         (lo + w * (hi - lo), (hi - lo) * n)
     }
+
+    /// log ᾱ(t) of [`DiscreteVp::log_alpha_bar`] per row of t [N], as f64 on
+    /// t's device: the segment index k = ⌊u⌋, u = clamp(t, 0, 1)·N, gathers
+    /// the two table entries it interpolates between.
+    fn log_alpha_bar_of(&self, t: &Tensor) -> Result<Tensor> {
+        let table = self.table.get(t.device(), || {
+            let mut v = Vec::with_capacity(self.steps() + 1);
+            v.push(0.0);
+            v.extend_from_slice(&self.log_alphas_cumprod);
+            Tensor::from_vec(v, self.steps() + 1, t.device())
+        })?;
+        let n = self.steps() as f64;
+        let u = t.to_dtype(DType::F64)?.clamp(0.0, 1.0)?.affine(n, 0.0)?.clamp(0.0, n - 1e-12)?;
+        let k = u.floor()?;
+        let lo = table.index_select(&k.to_dtype(DType::U32)?, 0)?;
+        let hi = table.index_select(&(&k + 1.0)?.to_dtype(DType::U32)?, 0)?;
+        let w = (u - k)?;
+        lo.clone() + (hi - lo)?.mul(&w)?
+    }
 }
 
 impl Sde for DiscreteVp {
@@ -136,6 +159,11 @@ impl Sde for DiscreteVp {
     fn marginal(&self, t: f64) -> (f64, f64) {
         let l = self.log_alpha_bar(t).0;
         ((0.5 * l).exp(), (-l.exp_m1()).max(0.0).sqrt())
+    }
+    /// (√ᾱ(t), √(1 − ᾱ(t))) on t's device.
+    fn marginal_of(&self, t: &Tensor) -> Result<(Tensor, Tensor)> {
+        let l = self.log_alpha_bar_of(t)?;
+        Ok((l.affine(0.5, 0.0)?.exp()?, l.exp()?.affine(-1.0, 1.0)?.relu()?.sqrt()?))
     }
     fn prior_std(&self) -> f64 {
         1.0

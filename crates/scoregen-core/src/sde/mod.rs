@@ -42,6 +42,18 @@ pub trait Sde: Send + Sync {
     /// (m(t), s(t)): the perturbation kernel is N(m(t)·x(0), s(t)²·I).
     fn marginal(&self, t: f64) -> (f64, f64);
 
+    /// (m(t), s(t)) for a batch of times t [N] (any float dtype), as f64
+    /// tensors [N] on t's device: the batched twin of [`Sde::marginal`] that
+    /// score calls use, computed with tensor arithmetic so that a sampler on a
+    /// GPU never waits for t to come back to the host ([`crate::host`]).
+    /// Default: reads t back (a counted read) and calls `marginal` per row;
+    /// every SDE of this crate overrides it.
+    fn marginal_of(&self, t: &Tensor) -> Result<(Tensor, Tensor)> {
+        let ts = crate::host::vec1::<f64>(t)?;
+        let (m, s): (Vec<f64>, Vec<f64>) = ts.iter().map(|&t| self.marginal(t)).unzip();
+        Ok((Tensor::from_vec(m, ts.len(), t.device())?, Tensor::from_vec(s, ts.len(), t.device())?))
+    }
+
     /// Standard deviation of the prior N(0, s_T²·I) that p_T is close to.
     fn prior_std(&self) -> f64;
 
@@ -113,9 +125,33 @@ pub fn per_example(values: &[f64], like: &Tensor) -> Result<Tensor> {
     Tensor::from_slice(values, values.len(), like.device())?.to_dtype(like.dtype())?.reshape(dims)
 }
 
-/// Times of a batch as a Vec (the time tensor is [N]).
+/// Times of a batch as a Vec (the time tensor is [N]): a counted host read
+/// ([`crate::host`]), for the oracle and tests; the score path uses
+/// [`Sde::marginal_of`] and [`marginal_columns`] instead.
 pub fn times(t: &Tensor) -> Result<Vec<f64>> {
-    t.to_dtype(DType::F64)?.to_vec1::<f64>()
+    crate::host::vec1::<f64>(t)
+}
+
+/// (m(t), s(t)) of [`Sde::marginal_of`] reshaped to [N, 1, …, 1] in `like`'s
+/// rank, still f64, so per-example coefficients are formed in f64 and cast
+/// once ([`to_like`]), as the scalar path does.
+pub fn marginal_columns(sde: &dyn Sde, t: &Tensor, like: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (m, s) = sde.marginal_of(t)?;
+    let mut dims = vec![1usize; like.rank()];
+    dims[0] = t.dim(0)?;
+    Ok((m.reshape(dims.clone())?, s.reshape(dims)?))
+}
+
+/// A per-example coefficient column (f64) cast to `like`'s dtype.
+pub fn to_like(column: &Tensor, like: &Tensor) -> Result<Tensor> {
+    column.to_dtype(like.dtype())
+}
+
+/// σ(t) = s(t)/m(t) per row of t [N], as f64 on t's device ([`sigma_of`]
+/// batched, no host read).
+pub fn sigma_of_tensor(sde: &dyn Sde, t: &Tensor) -> Result<Tensor> {
+    let (m, s) = sde.marginal_of(t)?;
+    s / m
 }
 
 /// σ(t) = s(t)/m(t): the noise level of x(t)/m(t) = x(0) + σ(t)·z, the
@@ -173,6 +209,42 @@ mod tests {
 
     fn all() -> Vec<Box<dyn Sde>> {
         vec![Box::new(VeSde::new(0.01, 10.0)), Box::new(VpSde::new(0.1, 20.0)), Box::new(SubVpSde::new(0.1, 20.0))]
+    }
+
+    /// The batched marginal on the device equals the scalar one at every t
+    /// (grid points of the chains, their midpoints, both ends, times in f32),
+    /// to 1e-9 relative (the tensor path forms 1 − e^{2 log m} where the scalar
+    /// one uses expm1: an absolute error of 1e-16 against s(t)² ≥ 1e-7 here),
+    /// and reads nothing back.
+    #[test]
+    fn marginal_of_matches_marginal_without_host_reads() {
+        let mut sdes = all();
+        sdes.push(Box::new(DiscreteVp::ddpm()));
+        sdes.push(Box::new(DiscreteVp::new(BetaSchedule::Cosine, 50)));
+        let mut ts: Vec<f64> = vec![0.0, 1e-5, 1e-3, 0.0105, 0.25, 0.5, 0.7731, 0.999, 1.0];
+        ts.extend((0..50).map(|i| (i + 1) as f64 / 50.0));
+        ts.extend((0..50).map(|i| (i as f64 + 0.5) / 50.0));
+        for dtype in [DType::F64, DType::F32] {
+            let t = Tensor::new(ts.as_slice(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+            let t_host = crate::host::vec1::<f64>(&t).unwrap();
+            for sde in &sdes {
+                let before = crate::host::reads();
+                let (m, s) = sde.marginal_of(&t).unwrap();
+                assert_eq!(crate::host::reads(), before, "{}: marginal_of read t back", sde.name());
+                let (m, s) = (m.to_vec1::<f64>().unwrap(), s.to_vec1::<f64>().unwrap());
+                for (i, &ti) in t_host.iter().enumerate() {
+                    let (m0, s0) = sde.marginal(ti);
+                    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1e-12);
+                    assert!(
+                        close(m[i], m0) && close(s[i], s0),
+                        "{} at t = {ti}: ({}, {}) vs ({m0}, {s0})",
+                        sde.name(),
+                        m[i],
+                        s[i]
+                    );
+                }
+            }
+        }
     }
 
     /// Simulates the forward SDE from x(0) ~ N(mu0, s0²) with fine Euler–Maruyama

@@ -43,6 +43,12 @@ impl Sde for SubVpSde {
         let lm = self.vp.log_mean_coef(t);
         (lm.exp(), -(2.0 * lm).exp_m1())
     }
+    /// m = e^{log m}, s = 1 − m² on t's device.
+    fn marginal_of(&self, t: &candle_core::Tensor) -> candle_core::Result<(candle_core::Tensor, candle_core::Tensor)> {
+        let lm = self.vp.log_mean_coef_of(t)?;
+        let s = lm.affine(2.0, 0.0)?.exp()?.affine(-1.0, 1.0)?;
+        Ok((lm.exp()?, s))
+    }
     fn prior_std(&self) -> f64 {
         1.0
     }

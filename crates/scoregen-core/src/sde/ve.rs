@@ -41,6 +41,12 @@ impl Sde for VeSde {
     fn marginal(&self, t: f64) -> (f64, f64) {
         (1.0, self.sigma(t))
     }
+    /// σ(t) = σ_min·exp(t·ln(σ_max/σ_min)) on t's device.
+    fn marginal_of(&self, t: &Tensor) -> Result<(Tensor, Tensor)> {
+        let t = t.to_dtype(candle_core::DType::F64)?;
+        let s = t.affine((self.sigma_max / self.sigma_min).ln(), 0.0)?.exp()?.affine(self.sigma_min, 0.0)?;
+        Ok((s.ones_like()?, s))
+    }
     fn prior_std(&self) -> f64 {
         self.sigma_max
     }

@@ -25,6 +25,13 @@ impl VpSde {
     pub fn log_mean_coef(&self, t: f64) -> f64 {
         -0.25 * t * t * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
     }
+
+    /// log m(t) per row of t [N], as f64 on t's device.
+    pub fn log_mean_coef_of(&self, t: &Tensor) -> Result<Tensor> {
+        let t = t.to_dtype(candle_core::DType::F64)?;
+        let quad = t.sqr()?.affine(-0.25 * (self.beta_max - self.beta_min), 0.0)?;
+        quad + t.affine(-0.5 * self.beta_min, 0.0)?
+    }
 }
 
 impl Default for VpSde {
@@ -46,6 +53,12 @@ impl Sde for VpSde {
     fn marginal(&self, t: f64) -> (f64, f64) {
         let lm = self.log_mean_coef(t);
         (lm.exp(), (-(2.0 * lm).exp_m1()).sqrt())
+    }
+    /// m = e^{log m}, s = √(1 − m²) on t's device.
+    fn marginal_of(&self, t: &Tensor) -> Result<(Tensor, Tensor)> {
+        let lm = self.log_mean_coef_of(t)?;
+        let s = lm.affine(2.0, 0.0)?.exp()?.affine(-1.0, 1.0)?.relu()?.sqrt()?;
+        Ok((lm.exp()?, s))
     }
     fn prior_std(&self) -> f64 {
         1.0

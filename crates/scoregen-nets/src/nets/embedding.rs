@@ -3,6 +3,7 @@
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{embedding, Embedding, VarBuilder};
+use scoregen_core::host;
 use scoregen_core::rng::{streams, Rng};
 use std::f64::consts::PI;
 
@@ -30,16 +31,14 @@ impl GaussianFourier {
         &self.freqs
     }
 
-    /// t [N] → features [N, dim]. When every t is the same (a sampler's
-    /// step), one row is computed and repeated.
+    /// t [N] → features [N, dim]. On the CPU, when every t is the same (a
+    /// sampler's step), one row is computed and repeated; on another device
+    /// every row is computed, so t is never read back ([`host::peek_cpu`]).
     pub fn forward(&self, t: &Tensor) -> Result<Tensor> {
         let n = t.dim(0)?;
-        if n > 1 && !t.track_op() {
-            let ts = t.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
-            if ts.iter().all(|&v| v == ts[0]) {
-                let row = self.features(&t.narrow(0, 0, 1)?)?;
-                return row.broadcast_as((n, row.dim(1)?))?.contiguous();
-            }
+        if n > 1 && !t.track_op() && host::peek_cpu::<f64>(t)?.is_some_and(|ts| ts.iter().all(|&v| v == ts[0])) {
+            let row = self.features(&t.narrow(0, 0, 1)?)?;
+            return row.broadcast_as((n, row.dim(1)?))?.contiguous();
         }
         self.features(t)
     }
@@ -70,11 +69,18 @@ impl ClassEmbedding {
         self.classes
     }
 
-    /// labels [N] (u32, K = no label) → c(y) [N, dim]; a label above K is an error.
+    /// labels [N] (u32, K = no label) → c(y) [N, dim]; a label above K is an
+    /// error. The check reads the labels where they already are in host
+    /// memory; on another device they are not read back (the front ends check
+    /// the labels they are given before any tensor is made).
     pub fn forward(&self, labels: &Tensor) -> Result<Tensor> {
-        let max = labels.max(0)?.to_scalar::<u32>()? as usize;
-        if max > self.classes {
-            candle_core::bail!("class label {max} is out of range: the model knows classes 0..{}", self.classes - 1);
+        if let Some(max) = host::peek_cpu::<u32>(labels)?.and_then(|l| l.into_iter().max()) {
+            if max as usize > self.classes {
+                candle_core::bail!(
+                    "class label {max} is out of range: the model knows classes 0..{}",
+                    self.classes - 1
+                );
+            }
         }
         self.table.forward(labels)
     }

@@ -125,11 +125,9 @@ impl Mlp {
             Embed::None => None,
             Embed::Fourier(f) => Some(f.forward(t)?.to_dtype(dtype)?),
             Embed::Levels(table, l) => {
-                let ids: Vec<u32> = scoregen_core::sde::times(t)?
-                    .iter()
-                    .map(|&t| (t * (*l - 1) as f64).round().clamp(0.0, (*l - 1) as f64) as u32)
-                    .collect();
-                let ids = Tensor::from_vec(ids, t.dim(0)?, t.device())?;
+                // level round(t·(L − 1)), on t's device
+                let top = (*l - 1) as f64;
+                let ids = t.to_dtype(DType::F64)?.affine(top, 0.0)?.round()?.clamp(0.0, top)?.to_dtype(DType::U32)?;
                 Some(table.forward(&ids)?.to_dtype(dtype)?)
             }
         })

@@ -7,6 +7,7 @@
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Storage, Tensor, Var, WithDType};
 use rayon::prelude::*;
+use scoregen_core::host;
 use std::mem::MaybeUninit;
 
 /// m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g², θ ← θ − lr/(1−β₁ᵗ) · m / (√(v/(1−β₂ᵗ)) + ε).
@@ -52,7 +53,7 @@ impl Adam {
         for g in grads {
             if !g.device().is_cpu() {
                 // on a GPU: candle's ops, one f64 sum per tensor
-                total += g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+                total += host::scalar::<f64>(&g.to_dtype(DType::F64)?.sqr()?.sum_all()?)?;
                 continue;
             }
             total += match g.dtype() {

@@ -7,7 +7,8 @@
 //! network, the loss, each parameter's gradient and each parameter after the
 //! update. The first non-finite one is named.
 
-use candle_core::{DType, Result, Tensor, Var};
+use candle_core::{Result, Tensor, Var};
+use scoregen_core::host;
 use scoregen_core::score::ScoreFn;
 use std::cell::{Cell, RefCell};
 
@@ -15,7 +16,7 @@ use std::cell::{Cell, RefCell};
 /// for ±∞ or NaN, and a sum of zeros cannot overflow (a plain sum of large
 /// finite values could).
 pub fn is_finite(t: &Tensor) -> Result<bool> {
-    let s = t.sub(t)?.abs()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    let s = host::scalar::<f64>(&t.sub(t)?.abs()?.sum_all()?)?;
     Ok(s == 0.0)
 }
 

@@ -9,6 +9,7 @@ use crate::nets::{self, Classifier, ClassifierSpec};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use scoregen_core::error::{Error, Result};
+use scoregen_core::host;
 use scoregen_core::metrics::images::{entropy, frechet_distance, histogram, median, nearest_distances, ImageReport};
 use scoregen_core::points::Points;
 use scoregen_core::rng::{streams, Rng};
@@ -120,7 +121,7 @@ pub fn train_classifier(
             None => (x, None),
         };
         let loss = candle_nn::loss::cross_entropy(&classifier.logits(&x, t.as_ref())?, &y)?;
-        final_loss = loss.to_scalar::<f32>()? as f64;
+        final_loss = host::scalar::<f32>(&loss)? as f64;
         if !final_loss.is_finite() {
             return Err(Error::NonFinite { what: "classifier loss".into(), step, checkpoint: "none".into() });
         }
@@ -250,7 +251,7 @@ fn map_batches(
         let hi = (lo + size).min(x.n);
         let data: Vec<f32> = x.data[lo * x.d..hi * x.d].iter().map(|&v| v as f32).collect();
         let xb = Tensor::from_vec(data, (hi - lo, x.d), device)?;
-        out.push(f(&xb)?.to_vec2::<f32>()?);
+        out.push(host::vec2::<f32>(&f(&xb)?)?);
     }
     Ok(out)
 }

@@ -18,10 +18,11 @@ pub use ema::Ema;
 pub use parallel::{Collective, DataParallel, Local};
 
 use crate::nets::{self, Model};
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
 use scoregen_core::data::Dataset;
 use scoregen_core::error::{Error, Result};
+use scoregen_core::host;
 use scoregen_core::io::fs;
 use scoregen_core::objectives::Objective;
 use scoregen_core::rng::{streams, Rng};
@@ -389,7 +390,7 @@ impl Trainer {
         let watched = anomaly::Watched::new(score.as_ref());
         let score: &dyn ScoreFn = if self.detect_anomaly { &watched } else { score.as_ref() };
         let loss = self.objective.loss(score, &x0, noise_rng)?;
-        let l = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let l = host::scalar::<f64>(&loss)?;
         if !l.is_finite() {
             return Ok(Err(watched.first().unwrap_or_else(|| "loss".into())));
         }
@@ -464,7 +465,7 @@ impl Trainer {
             let began = Instant::now();
             let mut reduced = par.collective.all_reduce_sum(&grads)?;
             self.reduce_seconds += began.elapsed().as_secs_f64();
-            let extra = reduced.pop().expect("the scalars were pushed").to_dtype(DType::F64)?.to_vec1::<f64>()?;
+            let extra = host::vec1::<f64>(&reduced.pop().expect("the scalars were pushed"))?;
             grads = reduced;
             loss_sum = extra[0];
             bad_count = extra[1].round() as usize;

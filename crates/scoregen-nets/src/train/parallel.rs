@@ -21,6 +21,7 @@
 
 use candle_core::{DType, Tensor};
 use scoregen_core::error::{Error, Result};
+use scoregen_core::host;
 use scoregen_core::rng::{streams, Rng};
 use sha2::{Digest, Sha256};
 use std::rc::Rc;
@@ -155,8 +156,8 @@ pub fn state_hash<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) -> Result<u
     for t in tensors {
         let t = t.flatten_all()?;
         match t.dtype() {
-            DType::F64 => t.to_vec1::<f64>()?.iter().for_each(|x| h.update(x.to_bits().to_le_bytes())),
-            _ => t.to_dtype(DType::F32)?.to_vec1::<f32>()?.iter().for_each(|x| h.update(x.to_bits().to_le_bytes())),
+            DType::F64 => host::vec1::<f64>(&t)?.iter().for_each(|x| h.update(x.to_bits().to_le_bytes())),
+            _ => host::vec1::<f32>(&t)?.iter().for_each(|x| h.update(x.to_bits().to_le_bytes())),
         }
     }
     let d = h.finalize();
@@ -183,7 +184,7 @@ pub fn check_in_sync(collective: &dyn Collective, hash: u64, step: usize) -> Res
 pub fn flatten_f32(tensors: &[Tensor]) -> Result<Vec<f32>> {
     let mut out = Vec::with_capacity(tensors.iter().map(|t| t.elem_count()).sum());
     for t in tensors {
-        out.extend(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+        out.extend(host::vec1::<f32>(&t.flatten_all()?)?);
     }
     Ok(out)
 }

@@ -10,7 +10,7 @@ use crate::nets::{
 };
 use crate::objectives::{ContinuousDsm, DenoisingAtSigma, Dsm, Implicit, Ncsn, Objective, Sliced};
 use crate::rng::{streams, Rng};
-use crate::score::{Edm, Head};
+use crate::score::{Edm, Head, TimestepTimes};
 use crate::sde::{diffusers_betas, BetaSchedule, DiscreteVp, NoiseLadder, Sde, SubVpSde, VeSde, VpSde};
 use crate::train::{TrainSetup, Trainer};
 use candle_core::Device;
@@ -207,7 +207,7 @@ pub fn build_model(
 /// (score_sde's DDPM++ convention).
 pub fn time_input(sde: &dyn Sde, shared: &Arc<dyn Sde>) -> TimeInput {
     match (sde.timestep_times(), sde.name()) {
-        (Some(times), _) => TimeInput::Timesteps(Arc::new(times)),
+        (Some(times), _) => TimeInput::Timesteps(Arc::new(TimestepTimes::new(times))),
         (None, "ve") => TimeInput::Sigma(shared.clone()),
         _ => TimeInput::Scaled(999.0),
     }

@@ -23,6 +23,7 @@ use layers::{
     constant, fir_downsample, fir_upsample, Attention, Downsample, Resample, ResnetBlock, ResnetOptions, Upsample,
 };
 use scoregen_core::error::{Error, Result as CrateResult};
+use scoregen_core::score::TimestepTimes;
 use scoregen_core::sde::{self, Sde};
 use std::sync::Arc;
 
@@ -455,7 +456,7 @@ pub enum TimeInput {
     /// A discrete chain's timesteps: the model is asked at the nearest
     /// timestep i = argmin |t − t_i| (t_i from [`Sde::timestep_times`]), as
     /// [`scoregen_core::score::DiscreteTimeModel`] does (DDPM checkpoints).
-    Timesteps(Arc<Vec<f64>>),
+    Timesteps(Arc<TimestepTimes>),
     /// σ(t) of the SDE (NCSN++ checkpoints with `ScoreSdeVeScheduler`).
     Sigma(Arc<dyn Sde>),
     /// c·t (score_sde's DDPM++ on the continuous VP SDE: c = 999).
@@ -463,17 +464,14 @@ pub enum TimeInput {
 }
 
 impl TimeInput {
-    /// The model's inputs for times t [N].
+    /// The model's inputs (f32) for times t [N], computed on t's device
+    /// without reading t back to the host.
     pub fn of(&self, t: &Tensor) -> Result<Tensor> {
-        let ts = sde::times(t)?;
-        let v: Vec<f32> = match self {
-            TimeInput::Timesteps(times) => {
-                ts.iter().map(|&t| scoregen_core::score::nearest_timestep(times, t) as f32).collect()
-            }
-            TimeInput::Sigma(s) => ts.iter().map(|&t| sde::sigma_of(s.as_ref(), t) as f32).collect(),
-            TimeInput::Scaled(c) => ts.iter().map(|&t| (c * t) as f32).collect(),
-        };
-        Tensor::from_vec(v, ts.len(), t.device())
+        match self {
+            TimeInput::Timesteps(times) => times.nearest_of(t)?.to_dtype(DType::F32),
+            TimeInput::Sigma(s) => sde::sigma_of_tensor(s.as_ref(), t)?.to_dtype(DType::F32),
+            TimeInput::Scaled(c) => t.to_dtype(DType::F64)?.affine(*c, 0.0)?.to_dtype(DType::F32),
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 use crate::app::factory;
 use crate::data::toy;
 use crate::error::{Error, Result};
+use crate::host;
 use crate::io::fs;
 use crate::metrics;
 use crate::metrics::ModeStats;
@@ -211,7 +212,7 @@ pub fn forward_reverse(out_dir: &Path, seed: u64, device: &Device) -> Result<Pat
     )?;
     let mut reverse = vec![Vec::with_capacity(steps + 1); paths];
     for (t, x) in &out.trajectory {
-        let v = x.flatten_all()?.to_vec1::<f64>()?;
+        let v = host::vec1::<f64>(&x.flatten_all()?)?;
         for (p, xi) in reverse.iter_mut().zip(v) {
             p.push((*t, xi));
         }

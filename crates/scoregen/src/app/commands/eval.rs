@@ -7,6 +7,7 @@
 use super::classify::evaluate_images;
 use crate::data::{self, PixelScale};
 use crate::error::{Error, Result};
+use crate::host;
 use crate::io::npy;
 use crate::metrics::fid::{self, frechet_distance, GaussianStats, InceptionScore, IS_SPLITS};
 use crate::metrics::images::ImageReport;
@@ -16,7 +17,7 @@ use crate::nets::inception::{InceptionV3, CLASSES, FEATURES};
 use crate::oracle::GaussianMixture;
 use crate::points::Points;
 use crate::rng::{streams, Rng};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -158,8 +159,8 @@ pub fn inception_outputs(
             batch = batch.repeat((1, 3, 1, 1))?;
         }
         let out = net.forward(&batch)?;
-        feats.extend(out.features.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?);
-        logits.extend(out.logits.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?);
+        feats.extend(host::vec1::<f64>(&out.features.flatten_all()?)?);
+        logits.extend(host::vec1::<f64>(&out.logits.flatten_all()?)?);
         bar.inc(len as u64);
     }
     bar.finish_and_clear();

@@ -13,6 +13,7 @@
 use super::eval::Target;
 use crate::app::run_dir::{oracle_of, LoadedModel};
 use crate::error::{Error, Result};
+use crate::host;
 use crate::metrics;
 use crate::oracle::GaussianMixture;
 use crate::points::Points;
@@ -141,8 +142,8 @@ pub fn order_errors(
                     sample_sigma_steps(&den, step(&spec).as_mut(), start.clone(), &sigmas, &mut rng, None, &hidden)
                 };
                 let (a, b) = (run(0)?, run(1)?);
-                let xs = a.x.flatten_all()?.to_vec1::<f64>()?;
-                if xs != b.x.flatten_all()?.to_vec1::<f64>()? {
+                let xs = host::vec1::<f64>(&a.x.flatten_all()?)?;
+                if xs != host::vec1::<f64>(&b.x.flatten_all()?)? {
                     rows.clear();
                     break;
                 }

@@ -15,6 +15,7 @@ use crate::app::config::{ObjectiveKind, RunConfig};
 use crate::app::figures;
 use crate::app::run_dir::{self, LoadedModel};
 use crate::error::{Error, Result};
+use crate::host;
 use crate::io::{fs, npy};
 use crate::likelihood::{self, LikelihoodOptions, TraceEstimator};
 use crate::oracle::GaussianMixture;
@@ -545,7 +546,7 @@ impl Builder<'_> {
         let x = grid.to_tensor(DType::F32, &model.device)?;
         if let Some(e) = model.model.energy() {
             let t = sde::time_batch(model.cfg.langevin_time(), &x)?;
-            let v = e.log_density(&x, &t)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+            let v = host::vec1::<f64>(&e.log_density(&x, &t)?)?;
             return Ok(Some((v, "−f_θ(x) (unnormalized)".into(), 1)));
         }
         if model.cfg.objective.kind.is_noise_free(model.cfg.objective.sigma) {
