@@ -449,3 +449,26 @@ fn distributed_in_a_build_without_mpi_names_the_feature() {
         scoregen(&["-q", "train", "--config", "c.toml", "--out", "run", "--shards", "2", "--no-report"], dir.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Work that cannot finish or cannot fit is refused before it starts, by every
+/// command that takes sizes (issue 31): a benchmark's steps, its GEMM's
+/// matrices, the sampler leaderboard's budgets, the classifier's batch and
+/// steps, each in one line naming the estimate and the flag to lower.
+#[test]
+fn commands_refuse_work_they_cannot_finish_or_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = scoregen(&["--quiet", "bench", "sample", "--steps", "1000000000000", "--n", "10"], d);
+    fails_with(&out, &["bench sample", "3.00e12", "network evaluations", "--steps"]);
+    let out = scoregen(&["--quiet", "bench", "gemm", "--n", "10000000"], d);
+    fails_with(&out, &["bench gemm of 10000000×10000000", "--n"]);
+    let out = scoregen(&["--quiet", "bench", "likelihood", "--steps", "1000000000000", "--n", "10"], d);
+    fails_with(&out, &["bench likelihood", "network evaluations"]);
+    let out = scoregen(&["--quiet", "bench", "samplers", "--budgets", "1000000000000", "--n", "10"], d);
+    fails_with(&out, &["bench samplers", "--budgets"]);
+    let out = scoregen(&["--quiet", "train-classifier", "--data", "digits", "--batch-size", "1000000000000"], d);
+    fails_with(&out, &["classifier", "1000000000000", "--batch-size"]);
+    let out = scoregen(&["--quiet", "train-classifier", "--data", "digits", "--steps", "1000000000000"], d);
+    fails_with(&out, &["train-classifier", "--steps"]);
+    assert!(!d.join("classifiers").exists(), "nothing is written for a refused request");
+}

@@ -104,9 +104,65 @@ pub fn check_training(cfg: &RunConfig, dim: usize) -> Result<()> {
     )
 }
 
+/// Bytes to train `train-classifier`'s CNN: the labelled images of both
+/// splits (f64), one batch through `blocks` convolutions of `width` channels
+/// per resolution at ≤ the input's size with gradients kept (×8 the forward
+/// maps, as for [`training`]), and the parameters five times over.
+pub fn classifier_training(images: usize, dim: usize, width: usize, blocks: usize, batch: usize) -> f64 {
+    let data = images as f64 * dim as f64 * 8.0;
+    let maps = dim as f64 * width.max(1) as f64 * (blocks + 2) as f64 * 4.0;
+    let params = 9.0 * (width * width) as f64 * (blocks * 3) as f64;
+    data + batch as f64 * (dim as f64 * 4.0 * 4.0 + maps * 8.0) + params * 4.0 * 5.0
+}
+
+/// Refuses `train-classifier` when [`classifier_training`] exceeds the available memory.
+pub fn check_classifier_training(images: usize, dim: usize, width: usize, blocks: usize, batch: usize) -> Result<()> {
+    memory::check(
+        &format!(
+            "training a classifier of width {width} with batches of {batch} on {images} images of dimension {dim}"
+        ),
+        classifier_training(images, dim, width, blocks, batch),
+        "lower --batch-size or --width",
+    )
+}
+
+/// Refuses a fixed amount of work planned as `evaluations` network
+/// evaluations (a benchmark's steps × repetitions, say) beyond the bound
+/// every sampler has ([`crate::samplers::dispatch::MAX_EVALUATIONS`]),
+/// naming `what` and the flag to lower.
+pub fn check_evaluations(what: &str, evaluations: f64, hint: &str) -> Result<()> {
+    let max = crate::samplers::dispatch::MAX_EVALUATIONS;
+    if evaluations > max {
+        return Err(crate::error::Error::Invalid(format!(
+            "{what} would take about {evaluations:.2e} network evaluations; more than {max:.0e} is refused ({hint})"
+        )));
+    }
+    Ok(())
+}
+
+/// Bytes of an n×n by n×n f32 product: the two factors and the result.
+pub fn gemm(n: usize) -> f64 {
+    3.0 * (n as f64).powi(2) * 4.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The classifier's estimate grows with each size and refuses the absurd;
+    /// the evaluation bound takes the samplers' own.
+    #[test]
+    fn classifier_and_work_bounds() {
+        let base = classifier_training(1797, 64, 32, 2, 128);
+        assert!((1797.0 * 64.0 * 8.0..1e9).contains(&base), "{base}");
+        assert!(classifier_training(1797, 64, 64, 2, 128) > base);
+        assert!(classifier_training(1797, 64, 32, 2, 256) > base);
+        assert!(classifier_training(1797, 64, 32, 2, 1_000_000_000) > 1e12);
+        assert!(check_evaluations("x", 1e6, "h").is_ok());
+        let e = check_evaluations("bench sample", 2e12, "lower --steps").unwrap_err().to_string();
+        assert!(e.contains("bench sample") && e.contains("2.00e12") && e.contains("--steps"), "{e}");
+        assert_eq!(gemm(1024), 3.0 * 1024.0 * 1024.0 * 4.0);
+    }
 
     #[test]
     fn estimates_grow_with_the_request_and_cover_the_batch() {

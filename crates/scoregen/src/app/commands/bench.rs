@@ -7,6 +7,7 @@
 //! then times `reps` repetitions and reports the median. Benchmarks, not
 //! tests: nothing here is asserted.
 
+use crate::app::budget;
 use crate::app::config::RunConfig;
 use crate::app::factory;
 use crate::error::{Error, Result};
@@ -184,6 +185,9 @@ pub fn sample(cfg: &RunConfig, which: SamplerKind, n: usize, steps: usize, reps:
     let (model, _vars) = trainer.ema_model()?;
     let score = model.score(sde.clone());
     let dim = trainer.dataset.points.d;
+    budget::check_sampling(cfg, n, dim, 0, "bench sample:")?;
+    let evals = if which == SamplerKind::Ode { 2.0 } else { 1.0 };
+    budget::check_evaluations("bench sample", evals * (steps * reps) as f64, "lower --steps or --reps")?;
     let opts = ReverseOptions { steps, eps: None, denoise: false, record_every: None, x_init: None };
     let mut rng = Rng::new(cfg.seed, streams::SAMPLING);
     let name = match which {
@@ -232,6 +236,8 @@ pub fn likelihood(cfg: &RunConfig, n: usize, steps: usize, reps: usize, label: &
     let score = model.score(sde.clone());
     let pts = &trainer.dataset.points;
     let n = n.min(pts.n);
+    budget::check_sampling(cfg, 2 * n, pts.d, 0, "bench likelihood:")?;
+    budget::check_evaluations("bench likelihood", 2.0 * (steps * reps) as f64, "lower --steps or --reps")?;
     let rows: Vec<f32> = (0..n).flat_map(|i| pts.row(i).iter().map(|&v| v as f32)).collect();
     let device = trainer.device.clone();
     let x = Tensor::from_vec(rows, (n, pts.d), &device)?;
@@ -250,6 +256,8 @@ pub fn likelihood(cfg: &RunConfig, n: usize, steps: usize, reps: usize, label: &
 /// This device's f32 GEMM rate through candle's matmul: an n×n by n×n
 /// product (2n³ FLOPs), median of `reps`.
 pub fn gemm_peak(n: usize, reps: usize, device: &Device) -> Result<Timing> {
+    crate::io::memory::check(&format!("bench gemm of {n}×{n} matrices"), budget::gemm(n), "lower --n")?;
+    budget::check_evaluations("bench gemm", reps as f64, "lower --reps")?;
     let mut rng = Rng::new(0, streams::BENCH_INPUTS);
     let a = rng.randn((n, n), DType::F32, device)?;
     let b = rng.randn((n, n), DType::F32, device)?;

@@ -95,6 +95,18 @@ pub fn train_classifier(req: &ClassifierRequest) -> Result<ClassifierOutcome> {
         None
     };
     let (train, test, shape) = labelled_splits(&source, &opts)?;
+    crate::app::budget::check_classifier_training(
+        train.points.n + test.points.n,
+        train.points.d,
+        req.width,
+        req.blocks,
+        req.batch_size,
+    )?;
+    crate::app::budget::check_evaluations(
+        &format!("train-classifier's {} steps", req.steps),
+        req.steps as f64,
+        "lower --steps",
+    )?;
     let spec = ClassifierSpec {
         classes: train.classes().max(test.classes()),
         dim: train.points.d,

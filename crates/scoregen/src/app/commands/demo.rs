@@ -1,6 +1,8 @@
 //! Demonstrations of the seed's figures, on exact scores: Langevin dynamics
 //! on a mixture, the low-density pitfall, and forward/reverse SDE trajectories.
 
+use crate::app::budget;
+use crate::app::config::RunConfig;
 use crate::app::factory;
 use crate::data::toy;
 use crate::error::{Error, Result};
@@ -45,6 +47,8 @@ pub struct LangevinDemo {
 /// score of `gmm8`, drawn over its density: `langevin.gif` and `langevin_final.png`.
 pub fn langevin(out: &Path, quiet: bool, device: &Device) -> Result<LangevinDemo> {
     fs::create_dir(out)?;
+    // 1,000 particles, a frame every 5 of 300 steps: fixed sizes, checked like any request
+    budget::check_sampling(&RunConfig::default(), 1000, 2, 61, "the Langevin demo:")?;
     let mix = toy::named_mixture("gmm8").expect("gmm8 is a mixture");
     let mut rng = Rng::new(0, streams::DEMO);
     let x0 = Start::Uniform { lo: -8.0, hi: 8.0 }.sample((1000, 2), &mut rng, DType::F64, device)?;
@@ -101,6 +105,8 @@ pub fn pitfall_with(
     let start = Start::Uniform { lo: -10.0, hi: 10.0 };
     let ladder = NoiseLadder::geometric(0.1, 20.0, levels);
     let total = per_level * ladder.levels();
+    budget::check_sampling(&RunConfig::default(), 2 * n, 2, 0, "the pitfall demo:")?;
+    budget::check_evaluations("the pitfall demo", 2.0 * total as f64, "fewer levels or steps per level")?;
     let hidden = ProgressBar::hidden();
     let mut rng = Rng::new(seed, streams::DEMO);
     let x0 = start.sample((n, 2), &mut rng, DType::F64, device)?;

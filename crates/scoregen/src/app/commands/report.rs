@@ -304,6 +304,13 @@ impl Builder<'_> {
 
         // The reverse process, recorded: GIF frames, paths, and samples if the run has none.
         tracing::info!("report: reverse process");
+        crate::app::budget::check_sampling(
+            cfg,
+            PROCESS_N,
+            model.state.dim,
+            PROCESS_STEPS + 1,
+            "the report's reverse process:",
+        )?;
         let process = self.reverse_process(model, quiet)?;
         let pts = match samples {
             Some(p) => npy::read_points(p)?,
