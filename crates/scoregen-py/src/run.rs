@@ -26,8 +26,8 @@ pub struct Run {
     model: LoadedModel,
     path: PathBuf,
     use_ema: bool,
-    /// The last samples `sample` drew, for `_repr_html_`'s picture.
-    last: std::cell::RefCell<Option<Points>>,
+    /// The last samples `sample` drew and its steps, for `_repr_html_`'s picture.
+    last: std::cell::RefCell<Option<(Points, usize)>>,
 }
 
 impl Run {
@@ -231,7 +231,7 @@ impl Run {
                 Points::from_tensor(&s.x).map_err(convert::candle_error)
             })
         })??;
-        *self.last.borrow_mut() = Some(out.clone());
+        *self.last.borrow_mut() = Some((out.clone(), steps));
         convert::to_numpy(py, &[out.n, out.d], out.data, f32)
     }
 
@@ -457,21 +457,22 @@ impl Run {
             ("objective", format!("{:?}", cfg.objective.kind)),
             ("sampler", format!("{} ({} steps)", cfg.sampling.sampler, cfg.sampling.steps)),
         ];
-        let mut shown = self.last.borrow().clone().map(|p| (p, "drawn by this Run's last sample()".to_string()));
+        let mut shown =
+            self.last.borrow().clone().map(|(p, k)| (p, Some(k), "drawn by this Run's last sample()".to_string()));
         if shown.is_none() {
             if let Some(file) = scoregen::app::commands::report::find_samples(&self.path) {
                 if let Ok(p) = scoregen::io::npy::read_points(&file) {
                     let rel = file.strip_prefix(&self.path).unwrap_or(&file).display().to_string();
-                    shown = Some((p, rel));
+                    shown = Some((p, None, rel));
                 }
             }
         }
         let picture = match shown {
             None => "<p>No samples yet: <code>run.sample(n)</code> draws some, and this picture shows them.</p>".into(),
-            Some((pts, from)) => {
-                let cap = if cfg.image_shape(pts.d).is_some() { 64 } else { 2000 };
+            Some((pts, steps, from)) => {
+                let cap = if cfg.image_shape(pts.d).is_some() { 64 } else { 5000 };
                 let pts = pts.head(cap);
-                let title = format!("{} samples", pts.n);
+                let title = scoregen::app::commands::sample::samples_title(pts.n, &cfg.name, steps);
                 match guard(|| {
                     scoregen::app::commands::sample::samples_png(&pts, cfg, &title).map_err(convert::error)
                 })? {

@@ -249,7 +249,7 @@ pub fn sample_run_guided(
         frames.push((0.0, pts.clone()));
     }
     let gif = (!frames.is_empty()).then(|| req.out.with_extension("gif"));
-    let title = format!("{} samples, {} ({} steps)", pts.n, model.cfg.name, req.steps);
+    let title = samples_title(pts.n, &model.cfg.name, Some(req.steps));
     let png = write_samples(&req.out, &pts, &model.cfg, &title, None)?;
     if let Some(gif) = &gif {
         if let Some((c, h, w)) = model.cfg.image_shape(pts.d) {
@@ -265,6 +265,14 @@ pub fn sample_run_guided(
         }
     }
     Ok(SampleOutcome { npy: req.out.clone(), png, gif, n: pts.n, nfe: out.nfe, seconds })
+}
+
+/// The title of the scatter of `n` samples of the run `name` (drawn in `steps` steps).
+pub fn samples_title(n: usize, name: &str, steps: Option<usize>) -> String {
+    match steps {
+        Some(k) => format!("{n} samples, {name} ({k} steps)"),
+        None => format!("{n} samples, {name}"),
+    }
 }
 
 /// The tiles of an image grid in pixel space and its number of columns.
