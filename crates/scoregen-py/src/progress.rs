@@ -26,13 +26,11 @@ pub fn with_bars<T: Send>(py: Python<'_>, progress_bar: Option<bool>, work: impl
         let (watch, bars) = Watch::enter();
         let done = AtomicBool::new(false);
         std::thread::scope(|s| {
-            let drawer = s.spawn(|| {
+            let drawer = s.spawn(|| -> PyResult<()> {
                 let mut shown = Shown::default();
                 loop {
                     let last = done.load(Ordering::SeqCst);
-                    if let Err(e) = Python::with_gil(|py| shown.update(py, &make, &bars, last)) {
-                        return Err(e);
-                    }
+                    Python::with_gil(|py| shown.update(py, &make, &bars, last))?;
                     if last {
                         return Ok(());
                     }

@@ -446,15 +446,16 @@ impl Run {
     /// the last this object drew (`sample`), else the run's saved ones
     /// (`samples/samples.npy`, `samples.npy`); none are drawn here.
     fn _repr_html_(&self) -> PyResult<String> {
+        use scoregen::named::Named;
         let cfg = &self.model.cfg;
         let esc = scoregen::app::commands::report::escape;
         let mut rows = vec![
             ("path", self.path.display().to_string()),
             ("step", format!("{} ({} weights)", self.model.state.step, if self.use_ema { "EMA" } else { "raw" })),
             ("data", format!("{} (dimension {})", cfg.data.source, self.model.state.dim)),
-            ("model", format!("{:?}", cfg.model.kind)),
+            ("model", cfg.model.kind.name().to_string()),
             ("SDE", cfg.sde().name().to_string()),
-            ("objective", format!("{:?}", cfg.objective.kind)),
+            ("objective", cfg.objective.kind.name().to_string()),
             ("sampler", format!("{} ({} steps)", cfg.sampling.sampler, cfg.sampling.steps)),
         ];
         let mut shown =
@@ -473,19 +474,23 @@ impl Run {
                 let cap = if cfg.image_shape(pts.d).is_some() { 64 } else { 5000 };
                 let pts = pts.head(cap);
                 let title = scoregen::app::commands::sample::samples_title(pts.n, &cfg.name, steps);
-                match guard(|| {
-                    scoregen::app::commands::sample::samples_png(&pts, cfg, &title).map_err(convert::error)
-                })? {
+                match guard(|| scoregen::app::commands::sample::samples_png(&pts, cfg, &title).map_err(convert::error))?
+                {
                     Some(png) => {
                         rows.push(("samples", format!("{} ({from})", pts.n)));
                         format!("<img src=\"data:image/png;base64,{}\" style=\"max-width:480px\"/>", base64(&png))
                     }
-                    None => format!("<p>{} samples of dimension {}: no picture (neither images nor 2-D points).</p>", pts.n, pts.d),
+                    None => format!(
+                        "<p>{} samples of dimension {}: no picture (neither images nor 2-D points).</p>",
+                        pts.n, pts.d
+                    ),
                 }
             }
         };
-        let table: String =
-            rows.iter().map(|(k, v)| format!("<tr><th style=\"text-align:left\">{k}</th><td>{}</td></tr>", esc(v))).collect();
+        let table: String = rows
+            .iter()
+            .map(|(k, v)| format!("<tr><th style=\"text-align:left\">{k}</th><td>{}</td></tr>", esc(v)))
+            .collect();
         Ok(format!("<div><b>scoregen.Run</b> {}<table>{table}</table>{picture}</div>", esc(&cfg.name)))
     }
 

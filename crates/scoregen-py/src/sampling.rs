@@ -116,7 +116,10 @@ pub fn sample(
         positive("t_eps", e)?;
     }
     // the Langevin step is checked where Run.sample's and `--eps` are
-    let step_size = SamplerOverrides { eps, ..Default::default() }.apply(&SamplerSpec::default()).map_err(convert::error)?.step_size;
+    let step_size = SamplerOverrides { eps, ..Default::default() }
+        .apply(&SamplerSpec::default())
+        .map_err(convert::error)?
+        .step_size;
     let sc = SamplerSpec {
         sampler: parse_sampler(sampler)?,
         grid: parse_grid(grid)?,

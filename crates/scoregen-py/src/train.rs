@@ -7,10 +7,10 @@ use candle_core::Device;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
+use scoregen::app::commands::classify::{self, default_out, defaults, ClassifierRequest};
 use scoregen::app::commands::train::{
     train_and_report, train_from_memory, MemoryData, TrainAndReportError, TrainedRun, REPORT_BY_DEFAULT,
 };
-use scoregen::app::commands::classify::{self, default_out, defaults, ClassifierRequest};
 use scoregen::app::config::RunConfig;
 use scoregen::points::Points;
 use scoregen::train::{DataParallel, ExistingRun, LogFn, LogHook, LogLine, TrainOptions};

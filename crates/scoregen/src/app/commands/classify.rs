@@ -119,7 +119,8 @@ pub fn train_classifier(req: &ClassifierRequest) -> Result<ClassifierOutcome> {
         (None, Some(cfg)) => cfg.data.source.clone(),
         (None, None) => return Err(no_data()),
     };
-    for (key, v) in [("width", req.width), ("blocks", req.blocks), ("steps", req.steps), ("batch_size", req.batch_size)] {
+    for (key, v) in [("width", req.width), ("blocks", req.blocks), ("steps", req.steps), ("batch_size", req.batch_size)]
+    {
         if v == 0 {
             return Err(Error::Setting { key, message: "must be ≥ 1 (got 0)".into() });
         }

@@ -87,9 +87,10 @@ pub fn read_input(path: &Path, cfg: &RunConfig, d: usize) -> Result<(Points, Opt
     let (shape, scale) = (cfg.image_shape(d), cfg.data.scale);
     if let Some(rest) = path.to_str().and_then(|s| s.strip_prefix("held-out")) {
         let limit = match rest.strip_prefix(':') {
-            Some(n) => n
-                .parse::<usize>()
-                .map_err(|_| Error::Setting { key: "input", message: format!("held-out:N needs a count, found `{n}`") })?,
+            Some(n) => n.parse::<usize>().map_err(|_| Error::Setting {
+                key: "input",
+                message: format!("held-out:N needs a count, found `{n}`"),
+            })?,
             None if rest.is_empty() => usize::MAX,
             None => {
                 return Err(Error::Setting {
