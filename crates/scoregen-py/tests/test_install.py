@@ -110,9 +110,18 @@ def test_pip_install_of_the_source_path_into_a_fresh_venv_with_rust(tmp_path):
     for k in ("RUSTUP_HOME", "CARGO_HOME"):
         if k in os.environ:
             env[k] = os.environ[k]
+    # maturin leaves a copy of the wheel it builds in TARGET/wheels, where the
+    # wheel test above looks for setup-python.sh's: removed after
+    wheels = pathlib.Path(target) / "wheels"
+    before = set(wheels.glob("*.whl"))
     start = time.perf_counter()
-    r = subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                        str(ROOT / "crates" / "scoregen-py")], env=env, capture_output=True, text=True, cwd=tmp_path)
+    try:
+        r = subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                            str(ROOT / "crates" / "scoregen-py")], env=env, capture_output=True, text=True,
+                           cwd=tmp_path)
+    finally:
+        for w in set(wheels.glob("*.whl")) - before:
+            w.unlink()
     seconds = time.perf_counter() - start
     assert r.returncode == 0, r.stdout + r.stderr
     r = subprocess.run([str(py), "-c", SCRIPT], env=env, capture_output=True, text=True, cwd=tmp_path)
