@@ -4,6 +4,7 @@
 
 use crate::convert::{self, guard, positive, tensor, tensor_data, AssertSend};
 use crate::oracle::PyMixture;
+use crate::progress;
 use crate::pyscore;
 use crate::sde::PySde;
 use candle_core::DType;
@@ -81,11 +82,12 @@ fn shape_of(shape: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
 /// at its smallest level, the corrector's; config `sampling.step_size`), checked
 /// by the same app function as `Run.sample`'s; `t_eps` the final time ε of the
 /// reverse process (config `sampling.eps`; default the SDE's `sampling_eps`);
+/// `progress_bar` a tqdm bar of the steps, as `Run.sample`'s;
 /// `eta`, `clip_range`, `threshold_max` and `dpmpp_3m_form` as the config's
 /// `sampling.eta` (`ddim`), `sampling.clip_range` (diffusers' `clip_sample_range`),
 /// `sampling.threshold_max` (`sample_max_value`) and `sampling.dpmpp_3m_form`.
 #[pyfunction]
-#[pyo3(signature = (score_fn, sde, shape, sampler = None, steps = 50, seed = 0, grid = None, dtype = "float32", eps = None, t_eps = None, denoise = true, clip_denoised = false, threshold = None, keep_model_eps = false, eta = 0.0, clip_range = 1.0, threshold_max = f64::INFINITY, dpmpp_3m_form = "taylor"))]
+#[pyo3(signature = (score_fn, sde, shape, sampler = None, steps = 50, seed = 0, grid = None, dtype = "float32", eps = None, t_eps = None, denoise = true, clip_denoised = false, threshold = None, keep_model_eps = false, eta = 0.0, clip_range = 1.0, threshold_max = f64::INFINITY, dpmpp_3m_form = "taylor", progress_bar = None))]
 pub fn sample(
     py: Python<'_>,
     score_fn: Py<PyAny>,
@@ -106,6 +108,7 @@ pub fn sample(
     clip_range: f64,
     threshold_max: f64,
     dpmpp_3m_form: &str,
+    progress_bar: Option<bool>,
 ) -> PyResult<PyObject> {
     scoregen::init();
     let native = native_score(py, &score_fn, &sde)?;
@@ -143,11 +146,11 @@ pub fn sample(
     let score = pyscore::PyScore::new(score_fn, None, 1e-3);
     let sde = sde.inner.clone();
     let work = AssertSend((&score, native.as_ref()));
-    let out = py.allow_threads(move || {
+    let out = progress::with_bars(py, progress_bar, move || {
         let work = work;
         let (py_score, native) = work.0;
         guard(|| {
-            let pb = scoregen::progress::bar(0, "", true);
+            let pb = scoregen::progress::bar(steps, "sample", true);
             let score: &dyn ScoreFn = match native {
                 Some(s) => s,
                 None => py_score,
@@ -161,7 +164,7 @@ pub fn sample(
             let dims = s.x.dims().to_vec();
             Ok((dims, tensor_data(&s.x)?))
         })
-    })?;
+    })??;
     convert::to_numpy(py, &out.0, out.1, f32)
 }
 

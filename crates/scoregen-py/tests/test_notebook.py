@@ -57,6 +57,11 @@ def test_sampling_and_training_show_one_bar_per_loop(recorder, trained_run, tmp_
     assert np.array_equal(x, run.sample(100, sampler="em", steps=37, seed=1, progress_bar=False))
     assert len(recorder.bars) == 1
     recorder.bars.clear()
+    for sampler in ["em", "dpmpp-2m"]:  # any score, through scoregen.sample
+        scoregen.sample(scoregen.oracle.GaussianMixture.named("gmm8"), run.sde, (50, 2), sampler=sampler, steps=23,
+                        progress_bar=True)
+    assert [(b["total"], b["n"], b["desc"]) for b in recorder.bars] == [(23, 23, "sample")] * 2
+    recorder.bars.clear()
     run.inpaint(x[:4], "half", sampler="em", steps=11, progress_bar=True)
     assert [(b["total"], b["n"], b["desc"]) for b in recorder.bars] == [(11, 11, "inpaint")]
     recorder.bars.clear()

@@ -222,10 +222,12 @@ def sample(
     clip_range: float = 1.0,
     threshold_max: float = float("inf"),
     dpmpp_3m_form: str = "taylor",
+    progress_bar: Optional[bool] = None,
 ) -> Array:
     """`eps`: the Langevin step size, as `scoregen sample --eps` and `Run.sample`'s
     `eps` (config `sampling.step_size`); `t_eps`: the final time ε of the
-    reverse process (config `sampling.eps`; default the SDE's `sampling_eps`).
+    reverse process (config `sampling.eps`; default the SDE's `sampling_eps`);
+    `progress_bar` as `Run.sample`'s.
     `clip_denoised`, `threshold`, `keep_model_eps`: as `scoregen sample`'s
     `--clip-denoised`, `--threshold P`, `--keep-model-eps` (σ-space samplers);
     `eta` (`ddim`'s η), `clip_range` (diffusers' `clip_sample_range`),
