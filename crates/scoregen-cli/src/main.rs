@@ -83,7 +83,9 @@ fn spelled(e: &anyhow::Error) -> String {
     match e.downcast_ref::<scoregen::Error>().and_then(|e| e.setting()) {
         Some((key, message)) => {
             let flag = scoregen::app::commands::sample::setting_name(key).replace('_', "-");
-            text.replace(&format!("{key}: {message}"), &format!("--{flag} ({key}): {message}"))
+            // a key that is its flag's stem (`batch_size`) is not said twice
+            let named = if key.contains('.') { format!("--{flag} ({key})") } else { format!("--{flag}") };
+            text.replace(&format!("{key}: {message}"), &format!("{named}: {message}"))
         }
         None => text,
     }

@@ -2,11 +2,21 @@
 //! them by itself when stderr is not a terminal; `quiet` hides them always.
 
 use crate::error::Error;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// A bar of `len` steps labelled `what`, showing rate, elapsed time and ETA.
+/// While a [`Watch`] is alive on this thread the bar is drawn by the watcher
+/// instead (hidden here, counting, `quiet` or not).
 pub fn bar(len: usize, what: &str, quiet: bool) -> ProgressBar {
+    if let Some(bars) = WATCHED.with(|w| w.borrow().clone()) {
+        let pb = ProgressBar::with_draw_target(Some(len as u64), ProgressDrawTarget::hidden());
+        pb.set_prefix(what.to_string());
+        bars.0.lock().expect("not poisoned").push(pb.clone());
+        return pb;
+    }
     if quiet {
         return ProgressBar::hidden();
     }
@@ -20,6 +30,44 @@ pub fn bar(len: usize, what: &str, quiet: bool) -> ProgressBar {
     );
     pb.set_prefix(what.to_string());
     pb
+}
+
+thread_local! {
+    static WATCHED: RefCell<Option<Bars>> = const { RefCell::new(None) };
+}
+
+/// The bars made on a thread while its [`Watch`] lives, in order, shared with
+/// whoever draws them (Python's tqdm, polling `position()` and `length()` from
+/// another thread).
+#[derive(Clone, Default)]
+pub struct Bars(Arc<Mutex<Vec<ProgressBar>>>);
+
+impl Bars {
+    /// The bars made so far (clones sharing their state).
+    pub fn list(&self) -> Vec<ProgressBar> {
+        self.0.lock().expect("not poisoned").clone()
+    }
+}
+
+/// While alive, every [`bar`] made on this thread is handed to its [`Bars`]
+/// instead of drawing itself: a front end with its own bars (a notebook's)
+/// shows the library's loops without the library knowing it.
+pub struct Watch {
+    previous: Option<Bars>,
+}
+
+impl Watch {
+    pub fn enter() -> (Self, Bars) {
+        let bars = Bars::default();
+        let previous = WATCHED.with(|w| w.borrow_mut().replace(bars.clone()));
+        (Self { previous }, bars)
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        WATCHED.with(|w| *w.borrow_mut() = self.previous.take());
+    }
 }
 
 /// Ctrl-C (SIGINT): the CLI's handler calls [`request_interrupt`]; the loops
@@ -74,5 +122,24 @@ impl Interruptible {
 impl Drop for Interruptible {
     fn drop(&mut self) {
         INTERRUPTIBLE.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watch_receives_the_bars_made_on_its_thread_and_counts_them() {
+        let (watch, bars) = Watch::enter();
+        let pb = bar(7, "sample", true);
+        pb.inc(3);
+        std::thread::spawn(|| bar(5, "elsewhere", false).inc(1)).join().unwrap();
+        let seen = bars.list();
+        assert_eq!(seen.len(), 1);
+        assert_eq!((seen[0].position(), seen[0].length(), seen[0].prefix()), (3, Some(7), "sample".to_string()));
+        drop(watch);
+        bar(2, "after", true);
+        assert_eq!(bars.list().len(), 1);
     }
 }

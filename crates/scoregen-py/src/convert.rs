@@ -107,6 +107,13 @@ pub fn out<T: Element>(py: Python<'_>, shape: &[usize], data: Vec<T>) -> PyResul
     Ok(a.into_pyarray(py).into_any().unbind())
 }
 
+/// A serializable outcome (what the command line's `--json` prints) as Python
+/// objects, through `json.loads`.
+pub fn json<T: serde::Serialize>(py: Python<'_>, value: &T) -> PyResult<PyObject> {
+    let text = serde_json::to_string(value).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    Ok(py.import("json")?.call_method1("loads", (text,))?.unbind())
+}
+
 /// `"float32"` or `"float64"`.
 pub fn dtype_is_f32(dtype: &str) -> PyResult<bool> {
     match dtype {
@@ -137,6 +144,7 @@ pub fn error(e: scoregen::Error) -> PyErr {
 pub fn keyword(key: &str) -> &str {
     match scoregen::app::commands::sample::setting_name(key) {
         "class" => "class_",
+        "input" => "x",
         k => k,
     }
 }

@@ -16,6 +16,7 @@
 mod convert;
 mod metrics;
 mod oracle;
+mod progress;
 mod pyscore;
 mod run;
 mod sampling;
@@ -35,6 +36,7 @@ fn _scoregen(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<oracle::PyMixture>()?;
     m.add_class::<run::Run>()?;
     m.add_function(wrap_pyfunction!(train::train, m)?)?;
+    m.add_function(wrap_pyfunction!(train::train_classifier, m)?)?;
     m.add_function(wrap_pyfunction!(run::_save_weights, m)?)?;
     m.add_function(wrap_pyfunction!(sampling::sample, m)?)?;
     m.add_function(wrap_pyfunction!(sampling::log_likelihood, m)?)?;

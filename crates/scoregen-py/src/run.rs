@@ -2,12 +2,13 @@
 //! command line does it (python/scoregen/__init__.py).
 
 use crate::convert::{self, guard, positive, tensor, tensor_data, AssertSend};
+use crate::progress;
 use crate::sampling::{parse_grid, parse_sampler, parse_trace};
 use crate::sde::PySde;
 use candle_core::{DType, Device, Tensor};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use scoregen::app::commands::inpaint::{inpaint_loaded, InpaintSettings};
+use scoregen::app::commands::inpaint::{inpaint_loaded, read_input, InpaintSettings};
 use scoregen::app::commands::likelihood::{likelihood_of_points, LikelihoodRequest};
 use scoregen::app::commands::sample::{
     check_counts, sample_loaded, ClassChoice, ClassGuidance, SampleRequest, SamplerOverrides,
@@ -25,6 +26,8 @@ pub struct Run {
     model: LoadedModel,
     path: PathBuf,
     use_ema: bool,
+    /// The last samples `sample` drew and its steps, for `_repr_html_`'s picture.
+    last: std::cell::RefCell<Option<(Points, usize)>>,
 }
 
 impl Run {
@@ -57,7 +60,7 @@ impl Run {
             let cfg = scoregen::app::run_dir::config_of(&path).map_err(context)?;
             let use_ema = use_ema.unwrap_or(cfg.sampling.use_ema);
             let model = LoadedModel::from_run(&path, use_ema, &Device::Cpu).map_err(context)?;
-            Ok(Run { model, path, use_ema })
+            Ok(Run { model, path, use_ema, last: Default::default() })
         })
     }
 
@@ -129,7 +132,9 @@ impl Run {
     ///
     /// `x_init`: x_T [n, D] (or [n, C, H, W] images) to start from instead of
     /// the seed's draw, as `--init-noise` (e.g. a diffusers pipeline's latents).
-    #[pyo3(signature = (n = None, sampler = None, steps = 50, grid = None, seed = 0, dtype = "float32", class_ = None, guidance = None, x_init = None, eta = None, corrector = None, snr = None, rtol = None, atol = None, eps = None, steps_per_level = None, churn = None, clip_denoised = false, threshold = None, clip_range = None, keep_model_eps = false, vp_start = false, classifier = None))]
+    /// `progress_bar`: a tqdm bar of the steps (None: when tqdm is installed and
+    /// the output is a notebook or a terminal; True: always; False: never).
+    #[pyo3(signature = (n = None, sampler = None, steps = 50, grid = None, seed = 0, dtype = "float32", class_ = None, guidance = None, x_init = None, eta = None, corrector = None, snr = None, rtol = None, atol = None, eps = None, steps_per_level = None, churn = None, clip_denoised = false, threshold = None, clip_range = None, keep_model_eps = false, vp_start = false, classifier = None, progress_bar = None))]
     #[allow(clippy::too_many_arguments)]
     fn sample(
         &self,
@@ -157,6 +162,7 @@ impl Run {
         keep_model_eps: bool,
         vp_start: bool,
         classifier: Option<PathBuf>,
+        progress_bar: Option<bool>,
     ) -> PyResult<PyObject> {
         let f32 = convert::dtype_is_f32(dtype)?;
         let cfg = &self.model.cfg;
@@ -218,18 +224,21 @@ impl Run {
         req.use_ema = self.use_ema;
         req.x_init = x_init;
         let model = AssertSend(&self.model);
-        let out = py.allow_threads(move || {
+        let out = progress::with_bars(py, progress_bar, move || {
             let model = model;
             guard(|| {
                 let s = sample_loaded(model.0, &req, Some(spec), steer.as_ref()).map_err(convert::error)?;
                 Points::from_tensor(&s.x).map_err(convert::candle_error)
             })
-        })?;
+        })??;
+        *self.last.borrow_mut() = Some((out.clone(), steps));
         convert::to_numpy(py, &[out.n, out.d], out.data, f32)
     }
 
     /// Completes observations x [N, D] (or [N, C, H, W] images) whose `mask`
-    /// leaves part unknown, as `scoregen inpaint` does (the same app function,
+    /// leaves part unknown, as `scoregen inpaint` does; `x` may also be what
+    /// `--input` takes: "held-out[:N]" (the run's held-out images), a .npy
+    /// path (data space) or a PNG path (pixels) (the same app function,
     /// `app::commands::inpaint::inpaint_loaded`, so the same seed gives the same
     /// numbers): the known coordinates are held to the observation perturbed to
     /// each step's noise level while the rest follows the reverse process.
@@ -240,7 +249,7 @@ impl Run {
     /// the run's when it is stochastic, else dpmpp-2m-sde) and `steps` as
     /// `--per-input`, `--sampler` and `--steps`. Returns [N·per_input, D]
     /// (images: [N·per_input, C, H, W]).
-    #[pyo3(signature = (x, mask, per_input = 1, sampler = None, steps = None, seed = 0, dtype = "float32"))]
+    #[pyo3(signature = (x, mask, per_input = 1, sampler = None, steps = None, seed = 0, dtype = "float32", progress_bar = None))]
     fn inpaint(
         &self,
         py: Python<'_>,
@@ -251,18 +260,30 @@ impl Run {
         steps: Option<usize>,
         seed: u64,
         dtype: &str,
+        progress_bar: Option<bool>,
     ) -> PyResult<PyObject> {
         let f32 = convert::dtype_is_f32(dtype)?;
         let dim = self.model.state.dim;
-        let a = convert::array(x, "x")?;
-        let rows = a.shape.first().copied().unwrap_or(0);
-        if a.shape.len() < 2 || rows == 0 || a.shape[1..].iter().product::<usize>() != dim {
-            return Err(PyValueError::new_err(format!(
-                "x: expected shape [N, {dim}] (or images of {dim} values each), found {:?}",
-                a.shape
-            )));
-        }
-        let obs = Points::new(rows, dim, a.data);
+        let cfg = &self.model.cfg;
+        let (obs, mut shape) = if let Ok(input) = x.extract::<PathBuf>() {
+            // `--input`'s forms: held-out[:N], a .npy, a PNG
+            let (obs, _labels) = guard(|| read_input(&input, cfg, dim).map_err(convert::error))?;
+            let shape = match cfg.image_shape(dim) {
+                Some((c, h, w)) => vec![obs.n, c, h, w],
+                None => vec![obs.n, dim],
+            };
+            (obs, shape)
+        } else {
+            let a = convert::array(x, "x")?;
+            let rows = a.shape.first().copied().unwrap_or(0);
+            if a.shape.len() < 2 || rows == 0 || a.shape[1..].iter().product::<usize>() != dim {
+                return Err(PyValueError::new_err(format!(
+                    "x: expected shape [N, {dim}] (or images of {dim} values each), found {:?}, or held-out[:N], a .npy or a PNG path",
+                    a.shape
+                )));
+            }
+            (Points::new(rows, dim, a.data), a.shape)
+        };
         if !obs.all_finite() {
             return Err(PyValueError::new_err("x: values must be finite (found NaN or ±inf)"));
         }
@@ -280,11 +301,10 @@ impl Run {
             quiet: true,
         };
         let model = AssertSend(&self.model);
-        let out = py.allow_threads(move || {
+        let out = progress::with_bars(py, progress_bar, move || {
             let model = model;
             guard(|| inpaint_loaded(model.0, &obs, &settings, || Ok(())).map_err(convert::error))
-        })?;
-        let mut shape = a.shape.clone();
+        })??;
         shape[0] = out.x.n;
         convert::to_numpy(py, &shape, out.x.data, f32)
     }
@@ -405,6 +425,75 @@ impl Run {
         convert::out(py, &[f.len()], f)
     }
 
+    /// Writes the run's report page `RUN/report.html` (figures in `RUN/report/`)
+    /// as `scoregen report --run RUN` does (`app::commands::report::write_report`).
+    /// Returns what `--json` prints: {"html", "figures", "skipped", "seconds"}.
+    fn report(&self, py: Python<'_>) -> PyResult<PyObject> {
+        let path = &self.path;
+        let r = py.allow_threads(|| {
+            guard(|| {
+                scoregen::app::commands::report::write_report(path, true, &Device::Cpu).map_err(|e| {
+                    convert::error(scoregen::Error::Invalid(format!("report of run {}: {e}", path.display())))
+                })
+            })
+        })?;
+        convert::json(py, &r)
+    }
+
+    /// The run in a notebook: its settings and a picture of samples (an image
+    /// grid, or a scatter of 2-D points over the exact density when known:
+    /// the figure `scoregen sample` writes), inlined as a PNG. The samples are
+    /// the last this object drew (`sample`), else the run's saved ones
+    /// (`samples/samples.npy`, `samples.npy`); none are drawn here.
+    fn _repr_html_(&self) -> PyResult<String> {
+        use scoregen::named::Named;
+        let cfg = &self.model.cfg;
+        let esc = scoregen::app::commands::report::escape;
+        let mut rows = vec![
+            ("path", self.path.display().to_string()),
+            ("step", format!("{} ({} weights)", self.model.state.step, if self.use_ema { "EMA" } else { "raw" })),
+            ("data", format!("{} (dimension {})", cfg.data.source, self.model.state.dim)),
+            ("model", cfg.model.kind.name().to_string()),
+            ("SDE", cfg.sde().name().to_string()),
+            ("objective", cfg.objective.kind.name().to_string()),
+            ("sampler", format!("{} ({} steps)", cfg.sampling.sampler, cfg.sampling.steps)),
+        ];
+        let mut shown =
+            self.last.borrow().clone().map(|(p, k)| (p, Some(k), "drawn by this Run's last sample()".to_string()));
+        if shown.is_none() {
+            if let Some(file) = scoregen::app::commands::report::find_samples(&self.path) {
+                if let Ok(p) = scoregen::io::npy::read_points(&file) {
+                    let rel = file.strip_prefix(&self.path).unwrap_or(&file).display().to_string();
+                    shown = Some((p, None, rel));
+                }
+            }
+        }
+        let picture = match shown {
+            None => "<p>No samples yet: <code>run.sample(n)</code> draws some, and this picture shows them.</p>".into(),
+            Some((pts, steps, from)) => {
+                let cap = if cfg.image_shape(pts.d).is_some() { 64 } else { 5000 };
+                let pts = pts.head(cap);
+                let title = scoregen::app::commands::sample::samples_title(pts.n, &cfg.name, steps);
+                match guard(|| scoregen::app::commands::sample::samples_png(&pts, cfg, &title).map_err(convert::error))?
+                {
+                    Some(png) => {
+                        rows.push(("samples", format!("{} ({from})", pts.n)));
+                        format!("<img src=\"data:image/png;base64,{}\" style=\"max-width:480px\"/>", base64(&png))
+                    }
+                    None => format!(
+                        "<p>{} samples of dimension {}: no picture (neither images nor 2-D points).</p>",
+                        pts.n, pts.d
+                    ),
+                }
+            }
+        };
+        let table: String = rows
+            .iter()
+            .map(|(k, v)| format!("<tr><th style=\"text-align:left\">{k}</th><td>{}</td></tr>", esc(v)))
+            .collect();
+        Ok(format!("<div><b>scoregen.Run</b> {}<table>{table}</table>{picture}</div>", esc(&cfg.name)))
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "Run({:?}, step {}, dim {})",
@@ -430,4 +519,22 @@ pub fn _save_weights(path: PathBuf, tensors: &Bound<'_, pyo3::types::PyDict>) ->
         map.insert(name, t);
     }
     guard(|| scoregen::app::run_dir::replace_weights(&path, map).map_err(convert::error))
+}
+
+/// Standard base64 (RFC 4648, with padding), for a PNG inlined in HTML.
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }

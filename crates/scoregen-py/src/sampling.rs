@@ -4,12 +4,13 @@
 
 use crate::convert::{self, guard, positive, tensor, tensor_data, AssertSend};
 use crate::oracle::PyMixture;
+use crate::progress;
 use crate::pyscore;
 use crate::sde::PySde;
 use candle_core::DType;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use scoregen::app::commands::sample::check_counts;
+use scoregen::app::commands::sample::{check_counts, SamplerOverrides};
 use scoregen::likelihood::{self, LikelihoodOptions, ProbeNoise, TraceEstimator};
 use scoregen::oracle::OracleScore;
 use scoregen::rng::{streams, Rng};
@@ -77,11 +78,16 @@ fn shape_of(shape: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
 /// the reverse process of `sde`. Same settings as `scoregen sample` on a run
 /// with the default `[sampling]` config; `clip_denoised`, `threshold` and
 /// `keep_model_eps` as `--clip-denoised`, `--threshold` and `--keep-model-eps`;
+/// `eps` as `--eps`: the Langevin step size ε (`langevin`, `annealed-langevin`
+/// at its smallest level, the corrector's; config `sampling.step_size`), checked
+/// by the same app function as `Run.sample`'s; `t_eps` the final time ε of the
+/// reverse process (config `sampling.eps`; default the SDE's `sampling_eps`);
+/// `progress_bar` a tqdm bar of the steps, as `Run.sample`'s;
 /// `eta`, `clip_range`, `threshold_max` and `dpmpp_3m_form` as the config's
 /// `sampling.eta` (`ddim`), `sampling.clip_range` (diffusers' `clip_sample_range`),
 /// `sampling.threshold_max` (`sample_max_value`) and `sampling.dpmpp_3m_form`.
 #[pyfunction]
-#[pyo3(signature = (score_fn, sde, shape, sampler = None, steps = 50, seed = 0, grid = None, dtype = "float32", eps = None, denoise = true, clip_denoised = false, threshold = None, keep_model_eps = false, eta = 0.0, clip_range = 1.0, threshold_max = f64::INFINITY, dpmpp_3m_form = "taylor"))]
+#[pyo3(signature = (score_fn, sde, shape, sampler = None, steps = 50, seed = 0, grid = None, dtype = "float32", eps = None, t_eps = None, denoise = true, clip_denoised = false, threshold = None, keep_model_eps = false, eta = 0.0, clip_range = 1.0, threshold_max = f64::INFINITY, dpmpp_3m_form = "taylor", progress_bar = None))]
 pub fn sample(
     py: Python<'_>,
     score_fn: Py<PyAny>,
@@ -93,6 +99,7 @@ pub fn sample(
     grid: Option<&str>,
     dtype: &str,
     eps: Option<f64>,
+    t_eps: Option<f64>,
     denoise: bool,
     clip_denoised: bool,
     threshold: Option<f64>,
@@ -101,20 +108,27 @@ pub fn sample(
     clip_range: f64,
     threshold_max: f64,
     dpmpp_3m_form: &str,
+    progress_bar: Option<bool>,
 ) -> PyResult<PyObject> {
     scoregen::init();
     let native = native_score(py, &score_fn, &sde)?;
     let shape = shape_of(shape)?;
     let f32 = convert::dtype_is_f32(dtype)?;
     check_counts(shape[0], steps).map_err(convert::error)?;
-    if let Some(e) = eps {
-        positive("eps", e)?;
+    if let Some(e) = t_eps {
+        positive("t_eps", e)?;
     }
+    // the Langevin step is checked where Run.sample's and `--eps` are
+    let step_size = SamplerOverrides { eps, ..Default::default() }
+        .apply(&SamplerSpec::default())
+        .map_err(convert::error)?
+        .step_size;
     let sc = SamplerSpec {
         sampler: parse_sampler(sampler)?,
         grid: parse_grid(grid)?,
         steps,
-        eps,
+        eps: t_eps,
+        step_size,
         denoise,
         clip_denoised,
         threshold,
@@ -132,11 +146,11 @@ pub fn sample(
     let score = pyscore::PyScore::new(score_fn, None, 1e-3);
     let sde = sde.inner.clone();
     let work = AssertSend((&score, native.as_ref()));
-    let out = py.allow_threads(move || {
+    let out = progress::with_bars(py, progress_bar, move || {
         let work = work;
         let (py_score, native) = work.0;
         guard(|| {
-            let pb = scoregen::progress::bar(0, "", true);
+            let pb = scoregen::progress::bar(steps, "sample", true);
             let score: &dyn ScoreFn = match native {
                 Some(s) => s,
                 None => py_score,
@@ -150,18 +164,19 @@ pub fn sample(
             let dims = s.x.dims().to_vec();
             Ok((dims, tensor_data(&s.x)?))
         })
-    })?;
+    })??;
     convert::to_numpy(py, &out.0, out.1, f32)
 }
 
 /// log p(x) of each row of x [N, D] under the model whose score is the Python
 /// callable `score_fn(x, t)`, by the probability-flow ODE of `sde` (RK45):
 /// log p_ε(x) = log π(x(T)) + ∫_ε^T ∇·f̃(x(t), t) dt, f̃ = f − ½g²s.
+/// `t_eps`: the final time ε of the integral (default the SDE's `sampling_eps`).
 /// Returns (nats, bits_per_dim). The divergence ∇·s comes from `divergence(x, t)`
 /// when given, else from central differences of step `fd_step` ("exact") or
 /// Hutchinson probes with central-difference Jacobian-vector products.
 #[pyfunction]
-#[pyo3(signature = (score_fn, sde, x, trace = "exact", probes = 1, seed = 0, rtol = 1e-5, atol = 1e-5, eps = None, divergence = None, fd_step = 1e-3))]
+#[pyo3(signature = (score_fn, sde, x, trace = "exact", probes = 1, seed = 0, rtol = 1e-5, atol = 1e-5, t_eps = None, divergence = None, fd_step = 1e-3))]
 pub fn log_likelihood(
     py: Python<'_>,
     score_fn: Py<PyAny>,
@@ -172,7 +187,7 @@ pub fn log_likelihood(
     seed: u64,
     rtol: f64,
     atol: f64,
-    eps: Option<f64>,
+    t_eps: Option<f64>,
     divergence: Option<Py<PyAny>>,
     fd_step: f64,
 ) -> PyResult<(PyObject, PyObject)> {
@@ -182,13 +197,13 @@ pub fn log_likelihood(
     positive("rtol", rtol)?;
     positive("atol", atol)?;
     positive("fd_step", fd_step)?;
-    if let Some(e) = eps {
-        positive("eps", e)?;
+    if let Some(e) = t_eps {
+        positive("t_eps", e)?;
     }
     let opts = LikelihoodOptions {
         trace: Some(parse_trace(trace, probes)?),
         method: OdeMethod::Rk45 { rtol, atol },
-        eps,
+        eps: t_eps,
         score_dtype: DType::F64,
         dequantize: None,
     };

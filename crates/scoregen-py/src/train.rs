@@ -2,10 +2,12 @@
 //! through the same app function as `scoregen train` (python/scoregen/__init__.py).
 
 use crate::convert::{self, guard, AssertSend};
+use crate::progress;
 use candle_core::Device;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
+use scoregen::app::commands::classify::{self, default_out, defaults, ClassifierRequest};
 use scoregen::app::commands::train::{
     train_and_report, train_from_memory, MemoryData, TrainAndReportError, TrainedRun, REPORT_BY_DEFAULT,
 };
@@ -41,9 +43,11 @@ fn override_value(v: &Bound<'_, PyAny>) -> PyResult<String> {
 /// are written into the run as `RUN/data.npy` (and `data.labels.npy`), which
 /// becomes the run's `data.source` (`app::commands::train::train_from_memory`),
 /// so the run is an ordinary run folder for the command line.
+/// `progress_bar`: a tqdm bar of the steps (None: when tqdm is installed and
+/// the output is a notebook or a terminal; True: always; False: never).
 /// Returns {"run", "step", "final_loss", "seconds", "steps_per_sec", "checkpoint", "report"}.
 #[pyfunction]
-#[pyo3(signature = (config, out = None, overrides = None, progress = None, resume = false, overwrite = false, report = REPORT_BY_DEFAULT, data = None, labels = None))]
+#[pyo3(signature = (config, out = None, overrides = None, progress = None, resume = false, overwrite = false, report = REPORT_BY_DEFAULT, data = None, labels = None, progress_bar = None))]
 pub fn train(
     py: Python<'_>,
     config: &Bound<'_, PyAny>,
@@ -55,6 +59,7 @@ pub fn train(
     report: bool,
     data: Option<&Bound<'_, PyAny>>,
     labels: Option<&Bound<'_, PyAny>>,
+    progress_bar: Option<bool>,
 ) -> PyResult<Py<PyDict>> {
     scoregen::init();
     let mut sets = Vec::new();
@@ -132,7 +137,7 @@ pub fn train(
         ..Default::default()
     };
     let work = AssertSend((&cfg, &dir, &opts, memory.as_ref()));
-    let outcome = py.allow_threads(move || {
+    let outcome = progress::with_bars(py, progress_bar, move || {
         let work = work;
         let (cfg, dir, opts, memory) = work.0;
         guard(|| {
@@ -147,7 +152,7 @@ pub fn train(
                 TrainAndReportError::Report(e) => convert::error(e),
             })
         })
-    });
+    })?;
     if let Some(e) = raised.lock().expect("not poisoned").take() {
         return Err(e);
     }
@@ -178,4 +183,56 @@ fn label_values(obj: &Bound<'_, PyAny>, n: usize) -> PyResult<Vec<u8>> {
         Some(bad) => Err(PyValueError::new_err(format!("labels: expected integers 0…255, found {bad}"))),
         None => Ok(a.data.iter().map(|&v| v as u8).collect()),
     }
+}
+
+/// Trains a classifier as `scoregen train-classifier` does (the same app
+/// function, `app::commands::classify::train_classifier`, defaults and
+/// refusals): the one behind the image metrics (`data` an image set or a
+/// Gaussian mixture), or with `noisy` a noise-aware p_t(y | x) for classifier
+/// guidance on `run`'s SDE. Each keyword is the flag of its name; `out`
+/// defaults as there (`classifiers/DATA`, or `RUN/classifier-noisy` with
+/// `noisy`). Returns the outcome `--json` prints: {"dir", "meta",
+/// "train_images", "test_images", "final_loss", "seconds"}.
+#[pyfunction]
+#[pyo3(signature = (data = None, run = None, noisy = false, out = None, width = defaults::WIDTH, blocks = defaults::BLOCKS, steps = defaults::STEPS, batch_size = defaults::BATCH_SIZE, lr = defaults::LR, seed = 0, progress_bar = None))]
+pub fn train_classifier(
+    py: Python<'_>,
+    data: Option<String>,
+    run: Option<PathBuf>,
+    noisy: bool,
+    out: Option<PathBuf>,
+    width: usize,
+    blocks: usize,
+    steps: usize,
+    batch_size: usize,
+    lr: f64,
+    seed: u64,
+    progress_bar: Option<bool>,
+) -> PyResult<PyObject> {
+    scoregen::init();
+    let config = run.as_deref().map(scoregen::app::run_dir::config_of).transpose().map_err(convert::error)?;
+    let out = match out {
+        Some(o) => o,
+        None => default_out(data.as_deref(), run.as_deref().zip(config.as_ref()), noisy).map_err(convert::error)?,
+    };
+    let req = ClassifierRequest {
+        data,
+        config,
+        noisy,
+        out,
+        width,
+        blocks,
+        steps,
+        batch_size,
+        lr,
+        seed,
+        quiet: true,
+        device: Device::Cpu,
+    };
+    let req = AssertSend(&req);
+    let o = progress::with_bars(py, progress_bar, move || {
+        let req = req;
+        guard(|| classify::train_classifier(req.0).map_err(convert::error))
+    })??;
+    convert::json(py, &o)
 }

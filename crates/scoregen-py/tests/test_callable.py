@@ -82,3 +82,26 @@ def test_python_callable_likelihood_matches_the_exact_log_density():
     # Hutchinson with 8 probes: unbiased, noisier
     h, _ = scoregen.log_likelihood(lambda x, t: GMM8.score(x, t, sde=sde), sde, x, trace="hutchinson", probes=8)
     assert abs(h.mean() - exact.mean()) < 0.2
+
+
+def test_eps_is_the_langevin_step_as_on_the_command_line_and_t_eps_the_final_time():
+    """`eps` means what `scoregen sample --eps` and `Run.sample(eps=)` mean (the
+    Langevin step size), `t_eps` the reverse process's final time."""
+    sde = VE(0.01, 10.0)
+    draw = lambda **k: scoregen.sample(GMM8, sde, (200, 2), seed=3, dtype="float64", **k)
+    lan = draw(sampler="langevin", steps=40, eps=0.01)
+    assert not np.array_equal(lan, draw(sampler="langevin", steps=40, eps=0.02))
+    # Langevin's step is not the final time
+    assert np.array_equal(lan, draw(sampler="langevin", steps=40, eps=0.01, t_eps=0.5))
+    em = draw(sampler="em", steps=40)
+    assert np.array_equal(em, draw(sampler="em", steps=40, eps=0.5))  # the step of a sampler without Langevin steps
+    assert not np.array_equal(em, draw(sampler="em", steps=40, t_eps=0.05))
+    # refused with Run.sample's message (one app check: SamplerOverrides::apply)
+    with pytest.raises(ValueError, match=r"^eps: must be a finite number > 0 \(got -1\)$"):
+        draw(sampler="langevin", eps=-1.0)
+    with pytest.raises(ValueError, match="t_eps must be a finite number > 0"):
+        draw(t_eps=0.0)
+    with pytest.raises(TypeError):
+        scoregen.log_likelihood(GMM8, sde, np.zeros((2, 2)), eps=1e-3)
+    nats, _ = scoregen.log_likelihood(GMM8, sde, np.zeros((2, 2)), t_eps=1e-3)
+    assert np.isfinite(nats).all()

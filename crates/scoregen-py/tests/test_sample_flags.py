@@ -146,3 +146,50 @@ def test_inpaint_refusals(runs):
         run.inpaint(x, "half", per_input=0)
     with pytest.raises(ValueError, match=r"x: expected shape \[N, 2\]"):
         run.inpaint(np.zeros((2, 3)), "half")
+
+
+def _png_gray(path, pixels):
+    """A grayscale 8-bit PNG of `pixels` [H, W] (uint8), written by hand (no imaging library needed)."""
+    import struct
+    import zlib
+
+    h, w = pixels.shape
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    raw = b"".join(b"\0" + bytes(row) for row in pixels.astype(np.uint8))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """digits-vp trained for 10 steps: an image run, for inputs only images have."""
+    return _train(tmp_path_factory, "digits-vp", 10)
+
+
+def test_inpaint_takes_the_cli_inputs(cli, runs, digits_run, tmp_path):
+    """`--input`'s forms (held-out[:N], a .npy path, a PNG path) as `x`: the CLI's numbers."""
+    run = scoregen.Run.load(digits_run)
+    held = run.inpaint("held-out:2", "half", steps=3, seed=1)
+    assert held.shape == (2, 1, 8, 8)
+    img = np.arange(64).reshape(8, 8) * 4
+    _png_gray(tmp_path / "d.png", img)
+    np.save(tmp_path / "d.npy", (img.reshape(1, 1, 8, 8) / 255.0 * 2 - 1).astype(np.float32))
+    for source in ["held-out:2", tmp_path / "d.png", tmp_path / "d.npy", str(tmp_path / "d.png")]:
+        out = tmp_path / "o.npy"
+        r = run_cli(cli, "inpaint", "--run", digits_run, "--input", source, "--mask", "half", "--steps", 3,
+                    "--seed", 1, "--per-input", 2, "--out", out, "--overwrite")
+        assert r.returncode == 0, r.stderr
+        want = np.load(out)
+        got = run.inpaint(source, "half", steps=3, seed=1, per_input=2)
+        assert got.shape == want.shape and np.array_equal(got, want), source
+    # the PNG is the same image as the .npy (pixels mapped by the run's scale), top half held
+    png, npy = run.inpaint(tmp_path / "d.png", "half", steps=3), run.inpaint(tmp_path / "d.npy", "half", steps=3)
+    np.testing.assert_allclose(png, npy, rtol=1e-5, atol=1e-6)  # the .npy went through float32
+    np.testing.assert_allclose(png[0, 0, :4], img[:4] / 255.0 * 2 - 1, atol=1e-6)
+    # refusals name the keyword (the CLI's --input is x)
+    with pytest.raises(ValueError, match=r"^x: held-out:N needs a count, found `two`"):
+        run.inpaint("held-out:two", "half")
+    with pytest.raises(ValueError, match="^x: held-out needs a run trained on images"):
+        scoregen.Run.load(runs["vp"]).inpaint("held-out:1", "half")
+    r = run_cli(cli, "inpaint", "--run", digits_run, "--input", "held-out:two", "--mask", "half")
+    assert "--input: held-out:N needs a count, found `two`" in r.stderr, r.stderr

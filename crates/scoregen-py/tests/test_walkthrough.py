@@ -19,3 +19,6 @@ def test_docs_python_md_runs(tmp_path):
     r = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "modes covered" in r.stdout
+    # the image part: both samplers measured, the inpainting done
+    assert r.stdout.count("Fréchet distance") == 2 and "inpainted (4, 1, 8, 8)" in r.stdout
+    assert (tmp_path / "run-digits" / "summary.html").read_text().count("data:image/png;base64,") == 1

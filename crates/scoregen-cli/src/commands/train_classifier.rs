@@ -3,7 +3,8 @@
 
 use super::Globals;
 use anyhow::{Context, Result};
-use std::path::{Path, PathBuf};
+use scoregen::app::commands::classify::{default_out, defaults};
+use std::path::PathBuf;
 
 /// Train the classifier behind the image metrics (Fréchet distance, class histogram) or,
 /// with --noisy, a noise-aware classifier p_t(y | x) for classifier guidance.
@@ -26,16 +27,16 @@ pub struct Args {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Base channels of the CNN (hidden width of the MLP for points).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = defaults::WIDTH)]
     width: usize,
     /// Convolutions per resolution of the CNN (1: three layers in all).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = defaults::BLOCKS)]
     blocks: usize,
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long, default_value_t = defaults::STEPS)]
     steps: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = defaults::BATCH_SIZE)]
     batch_size: usize,
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, default_value_t = defaults::LR)]
     lr: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -46,14 +47,9 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
         Some(dir) => Some(scoregen::app::run_dir::config_of(dir)?),
         None => None,
     };
-    let out = match (&args.out, &args.run, &args.data) {
-        (Some(o), _, _) => o.clone(),
-        (None, Some(r), _) if args.noisy => r.join("classifier-noisy"),
-        (None, _, Some(d)) => Path::new("classifiers").join(d),
-        (None, Some(_), None) => {
-            Path::new("classifiers").join(config.as_ref().map_or("run", |c| c.data.source.as_str()))
-        }
-        (None, None, None) => anyhow::bail!("give --data NAME or --run DIR"),
+    let out = match &args.out {
+        Some(o) => o.clone(),
+        None => default_out(args.data.as_deref(), args.run.as_deref().zip(config.as_ref()), args.noisy)?,
     };
     let req = scoregen::app::commands::classify::ClassifierRequest {
         data: args.data.clone(),

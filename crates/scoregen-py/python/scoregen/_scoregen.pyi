@@ -115,6 +115,7 @@ class Run:
         keep_model_eps: bool = False,
         vp_start: bool = False,
         classifier: Optional[PathLike] = None,
+        progress_bar: Optional[bool] = None,
     ) -> Array:
         """The same numbers as `scoregen sample` with the same settings and seed
         (`sampler` left out: "dpmpp-2m"). Every other flag is the keyword of its
@@ -124,21 +125,32 @@ class Run:
         `clip_range`, `keep_model_eps`, `vp_start`; `class_` (K or "all"),
         `guidance` and `classifier` (a noise-aware classifier folder) as
         `--class`, `--guidance`, `--classifier`; `x_init` ([n, D] or [n, C, H, W])
-        the x_T to start from, as `--init-noise` (n defaults to its rows)."""
+        the x_T to start from, as `--init-noise` (n defaults to its rows).
+        `progress_bar`: a tqdm bar (None: when tqdm is installed and the output
+        is a notebook or a terminal; True: always; False: never)."""
     def inpaint(
         self,
-        x: FloatArray,
+        x: Union[FloatArray, PathLike],
         mask: Union[str, FloatArray],
         per_input: int = 1,
         sampler: Optional[str] = None,
         steps: Optional[int] = None,
         seed: int = 0,
         dtype: str = "float32",
+        progress_bar: Optional[bool] = None,
     ) -> Array:
         """`scoregen inpaint`'s completions of observations x [N, D] (or images
-        [N, C, H, W]): mask "half", "box", "random:P", a .npy/.png path, or D
-        values (1 known, 0 missing); `per_input` completions per observation,
-        in order; returns [N·per_input, …] shaped like x."""
+        [N, C, H, W]), or of what `--input` takes: "held-out[:N]" (the run's
+        held-out images), a .npy path (data space) or a PNG path (pixels);
+        mask "half", "box", "random:P", a .npy/.png path, or D values (1 known,
+        0 missing); `per_input` completions per observation, in order; returns
+        [N·per_input, …] shaped like x (images: [N·per_input, C, H, W])."""
+    def report(self) -> Dict[str, Any]:
+        """Writes RUN/report.html as `scoregen report --run RUN`; returns what
+        `--json` prints: {"html", "figures", "skipped", "seconds"}."""
+    def _repr_html_(self) -> str:
+        """The run's settings and a picture of its samples (this object's last
+        `sample`, else the run's saved samples), an inline PNG."""
     def log_likelihood(
         self,
         x: FloatArray,
@@ -166,11 +178,31 @@ def train(
     report: bool = True,
     data: Optional[FloatArray] = None,
     labels: Optional[Any] = None,
+    progress_bar: Optional[bool] = None,
 ) -> Dict[str, Any]:
     """Trains a config (TOML file or dict of its tables) into `out`, then (unless
     report=False) writes RUN/report.html, as `scoregen train`; `data` [N, D] or
     [N, C, H, W] (and `labels` [N]) in memory instead of `data.source`, saved
-    as RUN/data.npy, the run's source."""
+    as RUN/data.npy, the run's source. `progress_bar` as `Run.sample`'s."""
+def train_classifier(
+    data: Optional[str] = None,
+    run: Optional[PathLike] = None,
+    noisy: bool = False,
+    out: Optional[PathLike] = None,
+    width: int = 32,
+    blocks: int = 2,
+    steps: int = 1500,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    seed: int = 0,
+    progress_bar: Optional[bool] = None,
+) -> Dict[str, Any]:
+    """`scoregen train-classifier`, each keyword its flag: the classifier behind
+    the image metrics (`data`: digits, mnist5k, fashion-mnist, an IDX file, a
+    PNG folder, or a Gaussian mixture), or with `noisy` a noise-aware one for
+    classifier guidance on `run`'s SDE; `out` default classifiers/DATA (or
+    RUN/classifier-noisy). Returns what `--json` prints: {"dir", "meta",
+    "train_images", "test_images", "final_loss", "seconds"}."""
 def sample(
     score_fn: ScoreFn,
     sde: Sde,
@@ -181,6 +213,7 @@ def sample(
     grid: Optional[str] = None,
     dtype: str = "float32",
     eps: Optional[float] = None,
+    t_eps: Optional[float] = None,
     denoise: bool = True,
     clip_denoised: bool = False,
     threshold: Optional[float] = None,
@@ -189,8 +222,13 @@ def sample(
     clip_range: float = 1.0,
     threshold_max: float = float("inf"),
     dpmpp_3m_form: str = "taylor",
+    progress_bar: Optional[bool] = None,
 ) -> Array:
-    """`clip_denoised`, `threshold`, `keep_model_eps`: as `scoregen sample`'s
+    """`eps`: the Langevin step size, as `scoregen sample --eps` and `Run.sample`'s
+    `eps` (config `sampling.step_size`); `t_eps`: the final time ε of the
+    reverse process (config `sampling.eps`; default the SDE's `sampling_eps`);
+    `progress_bar` as `Run.sample`'s.
+    `clip_denoised`, `threshold`, `keep_model_eps`: as `scoregen sample`'s
     `--clip-denoised`, `--threshold P`, `--keep-model-eps` (σ-space samplers);
     `eta` (`ddim`'s η), `clip_range` (diffusers' `clip_sample_range`),
     `threshold_max` (`sample_max_value`), `dpmpp_3m_form` ("taylor", third
@@ -208,10 +246,11 @@ def log_likelihood(
     seed: int = 0,
     rtol: float = 1e-5,
     atol: float = 1e-5,
-    eps: Optional[float] = None,
+    t_eps: Optional[float] = None,
     divergence: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None,
     fd_step: float = 1e-3,
-) -> Tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...
+) -> Tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """`t_eps`: the final time ε of the integral (default the SDE's `sampling_eps`)."""
 def evaluate_json(
     samples: FloatArray,
     target: Any,

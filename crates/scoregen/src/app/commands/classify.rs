@@ -16,6 +16,38 @@ use crate::train::classifier::{train_classifier as fit, ClassifierTraining, Labe
 use candle_core::Device;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+
+/// The defaults of `scoregen train-classifier`'s flags and of
+/// `scoregen.train_classifier`'s keywords (one copy for both front ends).
+pub mod defaults {
+    /// Base channels of the CNN (hidden width of the MLP for points).
+    pub const WIDTH: usize = 32;
+    /// Convolutions per resolution of the CNN.
+    pub const BLOCKS: usize = 2;
+    pub const STEPS: usize = 1500;
+    pub const BATCH_SIZE: usize = 64;
+    pub const LR: f64 = 2e-3;
+}
+
+/// Where `scoregen train-classifier` writes unless told (`out`): with `noisy`,
+/// `RUN/classifier-noisy`; else `classifiers/DATA`, DATA the data set named or
+/// the run's `data.source`. Without data or a run, an [`Error::Setting`] naming `data`.
+pub fn default_out(data: Option<&str>, run: Option<(&Path, &RunConfig)>, noisy: bool) -> Result<PathBuf> {
+    match (run, data) {
+        (Some((dir, _)), _) if noisy => Ok(dir.join("classifier-noisy")),
+        (_, Some(d)) => Ok(Path::new("classifiers").join(d)),
+        (Some((_, cfg)), None) => Ok(Path::new("classifiers").join(&cfg.data.source)),
+        (None, None) => Err(no_data()),
+    }
+}
+
+fn no_data() -> Error {
+    Error::Setting {
+        key: "data",
+        message: "give labelled data (digits, mnist5k, fashion-mnist, an IDX file, a folder of PNGs, a Gaussian mixture) or a run whose data to use".into(),
+    }
+}
+
 /// What `scoregen train-classifier` was asked for.
 #[derive(Debug, Clone)]
 pub struct ClassifierRequest {
@@ -79,16 +111,28 @@ pub fn labelled_splits(source: &str, opts: &ImageOptions) -> Result<(Labelled, L
 }
 
 /// Trains, evaluates on the held-out split and saves the classifier to `req.out`.
+/// Refusals (every front end's, checked before any data is read) are
+/// [`Error::Setting`]s named by the flag's stem, which is Python's keyword.
 pub fn train_classifier(req: &ClassifierRequest) -> Result<ClassifierOutcome> {
     let source = match (&req.data, &req.config) {
         (Some(d), _) => d.clone(),
         (None, Some(cfg)) => cfg.data.source.clone(),
-        (None, None) => return Err(Error::Invalid("train-classifier needs --data NAME or --run DIR".into())),
+        (None, None) => return Err(no_data()),
     };
+    for (key, v) in [("width", req.width), ("blocks", req.blocks), ("steps", req.steps), ("batch_size", req.batch_size)]
+    {
+        if v == 0 {
+            return Err(Error::Setting { key, message: "must be ≥ 1 (got 0)".into() });
+        }
+    }
+    if !(req.lr > 0.0 && req.lr.is_finite()) {
+        return Err(Error::Setting { key: "lr", message: format!("must be a finite number > 0 (got {})", req.lr) });
+    }
     let opts = req.config.as_ref().map(|c| c.data.image_options()).unwrap_or_default();
     let noise = if req.noisy {
-        let cfg = req.config.as_ref().ok_or_else(|| {
-            Error::Invalid("--noisy needs --run DIR (or --config): the SDE to perturb the images with".into())
+        let cfg = req.config.as_ref().ok_or_else(|| Error::Setting {
+            key: "noisy",
+            message: "needs a run (its SDE perturbs the images)".into(),
         })?;
         Some(NoiseAware { sde: cfg.sde(), t_eps: cfg.objective.t_eps })
     } else {

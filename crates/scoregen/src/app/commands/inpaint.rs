@@ -83,23 +83,24 @@ pub fn default_sampler(run: &SamplerSpec) -> (SamplerKind, usize) {
 /// Reads observations: `held-out[:N]` (the first N held-out images of the run's
 /// image data, with their labels), a `.npy` in data space, or a PNG in pixels
 /// (single-channel images of the run's size, mapped by its pixel scale).
-fn read_input(path: &Path, cfg: &RunConfig, d: usize) -> Result<(Points, Option<Vec<u8>>)> {
+pub fn read_input(path: &Path, cfg: &RunConfig, d: usize) -> Result<(Points, Option<Vec<u8>>)> {
     let (shape, scale) = (cfg.image_shape(d), cfg.data.scale);
     if let Some(rest) = path.to_str().and_then(|s| s.strip_prefix("held-out")) {
         let limit = match rest.strip_prefix(':') {
-            Some(n) => n
-                .parse::<usize>()
-                .map_err(|_| Error::Invalid(format!("--input held-out:N needs a count, found `{n}`")))?,
+            Some(n) => n.parse::<usize>().map_err(|_| Error::Setting {
+                key: "input",
+                message: format!("held-out:N needs a count, found `{n}`"),
+            })?,
             None if rest.is_empty() => usize::MAX,
             None => {
-                return Err(Error::Invalid(format!(
-                    "--input: expected held-out[:N], a .npy or a PNG, found `{}`",
-                    path.display()
-                )))
+                return Err(Error::Setting {
+                    key: "input",
+                    message: format!("expected held-out[:N], a .npy or a PNG, found `{}`", path.display()),
+                })
             }
         };
         if !data::is_image_source(&cfg.data.source) {
-            return Err(Error::Invalid("--input held-out needs a run trained on images".into()));
+            return Err(Error::Setting { key: "input", message: "held-out needs a run trained on images".into() });
         }
         let set = data::load_images(&cfg.data.source, false, &cfg.data.image_options())?;
         let set = set.select(&(0..set.len().min(limit)).collect::<Vec<_>>());

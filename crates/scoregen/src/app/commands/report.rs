@@ -123,7 +123,7 @@ pub fn write_report(run_dir: &Path, quiet: bool, device: &Device) -> Result<Repo
 }
 
 /// The samples file a run holds: `samples.npy` (quickstart) or `samples/samples.npy` (`scoregen sample`).
-fn find_samples(run_dir: &Path) -> Option<PathBuf> {
+pub fn find_samples(run_dir: &Path) -> Option<PathBuf> {
     ["samples.npy", "samples/samples.npy"].iter().map(|f| run_dir.join(f)).find(|p| p.is_file())
 }
 

@@ -249,7 +249,7 @@ pub fn sample_run_guided(
         frames.push((0.0, pts.clone()));
     }
     let gif = (!frames.is_empty()).then(|| req.out.with_extension("gif"));
-    let title = format!("{} samples, {} ({} steps)", pts.n, model.cfg.name, req.steps);
+    let title = samples_title(pts.n, &model.cfg.name, Some(req.steps));
     let png = write_samples(&req.out, &pts, &model.cfg, &title, None)?;
     if let Some(gif) = &gif {
         if let Some((c, h, w)) = model.cfg.image_shape(pts.d) {
@@ -265,6 +265,14 @@ pub fn sample_run_guided(
         }
     }
     Ok(SampleOutcome { npy: req.out.clone(), png, gif, n: pts.n, nfe: out.nfe, seconds })
+}
+
+/// The title of the scatter of `n` samples of the run `name` (drawn in `steps` steps).
+pub fn samples_title(n: usize, name: &str, steps: Option<usize>) -> String {
+    match steps {
+        Some(k) => format!("{n} samples, {name} ({k} steps)"),
+        None => format!("{n} samples, {name}"),
+    }
 }
 
 /// The tiles of an image grid in pixel space and its number of columns.
@@ -286,24 +294,51 @@ pub fn write_samples(
     title: &str,
     tiles: Option<GridTiles>,
 ) -> Result<Option<PathBuf>> {
-    let png = out.with_extension("png");
     if let Some((c, h, w)) = cfg.image_shape(pts.d) {
         let raw: Vec<f32> = pts.data.iter().map(|&x| x as f32).collect();
         npy::write_f32(out, &[pts.n, c, h, w], &raw)?;
+    } else {
+        npy::write_points(out, pts)?;
+    }
+    let png = out.with_extension("png");
+    Ok(draw_samples(&png, pts, cfg, title, tiles)?.then_some(png))
+}
+
+/// The picture of samples [`write_samples`] draws, at `png`: images of the
+/// run's shape as a grid, 2-D points as a scatter over the run's density;
+/// false (nothing drawn) for other data.
+pub fn draw_samples(png: &Path, pts: &Points, cfg: &RunConfig, title: &str, tiles: Option<GridTiles>) -> Result<bool> {
+    if let Some((c, h, w)) = cfg.image_shape(pts.d) {
         let scale = cfg.data.scale;
         let GridTiles { pixels, cols } = tiles.unwrap_or_else(|| GridTiles {
             pixels: pts.data.iter().map(|&x| scale.to_pixel(x) as f32).collect(),
             cols: (pts.n as f64).sqrt().ceil() as usize,
         });
-        viz::image_grid(&png, &pixels, (c, h, w), cols, (64 / h).max(1))?;
-        return Ok(Some(png));
+        viz::image_grid(png, &pixels, (c, h, w), cols, (64 / h).max(1))?;
+        return Ok(true);
     }
-    npy::write_points(out, pts)?;
     if pts.d != 2 {
-        return Ok(None);
+        return Ok(false);
     }
-    scatter(&png, pts, oracle_of(cfg)?.as_ref(), title)?;
-    Ok(Some(png))
+    scatter(png, pts, oracle_of(cfg)?.as_ref(), title)?;
+    Ok(true)
+}
+
+/// [`draw_samples`]'s picture as PNG bytes (drawn through a temporary file),
+/// for a page that inlines it (Python's `Run._repr_html_`); None for data
+/// that are neither images nor 2-D points.
+pub fn samples_png(pts: &Points, cfg: &RunConfig, title: &str) -> Result<Option<Vec<u8>>> {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let png = std::env::temp_dir().join(format!("scoregen-samples-{}-{n}.png", std::process::id()));
+    let drawn = draw_samples(&png, pts, cfg, title, None);
+    let bytes = match drawn {
+        Ok(true) => std::fs::read(&png).map(Some).map_err(|e| Error::io(&png, e)),
+        Ok(false) => Ok(None),
+        Err(e) => Err(e),
+    };
+    let _ = std::fs::remove_file(&png);
+    bytes
 }
 
 /// Reads `--init-noise`: a float32 or float64 .npy [N, D] or [N, C, H, W] (all
