@@ -467,8 +467,8 @@ fn commands_refuse_work_they_cannot_finish_or_hold() {
     let out = scoregen(&["--quiet", "bench", "samplers", "--budgets", "1000000000000", "--n", "10"], d);
     fails_with(&out, &["bench samplers", "--budgets"]);
     let out = scoregen(&["--quiet", "train-classifier", "--data", "digits", "--batch-size", "1000000000000"], d);
-    fails_with(&out, &["classifier", "1000000000000", "--batch-size"]);
+    fails_with(&out, &["classifier", "1000000000000", "batch size"]);
     let out = scoregen(&["--quiet", "train-classifier", "--data", "digits", "--steps", "1000000000000"], d);
-    fails_with(&out, &["train-classifier", "--steps"]);
+    fails_with(&out, &["--steps", "1000000000000 steps", "1e7"]);
     assert!(!d.join("classifiers").exists(), "nothing is written for a refused request");
 }

@@ -122,7 +122,7 @@ pub fn check_classifier_training(images: usize, dim: usize, width: usize, blocks
             "training a classifier of width {width} with batches of {batch} on {images} images of dimension {dim}"
         ),
         classifier_training(images, dim, width, blocks, batch),
-        "lower --batch-size or --width",
+        "lower the batch size or the width",
     )
 }
 

@@ -146,11 +146,16 @@ pub fn train_classifier(req: &ClassifierRequest) -> Result<ClassifierOutcome> {
         req.blocks,
         req.batch_size,
     )?;
-    crate::app::budget::check_evaluations(
-        &format!("train-classifier's {} steps", req.steps),
-        req.steps as f64,
-        "lower --steps",
-    )?;
+    let max = crate::samplers::dispatch::MAX_EVALUATIONS;
+    if req.steps as f64 > max {
+        return Err(Error::Setting {
+            key: "steps",
+            message: format!(
+                "{} steps (one batch through the classifier each) is more than the {max:.0e} network evaluations any command runs",
+                req.steps
+            ),
+        });
+    }
     let spec = ClassifierSpec {
         classes: train.classes().max(test.classes()),
         dim: train.points.d,
