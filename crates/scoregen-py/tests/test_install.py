@@ -46,14 +46,7 @@ def test_the_wheel_installs_into_a_fresh_venv_without_rust(tmp_path):
     seconds = time.perf_counter() - start
     assert r.returncode == 0, r.stdout + r.stderr
     # NumPy lent from this interpreter, alone in a folder the fresh venv reads through a .pth file
-    lend = tmp_path / "numpy-only"
-    lend.mkdir()
-    np_dir = pathlib.Path(np.__file__).parent
-    for name in (np_dir.name, np_dir.name + ".libs"):
-        if (np_dir.parent / name).exists():
-            os.symlink(np_dir.parent / name, lend / name)
-    site = next((venv / "lib").glob("python3*/site-packages"))
-    (site / "lend-numpy.pth").write_text(str(lend) + "\n")
+    _lend(venv, tmp_path / "numpy-only", np)
     r = subprocess.run([str(py), "-c", SCRIPT], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.startswith("ok ")
