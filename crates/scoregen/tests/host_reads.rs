@@ -5,7 +5,7 @@
 //! `scoregen::host`, which counts them per thread (a source scan below keeps
 //! any other read out), and every sampler of the table, run on the CPU for
 //! N and 2N steps on each kind of network — scoregen's U-Net with EDM
-//! preconditioning, classes and classifier-free guidance; the time-MLP; an
+//! preconditioning, classes, classifier-free and classifier guidance; the time-MLP; an
 //! energy; a noise ladder; imported diffusers models on integer timesteps and
 //! on σ — reads nothing while it samples (MALA reads its acceptance rate once,
 //! at the end). The one sampler that reads per step
@@ -13,6 +13,7 @@
 //! norm on the host: one read per attempted step), and the count sees it.
 
 use candle_core::{DType, Device};
+use scoregen::app::commands::classify::{train_classifier, ClassifierRequest};
 use scoregen::app::commands::sample::{sample_loaded, ClassChoice, ClassGuidance, SampleRequest};
 use scoregen::app::config::RunConfig;
 use scoregen::app::run_dir::LoadedModel;
@@ -56,8 +57,11 @@ fn reads_while_sampling(
 }
 
 /// Every sampler the model offers, at 3 and 6 steps: no read, except the
-/// adaptive ODE's one per attempted step. Returns how many samplers ran.
+/// adaptive ODE's one per attempted step and, with a classifier, the reads
+/// that check its weights as it loads (the same whatever the steps). Returns
+/// how many samplers ran.
 fn check_every_sampler(what: &str, model: &LoadedModel, class: Option<&ClassGuidance>) -> usize {
+    let at_load = class.and_then(|c| c.classifier.as_ref()).map_or(0, |dir| classifier_tensors(dir));
     let mut ran = 0;
     for info in SAMPLERS {
         let Some(short) = reads_while_sampling(model, info.kind, 3, class) else { continue };
@@ -67,13 +71,23 @@ fn check_every_sampler(what: &str, model: &LoadedModel, class: Option<&ClassGuid
             assert!(short > 0 && long > 0, "{what}: RK45's error norms were not counted ({short}, {long})");
         } else if info.kind == SamplerKind::Mala {
             // the acceptance rate, summed on the device and read once at the end
-            assert_eq!((short, long), (1, 1), "{what}, mala: host reads at 3 and 6 steps");
+            assert_eq!((short, long), (1 + at_load, 1 + at_load), "{what}, mala: host reads at 3 and 6 steps");
         } else {
-            assert_eq!((short, long), (0, 0), "{what}, {}: host reads at 3 and 6 steps", info.name);
+            assert_eq!((short, long), (at_load, at_load), "{what}, {}: host reads at 3 and 6 steps", info.name);
         }
         ran += 1;
     }
     ran
+}
+
+/// The tensors of a saved classifier (each is checked finite, one read, as it loads).
+fn classifier_tensors(dir: &Path) -> usize {
+    let file = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .expect("a classifier's safetensors file");
+    candle_core::safetensors::load(&file, &Device::Cpu).unwrap().len()
 }
 
 #[test]
@@ -94,6 +108,24 @@ fn samplers_read_nothing_back_from_scoregen_networks() {
     let guided = ClassGuidance { class: ClassChoice::One(3), scale: 1.0, classifier: None };
     assert!(check_every_sampler("unet + classifier-free guidance", &model, Some(&guided)) >= 14);
     assert!(check_every_sampler("unet, unconditional", &model, None) >= 14);
+    // classifier guidance: a noise-aware classifier's ∇ₓ log p(y | x, t) joins the score
+    let req = ClassifierRequest {
+        data: None,
+        config: Some(model.cfg.clone()),
+        noisy: true,
+        out: unet.join("classifier-noisy"),
+        width: 8,
+        blocks: 1,
+        steps: 2,
+        batch_size: 8,
+        lr: 1e-3,
+        seed: 0,
+        quiet: true,
+        device: Device::Cpu,
+    };
+    train_classifier(&req).unwrap();
+    let classifier = ClassGuidance { class: ClassChoice::One(3), scale: 1.0, classifier: Some(req.out.clone()) };
+    assert!(check_every_sampler("unet + classifier guidance", &model, Some(&classifier)) >= 14);
 
     // the time-MLP (Fourier features of t, s = net/s(t)) on each continuous SDE
     for sde in ["ve", "vp", "subvp"] {
