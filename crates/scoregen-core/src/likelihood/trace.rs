@@ -121,7 +121,7 @@ pub fn evaluate_tracked(score: &dyn ScoreFn, x: &Tensor, t: &Tensor) -> Result<E
 /// ∇ₓ Σ y for the tracked input; an error when y does not depend on x (a
 /// score computed outside the autodiff graph with no closed-form divergence).
 fn vjp(y: &Tensor, input: &Var) -> Result<Tensor> {
-    let grads = autodiff::backward(&y.sum_all()?)?;
+    let grads = autodiff::backward_first_order(&y.sum_all()?)?;
     grads.get(input.as_tensor()).cloned().ok_or_else(|| {
         candle_core::Error::Msg(
             "the score is not differentiable with respect to x and has no closed-form divergence".into(),

@@ -125,7 +125,7 @@ pub fn train_classifier(
         if !final_loss.is_finite() {
             return Err(Error::NonFinite { what: "classifier loss".into(), step, checkpoint: "none".into() });
         }
-        let grads = Adam::gradients(&params, &autodiff::backward(&loss)?)?;
+        let grads = Adam::gradients(&params, &autodiff::backward_first_order(&loss)?)?;
         let lr = schedule.learning_rate(step);
         adam.step(&params, grads, lr, 1.0)?;
         pb.inc(1);

@@ -394,7 +394,7 @@ impl Trainer {
         if !l.is_finite() {
             return Ok(Err(watched.first().unwrap_or_else(|| "loss".into())));
         }
-        Ok(Ok((l, Adam::gradients(&self.params, &autodiff::backward(&loss)?)?)))
+        Ok(Ok((l, Adam::gradients(&self.params, &autodiff::backward_first_order(&loss)?)?)))
     }
 
     /// Shard `k`'s loss and gradient at the current step (its B/S points and
