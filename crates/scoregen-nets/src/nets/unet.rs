@@ -41,6 +41,48 @@ impl UNetConfig {
         Ok((c, side, side))
     }
 
+    /// Multiply–add FLOPs (2 per multiply–add) of one forward pass over `batch`
+    /// images: every convolution (k²·C_in·C_out per output position; a stride-2
+    /// one only at the outputs it computes), linear layer (the time embedding,
+    /// each block's time projection, attention's qkv and output projections)
+    /// and attention's two matmuls (QKᵀ and AV, (HW)²·C each). Normalizations,
+    /// activations, softmax, additions and the class embedding's lookup are not counted.
+    pub fn forward_flops(&self, batch: usize) -> f64 {
+        let (c_img, h, w) = self.image;
+        let chs: Vec<usize> = self.channel_mult.iter().map(|m| self.channels * m).collect();
+        let levels = chs.len();
+        let temb = 4 * self.channels;
+        let pixels = |level: usize| (h >> level) * (w >> level);
+        let conv = |k: usize, cin: usize, cout: usize, px: usize| (k * k * cin * cout * px) as f64;
+        let block = |cin: usize, cout: usize, px: usize| {
+            let skip = if cin == cout { 0.0 } else { conv(1, cin, cout, px) };
+            conv(3, cin, cout, px) + (temb * cout) as f64 + conv(3, cout, cout, px) + skip
+        };
+        let mut macs = (self.embed_dim * temb + temb * temb) as f64 + conv(3, c_img, self.channels, pixels(0));
+        let mut prev = self.channels;
+        for (l, &c) in chs.iter().enumerate() {
+            macs += block(prev, c, pixels(l));
+            prev = c;
+            if l + 1 < levels {
+                macs += conv(3, c, c, pixels(l + 1));
+            }
+        }
+        let low = pixels(levels - 1);
+        macs += 2.0 * block(prev, prev, low);
+        if self.attention {
+            macs += (4 * low * prev * prev + 2 * low * low * prev) as f64;
+        }
+        for l in (0..levels).rev() {
+            if l + 1 < levels {
+                macs += conv(3, prev, prev, pixels(l));
+            }
+            macs += block(prev + chs[l], chs[l], pixels(l));
+            prev = chs[l];
+        }
+        macs += conv(3, self.channels, c_img, pixels(0));
+        2.0 * batch as f64 * macs
+    }
+
     /// Checks that the resolutions halve evenly and the groups divide the channels.
     pub fn validate(&self) -> CrateResult<()> {
         let (_, h, w) = self.image;

@@ -189,6 +189,79 @@ impl UNet2DConfig {
         })
     }
 
+    /// Multiply–add FLOPs (2 per multiply–add) of one forward pass over `batch`
+    /// images of H×W: every convolution (k²·C_in·C_out per output position),
+    /// linear layer (the time and class embeddings, each residual block's time
+    /// projection, attention's q, k, v and output projections) and attention's
+    /// two matmuls (QKᵀ and AV, (HW)²·C each); normalizations, activations,
+    /// softmax and additions are not counted. `None` for the NCSN++ `Skip`
+    /// blocks (FIR resampling and the image-space path are not counted here).
+    pub fn forward_flops(&self, batch: usize, h: usize, w: usize) -> Option<f64> {
+        let (down, up) = (self.down_kinds(), self.up_kinds());
+        if down.iter().chain(&up).any(|k| k.skip) || self.fourier() {
+            return None;
+        }
+        let chs = &self.block_out_channels;
+        let levels = chs.len();
+        let temb = self.time_embed_dim() as f64;
+        let conv = |k: usize, cin: usize, cout: usize, pixels: usize| (k * k * cin * cout * pixels) as f64;
+        // per image: conv1, the time projection, conv2, and a 1×1 shortcut when the channels change
+        let resnet = |cin: usize, cout: usize, pixels: usize| {
+            let short = if cin == cout { 0.0 } else { conv(1, cin, cout, pixels) };
+            conv(3, cin, cout, pixels) + temb * cout as f64 + conv(3, cout, cout, pixels) + short
+        };
+        let attention = |c: usize, pixels: usize| (4 * pixels * c * c + 2 * pixels * pixels * c) as f64;
+        let pixels = |level: usize| (h >> level) * (w >> level);
+        // the time embedding (linear_1, linear_2), once per image
+        let mut macs = chs[0] as f64 * temb + temb * temb;
+        if self.class_embed_type.as_deref() == Some("timestep") {
+            macs += chs[0] as f64 * temb + temb * temb;
+        }
+        macs += conv(3, self.in_channels, chs[0], pixels(0));
+        // the skip stack's channel counts, as the up blocks consume them
+        let mut skips = vec![chs[0]];
+        let mut prev = chs[0];
+        for (i, kind) in down.iter().enumerate() {
+            for j in 0..self.layers_per_block {
+                let cin = if j == 0 { prev } else { chs[i] };
+                macs += resnet(cin, chs[i], pixels(i));
+                if kind.attention {
+                    macs += attention(chs[i], pixels(i));
+                }
+                skips.push(chs[i]);
+            }
+            prev = chs[i];
+            if i + 1 < levels {
+                macs += conv(3, chs[i], chs[i], pixels(i + 1));
+                skips.push(chs[i]);
+            }
+        }
+        if self.mid_block_type.is_some() {
+            let c = chs[levels - 1];
+            macs += 2.0 * resnet(c, c, pixels(levels - 1));
+            if self.add_attention {
+                macs += attention(c, pixels(levels - 1));
+            }
+        }
+        for (i, kind) in up.iter().enumerate() {
+            let level = levels - 1 - i;
+            let c = chs[level];
+            for _ in 0..=self.layers_per_block {
+                let skip = skips.pop()?;
+                macs += resnet(prev + skip, c, pixels(level));
+                if kind.attention {
+                    macs += attention(c, pixels(level));
+                }
+                prev = c;
+            }
+            if i + 1 < levels {
+                macs += conv(3, c, c, pixels(level - 1));
+            }
+        }
+        macs += conv(3, chs[0], self.out_channels, pixels(0));
+        Some(2.0 * batch as f64 * macs)
+    }
+
     /// Refuses what this implementation does not compute exactly as diffusers does.
     pub fn validate(&self) -> Result<()> {
         let bad = |field: &str, msg: String| Err(Error::Invalid(format!("`{field}`: {msg}")));
