@@ -533,6 +533,33 @@ mod tests {
         (Tensor::from_vec(x, (n, d), &Device::Cpu).unwrap(), Tensor::from_vec(t, n, &Device::Cpu).unwrap())
     }
 
+    /// small(true) counted by hand, per image: time 16·32 + 32·32; conv_in 9·1·8·64; level 0
+    /// block 8→8 at 8×8 (2·9·8·8·64 + 32·8) and its stride-2 conv 9·8·8·16; level 1 block 8→16
+    /// at 4×4 (9·8·16·16 + 32·16 + 9·16·16·16 + 8·16·16); two middle blocks 16→16 and attention
+    /// (4·16·16² + 2·16²·16); up 1 block 32→16; the ×2 conv 9·16·16·64 and up 0 block 24→8;
+    /// conv_out. 751,616 multiply–adds, also torch.utils.flop_counter's count of
+    /// bench/field.py's PyTorch twin with these sizes (1,503,232 FLOPs).
+    #[test]
+    fn forward_flops_match_a_hand_count() {
+        let hand = [
+            512 + 1024,
+            4608,
+            2 * 36864 + 256,
+            9216,
+            18432 + 512 + 36864 + 2048,
+            2 * (2 * 36864 + 512),
+            16384 + 8192,
+            73728 + 512 + 36864 + 8192,
+            147456,
+            110592 + 256 + 36864 + 12288,
+            4608,
+        ];
+        let macs: usize = hand.iter().sum();
+        assert_eq!(macs, 751_616);
+        assert_eq!(small(true).forward_flops(1), 2.0 * macs as f64);
+        assert_eq!(small(false).forward_flops(2), 4.0 * (macs - 24576) as f64);
+    }
+
     #[test]
     fn output_has_the_input_shape_flat_and_as_images() {
         for cfg in

@@ -413,6 +413,53 @@ mod tests {
         assert_eq!(c.resnet_time_scale_shift, "default");
     }
 
+    /// A two-level model counted by hand (every conv, linear and attention matmul, per image):
+    /// time 4·16 + 16·16; conv_in 9·1·4·16; down 0 resnet 4→4 at 4×4 (2·9·4·4·16 + 16·4) and its
+    /// stride-2 conv 9·4·4·4; down 1 resnet 4→8 at 2×2 (9·4·8·4 + 16·8 + 9·8·8·4 + 4·8·4) with
+    /// attention (4·4·8² + 2·4²·8); mid 2 resnets 8→8 + attention; up 0 resnets 16→8 and 12→8
+    /// with attention, then the ×2 conv 9·8·8·16; up 1 resnets 12→4 and 8→4 at 4×4; conv_out.
+    /// The sum, 65,600 multiply–adds, is also torch.utils.flop_counter's count of diffusers'
+    /// UNet2DModel with this config (131,200 FLOPs); google/ddpm-cifar10-32's is 12.4437 GFLOP.
+    #[test]
+    fn forward_flops_match_a_hand_count_and_diffusers() {
+        let tiny = UNet2DConfig {
+            sample_size: Some(SampleSize::Square(4)),
+            in_channels: 1,
+            out_channels: 1,
+            block_out_channels: vec![4, 8],
+            layers_per_block: 1,
+            down_block_types: vec!["DownBlock2D".into(), "AttnDownBlock2D".into()],
+            up_block_types: vec!["AttnUpBlock2D".into(), "UpBlock2D".into()],
+            norm_num_groups: Some(4),
+            ..UNet2DConfig::default()
+        };
+        let hand = [
+            64 + 256,
+            576,
+            2 * 2304 + 64,
+            576,
+            1152 + 128 + 2304 + 128,
+            1024 + 256,
+            2 * (2 * 2304 + 128) + 1280,
+            4608 + 128 + 2304 + 512 + 1280,
+            3456 + 128 + 2304 + 384 + 1280,
+            9216,
+            6912 + 64 + 2304 + 768,
+            4608 + 64 + 2304 + 512,
+            576,
+        ];
+        let macs: usize = hand.iter().sum();
+        assert_eq!(macs, 65_600);
+        assert_eq!(tiny.forward_flops(1, 4, 4), Some(2.0 * macs as f64));
+        assert_eq!(tiny.forward_flops(3, 4, 4), Some(6.0 * macs as f64));
+        let ddpm = UNet2DConfig::from_json(DDPM_CIFAR10, "config.json").unwrap();
+        assert_eq!(ddpm.forward_flops(1, 32, 32), Some(12_443_713_536.0));
+        // NCSN++'s FIR resampling is not counted: no number rather than a wrong one
+        let skip =
+            UNet2DConfig { down_block_types: vec!["SkipDownBlock2D".into(), "AttnSkipDownBlock2D".into()], ..tiny };
+        assert_eq!(skip.forward_flops(1, 4, 4), None);
+    }
+
     /// Each refusal names its field.
     #[test]
     fn unsupported_options_are_refused_by_name() {

@@ -270,13 +270,7 @@ pub fn forward_gflop(cfg: &RunConfig, dim: usize, batch: usize) -> Result<Option
 /// One step of a field-size case (`phase` on `model` at batch `batch`), median
 /// of `reps` after `warmup`, with its FLOPs (the forward pass's analytic count
 /// times 3 for training, 2 for a guided sampling step or a forward + VJP).
-pub fn field_step(
-    cfg: &RunConfig,
-    model: FieldModel,
-    phase: FieldPhase,
-    warmup: usize,
-    reps: usize,
-) -> Result<Timing> {
+pub fn field_step(cfg: &RunConfig, model: FieldModel, phase: FieldPhase, warmup: usize, reps: usize) -> Result<Timing> {
     use crate::guidance::{ClassifierFree, Labels};
     use crate::likelihood::trace;
     let batch = cfg.training.batch_size;
