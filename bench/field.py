@@ -336,7 +336,10 @@ def run_json(cmd, env):
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
         return {"error": f"exit {proc.returncode}: {tail[:300]}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    try:
+        return json.loads(proc.stdout)
+    except json.JSONDecodeError:  # something else printed before the JSON line
+        return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def median_round(results):
@@ -351,24 +354,32 @@ def load():
     return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def driver(a):
-    from compare import cpu_flags, cpu_model
+def summarize(sides):
+    """Each side's median round; the compiled side with its compile time cold (round 1, an empty
+    inductor cache: the driver gives the run a fresh one) and cached (the median of later rounds)."""
+    s, e, c = (median_round(sides[k]) for k in ("scoregen", "eager", "compile"))
+    times = [r.get("compile_s") for r in sides["compile"]]
+    later = [x for x in times[1:] if x is not None]
+    c = dict(c, compile_cold_s=times[0], compile_cached_s=statistics.median(later) if later else None)
+    return s, e, c
 
+
+def driver(a):
     threads = [int(t) for t in a.threads.split(",")]
     cases = [c for c in CASES if not a.only or f"{c[0]}-{c[1]}" in a.only.split(",")]
-    record, tables, loads = [], [], [load()]
-    mem = mem_total_mib()
+    record = {"cases": [], "gemm": {}, "loads": [load()], "rounds": a.rounds, "mem_mib": mem_total_mib()}
+    mem = record["mem_mib"]
     started = time.time()
     import tempfile
+
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="field-inductor-")
     for th in threads:
         env = dict(os.environ, RAYON_NUM_THREADS=str(th), CANDLE_NUM_THREADS=str(th), OMP_NUM_THREADS=str(th),
                    MKL_NUM_THREADS=str(th))
-        gemm = [run_json([a.scoregen, "--quiet", "--json", "bench", "gemm", "--n", "1024", "--reps", "10"], env),
-                run_json([sys.executable, os.path.join(HERE, "torch_ref.py"), "--threads", str(th), "gemm"], env)]
-        rate = lambda r: r["gflop"] / (r["median_ms"] / 1e3)
-        peak = max(rate(g) for g in gemm)
-        rows = []
+        record["gemm"][str(th)] = [
+            run_json([a.scoregen, "--quiet", "--json", "bench", "gemm", "--n", "1024", "--reps", "10"], env),
+            run_json([sys.executable, os.path.join(HERE, "torch_ref.py"), "--threads", str(th), "gemm"], env),
+        ]
         peaks = {}  # scoregen's peak RSS per (model, phase, batch), for the memory guard
         for i, (model, phase, batch, warmup, reps) in enumerate(cases):
             args = ["--model", model, "--phase", phase, "--batch", str(batch), "--warmup", str(warmup),
@@ -394,58 +405,74 @@ def driver(a):
                         sides[name].append({"skipped": guard})
                         continue
                     sides[name].append(run_json(cmd, env))
-            s, e, c = (median_round(sides[k]) for k in ("scoregen", "eager", "compile"))
-            # compile time: round 1 compiles into an empty inductor cache (the driver gives it a fresh one),
-            # later rounds find their kernels there
-            times = [r.get("compile_s") for r in sides["compile"]]
-            c = dict(c, compile_cold_s=times[0], compile_cached_s=statistics.median(
-                [x for x in times[1:] if x is not None]) if any(x is not None for x in times[1:]) else None)
+            s, e, c = summarize(sides)
             if "peak_rss_mib" in s and "skipped" not in s:
                 peaks[(model, phase, batch)] = s["peak_rss_mib"]
-            rows.append((model, phase, batch, s, e, c))
-            record.append({"threads": th, "model": model, "phase": phase, "batch": batch, "rounds": sides,
-                           "gemm": gemm})
+            record["cases"].append({"threads": th, "model": model, "phase": phase, "batch": batch, "sides": sides,
+                                    "load": load()})
             brief = lambda r: f"{r['median_ms']:.0f} ms" if "median_ms" in r else r.get("error", r.get("skipped"))
             print(f"  {th}T {model} {phase} B={batch}: scoregen {brief(s)}, eager {brief(e)}, compiled {brief(c)}"
                   f" ({load()})", file=sys.stderr)
-        loads.append(load())
-        tables.append((th, gemm, peak, rows))
+            record["minutes"] = (time.time() - started) / 60
+            if a.json:  # after every case, so an interrupted run keeps what it measured (--table FILE prints it)
+                with open(a.json, "w") as f:
+                    json.dump(record, f, indent=1)
+        record["loads"].append(load())
+    record["minutes"] = (time.time() - started) / 60
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(record, f, indent=1)
+    render(record)
 
+
+def render(record):
+    """The Markdown tables of a run's record (one per thread count)."""
+    from compare import cpu_flags, cpu_model
+
+    mem = record["mem_mib"]
     print(f"CPU: {cpu_model()}; flags: {' '.join(cpu_flags()) or 'none of avx2, fma, avx512*'}; "
           f"{os.cpu_count()} logical CPUs, {mem / 1024:.0f} GiB")
-    import torch as _t  # noqa: F401  (version only)
-    print(f"PyTorch {_t.__version__}" + (f", diffusers {__import__('diffusers').__version__}" if _has_diffusers() else ""))
-    print(f"machine load: {'; '.join(loads)} (at the start and after each thread count); "
-          f"{a.rounds} round(s), median round per side; whole run {(time.time() - started) / 60:.1f} min")
-    for th, gemm, peak, rows in tables:
+    try:
+        import diffusers
+        import torch as _torch
+
+        print(f"PyTorch {_torch.__version__}, diffusers {diffusers.__version__}")
+    except ImportError:
+        pass
+    print(f"machine load: {'; '.join(record['loads'])} (at the start and after each thread count); "
+          f"{record['rounds']} round(s), median round per side; whole run {record.get('minutes', 0):.0f} min")
+    for th, gemm in record["gemm"].items():
         g = lambda r: r["gflop"] / (r["median_ms"] / 1e3)
+        peak = max(g(x) for x in gemm)
+        th = int(th)
         print(f"\n**{th} thread{'s' if th > 1 else ''}**: GEMM 1024³ f32 candle {g(gemm[0]):.0f} GFLOP/s "
               f"(kernel {gemm[0].get('kernel', '?')}), PyTorch {g(gemm[1]):.0f} GFLOP/s "
               f"(kernel {gemm[1].get('kernel', '?')}); peak = {peak:.0f} GFLOP/s\n")
-        print("| case | GFLOP/step | scoregen ms | eager ms | compiled ms | vs eager | vs compiled | compile s cold / cached | "
-              "% peak scoregen / eager / compiled | peak RSS MiB scoregen / eager / compiled |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for model, phase, batch, s, e, c in rows:
+        print("| case | GFLOP/step | scoregen ms | eager ms | compiled ms | vs eager | vs compiled | "
+              "compile s cold / cached | % peak scoregen / eager / compiled | "
+              "peak RSS MiB scoregen / eager / compiled | load |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        notes = []
+        for case in (c for c in record["cases"] if c["threads"] == th):
+            model, phase, batch = case["model"], case["phase"], case["batch"]
+            s, e, c = summarize(case["sides"])
             flop = s.get("gflop")
+            if flop is None and "torch_forward_gflop" in e:
+                flop = e.get("forwards", 1) * e["torch_forward_gflop"]
             ms = lambda r: f"{r['median_ms']:.0f}" if "median_ms" in r else "–"
             ratio = lambda r: f"{r['median_ms'] / s['median_ms']:.2f}×" if "median_ms" in r and "median_ms" in s else "–"
             pct = lambda r: f"{100 * flop / (r['median_ms'] / 1e3) / peak:.0f}%" if flop and "median_ms" in r else "–"
             rss = lambda r: f"{r['peak_rss_mib']:.0f}" if "peak_rss_mib" in r and "skipped" not in r else "–"
             fmt = lambda x: f"{x:.0f}" if x is not None else "–"
             comp = f"{fmt(c.get('compile_cold_s'))} / {fmt(c.get('compile_cached_s'))}"
-            if flop is None and "torch_forward_gflop" in e:
-                mult = e.get("forwards", 1)
-                flop = mult * e["torch_forward_gflop"]
-            print(f"| {model} {phase} B={batch} | {flop:.1f} | {ms(s)} | {ms(e)} | {ms(c)} | {ratio(e)} | {ratio(c)} | "
-                  f"{comp} | {pct(s)} / {pct(e)} / {pct(c)} | {rss(s)} / {rss(e)} / {rss(c)} |")
-        notes = []
-        for model, phase, batch, s, e, c in rows:
+            lavg = case.get("load", "").replace("load average ", "").split(",")[0]
+            print(f"| {model} {phase} B={batch} | {flop or 0:.1f} | {ms(s)} | {ms(e)} | {ms(c)} | {ratio(e)} | "
+                  f"{ratio(c)} | {comp} | {pct(s)} / {pct(e)} / {pct(c)} | {rss(s)} / {rss(e)} / {rss(c)} | {lavg} |")
             for side, r in (("scoregen", s), ("compiled", c), ("eager", e)):
                 if "error" in r or "skipped" in r:
                     notes.append(f"{model} {phase} B={batch}, {side}: {r.get('error') or r.get('skipped')}")
             if s.get("gflop") and "torch_forward_gflop" in e:
-                mult = e.get("forwards", 1)
-                ours = s["gflop"] / mult
+                ours = s["gflop"] / e.get("forwards", 1)
                 if abs(ours - e["torch_forward_gflop"]) > 0.02 * ours:
                     notes.append(f"{model} B={batch}: forward GFLOP scoregen {ours:.2f}, "
                                  f"torch.utils.flop_counter {e['torch_forward_gflop']:.2f}")
@@ -454,10 +481,8 @@ def driver(a):
     print("\nvs eager / vs compiled = PyTorch ms / scoregen ms (above 1: scoregen is faster). GFLOP/step: "
           "conv, linear and attention matmuls (2 per multiply–add), training = 3× forward, guided sampling "
           "step = 2× forward, forward + VJP = 2× forward. compile s: torch.compile's first two calls less "
-          "two steps, into an empty inductor cache (round 1) / the median of later rounds (cached kernels).")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(record, f, indent=1)
+          "two steps, into an empty inductor cache (round 1) / the median of later rounds (cached kernels). "
+          "load: the 1-minute load average when the case finished.")
 
 
 def _has_diffusers():
@@ -485,12 +510,19 @@ def main():
         print(json.dumps(torch_case(a)))
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scoregen", required=True)
+    p.add_argument("--scoregen")
     p.add_argument("--threads", default="1,2")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--only", help="comma-separated model-phase names (mnist5k-train,cifar-vjp,…)")
-    p.add_argument("--json", help="also write every measurement to this file")
+    p.add_argument("--json", help="also write every measurement to this file (after every case)")
+    p.add_argument("--table", metavar="FILE", help="print the tables of a --json file (also of an interrupted run)")
     a = p.parse_args()
+    if a.table:
+        with open(a.table) as f:
+            render(json.load(f))
+        return
+    if not a.scoregen:
+        p.error("--scoregen EXE is needed to run the cases")
     driver(a)
 
 
