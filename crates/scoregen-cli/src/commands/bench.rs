@@ -101,6 +101,22 @@ enum Bench {
         #[arg(long, default_value_t = 3)]
         reps: usize,
     },
+    /// Speed at the field's model sizes (`bench/run field`): one step of the mnist5k-vp U-Net (28×28,
+    /// class-conditional, attention) or of google/ddpm-cifar10-32's UNet2DModel (35.7 M parameters,
+    /// random weights), with its FLOPs: a training step, a reverse-SDE sampling step (classifier-free
+    /// guidance for mnist5k) or the likelihood's forward + one VJP with respect to x.
+    Step {
+        #[arg(long, value_enum)]
+        model: FieldModelArg,
+        #[arg(long, value_enum)]
+        phase: FieldPhaseArg,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
     /// Speed: this machine's f32 GEMM rate through candle (N×N by N×N).
     Gemm {
         #[arg(long, default_value_t = 1024)]
@@ -108,6 +124,26 @@ enum Bench {
         #[arg(long, default_value_t = 10)]
         reps: usize,
     },
+}
+
+/// The model of `bench step`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum FieldModelArg {
+    /// configs/mnist5k-vp.toml's U-Net (16 → 32 → 64 channels, attention at 7×7, 10 classes).
+    Mnist5k,
+    /// google/ddpm-cifar10-32's UNet2DModel (128 channels ×1-2-2-2, attention at 16×16).
+    Cifar,
+}
+
+/// What `bench step` times.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum FieldPhaseArg {
+    /// Forward, backward, clipping, Adam, EMA.
+    Train,
+    /// One Euler–Maruyama step of the reverse SDE (frozen EMA copy; guided where class-conditional).
+    Sample,
+    /// s(x, t) and one vector–Jacobian product with respect to x (the likelihood's integrand).
+    Vjp,
 }
 
 /// The model of `bench train`.
@@ -168,6 +204,19 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
         Bench::Likelihood { model, side, n, steps, reps } => {
             let (cfg, label) = eval_model(*model, *side, *n)?;
             scoregen::app::commands::bench::likelihood(&on_device(cfg, g), *n, *steps, *reps, &label)?
+        }
+        Bench::Step { model, phase, batch, warmup, reps } => {
+            use scoregen::app::commands::bench::{field_config, field_step, FieldModel, FieldPhase};
+            let model = match model {
+                FieldModelArg::Mnist5k => FieldModel::Mnist5k,
+                FieldModelArg::Cifar => FieldModel::Cifar,
+            };
+            let phase = match phase {
+                FieldPhaseArg::Train => FieldPhase::Train,
+                FieldPhaseArg::Sample => FieldPhase::Sample,
+                FieldPhaseArg::Vjp => FieldPhase::Vjp,
+            };
+            field_step(&on_device(field_config(model, *batch)?, g), model, phase, *warmup, *reps)?
         }
         Bench::Gemm { n, reps } => scoregen::app::commands::bench::gemm_peak(*n, *reps, &g.open_device()?)?,
     };

@@ -41,6 +41,48 @@ impl UNetConfig {
         Ok((c, side, side))
     }
 
+    /// Multiply–add FLOPs (2 per multiply–add) of one forward pass over `batch`
+    /// images: every convolution (k²·C_in·C_out per output position; a stride-2
+    /// one only at the outputs it computes), linear layer (the time embedding,
+    /// each block's time projection, attention's qkv and output projections)
+    /// and attention's two matmuls (QKᵀ and AV, (HW)²·C each). Normalizations,
+    /// activations, softmax, additions and the class embedding's lookup are not counted.
+    pub fn forward_flops(&self, batch: usize) -> f64 {
+        let (c_img, h, w) = self.image;
+        let chs: Vec<usize> = self.channel_mult.iter().map(|m| self.channels * m).collect();
+        let levels = chs.len();
+        let temb = 4 * self.channels;
+        let pixels = |level: usize| (h >> level) * (w >> level);
+        let conv = |k: usize, cin: usize, cout: usize, px: usize| (k * k * cin * cout * px) as f64;
+        let block = |cin: usize, cout: usize, px: usize| {
+            let skip = if cin == cout { 0.0 } else { conv(1, cin, cout, px) };
+            conv(3, cin, cout, px) + (temb * cout) as f64 + conv(3, cout, cout, px) + skip
+        };
+        let mut macs = (self.embed_dim * temb + temb * temb) as f64 + conv(3, c_img, self.channels, pixels(0));
+        let mut prev = self.channels;
+        for (l, &c) in chs.iter().enumerate() {
+            macs += block(prev, c, pixels(l));
+            prev = c;
+            if l + 1 < levels {
+                macs += conv(3, c, c, pixels(l + 1));
+            }
+        }
+        let low = pixels(levels - 1);
+        macs += 2.0 * block(prev, prev, low);
+        if self.attention {
+            macs += (4 * low * prev * prev + 2 * low * low * prev) as f64;
+        }
+        for l in (0..levels).rev() {
+            if l + 1 < levels {
+                macs += conv(3, prev, prev, pixels(l));
+            }
+            macs += block(prev + chs[l], chs[l], pixels(l));
+            prev = chs[l];
+        }
+        macs += conv(3, self.channels, c_img, pixels(0));
+        2.0 * batch as f64 * macs
+    }
+
     /// Checks that the resolutions halve evenly and the groups divide the channels.
     pub fn validate(&self) -> CrateResult<()> {
         let (_, h, w) = self.image;
@@ -489,6 +531,33 @@ mod tests {
         let x: Vec<f32> = (0..n * d).map(|_| rng.normal() as f32).collect();
         let t: Vec<f32> = (0..n).map(|i| (i as f32 + 0.5) / n as f32).collect();
         (Tensor::from_vec(x, (n, d), &Device::Cpu).unwrap(), Tensor::from_vec(t, n, &Device::Cpu).unwrap())
+    }
+
+    /// small(true) counted by hand, per image: time 16·32 + 32·32; conv_in 9·1·8·64; level 0
+    /// block 8→8 at 8×8 (2·9·8·8·64 + 32·8) and its stride-2 conv 9·8·8·16; level 1 block 8→16
+    /// at 4×4 (9·8·16·16 + 32·16 + 9·16·16·16 + 8·16·16); two middle blocks 16→16 and attention
+    /// (4·16·16² + 2·16²·16); up 1 block 32→16; the ×2 conv 9·16·16·64 and up 0 block 24→8;
+    /// conv_out. 751,616 multiply–adds, also torch.utils.flop_counter's count of
+    /// bench/field.py's PyTorch twin with these sizes (1,503,232 FLOPs).
+    #[test]
+    fn forward_flops_match_a_hand_count() {
+        let hand = [
+            512 + 1024,
+            4608,
+            2 * 36864 + 256,
+            9216,
+            18432 + 512 + 36864 + 2048,
+            2 * (2 * 36864 + 512),
+            16384 + 8192,
+            73728 + 512 + 36864 + 8192,
+            147456,
+            110592 + 256 + 36864 + 12288,
+            4608,
+        ];
+        let macs: usize = hand.iter().sum();
+        assert_eq!(macs, 751_616);
+        assert_eq!(small(true).forward_flops(1), 2.0 * macs as f64);
+        assert_eq!(small(false).forward_flops(2), 4.0 * (macs - 24576) as f64);
     }
 
     #[test]

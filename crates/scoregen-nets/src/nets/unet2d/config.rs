@@ -189,6 +189,79 @@ impl UNet2DConfig {
         })
     }
 
+    /// Multiply–add FLOPs (2 per multiply–add) of one forward pass over `batch`
+    /// images of H×W: every convolution (k²·C_in·C_out per output position),
+    /// linear layer (the time and class embeddings, each residual block's time
+    /// projection, attention's q, k, v and output projections) and attention's
+    /// two matmuls (QKᵀ and AV, (HW)²·C each); normalizations, activations,
+    /// softmax and additions are not counted. `None` for the NCSN++ `Skip`
+    /// blocks (FIR resampling and the image-space path are not counted here).
+    pub fn forward_flops(&self, batch: usize, h: usize, w: usize) -> Option<f64> {
+        let (down, up) = (self.down_kinds(), self.up_kinds());
+        if down.iter().chain(&up).any(|k| k.skip) || self.fourier() {
+            return None;
+        }
+        let chs = &self.block_out_channels;
+        let levels = chs.len();
+        let temb = self.time_embed_dim() as f64;
+        let conv = |k: usize, cin: usize, cout: usize, pixels: usize| (k * k * cin * cout * pixels) as f64;
+        // per image: conv1, the time projection, conv2, and a 1×1 shortcut when the channels change
+        let resnet = |cin: usize, cout: usize, pixels: usize| {
+            let short = if cin == cout { 0.0 } else { conv(1, cin, cout, pixels) };
+            conv(3, cin, cout, pixels) + temb * cout as f64 + conv(3, cout, cout, pixels) + short
+        };
+        let attention = |c: usize, pixels: usize| (4 * pixels * c * c + 2 * pixels * pixels * c) as f64;
+        let pixels = |level: usize| (h >> level) * (w >> level);
+        // the time embedding (linear_1, linear_2), once per image
+        let mut macs = chs[0] as f64 * temb + temb * temb;
+        if self.class_embed_type.as_deref() == Some("timestep") {
+            macs += chs[0] as f64 * temb + temb * temb;
+        }
+        macs += conv(3, self.in_channels, chs[0], pixels(0));
+        // the skip stack's channel counts, as the up blocks consume them
+        let mut skips = vec![chs[0]];
+        let mut prev = chs[0];
+        for (i, kind) in down.iter().enumerate() {
+            for j in 0..self.layers_per_block {
+                let cin = if j == 0 { prev } else { chs[i] };
+                macs += resnet(cin, chs[i], pixels(i));
+                if kind.attention {
+                    macs += attention(chs[i], pixels(i));
+                }
+                skips.push(chs[i]);
+            }
+            prev = chs[i];
+            if i + 1 < levels {
+                macs += conv(3, chs[i], chs[i], pixels(i + 1));
+                skips.push(chs[i]);
+            }
+        }
+        if self.mid_block_type.is_some() {
+            let c = chs[levels - 1];
+            macs += 2.0 * resnet(c, c, pixels(levels - 1));
+            if self.add_attention {
+                macs += attention(c, pixels(levels - 1));
+            }
+        }
+        for (i, kind) in up.iter().enumerate() {
+            let level = levels - 1 - i;
+            let c = chs[level];
+            for _ in 0..=self.layers_per_block {
+                let skip = skips.pop()?;
+                macs += resnet(prev + skip, c, pixels(level));
+                if kind.attention {
+                    macs += attention(c, pixels(level));
+                }
+                prev = c;
+            }
+            if i + 1 < levels {
+                macs += conv(3, c, c, pixels(level - 1));
+            }
+        }
+        macs += conv(3, chs[0], self.out_channels, pixels(0));
+        Some(2.0 * batch as f64 * macs)
+    }
+
     /// Refuses what this implementation does not compute exactly as diffusers does.
     pub fn validate(&self) -> Result<()> {
         let bad = |field: &str, msg: String| Err(Error::Invalid(format!("`{field}`: {msg}")));
@@ -338,6 +411,53 @@ mod tests {
         }
         // a default not in the file
         assert_eq!(c.resnet_time_scale_shift, "default");
+    }
+
+    /// A two-level model counted by hand (every conv, linear and attention matmul, per image):
+    /// time 4·16 + 16·16; conv_in 9·1·4·16; down 0 resnet 4→4 at 4×4 (2·9·4·4·16 + 16·4) and its
+    /// stride-2 conv 9·4·4·4; down 1 resnet 4→8 at 2×2 (9·4·8·4 + 16·8 + 9·8·8·4 + 4·8·4) with
+    /// attention (4·4·8² + 2·4²·8); mid 2 resnets 8→8 + attention; up 0 resnets 16→8 and 12→8
+    /// with attention, then the ×2 conv 9·8·8·16; up 1 resnets 12→4 and 8→4 at 4×4; conv_out.
+    /// The sum, 65,600 multiply–adds, is also torch.utils.flop_counter's count of diffusers'
+    /// UNet2DModel with this config (131,200 FLOPs); google/ddpm-cifar10-32's is 12.4437 GFLOP.
+    #[test]
+    fn forward_flops_match_a_hand_count_and_diffusers() {
+        let tiny = UNet2DConfig {
+            sample_size: Some(SampleSize::Square(4)),
+            in_channels: 1,
+            out_channels: 1,
+            block_out_channels: vec![4, 8],
+            layers_per_block: 1,
+            down_block_types: vec!["DownBlock2D".into(), "AttnDownBlock2D".into()],
+            up_block_types: vec!["AttnUpBlock2D".into(), "UpBlock2D".into()],
+            norm_num_groups: Some(4),
+            ..UNet2DConfig::default()
+        };
+        let hand = [
+            64 + 256,
+            576,
+            2 * 2304 + 64,
+            576,
+            1152 + 128 + 2304 + 128,
+            1024 + 256,
+            2 * (2 * 2304 + 128) + 1280,
+            4608 + 128 + 2304 + 512 + 1280,
+            3456 + 128 + 2304 + 384 + 1280,
+            9216,
+            6912 + 64 + 2304 + 768,
+            4608 + 64 + 2304 + 512,
+            576,
+        ];
+        let macs: usize = hand.iter().sum();
+        assert_eq!(macs, 65_600);
+        assert_eq!(tiny.forward_flops(1, 4, 4), Some(2.0 * macs as f64));
+        assert_eq!(tiny.forward_flops(3, 4, 4), Some(6.0 * macs as f64));
+        let ddpm = UNet2DConfig::from_json(DDPM_CIFAR10, "config.json").unwrap();
+        assert_eq!(ddpm.forward_flops(1, 32, 32), Some(12_443_713_536.0));
+        // NCSN++'s FIR resampling is not counted: no number rather than a wrong one
+        let skip =
+            UNet2DConfig { down_block_types: vec!["SkipDownBlock2D".into(), "AttnSkipDownBlock2D".into()], ..tiny };
+        assert_eq!(skip.forward_flops(1, 4, 4), None);
     }
 
     /// Each refusal names its field.

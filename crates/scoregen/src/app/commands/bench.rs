@@ -22,6 +22,53 @@ use std::time::Instant;
 pub const MLP_PRESET: &str = include_str!("../../../../../configs/gmm8-vp.toml");
 /// The U-Net preset every image case starts from.
 pub const UNET_PRESET: &str = include_str!("../../../../../configs/digits-vp.toml");
+/// The 28×28 class-conditional U-Net with attention of `configs/mnist5k-vp.toml`
+/// (`configs/fashion-vp.toml` has the same network): the `bench step --model mnist5k` cases.
+pub const MNIST5K_PRESET: &str = include_str!("../../../../../configs/mnist5k-vp.toml");
+/// google/ddpm-cifar10-32's UNet2DModel (35.7 M parameters, bench/pretrained.py's
+/// config) trained for ε on the VP SDE (time input 999·t): the `bench step --model cifar` cases.
+pub const CIFAR_PRESET: &str = r#"
+name = "bench-ddpm-cifar10"
+seed = 0
+[data]
+source = "none"
+scale = "symmetric"
+[sde]
+kind = "vp"
+beta_min = 0.1
+beta_max = 20.0
+[model]
+kind = "unet2d"
+output = "epsilon"
+image_channels = 3
+[model.unet2d]
+sample_size = 32
+in_channels = 3
+out_channels = 3
+act_fn = "silu"
+block_out_channels = [128, 256, 256, 256]
+center_input_sample = false
+down_block_types = ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"]
+up_block_types = ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"]
+downsample_padding = 0
+flip_sin_to_cos = false
+freq_shift = 1.0
+layers_per_block = 2
+mid_block_scale_factor = 1.0
+norm_eps = 1e-6
+norm_num_groups = 32
+time_embedding_type = "positional"
+[objective]
+kind = "dsm"
+reduction = "mean"
+t_eps = 1e-5
+[training]
+steps = 1000
+batch_size = 8
+lr = 2e-4
+grad_clip = 1.0
+ema = 0.9999
+"#;
 
 /// One timed case.
 #[derive(Debug, Clone, Serialize)]
@@ -135,6 +182,155 @@ pub fn unet_config(side: usize, batch: usize) -> Result<RunConfig> {
             format!("training.batch_size={batch}"),
         ],
     )
+}
+
+/// The model of a [`field_step`] case: the field's sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldModel {
+    /// configs/mnist5k-vp.toml's U-Net on its own data (labels for guidance).
+    Mnist5k,
+    /// google/ddpm-cifar10-32's UNet2DModel on random 3×32×32 images.
+    Cifar,
+}
+
+/// What a [`field_step`] case times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldPhase {
+    /// One training step: forward, backward, clipping, Adam, EMA (FLOPs: 3× forward).
+    Train,
+    /// One Euler–Maruyama step of the reverse SDE with the frozen EMA copy; with
+    /// classifier-free guidance (the preset's w) where the model is class-conditional,
+    /// which is two network evaluations (FLOPs: 1× or 2× forward).
+    Sample,
+    /// The likelihood's integrand: s(x, t) and one vector–Jacobian product with
+    /// respect to x (a Rademacher probe), frozen EMA copy (FLOPs: 2× forward; ∇ₓ
+    /// only, no weight gradients).
+    Vjp,
+}
+
+impl FieldModel {
+    pub fn name(self) -> &'static str {
+        match self {
+            FieldModel::Mnist5k => "mnist5k",
+            FieldModel::Cifar => "ddpm-cifar10",
+        }
+    }
+}
+
+impl FieldPhase {
+    pub fn name(self) -> &'static str {
+        match self {
+            FieldPhase::Train => "train",
+            FieldPhase::Sample => "sample",
+            FieldPhase::Vjp => "vjp",
+        }
+    }
+}
+
+/// The config of a field-size case with batch `batch`.
+pub fn field_config(model: FieldModel, batch: usize) -> Result<RunConfig> {
+    match model {
+        FieldModel::Mnist5k => {
+            RunConfig::parse(MNIST5K_PRESET, "configs/mnist5k-vp.toml", &[format!("training.batch_size={batch}")])
+        }
+        FieldModel::Cifar => {
+            let scratch = std::env::temp_dir().join("scoregen-bench");
+            crate::io::fs::create_dir(&scratch)?;
+            let n = 64;
+            let mut rng = Rng::new(0, streams::BENCH_INPUTS);
+            let pixels: Vec<f32> = (0..n * 3 * 32 * 32).map(|_| rng.uniform() as f32).collect();
+            let path = scratch.join("bench-images-3x32.npy");
+            crate::io::npy::write_f32(&path, &[n, 3, 32, 32], &pixels)?;
+            RunConfig::parse(
+                CIFAR_PRESET,
+                "bench ddpm-cifar10",
+                &[
+                    format!("data.source={}", path.display()),
+                    format!("data.n_train={n}"),
+                    format!("training.batch_size={batch}"),
+                ],
+            )
+        }
+    }
+}
+
+/// FLOPs of one forward pass of the config's U-Net over `batch` images (see
+/// `UNetConfig::forward_flops`, `UNet2DConfig::forward_flops`); `None` for other models.
+pub fn forward_gflop(cfg: &RunConfig, dim: usize, batch: usize) -> Result<Option<f64>> {
+    use crate::app::config::ModelKind;
+    Ok(match cfg.model.kind {
+        ModelKind::Unet => Some(cfg.model.unet(dim)?.forward_flops(batch) / 1e9),
+        ModelKind::Unet2d => cfg.model.unet2d.as_ref().and_then(|u| {
+            let (_, h, w) = u.image()?;
+            u.forward_flops(batch, h, w).map(|f| f / 1e9)
+        }),
+        _ => None,
+    })
+}
+
+/// One step of a field-size case (`phase` on `model` at batch `batch`), median
+/// of `reps` after `warmup`, with its FLOPs (the forward pass's analytic count
+/// times 3 for training, 2 for a guided sampling step or a forward + VJP).
+pub fn field_step(cfg: &RunConfig, model: FieldModel, phase: FieldPhase, warmup: usize, reps: usize) -> Result<Timing> {
+    use crate::guidance::{ClassifierFree, Labels};
+    use crate::likelihood::trace;
+    let batch = cfg.training.batch_size;
+    let case = format!("{} {} B={batch}", model.name(), phase.name());
+    let mut trainer = factory::trainer(cfg)?;
+    let dim = trainer.dataset.points.d;
+    let device = trainer.device.clone();
+    let fwd = forward_gflop(cfg, dim, batch)?;
+    let sde = cfg.sde();
+    let guided = trainer.classes > 0 && cfg.sampling.guidance > 0.0;
+    let (mut timing, evals) = match phase {
+        FieldPhase::Train => {
+            let t = time_it(case, batch, warmup, reps, &device, || trainer.train_step("none").map(|_| ()))?;
+            (t, 3.0)
+        }
+        FieldPhase::Sample => {
+            let (ema, _vars) = trainer.ema_model()?;
+            let cond = crate::nets::ModelConditional { model: &ema, sde: sde.clone() };
+            let k = trainer.classes;
+            let labels = Labels::Rows((0..batch).map(|i| i % k.max(1)).collect());
+            let plain = ema.score(sde.clone());
+            let cfg_score = ClassifierFree { model: &cond, labels, w: cfg.sampling.guidance };
+            let score: &dyn crate::score::ScoreFn = if guided { &cfg_score } else { plain.as_ref() };
+            let opts = ReverseOptions { steps: 1, eps: None, denoise: false, record_every: None, x_init: None };
+            let mut rng = Rng::new(cfg.seed, streams::SAMPLING);
+            let pb = indicatif::ProgressBar::hidden();
+            let t = time_it(case, batch, warmup, reps, &device, || {
+                samplers::sample_reverse(
+                    score,
+                    sde.as_ref(),
+                    &EulerMaruyama,
+                    (batch, dim),
+                    &opts,
+                    &mut rng,
+                    DType::F32,
+                    &device,
+                    &pb,
+                )?;
+                Ok(())
+            })?;
+            (t, if guided { 2.0 } else { 1.0 })
+        }
+        FieldPhase::Vjp => {
+            let (ema, _vars) = trainer.ema_model()?;
+            let score = ema.score(sde.clone());
+            let mut rng = Rng::new(cfg.seed, streams::EVAL);
+            let x = rng.randn((batch, dim), DType::F32, &device)?;
+            let t = Tensor::full(0.5f32, batch, &device)?;
+            let estimator = TraceEstimator::Hutchinson { probes: 1, noise: trace::ProbeNoise::Rademacher };
+            let probes = trace::draw_probes(&x, 1, trace::ProbeNoise::Rademacher, &mut rng)?;
+            let t = time_it(case, batch, warmup, reps, &device, || {
+                trace::score_and_divergence(score.as_ref(), &x, &t, estimator, &probes)?;
+                Ok(())
+            })?;
+            (t, 2.0)
+        }
+    };
+    timing.gflop = fwd.map(|f| evals * f);
+    Ok(timing)
 }
 
 /// FLOPs of one MLP training step: forward 2·B·Σ(in·out) per layer, backward twice that.
@@ -283,4 +479,26 @@ pub fn gemm_kernel() -> &'static str {
         }
     }
     "scalar"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The field cases' FLOPs: the DDPM CIFAR-10 preset counts torch.utils.flop_counter's
+    /// 12.4437 GFLOP per image (the same as diffusers' UNet2DModel), mnist5k its 6.9954
+    /// GFLOP per 64 images, linear in the batch.
+    #[test]
+    fn field_presets_count_the_forward_flops_of_their_networks() {
+        let cifar = field_config(FieldModel::Cifar, 8).unwrap();
+        let per_image = forward_gflop(&cifar, 3 * 32 * 32, 1).unwrap().unwrap();
+        assert!((per_image - 12.443713536).abs() < 1e-9, "{per_image}");
+        assert!((forward_gflop(&cifar, 3 * 32 * 32, 8).unwrap().unwrap() - 8.0 * per_image).abs() < 1e-9);
+        let mnist = field_config(FieldModel::Mnist5k, 64).unwrap();
+        assert_eq!(mnist.training.batch_size, 64);
+        let g = forward_gflop(&mnist, 28 * 28, 64).unwrap().unwrap();
+        assert!((g - 6.99539456).abs() < 1e-9, "{g}");
+        // models without a count give none rather than a wrong one
+        assert_eq!(forward_gflop(&mlp_config(128, 512).unwrap(), 2, 512).unwrap(), None);
+    }
 }
