@@ -80,3 +80,23 @@ fn cifar10_presets_have_the_stated_sizes() {
         assert!((lo..hi).contains(&(n as f64)), "{name}: {n} parameters");
     }
 }
+
+/// diffusers' `null`s (one head per block, the default attention groups)
+/// survive a run's config.toml, which has no null: written as "none", read
+/// back as `None`, so the network a run's TOML builds is the one its JSON
+/// described (q/k/v have the same shapes for any head count, so a wrong
+/// default would load silently).
+#[test]
+fn unet2d_nulls_survive_the_toml_round_trip() {
+    let json = r#"{"block_out_channels": [32, 64], "attention_head_dim": null, "attn_norm_num_groups": null,
+        "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+        "sample_size": 8, "norm_num_groups": 8}"#;
+    let c = scoregen::nets::UNet2DConfig::from_json(json, "config.json").unwrap();
+    assert_eq!((c.attention_head_dim, c.attn_norm_num_groups, c.norm_num_groups), (None, None, Some(8)));
+    let text = toml::to_string(&c).unwrap();
+    assert!(text.contains("attention_head_dim = \"none\""), "{text}");
+    let back: scoregen::nets::UNet2DConfig = toml::from_str(&text).unwrap();
+    assert_eq!(back, c);
+    let bad = toml::from_str::<scoregen::nets::UNet2DConfig>("attention_head_dim = \"eight\"").unwrap_err().to_string();
+    assert!(bad.contains("\"none\"") && bad.contains("eight"), "{bad}");
+}

@@ -373,6 +373,8 @@ def _build(run: Run, cfg: dict) -> nn.Module:
         except ModuleNotFoundError as e:  # pragma: no cover
             raise ModuleNotFoundError("scoregen.torch.load: a unet2d run needs diffusers (pip install diffusers)") from e
         u = dict(model["unet2d"])
+        # config.toml spells diffusers' null "none" (TOML has no null)
+        u = {k: (None if v == "none" else v) for k, v in u.items()}
         c = u.get("in_channels", 3)
         side = int(round((dim // c) ** 0.5))
         return Diffusers(UNet2DModel(**u), (c, side, side), run.sde)

@@ -4,7 +4,7 @@
 //! is measured): their job is to refuse the absurd (`--n 10^11`, a batch of
 //! 10⁶ through a 16384-wide net) at once, not to pack memory tightly.
 
-use crate::app::config::{ModelConfig, ModelKind, RunConfig};
+use crate::app::config::{ModelConfig, ModelKind, ObjectiveKind, RunConfig};
 use crate::error::Result;
 use crate::io::memory;
 
@@ -21,8 +21,11 @@ fn activations_per_point(model: &ModelConfig, dim: usize) -> f64 {
             .enumerate()
             .map(|(l, &c)| {
                 let at = hw / 4f64.powi(l as i32);
+                // attention weights only where a block attends
+                let levels = u.block_out_channels.len();
+                let attends = u.down_kinds()[l].attention || u.up_kinds()[levels - 1 - l].attention;
                 let heads = u.attention_head_dim.map_or(1.0, |d| (c / d.max(1)).max(1) as f64);
-                c as f64 * at * per_block + heads * at * at
+                c as f64 * at * per_block + if attends { heads * at * at } else { 0.0 }
             })
             .sum::<f64>()
             * 2.0;
@@ -81,14 +84,28 @@ pub fn check_sampling(cfg: &RunConfig, n: usize, dim: usize, frames: usize, what
     )
 }
 
+/// Whether training `cfg` differentiates a gradient again (implicit and
+/// sliced score matching, energy models), so its inner gradients keep their
+/// graphs (`autodiff`); denoising objectives on score networks are first order.
+fn second_order(cfg: &RunConfig) -> bool {
+    matches!(cfg.objective.kind, ObjectiveKind::Implicit | ObjectiveKind::Sliced | ObjectiveKind::SlicedVr)
+        || cfg.model.kind == ModelKind::EnergyMlp
+}
+
 /// Bytes to train `cfg` on data of dimension `dim`: the training points (f64),
-/// one batch through the network with second-order autodiff graphs kept
-/// (×8 the forward activations), and the parameters five times over
-/// (weights, EMA, Adam's two moments, gradients).
+/// one batch through the network with what its backward keeps, and the
+/// parameters five times over (weights, EMA, Adam's two moments, gradients).
+/// The batch's share is calibrated on a measurement: the DDPM CIFAR-10 U-Net's
+/// training step at batch 8 peaks at 4.5 GB (`bench step --model cifar
+/// --phase train`), about 440 MB per image, some 30× the feature maps
+/// [`activations_per_point`] counts (the autodiff graph keeps every op's
+/// output, each norm, activation and sum): ×40 for a first-order step, ×80
+/// where second-order graphs are kept as well.
 pub fn training(cfg: &RunConfig, dim: usize) -> f64 {
     let t = &cfg.training;
     let data = cfg.data.n_train as f64 * dim as f64 * 8.0;
-    let batch = t.batch_size as f64 * (dim as f64 * 4.0 * 16.0 + activations_per_point(&cfg.model, dim) * 4.0 * 8.0);
+    let kept = if second_order(cfg) { 80.0 } else { 40.0 };
+    let batch = t.batch_size as f64 * (dim as f64 * 4.0 * 16.0 + activations_per_point(&cfg.model, dim) * 4.0 * kept);
     data + batch + parameters(&cfg.model, dim) * 4.0 * 5.0
 }
 
@@ -189,6 +206,19 @@ mod tests {
         assert!((35.7e6 / 2.0..35.7e6 * 2.0).contains(&p), "{p}");
         assert!(sampling(&cfg, 16, 3072, 0) < 4.0 * 1024f64.powi(3));
         assert!(sampling(&cfg, 1_000_000, 3072, 0) > 64.0 * 1024f64.powi(3), "a million images is refused");
+        // training (DSM, first order): batch 8 measured 4.5 GB of peak RSS
+        // (`bench step --model cifar --phase train`); the estimate covers it
+        // and batch 32 (about 4× the batch's share) stays under 24 GiB, so a
+        // 24 GiB machine is not refused a step it can hold
+        cfg.data.n_train = 0;
+        cfg.training.batch_size = 8;
+        let b8 = training(&cfg, 3072);
+        cfg.training.batch_size = 32;
+        let b32 = training(&cfg, 3072);
+        println!("training estimate: B = 8 {:.1} GiB, B = 32 {:.1} GiB", b8 / 1024f64.powi(3), b32 / 1024f64.powi(3));
+        assert!(b8 > 4.5e9 && b32 < 24.0 * 1024f64.powi(3), "{b8} {b32}");
+        cfg.objective.kind = ObjectiveKind::Sliced;
+        assert!(training(&cfg, 3072) > 1.5 * b32, "second-order graphs are budgeted larger");
     }
 }
 

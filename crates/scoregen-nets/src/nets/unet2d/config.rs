@@ -8,6 +8,38 @@ use scoregen_core::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// An `Option<usize>` whose `None` is diffusers' `null` (a head per
+/// channel group, no GroupNorm groups, the default groups): written as the
+/// string `"none"`, which TOML can hold where it has no null, and read from
+/// `null`, `"none"` or a number, so a run's config.toml says what its JSON said.
+mod nullable {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<usize>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(n) => s.serialize_u64(*n as u64),
+            None => s.serialize_str("none"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(usize),
+            Text(String),
+        }
+        match Option::<Raw>::deserialize(d)? {
+            None => Ok(None),
+            Some(Raw::Number(n)) => Ok(Some(n)),
+            Some(Raw::Text(t)) if t == "none" => Ok(None),
+            Some(Raw::Text(t)) => {
+                Err(serde::de::Error::custom(format!("expected a number, null or \"none\", found \"{t}\"")))
+            }
+        }
+    }
+}
+
 /// `sample_size`: H = W, or (H, W).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -82,11 +114,11 @@ pub struct UNet2DConfig {
     pub upsample_type: String,
     pub dropout: f64,
     pub act_fn: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "nullable")]
     pub attention_head_dim: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "nullable")]
     pub norm_num_groups: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "nullable")]
     pub attn_norm_num_groups: Option<usize>,
     pub norm_eps: f64,
     /// `default` (e added before the second GroupNorm) or `scale_shift`

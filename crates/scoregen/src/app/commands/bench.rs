@@ -47,6 +47,7 @@ in_channels = 3
 out_channels = 3
 act_fn = "silu"
 block_out_channels = [128, 256, 256, 256]
+attention_head_dim = "none"  # diffusers' null: one head per attention layer, as in google/ddpm-cifar10-32
 center_input_sample = false
 down_block_types = ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"]
 up_block_types = ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"]
