@@ -72,76 +72,12 @@ def vp_beta(t):
 
 
 def mnist5k_net(**sizes):
-    """Twin of nets/unet.rs with configs/mnist5k-vp.toml's sizes (torch_ref.py's
-    layers plus the attention at the lowest resolution and the class embedding)."""
-    import torch.nn as nn
-    import torch.nn.functional as F
-    from torch_ref import Conv, Fourier, ResBlock
+    """Twin of nets/unet.rs with configs/mnist5k-vp.toml's sizes: torch_ref.py's
+    U-Net with the attention at the lowest resolution and the class embedding."""
+    from torch_ref import UNet
 
-    class Attention(nn.Module):
-        """out = (x + W_o V softmax(QᵀK/√C)) / √2, Q, K, V 1×1 projections of GN(x) (single head)."""
-
-        def __init__(self, c, groups):
-            super().__init__()
-            self.norm = nn.GroupNorm(groups, c, eps=1e-6)
-            self.qkv = nn.Linear(c, 3 * c)
-            self.out = nn.Linear(c, c)
-
-        def forward(self, x):
-            n, c, h, w = x.shape
-            seq = self.norm(x).reshape(n, c, h * w).transpose(1, 2)
-            q, k, v = self.qkv(seq).chunk(3, dim=2)
-            att = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(c), dim=-1)
-            y = self.out(att @ v).transpose(1, 2).reshape(n, c, h, w)
-            return (x + y) / math.sqrt(2.0)
-
-    class UNet(nn.Module):
-        def __init__(self, c=1, ch=16, mult=(1, 2, 4), groups=8, embed=32, scale=4.0, classes=10):
-            super().__init__()
-            temb = 4 * ch
-            self.fourier = Fourier(embed, scale)
-            self.temb1, self.temb2 = nn.Linear(embed, temb), nn.Linear(temb, temb)
-            self.classes = nn.Embedding(classes + 1, temb)
-            self.conv_in = Conv(c, ch)
-            chans = [ch * m for m in mult]
-            self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
-            prev = ch
-            for l, co in enumerate(chans):
-                self.down.append(ResBlock(prev, co, temb, groups))
-                prev = co
-                if l + 1 < len(chans):
-                    self.downsample.append(Conv(co, co, 3, 2))
-            self.mid1 = ResBlock(prev, prev, temb, groups)
-            self.attention = Attention(prev, groups)
-            self.mid2 = ResBlock(prev, prev, temb, groups)
-            self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
-            for l in reversed(range(len(chans))):
-                co = chans[l]
-                if l + 1 < len(chans):
-                    self.upsample.append(Conv(prev, prev))
-                self.up.append(ResBlock(prev + co, co, temb, groups))
-                prev = co
-            self.norm_out = nn.GroupNorm(groups, prev, eps=1e-6)
-            self.conv_out = Conv(prev, c)
-
-        def forward(self, x, t, y):
-            emb = F.silu(self.temb2(F.silu(self.temb1(self.fourier(t))))) + self.classes(y)
-            h = self.conv_in(x)
-            skips = []
-            for l, block in enumerate(self.down):
-                h = block(h, emb)
-                skips.append(h)
-                if l < len(self.downsample):
-                    h = self.downsample[l](h)
-            h = self.mid2(self.attention(self.mid1(h, emb)), emb)
-            ups = iter(self.upsample)
-            for i, block in enumerate(self.up):
-                if i > 0:
-                    h = next(ups)(F.interpolate(h, scale_factor=2, mode="nearest"))
-                h = block(torch.cat([h, skips.pop()], 1), emb)
-            return self.conv_out(F.silu(self.norm_out(h)))
-
-    return UNet(**sizes)
+    sizes = {"c": 1, "ch": 16, "mult": (1, 2, 4), "groups": 8, "embed": 32, "scale": 4.0, "classes": 10, **sizes}
+    return UNet(attention=True, **sizes)
 
 
 SIGMA_DATA = 0.5

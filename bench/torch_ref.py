@@ -108,15 +108,36 @@ class ResBlock(nn.Module):
         return (s + h) / math.sqrt(2.0)
 
 
-class UNet(nn.Module):
-    """conv_in → [ResBlock, ↓]ₗ → ResBlock, ResBlock → [↑, ResBlock(concat skip)]ₗ → GN, SiLU, conv_out."""
+class Attention(nn.Module):
+    """out = (x + W_o V softmax(QᵀK/√C)) / √2, Q, K, V 1×1 projections of GN(x) (single head)."""
 
-    def __init__(self, c=1, ch=16, mult=(1, 2), groups=4, embed=32, scale=4.0):
+    def __init__(self, c, groups):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, c, eps=1e-6)
+        self.qkv = nn.Linear(c, 3 * c)
+        self.out = nn.Linear(c, c)
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        seq = self.norm(x).reshape(n, c, h * w).transpose(1, 2)
+        q, k, v = self.qkv(seq).chunk(3, dim=2)
+        att = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(c), dim=-1)
+        y = self.out(att @ v).transpose(1, 2).reshape(n, c, h, w)
+        return (x + y) / math.sqrt(2.0)
+
+
+class UNet(nn.Module):
+    """conv_in → [ResBlock, ↓]ₗ → ResBlock, (Attention,) ResBlock → [↑, ResBlock(concat skip)]ₗ → GN, SiLU, conv_out;
+    with `classes` K, the embedding of label y ∈ 0..K (K: no label) joins the time embedding (bench/field.py's
+    mnist5k twin has both; this file's cases neither)."""
+
+    def __init__(self, c=1, ch=16, mult=(1, 2), groups=4, embed=32, scale=4.0, attention=False, classes=0):
         super().__init__()
         temb = 4 * ch
         self.fourier = Fourier(embed, scale)
         self.emb1 = nn.Linear(embed, temb)
         self.emb2 = nn.Linear(temb, temb)
+        self.classes = nn.Embedding(classes + 1, temb) if classes else None
         self.conv_in = Conv(c, ch)
         chans = [ch * m for m in mult]
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
@@ -127,6 +148,7 @@ class UNet(nn.Module):
             if l + 1 < len(chans):
                 self.downsample.append(Conv(co, co, 3, 2))
         self.mid1 = ResBlock(prev, prev, temb, groups)
+        self.attention = Attention(prev, groups) if attention else nn.Identity()
         self.mid2 = ResBlock(prev, prev, temb, groups)
         self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
         for l in reversed(range(len(chans))):
@@ -138,8 +160,10 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(groups, prev, eps=1e-6)
         self.conv_out = Conv(prev, c)
 
-    def forward(self, x, t):
+    def forward(self, x, t, y=None):
         emb = F.silu(self.emb2(F.silu(self.emb1(self.fourier(t)))))
+        if self.classes is not None:
+            emb = emb + self.classes(y)
         h = self.conv_in(x)
         skips = []
         for l, block in enumerate(self.down):
@@ -147,7 +171,7 @@ class UNet(nn.Module):
             skips.append(h)
             if l < len(self.downsample):
                 h = self.downsample[l](h)
-        h = self.mid2(self.mid1(h, emb), emb)
+        h = self.mid2(self.attention(self.mid1(h, emb)), emb)
         ups = iter(self.upsample)
         for i, block in enumerate(self.up):
             if i > 0:
