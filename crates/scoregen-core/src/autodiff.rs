@@ -42,6 +42,9 @@ pub fn enable_second_order() {
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// The name of the thread [`backward_first_order`] runs on.
+const DETACHING_THREAD: &str = "scoregen-backward";
+
 /// The queue of the detaching thread ([`backward_first_order`]).
 static DETACHING: std::sync::OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<Job>>> = std::sync::OnceLock::new();
 
@@ -50,7 +53,7 @@ static DETACHING: std::sync::OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<J
 fn start_detaching_thread() {
     let (jobs, queue) = std::sync::mpsc::channel::<Job>();
     let (ready, wait) = std::sync::mpsc::channel::<()>();
-    let spawned = std::thread::Builder::new().name("scoregen-backward".into()).spawn(move || {
+    let spawned = std::thread::Builder::new().name(DETACHING_THREAD.into()).spawn(move || {
         // a one-op backward pass: candle reads its flag into this thread's local
         let _ = Var::new(1f32, &Device::Cpu).and_then(|v| v.as_tensor().sqr()?.backward());
         let _ = ready.send(());
@@ -76,7 +79,7 @@ fn start_detaching_thread() {
 /// for it (if that thread could not start, falls back to [`backward`]).
 pub fn backward_first_order(loss: &Tensor) -> candle_core::Result<GradStore> {
     enable_second_order();
-    if std::thread::current().name() == Some("scoregen-backward") {
+    if std::thread::current().name() == Some(DETACHING_THREAD) {
         return loss.backward();
     }
     let Some(queue) = DETACHING.get() else { return backward(loss) };

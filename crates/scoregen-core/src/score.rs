@@ -59,7 +59,7 @@ pub fn score_from_output(output: Output, out: Tensor, x: &Tensor, t: &Tensor, sd
         Output::Score => Ok(out),
         Output::ScoreOverStd => {
             let (_, s) = sde::marginal_columns(sde, t, &out)?;
-            out.broadcast_mul(&sde::to_like(&s.recip()?, &out)?)
+            out.broadcast_mul(&s.recip()?.to_dtype(out.dtype())?)
         }
         Output::Epsilon | Output::V | Output::X0 => {
             let eps = eps_from_output(output, &out, x, t, sde)?;
@@ -114,7 +114,7 @@ impl Edm {
         let sigma = (&s / &m)?;
         let (c_skip, c_out, c_in, c_noise) = self.coefficients_of(&sigma)?;
         // x̃ = x/m; the network's input c_in·x̃ and time c_noise
-        let input = x.broadcast_mul(&sde::to_like(&(c_in / &m)?, x)?)?;
+        let input = x.broadcast_mul(&(c_in / &m)?.to_dtype(x.dtype())?)?;
         let t_in = c_noise.flatten_all()?.to_dtype(t.dtype())?;
         let out = f(&input, &t_in)?;
         // m·D − x = (m·c_skip − 1)·x̃·m/m… written per example as a·x + b·F
@@ -122,7 +122,7 @@ impl Edm {
         let s2 = s.sqr()?;
         let a = (c_skip.affine(1.0, -1.0)? / &s2)?;
         let b = ((m * c_out)? / s2)?;
-        x.broadcast_mul(&sde::to_like(&a, x)?)? + out.broadcast_mul(&sde::to_like(&b, x)?)?
+        x.broadcast_mul(&a.to_dtype(x.dtype())?)? + out.broadcast_mul(&b.to_dtype(x.dtype())?)?
     }
 }
 
@@ -160,7 +160,7 @@ impl Head {
 /// ε itself, ε = (m·v + s·x_t)/(m² + s²) for v, or ε = (x_t − m·x̂_0)/s for x₀.
 pub fn eps_from_output(output: Output, out: &Tensor, x: &Tensor, t: &Tensor, sde: &dyn Sde) -> Result<Tensor> {
     let columns = || sde::marginal_columns(sde, t, x);
-    let like = |c: Tensor| sde::to_like(&c, x);
+    let like = |c: Tensor| c.to_dtype(x.dtype());
     match output {
         Output::Epsilon => Ok(out.clone()),
         Output::V => {
@@ -183,14 +183,14 @@ pub fn eps_from_output(output: Output, out: &Tensor, x: &Tensor, t: &Tensor, sde
 /// read as Tweedie's formula; Song et al. 2021, App. B).
 pub fn score_from_eps(eps: &Tensor, t: &Tensor, sde: &dyn Sde) -> Result<Tensor> {
     let (_, s) = sde::marginal_columns(sde, t, eps)?;
-    eps.broadcast_mul(&sde::to_like(&s.recip()?.neg()?, eps)?)
+    eps.broadcast_mul(&s.recip()?.neg()?.to_dtype(eps.dtype())?)
 }
 
 /// ε(x, t) = −s(t)·s(x, t): the other direction, so a score model can be
 /// stepped by the DDPM-family update rules written for ε.
 pub fn eps_from_score(score: &Tensor, t: &Tensor, sde: &dyn Sde) -> Result<Tensor> {
     let (_, s) = sde::marginal_columns(sde, t, score)?;
-    score.broadcast_mul(&sde::to_like(&s.neg()?, score)?)
+    score.broadcast_mul(&s.neg()?.to_dtype(score.dtype())?)
 }
 
 /// Anything that predicts the noise ε(x_t, t) of a VP-style perturbation.
@@ -248,7 +248,7 @@ pub struct DiscreteTimeModel<M> {
     pub model: M,
     pub chain: Arc<dyn Sde>,
     pub output: Output,
-    times: Vec<f64>,
+    times: TimestepTimes,
 }
 
 impl<M: TimestepModel> DiscreteTimeModel<M> {
@@ -260,12 +260,12 @@ impl<M: TimestepModel> DiscreteTimeModel<M> {
                 chain.name()
             )
         };
-        Ok(Self { model, chain, output, times })
+        Ok(Self { model, chain, output, times: TimestepTimes::new(times) })
     }
 
     /// The timestep nearest to t (ties to the smaller).
     pub fn timestep_of(&self, t: f64) -> usize {
-        nearest_timestep(&self.times, t)
+        self.times.nearest(t)
     }
 }
 

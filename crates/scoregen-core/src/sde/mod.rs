@@ -134,17 +134,12 @@ pub fn times(t: &Tensor) -> Result<Vec<f64>> {
 
 /// (m(t), s(t)) of [`Sde::marginal_of`] reshaped to [N, 1, …, 1] in `like`'s
 /// rank, still f64, so per-example coefficients are formed in f64 and cast
-/// once ([`to_like`]), as the scalar path does.
+/// once into `like`'s dtype, as the scalar path does.
 pub fn marginal_columns(sde: &dyn Sde, t: &Tensor, like: &Tensor) -> Result<(Tensor, Tensor)> {
     let (m, s) = sde.marginal_of(t)?;
     let mut dims = vec![1usize; like.rank()];
     dims[0] = t.dim(0)?;
     Ok((m.reshape(dims.clone())?, s.reshape(dims)?))
-}
-
-/// A per-example coefficient column (f64) cast to `like`'s dtype.
-pub fn to_like(column: &Tensor, like: &Tensor) -> Result<Tensor> {
-    column.to_dtype(like.dtype())
 }
 
 /// σ(t) = s(t)/m(t) per row of t [N], as f64 on t's device ([`sigma_of`]

@@ -428,8 +428,10 @@ pub fn bench_samplers(req: &BenchRequest) -> Result<Leaderboard> {
     if req.budgets.is_empty() || req.budgets.contains(&0) || req.n < 2 {
         return Err(Error::Invalid("bench samplers: budgets must be ≥ 1 and --n ≥ 2".into()));
     }
-    // every sampler on every grid at every budget: about Σ budgets × samplers × grids evaluations
-    let work = req.budgets.iter().map(|&b| b as f64).sum::<f64>() * 16.0 * req.grids.len().max(1) as f64;
+    // at most every sampler of the table on every grid at every budget: Σ budgets × samplers × grids evaluations
+    let work = req.budgets.iter().map(|&b| b as f64).sum::<f64>()
+        * crate::samplers::SAMPLERS.len() as f64
+        * req.grids.len().max(1) as f64;
     crate::app::budget::check_evaluations("bench samplers", work, "lower the NFE budgets (--budgets)")?;
     crate::app::budget::check_sampling(&crate::app::config::RunConfig::default(), req.n, 2, 0, "bench samplers:")?;
     let mixture_of = |spec: &str| match Target::parse(spec)? {
