@@ -296,6 +296,20 @@ impl Attention {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
+        if scoregen_core::autodiff::fused_kernels_allowed(x.device()) && x.dtype() == DType::F32 {
+            // one op: the projections, the attention and the residual (kernels::attention)
+            let f = self.frozen || scoregen_core::autodiff::parameters_constant();
+            let (w_qkv, b_qkv) = super::kernels::attention::linear_parts(&self.qkv, f)?;
+            let (w_o, b_o) = super::kernels::attention::linear_parts(&self.out, f)?;
+            let p = super::kernels::attention::Projections { w_qkv: &w_qkv, b_qkv: &b_qkv, w_o: &w_o, b_o: &b_o };
+            return super::kernels::attention::attention(
+                &self.norm.forward(x)?,
+                x,
+                p,
+                1,
+                std::f64::consts::FRAC_1_SQRT_2,
+            );
+        }
         // [N, C, H, W] → [N, HW, C]
         let seq = self.norm.forward(x)?.reshape((n, c, h * w))?.transpose(1, 2)?.contiguous()?;
         let (qkv, out) =

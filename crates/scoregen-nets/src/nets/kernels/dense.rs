@@ -108,6 +108,11 @@ impl Mat {
     pub(crate) fn t(p: &[f32], ld: usize) -> Self {
         Mat(p.as_ptr(), 1, ld as isize)
     }
+
+    /// The same matrix read transposed.
+    pub(crate) fn transposed(self) -> Self {
+        Mat(self.0, self.2, self.1)
+    }
 }
 
 /// C [m, n] (row stride `ldc`) := (C if `acc`, else 0) + A [m, k] · B [k, n].

@@ -677,7 +677,8 @@ pub(crate) fn par_ranges_sum(n: usize, len: usize, f: impl Fn(std::ops::Range<us
         /// finished ranges not yet added: start → (end, partial)
         parked: std::collections::BTreeMap<usize, (usize, Vec<f32>)>,
     }
-    let sums = std::sync::Mutex::new(Sums { next: 0, total: vec![0f32; len], parked: Default::default() });
+    // the first range's partial becomes the total (no zeroed buffer to add it to)
+    let sums = std::sync::Mutex::new(Sums { next: 0, total: Vec::new(), parked: Default::default() });
     par_ranges(n, |range| {
         let partial = f(range.clone());
         let mut guard = sums.lock().expect("par_ranges_sum: lock");
@@ -688,8 +689,13 @@ pub(crate) fn par_ranges_sum(n: usize, len: usize, f: impl Fn(std::ops::Range<us
         }
         let mut ready = Some((range.end, partial));
         while let Some((end, partial)) = ready {
-            for (t, v) in s.total.iter_mut().zip(&partial) {
-                *t += v;
+            debug_assert_eq!(partial.len(), len, "par_ranges_sum: a partial's length");
+            if s.total.is_empty() {
+                s.total = partial;
+            } else {
+                for (t, v) in s.total.iter_mut().zip(&partial) {
+                    *t += v;
+                }
             }
             s.next = end;
             ready = s.parked.remove(&end);
@@ -697,7 +703,9 @@ pub(crate) fn par_ranges_sum(n: usize, len: usize, f: impl Fn(std::ops::Range<us
     });
     let sums = sums.into_inner().expect("par_ranges_sum: lock");
     debug_assert!(sums.parked.is_empty() && sums.next == n, "par_ranges_sum: ranges left out");
-    sums.total
+    let mut total = sums.total;
+    total.resize(len, 0.0); // n = 0: no range ran
+    total
 }
 
 /// Runs `body` in a child process of this test binary on `threads` threads:

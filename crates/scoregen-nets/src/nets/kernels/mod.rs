@@ -1,10 +1,12 @@
 //! The fused CPU kernels under the models: dense layers with SiLU
-//! ([`dense`]), stride-1/2 convolutions ([`conv`]), GroupNorm with SiLU
+//! ([`dense`]), stride-1/2 convolutions ([`conv`]), spatial self-attention
+//! ([`attention`]), GroupNorm with SiLU
 //! ([`groupnorm`]), and what they share ([`fused`]: im2col, upsampling,
 //! the threading and slice helpers). Each is a candle custom op with a
 //! first-order backward, tested against candle's own ops on every gradient;
 //! `SCOREGEN_FUSED=0` keeps every network on candle's ops instead.
 
+pub mod attention;
 pub mod conv;
 pub mod dense;
 pub mod fused;

@@ -4,9 +4,10 @@
 //! the (deprecated-attention-block) `Attention`, `Downsample2D`/`Upsample2D`
 //! and the FIR resampling of NCSN++ (`upsample_2d`/`downsample_2d`, kernel (1, 3, 3, 1)).
 
+use crate::nets::kernels::attention::{attention, linear_parts, Projections};
 use crate::nets::kernels::groupnorm::{group_norm, GroupNorm};
 use crate::nets::unet::Conv;
-use candle_core::{Device, Module, Result, Tensor, D};
+use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{linear, Linear, VarBuilder};
 
 /// The same layer with its parameters detached (an evaluated network).
@@ -171,6 +172,18 @@ impl Attention {
             Some(g) => g.forward(x)?,
             None => x.clone(),
         };
+        if scoregen_core::autodiff::fused_kernels_allowed(x.device()) && x.dtype() == DType::F32 {
+            // one op: the projections, every head and the residual (kernels::attention)
+            let f = self.frozen || scoregen_core::autodiff::parameters_constant();
+            let parts: Vec<(Tensor, Tensor)> = [&self.to_q, &self.to_k, &self.to_v, &self.to_out]
+                .iter()
+                .map(|l| linear_parts(l, f))
+                .collect::<Result<_>>()?;
+            let w_qkv = Tensor::cat(&[&parts[0].0, &parts[1].0, &parts[2].0], 0)?;
+            let b_qkv = Tensor::cat(&[&parts[0].1, &parts[1].1, &parts[2].1], 0)?;
+            let p = Projections { w_qkv: &w_qkv, b_qkv: &b_qkv, w_o: &parts[3].0, b_o: &parts[3].1 };
+            return attention(&normed, x, p, self.heads, 1.0 / self.rescale);
+        }
         let seq = normed.reshape((n, c, h * w))?.transpose(1, 2)?.contiguous()?; // [N, HW, C]
         let f = self.frozen;
         let split = |t: Tensor| -> Result<Tensor> {
