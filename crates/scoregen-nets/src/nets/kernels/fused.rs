@@ -51,6 +51,36 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     er * f32::from_bits(((ki + 127) as u32) << 23)
 }
 
+/// The widest vector unit of this CPU that the kernels are compiled for
+/// (each hot loop is built three times: the x86-64 baseline, AVX2 + FMA and
+/// AVX-512F), detected once at run time: the build targets plain x86-64 so
+/// one binary runs on every machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Simd {
+    Base,
+    Avx2,
+    Avx512,
+}
+
+pub(crate) fn simd() -> Simd {
+    static LEVEL: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+            {
+                return Simd::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Simd::Avx2;
+            }
+        }
+        Simd::Base
+    })
+}
+
 /// e^x: [`exp_f32`] for f32, the correctly rounded libm exp otherwise.
 trait FastExp: num_traits::Float {
     fn fast_exp(self) -> Self;
