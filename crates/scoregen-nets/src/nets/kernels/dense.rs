@@ -269,6 +269,53 @@ mod elementwise {
         }
         silu_grad_body(sigma, h, dh, db)
     }
+
+    #[cfg(all(test, target_arch = "x86_64"))]
+    mod tests {
+        use super::*;
+
+        /// The AVX2 and AVX-512 builds of both passes give the baseline's
+        /// bits (element-wise arithmetic in one order, db summed row by row),
+        /// where the CPU has them; the baseline runs everywhere.
+        #[test]
+        fn every_simd_build_gives_the_baseline_bits() {
+            let (rows, w) = (37, 21);
+            let z0: Vec<f32> = (0..rows * w).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+            let b: Vec<f32> = (0..w).map(|i| i as f32 * 0.3 - 3.0).collect();
+            type Build = unsafe fn(&mut [f32], &[f32], &mut [MaybeUninit<f32>]);
+            let run = |f: Build| {
+                let (mut z, mut h) = (z0.clone(), vec![MaybeUninit::new(0f32); rows * w]);
+                // SAFETY: only called with a build the CPU has (below).
+                unsafe { f(&mut z, &b, &mut h) };
+                let h: Vec<f32> = h.iter().map(|v| unsafe { v.assume_init() }).collect();
+                let (mut dh, mut db) = (z0.clone(), vec![0f32; w]);
+                silu_grad_body(&z, &h, &mut dh, &mut db);
+                (z, h, dh, db)
+            };
+            let grad = |sigma: &[f32], h: &[f32], f: unsafe fn(&[f32], &[f32], &mut [f32], &mut [f32])| {
+                let (mut dh, mut db) = (z0.clone(), vec![0f32; w]);
+                // SAFETY: as above.
+                unsafe { f(sigma, h, &mut dh, &mut db) };
+                (dh, db)
+            };
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let base = run(|z, b, h| bias_silu_body(z, b, h));
+            let mut builds: Vec<(&str, Build, unsafe fn(&[f32], &[f32], &mut [f32], &mut [f32]))> = Vec::new();
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                builds.push(("avx2", bias_silu_avx2, silu_grad_avx2));
+            }
+            if is_x86_feature_detected!("avx512f") {
+                builds.push(("avx512", bias_silu_avx512, silu_grad_avx512));
+            }
+            for (name, fwd, bwd) in builds {
+                let ours = run(fwd);
+                assert_eq!(bits(&ours.0), bits(&base.0), "{name}: σ(z)");
+                assert_eq!(bits(&ours.1), bits(&base.1), "{name}: silu(z)");
+                let (dh, db) = grad(&base.0, &base.1, bwd);
+                assert_eq!((bits(&dh), bits(&db)), (bits(&base.2), bits(&base.3)), "{name}: dz, db");
+            }
+        }
+    }
 }
 
 /// What the forward keeps for the backward: σ(Z_l) and H_l = silu(Z_l) for
