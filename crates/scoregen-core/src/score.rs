@@ -24,6 +24,16 @@ pub trait ScoreFn {
         Ok(None)
     }
 
+    /// (s(x, t), Tr ∇ₓ s(x, t)) in one evaluation, when the score can give
+    /// both without autodiff: by default from [`ScoreFn::divergence`]; a
+    /// network that runs forward-mode through itself overrides it.
+    fn score_with_divergence(&self, x: &Tensor, t: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
+        match self.divergence(x, t)? {
+            Some(div) => Ok(Some((self.score(x, t)?, div))),
+            None => Ok(None),
+        }
+    }
+
     /// The Jacobian-vector product (∇ₓ s(x, t))·v per example, shape of x, when
     /// known in closed form (the oracle: the Hessian of log p_t times v).
     /// `None` (the default): autodiff through `score` (a vector-Jacobian product).
@@ -126,6 +136,10 @@ impl Edm {
     }
 }
 
+/// A network that gives its output and its own Jacobian trace at (u, τ):
+/// (F(u, τ), Tr ∂F/∂u), or `None` when it cannot.
+pub type NetWithTrace<'a> = dyn Fn(&Tensor, &Tensor) -> Result<Option<(Tensor, Tensor)>> + 'a;
+
 /// How a network's inputs and output relate to the score: its output kind
 /// alone ([`Output`], inputs (x_t, t) as they are), or EDM's preconditioning.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -153,6 +167,46 @@ impl Head {
             Head::Plain(output) => score_from_output(*output, f(x, t)?, x, t, sde),
             Head::Edm(edm) => edm.score(f, x, t, sde),
         }
+    }
+
+    /// (s(x, t), Tr ∇ₓ s(x, t)) from a network that gives its output and its
+    /// own Jacobian trace, g(u, τ) = (F(u, τ), Tr ∂F/∂u), or `None`.
+    ///
+    /// Every head is affine in x and F: s = a·x + b·F(c·x, τ) per example
+    /// (a, b, c and τ functions of t: 0, 1, 1 and t for a plain score; EDM's
+    /// (c_skip − 1)/s², m·c_out/s², c_in/m and c_noise), so
+    ///
+    ///   Tr ∇ₓ s = D·a + b·c·Tr ∂F/∂u.
+    ///
+    /// a, b, c and τ are read off [`Head::score`] itself on one-column inputs
+    /// (x = 1 with F = 0 gives a and hands F its input c and time τ; x = 0
+    /// with F = 1 gives b), so no conversion is written twice.
+    pub fn score_with_divergence(
+        &self,
+        g: &NetWithTrace,
+        x: &Tensor,
+        t: &Tensor,
+        sde: &dyn Sde,
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        let n = x.dim(0)?;
+        let dim = x.elem_count() / n.max(1);
+        let ones = Tensor::ones((n, 1), x.dtype(), x.device())?;
+        let seen = std::cell::RefCell::new(None);
+        let a = self.score(
+            &|u, tau| {
+                *seen.borrow_mut() = Some((u.clone(), tau.clone()));
+                u.zeros_like()
+            },
+            &ones,
+            t,
+            sde,
+        )?;
+        let (c, tau) = seen.into_inner().expect("Head::score calls its network once");
+        let b = self.score(&|u, _| u.ones_like(), &ones.zeros_like()?, t, sde)?;
+        let Some((out, trace)) = g(&x.broadcast_mul(&c)?, &tau)? else { return Ok(None) };
+        let score = self.score(&|_, _| Ok(out.clone()), x, t, sde)?;
+        let div = ((a.squeeze(1)? * dim as f64)? + ((b * c)?.squeeze(1)? * trace.to_dtype(x.dtype())?)?)?;
+        Ok(Some((score, div)))
     }
 }
 

@@ -76,7 +76,12 @@ pub fn score_and_divergence(
 ) -> Result<(Tensor, Tensor)> {
     // closed forms first: no graph needed
     let closed = match estimator {
-        TraceEstimator::Exact => score.divergence(x, t)?,
+        TraceEstimator::Exact => {
+            if let Some(both) = score.score_with_divergence(x, t)? {
+                return Ok(both);
+            }
+            None
+        }
         TraceEstimator::Hutchinson { .. } => {
             let mut acc: Option<Tensor> = None;
             for v in probes {

@@ -39,6 +39,14 @@ pub trait Network: Send + Sync {
         0
     }
 
+    /// (net(x, t), Tr ∂net/∂x per row) in one pass, for a network on R^d with
+    /// d outputs that can run forward-mode through itself (the fused MLP);
+    /// `None` (the default): the likelihood differentiates `forward` instead.
+    /// Neither tensor is differentiable.
+    fn forward_with_trace(&self, _x: &Tensor, _t: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
+        Ok(None)
+    }
+
     /// Marks the parameters as constants: from now on the network is only
     /// evaluated (sampling, likelihoods, metrics), never trained through, so
     /// it may skip keeping activations and computing ∂/∂θ. Default: nothing.
@@ -132,6 +140,11 @@ pub struct NetScore<'a> {
 impl ScoreFn for NetScore<'_> {
     fn score(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
         self.head.score(&|x, t| self.net.forward(x, t), x, t, self.sde.as_ref())
+    }
+
+    /// The network's own Jacobian trace through the head's affine map, when it has one.
+    fn score_with_divergence(&self, x: &Tensor, t: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
+        self.head.score_with_divergence(&|u, tau| self.net.forward_with_trace(u, tau), x, t, self.sde.as_ref())
     }
 }
 

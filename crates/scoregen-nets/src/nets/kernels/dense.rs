@@ -28,7 +28,7 @@
 //! Written by hand because no crate fuses an MLP's backward for candle; the
 //! GEMM kernel is the `gemm` crate's.
 
-use super::fused::{exp_f32, refuse_second_order, slice, SharedMut};
+use super::fused::{exp_f32, par_ranges, refuse_second_order, slice, SharedMut};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -283,6 +283,7 @@ mod elementwise {
             let z0: Vec<f32> = (0..rows * w).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
             let b: Vec<f32> = (0..w).map(|i| i as f32 * 0.3 - 3.0).collect();
             type Build = unsafe fn(&mut [f32], &[f32], &mut [MaybeUninit<f32>]);
+            type GradBuild = unsafe fn(&[f32], &[f32], &mut [f32], &mut [f32]);
             let run = |f: Build| {
                 let (mut z, mut h) = (z0.clone(), vec![MaybeUninit::new(0f32); rows * w]);
                 // SAFETY: only called with a build the CPU has (below).
@@ -292,7 +293,7 @@ mod elementwise {
                 silu_grad_body(&z, &h, &mut dh, &mut db);
                 (z, h, dh, db)
             };
-            let grad = |sigma: &[f32], h: &[f32], f: unsafe fn(&[f32], &[f32], &mut [f32], &mut [f32])| {
+            let grad = |sigma: &[f32], h: &[f32], f: GradBuild| {
                 let (mut dh, mut db) = (z0.clone(), vec![0f32; w]);
                 // SAFETY: as above.
                 unsafe { f(sigma, h, &mut dh, &mut db) };
@@ -300,7 +301,7 @@ mod elementwise {
             };
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             let base = run(|z, b, h| bias_silu_body(z, b, h));
-            let mut builds: Vec<(&str, Build, unsafe fn(&[f32], &[f32], &mut [f32], &mut [f32]))> = Vec::new();
+            let mut builds: Vec<(&str, Build, GradBuild)> = Vec::new();
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
                 builds.push(("avx2", bias_silu_avx2, silu_grad_avx2));
             }
@@ -331,19 +332,12 @@ fn same_rows(a: &[f32], n: usize, ld: usize, d: usize) -> bool {
     (1..n).all(|i| &a[i * ld + d..(i + 1) * ld] == first)
 }
 
-/// The forward pass on a [N, d+E] and θ: out [N, out] and the activations.
-///
-/// Row blocks run through every layer before the next block starts, one
-/// block per task on candle's threads: a block's Z and H stay in cache
-/// between a layer's GEMM, its SiLU pass and the next layer's GEMM, and the
-/// threads meet once per forward, not once per layer.
-///
-/// Without `keep` (nothing will be differentiated: sampling) a block's σ(Z)
-/// and H live in a scratch of three [rows, W] slots and are never written out.
-fn forward(dims: &Dims, a: &[f32], theta: &[f32], n: usize, keep: bool) -> (Vec<f32>, Option<Saved>) {
+/// Each layer's bias row, and whether E's terms are in it: when every row
+/// of E is the same (one t for the whole batch), E U_lᵀ (and E's part of W₀)
+/// are one row, added to b_l, and the GEMMs skip E.
+fn layer_biases(dims: &Dims, a: &[f32], theta: &[f32], n: usize) -> (bool, Vec<Vec<f32>>) {
     let (w, ld, e, d) = (dims.width, dims.input(), dims.e, dims.d);
-    let (layers, output) = dims.offsets();
-    // one t for the whole batch: E U_lᵀ (and E's part of W₀) become bias rows
+    let (layers, _) = dims.offsets();
     let shared_e = e > 0 && n > 1 && same_rows(a, n, ld, d);
     let biases: Vec<Vec<f32>> = layers
         .iter()
@@ -365,6 +359,22 @@ fn forward(dims: &Dims, a: &[f32], theta: &[f32], n: usize, keep: bool) -> (Vec<
             bias
         })
         .collect();
+    (shared_e, biases)
+}
+
+/// The forward pass on a [N, d+E] and θ: out [N, out] and the activations.
+///
+/// Row blocks run through every layer before the next block starts, one
+/// block per task on candle's threads: a block's Z and H stay in cache
+/// between a layer's GEMM, its SiLU pass and the next layer's GEMM, and the
+/// threads meet once per forward, not once per layer.
+///
+/// Without `keep` (nothing will be differentiated: sampling) a block's σ(Z)
+/// and H live in a scratch of three [rows, W] slots and are never written out.
+fn forward(dims: &Dims, a: &[f32], theta: &[f32], n: usize, keep: bool) -> (Vec<f32>, Option<Saved>) {
+    let (w, ld, e, d) = (dims.width, dims.input(), dims.e, dims.d);
+    let (layers, output) = dims.offsets();
+    let (shared_e, biases) = layer_biases(dims, a, theta, n);
     let kept = if keep { n * w } else { 0 };
     let mut z: Vec<Vec<f32>> = layers.iter().map(|_| Vec::with_capacity(kept)).collect();
     let mut h: Vec<Vec<f32>> = layers.iter().map(|_| Vec::with_capacity(kept)).collect();
@@ -635,8 +645,139 @@ impl CustomOp3 for Backward {
     }
 }
 
-/// MLP_θ(a) for a [N, d+E] (f32, CPU) and the flat parameters θ (see [`Dims`]).
-pub fn mlp(a: &Tensor, theta: &Tensor, dims: Dims) -> Result<Tensor> {
+/// The forward pass with the trace of its Jacobian: [out, Tr ∂out/∂x] per
+/// row, [N, out + 1], for out = d (a score network on R^d).
+///
+/// Forward-mode differentiation by row blocks, like [`forward`]: with
+/// silu′(z) = σ + h(1 − σ), the tangents T^i = ∂H/∂x_i [m, W] of a block are
+///
+///   T₀^i = silu′(Z₀) ⊙ W₀[:, i],  T_l^i = silu′(Z_l) ⊙ (T_{l−1}^i W_lᵀ),
+///   Tr ∂out/∂x = Σ_i T_last^i · W_o[i, :],
+///
+/// the d tangents stacked as one [d·m, W] GEMM operand per layer. The same
+/// products as d vector–Jacobian products, but one pass and no graph: the
+/// likelihood's exact divergence ([`crate::nets::Network::forward_with_trace`]).
+fn forward_trace(dims: &Dims, a: &[f32], theta: &[f32], n: usize) -> Vec<f32> {
+    let (w, ld, e, d, width_out) = (dims.width, dims.input(), dims.e, dims.d, dims.out + 1);
+    let (layers, output) = dims.offsets();
+    let (shared_e, biases) = layer_biases(dims, a, theta, n);
+    let mut out: Vec<f32> = vec![0f32; n * width_out];
+    let outp = SharedMut::new(&mut out);
+    // blocks of at most 128 rows (the tangents make a block (3 + 2d)·W wide),
+    // several per thread so the shared cursor evens them out
+    let threads = candle_core::utils::get_num_threads().max(1);
+    let rows = n.div_ceil(4 * threads).clamp(16, 128).min(n.max(1));
+    par_ranges(n.div_ceil(rows), |blocks| {
+        blocks.for_each(|block| {
+            let (r0, m) = (block * rows, rows.min(n - block * rows));
+            // H of even and odd layers (initialised, so readable as f32 after any layer)
+            let mut z = vec![0f32; m * w];
+            let mut hs = [vec![MaybeUninit::new(0f32); m * w], vec![MaybeUninit::new(0f32); m * w]];
+            let (mut tan, mut next) = (vec![0f32; d * m * w], vec![0f32; d * m * w]);
+            // SAFETY (all GEMMs): the block's rows of a [N, ld], H and the tangents
+            // [·, W] it owns, θ's layers [W, ·] read transposed; every MaybeUninit is initialised.
+            unsafe {
+                let a_rows = a.as_ptr().add(r0 * ld);
+                for (l, off) in layers.iter().enumerate() {
+                    // layer l writes hs[l % 2] and reads the previous layer's H from the other
+                    let (first, second) = hs.split_at_mut(1);
+                    let (h, h_prev) =
+                        if l % 2 == 0 { (&mut first[0], &second[0]) } else { (&mut second[0], &first[0]) };
+                    let (prev, k, w_ld) = if l == 0 {
+                        (Mat(a_rows, ld as isize, 1), if shared_e { d } else { ld }, ld)
+                    } else {
+                        (Mat(h_prev.as_ptr().cast::<f32>(), w as isize, 1), w, w)
+                    };
+                    gemm_serial(m, w, k, z.as_mut_ptr(), (w as isize, 1), false, prev, Mat::t(&theta[off.w..], w_ld));
+                    if let (Some(u), false) = (off.u, shared_e) {
+                        let e_rows = Mat(a_rows.add(d), ld as isize, 1);
+                        gemm_serial(m, w, e, z.as_mut_ptr(), (w as isize, 1), true, e_rows, Mat::t(&theta[u..], e));
+                    }
+                    elementwise::bias_silu(&mut z, &biases[l], h);
+                    let h: &[f32] = std::slice::from_raw_parts(h.as_ptr().cast::<f32>(), m * w);
+                    // the layer's linear tangent: W₀[:, i] in every row, or T_{l−1} W_lᵀ
+                    if l == 0 {
+                        for i in 0..d {
+                            for row in next[i * m * w..(i + 1) * m * w].chunks_exact_mut(w) {
+                                for (j, v) in row.iter_mut().enumerate() {
+                                    *v = theta[off.w + j * ld + i];
+                                }
+                            }
+                        }
+                    } else {
+                        let t = Mat(tan.as_ptr(), w as isize, 1);
+                        gemm_serial(
+                            d * m,
+                            w,
+                            w,
+                            next.as_mut_ptr(),
+                            (w as isize, 1),
+                            false,
+                            t,
+                            Mat::t(&theta[off.w..], w),
+                        );
+                    }
+                    // ⊙ silu′(Z) = σ + h(1 − σ), the same for every direction i
+                    for block in next.chunks_exact_mut(m * w) {
+                        for ((v, &sig), &h) in block.iter_mut().zip(&z).zip(h) {
+                            *v *= sig + h * (1.0 - sig);
+                        }
+                    }
+                    std::mem::swap(&mut tan, &mut next);
+                }
+                let last = std::slice::from_raw_parts(hs[(layers.len() - 1) % 2].as_ptr().cast::<f32>(), m * w);
+                let rows_out = outp.slice(r0 * width_out, m * width_out);
+                let w_o = &theta[output.w..output.w + dims.out * w];
+                let b_o = &theta[output.b..output.b + dims.out];
+                for (r, row) in rows_out.chunks_exact_mut(width_out).enumerate() {
+                    let hr = &last[r * w..(r + 1) * w];
+                    for (o, v) in row[..dims.out].iter_mut().enumerate() {
+                        *v = b_o[o] + hr.iter().zip(&w_o[o * w..(o + 1) * w]).map(|(x, y)| x * y).sum::<f32>();
+                    }
+                    row[dims.out] = (0..d)
+                        .map(|i| {
+                            let t = &tan[(i * m + r) * w..][..w];
+                            t.iter().zip(&w_o[i * w..(i + 1) * w]).map(|(x, y)| x * y).sum::<f32>()
+                        })
+                        .sum();
+                }
+            }
+        })
+    });
+    out
+}
+
+/// [out, Tr ∂out/∂x] from (a, θ): [`forward_trace`] as an op with no backward
+/// (the likelihood only evaluates it).
+struct Trace {
+    dims: Dims,
+}
+
+impl CustomOp2 for Trace {
+    fn name(&self) -> &'static str {
+        "fused-mlp-trace"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let n = l1.dims()[0];
+        let out = forward_trace(&self.dims, slice::<f32>(s1, l1)?, slice::<f32>(s2, l2)?, n);
+        Ok((CpuStorage::F32(out), Shape::from((n, self.dims.out + 1))))
+    }
+}
+
+/// (MLP_θ(a) [N, out], Tr ∂MLP_θ/∂x [N]) for a = [x, e] [N, d+E] with out = d,
+/// in one forward-mode pass ([`forward_trace`]); neither is differentiable.
+pub fn mlp_with_trace(a: &Tensor, theta: &Tensor, dims: Dims) -> Result<(Tensor, Tensor)> {
+    if dims.out != dims.d {
+        candle_core::bail!("fused MLP trace: needs as many outputs as inputs x, got {} and {}", dims.out, dims.d);
+    }
+    check(a, theta, dims)?;
+    let both = a.contiguous()?.apply_op2_no_bwd(&theta.contiguous()?, &Trace { dims })?;
+    Ok((both.narrow(1, 0, dims.out)?, both.narrow(1, dims.out, 1)?.squeeze(1)?))
+}
+
+/// f32 on the CPU, a [N, d+E] and θ [P].
+fn check(a: &Tensor, theta: &Tensor, dims: Dims) -> Result<()> {
     if a.dtype() != DType::F32 || theta.dtype() != DType::F32 || !a.device().is_cpu() {
         candle_core::bail!("fused MLP: f32 on the CPU only, got {:?} on {:?}", a.dtype(), a.device());
     }
@@ -649,6 +790,12 @@ pub fn mlp(a: &Tensor, theta: &Tensor, dims: Dims) -> Result<Tensor> {
             theta.shape()
         );
     }
+    Ok(())
+}
+
+/// MLP_θ(a) for a [N, d+E] (f32, CPU) and the flat parameters θ (see [`Dims`]).
+pub fn mlp(a: &Tensor, theta: &Tensor, dims: Dims) -> Result<Tensor> {
+    check(a, theta, dims)?;
     let keep = a.track_op() || theta.track_op();
     a.contiguous()?.apply_op2(&theta.contiguous()?, Forward { dims, keep, saved: Mutex::new(None) })
 }
