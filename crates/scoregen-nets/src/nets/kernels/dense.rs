@@ -300,7 +300,7 @@ mod elementwise {
                 (dh, db)
             };
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            let base = run(|z, b, h| bias_silu_body(z, b, h));
+            let base = run(bias_silu_body);
             let mut builds: Vec<(&str, Build, GradBuild)> = Vec::new();
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
                 builds.push(("avx2", bias_silu_avx2, silu_grad_avx2));
