@@ -40,7 +40,9 @@
 //! attention layers); the GEMMs are the `gemm` crate's.
 
 use super::dense::{gemm_serial, Mat};
-use super::fused::{exp_f32, par_ranges, par_ranges_sum, refuse_second_order, slice, SharedMut};
+use super::fused::{
+    dot8, exp_f32, par_ranges, par_ranges_sum, refuse_second_order, simd, slice, sum8, SharedMut, Simd,
+};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use std::sync::{Arc, Mutex};
 
@@ -99,16 +101,25 @@ unsafe fn matmul(out: &mut [f32], cols: usize, k: usize, acc: bool, a: Mat, b: M
     unsafe { gemm_serial(cols, rows, k, out.as_mut_ptr(), (1, cols as isize), acc, b.transposed(), a.transposed()) }
 }
 
-/// Each row of p := softmax(scale·row), in place.
-fn softmax_rows(p: &mut [f32], l: usize, scale: f32) {
+/// Each row of p := softmax(scale·row), in place: the maximum, the
+/// exponentials and the scaling each one vectorized pass, the sum in eight
+/// lanes ([`dot8`]; a running sum would keep the exponentials scalar).
+#[inline(always)]
+fn softmax_rows_body(p: &mut [f32], l: usize, scale: f32) {
     for row in p.chunks_exact_mut(l) {
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        let mut sum = 0.0;
+        let mut lanes = [f32::NEG_INFINITY; 8];
+        let chunks = row.chunks_exact(8);
+        let mut max = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        for c in chunks {
+            for (m, &v) in lanes.iter_mut().zip(c) {
+                *m = m.max(v);
+            }
+        }
+        max = lanes.iter().fold(max, |m, &v| m.max(v));
         for v in row.iter_mut() {
             *v = exp_f32(scale * (*v - max));
-            sum += *v;
         }
-        let inv = 1.0 / sum;
+        let inv = 1.0 / sum8(row);
         for v in row.iter_mut() {
             *v *= inv;
         }
@@ -117,13 +128,62 @@ fn softmax_rows(p: &mut [f32], l: usize, scale: f32) {
 
 /// Each row of dp := scale·p ⊙ (dp − Σ_j dp_j p_j): the softmax's backward
 /// (times the logits' scale), in place.
-fn softmax_rows_backward(p: &[f32], dp: &mut [f32], l: usize, scale: f32) {
+#[inline(always)]
+fn softmax_rows_backward_body(p: &[f32], dp: &mut [f32], l: usize, scale: f32) {
     for (p, dp) in p.chunks_exact(l).zip(dp.chunks_exact_mut(l)) {
-        let dot: f32 = p.iter().zip(dp.iter()).map(|(p, g)| p * g).sum();
+        let dot = dot8(p, dp, |p, g| p * g);
         for (g, &p) in dp.iter_mut().zip(p) {
             *g = scale * p * (*g - dot);
         }
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_rows_avx2(p: &mut [f32], l: usize, scale: f32) {
+    softmax_rows_body(p, l, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn softmax_rows_avx512(p: &mut [f32], l: usize, scale: f32) {
+    softmax_rows_body(p, l, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_rows_backward_avx2(p: &[f32], dp: &mut [f32], l: usize, scale: f32) {
+    softmax_rows_backward_body(p, dp, l, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn softmax_rows_backward_avx512(p: &[f32], dp: &mut [f32], l: usize, scale: f32) {
+    softmax_rows_backward_body(p, dp, l, scale)
+}
+
+/// [`softmax_rows_body`] in the CPU's widest build ([`simd`]).
+fn softmax_rows(p: &mut [f32], l: usize, scale: f32) {
+    // SAFETY (both): the CPU has the features (simd() detected them).
+    #[cfg(target_arch = "x86_64")]
+    match simd() {
+        Simd::Avx512 => return unsafe { softmax_rows_avx512(p, l, scale) },
+        Simd::Avx2 => return unsafe { softmax_rows_avx2(p, l, scale) },
+        Simd::Base => {}
+    }
+    softmax_rows_body(p, l, scale)
+}
+
+/// [`softmax_rows_backward_body`] in the CPU's widest build ([`simd`]).
+fn softmax_rows_backward(p: &[f32], dp: &mut [f32], l: usize, scale: f32) {
+    // SAFETY (both): the CPU has the features (simd() detected them).
+    #[cfg(target_arch = "x86_64")]
+    match simd() {
+        Simd::Avx512 => return unsafe { softmax_rows_backward_avx512(p, dp, l, scale) },
+        Simd::Avx2 => return unsafe { softmax_rows_backward_avx2(p, dp, l, scale) },
+        Simd::Base => {}
+    }
+    softmax_rows_backward_body(p, dp, l, scale)
 }
 
 /// rows [r, len] each filled with v_i.

@@ -50,7 +50,7 @@
 
 use super::dense::{gemm_serial, Mat};
 use super::fused::{
-    col2im_add, im2col_into, par_ranges, par_ranges_sum, refuse_second_order, slice, Patches, SharedMut,
+    col2im_add, im2col_into, par_ranges, par_ranges_sum, refuse_second_order, slice, sum8 as sum, Patches, SharedMut,
 };
 use super::groupnorm::{kernels as gn, Dims as NormDims};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
@@ -555,19 +555,6 @@ fn transpose(a: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
             }
         }
     }
-}
-
-/// Σ v in eight lanes, so the loop vectorizes (a plain sum is one serial chain).
-fn sum(v: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let chunks = v.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().sum();
-    for c in chunks {
-        for (l, &x) in lanes.iter_mut().zip(c) {
-            *l += x;
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
 }
 
 /// y = s·(conv(x; W) + c (+ r)), see the module docs: a [`CustomOp2`] on

@@ -81,6 +81,27 @@ pub(crate) fn simd() -> Simd {
     })
 }
 
+/// Σ v in eight lanes, so the loop vectorizes (a plain sum is one serial
+/// chain); the lanes fix the order, so every SIMD build gives the same bits.
+#[inline(always)]
+pub(crate) fn sum8(v: &[f32]) -> f32 {
+    dot8(v, v, |x, _| x)
+}
+
+/// Σ f(a_i, b_i) in eight lanes, as [`sum8`].
+#[inline(always)]
+pub(crate) fn dot8(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(&x, &y)| f(x, y)).sum();
+    for (ca, cb) in ca.zip(cb) {
+        for ((l, &x), &y) in lanes.iter_mut().zip(ca).zip(cb) {
+            *l += f(x, y);
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
 /// e^x: [`exp_f32`] for f32, the correctly rounded libm exp otherwise.
 trait FastExp: num_traits::Float {
     fn fast_exp(self) -> Self;
