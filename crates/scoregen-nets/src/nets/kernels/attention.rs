@@ -41,7 +41,7 @@
 
 use super::dense::{gemm_serial, Mat};
 use super::fused::{
-    dot8, exp_f32, par_ranges, par_ranges_sum, refuse_second_order, simd, slice, sum8, SharedMut, Simd,
+    dot8, exp_f32, par_ranges, par_ranges_sum, refuse_second_order, simd_builds, slice, sum8, SharedMut,
 };
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use std::sync::{Arc, Mutex};
@@ -138,52 +138,14 @@ fn softmax_rows_backward_body(p: &[f32], dp: &mut [f32], l: usize, scale: f32) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_rows_avx2(p: &mut [f32], l: usize, scale: f32) {
-    softmax_rows_body(p, l, scale)
+simd_builds! {
+    /// [`softmax_rows_body`] in the CPU's widest build.
+    fn softmax_rows(p: &mut [f32], l: usize, scale: f32) = softmax_rows_body;
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn softmax_rows_avx512(p: &mut [f32], l: usize, scale: f32) {
-    softmax_rows_body(p, l, scale)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_rows_backward_avx2(p: &[f32], dp: &mut [f32], l: usize, scale: f32) {
-    softmax_rows_backward_body(p, dp, l, scale)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn softmax_rows_backward_avx512(p: &[f32], dp: &mut [f32], l: usize, scale: f32) {
-    softmax_rows_backward_body(p, dp, l, scale)
-}
-
-/// [`softmax_rows_body`] in the CPU's widest build ([`simd`]).
-fn softmax_rows(p: &mut [f32], l: usize, scale: f32) {
-    // SAFETY (both): the CPU has the features (simd() detected them).
-    #[cfg(target_arch = "x86_64")]
-    match simd() {
-        Simd::Avx512 => return unsafe { softmax_rows_avx512(p, l, scale) },
-        Simd::Avx2 => return unsafe { softmax_rows_avx2(p, l, scale) },
-        Simd::Base => {}
-    }
-    softmax_rows_body(p, l, scale)
-}
-
-/// [`softmax_rows_backward_body`] in the CPU's widest build ([`simd`]).
-fn softmax_rows_backward(p: &[f32], dp: &mut [f32], l: usize, scale: f32) {
-    // SAFETY (both): the CPU has the features (simd() detected them).
-    #[cfg(target_arch = "x86_64")]
-    match simd() {
-        Simd::Avx512 => return unsafe { softmax_rows_backward_avx512(p, dp, l, scale) },
-        Simd::Avx2 => return unsafe { softmax_rows_backward_avx2(p, dp, l, scale) },
-        Simd::Base => {}
-    }
-    softmax_rows_backward_body(p, dp, l, scale)
+simd_builds! {
+    /// [`softmax_rows_backward_body`] in the CPU's widest build.
+    fn softmax_rows_backward(p: &[f32], dp: &mut [f32], l: usize, scale: f32) = softmax_rows_backward_body;
 }
 
 /// rows [r, len] each filled with v_i.

@@ -81,6 +81,46 @@ pub(crate) fn simd() -> Simd {
     })
 }
 
+/// `fn name(args)` running `body(args)` in the CPU's widest build
+/// ([`simd`]): `body` (an `#[inline(always)]` function) compiled three times,
+/// for the baseline, AVX2 + FMA and AVX-512F. The two wide builds are
+/// `name::avx2` and `name::avx512` (unsafe: only where the CPU has the
+/// features), so tests can hold them against the baseline.
+macro_rules! simd_builds {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) = $body:ident;) => {
+        $(#[$m])*
+        $vis fn $name($($arg: $ty),*) {
+            // SAFETY (both): the CPU has the features (simd() detected them).
+            #[cfg(target_arch = "x86_64")]
+            match $crate::nets::kernels::fused::simd() {
+                $crate::nets::kernels::fused::Simd::Avx512 => return unsafe { $name::avx512($($arg),*) },
+                $crate::nets::kernels::fused::Simd::Avx2 => return unsafe { $name::avx2($($arg),*) },
+                $crate::nets::kernels::fused::Simd::Base => {}
+            }
+            $body($($arg),*)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        $vis mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[target_feature(enable = "avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            pub unsafe fn avx2($($arg: $ty),*) {
+                super::$body($($arg),*)
+            }
+
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            pub unsafe fn avx512($($arg: $ty),*) {
+                super::$body($($arg),*)
+            }
+        }
+    };
+}
+pub(crate) use simd_builds;
+
 /// Σ v in eight lanes, so the loop vectorizes (a plain sum is one serial
 /// chain); the lanes fix the order, so every SIMD build gives the same bits.
 #[inline(always)]

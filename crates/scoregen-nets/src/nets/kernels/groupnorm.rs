@@ -117,7 +117,7 @@ impl Dims {
 /// build targets plain x86-64) and for the baseline; [`super::conv`] runs
 /// them inside its op when the normalization is folded into a convolution.
 pub(super) mod kernels {
-    use super::super::fused::{simd, Simd};
+    use super::super::fused::simd_builds;
     use super::{exp_f32, Dims};
 
     /// Σ f(v) over x in eight lanes, so the loop vectorizes.
@@ -248,84 +248,26 @@ pub(super) mod kernels {
         }
     }
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn forward_avx2(d: &Dims, x: &[f32], gamma: &[f32], beta: &[f32], y: &mut [f32]) {
-        forward_body(d, x, gamma, beta, y)
+    // (the sums keep their explicit eight lanes in every build, so every
+    // build adds in the same order and gives the same bits)
+    simd_builds! {
+        /// y of one image [C, hw].
+        pub fn forward(d: &Dims, x: &[f32], gamma: &[f32], beta: &[f32], y: &mut [f32]) = forward_body;
     }
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn backward_avx2(
-        d: &Dims,
-        x: &[f32],
-        gamma: &[f32],
-        beta: &[f32],
-        dy: &[f32],
-        dx: &mut [f32],
-        dgamma: &mut [f32],
-        dbeta: &mut [f32],
-    ) {
-        backward_body(d, x, gamma, beta, dy, dx, dgamma, dbeta)
-    }
-
-    // The same loops 16 lanes wide (the sums keep their explicit eight lanes,
-    // so every build adds in the same order and gives the same bits).
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn forward_avx512(d: &Dims, x: &[f32], gamma: &[f32], beta: &[f32], y: &mut [f32]) {
-        forward_body(d, x, gamma, beta, y)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn backward_avx512(
-        d: &Dims,
-        x: &[f32],
-        gamma: &[f32],
-        beta: &[f32],
-        dy: &[f32],
-        dx: &mut [f32],
-        dgamma: &mut [f32],
-        dbeta: &mut [f32],
-    ) {
-        backward_body(d, x, gamma, beta, dy, dx, dgamma, dbeta)
-    }
-
-    /// y of one image [C, hw].
-    pub fn forward(d: &Dims, x: &[f32], gamma: &[f32], beta: &[f32], y: &mut [f32]) {
-        // SAFETY (both): the CPU has the features (simd() detected them).
-        #[cfg(target_arch = "x86_64")]
-        match simd() {
-            Simd::Avx512 => return unsafe { forward_avx512(d, x, gamma, beta, y) },
-            Simd::Avx2 => return unsafe { forward_avx2(d, x, gamma, beta, y) },
-            Simd::Base => {}
-        }
-        forward_body(d, x, gamma, beta, y)
-    }
-
-    /// dx of one image [C, hw], with its dγ and dβ added in.
-    #[allow(clippy::too_many_arguments)]
-    pub fn backward(
-        d: &Dims,
-        x: &[f32],
-        gamma: &[f32],
-        beta: &[f32],
-        dy: &[f32],
-        dx: &mut [f32],
-        dgamma: &mut [f32],
-        dbeta: &mut [f32],
-    ) {
-        // SAFETY (both): the CPU has the features (simd() detected them).
-        #[cfg(target_arch = "x86_64")]
-        match simd() {
-            Simd::Avx512 => return unsafe { backward_avx512(d, x, gamma, beta, dy, dx, dgamma, dbeta) },
-            Simd::Avx2 => return unsafe { backward_avx2(d, x, gamma, beta, dy, dx, dgamma, dbeta) },
-            Simd::Base => {}
-        }
-        backward_body(d, x, gamma, beta, dy, dx, dgamma, dbeta)
+    simd_builds! {
+        /// dx of one image [C, hw], with its dγ and dβ added in.
+        #[allow(clippy::too_many_arguments)]
+        pub fn backward(
+            d: &Dims,
+            x: &[f32],
+            gamma: &[f32],
+            beta: &[f32],
+            dy: &[f32],
+            dx: &mut [f32],
+            dgamma: &mut [f32],
+            dbeta: &mut [f32],
+        ) = backward_body;
     }
 }
 
