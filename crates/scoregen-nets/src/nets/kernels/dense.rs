@@ -31,7 +31,6 @@
 use super::fused::{exp_f32, par_ranges, refuse_second_order, slice, SharedMut};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
-use rayon::prelude::*;
 use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
@@ -140,18 +139,20 @@ unsafe fn gemm_into(m: usize, n: usize, k: usize, c: *mut f32, ldc: usize, acc: 
     let split = if m >= n { m } else { n };
     let per = split.div_ceil(threads);
     let c = SharedMut::from_ptr(c);
-    (0..threads).into_par_iter().for_each(|i| {
-        let (from, to) = (i * per, ((i + 1) * per).min(split));
-        if from >= to {
-            return;
-        }
-        let c = c.ptr();
-        // SAFETY: row (or column) block [from, to) of C, A's matching rows (or B's columns).
-        unsafe {
-            if m >= n {
-                one(to - from, n, c.add(from * ldc), Mat(a.0.offset(from as isize * a.1), a.1, a.2), b)
-            } else {
-                one(m, to - from, c.add(from), a, Mat(b.0.offset(from as isize * b.2), b.1, b.2))
+    par_ranges(threads, |blocks| {
+        for i in blocks {
+            let (from, to) = (i * per, ((i + 1) * per).min(split));
+            if from >= to {
+                continue;
+            }
+            let c = c.ptr();
+            // SAFETY: row (or column) block [from, to) of C, A's matching rows (or B's columns).
+            unsafe {
+                if m >= n {
+                    one(to - from, n, c.add(from * ldc), Mat(a.0.offset(from as isize * a.1), a.1, a.2), b)
+                } else {
+                    one(m, to - from, c.add(from), a, Mat(b.0.offset(from as isize * b.2), b.1, b.2))
+                }
             }
         }
     });
@@ -348,59 +349,61 @@ fn forward(dims: &Dims, a: &[f32], theta: &[f32], n: usize, keep: bool) -> (Vec<
         .unzip();
     let outp = SharedMut::from_ptr(out.as_mut_ptr());
     let rows = forward_block_rows(n, w);
-    (0..n.div_ceil(rows)).into_par_iter().for_each(|block| {
-        let (r0, m) = (block * rows, rows.min(n - block * rows));
-        let mut scratch: Vec<f32> = Vec::with_capacity(if keep { 0 } else { 3 * m * w });
-        let sp = scratch.as_mut_ptr();
-        // SAFETY: this task alone writes rows r0..r0+m of every buffer (each
-        // allocated for n rows) or its own scratch (slot 0: Z, slots 1 and 2:
-        // H of even and odd layers); it reads only what it wrote and a, θ.
-        unsafe {
-            let z_at = |l: usize| if keep { zp[l].ptr().add(r0 * w) } else { sp };
-            let h_at = |l: usize| if keep { hp[l].ptr().add(r0 * w) } else { sp.add((1 + l % 2) * m * w) };
-            let a_rows = a.as_ptr().add(r0 * ld);
-            for (l, off) in layers.iter().enumerate() {
-                let zb = z_at(l);
-                let (prev, k) = if l == 0 {
-                    (Mat(a_rows, ld as isize, 1), if shared_e { d } else { ld })
-                } else {
-                    (Mat(h_at(l - 1), w as isize, 1), w)
-                };
-                gemm_serial(
-                    m,
-                    w,
-                    k,
-                    zb,
-                    (w as isize, 1),
-                    false,
-                    prev,
-                    Mat::t(&theta[off.w..], if l == 0 { ld } else { w }),
-                );
-                if let (Some(u), false) = (off.u, shared_e) {
+    par_ranges(n.div_ceil(rows), |blocks| {
+        blocks.for_each(|block| {
+            let (r0, m) = (block * rows, rows.min(n - block * rows));
+            let mut scratch: Vec<f32> = Vec::with_capacity(if keep { 0 } else { 3 * m * w });
+            let sp = scratch.as_mut_ptr();
+            // SAFETY: this task alone writes rows r0..r0+m of every buffer (each
+            // allocated for n rows) or its own scratch (slot 0: Z, slots 1 and 2:
+            // H of even and odd layers); it reads only what it wrote and a, θ.
+            unsafe {
+                let z_at = |l: usize| if keep { zp[l].ptr().add(r0 * w) } else { sp };
+                let h_at = |l: usize| if keep { hp[l].ptr().add(r0 * w) } else { sp.add((1 + l % 2) * m * w) };
+                let a_rows = a.as_ptr().add(r0 * ld);
+                for (l, off) in layers.iter().enumerate() {
+                    let zb = z_at(l);
+                    let (prev, k) = if l == 0 {
+                        (Mat(a_rows, ld as isize, 1), if shared_e { d } else { ld })
+                    } else {
+                        (Mat(h_at(l - 1), w as isize, 1), w)
+                    };
                     gemm_serial(
                         m,
                         w,
-                        e,
+                        k,
                         zb,
                         (w as isize, 1),
-                        true,
-                        Mat(a_rows.add(d), ld as isize, 1),
-                        Mat::t(&theta[u..], e),
+                        false,
+                        prev,
+                        Mat::t(&theta[off.w..], if l == 0 { ld } else { w }),
                     );
+                    if let (Some(u), false) = (off.u, shared_e) {
+                        gemm_serial(
+                            m,
+                            w,
+                            e,
+                            zb,
+                            (w as isize, 1),
+                            true,
+                            Mat(a_rows.add(d), ld as isize, 1),
+                            Mat::t(&theta[u..], e),
+                        );
+                    }
+                    let zs = std::slice::from_raw_parts_mut(zb, m * w);
+                    let hs = std::slice::from_raw_parts_mut(h_at(l).cast::<MaybeUninit<f32>>(), m * w);
+                    elementwise::bias_silu(zs, &biases[l], hs);
                 }
-                let zs = std::slice::from_raw_parts_mut(zb, m * w);
-                let hs = std::slice::from_raw_parts_mut(h_at(l).cast::<MaybeUninit<f32>>(), m * w);
-                elementwise::bias_silu(zs, &biases[l], hs);
-            }
-            let ob = outp.ptr().add(r0 * dims.out);
-            let last = Mat(h_at(layers.len() - 1), w as isize, 1);
-            gemm_serial(m, dims.out, w, ob, (dims.out as isize, 1), false, last, Mat::t(&theta[output.w..], w));
-            for row in std::slice::from_raw_parts_mut(ob, m * dims.out).chunks_exact_mut(dims.out) {
-                for (o, &b) in row.iter_mut().zip(&theta[output.b..output.b + dims.out]) {
-                    *o += b;
+                let ob = outp.ptr().add(r0 * dims.out);
+                let last = Mat(h_at(layers.len() - 1), w as isize, 1);
+                gemm_serial(m, dims.out, w, ob, (dims.out as isize, 1), false, last, Mat::t(&theta[output.w..], w));
+                for row in std::slice::from_raw_parts_mut(ob, m * dims.out).chunks_exact_mut(dims.out) {
+                    for (o, &b) in row.iter_mut().zip(&theta[output.b..output.b + dims.out]) {
+                        *o += b;
+                    }
                 }
             }
-        }
+        })
     });
     // SAFETY: the blocks cover all n rows, and each wrote every value of its
     // rows (of the activations too when kept).
@@ -435,10 +438,12 @@ fn backward(dims: &Dims, a: &[f32], theta: &[f32], saved: &Saved, g: &[f32], n: 
     let dzp: Vec<SharedMut> = dz.iter_mut().map(|v| SharedMut::from_ptr(v.as_mut_ptr())).collect();
     let dap = SharedMut::from_ptr(grads.as_mut_ptr());
     let rows = forward_block_rows(n, w);
-    // per block: the column sums of its dZ_l, every layer's after another
-    let db_blocks: Vec<Vec<f32>> = (0..n.div_ceil(rows))
-        .into_par_iter()
-        .map(|block| {
+    // per block: the column sums of its dZ_l, every layer's after another,
+    // kept in block order (summed below in that order, whatever the threads)
+    let blocks = n.div_ceil(rows);
+    let db_slots: Vec<std::sync::Mutex<Vec<f32>>> = (0..blocks).map(|_| Default::default()).collect();
+    par_ranges(blocks, |range| {
+        for block in range {
             let (r0, m) = (block * rows, rows.min(n - block * rows));
             let mut db = vec![0f32; layers.len() * w];
             // SAFETY: this task alone writes rows r0..r0+m of dA and of every
@@ -491,9 +496,10 @@ fn backward(dims: &Dims, a: &[f32], theta: &[f32], saved: &Saved, g: &[f32], n: 
                     }
                 }
             }
-            db
-        })
-        .collect();
+            *db_slots[block].lock().expect("fused MLP: db slot") = db;
+        }
+    });
+    let db_blocks: Vec<Vec<f32>> = db_slots.into_iter().map(|m| m.into_inner().expect("fused MLP: db slot")).collect();
     // SAFETY: the blocks cover all n rows and each wrote every value of its rows.
     unsafe {
         for v in &mut dz {
