@@ -4,9 +4,9 @@
 //! must hold the moment estimates (for exact resume), and candle-nn keeps
 //! them private.
 
+use crate::nets::kernels::fused::{par_ranges, Chunks};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Storage, Tensor, Var, WithDType};
-use rayon::prelude::*;
 use scoregen_core::host;
 use std::mem::MaybeUninit;
 
@@ -154,16 +154,21 @@ fn adam_update<T: WithDType + num_traits::Float + Send + Sync>(
     with_slices::<T, _>(&[theta, g, m, v], |s| {
         let (m2, v2, th2) =
             (&mut m2.spare_capacity_mut()[..n], &mut v2.spare_capacity_mut()[..n], &mut th2.spare_capacity_mut()[..n]);
-        let chunks = m2.par_chunks_mut(CHUNK).zip(v2.par_chunks_mut(CHUNK)).zip(th2.par_chunks_mut(CHUNK));
-        chunks.enumerate().for_each(|(c, ((m2, v2), th2))| {
-            let r = c * CHUNK..c * CHUNK + m2.len();
-            let old = [&s[0][r.clone()], &s[1][r.clone()], &s[2][r.clone()], &s[3][r]];
-            #[cfg(target_arch = "x86_64")]
-            if is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU has AVX2 (checked just above).
-                return unsafe { adam_chunk_avx2(old, [m2, v2, th2], k) };
+        let (m2, v2, th2) = (Chunks::new(m2, CHUNK), Chunks::new(v2, CHUNK), Chunks::new(th2, CHUNK));
+        par_ranges(m2.count(), |chunks| {
+            for c in chunks {
+                // SAFETY: chunk c of each output, written by this task only.
+                let ((m2, from), (v2, _), (th2, _)) = unsafe { (m2.get(c), v2.get(c), th2.get(c)) };
+                let r = from..from + m2.len();
+                let old = [&s[0][r.clone()], &s[1][r.clone()], &s[2][r.clone()], &s[3][r]];
+                #[cfg(target_arch = "x86_64")]
+                if is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2 (checked just above).
+                    unsafe { adam_chunk_avx2(old, [m2, v2, th2], k) };
+                    continue;
+                }
+                adam_chunk(old, [m2, v2, th2], k)
             }
-            adam_chunk(old, [m2, v2, th2], k)
         });
     })?;
     // SAFETY: the chunks cover 0..n and adam_chunk writes every value of its chunk.
@@ -220,15 +225,17 @@ unsafe fn adam_chunk_avx2<T: WithDType>(old: [&[T]; 4], new: [&mut [MaybeUninit<
 /// Values per thread in the optimizer's passes (Adam, the EMA, the norm).
 pub(crate) const CHUNK: usize = 1 << 14;
 
-/// Σ x² in f64, over chunks on all threads, eight partial sums per chunk
-/// (a single running sum is one dependent add per value), the chunks' sums
-/// then added in order: rayon's own `sum` adds them in an unspecified order
-/// (a tree shaped by which tasks were stolen), its bits free to vary run to
-/// run.
+/// Σ x² in f64, over chunks on candle's threads, eight partial sums per
+/// chunk (a single running sum is one dependent add per value), the chunks'
+/// sums then added in chunk order: a parallel iterator's `sum` (rayon's)
+/// adds them in an unspecified order (a tree shaped by which tasks were
+/// stolen), its bits free to vary run to run.
 fn sum_squares<T: WithDType>(x: &[T]) -> f64 {
-    let chunks: Vec<f64> = x
-        .par_chunks(CHUNK)
-        .map(|c| {
+    let mut sums = vec![0f64; x.len().div_ceil(CHUNK)];
+    let out = Chunks::new(&mut sums, 1);
+    par_ranges(out.count(), |chunks| {
+        for i in chunks {
+            let c = &x[i * CHUNK..((i + 1) * CHUNK).min(x.len())];
             let mut acc = [0f64; 8];
             let lanes = c.chunks_exact(8);
             let rest: f64 = lanes.remainder().iter().map(|v| v.to_f64() * v.to_f64()).sum();
@@ -237,10 +244,11 @@ fn sum_squares<T: WithDType>(x: &[T]) -> f64 {
                     *a += v.to_f64() * v.to_f64();
                 }
             }
-            acc.iter().sum::<f64>() + rest
-        })
-        .collect();
-    chunks.iter().sum()
+            // SAFETY: entry i, written by this task only.
+            unsafe { out.get(i).0[0] = acc.iter().sum::<f64>() + rest };
+        }
+    });
+    sums.iter().sum()
 }
 
 #[cfg(test)]

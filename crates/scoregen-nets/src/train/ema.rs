@@ -3,8 +3,8 @@
 //! early averages are not dominated by the initialization.
 
 use super::adam::{with_slices, CHUNK};
+use crate::nets::kernels::fused::{par_ranges, Chunks};
 use candle_core::{DType, Result, Tensor, Var, WithDType};
-use rayon::prelude::*;
 
 #[derive(Debug, Clone)]
 pub struct Ema {
@@ -51,10 +51,15 @@ impl Ema {
 fn average<T: WithDType + num_traits::Zero>(s: &Tensor, theta: &Tensor, d: f64) -> Result<Tensor> {
     let mut values = vec![T::zero(); theta.elem_count()];
     with_slices::<T, _>(&[s, theta], |x| {
-        values.par_chunks_mut(CHUNK).enumerate().for_each(|(c, out)| {
-            let r = c * CHUNK..c * CHUNK + out.len();
-            for ((o, &s), &p) in out.iter_mut().zip(&x[0][r.clone()]).zip(&x[1][r]) {
-                *o = T::from_f64(d * s.to_f64() + (1.0 - d) * p.to_f64());
+        let out = Chunks::new(&mut values, CHUNK);
+        par_ranges(out.count(), |chunks| {
+            for c in chunks {
+                // SAFETY: chunk c, written by this task only.
+                let (out, from) = unsafe { out.get(c) };
+                let r = from..from + out.len();
+                for ((o, &s), &p) in out.iter_mut().zip(&x[0][r.clone()]).zip(&x[1][r]) {
+                    *o = T::from_f64(d * s.to_f64() + (1.0 - d) * p.to_f64());
+                }
             }
         })
     })?;

@@ -745,6 +745,40 @@ fn upsample2_candle(x: &Tensor) -> Result<Tensor> {
     blocks.contiguous()?.reshape((n, c, 2 * h, 2 * w))
 }
 
+/// Chunk c (of `chunk` entries; the last one shorter) of a length-n buffer of
+/// any element type that the tasks of [`par_ranges`] fill, each its own
+/// chunks (the generic [`SharedMut`], for the optimizer's f32 and f64 passes).
+pub(crate) struct Chunks<T> {
+    start: *mut T,
+    n: usize,
+    chunk: usize,
+}
+// SAFETY: the tasks write disjoint chunks and finish before the buffer is read or freed.
+unsafe impl<T> Send for Chunks<T> {}
+unsafe impl<T> Sync for Chunks<T> {}
+
+impl<T> Chunks<T> {
+    pub(crate) fn new(v: &mut [T], chunk: usize) -> Self {
+        Self { start: v.as_mut_ptr(), n: v.len(), chunk }
+    }
+
+    /// How many chunks there are.
+    pub(crate) fn count(&self) -> usize {
+        self.n.div_ceil(self.chunk)
+    }
+
+    /// Chunk c and where it starts.
+    ///
+    /// # Safety
+    /// No other thread touches chunk c meanwhile, and the buffer outlives the slice.
+    #[allow(clippy::mut_from_ref)] // disjoint chunks of one buffer, one per task
+    pub(crate) unsafe fn get(&self, c: usize) -> (&mut [T], usize) {
+        let from = c * self.chunk;
+        let len = self.chunk.min(self.n - from);
+        (unsafe { std::slice::from_raw_parts_mut(self.start.add(from), len) }, from)
+    }
+}
+
 /// Runs `f` on chunks of the range 0..n (a few per thread) on candle's own
 /// CPU thread pool, the one its tensor ops use: a second pool (rayon's)
 /// would spin against it for the same cores between ops.
