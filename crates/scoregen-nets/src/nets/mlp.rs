@@ -150,11 +150,10 @@ impl Network for Mlp {
         if self.classes.is_some() || x.rank() != 2 || out != d {
             return Ok(None);
         }
+        // the parameters first: off the fused path nothing else is computed
+        let Some((theta, dims)) = self.fused_parameters(x, d)? else { return Ok(None) };
         let (first, _) = self.input_of(x, t, None)?;
-        match self.fused_parameters(&first, d)? {
-            Some((theta, dims)) => dense::mlp_with_trace(&first.detach(), &theta.detach(), dims).map(Some),
-            None => Ok(None),
-        }
+        dense::mlp_with_trace(&first.detach(), &theta.detach(), dims).map(Some)
     }
 
     fn forward_labeled(&self, x: &Tensor, t: &Tensor, labels: &Tensor) -> Result<Tensor> {
@@ -186,8 +185,8 @@ impl Mlp {
         }
     }
 
-    /// θ and the sizes of the fused op for a = [x, e] with x ∈ R^d, when it
-    /// applies (see [`Mlp::fused`]).
+    /// θ and the sizes of the fused op for x ∈ R^d (or a = [x, e], on x's
+    /// device and in its dtype), when it applies (see [`Mlp::fused`]).
     fn fused_parameters(&self, a: &Tensor, d: usize) -> Result<Option<(Tensor, dense::Dims)>> {
         if !scoregen_core::autodiff::fused_kernels_allowed(a.device()) || a.dtype() != DType::F32 {
             return Ok(None);

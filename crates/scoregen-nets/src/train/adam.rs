@@ -4,7 +4,7 @@
 //! must hold the moment estimates (for exact resume), and candle-nn keeps
 //! them private.
 
-use crate::nets::kernels::fused::{par_ranges, Chunks};
+use crate::nets::kernels::fused::{par_ranges, SharedMut};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Storage, Tensor, Var, WithDType};
 use scoregen_core::host;
@@ -154,12 +154,13 @@ fn adam_update<T: WithDType + num_traits::Float + Send + Sync>(
     with_slices::<T, _>(&[theta, g, m, v], |s| {
         let (m2, v2, th2) =
             (&mut m2.spare_capacity_mut()[..n], &mut v2.spare_capacity_mut()[..n], &mut th2.spare_capacity_mut()[..n]);
-        let (m2, v2, th2) = (Chunks::new(m2, CHUNK), Chunks::new(v2, CHUNK), Chunks::new(th2, CHUNK));
-        par_ranges(m2.count(), |chunks| {
+        let (m2, v2, th2) = (SharedMut::new(m2), SharedMut::new(v2), SharedMut::new(th2));
+        par_ranges(n.div_ceil(CHUNK), |chunks| {
             for c in chunks {
+                let r = chunk(c, n);
                 // SAFETY: chunk c of each output, written by this task only.
-                let ((m2, from), (v2, _), (th2, _)) = unsafe { (m2.get(c), v2.get(c), th2.get(c)) };
-                let r = from..from + m2.len();
+                let (m2, v2, th2) =
+                    unsafe { (m2.slice(r.start, r.len()), v2.slice(r.start, r.len()), th2.slice(r.start, r.len())) };
                 let old = [&s[0][r.clone()], &s[1][r.clone()], &s[2][r.clone()], &s[3][r]];
                 #[cfg(target_arch = "x86_64")]
                 if is_x86_feature_detected!("avx2") {
@@ -225,6 +226,11 @@ unsafe fn adam_chunk_avx2<T: WithDType>(old: [&[T]; 4], new: [&mut [MaybeUninit<
 /// Values per thread in the optimizer's passes (Adam, the EMA, the norm).
 pub(crate) const CHUNK: usize = 1 << 14;
 
+/// Chunk c of 0..n ([`CHUNK`] values; the last one shorter).
+pub(crate) fn chunk(c: usize, n: usize) -> std::ops::Range<usize> {
+    c * CHUNK..((c + 1) * CHUNK).min(n)
+}
+
 /// Σ x² in f64, over chunks on candle's threads, eight partial sums per
 /// chunk (a single running sum is one dependent add per value), the chunks'
 /// sums then added in chunk order: a parallel iterator's `sum` (rayon's)
@@ -232,10 +238,10 @@ pub(crate) const CHUNK: usize = 1 << 14;
 /// stolen), its bits free to vary run to run.
 fn sum_squares<T: WithDType>(x: &[T]) -> f64 {
     let mut sums = vec![0f64; x.len().div_ceil(CHUNK)];
-    let out = Chunks::new(&mut sums, 1);
-    par_ranges(out.count(), |chunks| {
+    let out = SharedMut::new(&mut sums);
+    par_ranges(sums.len(), |chunks| {
         for i in chunks {
-            let c = &x[i * CHUNK..((i + 1) * CHUNK).min(x.len())];
+            let c = &x[chunk(i, x.len())];
             let mut acc = [0f64; 8];
             let lanes = c.chunks_exact(8);
             let rest: f64 = lanes.remainder().iter().map(|v| v.to_f64() * v.to_f64()).sum();
@@ -245,7 +251,7 @@ fn sum_squares<T: WithDType>(x: &[T]) -> f64 {
                 }
             }
             // SAFETY: entry i, written by this task only.
-            unsafe { out.get(i).0[0] = acc.iter().sum::<f64>() + rest };
+            unsafe { out.slice(i, 1)[0] = acc.iter().sum::<f64>() + rest };
         }
     });
     sums.iter().sum()

@@ -2,8 +2,8 @@
 //! θ̄ ← d·θ̄ + (1−d)·θ with d = min(rate, (1+n)/(10+n)) after n updates, so
 //! early averages are not dominated by the initialization.
 
-use super::adam::{with_slices, CHUNK};
-use crate::nets::kernels::fused::{par_ranges, Chunks};
+use super::adam::{chunk, with_slices, CHUNK};
+use crate::nets::kernels::fused::{par_ranges, SharedMut};
 use candle_core::{DType, Result, Tensor, Var, WithDType};
 
 #[derive(Debug, Clone)]
@@ -51,12 +51,13 @@ impl Ema {
 fn average<T: WithDType + num_traits::Zero>(s: &Tensor, theta: &Tensor, d: f64) -> Result<Tensor> {
     let mut values = vec![T::zero(); theta.elem_count()];
     with_slices::<T, _>(&[s, theta], |x| {
-        let out = Chunks::new(&mut values, CHUNK);
-        par_ranges(out.count(), |chunks| {
+        let n = values.len();
+        let out = SharedMut::new(&mut values);
+        par_ranges(n.div_ceil(CHUNK), |chunks| {
             for c in chunks {
+                let r = chunk(c, n);
                 // SAFETY: chunk c, written by this task only.
-                let (out, from) = unsafe { out.get(c) };
-                let r = from..from + out.len();
+                let out = unsafe { out.slice(r.start, r.len()) };
                 for ((o, &s), &p) in out.iter_mut().zip(&x[0][r.clone()]).zip(&x[1][r]) {
                     *o = T::from_f64(d * s.to_f64() + (1.0 - d) * p.to_f64());
                 }

@@ -158,7 +158,7 @@ fn fill_rows(out: &mut [f32], len: usize, v: &[f32]) {
 /// acc_i += Σ_j m[i, j] for m [acc.len(), len].
 fn add_row_sums(acc: &mut [f32], m: &[f32], len: usize) {
     for (a, row) in acc.iter_mut().zip(m.chunks_exact(len)) {
-        *a += row.iter().sum::<f32>();
+        *a += sum8(row);
     }
 }
 

@@ -401,7 +401,9 @@ fn backward(
     // likelihood's ∇ₓ through frozen weights returns dx alone, and neither
     // forms nor sums the per-range dW partials.
     let theta_len = if want_w { cout * rows + n * cout + norm_len } else { 0 };
-    let partial_len = if want_w { cout * rows + norm_len } else { 0 };
+    // dγ, dβ are summed (and dropped) when θ is frozen too: GroupNorm's
+    // backward forms them with dx, and 2·C_in values cost nothing
+    let partial_len = (if want_w { cout * rows } else { 0 }) + norm_len;
     let len = n * g.x_len + theta_len;
     let mut out: Vec<f32> = Vec::with_capacity(len);
     if !(want_input && (g.stride == 1 || g.norm.is_some())) {
@@ -439,7 +441,7 @@ fn backward(
             if want_w || (want_input && g.stride != 1 && tile.n > 1) {
                 dyt.resize(cols * cout, 0.0);
                 for (dy, dyt) in dy.chunks_exact(cout * hw).zip(dyt.chunks_exact_mut(hw * cout)) {
-                    transpose(dy, cout, hw, dyt);
+                    transpose_block(dy, hw, 0..hw, 1.0, dyt);
                 }
             }
             // SAFETY (all GEMMs): dWᵀ is [rows, C_out], dyᵀ [n·hw, C_out], P [rows, ld],
@@ -494,14 +496,6 @@ fn backward(
                 col2im_add(&dp, &tile.patches, target);
             }
             if let Some(d) = &g.norm {
-                // dγ, dβ are formed (and later dropped) into a scratch when θ is frozen
-                let mut frozen = Vec::new();
-                let dgb: &mut [f32] = if want_w {
-                    dgb
-                } else {
-                    frozen.resize(2 * cin, 0.0);
-                    &mut frozen
-                };
                 let (dgamma, dbeta) = dgb.split_at_mut(cin);
                 for ((x, da), dx) in
                     x.chunks_exact(g.x_len).zip(da.chunks_exact(g.x_len)).zip(dx.chunks_exact_mut(g.x_len))
@@ -531,7 +525,9 @@ fn backward(
 /// Output rows per block of [`transpose_block`] (one cache line of a row of the source).
 const TRANSPOSE_BLOCK: usize = 16;
 
-/// out [o1 − o0, rows] := s·(columns o0..o1 of a [rows, cols])ᵀ.
+/// out [o1 − o0, rows] := s·(columns o0..o1 of a [rows, cols])ᵀ, in blocks of
+/// [`TRANSPOSE_BLOCK`] columns so that reads and writes both stay within a
+/// few cache lines (s = 1: a plain transpose, exact).
 fn transpose_block(a: &[f32], cols: usize, cs: std::ops::Range<usize>, s: f32, out: &mut [f32]) {
     let rows = a.len() / cols;
     for c0 in cs.clone().step_by(TRANSPOSE_BLOCK) {
@@ -539,19 +535,6 @@ fn transpose_block(a: &[f32], cols: usize, cs: std::ops::Range<usize>, s: f32, o
         for (r, row) in a.chunks_exact(cols).enumerate() {
             for (c, &v) in row[c0..c1].iter().enumerate() {
                 out[(c0 - cs.start + c) * rows + r] = s * v;
-            }
-        }
-    }
-}
-
-/// out [cols, rows] := aᵀ for a row-major [rows, cols], in blocks of 16
-/// columns so that reads and writes both stay within a few cache lines.
-fn transpose(a: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
-    for c0 in (0..cols).step_by(16) {
-        let c1 = (c0 + 16).min(cols);
-        for (r, row) in a.chunks_exact(cols).enumerate() {
-            for (c, &v) in row[c0..c1].iter().enumerate() {
-                out[(c0 + c) * rows + r] = v;
             }
         }
     }

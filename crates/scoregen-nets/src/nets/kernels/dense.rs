@@ -28,7 +28,7 @@
 //! Written by hand because no crate fuses an MLP's backward for candle; the
 //! GEMM kernel is the `gemm` crate's.
 
-use super::fused::{exp_f32, par_ranges, refuse_second_order, slice, SharedMut};
+use super::fused::{dot8, exp_f32, par_ranges, refuse_second_order, slice, SharedMut};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use std::mem::MaybeUninit;
@@ -440,9 +440,9 @@ fn backward(dims: &Dims, a: &[f32], theta: &[f32], saved: &Saved, g: &[f32], n: 
     let rows = forward_block_rows(n, w);
     // per block: the column sums of its dZ_l, every layer's after another,
     // kept in block order (summed below in that order, whatever the threads)
-    let blocks = n.div_ceil(rows);
-    let db_slots: Vec<std::sync::Mutex<Vec<f32>>> = (0..blocks).map(|_| Default::default()).collect();
-    par_ranges(blocks, |range| {
+    let mut db_blocks: Vec<Vec<f32>> = vec![Vec::new(); n.div_ceil(rows)];
+    let db_slots = SharedMut::new(&mut db_blocks);
+    par_ranges(db_blocks.len(), |range| {
         for block in range {
             let (r0, m) = (block * rows, rows.min(n - block * rows));
             let mut db = vec![0f32; layers.len() * w];
@@ -496,10 +496,10 @@ fn backward(dims: &Dims, a: &[f32], theta: &[f32], saved: &Saved, g: &[f32], n: 
                     }
                 }
             }
-            *db_slots[block].lock().expect("fused MLP: db slot") = db;
+            // SAFETY: block's slot, written by this task only.
+            unsafe { db_slots.slice(block, 1)[0] = db };
         }
     });
-    let db_blocks: Vec<Vec<f32>> = db_slots.into_iter().map(|m| m.into_inner().expect("fused MLP: db slot")).collect();
     // SAFETY: the blocks cover all n rows and each wrote every value of its rows.
     unsafe {
         for v in &mut dz {
@@ -694,20 +694,19 @@ fn forward_trace(dims: &Dims, a: &[f32], theta: &[f32], n: usize) -> Vec<f32> {
                     std::mem::swap(&mut tan, &mut next);
                 }
                 let last = std::slice::from_raw_parts(hs[(layers.len() - 1) % 2].as_ptr().cast::<f32>(), m * w);
-                let rows_out = outp.slice(r0 * width_out, m * width_out);
+                // out = H W_oᵀ + b_o by the GEMM [`forward`] uses, into
+                // rows of out + 1 entries; the last entry Σ_i T_last^i · W_o[i, :]
+                let ob = outp.ptr().add(r0 * width_out);
+                let last = Mat(last.as_ptr(), w as isize, 1);
+                gemm_serial(m, dims.out, w, ob, (width_out as isize, 1), false, last, Mat::t(&theta[output.w..], w));
                 let w_o = &theta[output.w..output.w + dims.out * w];
                 let b_o = &theta[output.b..output.b + dims.out];
-                for (r, row) in rows_out.chunks_exact_mut(width_out).enumerate() {
-                    let hr = &last[r * w..(r + 1) * w];
-                    for (o, v) in row[..dims.out].iter_mut().enumerate() {
-                        *v = b_o[o] + hr.iter().zip(&w_o[o * w..(o + 1) * w]).map(|(x, y)| x * y).sum::<f32>();
+                for (r, row) in outp.slice(r0 * width_out, m * width_out).chunks_exact_mut(width_out).enumerate() {
+                    for (o, &b) in row[..dims.out].iter_mut().zip(b_o) {
+                        *o += b;
                     }
-                    row[dims.out] = (0..d)
-                        .map(|i| {
-                            let t = &tan[(i * m + r) * w..][..w];
-                            t.iter().zip(&w_o[i * w..(i + 1) * w]).map(|(x, y)| x * y).sum::<f32>()
-                        })
-                        .sum();
+                    row[dims.out] =
+                        (0..d).map(|i| dot8(&tan[(i * m + r) * w..][..w], &w_o[i * w..][..w], |x, y| x * y)).sum();
                 }
             }
         })

@@ -745,40 +745,6 @@ fn upsample2_candle(x: &Tensor) -> Result<Tensor> {
     blocks.contiguous()?.reshape((n, c, 2 * h, 2 * w))
 }
 
-/// Chunk c (of `chunk` entries; the last one shorter) of a length-n buffer of
-/// any element type that the tasks of [`par_ranges`] fill, each its own
-/// chunks (the generic [`SharedMut`], for the optimizer's f32 and f64 passes).
-pub(crate) struct Chunks<T> {
-    start: *mut T,
-    n: usize,
-    chunk: usize,
-}
-// SAFETY: the tasks write disjoint chunks and finish before the buffer is read or freed.
-unsafe impl<T> Send for Chunks<T> {}
-unsafe impl<T> Sync for Chunks<T> {}
-
-impl<T> Chunks<T> {
-    pub(crate) fn new(v: &mut [T], chunk: usize) -> Self {
-        Self { start: v.as_mut_ptr(), n: v.len(), chunk }
-    }
-
-    /// How many chunks there are.
-    pub(crate) fn count(&self) -> usize {
-        self.n.div_ceil(self.chunk)
-    }
-
-    /// Chunk c and where it starts.
-    ///
-    /// # Safety
-    /// No other thread touches chunk c meanwhile, and the buffer outlives the slice.
-    #[allow(clippy::mut_from_ref)] // disjoint chunks of one buffer, one per task
-    pub(crate) unsafe fn get(&self, c: usize) -> (&mut [T], usize) {
-        let from = c * self.chunk;
-        let len = self.chunk.min(self.n - from);
-        (unsafe { std::slice::from_raw_parts_mut(self.start.add(from), len) }, from)
-    }
-}
-
 /// Runs `f` on chunks of the range 0..n (a few per thread) on candle's own
 /// CPU thread pool, the one its tensor ops use: a second pool (rayon's)
 /// would spin against it for the same cores between ops.
@@ -860,26 +826,33 @@ pub(crate) fn on_threads(threads: usize, module: &str, name: &str, body: impl Fn
 }
 
 /// A pointer to an output buffer shared by the threads of [`par_ranges`],
-/// each writing its own disjoint part.
-#[derive(Clone, Copy)]
-pub(crate) struct SharedMut(*mut f32);
+/// each writing its own disjoint part (f32 activations and gradients; the
+/// optimizer's f32 and f64 values; one result slot per task).
+pub(crate) struct SharedMut<T = f32>(*mut T);
+// derived Clone/Copy would ask T: Copy; the pointer is Copy whatever T is
+impl<T> Clone for SharedMut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SharedMut<T> {}
 // SAFETY: the threads write disjoint parts and finish before the buffer is read or freed.
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
+unsafe impl<T> Send for SharedMut<T> {}
+unsafe impl<T> Sync for SharedMut<T> {}
 
-impl SharedMut {
-    pub(crate) fn new(v: &mut [f32]) -> Self {
+impl<T> SharedMut<T> {
+    pub(crate) fn new(v: &mut [T]) -> Self {
         Self(v.as_mut_ptr())
     }
 
     /// A buffer given by its start, possibly not yet initialised (a `Vec`'s
     /// spare capacity, written whole before it is read).
-    pub(crate) fn from_ptr(p: *mut f32) -> Self {
+    pub(crate) fn from_ptr(p: *mut T) -> Self {
         Self(p)
     }
 
     /// The start (a method, so closures capture the whole `SharedMut`).
-    pub(crate) fn ptr(self) -> *mut f32 {
+    pub(crate) fn ptr(self) -> *mut T {
         self.0
     }
 
@@ -889,7 +862,7 @@ impl SharedMut {
     /// The range lies inside the buffer, no other thread touches it meanwhile,
     /// and the buffer outlives the slice.
     #[allow(clippy::mut_from_ref)] // disjoint parts of one buffer, one per thread
-    pub(crate) unsafe fn slice(&self, from: usize, len: usize) -> &mut [f32] {
+    pub(crate) unsafe fn slice(&self, from: usize, len: usize) -> &mut [T] {
         unsafe { std::slice::from_raw_parts_mut(self.0.add(from), len) }
     }
 }
