@@ -53,6 +53,7 @@ use super::fused::{
     col2im_add, im2col_into, par_ranges, par_ranges_sum, refuse_second_order, slice, sum8 as sum, Patches, SharedMut,
 };
 use super::groupnorm::{kernels as gn, Dims as NormDims};
+use super::winograd;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use std::sync::{Arc, Mutex};
 
@@ -72,6 +73,9 @@ struct Geometry {
     norm: Option<NormDims>,
     /// Images per GEMM (see [`group_size`]).
     group: usize,
+    /// Images per Winograd tile group where F(4×4, 3×3) serves this
+    /// convolution's forward and input gradient (see [`winograd_group`]).
+    winograd: Option<usize>,
 }
 
 /// The patch matrices of a tile of `n` consecutive images, side by side.
@@ -134,14 +138,41 @@ fn balanced_group(group: usize, n: usize, threads: usize) -> usize {
     n.div_ceil(tiles).max(1)
 }
 
+/// Winograd tiles (4×4 outputs) per GEMM that a group of small images
+/// fills: 64 columns (a 32×32 image alone, 16 images of 8×8).
+const WINOGRAD_COLS: usize = 64;
+
+/// Images per Winograd tile group for h×w images: as many as fill [`WINOGRAD_COLS`] tiles.
+fn winograd_group(h: usize, w: usize) -> usize {
+    (WINOGRAD_COLS / winograd::tiles_per_image(h, w)).max(1)
+}
+
+/// Whether 3×3 stride-1 convolutions may take F(4×4, 3×3): not with
+/// `SCOREGEN_WINOGRAD=0` (read once), which keeps the direct product
+/// everywhere (for A/B timings, and results closer to candle's conv2d).
+fn winograd_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SCOREGEN_WINOGRAD").map_or(true, |v| v.trim() != "0"))
+}
+
 impl Geometry {
     fn new(x: &[usize], cout: usize, k: usize, stride: usize, norm: Option<(usize, f64)>) -> Self {
         let (cin, h, w) = (x[1], x[2], x[3]);
         let hw = (h / stride) * (w / stride);
         let norm = norm.map(|(groups, eps)| NormDims::of(x, groups, eps, true));
-        let mut g = Self { cin, cout, k, stride, image: (cin, h, w), x_len: cin * h * w, hw_out: hw, norm, group: 1 };
-        g.group = balanced_group(group_size(&g).min(x[0]).max(1), x[0], candle_core::utils::get_num_threads());
+        let mut g =
+            Self { cin, cout, k, stride, image: (cin, h, w), x_len: cin * h * w, hw_out: hw, norm, group: 1, winograd: None };
+        let threads = candle_core::utils::get_num_threads();
+        g.group = balanced_group(group_size(&g).min(x[0]).max(1), x[0], threads);
+        g.winograd = (winograd_enabled() && winograd::applies(k, stride, cin, cout, h, w))
+            .then(|| balanced_group(winograd_group(h, w).min(x[0]).max(1), x[0], threads));
         g
+    }
+
+    /// This geometry with the Winograd path's images per tile (the forward
+    /// and a frozen network's input gradient, which form no patches).
+    fn for_winograd(&self) -> Self {
+        Self { group: self.winograd.unwrap_or(self.group), ..*self }
     }
 
     /// The tile of images b0..b0 + n.
@@ -249,9 +280,11 @@ fn forward(
     n: usize,
     acts: Option<SharedMut>,
 ) -> Vec<f32> {
+    let g = &g.for_winograd();
     let (rows, hw, cout) = (g.rows(), g.hw_out, g.cout);
     let (w, c, gamma, beta) = g.split(theta, n);
     let w_scaled: Vec<f32> = w.iter().map(|v| v * scale).collect();
+    let filters = g.winograd.map(|_| winograd::Filters::new(&w_scaled, cout, g.cin));
     // not zeroed: every entry is set to its bias (and residual) below before the GEMM adds to it
     let mut y: Vec<f32> = Vec::with_capacity(n * cout * hw);
     let (out, len) = (SharedMut::from_ptr(y.as_mut_ptr()), cout * hw);
@@ -273,8 +306,8 @@ fn forward(
                 }
                 _ => conv_input(g, x, gamma, beta, &mut a),
             };
-            let p = patches(x, &tile.patches, g.pointwise() && tile.n == 1, &mut buf);
-            if tile.n > 1 {
+            if tile.n > 1 && filters.is_none() {
+                let p = patches(x, &tile.patches, false, &mut buf);
                 // wide = W P [C_out, ld], then y_b = s·(r_b + c_b) + its columns
                 wide.resize(cout * tile.ld, 0.0);
                 patch_product(&mut wide, tile.ld, rows, p, &w_scaled, false, &mut Vec::new());
@@ -310,7 +343,13 @@ fn forward(
                     }
                 }
             }
+            if let Some(f) = &filters {
+                // y += (s·W) ⋆ x by F(4×4, 3×3)
+                winograd::with_scratch(|s| winograd::conv_add(f, x, tile.n, g.image.1, g.image.2, y, s));
+                continue;
+            }
             // y_b += W P_b (y [C_out, hw], W [C_out, rows], P [rows, ld])
+            let p = patches(x, &tile.patches, g.pointwise(), &mut buf);
             patch_product(y, tile.ld, rows, p, &w_scaled, true, &mut wide);
         }
     });
@@ -390,6 +429,8 @@ fn backward(
     acts: Option<&[f32]>,
 ) -> Vec<f32> {
     let (want_x, want_w) = want;
+    // with θ frozen no patches are formed: the Winograd path's tiles
+    let g = &if want_w { *g } else { g.for_winograd() };
     let (rows, hw, cout, cin) = (g.rows(), g.hw_out, g.cout, g.cin);
     let (w, _, gamma, beta) = g.split(theta, n);
     let norm_len = if g.norm.is_some() { 2 * cin } else { 0 };
@@ -416,6 +457,8 @@ fn backward(
     let (dc, dnorm) = rest.split_at_mut(if want_w { n * cout } else { 0 });
     // dx = W̃ im2col(s·dy) for stride 1, col2im((s·W)ᵀ dy) for stride 2
     let w_adj = if g.stride == 1 { adjoint_weights(g, w, scale) } else { w.iter().map(|v| v * scale).collect() };
+    // dx = W̃ ⋆ (s·dy) by F(4×4, 3×3) where it serves (W̃ maps C_out to C_in channels)
+    let adjoint = g.winograd.filter(|_| want_input).map(|_| winograd::Filters::new(&w_adj, cin, cout));
     let (dx_out, dc_out) = (SharedMut::new(dx), SharedMut::new(dc));
     // dWᵀ, dγ and dβ: per range of tiles, then summed in the ranges' order
     let totals = par_ranges_sum(g.tiles(n), partial_len, |tiles| {
@@ -471,7 +514,10 @@ fn backward(
                 da.resize(tile.n * g.x_len, 0.0);
             }
             let target: &mut [f32] = if g.norm.is_some() { &mut da } else { dx };
-            if g.stride == 1 {
+            if let Some(f) = &adjoint {
+                target.fill(0.0);
+                winograd::with_scratch(|s| winograd::conv_add(f, dy, tile.n, g.image.1, g.image.2, target, s));
+            } else if g.stride == 1 {
                 let q = patches(dy, &tile.adjoint, g.k == 1 && tile.n == 1, &mut dy_buf);
                 let kk = cout * g.k * g.k;
                 if tile.n == 1 {
@@ -934,6 +980,80 @@ mod tests {
                 ("γ", gamma.as_tensor()),
                 ("β", beta.as_tensor()),
             ];
+            if residual {
+                vars.push(("r", r.as_tensor()));
+            }
+            assert_same_gradients(&ours, &theirs, &weights, &vars, (1e-4, 0.0), &case);
+        }
+    }
+
+    /// 3×3 stride-1 convolutions between multiples of 16 channels take
+    /// F(4×4, 3×3) in the forward and for dx (see [`winograd`]); the op still
+    /// equals candle's GroupNorm, SiLU and conv2d and their gradients, with
+    /// and without the norm and the residual, with θ tracked (a training step:
+    /// dW by the direct product) and frozen (a likelihood's ∇ₓ, on the
+    /// Winograd tile groups), on 4×4 (one tile), 7×7 and 10×10 (partial
+    /// tiles) and 16×16 images. The sums have C_in·9 = 144 terms; the
+    /// transforms' rounding (at most 2e-5 of Σ|w||x| in the kernel's own
+    /// test, about 1e-5 of the largest entry here) stays inside the 1e-4
+    /// relative tolerance of the tests above.
+    #[test]
+    fn the_winograd_path_matches_candle_and_its_gradients() {
+        let dev = Device::Cpu;
+        let mut rng = scoregen_core::rng::Rng::new(15, 0);
+        let (n, cin, cout, groups) = (5, 16, 32, 4);
+        let gamma = Var::from_tensor(&rng.randn(cin, DType::F32, &dev).unwrap()).unwrap();
+        let beta = Var::from_tensor(&rng.randn(cin, DType::F32, &dev).unwrap()).unwrap();
+        let gn =
+            candle_nn::GroupNorm::new(gamma.as_tensor().clone(), beta.as_tensor().clone(), cin, groups, 1e-6).unwrap();
+        for (side, normed, residual, frozen) in [4, 7, 10, 16]
+            .into_iter()
+            .flat_map(|s| [(false, false), (true, true), (true, false), (false, true)].map(|(a, b)| (s, a, b)))
+            .flat_map(|(s, a, b)| [(s, a, b, false), (s, a, b, true)])
+        {
+            let geometry = Geometry::new(&[n, cin, side, side], cout, 3, 1, normed.then_some((groups, 1e-6)));
+            assert!(geometry.winograd.is_some(), "{side}×{side} takes F(4×4, 3×3)");
+            let x = rng.randn((n, cin, side, side), DType::F32, &dev).unwrap().affine(2.0, 1.0).unwrap();
+            let x = Var::from_tensor(&x).unwrap();
+            let wt = rng.randn((cout, cin, 3, 3), DType::F32, &dev).unwrap();
+            let wt = if frozen { wt } else { Var::from_tensor(&wt).unwrap().as_tensor().clone() };
+            let c = Var::from_tensor(&rng.randn((n, cout), DType::F32, &dev).unwrap()).unwrap();
+            let r = Var::from_tensor(&rng.randn((n, cout, side, side), DType::F32, &dev).unwrap()).unwrap();
+            let c = if frozen { c.as_tensor().detach() } else { c.as_tensor().clone() };
+            let flat = wt.reshape((cout, cin * 9)).unwrap();
+            let s = 0.7;
+            let (gm, bt) = if frozen {
+                (gamma.as_tensor().detach(), beta.as_tensor().detach())
+            } else {
+                (gamma.as_tensor().clone(), beta.as_tensor().clone())
+            };
+            let norm = normed.then(|| Norm { gamma: &gm, beta: &bt, groups, eps: 1e-6 });
+            let res = residual.then_some((r.as_tensor(), s));
+            let ours = conv2d_normed(x.as_tensor(), norm, &flat, &c, 3, 1, res).unwrap();
+            let a = if normed {
+                candle_core::Module::forward(&gn, x.as_tensor()).unwrap().silu().unwrap()
+            } else {
+                x.as_tensor().clone()
+            };
+            let mut theirs = a
+                .conv2d(&wt, 1, 1, 1, 1)
+                .unwrap()
+                .broadcast_add(&c.unsqueeze(2).unwrap().unsqueeze(3).unwrap())
+                .unwrap();
+            if residual {
+                theirs = ((theirs + r.as_tensor()).unwrap() * s).unwrap();
+            }
+            let case = format!("{side}×{side} normed={normed} residual={residual} frozen={frozen}");
+            let scale = theirs.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(max_diff(&ours, &theirs) < 1e-4 * scale, "{case}: forward {}", max_diff(&ours, &theirs));
+            let weights = rng.randn(ours.shape(), DType::F32, &dev).unwrap();
+            let mut vars = vec![("x", x.as_tensor())];
+            if !frozen {
+                vars.extend([("W", &wt), ("c", &c)]);
+                if normed {
+                    vars.extend([("γ", gamma.as_tensor()), ("β", beta.as_tensor())]);
+                }
+            }
             if residual {
                 vars.push(("r", r.as_tensor()));
             }

@@ -11,3 +11,4 @@ pub mod conv;
 pub mod dense;
 pub mod fused;
 pub mod groupnorm;
+pub mod winograd;

@@ -1,0 +1,530 @@
+//! Winograd's minimal filtering F(4×4, 3×3) for the 3×3, stride-1 "same"
+//! convolution (Lavin & Gray 2016, "Fast Algorithms for Convolutional Neural
+//! Networks", interpolation points 0, ±1, ±2, ∞).
+//!
+//! For a 6×6 input tile d and a 3×3 filter g, the 4×4 output tile
+//!
+//!   Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A
+//!
+//! is the correlation Y[a, b] = Σ_{u,v} g[u, v] d[a + u, b + v], a
+//! convolution layer's product. Over channels the elementwise product is a
+//! sum, so for each of the 36 positions ξ of the tile
+//!
+//!   M_ξ [tiles, C_out] = V_ξ [tiles, C_in] · U_ξ [C_in, C_out],
+//!   U_ξ[i, o] = (G g_{o,i} Gᵀ)_ξ,   V_ξ[t, i] = (Bᵀ d_{t,i} B)_ξ,
+//!
+//! and Y_{t,o} = Aᵀ M_{t,o} A: 36 GEMMs with 36·C_in·C_out multiply–adds
+//! per 4×4 output tile where the direct convolution has 9·16·C_in·C_out,
+//! a quarter. The transforms cost O((C_in + C_out)·tiles) and run on
+//! vectors of [`L`] channels: the input is first copied channel-last into a
+//! zero-bordered buffer (so a tile's 36 pixels are 36 contiguous loads of L
+//! channels), and the output tiles are added into the channel-major result.
+//!
+//! The price is accuracy: the transforms' coefficients (up to 8 in A, 5 in
+//! B, 1/24 in G) amplify f32 rounding, about ten times the direct
+//! product's error (the tests bound it). It is used where θ is frozen or
+//! only read (the forward pass, and ∇ₓ of a frozen network); gradients with
+//! respect to the weights keep the direct product.
+//!
+//! Written by hand: candle has no Winograd convolution, and the `gemm` crate
+//! runs the 36 products.
+
+use super::dense::{gemm_serial, Mat};
+use super::fused::{par_ranges, simd_builds, SharedMut};
+
+/// Channels per vector: one AVX-512 register, two AVX2 ones.
+pub(crate) const L: usize = 16;
+/// Positions ξ of a 6×6 tile.
+const XI: usize = 36;
+/// Output tile side (m of F(m×m, 3×3)).
+const M: usize = 4;
+
+type V = [f32; L];
+
+/// Whether F(4×4, 3×3) serves a k×k convolution of stride `stride` from
+/// C_in to C_out channels on h×w images: 3×3 stride 1, both channel counts
+/// multiples of [`L`], and images of at least 4×4 (smaller ones would be
+/// mostly tile padding).
+pub(crate) fn applies(k: usize, stride: usize, cin: usize, cout: usize, h: usize, w: usize) -> bool {
+    k == 3 && stride == 1 && cin % L == 0 && cout % L == 0 && cin > 0 && cout > 0 && h >= M && w >= M
+}
+
+/// The transformed filters U [36, C_in, C_out] of w [C_out, C_in, 3, 3]
+/// (blocks [`xi_stride`] apart).
+pub(crate) struct Filters {
+    u: Vec<f32>,
+    cin: usize,
+    cout: usize,
+}
+
+/// G g for lanes-wide 3-vectors (a column or a row of L filters): G's six rows.
+#[inline(always)]
+fn filter_1d(g: &[V; 3]) -> [V; 6] {
+    let mut o = [[0f32; L]; 6];
+    for l in 0..L {
+        let [g0, g1, g2] = [g[0][l], g[1][l], g[2][l]];
+        let (even, odd) = (g0 + g2, g1);
+        o[0][l] = g0 * 0.25;
+        o[1][l] = (even + odd) * (-1.0 / 6.0);
+        o[2][l] = (even - odd) * (-1.0 / 6.0);
+        o[3][l] = g0 * (1.0 / 24.0) + g1 * (1.0 / 12.0) + g2 * (1.0 / 6.0);
+        o[4][l] = g0 * (1.0 / 24.0) - g1 * (1.0 / 12.0) + g2 * (1.0 / 6.0);
+        o[5][l] = g2;
+    }
+    o
+}
+
+/// Rows i0..i1 of U [36, C_in, C_out] (blocks [`xi_stride`] apart) from w
+/// [C_out, C_in, 3, 3], L output channels at a time.
+///
+/// # Safety
+/// `u` must hold 36 blocks; no other thread may touch rows i0..i1 of them.
+#[inline(always)]
+unsafe fn filters_body(w: &[f32], cout: usize, cin: usize, rows: std::ops::Range<usize>, u: SharedMut) {
+    let us = xi_stride(cin, cout);
+    for i in rows {
+        for o0 in (0..cout).step_by(L) {
+            // g[a][b][l] = w[o0 + l, i, a, b]
+            // (explicit loops: std::array::from_fn's closures are not
+            // inlined into these target-feature builds, 6 % of a step)
+            let mut g = [[[0f32; L]; 3]; 3];
+            for (l, filter) in w[(o0 * cin + i) * 9..].chunks(cin * 9).take(L).enumerate() {
+                for a in 0..3 {
+                    for b in 0..3 {
+                        g[a][b][l] = filter[a * 3 + b];
+                    }
+                }
+            }
+            // columns first: G g[·][b] (6 of each column), then the rows of that times Gᵀ
+            let mut cols = [[[0f32; L]; 6]; 3];
+            for (b, col) in cols.iter_mut().enumerate() {
+                *col = filter_1d(&[g[0][b], g[1][b], g[2][b]]);
+            }
+            for a in 0..6 {
+                for (b, out) in filter_1d(&[cols[0][a], cols[1][a], cols[2][a]]).iter().enumerate() {
+                    // SAFETY: row i of block ξ = 6a + b, within u and this caller's rows.
+                    unsafe { std::ptr::copy_nonoverlapping(out.as_ptr(), u.ptr().add((a * 6 + b) * us + i * cout + o0), L) };
+                }
+            }
+        }
+    }
+}
+
+/// The safe face of [`filters_body`] for [`simd_builds`]: rows i0..i1.
+#[inline(always)]
+fn filter_rows(w: &[f32], cout: usize, cin: usize, rows: std::ops::Range<usize>, u: SharedMut) {
+    // SAFETY: Filters::new hands each thread its own rows of a buffer of 36 blocks.
+    unsafe { filters_body(w, cout, cin, rows, u) }
+}
+
+simd_builds! {
+    fn filters(w: &[f32], cout: usize, cin: usize, rows: std::ops::Range<usize>, u: SharedMut) = filter_rows;
+}
+
+thread_local! {
+    /// The buffer of the last [`Filters`] this thread dropped: U is remade
+    /// for every call (the weights change each training step), and at 256
+    /// channels it is 9 MiB whose fresh pages cost more than the transform.
+    static SPARE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Filters {
+    /// U_ξ[i, o] = (G g_{o,i} Gᵀ)_ξ, the rows i split across candle's threads.
+    pub(crate) fn new(w: &[f32], cout: usize, cin: usize) -> Self {
+        assert!(cout % L == 0 && w.len() == cout * cin * 9, "winograd: w is [C_out, C_in, 3, 3], C_out a multiple of {L}");
+        let len = XI * xi_stride(cin, cout);
+        let mut u = SPARE.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        // every entry that is read is written below (the gaps between blocks are never read)
+        u.resize(len, 0.0);
+        let out = SharedMut::new(&mut u);
+        par_ranges(cin, |rows| filters(w, cout, cin, rows, out));
+        Self { u, cin, cout }
+    }
+}
+
+impl Drop for Filters {
+    fn drop(&mut self) {
+        let u = std::mem::take(&mut self.u);
+        SPARE.with(|s| {
+            let mut spare = s.borrow_mut();
+            if u.capacity() > spare.capacity() {
+                *spare = u;
+            }
+        });
+    }
+}
+
+/// Bᵀ d for six lanes-wide values (a row or a column of an input tile).
+#[inline(always)]
+fn input_1d(d: &[V; 6]) -> [V; 6] {
+    let mut o = [[0f32; L]; 6];
+    for l in 0..L {
+        let [d0, d1, d2, d3, d4, d5] = [d[0][l], d[1][l], d[2][l], d[3][l], d[4][l], d[5][l]];
+        o[0][l] = 4.0 * d0 - 5.0 * d2 + d4;
+        o[1][l] = (d3 + d4) - 4.0 * (d1 + d2);
+        o[2][l] = (d4 - d3) + 4.0 * (d1 - d2);
+        o[3][l] = (d4 - d2) + 2.0 * (d3 - d1);
+        o[4][l] = (d4 - d2) + 2.0 * (d1 - d3);
+        o[5][l] = 4.0 * d1 - 5.0 * d3 + d5;
+    }
+    o
+}
+
+/// Aᵀ m for six lanes-wide values (a row or a column of a product tile).
+#[inline(always)]
+fn output_1d(m: &[V; 6]) -> [V; M] {
+    let mut o = [[0f32; L]; M];
+    for l in 0..L {
+        let [m0, m1, m2, m3, m4, m5] = [m[0][l], m[1][l], m[2][l], m[3][l], m[4][l], m[5][l]];
+        let (s12, d12, s34, d34) = (m1 + m2, m1 - m2, m3 + m4, m3 - m4);
+        o[0][l] = m0 + s12 + s34;
+        o[1][l] = d12 + 2.0 * d34;
+        o[2][l] = s12 + 4.0 * s34;
+        o[3][l] = d12 + 8.0 * d34 + m5;
+    }
+    o
+}
+
+/// The tiling of h×w images: th×tw tiles of 4×4 outputs, read from a
+/// channel-last copy hp×wp (a one-pixel zero border, and zeros past the
+/// last tile).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Plane {
+    h: usize,
+    w: usize,
+    th: usize,
+    tw: usize,
+    hp: usize,
+    wp: usize,
+}
+
+impl Plane {
+    fn new(h: usize, w: usize) -> Self {
+        let (th, tw) = (h.div_ceil(M), w.div_ceil(M));
+        Self { h, w, th, tw, hp: M * th + 2, wp: M * tw + 2 }
+    }
+
+    fn tiles(&self) -> usize {
+        self.th * self.tw
+    }
+}
+
+/// Output tiles per image of an h×w convolution.
+pub(crate) fn tiles_per_image(h: usize, w: usize) -> usize {
+    Plane::new(h, w).tiles()
+}
+
+/// xpad [n, hp, wp, C]'s interior from x [n, C, h, w] (the border is left alone).
+#[inline(always)]
+fn pad_body(x: &[f32], n: usize, c: usize, p: Plane, xpad: &mut [f32]) {
+    let hw = p.h * p.w;
+    for b in 0..n {
+        let image = &x[b * c * hw..][..c * hw];
+        for c0 in (0..c).step_by(L) {
+            let planes = &image[c0 * hw..][..L * hw];
+            for y in 0..p.h {
+                let row = &mut xpad[((b * p.hp + y + 1) * p.wp + 1) * c..][..p.w * c];
+                for (xx, px) in row.chunks_exact_mut(c).enumerate() {
+                    let px = &mut px[c0..c0 + L];
+                    for l in 0..L {
+                        px[l] = planes[l * hw + y * p.w + xx];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The stride between the 36 blocks [n·tiles, C] of V or M: one vector
+/// more than a block, so that the 36 streams a tile reads or writes fall in
+/// different cache sets (at 16×16 with 256 channels a block is 64 KiB, and
+/// blocks a power of two apart would all map to one set).
+fn xi_stride(nt: usize, c: usize) -> usize {
+    nt * c + L
+}
+
+/// V [36, n·tiles, C] (blocks [`xi_stride`] apart) from xpad [n, hp, wp, C].
+#[inline(always)]
+fn input_body(xpad: &[f32], n: usize, c: usize, p: Plane, v: &mut [f32]) {
+    let vs = xi_stride(n * p.tiles(), c);
+    for b in 0..n {
+        for ty in 0..p.th {
+            for tx in 0..p.tw {
+                let t = (b * p.th + ty) * p.tw + tx;
+                for c0 in (0..c).step_by(L) {
+                    let mut rows = [[[0f32; L]; 6]; 6];
+                    for (i, row) in rows.iter_mut().enumerate() {
+                        let base = ((b * p.hp + M * ty + i) * p.wp + M * tx) * c + c0;
+                        let mut d = [[0f32; L]; 6];
+                        for (k, d) in d.iter_mut().enumerate() {
+                            d.copy_from_slice(&xpad[base + k * c..][..L]);
+                        }
+                        *row = input_1d(&d);
+                    }
+                    for j in 0..6 {
+                        let col = [rows[0][j], rows[1][j], rows[2][j], rows[3][j], rows[4][j], rows[5][j]];
+                        for (a, out) in input_1d(&col).iter().enumerate() {
+                            v[(a * 6 + j) * vs + t * c + c0..][..L].copy_from_slice(out);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// y [n, C, h, w] += Aᵀ M A of every tile, from M [36, n·tiles, C] (blocks
+/// [`xi_stride`] apart). One row of tiles of L channels goes through `rows`
+/// [L, 4, 4·tw] first, so that y is written a whole image row at a time.
+#[inline(always)]
+fn output_body(m: &[f32], n: usize, c: usize, p: Plane, y: &mut [f32], rows: &mut [f32]) {
+    let (ms, hw, rw) = (xi_stride(n * p.tiles(), c), p.h * p.w, M * p.tw);
+    for b in 0..n {
+        for o0 in (0..c).step_by(L) {
+            for ty in 0..p.th {
+                for tx in 0..p.tw {
+                    let t = (b * p.th + ty) * p.tw + tx;
+                    let mut z = [[[0f32; L]; M]; 6];
+                    for (i, zi) in z.iter_mut().enumerate() {
+                        let mut r = [[0f32; L]; 6];
+                        for (j, r) in r.iter_mut().enumerate() {
+                            r.copy_from_slice(&m[(i * 6 + j) * ms + t * c + o0..][..L]);
+                        }
+                        *zi = output_1d(&r);
+                    }
+                    for bc in 0..M {
+                        let col = [z[0][bc], z[1][bc], z[2][bc], z[3][bc], z[4][bc], z[5][bc]];
+                        for (a, out) in output_1d(&col).iter().enumerate() {
+                            for (l, &v) in out.iter().enumerate() {
+                                rows[(l * M + a) * rw + M * tx + bc] = v;
+                            }
+                        }
+                    }
+                }
+                for l in 0..L {
+                    let plane = &mut y[(b * c + o0 + l) * hw..][..hw];
+                    for a in 0..M.min(p.h - M * ty) {
+                        let (dst, src) = (&mut plane[(M * ty + a) * p.w..][..p.w], &rows[(l * M + a) * rw..][..p.w]);
+                        for (d, &s) in dst.iter_mut().zip(src) {
+                            *d += s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+simd_builds! {
+    fn pad(x: &[f32], n: usize, c: usize, p: Plane, xpad: &mut [f32]) = pad_body;
+}
+
+simd_builds! {
+    fn input_transform(xpad: &[f32], n: usize, c: usize, p: Plane, v: &mut [f32]) = input_body;
+}
+
+simd_builds! {
+    fn output_transform(m: &[f32], n: usize, c: usize, p: Plane, y: &mut [f32], rows: &mut [f32]) = output_body;
+}
+
+/// One thread's buffers, kept between calls (see [`with_scratch`]).
+#[derive(Default)]
+pub(crate) struct Scratch {
+    xpad: Vec<f32>,
+    /// (n, C, plane) xpad's border was zeroed for.
+    padded: Option<(usize, usize, Plane)>,
+    v: Vec<f32>,
+    m: Vec<f32>,
+    rows: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// Runs `f` with this thread's [`Scratch`]: the buffers live as long as the
+/// thread (candle's pool keeps its workers), so a sampling loop's calls
+/// do not map and fault in fresh pages for them each time (7 % of a CIFAR
+/// sampling step when they were per call).
+pub(crate) fn with_scratch<T>(f: impl FnOnce(&mut Scratch) -> T) -> T {
+    SCRATCH.with(|s| f(&mut s.borrow_mut()))
+}
+
+/// y [n, C_out, h, w] += conv(x [n, C_in, h, w]; g) for the filters g that
+/// `f` holds, on this thread (the caller splits the batch).
+pub(crate) fn conv_add(f: &Filters, x: &[f32], n: usize, h: usize, w: usize, y: &mut [f32], s: &mut Scratch) {
+    let (cin, cout, p) = (f.cin, f.cout, Plane::new(h, w));
+    assert!(applies(3, 1, cin, cout, h, w), "winograd: {cin} → {cout} channels on {h}×{w}");
+    assert_eq!(x.len(), n * cin * h * w, "winograd: x");
+    assert_eq!(y.len(), n * cout * h * w, "winograd: y");
+    if s.padded != Some((n, cin, p)) {
+        s.xpad.clear();
+        s.xpad.resize(n * p.hp * p.wp * cin, 0.0);
+        s.padded = Some((n, cin, p));
+    }
+    pad(x, n, cin, p, &mut s.xpad);
+    let nt = n * p.tiles();
+    let (vs, ms) = (xi_stride(nt, cin), xi_stride(nt, cout));
+    s.v.resize(XI * vs, 0.0);
+    s.m.resize(XI * ms, 0.0);
+    s.rows.resize(L * M * M * p.tw, 0.0);
+    input_transform(&s.xpad, n, cin, p, &mut s.v);
+    for xi in 0..XI {
+        let (u, v) = (&f.u[xi * xi_stride(cin, cout)..][..cin * cout], &s.v[xi * vs..][..nt * cin]);
+        let m = &mut s.m[xi * ms..][..nt * cout];
+        // M_ξ [nt, C_out] = V_ξ [nt, C_in] U_ξ [C_in, C_out], computed as
+        // M_ξᵀ = U_ξᵀ V_ξᵀ so that the GEMM's m (C_out) is contiguous in the
+        // output and in U (no packing of the left operand).
+        // SAFETY: m is [nt, C_out]; U_ξ [C_in, C_out] and V_ξ [nt, C_in], read transposed.
+        unsafe { gemm_serial(cout, nt, cin, m.as_mut_ptr(), (1, cout as isize), false, Mat::t(u, cout), Mat::t(v, cin)) };
+    }
+    output_transform(&s.m, n, cout, p, y, &mut s.rows);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scoregen_core::rng::Rng;
+
+    fn uniform(rng: &mut Rng, n: usize) -> Vec<f32> {
+        (0..n).map(|_| (2.0 * rng.uniform() - 1.0) as f32).collect()
+    }
+
+    /// The direct correlation with zero padding, in f64: y[b, o] = Σ_i w[o, i] ⋆ x[b, i].
+    fn direct(w: &[f32], x: &[f32], n: usize, cin: usize, cout: usize, h: usize, wd: usize) -> (Vec<f64>, Vec<f64>) {
+        let (mut y, mut mag) = (vec![0f64; n * cout * h * wd], vec![0f64; n * cout * h * wd]);
+        for b in 0..n {
+            for o in 0..cout {
+                for py in 0..h {
+                    for px in 0..wd {
+                        let (mut s, mut a) = (0f64, 0f64);
+                        for i in 0..cin {
+                            for u in 0..3 {
+                                for v in 0..3 {
+                                    let (yy, xx) = (py as isize + u as isize - 1, px as isize + v as isize - 1);
+                                    if yy < 0 || xx < 0 || yy >= h as isize || xx >= wd as isize {
+                                        continue;
+                                    }
+                                    let xv = x[((b * cin + i) * h + yy as usize) * wd + xx as usize] as f64;
+                                    let wv = w[((o * cin + i) * 3 + u) * 3 + v] as f64;
+                                    s += xv * wv;
+                                    a += (xv * wv).abs();
+                                }
+                            }
+                        }
+                        y[((b * cout + o) * h + py) * wd + px] = s;
+                        mag[((b * cout + o) * h + py) * wd + px] = a;
+                    }
+                }
+            }
+        }
+        (y, mag)
+    }
+
+    /// The largest error of F(4×4, 3×3) against the f64 correlation, relative
+    /// to Σ|w||x| of each output (the scale of the direct product's own rounding).
+    fn worst_error(n: usize, cin: usize, cout: usize, h: usize, w: usize, seed: u64) -> f64 {
+        let mut rng = Rng::new(seed, 0);
+        let (x, wt, bias) =
+            (uniform(&mut rng, n * cin * h * w), uniform(&mut rng, cout * cin * 9), uniform(&mut rng, n * cout * h * w));
+        let mut y = bias.clone();
+        conv_add(&Filters::new(&wt, cout, cin), &x, n, h, w, &mut y, &mut Scratch::default());
+        let (exact, mag) = direct(&wt, &x, n, cin, cout, h, w);
+        let mut worst = 0f64;
+        for ((&y, &b), (&e, &a)) in y.iter().zip(&bias).zip(exact.iter().zip(&mag)) {
+            worst = worst.max(((y as f64 - b as f64) - e).abs() / a);
+        }
+        worst
+    }
+
+    #[test]
+    fn matches_the_direct_convolution_on_every_image_shape() {
+        // the tiles: exact fits (4×4, 8×8, 16×16), partial last tiles (5×9, 7×7, 14×14), several images
+        for (n, cin, cout, h, w) in
+            [(1, 16, 16, 4, 4), (2, 16, 32, 8, 8), (3, 32, 16, 7, 7), (1, 16, 16, 5, 9), (2, 16, 16, 14, 14), (1, 32, 32, 16, 16)]
+        {
+            let err = worst_error(n, cin, cout, h, w, 7 + h as u64);
+            // f32 rounding (2⁻²⁴ ≈ 6e-8) amplified by the transforms' coefficients:
+            // measured 1–3e-6 relative to Σ|w||x|; a wrong coefficient or tile offset is O(1)
+            assert!(err < 2e-5, "{n}×{cin}→{cout} on {h}×{w}: relative error {err:e}");
+        }
+    }
+
+    #[test]
+    #[ignore]
+    fn timing() {
+        for (n, c, h) in [(1usize, 128usize, 32usize), (2, 128, 32), (4, 128, 32), (4, 256, 16), (8, 256, 16), (16, 256, 16), (16, 256, 8), (32, 256, 8), (64, 256, 8), (1, 64, 28), (4, 64, 14), (8, 64, 7), (1, 16, 28)] {
+            let mut rng = Rng::new(1, 0);
+            let (x, wt) = (uniform(&mut rng, n * c * h * h), uniform(&mut rng, c * c * 9));
+            let f = Filters::new(&wt, c, c);
+            let mut y = vec![0f32; n * c * h * h];
+            let mut s = Scratch::default();
+            conv_add(&f, &x, n, h, h, &mut y, &mut s);
+            let _ = Filters::new(&wt, c, c);
+            let t0 = std::time::Instant::now();
+            let _ = Filters::new(&wt, c, c);
+            eprintln!("filters {:.3} ms", t0.elapsed().as_secs_f64() * 1e3);
+            let reps = 20;
+            let t0 = std::time::Instant::now();
+            for _ in 0..reps { conv_add(&f, &x, n, h, h, &mut y, &mut s); }
+            let wino = t0.elapsed().as_secs_f64() / reps as f64;
+            // phases
+            let p = Plane::new(h, h);
+            let t0 = std::time::Instant::now();
+            for _ in 0..reps { pad(&x, n, c, p, &mut s.xpad); }
+            let tp = t0.elapsed().as_secs_f64() / reps as f64;
+            let t0 = std::time::Instant::now();
+            for _ in 0..reps { input_transform(&s.xpad, n, c, p, &mut s.v); }
+            let ti = t0.elapsed().as_secs_f64() / reps as f64;
+            let t0 = std::time::Instant::now();
+            for _ in 0..reps { output_transform(&s.m, n, c, p, &mut y, &mut s.rows); }
+            let to = t0.elapsed().as_secs_f64() / reps as f64;
+            // direct: im2col GEMM flops at the measured rate
+            let flops = 2.0 * 9.0 * (c * c * h * h * n) as f64;
+            eprintln!("n{n} c{c} {h}x{h}: wino {:.3} ms (pad {:.3} in {:.3} out {:.3}) = {:.0} direct-GF/s", wino * 1e3, tp*1e3, ti*1e3, to*1e3, flops / wino / 1e9);
+        }
+    }
+
+    #[test]
+    fn every_simd_build_gives_the_baseline_bits() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::nets::kernels::fused::{simd, Simd};
+            let (n, c, h, w) = (2, 32, 7, 9);
+            let p = Plane::new(h, w);
+            let x = uniform(&mut Rng::new(3, 0), n * c * h * w);
+            let run = |level: Simd| {
+                let mut xpad = vec![0f32; n * p.hp * p.wp * c];
+                let mut v = vec![0f32; XI * xi_stride(n * p.tiles(), c)];
+                let (mut y, mut rows) = (vec![0f32; n * c * h * w], vec![0f32; L * M * M * p.tw]);
+                // SAFETY: each build only where the CPU has its features.
+                unsafe {
+                    match level {
+                        Simd::Avx512 => {
+                            pad::avx512(&x, n, c, p, &mut xpad);
+                            input_transform::avx512(&xpad, n, c, p, &mut v);
+                            output_transform::avx512(&v, n, c, p, &mut y, &mut rows);
+                        }
+                        Simd::Avx2 => {
+                            pad::avx2(&x, n, c, p, &mut xpad);
+                            input_transform::avx2(&xpad, n, c, p, &mut v);
+                            output_transform::avx2(&v, n, c, p, &mut y, &mut rows);
+                        }
+                        Simd::Base => {
+                            pad_body(&x, n, c, p, &mut xpad);
+                            input_body(&xpad, n, c, p, &mut v);
+                            output_body(&v, n, c, p, &mut y, &mut rows);
+                        }
+                    }
+                }
+                (v, y)
+            };
+            let base = run(Simd::Base);
+            for level in [Simd::Avx2, Simd::Avx512] {
+                if simd() == Simd::Avx512 || (level == Simd::Avx2 && simd() == Simd::Avx2) {
+                    assert!(run(level) == base, "{level:?}");
+                }
+            }
+        }
+    }
+}
