@@ -142,6 +142,19 @@ fn balanced_group(group: usize, n: usize, threads: usize) -> usize {
 /// fills: 64 columns (a 32×32 image alone, 16 images of 8×8).
 const WINOGRAD_COLS: usize = 64;
 
+/// The fewest output tiles in a batch (N·⌈H/4⌉·⌈W/4⌉) for which F(4×4, 3×3)
+/// is used: the transformed filters U are 4× the weights (36 against 9
+/// values per filter), written once per call and read once per tile group,
+/// so with few tiles (CIFAR's 4×4 level at batch 8: 8 tiles, 256 → 512
+/// channels, 19 MiB of U) the product is bound by that memory traffic, not
+/// by its FLOPs, and the direct product is faster.
+const WINOGRAD_MIN_TILES: usize = 64;
+
+thread_local! {
+    /// [`WINOGRAD_MIN_TILES`], lowered by the tests to take the Winograd path on small batches.
+    static MIN_TILES: std::cell::Cell<usize> = const { std::cell::Cell::new(WINOGRAD_MIN_TILES) };
+}
+
 /// Images per Winograd tile group for h×w images: as many as fill [`WINOGRAD_COLS`] tiles.
 fn winograd_group(h: usize, w: usize) -> usize {
     (WINOGRAD_COLS / winograd::tiles_per_image(h, w)).max(1)
@@ -160,11 +173,24 @@ impl Geometry {
         let (cin, h, w) = (x[1], x[2], x[3]);
         let hw = (h / stride) * (w / stride);
         let norm = norm.map(|(groups, eps)| NormDims::of(x, groups, eps, true));
-        let mut g =
-            Self { cin, cout, k, stride, image: (cin, h, w), x_len: cin * h * w, hw_out: hw, norm, group: 1, winograd: None };
+        let mut g = Self {
+            cin,
+            cout,
+            k,
+            stride,
+            image: (cin, h, w),
+            x_len: cin * h * w,
+            hw_out: hw,
+            norm,
+            group: 1,
+            winograd: None,
+        };
         let threads = candle_core::utils::get_num_threads();
         g.group = balanced_group(group_size(&g).min(x[0]).max(1), x[0], threads);
-        g.winograd = (winograd_enabled() && winograd::applies(k, stride, cin, cout, h, w))
+        let min_tiles = MIN_TILES.with(|t| t.get());
+        g.winograd = (winograd_enabled()
+            && winograd::applies(k, stride, cin, cout, h, w)
+            && x[0] * winograd::tiles_per_image(h, w) >= min_tiles)
             .then(|| balanced_group(winograd_group(h, w).min(x[0]).max(1), x[0], threads));
         g
     }
@@ -283,8 +309,8 @@ fn forward(
     let g = &g.for_winograd();
     let (rows, hw, cout) = (g.rows(), g.hw_out, g.cout);
     let (w, c, gamma, beta) = g.split(theta, n);
-    let w_scaled: Vec<f32> = w.iter().map(|v| v * scale).collect();
-    let filters = g.winograd.map(|_| winograd::Filters::new(&w_scaled, cout, g.cin));
+    let filters = g.winograd.map(|_| winograd::Filters::new(w, cout, g.cin, winograd::Of { scale, adjoint: false }));
+    let w_scaled: Vec<f32> = if filters.is_some() { Vec::new() } else { w.iter().map(|v| v * scale).collect() };
     // not zeroed: every entry is set to its bias (and residual) below before the GEMM adds to it
     let mut y: Vec<f32> = Vec::with_capacity(n * cout * hw);
     let (out, len) = (SharedMut::from_ptr(y.as_mut_ptr()), cout * hw);
@@ -345,7 +371,7 @@ fn forward(
             }
             if let Some(f) = &filters {
                 // y += (s·W) ⋆ x by F(4×4, 3×3)
-                winograd::with_scratch(|s| winograd::conv_add(f, x, tile.n, g.image.1, g.image.2, y, s));
+                winograd::with_scratch(|s| winograd::conv(f, x, tile.n, (g.image.1, g.image.2), y, true, s));
                 continue;
             }
             // y_b += W P_b (y [C_out, hw], W [C_out, rows], P [rows, ld])
@@ -456,9 +482,14 @@ fn backward(
     let (dw, rest) = rest.split_at_mut(if want_w { cout * rows } else { 0 });
     let (dc, dnorm) = rest.split_at_mut(if want_w { n * cout } else { 0 });
     // dx = W̃ im2col(s·dy) for stride 1, col2im((s·W)ᵀ dy) for stride 2
-    let w_adj = if g.stride == 1 { adjoint_weights(g, w, scale) } else { w.iter().map(|v| v * scale).collect() };
     // dx = W̃ ⋆ (s·dy) by F(4×4, 3×3) where it serves (W̃ maps C_out to C_in channels)
-    let adjoint = g.winograd.filter(|_| want_input).map(|_| winograd::Filters::new(&w_adj, cin, cout));
+    let of = winograd::Of { scale, adjoint: true };
+    let adjoint = g.winograd.filter(|_| want_input).map(|_| winograd::Filters::new(w, cin, cout, of));
+    let w_adj = match (&adjoint, g.stride) {
+        (Some(_), _) => Vec::new(),
+        (None, 1) => adjoint_weights(g, w, scale),
+        (None, _) => w.iter().map(|v| v * scale).collect(),
+    };
     let (dx_out, dc_out) = (SharedMut::new(dx), SharedMut::new(dc));
     // dWᵀ, dγ and dβ: per range of tiles, then summed in the ranges' order
     let totals = par_ranges_sum(g.tiles(n), partial_len, |tiles| {
@@ -515,8 +546,7 @@ fn backward(
             }
             let target: &mut [f32] = if g.norm.is_some() { &mut da } else { dx };
             if let Some(f) = &adjoint {
-                target.fill(0.0);
-                winograd::with_scratch(|s| winograd::conv_add(f, dy, tile.n, g.image.1, g.image.2, target, s));
+                winograd::with_scratch(|s| winograd::conv(f, dy, tile.n, (g.image.1, g.image.2), target, false, s));
             } else if g.stride == 1 {
                 let q = patches(dy, &tile.adjoint, g.k == 1 && tile.n == 1, &mut dy_buf);
                 let kk = cout * g.k * g.k;
@@ -993,12 +1023,15 @@ mod tests {
     /// and without the norm and the residual, with θ tracked (a training step:
     /// dW by the direct product) and frozen (a likelihood's ∇ₓ, on the
     /// Winograd tile groups), on 4×4 (one tile), 7×7 and 10×10 (partial
-    /// tiles) and 16×16 images. The sums have C_in·9 = 144 terms; the
+    /// tiles) and 16×16 images (all under the minimum of tiles lowered to
+    /// one; with it, a small batch of small images keeps the direct product).
+    /// The sums have C_in·9 = 144 terms; the
     /// transforms' rounding (at most 2e-5 of Σ|w||x| in the kernel's own
     /// test, about 1e-5 of the largest entry here) stays inside the 1e-4
     /// relative tolerance of the tests above.
     #[test]
     fn the_winograd_path_matches_candle_and_its_gradients() {
+        MIN_TILES.with(|t| t.set(1));
         let dev = Device::Cpu;
         let mut rng = scoregen_core::rng::Rng::new(15, 0);
         let (n, cin, cout, groups) = (5, 16, 32, 4);
@@ -1027,7 +1060,7 @@ mod tests {
             } else {
                 (gamma.as_tensor().clone(), beta.as_tensor().clone())
             };
-            let norm = normed.then(|| Norm { gamma: &gm, beta: &bt, groups, eps: 1e-6 });
+            let norm = normed.then_some(Norm { gamma: &gm, beta: &bt, groups, eps: 1e-6 });
             let res = residual.then_some((r.as_tensor(), s));
             let ours = conv2d_normed(x.as_tensor(), norm, &flat, &c, 3, 1, res).unwrap();
             let a = if normed {
@@ -1059,6 +1092,9 @@ mod tests {
             }
             assert_same_gradients(&ours, &theirs, &weights, &vars, (1e-4, 0.0), &case);
         }
+        MIN_TILES.with(|t| t.set(WINOGRAD_MIN_TILES));
+        let few = Geometry::new(&[2, 256, 4, 4], 256, 3, 1, None);
+        assert!(few.winograd.is_none(), "2 images of 4×4 are 2 tiles: the direct product");
     }
 
     /// The same inputs give the same gradients, bit for bit, on four threads

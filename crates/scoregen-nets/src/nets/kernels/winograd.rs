@@ -46,7 +46,7 @@ type V = [f32; L];
 /// multiples of [`L`], and images of at least 4×4 (smaller ones would be
 /// mostly tile padding).
 pub(crate) fn applies(k: usize, stride: usize, cin: usize, cout: usize, h: usize, w: usize) -> bool {
-    k == 3 && stride == 1 && cin % L == 0 && cout % L == 0 && cin > 0 && cout > 0 && h >= M && w >= M
+    k == 3 && stride == 1 && cin.is_multiple_of(L) && cout.is_multiple_of(L) && cin > 0 && cout > 0 && h >= M && w >= M
 }
 
 /// The transformed filters U [36, C_in, C_out] of w [C_out, C_in, 3, 3]
@@ -80,18 +80,22 @@ fn filter_1d(g: &[V; 3]) -> [V; 6] {
 /// # Safety
 /// `u` must hold 36 blocks; no other thread may touch rows i0..i1 of them.
 #[inline(always)]
-unsafe fn filters_body(w: &[f32], cout: usize, cin: usize, rows: std::ops::Range<usize>, u: SharedMut) {
+#[allow(clippy::needless_range_loop)] // g[a][b][l] is filled lane by lane, index by index
+unsafe fn filters_body(w: &[f32], cout: usize, cin: usize, rows: std::ops::Range<usize>, u: SharedMut, of: Of) {
     let us = xi_stride(cin, cout);
     for i in rows {
         for o0 in (0..cout).step_by(L) {
-            // g[a][b][l] = w[o0 + l, i, a, b]
+            // g[a][b][l] = s·w[o0 + l, i, a, b], or s·w[i, o0 + l, 2 − a, 2 − b] for the adjoint
             // (explicit loops: std::array::from_fn's closures are not
             // inlined into these target-feature builds, 6 % of a step)
             let mut g = [[[0f32; L]; 3]; 3];
-            for (l, filter) in w[(o0 * cin + i) * 9..].chunks(cin * 9).take(L).enumerate() {
+            for l in 0..L {
+                let o = o0 + l;
+                let kernel = if of.adjoint { &w[(i * cout + o) * 9..][..9] } else { &w[(o * cin + i) * 9..][..9] };
                 for a in 0..3 {
                     for b in 0..3 {
-                        g[a][b][l] = filter[a * 3 + b];
+                        let ab = if of.adjoint { 8 - 3 * a - b } else { 3 * a + b };
+                        g[a][b][l] = of.scale * kernel[ab];
                     }
                 }
             }
@@ -103,7 +107,9 @@ unsafe fn filters_body(w: &[f32], cout: usize, cin: usize, rows: std::ops::Range
             for a in 0..6 {
                 for (b, out) in filter_1d(&[cols[0][a], cols[1][a], cols[2][a]]).iter().enumerate() {
                     // SAFETY: row i of block ξ = 6a + b, within u and this caller's rows.
-                    unsafe { std::ptr::copy_nonoverlapping(out.as_ptr(), u.ptr().add((a * 6 + b) * us + i * cout + o0), L) };
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(out.as_ptr(), u.ptr().add((a * 6 + b) * us + i * cout + o0), L)
+                    };
                 }
             }
         }
@@ -112,13 +118,22 @@ unsafe fn filters_body(w: &[f32], cout: usize, cin: usize, rows: std::ops::Range
 
 /// The safe face of [`filters_body`] for [`simd_builds`]: rows i0..i1.
 #[inline(always)]
-fn filter_rows(w: &[f32], cout: usize, cin: usize, rows: std::ops::Range<usize>, u: SharedMut) {
+fn filter_rows(w: &[f32], cout: usize, cin: usize, rows: std::ops::Range<usize>, u: SharedMut, of: Of) {
     // SAFETY: Filters::new hands each thread its own rows of a buffer of 36 blocks.
-    unsafe { filters_body(w, cout, cin, rows, u) }
+    unsafe { filters_body(w, cout, cin, rows, u, of) }
 }
 
 simd_builds! {
-    fn filters(w: &[f32], cout: usize, cin: usize, rows: std::ops::Range<usize>, u: SharedMut) = filter_rows;
+    fn filters(w: &[f32], cout: usize, cin: usize, rows: std::ops::Range<usize>, u: SharedMut, of: Of) = filter_rows;
+}
+
+/// Which filters [`Filters::new`] transforms: s·g of the convolution whose
+/// weights it is given, or of its adjoint (input and output channels
+/// swapped, the kernel turned by 180°: the convolution whose product is dx).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Of {
+    pub scale: f32,
+    pub adjoint: bool,
 }
 
 thread_local! {
@@ -129,15 +144,20 @@ thread_local! {
 }
 
 impl Filters {
-    /// U_ξ[i, o] = (G g_{o,i} Gᵀ)_ξ, the rows i split across candle's threads.
-    pub(crate) fn new(w: &[f32], cout: usize, cin: usize) -> Self {
-        assert!(cout % L == 0 && w.len() == cout * cin * 9, "winograd: w is [C_out, C_in, 3, 3], C_out a multiple of {L}");
+    /// U_ξ[i, o] = (G g_{o,i} Gᵀ)_ξ for the filters g `of` w [C_out, C_in, 3, 3]
+    /// (for the adjoint, w is [C_in, C_out, 3, 3]: the forward's weights), the
+    /// rows i split across candle's threads.
+    pub(crate) fn new(w: &[f32], cout: usize, cin: usize, of: Of) -> Self {
+        assert!(
+            cout.is_multiple_of(L) && w.len() == cout * cin * 9,
+            "winograd: w holds C_out × C_in 3×3 filters, C_out a multiple of {L}"
+        );
         let len = XI * xi_stride(cin, cout);
         let mut u = SPARE.with(|s| std::mem::take(&mut *s.borrow_mut()));
         // every entry that is read is written below (the gaps between blocks are never read)
         u.resize(len, 0.0);
         let out = SharedMut::new(&mut u);
-        par_ranges(cin, |rows| filters(w, cout, cin, rows, out));
+        par_ranges(cin, |rows| filters(w, cout, cin, rows, out, of));
         Self { u, cin, cout }
     }
 }
@@ -273,11 +293,12 @@ fn input_body(xpad: &[f32], n: usize, c: usize, p: Plane, v: &mut [f32]) {
     }
 }
 
-/// y [n, C, h, w] += Aᵀ M A of every tile, from M [36, n·tiles, C] (blocks
-/// [`xi_stride`] apart). One row of tiles of L channels goes through `rows`
-/// [L, 4, 4·tw] first, so that y is written a whole image row at a time.
+/// y [n, C, h, w] += Aᵀ M A of every tile (y := with `add` false), from M
+/// [36, n·tiles, C] (blocks [`xi_stride`] apart). One row of tiles of L
+/// channels goes through `rows` [L, 4, 4·tw] first, so that y is written a
+/// whole image row at a time.
 #[inline(always)]
-fn output_body(m: &[f32], n: usize, c: usize, p: Plane, y: &mut [f32], rows: &mut [f32]) {
+fn output_body(m: &[f32], n: usize, c: usize, p: Plane, y: &mut [f32], rows: &mut [f32], add: bool) {
     let (ms, hw, rw) = (xi_stride(n * p.tiles(), c), p.h * p.w, M * p.tw);
     for b in 0..n {
         for o0 in (0..c).step_by(L) {
@@ -305,8 +326,12 @@ fn output_body(m: &[f32], n: usize, c: usize, p: Plane, y: &mut [f32], rows: &mu
                     let plane = &mut y[(b * c + o0 + l) * hw..][..hw];
                     for a in 0..M.min(p.h - M * ty) {
                         let (dst, src) = (&mut plane[(M * ty + a) * p.w..][..p.w], &rows[(l * M + a) * rw..][..p.w]);
-                        for (d, &s) in dst.iter_mut().zip(src) {
-                            *d += s;
+                        if add {
+                            for (d, &s) in dst.iter_mut().zip(src) {
+                                *d += s;
+                            }
+                        } else {
+                            dst.copy_from_slice(src);
                         }
                     }
                 }
@@ -324,7 +349,7 @@ simd_builds! {
 }
 
 simd_builds! {
-    fn output_transform(m: &[f32], n: usize, c: usize, p: Plane, y: &mut [f32], rows: &mut [f32]) = output_body;
+    fn output_transform(m: &[f32], n: usize, c: usize, p: Plane, y: &mut [f32], rows: &mut [f32], add: bool) = output_body;
 }
 
 /// One thread's buffers, kept between calls (see [`with_scratch`]).
@@ -351,8 +376,18 @@ pub(crate) fn with_scratch<T>(f: impl FnOnce(&mut Scratch) -> T) -> T {
 }
 
 /// y [n, C_out, h, w] += conv(x [n, C_in, h, w]; g) for the filters g that
-/// `f` holds, on this thread (the caller splits the batch).
-pub(crate) fn conv_add(f: &Filters, x: &[f32], n: usize, h: usize, w: usize, y: &mut [f32], s: &mut Scratch) {
+/// `f` holds (y := with `add` false: y may hold anything before), on this
+/// thread (the caller splits the batch).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv(
+    f: &Filters,
+    x: &[f32],
+    n: usize,
+    (h, w): (usize, usize),
+    y: &mut [f32],
+    add: bool,
+    s: &mut Scratch,
+) {
     let (cin, cout, p) = (f.cin, f.cout, Plane::new(h, w));
     assert!(applies(3, 1, cin, cout, h, w), "winograd: {cin} → {cout} channels on {h}×{w}");
     assert_eq!(x.len(), n * cin * h * w, "winograd: x");
@@ -374,11 +409,14 @@ pub(crate) fn conv_add(f: &Filters, x: &[f32], n: usize, h: usize, w: usize, y: 
         let m = &mut s.m[xi * ms..][..nt * cout];
         // M_ξ [nt, C_out] = V_ξ [nt, C_in] U_ξ [C_in, C_out], computed as
         // M_ξᵀ = U_ξᵀ V_ξᵀ so that the GEMM's m (C_out) is contiguous in the
-        // output and in U (no packing of the left operand).
+        // output and in U (the crate still copies U_ξ into its panel layout per
+        // call; splitting the call to avoid that was slower, 5 %).
         // SAFETY: m is [nt, C_out]; U_ξ [C_in, C_out] and V_ξ [nt, C_in], read transposed.
-        unsafe { gemm_serial(cout, nt, cin, m.as_mut_ptr(), (1, cout as isize), false, Mat::t(u, cout), Mat::t(v, cin)) };
+        unsafe {
+            gemm_serial(cout, nt, cin, m.as_mut_ptr(), (1, cout as isize), false, Mat::t(u, cout), Mat::t(v, cin))
+        };
     }
-    output_transform(&s.m, n, cout, p, y, &mut s.rows);
+    output_transform(&s.m, n, cout, p, y, &mut s.rows, add);
 }
 
 #[cfg(test)]
@@ -425,10 +463,21 @@ mod tests {
     /// to Σ|w||x| of each output (the scale of the direct product's own rounding).
     fn worst_error(n: usize, cin: usize, cout: usize, h: usize, w: usize, seed: u64) -> f64 {
         let mut rng = Rng::new(seed, 0);
-        let (x, wt, bias) =
-            (uniform(&mut rng, n * cin * h * w), uniform(&mut rng, cout * cin * 9), uniform(&mut rng, n * cout * h * w));
+        let (x, wt, bias) = (
+            uniform(&mut rng, n * cin * h * w),
+            uniform(&mut rng, cout * cin * 9),
+            uniform(&mut rng, n * cout * h * w),
+        );
         let mut y = bias.clone();
-        conv_add(&Filters::new(&wt, cout, cin), &x, n, h, w, &mut y, &mut Scratch::default());
+        conv(
+            &Filters::new(&wt, cout, cin, Of { scale: 1.0, adjoint: false }),
+            &x,
+            n,
+            (h, w),
+            &mut y,
+            true,
+            &mut Scratch::default(),
+        );
         let (exact, mag) = direct(&wt, &x, n, cin, cout, h, w);
         let mut worst = 0f64;
         for ((&y, &b), (&e, &a)) in y.iter().zip(&bias).zip(exact.iter().zip(&mag)) {
@@ -440,9 +489,14 @@ mod tests {
     #[test]
     fn matches_the_direct_convolution_on_every_image_shape() {
         // the tiles: exact fits (4×4, 8×8, 16×16), partial last tiles (5×9, 7×7, 14×14), several images
-        for (n, cin, cout, h, w) in
-            [(1, 16, 16, 4, 4), (2, 16, 32, 8, 8), (3, 32, 16, 7, 7), (1, 16, 16, 5, 9), (2, 16, 16, 14, 14), (1, 32, 32, 16, 16)]
-        {
+        for (n, cin, cout, h, w) in [
+            (1, 16, 16, 4, 4),
+            (2, 16, 32, 8, 8),
+            (3, 32, 16, 7, 7),
+            (1, 16, 16, 5, 9),
+            (2, 16, 16, 14, 14),
+            (1, 32, 32, 16, 16),
+        ] {
             let err = worst_error(n, cin, cout, h, w, 7 + h as u64);
             // f32 rounding (2⁻²⁴ ≈ 6e-8) amplified by the transforms' coefficients:
             // measured 1–3e-6 relative to Σ|w||x|; a wrong coefficient or tile offset is O(1)
@@ -453,35 +507,64 @@ mod tests {
     #[test]
     #[ignore]
     fn timing() {
-        for (n, c, h) in [(1usize, 128usize, 32usize), (2, 128, 32), (4, 128, 32), (4, 256, 16), (8, 256, 16), (16, 256, 16), (16, 256, 8), (32, 256, 8), (64, 256, 8), (1, 64, 28), (4, 64, 14), (8, 64, 7), (1, 16, 28)] {
+        for (n, c, h) in [
+            (1usize, 128usize, 32usize),
+            (2, 128, 32),
+            (4, 128, 32),
+            (4, 256, 16),
+            (8, 256, 16),
+            (16, 256, 16),
+            (16, 256, 8),
+            (32, 256, 8),
+            (64, 256, 8),
+            (1, 64, 28),
+            (4, 64, 14),
+            (8, 64, 7),
+            (1, 16, 28),
+        ] {
             let mut rng = Rng::new(1, 0);
             let (x, wt) = (uniform(&mut rng, n * c * h * h), uniform(&mut rng, c * c * 9));
-            let f = Filters::new(&wt, c, c);
+            let f = Filters::new(&wt, c, c, Of { scale: 1.0, adjoint: false });
             let mut y = vec![0f32; n * c * h * h];
             let mut s = Scratch::default();
-            conv_add(&f, &x, n, h, h, &mut y, &mut s);
-            let _ = Filters::new(&wt, c, c);
+            conv(&f, &x, n, (h, h), &mut y, true, &mut s);
+            let _ = Filters::new(&wt, c, c, Of { scale: 1.0, adjoint: false });
             let t0 = std::time::Instant::now();
-            let _ = Filters::new(&wt, c, c);
+            let _ = Filters::new(&wt, c, c, Of { scale: 1.0, adjoint: false });
             eprintln!("filters {:.3} ms", t0.elapsed().as_secs_f64() * 1e3);
             let reps = 20;
             let t0 = std::time::Instant::now();
-            for _ in 0..reps { conv_add(&f, &x, n, h, h, &mut y, &mut s); }
+            for _ in 0..reps {
+                conv(&f, &x, n, (h, h), &mut y, true, &mut s);
+            }
             let wino = t0.elapsed().as_secs_f64() / reps as f64;
             // phases
             let p = Plane::new(h, h);
             let t0 = std::time::Instant::now();
-            for _ in 0..reps { pad(&x, n, c, p, &mut s.xpad); }
+            for _ in 0..reps {
+                pad(&x, n, c, p, &mut s.xpad);
+            }
             let tp = t0.elapsed().as_secs_f64() / reps as f64;
             let t0 = std::time::Instant::now();
-            for _ in 0..reps { input_transform(&s.xpad, n, c, p, &mut s.v); }
+            for _ in 0..reps {
+                input_transform(&s.xpad, n, c, p, &mut s.v);
+            }
             let ti = t0.elapsed().as_secs_f64() / reps as f64;
             let t0 = std::time::Instant::now();
-            for _ in 0..reps { output_transform(&s.m, n, c, p, &mut y, &mut s.rows); }
+            for _ in 0..reps {
+                output_transform(&s.m, n, c, p, &mut y, &mut s.rows, true);
+            }
             let to = t0.elapsed().as_secs_f64() / reps as f64;
             // direct: im2col GEMM flops at the measured rate
             let flops = 2.0 * 9.0 * (c * c * h * h * n) as f64;
-            eprintln!("n{n} c{c} {h}x{h}: wino {:.3} ms (pad {:.3} in {:.3} out {:.3}) = {:.0} direct-GF/s", wino * 1e3, tp*1e3, ti*1e3, to*1e3, flops / wino / 1e9);
+            eprintln!(
+                "n{n} c{c} {h}x{h}: wino {:.3} ms (pad {:.3} in {:.3} out {:.3}) = {:.0} direct-GF/s",
+                wino * 1e3,
+                tp * 1e3,
+                ti * 1e3,
+                to * 1e3,
+                flops / wino / 1e9
+            );
         }
     }
 
@@ -503,17 +586,17 @@ mod tests {
                         Simd::Avx512 => {
                             pad::avx512(&x, n, c, p, &mut xpad);
                             input_transform::avx512(&xpad, n, c, p, &mut v);
-                            output_transform::avx512(&v, n, c, p, &mut y, &mut rows);
+                            output_transform::avx512(&v, n, c, p, &mut y, &mut rows, true);
                         }
                         Simd::Avx2 => {
                             pad::avx2(&x, n, c, p, &mut xpad);
                             input_transform::avx2(&xpad, n, c, p, &mut v);
-                            output_transform::avx2(&v, n, c, p, &mut y, &mut rows);
+                            output_transform::avx2(&v, n, c, p, &mut y, &mut rows, true);
                         }
                         Simd::Base => {
                             pad_body(&x, n, c, p, &mut xpad);
                             input_body(&xpad, n, c, p, &mut v);
-                            output_body(&v, n, c, p, &mut y, &mut rows);
+                            output_body(&v, n, c, p, &mut y, &mut rows, true);
                         }
                     }
                 }
