@@ -150,6 +150,11 @@ const WINOGRAD_COLS: usize = 64;
 /// by its FLOPs, and the direct product is faster.
 const WINOGRAD_MIN_TILES: usize = 64;
 
+/// C_in·C_out up to which F(4×4, 3×3) is used whatever the batch: U is then
+/// at most 36·64·64 floats (576 KiB), which stays in a core's cache, so
+/// the traffic that [`WINOGRAD_MIN_TILES`] guards against never arises.
+const SMALL_FILTERS: usize = 64 * 64;
+
 thread_local! {
     /// [`WINOGRAD_MIN_TILES`], lowered by the tests to take the Winograd path on small batches.
     static MIN_TILES: std::cell::Cell<usize> = const { std::cell::Cell::new(WINOGRAD_MIN_TILES) };
@@ -190,7 +195,7 @@ impl Geometry {
         let min_tiles = MIN_TILES.with(|t| t.get());
         g.winograd = (winograd_enabled()
             && winograd::applies(k, stride, cin, cout, h, w)
-            && x[0] * winograd::tiles_per_image(h, w) >= min_tiles)
+            && (x[0] * winograd::tiles_per_image(h, w) >= min_tiles || cin * cout <= SMALL_FILTERS))
             .then(|| balanced_group(winograd_group(h, w).min(x[0]).max(1), x[0], threads));
         g
     }
@@ -1095,6 +1100,8 @@ mod tests {
         MIN_TILES.with(|t| t.set(WINOGRAD_MIN_TILES));
         let few = Geometry::new(&[2, 256, 4, 4], 256, 3, 1, None);
         assert!(few.winograd.is_none(), "2 images of 4×4 are 2 tiles: the direct product");
+        let narrow = Geometry::new(&[2, 32, 4, 4], 64, 3, 1, None);
+        assert!(narrow.winograd.is_some(), "32 → 64 channels: U stays in cache, F(4×4, 3×3) even for 2 tiles");
     }
 
     /// The same inputs give the same gradients, bit for bit, on four threads
