@@ -39,6 +39,14 @@
 //! patches at a time in a small buffer (rebuilt in the backward rather than
 //! kept), so the patch matrices of the whole batch never exist at once.
 //!
+//! **Winograd** ([`super::winograd`]): a 3×3 stride-1 convolution between
+//! multiples of 16 channels forms no patches for y and dx; both products run
+//! as F(4×4, 3×3) (a quarter of the multiply–adds) when the batch has at
+//! least [`WINOGRAD_MIN_TILES`] 4×4 output tiles or the filters are small
+//! ([`SMALL_FILTERS`]). The weight gradient dW keeps the patches' GEMM. Its
+//! tiles of images are [`Geometry::winograd`]'s, the forward's own
+//! grouping; `SCOREGEN_WINOGRAD=0` keeps the direct product everywhere.
+//!
 //! **First order only**, like [`super::dense`]: the gradients come from an op
 //! that refuses to be differentiated again. Inside
 //! [`scoregen_core::autodiff::exact_higher_order`], and for f64, the U-Net takes the

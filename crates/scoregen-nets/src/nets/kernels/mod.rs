@@ -1,5 +1,6 @@
 //! The fused CPU kernels under the models: dense layers with SiLU
-//! ([`dense`]), stride-1/2 convolutions ([`conv`]), spatial self-attention
+//! ([`dense`]), stride-1/2 convolutions ([`conv`], with Winograd F(4×4, 3×3)
+//! products for 3×3 stride-1 layers: [`winograd`]), spatial self-attention
 //! ([`attention`]), GroupNorm with SiLU
 //! ([`groupnorm`]), and what they share ([`fused`]: im2col, upsampling,
 //! the threading and slice helpers). Each is a candle custom op with a
