@@ -426,13 +426,12 @@ mod t16 {
             // s[4g + c], block k: column 4k + c of rows 4g..4g + 3
             let mut s = [_mm512_setzero_ps(); 16];
             for g in 0..4 {
-                let (lo, hi) = (|a, b| _mm512_unpacklo_pd(a, b), |a, b| _mm512_unpackhi_pd(a, b));
                 let pd = |v| _mm512_castps_pd(v);
                 let [a0, a1, b0, b1] = [pd(t[4 * g]), pd(t[4 * g + 2]), pd(t[4 * g + 1]), pd(t[4 * g + 3])];
-                s[4 * g] = _mm512_castpd_ps(lo(a0, a1));
-                s[4 * g + 1] = _mm512_castpd_ps(hi(a0, a1));
-                s[4 * g + 2] = _mm512_castpd_ps(lo(b0, b1));
-                s[4 * g + 3] = _mm512_castpd_ps(hi(b0, b1));
+                s[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a1));
+                s[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a1));
+                s[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b0, b1));
+                s[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b0, b1));
             }
             // column 4k + c: blocks k of s[c], s[4 + c], s[8 + c], s[12 + c]
             for c in 0..4 {
