@@ -235,8 +235,16 @@ impl Geometry {
     }
 
     /// θ = [W, c, γ, β] split into its parts (γ, β empty without the norm).
-    fn split<'a>(&self, theta: &'a [f32], n: usize) -> (&'a [f32], &'a [f32], &'a [f32], &'a [f32]) {
-        let (w, rest) = theta.split_at(self.cout * self.rows());
+    fn split<'a>(
+        &self,
+        theta: &'a [f32],
+        apart: Option<&'a [f32]>,
+        n: usize,
+    ) -> (&'a [f32], &'a [f32], &'a [f32], &'a [f32]) {
+        let (w, rest) = match apart {
+            Some(w) => (w, theta),
+            None => theta.split_at(self.cout * self.rows()),
+        };
         let (c, gb) = rest.split_at(n * self.cout);
         let (gamma, beta) = gb.split_at(gb.len() / 2);
         (w, c, gamma, beta)
@@ -306,14 +314,17 @@ fn scatter(
     }
 }
 
-/// y [N, C_out, Ho, Wo] from x, θ = [W, c, (γ, β)] and r; with `acts`
+/// y [N, C_out, Ho, Wo] from x, θ = [W, c, (γ, β)] (or [c, (γ, β)] with W
+/// `apart`) and r; with `acts`
 /// (N·C_in·H·W entries, possibly uninitialised) the folded silu(GN(x)) of
 /// every image is written there for the backward instead of into a per-image
 /// scratch.
+#[allow(clippy::too_many_arguments)] // the op's inputs, its scale, and where to keep the activations
 fn forward(
     g: &Geometry,
     x: &[f32],
     theta: &[f32],
+    apart: Option<&[f32]>,
     r: Option<&[f32]>,
     scale: f32,
     n: usize,
@@ -321,7 +332,7 @@ fn forward(
 ) -> Vec<f32> {
     let g = &g.for_winograd();
     let (rows, hw, cout) = (g.rows(), g.hw_out, g.cout);
-    let (w, c, gamma, beta) = g.split(theta, n);
+    let (w, c, gamma, beta) = g.split(theta, apart, n);
     let filters = g.winograd.map(|_| winograd::Filters::new(w, cout, g.cin, winograd::Of { scale, adjoint: false }));
     let w_scaled: Vec<f32> = if filters.is_some() { Vec::new() } else { w.iter().map(|v| v * scale).collect() };
     // not zeroed: every entry is set to its bias (and residual) below before the GEMM adds to it
@@ -461,6 +472,7 @@ fn backward(
     g: &Geometry,
     x: &[f32],
     theta: &[f32],
+    apart: Option<&[f32]>,
     dy: &[f32],
     scale: f32,
     n: usize,
@@ -471,7 +483,7 @@ fn backward(
     // with θ frozen no patches are formed: the Winograd path's tiles
     let g = &if want_w { *g } else { g.for_winograd() };
     let (rows, hw, cout, cin) = (g.rows(), g.hw_out, g.cout, g.cin);
-    let (w, _, gamma, beta) = g.split(theta, n);
+    let (w, _, gamma, beta) = g.split(theta, apart, n);
     let norm_len = if g.norm.is_some() { 2 * cin } else { 0 };
     // the gradient with respect to the convolution's input (x, or a = silu(GN(x)))
     let want_input = want_x || (want_w && g.norm.is_some());
@@ -643,6 +655,19 @@ struct Forward {
     keep: bool,
     /// What the forward kept.
     kept: Mutex<Option<Arc<Vec<f32>>>>,
+    /// W itself when every part of θ is constant (sampling, a likelihood's
+    /// ∇ₓ): θ is then [c, (γ, β)] and W is read where it lies, instead of
+    /// being copied into θ with them on every call (all of a CIFAR U-Net's
+    /// 143 MB of weights per forward pass, one thread's memmove).
+    weights: Option<Tensor>,
+}
+
+/// An f32 tensor's values on the CPU, from its storage and layout.
+fn cpu_f32<'a>(storage: &'a candle_core::Storage, layout: &Layout) -> Result<&'a [f32]> {
+    match storage {
+        candle_core::Storage::Cpu(cpu) => slice::<f32>(cpu, layout),
+        _ => candle_core::bail!("fused conv: the weights must be on the CPU"),
+    }
 }
 
 /// The most entries (N·C_in·H·W) of normalized activations a folded
@@ -658,8 +683,16 @@ thread_local! {
 }
 
 impl Forward {
-    fn new(k: usize, stride: usize, cout: usize, scale: f64, norm: Option<(usize, f64)>, keep: bool) -> Self {
-        Self { k, stride, cout, scale, norm, keep, kept: Mutex::new(None) }
+    fn new(
+        k: usize,
+        stride: usize,
+        cout: usize,
+        scale: f64,
+        norm: Option<(usize, f64)>,
+        keep: bool,
+        weights: Option<Tensor>,
+    ) -> Self {
+        Self { k, stride, cout, scale, norm, keep, kept: Mutex::new(None), weights }
     }
 
     fn run(
@@ -674,7 +707,10 @@ impl Forward {
         let n = l1.dims()[0];
         let mut acts = (self.keep && g.norm.is_some()).then(|| Vec::<f32>::with_capacity(n * g.x_len));
         let at = acts.as_mut().map(|a| SharedMut::from_ptr(a.as_mut_ptr()));
-        let y = forward(&g, slice::<f32>(s1, l1)?, slice::<f32>(s2, l2)?, r, self.scale as f32, n, at);
+        let held = self.weights.as_ref().map(|w| w.storage_and_layout());
+        let apart = held.as_ref().map(|(s, l)| cpu_f32(s, l)).transpose()?;
+        let (x, theta) = (slice::<f32>(s1, l1)?, slice::<f32>(s2, l2)?);
+        let y = forward(&g, x, theta, apart, r, self.scale as f32, n, at);
         if let Some(a) = &mut acts {
             // SAFETY: the forward wrote silu(GN(x_b)) of every image whole.
             unsafe { a.set_len(n * g.x_len) };
@@ -690,7 +726,7 @@ impl Forward {
         let want = (x.track_op(), theta.track_op());
         let acts = self.kept.lock().expect("fused conv: kept activations").clone();
         let (k, stride, cout, scale, norm) = (self.k, self.stride, self.cout, self.scale, self.norm);
-        let op = Backward { k, stride, cout, scale, norm, want, acts };
+        let op = Backward { k, stride, cout, scale, norm, want, acts, weights: self.weights.clone() };
         let all = x.apply_op3(theta, &dy.contiguous()?, op)?;
         let xn = x.elem_count();
         let dx = want.0.then(|| all.narrow(0, 0, xn)?.reshape(x.shape())).transpose()?;
@@ -753,6 +789,8 @@ struct Backward {
     want: (bool, bool),
     /// silu(GN(x)) as the forward kept it.
     acts: Option<Arc<Vec<f32>>>,
+    /// W when θ does not hold it (see [`Forward::weights`]).
+    weights: Option<Tensor>,
 }
 
 impl CustomOp3 for Backward {
@@ -773,7 +811,9 @@ impl CustomOp3 for Backward {
         let n = l1.dims()[0];
         let theta = slice::<f32>(s2, l2)?;
         let (x, dy, acts) = (slice::<f32>(s1, l1)?, slice::<f32>(s3, l3)?, self.acts.as_deref().map(Vec::as_slice));
-        let all = backward(&g, x, theta, dy, self.scale as f32, n, self.want, acts);
+        let held = self.weights.as_ref().map(|w| w.storage_and_layout());
+        let apart = held.as_ref().map(|(s, l)| cpu_f32(s, l)).transpose()?;
+        let all = backward(&g, x, theta, apart, dy, self.scale as f32, n, self.want, acts);
         let len = all.len();
         Ok((CpuStorage::F32(all), Shape::from(len)))
     }
@@ -855,17 +895,20 @@ pub fn conv2d_normed(
         }
         parts.extend([nm.gamma.to_dtype(DType::F32)?, nm.beta.to_dtype(DType::F32)?]);
     }
+    // every part of θ constant: W stays where it is (Forward::weights)
+    let frozen = parts.iter().all(|p| !p.track_op());
+    let weights = if frozen { Some(parts.remove(0).contiguous()?) } else { None };
     let theta = Tensor::cat(&parts, 0)?;
     let x = x.contiguous()?;
     let norm = norm.map(|nm| (nm.groups, nm.eps));
     let keep = norm.is_some() && theta.track_op() && x.elem_count() <= KEEP_LIMIT.with(|l| l.get());
     match residual {
-        None => x.apply_op2(&theta, Forward::new(k, stride, cout, 1.0, norm, keep)),
+        None => x.apply_op2(&theta, Forward::new(k, stride, cout, 1.0, norm, keep, weights)),
         Some((r, scale)) => {
             if r.dims() != [n, cout, h / stride, wd / stride] || r.dtype() != DType::F32 {
                 candle_core::bail!("fused conv: the residual must be f32 of the output's shape, got {:?}", r.shape());
             }
-            x.apply_op3(&theta, &r.contiguous()?, Forward::new(k, stride, cout, scale, norm, keep))
+            x.apply_op3(&theta, &r.contiguous()?, Forward::new(k, stride, cout, scale, norm, keep, weights))
         }
     }
 }
