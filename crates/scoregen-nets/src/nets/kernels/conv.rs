@@ -774,7 +774,9 @@ impl CustomOp3 for Forward {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dtheta) = self.grads(x, theta, dy)?;
-        Ok((dx, dtheta, Some(dy.affine(self.scale, 0.0)?)))
+        // dr = s·dy; with s = 1 (diffusers' residual blocks) dy itself, not a copy
+        let dr = if self.scale == 1.0 { dy.clone() } else { dy.affine(self.scale, 0.0)? };
+        Ok((dx, dtheta, Some(dr)))
     }
 }
 
@@ -938,7 +940,7 @@ mod tests {
     }
 
     /// The fused op equals candle's conv2d plus the per-image bias (and the
-    /// scaled residual), and its gradients equal candle's (through conv2d's own
+    /// residual, scaled by 0.7, or by 1 for k = 1), and its gradients equal candle's (through conv2d's own
     /// backward), for a random weighting of the output as the loss; stride 1
     /// and 2, k = 1 and 3, with and without the residual, and a batch that does
     /// not split evenly across tasks; 4×4, 8×8 and 14×14 (the fixed-width
@@ -980,7 +982,8 @@ mod tests {
             let c = Var::from_tensor(&rng.randn((n, cout), DType::F32, &dev).unwrap()).unwrap();
             let r = Var::from_tensor(&rng.randn((n, cout, h / stride, w / stride), DType::F32, &dev).unwrap()).unwrap();
             let flat = wt.as_tensor().reshape((cout, cin * k * k)).unwrap();
-            let s = 0.7;
+            // the residual's scale: 1 (diffusers' blocks, dr = dy itself) for k = 1, else 0.7
+            let s = if k == 1 { 1.0 } else { 0.7 };
             let ours =
                 conv2d(x.as_tensor(), &flat, c.as_tensor(), k, stride, residual.then_some((r.as_tensor(), s))).unwrap();
             let mut theirs = x
