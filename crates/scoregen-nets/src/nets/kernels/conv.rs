@@ -970,6 +970,29 @@ mod tests {
         GROUPING.with(|g| g.set((GROUP_COLS, GROUP_MAX_HW)));
     }
 
+    /// candle's ops for the op's value: conv2d(a; W) ("same" padding, the
+    /// stride given) plus c per image, and s·(· + r) with the residual.
+    fn candle_conv(a: &Tensor, w: &Tensor, c: &Tensor, stride: usize, residual: Option<(&Tensor, f64)>) -> Tensor {
+        let k = w.dim(3).unwrap();
+        let y = a.conv2d(w, k / 2, stride, 1, 1).unwrap();
+        let y = y.broadcast_add(&c.unsqueeze(2).unwrap().unsqueeze(3).unwrap()).unwrap();
+        match residual {
+            Some((r, s)) => ((y + r).unwrap() * s).unwrap(),
+            None => y,
+        }
+    }
+
+    /// γ, β [C_in] as variables (drawn in that order) and candle-nn's
+    /// GroupNorm over them: G groups, ε = 1e-6.
+    fn group_norm(rng: &mut scoregen_core::rng::Rng, cin: usize, groups: usize) -> (Var, Var, candle_nn::GroupNorm) {
+        let dev = Device::Cpu;
+        let gamma = Var::from_tensor(&rng.randn(cin, DType::F32, &dev).unwrap()).unwrap();
+        let beta = Var::from_tensor(&rng.randn(cin, DType::F32, &dev).unwrap()).unwrap();
+        let gn =
+            candle_nn::GroupNorm::new(gamma.as_tensor().clone(), beta.as_tensor().clone(), cin, groups, 1e-6).unwrap();
+        (gamma, beta, gn)
+    }
+
     fn conv2d_case(grouping: (usize, usize)) {
         let dev = Device::Cpu;
         let mut rng = scoregen_core::rng::Rng::new(11, 0);
@@ -986,15 +1009,13 @@ mod tests {
             let s = if k == 1 { 1.0 } else { 0.7 };
             let ours =
                 conv2d(x.as_tensor(), &flat, c.as_tensor(), k, stride, residual.then_some((r.as_tensor(), s))).unwrap();
-            let mut theirs = x
-                .as_tensor()
-                .conv2d(wt.as_tensor(), k / 2, stride, 1, 1)
-                .unwrap()
-                .broadcast_add(&c.as_tensor().unsqueeze(2).unwrap().unsqueeze(3).unwrap())
-                .unwrap();
-            if residual {
-                theirs = ((theirs + r.as_tensor()).unwrap() * s).unwrap();
-            }
+            let theirs = candle_conv(
+                x.as_tensor(),
+                wt.as_tensor(),
+                c.as_tensor(),
+                stride,
+                residual.then_some((r.as_tensor(), s)),
+            );
             let case = format!("k={k} stride={stride} residual={residual} {side}×{side} grouping={grouping:?}");
             assert_eq!(ours.dims(), theirs.dims());
             assert!(max_diff(&ours, &theirs) < 1e-4, "{case}: forward {}", max_diff(&ours, &theirs));
@@ -1030,10 +1051,7 @@ mod tests {
         let dev = Device::Cpu;
         let mut rng = scoregen_core::rng::Rng::new(13, 0);
         let (n, cin, cout, groups) = (5, 4, 3, 2);
-        let gamma = Var::from_tensor(&rng.randn(cin, DType::F32, &dev).unwrap()).unwrap();
-        let beta = Var::from_tensor(&rng.randn(cin, DType::F32, &dev).unwrap()).unwrap();
-        let gn =
-            candle_nn::GroupNorm::new(gamma.as_tensor().clone(), beta.as_tensor().clone(), cin, groups, 1e-6).unwrap();
+        let (gamma, beta, gn) = group_norm(&mut rng, cin, groups);
         let cases = [(3, 1, false), (3, 2, false), (1, 1, false), (3, 1, true)];
         for ((k, stride, residual), side) in cases.into_iter().flat_map(|c| [2, 4, 6, 8, 20].map(|s| (c, s))) {
             let (h, w) = (side, side);
@@ -1048,14 +1066,7 @@ mod tests {
             let res = residual.then_some((r.as_tensor(), s));
             let ours = conv2d_normed(x.as_tensor(), Some(norm), &flat, c.as_tensor(), k, stride, res).unwrap();
             let a = candle_core::Module::forward(&gn, x.as_tensor()).unwrap().silu().unwrap();
-            let mut theirs = a
-                .conv2d(wt.as_tensor(), k / 2, stride, 1, 1)
-                .unwrap()
-                .broadcast_add(&c.as_tensor().unsqueeze(2).unwrap().unsqueeze(3).unwrap())
-                .unwrap();
-            if residual {
-                theirs = ((theirs + r.as_tensor()).unwrap() * s).unwrap();
-            }
+            let theirs = candle_conv(&a, wt.as_tensor(), c.as_tensor(), stride, res);
             let case = format!(
                 "normed k={k} stride={stride} residual={residual} {side}×{side} recompute={recompute} grouping={grouping:?}"
             );
@@ -1094,10 +1105,7 @@ mod tests {
         let dev = Device::Cpu;
         let mut rng = scoregen_core::rng::Rng::new(15, 0);
         let (n, cin, cout, groups) = (5, 16, 32, 4);
-        let gamma = Var::from_tensor(&rng.randn(cin, DType::F32, &dev).unwrap()).unwrap();
-        let beta = Var::from_tensor(&rng.randn(cin, DType::F32, &dev).unwrap()).unwrap();
-        let gn =
-            candle_nn::GroupNorm::new(gamma.as_tensor().clone(), beta.as_tensor().clone(), cin, groups, 1e-6).unwrap();
+        let (gamma, beta, gn) = group_norm(&mut rng, cin, groups);
         for (side, normed, residual, frozen) in [4, 7, 10, 16]
             .into_iter()
             .flat_map(|s| [(false, false), (true, true), (true, false), (false, true)].map(|(a, b)| (s, a, b)))
@@ -1127,14 +1135,7 @@ mod tests {
             } else {
                 x.as_tensor().clone()
             };
-            let mut theirs = a
-                .conv2d(&wt, 1, 1, 1, 1)
-                .unwrap()
-                .broadcast_add(&c.unsqueeze(2).unwrap().unsqueeze(3).unwrap())
-                .unwrap();
-            if residual {
-                theirs = ((theirs + r.as_tensor()).unwrap() * s).unwrap();
-            }
+            let theirs = candle_conv(&a, &wt, &c, 1, res);
             let case = format!("{side}×{side} normed={normed} residual={residual} frozen={frozen}");
             let scale = theirs.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(max_diff(&ours, &theirs) < 1e-4 * scale, "{case}: forward {}", max_diff(&ours, &theirs));
