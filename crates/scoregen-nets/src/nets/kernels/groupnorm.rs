@@ -111,6 +111,10 @@ impl Dims {
     fn image(&self) -> usize {
         self.c * self.hw
     }
+
+    pub(super) fn groups(&self) -> usize {
+        self.groups
+    }
 }
 
 /// The per-image kernels, compiled for AVX2 + FMA (chosen at run time; the
@@ -149,28 +153,42 @@ pub(super) mod kernels {
     #[inline(always)]
     #[allow(clippy::needless_range_loop)] // four arrays in step, eight lanes
     fn dz_and_sums<const SILU: bool>(x: &[f32], dy: &[f32], dz: &mut [f32], a: f32, b: f32) -> (f32, f32) {
-        let grad = |x: f32, dy: f32| {
-            if SILU {
-                let z = a * x + b;
-                let s = 1.0 / (1.0 + exp_f32(-z));
-                dy * s * (1.0 + z * (1.0 - s))
-            } else {
-                dy
-            }
-        };
+        sums_of_dz(x, dy, dz, |x, dy, _| if SILU { dy * silu_slope(a * x + b) } else { dy })
+    }
+
+    /// silu′(z) = s (1 + z (1 − s)), s = σ(z).
+    #[inline(always)]
+    fn silu_slope(z: f32) -> f32 {
+        let s = 1.0 / (1.0 + exp_f32(-z));
+        s * (1.0 + z * (1.0 - s))
+    }
+
+    /// [`dz_and_sums`] with silu′(z) as the forward kept it (`slope`, one
+    /// per entry): dz = dy·slope, no exponential. The same products and sums
+    /// in the same order as the recomputing path, so the same bits.
+    #[inline(always)]
+    fn kept_dz_and_sums(x: &[f32], dy: &[f32], slope: &[f32], dz: &mut [f32]) -> (f32, f32) {
+        sums_of_dz(x, dy, dz, |_, dy, i| dy * slope[i])
+    }
+
+    /// dz_i = grad(x_i, dy_i, i) into `dz`, returning (Σ dz, Σ dz·x) in eight-lane sums.
+    #[inline(always)]
+    #[allow(clippy::needless_range_loop)] // four arrays in step, eight lanes
+    fn sums_of_dz(x: &[f32], dy: &[f32], dz: &mut [f32], grad: impl Fn(f32, f32, usize) -> f32) -> (f32, f32) {
         let (mut l1, mut l2) = ([0f32; 8], [0f32; 8]);
         let (mut xs, mut ds, mut zs) = (x.chunks_exact(8), dy.chunks_exact(8), dz.chunks_exact_mut(8));
-        for ((xc, dc), zc) in (&mut xs).zip(&mut ds).zip(&mut zs) {
+        for (k, ((xc, dc), zc)) in (&mut xs).zip(&mut ds).zip(&mut zs).enumerate() {
             for j in 0..8 {
-                let v = grad(xc[j], dc[j]);
+                let v = grad(xc[j], dc[j], 8 * k + j);
                 zc[j] = v;
                 l1[j] += v;
                 l2[j] += v * xc[j];
             }
         }
         let (mut t1, mut t2) = (0f32, 0f32);
-        for ((&x, &dy), z) in xs.remainder().iter().zip(ds.remainder()).zip(zs.into_remainder()) {
-            let v = grad(x, dy);
+        let full = x.len() - x.len() % 8;
+        for (i, ((&x, &dy), z)) in xs.remainder().iter().zip(ds.remainder()).zip(zs.into_remainder()).enumerate() {
+            let v = grad(x, dy, full + i);
             *z = v;
             t1 += v;
             t2 += v * x;
@@ -200,14 +218,51 @@ pub(super) mod kernels {
         }
     }
 
-    /// dx of one image into `dx`; dγ, dβ added into `dgamma`, `dbeta`.
+    /// silu(GN(x)) of one image [C, hw] into `y`, keeping for the backward
+    /// silu′(z) of every entry in `slope` [C, hw] and (μ, r) of every group
+    /// in `stats` [G, 2]: the same y as [`forward_body`] with SiLU.
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)] // inputs, the gradient, three outputs
+    fn forward_keeping_body(
+        d: &Dims,
+        x: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        y: &mut [f32],
+        slope: &mut [f32],
+        stats: &mut [f32],
+    ) {
+        let per = d.c / d.groups;
+        let blocks =
+            x.chunks_exact(per * d.hw).zip(y.chunks_exact_mut(per * d.hw)).zip(slope.chunks_exact_mut(per * d.hw));
+        for (g, ((x, y), slope)) in blocks.enumerate() {
+            let (mean, r) = moments(x, d.eps);
+            stats[2 * g..][..2].copy_from_slice(&[mean, r]);
+            let channels = x.chunks_exact(d.hw).zip(y.chunks_exact_mut(d.hw)).zip(slope.chunks_exact_mut(d.hw));
+            for (j, ((x, y), slope)) in channels.enumerate() {
+                let a = gamma[g * per + j] * r;
+                let b = beta[g * per + j] - mean * a;
+                for ((y, slope), &x) in y.iter_mut().zip(slope).zip(x) {
+                    let z = a * x + b;
+                    let e = exp_f32(-z);
+                    *y = z / (1.0 + e);
+                    let s = 1.0 / (1.0 + e);
+                    *slope = s * (1.0 + z * (1.0 - s));
+                }
+            }
+        }
+    }
+
+    /// dx of one image into `dx`; dγ, dβ added into `dgamma`, `dbeta`.
+    /// `kept`: (silu′(z) [C, hw], (μ, r) [G, 2]) as [`forward_keeping`] kept
+    /// them for this image (SiLU only), else both are recomputed from x.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)] // inputs, what the forward kept, the gradient, three outputs
     fn backward_body(
         d: &Dims,
         x: &[f32],
         gamma: &[f32],
         beta: &[f32],
+        kept: Option<(&[f32], &[f32])>,
         dy: &[f32],
         dx: &mut [f32],
         dgamma: &mut [f32],
@@ -217,7 +272,10 @@ pub(super) mod kernels {
         let len = (per * d.hw) as f32;
         let blocks = x.chunks_exact(per * d.hw).zip(dy.chunks_exact(per * d.hw)).zip(dx.chunks_exact_mut(per * d.hw));
         for (g, ((x, dy), dx)) in blocks.enumerate() {
-            let (mean, r) = moments(x, d.eps);
+            let (mean, r) = match kept {
+                Some((_, stats)) => (stats[2 * g], stats[2 * g + 1]),
+                None => moments(x, d.eps),
+            };
             // pass 1: dz into dx, and per channel Σ dz, Σ dz·x
             let (mut sum_u, mut sum_ux) = (0f32, 0f32);
             for (j, ((x, dy), dz)) in
@@ -226,8 +284,11 @@ pub(super) mod kernels {
                 let c = g * per + j;
                 let a = gamma[c] * r;
                 let b = beta[c] - mean * a;
-                let (s_dz, s_dzx) =
-                    if d.silu { dz_and_sums::<true>(x, dy, dz, a, b) } else { dz_and_sums::<false>(x, dy, dz, a, b) };
+                let (s_dz, s_dzx) = match kept {
+                    Some((slope, _)) => kept_dz_and_sums(x, dy, &slope[c * d.hw..][..d.hw], dz),
+                    None if d.silu => dz_and_sums::<true>(x, dy, dz, a, b),
+                    None => dz_and_sums::<false>(x, dy, dz, a, b),
+                };
                 // Σ dz·x̂ = r (Σ dz·x − μ Σ dz)
                 let s_dzxhat = r * (s_dzx - mean * s_dz);
                 dbeta[c] += s_dz;
@@ -256,6 +317,19 @@ pub(super) mod kernels {
     }
 
     simd_builds! {
+        /// silu(GN(x)) of one image [C, hw], keeping silu′(z) and (μ, r) for the backward.
+        pub fn forward_keeping(
+            d: &Dims,
+            x: &[f32],
+            gamma: &[f32],
+            beta: &[f32],
+            y: &mut [f32],
+            slope: &mut [f32],
+            stats: &mut [f32],
+        ) = forward_keeping_body;
+    }
+
+    simd_builds! {
         /// dx of one image [C, hw], with its dγ and dβ added in.
         #[allow(clippy::too_many_arguments)]
         pub fn backward(
@@ -263,6 +337,7 @@ pub(super) mod kernels {
             x: &[f32],
             gamma: &[f32],
             beta: &[f32],
+            kept: Option<(&[f32], &[f32])>,
             dy: &[f32],
             dx: &mut [f32],
             dgamma: &mut [f32],
@@ -356,7 +431,7 @@ impl CustomOp3 for Backward {
             for b in images {
                 let (x, dy) = (&x[b * len..][..len], &dy[b * len..][..len]);
                 // SAFETY: image b's block of dx, written by this task only.
-                kernels::backward(&d, x, gamma, beta, dy, unsafe { out.slice(b * len, len) }, dgamma, dbeta);
+                kernels::backward(&d, x, gamma, beta, None, dy, unsafe { out.slice(b * len, len) }, dgamma, dbeta);
             }
             p
         });
