@@ -153,7 +153,7 @@ pub(super) mod kernels {
     #[inline(always)]
     #[allow(clippy::needless_range_loop)] // four arrays in step, eight lanes
     fn dz_and_sums<const SILU: bool>(x: &[f32], dy: &[f32], dz: &mut [f32], a: f32, b: f32) -> (f32, f32) {
-        sums_of_dz(x, dy, dz, |x, dy, _| if SILU { dy * silu_slope(a * x + b) } else { dy })
+        sums_of_dz(x, dy, x, dz, |x, dy, _| if SILU { dy * silu_slope(a * x + b) } else { dy })
     }
 
     /// silu′(z) = s (1 + z (1 − s)), s = σ(z).
@@ -168,27 +168,36 @@ pub(super) mod kernels {
     /// in the same order as the recomputing path, so the same bits.
     #[inline(always)]
     fn kept_dz_and_sums(x: &[f32], dy: &[f32], slope: &[f32], dz: &mut [f32]) -> (f32, f32) {
-        sums_of_dz(x, dy, dz, |_, dy, i| dy * slope[i])
+        sums_of_dz(x, dy, slope, dz, |_, dy, slope| dy * slope)
     }
 
-    /// dz_i = grad(x_i, dy_i, i) into `dz`, returning (Σ dz, Σ dz·x) in eight-lane sums.
+    /// dz_i = grad(x_i, dy_i, aux_i) into `dz`, returning (Σ dz, Σ dz·x) in
+    /// eight-lane sums; `aux` is a third input per entry (the kept slope), or
+    /// x again where `grad` does not read it.
     #[inline(always)]
-    #[allow(clippy::needless_range_loop)] // four arrays in step, eight lanes
-    fn sums_of_dz(x: &[f32], dy: &[f32], dz: &mut [f32], grad: impl Fn(f32, f32, usize) -> f32) -> (f32, f32) {
+    #[allow(clippy::needless_range_loop)] // five arrays in step, eight lanes
+    fn sums_of_dz(
+        x: &[f32],
+        dy: &[f32],
+        aux: &[f32],
+        dz: &mut [f32],
+        grad: impl Fn(f32, f32, f32) -> f32,
+    ) -> (f32, f32) {
         let (mut l1, mut l2) = ([0f32; 8], [0f32; 8]);
         let (mut xs, mut ds, mut zs) = (x.chunks_exact(8), dy.chunks_exact(8), dz.chunks_exact_mut(8));
-        for (k, ((xc, dc), zc)) in (&mut xs).zip(&mut ds).zip(&mut zs).enumerate() {
+        let mut auxs = aux[..x.len()].chunks_exact(8);
+        for (((xc, dc), ac), zc) in (&mut xs).zip(&mut ds).zip(&mut auxs).zip(&mut zs) {
             for j in 0..8 {
-                let v = grad(xc[j], dc[j], 8 * k + j);
+                let v = grad(xc[j], dc[j], ac[j]);
                 zc[j] = v;
                 l1[j] += v;
                 l2[j] += v * xc[j];
             }
         }
         let (mut t1, mut t2) = (0f32, 0f32);
-        let full = x.len() - x.len() % 8;
-        for (i, ((&x, &dy), z)) in xs.remainder().iter().zip(ds.remainder()).zip(zs.into_remainder()).enumerate() {
-            let v = grad(x, dy, full + i);
+        let tails = xs.remainder().iter().zip(ds.remainder()).zip(auxs.remainder()).zip(zs.into_remainder());
+        for (((&x, &dy), &aux), z) in tails {
+            let v = grad(x, dy, aux);
             *z = v;
             t1 += v;
             t2 += v * x;
@@ -207,7 +216,7 @@ pub(super) mod kernels {
                 if d.silu {
                     for (y, &x) in y.iter_mut().zip(x) {
                         let z = a * x + b;
-                        *y = z / (1.0 + exp_f32(-z));
+                        *y = z * (1.0 / (1.0 + exp_f32(-z)));
                     }
                 } else {
                     for (y, &x) in y.iter_mut().zip(x) {
@@ -243,9 +252,9 @@ pub(super) mod kernels {
                 let b = beta[g * per + j] - mean * a;
                 for ((y, slope), &x) in y.iter_mut().zip(slope).zip(x) {
                     let z = a * x + b;
-                    let e = exp_f32(-z);
-                    *y = z / (1.0 + e);
-                    let s = 1.0 / (1.0 + e);
+                    // y as forward_body forms it, and silu_slope from the same σ(z)
+                    let s = 1.0 / (1.0 + exp_f32(-z));
+                    *y = z * s;
                     *slope = s * (1.0 + z * (1.0 - s));
                 }
             }

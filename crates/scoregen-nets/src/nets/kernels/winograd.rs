@@ -248,23 +248,25 @@ pub(crate) fn tiles_per_image(h: usize, w: usize) -> usize {
 /// shorter than a block), the last hw mod 16 pixels one by one.
 fn pad(x: &[f32], n: usize, c: usize, p: Plane, xpad: &mut [f32]) {
     let hw = p.h * p.w;
-    let at = |b: usize, q: usize| ((b * p.hp + q / p.w + 1) * p.wp + q % p.w + 1) * c;
+    // where pixel q of image b starts in xpad, for every q (no division per pixel)
+    let at: Vec<usize> = (0..hw).map(|q| ((q / p.w + 1) * p.wp + q % p.w + 1) * c).collect();
     let mut block = [[0f32; L]; L];
     for b in 0..n {
         let image = &x[b * c * hw..][..c * hw];
+        let xpad = &mut xpad[b * p.hp * p.wp * c..][..p.hp * p.wp * c];
         for c0 in (0..c).step_by(L) {
             let planes = &image[c0 * hw..][..L * hw];
             let full = hw - hw % L;
             for q0 in (0..full).step_by(L) {
                 // SAFETY: 16 channel planes from pixel q0 (hw apart), into the 16×16 block.
                 unsafe { transpose16(planes[q0..].as_ptr(), hw, block.as_mut_ptr().cast(), L, false) };
-                for (k, px) in block.iter().enumerate() {
-                    xpad[at(b, q0 + k) + c0..][..L].copy_from_slice(px);
+                for (px, &at) in block.iter().zip(&at[q0..q0 + L]) {
+                    xpad[at + c0..][..L].copy_from_slice(px);
                 }
             }
             for q in full..hw {
                 for l in 0..L {
-                    xpad[at(b, q) + c0 + l] = planes[l * hw + q];
+                    xpad[at[q] + c0 + l] = planes[l * hw + q];
                 }
             }
         }
