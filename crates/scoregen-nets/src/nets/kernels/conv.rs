@@ -318,12 +318,13 @@ fn normalize(
 }
 
 /// What a forward with GroupNorm + SiLU folded in keeps for its backward
-/// when x is tracked and θ is not (a likelihood's ∇ₓ): silu′(z) of every
-/// entry of the batch and (μ, r) of every image's groups. The backward then
-/// forms dz = dy·silu′(z) without an exponential or a division and skips
-/// the two passes for the moments: GroupNorm's backward was 17–19 % of the
-/// digits U-Net's likelihood; one activation-sized buffer per layer, held
-/// only until the backward pass.
+/// when x is tracked: silu′(z) of every entry of the batch and (μ, r) of
+/// every image's groups. The backward then forms dz = dy·silu′(z) without
+/// an exponential or a division and skips the two passes for the moments:
+/// GroupNorm's backward was 17–19 % of the digits U-Net's likelihood. One
+/// activation-sized buffer per layer, held only until the backward pass:
+/// kept whenever θ is frozen (a likelihood's ∇ₓ), and in training only
+/// where the normalized activations are kept too ([`KEEP_ACTIVATIONS`]).
 struct NormKept {
     slope: Vec<f32>,
     stats: Vec<f32>,
@@ -388,21 +389,21 @@ fn forward(
             let y = unsafe { out.slice(b0 * len, tile.n * len) };
             let (x, c) = (&x[b0 * g.x_len..][..tile.n * g.x_len], &c[b0 * cout..][..tile.n * cout]);
             let r = r.map(|r| &r[b0 * len..][..tile.n * len]);
-            let x = match (&g.norm, &acts, &keep_norm) {
-                (Some(d), _, Some((slope, stats))) => {
+            let x = match &g.norm {
+                Some(d) if acts.is_some() || keep_norm.is_some() => {
                     let groups = d.groups();
-                    // SAFETY: the tile's blocks of the kept slopes and moments, written by this task only.
-                    let keep = unsafe {
+                    // SAFETY (both): the tile's blocks of what is kept, written by this task only.
+                    let keep = keep_norm.as_ref().map(|(slope, stats)| unsafe {
                         (slope.slice(b0 * g.x_len, tile.n * g.x_len), stats.slice(b0 * 2 * groups, tile.n * 2 * groups))
+                    });
+                    let a: &mut [f32] = match &acts {
+                        Some(acts) => unsafe { acts.slice(b0 * g.x_len, tile.n * g.x_len) },
+                        None => {
+                            a.resize(tile.n * g.x_len, 0.0);
+                            &mut a[..]
+                        }
                     };
-                    a.resize(tile.n * g.x_len, 0.0);
-                    normalize(d, x, gamma, beta, &mut a, g.x_len, Some(keep));
-                    &a[..]
-                }
-                (Some(d), Some(acts), None) => {
-                    // SAFETY: the tile's block of the kept activations, written by this task only.
-                    let a = unsafe { acts.slice(b0 * g.x_len, tile.n * g.x_len) };
-                    normalize(d, x, gamma, beta, a, g.x_len, None);
+                    normalize(d, x, gamma, beta, a, g.x_len, keep);
                     &*a
                 }
                 _ => conv_input(g, x, gamma, beta, &mut a),
@@ -708,7 +709,8 @@ struct Forward {
     keep: bool,
     /// What the forward kept.
     kept: Mutex<Option<Arc<Vec<f32>>>>,
-    /// Keep GroupNorm's [`NormKept`] for the backward (x is tracked, θ is not).
+    /// Keep GroupNorm's [`NormKept`] for the backward (x is tracked; θ is
+    /// frozen, or its activations are kept too).
     keep_norm: bool,
     /// What the forward kept of it.
     kept_norm: Mutex<Option<Arc<NormKept>>>,
@@ -984,8 +986,9 @@ pub fn conv2d_normed(
     let x = x.contiguous()?;
     let norm = norm.map(|nm| (nm.groups, nm.eps));
     let keep = norm.is_some() && theta.track_op() && x.elem_count() <= KEEP_LIMIT.with(|l| l.get());
-    // a likelihood's ∇ₓ through frozen weights: GroupNorm's slopes and moments (NormKept)
-    let keep_norm = norm.is_some() && x.track_op() && !theta.track_op() && KEEP_NORM.with(|k| k.get());
+    // GroupNorm's slopes and moments (NormKept) for dx: a likelihood's ∇ₓ
+    // through frozen weights, or a training step that keeps the activations
+    let keep_norm = norm.is_some() && x.track_op() && (keep || !theta.track_op()) && KEEP_NORM.with(|k| k.get());
     let keep = (keep, keep_norm);
     match residual {
         None => x.apply_op2(&theta, Forward::new(k, stride, cout, 1.0, norm, keep, weights)),
@@ -1302,34 +1305,50 @@ mod tests {
         assert_eq!(max_diff(&dx(w.as_tensor()), &dx(&w.as_tensor().detach())), 0.0);
     }
 
-    /// With θ constant and x tracked (a likelihood's ∇ₓ) the forward keeps
-    /// GroupNorm's slopes silu′(z) and moments (μ, r) ([`NormKept`]), and the
+    /// With x tracked the forward keeps GroupNorm's slopes silu′(z) and
+    /// moments (μ, r) ([`NormKept`]) when θ is constant (a likelihood's ∇ₓ)
+    /// or its activations are kept (a small training batch), and the
     /// backward reads them: the same products in the same order as
-    /// recomputing them, so dx is the same bit for bit. Stride 1 and 2, 3×3
-    /// and 1×1, on 8×8 (16 → 16 channels: the Winograd path at stride 1) and
-    /// 7×7, four images in two groups of two channels each.
+    /// recomputing them, so every gradient is the same bit for bit (dx; and
+    /// dW, dc, dγ, dβ with θ tracked). Stride 1 and 2, 3×3 and 1×1, on 8×8
+    /// (16 → 16 channels: the Winograd path at stride 1) and 7×7, four
+    /// images in eight groups of two channels.
     #[test]
-    fn kept_group_norm_state_gives_the_recomputed_input_gradient() {
+    fn kept_group_norm_state_gives_the_recomputed_gradients() {
         let dev = Device::Cpu;
         let mut rng = scoregen_core::rng::Rng::new(16, 0);
         let (n, cin, cout, groups) = (4, 16, 16, 8);
         let (gamma, beta, _) = group_norm(&mut rng, cin, groups);
-        let (gamma, beta) = (gamma.as_tensor().detach(), beta.as_tensor().detach());
-        for (k, stride, side) in [(3, 1, 8), (3, 2, 8), (1, 1, 8), (3, 1, 7), (1, 1, 7)] {
+        for (k, stride, side, tracked) in [(3, 1, 8), (3, 2, 8), (1, 1, 8), (3, 1, 7), (1, 1, 7)]
+            .into_iter()
+            .flat_map(|(k, s, side)| [(k, s, side, false), (k, s, side, true)])
+        {
             let x = rng.randn((n, cin, side, side), DType::F32, &dev).unwrap().affine(2.0, 1.0).unwrap();
             let x = Var::from_tensor(&x).unwrap();
-            let w = rng.randn((cout, cin * k * k), DType::F32, &dev).unwrap();
-            let c = rng.randn((n, cout), DType::F32, &dev).unwrap();
+            let w = Var::from_tensor(&rng.randn((cout, cin * k * k), DType::F32, &dev).unwrap()).unwrap();
+            let c = Var::from_tensor(&rng.randn((n, cout), DType::F32, &dev).unwrap()).unwrap();
             let weights = rng.randn((n, cout, side / stride, side / stride), DType::F32, &dev).unwrap();
-            let dx = |keep: bool| {
+            let theta =
+                [&w, &c, &gamma, &beta].map(|v| if tracked { v.as_tensor().clone() } else { v.as_tensor().detach() });
+            let grads = |keep: bool| {
                 KEEP_NORM.with(|k| k.set(keep));
-                let norm = Norm { gamma: &gamma, beta: &beta, groups, eps: 1e-6 };
-                let y = conv2d_normed(x.as_tensor(), Some(norm), &w, &c, k, stride, None).unwrap();
+                let norm = Norm { gamma: &theta[2], beta: &theta[3], groups, eps: 1e-6 };
+                let y = conv2d_normed(x.as_tensor(), Some(norm), &theta[0], &theta[1], k, stride, None).unwrap();
                 KEEP_NORM.with(|k| k.set(true));
-                let dx = scoregen_core::autodiff::grad(&(y * &weights).unwrap(), &x).unwrap();
-                dx.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                let g = scoregen_core::autodiff::backward(&(y * &weights).unwrap().sum_all().unwrap()).unwrap();
+                let vars = if tracked { vec![&x, &w, &c, &gamma, &beta] } else { vec![&x] };
+                vars.iter()
+                    .map(|v| {
+                        let t = g.get(v.as_tensor()).unwrap().flatten_all().unwrap();
+                        t.to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                    })
+                    .collect::<Vec<_>>()
             };
-            assert!(dx(true) == dx(false), "k={k} stride={stride} {side}×{side}: kept and recomputed dx differ");
+            let case = format!("k={k} stride={stride} {side}×{side} θ tracked={tracked}");
+            let (kept, recomputed) = (grads(true), grads(false));
+            for (i, name) in ["x", "W", "c", "γ", "β"].iter().enumerate().take(kept.len()) {
+                assert!(kept[i] == recomputed[i], "{case}: kept and recomputed d{name} differ");
+            }
         }
     }
 
