@@ -27,7 +27,10 @@
 //! recomputes a_b, and after da_b (the dx above) runs GroupNorm's backward on
 //! it, giving dx_b, dγ and dβ. The normalized activations then never exist
 //! for the whole batch, and the graph has one node (one gradient accumulation
-//! over the batch in candle's backward) where it had two.
+//! over the batch in candle's backward) where it had two. When x is tracked
+//! the forward keeps silu′(z) and the groups' (μ, r) ([`NormKept`]: always
+//! with θ frozen, in training where the activations are kept), so that
+//! GroupNorm's backward forms dz = dy·silu′(z) without recomputing them.
 //!
 //! Small images go G at a time ([`group_size`]): the patches of a tile of G
 //! images side by side, P = [P_b … P_{b+G−1}] [C_in·k², G·Ho·Wo], make one
