@@ -153,13 +153,19 @@ pub(super) mod kernels {
     #[inline(always)]
     #[allow(clippy::needless_range_loop)] // four arrays in step, eight lanes
     fn dz_and_sums<const SILU: bool>(x: &[f32], dy: &[f32], dz: &mut [f32], a: f32, b: f32) -> (f32, f32) {
-        sums_of_dz(x, dy, x, dz, |x, dy, _| if SILU { dy * silu_slope(a * x + b) } else { dy })
+        let slope = |z: f32| silu_slope(z, sigmoid(z));
+        sums_of_dz(x, dy, x, dz, |x, dy, _| if SILU { dy * slope(a * x + b) } else { dy })
     }
 
-    /// silu′(z) = s (1 + z (1 − s)), s = σ(z).
+    /// σ(z) = 1 / (1 + e^−z).
     #[inline(always)]
-    fn silu_slope(z: f32) -> f32 {
-        let s = 1.0 / (1.0 + exp_f32(-z));
+    fn sigmoid(z: f32) -> f32 {
+        1.0 / (1.0 + exp_f32(-z))
+    }
+
+    /// silu′(z) = s (1 + z (1 − s)) from s = σ(z).
+    #[inline(always)]
+    fn silu_slope(z: f32, s: f32) -> f32 {
         s * (1.0 + z * (1.0 - s))
     }
 
@@ -216,7 +222,7 @@ pub(super) mod kernels {
                 if d.silu {
                     for (y, &x) in y.iter_mut().zip(x) {
                         let z = a * x + b;
-                        *y = z * (1.0 / (1.0 + exp_f32(-z)));
+                        *y = z * sigmoid(z);
                     }
                 } else {
                     for (y, &x) in y.iter_mut().zip(x) {
@@ -252,10 +258,10 @@ pub(super) mod kernels {
                 let b = beta[g * per + j] - mean * a;
                 for ((y, slope), &x) in y.iter_mut().zip(slope).zip(x) {
                     let z = a * x + b;
-                    // y as forward_body forms it, and silu_slope from the same σ(z)
-                    let s = 1.0 / (1.0 + exp_f32(-z));
+                    // y as forward_body forms it, and the slope from the same σ(z)
+                    let s = sigmoid(z);
                     *y = z * s;
-                    *slope = s * (1.0 + z * (1.0 - s));
+                    *slope = silu_slope(z, s);
                 }
             }
         }
