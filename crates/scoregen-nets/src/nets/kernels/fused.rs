@@ -659,28 +659,47 @@ struct Upsample2;
 /// the sum of its 2×2 block.
 struct SumPool2;
 
+/// Image rows [N·C·H, w] → [N·C·2H, 2w], each row's pixels doubled and the
+/// row written twice; the rows split across candle's threads (a 28×28
+/// U-Net's upsampling writes 13 MB at 128 images, which one thread did
+/// while the other waited).
 fn upsample2_values<T: candle_core::WithDType>(x: &[T], w: usize) -> Vec<T> {
-    let mut out = Vec::with_capacity(4 * x.len());
-    for row in x.chunks_exact(w) {
-        let start = out.len();
-        for &v in row {
-            out.push(v);
-            out.push(v);
+    let rows = x.len() / w;
+    let mut out: Vec<T> = Vec::with_capacity(4 * x.len());
+    let dst = SharedMut::from_ptr(out.as_mut_ptr());
+    par_ranges(rows, |range| {
+        for r in range {
+            // SAFETY: output rows 2r and 2r + 1 (4w entries from 4w·r), written by this task only.
+            let (a, b) = unsafe { dst.slice(4 * w * r, 4 * w) }.split_at_mut(2 * w);
+            for (pair, &v) in a.chunks_exact_mut(2).zip(&x[r * w..][..w]) {
+                pair.fill(v);
+            }
+            b.copy_from_slice(a);
         }
-        out.extend_from_within(start..start + 2 * w);
-    }
+    });
+    // SAFETY: the tasks covered every row, each writing its 4w entries.
+    unsafe { out.set_len(4 * x.len()) };
     out
 }
 
+/// The 2×2 block sums of rows [N·C·2H, 2w] → [N·C·H, w] (w the output
+/// width), the output rows split across candle's threads as in [`upsample2_values`].
 fn sum_pool2_values<T: candle_core::WithDType>(g: &[T], w: usize) -> Vec<T> {
-    // w is the output width: input rows have 2w entries, taken two rows at a time
-    let mut out = Vec::with_capacity(g.len() / 4);
-    for rows in g.chunks_exact(4 * w) {
-        let (a, b) = rows.split_at(2 * w);
-        for j in 0..w {
-            out.push(a[2 * j] + a[2 * j + 1] + b[2 * j] + b[2 * j + 1]);
+    let rows = g.len() / (4 * w);
+    let mut out: Vec<T> = Vec::with_capacity(rows * w);
+    let dst = SharedMut::from_ptr(out.as_mut_ptr());
+    par_ranges(rows, |range| {
+        for r in range {
+            let (a, b) = g[4 * w * r..][..4 * w].split_at(2 * w);
+            // SAFETY: output row r (w entries from w·r), written by this task only.
+            let o = unsafe { dst.slice(w * r, w) };
+            for (j, o) in o.iter_mut().enumerate() {
+                *o = a[2 * j] + a[2 * j + 1] + b[2 * j] + b[2 * j + 1];
+            }
         }
-    }
+    });
+    // SAFETY: the tasks covered every row, each writing its w entries.
+    unsafe { out.set_len(rows * w) };
     out
 }
 
