@@ -473,7 +473,7 @@ impl UNet {
             if l + 1 < levels {
                 h = self.upsample[l].forward(&super::kernels::fused::upsample2(&h)?)?;
             }
-            h = self.up[l].forward(&Tensor::cat(&[&h, &skips[l]], 1)?, &emb)?;
+            h = self.up[l].forward(&super::kernels::fused::cat_channels(&h, &skips[l])?, &emb)?;
         }
         self.conv_out.forward_normed(&h, Some(&self.norm_out), None, None)
     }

@@ -371,7 +371,7 @@ impl UNet2D {
         for b in &self.up {
             for (j, r) in b.resnets.iter().enumerate() {
                 let s = res.pop().expect("one saved activation per up-block residual block");
-                h = r.forward(&Tensor::cat(&[&h, &s], 1)?, &emb_act)?;
+                h = r.forward(&crate::nets::kernels::fused::cat_channels(&h, &s)?, &emb_act)?;
                 if b.kind.attention && !b.kind.skip {
                     h = b.attentions[j].forward(&h)?;
                 }
