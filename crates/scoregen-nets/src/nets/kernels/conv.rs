@@ -393,7 +393,7 @@ fn forward(
             let (x, c) = (&x[b0 * g.x_len..][..tile.n * g.x_len], &c[b0 * cout..][..tile.n * cout]);
             let r = r.map(|r| &r[b0 * len..][..tile.n * len]);
             let x = match &g.norm {
-                Some(d) if acts.is_some() || keep_norm.is_some() => {
+                Some(d) => {
                     let groups = d.groups();
                     // SAFETY (both): the tile's blocks of what is kept, written by this task only.
                     let keep = keep_norm.as_ref().map(|(slope, stats)| unsafe {
@@ -409,7 +409,7 @@ fn forward(
                     normalize(d, x, gamma, beta, a, g.x_len, keep);
                     &*a
                 }
-                _ => conv_input(g, x, gamma, beta, &mut a),
+                None => x,
             };
             if tile.n > 1 && filters.is_none() {
                 let p = patches(x, &tile.patches, false, &mut buf);

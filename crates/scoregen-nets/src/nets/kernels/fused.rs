@@ -664,43 +664,25 @@ struct SumPool2;
 /// U-Net's upsampling writes 13 MB at 128 images, which one thread did
 /// while the other waited).
 fn upsample2_values<T: candle_core::WithDType>(x: &[T], w: usize) -> Vec<T> {
-    let rows = x.len() / w;
-    let mut out: Vec<T> = Vec::with_capacity(4 * x.len());
-    let dst = SharedMut::from_ptr(out.as_mut_ptr());
-    par_ranges(rows, |range| {
-        for r in range {
-            // SAFETY: output rows 2r and 2r + 1 (4w entries from 4w·r), written by this task only.
-            let (a, b) = unsafe { dst.slice(4 * w * r, 4 * w) }.split_at_mut(2 * w);
-            for (pair, &v) in a.chunks_exact_mut(2).zip(&x[r * w..][..w]) {
-                pair.fill(v);
-            }
-            b.copy_from_slice(a);
+    par_blocks(x.len() / w, 4 * w, |r, out| {
+        // output rows 2r and 2r + 1 from input row r
+        let (a, b) = out.split_at_mut(2 * w);
+        for (pair, &v) in a.chunks_exact_mut(2).zip(&x[r * w..][..w]) {
+            pair.fill(v);
         }
-    });
-    // SAFETY: the tasks covered every row, each writing its 4w entries.
-    unsafe { out.set_len(4 * x.len()) };
-    out
+        b.copy_from_slice(a);
+    })
 }
 
 /// The 2×2 block sums of rows [N·C·2H, 2w] → [N·C·H, w] (w the output
 /// width), the output rows split across candle's threads as in [`upsample2_values`].
 fn sum_pool2_values<T: candle_core::WithDType>(g: &[T], w: usize) -> Vec<T> {
-    let rows = g.len() / (4 * w);
-    let mut out: Vec<T> = Vec::with_capacity(rows * w);
-    let dst = SharedMut::from_ptr(out.as_mut_ptr());
-    par_ranges(rows, |range| {
-        for r in range {
-            let (a, b) = g[4 * w * r..][..4 * w].split_at(2 * w);
-            // SAFETY: output row r (w entries from w·r), written by this task only.
-            let o = unsafe { dst.slice(w * r, w) };
-            for (j, o) in o.iter_mut().enumerate() {
-                *o = a[2 * j] + a[2 * j + 1] + b[2 * j] + b[2 * j + 1];
-            }
+    par_blocks(g.len() / (4 * w), w, |r, out| {
+        let (a, b) = g[4 * w * r..][..4 * w].split_at(2 * w);
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = a[2 * j] + a[2 * j + 1] + b[2 * j] + b[2 * j + 1];
         }
-    });
-    // SAFETY: the tasks covered every row, each writing its w entries.
-    unsafe { out.set_len(rows * w) };
-    out
+    })
 }
 
 impl CustomOp1 for Upsample2 {
@@ -806,19 +788,11 @@ impl CustomOp2 for CatChannels {
 /// Image i of the result: image i of a, then image i of b (n images each).
 fn cat_images<T: candle_core::WithDType>(a: &[T], b: &[T], n: usize) -> Vec<T> {
     let (la, lb) = (a.len() / n, b.len() / n);
-    let mut out: Vec<T> = Vec::with_capacity(a.len() + b.len());
-    let dst = SharedMut::from_ptr(out.as_mut_ptr());
-    par_ranges(n, |images| {
-        for i in images {
-            // SAFETY: image i of the result (la + lb entries), written by this task only.
-            let (oa, ob) = unsafe { dst.slice(i * (la + lb), la + lb) }.split_at_mut(la);
-            oa.copy_from_slice(&a[i * la..][..la]);
-            ob.copy_from_slice(&b[i * lb..][..lb]);
-        }
-    });
-    // SAFETY: the tasks covered all n images, each writing its block whole.
-    unsafe { out.set_len(a.len() + b.len()) };
-    out
+    par_blocks(n, la + lb, |i, out| {
+        let (oa, ob) = out.split_at_mut(la);
+        oa.copy_from_slice(&a[i * la..][..la]);
+        ob.copy_from_slice(&b[i * lb..][..lb]);
+    })
 }
 
 /// [a, b] along dim 1 (the channels) of two tensors that agree in every
@@ -839,6 +813,23 @@ pub(crate) fn par_ranges(n: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
         return f(0..n);
     }
     candle_core::utils::barrier_pool().execute_chunked(n, f)
+}
+
+/// A vector of n blocks of `len` entries, block i written whole by
+/// `f(i, block)`, the blocks split across candle's threads ([`par_ranges`]);
+/// nothing is zeroed first, since every entry is written.
+pub(crate) fn par_blocks<T: Copy>(n: usize, len: usize, f: impl Fn(usize, &mut [T]) + Sync) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(n * len);
+    let dst = SharedMut::from_ptr(out.as_mut_ptr());
+    par_ranges(n, |blocks| {
+        for i in blocks {
+            // SAFETY: block i (len entries from i·len), written by this task only.
+            f(i, unsafe { dst.slice(i * len, len) });
+        }
+    });
+    // SAFETY: the tasks covered all n blocks, and `f` writes each whole.
+    unsafe { out.set_len(n * len) };
+    out
 }
 
 /// [`par_ranges`] for tasks that each return a partial sum of `len` values,

@@ -19,7 +19,7 @@
 //! [`scoregen_core::autodiff::exact_higher_order`], and for f64, [`GroupNorm`] is
 //! candle-nn's, exact to every order.
 
-use super::fused::{exp_f32, par_ranges, par_ranges_sum, refuse_second_order, slice, SharedMut};
+use super::fused::{exp_f32, par_blocks, par_ranges_sum, refuse_second_order, slice, SharedMut};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
@@ -384,14 +384,8 @@ impl CustomOp3 for Forward {
     ) -> Result<(CpuStorage, Shape)> {
         let d = Dims::of(l1.dims(), self.groups, self.eps, self.silu);
         let (x, gamma, beta) = (slice::<f32>(s1, l1)?, slice::<f32>(s2, l2)?, slice::<f32>(s3, l3)?);
-        let mut y = vec![0f32; x.len()];
-        let (out, len) = (SharedMut::new(&mut y), d.image());
-        par_ranges(l1.dims()[0], |images| {
-            for b in images {
-                // SAFETY: image b's block of y, written by this task only.
-                kernels::forward(&d, &x[b * len..][..len], gamma, beta, unsafe { out.slice(b * len, len) });
-            }
-        });
+        let len = d.image();
+        let y = par_blocks(l1.dims()[0], len, |b, y| kernels::forward(&d, &x[b * len..][..len], gamma, beta, y));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 

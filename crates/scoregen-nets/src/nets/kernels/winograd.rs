@@ -503,8 +503,6 @@ mod t16 {
 #[derive(Default)]
 pub(crate) struct Scratch {
     xpad: Vec<f32>,
-    /// (n, C, plane) xpad's border was zeroed for.
-    padded: Option<(usize, usize, Plane)>,
     v: Vec<f32>,
     m: Vec<f32>,
     img: Vec<f32>,
@@ -540,10 +538,8 @@ pub(crate) fn conv(
     assert_eq!(x.len(), n * cin * h * w, "winograd: x");
     assert_eq!(y.len(), n * cout * h * w, "winograd: y");
     let xpad = at_least(&mut s.xpad, n * p.hp * p.wp * cin);
-    if s.padded != Some((n, cin, p)) {
-        zero_border(xpad, n, cin, p);
-        s.padded = Some((n, cin, p));
-    }
+    // the border only: the layers before may have left anything there
+    zero_border(xpad, n, cin, p);
     pad(x, n, cin, p, xpad);
     let nt = n * p.tiles();
     let (vs, ms) = (xi_stride(nt, cin), xi_stride(nt, cout));
