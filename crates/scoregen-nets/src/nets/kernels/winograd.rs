@@ -33,8 +33,10 @@
 //! direct product. Where it is used, and where not, see
 //! `super::conv::WINOGRAD_MIN_TILES`; `SCOREGEN_WINOGRAD=0` turns it off.
 //!
-//! Written by hand: candle has no Winograd convolution, and the `gemm` crate
-//! runs the 36 products.
+//! Written by hand: candle has no Winograd convolution. The 36 products run
+//! on the `gemm` crate's microkernels, on U kept in their panel layout
+//! ([`Product`]; the crate's whole GEMM where neither AVX-512 nor AVX2 + FMA
+//! is present, or with `SCOREGEN_WINOGRAD_GEMM=crate`).
 
 use super::dense::{gemm_serial, Mat};
 use super::fused::{par_ranges, simd_builds, SharedMut};
@@ -57,11 +59,83 @@ pub(crate) fn applies(k: usize, stride: usize, cin: usize, cout: usize, h: usize
 }
 
 /// The transformed filters U [36, C_in, C_out] of w [C_out, C_in, 3, 3]
-/// (blocks [`xi_stride`] apart).
+/// (blocks [`xi_stride`] apart), each block stored in the panels that
+/// `product` reads ([`panel_at`]).
 pub(crate) struct Filters {
     u: Vec<f32>,
     cin: usize,
     cout: usize,
+    product: Product,
+}
+
+/// How the 36 products M_ξᵀ [C_out, tiles] = U_ξᵀ V_ξᵀ run, chosen once at
+/// run time from the CPU's features.
+///
+/// The `gemm` crate's driver copies its left operand (U_ξᵀ, C_out × C_in)
+/// into panels of MR rows on every call: 8 % of a CIFAR-size forward + VJP,
+/// and more than the product itself where the batch has few tiles (the
+/// 8×8 and 4×4 levels), since U_ξ is read once per group of 64 tiles. Here
+/// U is *written* in those panels by the filter transform, and the crate's
+/// microkernels (public in `gemm-f32`; the same ones its driver calls) run
+/// on them directly: an MR × 6 block of M per call, the whole of C_in in
+/// registers. Written by hand because the crate has no entry point for a
+/// pre-packed operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Product {
+    /// The AVX-512 microkernels: panels of 64 output channels (4 × 16 lanes).
+    Avx512,
+    /// The AVX2 + FMA microkernels: panels of 16 output channels (2 × 8 lanes).
+    Fma,
+    /// The crate's whole GEMM on one panel of all C_out channels (other
+    /// CPUs, or `SCOREGEN_WINOGRAD_GEMM=crate` for A/B timings).
+    Crate,
+}
+
+thread_local! {
+    /// A [`Product`] the tests force on this thread (None: the CPU's).
+    static FORCE_PRODUCT: std::cell::Cell<Option<Product>> = const { std::cell::Cell::new(None) };
+}
+
+impl Product {
+    /// The fastest the CPU runs, unless `SCOREGEN_WINOGRAD_GEMM=crate` (read once).
+    fn current() -> Self {
+        static DETECTED: std::sync::OnceLock<Product> = std::sync::OnceLock::new();
+        FORCE_PRODUCT.with(|f| f.get()).unwrap_or_else(|| {
+            *DETECTED.get_or_init(|| {
+                if std::env::var("SCOREGEN_WINOGRAD_GEMM").is_ok_and(|v| v.trim() == "crate") {
+                    return Product::Crate;
+                }
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if is_x86_feature_detected!("avx512f") {
+                        return Product::Avx512;
+                    }
+                    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                        return Product::Fma;
+                    }
+                }
+                Product::Crate
+            })
+        })
+    }
+
+    /// Output channels per panel of U for C_out = `cout` (the last panel may be narrower).
+    fn panel(self, cout: usize) -> usize {
+        match self {
+            Product::Avx512 => 64,
+            Product::Fma => 16,
+            Product::Crate => cout,
+        }
+    }
+}
+
+/// Where U_ξ[i, o] lies in its block when the block holds panels of `pw`
+/// output channels, each stored [C_in, width] (the microkernels' packed
+/// left operand, read with column stride `width`): with `pw` = C_out it is
+/// the plain [C_in, C_out] layout.
+fn panel_at(i: usize, o: usize, cin: usize, cout: usize, pw: usize) -> usize {
+    let o0 = o / pw * pw;
+    o0 * cin + i * pw.min(cout - o0) + (o - o0)
 }
 
 /// G g for lanes-wide 3-vectors (a column or a row of L filters): G's six rows.
@@ -88,8 +162,8 @@ fn filter_1d(g: &[V; 3]) -> [V; 6] {
 /// `u` must hold 36 blocks; no other thread may touch rows i0..i1 of them.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // g[a][b][l] is filled lane by lane, index by index
-unsafe fn filters_body(w: &[f32], cout: usize, cin: usize, rows: std::ops::Range<usize>, u: SharedMut, of: Of) {
-    let us = xi_stride(cin, cout);
+unsafe fn filters_body(w: &[f32], cout: usize, cin: usize, rows: std::ops::Range<usize>, u: SharedMut, of: Target) {
+    let (us, pw) = (xi_stride(cin, cout), of.panel);
     for i in rows {
         for o0 in (0..cout).step_by(L) {
             // g[a][b][l] = s·w[o0 + l, i, a, b], or s·w[i, o0 + l, 2 − a, 2 − b] for the adjoint
@@ -113,9 +187,11 @@ unsafe fn filters_body(w: &[f32], cout: usize, cin: usize, rows: std::ops::Range
             }
             for a in 0..6 {
                 for (b, out) in filter_1d(&[cols[0][a], cols[1][a], cols[2][a]]).iter().enumerate() {
-                    // SAFETY: row i of block ξ = 6a + b, within u and this caller's rows.
+                    // SAFETY: row i of block ξ = 6a + b, within u and this caller's rows
+                    // (the L channels from o0 lie in one panel: widths are multiples of L).
                     unsafe {
-                        std::ptr::copy_nonoverlapping(out.as_ptr(), u.ptr().add((a * 6 + b) * us + i * cout + o0), L)
+                        let at = (a * 6 + b) * us + panel_at(i, o0, cin, cout, pw);
+                        std::ptr::copy_nonoverlapping(out.as_ptr(), u.ptr().add(at), L)
                     };
                 }
             }
@@ -125,13 +201,13 @@ unsafe fn filters_body(w: &[f32], cout: usize, cin: usize, rows: std::ops::Range
 
 /// The safe face of [`filters_body`] for [`simd_builds`]: rows i0..i1.
 #[inline(always)]
-fn filter_rows(w: &[f32], cout: usize, cin: usize, rows: std::ops::Range<usize>, u: SharedMut, of: Of) {
+fn filter_rows(w: &[f32], cout: usize, cin: usize, rows: std::ops::Range<usize>, u: SharedMut, of: Target) {
     // SAFETY: Filters::new hands each thread its own rows of a buffer of 36 blocks.
     unsafe { filters_body(w, cout, cin, rows, u, of) }
 }
 
 simd_builds! {
-    fn filters(w: &[f32], cout: usize, cin: usize, rows: std::ops::Range<usize>, u: SharedMut, of: Of) = filter_rows;
+    fn filters(w: &[f32], cout: usize, cin: usize, rows: std::ops::Range<usize>, u: SharedMut, of: Target) = filter_rows;
 }
 
 /// Which filters [`Filters::new`] transforms: s·g of the convolution whose
@@ -141,6 +217,14 @@ simd_builds! {
 pub(crate) struct Of {
     pub scale: f32,
     pub adjoint: bool,
+}
+
+/// [`Of`] and the panel width the transform writes (set by [`Filters::new`]).
+#[derive(Clone, Copy, Debug)]
+struct Target {
+    scale: f32,
+    adjoint: bool,
+    panel: usize,
 }
 
 thread_local! {
@@ -165,8 +249,10 @@ impl Filters {
         // and the spare's entries past `len`, are never read)
         at_least(&mut u, len);
         let out = SharedMut::new(&mut u);
-        par_ranges(cin, |rows| filters(w, cout, cin, rows, out, of));
-        Self { u, cin, cout }
+        let product = Product::current();
+        let target = Target { scale: of.scale, adjoint: of.adjoint, panel: product.panel(cout) };
+        par_ranges(cin, |rows| filters(w, cout, cin, rows, out, target));
+        Self { u, cin, cout, product }
     }
 }
 
@@ -547,17 +633,111 @@ pub(crate) fn conv(
     input_transform(xpad, n, cin, p, v);
     for xi in 0..XI {
         let (u, v) = (&f.u[xi * xi_stride(cin, cout)..][..cin * cout], &v[xi * vs..][..nt * cin]);
-        let m = &mut m[xi * ms..][..nt * cout];
-        // M_ξ [nt, C_out] = V_ξ [nt, C_in] U_ξ [C_in, C_out], computed as
-        // M_ξᵀ = U_ξᵀ V_ξᵀ so that the GEMM's m (C_out) is contiguous in the
-        // output and in U (the crate still copies U_ξ into its panel layout per
-        // call; splitting the call to avoid that was slower, 5 %).
-        // SAFETY: m is [nt, C_out]; U_ξ [C_in, C_out] and V_ξ [nt, C_in], read transposed.
-        unsafe {
-            gemm_serial(cout, nt, cin, m.as_mut_ptr(), (1, cout as isize), false, Mat::t(u, cout), Mat::t(v, cin))
-        };
+        products(f.product, u, v, &mut m[xi * ms..][..nt * cout], (nt, cin, cout));
     }
     output_transform(m, n, cout, p, y, at_least(&mut s.img, (p.h * p.w + 1) * L), add);
+}
+
+/// The microkernels' signature (`gemm_common::microkernel::MicroKernelFn<f32>`):
+/// m, n, k, dst, lhs, rhs, dst_cs, dst_rs, lhs_cs, rhs_rs, rhs_cs, α, β,
+/// α's status (0: dst := β·acc), three conjugation flags, the next lhs.
+type MicroKernel = unsafe fn(
+    usize,
+    usize,
+    usize,
+    *mut f32,
+    *const f32,
+    *const f32,
+    isize,
+    isize,
+    isize,
+    isize,
+    isize,
+    f32,
+    f32,
+    u8,
+    bool,
+    bool,
+    bool,
+    *const f32,
+);
+
+/// Tiles per microkernel call (the crate's NR on both levels).
+const NR: usize = 6;
+
+/// M_ξ [nt, C_out] = V_ξ [nt, C_in] U_ξ [C_in, C_out] for one ξ, computed as
+/// M_ξᵀ = U_ξᵀ V_ξᵀ so that the product's rows (C_out) are contiguous in
+/// the output and in U's panels (see [`Product`]).
+fn products(product: Product, u: &[f32], v: &[f32], m: &mut [f32], (nt, cin, cout): (usize, usize, usize)) {
+    match product {
+        // SAFETY: m is [nt, C_out]; U_ξ [C_in, C_out] and V_ξ [nt, C_in], read transposed.
+        Product::Crate => unsafe {
+            gemm_serial(cout, nt, cin, m.as_mut_ptr(), (1, cout as isize), false, Mat::t(u, cout), Mat::t(v, cin))
+        },
+        // SAFETY (both): Product::current chose the level only where the CPU has its features.
+        #[cfg(target_arch = "x86_64")]
+        Product::Avx512 => unsafe {
+            by_panels(&gemm_f32::microkernel::avx512f::f32::UKR, 16, u, v, m, (nt, cin, cout))
+        },
+        #[cfg(target_arch = "x86_64")]
+        Product::Fma => unsafe { by_panels(&gemm_f32::microkernel::fma::f32::UKR, 8, u, v, m, (nt, cin, cout)) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("winograd: only the crate's GEMM off x86-64"),
+    }
+}
+
+/// [`products`] on the microkernels `ukr[r − 1][c − 1]` (r vectors of
+/// `lanes` rows by c columns): for each panel of U_ξ (R·lanes output
+/// channels, or fewer for the last), the tiles six at a time.
+///
+/// # Safety
+/// The CPU must have the features `ukr` was compiled for; u holds C_out/pw
+/// panels as [`panel_at`] lays them out with pw = R·lanes.
+#[cfg(target_arch = "x86_64")]
+unsafe fn by_panels<const R: usize>(
+    ukr: &[[MicroKernel; NR]; R],
+    lanes: usize,
+    u: &[f32],
+    v: &[f32],
+    m: &mut [f32],
+    (nt, cin, cout): (usize, usize, usize),
+) {
+    let pw = R * lanes;
+    assert!(u.len() == cin * cout && v.len() == nt * cin && m.len() == nt * cout, "winograd: product shapes");
+    for o0 in (0..cout).step_by(pw) {
+        let width = pw.min(cout - o0);
+        let (rows, lhs) = (&ukr[width / lanes - 1], u[o0 * cin..][..width * cin].as_ptr());
+        for t0 in (0..nt).step_by(NR) {
+            let cols = NR.min(nt - t0);
+            // SAFETY: dst M_ξᵀ[o0.., t0..] (row stride 1, column stride C_out), lhs the
+            // panel [C_in, width], rhs V_ξᵀ[.., t0..] (row stride 1, column stride C_in):
+            // width × cols × C_in within the three slices (checked above).
+            unsafe {
+                let (dst, rhs) = (m.as_mut_ptr().add(t0 * cout + o0), v.as_ptr().add(t0 * cin));
+                let (cs, rcs) = (cout as isize, cin as isize);
+                rows[cols - 1](
+                    width,
+                    cols,
+                    cin,
+                    dst,
+                    lhs,
+                    rhs,
+                    cs,
+                    1,
+                    width as isize,
+                    1,
+                    rcs,
+                    0.0,
+                    1.0,
+                    0,
+                    false,
+                    false,
+                    false,
+                    lhs,
+                )
+            };
+        }
+    }
 }
 
 /// buf's first `len` entries, the buffer grown (zero-filled) only where it
@@ -630,6 +810,27 @@ mod tests {
     /// The largest error of F(4×4, 3×3) against the f64 correlation, relative
     /// to Σ|w||x| of each output (the scale of the direct product's own rounding).
     fn worst_error(n: usize, cin: usize, cout: usize, h: usize, w: usize, seed: u64) -> f64 {
+        products_here().into_iter().map(|product| worst_error_of(product, n, cin, cout, h, w, seed)).fold(0.0, f64::max)
+    }
+
+    /// Every [`Product`] this CPU runs: the crate's GEMM always, the
+    /// microkernels where it has their features.
+    fn products_here() -> Vec<Product> {
+        let mut here = vec![Product::Crate];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                here.push(Product::Fma);
+            }
+            if is_x86_feature_detected!("avx512f") {
+                here.push(Product::Avx512);
+            }
+        }
+        here
+    }
+
+    fn worst_error_of(product: Product, n: usize, cin: usize, cout: usize, h: usize, w: usize, seed: u64) -> f64 {
+        FORCE_PRODUCT.with(|f| f.set(Some(product)));
         let mut rng = Rng::new(seed, 0);
         let (x, wt, bias) = (
             uniform(&mut rng, n * cin * h * w),
@@ -646,6 +847,7 @@ mod tests {
             true,
             &mut Scratch::default(),
         );
+        FORCE_PRODUCT.with(|f| f.set(None));
         let (exact, mag) = direct(&wt, &x, n, cin, cout, h, w);
         let mut worst = 0f64;
         for ((&y, &b), (&e, &a)) in y.iter().zip(&bias).zip(exact.iter().zip(&mag)) {
@@ -664,6 +866,10 @@ mod tests {
             (1, 16, 16, 5, 9),
             (2, 16, 16, 14, 14),
             (1, 32, 32, 16, 16),
+            // panels of U: 80 = 64 + 16 output channels (a narrower last panel
+            // for AVX-512, five for AVX2), and 9 tiles (a last block of 3 columns)
+            (1, 16, 80, 12, 12),
+            (2, 48, 144, 8, 8),
         ] {
             let err = worst_error(n, cin, cout, h, w, 7 + h as u64);
             // f32 rounding (2⁻²⁴ ≈ 6e-8) amplified by the transforms' coefficients:
