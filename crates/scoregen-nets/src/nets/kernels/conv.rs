@@ -61,7 +61,8 @@
 
 use super::dense::{gemm_serial, Mat};
 use super::fused::{
-    col2im_add, im2col_into, par_ranges, par_ranges_sum, refuse_second_order, slice, sum8 as sum, Patches, SharedMut,
+    col2im_add, im2col_into, par_blocks, par_ranges, par_ranges_sum, refuse_second_order, slice, sum8 as sum, Patches,
+    SharedMut,
 };
 use super::groupnorm::{kernels as gn, Dims as NormDims};
 use super::winograd;
@@ -503,19 +504,19 @@ fn copy_rows(y: &mut [f32], hw: usize, wide: &[f32], ld: usize) {
 
 /// W̃ [C_in, C_out·k²], W̃[i, (o·k + a)·k + b] = s·W[o, i, k−1−a, k−1−b]: the
 /// weights of the adjoint of a stride-1 convolution (see the module docs).
+/// Row i of W̃ is block i, split across candle's threads (one thread's copy
+/// was 1 % of a 2-thread CIFAR forward + VJP, the other core idle).
 fn adjoint_weights(g: &Geometry, w: &[f32], scale: f32) -> Vec<f32> {
     // the flipped kernel (k−1−a, k−1−b) is the k² block read backwards
     let kk = g.k * g.k;
-    let mut out = vec![0f32; g.cin * g.cout * kk];
-    for (o, filters) in w.chunks_exact(g.cin * kk).enumerate() {
-        for (i, kernel) in filters.chunks_exact(kk).enumerate() {
-            let dst = &mut out[(i * g.cout + o) * kk..][..kk];
+    par_blocks(g.cin, g.cout * kk, |i, row| {
+        for (o, dst) in row.chunks_exact_mut(kk).enumerate() {
+            let kernel = &w[(o * g.cin + i) * kk..][..kk];
             for (d, &v) in dst.iter_mut().zip(kernel.iter().rev()) {
                 *d = scale * v;
             }
         }
-    }
-    out
+    })
 }
 
 /// [dx (N·C_in·H·W), dW (C_out·C_in·k²), dc (N·C_out), (dγ, dβ (C_in each))]
