@@ -127,6 +127,8 @@ pub(crate) struct Conv {
     stride: usize,
     /// The parameters are constants ([`Conv::freeze`]).
     frozen: bool,
+    /// Once frozen: the Winograd transforms of the weights, made on the first call.
+    filters: std::sync::Arc<super::kernels::winograd::FilterCache>,
 }
 
 impl Conv {
@@ -134,7 +136,7 @@ impl Conv {
         let weight = vb.get_with_hints((cout, cin, k, k), "weight", candle_nn::init::DEFAULT_KAIMING_NORMAL)?;
         let bound = 1.0 / ((cin * k * k) as f64).sqrt();
         let bias = vb.get_with_hints(cout, "bias", candle_nn::Init::Uniform { lo: -bound, up: bound })?;
-        Ok(Self { weight, bias, k, stride, frozen: false })
+        Ok(Self { weight, bias, k, stride, frozen: false, filters: Default::default() })
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -142,7 +144,9 @@ impl Conv {
     }
 
     /// Marks the parameters as constants (an evaluated network): the fused op
-    /// then keeps no activations unless x is tracked, and skips dW.
+    /// then keeps no activations unless x is tracked, skips dW, and keeps the
+    /// Winograd transforms of the weights from the first call on (the
+    /// weights must be assigned before it).
     pub(crate) fn freeze(&mut self) {
         self.frozen = true;
     }
@@ -194,7 +198,17 @@ impl Conv {
                 groups: *groups,
                 eps: *eps,
             });
-            return super::kernels::conv::conv2d_normed(x, norm, &weight, &bias, self.k, self.stride, residual);
+            let filters = self.frozen.then_some(&self.filters);
+            return super::kernels::conv::conv2d_frozen(
+                x,
+                norm,
+                &weight,
+                &bias,
+                self.k,
+                self.stride,
+                residual,
+                filters,
+            );
         }
         let normed = match norm {
             Some(nm) => Some(nm.forward_silu(x)?),

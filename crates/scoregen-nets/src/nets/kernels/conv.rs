@@ -67,6 +67,7 @@ use super::fused::{
 use super::groupnorm::{kernels as gn, Dims as NormDims};
 use super::winograd;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
 /// The geometry of one call: N images C_in×H×W, C_out filters k×k, stride s.
@@ -375,12 +376,14 @@ fn forward(
     n: usize,
     acts: Option<SharedMut>,
     keep_norm: Option<(SharedMut, SharedMut)>,
+    cache: Option<&winograd::FilterCache>,
 ) -> Vec<f32> {
     let g = &g.for_winograd();
     let (rows, hw, cout) = (g.rows(), g.hw_out, g.cout);
     let (w, c, gamma, beta) = g.split(theta, apart, n);
-    let filters = g.winograd.map(|_| winograd::Filters::new(w, cout, g.cin, winograd::Of { scale, adjoint: false }));
-    let w_scaled: Vec<f32> = if filters.is_some() { Vec::new() } else { w.iter().map(|v| v * scale).collect() };
+    let of = winograd::Of { scale, adjoint: false };
+    let filters = g.winograd.map(|_| transformed(cache, w, cout, g.cin, of));
+    let w_scaled = scaled(if filters.is_some() { &[] } else { w }, scale);
     // not zeroed: every entry is set to its bias (and residual) below before the GEMM adds to it
     let mut y: Vec<f32> = Vec::with_capacity(n * cout * hw);
     let (out, len) = (SharedMut::from_ptr(y.as_mut_ptr()), cout * hw);
@@ -502,6 +505,30 @@ fn copy_rows(y: &mut [f32], hw: usize, wide: &[f32], ld: usize) {
     }
 }
 
+/// s·w: w itself when s = 1 (diffusers' blocks), not a copy (one thread's
+/// copy of every direct layer's weights per call).
+fn scaled(w: &[f32], scale: f32) -> Cow<'_, [f32]> {
+    if scale == 1.0 {
+        Cow::Borrowed(w)
+    } else {
+        Cow::Owned(w.iter().map(|v| v * scale).collect())
+    }
+}
+
+/// U of the filters `of` w: from the frozen layer's cache when it has one.
+fn transformed(
+    cache: Option<&winograd::FilterCache>,
+    w: &[f32],
+    cout: usize,
+    cin: usize,
+    of: winograd::Of,
+) -> Arc<winograd::Filters> {
+    match cache {
+        Some(c) => c.get(w, cout, cin, of),
+        None => Arc::new(winograd::Filters::new(w, cout, cin, of)),
+    }
+}
+
 /// W̃ [C_in, C_out·k²], W̃[i, (o·k + a)·k + b] = s·W[o, i, k−1−a, k−1−b]: the
 /// weights of the adjoint of a stride-1 convolution (see the module docs).
 /// Row i of W̃ is block i, split across candle's threads (one thread's copy
@@ -535,6 +562,7 @@ fn backward(
     want: (bool, bool),
     acts: Option<&[f32]>,
     kept_norm: Option<&NormKept>,
+    cache: Option<&winograd::FilterCache>,
 ) -> Vec<f32> {
     let (want_x, want_w) = want;
     // with θ frozen no patches are formed: the Winograd path's tiles
@@ -566,11 +594,11 @@ fn backward(
     // dx = W̃ im2col(s·dy) for stride 1, col2im((s·W)ᵀ dy) for stride 2
     // dx = W̃ ⋆ (s·dy) by F(4×4, 3×3) where it serves (W̃ maps C_out to C_in channels)
     let of = winograd::Of { scale, adjoint: true };
-    let adjoint = g.winograd.filter(|_| want_input).map(|_| winograd::Filters::new(w, cin, cout, of));
+    let adjoint = g.winograd.filter(|_| want_input).map(|_| transformed(cache, w, cin, cout, of));
     let w_adj = match (&adjoint, g.stride) {
-        (Some(_), _) => Vec::new(),
-        (None, 1) => adjoint_weights(g, w, scale),
-        (None, _) => w.iter().map(|v| v * scale).collect(),
+        (Some(_), _) => Cow::Borrowed(&[][..]),
+        (None, 1) => Cow::Owned(adjoint_weights(g, w, scale)),
+        (None, _) => scaled(w, scale),
     };
     let (dx_out, dc_out) = (SharedMut::new(dx), SharedMut::new(dc));
     // dWᵀ, dγ and dβ: per range of tiles, then summed in the ranges' order
@@ -722,7 +750,21 @@ struct Forward {
     /// ∇ₓ): θ is then [c, (γ, β)] and W is read where it lies, instead of
     /// being copied into θ with them on every call (all of a CIFAR U-Net's
     /// 143 MB of weights per forward pass, one thread's memmove).
-    weights: Option<Tensor>,
+    frozen: Option<Frozen>,
+}
+
+/// W held apart from θ (every part of θ constant), and the layer's cache of
+/// its transformed filters when the layer is frozen ([`conv2d_frozen`]).
+#[derive(Clone)]
+struct Frozen {
+    weights: Tensor,
+    filters: Option<Arc<winograd::FilterCache>>,
+}
+
+impl Frozen {
+    fn cache(&self) -> Option<&winograd::FilterCache> {
+        self.filters.as_deref()
+    }
 }
 
 /// An f32 tensor's values on the CPU, from its storage and layout.
@@ -756,11 +798,11 @@ impl Forward {
         scale: f64,
         norm: Option<(usize, f64)>,
         keep: (bool, bool),
-        weights: Option<Tensor>,
+        frozen: Option<Frozen>,
     ) -> Self {
         let (keep, keep_norm) = keep;
         let (kept, kept_norm) = (Mutex::new(None), Mutex::new(None));
-        Self { k, stride, cout, scale, norm, keep, kept, keep_norm, kept_norm, weights }
+        Self { k, stride, cout, scale, norm, keep, kept, keep_norm, kept_norm, frozen }
     }
 
     fn run(
@@ -775,7 +817,7 @@ impl Forward {
         let n = l1.dims()[0];
         let mut acts = (self.keep && g.norm.is_some()).then(|| Vec::<f32>::with_capacity(n * g.x_len));
         let at = acts.as_mut().map(|a| SharedMut::from_ptr(a.as_mut_ptr()));
-        let held = self.weights.as_ref().map(|w| w.storage_and_layout());
+        let held = self.frozen.as_ref().map(|f| f.weights.storage_and_layout());
         let apart = held.as_ref().map(|(s, l)| cpu_f32(s, l)).transpose()?;
         let (x, theta) = (slice::<f32>(s1, l1)?, slice::<f32>(s2, l2)?);
         let mut kept_norm = g.norm.filter(|_| self.keep_norm).map(|d| NormKept {
@@ -785,7 +827,8 @@ impl Forward {
         let keep_norm = kept_norm
             .as_mut()
             .map(|k| (SharedMut::from_ptr(k.slope.as_mut_ptr()), SharedMut::from_ptr(k.stats.as_mut_ptr())));
-        let y = forward(&g, x, theta, apart, r, self.scale as f32, n, at, keep_norm);
+        let cache = self.frozen.as_ref().and_then(Frozen::cache);
+        let y = forward(&g, x, theta, apart, r, self.scale as f32, n, at, keep_norm, cache);
         if let Some(a) = &mut acts {
             // SAFETY: the forward wrote silu(GN(x_b)) of every image whole.
             unsafe { a.set_len(n * g.x_len) };
@@ -810,7 +853,7 @@ impl Forward {
         let acts = self.kept.lock().expect("fused conv: kept activations").clone();
         let kept_norm = self.kept_norm.lock().expect("fused conv: kept GroupNorm state").clone();
         let (k, stride, cout, scale, norm) = (self.k, self.stride, self.cout, self.scale, self.norm);
-        let op = Backward { k, stride, cout, scale, norm, want, acts, kept_norm, weights: self.weights.clone() };
+        let op = Backward { k, stride, cout, scale, norm, want, acts, kept_norm, frozen: self.frozen.clone() };
         let all = x.apply_op3(theta, &dy.contiguous()?, op)?;
         let xn = x.elem_count();
         let dx = want.0.then(|| all.narrow(0, 0, xn)?.reshape(x.shape())).transpose()?;
@@ -877,8 +920,8 @@ struct Backward {
     acts: Option<Arc<Vec<f32>>>,
     /// GroupNorm's slopes and moments as the forward kept them.
     kept_norm: Option<Arc<NormKept>>,
-    /// W when θ does not hold it (see [`Forward::weights`]).
-    weights: Option<Tensor>,
+    /// W when θ does not hold it, and its filters (see [`Forward::frozen`]).
+    frozen: Option<Frozen>,
 }
 
 impl CustomOp3 for Backward {
@@ -899,9 +942,10 @@ impl CustomOp3 for Backward {
         let n = l1.dims()[0];
         let theta = slice::<f32>(s2, l2)?;
         let (x, dy, acts) = (slice::<f32>(s1, l1)?, slice::<f32>(s3, l3)?, self.acts.as_deref().map(Vec::as_slice));
-        let held = self.weights.as_ref().map(|w| w.storage_and_layout());
+        let held = self.frozen.as_ref().map(|f| f.weights.storage_and_layout());
         let apart = held.as_ref().map(|(s, l)| cpu_f32(s, l)).transpose()?;
-        let all = backward(&g, x, theta, apart, dy, self.scale as f32, n, self.want, acts, self.kept_norm.as_deref());
+        let (kept_norm, cache) = (self.kept_norm.as_deref(), self.frozen.as_ref().and_then(Frozen::cache));
+        let all = backward(&g, x, theta, apart, dy, self.scale as f32, n, self.want, acts, kept_norm, cache);
         let len = all.len();
         Ok((CpuStorage::F32(all), Shape::from(len)))
     }
@@ -953,6 +997,22 @@ pub fn conv2d_normed(
     stride: usize,
     residual: Option<(&Tensor, f64)>,
 ) -> Result<Tensor> {
+    conv2d_frozen(x, norm, w, c, k, stride, residual, None)
+}
+
+/// [`conv2d_normed`] of a frozen layer, with its cache of transformed
+/// filters ([`winograd::FilterCache`]; used when every part of θ is constant).
+#[allow(clippy::too_many_arguments)] // conv2d_normed's, and the cache
+pub(crate) fn conv2d_frozen(
+    x: &Tensor,
+    norm: Option<Norm>,
+    w: &Tensor,
+    c: &Tensor,
+    k: usize,
+    stride: usize,
+    residual: Option<(&Tensor, f64)>,
+    filters: Option<&Arc<winograd::FilterCache>>,
+) -> Result<Tensor> {
     let (n, cin, h, wd) = x.dims4()?;
     let cout = w.dim(0)?;
     if x.dtype() != DType::F32 || w.dtype() != DType::F32 || c.dtype() != DType::F32 || !x.device().is_cpu() {
@@ -983,9 +1043,12 @@ pub fn conv2d_normed(
         }
         parts.extend([nm.gamma.to_dtype(DType::F32)?, nm.beta.to_dtype(DType::F32)?]);
     }
-    // every part of θ constant: W stays where it is (Forward::weights)
-    let frozen = parts.iter().all(|p| !p.track_op());
-    let weights = if frozen { Some(parts.remove(0).contiguous()?) } else { None };
+    // every part of θ constant: W stays where it is (Forward::frozen)
+    let frozen = if parts.iter().all(|p| !p.track_op()) {
+        Some(Frozen { weights: parts.remove(0).contiguous()?, filters: filters.cloned() })
+    } else {
+        None
+    };
     let theta = Tensor::cat(&parts, 0)?;
     let x = x.contiguous()?;
     let norm = norm.map(|nm| (nm.groups, nm.eps));
@@ -995,12 +1058,12 @@ pub fn conv2d_normed(
     let keep_norm = norm.is_some() && x.track_op() && (keep || !theta.track_op()) && KEEP_NORM.with(|k| k.get());
     let keep = (keep, keep_norm);
     match residual {
-        None => x.apply_op2(&theta, Forward::new(k, stride, cout, 1.0, norm, keep, weights)),
+        None => x.apply_op2(&theta, Forward::new(k, stride, cout, 1.0, norm, keep, frozen)),
         Some((r, scale)) => {
             if r.dims() != [n, cout, h / stride, wd / stride] || r.dtype() != DType::F32 {
                 candle_core::bail!("fused conv: the residual must be f32 of the output's shape, got {:?}", r.shape());
             }
-            x.apply_op3(&theta, &r.contiguous()?, Forward::new(k, stride, cout, scale, norm, keep, weights))
+            x.apply_op3(&theta, &r.contiguous()?, Forward::new(k, stride, cout, scale, norm, keep, frozen))
         }
     }
 }
@@ -1247,6 +1310,48 @@ mod tests {
         assert!(few.winograd.is_none(), "2 images of 4×4 are 2 tiles: the direct product");
         let narrow = Geometry::new(&[2, 32, 4, 4], 64, 3, 1, None);
         assert!(narrow.winograd.is_some(), "32 → 64 channels: U stays in cache, F(4×4, 3×3) even for 2 tiles");
+    }
+
+    /// A frozen layer's cache of transformed filters gives the uncached op's
+    /// bits for y and dx on every call (the first call makes U and the
+    /// adjoint's, the next ones reuse them), with and without GroupNorm; and
+    /// weights assigned in place later (a `Var::set` behind the detached
+    /// tensor, the hazard the cache's guard is for) give the new weights'
+    /// result, not the old filters'.
+    #[test]
+    fn cached_filters_give_the_uncached_bits_and_follow_new_weights() {
+        MIN_TILES.with(|t| t.set(1));
+        let dev = Device::Cpu;
+        let mut rng = scoregen_core::rng::Rng::new(16, 0);
+        let (n, cin, cout, side, groups) = (3, 16, 32, 8, 4);
+        let (gamma, beta, _) = group_norm(&mut rng, cin, groups);
+        let (gm, bt) = (gamma.as_tensor().detach(), beta.as_tensor().detach());
+        let x = Var::from_tensor(&rng.randn((n, cin, side, side), DType::F32, &dev).unwrap()).unwrap();
+        let c = rng.randn((n, cout), DType::F32, &dev).unwrap();
+        let r = rng.randn((n, cout, side, side), DType::F32, &dev).unwrap();
+        let probe = rng.randn((n, cout, side, side), DType::F32, &dev).unwrap();
+        let first = rng.randn((cout, cin * 9), DType::F32, &dev).unwrap();
+        let weights = Var::from_tensor(&first).unwrap();
+        let w = weights.as_tensor().detach();
+        for normed in [false, true] {
+            let cache = Arc::new(winograd::FilterCache::default());
+            let run = |cached: bool| {
+                let norm = normed.then_some(Norm { gamma: &gm, beta: &bt, groups, eps: 1e-6 });
+                let y = conv2d_frozen(x.as_tensor(), norm, &w, &c, 3, 1, Some((&r, 0.7)), cached.then_some(&cache));
+                let y = y.unwrap();
+                let g = scoregen_core::autodiff::backward(&(&y * &probe).unwrap().sum_all().unwrap()).unwrap();
+                let dx = g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                (y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), dx)
+            };
+            weights.set(&first).unwrap();
+            let (old, old_uncached) = ((run(true), run(true)), run(false));
+            assert!(old.0 == old_uncached && old.1 == old_uncached, "normed={normed}: cached calls differ");
+            weights.set(&first.affine(1.5, 0.25).unwrap()).unwrap();
+            let (new, new_uncached) = (run(true), run(false));
+            assert!(new_uncached != old_uncached, "normed={normed}: the new weights change the result");
+            assert!(new == new_uncached, "normed={normed}: the cache kept the old weights' filters");
+        }
+        MIN_TILES.with(|t| t.set(WINOGRAD_MIN_TILES));
     }
 
     /// The same inputs give the same gradients, bit for bit, on four threads
