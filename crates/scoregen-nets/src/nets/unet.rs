@@ -128,7 +128,7 @@ pub(crate) struct Conv {
     /// The parameters are constants ([`Conv::freeze`]).
     frozen: bool,
     /// Once frozen: the Winograd transforms of the weights, made on the first call.
-    filters: std::sync::Arc<super::kernels::winograd::FilterCache>,
+    filters: std::sync::Arc<super::kernels::conv::TransformCache>,
 }
 
 impl Conv {

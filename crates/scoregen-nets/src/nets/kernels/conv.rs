@@ -376,7 +376,7 @@ fn forward(
     n: usize,
     acts: Option<SharedMut>,
     keep_norm: Option<(SharedMut, SharedMut)>,
-    cache: Option<&winograd::FilterCache>,
+    cache: Option<&TransformCache>,
 ) -> Vec<f32> {
     let g = &g.for_winograd();
     let (rows, hw, cout) = (g.rows(), g.hw_out, g.cout);
@@ -517,15 +517,99 @@ fn scaled(w: &[f32], scale: f32) -> Cow<'_, [f32]> {
 
 /// U of the filters `of` w: from the frozen layer's cache when it has one.
 fn transformed(
-    cache: Option<&winograd::FilterCache>,
+    cache: Option<&TransformCache>,
     w: &[f32],
     cout: usize,
     cin: usize,
     of: winograd::Of,
 ) -> Arc<winograd::Filters> {
+    let make = || winograd::Filters::new(w, cout, cin, of);
     match cache {
-        Some(c) => c.get(w, cout, cin, of),
-        None => Arc::new(winograd::Filters::new(w, cout, cin, of)),
+        Some(c) => {
+            let slot = if of.adjoint { &c.adjoint } else { &c.forward };
+            let f = slot.get(Made::of(w, of.scale, of.adjoint), make);
+            // the tests switch the product: filters for another layout are remade
+            if f.current() {
+                f
+            } else {
+                slot.remake(Made::of(w, of.scale, of.adjoint), make)
+            }
+        }
+        None => Arc::new(make()),
+    }
+}
+
+/// The transforms of a frozen layer's weights, made on its first call and
+/// reused after: sampling and likelihoods run a frozen network hundreds of
+/// times with the same weights, and remaking them on every call was 6–7 %
+/// (Winograd's U and the adjoint's, 4× the weights each, written out
+/// whole) and 3 % (the direct adjoint W̃ of the layers below Winograd's
+/// batch threshold) of a CIFAR-size forward + VJP. The price is memory:
+/// U and the adjoint's stay allocated, 8× the weights of the layers that
+/// take F(4×4, 3×3).
+///
+/// Only for layers whose weights are constants
+/// ([`crate::nets::Network::freeze`]: loaded or EMA weights, assigned
+/// before the first call). As a guard against weights assigned later, each
+/// transform is remade when s, the weights' length or any of [`PROBES`]
+/// spaced weights differ from what it was made of ([`Made`]).
+#[derive(Default)]
+pub(crate) struct TransformCache {
+    forward: Slot<winograd::Filters>,
+    adjoint: Slot<winograd::Filters>,
+    direct_adjoint: Slot<Vec<f32>>,
+}
+
+/// Weights that [`Made`] compares.
+const PROBES: usize = 8;
+
+/// What a cached transform was made of: s, which side, the weights' length
+/// and their values at [`PROBES`] evenly spaced places (the first and the
+/// last among them), as bits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Made {
+    scale: u32,
+    adjoint: bool,
+    len: usize,
+    probe: [u32; PROBES],
+}
+
+impl Made {
+    fn of(w: &[f32], scale: f32, adjoint: bool) -> Self {
+        let probe = std::array::from_fn(|j| w[j * (w.len() - 1) / (PROBES - 1)].to_bits());
+        Self { scale: scale.to_bits(), adjoint, len: w.len(), probe }
+    }
+}
+
+/// One transform of [`TransformCache`].
+struct Slot<T>(Mutex<Option<(Made, Arc<T>)>>);
+
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Self(Mutex::new(None))
+    }
+}
+
+impl<T> Slot<T> {
+    /// The transform made of `made`: the kept one, or `make()` kept from now on.
+    fn get(&self, made: Made, make: impl FnOnce() -> T) -> Arc<T> {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.as_ref() {
+            Some((m, t)) if *m == made => t.clone(),
+            _ => {
+                // the old one is dropped before the new one is made (one at a time in memory)
+                *slot = None;
+                let t = Arc::new(make());
+                *slot = Some((made, t.clone()));
+                t
+            }
+        }
+    }
+
+    /// `make()`, kept from now on in place of what the slot held.
+    fn remake(&self, made: Made, make: impl FnOnce() -> T) -> Arc<T> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.get(made, make)
     }
 }
 
@@ -562,7 +646,7 @@ fn backward(
     want: (bool, bool),
     acts: Option<&[f32]>,
     kept_norm: Option<&NormKept>,
-    cache: Option<&winograd::FilterCache>,
+    cache: Option<&TransformCache>,
 ) -> Vec<f32> {
     let (want_x, want_w) = want;
     // with θ frozen no patches are formed: the Winograd path's tiles
@@ -595,9 +679,16 @@ fn backward(
     // dx = W̃ ⋆ (s·dy) by F(4×4, 3×3) where it serves (W̃ maps C_out to C_in channels)
     let of = winograd::Of { scale, adjoint: true };
     let adjoint = g.winograd.filter(|_| want_input).map(|_| transformed(cache, w, cin, cout, of));
+    let held_adjoint: Arc<Vec<f32>>;
     let w_adj = match (&adjoint, g.stride) {
         (Some(_), _) => Cow::Borrowed(&[][..]),
-        (None, 1) => Cow::Owned(adjoint_weights(g, w, scale)),
+        (None, 1) => match cache {
+            Some(c) => {
+                held_adjoint = c.direct_adjoint.get(Made::of(w, scale, true), || adjoint_weights(g, w, scale));
+                Cow::Borrowed(held_adjoint.as_slice())
+            }
+            None => Cow::Owned(adjoint_weights(g, w, scale)),
+        },
         (None, _) => scaled(w, scale),
     };
     let (dx_out, dc_out) = (SharedMut::new(dx), SharedMut::new(dc));
@@ -758,11 +849,11 @@ struct Forward {
 #[derive(Clone)]
 struct Frozen {
     weights: Tensor,
-    filters: Option<Arc<winograd::FilterCache>>,
+    filters: Option<Arc<TransformCache>>,
 }
 
 impl Frozen {
-    fn cache(&self) -> Option<&winograd::FilterCache> {
+    fn cache(&self) -> Option<&TransformCache> {
         self.filters.as_deref()
     }
 }
@@ -1001,7 +1092,7 @@ pub fn conv2d_normed(
 }
 
 /// [`conv2d_normed`] of a frozen layer, with its cache of transformed
-/// filters ([`winograd::FilterCache`]; used when every part of θ is constant).
+/// filters ([`TransformCache`]; used when every part of θ is constant).
 #[allow(clippy::too_many_arguments)] // conv2d_normed's, and the cache
 pub(crate) fn conv2d_frozen(
     x: &Tensor,
@@ -1011,7 +1102,7 @@ pub(crate) fn conv2d_frozen(
     k: usize,
     stride: usize,
     residual: Option<(&Tensor, f64)>,
-    filters: Option<&Arc<winograd::FilterCache>>,
+    filters: Option<&Arc<TransformCache>>,
 ) -> Result<Tensor> {
     let (n, cin, h, wd) = x.dims4()?;
     let cout = w.dim(0)?;
@@ -1312,44 +1403,49 @@ mod tests {
         assert!(narrow.winograd.is_some(), "32 → 64 channels: U stays in cache, F(4×4, 3×3) even for 2 tiles");
     }
 
-    /// A frozen layer's cache of transformed filters gives the uncached op's
-    /// bits for y and dx on every call (the first call makes U and the
-    /// adjoint's, the next ones reuse them), with and without GroupNorm; and
-    /// weights assigned in place later (a `Var::set` behind the detached
+    /// A frozen layer's [`TransformCache`] gives the uncached op's bits for y
+    /// and dx on every call (the first call makes the transforms, the next
+    /// ones reuse them), with and without GroupNorm, through Winograd
+    /// (16 input channels) and the direct product with its adjoint W̃ (12);
+    /// and weights assigned in place later (a `Var::set` behind the detached
     /// tensor, the hazard the cache's guard is for) give the new weights'
-    /// result, not the old filters'.
+    /// result, not the old transforms'.
     #[test]
-    fn cached_filters_give_the_uncached_bits_and_follow_new_weights() {
+    fn cached_transforms_give_the_uncached_bits_and_follow_new_weights() {
         MIN_TILES.with(|t| t.set(1));
         let dev = Device::Cpu;
         let mut rng = scoregen_core::rng::Rng::new(16, 0);
-        let (n, cin, cout, side, groups) = (3, 16, 32, 8, 4);
-        let (gamma, beta, _) = group_norm(&mut rng, cin, groups);
-        let (gm, bt) = (gamma.as_tensor().detach(), beta.as_tensor().detach());
-        let x = Var::from_tensor(&rng.randn((n, cin, side, side), DType::F32, &dev).unwrap()).unwrap();
-        let c = rng.randn((n, cout), DType::F32, &dev).unwrap();
-        let r = rng.randn((n, cout, side, side), DType::F32, &dev).unwrap();
-        let probe = rng.randn((n, cout, side, side), DType::F32, &dev).unwrap();
-        let first = rng.randn((cout, cin * 9), DType::F32, &dev).unwrap();
-        let weights = Var::from_tensor(&first).unwrap();
-        let w = weights.as_tensor().detach();
-        for normed in [false, true] {
-            let cache = Arc::new(winograd::FilterCache::default());
-            let run = |cached: bool| {
-                let norm = normed.then_some(Norm { gamma: &gm, beta: &bt, groups, eps: 1e-6 });
-                let y = conv2d_frozen(x.as_tensor(), norm, &w, &c, 3, 1, Some((&r, 0.7)), cached.then_some(&cache));
-                let y = y.unwrap();
-                let g = scoregen_core::autodiff::backward(&(&y * &probe).unwrap().sum_all().unwrap()).unwrap();
-                let dx = g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                (y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), dx)
-            };
-            weights.set(&first).unwrap();
-            let (old, old_uncached) = ((run(true), run(true)), run(false));
-            assert!(old.0 == old_uncached && old.1 == old_uncached, "normed={normed}: cached calls differ");
-            weights.set(&first.affine(1.5, 0.25).unwrap()).unwrap();
-            let (new, new_uncached) = (run(true), run(false));
-            assert!(new_uncached != old_uncached, "normed={normed}: the new weights change the result");
-            assert!(new == new_uncached, "normed={normed}: the cache kept the old weights' filters");
+        for (cin, winograd) in [(16, true), (12, false)] {
+            let (n, cout, side, groups) = (3, 32, 8, 4);
+            assert_eq!(Geometry::new(&[n, cin, side, side], cout, 3, 1, None).winograd.is_some(), winograd);
+            let (gamma, beta, _) = group_norm(&mut rng, cin, groups);
+            let (gm, bt) = (gamma.as_tensor().detach(), beta.as_tensor().detach());
+            let x = Var::from_tensor(&rng.randn((n, cin, side, side), DType::F32, &dev).unwrap()).unwrap();
+            let c = rng.randn((n, cout), DType::F32, &dev).unwrap();
+            let r = rng.randn((n, cout, side, side), DType::F32, &dev).unwrap();
+            let probe = rng.randn((n, cout, side, side), DType::F32, &dev).unwrap();
+            let first = rng.randn((cout, cin * 9), DType::F32, &dev).unwrap();
+            let weights = Var::from_tensor(&first).unwrap();
+            let w = weights.as_tensor().detach();
+            for normed in [false, true] {
+                let case = format!("C_in = {cin}, normed = {normed}");
+                let cache = Arc::new(TransformCache::default());
+                let run = |cached: bool| {
+                    let norm = normed.then_some(Norm { gamma: &gm, beta: &bt, groups, eps: 1e-6 });
+                    let res = Some((&r, 0.7));
+                    let y = conv2d_frozen(x.as_tensor(), norm, &w, &c, 3, 1, res, cached.then_some(&cache)).unwrap();
+                    let g = scoregen_core::autodiff::backward(&(&y * &probe).unwrap().sum_all().unwrap()).unwrap();
+                    let dx = g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    (y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), dx)
+                };
+                weights.set(&first).unwrap();
+                let (old, old_uncached) = ((run(true), run(true)), run(false));
+                assert!(old.0 == old_uncached && old.1 == old_uncached, "{case}: cached calls differ");
+                weights.set(&first.affine(1.5, 0.25).unwrap()).unwrap();
+                let (new, new_uncached) = (run(true), run(false));
+                assert!(new_uncached != old_uncached, "{case}: the new weights change the result");
+                assert!(new == new_uncached, "{case}: the cache kept the old weights' transforms");
+            }
         }
         MIN_TILES.with(|t| t.set(WINOGRAD_MIN_TILES));
     }
