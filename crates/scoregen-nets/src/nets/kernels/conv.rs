@@ -523,7 +523,7 @@ fn transformed(
     cin: usize,
     of: winograd::Of,
 ) -> Arc<winograd::Filters> {
-    let make = || winograd::Filters::new(w, cout, cin, of);
+    let make = || winograd::Filters::kept(w, cout, cin, of);
     match cache {
         Some(c) => {
             let slot = if of.adjoint { &c.adjoint } else { &c.forward };
@@ -535,7 +535,7 @@ fn transformed(
                 slot.remake(Made::of(w, of.scale, of.adjoint), make)
             }
         }
-        None => Arc::new(make()),
+        None => Arc::new(winograd::Filters::new(w, cout, cin, of)),
     }
 }
 
@@ -581,35 +581,77 @@ impl Made {
     }
 }
 
-/// One transform of [`TransformCache`].
-struct Slot<T>(Mutex<Option<(Made, Arc<T>)>>);
+/// Bytes that all [`TransformCache`]s of the process may keep together
+/// (1 GiB: google/ddpm-cifar10-32's need about 300 MiB); past it a
+/// transform is made for its call and dropped after, as without a cache,
+/// so a much larger model costs time, not memory it may not have.
+const CACHE_BYTES: usize = 1 << 30;
 
-impl<T> Default for Slot<T> {
+/// Bytes the [`TransformCache`]s keep now.
+static CACHED_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A transform's size in memory, for [`CACHE_BYTES`].
+trait Bytes {
+    fn bytes(&self) -> usize;
+}
+
+impl Bytes for winograd::Filters {
+    fn bytes(&self) -> usize {
+        self.len() * 4
+    }
+}
+
+impl Bytes for Vec<f32> {
+    fn bytes(&self) -> usize {
+        self.len() * 4
+    }
+}
+
+/// One transform of [`TransformCache`].
+struct Slot<T: Bytes>(Mutex<Option<(Made, Arc<T>)>>);
+
+impl<T: Bytes> Default for Slot<T> {
     fn default() -> Self {
         Self(Mutex::new(None))
     }
 }
 
-impl<T> Slot<T> {
-    /// The transform made of `made`: the kept one, or `make()` kept from now on.
+impl<T: Bytes> Slot<T> {
+    /// The transform made of `made`: the kept one, or `make()`, kept from
+    /// now on while the caches stay within [`CACHE_BYTES`].
     fn get(&self, made: Made, make: impl FnOnce() -> T) -> Arc<T> {
+        use std::sync::atomic::Ordering::Relaxed;
         let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        match slot.as_ref() {
-            Some((m, t)) if *m == made => t.clone(),
-            _ => {
-                // the old one is dropped before the new one is made (one at a time in memory)
-                *slot = None;
-                let t = Arc::new(make());
-                *slot = Some((made, t.clone()));
-                t
-            }
+        if let Some((_, t)) = slot.as_ref().filter(|(m, _)| *m == made) {
+            return t.clone();
         }
+        // the old one is dropped before the new one is made (one at a time in memory)
+        Self::release(&mut slot);
+        let t = Arc::new(make());
+        let bytes = t.bytes();
+        if CACHED_BYTES.fetch_update(Relaxed, Relaxed, |b| (b + bytes <= CACHE_BYTES).then_some(b + bytes)).is_ok() {
+            *slot = Some((made, t.clone()));
+        }
+        t
     }
 
     /// `make()`, kept from now on in place of what the slot held.
     fn remake(&self, made: Made, make: impl FnOnce() -> T) -> Arc<T> {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        Self::release(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()));
         self.get(made, make)
+    }
+
+    /// Empties the slot, its bytes no longer counted.
+    fn release(slot: &mut Option<(Made, Arc<T>)>) {
+        if let Some((_, t)) = slot.take() {
+            CACHED_BYTES.fetch_sub(t.bytes(), std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+impl<T: Bytes> Drop for Slot<T> {
+    fn drop(&mut self) {
+        Self::release(self.0.get_mut().unwrap_or_else(|e| e.into_inner()));
     }
 }
 
@@ -1448,6 +1490,27 @@ mod tests {
             }
         }
         MIN_TILES.with(|t| t.set(WINOGRAD_MIN_TILES));
+    }
+
+    /// A slot keeps what fits in [`CACHE_BYTES`] (the same Arc on the next
+    /// call, a new one for other weights) and keeps nothing larger (a new
+    /// transform on every call).
+    #[test]
+    fn the_cache_keeps_what_fits_its_budget_only() {
+        struct Sized(usize);
+        impl Bytes for Sized {
+            fn bytes(&self) -> usize {
+                self.0
+            }
+        }
+        let (w, other) = ([1.0f32; 16], [2.0f32; 16]);
+        let small = Slot::default();
+        let a = small.get(Made::of(&w, 1.0, false), || Sized(1024));
+        assert!(Arc::ptr_eq(&a, &small.get(Made::of(&w, 1.0, false), || Sized(1024))), "kept");
+        assert!(!Arc::ptr_eq(&a, &small.get(Made::of(&other, 1.0, false), || Sized(1024))), "other weights");
+        let huge = Slot::default();
+        let b = huge.get(Made::of(&w, 1.0, false), || Sized(CACHE_BYTES + 1));
+        assert!(!Arc::ptr_eq(&b, &huge.get(Made::of(&w, 1.0, false), || Sized(CACHE_BYTES + 1))), "not kept");
     }
 
     /// The same inputs give the same gradients, bit for bit, on four threads

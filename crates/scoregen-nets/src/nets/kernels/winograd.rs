@@ -240,12 +240,21 @@ impl Filters {
     /// (for the adjoint, w is [C_in, C_out, 3, 3]: the forward's weights), the
     /// rows i split across candle's threads.
     pub(crate) fn new(w: &[f32], cout: usize, cin: usize, of: Of) -> Self {
+        Self::made(w, cout, cin, of, SPARE.with(|s| std::mem::take(&mut *s.borrow_mut())))
+    }
+
+    /// [`Filters::new`] in a buffer of its own size, for a cache to keep
+    /// (the spare buffer may be a larger layer's).
+    pub(crate) fn kept(w: &[f32], cout: usize, cin: usize, of: Of) -> Self {
+        Self::made(w, cout, cin, of, Vec::new())
+    }
+
+    fn made(w: &[f32], cout: usize, cin: usize, of: Of, mut u: Vec<f32>) -> Self {
         assert!(
             cout.is_multiple_of(L) && w.len() == cout * cin * 9,
             "winograd: w holds C_out × C_in 3×3 filters, C_out a multiple of {L}"
         );
         let len = XI * xi_stride(cin, cout);
-        let mut u = SPARE.with(|s| std::mem::take(&mut *s.borrow_mut()));
         // every entry that is read is written below (the gaps between blocks,
         // and the spare's entries past `len`, are never read)
         at_least(&mut u, len);
@@ -254,6 +263,12 @@ impl Filters {
         let target = Target { scale: of.scale, adjoint: of.adjoint, panel: product.panel(cout) };
         par_ranges(cin, |rows| filters(w, cout, cin, rows, out, target));
         Self { u, cin, cout, product }
+    }
+
+    /// Entries of U's buffer (36·C_in·C_out, the gaps between blocks, and
+    /// any spare room).
+    pub(crate) fn len(&self) -> usize {
+        self.u.capacity()
     }
 
     /// Whether the filters are laid out for the product the CPU runs now
