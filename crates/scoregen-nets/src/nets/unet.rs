@@ -127,7 +127,7 @@ pub(crate) struct Conv {
     stride: usize,
     /// The parameters are constants ([`Conv::freeze`]).
     frozen: bool,
-    /// Once frozen: the Winograd transforms of the weights, made on the first call.
+    /// Once frozen: the transforms of the weights (Winograd's U, the adjoints'), made on the first call.
     filters: std::sync::Arc<super::kernels::conv::TransformCache>,
 }
 
@@ -145,7 +145,7 @@ impl Conv {
 
     /// Marks the parameters as constants (an evaluated network): the fused op
     /// then keeps no activations unless x is tracked, skips dW, and keeps the
-    /// Winograd transforms of the weights from the first call on (the
+    /// transforms of the weights from the first call on (the
     /// weights must be assigned before it).
     pub(crate) fn freeze(&mut self) {
         self.frozen = true;

@@ -523,17 +523,12 @@ fn transformed(
     cin: usize,
     of: winograd::Of,
 ) -> Arc<winograd::Filters> {
-    let make = || winograd::Filters::kept(w, cout, cin, of);
     match cache {
         Some(c) => {
             let slot = if of.adjoint { &c.adjoint } else { &c.forward };
-            let f = slot.get(Made::of(w, of.scale, of.adjoint), make);
-            // the tests switch the product: filters for another layout are remade
-            if f.current() {
-                f
-            } else {
-                slot.remake(Made::of(w, of.scale, of.adjoint), make)
-            }
+            // U's layout is the product's (the tests switch it): part of what U is made of
+            let made = Made { layout: Some(winograd::Product::current()), ..Made::of(w, of.scale, of.adjoint) };
+            slot.get(made, || winograd::Filters::kept(w, cout, cin, of))
         }
         None => Arc::new(winograd::Filters::new(w, cout, cin, of)),
     }
@@ -565,19 +560,21 @@ const PROBES: usize = 8;
 
 /// What a cached transform was made of: s, which side, the weights' length
 /// and their values at [`PROBES`] evenly spaced places (the first and the
-/// last among them), as bits.
+/// last among them), as bits; and for Winograd's U, the product whose
+/// panel layout it has.
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Made {
     scale: u32,
     adjoint: bool,
     len: usize,
     probe: [u32; PROBES],
+    layout: Option<winograd::Product>,
 }
 
 impl Made {
     fn of(w: &[f32], scale: f32, adjoint: bool) -> Self {
         let probe = std::array::from_fn(|j| w[j * (w.len() - 1) / (PROBES - 1)].to_bits());
-        Self { scale: scale.to_bits(), adjoint, len: w.len(), probe }
+        Self { scale: scale.to_bits(), adjoint, len: w.len(), probe, layout: None }
     }
 }
 
@@ -597,13 +594,13 @@ trait Bytes {
 
 impl Bytes for winograd::Filters {
     fn bytes(&self) -> usize {
-        self.len() * 4
+        self.capacity() * 4
     }
 }
 
 impl Bytes for Vec<f32> {
     fn bytes(&self) -> usize {
-        self.len() * 4
+        self.capacity() * 4
     }
 }
 
@@ -633,12 +630,6 @@ impl<T: Bytes> Slot<T> {
             *slot = Some((made, t.clone()));
         }
         t
-    }
-
-    /// `make()`, kept from now on in place of what the slot held.
-    fn remake(&self, made: Made, make: impl FnOnce() -> T) -> Arc<T> {
-        Self::release(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()));
-        self.get(made, make)
     }
 
     /// Empties the slot, its bytes no longer counted.

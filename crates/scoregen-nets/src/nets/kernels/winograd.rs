@@ -39,7 +39,7 @@
 //! is present, or with `SCOREGEN_WINOGRAD_GEMM=crate`).
 
 use super::dense::{gemm_serial, Mat};
-use super::fused::{par_ranges, simd_builds, SharedMut};
+use super::fused::{par_ranges, simd, simd_builds, SharedMut, Simd};
 
 /// Channels per vector: one AVX-512 register, two AVX2 ones.
 pub(crate) const L: usize = 16;
@@ -98,26 +98,25 @@ thread_local! {
 }
 
 impl Product {
-    /// The fastest the CPU runs, unless `SCOREGEN_WINOGRAD_GEMM=crate` (read once).
-    fn current() -> Self {
-        static DETECTED: std::sync::OnceLock<Product> = std::sync::OnceLock::new();
+    /// The microkernels of the CPU's vector level ([`simd`]), unless
+    /// `SCOREGEN_WINOGRAD_GEMM=crate` (read once) or a test forces another.
+    pub(crate) fn current() -> Self {
+        static CRATE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         FORCE_PRODUCT.with(|f| f.get()).unwrap_or_else(|| {
-            *DETECTED.get_or_init(|| {
-                if std::env::var("SCOREGEN_WINOGRAD_GEMM").is_ok_and(|v| v.trim() == "crate") {
-                    return Product::Crate;
-                }
-                #[cfg(target_arch = "x86_64")]
-                {
-                    if is_x86_feature_detected!("avx512f") {
-                        return Product::Avx512;
-                    }
-                    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                        return Product::Fma;
-                    }
-                }
-                Product::Crate
-            })
+            if *CRATE.get_or_init(|| std::env::var("SCOREGEN_WINOGRAD_GEMM").is_ok_and(|v| v.trim() == "crate")) {
+                return Product::Crate;
+            }
+            Self::of(simd())
         })
+    }
+
+    /// The microkernels of a vector level (the crate's whole GEMM for the baseline).
+    fn of(level: Simd) -> Self {
+        match level {
+            Simd::Avx512 => Product::Avx512,
+            Simd::Avx2 => Product::Fma,
+            Simd::Base => Product::Crate,
+        }
     }
 
     /// Output channels per panel of U for C_out = `cout` (the last panel may be narrower).
@@ -163,8 +162,8 @@ fn filter_1d(g: &[V; 3]) -> [V; 6] {
 /// `u` must hold 36 blocks; no other thread may touch rows i0..i1 of them.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // g[a][b][l] is filled lane by lane, index by index
-unsafe fn filters_body(w: &[f32], cout: usize, cin: usize, rows: std::ops::Range<usize>, u: SharedMut, of: Target) {
-    let (us, pw) = (xi_stride(cin, cout), of.panel);
+unsafe fn filters_body(w: &[f32], cout: usize, cin: usize, rows: std::ops::Range<usize>, u: SharedMut, t: Target) {
+    let (us, pw, of) = (xi_stride(cin, cout), t.panel, t.of);
     for i in rows {
         for o0 in (0..cout).step_by(L) {
             // g[a][b][l] = s·w[o0 + l, i, a, b], or s·w[i, o0 + l, 2 − a, 2 − b] for the adjoint
@@ -223,8 +222,7 @@ pub(crate) struct Of {
 /// [`Of`] and the panel width the transform writes (set by [`Filters::new`]).
 #[derive(Clone, Copy, Debug)]
 struct Target {
-    scale: f32,
-    adjoint: bool,
+    of: Of,
     panel: usize,
 }
 
@@ -260,21 +258,15 @@ impl Filters {
         at_least(&mut u, len);
         let out = SharedMut::new(&mut u);
         let product = Product::current();
-        let target = Target { scale: of.scale, adjoint: of.adjoint, panel: product.panel(cout) };
+        let target = Target { of, panel: product.panel(cout) };
         par_ranges(cin, |rows| filters(w, cout, cin, rows, out, target));
         Self { u, cin, cout, product }
     }
 
-    /// Entries of U's buffer (36·C_in·C_out, the gaps between blocks, and
+    /// Entries U's buffer holds (36·C_in·C_out, the gaps between blocks, and
     /// any spare room).
-    pub(crate) fn len(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.u.capacity()
-    }
-
-    /// Whether the filters are laid out for the product the CPU runs now
-    /// (the tests switch it; a cache must not hand out the other layout).
-    pub(crate) fn current(&self) -> bool {
-        self.product == Product::current()
     }
 }
 
@@ -838,17 +830,13 @@ mod tests {
     /// Every [`Product`] this CPU runs: the crate's GEMM always, the
     /// microkernels where it has their features.
     fn products_here() -> Vec<Product> {
-        let mut here = vec![Product::Crate];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                here.push(Product::Fma);
-            }
-            if is_x86_feature_detected!("avx512f") {
-                here.push(Product::Avx512);
-            }
-        }
-        here
+        // each level runs the ones below it too (AVX-512 here implies AVX2 + FMA)
+        let levels = match simd() {
+            Simd::Base => &[Simd::Base][..],
+            Simd::Avx2 => &[Simd::Base, Simd::Avx2],
+            Simd::Avx512 => &[Simd::Base, Simd::Avx2, Simd::Avx512],
+        };
+        levels.iter().map(|&l| Product::of(l)).collect()
     }
 
     fn worst_error_of(product: Product, n: usize, cin: usize, cout: usize, h: usize, w: usize, seed: u64) -> f64 {
