@@ -168,9 +168,35 @@ const WINOGRAD_MIN_TILES: usize = 64;
 /// the traffic that [`WINOGRAD_MIN_TILES`] guards against never arises.
 const SMALL_FILTERS: usize = 64 * 64;
 
+/// [`WINOGRAD_MIN_TILES`] for a frozen layer whose U is kept
+/// ([`TransformCache`]) on a CPU whose products run the AVX2 + FMA
+/// microkernels ([`winograd::Product::Fma`]). With U made once, a call
+/// saves 3/4 of the direct product's 2·9·C_in·C_out FLOPs per pixel and
+/// pays one read of U (144·C_in·C_out bytes); at AVX2's GEMM rate (half
+/// AVX-512's per core) the saving passes the read from about 6 tiles on,
+/// so CIFAR's 8×8 and 4×4 levels take Winograd too. Measured on a 2-core
+/// AVX2 EPYC (docs/performance.md, session 15; medians of five interleaved
+/// rounds): CIFAR forward + VJP at batch 8 10 % faster on 1 thread and 2 %
+/// on 2, the sampling step at batch 16 even on 1 thread and 7 % faster on
+/// 2, for up to 530 MiB more of kept U. On AVX-512 (GEMM twice as fast)
+/// the same change was within noise (session 14), so the threshold stays
+/// [`WINOGRAD_MIN_TILES`] there.
+const WINOGRAD_MIN_TILES_KEPT_FMA: usize = 8;
+
 thread_local! {
     /// [`WINOGRAD_MIN_TILES`], lowered by the tests to take the Winograd path on small batches.
     static MIN_TILES: std::cell::Cell<usize> = const { std::cell::Cell::new(WINOGRAD_MIN_TILES) };
+}
+
+/// The fewest output tiles for F(4×4, 3×3): [`WINOGRAD_MIN_TILES`], or
+/// [`WINOGRAD_MIN_TILES_KEPT_FMA`] for kept filters on AVX2 + FMA.
+fn min_tiles(kept: bool) -> usize {
+    let least = MIN_TILES.with(|t| t.get());
+    if kept && winograd::Product::current() == winograd::Product::Fma {
+        least.min(WINOGRAD_MIN_TILES_KEPT_FMA)
+    } else {
+        least
+    }
 }
 
 /// Images per Winograd tile group for h×w images: as many as fill [`WINOGRAD_COLS`] tiles.
@@ -187,7 +213,8 @@ fn winograd_enabled() -> bool {
 }
 
 impl Geometry {
-    fn new(x: &[usize], cout: usize, k: usize, stride: usize, norm: Option<(usize, f64)>) -> Self {
+    /// `kept`: the layer is frozen and keeps its transformed filters ([`min_tiles`]).
+    fn new(x: &[usize], cout: usize, k: usize, stride: usize, norm: Option<(usize, f64)>, kept: bool) -> Self {
         let (cin, h, w) = (x[1], x[2], x[3]);
         let hw = (h / stride) * (w / stride);
         let norm = norm.map(|(groups, eps)| NormDims::of(x, groups, eps, true));
@@ -205,7 +232,7 @@ impl Geometry {
         };
         let threads = candle_core::utils::get_num_threads();
         g.group = balanced_group(group_size(&g).min(x[0]).max(1), x[0], threads);
-        let min_tiles = MIN_TILES.with(|t| t.get());
+        let min_tiles = min_tiles(kept);
         g.winograd = (winograd_enabled()
             && winograd::applies(k, stride, cin, cout, h, w)
             && (x[0] * winograd::tiles_per_image(h, w) >= min_tiles || cin * cout <= SMALL_FILTERS))
@@ -937,7 +964,8 @@ impl Forward {
         l2: &Layout,
         r: Option<&[f32]>,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = Geometry::new(l1.dims(), self.cout, self.k, self.stride, self.norm);
+        let kept = self.frozen.as_ref().and_then(Frozen::cache).is_some();
+        let g = Geometry::new(l1.dims(), self.cout, self.k, self.stride, self.norm, kept);
         let n = l1.dims()[0];
         let mut acts = (self.keep && g.norm.is_some()).then(|| Vec::<f32>::with_capacity(n * g.x_len));
         let at = acts.as_mut().map(|a| SharedMut::from_ptr(a.as_mut_ptr()));
@@ -1062,7 +1090,8 @@ impl CustomOp3 for Backward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = Geometry::new(l1.dims(), self.cout, self.k, self.stride, self.norm);
+        let kept = self.frozen.as_ref().and_then(Frozen::cache).is_some();
+        let g = Geometry::new(l1.dims(), self.cout, self.k, self.stride, self.norm, kept);
         let n = l1.dims()[0];
         let theta = slice::<f32>(s2, l2)?;
         let (x, dy, acts) = (slice::<f32>(s1, l1)?, slice::<f32>(s3, l3)?, self.acts.as_deref().map(Vec::as_slice));
@@ -1388,7 +1417,7 @@ mod tests {
             .flat_map(|s| [(false, false), (true, true), (true, false), (false, true)].map(|(a, b)| (s, a, b)))
             .flat_map(|(s, a, b)| [(s, a, b, false), (s, a, b, true)])
         {
-            let geometry = Geometry::new(&[n, cin, side, side], cout, 3, 1, normed.then_some((groups, 1e-6)));
+            let geometry = Geometry::new(&[n, cin, side, side], cout, 3, 1, normed.then_some((groups, 1e-6)), false);
             assert!(geometry.winograd.is_some(), "{side}×{side} takes F(4×4, 3×3)");
             let x = rng.randn((n, cin, side, side), DType::F32, &dev).unwrap().affine(2.0, 1.0).unwrap();
             let x = Var::from_tensor(&x).unwrap();
@@ -1430,10 +1459,32 @@ mod tests {
             assert_same_gradients(&ours, &theirs, &weights, &vars, (1e-4, 0.0), &case);
         }
         MIN_TILES.with(|t| t.set(WINOGRAD_MIN_TILES));
-        let few = Geometry::new(&[2, 256, 4, 4], 256, 3, 1, None);
+        let few = Geometry::new(&[2, 256, 4, 4], 256, 3, 1, None, false);
         assert!(few.winograd.is_none(), "2 images of 4×4 are 2 tiles: the direct product");
-        let narrow = Geometry::new(&[2, 32, 4, 4], 64, 3, 1, None);
+        let narrow = Geometry::new(&[2, 32, 4, 4], 64, 3, 1, None, false);
         assert!(narrow.winograd.is_some(), "32 → 64 channels: U stays in cache, F(4×4, 3×3) even for 2 tiles");
+    }
+
+    /// Kept filters on AVX2 + FMA take F(4×4, 3×3) from
+    /// [`WINOGRAD_MIN_TILES_KEPT_FMA`] tiles on (CIFAR's 4×4 level at batch
+    /// 8: 8 tiles), filters made per call and the other products from
+    /// [`WINOGRAD_MIN_TILES`] only.
+    #[test]
+    fn kept_filters_lower_the_tile_threshold_on_fma_only() {
+        use winograd::{force_product, Product};
+        let takes = |n: usize, kept: bool| Geometry::new(&[n, 256, 4, 4], 256, 3, 1, None, kept).winograd.is_some();
+        force_product(Some(Product::Fma));
+        let fma = [takes(8, true), takes(7, true), takes(8, false), takes(63, false), takes(64, false)];
+        let mut others = vec![];
+        for p in [Product::Avx512, Product::Crate] {
+            force_product(Some(p));
+            others.push((p, takes(8, true), takes(63, true), takes(64, true)));
+        }
+        force_product(None);
+        assert_eq!(fma, [true, false, false, false, true], "AVX2 + FMA: kept from 8 tiles, made per call from 64");
+        for (p, eight, below, at) in others {
+            assert!(!eight && !below && at, "{p:?}: kept filters from 64 tiles only");
+        }
     }
 
     /// A frozen layer's [`TransformCache`] gives the uncached op's bits for y
@@ -1450,7 +1501,7 @@ mod tests {
         let mut rng = scoregen_core::rng::Rng::new(16, 0);
         for (cin, winograd) in [(16, true), (12, false)] {
             let (n, cout, side, groups) = (3, 32, 8, 4);
-            assert_eq!(Geometry::new(&[n, cin, side, side], cout, 3, 1, None).winograd.is_some(), winograd);
+            assert_eq!(Geometry::new(&[n, cin, side, side], cout, 3, 1, None, false).winograd.is_some(), winograd);
             let (gamma, beta, _) = group_norm(&mut rng, cin, groups);
             let (gm, bt) = (gamma.as_tensor().detach(), beta.as_tensor().detach());
             let x = Var::from_tensor(&rng.randn((n, cin, side, side), DType::F32, &dev).unwrap()).unwrap();

@@ -97,6 +97,12 @@ thread_local! {
     static FORCE_PRODUCT: std::cell::Cell<Option<Product>> = const { std::cell::Cell::new(None) };
 }
 
+/// Makes [`Product::current`] return `product` on this thread (None: the CPU's again).
+#[cfg(test)]
+pub(crate) fn force_product(product: Option<Product>) {
+    FORCE_PRODUCT.with(|f| f.set(product));
+}
+
 impl Product {
     /// The microkernels of the CPU's vector level ([`simd`]), unless
     /// `SCOREGEN_WINOGRAD_GEMM=crate` (read once) or a test forces another.
