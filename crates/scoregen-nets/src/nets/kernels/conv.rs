@@ -964,8 +964,8 @@ impl Forward {
         l2: &Layout,
         r: Option<&[f32]>,
     ) -> Result<(CpuStorage, Shape)> {
-        let kept = self.frozen.as_ref().and_then(Frozen::cache).is_some();
-        let g = Geometry::new(l1.dims(), self.cout, self.k, self.stride, self.norm, kept);
+        let cache = self.frozen.as_ref().and_then(Frozen::cache);
+        let g = Geometry::new(l1.dims(), self.cout, self.k, self.stride, self.norm, cache.is_some());
         let n = l1.dims()[0];
         let mut acts = (self.keep && g.norm.is_some()).then(|| Vec::<f32>::with_capacity(n * g.x_len));
         let at = acts.as_mut().map(|a| SharedMut::from_ptr(a.as_mut_ptr()));
@@ -979,7 +979,6 @@ impl Forward {
         let keep_norm = kept_norm
             .as_mut()
             .map(|k| (SharedMut::from_ptr(k.slope.as_mut_ptr()), SharedMut::from_ptr(k.stats.as_mut_ptr())));
-        let cache = self.frozen.as_ref().and_then(Frozen::cache);
         let y = forward(&g, x, theta, apart, r, self.scale as f32, n, at, keep_norm, cache);
         if let Some(a) = &mut acts {
             // SAFETY: the forward wrote silu(GN(x_b)) of every image whole.
@@ -1090,14 +1089,14 @@ impl CustomOp3 for Backward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let kept = self.frozen.as_ref().and_then(Frozen::cache).is_some();
-        let g = Geometry::new(l1.dims(), self.cout, self.k, self.stride, self.norm, kept);
+        let cache = self.frozen.as_ref().and_then(Frozen::cache);
+        let g = Geometry::new(l1.dims(), self.cout, self.k, self.stride, self.norm, cache.is_some());
         let n = l1.dims()[0];
         let theta = slice::<f32>(s2, l2)?;
         let (x, dy, acts) = (slice::<f32>(s1, l1)?, slice::<f32>(s3, l3)?, self.acts.as_deref().map(Vec::as_slice));
         let held = self.frozen.as_ref().map(|f| f.weights.storage_and_layout());
         let apart = held.as_ref().map(|(s, l)| cpu_f32(s, l)).transpose()?;
-        let (kept_norm, cache) = (self.kept_norm.as_deref(), self.frozen.as_ref().and_then(Frozen::cache));
+        let kept_norm = self.kept_norm.as_deref();
         let all = backward(&g, x, theta, apart, dy, self.scale as f32, n, self.want, acts, kept_norm, cache);
         let len = all.len();
         Ok((CpuStorage::F32(all), Shape::from(len)))
