@@ -662,7 +662,8 @@ mod tests {
 
     /// A frozen U-Net gives the same output without tracking it (no activation
     /// is kept for a backward that never comes), and the same input gradient
-    /// (a likelihood's ∇ₓ), computed without dW, dγ, dβ.
+    /// (a likelihood's ∇ₓ), computed without dW, dγ, dβ: the same bits, but
+    /// for the attention's f32 rounding (its projections fold when frozen).
     #[test]
     fn frozen_net_keeps_no_graph_and_gives_the_same_input_gradient() {
         let mut net = UNet::build(&VarMap::new(), &small(true), 0, &Device::Cpu).unwrap();
@@ -683,8 +684,15 @@ mod tests {
         if scoregen_core::autodiff::fused_kernels_allowed(&Device::Cpu) {
             assert!(!y_frozen.track_op(), "a frozen net tracks nothing when x is constant");
         }
-        assert_eq!(crate::nets::max_diff(&y, &y_frozen), 0.0);
-        assert_eq!(crate::nets::max_diff(&dx, &dx_frozen), 0.0);
+        // the same bits but for the attention, whose frozen projections fold
+        // (kernels::attention's Folded): other sums of the same terms, so f32
+        // rounding apart (1e-6 and 3e-6 of the largest entry here; a wrong
+        // fold is off by order one, see that module's tests)
+        let rel = |a: &Tensor, b: &Tensor| {
+            crate::nets::max_diff(a, b) / b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+        };
+        assert!(rel(&y_frozen, &y) < 1e-5, "output: {}", rel(&y_frozen, &y));
+        assert!(rel(&dx_frozen, &dx) < 1e-5, "input gradient: {}", rel(&dx_frozen, &dx));
     }
 
     #[test]

@@ -25,6 +25,27 @@
 //! (4·D·L entries per image); P is recomputed per head in the backward (one
 //! GEMM of d·L² against the L² it would take to keep).
 //!
+//! **Folded projections.** With θ constant (a frozen net: sampling, a
+//! likelihood's ∇ₓ) and one head, the four projections fold into two C×C
+//! matrices. The logits are S = QᵀK/√d = XᵀGX + 1uᵀ + (terms the same along
+//! each row, which the softmax cancels), and P's rows sum to one, so
+//!
+//!   G = W_qᵀW_k/√d,  c = W_kᵀb_q/√d,  u = Xᵀc,  K′ = G X,
+//!   P = softmax_rows(XᵀK′ + 1uᵀ),  Z = W_vo X,  y_b = s·r_b + Z Pᵀ + b′1ᵀ,
+//!   W_vo = s·W_o W_v,  b′ = s·(W_o b_v + b_o),
+//!
+//! with [K′; Z] = [G; W_vo] X one GEMM. Its backward, with dS = P ⊙ (dP −
+//! rowsum(dP ⊙ P)):
+//!
+//!   dZ = dy P,  dP = dyᵀ Z,  dK′ = X dS,
+//!   dX_b = K′ dSᵀ + [G; W_vo]ᵀ [dK′; dZ] + c (1ᵀ dS).
+//!
+//! Per image that is 2C²L + 2CL² multiply–adds forward and 2C²L + 4CL²
+//! backward, against 4DCL + 2DL² and 4DCL + 4DL² with the projections
+//! (D = C = L = 256 in google/ddpm-cifar10-32's attention: a third fewer
+//! forward, a quarter fewer backward); used where C < 2D. The matrices are
+//! made per call (2C³ each, a few percent of one image's forward at C = L).
+//!
 //! Images are split across candle's threads; each image's GEMMs run on its
 //! thread. dθ is summed per range of images and the ranges added in their
 //! order ([`par_ranges_sum`]), so gradients are bit-reproducible.
@@ -41,7 +62,7 @@
 
 use super::dense::{gemm_serial, Mat};
 use super::fused::{
-    dot8, exp_f32, par_ranges, par_ranges_sum, refuse_second_order, simd_builds, slice, sum8, SharedMut,
+    dot8, exp_f32_fma, par_ranges, par_ranges_sum, refuse_second_order, simd_builds, slice, sum8, SharedMut,
 };
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use std::sync::{Arc, Mutex};
@@ -87,6 +108,48 @@ impl Dims {
     fn o(&self) -> usize {
         self.inner * self.l
     }
+
+    /// Whether a constant θ folds ([`Folded`]): one head, and fewer FLOPs
+    /// with the folded matrices (C² each against the projections' 2DC).
+    fn folds(&self) -> bool {
+        self.heads == 1 && self.c < 2 * self.inner
+    }
+}
+
+/// A constant θ with one head, folded (see the module docs): [G; W_vo]
+/// [2C, C], c [C] and b′ [C], with 1/√d and s inside.
+struct Folded {
+    gw: Vec<f32>,
+    c: Vec<f32>,
+    b: Vec<f32>,
+}
+
+impl Folded {
+    fn new(dims: &Dims, theta: &[f32], s: f32) -> Self {
+        let (c, d) = (dims.c, dims.inner);
+        let (w_qkv, b_qkv, w_o, b_o) = dims.split(theta);
+        let (w_q, w_k, w_v) = (&w_qkv[..d * c], &w_qkv[d * c..2 * d * c], &w_qkv[2 * d * c..]);
+        let (b_q, b_v) = (&b_qkv[..d], &b_qkv[2 * d..]);
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut gw = vec![0f32; 2 * c * c];
+        // SAFETY: G = W_qᵀ W_k and W_vo = W_o W_v, [C, C] each: W_q, W_k, W_v [D, C], W_o [C, D].
+        unsafe {
+            matmul(&mut gw[..c * c], c, d, false, Mat::t(w_q, c), Mat::rows(w_k, c));
+            matmul(&mut gw[c * c..], c, d, false, Mat::rows(w_o, d), Mat::rows(w_v, c));
+        }
+        let (g, w_vo) = gw.split_at_mut(c * c);
+        g.iter_mut().for_each(|v| *v *= scale);
+        w_vo.iter_mut().for_each(|v| *v *= s);
+        // c_i = Σ_e W_k[e, i] b_q[e] / √d
+        let mut cv = vec![0f32; c];
+        for (row, &bq) in w_k.chunks_exact(c).zip(b_q) {
+            cv.iter_mut().zip(row).for_each(|(ci, &w)| *ci += w * bq);
+        }
+        cv.iter_mut().for_each(|v| *v *= scale);
+        // b′_i = s (Σ_e W_o[i, e] b_v[e] + b_o[i])
+        let b = w_o.chunks_exact(d).zip(b_o).map(|(row, &bo)| s * (dot8(row, b_v, |w, v| w * v) + bo)).collect();
+        Self { gw, c: cv, b }
+    }
 }
 
 /// out [rows, cols] := (out if `acc`) + A B for A [rows, k] and B [k, cols]
@@ -117,7 +180,7 @@ fn softmax_rows_body(p: &mut [f32], l: usize, scale: f32) {
         }
         max = lanes.iter().fold(max, |m, &v| m.max(v));
         for v in row.iter_mut() {
-            *v = exp_f32(scale * (*v - max));
+            *v = exp_f32_fma(scale * (*v - max));
         }
         let inv = 1.0 / sum8(row);
         for v in row.iter_mut() {
@@ -204,9 +267,121 @@ fn image_forward(
     unsafe { matmul(y, l, inner, true, Mat::rows(w_o_scaled, inner), Mat::rows(o, l)) };
 }
 
+/// P [L, L] = softmax_rows(XᵀK′ + 1uᵀ), u = Xᵀc, for a folded layer's image.
+fn folded_probabilities(dims: &Dims, f: &Folded, x: &[f32], k: &[f32], u: &mut Vec<f32>, p: &mut Vec<f32>) {
+    let (l, c) = (dims.l, dims.c);
+    u.clear();
+    u.resize(l, 0.0);
+    for (row, &ci) in x.chunks_exact(l).zip(&f.c) {
+        u.iter_mut().zip(row).for_each(|(u, &x)| *u += ci * x);
+    }
+    p.resize(l * l, 0.0);
+    // SAFETY: Xᵀ [L, C] (X [C, L] read transposed), K′ [C, L].
+    unsafe { matmul(p, l, c, false, Mat::t(x, l), Mat::rows(k, l)) };
+    for row in p.chunks_exact_mut(l) {
+        row.iter_mut().zip(u.iter()).for_each(|(s, &u)| *s += u);
+    }
+    softmax_rows(p, l, 1.0);
+}
+
+/// A folded layer's image forward: [K′; Z] into `kz`, y_b into `y`.
+#[allow(clippy::too_many_arguments)]
+fn folded_image_forward(
+    dims: &Dims,
+    f: &Folded,
+    x: &[f32],
+    r: &[f32],
+    s: f32,
+    kz: &mut [f32],
+    (u, p): (&mut Vec<f32>, &mut Vec<f32>),
+    y: &mut [f32],
+) {
+    let (l, c) = (dims.l, dims.c);
+    // SAFETY (all products): [G; W_vo] [2C, C], X [C, L], Z [C, L], P [L, L].
+    unsafe { matmul(kz, l, c, false, Mat::rows(&f.gw, c), Mat::rows(x, l)) };
+    let (k, z) = kz.split_at(c * l);
+    folded_probabilities(dims, f, x, k, u, p);
+    for ((y, r), &b) in y.chunks_exact_mut(l).zip(r.chunks_exact(l)).zip(&f.b) {
+        for (y, &r) in y.iter_mut().zip(r) {
+            *y = s * r + b;
+        }
+    }
+    unsafe { matmul(y, l, l, true, Mat::rows(z, l), Mat::t(p, l)) };
+}
+
+/// y [N, C, L] for x [N, C, L] and r through a folded layer; with `keep`,
+/// [K′; Z] [N, 2C, L] for the backward.
+fn folded_forward(dims: &Dims, f: &Folded, x: &[f32], r: &[f32], s: f32, keep: bool) -> (Vec<f32>, Vec<f32>) {
+    let (n, img, kz_len) = (dims.n, dims.image(), 2 * dims.image());
+    let mut y: Vec<f32> = Vec::with_capacity(n * img);
+    let mut kz_all: Vec<f32> = Vec::with_capacity(if keep { n * kz_len } else { 0 });
+    let (yp, kp) = (SharedMut::from_ptr(y.as_mut_ptr()), SharedMut::from_ptr(kz_all.as_mut_ptr()));
+    par_ranges(n, |images| {
+        let (mut kz_own, mut u, mut p) = (Vec::new(), Vec::new(), Vec::new());
+        for b in images {
+            // SAFETY: image b's blocks of y and [K′; Z], written by this task only.
+            let kz = if keep {
+                unsafe { kp.slice(b * kz_len, kz_len) }
+            } else {
+                kz_own.resize(kz_len, 0.0);
+                &mut kz_own[..]
+            };
+            let y = unsafe { yp.slice(b * img, img) };
+            folded_image_forward(dims, f, &x[b * img..][..img], &r[b * img..][..img], s, kz, (&mut u, &mut p), y);
+        }
+    });
+    // SAFETY: the tasks covered all n images, each writing its whole blocks.
+    unsafe {
+        y.set_len(n * img);
+        if keep {
+            kz_all.set_len(n * kz_len);
+        }
+    }
+    (y, kz_all)
+}
+
+/// dx [N·C·L] of a folded layer from x, dy and the forward's [K′; Z].
+fn folded_backward(dims: &Dims, f: &Folded, x: &[f32], dy: &[f32], kz_all: &[f32]) -> Vec<f32> {
+    let (l, c, img) = (dims.l, dims.c, dims.image());
+    let mut out = vec![0f32; dims.n * img];
+    let dx_out = SharedMut::new(&mut out);
+    par_ranges(dims.n, |images| {
+        let (mut u, mut p, mut dp, mut dkz, mut colsum) =
+            (Vec::new(), Vec::new(), vec![0f32; l * l], vec![0f32; 2 * img], vec![0f32; l]);
+        for b in images {
+            let (x, dy) = (&x[b * img..][..img], &dy[b * img..][..img]);
+            let (k, z) = kz_all[2 * b * img..][..2 * img].split_at(img);
+            folded_probabilities(dims, f, x, k, &mut u, &mut p);
+            let (dk, dz) = dkz.split_at_mut(img);
+            // SAFETY: image b's block of dx, written by this task only.
+            let dx = unsafe { dx_out.slice(b * img, img) };
+            // SAFETY (all products): dy, X, K′, Z, dK′, dZ [C, L], P and dS [L, L], [G; W_vo] [2C, C].
+            unsafe {
+                // dZ = dy P, dP = dyᵀ Z, then dS in place
+                matmul(dz, l, l, false, Mat::rows(dy, l), Mat::rows(&p, l));
+                matmul(&mut dp, l, c, false, Mat::t(dy, l), Mat::rows(z, l));
+                softmax_rows_backward(&p, &mut dp, l, 1.0);
+                // dK′ = X dS; dX = K′ dSᵀ + [G; W_vo]ᵀ [dK′; dZ]
+                matmul(dk, l, l, false, Mat::rows(x, l), Mat::rows(&dp, l));
+                matmul(dx, l, l, false, Mat::rows(k, l), Mat::t(&dp, l));
+                matmul(dx, l, 2 * c, true, Mat::t(&f.gw, c), Mat::rows(&dkz, l));
+            }
+            // dX += c (1ᵀ dS): u's term
+            colsum.fill(0.0);
+            for row in dp.chunks_exact(l) {
+                colsum.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
+            }
+            for (row, &ci) in dx.chunks_exact_mut(l).zip(&f.c) {
+                row.iter_mut().zip(&colsum).for_each(|(d, &v)| *d += ci * v);
+            }
+        }
+    });
+    out
+}
+
 /// y [N, C, L] for x [N, C, L], θ and r; with `keep`, [Q; K; V] [N, 3D, L]
 /// and O [N, D, L] for the backward.
-fn forward(dims: &Dims, x: &[f32], theta: &[f32], r: &[f32], s: f32, keep: bool) -> (Vec<f32>, Option<Kept>) {
+fn forward(dims: &Dims, x: &[f32], theta: &[f32], r: &[f32], s: f32, keep: bool) -> (Vec<f32>, Option<Arc<Kept>>) {
     let (_, _, w_o, _) = dims.split(theta);
     let w_o_scaled: Vec<f32> = w_o.iter().map(|v| s * v).collect();
     let n = dims.n;
@@ -246,20 +421,33 @@ fn forward(dims: &Dims, x: &[f32], theta: &[f32], r: &[f32], s: f32, keep: bool)
             o_all.set_len(n * dims.o());
         }
     }
-    (y, keep.then(|| Arc::new((qkv_all, o_all))))
+    (y, keep.then(|| Arc::new(Kept::Projected(qkv_all, o_all))))
 }
 
-/// [Q; K; V] and O of every image, as the forward computed them.
-type Kept = Arc<(Vec<f32>, Vec<f32>)>;
+/// What the forward keeps for the backward.
+enum Kept {
+    /// [Q; K; V] and O of every image.
+    Projected(Vec<f32>, Vec<f32>),
+    /// A folded layer's matrices and [K′; Z] of every image.
+    Folded(Folded, Vec<f32>),
+}
 
 /// [dx (N·C·L), and with `want_theta` dθ] from x, θ, dy and what the forward
 /// kept; dx stays zero unless `want_x`.
-fn backward(dims: &Dims, x: &[f32], theta: &[f32], dy: &[f32], s: f32, want: (bool, bool), kept: &Kept) -> Vec<f32> {
+#[allow(clippy::too_many_arguments)]
+fn backward(
+    dims: &Dims,
+    x: &[f32],
+    theta: &[f32],
+    dy: &[f32],
+    s: f32,
+    want: (bool, bool),
+    (qkv_all, o_all): (&[f32], &[f32]),
+) -> Vec<f32> {
     let (want_x, want_theta) = want;
     let (l, c, inner, d, n) = (dims.l, dims.c, dims.inner, dims.d(), dims.n);
     let (w_qkv, _, w_o, _) = dims.split(theta);
     let w_o_scaled: Vec<f32> = w_o.iter().map(|v| s * v).collect();
-    let (qkv_all, o_all) = (&kept.0, &kept.1);
     let theta_len = if want_theta { dims.theta_len() } else { 0 };
     let mut out = vec![0f32; n * dims.image()];
     let dx_out = SharedMut::new(&mut out);
@@ -326,8 +514,10 @@ struct Forward {
     dims: Dims,
     scale: f64,
     keep: bool,
+    /// θ is constant and [`Dims::folds`]: run the folded layer.
+    fold: bool,
     /// What the forward kept.
-    kept: Mutex<Option<Kept>>,
+    kept: Mutex<Option<Arc<Kept>>>,
 }
 
 impl CustomOp3 for Forward {
@@ -345,7 +535,14 @@ impl CustomOp3 for Forward {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, theta, r) = (slice::<f32>(s1, l1)?, slice::<f32>(s2, l2)?, slice::<f32>(s3, l3)?);
-        let (y, kept) = forward(&self.dims, x, theta, r, self.scale as f32, self.keep);
+        let (dims, s) = (&self.dims, self.scale as f32);
+        let (y, kept) = if self.fold {
+            let f = Folded::new(dims, theta, s);
+            let (y, kz) = folded_forward(dims, &f, x, r, s, self.keep);
+            (y, self.keep.then(|| Arc::new(Kept::Folded(f, kz))))
+        } else {
+            forward(dims, x, theta, r, s, self.keep)
+        };
         *self.kept.lock().expect("fused attention: kept activations") = kept;
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -381,7 +578,7 @@ struct Backward {
     scale: f64,
     /// (dx, dθ) wanted.
     want: (bool, bool),
-    kept: Kept,
+    kept: Arc<Kept>,
 }
 
 impl CustomOp3 for Backward {
@@ -399,7 +596,11 @@ impl CustomOp3 for Backward {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, theta, dy) = (slice::<f32>(s1, l1)?, slice::<f32>(s2, l2)?, slice::<f32>(s3, l3)?);
-        let all = backward(&self.dims, x, theta, dy, self.scale as f32, self.want, &self.kept);
+        let all = match &*self.kept {
+            Kept::Projected(qkv, o) => backward(&self.dims, x, theta, dy, self.scale as f32, self.want, (qkv, o)),
+            // θ is constant: dx only
+            Kept::Folded(f, kz) => folded_backward(&self.dims, f, x, dy, kz),
+        };
         let len = all.len();
         Ok((CpuStorage::F32(all), Shape::from(len)))
     }
@@ -469,7 +670,8 @@ pub fn attention(x: &Tensor, r: &Tensor, p: Projections, heads: usize, scale: f6
     let x = x.contiguous()?;
     let keep = x.track_op() || theta.track_op();
     let dims = Dims { n, c, l: h * w, inner, heads };
-    x.apply_op3(&theta, &r.contiguous()?, Forward { dims, scale, keep, kept: Mutex::new(None) })
+    let fold = !theta.track_op() && dims.folds();
+    x.apply_op3(&theta, &r.contiguous()?, Forward { dims, scale, keep, fold, kept: Mutex::new(None) })
 }
 
 #[cfg(test)]
@@ -586,6 +788,32 @@ mod tests {
         let detached: Vec<Tensor> = k.vars.iter().map(|v| v.as_tensor().detach()).collect();
         let p = Projections { w_qkv: &detached[0], b_qkv: &detached[1], w_o: &detached[2], b_o: &detached[3] };
         assert_eq!(max_diff(&tracked, &dx(p)), 0.0);
+    }
+
+    /// Constant projections with one head and C < 2D fold ([`Folded`]): the
+    /// op still equals the layer in candle's ops, and so do its gradients for
+    /// x and r, at the tolerances of `matches_candle_ops_and_their_gradients`.
+    /// Covers C = D, C < D, L = 7×7 and 3×5, and one case that does not fold
+    /// (C = 2D) beside them; catches a dropped u term (b_q's part of the
+    /// logits), W_o b_v left out of b′, or s applied twice.
+    #[test]
+    fn folded_constant_projections_match_candle_ops() {
+        let mut rng = scoregen_core::rng::Rng::new(25, 0);
+        for shape in [(3, 8, 7, 7, 8), (2, 6, 3, 5, 12), (2, 8, 4, 4, 4)] {
+            let k = case(&mut rng, shape);
+            let detached: Vec<Tensor> = k.vars.iter().map(|v| v.as_tensor().detach()).collect();
+            let p = Projections { w_qkv: &detached[0], b_qkv: &detached[1], w_o: &detached[2], b_o: &detached[3] };
+            let s = 0.7;
+            let folds = Dims { n: shape.0, c: shape.1, l: shape.2 * shape.3, inner: shape.4, heads: 1 }.folds();
+            assert_eq!(folds, shape.1 < 2 * shape.4);
+            let ours = attention(k.x.as_tensor(), k.r.as_tensor(), p, 1, s).unwrap();
+            let theirs = reference(k.x.as_tensor(), k.r.as_tensor(), p, 1, s);
+            let name = format!("{shape:?} folded: {folds}");
+            assert!(max_diff(&ours, &theirs) < 1e-5, "{name}: forward {}", max_diff(&ours, &theirs));
+            let weights = rng.randn(ours.shape(), DType::F32, &Device::Cpu).unwrap();
+            let vars = [("x", k.x.as_tensor()), ("r", k.r.as_tensor())];
+            assert_same_gradients(&ours, &theirs, &weights, &vars, (1e-4, 0.0), &name);
+        }
     }
 
     /// dθ is a sum over images of per-range partials added in range order:

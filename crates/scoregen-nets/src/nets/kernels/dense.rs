@@ -28,7 +28,7 @@
 //! Written by hand because no crate fuses an MLP's backward for candle; the
 //! GEMM kernel is the `gemm` crate's.
 
-use super::fused::{dot8, exp_f32, par_ranges, refuse_second_order, slice, SharedMut};
+use super::fused::{dot8, par_ranges, refuse_second_order, slice, SharedMut};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use std::mem::MaybeUninit;
@@ -188,19 +188,44 @@ pub(crate) unsafe fn gemm_serial(
 /// The kernels of the two elementwise passes, compiled twice: for AVX2 + FMA
 /// (chosen at run time; the build targets plain x86-64) and for the baseline.
 mod elementwise {
-    use super::super::fused::simd_builds;
-    use super::exp_f32;
+    use super::super::fused::{exp_f32_fma, simd_builds};
     use std::mem::MaybeUninit;
+
+    /// Entries per step of [`bias_silu_body`]: four AVX2 vectors (two
+    /// AVX-512) whose exponentials are independent chains, written out one
+    /// stage at a time so the instructions of the four interleave. One vector
+    /// at a time, the chain's latency bounds the rate (0.88 → 0.75 ns per
+    /// entry on an AVX2 machine).
+    const SILU_STEP: usize = 32;
 
     /// With z = z + b row by row (rows of b's length): h = silu(z) = z·σ(z),
     /// written once into uninitialised memory, and σ(z) in place of z (all
-    /// the backward needs besides h).
+    /// the backward needs besides h). Each entry's arithmetic is the same
+    /// whether it falls in a step of [`SILU_STEP`] or in a row's remainder.
     #[inline(always)]
+    #[allow(clippy::needless_range_loop)] // three arrays in step, one stage at a time
     fn bias_silu_body(z: &mut [f32], b: &[f32], h: &mut [MaybeUninit<f32>]) {
+        let sigmoid = |x: f32| 1.0 / (1.0 + exp_f32_fma(-x));
         for (zr, hr) in z.chunks_exact_mut(b.len()).zip(h.chunks_exact_mut(b.len())) {
-            for ((z, h), &b) in zr.iter_mut().zip(hr).zip(b) {
+            let (mut zs, mut hs, mut bs) =
+                (zr.chunks_exact_mut(SILU_STEP), hr.chunks_exact_mut(SILU_STEP), b.chunks_exact(SILU_STEP));
+            for ((zc, hc), bc) in (&mut zs).zip(&mut hs).zip(&mut bs) {
+                let mut x = [0f32; SILU_STEP];
+                for i in 0..SILU_STEP {
+                    x[i] = zc[i] + bc[i];
+                }
+                let mut s = [0f32; SILU_STEP];
+                for i in 0..SILU_STEP {
+                    s[i] = sigmoid(x[i]);
+                }
+                for i in 0..SILU_STEP {
+                    hc[i].write(x[i] * s[i]);
+                    zc[i] = s[i];
+                }
+            }
+            for ((z, h), &b) in zs.into_remainder().iter_mut().zip(hs.into_remainder()).zip(bs.remainder()) {
                 let x = *z + b;
-                let s = 1.0 / (1.0 + exp_f32(-x));
+                let s = sigmoid(x);
                 h.write(x * s);
                 *z = s;
             }
@@ -224,7 +249,8 @@ mod elementwise {
     // The wide builds: the exponential's polynomial and the division are
     // latency chains per vector, so 16 lanes are about twice the rate of 8
     // (0.60 → 0.32 ns per SiLU in cache on Zen 4, which runs 512-bit
-    // operations as two 256-bit halves).
+    // operations as two 256-bit halves, before the fused multiply–adds and
+    // the interleaved steps).
     simd_builds! {
         pub fn bias_silu(z: &mut [f32], b: &[f32], h: &mut [MaybeUninit<f32>]) = bias_silu_body;
     }
@@ -242,7 +268,7 @@ mod elementwise {
         /// where the CPU has them; the baseline runs everywhere.
         #[test]
         fn every_simd_build_gives_the_baseline_bits() {
-            let (rows, w) = (37, 21);
+            let (rows, w) = (37, 75); // two steps of SILU_STEP and a remainder per row
             let z0: Vec<f32> = (0..rows * w).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
             let b: Vec<f32> = (0..w).map(|i| i as f32 * 0.3 - 3.0).collect();
             type Build = unsafe fn(&mut [f32], &[f32], &mut [MaybeUninit<f32>]);
@@ -420,7 +446,8 @@ fn forward(dims: &Dims, a: &[f32], theta: &[f32], n: usize, keep: bool) -> (Vec<
 /// 256 KiB (several fit in a core's L2), and at least one block per thread.
 fn forward_block_rows(n: usize, width: usize) -> usize {
     let threads = candle_core::utils::get_num_threads().max(1);
-    (65_536 / width.max(1)).clamp(16, 1024).min(n.div_ceil(threads)).max(1)
+    let budget: usize = std::env::var("TMP_MLP_BLOCK").ok().and_then(|v| v.parse().ok()).unwrap_or(65_536);
+    (budget / width.max(1)).clamp(16, 1024).min(n.div_ceil(threads)).max(1)
 }
 
 /// The backward pass from dOut [N, out]: [dA (N·(d+E)), dθ (P)] in one

@@ -19,7 +19,7 @@
 //! [`scoregen_core::autodiff::exact_higher_order`], and for f64, [`GroupNorm`] is
 //! candle-nn's, exact to every order.
 
-use super::fused::{exp_f32, par_blocks, par_ranges_sum, refuse_second_order, slice, SharedMut};
+use super::fused::{exp_f32_fma, par_blocks, par_ranges_sum, refuse_second_order, slice, SharedMut};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
@@ -122,7 +122,7 @@ impl Dims {
 /// them inside its op when the normalization is folded into a convolution.
 pub(super) mod kernels {
     use super::super::fused::simd_builds;
-    use super::{exp_f32, Dims};
+    use super::{exp_f32_fma, Dims};
 
     /// Σ f(v) over x in eight lanes, so the loop vectorizes.
     #[inline(always)]
@@ -160,7 +160,7 @@ pub(super) mod kernels {
     /// σ(z) = 1 / (1 + e^−z).
     #[inline(always)]
     fn sigmoid(z: f32) -> f32 {
-        1.0 / (1.0 + exp_f32(-z))
+        1.0 / (1.0 + exp_f32_fma(-z))
     }
 
     /// silu′(z) = s (1 + z (1 − s)) from s = σ(z).
