@@ -43,8 +43,9 @@
 //! Per image that is 2C²L + 2CL² multiply–adds forward and 2C²L + 4CL²
 //! backward, against 4DCL + 2DL² and 4DCL + 4DL² with the projections
 //! (D = C = L = 256 in google/ddpm-cifar10-32's attention: a third fewer
-//! forward, a quarter fewer backward); used where C < 2D. The matrices are
-//! made per call (2C³ each, a few percent of one image's forward at C = L).
+//! forward, a quarter fewer backward); used where that saves more than
+//! making the matrices for the call costs ([`Dims::folds`]; 2C²D, a few
+//! percent of a batch's forward at C = L).
 //!
 //! Images are split across candle's threads; each image's GEMMs run on its
 //! thread. dθ is summed per range of images and the ranges added in their
@@ -109,10 +110,13 @@ impl Dims {
         self.inner * self.l
     }
 
-    /// Whether a constant θ folds ([`Folded`]): one head, and fewer FLOPs
-    /// with the folded matrices (C² each against the projections' 2DC).
+    /// Whether a constant θ folds ([`Folded`]): one head, and fewer
+    /// multiply–adds in the forward with the folded matrices made for the
+    /// call, (4D − 2C)·C·L saved per image against the 2C²D it takes to make
+    /// them (C < 2D, and N·L > C when D = C).
     fn folds(&self) -> bool {
-        self.heads == 1 && self.c < 2 * self.inner
+        let saved = (4 * self.inner).saturating_sub(2 * self.c) * self.c * self.l * self.n;
+        self.heads == 1 && saved > 2 * self.c * self.c * self.inner
     }
 }
 
@@ -793,19 +797,21 @@ mod tests {
     /// Constant projections with one head and C < 2D fold ([`Folded`]): the
     /// op still equals the layer in candle's ops, and so do its gradients for
     /// x and r, at the tolerances of `matches_candle_ops_and_their_gradients`.
-    /// Covers C = D, C < D, L = 7×7 and 3×5, and one case that does not fold
-    /// (C = 2D) beside them; catches a dropped u term (b_q's part of the
-    /// logits), W_o b_v left out of b′, or s applied twice.
+    /// Covers C = D, C < D, L = 7×7 and 3×5, and two cases that do not fold
+    /// beside them (C = 2D; one image of L = 4 < C); catches a dropped u term
+    /// (b_q's part of the logits), W_o b_v left out of b′, or s applied twice.
     #[test]
     fn folded_constant_projections_match_candle_ops() {
         let mut rng = scoregen_core::rng::Rng::new(25, 0);
-        for shape in [(3, 8, 7, 7, 8), (2, 6, 3, 5, 12), (2, 8, 4, 4, 4)] {
+        for (shape, fold) in
+            [((3, 8, 7, 7, 8), true), ((2, 6, 3, 5, 12), true), ((2, 8, 4, 4, 4), false), ((1, 8, 2, 2, 8), false)]
+        {
             let k = case(&mut rng, shape);
             let detached: Vec<Tensor> = k.vars.iter().map(|v| v.as_tensor().detach()).collect();
             let p = Projections { w_qkv: &detached[0], b_qkv: &detached[1], w_o: &detached[2], b_o: &detached[3] };
             let s = 0.7;
             let folds = Dims { n: shape.0, c: shape.1, l: shape.2 * shape.3, inner: shape.4, heads: 1 }.folds();
-            assert_eq!(folds, shape.1 < 2 * shape.4);
+            assert_eq!(folds, fold, "{shape:?}");
             let ours = attention(k.x.as_tensor(), k.r.as_tensor(), p, 1, s).unwrap();
             let theirs = reference(k.x.as_tensor(), k.r.as_tensor(), p, 1, s);
             let name = format!("{shape:?} folded: {folds}");
