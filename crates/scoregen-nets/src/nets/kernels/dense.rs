@@ -446,8 +446,7 @@ fn forward(dims: &Dims, a: &[f32], theta: &[f32], n: usize, keep: bool) -> (Vec<
 /// 256 KiB (several fit in a core's L2), and at least one block per thread.
 fn forward_block_rows(n: usize, width: usize) -> usize {
     let threads = candle_core::utils::get_num_threads().max(1);
-    let budget: usize = std::env::var("TMP_MLP_BLOCK").ok().and_then(|v| v.parse().ok()).unwrap_or(65_536);
-    (budget / width.max(1)).clamp(16, 1024).min(n.div_ceil(threads)).max(1)
+    (65_536 / width.max(1)).clamp(16, 1024).min(n.div_ceil(threads)).max(1)
 }
 
 /// The backward pass from dOut [N, out]: [dA (N·(d+E)), dθ (P)] in one

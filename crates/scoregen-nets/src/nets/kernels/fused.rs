@@ -36,19 +36,7 @@ pub(crate) fn refuse_second_order<T>(op: &str) -> Result<T> {
 /// sigmoid built on it is already 0 or 1 to f32 precision.
 #[inline(always)]
 pub(crate) fn exp_f32(x: f32) -> f32 {
-    let x = x.clamp(-87.0, 88.0);
-    // k = round(x/ln 2) by the 1.5·2²³ trick: the sum's low mantissa bits hold
-    // k, read as an integer (no float→int conversion, so the loop vectorizes)
-    const SHIFT: f32 = 12_582_912.0;
-    let shifted = x * std::f32::consts::LOG2_E + SHIFT;
-    let k = shifted - SHIFT;
-    let ki = shifted.to_bits() as i32 - SHIFT.to_bits() as i32;
-    let r = x - k * 0.693_359_4 + k * 2.121_944_4e-4;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
-        * r
-        + 0.5;
-    let er = p * r * r + r + 1.0;
-    er * f32::from_bits(((ki + 127) as u32) << 23)
+    exp_f32_by(x, |a, b, c| a * b + c)
 }
 
 /// [`exp_f32`] with every multiply–add fused: the same reduction and
@@ -65,21 +53,27 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
 /// [`exp_f32`].
 #[inline(always)]
 pub(crate) fn exp_f32_fma(x: f32) -> f32 {
+    exp_f32_by(x, f32::mul_add)
+}
+
+/// The body of [`exp_f32`] and [`exp_f32_fma`], with each a·b + c as
+/// `madd(a, b, c)`.
+#[inline(always)]
+fn exp_f32_by(x: f32, madd: impl Fn(f32, f32, f32) -> f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
+    // k = round(x/ln 2) by the 1.5·2²³ trick: the sum's low mantissa bits hold
+    // k, read as an integer (no float→int conversion, so the loop vectorizes)
     const SHIFT: f32 = 12_582_912.0;
-    let shifted = x.mul_add(std::f32::consts::LOG2_E, SHIFT);
+    let shifted = madd(x, std::f32::consts::LOG2_E, SHIFT);
     let k = shifted - SHIFT;
     let ki = shifted.to_bits() as i32 - SHIFT.to_bits() as i32;
-    // k·0.693359375 is exact (k is an integer below 2⁸, the constant has 11
-    // bits), so the first step is x − k ln 2's high part exactly, as above
-    let r = k.mul_add(2.121_944_4e-4, k.mul_add(-0.693_359_4, x));
-    let p = 1.987_569_1e-4f32
-        .mul_add(r, 1.398_199_9e-3)
-        .mul_add(r, 8.333_452e-3)
-        .mul_add(r, 4.166_579_6e-2)
-        .mul_add(r, 1.666_666_5e-1)
-        .mul_add(r, 0.5);
-    let er = p.mul_add(r * r, r) + 1.0;
+    // r = x − k·ln 2, the high part first: k·0.693359375 is exact (k is an
+    // integer below 2⁸, the constant has 11 bits)
+    let r = madd(k, 2.121_944_4e-4, madd(k, -0.693_359_4, x));
+    let p = [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5]
+        .into_iter()
+        .fold(1.987_569_1e-4, |p, c| madd(p, r, c));
+    let er = madd(p * r, r, r) + 1.0;
     er * f32::from_bits(((ki + 127) as u32) << 23)
 }
 
