@@ -233,8 +233,11 @@ def torch_case(a):
                     "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
         compile_s = time.perf_counter() - start
         warmup = max(0, warmup - 2)
+    warm = []
     for _ in range(warmup):
+        start = time.perf_counter()
         f()
+        warm.append((time.perf_counter() - start) * 1e3)
     ms, cpu = [], []
     for _ in range(max(1, a.reps)):
         start, cpu0 = time.perf_counter(), time.process_time()
@@ -248,6 +251,7 @@ def torch_case(a):
         "case": f"{a.model} {a.phase} B={b}",
         "median_ms": med,
         "reps_ms": ms,
+        "warmup_ms": warm,
         "cpu_ms": sorted(cpu)[len(cpu) // 2],
         "items_per_s": b / (med / 1e3),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
@@ -288,6 +292,11 @@ def median_round(results):
         return results[-1]
     ordered = sorted(ok, key=lambda r: r["median_ms"])
     return ordered[(len(ordered) - 1) // 2]
+
+
+def median_or_none(xs):
+    """The median (the lower middle for an even count), None for no values."""
+    return sorted(xs)[(len(xs) - 1) // 2] if xs else None
 
 
 def load():
@@ -396,9 +405,9 @@ def render(record):
               f"peak = {peak:.0f} GFLOP/s\n")
         print("| case | GFLOP/step | scoregen ms | eager ms | compiled ms | vs eager | vs compiled | "
               "best round ms scoregen / eager / compiled | best vs eager / compiled | "
-              "compile s cold / cached | % peak scoregen / eager / compiled | "
+              "first call ms scoregen / eager | compile s cold / cached | % peak scoregen / eager / compiled | "
               "peak RSS MiB scoregen / eager / compiled | load |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         notes = []
         for case in (c for c in record["cases"] if c["threads"] == th):
             model, phase, batch = case["model"], case["phase"], case["batch"]
@@ -417,9 +426,11 @@ def render(record):
             lavg = case.get("load", "").replace("load average ", "").split(",")[0]
             bst = lambda k: f"{best[k]:.0f}" if best[k] else "–"
             bratio = lambda k: f"{best[k] / best['scoregen']:.2f}×" if best[k] and best["scoregen"] else "–"
+            first = lambda k: fmt(median_or_none([x["warmup_ms"][0] for x in case["sides"][k]
+                                                  if x.get("warmup_ms")]))
             print(f"| {model} {phase} B={batch} | {flop or 0:.1f} | {ms(s)} | {ms(e)} | {ms(c)} | {ratio(e)} | "
                   f"{ratio(c)} | {bst('scoregen')} / {bst('eager')} / {bst('compile')} | "
-                  f"{bratio('eager')} / {bratio('compile')} | {comp} | {pct(s)} / {pct(e)} / {pct(c)} | {rss(s)} / {rss(e)} / {rss(c)} | {lavg} |")
+                  f"{bratio('eager')} / {bratio('compile')} | {first('scoregen')} / {first('eager')} | {comp} | {pct(s)} / {pct(e)} / {pct(c)} | {rss(s)} / {rss(e)} / {rss(c)} | {lavg} |")
             for side, r in (("scoregen", s), ("compiled", c), ("eager", e)):
                 if "error" in r or "skipped" in r:
                     notes.append(f"{model} {phase} B={batch}, {side}: {r.get('error') or r.get('skipped')}")
@@ -435,6 +446,8 @@ def render(record):
           "step = 2× forward, forward + VJP = 2× forward. compile s: torch.compile's first two calls less "
           "two steps, into an empty inductor cache (round 1) / the median of later rounds (cached kernels). "
           "best round: each side's fastest round (the least disturbed by other processes). "
+          "first call: the first, untimed warm-up call (median over rounds; fresh memory, and scoregen's "
+          "frozen layers making the transforms they keep), what a command of a few steps pays once. "
           "load: the 1-minute load average when the case finished.")
 
 

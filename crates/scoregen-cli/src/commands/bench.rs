@@ -61,6 +61,8 @@ enum Bench {
         side: usize,
         #[arg(long, default_value_t = 512)]
         batch: usize,
+        /// Untimed calls before the timed ones (each is timed apart: `warmup_ms` under --json,
+        /// and the first printed as the warm-up call).
         #[arg(long, default_value_t = 5)]
         warmup: usize,
         #[arg(long, default_value_t = 30)]
@@ -112,6 +114,8 @@ enum Bench {
         phase: FieldPhaseArg,
         #[arg(long, default_value_t = 8)]
         batch: usize,
+        /// Untimed calls before the timed ones (each is timed apart: `warmup_ms` under --json,
+        /// and the first printed as the warm-up call).
         #[arg(long, default_value_t = 1)]
         warmup: usize,
         #[arg(long, default_value_t = 3)]
@@ -222,8 +226,9 @@ pub fn run(args: &Args, g: &Globals) -> Result<()> {
     };
     g.print(&timing, |t| {
         let gflops = t.gflop.map(|g| format!(", {:.1} GFLOP/s", g / (t.median_ms / 1e3))).unwrap_or_default();
+        let first = t.warmup_ms.first().map(|ms| format!(" (first, warm-up call {ms:.0} ms)")).unwrap_or_default();
         println!(
-            "{}: {:.3} ms median of {}, {:.0} items/s{gflops}, peak RSS {:.0} MiB",
+            "{}: {:.3} ms median of {}{first}, {:.0} items/s{gflops}, peak RSS {:.0} MiB",
             t.case,
             t.median_ms,
             t.reps_ms.len(),

@@ -79,6 +79,9 @@ pub struct Timing {
     pub median_ms: f64,
     /// All repetitions, milliseconds.
     pub reps_ms: Vec<f64>,
+    /// The untimed warm-up calls before them, milliseconds: the first is
+    /// what a short command pays (fresh memory, kept transforms made).
+    pub warmup_ms: Vec<f64>,
     /// Median CPU time of the process (all threads) per repetition, milliseconds:
     /// robust to other processes sharing the cores, unlike wall time.
     pub cpu_ms: f64,
@@ -103,10 +106,13 @@ fn time_it(
     device: &Device,
     mut f: impl FnMut() -> Result<()>,
 ) -> Result<Timing> {
+    let mut warmup_ms = Vec::with_capacity(warmup);
     for _ in 0..warmup {
+        let start = Instant::now();
         f()?;
+        device.synchronize()?;
+        warmup_ms.push(start.elapsed().as_secs_f64() * 1e3);
     }
-    device.synchronize()?;
     let (mut ms, mut cpu) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
     for _ in 0..reps.max(1) {
         let (start, cpu_start) = (Instant::now(), process_cpu_ms());
@@ -126,6 +132,7 @@ fn time_it(
         median_ms,
         cpu_ms: median(&cpu),
         reps_ms: ms,
+        warmup_ms,
         items_per_s: items as f64 / (median_ms / 1e3),
         gflop: None,
         peak_rss_mib: peak_rss_mib(),
