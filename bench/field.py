@@ -48,7 +48,7 @@ sys.path.insert(0, HERE)
 # (model, phase, batch, warm-up, repetitions): each step is timed `reps` times after `warmup`.
 # Both sides take three to four calls to settle at the CIFAR size (first-touched memory, caches):
 # measured per call at 2 threads, PyTorch eager's forward + VJP ran 1973, 1693, 1591, 1470 ms and
-# scoregen's 2181, 1339, 1221, 1022 ms before holding steady, so the frozen CIFAR rows, which stand
+# scoregen's 2114, 1180, 1221, 1022 ms before holding steady, so the frozen CIFAR rows, which stand
 # for sampling and likelihood loops of hundreds of steps, are timed after three calls on each side.
 CASES = [
     ("mnist5k", "train", 64, 2, 5),
