@@ -32,9 +32,9 @@ fn keep_freed_memory() {
 /// mimalloc asks for transparent huge pages (`MADV_HUGEPAGE`) on its arenas,
 /// and a 2 MiB page is zeroed whole by the thread that first touches it. On
 /// the cloud VMs we measure on, that first touch was the first step's cost:
-/// a CIFAR-size forward + VJP took 5.8 s the first time and 2.3–2.5 s with
-/// small pages (1 thread, 3 interleaved rounds each; `perf`: 75 % of the
-/// first call in the kernel's `clear_page_erms`), while later steps, and
+/// a CIFAR-size forward + VJP took 5.3–6.2 s the first time and 2.3–3.1 s
+/// with small pages (1 thread, six interleaved rounds each; `perf`: 75 % of
+/// the first call in the kernel's `clear_page_erms`), while later steps, and
 /// `bench gemm`, ran at the same speed either way. `PR_SET_THP_DISABLE`
 /// (prctl(2)) turns huge pages off for this process only; the kernel's
 /// setting for others is untouched.
