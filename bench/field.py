@@ -294,11 +294,6 @@ def median_round(results):
     return ordered[(len(ordered) - 1) // 2]
 
 
-def median_or_none(xs):
-    """The median (the lower middle for an even count), None for no values."""
-    return sorted(xs)[(len(xs) - 1) // 2] if xs else None
-
-
 def load():
     return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -426,8 +421,8 @@ def render(record):
             lavg = case.get("load", "").replace("load average ", "").split(",")[0]
             bst = lambda k: f"{best[k]:.0f}" if best[k] else "–"
             bratio = lambda k: f"{best[k] / best['scoregen']:.2f}×" if best[k] and best["scoregen"] else "–"
-            first = lambda k: fmt(median_or_none([x["warmup_ms"][0] for x in case["sides"][k]
-                                                  if x.get("warmup_ms")]))
+            firsts = lambda k: [x["warmup_ms"][0] for x in case["sides"][k] if x.get("warmup_ms")]
+            first = lambda k: fmt(statistics.median_low(firsts(k)) if firsts(k) else None)
             print(f"| {model} {phase} B={batch} | {flop or 0:.1f} | {ms(s)} | {ms(e)} | {ms(c)} | {ratio(e)} | "
                   f"{ratio(c)} | {bst('scoregen')} / {bst('eager')} / {bst('compile')} | "
                   f"{bratio('eager')} / {bratio('compile')} | {first('scoregen')} / {first('eager')} | {comp} | {pct(s)} / {pct(e)} / {pct(c)} | {rss(s)} / {rss(e)} / {rss(c)} | {lavg} |")

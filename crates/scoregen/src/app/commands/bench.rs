@@ -106,21 +106,16 @@ fn time_it(
     device: &Device,
     mut f: impl FnMut() -> Result<()>,
 ) -> Result<Timing> {
-    let mut warmup_ms = Vec::with_capacity(warmup);
-    for _ in 0..warmup {
-        let start = Instant::now();
-        f()?;
-        device.synchronize()?;
-        warmup_ms.push(start.elapsed().as_secs_f64() * 1e3);
-    }
-    let (mut ms, mut cpu) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
-    for _ in 0..reps.max(1) {
+    // one call: its wall and process CPU time, ms
+    let mut call = || -> Result<(f64, f64)> {
         let (start, cpu_start) = (Instant::now(), process_cpu_ms());
         f()?;
         device.synchronize()?;
-        ms.push(start.elapsed().as_secs_f64() * 1e3);
-        cpu.push(process_cpu_ms() - cpu_start);
-    }
+        Ok((start.elapsed().as_secs_f64() * 1e3, process_cpu_ms() - cpu_start))
+    };
+    let warmup_ms = (0..warmup).map(|_| call().map(|(ms, _)| ms)).collect::<Result<Vec<_>>>()?;
+    let (ms, cpu): (Vec<f64>, Vec<f64>) =
+        (0..reps.max(1)).map(|_| call()).collect::<Result<Vec<_>>>()?.into_iter().unzip();
     let median = |v: &[f64]| {
         let mut sorted = v.to_vec();
         sorted.sort_by(f64::total_cmp);
