@@ -453,7 +453,23 @@ impl UNet {
     }
 
     /// [`UNet::forward_images`] with class labels (K = no label) for a class-conditional net.
+    ///
+    /// A frozen network's input gradient (x tracked, the fused kernels on)
+    /// comes from its own reverse pass ([`super::kernels::tape`]), not candle's.
     pub fn forward_images_labeled(&self, x: &Tensor, t: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
+        if self.frozen
+            && x.track_op()
+            && x.dtype() == DType::F32
+            && scoregen_core::autodiff::fused_kernels_allowed(x.device())
+            && super::kernels::tape::enabled()
+        {
+            return super::kernels::tape::record(x, |x| self.forward_layers(x, t, labels));
+        }
+        self.forward_layers(x, t, labels)
+    }
+
+    /// The layers of [`UNet::forward_images_labeled`].
+    fn forward_layers(&self, x: &Tensor, t: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
         let emb = self.fourier.forward(t)?.to_dtype(x.dtype())?;
         let mut emb = self.temb2.forward(&self.temb1.forward(&emb)?.silu()?)?.silu()?;
         match (&self.classes, labels) {
@@ -693,6 +709,45 @@ mod tests {
         };
         assert!(rel(&y_frozen, &y) < 1e-5, "output: {}", rel(&y_frozen, &y));
         assert!(rel(&dx_frozen, &dx) < 1e-5, "input gradient: {}", rel(&dx_frozen, &dx));
+    }
+
+    /// A frozen U-Net's input gradient by its own reverse pass
+    /// (kernels::tape): every layer recorded (the tape is complete, with
+    /// attention and classes), and the bits of candle's backward through the
+    /// same ops: each op's backward is the same function, and no tensor here
+    /// is read by more than two ops, so each sum adds the same two terms.
+    #[test]
+    fn frozen_input_gradient_by_the_tape_is_candles() {
+        if !scoregen_core::autodiff::fused_kernels_allowed(&Device::Cpu) {
+            return; // SCOREGEN_FUSED=0: no tape, candle's backward is all there is
+        }
+        let vm = VarMap::new();
+        let mut net = UNet::build(&vm, &small(true), 0, &Device::Cpu).unwrap();
+        net = net
+            .with_classes(crate::nets::seeded_var_builder(&vm, 1, DType::F32, &Device::Cpu).pp("classes"), 3)
+            .unwrap();
+        net.freeze();
+        let (x, t) = batch(3, 64);
+        let x = x.reshape((3, 1, 8, 8)).unwrap();
+        let labels = Tensor::new(&[0u32, 2, 3], &Device::Cpu).unwrap();
+        let weights = batch(4, 64).0.narrow(0, 1, 3).unwrap().reshape((3, 1, 8, 8)).unwrap();
+        let xv = candle_core::Var::from_tensor(&x).unwrap();
+        let input_grad = || {
+            let y = net.forward_images_labeled(xv.as_tensor(), &t, Some(&labels)).unwrap();
+            let dx = autodiff::backward_first_order(&(&y * &weights).unwrap().sum_all().unwrap()).unwrap();
+            (
+                y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                dx.get(xv.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            )
+        };
+        let before = super::super::kernels::tape::made();
+        let (y, dx) = input_grad();
+        assert_eq!(super::super::kernels::tape::made(), (before.0 + 1, before.1), "every layer is recorded");
+        let (y_candle, dx_candle) = super::super::kernels::tape::without_tape(input_grad);
+        assert_eq!(super::super::kernels::tape::made(), (before.0 + 1, before.1), "no tape without it");
+        assert_eq!(y, y_candle);
+        assert!(dx.iter().any(|&g| g != 0.0));
+        assert_eq!(dx, dx_candle);
     }
 
     #[test]

@@ -675,7 +675,7 @@ pub fn attention(x: &Tensor, r: &Tensor, p: Projections, heads: usize, scale: f6
     let keep = x.track_op() || theta.track_op();
     let dims = Dims { n, c, l: h * w, inner, heads };
     let fold = !theta.track_op() && dims.folds();
-    x.apply_op3(&theta, &r.contiguous()?, Forward { dims, scale, keep, fold, kept: Mutex::new(None) })
+    super::tape::apply3(&x, &theta, &r.contiguous()?, Forward { dims, scale, keep, fold, kept: Mutex::new(None) })
 }
 
 #[cfg(test)]

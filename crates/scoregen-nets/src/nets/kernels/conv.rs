@@ -1210,12 +1210,12 @@ pub(crate) fn conv2d_frozen(
     let keep_norm = norm.is_some() && x.track_op() && (keep || !theta.track_op()) && KEEP_NORM.with(|k| k.get());
     let keep = (keep, keep_norm);
     match residual {
-        None => x.apply_op2(&theta, Forward::new(k, stride, cout, 1.0, norm, keep, frozen)),
+        None => super::tape::apply2(&x, &theta, Forward::new(k, stride, cout, 1.0, norm, keep, frozen)),
         Some((r, scale)) => {
             if r.dims() != [n, cout, h / stride, wd / stride] || r.dtype() != DType::F32 {
                 candle_core::bail!("fused conv: the residual must be f32 of the output's shape, got {:?}", r.shape());
             }
-            x.apply_op3(&theta, &r.contiguous()?, Forward::new(k, stride, cout, scale, norm, keep, frozen))
+            super::tape::apply3(&x, &theta, &r.contiguous()?, Forward::new(k, stride, cout, scale, norm, keep, frozen))
         }
     }
 }

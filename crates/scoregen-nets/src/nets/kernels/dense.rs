@@ -790,7 +790,7 @@ fn check(a: &Tensor, theta: &Tensor, dims: Dims) -> Result<()> {
 pub fn mlp(a: &Tensor, theta: &Tensor, dims: Dims) -> Result<Tensor> {
     check(a, theta, dims)?;
     let keep = a.track_op() || theta.track_op();
-    a.contiguous()?.apply_op2(&theta.contiguous()?, Forward { dims, keep, saved: Mutex::new(None) })
+    super::tape::apply2(&a.contiguous()?, &theta.contiguous()?, Forward { dims, keep, saved: Mutex::new(None) })
 }
 
 #[cfg(test)]

@@ -646,7 +646,7 @@ pub fn im2col(x: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
     if !scoregen_core::autodiff::cpu_ops_allowed(x.device()) {
         return im2col_candle(x, k, stride);
     }
-    x.contiguous()?.apply_op1(Im2col { g: Patches::new(n, (c, h, w), k, stride), ones: true })
+    super::tape::apply1(&x.contiguous()?, Im2col { g: Patches::new(n, (c, h, w), k, stride), ones: true })
 }
 
 /// [`im2col`] in candle's ops (padding, strided slices, a permutation), for
@@ -761,7 +761,7 @@ pub fn upsample2(x: &Tensor) -> Result<Tensor> {
     if !scoregen_core::autodiff::cpu_ops_allowed(x.device()) {
         return upsample2_candle(x);
     }
-    x.contiguous()?.apply_op1(Upsample2)
+    super::tape::apply1(&x.contiguous()?, Upsample2)
 }
 
 /// [`upsample2`] in candle's ops: each pixel broadcast over a 2×2 block (a
@@ -828,7 +828,7 @@ pub fn cat_channels(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if !same || a.dtype() != b.dtype() || !scoregen_core::autodiff::cpu_ops_allowed(a.device()) {
         return Tensor::cat(&[a, b], 1);
     }
-    a.contiguous()?.apply_op2(&b.contiguous()?, CatChannels)
+    super::tape::apply2(&a.contiguous()?, &b.contiguous()?, CatChannels)
 }
 
 /// Runs `f` on chunks of the range 0..n (a few per thread) on candle's own
@@ -975,7 +975,7 @@ pub fn silu(x: &Tensor) -> Result<Tensor> {
     if !scoregen_core::autodiff::cpu_ops_allowed(x.device()) {
         return x.silu();
     }
-    x.contiguous()?.apply_op1(Silu)
+    super::tape::apply1(&x.contiguous()?, Silu)
 }
 
 /// g·silu′(x), fused: the backward of [`silu`].
@@ -983,7 +983,7 @@ pub fn silu_grad(x: &Tensor, g: &Tensor) -> Result<Tensor> {
     if !scoregen_core::autodiff::cpu_ops_allowed(x.device()) {
         return silu_grad_candle(x, g);
     }
-    x.contiguous()?.apply_op2(&g.contiguous()?, SiluGrad)
+    super::tape::apply2(&x.contiguous()?, &g.contiguous()?, SiluGrad)
 }
 
 /// [`silu_grad`] in candle's ops: g·σ(x)(1 + x(1 − σ(x))).
@@ -1000,7 +1000,7 @@ pub fn add_bias(y: &Tensor, b: &Tensor) -> Result<Tensor> {
     if !scoregen_core::autodiff::cpu_ops_allowed(y.device()) {
         return add_bias_candle(y, b);
     }
-    y.contiguous()?.apply_op2(&b.contiguous()?, AddBias)
+    super::tape::apply2(&y.contiguous()?, &b.contiguous()?, AddBias)
 }
 
 /// [`add_bias`] in candle's ops: a broadcast add.

@@ -483,7 +483,7 @@ pub fn group_norm_fused(
     if x.dtype() != DType::F32 || gamma.dtype() != DType::F32 || beta.dtype() != DType::F32 || !x.device().is_cpu() {
         candle_core::bail!("fused GroupNorm: f32 on the CPU only, got {:?} on {:?}", x.dtype(), x.device());
     }
-    x.contiguous()?.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, Forward { groups, eps, silu })
+    super::tape::apply3(&x.contiguous()?, &gamma.contiguous()?, &beta.contiguous()?, Forward { groups, eps, silu })
 }
 
 #[cfg(test)]

@@ -12,4 +12,5 @@ pub mod conv;
 pub mod dense;
 pub mod fused;
 pub mod groupnorm;
+pub(crate) mod tape;
 pub mod winograd;
