@@ -772,6 +772,92 @@ fn upsample2_candle(x: &Tensor) -> Result<Tensor> {
     blocks.contiguous()?.reshape((n, c, 2 * h, 2 * w))
 }
 
+/// y[n, c, i, j] = x[n, c, i + top, j + left] for i < h, j < w, zero where
+/// that is outside x: a crop (offsets ≥ 0) or a zero padding (offsets < 0)
+/// of images [N, C, H, W], or both. Its adjoint is the window the other way,
+/// [`Window`] { −top, −left, H, W } (a crop's adjoint pads, a padding's
+/// crops), so it is linear and exact to every order.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    top: isize,
+    left: isize,
+    h: usize,
+    w: usize,
+}
+
+/// One plane per block, split across candle's threads ([`par_blocks`]).
+fn window_values<T: candle_core::WithDType>(x: &[T], (h, w): (usize, usize), win: Window) -> Vec<T> {
+    let (top, left) = (win.top, win.left);
+    // output columns j whose source j + left lies in 0..w
+    let j0 = (-left).clamp(0, win.w as isize) as usize;
+    let j1 = (w as isize - left).clamp(j0 as isize, win.w as isize) as usize;
+    par_blocks(x.len() / (h * w), win.h * win.w, |p, out| {
+        let plane = &x[p * h * w..][..h * w];
+        for (i, row) in out.chunks_exact_mut(win.w).enumerate() {
+            let src = i as isize + top;
+            if src < 0 || src >= h as isize {
+                row.fill(T::zero());
+                continue;
+            }
+            let from = &plane[src as usize * w..][..w];
+            row[..j0].fill(T::zero());
+            row[j1..].fill(T::zero());
+            if j1 > j0 {
+                let s0 = (j0 as isize + left) as usize;
+                row[j0..j1].copy_from_slice(&from[s0..s0 + (j1 - j0)]);
+            }
+        }
+    })
+}
+
+impl CustomOp1 for Window {
+    fn name(&self) -> &'static str {
+        "fused-window"
+    }
+
+    fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        let storage = match st.dtype() {
+            DType::F32 => CpuStorage::F32(window_values(slice::<f32>(st, l)?, (h, w), *self)),
+            DType::F64 => CpuStorage::F64(window_values(slice::<f64>(st, l)?, (h, w), *self)),
+            dt => candle_core::bail!("window: unsupported dtype {dt:?}"),
+        };
+        Ok((storage, (n, c, self.h, self.w).into()))
+    }
+
+    /// The adjoint: the window back onto x's grid.
+    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let (_, _, h, w) = x.dims4()?;
+        Ok(Some(window(g, -self.top, -self.left, h, w)?))
+    }
+}
+
+/// [`Window`]: the h × w window of images x [N, C, H, W] at offset (top,
+/// left), zero outside x. `window(x, −1, −1, H + 2, W + 2)` pads one zero on
+/// every side, `window(x, 1, 1, H − 2, W − 2)` crops one. One pass each way
+/// (candle's `pad_with_zeros` is two concatenations, and a narrowed view is
+/// copied by the next op).
+pub fn window(x: &Tensor, top: isize, left: isize, h: usize, w: usize) -> Result<Tensor> {
+    x.dims4()?;
+    if !scoregen_core::autodiff::cpu_ops_allowed(x.device()) {
+        return window_candle(x, top, left, h, w);
+    }
+    super::tape::apply1(&x.contiguous()?, Window { top, left, h, w })
+}
+
+/// [`window`] in candle's ops: zero padding where the window leaves x, then a
+/// narrow; exact to every order.
+fn window_candle(x: &Tensor, top: isize, left: isize, h: usize, w: usize) -> Result<Tensor> {
+    let (_, _, xh, xw) = x.dims4()?;
+    let mut t = x.clone();
+    for (dim, off, len, size) in [(2, top, h, xh), (3, left, w, xw)] {
+        let before = (-off).max(0) as usize;
+        let after = (off + len as isize - size as isize).max(0) as usize;
+        t = t.pad_with_zeros(dim, before, after)?.narrow(dim, (off + before as isize) as usize, len)?;
+    }
+    Ok(t)
+}
+
 /// [a, b] along the channels: [N, C_a, …] and [N, C_b, …] → [N, C_a + C_b, …],
 /// candle's `cat` on dim 1 with the copy split across candle's threads, one
 /// image at a time (at 28×28 with 128 images the U-Net's skip concatenation
@@ -1171,6 +1257,16 @@ mod tests {
             close(&ga, &gb, 1e-12);
         }
         close(&xt.apply_op1(Upsample2).unwrap(), &upsample2_candle(xt).unwrap(), 1e-300);
+        for (top, left, wh, ww) in [(-1, -1, h + 2, w + 2), (1, 1, h - 2, w - 2), (-2, 1, h, w + 3), (1, -3, 2, 1)] {
+            let ours = xt.apply_op1(Window { top, left, h: wh, w: ww }).unwrap();
+            close(&ours, &window_candle(xt, top, left, wh, ww).unwrap(), 1e-300);
+            // the adjoint: ⟨window(x), g⟩ = ⟨x, window_back(g)⟩ for every x, g, through both ops
+            let g = ours.affine(0.5, -0.25).unwrap().cos().unwrap();
+            let ga =
+                autodiff::grad(&(xt.apply_op1(Window { top, left, h: wh, w: ww }).unwrap() * &g).unwrap(), &x).unwrap();
+            let gb = autodiff::grad(&(window_candle(xt, top, left, wh, ww).unwrap() * &g).unwrap(), &x).unwrap();
+            close(&ga, &gb, 1e-300);
+        }
         let flat = xt.reshape((n * c, h * w)).unwrap();
         let b = Tensor::from_vec((0..h * w).map(|i| i as f64 * 0.1 - 1.0).collect::<Vec<_>>(), h * w, &Device::Cpu)
             .unwrap();

@@ -5,6 +5,7 @@
 //! and the FIR resampling of NCSN++ (`upsample_2d`/`downsample_2d`, kernel (1, 3, 3, 1)).
 
 use crate::nets::kernels::attention::{attention, linear_parts, Projections};
+use crate::nets::kernels::fused::window;
 use crate::nets::kernels::groupnorm::{group_norm, GroupNorm};
 use crate::nets::unet::Conv;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
@@ -226,8 +227,8 @@ impl Downsample {
         // even positions 2(i + 1) of the padded input are Σ_k w_k x_{2i+k}:
         // keep outputs 1..=H/2 (the Conv computes even positions only).
         let (_, _, h, w) = x.dims4()?;
-        let padded = x.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
-        self.conv.forward(&padded)?.narrow(2, 1, h / 2)?.narrow(3, 1, w / 2)
+        let padded = window(x, -1, -1, h + 2, w + 2)?;
+        window(&self.conv.forward(&padded)?, 1, 1, h / 2, w / 2)
     }
 }
 

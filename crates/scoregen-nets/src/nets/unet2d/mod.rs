@@ -317,7 +317,23 @@ impl UNet2D {
 
     /// diffusers' `UNet2DModel(sample, timestep, class_labels).sample` for
     /// images [N, C, H, W] and timesteps [N] (any float dtype).
+    ///
+    /// A frozen model's input gradient (x tracked, the fused kernels on)
+    /// comes from its own reverse pass ([`crate::nets::kernels::tape`]), not candle's.
     pub fn forward_images(&self, x: &Tensor, timesteps: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
+        if self.frozen
+            && x.track_op()
+            && x.dtype() == DType::F32
+            && scoregen_core::autodiff::fused_kernels_allowed(x.device())
+            && crate::nets::kernels::tape::enabled()
+        {
+            return crate::nets::kernels::tape::record(x, |x| self.forward_layers(x, timesteps, labels));
+        }
+        self.forward_layers(x, timesteps, labels)
+    }
+
+    /// The layers of [`UNet2D::forward_images`].
+    fn forward_layers(&self, x: &Tensor, timesteps: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
         let f = self.frozen;
         let x = if self.cfg.center_input_sample { ((x * 2.0)? - 1.0)? } else { x.clone() };
         let feats = self.time_features(timesteps)?;
@@ -510,5 +526,69 @@ impl Network for ImportedUNet {
 
     fn freeze(&mut self) {
         self.net.freeze_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nets::kernels::tape;
+    use candle_nn::VarMap;
+
+    /// A two-level DDPM-style model: a stride-2 conv with diffusers'
+    /// bottom-right padding (`downsample_padding` 0), attention, skips.
+    fn tiny(center_input_sample: bool) -> UNet2DConfig {
+        UNet2DConfig {
+            sample_size: Some(config::SampleSize::Square(8)),
+            in_channels: 2,
+            out_channels: 2,
+            center_input_sample,
+            block_out_channels: vec![4, 8],
+            layers_per_block: 1,
+            down_block_types: vec!["DownBlock2D".into(), "AttnDownBlock2D".into()],
+            up_block_types: vec!["AttnUpBlock2D".into(), "UpBlock2D".into()],
+            norm_num_groups: Some(2),
+            downsample_padding: 0,
+            ..UNet2DConfig::default()
+        }
+    }
+
+    /// (y, ∇ₓ⟨w, y⟩) of a model at fixed inputs.
+    fn input_grad(net: &UNet2D) -> (Vec<f32>, Vec<f32>) {
+        let x = Tensor::arange(0f32, 384.0, &Device::Cpu).unwrap().reshape((3, 2, 8, 8)).unwrap();
+        let x = (x * 0.7).unwrap().sin().unwrap();
+        let w = x.affine(0.5, -0.25).unwrap().cos().unwrap();
+        let xv = candle_core::Var::from_tensor(&x).unwrap();
+        let t = Tensor::new(&[10f32, 500.0, 990.0], &Device::Cpu).unwrap();
+        let y = net.forward_images(xv.as_tensor(), &t, None).unwrap();
+        let g = scoregen_core::autodiff::backward_first_order(&(&y * &w).unwrap().sum_all().unwrap()).unwrap();
+        let dx = g.get(xv.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        (y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), dx)
+    }
+
+    /// Every layer of a DDPM-style model is recorded (the padding-0
+    /// downsampling included: fused::window, not candle's pad and narrow), and
+    /// its own reverse pass gives candle's backward's bits. With
+    /// `center_input_sample` (2x − 1 in candle's ops) the tape is incomplete
+    /// and candle's backward gives the gradient, the same one.
+    #[test]
+    fn frozen_input_gradient_by_the_tape_is_candles() {
+        if !scoregen_core::autodiff::fused_kernels_allowed(&Device::Cpu) {
+            return; // SCOREGEN_FUSED=0: no tape, candle's backward is all there is
+        }
+        for (center, complete) in [(false, true), (true, false)] {
+            let mut net = UNet2D::build(&VarMap::new(), &tiny(center), 0, &Device::Cpu).unwrap();
+            net.freeze_all();
+            let before = tape::made();
+            let (y, dx) = input_grad(&net);
+            let after = tape::made();
+            let expected = if complete { (before.0 + 1, before.1) } else { (before.0, before.1 + 1) };
+            assert_eq!(after, expected, "center_input_sample = {center}");
+            let (y_candle, dx_candle) = tape::without_tape(|| input_grad(&net));
+            assert_eq!(tape::made(), after, "no tape without it");
+            assert_eq!(y, y_candle);
+            assert!(dx.iter().any(|&g| g != 0.0));
+            assert_eq!(dx, dx_candle, "center_input_sample = {center}");
+        }
     }
 }
