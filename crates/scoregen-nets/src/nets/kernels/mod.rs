@@ -5,7 +5,10 @@
 //! ([`groupnorm`]), and what they share ([`fused`]: im2col, upsampling,
 //! the threading and slice helpers). Each is a candle custom op with a
 //! first-order backward, tested against candle's own ops on every gradient;
-//! `SCOREGEN_FUSED=0` keeps every network on candle's ops instead.
+//! `SCOREGEN_FUSED=0` keeps every network on candle's ops instead. A frozen
+//! U-Net's input gradient (a likelihood's vector–Jacobian products) runs
+//! these ops' backward passes from a [`tape`] of its own instead of candle's
+//! `backward`, which zero-fills and adds every gradient.
 
 pub mod attention;
 pub mod conv;
