@@ -94,6 +94,15 @@ pub fn backward_first_order(loss: &Tensor) -> candle_core::Result<GradStore> {
     }
 }
 
+/// True when candle's backward on this thread detaches each gradient as it
+/// goes: on [`backward_first_order`]'s thread, or anywhere before
+/// [`enable_second_order`]. A reverse pass of one's own
+/// (`nets::kernels::tape`) detaches where candle would, so that each
+/// gradient does not hold the graph of all the gradients before it.
+pub fn backward_detaches() -> bool {
+    std::thread::current().name() == Some(DETACHING_THREAD) || !second_order_enabled()
+}
+
 /// True when candle, on this thread, keeps the gradient graph.
 pub fn second_order_enabled() -> bool {
     std::env::var(DO_NOT_DETACH_VAR).is_ok_and(|v| !v.is_empty() && v != "0")

@@ -192,8 +192,13 @@ impl Tape {
     /// ones added.
     fn input_grad(&self, output: &Tensor, dy: &Tensor) -> Result<Tensor> {
         let mut grads: HashMap<TensorId, Tensor> = HashMap::from([(output.id(), dy.clone())]);
+        let detach = scoregen_core::autodiff::backward_detaches();
         for e in self.entries.iter().rev() {
             let Some(g) = grads.remove(&e.output().id()) else { continue };
+            // as candle's backward does on this thread: a gradient computed from
+            // a tracked argument holds its own gradient's graph, and so on back
+            // to the output, which would keep every gradient of the pass alive
+            let g = if detach { g.detach() } else { g };
             for (arg, da) in e.backward(&g)? {
                 let Some(da) = da.filter(|_| arg.track_op()) else { continue };
                 let sum = match grads.remove(&arg.id()) {
