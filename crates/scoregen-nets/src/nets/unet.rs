@@ -457,12 +457,7 @@ impl UNet {
     /// A frozen network's input gradient (x tracked, the fused kernels on)
     /// comes from its own reverse pass ([`super::kernels::tape`]), not candle's.
     pub fn forward_images_labeled(&self, x: &Tensor, t: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
-        if self.frozen
-            && x.track_op()
-            && x.dtype() == DType::F32
-            && scoregen_core::autodiff::fused_kernels_allowed(x.device())
-            && super::kernels::tape::enabled()
-        {
+        if self.frozen && super::kernels::tape::wanted(x) {
             return super::kernels::tape::record(x, |x| self.forward_layers(x, t, labels));
         }
         self.forward_layers(x, t, labels)

@@ -88,14 +88,16 @@ thread_local! {
     static OFF: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Whether networks record their ops for [`record`]'s reverse pass (always,
-/// but inside the tests' [`without_tape`]).
-pub(crate) fn enabled() -> bool {
+/// Whether a frozen network's forward on x should run inside [`record`]:
+/// x is tracked (an input gradient will be asked for), f32, on a device
+/// where the fused kernels run, and the tape is on (always, but inside the
+/// tests' [`without_tape`]).
+pub(crate) fn wanted(x: &Tensor) -> bool {
     #[cfg(test)]
     if OFF.with(|o| o.get()) {
         return false;
     }
-    true
+    x.track_op() && x.dtype() == candle_core::DType::F32 && scoregen_core::autodiff::fused_kernels_allowed(x.device())
 }
 
 /// Runs `f` with networks on candle's backward, to hold the tape to it.

@@ -321,12 +321,7 @@ impl UNet2D {
     /// A frozen model's input gradient (x tracked, the fused kernels on)
     /// comes from its own reverse pass ([`crate::nets::kernels::tape`]), not candle's.
     pub fn forward_images(&self, x: &Tensor, timesteps: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
-        if self.frozen
-            && x.track_op()
-            && x.dtype() == DType::F32
-            && scoregen_core::autodiff::fused_kernels_allowed(x.device())
-            && crate::nets::kernels::tape::enabled()
-        {
+        if self.frozen && crate::nets::kernels::tape::wanted(x) {
             return crate::nets::kernels::tape::record(x, |x| self.forward_layers(x, timesteps, labels));
         }
         self.forward_layers(x, timesteps, labels)
